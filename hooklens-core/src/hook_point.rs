@@ -1,0 +1,383 @@
+//! `HookPoint`: an identity on a tensor that runs the hooks attached to it.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use candle_core::Tensor;
+
+use crate::hook::{next_attachment_id, AttachedHook};
+use crate::{run_frame, Direction, Error, Hook, HookInfo, Result};
+
+static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
+
+/// A named place in a model's forward pass where hooks can read or replace the
+/// activation. Put one in a model struct for every activation worth naming, call
+/// [`HookPoint::forward`] on the activation, and `#[derive(Hooked)]` gives it its name.
+///
+/// With no hook attached, `forward` returns its input (a reference-counted clone, no
+/// copy) after one atomic load and one thread-local read: no allocation, no lock.
+pub struct HookPoint {
+    id: u64,
+    name: RwLock<Arc<str>>,
+    fwd: RwLock<Vec<AttachedHook>>,
+    bwd: RwLock<Vec<AttachedHook>>,
+    n_fwd: AtomicUsize,
+    ctx: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
+}
+
+impl Default for HookPoint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for HookPoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookPoint")
+            .field("name", &&*self.name())
+            .field("fwd_hooks", &read(&self.fwd).len())
+            .field("bwd_hooks", &read(&self.bwd).len())
+            .finish()
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    // Hooks never run while a lock is held, so poisoning means a bug elsewhere; the
+    // hook lists are still consistent (every write is a single push or retain).
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl HookPoint {
+    /// A hook point with no name yet; the model's `Hooked` walk names it.
+    pub fn new() -> Self {
+        HookPoint {
+            id: NEXT_POINT.fetch_add(1, Ordering::Relaxed),
+            name: RwLock::new(Arc::from("")),
+            fwd: RwLock::new(Vec::new()),
+            bwd: RwLock::new(Vec::new()),
+            n_fwd: AtomicUsize::new(0),
+            ctx: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A number unique to this hook point in the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The full name, e.g. `blocks.3.attn.hook_pattern` (empty until the model's hook
+    /// dictionary has been built once).
+    pub fn name(&self) -> Arc<str> {
+        read(&self.name).clone()
+    }
+
+    /// Sets the name; called by the hook dictionary, which names points from their path.
+    pub(crate) fn set_name(&self, name: &str) {
+        if &**read(&self.name) != name {
+            *write(&self.name) = Arc::from(name);
+        }
+    }
+
+    /// The layer this point is in: `N` from the `blocks.N.` segment of its name.
+    pub fn layer(&self) -> Result<usize> {
+        layer_of(&self.name()).ok_or_else(|| Error::NoLayer {
+            name: self.name().to_string(),
+        })
+    }
+
+    /// Passes `x` (any shape) through the hooks attached to this point and returns the
+    /// activation the rest of the forward pass should use: `x` itself when no hook
+    /// replaces it, otherwise a tensor of the same shape, dtype and device.
+    ///
+    /// Errors from hooks come back as candle errors so that candle-style `forward`s can
+    /// use `?`; hooklens's `run_*` functions turn them back into [`Error`]s that name
+    /// the hook.
+    #[inline]
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.n_fwd.load(Ordering::Acquire) == 0 && !run_frame::any_active() {
+            return Ok(x.clone());
+        }
+        self.run_fwd_hooks(x).map_err(Error::into_candle)
+    }
+
+    #[cold]
+    fn run_fwd_hooks(&self, x: &Tensor) -> Result<Tensor> {
+        let mut chain: Vec<Hook> = Vec::new();
+        if self.n_fwd.load(Ordering::Acquire) > 0 {
+            chain.extend(read(&self.fwd).iter().map(|a| a.hook.clone()));
+        }
+        if run_frame::any_active() {
+            run_frame::fwd_hooks_for(self.id, &mut chain);
+        }
+        let mut current = x.clone();
+        for hook in &chain {
+            if let Some(replacement) = self.call_hook(hook, &current)? {
+                self.check_replacement(x, &replacement)?;
+                current = replacement;
+            }
+        }
+        Ok(current)
+    }
+
+    /// Runs one hook with panics caught and errors labelled with this point's name.
+    pub(crate) fn call_hook(&self, hook: &Hook, x: &Tensor) -> Result<Option<Tensor>> {
+        match catch_unwind(AssertUnwindSafe(|| hook.call(x, self))) {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(e)) => Err(Error::HookFailed {
+                name: self.name().to_string(),
+                source: Box::new(e),
+            }),
+            Err(panic) => Err(Error::HookPanicked {
+                name: self.name().to_string(),
+                message: panic_message(&*panic),
+            }),
+        }
+    }
+
+    /// A replacement must be interchangeable with the activation, or the error would
+    /// surface later in some unrelated op with no mention of the hook.
+    pub(crate) fn check_replacement(&self, x: &Tensor, got: &Tensor) -> Result<()> {
+        if got.shape() != x.shape() {
+            return Err(Error::HookShape {
+                name: self.name().to_string(),
+                expected: x.shape().clone(),
+                got: got.shape().clone(),
+            });
+        }
+        if got.dtype() != x.dtype() {
+            return Err(Error::HookDType {
+                name: self.name().to_string(),
+                expected: x.dtype(),
+                got: got.dtype(),
+            });
+        }
+        if !got.device().same_device(x.device()) {
+            return Err(Error::HookDevice {
+                name: self.name().to_string(),
+                expected: x.device().location(),
+                got: got.device().location(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Attaches `hook` as model state (TransformerLens's `HookPoint.add_hook`).
+    /// `prepend` puts it before the hooks already attached in that direction.
+    pub fn add_hook(&self, hook: Hook, dir: Direction, is_permanent: bool, level: Option<u64>, prepend: bool) -> Result<HookInfo> {
+        let list = match dir {
+            Direction::Fwd => &self.fwd,
+            Direction::Bwd => &self.bwd,
+            Direction::Both => {
+                return Err(Error::Direction(format!(
+                    "a hook is added in one direction (Fwd or Bwd), not Both (at `{}`)",
+                    self.name()
+                )))
+            }
+        };
+        let info = HookInfo {
+            id: next_attachment_id(),
+            direction: dir,
+            is_permanent,
+            level,
+        };
+        let attached = AttachedHook {
+            hook,
+            info: info.clone(),
+        };
+        let mut hooks = write(list);
+        if prepend {
+            hooks.insert(0, attached);
+        } else {
+            hooks.push(attached);
+        }
+        if dir == Direction::Fwd {
+            self.n_fwd.store(hooks.len(), Ordering::Release);
+        }
+        Ok(info)
+    }
+
+    /// Removes attached hooks (TransformerLens's `HookPoint.remove_hooks`): those in
+    /// `dir`, permanent ones only if `including_permanent`, and only those at `level`
+    /// when a level is given. Returns how many were removed.
+    pub fn remove_hooks(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
+        let mut removed = 0;
+        for (d, list) in [(Direction::Fwd, &self.fwd), (Direction::Bwd, &self.bwd)] {
+            if !dir.includes(d) {
+                continue;
+            }
+            let mut hooks = write(list);
+            let before = hooks.len();
+            hooks.retain(|a| {
+                let keep_permanent = a.info.is_permanent && !including_permanent;
+                let other_level = level.is_some() && a.info.level != level;
+                keep_permanent || other_level
+            });
+            removed += before - hooks.len();
+            if d == Direction::Fwd {
+                self.n_fwd.store(hooks.len(), Ordering::Release);
+            }
+        }
+        removed
+    }
+
+    /// The hooks attached as model state, forward ones first, in running order.
+    pub fn hooks(&self) -> Vec<HookInfo> {
+        let mut out: Vec<HookInfo> = read(&self.fwd).iter().map(|a| a.info.clone()).collect();
+        out.extend(read(&self.bwd).iter().map(|a| a.info.clone()));
+        out
+    }
+
+    /// The number of hooks attached in `dir` (`Both` counts both).
+    pub fn num_hooks(&self, dir: Direction) -> usize {
+        let mut n = 0;
+        if dir.includes(Direction::Fwd) {
+            n += read(&self.fwd).len();
+        }
+        if dir.includes(Direction::Bwd) {
+            n += read(&self.bwd).len();
+        }
+        n
+    }
+
+    /// The backward hooks attached as model state, in running order.
+    pub fn bwd_hooks(&self) -> Vec<Hook> {
+        read(&self.bwd).iter().map(|a| a.hook.clone()).collect()
+    }
+
+    /// Stores a value in this point's scratch context (TransformerLens's `hook.ctx`),
+    /// for hooks that need to remember something between runs.
+    pub fn ctx_insert<T: Any + Send + Sync>(&self, key: impl Into<String>, value: T) {
+        self.lock_ctx().insert(key.into(), Box::new(value));
+    }
+
+    /// A clone of the context value under `key`, if there is one of type `T`.
+    pub fn ctx_get<T: Any + Clone>(&self, key: &str) -> Option<T> {
+        self.lock_ctx().get(key).and_then(|v| v.downcast_ref::<T>()).cloned()
+    }
+
+    /// Removes and returns the context value under `key`, if there is one of type `T`.
+    pub fn ctx_remove<T: Any>(&self, key: &str) -> Option<T> {
+        let boxed = self.lock_ctx().remove(key)?;
+        boxed.downcast::<T>().ok().map(|b| *b)
+    }
+
+    /// The number of values in the context.
+    pub fn ctx_len(&self) -> usize {
+        self.lock_ctx().len()
+    }
+
+    /// Empties the context (TransformerLens's `clear_context`).
+    pub fn clear_context(&self) {
+        self.lock_ctx().clear();
+    }
+
+    fn lock_ctx(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<dyn Any + Send + Sync>>> {
+        self.ctx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `N` from the first `blocks.N` segment pair of a hook name.
+pub fn layer_of(name: &str) -> Option<usize> {
+    let mut segments = name.split('.');
+    while let Some(seg) = segments.next() {
+        if seg == "blocks" {
+            return segments.next().and_then(|n| n.parse().ok());
+        }
+    }
+    None
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-string payload".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn layer_reads_the_blocks_segment() {
+        assert_eq!(layer_of("blocks.3.attn.hook_pattern"), Some(3));
+        assert_eq!(layer_of("blocks.12.hook_resid_pre"), Some(12));
+        assert_eq!(layer_of("hook_embed"), None);
+        assert_eq!(layer_of("blocks.x.hook"), None);
+    }
+
+    #[test]
+    fn no_hook_returns_the_same_storage() {
+        let hp = HookPoint::new();
+        let x = Tensor::ones((2, 3), DType::F32, &Device::Cpu).unwrap();
+        let y = hp.forward(&x).unwrap();
+        assert!(x.same_storage(&y));
+    }
+
+    #[test]
+    fn hooks_chain_in_order_and_prepend_goes_first() {
+        let hp = HookPoint::new();
+        let add = |v: f64| Hook::new(move |x: &Tensor, _: &HookPoint| Ok(Some((x + v)?)));
+        let mul = |v: f64| Hook::new(move |x: &Tensor, _: &HookPoint| Ok(Some((x * v)?)));
+        hp.add_hook(add(1.0), Direction::Fwd, false, None, false).unwrap();
+        hp.add_hook(mul(10.0), Direction::Fwd, false, None, false).unwrap();
+        hp.add_hook(mul(2.0), Direction::Fwd, false, None, true).unwrap();
+        let x = Tensor::new(&[1f32], &Device::Cpu).unwrap();
+        // (1 * 2 + 1) * 10
+        assert_eq!(hp.forward(&x).unwrap().to_vec1::<f32>().unwrap(), vec![30.0]);
+    }
+
+    #[test]
+    fn wrong_shape_is_an_error_naming_both_shapes() {
+        let hp = HookPoint::new();
+        hp.set_name("blocks.1.hook_resid_pre");
+        hp.add_hook(
+            Hook::new(|x: &Tensor, _: &HookPoint| Ok(Some(x.sum_keepdim(0)?))),
+            Direction::Fwd,
+            false,
+            None,
+            false,
+        )
+        .unwrap();
+        let x = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = Error::from(hp.forward(&x).unwrap_err());
+        let msg = err.to_string();
+        assert!(matches!(err, Error::HookShape { .. }), "{msg}");
+        assert!(msg.contains("blocks.1.hook_resid_pre") && msg.contains("[4, 2]") && msg.contains("[1, 2]"), "{msg}");
+    }
+
+    #[test]
+    fn remove_respects_permanence_and_level() {
+        let hp = HookPoint::new();
+        let id = Hook::new(|_: &Tensor, _: &HookPoint| Ok(None));
+        hp.add_hook(id.clone(), Direction::Fwd, true, None, false).unwrap();
+        hp.add_hook(id.clone(), Direction::Fwd, false, Some(7), false).unwrap();
+        hp.add_hook(id.clone(), Direction::Bwd, false, Some(8), false).unwrap();
+        assert_eq!(hp.remove_hooks(Direction::Both, false, Some(7)), 1);
+        assert_eq!(hp.num_hooks(Direction::Both), 2);
+        assert_eq!(hp.remove_hooks(Direction::Fwd, false, None), 0);
+        assert_eq!(hp.remove_hooks(Direction::Both, true, None), 2);
+        assert_eq!(hp.num_hooks(Direction::Both), 0);
+    }
+
+    #[test]
+    fn context_stores_typed_values() {
+        let hp = HookPoint::new();
+        hp.ctx_insert("n", 3usize);
+        assert_eq!(hp.ctx_get::<usize>("n"), Some(3));
+        assert_eq!(hp.ctx_get::<u32>("n"), None);
+        hp.clear_context();
+        assert_eq!(hp.ctx_len(), 0);
+    }
+}
