@@ -3,16 +3,34 @@
 //! ([`HookedModel`]), context scopes ([`HookScope`]), per-run hooks and caching, and
 //! [`ActivationCache`].
 
+mod activation_cache;
+mod cache_options;
 mod error;
 mod hook;
+mod hook_dict;
 mod hook_point;
+mod hook_scope;
+mod hook_set;
 mod hooked;
+mod hooked_forward;
+mod hooked_model;
+mod names_filter;
 mod run_frame;
+mod slice;
 
+pub use activation_cache::{save_safetensors, ActivationCache};
+pub use cache_options::{position_axis, CacheOptions};
 pub use error::{nearest_names, Error, Result};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
+pub use hook_dict::HookDict;
 pub use hook_point::{layer_of, HookPoint};
+pub use hook_scope::HookScope;
+pub use hook_set::HookSet;
 pub use hooked::{probe, HookPath, Hooked};
+pub use hooked_forward::HookedForward;
+pub use hooked_model::HookedModel;
+pub use names_filter::{glob_match, is_glob, NamesFilter};
+pub use slice::Slice;
 
 /// What `#[derive(Hooked)]` expands to refers to these, by absolute path, so that a
 /// user's own names cannot shadow them. Not public API.

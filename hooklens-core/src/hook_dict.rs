@@ -1,0 +1,105 @@
+//! `HookDict`: a model's hook points by name, in registration order.
+
+use std::collections::HashMap;
+
+use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, NamesFilter, Result};
+
+/// The ordered map name -> hook point of one model (TransformerLens's `hook_dict`).
+/// Building it walks the model and names every point (TransformerLens's `setup()`).
+pub struct HookDict<'m> {
+    entries: Vec<(String, &'m HookPoint)>,
+    index: HashMap<String, usize>,
+}
+
+impl<'m> HookDict<'m> {
+    /// Walks `model` and names each hook point by its path.
+    pub fn build<M: Hooked + ?Sized>(model: &'m M) -> Self {
+        let mut entries: Vec<(String, &'m HookPoint)> = Vec::new();
+        let mut path = HookPath::new();
+        model.visit_hook_points(&mut path, &mut |name, point| {
+            point.set_name(name);
+            entries.push((name.to_string(), point));
+        });
+        let index = entries.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
+        HookDict { entries, index }
+    }
+
+    /// The number of hook points.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the model has no hook point.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The hook point named `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&'m HookPoint> {
+        self.index.get(name).map(|&i| self.entries[i].1)
+    }
+
+    /// Names and points in registration order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &'m HookPoint)> + '_ {
+        self.entries.iter().map(|(n, p)| (n.as_str(), *p))
+    }
+
+    /// Names in registration order.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// The hook point named `name`, or an error that suggests the nearest names (or,
+    /// via the model's hint, the config flag that would enable it).
+    pub fn require<M: Hooked + ?Sized>(&self, model: &M, name: &str) -> Result<&'m HookPoint> {
+        self.get(name).ok_or_else(|| self.unknown(model, name))
+    }
+
+    fn unknown<M: Hooked + ?Sized>(&self, model: &M, name: &str) -> Error {
+        model.unknown_hook_hint(name).unwrap_or_else(|| Error::UnknownHook {
+            name: name.to_string(),
+            suggestions: nearest_names(name, self.names(), 3),
+        })
+    }
+
+    /// The points a filter selects, in registration order. An exact name that does
+    /// not exist, or a glob, list entry or predicate that matches nothing, is an error:
+    /// a typo must not silently hook or cache nothing.
+    pub fn select<M: Hooked + ?Sized>(&self, model: &M, filter: &NamesFilter) -> Result<Vec<(&str, &'m HookPoint)>> {
+        let empty = || Error::EmptyFilter {
+            filter: filter.to_string(),
+        };
+        match filter {
+            NamesFilter::All => return Ok(self.iter().collect()),
+            NamesFilter::Name(n) => {
+                let p = self.require(model, n)?;
+                return Ok(vec![(self.entries[self.index[n.as_str()]].0.as_str(), p)]);
+            }
+            NamesFilter::Names(list) => {
+                for pattern in list {
+                    if crate::names_filter::is_glob(pattern) {
+                        if !self.names().any(|n| crate::names_filter::glob_match(pattern, n)) {
+                            return Err(Error::EmptyFilter {
+                                filter: format!("`{pattern}`"),
+                            });
+                        }
+                    } else {
+                        self.require(model, pattern)?;
+                    }
+                }
+            }
+            NamesFilter::Glob(_) | NamesFilter::Predicate(_) => {}
+        }
+        let selected: Vec<_> = self.iter().filter(|(n, _)| filter.matches(n)).collect();
+        if selected.is_empty() {
+            return Err(empty());
+        }
+        Ok(selected)
+    }
+}
+
+impl std::fmt::Debug for HookDict<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}

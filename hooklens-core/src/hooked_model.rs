@@ -1,0 +1,259 @@
+//! `HookedModel`: TransformerLens's hook API on every `Hooked` model.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::Tensor;
+
+use crate::activation_cache::squeeze_batch;
+use crate::cache_options::position_axis;
+use crate::hook_scope::next_level;
+use crate::run_frame::{FrameGuard, RunFrame};
+use crate::{
+    ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookPoint, HookScope, HookSet, Hooked,
+    NamesFilter, Result,
+};
+
+/// The hook API of TransformerLens's `HookedRootModule`, for any [`Hooked`] model
+/// (implemented for all of them; bring it in scope with `use hooklens::HookedModel`).
+///
+/// Two kinds of hooks exist, as in TransformerLens: hooks attached as model state
+/// (`add_hook`, `hooks()` scopes), seen by every forward on any thread until removed;
+/// and per-run hooks (`run_with_hooks`, `run_with_cache`), seen only by the forward
+/// passes that the run's closure executes, on its thread. Model-state hooks run first,
+/// then per-run hooks, each group in the order it was added.
+pub trait HookedModel: Hooked {
+    /// The hook points by name, in registration order; building it names every point.
+    fn hook_dict(&self) -> HookDict<'_> {
+        HookDict::build(self)
+    }
+
+    /// The hook points in registration order.
+    fn hook_points(&self) -> Vec<&HookPoint> {
+        self.hook_dict().iter().map(|(_, p)| p).collect()
+    }
+
+    /// The hook names in registration order.
+    fn hook_names(&self) -> Vec<String> {
+        self.hook_dict().names().map(String::from).collect()
+    }
+
+    /// The hook point named `name`, or an error suggesting the nearest names.
+    fn hook_point(&self, name: &str) -> Result<&HookPoint> {
+        self.hook_dict().require(self, name)
+    }
+
+    /// Attaches `hook` at every point `names` selects (TransformerLens's `add_hook`).
+    /// `level` tags it with a context level (see [`HookScope::level`]); `prepend` runs
+    /// it before the hooks already there.
+    fn add_hook<F>(
+        &self,
+        names: impl Into<NamesFilter>,
+        hook: F,
+        dir: Direction,
+        is_permanent: bool,
+        level: Option<u64>,
+        prepend: bool,
+    ) -> Result<()>
+    where
+        F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
+    {
+        self.add_shared_hook(names, Hook::new(hook), dir, is_permanent, level, prepend)
+    }
+
+    /// [`HookedModel::add_hook`] with an existing [`Hook`], shared rather than copied.
+    fn add_shared_hook(
+        &self,
+        names: impl Into<NamesFilter>,
+        hook: Hook,
+        dir: Direction,
+        is_permanent: bool,
+        level: Option<u64>,
+        prepend: bool,
+    ) -> Result<()> {
+        if dir == Direction::Both {
+            return Err(Error::Direction(
+                "a hook is added in one direction (Fwd or Bwd), not Both".into(),
+            ));
+        }
+        let dict = self.hook_dict();
+        for (_, point) in dict.select(self, &names.into())? {
+            point.add_hook(hook.clone(), dir, is_permanent, level, prepend)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches a permanent hook: `reset_hooks` leaves it unless told otherwise.
+    fn add_perma_hook<F>(&self, names: impl Into<NamesFilter>, hook: F, dir: Direction) -> Result<()>
+    where
+        F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
+    {
+        self.add_hook(names, hook, dir, true, None, false)
+    }
+
+    /// Removes attached hooks in `dir` from every point: permanent ones only if
+    /// `including_permanent`, and only those at `level` if one is given. Returns how
+    /// many were removed.
+    fn remove_all_hook_fns(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
+        self.hook_dict()
+            .iter()
+            .map(|(_, p)| p.remove_hooks(dir, including_permanent, level))
+            .sum()
+    }
+
+    /// [`HookedModel::remove_all_hook_fns`], and clears every point's context if
+    /// `clear_contexts` (TransformerLens's `reset_hooks`).
+    fn reset_hooks(
+        &self,
+        clear_contexts: bool,
+        dir: Direction,
+        including_permanent: bool,
+        level: Option<u64>,
+    ) -> usize {
+        if clear_contexts {
+            for (_, p) in self.hook_dict().iter() {
+                p.clear_context();
+            }
+        }
+        self.remove_all_hook_fns(dir, including_permanent, level)
+    }
+
+    /// The points that have hooks attached as model state, with those hooks.
+    fn list_hooks(&self) -> Vec<(String, Vec<HookInfo>)> {
+        self.hook_dict()
+            .iter()
+            .filter_map(|(n, p)| {
+                let hooks = p.hooks();
+                (!hooks.is_empty()).then(|| (n.to_string(), hooks))
+            })
+            .collect()
+    }
+
+    /// Attaches `hooks` at a new context level until the returned scope is dropped
+    /// (TransformerLens's `with model.hooks(fwd_hooks, bwd_hooks):`). Every name is
+    /// checked before any hook is attached, so an error attaches nothing.
+    fn hooks(&self, hooks: HookSet) -> Result<HookScope<'_, Self>> {
+        let dict = self.hook_dict();
+        let mut plan: Vec<(&HookPoint, Hook, Direction)> = Vec::new();
+        for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
+            for (filter, hook) in list {
+                for (_, point) in dict.select(self, filter)? {
+                    plan.push((point, hook.clone(), dir));
+                }
+            }
+        }
+        let level = next_level();
+        for (point, hook, dir) in plan {
+            point.add_hook(hook, dir, false, Some(level), false)?;
+        }
+        Ok(HookScope {
+            model: self,
+            level,
+            reset_hooks_end: true,
+            clear_contexts: false,
+        })
+    }
+
+    /// Runs `f` with `hooks` attached in a scope; they are removed when `f` returns,
+    /// errs or panics.
+    fn with_hooks<R>(&self, hooks: HookSet, f: impl FnOnce(&Self) -> R) -> Result<R> {
+        let _scope = self.hooks(hooks)?;
+        Ok(f(self))
+    }
+
+    /// Runs `forward` (any forward of this model, as a closure) with `hooks` applying
+    /// to this run only (TransformerLens's `run_with_hooks`). Other threads running the
+    /// same model at the same time do not see them, and nothing is left attached after,
+    /// whatever happens in `forward`.
+    fn run_with_hooks<R, E: Into<Error>>(
+        &self,
+        hooks: HookSet,
+        forward: impl FnOnce(&Self) -> std::result::Result<R, E>,
+    ) -> Result<R> {
+        if !hooks.bwd.is_empty() {
+            return Err(Error::Unsupported(
+                "backward hooks in run_with_hooks: gradients through hook points are not implemented yet".into(),
+            ));
+        }
+        let mut frame = RunFrame::default();
+        {
+            let dict = self.hook_dict();
+            for (filter, hook) in &hooks.fwd {
+                for (_, point) in dict.select(self, filter)? {
+                    frame.fwd.entry(point.id()).or_default().push(hook.clone());
+                }
+            }
+        }
+        let _guard = FrameGuard::push(frame);
+        forward(self).map_err(Into::into)
+    }
+
+    /// Runs `forward` and records the activations `opts` selects (TransformerLens's
+    /// `run_with_cache`). Recording is a per-run hook, so it sees activations after
+    /// the model's attached hooks have edited them, and other threads' runs are not
+    /// recorded. Returns the forward's output and the cache.
+    fn run_with_cache<R, E: Into<Error>>(
+        &self,
+        opts: CacheOptions,
+        forward: impl FnOnce(&Self) -> std::result::Result<R, E>,
+    ) -> Result<(R, ActivationCache)> {
+        self.run_with_cache_and_hooks(opts, HookSet::new(), forward)
+    }
+
+    /// [`HookedModel::run_with_cache`] with per-run `hooks` that run before recording,
+    /// so the cache holds the edited activations.
+    fn run_with_cache_and_hooks<R, E: Into<Error>>(
+        &self,
+        opts: CacheOptions,
+        hooks: HookSet,
+        forward: impl FnOnce(&Self) -> std::result::Result<R, E>,
+    ) -> Result<(R, ActivationCache)> {
+        if opts.incl_bwd {
+            return Err(Error::Unsupported(
+                "incl_bwd: gradients through hook points are not implemented yet".into(),
+            ));
+        }
+        let filter = opts.names_filter.clone().unwrap_or(NamesFilter::All);
+        let records: Arc<Mutex<Vec<(Arc<str>, Tensor)>>> = Arc::default();
+        let recorder = {
+            let records = records.clone();
+            let opts = opts.clone();
+            Hook::new(move |x: &Tensor, hp: &HookPoint| {
+                let name = hp.name();
+                let t = prepare_for_cache(&name, x, &opts)?;
+                records.lock().unwrap_or_else(|e| e.into_inner()).push((name, t));
+                Ok(None)
+            })
+        };
+        let hooks = match filter {
+            NamesFilter::All if self.hook_dict().is_empty() => hooks,
+            filter => hooks.fwd_hook(filter, recorder),
+        };
+        let out = self.run_with_hooks(hooks, forward)?;
+        let records = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut cache = ActivationCache::new(!opts.remove_batch_dim);
+        for (name, t) in records {
+            cache.insert(name.to_string(), t);
+        }
+        Ok((out, cache))
+    }
+}
+
+impl<M: Hooked + ?Sized> HookedModel for M {}
+
+/// Applies `run_with_cache`'s options to one activation: device move, batch axis,
+/// position slice. Without a device move the result shares `x`'s storage.
+fn prepare_for_cache(name: &str, x: &Tensor, opts: &CacheOptions) -> Result<Tensor> {
+    let mut t = x.clone();
+    if let Some(device) = &opts.device {
+        t = t.to_device(device)?;
+    }
+    if opts.remove_batch_dim {
+        t = squeeze_batch(name, &t)?;
+    }
+    if let Some(slice) = &opts.pos_slice {
+        if let Some(axis) = position_axis(name, t.rank()) {
+            t = slice.apply(&t, axis)?;
+        }
+    }
+    Ok(t)
+}
