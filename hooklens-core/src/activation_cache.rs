@@ -144,13 +144,14 @@ impl ActivationCache {
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let extra = meta.metadata().clone().unwrap_or_default();
         let mut map = candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| bad(e.to_string()))?;
-        let mut order: Vec<String> = match extra.get(ORDER_KEY) {
+        let order: Vec<String> = match extra.get(ORDER_KEY) {
             Some(json) => serde_json::from_str(json).map_err(|e| bad(format!("bad `{ORDER_KEY}` metadata: {e}")))?,
-            None => map.keys().cloned().collect(),
+            None => {
+                let mut names: Vec<String> = map.keys().cloned().collect();
+                names.sort();
+                names
+            }
         };
-        if extra.get(ORDER_KEY).is_none() {
-            order.sort();
-        }
         let has_batch_dim = extra.get(BATCH_KEY).is_none_or(|v| v == "true");
         let mut cache = ActivationCache::new(has_batch_dim);
         for name in order {

@@ -213,7 +213,7 @@ pub trait HookedModel: Hooked {
             ));
         }
         let filter = opts.names_filter.clone().unwrap_or(NamesFilter::All);
-        let records: Arc<Mutex<Vec<(Arc<str>, Tensor)>>> = Arc::default();
+        let records: Arc<Mutex<Records>> = Arc::default();
         let recorder = {
             let records = records.clone();
             let opts = opts.clone();
@@ -239,6 +239,9 @@ pub trait HookedModel: Hooked {
 }
 
 impl<M: Hooked + ?Sized> HookedModel for M {}
+
+/// What the recording hook collects: (hook name, activation) in firing order.
+type Records = Vec<(Arc<str>, Tensor)>;
 
 /// Applies `run_with_cache`'s options to one activation: device move, batch axis,
 /// position slice. Without a device move the result shares `x`'s storage.
