@@ -1,0 +1,141 @@
+//! `run_with_cache`'s options and the `ActivationCache` it returns.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{max_abs_diff, TinyModel};
+use hooklens::{ActivationCache, CacheOptions, Error, HookedModel, NamesFilter, Slice};
+
+#[test]
+fn caches_every_hook_in_firing_order_sharing_storage() {
+    let model = TinyModel::new(2, 8);
+    let x = model.input(2, 5, 0.0);
+    let (out, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&x)).unwrap();
+    let keys: Vec<&str> = cache.keys().collect();
+    assert_eq!(keys.len(), 12);
+    assert_eq!(
+        &keys[..3],
+        ["hook_embed", "blocks.0.hook_resid_pre", "blocks.0.mlp.hook_pre"]
+    );
+    assert_eq!(keys[11], "hook_final");
+    assert!(cache.has_batch_dim());
+    assert_eq!(
+        out.id(),
+        cache["hook_final"].id(),
+        "the cache holds the forward's own tensor"
+    );
+}
+
+#[test]
+fn names_filter_globs_lists_and_predicates() {
+    let model = TinyModel::new(3, 4);
+    let x = model.input(1, 2, 0.0);
+    let run = |f: NamesFilter| {
+        let (_, c) = model
+            .run_with_cache(CacheOptions::new().names(f), |m| m.forward(&x))
+            .unwrap();
+        c.keys().map(String::from).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        run("blocks.*.mlp.hook_post".into()),
+        [
+            "blocks.0.mlp.hook_post",
+            "blocks.1.mlp.hook_post",
+            "blocks.2.mlp.hook_post"
+        ]
+    );
+    assert_eq!(run("hook_embed".into()), ["hook_embed"]);
+    assert_eq!(
+        run(["hook_final", "blocks.1.hook_*"].into()),
+        [
+            "blocks.1.hook_resid_pre",
+            "blocks.1.hook_mlp_out",
+            "blocks.1.hook_resid_post",
+            "hook_final"
+        ]
+    );
+    assert_eq!(
+        run(NamesFilter::predicate(|n| n.ends_with("resid_pre") && n.contains(".2."))),
+        ["blocks.2.hook_resid_pre"]
+    );
+    let err = model
+        .run_with_cache(CacheOptions::new().names("blocks.*.attn.*"), |m| m.forward(&x))
+        .unwrap_err();
+    assert!(matches!(err, Error::EmptyFilter { .. }), "{err}");
+}
+
+#[test]
+fn remove_batch_dim_and_pos_slice() {
+    let model = TinyModel::new(1, 4);
+    let x = model.input(1, 6, 0.0);
+    let (_, full) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&x)).unwrap();
+    let (_, c) = model
+        .run_with_cache(
+            CacheOptions::new().remove_batch_dim(true).pos_slice(Slice::Index(-1)),
+            |m| m.forward(&x),
+        )
+        .unwrap();
+    assert!(!c.has_batch_dim());
+    assert_eq!(c["hook_embed"].dims(), &[4]);
+    let last = full["hook_embed"].get(0).unwrap().get(5).unwrap();
+    assert_eq!(max_abs_diff(&c["hook_embed"], &last), 0.0);
+    let (_, c) = model
+        .run_with_cache(CacheOptions::new().pos_slice("1:4".parse::<Slice>().unwrap()), |m| {
+            m.forward(&x)
+        })
+        .unwrap();
+    assert_eq!(c["blocks.0.mlp.hook_pre"].dims(), &[1, 3, 8]);
+    // A batch of 2 cannot drop its batch axis: the error names the hook.
+    let x2 = model.input(2, 3, 0.0);
+    let err = model
+        .run_with_cache(CacheOptions::new().remove_batch_dim(true), |m| m.forward(&x2))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("hook_embed") && err.to_string().contains("batch size 2"),
+        "{err}"
+    );
+    let err = model
+        .run_with_cache(CacheOptions::new().pos_slice(Slice::Index(10)), |m| m.forward(&x))
+        .unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+}
+
+#[test]
+fn position_axis_follows_transformer_lens() {
+    use hooklens::position_axis;
+    assert_eq!(position_axis("blocks.0.attn.hook_q", 4), Some(-3));
+    assert_eq!(position_axis("blocks.0.attn.hook_z", 3), Some(-3));
+    assert_eq!(position_axis("blocks.0.hook_q_input", 4), Some(-3));
+    assert_eq!(position_axis("blocks.0.attn.hook_pattern", 4), Some(-2));
+    assert_eq!(position_axis("blocks.0.ln1.hook_scale", 3), Some(-2));
+    assert_eq!(
+        position_axis("blocks.0.attn.hook_q", 2),
+        None,
+        "no position axis, no slicing"
+    );
+    assert_eq!(position_axis("hook_tokens", 2), Some(-1));
+}
+
+#[test]
+fn device_option_and_save_load() {
+    let model = TinyModel::new(1, 4);
+    let x = model.input(1, 3, 0.0);
+    let (_, c) = model
+        .run_with_cache(CacheOptions::new().device(Device::Cpu), |m| m.forward(&x))
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("hooklens-facade-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.safetensors");
+    c.save(&path).unwrap();
+    let back = ActivationCache::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.keys().collect::<Vec<_>>(), c.keys().collect::<Vec<_>>());
+    for (name, t) in &c {
+        assert_eq!(max_abs_diff(t, &back[name]), 0.0, "{name}");
+    }
+    let moved = back.to_device(&Device::Cpu).unwrap();
+    assert_eq!(moved.len(), c.len());
+    let single = c.clone().remove_batch_dim().unwrap();
+    assert_eq!(single["hook_final"].dims(), &[3, 4]);
+    let _: &Tensor = single.try_get("hook_final").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
