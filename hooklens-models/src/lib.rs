@@ -1,1 +1,5 @@
 //! Hooked transformer models.
+
+pub mod tokenizer;
+
+pub use tokenizer::Tokenizer;
