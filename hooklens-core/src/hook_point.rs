@@ -20,13 +20,30 @@ static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
 /// With no hook attached, `forward` returns its input (a reference-counted clone, no
 /// copy) after one atomic load and one thread-local read: no allocation, no lock.
 pub struct HookPoint {
+    // Shared so that a backward op recorded in the graph can call the hooks with this
+    // very point (its name and context) when the backward pass runs, even later.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     id: u64,
     name: RwLock<Arc<str>>,
     fwd: RwLock<Vec<AttachedHook>>,
     bwd: RwLock<Vec<AttachedHook>>,
     n_fwd: AtomicUsize,
+    n_bwd: AtomicUsize,
     ctx: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        BWD_ATTACHED.fetch_sub(*self.n_bwd.get_mut(), Ordering::AcqRel);
+    }
+}
+
+/// Model-state backward hooks attached anywhere in the process: when non-zero,
+/// models take their differentiable paths (see [`crate::grad_mode`]).
+pub(crate) static BWD_ATTACHED: AtomicUsize = AtomicUsize::new(0);
 
 impl Default for HookPoint {
     fn default() -> Self {
@@ -38,8 +55,8 @@ impl std::fmt::Debug for HookPoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HookPoint")
             .field("name", &&*self.name())
-            .field("fwd_hooks", &read(&self.fwd).len())
-            .field("bwd_hooks", &read(&self.bwd).len())
+            .field("fwd_hooks", &read(&self.inner.fwd).len())
+            .field("bwd_hooks", &read(&self.inner.bwd).len())
             .finish()
     }
 }
@@ -58,30 +75,41 @@ impl HookPoint {
     /// A hook point with no name yet; the model's `Hooked` walk names it.
     pub fn new() -> Self {
         HookPoint {
-            id: NEXT_POINT.fetch_add(1, Ordering::Relaxed),
-            name: RwLock::new(Arc::from("")),
-            fwd: RwLock::new(Vec::new()),
-            bwd: RwLock::new(Vec::new()),
-            n_fwd: AtomicUsize::new(0),
-            ctx: Mutex::new(HashMap::new()),
+            inner: Arc::new(Inner {
+                id: NEXT_POINT.fetch_add(1, Ordering::Relaxed),
+                name: RwLock::new(Arc::from("")),
+                fwd: RwLock::new(Vec::new()),
+                bwd: RwLock::new(Vec::new()),
+                n_fwd: AtomicUsize::new(0),
+                n_bwd: AtomicUsize::new(0),
+                ctx: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Another handle to this same point (same hooks, name and context), for the
+    /// backward op that must outlive the borrow of the model.
+    pub(crate) fn share(&self) -> HookPoint {
+        HookPoint {
+            inner: self.inner.clone(),
         }
     }
 
     /// A number unique to this hook point in the process.
     pub fn id(&self) -> u64 {
-        self.id
+        self.inner.id
     }
 
     /// The full name, e.g. `blocks.3.attn.hook_pattern` (empty until the model's hook
     /// dictionary has been built once).
     pub fn name(&self) -> Arc<str> {
-        read(&self.name).clone()
+        read(&self.inner.name).clone()
     }
 
     /// Sets the name; called by the hook dictionary, which names points from their path.
     pub(crate) fn set_name(&self, name: &str) {
-        if &**read(&self.name) != name {
-            *write(&self.name) = Arc::from(name);
+        if &**read(&self.inner.name) != name {
+            *write(&self.inner.name) = Arc::from(name);
         }
     }
 
@@ -101,20 +129,23 @@ impl HookPoint {
     /// the hook.
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.n_fwd.load(Ordering::Acquire) == 0 && !run_frame::any_active() {
+        if self.inner.n_fwd.load(Ordering::Acquire) == 0
+            && self.inner.n_bwd.load(Ordering::Acquire) == 0
+            && !run_frame::any_active()
+        {
             return Ok(x.clone());
         }
-        self.run_fwd_hooks(x).map_err(Error::into_candle)
+        self.run_hooks(x).map_err(Error::into_candle)
     }
 
     #[cold]
-    fn run_fwd_hooks(&self, x: &Tensor) -> Result<Tensor> {
+    fn run_hooks(&self, x: &Tensor) -> Result<Tensor> {
         let mut chain: Vec<Hook> = Vec::new();
-        if self.n_fwd.load(Ordering::Acquire) > 0 {
-            chain.extend(read(&self.fwd).iter().map(|a| a.hook.clone()));
+        if self.inner.n_fwd.load(Ordering::Acquire) > 0 {
+            chain.extend(read(&self.inner.fwd).iter().map(|a| a.hook.clone()));
         }
         if run_frame::any_active() {
-            run_frame::fwd_hooks_for(self.id, &mut chain);
+            run_frame::hooks_for(self.inner.id, Direction::Fwd, &mut chain);
         }
         let mut current = x.clone();
         for hook in &chain {
@@ -122,6 +153,16 @@ impl HookPoint {
                 self.check_replacement(x, &replacement)?;
                 current = replacement;
             }
+        }
+        let mut bwd_chain: Vec<Hook> = Vec::new();
+        if self.inner.n_bwd.load(Ordering::Acquire) > 0 {
+            bwd_chain.extend(read(&self.inner.bwd).iter().map(|a| a.hook.clone()));
+        }
+        if run_frame::any_active() {
+            run_frame::hooks_for(self.inner.id, Direction::Bwd, &mut bwd_chain);
+        }
+        if !bwd_chain.is_empty() {
+            current = crate::grad_hook_op::attach(self.share(), bwd_chain, &current)?;
         }
         Ok(current)
     }
@@ -179,8 +220,8 @@ impl HookPoint {
         prepend: bool,
     ) -> Result<HookInfo> {
         let list = match dir {
-            Direction::Fwd => &self.fwd,
-            Direction::Bwd => &self.bwd,
+            Direction::Fwd => &self.inner.fwd,
+            Direction::Bwd => &self.inner.bwd,
             Direction::Both => {
                 return Err(Error::Direction(format!(
                     "a hook is added in one direction (Fwd or Bwd), not Both (at `{}`)",
@@ -204,9 +245,7 @@ impl HookPoint {
         } else {
             hooks.push(attached);
         }
-        if dir == Direction::Fwd {
-            self.n_fwd.store(hooks.len(), Ordering::Release);
-        }
+        self.count_changed(dir, hooks.len());
         Ok(info)
     }
 
@@ -215,7 +254,7 @@ impl HookPoint {
     /// when a level is given. Returns how many were removed.
     pub fn remove_hooks(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
         let mut removed = 0;
-        for (d, list) in [(Direction::Fwd, &self.fwd), (Direction::Bwd, &self.bwd)] {
+        for (d, list) in [(Direction::Fwd, &self.inner.fwd), (Direction::Bwd, &self.inner.bwd)] {
             if !dir.includes(d) {
                 continue;
             }
@@ -227,17 +266,30 @@ impl HookPoint {
                 keep_permanent || other_level
             });
             removed += before - hooks.len();
-            if d == Direction::Fwd {
-                self.n_fwd.store(hooks.len(), Ordering::Release);
-            }
+            self.count_changed(d, hooks.len());
         }
         removed
     }
 
+    /// Keeps the lock-free counters in step with the lists (called under the write lock).
+    fn count_changed(&self, dir: Direction, len: usize) {
+        match dir {
+            Direction::Fwd => self.inner.n_fwd.store(len, Ordering::Release),
+            _ => {
+                let old = self.inner.n_bwd.swap(len, Ordering::AcqRel);
+                if len > old {
+                    BWD_ATTACHED.fetch_add(len - old, Ordering::AcqRel);
+                } else {
+                    BWD_ATTACHED.fetch_sub(old - len, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
     /// The hooks attached as model state, forward ones first, in running order.
     pub fn hooks(&self) -> Vec<HookInfo> {
-        let mut out: Vec<HookInfo> = read(&self.fwd).iter().map(|a| a.info.clone()).collect();
-        out.extend(read(&self.bwd).iter().map(|a| a.info.clone()));
+        let mut out: Vec<HookInfo> = read(&self.inner.fwd).iter().map(|a| a.info.clone()).collect();
+        out.extend(read(&self.inner.bwd).iter().map(|a| a.info.clone()));
         out
     }
 
@@ -245,17 +297,17 @@ impl HookPoint {
     pub fn num_hooks(&self, dir: Direction) -> usize {
         let mut n = 0;
         if dir.includes(Direction::Fwd) {
-            n += read(&self.fwd).len();
+            n += read(&self.inner.fwd).len();
         }
         if dir.includes(Direction::Bwd) {
-            n += read(&self.bwd).len();
+            n += read(&self.inner.bwd).len();
         }
         n
     }
 
     /// The backward hooks attached as model state, in running order.
     pub fn bwd_hooks(&self) -> Vec<Hook> {
-        read(&self.bwd).iter().map(|a| a.hook.clone()).collect()
+        read(&self.inner.bwd).iter().map(|a| a.hook.clone()).collect()
     }
 
     /// Stores a value in this point's scratch context (TransformerLens's `hook.ctx`),
@@ -286,7 +338,7 @@ impl HookPoint {
     }
 
     fn lock_ctx(&self) -> std::sync::MutexGuard<'_, HashMap<String, Box<dyn Any + Send + Sync>>> {
-        self.ctx.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.ctx.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -164,27 +164,16 @@ pub trait HookedModel: Hooked {
     /// to this run only (TransformerLens's `run_with_hooks`). Other threads running the
     /// same model at the same time do not see them, and nothing is left attached after,
     /// whatever happens in `forward`.
+    ///
+    /// Backward hooks in `hooks` run when a loss computed in `forward` is
+    /// back-propagated (`loss.backward()`, inside or after the closure): they are part
+    /// of the graph this run recorded, and of nothing else.
     fn run_with_hooks<R, E: Into<Error>>(
         &self,
         hooks: HookSet,
         forward: impl FnOnce(&Self) -> std::result::Result<R, E>,
     ) -> Result<R> {
-        if !hooks.bwd.is_empty() {
-            return Err(Error::Unsupported(
-                "backward hooks in run_with_hooks: gradients through hook points are not implemented yet".into(),
-            ));
-        }
-        let mut frame = RunFrame::default();
-        {
-            let dict = self.hook_dict();
-            for (filter, hook) in &hooks.fwd {
-                for (_, point) in dict.select(self, filter)? {
-                    frame.fwd.entry(point.id()).or_default().push(hook.clone());
-                }
-            }
-        }
-        let _guard = FrameGuard::push(frame);
-        forward(self).map_err(Into::into)
+        run_in_frame(self, hooks, false, forward)
     }
 
     /// Runs `forward` and records the activations `opts` selects (TransformerLens's
@@ -208,40 +197,124 @@ pub trait HookedModel: Hooked {
         forward: impl FnOnce(&Self) -> std::result::Result<R, E>,
     ) -> Result<(R, ActivationCache)> {
         if opts.incl_bwd {
-            return Err(Error::Unsupported(
-                "incl_bwd: gradients through hook points are not implemented yet".into(),
+            return Err(Error::invalid(
+                "incl_bwd needs a backward pass from a scalar: use run_with_cache_bwd, whose forward returns the loss",
             ));
         }
-        let filter = opts.names_filter.clone().unwrap_or(NamesFilter::All);
-        let records: Arc<Mutex<Records>> = Arc::default();
-        let recorder = {
-            let records = records.clone();
-            let opts = opts.clone();
-            Hook::new(move |x: &Tensor, hp: &HookPoint| {
-                let name = hp.name();
-                let t = prepare_for_cache(&name, x, &opts)?;
-                records.lock().unwrap_or_else(|e| e.into_inner()).push((name, t));
-                Ok(None)
-            })
-        };
-        let hooks = match filter {
-            NamesFilter::All if self.hook_dict().is_empty() => hooks,
-            filter => hooks.fwd_hook(filter, recorder),
-        };
-        let out = self.run_with_hooks(hooks, forward)?;
-        let records = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut cache = ActivationCache::new(!opts.remove_batch_dim);
-        for (name, t) in records {
-            cache.insert(name.to_string(), t);
-        }
-        Ok((out, cache))
+        let (hooks, records) = add_recorders(self, hooks, &opts, false);
+        let out = run_in_frame(self, hooks, false, forward)?;
+        Ok((out, records.into_cache(&opts)))
+    }
+
+    /// `run_with_cache(incl_bwd=True)`: runs `forward`, which returns a scalar (the
+    /// loss, shape `[]` or `[1]`), back-propagates it, and returns it with a cache
+    /// holding the selected activations and, for each, `<name>_grad`: the gradient of
+    /// the scalar with respect to that activation. Per-run `hooks` (forward and
+    /// backward) apply before recording.
+    fn run_with_cache_bwd<E: Into<Error>>(
+        &self,
+        opts: CacheOptions,
+        hooks: HookSet,
+        forward: impl FnOnce(&Self) -> std::result::Result<Tensor, E>,
+    ) -> Result<(Tensor, ActivationCache)> {
+        let (hooks, records) = add_recorders(self, hooks, &opts, true);
+        let loss = run_in_frame(self, hooks, true, |m| -> Result<Tensor> {
+            let loss = forward(m).map_err(Into::into)?;
+            if loss.elem_count() != 1 {
+                return Err(Error::invalid(format!(
+                    "run_with_cache_bwd needs a scalar to back-propagate, got shape {:?}",
+                    loss.shape()
+                )));
+            }
+            loss.backward()?;
+            Ok(loss)
+        })?;
+        Ok((loss.detach(), records.into_cache(&opts)))
     }
 }
 
-impl<M: Hooked + ?Sized> HookedModel for M {}
+/// Pushes a frame with `hooks` (and gradients wanted if `grads`), runs `forward`, pops it.
+fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
+    model: &M,
+    hooks: HookSet,
+    grads: bool,
+    forward: impl FnOnce(&M) -> std::result::Result<R, E>,
+) -> Result<R> {
+    let mut frame = RunFrame {
+        grads,
+        ..RunFrame::default()
+    };
+    {
+        let dict = model.hook_dict();
+        for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
+            let map = if dir == Direction::Fwd {
+                &mut frame.fwd
+            } else {
+                &mut frame.bwd
+            };
+            for (filter, hook) in list {
+                for (_, point) in dict.select(model, filter)? {
+                    map.entry(point.id()).or_default().push(hook.clone());
+                }
+            }
+        }
+    }
+    let _guard = FrameGuard::push(frame);
+    forward(model).map_err(Into::into)
+}
 
-/// What the recording hook collects: (hook name, activation) in firing order.
-type Records = Vec<(Arc<str>, Tensor)>;
+/// What the recording hooks collect: (cache name, activation) in the order seen.
+type Records = Vec<(String, Tensor)>;
+
+/// The recording hooks' shared buffer.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Records>>);
+
+impl Recorder {
+    fn push(&self, name: String, t: Tensor) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push((name, t));
+    }
+
+    fn into_cache(self, opts: &CacheOptions) -> ActivationCache {
+        let records = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut cache = ActivationCache::new(!opts.remove_batch_dim);
+        for (name, t) in records {
+            cache.insert(name, t);
+        }
+        cache
+    }
+}
+
+/// Adds hooks that record the activations (and with `grads`, their gradients as
+/// `<name>_grad`) that `opts` selects, after `hooks`.
+fn add_recorders<M: HookedModel + ?Sized>(
+    model: &M,
+    hooks: HookSet,
+    opts: &CacheOptions,
+    grads: bool,
+) -> (HookSet, Recorder) {
+    let recorder = Recorder::default();
+    let filter = opts.names_filter.clone().unwrap_or(NamesFilter::All);
+    if matches!(filter, NamesFilter::All) && model.hook_dict().is_empty() {
+        return (hooks, recorder);
+    }
+    let make = |suffix: &'static str| {
+        let (recorder, opts) = (recorder.clone(), opts.clone());
+        Hook::new(move |x: &Tensor, hp: &HookPoint| {
+            let name = hp.name();
+            let t = prepare_for_cache(&name, x, &opts)?;
+            recorder.push(format!("{name}{suffix}"), t);
+            Ok(None)
+        })
+    };
+    let mut hooks = hooks.fwd_hook(filter.clone(), make(""));
+    if grads {
+        hooks = hooks.bwd_hook(filter, make("_grad"));
+    }
+    (hooks, recorder)
+}
+
+impl<M: Hooked + ?Sized> HookedModel for M {}
 
 /// Applies `run_with_cache`'s options to one activation: device move, batch axis,
 /// position slice. Without a device move the result shares `x`'s storage.

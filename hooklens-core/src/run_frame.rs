@@ -10,17 +10,26 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::Hook;
+use crate::{Direction, Hook};
 
 /// The hooks of one run: hook point id -> hooks in the order they run.
 #[derive(Default)]
 pub(crate) struct RunFrame {
     pub(crate) fwd: HashMap<u64, Vec<Hook>>,
+    pub(crate) bwd: HashMap<u64, Vec<Hook>>,
+    /// Whether this run wants gradients (it has backward hooks or records them).
+    pub(crate) grads: bool,
 }
 
 thread_local! {
     static FRAMES: RefCell<Vec<Rc<RunFrame>>> = const { RefCell::new(Vec::new()) };
     static DEPTH: Cell<usize> = const { Cell::new(0) };
+    static GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether a run on this thread wants gradients.
+pub(crate) fn grads_wanted() -> bool {
+    GRAD_DEPTH.with(|d| d.get() > 0)
 }
 
 /// Whether any run frame is active on this thread: the hot-path check.
@@ -29,12 +38,13 @@ pub(crate) fn any_active() -> bool {
     DEPTH.with(|d| d.get() > 0)
 }
 
-/// The run-local forward hooks for a hook point, outermost run first (as hooks of
+/// The run-local hooks in `dir` for a hook point, outermost run first (as hooks of
 /// nested `hooks()` contexts run in TransformerLens: in the order they were added).
-pub(crate) fn fwd_hooks_for(point_id: u64, out: &mut Vec<Hook>) {
+pub(crate) fn hooks_for(point_id: u64, dir: Direction, out: &mut Vec<Hook>) {
     FRAMES.with(|frames| {
         for frame in frames.borrow().iter() {
-            if let Some(hooks) = frame.fwd.get(&point_id) {
+            let map = if dir == Direction::Bwd { &frame.bwd } else { &frame.fwd };
+            if let Some(hooks) = map.get(&point_id) {
                 out.extend(hooks.iter().cloned());
             }
         }
@@ -44,15 +54,21 @@ pub(crate) fn fwd_hooks_for(point_id: u64, out: &mut Vec<Hook>) {
 /// Pushes a frame for the guard's lifetime. Dropping the guard pops it, also while
 /// unwinding from a panic in the forward pass, so per-run hooks cannot leak.
 pub(crate) struct FrameGuard {
+    grads: bool,
     // Frames are thread-local: the guard must be dropped on the thread that pushed it.
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl FrameGuard {
     pub(crate) fn push(frame: RunFrame) -> Self {
+        let grads = frame.grads || !frame.bwd.is_empty();
         FRAMES.with(|f| f.borrow_mut().push(Rc::new(frame)));
         DEPTH.with(|d| d.set(d.get() + 1));
+        if grads {
+            GRAD_DEPTH.with(|d| d.set(d.get() + 1));
+        }
         FrameGuard {
+            grads,
             _not_send: std::marker::PhantomData,
         }
     }
@@ -64,5 +80,8 @@ impl Drop for FrameGuard {
             f.borrow_mut().pop();
         });
         DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        if self.grads {
+            GRAD_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+        }
     }
 }

@@ -7,10 +7,13 @@ use candle_core::{DType, Device, Tensor};
 use hooklens::{HookPoint, Hooked};
 
 /// `[d_in, d_out]` weights from a fixed formula, so every test sees the same model.
-fn weight(d_in: usize, d_out: usize, seed: f64) -> Tensor {
+fn weight(d_in: usize, d_out: usize, seed: f64, dtype: DType) -> Tensor {
     let n = d_in * d_out;
-    let v: Vec<f32> = (0..n).map(|i| ((i as f64 * 0.37 + seed).sin() * 0.3) as f32).collect();
-    Tensor::from_vec(v, (d_in, d_out), &Device::Cpu).unwrap()
+    let v: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37 + seed).sin() * 0.3).collect();
+    Tensor::from_vec(v, (d_in, d_out), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 #[derive(Hooked)]
@@ -40,13 +43,17 @@ pub struct TinyModel {
 
 impl TinyModel {
     pub fn new(n_layers: usize, d_model: usize) -> Self {
+        Self::with_dtype(n_layers, d_model, DType::F32)
+    }
+
+    pub fn with_dtype(n_layers: usize, d_model: usize, dtype: DType) -> Self {
         let blocks = (0..n_layers)
             .map(|l| Block {
                 mlp: Mlp {
                     hook_pre: HookPoint::new(),
                     hook_post: HookPoint::new(),
-                    w_in: weight(d_model, 2 * d_model, l as f64 + 0.5),
-                    w_out: weight(2 * d_model, d_model, l as f64 + 1.5),
+                    w_in: weight(d_model, 2 * d_model, l as f64 + 0.5, dtype),
+                    w_out: weight(2 * d_model, d_model, l as f64 + 1.5, dtype),
                 },
                 hook_resid_pre: HookPoint::new(),
                 hook_mlp_out: HookPoint::new(),
@@ -57,7 +64,7 @@ impl TinyModel {
             hook_embed: HookPoint::new(),
             blocks,
             hook_final: HookPoint::new(),
-            w_embed: weight(d_model, d_model, 9.0),
+            w_embed: weight(d_model, d_model, 9.0, dtype),
             d_model,
         }
     }
@@ -76,11 +83,20 @@ impl TinyModel {
         self.hook_final.forward(&resid)
     }
 
+    /// The scalar the gradient tests back-propagate: the mean square of the output.
+    pub fn loss(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward(x)?.sqr()?.mean_all()
+    }
+
     /// A deterministic input `[batch, pos, d_model]`.
     pub fn input(&self, batch: usize, pos: usize, seed: f64) -> Tensor {
         let n = batch * pos * self.d_model;
-        let v: Vec<f32> = (0..n).map(|i| ((i as f64 * 0.11 + seed).cos()) as f32).collect();
-        Tensor::from_vec(v, (batch, pos, self.d_model), &Device::Cpu).unwrap()
+        let v: Vec<f64> = (0..n).map(|i| (i as f64 * 0.11 + seed).cos()).collect();
+        let dtype = self.w_embed.dtype();
+        Tensor::from_vec(v, (batch, pos, self.d_model), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     }
 }
 
