@@ -1,0 +1,492 @@
+//! Finding a model's files: a local directory, or a Hugging Face id looked up in the
+//! local Hugging Face cache and downloaded into it when missing.
+//!
+//! The cache is the one Python's `huggingface_hub` uses (`models--gpt2/refs/main`,
+//! `snapshots/<commit>/...`), so a model Python already downloaded is found without
+//! network, and the other way round.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::{Cache, Repo, RepoType};
+use hooklens_core::{Error, Result};
+
+/// The configuration file of a model.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file of a model.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The optional tokenizer file of a model.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// TransformerLens's names for models that are not Hugging Face ids.
+const ALIASES: &[(&str, &str)] = &[("gpt2-small", "gpt2")];
+
+/// Ids that Hugging Face moved under an organisation and still serves by both names;
+/// Python's cache keeps each under the name it was asked for, so a cached copy may sit
+/// under either.
+const SAME_REPO: &[(&str, &str)] = &[
+    ("gpt2", "openai-community/gpt2"),
+    ("gpt2-medium", "openai-community/gpt2-medium"),
+    ("gpt2-large", "openai-community/gpt2-large"),
+    ("gpt2-xl", "openai-community/gpt2-xl"),
+    ("distilgpt2", "distilbert/distilgpt2"),
+];
+
+/// Where a model's files were found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelSource {
+    /// A local directory given by path.
+    Directory(PathBuf),
+    /// A Hugging Face repository, found in (or downloaded into) a cache.
+    Hub {
+        /// The repository id the files were found under.
+        repo: String,
+        /// The revision asked for (branch, tag or commit).
+        revision: String,
+        /// The Hugging Face cache directory (the `hub` folder).
+        cache_dir: PathBuf,
+    },
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Directory(dir) => write!(f, "{}", dir.display()),
+            ModelSource::Hub { repo, revision, .. } if revision == "main" => write!(f, "{repo}"),
+            ModelSource::Hub { repo, revision, .. } => write!(f, "{repo}@{revision}"),
+        }
+    }
+}
+
+/// The files of one model, all local.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelFiles {
+    /// `config.json` (Hugging Face GPT-2 config).
+    pub config: PathBuf,
+    /// `model.safetensors`.
+    pub weights: PathBuf,
+    /// `tokenizer.json`, when the model has one.
+    pub tokenizer: Option<PathBuf>,
+    /// Where they came from.
+    pub source: ModelSource,
+}
+
+/// How Hugging Face ids are resolved. [`HubOptions::from_env`] reads the variables
+/// Python's `huggingface_hub` reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HubOptions {
+    /// The cache directory (the `hub` folder holding `models--*`).
+    pub cache_dir: PathBuf,
+    /// Never use the network: only the cache (`HF_HUB_OFFLINE=1`).
+    pub offline: bool,
+    /// Branch, tag or commit hash (default `main`).
+    pub revision: String,
+    /// Show a progress bar while downloading.
+    pub progress: bool,
+    /// The hub's address (`HF_ENDPOINT`), when not the default.
+    pub endpoint: Option<String>,
+    /// An access token (`HF_TOKEN`); without one, the cache's `token` file is used.
+    pub token: Option<String>,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self::from_env()
+    }
+}
+
+impl HubOptions {
+    /// Options from the environment: `HF_HUB_CACHE` (or the older
+    /// `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
+    /// else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE`; `HF_ENDPOINT`; `HF_TOKEN`.
+    pub fn from_env() -> Self {
+        Self::from_vars(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`HubOptions::from_env`] with the variables read through `var`, so tests need
+    /// not touch the process environment.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        HubOptions {
+            cache_dir: cache_dir_from(&var),
+            offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v)),
+            revision: "main".into(),
+            progress: true,
+            endpoint: var("HF_ENDPOINT"),
+            token: var("HF_TOKEN"),
+        }
+    }
+
+    /// Uses `dir` as the cache directory.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = dir.into();
+        self
+    }
+
+    /// Forbids (or allows) the network.
+    pub fn offline(mut self, yes: bool) -> Self {
+        self.offline = yes;
+        self
+    }
+
+    /// Resolves this branch, tag or commit instead of `main`.
+    pub fn revision(mut self, revision: impl Into<String>) -> Self {
+        self.revision = revision.into();
+        self
+    }
+
+    /// Shows (or hides) the download progress bar.
+    pub fn progress(mut self, yes: bool) -> Self {
+        self.progress = yes;
+        self
+    }
+}
+
+/// `huggingface_hub`'s reading of boolean variables.
+fn is_truthy(v: &str) -> bool {
+    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
+}
+
+fn cache_dir_from(var: &impl Fn(&str) -> Option<String>) -> PathBuf {
+    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return PathBuf::from(dir);
+    }
+    if let Some(home) = var("HF_HOME") {
+        return PathBuf::from(home).join("hub");
+    }
+    let cache = var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    cache.join("huggingface").join("hub")
+}
+
+/// Finds the files of `name` with options from the environment; see [`resolve_with`].
+pub fn resolve(name: &str) -> Result<ModelFiles> {
+    resolve_with(name, &HubOptions::from_env())
+}
+
+/// Finds the files of `name`: a directory holding `config.json` and
+/// `model.safetensors` (and optionally `tokenizer.json`), or a Hugging Face id
+/// (`gpt2`, `openai-community/gpt2-medium`, `distilgpt2`, ...).
+///
+/// An id is looked up in the cache first, with no network at all when its files are
+/// there; otherwise they are downloaded into the cache (with a progress bar unless
+/// turned off), unless `opts.offline`. Errors say what was looked for and where.
+pub fn resolve_with(name: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let path = Path::new(name);
+    if path.is_dir() {
+        return from_directory(path);
+    }
+    if looks_like_path(name) {
+        return Err(Error::invalid(format!(
+            "model `{name}`: no such directory (a model is a directory holding {CONFIG_FILE} and \
+             {WEIGHTS_FILE}, or a Hugging Face id such as `gpt2`)"
+        )));
+    }
+    let id = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, id)| *id);
+    check_repo_id(id)?;
+    if let Some(files) = from_cache(id, opts) {
+        return Ok(files);
+    }
+    if opts.offline {
+        return Err(not_cached(
+            id,
+            opts,
+            "offline mode (HF_HUB_OFFLINE) forbids downloading",
+        ));
+    }
+    download(id, opts)
+}
+
+fn from_directory(dir: &Path) -> Result<ModelFiles> {
+    let config = dir.join(CONFIG_FILE);
+    let weights = dir.join(WEIGHTS_FILE);
+    for file in [&config, &weights] {
+        if !file.is_file() {
+            return Err(Error::invalid(format!(
+                "model directory {}: no {} in it",
+                dir.display(),
+                file.file_name().unwrap_or_default().to_string_lossy()
+            )));
+        }
+    }
+    let tokenizer = Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file());
+    Ok(ModelFiles {
+        config,
+        weights,
+        tokenizer,
+        source: ModelSource::Directory(dir.to_path_buf()),
+    })
+}
+
+/// Whether `name` can only be meant as a path: Hugging Face ids have at most one `/`
+/// and never start with `.`, `/` or `~`.
+fn looks_like_path(name: &str) -> bool {
+    name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\')
+}
+
+fn check_repo_id(id: &str) -> Result<()> {
+    let ok_part = |p: &str| {
+        !p.is_empty()
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !p.starts_with(['-', '.'])
+            && !p.contains("..")
+    };
+    if id.split('/').count() <= 2 && id.split('/').all(ok_part) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "model `{id}`: neither a directory nor a valid Hugging Face id (`name` or `org/name`)"
+        )))
+    }
+}
+
+/// The same repository under its other name (`gpt2` <-> `openai-community/gpt2`).
+fn other_name(id: &str) -> Option<&'static str> {
+    SAME_REPO
+        .iter()
+        .find_map(|&(a, b)| (a == id).then_some(b).or((b == id).then_some(a)))
+}
+
+fn repo(id: &str, revision: &str) -> Repo {
+    Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string())
+}
+
+/// The cache folder of `id`, e.g. `<cache>/models--openai-community--gpt2`.
+pub fn repo_cache_dir(cache_dir: &Path, id: &str) -> PathBuf {
+    cache_dir.join(repo(id, "main").folder_name())
+}
+
+/// A file in the cache, by branch or tag (through `refs/`) or by commit hash.
+fn cached_file(cache: &Cache, id: &str, revision: &str, file: &str) -> Option<PathBuf> {
+    if let Some(path) = cache.repo(repo(id, revision)).get(file) {
+        return Some(path);
+    }
+    let is_commit = revision.len() == 40 && revision.chars().all(|c| c.is_ascii_hexdigit());
+    let path = repo_cache_dir(cache.path(), id)
+        .join("snapshots")
+        .join(revision)
+        .join(file);
+    (is_commit && path.is_file()).then_some(path)
+}
+
+fn from_cache(id: &str, opts: &HubOptions) -> Option<ModelFiles> {
+    let cache = Cache::new(opts.cache_dir.clone());
+    for name in std::iter::once(id).chain(other_name(id)) {
+        let found = |file| cached_file(&cache, name, &opts.revision, file);
+        if let (Some(config), Some(weights)) = (found(CONFIG_FILE), found(WEIGHTS_FILE)) {
+            return Some(ModelFiles {
+                config,
+                weights,
+                tokenizer: found(TOKENIZER_FILE),
+                source: ModelSource::Hub {
+                    repo: name.to_string(),
+                    revision: opts.revision.clone(),
+                    cache_dir: opts.cache_dir.clone(),
+                },
+            });
+        }
+    }
+    None
+}
+
+fn not_cached(id: &str, opts: &HubOptions, why: &str) -> Error {
+    let mut places = vec![repo_cache_dir(&opts.cache_dir, id)];
+    places.extend(other_name(id).map(|other| repo_cache_dir(&opts.cache_dir, other)));
+    let places: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    Error::invalid(format!(
+        "model `{id}` (revision `{}`): {CONFIG_FILE} and {WEIGHTS_FILE} are not in the Hugging Face cache \
+         (looked in {}; cache directory {} from HF_HUB_CACHE / HF_HOME), and {why}",
+        opts.revision,
+        places.join(" and "),
+        opts.cache_dir.display()
+    ))
+}
+
+fn download(id: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
+        .with_progress(opts.progress)
+        .with_user_agent("hooklens", env!("CARGO_PKG_VERSION"));
+    if let Some(endpoint) = &opts.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if opts.token.is_some() {
+        builder = builder.with_token(opts.token.clone());
+    }
+    let api = builder
+        .build()
+        .map_err(|e| not_cached(id, opts, &format!("the download client could not start: {e}")))?;
+    let remote = api.repo(repo(id, &opts.revision));
+    let get = |file: &str| {
+        remote.get(file).map_err(|e| {
+            not_cached(
+                id,
+                opts,
+                &format!("downloading {file} from {} failed: {e}", remote.url(file)),
+            )
+        })
+    };
+    let config = get(CONFIG_FILE)?;
+    let weights = get(WEIGHTS_FILE)?;
+    // Many repositories have no tokenizer.json; GPT-2's BPE is the fallback then.
+    let tokenizer = remote.get(TOKENIZER_FILE).ok();
+    Ok(ModelFiles {
+        config,
+        weights,
+        tokenizer,
+        source: ModelSource::Hub {
+            repo: id.to_string(),
+            revision: opts.revision.clone(),
+            cache_dir: opts.cache_dir.clone(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
+
+    fn tiny_model_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2/model")
+    }
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("hooklens-hub-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Lays out the tiny model as Python's `huggingface_hub` caches a repository.
+    fn fake_cache(cache: &Path, folder: &str, with_ref: bool) {
+        let repo = cache.join(folder);
+        let snap = repo.join("snapshots").join(COMMIT);
+        std::fs::create_dir_all(&snap).unwrap();
+        if with_ref {
+            std::fs::create_dir_all(repo.join("refs")).unwrap();
+            std::fs::write(repo.join("refs").join("main"), COMMIT).unwrap();
+        }
+        for file in [CONFIG_FILE, WEIGHTS_FILE] {
+            std::fs::copy(tiny_model_dir().join(file), snap.join(file)).unwrap();
+        }
+    }
+
+    fn offline(cache: &Path) -> HubOptions {
+        HubOptions::from_vars(|_| None).cache_dir(cache).offline(true)
+    }
+
+    #[test]
+    fn resolves_a_cached_id_offline() {
+        let tmp = TempDir::new("cached");
+        fake_cache(&tmp.0, "models--gpt2", true);
+        let files = resolve_with("gpt2", &offline(&tmp.0)).unwrap();
+        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        assert_eq!(files.config, snap.join(CONFIG_FILE));
+        assert_eq!(files.weights, snap.join(WEIGHTS_FILE));
+        assert_eq!(files.tokenizer, None);
+        assert_eq!(files.source.to_string(), "gpt2");
+        // The alias, and the organisation's name for the same repository, find it too.
+        assert_eq!(
+            resolve_with("gpt2-small", &offline(&tmp.0)).unwrap().weights,
+            files.weights
+        );
+        let org = resolve_with("openai-community/gpt2", &offline(&tmp.0)).unwrap();
+        assert_eq!(org.weights, files.weights);
+        // A commit hash needs no ref.
+        let pinned = resolve_with("gpt2", &offline(&tmp.0).revision(COMMIT)).unwrap();
+        assert_eq!(pinned.weights, files.weights);
+    }
+
+    #[test]
+    fn finds_organisation_ids_and_tokenizers() {
+        let tmp = TempDir::new("org");
+        fake_cache(&tmp.0, "models--openai-community--gpt2-medium", true);
+        let snap = tmp
+            .0
+            .join("models--openai-community--gpt2-medium/snapshots")
+            .join(COMMIT);
+        std::fs::write(snap.join(TOKENIZER_FILE), "{}").unwrap();
+        let files = resolve_with("openai-community/gpt2-medium", &offline(&tmp.0)).unwrap();
+        assert_eq!(files.tokenizer, Some(snap.join(TOKENIZER_FILE)));
+        let short = resolve_with("gpt2-medium", &offline(&tmp.0)).unwrap();
+        assert_eq!(
+            short.source,
+            ModelSource::Hub {
+                repo: "openai-community/gpt2-medium".into(),
+                revision: "main".into(),
+                cache_dir: tmp.0.clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn offline_and_missing_says_what_and_where() {
+        let tmp = TempDir::new("missing");
+        // A snapshot without refs/main is not a usable `main`.
+        fake_cache(&tmp.0, "models--distilgpt2", false);
+        for name in ["gpt2-xl", "distilgpt2"] {
+            let err = resolve_with(name, &offline(&tmp.0)).unwrap_err().to_string();
+            assert!(err.contains(&format!("model `{name}`")), "{err}");
+            assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+            assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+            assert!(err.contains(CONFIG_FILE) && err.contains(WEIGHTS_FILE), "{err}");
+        }
+        let err = resolve_with("gpt2-xl", &offline(&tmp.0)).unwrap_err().to_string();
+        assert!(err.contains("models--gpt2-xl") && err.contains("models--openai-community--gpt2-xl"));
+    }
+
+    #[test]
+    fn directories_and_bad_names() {
+        let dir = tiny_model_dir();
+        let files = resolve_with(dir.to_str().unwrap(), &offline(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(files.source, ModelSource::Directory(dir.clone()));
+        assert_eq!(files.weights, dir.join(WEIGHTS_FILE));
+        let opts = offline(Path::new("/nonexistent"));
+        let err = resolve_with("./no/such/model", &opts).unwrap_err().to_string();
+        assert!(err.contains("no such directory"), "{err}");
+        let err = resolve_with("bad id!", &opts).unwrap_err().to_string();
+        assert!(err.contains("valid Hugging Face id"), "{err}");
+        let no_weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let err = resolve_with(no_weights.to_str().unwrap(), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no config.json"), "{err}");
+    }
+
+    #[test]
+    fn environment_is_read_as_huggingface_hub_reads_it() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            HubOptions::from_vars(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
+        };
+        assert_eq!(
+            env(&[("HOME", "/home/u")]).cache_dir,
+            PathBuf::from("/home/u/.cache/huggingface/hub")
+        );
+        assert_eq!(
+            env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")]).cache_dir,
+            PathBuf::from("/xdg/huggingface/hub")
+        );
+        assert_eq!(env(&[("HF_HOME", "/hf")]).cache_dir, PathBuf::from("/hf/hub"));
+        assert_eq!(
+            env(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c")]).cache_dir,
+            PathBuf::from("/c")
+        );
+        assert!(env(&[("HF_HUB_OFFLINE", "1")]).offline);
+        assert!(env(&[("HF_HUB_OFFLINE", "true")]).offline);
+        assert!(!env(&[("HF_HUB_OFFLINE", "0")]).offline);
+        assert!(!env(&[]).offline);
+    }
+}
