@@ -401,3 +401,21 @@ fn hook_dict_is_in_registration_order() {
         ]
     );
 }
+
+#[test]
+fn first_non_finite_names_the_first_bad_point() {
+    let (model, x) = setup();
+    let (_, none) = hooklens::first_non_finite(&model, |m| m.forward(&x)).unwrap();
+    assert_eq!(none, None);
+    let (_, report) = model
+        .run_with_hooks(
+            HookSet::new().fwd("blocks.1.mlp.hook_pre", |t: &Tensor, _: &HookPoint| {
+                Ok(Some((t / 0.0)?))
+            }),
+            |m| hooklens::first_non_finite(m, |m| m.forward(&x)),
+        )
+        .unwrap();
+    let report = report.expect("the division by zero is found");
+    assert_eq!(report.name, "blocks.1.mlp.hook_pre");
+    assert_eq!(report.nan + report.inf, 5 * 16);
+}

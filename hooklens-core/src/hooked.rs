@@ -110,6 +110,10 @@ impl<T: Hooked + ?Sized> Hooked for Box<T> {
     fn visit_hook_points<'a>(&'a self, path: &mut HookPath, visitor: &mut dyn FnMut(&str, &'a HookPoint)) {
         (**self).visit_hook_points(path, visitor)
     }
+
+    fn unknown_hook_hint(&self, name: &str) -> Option<crate::Error> {
+        (**self).unknown_hook_hint(name)
+    }
 }
 
 impl<T: Hooked + ?Sized> Hooked for Arc<T> {

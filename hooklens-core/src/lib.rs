@@ -16,6 +16,7 @@ mod hooked;
 mod hooked_forward;
 mod hooked_model;
 mod names_filter;
+mod non_finite;
 mod run_frame;
 mod slice;
 
@@ -32,6 +33,7 @@ pub use hooked::{probe, HookPath, Hooked};
 pub use hooked_forward::HookedForward;
 pub use hooked_model::HookedModel;
 pub use names_filter::{glob_match, is_glob, NamesFilter};
+pub use non_finite::{first_non_finite, NonFinite};
 pub use slice::Slice;
 
 /// What `#[derive(Hooked)]` expands to refers to these, by absolute path, so that a
