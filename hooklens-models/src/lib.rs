@@ -1,7 +1,14 @@
-//! Hooked transformer models.
+//! Hooked transformer models for hooklens. GPT-2 ([`gpt2::HookedGpt2`]) is hooked
+//! exactly as TransformerLens's `HookedTransformer`: same hook names, shapes, order and
+//! values, from Hugging Face checkpoints.
 
+pub mod gpt2;
 pub mod hub;
 pub mod tokenizer;
 
+pub use gpt2::{
+    ForwardOptions, ForwardOutput, GenerateOptions, Gpt2Config, HookedGpt2, KvCache, LoadOptions, ProcessingOptions,
+    ReturnType,
+};
 pub use hub::{HubOptions, ModelFiles, ModelSource};
 pub use tokenizer::Tokenizer;

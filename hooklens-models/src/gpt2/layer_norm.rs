@@ -1,0 +1,269 @@
+//! TransformerLens's `LayerNorm` / `LayerNormPre` with its two hook points.
+//!
+//! TransformerLens exposes the normalisation scale (`hook_scale`) between the two
+//! halves of a LayerNorm, and a hook may replace it, so a single fused kernel cannot
+//! be used: the norm is split into two row kernels, "scale" and "normalise with this
+//! scale". candle-nn's fused `layer_norm` is not used either: it computes the variance
+//! as `E[x²] - E[x]²`, which loses precision, and it has no `hook_scale`.
+//!
+//! The row kernels are CPU custom ops without backward; on other devices, and for
+//! a differentiable forward later, [`scale_composite`] and [`normalize_composite`]
+//! compute the same thing with ordinary candle ops.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use hooklens_core::HookPoint;
+
+/// A LayerNorm as TransformerLens computes it: centre, `hook_scale` = `sqrt(var + eps)`
+/// `[.., 1]`, divide, then gain and bias (LN) or nothing (LNPre), then `hook_normalized`.
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core")]
+pub struct LayerNorm {
+    /// Gain and bias `[d_model]`; `None` for TransformerLens's `LayerNormPre`.
+    params: Option<(Tensor, Tensor)>,
+    /// Gain and bias stacked `[2, d_model]`, the fused kernel's third input.
+    stacked: Option<Tensor>,
+    eps: f64,
+    /// `sqrt(var + eps)` of the centred input, `[batch, pos, 1]`.
+    pub hook_scale: HookPoint,
+    /// The output, after gain and bias, `[batch, pos, d_model]`.
+    pub hook_normalized: HookPoint,
+}
+
+impl LayerNorm {
+    /// A LayerNorm with gain `weight` and `bias` (both `[d]`), or none (LNPre).
+    pub fn new(params: Option<(Tensor, Tensor)>, eps: f64) -> candle_core::Result<Self> {
+        let stacked = match &params {
+            Some((w, b)) if w.device().is_cpu() && w.dtype() == DType::F32 => Some(Tensor::stack(&[w, b], 0)?),
+            _ => None,
+        };
+        Ok(LayerNorm {
+            params,
+            stacked,
+            eps,
+            hook_scale: HookPoint::new(),
+            hook_normalized: HookPoint::new(),
+        })
+    }
+
+    /// Gain and bias `[d]`, if this is an LN rather than an LNPre.
+    pub fn params(&self) -> Option<(&Tensor, &Tensor)> {
+        self.params.as_ref().map(|(w, b)| (w, b))
+    }
+
+    /// `x` `[.., d]` -> normalised `[.., d]`, running `hook_scale` (`[.., 1]`) and
+    /// `hook_normalized`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let fused = x.device().is_cpu() && x.dtype() == DType::F32 && !hooklens_core::grad_mode();
+        let x = if fused { x.contiguous()? } else { x.clone() };
+        let scale = if fused {
+            x.apply_op1_no_bwd(&RowScale { eps: self.eps as f32 })?
+        } else {
+            scale_composite(&x, self.eps)?
+        };
+        let scale = self.hook_scale.forward(&scale)?;
+        let out = if fused {
+            let scale = scale.contiguous()?;
+            match (&self.params, &self.stacked) {
+                (Some(_), Some(wb)) => x.apply_op3_no_bwd(&scale, wb, &Normalize)?,
+                (Some((w, b)), None) => x.apply_op3_no_bwd(&scale, &Tensor::stack(&[w, b], 0)?, &Normalize)?,
+                (None, _) => x.apply_op2_no_bwd(&scale, &Normalize)?,
+            }
+        } else {
+            normalize_composite(&x, &scale, self.params())?
+        };
+        self.hook_normalized.forward(&out)
+    }
+}
+
+/// `sqrt(mean((x - mean(x))²) + eps)` over the last axis, keeping it: `[.., d]` -> `[.., 1]`.
+/// Computed in f32 for half-precision input, as TransformerLens does.
+pub fn scale_composite(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(upcast(dtype))?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    (centred.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.to_dtype(dtype)
+}
+
+/// `(x - mean(x)) / scale * w + b`: `x` `[.., d]`, `scale` `[.., 1]`, `w`, `b` `[d]`.
+pub fn normalize_composite(x: &Tensor, scale: &Tensor, params: Option<(&Tensor, &Tensor)>) -> candle_core::Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(upcast(dtype))?;
+    let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let y = centred.broadcast_div(&scale.to_dtype(x.dtype())?)?;
+    let y = match params {
+        Some((w, b)) => y
+            .broadcast_mul(&w.to_dtype(x.dtype())?)?
+            .broadcast_add(&b.to_dtype(x.dtype())?)?,
+        None => y,
+    };
+    y.to_dtype(dtype)
+}
+
+fn upcast(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// Runs `f(first_row, rows_in, rows_out)` over contiguous chunks of rows, on several
+/// threads when the tensor is large enough for that to pay.
+fn par_rows<F>(n_rows: usize, in_width: usize, src: &[f32], out_width: usize, dst: &mut [f32], f: F)
+where
+    F: Fn(usize, &[f32], &mut [f32]) + Sync,
+{
+    let threads = candle_core::utils::get_num_threads().max(1);
+    if threads == 1 || n_rows * in_width < (1 << 16) || n_rows < 2 {
+        f(0, src, dst);
+        return;
+    }
+    let per = n_rows.div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        for (i, (src, dst)) in src.chunks(per * in_width).zip(dst.chunks_mut(per * out_width)).enumerate() {
+            s.spawn(move || f(i * per, src, dst));
+        }
+    });
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("layer norm: {what} must be contiguous"),
+    }
+}
+
+fn row_mean_var(row: &[f32]) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, var)
+}
+
+struct RowScale {
+    eps: f32,
+}
+
+impl CustomOp1 for RowScale {
+    fn name(&self) -> &'static str {
+        "hooklens-ln-scale"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l, "input")?;
+        let dims = l.dims();
+        let d = *dims.last().unwrap_or(&1);
+        if d == 0 {
+            candle_core::bail!("layer norm over an empty axis")
+        }
+        let n_rows = src.len() / d;
+        let mut dst = vec![0f32; n_rows];
+        par_rows(n_rows, d, src, 1, &mut dst, |_, src, dst| {
+            for (row, out) in src.chunks(d).zip(dst.iter_mut()) {
+                let (_, var) = row_mean_var(row);
+                *out = (var + self.eps).sqrt();
+            }
+        });
+        let mut out_dims = dims.to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = 1;
+        }
+        Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
+    }
+}
+
+struct Normalize;
+
+impl Normalize {
+    fn run(&self, src: &[f32], l: &Layout, scale: &[f32], params: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+        let d = *l.dims().last().unwrap_or(&1);
+        if d == 0 || scale.len() * d != src.len() {
+            candle_core::bail!("layer norm: scale has {} rows, input has {}", scale.len(), src.len() / d.max(1))
+        }
+        let (w, b) = match params {
+            Some(p) if p.len() == 2 * d => (Some(&p[..d]), Some(&p[d..])),
+            Some(p) => candle_core::bail!("layer norm: parameters have {} values, expected {}", p.len(), 2 * d),
+            None => (None, None),
+        };
+        let mut dst = vec![0f32; src.len()];
+        par_rows(scale.len(), d, src, d, &mut dst, |first, src, dst| {
+            for (i, (row, out)) in src.chunks(d).zip(dst.chunks_mut(d)).enumerate() {
+                let mean = row.iter().sum::<f32>() / d as f32;
+                let s = scale[first + i];
+                match (w, b) {
+                    (Some(w), Some(b)) => {
+                        for (((o, x), w), b) in out.iter_mut().zip(row).zip(w).zip(b) {
+                            *o = (x - mean) / s * w + b;
+                        }
+                    }
+                    _ => {
+                        for (o, x) in out.iter_mut().zip(row) {
+                            *o = (x - mean) / s;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+impl CustomOp2 for Normalize {
+    fn name(&self) -> &'static str {
+        "hooklens-ln-normalize"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "scale")?, None)
+    }
+}
+
+impl CustomOp3 for Normalize {
+    fn name(&self) -> &'static str {
+        "hooklens-ln-normalize"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(
+            contiguous_f32(s1, l1, "input")?,
+            l1,
+            contiguous_f32(s2, l2, "scale")?,
+            Some(contiguous_f32(s3, l3, "parameters")?),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fused_equals_composite() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (3, 5, 64), &dev).unwrap() + 2.0).unwrap();
+        let w = Tensor::randn(1f32, 0.3, 64, &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.3, 64, &dev).unwrap();
+        let ln = LayerNorm::new(Some((w.clone(), b.clone())), 1e-5).unwrap();
+        let got = ln.forward(&x).unwrap();
+        let scale = scale_composite(&x, 1e-5).unwrap();
+        let want = normalize_composite(&x, &scale, Some((&w, &b))).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{diff}");
+        let big = Tensor::randn(0f32, 1.0, (300, 256), &dev).unwrap();
+        let pre = LayerNorm::new(None, 1e-5).unwrap();
+        let got = pre.forward(&big).unwrap();
+        let want = normalize_composite(&big, &scale_composite(&big, 1e-5).unwrap(), None).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+}

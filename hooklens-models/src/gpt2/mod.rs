@@ -1,0 +1,50 @@
+//! GPT-2, hooked as TransformerLens's `HookedTransformer`: configuration, checkpoint
+//! loading and weight processing, the model and its forward options, generation.
+
+mod attention;
+mod block;
+mod checkpoint;
+mod config;
+mod embed;
+mod forward_options;
+mod generate;
+mod kv_cache;
+mod layer_norm;
+mod mlp;
+mod model;
+mod processing;
+mod weights;
+
+pub use attention::Attention;
+pub use block::Block;
+pub use checkpoint::LoadOptions;
+pub use config::{ActFn, Gpt2Config, NormalizationType};
+pub use embed::{Embed, PosEmbed, Unembed};
+pub use forward_options::{ForwardOptions, ForwardOutput, ReturnType};
+pub use generate::GenerateOptions;
+pub use kv_cache::KvCache;
+pub use layer_norm::{normalize_composite, scale_composite, LayerNorm};
+pub use mlp::Mlp;
+pub use model::HookedGpt2;
+pub use processing::ProcessingOptions;
+
+use candle_core::Tensor;
+
+/// `x @ w + b` for `x` `[.., in]`, `w` `[in, out]`, `b` `[out]` -> `[.., out]`, as one
+/// 2-D matmul over the flattened leading axes (faster in candle than a batched matmul
+/// with a broadcast right-hand side).
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let dims = x.dims();
+    let (d_in, d_out) = w.dims2()?;
+    let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    let y = x.reshape((lead, d_in))?.matmul(w)?;
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims.to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = d_out;
+    }
+    y.reshape(out_dims)
+}

@@ -1,0 +1,550 @@
+//! `HookedGpt2`: GPT-2 with TransformerLens's hook points.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use hooklens_core::{Error, HookPoint, HookedForward, Result};
+
+use super::attention::{AttnMask, Attention};
+use super::block::Block;
+use super::checkpoint::{read_weights, Gpt2Weights, LoadOptions, SafetensorsFile};
+use super::config::{Gpt2Config, NormalizationType};
+use super::embed::{is_integer, Embed, PosEmbed, Unembed};
+use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
+use super::kv_cache::KvCache;
+use super::layer_norm::LayerNorm;
+use super::mlp::Mlp;
+use super::processing::{process, ProcessingOptions};
+
+/// GPT-2 with every activation hooked under its TransformerLens name
+/// (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's registration order.
+///
+/// Load it with [`HookedGpt2::from_dir`] (weight processing as TransformerLens's
+/// `from_pretrained` by default), run it with [`HookedGpt2::forward`] or
+/// [`HookedGpt2::forward_with`], and use the hook API of [`hooklens_core::HookedModel`]
+/// (`run_with_hooks`, `run_with_cache`, `add_hook`, ...) on it.
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core", hint = "disabled_hook_hint")]
+pub struct HookedGpt2 {
+    cfg: Gpt2Config,
+    /// Token embedding.
+    pub embed: Embed,
+    /// Token embeddings `[batch, pos, d_model]`.
+    pub hook_embed: HookPoint,
+    /// Position embedding.
+    pub pos_embed: PosEmbed,
+    /// Position embeddings `[batch, pos, d_model]`.
+    pub hook_pos_embed: HookPoint,
+    /// The input tokens `[batch, pos]` (u32), with `use_hook_tokens`.
+    pub hook_tokens: Option<HookPoint>,
+    /// The transformer blocks.
+    pub blocks: Vec<Block>,
+    /// The final LayerNorm.
+    pub ln_final: LayerNorm,
+    /// The unembedding.
+    pub unembed: Unembed,
+}
+
+/// `unknown_hook_hint` of the model: names of optional points that are switched off
+/// get `Error::DisabledHook` with the flag that switches them on.
+fn disabled_hook_hint(model: &HookedGpt2, name: &str) -> Option<Error> {
+    model.cfg.disabled_flag_for(name).map(|flag| Error::DisabledHook {
+        name: name.to_string(),
+        flag: flag.to_string(),
+    })
+}
+
+impl HookedGpt2 {
+    /// Loads `config.json` and `model.safetensors` from `dir` (the layout of a Hugging
+    /// Face model directory), with `opts`' dtype, device and processing.
+    pub fn from_dir(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
+        }
+        Self::from_files(dir.join("config.json"), dir.join("model.safetensors"), opts)
+    }
+
+    /// Loads a Hugging Face GPT-2 `config.json` and a safetensors checkpoint (memory
+    /// mapped), with `opts`' dtype, device and processing. Errors name the file and,
+    /// for a bad checkpoint, the tensor.
+    pub fn from_files(config: impl AsRef<Path>, weights: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let cfg = Gpt2Config::from_hf_json(config)?;
+        let file = SafetensorsFile::open(weights.as_ref(), &opts.device)?;
+        let w = read_weights(&file, &cfg, &weights.as_ref().display().to_string())?;
+        Self::build(cfg, w, &opts.processing, opts.dtype)
+    }
+
+    /// Loads from a `VarBuilder` holding Hugging Face GPT-2 tensor names (with or
+    /// without the `transformer.` prefix), with no weight processing, in the
+    /// `VarBuilder`'s dtype and device. `cfg.normalization_type` must be `LN`.
+    pub fn load(vb: VarBuilder, cfg: &Gpt2Config) -> Result<Self> {
+        Self::load_with(vb, cfg, &ProcessingOptions::none())
+    }
+
+    /// [`HookedGpt2::load`] followed by weight processing.
+    pub fn load_with(vb: VarBuilder, cfg: &Gpt2Config, processing: &ProcessingOptions) -> Result<Self> {
+        if cfg.normalization_type != NormalizationType::LN {
+            return Err(Error::invalid(
+                "HookedGpt2::load reads a Hugging Face checkpoint, whose LayerNorms have parameters: \
+                 give a config with normalization_type LN (processing with fold_ln makes it LNPre)",
+            ));
+        }
+        let dtype = vb.dtype();
+        let w = read_weights(&vb, cfg, "VarBuilder")?;
+        Self::build(cfg.clone(), w, processing, dtype)
+    }
+
+    fn build(mut cfg: Gpt2Config, mut w: Gpt2Weights, processing: &ProcessingOptions, dtype: DType) -> Result<Self> {
+        cfg.validate()?;
+        if !dtype.is_float() {
+            return Err(Error::invalid(format!(
+                "cannot load a model in {dtype:?}: use f32, f16, bf16 or f64"
+            )));
+        }
+        process(&mut w, &mut cfg, processing)?;
+        let w = if dtype == DType::F32 { w } else { w.to_dtype(dtype)? };
+        Self::from_weights(cfg, w)
+    }
+
+    fn from_weights(cfg: Gpt2Config, w: Gpt2Weights) -> Result<Self> {
+        let opt = |on: bool| on.then(HookPoint::new);
+        let mut blocks = Vec::with_capacity(w.layers.len());
+        for l in w.layers {
+            blocks.push(Block {
+                ln1: LayerNorm::new(l.ln1, cfg.eps)?,
+                ln2: LayerNorm::new(l.ln2, cfg.eps)?,
+                attn: Attention {
+                    w_qkv: l.w_qkv,
+                    b_qkv: l.b_qkv,
+                    w_o: l.w_o,
+                    b_o: l.b_o,
+                    n_heads: cfg.n_heads,
+                    d_head: cfg.d_head,
+                    hook_k: HookPoint::new(),
+                    hook_q: HookPoint::new(),
+                    hook_v: HookPoint::new(),
+                    hook_z: HookPoint::new(),
+                    hook_attn_scores: HookPoint::new(),
+                    hook_pattern: HookPoint::new(),
+                    hook_result: opt(cfg.use_attn_result),
+                },
+                mlp: Mlp {
+                    w_in: l.w_in,
+                    b_in: l.b_in,
+                    w_out: l.w_out,
+                    b_out: l.b_out,
+                    act_fn: cfg.act_fn,
+                    hook_pre: HookPoint::new(),
+                    hook_post: HookPoint::new(),
+                },
+                hook_attn_in: opt(cfg.use_attn_in),
+                hook_q_input: opt(cfg.use_split_qkv_input),
+                hook_k_input: opt(cfg.use_split_qkv_input),
+                hook_v_input: opt(cfg.use_split_qkv_input),
+                hook_mlp_in: opt(cfg.use_hook_mlp_in),
+                hook_attn_out: HookPoint::new(),
+                hook_mlp_out: HookPoint::new(),
+                hook_resid_pre: HookPoint::new(),
+                hook_resid_mid: HookPoint::new(),
+                hook_resid_post: HookPoint::new(),
+            });
+        }
+        let model = HookedGpt2 {
+            embed: Embed { w_e: w.w_e },
+            hook_embed: HookPoint::new(),
+            pos_embed: PosEmbed { w_pos: w.w_pos },
+            hook_pos_embed: HookPoint::new(),
+            hook_tokens: opt(cfg.use_hook_tokens),
+            blocks,
+            ln_final: LayerNorm::new(w.ln_final, cfg.eps)?,
+            unembed: Unembed { w_u: w.w_u, b_u: w.b_u },
+            cfg,
+        };
+        // Names every hook point now, so that `HookPoint::name` works from the start.
+        let _ = hooklens_core::HookDict::build(&model);
+        Ok(model)
+    }
+
+    /// The configuration (after processing: `normalization_type` is `LNPre` once
+    /// LayerNorms are folded).
+    pub fn cfg(&self) -> &Gpt2Config {
+        &self.cfg
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.w_e.device()
+    }
+
+    /// The dtype of weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.embed.w_e.dtype()
+    }
+
+    /// Logits `[batch, pos, d_vocab]` for `tokens` `[batch, pos]` (u8, u32 or i64; a
+    /// 1-D `[pos]` is taken as batch 1). Ids outside the vocabulary, an empty input or
+    /// more than `n_ctx` positions are errors.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let out = self.run(tokens, &ForwardOptions::default(), None)?;
+        out.logits
+            .ok_or_else(|| Error::invalid("forward returned no logits (internal error)"))
+    }
+
+    /// TransformerLens's `forward` with options: return type, per-token loss, attention
+    /// mask, start / stop layer. `input` is tokens `[batch, pos]`, or a residual stream
+    /// `[batch, pos, d_model]` with `start_at_layer`. See [`ForwardOptions`].
+    pub fn forward_with(&self, input: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
+        self.run(input, opts, None)
+    }
+
+    /// [`HookedGpt2::forward_with`] on new tokens `[batch, new_pos]` after those already
+    /// in `cache`, whose keys and values are reused and extended; positions continue
+    /// from the cache. `opts.attention_mask`, if given, is `[batch, new_pos]` and
+    /// extends the cache's mask. `start_at_layer` / `stop_at_layer` are not allowed here.
+    pub fn forward_with_kv(&self, tokens: &Tensor, opts: &ForwardOptions, cache: &mut KvCache) -> Result<ForwardOutput> {
+        if opts.start_at_layer.is_some() || opts.stop_at_layer.is_some() {
+            return Err(Error::invalid(
+                "start_at_layer / stop_at_layer cannot be combined with a KV cache",
+            ));
+        }
+        self.run(tokens, opts, Some(cache))
+    }
+
+    /// Token ids as u32 `[batch, pos]` on the model's device, checked against the vocabulary.
+    pub(crate) fn check_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let tokens = match tokens.rank() {
+            1 => tokens.unsqueeze(0)?,
+            2 => tokens.clone(),
+            r => {
+                return Err(Error::invalid(format!(
+                    "tokens must be [batch, pos] (or [pos]), got rank {r} with shape {:?}",
+                    tokens.dims()
+                )))
+            }
+        };
+        if !is_integer(tokens.dtype()) {
+            return Err(Error::invalid(format!(
+                "tokens must be integers (u8, u32 or i64), got {:?}",
+                tokens.dtype()
+            )));
+        }
+        let (b, p) = tokens.dims2()?;
+        if b == 0 || p == 0 {
+            return Err(Error::invalid(format!("empty input: tokens have shape [{b}, {p}]")));
+        }
+        let ids = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        let d_vocab = self.cfg.d_vocab as i64;
+        if let Some(i) = ids.iter().position(|&t| t < 0 || t >= d_vocab) {
+            return Err(Error::invalid(format!(
+                "token id {} at [{}, {}] is outside the vocabulary (d_vocab = {d_vocab})",
+                ids[i],
+                i / p,
+                i % p
+            )));
+        }
+        let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+        Ok(Tensor::from_vec(ids, (b, p), self.device())?)
+    }
+
+    /// An attention mask `[batch, pos]` as 0/1 rows.
+    fn mask_rows(&self, mask: &Tensor, b: usize, p: usize) -> Result<Vec<Vec<u8>>> {
+        if mask.dims() != [b, p] {
+            return Err(Error::invalid(format!(
+                "attention_mask has shape {:?}, expected [{b}, {p}] (the input's batch and positions)",
+                mask.dims()
+            )));
+        }
+        let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| u8::from(v != 0.0)).collect())
+            .collect())
+    }
+
+    fn resolve_layer(&self, layer: isize, what: &str) -> Result<usize> {
+        let n = self.cfg.n_layers as isize;
+        let l = if layer < 0 { layer + n } else { layer };
+        if (0..=n).contains(&l) {
+            Ok(l as usize)
+        } else {
+            Err(Error::invalid(format!(
+                "{what} = {layer} is out of range for a model with {n} layers"
+            )))
+        }
+    }
+
+    fn run(&self, input: &Tensor, opts: &ForwardOptions, mut kv: Option<&mut KvCache>) -> Result<ForwardOutput> {
+        let start = opts
+            .start_at_layer
+            .map(|l| self.resolve_layer(l, "start_at_layer"))
+            .transpose()?;
+        let stop = opts
+            .stop_at_layer
+            .map(|l| self.resolve_layer(l, "stop_at_layer"))
+            .transpose()?
+            .unwrap_or(self.cfg.n_layers);
+        if start.unwrap_or(0) > stop {
+            return Err(Error::invalid(format!(
+                "start_at_layer ({}) is after stop_at_layer ({stop})",
+                start.unwrap_or(0)
+            )));
+        }
+        let offset = kv.as_ref().map_or(0, |c| c.len);
+
+        // Tokens (for the embedding or the loss) and the residual stream to start from.
+        let (mut tokens, residual) = match start {
+            None => (Some(self.check_tokens(input)?), None),
+            Some(_) => {
+                let (b, p, d) = input.dims3().map_err(|_| {
+                    Error::invalid(format!(
+                        "with start_at_layer the input is a residual stream [batch, pos, d_model], got shape {:?}",
+                        input.dims()
+                    ))
+                })?;
+                if d != self.cfg.d_model || b == 0 || p == 0 || input.dtype() != self.dtype() {
+                    return Err(Error::invalid(format!(
+                        "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
+                        input.dims(),
+                        input.dtype(),
+                        self.cfg.d_model,
+                        self.dtype()
+                    )));
+                }
+                let tokens = opts.tokens.as_ref().map(|t| self.check_tokens(t)).transpose()?;
+                (tokens, Some(input.clone()))
+            }
+        };
+        let (b, p) = match (&residual, &tokens) {
+            (Some(r), _) => {
+                let (b, p, _) = r.dims3()?;
+                (b, p)
+            }
+            (None, Some(t)) => t.dims2()?,
+            (None, None) => unreachable!("tokens are checked when there is no residual input"),
+        };
+        if let (Some(r), Some(t)) = (&residual, &tokens) {
+            if t.dims2()? != (b, p) {
+                return Err(Error::invalid(format!(
+                    "tokens have shape {:?} but the residual input is [{b}, {p}, ..]",
+                    t.dims()
+                )));
+            }
+            let _ = r;
+        }
+        if offset + p > self.cfg.n_ctx {
+            return Err(Error::invalid(format!(
+                "{p} positions{} exceed the context length n_ctx = {}",
+                if offset > 0 { format!(" after {offset} cached ones") } else { String::new() },
+                self.cfg.n_ctx
+            )));
+        }
+        if let Some(c) = kv.as_ref() {
+            if !c.is_empty() && c.batch != b {
+                return Err(Error::invalid(format!(
+                    "batch size {b} differs from the KV cache's {}",
+                    c.batch
+                )));
+            }
+        }
+
+        // The attention mask over every position so far (cached and new), if any.
+        let new_rows = opts.attention_mask.as_ref().map(|m| self.mask_rows(m, b, p)).transpose()?;
+        let cached_rows = kv
+            .as_ref()
+            .and_then(|c| c.mask.as_ref())
+            .map(|m| self.mask_rows(m, b, offset))
+            .transpose()?;
+        let full_rows: Option<Vec<Vec<u8>>> = match (cached_rows, new_rows) {
+            (None, None) => None,
+            (c, n) => Some(
+                (0..b)
+                    .map(|i| {
+                        let mut row = c.as_ref().map_or_else(|| vec![1; offset], |c| c[i].clone());
+                        row.extend(n.as_ref().map_or_else(|| vec![1; p], |n| n[i].clone()));
+                        row
+                    })
+                    .collect(),
+            ),
+        };
+
+        let mut residual = match residual {
+            Some(r) => r,
+            None => {
+                let mut toks = tokens.clone().expect("tokens are set when there is no residual input");
+                if let Some(hp) = &self.hook_tokens {
+                    let hooked = hp.forward(&toks)?;
+                    if hooked.id() != toks.id() {
+                        toks = self.check_tokens(&hooked)?;
+                        tokens = Some(toks.clone());
+                    }
+                }
+                let embed = self.hook_embed.forward(&self.embed.forward(&toks)?)?;
+                let pos_embed = match &full_rows {
+                    None => self.pos_embed.forward(b, p, offset, None)?,
+                    Some(rows) => {
+                        let (ids, keep) = positions_from_mask(rows, offset, p);
+                        let ids = Tensor::from_vec(ids, (b, p), self.device())?;
+                        let keep = Tensor::from_vec(keep, (b, p), self.device())?;
+                        self.pos_embed.forward(b, p, offset, Some((&ids, &keep)))?
+                    }
+                };
+                let pos_embed = self.hook_pos_embed.forward(&pos_embed)?;
+                (embed + pos_embed)?
+            }
+        };
+
+        let mask = self.attn_mask(b, p, offset, full_rows.as_deref())?;
+        let first = start.unwrap_or(0);
+        let mut new_kv = Vec::with_capacity(stop - first);
+        for (i, block) in self.blocks.iter().enumerate().take(stop).skip(first) {
+            let past = kv.as_ref().and_then(|c| c.layers.get(i)).and_then(|l| l.as_ref());
+            let (out, layer_kv) = block.forward(&residual, &mask, past)?;
+            residual = out;
+            new_kv.push(layer_kv);
+        }
+        if let Some(c) = kv.as_mut() {
+            c.layers = new_kv.into_iter().map(Some).collect();
+            c.len = offset + p;
+            c.batch = b;
+            c.mask = match &full_rows {
+                Some(rows) => Some(Tensor::from_vec(rows.concat(), (b, offset + p), self.device())?),
+                None => None,
+            };
+        }
+        if opts.stop_at_layer.is_some() {
+            return Ok(ForwardOutput {
+                residual: Some(residual),
+                ..Default::default()
+            });
+        }
+        let residual = self.ln_final.forward(&residual)?;
+        if opts.return_type == ReturnType::None {
+            return Ok(ForwardOutput::default());
+        }
+        let logits = self.unembed.forward(&residual)?;
+        let loss = match opts.return_type {
+            ReturnType::Loss | ReturnType::Both => {
+                let tokens = tokens.as_ref().ok_or_else(|| {
+                    Error::invalid("the loss needs tokens: pass ForwardOptions::tokens with start_at_layer")
+                })?;
+                let keep = full_rows.as_ref().map(|rows| {
+                    rows.iter()
+                        .map(|r| r[offset..].to_vec())
+                        .collect::<Vec<_>>()
+                });
+                Some(lm_cross_entropy(&logits, tokens, keep.as_deref(), opts.loss_per_token)?)
+            }
+            _ => None,
+        };
+        Ok(ForwardOutput {
+            logits: matches!(opts.return_type, ReturnType::Logits | ReturnType::Both).then_some(logits),
+            loss,
+            residual: None,
+        })
+    }
+
+    /// The additive attention mask (0 / -inf) for `p` new queries after `offset` cached
+    /// positions: `[p, offset+p]`, or `[batch, 1, p, offset+p]` with padding rows.
+    fn attn_mask(&self, b: usize, p: usize, offset: usize, rows: Option<&[Vec<u8>]>) -> Result<AttnMask> {
+        let k = offset + p;
+        let causal = |i: usize, j: usize| j <= offset + i;
+        let (data, shape): (Vec<f32>, Vec<usize>) = match rows {
+            None => (
+                (0..p)
+                    .flat_map(|i| (0..k).map(move |j| if causal(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+                    .collect(),
+                vec![p, k],
+            ),
+            Some(rows) => (
+                rows.iter()
+                    .flat_map(|row| {
+                        (0..p).flat_map(move |i| {
+                            (0..k).map(move |j| {
+                                if causal(i, j) && row[j] != 0 {
+                                    0.0
+                                } else {
+                                    f32::NEG_INFINITY
+                                }
+                            })
+                        })
+                    })
+                    .collect(),
+                vec![b, 1, p, k],
+            ),
+        };
+        Ok(AttnMask {
+            additive: Tensor::from_vec(data, shape, self.device())?,
+            may_have_empty_rows: rows.is_some(),
+        })
+    }
+}
+
+/// TransformerLens's `get_offset_position_ids`: position = (number of real tokens up to
+/// and including this one) - 1, at least 0; and the 0/1 keep mask, for the `p` new
+/// positions after `offset`. `rows` hold every position so far.
+fn positions_from_mask(rows: &[Vec<u8>], offset: usize, p: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = Vec::with_capacity(rows.len() * p);
+    let mut keep = Vec::with_capacity(rows.len() * p);
+    for row in rows {
+        let mut count: u32 = 0;
+        for (j, &m) in row.iter().enumerate() {
+            count += u32::from(m);
+            if j >= offset {
+                ids.push(count.saturating_sub(1));
+                keep.push(f32::from(m));
+            }
+        }
+    }
+    (ids, keep)
+}
+
+/// TransformerLens's `lm_cross_entropy_loss`: `logits` `[batch, pos, vocab]`, `tokens`
+/// `[batch, pos]`; the mean over predicted positions (a scalar) or per token
+/// `[batch, pos-1]`. With a mask, positions where this or the next token is padding
+/// count zero and are left out of the mean.
+pub(crate) fn lm_cross_entropy(
+    logits: &Tensor,
+    tokens: &Tensor,
+    keep: Option<&[Vec<u8>]>,
+    per_token: bool,
+) -> Result<Tensor> {
+    let (b, p, _) = logits.dims3()?;
+    if p < 2 {
+        return Err(Error::invalid(
+            "the next-token loss needs at least 2 positions",
+        ));
+    }
+    let logits = logits.narrow(1, 0, p - 1)?.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+    let targets = tokens.narrow(1, 1, p - 1)?.contiguous()?.unsqueeze(2)?;
+    let mut nll = log_probs.gather(&targets, 2)?.squeeze(2)?.neg()?;
+    let mut n_tokens = (b * (p - 1)) as f64;
+    if let Some(rows) = keep {
+        let next: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| (0..p - 1).map(move |i| f32::from(r[i] != 0 && r[i + 1] != 0)))
+            .collect();
+        n_tokens = next.iter().map(|&v| v as f64).sum();
+        nll = (nll * Tensor::from_vec(next, (b, p - 1), logits.device())?)?;
+    }
+    if per_token {
+        Ok(nll)
+    } else {
+        Ok((nll.sum_all()? / n_tokens)?)
+    }
+}
+
+impl HookedForward for HookedGpt2 {
+    type Input = Tensor;
+    type Output = Tensor;
+
+    /// [`HookedGpt2::forward`]: tokens `[batch, pos]` -> logits `[batch, pos, d_vocab]`.
+    fn forward_hooked(&self, input: &Tensor) -> Result<Tensor> {
+        self.forward(input)
+    }
+}

@@ -1,0 +1,150 @@
+//! TransformerLens's weight views (`model.W_Q`, `model.b_O`, ...) and state dict.
+//!
+//! The model keeps its weights in the layout it multiplies with (Hugging Face's Conv1D
+//! layout, q | k | v fused); these build TransformerLens's shapes from it. Each call
+//! computes a fresh tensor: editing it never changes the model.
+
+use candle_core::Tensor;
+use hooklens_core::Result;
+
+use super::attention::Attention;
+use super::model::HookedGpt2;
+
+impl HookedGpt2 {
+    fn stack_layers(&self, f: impl Fn(&Attention, usize) -> candle_core::Result<Tensor>, which: usize) -> Result<Tensor> {
+        let per_layer = self
+            .blocks
+            .iter()
+            .map(|b| f(&b.attn, which))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&per_layer, 0)?)
+    }
+
+    fn stack_mlp(&self, f: impl Fn(&super::mlp::Mlp) -> &Tensor) -> Result<Tensor> {
+        let per_layer: Vec<&Tensor> = self.blocks.iter().map(|b| f(&b.mlp)).collect();
+        Ok(Tensor::stack(&per_layer, 0)?)
+    }
+
+    /// TransformerLens's `W_E`: the token embedding `[d_vocab, d_model]`.
+    pub fn w_e(&self) -> &Tensor {
+        &self.embed.w_e
+    }
+
+    /// TransformerLens's `W_pos`: the position embedding `[n_ctx, d_model]`.
+    pub fn w_pos(&self) -> &Tensor {
+        &self.pos_embed.w_pos
+    }
+
+    /// TransformerLens's `W_U`: the unembedding `[d_model, d_vocab]`.
+    pub fn w_u(&self) -> &Tensor {
+        &self.unembed.w_u
+    }
+
+    /// TransformerLens's `b_U`: the unembedding bias `[d_vocab]`.
+    pub fn b_u(&self) -> &Tensor {
+        &self.unembed.b_u
+    }
+
+    /// TransformerLens's `W_Q`: `[n_layers, n_heads, d_model, d_head]`.
+    pub fn w_q(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::w_head, 0)
+    }
+
+    /// TransformerLens's `W_K`: `[n_layers, n_heads, d_model, d_head]`.
+    pub fn w_k(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::w_head, 1)
+    }
+
+    /// TransformerLens's `W_V`: `[n_layers, n_heads, d_model, d_head]`.
+    pub fn w_v(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::w_head, 2)
+    }
+
+    /// TransformerLens's `W_O`: `[n_layers, n_heads, d_head, d_model]`.
+    pub fn w_o(&self) -> Result<Tensor> {
+        self.stack_layers(|a, _| a.w_o_heads(), 0)
+    }
+
+    /// TransformerLens's `b_Q`: `[n_layers, n_heads, d_head]`.
+    pub fn b_q(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::b_head, 0)
+    }
+
+    /// TransformerLens's `b_K`: `[n_layers, n_heads, d_head]`.
+    pub fn b_k(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::b_head, 1)
+    }
+
+    /// TransformerLens's `b_V`: `[n_layers, n_heads, d_head]` (zero after `fold_value_biases`).
+    pub fn b_v(&self) -> Result<Tensor> {
+        self.stack_layers(Attention::b_head, 2)
+    }
+
+    /// TransformerLens's `b_O`: `[n_layers, d_model]`.
+    pub fn b_o(&self) -> Result<Tensor> {
+        self.stack_layers(|a, _| Ok(a.b_o.clone()), 0)
+    }
+
+    /// TransformerLens's `W_in`: `[n_layers, d_model, d_mlp]`.
+    pub fn w_in(&self) -> Result<Tensor> {
+        self.stack_mlp(|m| &m.w_in)
+    }
+
+    /// TransformerLens's `b_in`: `[n_layers, d_mlp]`.
+    pub fn b_in(&self) -> Result<Tensor> {
+        self.stack_mlp(|m| &m.b_in)
+    }
+
+    /// TransformerLens's `W_out`: `[n_layers, d_mlp, d_model]`.
+    pub fn w_out(&self) -> Result<Tensor> {
+        self.stack_mlp(|m| &m.w_out)
+    }
+
+    /// TransformerLens's `b_out`: `[n_layers, d_model]`.
+    pub fn b_out(&self) -> Result<Tensor> {
+        self.stack_mlp(|m| &m.b_out)
+    }
+
+    /// Every parameter under its TransformerLens `state_dict` name and shape
+    /// (`embed.W_E`, `blocks.0.attn.W_Q` `[n_heads, d_model, d_head]`, `blocks.0.ln1.w`,
+    /// ..., `unembed.b_U`), in TransformerLens's order. LayerNorm parameters are absent
+    /// once folded (LNPre).
+    pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![
+            ("embed.W_E".to_string(), self.embed.w_e.clone()),
+            ("pos_embed.W_pos".to_string(), self.pos_embed.w_pos.clone()),
+        ];
+        for (l, block) in self.blocks.iter().enumerate() {
+            let mut push = |name: &str, t: Tensor| out.push((format!("blocks.{l}.{name}"), t));
+            if let Some((w, b)) = block.ln1.params() {
+                push("ln1.w", w.clone());
+                push("ln1.b", b.clone());
+            }
+            if let Some((w, b)) = block.ln2.params() {
+                push("ln2.w", w.clone());
+                push("ln2.b", b.clone());
+            }
+            let a = &block.attn;
+            push("attn.W_Q", a.w_head(0)?);
+            push("attn.W_K", a.w_head(1)?);
+            push("attn.W_V", a.w_head(2)?);
+            push("attn.W_O", a.w_o_heads()?);
+            push("attn.b_Q", a.b_head(0)?);
+            push("attn.b_K", a.b_head(1)?);
+            push("attn.b_V", a.b_head(2)?);
+            push("attn.b_O", a.b_o.clone());
+            let m = &block.mlp;
+            push("mlp.W_in", m.w_in.clone());
+            push("mlp.b_in", m.b_in.clone());
+            push("mlp.W_out", m.w_out.clone());
+            push("mlp.b_out", m.b_out.clone());
+        }
+        if let Some((w, b)) = self.ln_final.params() {
+            out.push(("ln_final.w".to_string(), w.clone()));
+            out.push(("ln_final.b".to_string(), b.clone()));
+        }
+        out.push(("unembed.W_U".to_string(), self.unembed.w_u.clone()));
+        out.push(("unembed.b_U".to_string(), self.unembed.b_u.clone()));
+        Ok(out)
+    }
+}
