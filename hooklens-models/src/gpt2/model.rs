@@ -28,6 +28,9 @@ use super::processing::{process, ProcessingOptions};
 #[hooked(crate = "hooklens_core", hint = "disabled_hook_hint")]
 pub struct HookedGpt2 {
     cfg: Gpt2Config,
+    /// The tokenizer of the text methods (`to_tokens`, ...); GPT-2's BPE when `None`.
+    /// Set by `from_pretrained` and `with_tokenizer` (see `text.rs`).
+    pub(super) tokenizer: Option<std::sync::Arc<crate::Tokenizer>>,
     /// Token embedding.
     pub embed: Embed,
     /// Token embeddings `[batch, pos, d_model]`.
@@ -164,9 +167,10 @@ impl HookedGpt2 {
             ln_final: LayerNorm::new(w.ln_final, cfg.eps)?,
             unembed: Unembed { w_u: w.w_u, b_u: w.b_u },
             cfg,
+            tokenizer: None,
         };
         // Names every hook point now, so that `HookPoint::name` works from the start.
-        let _ = hooklens_core::HookDict::build(&model);
+        model.rename();
         Ok(model)
     }
 
@@ -174,6 +178,66 @@ impl HookedGpt2 {
     /// LayerNorms are folded).
     pub fn cfg(&self) -> &Gpt2Config {
         &self.cfg
+    }
+
+    /// Switches `attn.hook_result` `[batch, pos, head, d_model]` on or off in every block
+    /// (TransformerLens's `set_use_attn_result`). Hooks on removed points go with them.
+    pub fn set_use_attn_result(&mut self, on: bool) {
+        self.cfg.use_attn_result = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.attn.hook_result, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_q_input`, `hook_k_input` and `hook_v_input` on or off in every
+    /// block (TransformerLens's `set_use_split_qkv_input`).
+    pub fn set_use_split_qkv_input(&mut self, on: bool) {
+        self.cfg.use_split_qkv_input = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_q_input, on);
+            toggle(&mut b.hook_k_input, on);
+            toggle(&mut b.hook_v_input, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_attn_in` on or off in every block (TransformerLens's `set_use_attn_in`).
+    pub fn set_use_attn_in(&mut self, on: bool) {
+        self.cfg.use_attn_in = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_attn_in, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_mlp_in` on or off in every block (TransformerLens's `set_use_hook_mlp_in`).
+    pub fn set_use_hook_mlp_in(&mut self, on: bool) {
+        self.cfg.use_hook_mlp_in = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_mlp_in, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_tokens` on or off.
+    pub fn set_use_hook_tokens(&mut self, on: bool) {
+        self.cfg.use_hook_tokens = on;
+        toggle(&mut self.hook_tokens, on);
+        self.rename();
+    }
+
+    /// Switches every optional hook point on or off.
+    pub fn set_all_optional_hooks(&mut self, on: bool) {
+        self.set_use_attn_result(on);
+        self.set_use_split_qkv_input(on);
+        self.set_use_attn_in(on);
+        self.set_use_hook_mlp_in(on);
+        self.set_use_hook_tokens(on);
+    }
+
+    fn rename(&self) {
+        let _ = hooklens_core::HookDict::build(self);
     }
 
     /// The device holding the weights.
@@ -481,6 +545,15 @@ impl HookedGpt2 {
             additive: Tensor::from_vec(data, shape, self.device())?,
             may_have_empty_rows: rows.is_some(),
         })
+    }
+}
+
+/// Creates or drops an optional hook point; an existing one is kept (with its hooks).
+fn toggle(point: &mut Option<HookPoint>, on: bool) {
+    match (on, point.is_some()) {
+        (true, false) => *point = Some(HookPoint::new()),
+        (false, true) => *point = None,
+        _ => {}
     }
 }
 

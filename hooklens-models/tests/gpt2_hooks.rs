@@ -1,0 +1,190 @@
+//! Hook names, order, optional points and edits on the hooked GPT-2.
+
+mod common;
+
+use candle_core::Tensor;
+use common::*;
+use hooklens_core::{CacheOptions, Direction, Error, HookSet, HookedModel};
+use hooklens_models::HookedGpt2;
+
+fn reference_names() -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{FIXTURE}/hook_names.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn names_and_order_equal_transformer_lens_with_all_flags_on() {
+    let mut model = raw_model();
+    model.set_use_attn_result(true);
+    model.set_use_split_qkv_input(true);
+    model.set_use_attn_in(true);
+    model.set_use_hook_mlp_in(true);
+    assert_eq!(model.hook_names(), reference_names());
+
+    // hook_tokens is registered right after hook_pos_embed, as in TransformerLens.
+    model.set_use_hook_tokens(true);
+    let mut want = reference_names();
+    want.insert(2, "hook_tokens".to_string());
+    assert_eq!(model.hook_names(), want);
+}
+
+#[test]
+fn default_names_are_the_ones_that_fire() {
+    let model = raw_model();
+    let names = model.hook_names();
+    assert_eq!(names.len(), 38);
+    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens())).unwrap();
+    let mut fired: Vec<&str> = cache.keys().collect();
+    let mut registered: Vec<&str> = names.iter().map(String::as_str).collect();
+    fired.sort();
+    registered.sort();
+    assert_eq!(fired, registered);
+}
+
+#[test]
+fn disabled_points_are_errors_naming_the_flag() {
+    let model = raw_model();
+    for (name, flag) in [
+        ("blocks.0.attn.hook_result", "use_attn_result"),
+        ("blocks.1.hook_q_input", "use_split_qkv_input"),
+        ("blocks.1.hook_attn_in", "use_attn_in"),
+        ("blocks.0.hook_mlp_in", "use_hook_mlp_in"),
+        ("hook_tokens", "use_hook_tokens"),
+    ] {
+        match model.hook_point(name) {
+            Err(Error::DisabledHook { name: n, flag: f }) => assert_eq!((n.as_str(), f.as_str()), (name, flag)),
+            other => panic!("{name}: expected DisabledHook, got {other:?}"),
+        }
+        let hooks = HookSet::new().fwd(name, |_x, _hp| Ok(None));
+        let err = model.run_with_hooks(hooks, |m| m.forward(&tokens())).unwrap_err();
+        assert!(err.to_string().contains(flag), "{err}");
+        assert!(model
+            .add_hook(name, |_x, _hp| Ok(None), Direction::Fwd, false, None, false)
+            .is_err());
+    }
+    // Out-of-range layers are plain unknown names.
+    assert!(matches!(
+        model.hook_point("blocks.7.attn.hook_result"),
+        Err(Error::UnknownHook { .. })
+    ));
+}
+
+#[test]
+fn optional_points_fire_with_the_right_shapes_and_change_nothing() {
+    let plain = raw_model();
+    let mut model = raw_model();
+    model.set_all_optional_hooks(true);
+    let tokens = tokens();
+    let want = plain.forward(&tokens).unwrap();
+    let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    assert!(max_diff(&logits, &want) < 1e-4, "per-head paths give the same logits");
+    assert_eq!(cache.len(), model.hook_names().len(), "every point fires");
+    let (b, p, h, d) = (2, 10, 4, 64);
+    assert_eq!(cache.get("hook_tokens").unwrap().dims(), [b, p]);
+    for name in ["hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result"] {
+        assert_eq!(cache.get(&format!("blocks.1.{name}")).unwrap().dims(), [b, p, h, d], "{name}");
+    }
+    assert_eq!(cache.get("blocks.0.hook_mlp_in").unwrap().dims(), [b, p, d]);
+    // The per-head results sum (with b_O) to the attention output.
+    let result = cache.get("blocks.0.attn.hook_result").unwrap();
+    let b_o = model.b_o().unwrap().get(0).unwrap();
+    let summed = result.sum(2).unwrap().broadcast_add(&b_o).unwrap();
+    assert!(max_diff(&summed, cache.get("blocks.0.hook_attn_out").unwrap()) < 1e-4);
+    // With split inputs, ln1 runs on per-head inputs.
+    assert_eq!(cache.get("blocks.0.ln1.hook_scale").unwrap().dims(), [b, p, h, 1]);
+}
+
+#[test]
+fn editing_a_per_head_input_changes_only_that_head() {
+    let mut model = raw_model();
+    model.set_use_split_qkv_input(true);
+    let tokens = tokens();
+    let hooks = HookSet::new().fwd("blocks.0.hook_v_input", |x, _hp| {
+        // Zero head 2's value input.
+        let mask = Tensor::new(&[1f32, 1., 0., 1.], x.device())?.reshape((1, 1, 4, 1))?;
+        Ok(Some(x.broadcast_mul(&mask)?))
+    });
+    let (_, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (_, edited) = model
+        .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
+        .unwrap();
+    let v_clean = clean.get("blocks.0.attn.hook_v").unwrap();
+    let v_edit = edited.get("blocks.0.attn.hook_v").unwrap();
+    for head in 0..4 {
+        let d = max_diff(&v_clean.narrow(2, head, 1).unwrap(), &v_edit.narrow(2, head, 1).unwrap());
+        assert_eq!(d > 1e-3, head == 2, "head {head}: diff {d}");
+    }
+    let q_same = max_diff(clean.get("blocks.0.attn.hook_q").unwrap(), edited.get("blocks.0.attn.hook_q").unwrap());
+    assert_eq!(q_same, 0.0);
+}
+
+#[test]
+fn zero_ablation_changes_downstream_only_and_never_the_weights() {
+    let model = raw_model();
+    let tokens = tokens();
+    let w_pos = model.w_pos().copy().unwrap();
+    let (clean_logits, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let hooks = HookSet::new().fwd("hook_pos_embed", |x, _hp| Ok(Some(x.zeros_like()?)));
+    let (logits, edited) = model
+        .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
+        .unwrap();
+    assert_eq!(max_diff(edited.get("hook_pos_embed").unwrap(), &edited.get("hook_pos_embed").unwrap().zeros_like().unwrap()), 0.0);
+    assert_eq!(max_diff(edited.get("hook_embed").unwrap(), clean.get("hook_embed").unwrap()), 0.0, "upstream unchanged");
+    assert!(max_diff(edited.get("blocks.0.hook_resid_pre").unwrap(), clean.get("blocks.0.hook_resid_pre").unwrap()) > 1e-3);
+    assert!(max_diff(&logits, &clean_logits) > 1e-3, "logits change");
+    assert_eq!(max_diff(model.w_pos(), &w_pos), 0.0, "W_pos is untouched");
+    // And the next plain run is clean again.
+    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &clean_logits), 0.0);
+
+    // Ablating one head's pattern changes z of that head only.
+    let hooks = HookSet::new().fwd("blocks.1.attn.hook_pattern", |x, _hp| {
+        let mask = Tensor::new(&[1f32, 0., 1., 1.], x.device())?.reshape((1, 4, 1, 1))?;
+        Ok(Some(x.broadcast_mul(&mask)?))
+    });
+    let (_, edited) = model
+        .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
+        .unwrap();
+    let z = edited.get("blocks.1.attn.hook_z").unwrap();
+    assert_eq!(max_diff(&z.narrow(2, 1, 1).unwrap(), &z.narrow(2, 1, 1).unwrap().zeros_like().unwrap()), 0.0);
+    assert_eq!(
+        max_diff(&z.narrow(2, 0, 1).unwrap(), &clean.get("blocks.1.attn.hook_z").unwrap().narrow(2, 0, 1).unwrap()),
+        0.0
+    );
+}
+
+#[test]
+fn editing_hook_scale_changes_the_normalized_output() {
+    let model = raw_model();
+    let tokens = tokens();
+    let (_, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let hooks = HookSet::new().fwd("blocks.0.ln2.hook_scale", |x, _hp| Ok(Some((x * 2.0)?)));
+    let (_, edited) = model
+        .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
+        .unwrap();
+    assert!(max_diff(edited.get("blocks.0.ln2.hook_normalized").unwrap(), clean.get("blocks.0.ln2.hook_normalized").unwrap()) > 1e-3);
+}
+
+#[test]
+fn hook_tokens_can_replace_the_input() {
+    let mut model = raw_model();
+    model.set_use_hook_tokens(true);
+    let tokens = tokens();
+    let other = tokens.ones_like().unwrap().to_dtype(candle_core::DType::U32).unwrap();
+    let replacement = other.clone();
+    let hooks = HookSet::new().fwd("hook_tokens", move |_x, _hp| Ok(Some(replacement.clone())));
+    let logits = model.run_with_hooks(hooks, |m| m.forward(&tokens)).unwrap();
+    assert_eq!(max_diff(&logits, &model.forward(&other).unwrap()), 0.0);
+    // An out-of-vocabulary replacement is an error, not a panic.
+    let hooks = HookSet::new().fwd("hook_tokens", |x, _hp| Ok(Some((x.ones_like()? * 100_000.0)?)));
+    assert!(model.run_with_hooks(hooks, |m| m.forward(&tokens)).is_err());
+}
+
+#[test]
+fn run_with_cache_on_the_model_input() {
+    use hooklens_core::HookedForward;
+    let model: HookedGpt2 = processed_model();
+    let (logits, cache) = model.run_with_cache_on(&tokens(), CacheOptions::new().names("blocks.*.attn.hook_pattern")).unwrap();
+    assert_eq!(logits.dims(), [2, 10, 512]);
+    assert_eq!(cache.len(), 2);
+    assert_eq!(cache.get("blocks.0.attn.hook_pattern").unwrap().dims(), [2, 4, 10, 10]);
+}
