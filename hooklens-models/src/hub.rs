@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use hf_hub::{Cache, Repo, RepoType};
 use hooklens_core::{Error, Result};
 
+use crate::{HookedGpt2, LoadOptions, ProcessingOptions, Tokenizer};
+
 /// The configuration file of a model.
 pub const CONFIG_FILE: &str = "config.json";
 /// The weights file of a model.
@@ -342,6 +344,42 @@ fn download(id: &str, opts: &HubOptions) -> Result<ModelFiles> {
     })
 }
 
+impl ModelFiles {
+    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match &self.tokenizer {
+            Some(file) => Tokenizer::from_file(file),
+            None => Tokenizer::gpt2(),
+        }
+    }
+}
+
+impl HookedGpt2 {
+    /// TransformerLens's `from_pretrained`: loads `name` (a model directory or a Hugging
+    /// Face id, see [`resolve_with`]) with `opts` (weight processing as TransformerLens
+    /// does by default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
+    /// text methods. The Hugging Face cache and offline mode come from the environment
+    /// ([`HubOptions::from_env`]).
+    pub fn from_pretrained(name: &str, opts: &LoadOptions) -> Result<Self> {
+        Self::from_pretrained_with(name, opts, &HubOptions::from_env())
+    }
+
+    /// TransformerLens's `from_pretrained_no_processing`: [`HookedGpt2::from_pretrained`]
+    /// with the weights as stored, whatever `opts.processing` says.
+    pub fn from_pretrained_no_processing(name: &str, opts: &LoadOptions) -> Result<Self> {
+        let opts = opts.clone().with_processing(ProcessingOptions::none());
+        Self::from_pretrained(name, &opts)
+    }
+
+    /// [`HookedGpt2::from_pretrained`] with explicit hub options (cache directory,
+    /// offline mode, revision).
+    pub fn from_pretrained_with(name: &str, opts: &LoadOptions, hub: &HubOptions) -> Result<Self> {
+        let files = resolve_with(name, hub)?;
+        let tokenizer = files.tokenizer()?;
+        Ok(Self::from_files(&files.config, &files.weights, opts)?.with_tokenizer(tokenizer))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,6 +502,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no config.json"), "{err}");
+    }
+
+    #[test]
+    fn from_pretrained_loads_from_the_cache_with_its_tokenizer() {
+        let tmp = TempDir::new("pretrained");
+        fake_cache(&tmp.0, "models--gpt2", true);
+        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        let opts = LoadOptions::default();
+        let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();
+        assert_eq!(plain.cfg().d_vocab, 512);
+        assert_eq!(plain.tokenizer().unwrap().vocab_size(), 50257);
+        let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
+        std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
+        let m = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();
+        assert_eq!(m.tokenizer().unwrap().vocab_size(), 512);
+        let tokens = m.to_tokens("Hello", true, crate::gpt2::PaddingSide::Right).unwrap();
+        assert_eq!(m.forward(&tokens).unwrap().dims(), &[1, 5, 512]);
+        let err = HookedGpt2::from_pretrained_with("gpt2-large", &opts, &offline(&tmp.0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    }
+
+    #[test]
+    fn from_pretrained_no_processing_reads_a_directory_as_stored() {
+        let dir = tiny_model_dir();
+        let m = HookedGpt2::from_pretrained_no_processing(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(m.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
+        let p = HookedGpt2::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(p.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod layer_norm;
 mod mlp;
 mod model;
 mod processing;
+mod text;
 mod weights;
 
 pub use attention::Attention;
@@ -27,6 +28,7 @@ pub use layer_norm::{normalize_composite, scale_composite, LayerNorm};
 pub use mlp::Mlp;
 pub use model::HookedGpt2;
 pub use processing::ProcessingOptions;
+pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
 
 use candle_core::Tensor;
 
