@@ -33,7 +33,9 @@ fn default_names_are_the_ones_that_fire() {
     let model = raw_model();
     let names = model.hook_names();
     assert_eq!(names.len(), 38);
-    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens())).unwrap();
+    let (_, cache) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens()))
+        .unwrap();
     let mut fired: Vec<&str> = cache.keys().collect();
     let mut registered: Vec<&str> = names.iter().map(String::as_str).collect();
     fired.sort();
@@ -76,13 +78,25 @@ fn optional_points_fire_with_the_right_shapes_and_change_nothing() {
     model.set_all_optional_hooks(true);
     let tokens = tokens();
     let want = plain.forward(&tokens).unwrap();
-    let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (logits, cache) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
     assert!(max_diff(&logits, &want) < 1e-4, "per-head paths give the same logits");
     assert_eq!(cache.len(), model.hook_names().len(), "every point fires");
     let (b, p, h, d) = (2, 10, 4, 64);
     assert_eq!(cache.get("hook_tokens").unwrap().dims(), [b, p]);
-    for name in ["hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "attn.hook_result"] {
-        assert_eq!(cache.get(&format!("blocks.1.{name}")).unwrap().dims(), [b, p, h, d], "{name}");
+    for name in [
+        "hook_attn_in",
+        "hook_q_input",
+        "hook_k_input",
+        "hook_v_input",
+        "attn.hook_result",
+    ] {
+        assert_eq!(
+            cache.get(&format!("blocks.1.{name}")).unwrap().dims(),
+            [b, p, h, d],
+            "{name}"
+        );
     }
     assert_eq!(cache.get("blocks.0.hook_mlp_in").unwrap().dims(), [b, p, d]);
     // The per-head results sum (with b_O) to the attention output.
@@ -104,17 +118,25 @@ fn editing_a_per_head_input_changes_only_that_head() {
         let mask = Tensor::new(&[1f32, 1., 0., 1.], x.device())?.reshape((1, 1, 4, 1))?;
         Ok(Some(x.broadcast_mul(&mask)?))
     });
-    let (_, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (_, clean) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
     let (_, edited) = model
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
     let v_clean = clean.get("blocks.0.attn.hook_v").unwrap();
     let v_edit = edited.get("blocks.0.attn.hook_v").unwrap();
     for head in 0..4 {
-        let d = max_diff(&v_clean.narrow(2, head, 1).unwrap(), &v_edit.narrow(2, head, 1).unwrap());
+        let d = max_diff(
+            &v_clean.narrow(2, head, 1).unwrap(),
+            &v_edit.narrow(2, head, 1).unwrap(),
+        );
         assert_eq!(d > 1e-3, head == 2, "head {head}: diff {d}");
     }
-    let q_same = max_diff(clean.get("blocks.0.attn.hook_q").unwrap(), edited.get("blocks.0.attn.hook_q").unwrap());
+    let q_same = max_diff(
+        clean.get("blocks.0.attn.hook_q").unwrap(),
+        edited.get("blocks.0.attn.hook_q").unwrap(),
+    );
     assert_eq!(q_same, 0.0);
 }
 
@@ -123,14 +145,31 @@ fn zero_ablation_changes_downstream_only_and_never_the_weights() {
     let model = raw_model();
     let tokens = tokens();
     let w_pos = model.w_pos().copy().unwrap();
-    let (clean_logits, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (clean_logits, clean) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
     let hooks = HookSet::new().fwd("hook_pos_embed", |x, _hp| Ok(Some(x.zeros_like()?)));
     let (logits, edited) = model
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
-    assert_eq!(max_diff(edited.get("hook_pos_embed").unwrap(), &edited.get("hook_pos_embed").unwrap().zeros_like().unwrap()), 0.0);
-    assert_eq!(max_diff(edited.get("hook_embed").unwrap(), clean.get("hook_embed").unwrap()), 0.0, "upstream unchanged");
-    assert!(max_diff(edited.get("blocks.0.hook_resid_pre").unwrap(), clean.get("blocks.0.hook_resid_pre").unwrap()) > 1e-3);
+    assert_eq!(
+        max_diff(
+            edited.get("hook_pos_embed").unwrap(),
+            &edited.get("hook_pos_embed").unwrap().zeros_like().unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(
+        max_diff(edited.get("hook_embed").unwrap(), clean.get("hook_embed").unwrap()),
+        0.0,
+        "upstream unchanged"
+    );
+    assert!(
+        max_diff(
+            edited.get("blocks.0.hook_resid_pre").unwrap(),
+            clean.get("blocks.0.hook_resid_pre").unwrap()
+        ) > 1e-3
+    );
     assert!(max_diff(&logits, &clean_logits) > 1e-3, "logits change");
     assert_eq!(max_diff(model.w_pos(), &w_pos), 0.0, "W_pos is untouched");
     // And the next plain run is clean again.
@@ -145,9 +184,18 @@ fn zero_ablation_changes_downstream_only_and_never_the_weights() {
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
     let z = edited.get("blocks.1.attn.hook_z").unwrap();
-    assert_eq!(max_diff(&z.narrow(2, 1, 1).unwrap(), &z.narrow(2, 1, 1).unwrap().zeros_like().unwrap()), 0.0);
     assert_eq!(
-        max_diff(&z.narrow(2, 0, 1).unwrap(), &clean.get("blocks.1.attn.hook_z").unwrap().narrow(2, 0, 1).unwrap()),
+        max_diff(
+            &z.narrow(2, 1, 1).unwrap(),
+            &z.narrow(2, 1, 1).unwrap().zeros_like().unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(
+        max_diff(
+            &z.narrow(2, 0, 1).unwrap(),
+            &clean.get("blocks.1.attn.hook_z").unwrap().narrow(2, 0, 1).unwrap()
+        ),
         0.0
     );
 }
@@ -156,12 +204,19 @@ fn zero_ablation_changes_downstream_only_and_never_the_weights() {
 fn editing_hook_scale_changes_the_normalized_output() {
     let model = raw_model();
     let tokens = tokens();
-    let (_, clean) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (_, clean) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
     let hooks = HookSet::new().fwd("blocks.0.ln2.hook_scale", |x, _hp| Ok(Some((x * 2.0)?)));
     let (_, edited) = model
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
-    assert!(max_diff(edited.get("blocks.0.ln2.hook_normalized").unwrap(), clean.get("blocks.0.ln2.hook_normalized").unwrap()) > 1e-3);
+    assert!(
+        max_diff(
+            edited.get("blocks.0.ln2.hook_normalized").unwrap(),
+            clean.get("blocks.0.ln2.hook_normalized").unwrap()
+        ) > 1e-3
+    );
 }
 
 #[test]
@@ -183,7 +238,9 @@ fn hook_tokens_can_replace_the_input() {
 fn run_with_cache_on_the_model_input() {
     use hooklens_core::HookedForward;
     let model: HookedGpt2 = processed_model();
-    let (logits, cache) = model.run_with_cache_on(&tokens(), CacheOptions::new().names("blocks.*.attn.hook_pattern")).unwrap();
+    let (logits, cache) = model
+        .run_with_cache_on(&tokens(), CacheOptions::new().names("blocks.*.attn.hook_pattern"))
+        .unwrap();
     assert_eq!(logits.dims(), [2, 10, 512]);
     assert_eq!(cache.len(), 2);
     assert_eq!(cache.get("blocks.0.attn.hook_pattern").unwrap().dims(), [2, 4, 10, 10]);

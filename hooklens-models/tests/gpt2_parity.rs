@@ -12,7 +12,9 @@ const TOL: f32 = 1e-4;
 fn check_against(model: &HookedGpt2, file: &str) {
     let reference = load_ref(file);
     let tokens = tokens();
-    let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (logits, cache) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
 
     let mut hook_names: Vec<&String> = reference
         .keys()
@@ -21,7 +23,9 @@ fn check_against(model: &HookedGpt2, file: &str) {
     hook_names.sort();
     assert_eq!(hook_names.len(), 38, "{file}: the fixture caches 38 hooks");
     for name in &hook_names {
-        let got = cache.get(name).unwrap_or_else(|| panic!("{file}: `{name}` was not cached"));
+        let got = cache
+            .get(name)
+            .unwrap_or_else(|| panic!("{file}: `{name}` was not cached"));
         assert_close(&format!("{file}: {name}"), got, &reference[*name], TOL);
     }
     let mut ours: Vec<&str> = cache.keys().collect();
@@ -33,10 +37,20 @@ fn check_against(model: &HookedGpt2, file: &str) {
     let out = model
         .forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Both))
         .unwrap();
-    assert_close(&format!("{file}: logits (both)"), out.logits.as_ref().unwrap(), &reference["logits"], TOL);
+    assert_close(
+        &format!("{file}: logits (both)"),
+        out.logits.as_ref().unwrap(),
+        &reference["logits"],
+        TOL,
+    );
     let loss = out.loss.unwrap();
     assert_eq!(loss.rank(), 0, "the mean loss is a scalar");
-    assert_close(&format!("{file}: loss"), &loss.reshape(1).unwrap(), &reference["loss"], TOL);
+    assert_close(
+        &format!("{file}: loss"),
+        &loss.reshape(1).unwrap(),
+        &reference["loss"],
+        TOL,
+    );
     let per_token = model
         .forward_with(
             &tokens,
@@ -60,7 +74,10 @@ fn unprocessed_matches_transformer_lens() {
 #[test]
 fn processed_matches_transformer_lens() {
     let model = processed_model();
-    assert_eq!(model.cfg().normalization_type, hooklens_models::gpt2::NormalizationType::LNPre);
+    assert_eq!(
+        model.cfg().normalization_type,
+        hooklens_models::gpt2::NormalizationType::LNPre
+    );
     check_against(&model, "tl_processed.safetensors");
 }
 
@@ -69,9 +86,16 @@ fn u32_tokens_and_1d_input_work_too() {
     let model = raw_model();
     let tokens = tokens();
     let reference = load_ref("tl_unprocessed.safetensors");
-    let logits = model.forward(&tokens.to_dtype(candle_core::DType::U32).unwrap()).unwrap();
+    let logits = model
+        .forward(&tokens.to_dtype(candle_core::DType::U32).unwrap())
+        .unwrap();
     assert_close("logits from u32", &logits, &reference["logits"], TOL);
     let row = tokens.get(1).unwrap();
     let logits = model.forward(&row).unwrap();
-    assert_close("logits from 1-D", &logits.squeeze(0).unwrap(), &reference["logits"].get(1).unwrap(), TOL);
+    assert_close(
+        "logits from 1-D",
+        &logits.squeeze(0).unwrap(),
+        &reference["logits"].get(1).unwrap(),
+        TOL,
+    );
 }

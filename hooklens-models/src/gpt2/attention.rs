@@ -99,7 +99,11 @@ impl Attention {
             AttnInput::Shared(x) => {
                 let (b, p, _) = x.dims3()?;
                 let qkv = linear(x, &self.w_qkv, Some(&self.b_qkv))?.reshape((b, p, 3, self.n_heads, self.d_head))?;
-                (qkv.narrow(2, 0, 1)?.squeeze(2)?, qkv.narrow(2, 1, 1)?.squeeze(2)?, qkv.narrow(2, 2, 1)?.squeeze(2)?)
+                (
+                    qkv.narrow(2, 0, 1)?.squeeze(2)?,
+                    qkv.narrow(2, 1, 1)?.squeeze(2)?,
+                    qkv.narrow(2, 2, 1)?.squeeze(2)?,
+                )
             }
             AttnInput::Separate(qi, ki, vi) => {
                 let (b, p, _) = qi.dims3()?;
@@ -136,7 +140,9 @@ impl Attention {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k_], 2)?, Tensor::cat(&[pv, &v_], 2)?),
             None => (k_, v_),
         };
-        let scores = q_.matmul(&k_.t()?)?.broadcast_add(&mask.additive.to_dtype(score_dtype)?)?;
+        let scores = q_
+            .matmul(&k_.t()?)?
+            .broadcast_add(&mask.additive.to_dtype(score_dtype)?)?;
         let hooked_scores = self.hook_attn_scores.forward(&scores)?;
         let replaced = hooked_scores.id() != scores.id();
         let mut pattern = if hooklens_core::grad_mode() {
@@ -154,7 +160,10 @@ impl Attention {
         let out = match &self.hook_result {
             Some(hook_result) => {
                 let n = b * p;
-                let zt = z.permute((2, 0, 1, 3))?.contiguous()?.reshape((self.n_heads, n, self.d_head))?;
+                let zt = z
+                    .permute((2, 0, 1, 3))?
+                    .contiguous()?
+                    .reshape((self.n_heads, n, self.d_head))?;
                 let result = zt
                     .matmul(&self.w_o_heads()?)?
                     .reshape((self.n_heads, b, p, d_model))?
@@ -162,7 +171,11 @@ impl Attention {
                 let result = hook_result.forward(&result)?;
                 result.sum(2)?.broadcast_add(&self.b_o)?
             }
-            None => linear(&z.reshape((b, p, self.n_heads * self.d_head))?, &self.w_o, Some(&self.b_o))?,
+            None => linear(
+                &z.reshape((b, p, self.n_heads * self.d_head))?,
+                &self.w_o,
+                Some(&self.b_o),
+            )?,
         };
         Ok((out, (k_, v_)))
     }

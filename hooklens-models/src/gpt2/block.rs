@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 use hooklens_core::HookPoint;
 
-use super::attention::{AttnInput, AttnMask, Attention, PastKv};
+use super::attention::{Attention, AttnInput, AttnMask, PastKv};
 use super::layer_norm::LayerNorm;
 use super::mlp::Mlp;
 
@@ -96,7 +96,9 @@ impl Block {
             Some(hp) => hp.forward(&resid_mid.copy()?)?,
             None => resid_mid.clone(),
         };
-        let mlp_out = self.hook_mlp_out.forward(&self.mlp.forward(&self.ln2.forward(&mlp_in)?)?)?;
+        let mlp_out = self
+            .hook_mlp_out
+            .forward(&self.mlp.forward(&self.ln2.forward(&mlp_in)?)?)?;
         let resid_post = self.hook_resid_post.forward(&(&resid_mid + &mlp_out)?)?;
         Ok((resid_post, kv))
     }

@@ -227,7 +227,10 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
     let (d, v, n_ctx, mlp) = (cfg.d_model, cfg.d_vocab, cfg.n_ctx, cfg.d_mlp);
     let get = |name: &str, shape: &[usize]| src.get(&format!("{prefix}{name}"), shape);
     let ln = |name: &str| -> Result<Option<(Tensor, Tensor)>> {
-        Ok(Some((get(&format!("{name}.weight"), &[d])?, get(&format!("{name}.bias"), &[d])?)))
+        Ok(Some((
+            get(&format!("{name}.weight"), &[d])?,
+            get(&format!("{name}.bias"), &[d])?,
+        )))
     };
     let w_e = get("wte.weight", &[v, d])?;
     let w_pos = get("wpe.weight", &[n_ctx, d])?;

@@ -152,8 +152,7 @@ impl Gpt2Config {
             path: path.to_path_buf(),
             reason,
         };
-        let json: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let obj = json
             .as_object()
             .ok_or_else(|| bad("expected a JSON object at the top level".into()))?;
@@ -282,7 +281,10 @@ impl Gpt2Config {
             )));
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
-            return Err(Error::invalid(format!("Gpt2Config: eps = {} must be positive", self.eps)));
+            return Err(Error::invalid(format!(
+                "Gpt2Config: eps = {} must be positive",
+                self.eps
+            )));
         }
         Ok(())
     }
@@ -333,7 +335,10 @@ mod tests {
     #[test]
     fn bad_fields_are_named() {
         let e = Gpt2Config::from_hf_str(&TINY.replace("\"n_head\": 4", "\"n_head\": 5"), "c.json").unwrap_err();
-        assert!(e.to_string().contains("c.json") && e.to_string().contains("n_head"), "{e}");
+        assert!(
+            e.to_string().contains("c.json") && e.to_string().contains("n_head"),
+            "{e}"
+        );
         let e = Gpt2Config::from_hf_str(&TINY.replace("\"n_layer\": 2,", ""), "c.json").unwrap_err();
         assert!(e.to_string().contains("`n_layer` is missing"), "{e}");
         let e = Gpt2Config::from_hf_str(&TINY.replace("\"gpt2\"", "\"llama\""), "c.json").unwrap_err();
@@ -345,8 +350,14 @@ mod tests {
     #[test]
     fn disabled_flags() {
         let c = Gpt2Config::new(2, 64, 4, 512, 64);
-        assert_eq!(c.disabled_flag_for("blocks.1.attn.hook_result"), Some("use_attn_result"));
-        assert_eq!(c.disabled_flag_for("blocks.0.hook_k_input"), Some("use_split_qkv_input"));
+        assert_eq!(
+            c.disabled_flag_for("blocks.1.attn.hook_result"),
+            Some("use_attn_result")
+        );
+        assert_eq!(
+            c.disabled_flag_for("blocks.0.hook_k_input"),
+            Some("use_split_qkv_input")
+        );
         assert_eq!(c.disabled_flag_for("blocks.2.hook_mlp_in"), None);
         assert_eq!(c.disabled_flag_for("hook_tokens"), Some("use_hook_tokens"));
         assert_eq!(c.with_all_hooks().disabled_flag_for("hook_tokens"), None);

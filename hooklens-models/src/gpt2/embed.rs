@@ -47,7 +47,10 @@ impl PosEmbed {
                 .broadcast_as((batch, pos, d))?
                 .contiguous(),
             Some((ids, keep)) => {
-                let emb = self.w_pos.index_select(&ids.flatten_all()?, 0)?.reshape((batch, pos, d))?;
+                let emb = self
+                    .w_pos
+                    .index_select(&ids.flatten_all()?, 0)?
+                    .reshape((batch, pos, d))?;
                 emb.broadcast_mul(&keep.to_dtype(emb.dtype())?.unsqueeze(2)?)
             }
         }

@@ -231,7 +231,10 @@ impl HookedGpt2 {
                     (tokens.clone(), opts.attention_mask.clone())
                 } else {
                     let last: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
-                    let mask = mask_rows.as_ref().map(|_| Tensor::ones((b, 1), DType::F32, self.device())).transpose()?;
+                    let mask = mask_rows
+                        .as_ref()
+                        .map(|_| Tensor::ones((b, 1), DType::F32, self.device()))
+                        .transpose()?;
                     (Tensor::from_vec(last, (b, 1), self.device())?, mask)
                 };
                 let fo = ForwardOptions {
@@ -253,7 +256,11 @@ impl HookedGpt2 {
             }
             .ok_or_else(|| Error::invalid("generate: the forward returned no logits (internal error)"))?;
             let n = logits.dim(1)?;
-            let last = logits.narrow(1, n - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let last = logits
+                .narrow(1, n - 1, 1)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
             for (i, row) in last.iter().enumerate() {
                 let mut next = sample_row(row, &seqs[i], opts, &mut rng)?;
                 if opts.stop_at_eos {
@@ -302,7 +309,10 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(sample_row(&logits, &[], &opts, &mut rng).unwrap(), 1);
         }
-        assert_eq!(sample_row(&logits, &[], &GenerateOptions::greedy(1), &mut rng).unwrap(), 1);
+        assert_eq!(
+            sample_row(&logits, &[], &GenerateOptions::greedy(1), &mut rng).unwrap(),
+            1
+        );
     }
 
     #[test]

@@ -85,7 +85,11 @@ pub fn scale_composite(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
 }
 
 /// `(x - mean(x)) / scale * w + b`: `x` `[.., d]`, `scale` `[.., 1]`, `w`, `b` `[d]`.
-pub fn normalize_composite(x: &Tensor, scale: &Tensor, params: Option<(&Tensor, &Tensor)>) -> candle_core::Result<Tensor> {
+pub fn normalize_composite(
+    x: &Tensor,
+    scale: &Tensor,
+    params: Option<(&Tensor, &Tensor)>,
+) -> candle_core::Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(upcast(dtype))?;
     let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
@@ -120,7 +124,11 @@ where
     let per = n_rows.div_ceil(threads);
     std::thread::scope(|s| {
         let f = &f;
-        for (i, (src, dst)) in src.chunks(per * in_width).zip(dst.chunks_mut(per * out_width)).enumerate() {
+        for (i, (src, dst)) in src
+            .chunks(per * in_width)
+            .zip(dst.chunks_mut(per * out_width))
+            .enumerate()
+        {
             s.spawn(move || f(i * per, src, dst));
         }
     });
@@ -176,10 +184,20 @@ impl CustomOp1 for RowScale {
 struct Normalize;
 
 impl Normalize {
-    fn run(&self, src: &[f32], l: &Layout, scale: &[f32], params: Option<&[f32]>) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn run(
+        &self,
+        src: &[f32],
+        l: &Layout,
+        scale: &[f32],
+        params: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let d = *l.dims().last().unwrap_or(&1);
         if d == 0 || scale.len() * d != src.len() {
-            candle_core::bail!("layer norm: scale has {} rows, input has {}", scale.len(), src.len() / d.max(1))
+            candle_core::bail!(
+                "layer norm: scale has {} rows, input has {}",
+                scale.len(),
+                src.len() / d.max(1)
+            )
         }
         let (w, b) = match params {
             Some(p) if p.len() == 2 * d => (Some(&p[..d]), Some(&p[d..])),
@@ -214,8 +232,19 @@ impl CustomOp2 for Normalize {
         "hooklens-ln-normalize"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        self.run(contiguous_f32(s1, l1, "input")?, l1, contiguous_f32(s2, l2, "scale")?, None)
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(
+            contiguous_f32(s1, l1, "input")?,
+            l1,
+            contiguous_f32(s2, l2, "scale")?,
+            None,
+        )
     }
 }
 
@@ -257,13 +286,27 @@ mod tests {
         let got = ln.forward(&x).unwrap();
         let scale = scale_composite(&x, 1e-5).unwrap();
         let want = normalize_composite(&x, &scale, Some((&w, &b))).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
         let big = Tensor::randn(0f32, 1.0, (300, 256), &dev).unwrap();
         let pre = LayerNorm::new(None, 1e-5).unwrap();
         let got = pre.forward(&big).unwrap();
         let want = normalize_composite(&big, &scale_composite(&big, 1e-5).unwrap(), None).unwrap();
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use hooklens_core::{Error, HookPoint, HookedForward, Result};
 
-use super::attention::{AttnMask, Attention};
+use super::attention::{Attention, AttnMask};
 use super::block::Block;
 use super::checkpoint::{read_weights, Gpt2Weights, LoadOptions, SafetensorsFile};
 use super::config::{Gpt2Config, NormalizationType};
@@ -270,7 +270,12 @@ impl HookedGpt2 {
     /// in `cache`, whose keys and values are reused and extended; positions continue
     /// from the cache. `opts.attention_mask`, if given, is `[batch, new_pos]` and
     /// extends the cache's mask. `start_at_layer` / `stop_at_layer` are not allowed here.
-    pub fn forward_with_kv(&self, tokens: &Tensor, opts: &ForwardOptions, cache: &mut KvCache) -> Result<ForwardOutput> {
+    pub fn forward_with_kv(
+        &self,
+        tokens: &Tensor,
+        opts: &ForwardOptions,
+        cache: &mut KvCache,
+    ) -> Result<ForwardOutput> {
         if opts.start_at_layer.is_some() || opts.stop_at_layer.is_some() {
             return Err(Error::invalid(
                 "start_at_layer / stop_at_layer cannot be combined with a KV cache",
@@ -403,7 +408,11 @@ impl HookedGpt2 {
         if offset + p > self.cfg.n_ctx {
             return Err(Error::invalid(format!(
                 "{p} positions{} exceed the context length n_ctx = {}",
-                if offset > 0 { format!(" after {offset} cached ones") } else { String::new() },
+                if offset > 0 {
+                    format!(" after {offset} cached ones")
+                } else {
+                    String::new()
+                },
                 self.cfg.n_ctx
             )));
         }
@@ -417,7 +426,11 @@ impl HookedGpt2 {
         }
 
         // The attention mask over every position so far (cached and new), if any.
-        let new_rows = opts.attention_mask.as_ref().map(|m| self.mask_rows(m, b, p)).transpose()?;
+        let new_rows = opts
+            .attention_mask
+            .as_ref()
+            .map(|m| self.mask_rows(m, b, p))
+            .transpose()?;
         let cached_rows = kv
             .as_ref()
             .and_then(|c| c.mask.as_ref())
@@ -496,11 +509,9 @@ impl HookedGpt2 {
                 let tokens = tokens.as_ref().ok_or_else(|| {
                     Error::invalid("the loss needs tokens: pass ForwardOptions::tokens with start_at_layer")
                 })?;
-                let keep = full_rows.as_ref().map(|rows| {
-                    rows.iter()
-                        .map(|r| r[offset..].to_vec())
-                        .collect::<Vec<_>>()
-                });
+                let keep = full_rows
+                    .as_ref()
+                    .map(|rows| rows.iter().map(|r| r[offset..].to_vec()).collect::<Vec<_>>());
                 Some(lm_cross_entropy(&logits, tokens, keep.as_deref(), opts.loss_per_token)?)
             }
             _ => None,
@@ -588,9 +599,7 @@ pub(crate) fn lm_cross_entropy(
 ) -> Result<Tensor> {
     let (b, p, _) = logits.dims3()?;
     if p < 2 {
-        return Err(Error::invalid(
-            "the next-token loss needs at least 2 positions",
-        ));
+        return Err(Error::invalid("the next-token loss needs at least 2 positions"));
     }
     let logits = logits.narrow(1, 0, p - 1)?.to_dtype(DType::F32)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;

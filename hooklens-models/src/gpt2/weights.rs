@@ -11,7 +11,11 @@ use super::attention::Attention;
 use super::model::HookedGpt2;
 
 impl HookedGpt2 {
-    fn stack_layers(&self, f: impl Fn(&Attention, usize) -> candle_core::Result<Tensor>, which: usize) -> Result<Tensor> {
+    fn stack_layers(
+        &self,
+        f: impl Fn(&Attention, usize) -> candle_core::Result<Tensor>,
+        which: usize,
+    ) -> Result<Tensor> {
         let per_layer = self
             .blocks
             .iter()

@@ -39,9 +39,25 @@ pub fn processed_model() -> HookedGpt2 {
 /// of `want`'s largest finite magnitude, and `-inf` exactly where `want` has `-inf`.
 pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, rel: f32) {
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let g = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let w = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let scale = w.iter().filter(|x| x.is_finite()).fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    let g = got
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let w = want
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let scale = w
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0f32, |m, x| m.max(x.abs()))
+        .max(1e-12);
     let mut worst = 0f32;
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         if b.is_infinite() || a.is_infinite() {
