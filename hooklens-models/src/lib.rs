@@ -2,6 +2,7 @@
 //! exactly as TransformerLens's `HookedTransformer`: same hook names, shapes, order and
 //! values, from Hugging Face checkpoints.
 
+pub mod analysis;
 pub mod gpt2;
 pub mod hub;
 pub mod tokenizer;
