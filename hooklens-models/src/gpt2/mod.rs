@@ -13,6 +13,7 @@ mod layer_norm;
 mod mlp;
 mod model;
 mod processing;
+mod random_init;
 mod text;
 mod weights;
 
@@ -28,6 +29,7 @@ pub use layer_norm::{normalize_composite, scale_composite, LayerNorm};
 pub use mlp::Mlp;
 pub use model::HookedGpt2;
 pub use processing::ProcessingOptions;
+pub use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
 pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
 
 use candle_core::Tensor;
