@@ -1,1 +1,59 @@
-fn main() {}
+//! `hooklens`: run a hooked GPT-2 from the command line: cache activations, generate,
+//! tokenize, list hook points.
+
+mod cmd;
+mod error;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliResult;
+
+/// Mechanistic interpretability on candle: every activation of a GPT-2, by its
+/// TransformerLens name.
+///
+/// MODEL is a directory holding config.json and model.safetensors (and optionally
+/// tokenizer.json), or a Hugging Face id such as `gpt2` or `openai-community/gpt2-medium`,
+/// read from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME) or downloaded into it.
+/// Set HF_HUB_OFFLINE=1 to never use the network.
+#[derive(Parser, Debug)]
+#[command(name = "hooklens", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the model and save every activation (and logits, loss, tokens) as safetensors.
+    Cache(cmd::cache::Args),
+    /// Continue a prompt and print the text.
+    Generate(cmd::generate::Args),
+    /// Print the token ids (or the string tokens) of a text as a JSON list.
+    Tokenize(cmd::tokenize::Args),
+    /// List every hook point of a model with the shape of its activation.
+    Hooks(cmd::hooks::Args),
+    /// Run a prompt and print its loss and the most likely next tokens.
+    Run(cmd::run::Args),
+}
+
+fn run(cli: Cli) -> CliResult<()> {
+    match cli.command {
+        Command::Cache(args) => cmd::cache::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Tokenize(args) => cmd::tokenize::run(args),
+        Command::Hooks(args) => cmd::hooks::run(args),
+        Command::Run(args) => cmd::run::run(args),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `hooklens cache`: run the model with a cache and save every activation.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Tensor};
+
+use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::{ForwardOptions, ReturnType};
+
+use super::common::{tokens_i64, InputArgs, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// Run the model on prompts or tokens and save every cached activation, under its
+/// TransformerLens name, as safetensors.
+///
+/// Besides the activations the file holds `logits` [batch, pos, d_vocab], `loss` [1]
+/// (mean next-token cross-entropy), `loss_per_token` [batch, pos-1], `tokens`
+/// [batch, pos] (i64) and, when prompts of
+/// different lengths were padded (on the right), `attention_mask` [batch, pos].
+/// --names, --pos-slice and --remove-batch-dim apply to the activations only.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Cache only hook points matching this name or glob (`blocks.*.attn.hook_pattern`);
+    /// repeat for several. Each must match a hook point.
+    #[arg(long = "names", value_name = "PATTERN")]
+    pub names: Vec<String>,
+    /// Drop the batch axis of every activation (needs a batch of one).
+    #[arg(long)]
+    pub remove_batch_dim: bool,
+    /// Keep only these positions of each activation: `-1`, `2:8`, `::2`, `1,3,5`, ...
+    #[arg(long, value_name = "SLICE", allow_hyphen_values = true, value_parser = parse_slice)]
+    pub pos_slice: Option<Slice>,
+    /// The safetensors file to write (atomically: a temporary file, then a rename).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+}
+
+fn parse_slice(s: &str) -> Result<Slice, String> {
+    s.parse::<Slice>().map_err(|e| e.to_string())
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    let model = args.model.load()?;
+    let input = args.input.read(&model, PaddingSide::Right)?;
+    let (batch, pos) = input.tokens.dims2()?;
+    if pos < 2 {
+        return Err(CliError(format!(
+            "the input has {pos} position(s): the next-token loss needs at least 2"
+        )));
+    }
+    let mut opts = CacheOptions::new().remove_batch_dim(args.remove_batch_dim);
+    if !args.names.is_empty() {
+        opts = opts.names(NamesFilter::Names(args.names.clone()));
+    }
+    if let Some(slice) = args.pos_slice.clone() {
+        opts = opts.pos_slice(slice);
+    }
+    if args.remove_batch_dim && batch != 1 {
+        return Err(CliError(format!(
+            "--remove-batch-dim needs a batch of one; the input has {batch} sequences"
+        )));
+    }
+    let mut fwd = ForwardOptions::new().return_type(ReturnType::Both).loss_per_token(true);
+    if let Some(mask) = &input.mask {
+        fwd = fwd.attention_mask(mask.clone());
+    }
+    let (out, mut cache) = model.run_with_cache(opts, |m| m.forward_with(&input.tokens, &fwd))?;
+    let logits = out
+        .logits
+        .ok_or_else(|| CliError::msg("the model returned no logits"))?;
+    let per_token = out.loss.ok_or_else(|| CliError::msg("the model returned no loss"))?;
+    let loss = mean_loss(&per_token, input.mask.as_ref())?;
+    for name in ["logits", "loss", "loss_per_token", "tokens", "attention_mask"] {
+        if cache.contains(name) {
+            return Err(CliError(format!(
+                "the model has a hook point named `{name}`, which the file also needs"
+            )));
+        }
+    }
+    cache.insert("logits", logits);
+    cache.insert("loss", loss.reshape(1)?);
+    cache.insert("loss_per_token", per_token);
+    cache.insert("tokens", tokens_i64(&input.tokens)?);
+    if let Some(mask) = &input.mask {
+        cache.insert("attention_mask", tokens_i64(mask)?);
+    }
+    cache.save(&args.out)?;
+    eprintln!(
+        "wrote {} tensors ({} activations) for tokens [{batch}, {pos}] to {}",
+        cache.len(),
+        cache.len() - 4 - usize::from(input.mask.is_some()),
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The mean of the per-token loss `[batch, pos-1]` over the predictions that count:
+/// all of them, or with a mask `[batch, pos]` those whose token and next token are
+/// both real (the model zeroes the others), as TransformerLens averages.
+fn mean_loss(per_token: &Tensor, mask: Option<&Tensor>) -> CliResult<Tensor> {
+    let sum = per_token.to_dtype(DType::F32)?.sum_all()?;
+    let count = match mask {
+        None => per_token.elem_count(),
+        Some(mask) => mask
+            .to_vec2::<u32>()?
+            .iter()
+            .map(|row| row.windows(2).filter(|w| w[0] != 0 && w[1] != 0).count())
+            .sum(),
+    };
+    if count == 0 {
+        return Err(CliError::msg(
+            "no position has a next token to predict: the loss is undefined",
+        ));
+    }
+    Ok((sum / count as f64)?)
+}

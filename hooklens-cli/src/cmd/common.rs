@@ -1,0 +1,189 @@
+//! What several subcommands share: loading a model, reading the input (prompts or a
+//! tokens file), writing safetensors.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::{HookedGpt2, LoadOptions};
+
+use crate::error::{CliError, CliResult};
+
+/// The dtype of weights and activations.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DTypeArg {
+    /// 32-bit float (TransformerLens's default).
+    #[default]
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
+}
+
+/// The flags that choose and load a model.
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// A model directory (config.json, model.safetensors, optional tokenizer.json) or a
+    /// Hugging Face id (gpt2, gpt2-medium, openai-community/gpt2-large, distilgpt2, ...).
+    #[arg(long, value_name = "MODEL")]
+    pub model: String,
+    /// Load the weights as stored (TransformerLens's from_pretrained_no_processing)
+    /// instead of folding LayerNorms and centring weights as from_pretrained does.
+    #[arg(long)]
+    pub no_processing: bool,
+    /// Switch on TransformerLens's optional hook points (use_attn_result,
+    /// use_split_qkv_input, use_attn_in, use_hook_mlp_in, use_hook_tokens).
+    #[arg(long)]
+    pub all_hooks: bool,
+    /// The dtype of weights and activations.
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+}
+
+impl ModelArgs {
+    /// Loads the model on the CPU, with its tokenizer.
+    pub fn load(&self) -> CliResult<HookedGpt2> {
+        let opts = LoadOptions::default().with_dtype(self.dtype.dtype());
+        let mut model = if self.no_processing {
+            HookedGpt2::from_pretrained_no_processing(&self.model, &opts)?
+        } else {
+            HookedGpt2::from_pretrained(&self.model, &opts)?
+        };
+        if self.all_hooks {
+            model.set_all_optional_hooks(true);
+        }
+        Ok(model)
+    }
+}
+
+/// The input of a run: prompts (tokenized with the model's tokenizer) or a file of tokens.
+#[derive(clap::Args, Debug)]
+pub struct InputArgs {
+    /// A prompt; several (`--prompt A B` or `--prompt A --prompt B`) make a batch,
+    /// padded to the longest.
+    #[arg(long, value_name = "TEXT", num_args = 1.., required_unless_present = "tokens", conflicts_with = "tokens")]
+    pub prompt: Vec<String>,
+    /// A safetensors file holding an integer tensor `tokens` [batch, pos] (or [pos]).
+    #[arg(long, value_name = "FILE")]
+    pub tokens: Option<PathBuf>,
+    /// Do not put BOS before each prompt (TransformerLens prepends it by default).
+    #[arg(long)]
+    pub no_bos: bool,
+}
+
+/// Tokens `[batch, pos]` (u32) and, when prompts had to be padded, their attention
+/// mask `[batch, pos]`.
+pub struct Input {
+    /// Token ids `[batch, pos]`.
+    pub tokens: Tensor,
+    /// 1 at real tokens, 0 at padding; `None` when nothing is padded.
+    pub mask: Option<Tensor>,
+    /// Whether BOS was put before each prompt.
+    pub prepended_bos: bool,
+}
+
+impl InputArgs {
+    /// The tokens of the prompts (padded on `side`) or of the tokens file.
+    pub fn read(&self, model: &HookedGpt2, side: PaddingSide) -> CliResult<Input> {
+        if let Some(path) = &self.tokens {
+            let tokens = read_tokens(path, model.cfg().d_vocab, model.device())?;
+            return Ok(Input {
+                tokens,
+                mask: None,
+                prepended_bos: false,
+            });
+        }
+        let prompts: Vec<&str> = self.prompt.iter().map(String::as_str).collect();
+        let (tokens, mask) = model.to_tokens_with_mask(prompts, !self.no_bos, side)?;
+        let padded = mask.min_all()?.to_scalar::<u32>()? == 0;
+        Ok(Input {
+            tokens,
+            mask: padded.then_some(mask),
+            prepended_bos: !self.no_bos,
+        })
+    }
+}
+
+/// Reads the integer tensor `tokens` `[batch, pos]` (or `[pos]`) of a safetensors file
+/// as u32, every id checked against `d_vocab`.
+pub fn read_tokens(path: &Path, d_vocab: usize, device: &Device) -> CliResult<Tensor> {
+    let shown = path.display();
+    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        let reason = match hooklens::Error::from(e) {
+            hooklens::Error::Candle(candle_core::Error::Io(io)) => io.to_string(),
+            other => other.to_string(),
+        };
+        CliError(format!("--tokens {shown}: cannot read it as safetensors: {reason}"))
+    })?;
+    let t = tensors.remove("tokens").ok_or_else(|| {
+        let mut names: Vec<_> = tensors.keys().cloned().collect();
+        names.sort();
+        let more = names.len().saturating_sub(5);
+        names.truncate(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        CliError(format!(
+            "--tokens {shown}: no tensor named `tokens` (it has {names:?}{more})"
+        ))
+    })?;
+    if !matches!(t.dtype(), DType::U8 | DType::U32 | DType::I16 | DType::I32 | DType::I64) {
+        return Err(CliError(format!(
+            "--tokens {shown}: `tokens` is {:?}, expected an integer tensor",
+            t.dtype()
+        )));
+    }
+    let t = match t.rank() {
+        1 => t.unsqueeze(0)?,
+        2 => t,
+        r => {
+            return Err(CliError(format!(
+                "--tokens {shown}: `tokens` has shape {:?} (rank {r}), expected [batch, pos]",
+                t.dims()
+            )))
+        }
+    };
+    let (b, p) = t.dims2()?;
+    if b == 0 || p == 0 {
+        return Err(CliError(format!(
+            "--tokens {shown}: `tokens` is empty, shape [{b}, {p}]"
+        )));
+    }
+    let ids = t.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+    if let Some(i) = ids.iter().position(|&id| id < 0 || id as usize >= d_vocab) {
+        return Err(CliError(format!(
+            "--tokens {shown}: token id {} at [{}, {}] is outside the model's vocabulary of {d_vocab}",
+            ids[i],
+            i / p,
+            i % p
+        )));
+    }
+    let ids: Vec<u32> = ids.into_iter().map(|id| id as u32).collect();
+    Ok(Tensor::from_vec(ids, (b, p), device)?)
+}
+
+/// Writes `tensors` to `path` as safetensors, atomically (temporary file and rename).
+pub fn write_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>) -> CliResult<()> {
+    hooklens::save_safetensors(path, tensors, HashMap::new())?;
+    Ok(())
+}
+
+/// Token ids as i64, the dtype TransformerLens and PyTorch use for tokens, so that
+/// files written here read back as `--tokens` and in Python alike.
+pub fn tokens_i64(tokens: &Tensor) -> CliResult<Tensor> {
+    Ok(tokens.to_dtype(DType::I64)?)
+}

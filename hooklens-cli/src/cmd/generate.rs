@@ -1,0 +1,94 @@
+//! `hooklens generate`: continue a prompt.
+
+use std::path::PathBuf;
+
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::GenerateOptions;
+
+use super::common::{tokens_i64, write_safetensors, InputArgs, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// Continue the prompt (or tokens) and print the text, prompt included (without the
+/// BOS that was put before it).
+///
+/// Sampling at temperature 1 by default, as TransformerLens's `generate`; --greedy takes
+/// the most likely token each step. Several prompts are left-padded into one batch and
+/// printed one after another, separated by a line `---`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// How many tokens to add at most.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: usize,
+    /// Take the most likely token at each step instead of sampling.
+    #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "seed", "freq_penalty"])]
+    pub greedy: bool,
+    /// Divide logits by T before sampling (0 is greedy).
+    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Sample among the K most likely tokens only.
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to P (0 < P <= 1).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f64>,
+    /// Subtract F times its count so far from each token's logit.
+    #[arg(long, value_name = "F", default_value_t = 0.0, allow_hyphen_values = true)]
+    pub freq_penalty: f64,
+    /// The sampler's seed: the same seed gives the same text.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Keep going after the end-of-text token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Also write `tokens` [batch, pos + N] (i64) to this safetensors file.
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    let model = args.model.load()?;
+    let input = args.input.read(&model, PaddingSide::Left)?;
+    let opts = GenerateOptions {
+        max_new_tokens: args.max_new_tokens,
+        do_sample: !args.greedy,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        freq_penalty: args.freq_penalty,
+        seed: args.seed,
+        stop_at_eos: !args.ignore_eos,
+        attention_mask: input.mask.clone(),
+        ..GenerateOptions::default()
+    };
+    let out = model.generate(&input.tokens, &opts)?;
+    if let Some(path) = &args.out {
+        write_safetensors(path, vec![("tokens", &tokens_i64(&out)?)])?;
+    }
+    let rows = out.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?;
+    let pads: Vec<usize> = match &input.mask {
+        Some(mask) => mask
+            .to_vec2::<u32>()?
+            .iter()
+            .map(|r| r.iter().take_while(|&&m| m == 0).count())
+            .collect(),
+        None => vec![0; rows.len()],
+    };
+    let skip_bos = usize::from(input.prepended_bos);
+    let tokenizer = model.tokenizer()?;
+    for (i, (row, pad)) in rows.iter().zip(pads).enumerate() {
+        if i > 0 {
+            println!("---");
+        }
+        let ids = row.get(pad + skip_bos..).unwrap_or_default();
+        let text = tokenizer
+            .decode(ids)
+            .map_err(|e| CliError(format!("cannot show the generated tokens as text: {e}")))?;
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,44 @@
+//! `hooklens hooks`: every hook point and the shape of its activation.
+
+use candle_core::Tensor;
+use hooklens::{CacheOptions, HookedModel};
+
+use super::common::ModelArgs;
+use crate::error::{CliError, CliResult};
+
+/// List every hook point of the model, in registration order, with the shape of its
+/// activation on a batch of one sequence of --pos tokens (found by running the model
+/// once on a dummy prompt of BOS tokens).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The length of the dummy prompt that sets the shapes.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub pos: usize,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    let model = args.model.load()?;
+    let n_ctx = model.cfg().n_ctx;
+    if args.pos == 0 || args.pos > n_ctx {
+        return Err(CliError(format!(
+            "--pos {} must be between 1 and the context length n_ctx = {n_ctx}",
+            args.pos
+        )));
+    }
+    let bos = model.bos_token_id()?;
+    let tokens = Tensor::from_vec(vec![bos; args.pos], (1, args.pos), model.device())?;
+    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+    let names = model.hook_names();
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    for name in &names {
+        let shape = match cache.get(name) {
+            Some(t) => format!("{:?}", t.dims()),
+            None => "(did not fire)".to_string(),
+        };
+        println!("{name:width$}  {shape}");
+    }
+    Ok(())
+}

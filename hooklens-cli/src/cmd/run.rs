@@ -1,0 +1,73 @@
+//! `hooklens run`: the loss of a prompt and its most likely next tokens.
+
+use candle_core::{DType, D};
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::{ForwardOptions, ReturnType};
+
+use super::common::{InputArgs, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// Run a prompt and print its loss (mean next-token cross-entropy) and the most
+/// likely next tokens with their probabilities.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// How many next tokens to show.
+    #[arg(long, value_name = "K", default_value_t = 10)]
+    pub top: usize,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    if args.top == 0 {
+        return Err(CliError::msg("--top must be at least 1"));
+    }
+    let model = args.model.load()?;
+    let input = args.input.read(&model, PaddingSide::Left)?;
+    let (batch, pos) = input.tokens.dims2()?;
+    let tokenizer = model.tokenizer()?;
+    let mut fwd = ForwardOptions::new().return_type(if pos >= 2 { ReturnType::Both } else { ReturnType::Logits });
+    if let Some(mask) = &input.mask {
+        fwd = fwd.attention_mask(mask.clone());
+    }
+    let out = model.forward_with(&input.tokens, &fwd)?;
+    let logits = out
+        .logits
+        .ok_or_else(|| CliError::msg("the model returned no logits"))?;
+    match &out.loss {
+        Some(loss) => {
+            let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            println!("loss: {loss:.4} (mean next-token cross-entropy over the batch)");
+        }
+        None => println!("loss: none (one position: nothing to predict)"),
+    }
+    // With left padding every sequence ends at the last position.
+    let last = logits.narrow(1, pos - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
+    let probs = candle_nn::ops::softmax(&last, D::Minus1)?.to_vec2::<f32>()?;
+    let last = last.to_vec2::<f32>()?;
+    for b in 0..batch {
+        if batch > 1 {
+            println!("sequence {b}:");
+        }
+        let mut order: Vec<usize> = (0..probs[b].len()).collect();
+        order.sort_by(|&i, &j| probs[b][j].total_cmp(&probs[b][i]));
+        println!("top {} next tokens:", args.top.min(order.len()));
+        for (rank, &id) in order.iter().take(args.top).enumerate() {
+            let text = tokenizer
+                .token_str(id as u32)
+                .unwrap_or_else(|_| format!("<id {id}, outside the tokenizer>"));
+            println!(
+                "  {:>2}. {:<20} id {:<6} p {:.4}  logit {:.3}",
+                rank + 1,
+                serde_json::to_string(&text).unwrap_or(text),
+                id,
+                probs[b][id],
+                last[b][id]
+            );
+        }
+    }
+    Ok(())
+}
