@@ -1,0 +1,218 @@
+//! The performance table of the README: a GPT-2-small-shaped model (12 layers, 768
+//! wide, 12 heads, vocabulary 50257) with seeded random weights, built in process.
+//!
+//! `cargo run --release --example gpt2_bench` (add `-- --quick` for fewer repeats)
+//!
+//! In one run it measures:
+//! 1. the matmul floor: candle's f32 matrix products at the forward's exact shapes, alone;
+//! 2. the forward with no hook attached, batch 1 x 64 and 8 x 128, in ms and GFLOP/s;
+//! 3. the same with `run_with_cache` of every hook, and with one patching hook;
+//! 4. forward + backward with the gradient cached at every hook, against a plain
+//!    forward + backward (the graph started at the embedding);
+//! 5. greedy decoding with the KV cache: tokens per second, 32 new after 16;
+//! 6. loading a GPT-2-small-shaped checkpoint from disk (f32 safetensors): time and
+//!    peak resident memory, in a child process so that nothing else counts.
+//!
+//! FLOP count of one forward (multiply-adds count 2), N = batch * pos:
+//!   per layer: 2 N d (3d)  [qkv]  + 2 * 2 b h p^2 d_head  [scores, pattern . v]
+//!            + 2 N d d     [W_O]  + 2 * 2 N d d_mlp       [MLP in, out]
+//!   plus the unembedding 2 N d d_vocab.
+//! Timings are medians; each figure's reference is measured in the same run.
+
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use hooklens::models::gpt2::{random_weights, save_hf_checkpoint, SeededRng};
+use hooklens::{
+    CacheOptions, ForwardOptions, GenerateOptions, Gpt2Config, HookPoint, HookSet, HookedGpt2, HookedModel,
+};
+use hooklens::{LoadOptions, ReturnType};
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64()
+}
+
+/// Runs `f` `warm` times, then `n` times; the median in seconds.
+fn time<T>(warm: usize, n: usize, mut f: impl FnMut() -> hooklens::Result<T>) -> hooklens::Result<f64> {
+    for _ in 0..warm {
+        f()?;
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        std::hint::black_box(f()?);
+        v.push(t.elapsed());
+    }
+    Ok(median(v))
+}
+
+fn forward_flops(cfg: &Gpt2Config, b: usize, p: usize) -> f64 {
+    let (n, d, h, dh, m, v) = (
+        (b * p) as f64,
+        cfg.d_model as f64,
+        cfg.n_heads as f64,
+        cfg.d_head as f64,
+        cfg.d_mlp as f64,
+        cfg.d_vocab as f64,
+    );
+    let per_layer =
+        2.0 * n * d * 3.0 * d + 4.0 * b as f64 * h * (p * p) as f64 * dh + 2.0 * n * d * d + 4.0 * n * d * m;
+    cfg.n_layers as f64 * per_layer + 2.0 * n * d * v
+}
+
+/// The matrix products of one forward, at its shapes, timed alone (the "floor").
+fn matmul_floor(cfg: &Gpt2Config, b: usize, p: usize, reps: usize) -> hooklens::Result<f64> {
+    let dev = Device::Cpu;
+    let mut rng = SeededRng::new(3);
+    let n = b * p;
+    let (d, h, dh, m) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+    let x = rng.normal_tensor(&[n, d], 1.0)?;
+    let w_qkv = rng.normal_tensor(&[d, 3 * d], 0.02)?;
+    let w_o = rng.normal_tensor(&[d, d], 0.02)?;
+    let w_in = rng.normal_tensor(&[d, m], 0.02)?;
+    let hid = rng.normal_tensor(&[n, m], 1.0)?;
+    let w_out = rng.normal_tensor(&[m, d], 0.02)?;
+    let q = rng.normal_tensor(&[b, h, p, dh], 1.0)?;
+    let kt = rng.normal_tensor(&[b, h, dh, p], 1.0)?;
+    let pat = rng.normal_tensor(&[b, h, p, p], 1.0)?;
+    let v = rng.normal_tensor(&[b, h, p, dh], 1.0)?;
+    let w_u = rng.normal_tensor(&[d, cfg.d_vocab], 0.02)?;
+    let _ = dev;
+    let layer = time(1, reps, || {
+        let _ = x.matmul(&w_qkv)?;
+        let _ = q.matmul(&kt)?;
+        let _ = pat.matmul(&v)?;
+        let _ = x.matmul(&w_o)?;
+        let _ = x.matmul(&w_in)?;
+        Ok(hid.matmul(&w_out)?)
+    })?;
+    let unembed = time(1, reps, || Ok(x.matmul(&w_u)?))?;
+    Ok(cfg.n_layers as f64 * layer + unembed)
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() -> hooklens::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    // Child mode: load a checkpoint and report time and peak memory.
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        let dir = &args[i + 1];
+        let t = Instant::now();
+        let model = HookedGpt2::from_dir(dir, &LoadOptions::no_processing())?;
+        let secs = t.elapsed().as_secs_f64();
+        std::hint::black_box(&model);
+        println!("{secs} {}", peak_rss_kib().unwrap_or(0));
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let reps = |n: usize| if quick { n.div_ceil(3).max(1) } else { n };
+
+    let cfg = Gpt2Config::gpt2_small();
+    let weights = random_weights(&cfg, 0)?;
+    let n_params: usize = weights.values().map(|t| t.elem_count()).sum();
+    let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+    let model = HookedGpt2::load(vb, &cfg)?;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("GPT-2-small shape, seeded random weights, f32, CPU, {threads} threads, {n_params} parameters\n");
+    println!(
+        "| batch x pos | matmul floor | forward | fwd / floor | GFLOP/s | run_with_cache (all) | cache / fwd | one patching hook | patch / fwd |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut rng = SeededRng::new(1);
+    for (b, p, n) in [(1usize, 64usize, 10usize), (8, 128, 4)] {
+        let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+        let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
+        let floor = matmul_floor(&cfg, b, p, reps(n))?;
+        let fwd = time(1, reps(n), || model.forward(&tokens))?;
+        let cached = time(1, reps(n), || {
+            model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+        })?;
+        let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
+            Ok(Some(x.zeros_like()?))
+        });
+        let patched = time(1, reps(n), || {
+            model.run_with_hooks(patch.clone(), |m| m.forward(&tokens))
+        })?;
+        let gflops = forward_flops(&cfg, b, p) / fwd / 1e9;
+        println!(
+            "| {b} x {p} | {:.1} ms | {:.1} ms | {:.3} | {gflops:.1} | {:.1} ms | {:.3} | {:.1} ms | {:.3} |",
+            floor * 1e3,
+            fwd * 1e3,
+            fwd / floor,
+            cached * 1e3,
+            cached / fwd,
+            patched * 1e3,
+            patched / fwd
+        );
+    }
+
+    // Gradients at 1 x 64.
+    let ids: Vec<u32> = (0..64).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+    let tokens = Tensor::from_vec(ids, (1, 64), &Device::Cpu)?;
+    let loss_of = |m: &HookedGpt2| -> hooklens::Result<Tensor> {
+        let out = m.forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
+        out.loss.ok_or_else(|| hooklens::Error::invalid("no loss"))
+    };
+    let plain_bwd = time(1, reps(5), || {
+        // One backward hook at the embedding starts the graph there: a plain
+        // forward + backward through the whole model.
+        let start = HookSet::new().bwd("hook_embed", |_: &Tensor, _: &HookPoint| Ok(None));
+        let loss = model.run_with_hooks(start, loss_of)?;
+        Ok(loss.backward()?)
+    })?;
+    let all_grads = time(1, reps(5), || {
+        model.run_with_cache_bwd(CacheOptions::new(), HookSet::new(), loss_of)
+    })?;
+    println!("\n| 1 x 64 | forward + backward | with every activation and gradient cached | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| | {:.1} ms | {:.1} ms | {:.3} |",
+        plain_bwd * 1e3,
+        all_grads * 1e3,
+        all_grads / plain_bwd
+    );
+
+    // Decoding: 32 new tokens after 16, greedy, KV cache.
+    let ids: Vec<u32> = (0..16).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+    let prompt = Tensor::from_vec(ids, (1, 16), &Device::Cpu)?;
+    let mut opts = GenerateOptions::greedy(32);
+    opts.stop_at_eos = false;
+    let gen = time(1, reps(3), || model.generate(&prompt, &opts))?;
+    println!(
+        "\n| decoding (greedy, KV cache, 32 new after 16) | {:.1} tokens/s |",
+        32.0 / gen
+    );
+    println!("|---|---|");
+
+    // Loading from disk, in a child process.
+    let dir = std::env::temp_dir().join(format!("hooklens-bench-gpt2-{}", std::process::id()));
+    save_hf_checkpoint(&dir, &cfg, &weights, DType::F32)?;
+    drop(weights);
+    let exe = std::env::current_exe().map_err(|e| hooklens::Error::io("current_exe", e))?;
+    let out = std::process::Command::new(exe)
+        .arg("--load")
+        .arg(&dir)
+        .output()
+        .map_err(|e| hooklens::Error::io(&dir, e))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    let kib: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    let param_bytes = (n_params * 4) as f64;
+    println!(
+        "\n| loading (f32 safetensors, mmap) | {:.0} ms | peak RSS {:.0} MiB | parameters {:.0} MiB | ratio {:.3} |",
+        secs * 1e3,
+        kib / 1024.0,
+        param_bytes / (1024.0 * 1024.0),
+        kib * 1024.0 / param_bytes
+    );
+    println!("|---|---|---|---|---|");
+    Ok(())
+}
