@@ -534,6 +534,155 @@ mod tests {
         assert_eq!(p.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
     }
 
+    /// Whether an HTTP proxy from the environment would take loopback requests away.
+    fn proxied() -> bool {
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
+        [
+            "ALL_PROXY",
+            "all_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+        ]
+        .iter()
+        .any(|k| set(k))
+    }
+
+    /// A stand-in for the Hugging Face hub on loopback, serving the tiny model's
+    /// `config.json` and `model.safetensors` for any repository, with the headers
+    /// `hf-hub` reads (etag, commit, content range); other files are 404. It answers
+    /// at most `max_requests` requests, until `stop` is set, and 30 seconds at most;
+    /// the thread returns how many requests it answered.
+    fn fake_hub(
+        max_requests: usize,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> (String, std::thread::JoinHandle<usize>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let handle = std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let mut served = 0;
+            let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
+            while served < max_requests && std::time::Instant::now() < deadline && !stopped() {
+                let mut stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    Err(_) => {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        continue;
+                    }
+                };
+                served += 1;
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                let mut range_start = 0usize;
+                let mut range_end: Option<usize> = None;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(r) = lower.strip_prefix("range: bytes=") {
+                        let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
+                        range_start = a.parse().unwrap_or(0);
+                        range_end = b.parse().ok();
+                    }
+                }
+                let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let file = path.rsplit('/').next().unwrap_or("");
+                let body = match file {
+                    CONFIG_FILE | WEIGHTS_FILE => std::fs::read(tiny_model_dir().join(file)).ok(),
+                    _ => None,
+                };
+                let response = match body {
+                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+                    Some(body) => {
+                        let end = range_end.unwrap_or(body.len() - 1).min(body.len() - 1);
+                        let part = &body[range_start.min(body.len())..=end];
+                        let mut r = format!(
+                            "HTTP/1.1 206 Partial Content\r\netag: \"etag-{file}\"\r\nx-repo-commit: {COMMIT}\r\n\
+                             content-range: bytes {range_start}-{end}/{}\r\ncontent-length: {}\r\n\
+                             connection: close\r\n\r\n",
+                            body.len(),
+                            part.len()
+                        )
+                        .into_bytes();
+                        r.extend_from_slice(part);
+                        r
+                    }
+                };
+                let _ = stream.write_all(&response);
+            }
+            served
+        });
+        (endpoint, handle)
+    }
+
+    #[test]
+    fn downloads_into_the_cache_then_works_offline() {
+        if proxied() {
+            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+            return;
+        }
+        let tmp = TempDir::new("download");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (endpoint, server) = fake_hub(16, stop.clone());
+        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        opts.endpoint = Some(endpoint);
+        let files = resolve_with("openai-community/gpt2", &opts);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let served = server.join().unwrap();
+        let files = files.unwrap();
+        let snap = tmp.0.join("models--openai-community--gpt2/snapshots").join(COMMIT);
+        assert_eq!(files.config, snap.join(CONFIG_FILE));
+        assert_eq!(files.weights, snap.join(WEIGHTS_FILE));
+        assert_eq!(files.tokenizer, None, "the hub has no tokenizer.json: GPT-2's BPE then");
+        for f in [CONFIG_FILE, WEIGHTS_FILE] {
+            assert_eq!(
+                std::fs::read(snap.join(f)).unwrap(),
+                std::fs::read(tiny_model_dir().join(f)).unwrap()
+            );
+        }
+        // config + weights: metadata and body each; tokenizer.json: one 404.
+        assert_eq!(served, 5);
+        let again = resolve_with("gpt2", &offline(&tmp.0)).unwrap();
+        assert_eq!(again.weights, files.weights);
+    }
+
+    #[test]
+    fn no_network_says_what_and_where() {
+        if proxied() {
+            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+            return;
+        }
+        // A port that was just free: connections are refused, as with no network.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let tmp = TempDir::new("refused");
+        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        opts.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        let err = resolve_with("gpt2", &opts).unwrap_err().to_string();
+        let url = format!("http://127.0.0.1:{port}/gpt2/resolve/main/config.json");
+        assert!(
+            err.contains(&format!("downloading config.json from {url} failed")),
+            "{err}"
+        );
+        assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+    }
+
     #[test]
     fn environment_is_read_as_huggingface_hub_reads_it() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
