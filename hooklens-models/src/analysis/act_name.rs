@@ -66,7 +66,11 @@ fn split_shorthand(name: &str) -> Option<(&str, &str, &str)> {
     if digits == 0 {
         return None;
     }
-    Some((&name[..letters], &name[letters..letters + digits], &name[letters + digits..]))
+    Some((
+        &name[..letters],
+        &name[letters..letters + digits],
+        &name[letters + digits..],
+    ))
 }
 
 /// The full hook name for a TransformerLens shorthand, as `utils.get_act_name` builds it.
@@ -207,7 +211,10 @@ pub fn act_name(name: &str, layer: Option<isize>, layer_type: Option<&str>) -> R
     let hint = if near.is_empty() {
         String::new()
     } else {
-        format!("; did you mean {}?", near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "))
+        format!(
+            "; did you mean {}?",
+            near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+        )
     };
     Err(bad(format!("`{short}` is not an activation name{hint}")))
 }
@@ -228,7 +235,9 @@ pub fn resolve_layer(layer: isize, n_layers: usize) -> Result<usize> {
 /// [`act_name`] with negative layers counting from the end of a model with `n_layers`
 /// blocks (TransformerLens's `cache[("k", -1)]`).
 pub fn act_name_in(name: &str, layer: Option<isize>, layer_type: Option<&str>, n_layers: usize) -> Result<String> {
-    let layer = layer.map(|l| resolve_layer(l, n_layers).map(|l| l as isize)).transpose()?;
+    let layer = layer
+        .map(|l| resolve_layer(l, n_layers).map(|l| l as isize))
+        .transpose()?;
     act_name(name, layer, layer_type)
 }
 
@@ -296,7 +305,10 @@ mod tests {
     #[test]
     fn negative_layers_resolve_against_the_model() {
         assert_eq!(act_name_in("k", Some(-1), None, 12).unwrap(), "blocks.11.attn.hook_k");
-        assert_eq!(act_name_in("scale", Some(-2), Some("ln1"), 2).unwrap(), "blocks.0.ln1.hook_scale");
+        assert_eq!(
+            act_name_in("scale", Some(-2), Some("ln1"), 2).unwrap(),
+            "blocks.0.ln1.hook_scale"
+        );
         assert!(act_name_in("k", Some(-13), None, 12).is_err());
         assert!(act_name_in("k", Some(12), None, 12).is_err());
         assert_eq!(act_name_in("embed", None, None, 12).unwrap(), "hook_embed");

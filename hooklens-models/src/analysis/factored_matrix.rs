@@ -121,7 +121,11 @@ impl FactoredMatrix {
             let d = t.dims();
             let mut shape = lead.clone();
             shape.extend_from_slice(&d[d.len() - 2..]);
-            Ok(if d == shape.as_slice() { t.clone() } else { t.broadcast_as(shape)?.contiguous()? })
+            Ok(if d == shape.as_slice() {
+                t.clone()
+            } else {
+                t.broadcast_as(shape)?.contiguous()?
+            })
         };
         Ok(FactoredMatrix {
             a: with(&a)?,
@@ -225,7 +229,10 @@ impl FactoredMatrix {
             )));
         }
         let col = v.unsqueeze(1)?;
-        Ok(self.a.broadcast_matmul(&self.b.broadcast_matmul(&col)?)?.squeeze(self.a.rank() - 1)?)
+        Ok(self
+            .a
+            .broadcast_matmul(&self.b.broadcast_matmul(&col)?)?
+            .squeeze(self.a.rank() - 1)?)
     }
 
     /// `self · other` for another factored matrix -> `[..., ldim, other.rdim]`.
@@ -296,7 +303,10 @@ impl FactoredMatrix {
     pub fn get_corner(&self, k: usize) -> Result<Tensor> {
         let (r, c) = (k.min(self.ldim()), k.min(self.rdim()));
         let ra = self.a.rank();
-        Ok(self.a.narrow(ra - 2, 0, r)?.matmul(&self.b.narrow(ra - 1, 0, c)?.contiguous()?)?)
+        Ok(self
+            .a
+            .narrow(ra - 2, 0, r)?
+            .matmul(&self.b.narrow(ra - 1, 0, c)?.contiguous()?)?)
     }
 
     /// The SVD of the product, computed from the factors: QR of `A` and of `Bᵀ`, then the
@@ -441,7 +451,12 @@ pub fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> Resu
     let comp = Tensor::stack(&rows, 0)?; // [nl, nr]
     let denom = l_norm.unsqueeze(1)?.broadcast_mul(&r_norm.unsqueeze(0)?)?;
     let scores = (comp / denom)?;
-    let shape: Vec<usize> = left.leading_dims().iter().chain(right.leading_dims()).copied().collect();
+    let shape: Vec<usize> = left
+        .leading_dims()
+        .iter()
+        .chain(right.leading_dims())
+        .copied()
+        .collect();
     Ok(scores.reshape(shape)?.to_dtype(left.a.dtype())?)
 }
 
@@ -456,7 +471,16 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -471,11 +495,21 @@ mod tests {
         assert!(max_diff(&prod.ab().unwrap(), &ab.broadcast_matmul(&m).unwrap()) < 1e-5);
         let v = t(&[6], 0.2);
         let mv = fm.matmul_vec(&v).unwrap();
-        let dense = ab.broadcast_matmul(&v.unsqueeze(1).unwrap()).unwrap().squeeze(2).unwrap();
+        let dense = ab
+            .broadcast_matmul(&v.unsqueeze(1).unwrap())
+            .unwrap()
+            .squeeze(2)
+            .unwrap();
         assert!(max_diff(&mv, &dense) < 1e-5);
         let w = t(&[8], 0.3);
         let vm = fm.rmatmul_vec(&w).unwrap();
-        let dense = w.unsqueeze(0).unwrap().broadcast_matmul(&ab).unwrap().squeeze(1).unwrap();
+        let dense = w
+            .unsqueeze(0)
+            .unwrap()
+            .broadcast_matmul(&ab)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
         assert!(max_diff(&vm, &dense) < 1e-5);
         let left = t(&[4, 8], 0.5);
         let lm = fm.rmatmul(&left).unwrap();
@@ -508,7 +542,9 @@ mod tests {
         assert_eq!(svd.s.dims(), &[2, 3]);
         assert_eq!(svd.vh.dims(), &[2, 7, 3]);
         let us = svd.u.broadcast_mul(&svd.s.unsqueeze(1).unwrap()).unwrap();
-        let rebuilt = us.matmul(&svd.vh.transpose(1, 2).unwrap().contiguous().unwrap()).unwrap();
+        let rebuilt = us
+            .matmul(&svd.vh.transpose(1, 2).unwrap().contiguous().unwrap())
+            .unwrap();
         assert!(max_diff(&rebuilt, &ab) < 1e-5);
         let fro = ab.sqr().unwrap().sum((1, 2)).unwrap().sqrt().unwrap();
         assert!(max_diff(&fm.norm().unwrap(), &fro) < 1e-5);
@@ -539,7 +575,10 @@ mod tests {
         assert!((re.iter().sum::<f32>() - tr).abs() < 1e-4);
         let prod_re = re[0] * re[1] - im[0] * im[1];
         assert!((prod_re - det).abs() < 1e-4);
-        assert!(FactoredMatrix::new(t(&[6, 2], 0.3), t(&[2, 5], 0.4)).unwrap().ba().is_err());
+        assert!(FactoredMatrix::new(t(&[6, 2], 0.3), t(&[2, 5], 0.4))
+            .unwrap()
+            .ba()
+            .is_err());
     }
 
     #[test]
@@ -549,7 +588,16 @@ mod tests {
         let scores = composition_scores(&left, &right).unwrap();
         assert_eq!(scores.dims(), &[2, 3]);
         let (la, ra) = (left.ab().unwrap(), right.ab().unwrap());
-        let fro = |x: &Tensor| x.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+        let fro = |x: &Tensor| {
+            x.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
         for i in 0..2 {
             for j in 0..3 {
                 let (l, r) = (la.get(i).unwrap(), ra.get(j).unwrap());

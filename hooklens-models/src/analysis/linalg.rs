@@ -186,7 +186,9 @@ pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
         converged = !rotated;
     }
     if !converged {
-        return Err(Error::invalid("SVD: Jacobi sweeps did not converge (is the matrix finite?)"));
+        return Err(Error::invalid(
+            "SVD: Jacobi sweeps did not converge (is the matrix finite?)",
+        ));
     }
     let norms: Vec<f64> = (0..n).map(|j| u.col_dot(j, j).sqrt()).collect();
     let mut order: Vec<usize> = (0..n).collect();
@@ -298,6 +300,9 @@ fn hessenberg(a: &Mat) -> Mat {
 
 /// Eigenvalues of an upper Hessenberg matrix by the Francis double-shift QR algorithm
 /// (the classic EISPACK `hqr`), in 1-based indexing to keep its well-tested index logic.
+// Index loops on purpose: rewriting them as iterators would obscure the correspondence
+// with the published algorithm, which is what makes it checkable.
+#[allow(clippy::needless_range_loop)]
 fn hqr(h: Mat) -> Result<Vec<(f64, f64)>> {
     let n = h.rows;
     let mut a = vec![vec![0.0f64; n + 1]; n + 1];
@@ -483,7 +488,11 @@ mod tests {
     }
 
     fn max_diff(a: &Mat, b: &Mat) -> f64 {
-        a.data.iter().zip(&b.data).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+        a.data
+            .iter()
+            .zip(&b.data)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f64::max)
     }
 
     fn pseudo(i: usize, j: usize, seed: f64) -> f64 {
@@ -536,7 +545,10 @@ mod tests {
     }
 
     fn close(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
-        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x.0 - y.0).abs() < 1e-9 && (x.1 - y.1).abs() < 1e-9)
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x.0 - y.0).abs() < 1e-9 && (x.1 - y.1).abs() < 1e-9)
     }
 
     #[test]
@@ -561,7 +573,10 @@ mod tests {
             }
         });
         let got = sorted(eigenvalues(&comp).unwrap());
-        assert!(close(&got, &[(-1.0, -2.0), (-1.0, 2.0), (1.0, 0.0), (2.0, 0.0)]), "{got:?}");
+        assert!(
+            close(&got, &[(-1.0, -2.0), (-1.0, 2.0), (1.0, 0.0), (2.0, 0.0)]),
+            "{got:?}"
+        );
         // A similarity transform of a diagonal matrix keeps its eigenvalues.
         let p = mat(5, 5, |i, j| pseudo(i, j, 0.2) + if i == j { 3.0 } else { 0.0 });
         let d = mat(5, 5, |i, j| if i == j { i as f64 - 2.0 } else { 0.0 });

@@ -229,7 +229,12 @@ impl<'a> Patching<'a, HookedGpt2> {
             batch,
             n_pos,
         };
-        Patching::new(model, dims, Box::new(move |m: &HookedGpt2| m.forward(corrupted_tokens)), clean_cache)
+        Patching::new(
+            model,
+            dims,
+            Box::new(move |m: &HookedGpt2| m.forward(corrupted_tokens)),
+            clean_cache,
+        )
     }
 }
 
@@ -341,7 +346,9 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         let mut clean = std::collections::HashMap::new();
         for row in &rows {
             let Some(&layer) = row.first() else {
-                return Err(Error::invalid("an empty patch index: the first entry must be the layer"));
+                return Err(Error::invalid(
+                    "an empty patch index: the first entry must be the layer",
+                ));
             };
             if layer >= self.dims.n_layers {
                 return Err(Error::invalid(format!(
@@ -361,30 +368,28 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         let next = AtomicUsize::new(0);
         let done = AtomicUsize::new(0);
         let first_error: Mutex<Option<Error>> = Mutex::new(None);
-        let worker = || {
-            loop {
-                if first_error.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        let worker = || loop {
+            if first_error.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                return;
+            }
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= total {
+                return;
+            }
+            let row = &rows[i];
+            let (name, clean_act) = &clean[&row[0]];
+            let outcome = self.patched_metric(metric, setter, name, clean_act, row);
+            match outcome {
+                Ok(v) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = v,
+                Err(e) => {
+                    let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+                    slot.get_or_insert(e);
                     return;
                 }
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    return;
-                }
-                let row = &rows[i];
-                let (name, clean_act) = &clean[&row[0]];
-                let outcome = self.patched_metric(metric, setter, name, clean_act, row);
-                match outcome {
-                    Ok(v) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = v,
-                    Err(e) => {
-                        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                        slot.get_or_insert(e);
-                        return;
-                    }
-                }
-                let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if let Some(p) = &self.progress {
-                    p(Progress { done: finished, total });
-                }
+            }
+            let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(p) = &self.progress {
+                p(Progress { done: finished, total });
             }
         };
         let threads = self.threads.min(total.max(1));
@@ -393,7 +398,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         } else {
             std::thread::scope(|s| {
                 for _ in 0..threads {
-                    s.spawn(&worker);
+                    s.spawn(worker);
                 }
             });
         }
@@ -409,7 +414,14 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
 
-    fn patched_metric<F>(&self, metric: &F, setter: &PatchSetter, name: &str, clean: &Tensor, row: &[usize]) -> Result<f64>
+    fn patched_metric<F>(
+        &self,
+        metric: &F,
+        setter: &PatchSetter,
+        name: &str,
+        clean: &Tensor,
+        row: &[usize],
+    ) -> Result<f64>
     where
         F: Fn(&Tensor) -> Result<f64> + Sync,
     {
@@ -461,22 +473,42 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         &self,
         metric: &F,
     ) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerPosHeadVector, "z", &[Axis::Layer, Axis::Pos, Axis::Head])
+        self.sweep(
+            metric,
+            PatchSetter::LayerPosHeadVector,
+            "z",
+            &[Axis::Layer, Axis::Pos, Axis::Head],
+        )
     }
 
     /// Patches each head's queries, by position: `[n_layers, pos, n_heads]`.
     pub fn get_act_patch_attn_head_q_by_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerPosHeadVector, "q", &[Axis::Layer, Axis::Pos, Axis::Head])
+        self.sweep(
+            metric,
+            PatchSetter::LayerPosHeadVector,
+            "q",
+            &[Axis::Layer, Axis::Pos, Axis::Head],
+        )
     }
 
     /// Patches each head's keys, by position: `[n_layers, pos, n_heads]`.
     pub fn get_act_patch_attn_head_k_by_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerPosHeadVector, "k", &[Axis::Layer, Axis::Pos, Axis::Head])
+        self.sweep(
+            metric,
+            PatchSetter::LayerPosHeadVector,
+            "k",
+            &[Axis::Layer, Axis::Pos, Axis::Head],
+        )
     }
 
     /// Patches each head's values, by position: `[n_layers, pos, n_heads]`.
     pub fn get_act_patch_attn_head_v_by_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerPosHeadVector, "v", &[Axis::Layer, Axis::Pos, Axis::Head])
+        self.sweep(
+            metric,
+            PatchSetter::LayerPosHeadVector,
+            "v",
+            &[Axis::Layer, Axis::Pos, Axis::Head],
+        )
     }
 
     /// Patches each head's attention pattern, one destination position at a time:
@@ -516,17 +548,26 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
     }
 
     /// Patches each head's queries at every position: `[n_layers, n_heads]`.
-    pub fn get_act_patch_attn_head_q_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
+    pub fn get_act_patch_attn_head_q_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(
+        &self,
+        metric: &F,
+    ) -> Result<Tensor> {
         self.sweep(metric, PatchSetter::LayerHeadVector, "q", &[Axis::Layer, Axis::Head])
     }
 
     /// Patches each head's keys at every position: `[n_layers, n_heads]`.
-    pub fn get_act_patch_attn_head_k_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
+    pub fn get_act_patch_attn_head_k_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(
+        &self,
+        metric: &F,
+    ) -> Result<Tensor> {
         self.sweep(metric, PatchSetter::LayerHeadVector, "k", &[Axis::Layer, Axis::Head])
     }
 
     /// Patches each head's values at every position: `[n_layers, n_heads]`.
-    pub fn get_act_patch_attn_head_v_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
+    pub fn get_act_patch_attn_head_v_all_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(
+        &self,
+        metric: &F,
+    ) -> Result<Tensor> {
         self.sweep(metric, PatchSetter::LayerHeadVector, "v", &[Axis::Layer, Axis::Head])
     }
 
@@ -535,7 +576,12 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         &self,
         metric: &F,
     ) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerHeadPattern, "pattern", &[Axis::Layer, Axis::Head])
+        self.sweep(
+            metric,
+            PatchSetter::LayerHeadPattern,
+            "pattern",
+            &[Axis::Layer, Axis::Head],
+        )
     }
 
     /// Every head, all positions, for output, q, k, v and pattern, stacked in that order:
@@ -565,7 +611,9 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
             self.get_act_patch_attn_head_q_by_pos(metric)?,
             self.get_act_patch_attn_head_k_by_pos(metric)?,
             self.get_act_patch_attn_head_v_by_pos(metric)?,
-            self.get_act_patch_attn_head_pattern_by_pos(metric)?.transpose(1, 2)?.contiguous()?,
+            self.get_act_patch_attn_head_pattern_by_pos(metric)?
+                .transpose(1, 2)?
+                .contiguous()?,
         ];
         Ok(Tensor::stack(&parts, 0)?)
     }
@@ -606,7 +654,18 @@ mod tests {
             assert_eq!(count(got), want, "{setter:?}");
         }
         let patched = PatchSetter::LayerPos.apply(&corrupted, &[0, 2], &clean).unwrap();
-        assert_eq!(patched.get(1).unwrap().get(2).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 20.);
+        assert_eq!(
+            patched
+                .get(1)
+                .unwrap()
+                .get(2)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            20.
+        );
         assert!(PatchSetter::LayerPos.apply(&corrupted, &[0, 3], &clean).is_err());
         assert!(PatchSetter::LayerPos.apply(&corrupted, &[0], &clean).is_err());
         let custom = PatchSetter::custom(|_c, _i, clean| Ok(clean.clone()));

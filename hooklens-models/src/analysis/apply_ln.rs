@@ -1,0 +1,173 @@
+//! `apply_ln_to_stack`: a LayerNorm's cached scaling applied to residual components.
+
+use candle_core::{DType, Tensor, D};
+use hooklens_core::{Error, Result, Slice};
+
+use super::cache_view::{apply_slice, Analysis};
+
+/// Options of [`Analysis::apply_ln_to_stack`] (TransformerLens's keyword arguments).
+#[derive(Clone, Debug)]
+pub struct LnOptions {
+    /// The layer whose input the stack is: `0..n_layers` (that block's `ln1`, or `ln2`
+    /// with `mlp_input`), or `None` / `-1` / `n_layers` for `ln_final` (the unembedding).
+    pub layer: Option<isize>,
+    /// Use the block's `ln2` (the MLP's input) rather than `ln1`; not with `ln_final`.
+    pub mlp_input: bool,
+    /// The positions the stack holds (already applied to it); applied to the scale.
+    pub pos_slice: Slice,
+    /// A batch slice, applied to the stack (when `has_batch_dim`) and to the scale.
+    pub batch_slice: Slice,
+    /// Whether the stack has a batch axis (axis 1). Default `true`.
+    pub has_batch_dim: bool,
+    /// Recompute the scale `sqrt(var + eps)` from the cached residual stream that the
+    /// LayerNorm reads, instead of reading its cached `hook_scale` (for caches recorded
+    /// without the scales).
+    pub recompute_ln: bool,
+}
+
+impl Default for LnOptions {
+    fn default() -> Self {
+        LnOptions {
+            layer: None,
+            mlp_input: false,
+            pos_slice: Slice::All,
+            batch_slice: Slice::All,
+            has_batch_dim: true,
+            recompute_ln: false,
+        }
+    }
+}
+
+impl LnOptions {
+    /// The final LayerNorm (the unembedding's input), everything else default.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// These options for the input of `layer` (`None`/`-1`: the unembedding).
+    pub fn layer(mut self, layer: Option<isize>) -> Self {
+        self.layer = layer;
+        self
+    }
+
+    /// These options for the MLP's input (`ln2`).
+    pub fn mlp_input(mut self, yes: bool) -> Self {
+        self.mlp_input = yes;
+        self
+    }
+
+    /// These options with a position slice.
+    pub fn pos_slice(mut self, s: impl Into<Slice>) -> Self {
+        self.pos_slice = s.into();
+        self
+    }
+
+    /// These options with a batch slice.
+    pub fn batch_slice(mut self, s: impl Into<Slice>) -> Self {
+        self.batch_slice = s.into();
+        self
+    }
+
+    /// These options for a stack with (or without) a batch axis.
+    pub fn has_batch_dim(mut self, yes: bool) -> Self {
+        self.has_batch_dim = yes;
+        self
+    }
+
+    /// These options recomputing the scale from the residual stream.
+    pub fn recompute_ln(mut self, yes: bool) -> Self {
+        self.recompute_ln = yes;
+        self
+    }
+}
+
+impl Analysis<'_> {
+    /// The scale `[..., pos, 1]` of the LayerNorm reading the input of `layer`
+    /// (`0..=n_layers`), cached or recomputed from the residual stream.
+    pub(crate) fn ln_scale(&self, layer: usize, mlp_input: bool, recompute: bool) -> Result<Tensor> {
+        let n = self.n_layers();
+        if layer == n && mlp_input {
+            return Err(Error::invalid(
+                "mlp_input with layer n_layers: the unembedding's input has no MLP (use mlp_input = false)",
+            ));
+        }
+        let (scale_name, resid) = if layer == n {
+            ("ln_final.hook_scale".to_string(), ("resid_post", n - 1))
+        } else if mlp_input {
+            (format!("blocks.{layer}.ln2.hook_scale"), ("resid_mid", layer))
+        } else {
+            (format!("blocks.{layer}.ln1.hook_scale"), ("resid_pre", layer))
+        };
+        if !recompute {
+            return self.cache.try_get(&scale_name).cloned().map_err(|e| {
+                Error::invalid(format!(
+                    "{e} (recompute_ln computes it from the residual stream instead)"
+                ))
+            });
+        }
+        let x = self.at(resid.0, resid.1)?;
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok((var + self.model.cfg().eps)?.sqrt()?.to_dtype(dtype)?)
+    }
+
+    /// The LayerNorm scale for a stack as `opts` describes it, sliced: `[..., 1]`.
+    pub(crate) fn sliced_scale(&self, opts: &LnOptions) -> Result<Tensor> {
+        let layer = self.upto(opts.layer)?;
+        let scale = self.ln_scale(layer, opts.mlp_input, opts.recompute_ln)?;
+        let scale = apply_slice(&opts.pos_slice, &scale, -2)?;
+        if self.cache.has_batch_dim() {
+            apply_slice(&opts.batch_slice, &scale, 0)
+        } else {
+            Ok(scale)
+        }
+    }
+
+    /// TransformerLens's `apply_ln_to_stack`: treats each component of `stack`
+    /// `[components, ..., d_model]` as the input of a LayerNorm and applies that
+    /// LayerNorm's scaling from the full forward pass: centre each component, divide by
+    /// the cached scale (global over the whole residual, which is why the cached one is
+    /// used). Returns `[components, ..., d_model]` (batch-sliced if asked). A stack that
+    /// does not broadcast against the scale is an error naming both shapes.
+    pub fn apply_ln_to_stack(&self, stack: &Tensor, opts: &LnOptions) -> Result<Tensor> {
+        if stack.rank() < 2 {
+            return Err(Error::invalid(format!(
+                "apply_ln_to_stack needs [components, ..., d_model], got shape {:?}",
+                stack.shape()
+            )));
+        }
+        let stack = if opts.has_batch_dim {
+            apply_slice(&opts.batch_slice, stack, 1)?
+        } else {
+            stack.clone()
+        };
+        let centred = stack.broadcast_sub(&stack.mean_keepdim(D::Minus1)?)?;
+        let scale = self.sliced_scale(opts)?;
+        centred.broadcast_div(&scale).map_err(|e| {
+            Error::invalid(format!(
+                "apply_ln_to_stack: a stack of shape {:?} does not fit the LayerNorm scale of shape {:?} \
+                 (after pos_slice {} and batch_slice {}): {e}",
+                stack.shape(),
+                scale.shape(),
+                opts.pos_slice,
+                opts.batch_slice
+            ))
+        })
+    }
+
+    /// [`Analysis::apply_ln_to_stack`] for a stack already projected onto a direction
+    /// (`[components, ...]`, computed with a centred direction): divides by the scale.
+    pub(crate) fn apply_ln_to_projected(&self, projected: &Tensor, opts: &LnOptions) -> Result<Tensor> {
+        let scale = self.sliced_scale(opts)?;
+        let scale = scale.squeeze(scale.rank() - 1)?;
+        projected.broadcast_div(&scale).map_err(|e| {
+            Error::invalid(format!(
+                "a projected stack of shape {:?} does not fit the LayerNorm scale of shape {:?}: {e}",
+                projected.shape(),
+                scale.shape()
+            ))
+        })
+    }
+}
