@@ -13,6 +13,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use hooklens_core::HookPoint;
 
+use super::kernels::{contiguous_f32, par_rows};
+
 /// A LayerNorm as TransformerLens computes it: centre, `hook_scale` = `sqrt(var + eps)`
 /// `[.., 1]`, divide, then gain and bias (LN) or nothing (LNPre), then `hook_normalized`.
 #[derive(Debug, hooklens_derive::Hooked)]
@@ -110,38 +112,6 @@ fn upcast(dtype: DType) -> DType {
     }
 }
 
-/// Runs `f(first_row, rows_in, rows_out)` over contiguous chunks of rows, on several
-/// threads when the tensor is large enough for that to pay.
-fn par_rows<F>(n_rows: usize, in_width: usize, src: &[f32], out_width: usize, dst: &mut [f32], f: F)
-where
-    F: Fn(usize, &[f32], &mut [f32]) + Sync,
-{
-    let threads = candle_core::utils::get_num_threads().max(1);
-    if threads == 1 || n_rows * in_width < (1 << 16) || n_rows < 2 {
-        f(0, src, dst);
-        return;
-    }
-    let per = n_rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (i, (src, dst)) in src
-            .chunks(per * in_width)
-            .zip(dst.chunks_mut(per * out_width))
-            .enumerate()
-        {
-            s.spawn(move || f(i * per, src, dst));
-        }
-    });
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("layer norm: {what} must be contiguous"),
-    }
-}
-
 fn row_mean_var(row: &[f32]) -> (f32, f32) {
     let n = row.len() as f32;
     let mean = row.iter().sum::<f32>() / n;
@@ -159,7 +129,7 @@ impl CustomOp1 for RowScale {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l, "input")?;
+        let src = contiguous_f32(s, l, "layer norm input")?;
         let dims = l.dims();
         let d = *dims.last().unwrap_or(&1);
         if d == 0 {
@@ -240,9 +210,9 @@ impl CustomOp2 for Normalize {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(
-            contiguous_f32(s1, l1, "input")?,
+            contiguous_f32(s1, l1, "layer norm input")?,
             l1,
-            contiguous_f32(s2, l2, "scale")?,
+            contiguous_f32(s2, l2, "layer norm scale")?,
             None,
         )
     }
@@ -263,10 +233,10 @@ impl CustomOp3 for Normalize {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         self.run(
-            contiguous_f32(s1, l1, "input")?,
+            contiguous_f32(s1, l1, "layer norm input")?,
             l1,
-            contiguous_f32(s2, l2, "scale")?,
-            Some(contiguous_f32(s3, l3, "parameters")?),
+            contiguous_f32(s2, l2, "layer norm scale")?,
+            Some(contiguous_f32(s3, l3, "layer norm parameters")?),
         )
     }
 }

@@ -4,7 +4,7 @@ use candle_core::Tensor;
 use hooklens_core::HookPoint;
 
 use super::config::ActFn;
-use super::linear;
+use super::{kernels, linear};
 
 /// `W_out · act(W_in · x + b_in) + b_out`, with `hook_pre` / `hook_post` around the activation.
 #[derive(Debug, hooklens_derive::Hooked)]
@@ -30,7 +30,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let pre = self.hook_pre.forward(&linear(x, &self.w_in, Some(&self.b_in))?)?;
         let post = match self.act_fn {
-            ActFn::GeluNew => pre.gelu()?,
+            ActFn::GeluNew => kernels::gelu_new(&pre)?,
             ActFn::Gelu => pre.gelu_erf()?,
             ActFn::Relu => pre.relu()?,
         };

@@ -8,6 +8,7 @@ mod config;
 mod embed;
 mod forward_options;
 mod generate;
+mod kernels;
 mod kv_cache;
 mod layer_norm;
 mod mlp;
@@ -43,7 +44,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core:
     let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
     let y = x.reshape((lead, d_in))?.matmul(w)?;
     let y = match b {
-        Some(b) => y.broadcast_add(b)?,
+        Some(b) => kernels::add_bias_owned(y, b)?,
         None => y,
     };
     let mut out_dims = dims.to_vec();
