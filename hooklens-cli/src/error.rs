@@ -35,3 +35,33 @@ impl From<candle_core::Error> for CliError {
         CliError(hooklens::Error::from(e).to_string())
     }
 }
+
+/// The message of a write to a closed stdout (`hooklens hooks ... | head`): the reader
+/// has what it wanted, so `main` exits quietly.
+pub const BROKEN_PIPE: &str = "stdout closed";
+
+impl CliError {
+    /// Whether this error only says that stdout was closed.
+    pub fn is_broken_pipe(&self) -> bool {
+        self.0 == BROKEN_PIPE
+    }
+}
+
+/// Writes one line to stdout: `println!`, but an error instead of a panic when stdout
+/// is closed or full.
+pub fn write_line(args: fmt::Arguments<'_>) -> CliResult<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{args}").map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => CliError::msg(BROKEN_PIPE),
+        _ => CliError(format!("cannot write to stdout: {e}")),
+    })
+}
+
+/// `println!` through [`write_line`]; use with `?`-returning functions.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::error::write_line(format_args!($($arg)*))?
+    };
+}

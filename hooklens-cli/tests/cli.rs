@@ -271,6 +271,7 @@ fn bad_flag_values_are_readable_errors() {
     fails(with(&["--names", "blocks.*.hook_nothing"]), "matched no hook point");
     fails(with(&["--remove-batch-dim"]), "needs a batch of one");
     fails(with(&["--dtype", "f8"]), "invalid value 'f8'");
+    fails(with(&["--device", "gpu"]), "expected cpu, cuda, cuda:N or metal");
     fails(
         hooklens(&[
             "cache",

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
 use hooklens_models::gpt2::PaddingSide;
@@ -54,7 +54,10 @@ pub fn run(args: Args) -> CliResult<()> {
             "the input has {pos} position(s): the next-token loss needs at least 2"
         )));
     }
-    let mut opts = CacheOptions::new().remove_batch_dim(args.remove_batch_dim);
+    // Saving reads tensors on the CPU; a GPU run moves each one there as it is cached.
+    let mut opts = CacheOptions::new()
+        .remove_batch_dim(args.remove_batch_dim)
+        .device(Device::Cpu);
     if !args.names.is_empty() {
         opts = opts.names(NamesFilter::Names(args.names.clone()));
     }
@@ -83,12 +86,13 @@ pub fn run(args: Args) -> CliResult<()> {
             )));
         }
     }
-    cache.insert("logits", logits);
-    cache.insert("loss", loss.reshape(1)?);
-    cache.insert("loss_per_token", per_token);
-    cache.insert("tokens", tokens_i64(&input.tokens)?);
+    let cpu = |t: &Tensor| t.to_device(&Device::Cpu);
+    cache.insert("logits", cpu(&logits)?);
+    cache.insert("loss", cpu(&loss.reshape(1)?)?);
+    cache.insert("loss_per_token", cpu(&per_token)?);
+    cache.insert("tokens", cpu(&tokens_i64(&input.tokens)?)?);
     if let Some(mask) = &input.mask {
-        cache.insert("attention_mask", tokens_i64(mask)?);
+        cache.insert("attention_mask", cpu(&tokens_i64(mask)?)?);
     }
     cache.save(&args.out)?;
     eprintln!(
@@ -108,6 +112,7 @@ fn mean_loss(per_token: &Tensor, mask: Option<&Tensor>) -> CliResult<Tensor> {
     let count = match mask {
         None => per_token.elem_count(),
         Some(mask) => mask
+            .to_device(&Device::Cpu)?
             .to_vec2::<u32>()?
             .iter()
             .map(|row| row.windows(2).filter(|w| w[0] != 0 && w[1] != 0).count())

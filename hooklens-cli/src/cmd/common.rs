@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use hooklens_models::gpt2::PaddingSide;
-use hooklens_models::{HookedGpt2, LoadOptions};
+use hooklens_models::{HookedGpt2, HubOptions, LoadOptions, ProcessingOptions};
 
 use crate::error::{CliError, CliResult};
 
@@ -50,17 +50,71 @@ pub struct ModelArgs {
     /// The dtype of weights and activations.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
+    /// Where to run: `cpu`, `cuda`, `cuda:N` or `metal` (the GPU ones need a build with
+    /// the `cuda` or `metal` feature).
+    #[arg(long, value_name = "DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: DeviceArg,
+    /// The branch, tag or commit of a Hugging Face model.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+}
+
+/// A device, as given on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceArg {
+    /// The CPU.
+    Cpu,
+    /// A CUDA GPU by ordinal.
+    Cuda(usize),
+    /// The Metal GPU.
+    Metal,
+}
+
+fn parse_device(s: &str) -> Result<DeviceArg, String> {
+    match s {
+        "cpu" => Ok(DeviceArg::Cpu),
+        "cuda" => Ok(DeviceArg::Cuda(0)),
+        "metal" => Ok(DeviceArg::Metal),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(DeviceArg::Cuda)
+            .ok_or_else(|| "expected cpu, cuda, cuda:N or metal".to_string()),
+    }
+}
+
+impl DeviceArg {
+    fn device(self) -> CliResult<Device> {
+        let made = match self {
+            DeviceArg::Cpu => Ok(Device::Cpu),
+            DeviceArg::Cuda(n) => Device::new_cuda(n),
+            DeviceArg::Metal => Device::new_metal(0),
+        };
+        made.map_err(|e| CliError(format!("--device {self}: {e}")))
+    }
+}
+
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceArg::Cpu => f.write_str("cpu"),
+            DeviceArg::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceArg::Metal => f.write_str("metal"),
+        }
+    }
 }
 
 impl ModelArgs {
-    /// Loads the model on the CPU, with its tokenizer.
+    /// Loads the model on its device, with its tokenizer.
     pub fn load(&self) -> CliResult<HookedGpt2> {
-        let opts = LoadOptions::default().with_dtype(self.dtype.dtype());
-        let mut model = if self.no_processing {
-            HookedGpt2::from_pretrained_no_processing(&self.model, &opts)?
-        } else {
-            HookedGpt2::from_pretrained(&self.model, &opts)?
-        };
+        let mut opts = LoadOptions::default()
+            .with_dtype(self.dtype.dtype())
+            .with_device(self.device.device()?);
+        if self.no_processing {
+            opts = opts.with_processing(ProcessingOptions::none());
+        }
+        let hub = HubOptions::from_env().revision(self.revision.clone());
+        let mut model = HookedGpt2::from_pretrained_with(&self.model, &opts, &hub)?;
         if self.all_hooks {
             model.set_all_optional_hooks(true);
         }
@@ -182,8 +236,8 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>) -> CliResul
     Ok(())
 }
 
-/// Token ids as i64, the dtype TransformerLens and PyTorch use for tokens, so that
-/// files written here read back as `--tokens` and in Python alike.
+/// Token ids as i64 on the CPU, the dtype TransformerLens and PyTorch use for tokens,
+/// so that files written here read back as `--tokens` and in Python alike.
 pub fn tokens_i64(tokens: &Tensor) -> CliResult<Tensor> {
-    Ok(tokens.to_dtype(DType::I64)?)
+    Ok(tokens.to_device(&Device::Cpu)?.to_dtype(DType::I64)?)
 }

@@ -9,7 +9,7 @@ use super::common::{tokens_i64, write_safetensors, InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
 /// Continue the prompt (or tokens) and print the text, prompt included (without the
-/// BOS that was put before it).
+/// BOS that was put before it), up to the end-of-text token if one is generated.
 ///
 /// Sampling at temperature 1 by default, as TransformerLens's `generate`; --greedy takes
 /// the most likely token each step. Several prompts are left-padded into one batch and
@@ -79,16 +79,23 @@ pub fn run(args: Args) -> CliResult<()> {
         None => vec![0; rows.len()],
     };
     let skip_bos = usize::from(input.prepended_bos);
+    let prompt_len = input.tokens.dim(1)?;
+    // A finished sequence is filled with EOS up to the batch's length: show the text
+    // up to its first generated EOS (the --out file keeps every token).
+    let eos = model.cfg().eos_token_id.filter(|_| !args.ignore_eos);
     let tokenizer = model.tokenizer()?;
     for (i, (row, pad)) in rows.iter().zip(pads).enumerate() {
         if i > 0 {
-            println!("---");
+            crate::outln!("---");
         }
-        let ids = row.get(pad + skip_bos..).unwrap_or_default();
+        let end = eos
+            .and_then(|eos| row.iter().skip(prompt_len).position(|&t| t == eos))
+            .map_or(row.len(), |n| prompt_len + n);
+        let ids = row.get(pad + skip_bos..end).unwrap_or_default();
         let text = tokenizer
             .decode(ids)
             .map_err(|e| CliError(format!("cannot show the generated tokens as text: {e}")))?;
-        println!("{text}");
+        crate::outln!("{text}");
     }
     Ok(())
 }

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> CliResult<()> {
             Some(t) => format!("{:?}", t.dims()),
             None => "(did not fire)".to_string(),
         };
-        println!("{name:width$}  {shape}");
+        crate::outln!("{name:width$}  {shape}");
     }
     Ok(())
 }

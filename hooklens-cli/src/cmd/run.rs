@@ -40,9 +40,9 @@ pub fn run(args: Args) -> CliResult<()> {
     match &out.loss {
         Some(loss) => {
             let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-            println!("loss: {loss:.4} (mean next-token cross-entropy over the batch)");
+            crate::outln!("loss: {loss:.4} (mean next-token cross-entropy over the batch)");
         }
-        None => println!("loss: none (one position: nothing to predict)"),
+        None => crate::outln!("loss: none (one position: nothing to predict)"),
     }
     // With left padding every sequence ends at the last position.
     let last = logits.narrow(1, pos - 1, 1)?.squeeze(1)?.to_dtype(DType::F32)?;
@@ -50,16 +50,16 @@ pub fn run(args: Args) -> CliResult<()> {
     let last = last.to_vec2::<f32>()?;
     for b in 0..batch {
         if batch > 1 {
-            println!("sequence {b}:");
+            crate::outln!("sequence {b}:");
         }
         let mut order: Vec<usize> = (0..probs[b].len()).collect();
         order.sort_by(|&i, &j| probs[b][j].total_cmp(&probs[b][i]));
-        println!("top {} next tokens:", args.top.min(order.len()));
+        crate::outln!("top {} next tokens:", args.top.min(order.len()));
         for (rank, &id) in order.iter().take(args.top).enumerate() {
             let text = tokenizer
                 .token_str(id as u32)
                 .unwrap_or_else(|_| format!("<id {id}, outside the tokenizer>"));
-            println!(
+            crate::outln!(
                 "  {:>2}. {:<20} id {:<6} p {:.4}  logit {:.3}",
                 rank + 1,
                 serde_json::to_string(&text).unwrap_or(text),

@@ -69,6 +69,6 @@ pub fn run(args: Args) -> CliResult<()> {
     } else {
         serde_json::to_string(&ids)
     };
-    println!("{}", json.map_err(|e| CliError(format!("cannot write JSON: {e}")))?);
+    crate::outln!("{}", json.map_err(|e| CliError(format!("cannot write JSON: {e}")))?);
     Ok(())
 }
