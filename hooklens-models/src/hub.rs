@@ -174,9 +174,69 @@ pub fn resolve(name: &str) -> Result<ModelFiles> {
 /// there; otherwise they are downloaded into the cache (with a progress bar unless
 /// turned off), unless `opts.offline`. Errors say what was looked for and where.
 pub fn resolve_with(name: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let found = locate(name, opts, true)?;
+    let weights = found
+        .weights
+        .ok_or_else(|| Error::invalid(format!("model `{name}`: no {WEIGHTS_FILE} found (internal error)")))?;
+    Ok(ModelFiles {
+        config: found.config,
+        weights,
+        tokenizer: found.tokenizer,
+        source: found.source,
+    })
+}
+
+/// What text needs of a model, without its weights: the config (for the vocabulary
+/// size and BOS) and the tokenizer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextFiles {
+    /// `config.json`.
+    pub config: PathBuf,
+    /// `tokenizer.json`, when the model has one.
+    pub tokenizer: Option<PathBuf>,
+    /// Where they came from.
+    pub source: ModelSource,
+}
+
+impl TextFiles {
+    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        tokenizer_of(self.tokenizer.as_deref())
+    }
+}
+
+/// [`resolve_with`] for `config.json` and `tokenizer.json` only, so that tokenizing
+/// with a model never downloads its weights.
+pub fn resolve_text_with(name: &str, opts: &HubOptions) -> Result<TextFiles> {
+    let found = locate(name, opts, false)?;
+    Ok(TextFiles {
+        config: found.config,
+        tokenizer: found.tokenizer,
+        source: found.source,
+    })
+}
+
+/// Files found for a model; `weights` is `None` only when they were not asked for.
+struct Found {
+    config: PathBuf,
+    weights: Option<PathBuf>,
+    tokenizer: Option<PathBuf>,
+    source: ModelSource,
+}
+
+/// The files that must be there: config, and weights if `with_weights`.
+fn required(with_weights: bool) -> &'static [&'static str] {
+    if with_weights {
+        &[CONFIG_FILE, WEIGHTS_FILE]
+    } else {
+        &[CONFIG_FILE]
+    }
+}
+
+fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
     let path = Path::new(name);
     if path.is_dir() {
-        return from_directory(path);
+        return from_directory(path, with_weights);
     }
     if looks_like_path(name) {
         return Err(Error::invalid(format!(
@@ -186,36 +246,33 @@ pub fn resolve_with(name: &str, opts: &HubOptions) -> Result<ModelFiles> {
     }
     let id = ALIASES.iter().find(|(a, _)| *a == name).map_or(name, |(_, id)| *id);
     check_repo_id(id)?;
-    if let Some(files) = from_cache(id, opts) {
-        return Ok(files);
+    if let Some(found) = from_cache(id, opts, with_weights) {
+        return Ok(found);
     }
     if opts.offline {
         return Err(not_cached(
             id,
             opts,
+            with_weights,
             "offline mode (HF_HUB_OFFLINE) forbids downloading",
         ));
     }
-    download(id, opts)
+    download(id, opts, with_weights)
 }
 
-fn from_directory(dir: &Path) -> Result<ModelFiles> {
-    let config = dir.join(CONFIG_FILE);
-    let weights = dir.join(WEIGHTS_FILE);
-    for file in [&config, &weights] {
-        if !file.is_file() {
+fn from_directory(dir: &Path, with_weights: bool) -> Result<Found> {
+    for file in required(with_weights) {
+        if !dir.join(file).is_file() {
             return Err(Error::invalid(format!(
-                "model directory {}: no {} in it",
-                dir.display(),
-                file.file_name().unwrap_or_default().to_string_lossy()
+                "model directory {}: no {file} in it",
+                dir.display()
             )));
         }
     }
-    let tokenizer = Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file());
-    Ok(ModelFiles {
-        config,
-        weights,
-        tokenizer,
+    Ok(Found {
+        config: dir.join(CONFIG_FILE),
+        weights: with_weights.then(|| dir.join(WEIGHTS_FILE)),
+        tokenizer: Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file()),
         source: ModelSource::Directory(dir.to_path_buf()),
     })
 }
@@ -272,32 +329,49 @@ fn cached_file(cache: &Cache, id: &str, revision: &str, file: &str) -> Option<Pa
     (is_commit && path.is_file()).then_some(path)
 }
 
-fn from_cache(id: &str, opts: &HubOptions) -> Option<ModelFiles> {
+fn hub_source(id: &str, opts: &HubOptions) -> ModelSource {
+    ModelSource::Hub {
+        repo: id.to_string(),
+        revision: opts.revision.clone(),
+        cache_dir: opts.cache_dir.clone(),
+    }
+}
+
+fn from_cache(id: &str, opts: &HubOptions, with_weights: bool) -> Option<Found> {
     let cache = Cache::new(opts.cache_dir.clone());
     for name in std::iter::once(id).chain(other_name(id)) {
         let found = |file| cached_file(&cache, name, &opts.revision, file);
-        if let (Some(config), Some(weights)) = (found(CONFIG_FILE), found(WEIGHTS_FILE)) {
-            return Some(ModelFiles {
+        let weights = if with_weights {
+            match found(WEIGHTS_FILE) {
+                Some(w) => Some(w),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        if let Some(config) = found(CONFIG_FILE) {
+            return Some(Found {
                 config,
                 weights,
                 tokenizer: found(TOKENIZER_FILE),
-                source: ModelSource::Hub {
-                    repo: name.to_string(),
-                    revision: opts.revision.clone(),
-                    cache_dir: opts.cache_dir.clone(),
-                },
+                source: hub_source(name, opts),
             });
         }
     }
     None
 }
 
-fn not_cached(id: &str, opts: &HubOptions, why: &str) -> Error {
+fn not_cached(id: &str, opts: &HubOptions, with_weights: bool, why: &str) -> Error {
     let mut places = vec![repo_cache_dir(&opts.cache_dir, id)];
     places.extend(other_name(id).map(|other| repo_cache_dir(&opts.cache_dir, other)));
     let places: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
+    let (what, verb) = if with_weights {
+        (format!("{CONFIG_FILE} and {WEIGHTS_FILE}"), "are")
+    } else {
+        (CONFIG_FILE.to_string(), "is")
+    };
     Error::invalid(format!(
-        "model `{id}` (revision `{}`): {CONFIG_FILE} and {WEIGHTS_FILE} are not in the Hugging Face cache \
+        "model `{id}` (revision `{}`): {what} {verb} not in the Hugging Face cache \
          (looked in {}; cache directory {} from HF_HUB_CACHE / HF_HOME), and {why}",
         opts.revision,
         places.join(" and "),
@@ -305,7 +379,7 @@ fn not_cached(id: &str, opts: &HubOptions, why: &str) -> Error {
     ))
 }
 
-fn download(id: &str, opts: &HubOptions) -> Result<ModelFiles> {
+fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
     let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
         .with_progress(opts.progress)
         .with_user_agent("hooklens", env!("CARGO_PKG_VERSION"));
@@ -315,42 +389,48 @@ fn download(id: &str, opts: &HubOptions) -> Result<ModelFiles> {
     if opts.token.is_some() {
         builder = builder.with_token(opts.token.clone());
     }
-    let api = builder
-        .build()
-        .map_err(|e| not_cached(id, opts, &format!("the download client could not start: {e}")))?;
+    let api = builder.build().map_err(|e| {
+        not_cached(
+            id,
+            opts,
+            with_weights,
+            &format!("the download client could not start: {e}"),
+        )
+    })?;
     let remote = api.repo(repo(id, &opts.revision));
     let get = |file: &str| {
         remote.get(file).map_err(|e| {
             not_cached(
                 id,
                 opts,
+                with_weights,
                 &format!("downloading {file} from {} failed: {e}", remote.url(file)),
             )
         })
     };
     let config = get(CONFIG_FILE)?;
-    let weights = get(WEIGHTS_FILE)?;
+    let weights = if with_weights { Some(get(WEIGHTS_FILE)?) } else { None };
     // Many repositories have no tokenizer.json; GPT-2's BPE is the fallback then.
     let tokenizer = remote.get(TOKENIZER_FILE).ok();
-    Ok(ModelFiles {
+    Ok(Found {
         config,
         weights,
         tokenizer,
-        source: ModelSource::Hub {
-            repo: id.to_string(),
-            revision: opts.revision.clone(),
-            cache_dir: opts.cache_dir.clone(),
-        },
+        source: hub_source(id, opts),
     })
+}
+
+fn tokenizer_of(file: Option<&Path>) -> Result<Tokenizer> {
+    match file {
+        Some(file) => Tokenizer::from_file(file),
+        None => Tokenizer::gpt2(),
+    }
 }
 
 impl ModelFiles {
     /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
-        match &self.tokenizer {
-            Some(file) => Tokenizer::from_file(file),
-            None => Tokenizer::gpt2(),
-        }
+        tokenizer_of(self.tokenizer.as_deref())
     }
 }
 
@@ -484,6 +564,21 @@ mod tests {
         }
         let err = resolve_with("gpt2-xl", &offline(&tmp.0)).unwrap_err().to_string();
         assert!(err.contains("models--gpt2-xl") && err.contains("models--openai-community--gpt2-xl"));
+    }
+
+    #[test]
+    fn text_files_need_no_weights() {
+        let tmp = TempDir::new("text");
+        fake_cache(&tmp.0, "models--gpt2", true);
+        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        std::fs::remove_file(snap.join(WEIGHTS_FILE)).unwrap();
+        let text = resolve_text_with("gpt2", &offline(&tmp.0)).unwrap();
+        assert_eq!(text.config, snap.join(CONFIG_FILE));
+        assert_eq!(text.tokenizer().unwrap().vocab_size(), 50257);
+        let err = resolve_with("gpt2", &offline(&tmp.0)).unwrap_err().to_string();
+        assert!(err.contains("config.json and model.safetensors are not"), "{err}");
+        let err = resolve_text_with("gpt2-xl", &offline(&tmp.0)).unwrap_err().to_string();
+        assert!(err.contains("config.json is not"), "{err}");
     }
 
     #[test]

@@ -11,5 +11,5 @@ pub use gpt2::{
     ForwardOptions, ForwardOutput, GenerateOptions, Gpt2Config, HookedGpt2, KvCache, LoadOptions, ProcessingOptions,
     ReturnType,
 };
-pub use hub::{HubOptions, ModelFiles, ModelSource};
+pub use hub::{HubOptions, ModelFiles, ModelSource, TextFiles};
 pub use tokenizer::Tokenizer;

@@ -32,12 +32,8 @@ pub fn run(args: Args) -> CliResult<()> {
     let (tokenizer, config) = match &args.model {
         None => (Tokenizer::gpt2()?, None),
         Some(name) => {
-            let files = hub::resolve(name)?;
-            let tokenizer = match &files.tokenizer {
-                Some(file) => Tokenizer::from_file(file)?,
-                None => Tokenizer::gpt2()?,
-            };
-            (tokenizer, Some(Gpt2Config::from_hf_json(&files.config)?))
+            let files = hub::resolve_text_with(name, &hub::HubOptions::from_env())?;
+            (files.tokenizer()?, Some(Gpt2Config::from_hf_json(&files.config)?))
         }
     };
     let mut ids = Vec::new();
