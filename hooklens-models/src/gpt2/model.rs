@@ -394,16 +394,15 @@ impl HookedGpt2 {
                 (b, p)
             }
             (None, Some(t)) => t.dims2()?,
-            (None, None) => unreachable!("tokens are checked when there is no residual input"),
+            (None, None) => return Err(Error::invalid("forward: neither tokens nor a residual input")),
         };
-        if let (Some(r), Some(t)) = (&residual, &tokens) {
+        if let (Some(_), Some(t)) = (&residual, &tokens) {
             if t.dims2()? != (b, p) {
                 return Err(Error::invalid(format!(
                     "tokens have shape {:?} but the residual input is [{b}, {p}, ..]",
                     t.dims()
                 )));
             }
-            let _ = r;
         }
         if offset + p > self.cfg.n_ctx {
             return Err(Error::invalid(format!(
@@ -452,7 +451,9 @@ impl HookedGpt2 {
         let mut residual = match residual {
             Some(r) => r,
             None => {
-                let mut toks = tokens.clone().expect("tokens are set when there is no residual input");
+                let mut toks = tokens
+                    .clone()
+                    .ok_or_else(|| Error::invalid("forward: no tokens to embed"))?;
                 if let Some(hp) = &self.hook_tokens {
                     let hooked = hp.forward(&toks)?;
                     if hooked.id() != toks.id() {
