@@ -514,3 +514,94 @@ fn every_subcommand_has_help() {
         assert!(out.contains(sub), "{out}");
     }
 }
+
+/// A small random model with GPT-2's real vocabulary, so that text goes through
+/// GPT-2's built-in BPE end to end.
+fn small_gpt2_vocab(tmp: &TempDir) -> PathBuf {
+    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::Gpt2Config::new(1, 32, 2, 50257, 32);
+    let dir = tmp.path("gpt2-vocab");
+    save_hf_checkpoint(&dir, &cfg, &random_weights(&cfg, 1).unwrap(), DType::F32).unwrap();
+    dir
+}
+
+#[test]
+fn text_through_gpt2_bpe_end_to_end() {
+    let tmp = TempDir::new("bpe");
+    let dir = small_gpt2_vocab(&tmp);
+    let m = s(&dir);
+    let ids: Vec<u32> = serde_json::from_str(&ok(hooklens(&[
+        "tokenize",
+        "--model",
+        m,
+        "--prepend-bos",
+        "Hello world",
+    ])))
+    .unwrap();
+    assert_eq!(ids, [50256, 15496, 995]);
+
+    let out = tmp.path("c.safetensors");
+    ok(hooklens(&[
+        "cache",
+        "--model",
+        m,
+        "--prompt",
+        "Hello world",
+        "The end",
+        "of it",
+        "--names",
+        "hook_embed",
+        "--out",
+        s(&out),
+    ]));
+    let got = load(&out);
+    // Each prompt is two tokens after BOS, so nothing is padded.
+    assert_eq!(
+        got["tokens"].to_vec2::<i64>().unwrap(),
+        [[50256, 15496, 995], [50256, 464, 886], [50256, 1659, 340]]
+    );
+    assert!(!got.contains_key("attention_mask"), "equal lengths need no mask");
+
+    let text = ok(hooklens(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Hello world",
+        "--max-new-tokens",
+        "4",
+        "--greedy",
+    ]));
+    assert!(text.starts_with("Hello world"), "{text}");
+    let text = ok(hooklens(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Hi",
+        "A longer prompt",
+        "--max-new-tokens",
+        "2",
+        "--seed",
+        "3",
+    ]));
+    let parts: Vec<&str> = text.split("\n---\n").collect();
+    assert_eq!(parts.len(), 2, "{text}");
+    assert!(
+        parts[0].starts_with("Hi") && parts[1].starts_with("A longer prompt"),
+        "{text}"
+    );
+
+    let out = ok(hooklens(&[
+        "run",
+        "--model",
+        m,
+        "--prompt",
+        "Hello world",
+        "--top",
+        "2",
+    ]));
+    assert!(out.contains("loss: ") && out.contains("top 2 next tokens"), "{out}");
+    let long = "word ".repeat(40);
+    fails(hooklens(&["run", "--model", m, "--prompt", &long]), "n_ctx = 32");
+}
