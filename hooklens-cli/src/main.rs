@@ -24,17 +24,13 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands; each one's help is the doc comment of its `Args`.
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the model and save every activation (and logits, loss, tokens) as safetensors.
     Cache(cmd::cache::Args),
-    /// Continue a prompt and print the text.
     Generate(cmd::generate::Args),
-    /// Print the token ids (or the string tokens) of a text as a JSON list.
     Tokenize(cmd::tokenize::Args),
-    /// List every hook point of a model with the shape of its activation.
     Hooks(cmd::hooks::Args),
-    /// Run a prompt and print its loss and the most likely next tokens.
     Run(cmd::run::Args),
 }
 

@@ -11,10 +11,9 @@ use hooklens_models::{ForwardOptions, ReturnType};
 use super::common::{tokens_i64, InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
-/// Run the model on prompts or tokens and save every cached activation, under its
-/// TransformerLens name, as safetensors.
+/// Run the model and save every activation as safetensors.
 ///
-/// Besides the activations the file holds `logits` [batch, pos, d_vocab], `loss` [1]
+/// Each cached activation is saved under its TransformerLens name. Besides the activations the file holds `logits` [batch, pos, d_vocab], `loss` [1]
 /// (mean next-token cross-entropy), `loss_per_token` [batch, pos-1], `tokens`
 /// [batch, pos] (i64) and, when prompts of
 /// different lengths were padded (on the right), `attention_mask` [batch, pos].

@@ -8,8 +8,10 @@ use hooklens_models::GenerateOptions;
 use super::common::{tokens_i64, write_safetensors, InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
-/// Continue the prompt (or tokens) and print the text, prompt included (without the
-/// BOS that was put before it), up to the end-of-text token if one is generated.
+/// Continue a prompt and print the text.
+///
+/// The text includes the prompt (without the BOS put before it) and ends before the
+/// first generated end-of-text token (--ignore-eos to go on).
 ///
 /// Sampling at temperature 1 by default, as TransformerLens's `generate`; --greedy takes
 /// the most likely token each step. Several prompts are left-padded into one batch and

@@ -6,9 +6,10 @@ use hooklens::{CacheOptions, HookedModel};
 use super::common::ModelArgs;
 use crate::error::{CliError, CliResult};
 
-/// List every hook point of the model, in registration order, with the shape of its
-/// activation on a batch of one sequence of --pos tokens (found by running the model
-/// once on a dummy prompt of BOS tokens).
+/// List every hook point with the shape of its activation.
+///
+/// Hook points come in registration order; the shapes are those of a batch of one
+/// sequence of --pos tokens (the model runs once on a dummy prompt of BOS tokens).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]

@@ -7,8 +7,10 @@ use hooklens_models::{ForwardOptions, ReturnType};
 use super::common::{InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
-/// Run a prompt and print its loss (mean next-token cross-entropy) and the most
-/// likely next tokens with their probabilities.
+/// Print the loss of a prompt and its most likely next tokens.
+///
+/// The loss is the mean next-token cross-entropy; the next tokens after the last
+/// position come with their probabilities and logits.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]

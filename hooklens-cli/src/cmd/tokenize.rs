@@ -5,7 +5,7 @@ use hooklens_models::{Gpt2Config, Tokenizer};
 
 use crate::error::{CliError, CliResult};
 
-/// Print the token ids of TEXT (or its string tokens) as a JSON list.
+/// Print the token ids (or string tokens) of a text as a JSON list.
 ///
 /// Without --model, GPT-2's BPE (built in, no download). With --model, the model's
 /// tokenizer.json when it has one (GPT-2's BPE otherwise), and every id must fit the
