@@ -248,6 +248,14 @@ mod tests {
         }
     }
 
+    /// Models holding a tokenizer are shared across threads.
+    #[test]
+    fn tokenizer_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Tokenizer>();
+        shared::<crate::HookedGpt2>();
+    }
+
     #[test]
     fn gpt2_basics() {
         let tok = Tokenizer::gpt2().unwrap();
