@@ -15,6 +15,11 @@ use crate::HookedGpt2;
 /// `-2` of residual-stream tensors). In shapes below, `...` is `batch, pos` (or `pos`,
 /// or what a position slice left of them).
 ///
+/// Every "up to layer" argument (`layer: Option<isize>` in the option structs) takes
+/// `0..=n_layers`: `None` and `-1` mean `n_layers` (the unembedding's input), other
+/// negative values count back from there (`-2` = `n_layers - 1`). Lookups by layer
+/// ([`Analysis::get`]) count from the end as indices do (`-1` = the last block).
+///
 /// The cache is held by value: cloning an [`ActivationCache`] shares its tensors.
 #[derive(Clone, Debug)]
 pub struct Analysis<'a> {

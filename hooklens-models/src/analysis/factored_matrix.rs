@@ -415,8 +415,8 @@ impl FactoredMatrix {
 
 /// TransformerLens's `composition_scores`: for every pair of a `left` matrix
 /// `[*L, d, d]` and a `right` matrix `[*R, d, d]`, `‖left·right‖_F / (‖left‖_F ‖right‖_F)`;
-/// shape `[*L, *R]`. Computed from the collapsed factors (`[k, d]` and `[d, k]`), one left
-/// matrix at a time, so no `[*L, *R, d, d]` tensor is ever built.
+/// shape `[*L, *R]`. Computed from the collapsed factors (`[k, d]` and `[d, k]`), a few left
+/// matrices at a time, so no `[*L, *R, d, d]` tensor is ever built.
 pub fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> Result<Tensor> {
     if left.rdim() != right.ldim() {
         return Err(Error::invalid(format!(
@@ -442,13 +442,20 @@ pub fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> Resu
         .contiguous()?
         .reshape((d, nr * kr))?
         .to_dtype(DType::F32)?;
+    // Several left matrices per matmul keep the GEMM large, with the product bounded
+    // to about 64 MiB of f32.
+    let per_chunk = (16 * 1024 * 1024 / (kl * nr * kr).max(1)).clamp(1, nl.max(1));
     let mut rows = Vec::with_capacity(nl);
-    for i in 0..nl {
-        let prod = l_flat.get(i)?.matmul(&r_flat)?; // [kl, nr*kr]
-        let sq = prod.sqr()?.reshape((kl, nr, kr))?.sum(2)?.sum(0)?; // [nr]
+    let mut start = 0;
+    while start < nl {
+        let len = per_chunk.min(nl - start);
+        let chunk = l_flat.narrow(0, start, len)?.reshape((len * kl, d))?;
+        let prod = chunk.matmul(&r_flat)?; // [len*kl, nr*kr]
+        let sq = prod.sqr()?.reshape((len, kl, nr, kr))?.sum(3)?.sum(1)?; // [len, nr]
         rows.push(sq.sqrt()?);
+        start += len;
     }
-    let comp = Tensor::stack(&rows, 0)?; // [nl, nr]
+    let comp = Tensor::cat(&rows, 0)?; // [nl, nr]
     let denom = l_norm.unsqueeze(1)?.broadcast_mul(&r_norm.unsqueeze(0)?)?;
     let scores = (comp / denom)?;
     let shape: Vec<usize> = left

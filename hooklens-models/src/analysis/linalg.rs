@@ -65,10 +65,6 @@ impl Mat {
         }
         out
     }
-
-    fn col_dot(&self, i: usize, j: usize) -> f64 {
-        (0..self.rows).map(|r| self[(r, i)] * self[(r, j)]).sum()
-    }
 }
 
 impl std::ops::Index<(usize, usize)> for Mat {
@@ -107,52 +103,71 @@ fn householder(x: &[f64]) -> Option<Vec<f64>> {
 pub(crate) fn qr(a: &Mat) -> (Mat, Mat) {
     let (m, n) = (a.rows, a.cols);
     let k = m.min(n);
-    let mut r = a.clone();
+    // Column-major working copies (rows of `rt` are columns of `a`), so that every inner
+    // loop runs over contiguous memory.
+    let mut rt = a.t();
     let mut vs: Vec<Option<Vec<f64>>> = Vec::with_capacity(k);
     for j in 0..k {
-        let x: Vec<f64> = (j..m).map(|i| r[(i, j)]).collect();
-        let v = householder(&x);
+        let v = householder(&rt.data[j * m + j..(j + 1) * m]);
         if let Some(v) = &v {
             for c in j..n {
-                let dot: f64 = (j..m).map(|i| v[i - j] * r[(i, c)]).sum();
-                for i in j..m {
-                    r[(i, c)] -= 2.0 * v[i - j] * dot;
-                }
+                let col = &mut rt.data[c * m + j..(c + 1) * m];
+                let dot: f64 = v.iter().zip(col.iter()).map(|(x, y)| x * y).sum();
+                col.iter_mut().zip(v).for_each(|(y, x)| *y -= 2.0 * x * dot);
             }
         }
         vs.push(v);
     }
-    let mut q = Mat::eye(m, k);
+    let mut qt = Mat::zeros(k, m);
+    for c in 0..k {
+        qt[(c, c)] = 1.0;
+    }
     for j in (0..k).rev() {
         if let Some(v) = &vs[j] {
             for c in 0..k {
-                let dot: f64 = (j..m).map(|i| v[i - j] * q[(i, c)]).sum();
-                for i in j..m {
-                    q[(i, c)] -= 2.0 * v[i - j] * dot;
-                }
+                let col = &mut qt.data[c * m + j..(c + 1) * m];
+                let dot: f64 = v.iter().zip(col.iter()).map(|(x, y)| x * y).sum();
+                col.iter_mut().zip(v).for_each(|(y, x)| *y -= 2.0 * x * dot);
             }
         }
     }
     let mut rk = Mat::zeros(k, n);
     for i in 0..k {
         for j in i..n {
-            rk[(i, j)] = r[(i, j)];
+            rk[(i, j)] = rt[(j, i)];
         }
     }
-    (q, rk)
+    (qt.t(), rk)
+}
+
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
+/// Rotates rows `i` and `j` of the row-major `data` (rows of length `len`).
+fn rotate_rows(data: &mut [f64], len: usize, i: usize, j: usize, c: f64, s: f64) {
+    let (lo, hi) = data.split_at_mut(j * len);
+    let (ri, rj) = (&mut lo[i * len..(i + 1) * len], &mut hi[..len]);
+    for (x, y) in ri.iter_mut().zip(rj.iter_mut()) {
+        let (a, b) = (*x, *y);
+        *x = c * a - s * b;
+        *y = s * a + c * b;
+    }
 }
 
 /// Reduced SVD: `a` `[m, n]` = `u` `[m, k]` · diag(`s`) · `v`ᵀ with `v` `[n, k]`,
 /// `k = min(m, n)`, singular values in decreasing order, `u` and `v` with orthonormal
-/// columns (completed arbitrarily where a singular value is zero).
+/// columns (completed arbitrarily where a singular value is zero). One-sided Jacobi
+/// (Hestenes): accurate to working precision, and fast enough for the small cores here.
 pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
     if a.rows < a.cols {
         let (u, s, v) = svd(&a.t())?;
         return Ok((v, s, u));
     }
     let (m, n) = (a.rows, a.cols);
-    let mut u = a.clone();
-    let mut v = Mat::eye(n, n);
+    // Columns stored as rows: `ut` `[n, m]`, `vt` `[n, n]`.
+    let mut ut = a.t();
+    let mut vt = Mat::eye(n, n);
     let scale: f64 = a.data.iter().map(|x| x * x).sum::<f64>();
     let mut converged = scale == 0.0;
     for _sweep in 0..80 {
@@ -162,9 +177,10 @@ pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
         let mut rotated = false;
         for i in 0..n {
             for j in i + 1..n {
-                let alpha = u.col_dot(i, i);
-                let beta = u.col_dot(j, j);
-                let gamma = u.col_dot(i, j);
+                let (ci, cj) = (&ut.data[i * m..(i + 1) * m], &ut.data[j * m..(j + 1) * m]);
+                let alpha = dot(ci, ci);
+                let beta = dot(cj, cj);
+                let gamma = dot(ci, cj);
                 if gamma == 0.0 || gamma.abs() <= 1e-15 * (alpha * beta).sqrt() || alpha * beta < 1e-300 * scale {
                     continue;
                 }
@@ -174,13 +190,8 @@ pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
                 let t = sign / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
                 let c = 1.0 / (1.0 + t * t).sqrt();
                 let s = c * t;
-                for mat in [&mut u, &mut v] {
-                    for r in 0..mat.rows {
-                        let (x, y) = (mat[(r, i)], mat[(r, j)]);
-                        mat[(r, i)] = c * x - s * y;
-                        mat[(r, j)] = s * x + c * y;
-                    }
-                }
+                rotate_rows(&mut ut.data, m, i, j, c, s);
+                rotate_rows(&mut vt.data, n, i, j, c, s);
             }
         }
         converged = !rotated;
@@ -190,7 +201,9 @@ pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
             "SVD: Jacobi sweeps did not converge (is the matrix finite?)",
         ));
     }
-    let norms: Vec<f64> = (0..n).map(|j| u.col_dot(j, j).sqrt()).collect();
+    let norms: Vec<f64> = (0..n)
+        .map(|j| dot(&ut.data[j * m..(j + 1) * m], &ut.data[j * m..(j + 1) * m]).sqrt())
+        .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| norms[y].total_cmp(&norms[x]));
     let mut uo = Mat::zeros(m, n);
@@ -201,11 +214,11 @@ pub(crate) fn svd(a: &Mat) -> Result<(Mat, Vec<f64>, Mat)> {
     for (k, &j) in order.iter().enumerate() {
         s.push(norms[j]);
         for r in 0..n {
-            vo[(r, k)] = v[(r, j)];
+            vo[(r, k)] = vt[(j, r)];
         }
         if norms[j] > tiny && norms[j] > 0.0 {
             for r in 0..m {
-                uo[(r, k)] = u[(r, j)] / norms[j];
+                uo[(r, k)] = ut[(j, r)] / norms[j];
             }
         } else {
             zero_cols.push(k);
@@ -587,5 +600,47 @@ mod tests {
         assert!(close(&got, &want), "{got:?}");
         assert!(eigenvalues(&Mat::zeros(2, 3)).is_err());
         assert_eq!(eigenvalues(&Mat::zeros(3, 3)).unwrap(), vec![(0.0, 0.0); 3]);
+    }
+
+    #[test]
+    fn eigenvalues_of_larger_matrices_satisfy_trace_identities() {
+        for n in [7, 30, 64] {
+            let a = mat(n, n, |i, j| pseudo(i, j, 0.9 + n as f64));
+            let ev = eigenvalues(&a).unwrap();
+            assert_eq!(ev.len(), n);
+            // sum(λ^k) = tr(A^k) for k = 1, 2, 3 (imaginary parts cancel in conjugate pairs).
+            let mut power = a.clone();
+            for k in 1..=3 {
+                let trace: f64 = (0..n).map(|i| power[(i, i)]).sum();
+                let (mut re, mut im) = (0.0, 0.0);
+                for &(x, y) in &ev {
+                    let (mut pr, mut pi) = (1.0, 0.0);
+                    for _ in 0..k {
+                        (pr, pi) = (pr * x - pi * y, pr * y + pi * x);
+                    }
+                    re += pr;
+                    im += pi;
+                }
+                let scale = 1.0 + trace.abs();
+                assert!(
+                    (re - trace).abs() < 1e-8 * scale * n as f64,
+                    "n={n} k={k}: {re} vs {trace}"
+                );
+                assert!(im.abs() < 1e-8 * scale * n as f64, "n={n} k={k}: imaginary {im}");
+                power = power.matmul(&a);
+            }
+            // AᵀA is symmetric PSD: real eigenvalues, the squared singular values of A.
+            let ata = a.t().matmul(&a);
+            let mut ev = eigenvalues(&ata).unwrap();
+            ev.sort_by(|x, y| y.0.total_cmp(&x.0));
+            let (_, s, _) = svd(&a).unwrap();
+            for (e, s) in ev.iter().zip(&s) {
+                assert!(
+                    e.1.abs() < 1e-8 && (e.0 - s * s).abs() < 1e-8 * (1.0 + s * s),
+                    "{e:?} vs {}",
+                    s * s
+                );
+            }
+        }
     }
 }
