@@ -130,7 +130,9 @@ impl Analysis<'_> {
     /// LayerNorm's scaling from the full forward pass: centre each component, divide by
     /// the cached scale (global over the whole residual, which is why the cached one is
     /// used). Returns `[components, ..., d_model]` (batch-sliced if asked). A stack that
-    /// does not broadcast against the scale is an error naming both shapes.
+    /// does not broadcast against the scale is an error naming both shapes. A LayerNorm's
+    /// gain and bias are not applied (TransformerLens's semantics): on a processed model
+    /// (`fold_ln`) there are none.
     pub fn apply_ln_to_stack(&self, stack: &Tensor, opts: &LnOptions) -> Result<Tensor> {
         if stack.rank() < 2 {
             return Err(Error::invalid(format!(

@@ -71,7 +71,8 @@ impl Analysis<'_> {
     /// `[components, ...]`. On a processed model (centred `W_U`), summing over the
     /// components of a full decomposition gives the logit difference itself (less `b_U`).
     /// Token and incorrect-token shapes that differ, or a stack that does not fit the
-    /// directions, are errors.
+    /// directions, are errors. As in TransformerLens, only `ln_final`'s centring and scale
+    /// are applied: use a processed model (`fold_ln`), where that is all `ln_final` does.
     pub fn logit_attrs(&self, residual_stack: &Tensor, tokens: &Tensor, opts: &LogitAttrs) -> Result<Tensor> {
         let mut directions = self.model.tokens_to_residual_directions(tokens)?;
         if let Some(incorrect) = &opts.incorrect_tokens {
