@@ -185,8 +185,23 @@ fn mismatched_runs_and_bad_indices_are_errors() {
             &PatchIndex::Rows(vec![vec![0, 0]])
         )
         .is_err());
-    let no_batch = cache.clone().remove_batch_dim();
-    assert!(no_batch.is_err(), "batch 2 cannot drop its axis");
+    let one_clean = clean.narrow(0, 0, 1).unwrap();
+    let (_, no_batch) = model
+        .run_with_cache(CacheOptions::new().remove_batch_dim(true), |m| m.forward(&one_clean))
+        .unwrap();
+    let err = Patching::gpt2(&model, &one, &no_batch).err().unwrap().to_string();
+    assert!(err.contains("batch axis"), "{err}");
+    let (_, partial) = model
+        .run_with_cache(CacheOptions::new().names("blocks.*.hook_mlp_out"), |m| {
+            m.forward(&clean)
+        })
+        .unwrap();
+    let err = Patching::gpt2(&model, &corrupted, &partial)
+        .unwrap()
+        .get_act_patch_resid_pre(&metric)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("blocks.0.hook_resid_pre"), "{err}");
     // A metric error stops the sweep and comes back as is.
     let failing = |_: &Tensor| -> hooklens_core::Result<f64> { Err(hooklens_core::Error::invalid("metric says no")) };
     let err = p.get_act_patch_mlp_out(&failing).unwrap_err().to_string();
