@@ -61,14 +61,50 @@ impl CustomOp1 for GeluNew {
         let rows = src.len().div_ceil(WIDTH);
         // Rows are just equal chunks here; the last one may be short.
         par_rows(rows, WIDTH, src, WIDTH, &mut dst, |_, src, dst| {
-            const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-            for (o, &x) in dst.iter_mut().zip(src) {
-                let u = C * (x + 0.044715 * x * x * x);
-                *o = x / (1.0 + (-2.0 * u).exp());
+            let mut outs = dst.chunks_exact_mut(8);
+            let mut ins = src.chunks_exact(8);
+            for (o, x) in (&mut outs).zip(&mut ins) {
+                for k in 0..8 {
+                    o[k] = gelu_new_scalar(x[k]);
+                }
+            }
+            for (o, &x) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
+                *o = gelu_new_scalar(x);
             }
         });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
+}
+
+#[inline(always)]
+fn gelu_new_scalar(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    let u = C * (x + 0.044715 * x * x * x);
+    x / (1.0 + exp_approx(-2.0 * u))
+}
+
+/// `e^x` to about 2 ulp, branch-free so that loops over it vectorise (libm's `expf`
+/// is a call per element). Range reduction `x = n ln2 + r`, a degree-6 polynomial for
+/// `e^r` on `|r| <= ln2/2`, and `2^n` built from its exponent bits; inputs are clamped
+/// to the finite range of f32.
+#[inline(always)]
+pub(crate) fn exp_approx(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to an integer held in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    // The integer n sits in the low bits of `shifted` (offset by 0x4B40_0000).
+    let n_bits = shifted.to_bits().wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
+    p * scale
 }
 
 /// `x` `[.., n]` -> `gelu_new(x)`, a new tensor (candle's `Tensor::gelu` elsewhere).
@@ -140,6 +176,18 @@ pub(crate) fn add_bias_owned(y: Tensor, b: &Tensor) -> candle_core::Result<Tenso
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn exp_approx_is_accurate() {
+        let mut worst = 0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = x.exp();
+            worst = worst.max(((exp_approx(x) - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 1e-6, "{worst}");
+    }
 
     #[test]
     fn kernels_equal_candle_ops() {
