@@ -245,3 +245,20 @@ fn run_with_cache_on_the_model_input() {
     assert_eq!(cache.len(), 2);
     assert_eq!(cache.get("blocks.0.attn.hook_pattern").unwrap().dims(), [2, 4, 10, 10]);
 }
+
+#[test]
+fn the_model_is_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<HookedGpt2>();
+    let model = std::sync::Arc::new(raw_model());
+    let want = model.forward(&tokens()).unwrap();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let m = model.clone();
+            std::thread::spawn(move || m.forward(&tokens()).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(max_diff(&h.join().unwrap(), &want), 0.0);
+    }
+}

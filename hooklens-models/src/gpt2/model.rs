@@ -24,6 +24,25 @@ use super::processing::{process, ProcessingOptions};
 /// `from_pretrained` by default), run it with [`HookedGpt2::forward`] or
 /// [`HookedGpt2::forward_with`], and use the hook API of [`hooklens_core::HookedModel`]
 /// (`run_with_hooks`, `run_with_cache`, `add_hook`, ...) on it.
+///
+/// ```
+/// use candle_core::Tensor;
+/// use hooklens_core::{CacheOptions, HookSet, HookedModel};
+/// use hooklens_models::{HookedGpt2, LoadOptions};
+///
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
+/// let model = HookedGpt2::from_dir(dir, &LoadOptions::default())?;
+/// let tokens = Tensor::new(&[[511u32, 17, 301, 42]], model.device())?;
+/// let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+/// assert_eq!(logits.dims(), [1, 4, 512]);
+/// assert_eq!(cache.try_get("blocks.0.attn.hook_pattern")?.dims(), [1, 4, 4, 4]);
+///
+/// // Zero-ablate layer 0's MLP for one run.
+/// let hooks = HookSet::new().fwd("blocks.0.hook_mlp_out", |x, _hp| Ok(Some(x.zeros_like()?)));
+/// let ablated = model.run_with_hooks(hooks, |m| m.forward(&tokens))?;
+/// assert_eq!(ablated.dims(), logits.dims());
+/// # Ok::<(), hooklens_core::Error>(())
+/// ```
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core", hint = "disabled_hook_hint")]
 pub struct HookedGpt2 {
