@@ -22,6 +22,16 @@ pub fn grad_mode() -> bool {
     run_frame::grads_wanted() || BWD_ATTACHED.load(Ordering::Acquire) > 0
 }
 
+/// Runs `f` with [`grad_mode`] on for this thread, e.g. to train a model's weights
+/// (as `Var`s) through the same forward that hooks use.
+pub fn with_grad_mode<R>(f: impl FnOnce() -> R) -> R {
+    let _frame = run_frame::FrameGuard::push(run_frame::RunFrame {
+        grads: true,
+        ..Default::default()
+    });
+    f()
+}
+
 struct GradHookOp {
     point: HookPoint,
     hooks: Vec<Hook>,

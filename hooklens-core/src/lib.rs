@@ -23,7 +23,7 @@ mod slice;
 pub use activation_cache::{save_safetensors, ActivationCache};
 pub use cache_options::{position_axis, CacheOptions};
 pub use error::{nearest_names, Error, Result};
-pub use grad_hook_op::grad_mode;
+pub use grad_hook_op::{grad_mode, with_grad_mode};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
 pub use hook_dict::HookDict;
 pub use hook_point::{layer_of, HookPoint};
