@@ -25,6 +25,15 @@ use super::processing::{process, ProcessingOptions};
 /// [`HookedGpt2::forward_with`], and use the hook API of [`hooklens_core::HookedModel`]
 /// (`run_with_hooks`, `run_with_cache`, `add_hook`, ...) on it.
 ///
+/// Where it differs from TransformerLens, deliberately:
+/// - TransformerLens applies `ln1` three times per block (to the q, k and v inputs, the
+///   same tensor unless `use_split_qkv_input`), so `ln1` hooks fire three times. Here
+///   they fire once on the fast no-gradient path (one fused q|k|v matmul), and three
+///   times when gradients are wanted or the inputs are split, where it matters.
+/// - `hook_tokens` carries u32 ids (TransformerLens: int64).
+/// - `generate` applies `top_k` and then `top_p` when both are given
+///   (TransformerLens ignores `top_p` then).
+///
 /// ```
 /// use candle_core::Tensor;
 /// use hooklens_core::{CacheOptions, HookSet, HookedModel};
@@ -184,7 +193,7 @@ impl HookedGpt2 {
             hook_tokens: opt(cfg.use_hook_tokens),
             blocks,
             ln_final: LayerNorm::new(w.ln_final, cfg.eps)?,
-            unembed: Unembed { w_u: w.w_u, b_u: w.b_u },
+            unembed: Unembed::new(w.w_u, w.b_u)?,
             cfg,
             tokenizer: None,
         };
