@@ -92,7 +92,8 @@ impl Slice {
             _ => {
                 let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
                 let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.to_device(t.device())?;
-                t.index_select(&ids, d)?
+                // candle's index_select needs a contiguous source; a slice of a slice is not.
+                t.contiguous()?.index_select(&ids, d)?
             }
         })
     }
