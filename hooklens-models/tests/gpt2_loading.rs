@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -16,7 +16,7 @@ fn fixture_tensors() -> HashMap<String, Tensor> {
 }
 
 /// Writes `tensors` and the fixture's config to a fresh directory.
-fn write_checkpoint(name: &str, tensors: &HashMap<String, Tensor>) -> PathBuf {
+fn write_checkpoint(name: &str, tensors: &HashMap<String, Tensor>) -> TempDir {
     let dir = temp_dir(name);
     std::fs::copy(model_dir().join("config.json"), dir.join("config.json")).unwrap();
     candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
