@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 use hooklens_core::HookPoint;
 
-use super::linear;
+use super::{kernels, linear};
 
 /// Causal self-attention. The weights are kept in the Hugging Face layout, which is
 /// also the fastest one here: q, k and v come out of one `[d_model, 3*d_model]` matmul.
@@ -140,19 +140,12 @@ impl Attention {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k_], 2)?, Tensor::cat(&[pv, &v_], 2)?),
             None => (k_, v_),
         };
-        let scores = q_
-            .matmul(&k_.t()?)?
-            .broadcast_add(&mask.additive.to_dtype(score_dtype)?)?;
+        let scores = kernels::add_mask_owned(q_.matmul(&k_.t()?)?, &mask.additive.to_dtype(score_dtype)?)?;
         let hooked_scores = self.hook_attn_scores.forward(&scores)?;
-        let replaced = hooked_scores.id() != scores.id();
-        let mut pattern = if hooklens_core::grad_mode() {
-            candle_nn::ops::softmax(&hooked_scores, candle_core::D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&hooked_scores.contiguous()?)?
-        };
-        if mask.may_have_empty_rows || replaced {
-            pattern = nan_to_zero(&pattern)?;
-        }
+        // Rows whose keys are all masked (padding, or a hook's edit) give 0, not NaN,
+        // as in TransformerLens.
+        let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
+        let pattern = kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?;
         let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
         let z = pattern.contiguous()?.matmul(&v_)?.transpose(1, 2)?.contiguous()?;
         let z = self.hook_z.forward(&z)?;
@@ -193,10 +186,4 @@ fn per_head_linear(x: &Tensor, w: &Tensor, b: &Tensor) -> candle_core::Result<Te
         .reshape((heads, batch, pos, d_head))?
         .permute((1, 2, 0, 3))?
         .broadcast_add(b)
-}
-
-/// NaN -> 0, elementwise.
-fn nan_to_zero(x: &Tensor) -> candle_core::Result<Tensor> {
-    let is_nan = x.ne(x)?;
-    is_nan.where_cond(&x.zeros_like()?, x)
 }

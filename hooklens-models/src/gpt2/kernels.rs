@@ -172,6 +172,134 @@ pub(crate) fn add_bias_owned(y: Tensor, b: &Tensor) -> candle_core::Result<Tenso
     }
 }
 
+/// Adds an additive attention mask in place: `scores` `[batch, head, query, key]`
+/// (contiguous), `mask` `[query, key]` or `[batch, 1, query, key]`.
+struct AddMask;
+
+impl InplaceOp2 for AddMask {
+    fn name(&self) -> &'static str {
+        "hooklens-add-mask"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let mask = contiguous_f32(s2, l2, "attention mask")?;
+        let dims = l1.dims();
+        let (b, h, q, k) = match dims {
+            [b, h, q, k] => (*b, *h, *q, *k),
+            _ => candle_core::bail!("add-mask: scores must be [batch, head, query, key], got {dims:?}"),
+        };
+        let block = q * k;
+        let per_batch = match l2.dims() {
+            [mq, mk] if *mq == q && *mk == k => false,
+            [mb, 1, mq, mk] if *mb == b && *mq == q && *mk == k => true,
+            other => candle_core::bail!("add-mask: mask {other:?} does not fit scores {dims:?}"),
+        };
+        let (a, e) = match l1.contiguous_offsets() {
+            Some(o) => o,
+            None => candle_core::bail!("add-mask: scores must be contiguous"),
+        };
+        let data = match s1 {
+            CpuStorage::F32(v) => &mut v[a..e],
+            _ => candle_core::bail!("add-mask: scores must be f32"),
+        };
+        let add = |first_block: usize, chunk: &mut [f32]| {
+            for (i, blk) in chunk.chunks_mut(block).enumerate() {
+                let bi = (first_block + i) / h;
+                let m = if per_batch {
+                    &mask[bi * block..(bi + 1) * block]
+                } else {
+                    mask
+                };
+                for (x, m) in blk.iter_mut().zip(m) {
+                    *x += m;
+                }
+            }
+        };
+        let n_blocks = b * h;
+        let threads = candle_core::utils::get_num_threads().max(1);
+        if threads == 1 || data.len() < (1 << 16) {
+            add(0, data);
+        } else {
+            let per = n_blocks.div_ceil(threads);
+            std::thread::scope(|s| {
+                for (i, chunk) in data.chunks_mut(per * block).enumerate() {
+                    s.spawn(move || add(i * per, chunk));
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `scores + mask` for fresh matmul output `scores` `[batch, head, query, key]` and an
+/// additive mask `[query, key]` or `[batch, 1, query, key]`; in place on the fast path.
+pub(crate) fn add_mask_owned(scores: Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    if fast_path(&scores) && scores.is_contiguous() && mask.dtype() == DType::F32 {
+        scores.inplace_op2(&mask.contiguous()?, &AddMask)?;
+        Ok(scores)
+    } else {
+        scores.broadcast_add(mask)
+    }
+}
+
+/// Softmax over the last axis, with TransformerLens's convention for rows whose every
+/// entry is `-inf` (all keys masked): zeros instead of NaN. `-inf` entries give exact 0.
+struct SoftmaxRows;
+
+impl CustomOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "hooklens-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let src = contiguous_f32(s, l, "softmax input")?;
+        let n = *l.dims().last().unwrap_or(&1);
+        if n == 0 {
+            return Ok((CpuStorage::F32(vec![]), l.shape().clone()));
+        }
+        let mut dst = vec![0f32; src.len()];
+        par_rows(src.len() / n, n, src, n, &mut dst, |_, src, dst| {
+            for (row, out) in src.chunks(n).zip(dst.chunks_mut(n)) {
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                if max == f32::NEG_INFINITY || max.is_nan() {
+                    let fill = if max.is_nan() { f32::NAN } else { 0.0 };
+                    out.iter_mut().for_each(|o| *o = fill);
+                    continue;
+                }
+                for (o, &x) in out.iter_mut().zip(row) {
+                    let d = x - max;
+                    // exp_approx clamps at e^-87; masked entries must be exactly 0.
+                    *o = if d < -87.0 { 0.0 } else { exp_approx(d) };
+                }
+                let sum: f32 = out.iter().sum();
+                let inv = 1.0 / sum;
+                out.iter_mut().for_each(|o| *o *= inv);
+            }
+        });
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+/// Softmax over the last axis of `x`; rows that are all `-inf` give zeros (TransformerLens
+/// replaces the NaN of such rows by 0). Off the fast path that replacement costs two
+/// passes, made only when `may_have_empty_rows`.
+pub(crate) fn softmax_last_dim(x: &Tensor, may_have_empty_rows: bool) -> candle_core::Result<Tensor> {
+    if fast_path(x) {
+        return x.contiguous()?.apply_op1_no_bwd(&SoftmaxRows);
+    }
+    let p = if hooklens_core::grad_mode() {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)?
+    };
+    if may_have_empty_rows {
+        let is_nan = p.ne(&p)?;
+        is_nan.where_cond(&p.zeros_like()?, &p)
+    } else {
+        Ok(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
