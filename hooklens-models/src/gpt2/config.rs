@@ -209,7 +209,27 @@ impl Gpt2Config {
         let d_model = int("n_embd")?;
         let n_heads = int("n_head")?;
         let d_vocab = int("vocab_size")?;
-        let n_ctx = int("n_positions")?;
+        // `n_ctx` is the deprecated name of `n_positions` in older configs.
+        let n_ctx = if obj.get("n_positions").is_some_and(|v| !v.is_null()) {
+            int("n_positions")?
+        } else if obj.get("n_ctx").is_some_and(|v| !v.is_null()) {
+            int("n_ctx")?
+        } else {
+            int("n_positions")?
+        };
+        // Variants of the attention that neither this model nor TransformerLens implement.
+        for (field, unsupported) in [
+            ("scale_attn_weights", false),
+            ("scale_attn_by_inverse_layer_idx", true),
+            ("reorder_and_upcast_attn", true),
+            ("add_cross_attention", true),
+        ] {
+            if obj.get(field).and_then(|v| v.as_bool()) == Some(unsupported) {
+                return Err(bad(format!(
+                    "field `{field}` is {unsupported}: this GPT-2 variant is not supported"
+                )));
+            }
+        }
         if d_model % n_heads != 0 {
             return Err(bad(format!(
                 "field `n_embd` ({d_model}) is not a multiple of field `n_head` ({n_heads})"
@@ -345,6 +365,14 @@ mod tests {
         assert!(e.to_string().contains("model_type"), "{e}");
         let e = Gpt2Config::from_hf_str(&TINY.replace("gelu_new", "swish"), "c.json").unwrap_err();
         assert!(e.to_string().contains("activation_function"), "{e}");
+        let variant = TINY.replace(
+            "\"n_layer\": 2,",
+            "\"n_layer\": 2, \"scale_attn_by_inverse_layer_idx\": true,",
+        );
+        let e = Gpt2Config::from_hf_str(&variant, "c.json").unwrap_err();
+        assert!(e.to_string().contains("scale_attn_by_inverse_layer_idx"), "{e}");
+        let old = TINY.replace("\"n_positions\": 64,", "");
+        assert_eq!(Gpt2Config::from_hf_str(&old, "c.json").unwrap().n_ctx, 64);
     }
 
     #[test]
