@@ -6,6 +6,7 @@ pub mod analysis;
 pub mod gpt2;
 pub mod hub;
 pub mod tokenizer;
+pub mod viz;
 
 pub use gpt2::{
     ForwardOptions, ForwardOutput, GenerateOptions, Gpt2Config, HookedGpt2, KvCache, LoadOptions, ProcessingOptions,
