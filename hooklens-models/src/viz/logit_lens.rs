@@ -80,8 +80,11 @@ pub fn logit_lens(model: &HookedGpt2, tokens: &Tensor, k: usize) -> Result<Logit
     })
 }
 
+/// Ids and values of the top entries, one row per position.
+type TopK = (Vec<Vec<u32>>, Vec<Vec<f32>>);
+
 /// The `k` largest entries of each row of `x` `[rows, n]`: ids and values, largest first.
-fn top_k(x: &Tensor, k: usize) -> Result<(Vec<Vec<u32>>, Vec<Vec<f32>>)> {
+fn top_k(x: &Tensor, k: usize) -> Result<TopK> {
     let sorted = x.arg_sort_last_dim(false)?.narrow(D::Minus1, 0, k)?.contiguous()?;
     let x = x.contiguous()?;
     let values = x.gather(&sorted, D::Minus1)?;
