@@ -1,5 +1,6 @@
-//! `hooklens`: run a hooked GPT-2 from the command line: cache activations, generate,
-//! tokenize, list hook points.
+//! `hooklens`: run a hooked GPT-2 from the command line: the built-in demo, cache
+//! activations, generate, tokenize, list hook points, draw attention and the logit
+//! lens, harvest activations of a corpus.
 
 mod cmd;
 mod error;
@@ -13,8 +14,9 @@ use crate::error::CliResult;
 /// Mechanistic interpretability on candle: every activation of a GPT-2, by its
 /// TransformerLens name.
 ///
-/// MODEL is a directory holding config.json and model.safetensors (and optionally
-/// tokenizer.json), or a Hugging Face id such as `gpt2` or `openai-community/gpt2-medium`,
+/// MODEL is `builtin` (the default: a small GPT-2 trained to have induction heads,
+/// shipped inside hooklens, no download), a directory holding config.json and
+/// model.safetensors (and optionally tokenizer.json), or a Hugging Face id such as `gpt2` or `openai-community/gpt2-medium`,
 /// read from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME) or downloaded into it.
 /// Set HF_HUB_OFFLINE=1 to never use the network.
 #[derive(Parser, Debug)]
@@ -27,20 +29,28 @@ struct Cli {
 /// The subcommands; each one's help is the doc comment of its `Args`.
 #[derive(Subcommand, Debug)]
 enum Command {
+    Demo(cmd::demo::Args),
     Cache(cmd::cache::Args),
     Generate(cmd::generate::Args),
     Tokenize(cmd::tokenize::Args),
     Hooks(cmd::hooks::Args),
     Run(cmd::run::Args),
+    Attention(cmd::attention::Args),
+    LogitLens(cmd::logit_lens::Args),
+    Harvest(cmd::harvest::Args),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
     match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Cache(args) => cmd::cache::run(args),
         Command::Generate(args) => cmd::generate::run(args),
         Command::Tokenize(args) => cmd::tokenize::run(args),
         Command::Hooks(args) => cmd::hooks::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Attention(args) => cmd::attention::run(args),
+        Command::LogitLens(args) => cmd::logit_lens::run(args),
+        Command::Harvest(args) => cmd::harvest::run(args),
     }
 }
 

@@ -35,9 +35,10 @@ impl DTypeArg {
 /// The flags that choose and load a model.
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
-    /// A model directory (config.json, model.safetensors, optional tokenizer.json) or a
-    /// Hugging Face id (gpt2, gpt2-medium, openai-community/gpt2-large, distilgpt2, ...).
-    #[arg(long, value_name = "MODEL")]
+    /// `builtin` (the small trained model shipped inside hooklens, no download), a model
+    /// directory (config.json, model.safetensors, optional tokenizer.json) or a Hugging
+    /// Face id (gpt2, gpt2-medium, openai-community/gpt2-large, distilgpt2, ...).
+    #[arg(long, value_name = "MODEL", default_value = "builtin")]
     pub model: String,
     /// Load the weights as stored (TransformerLens's from_pretrained_no_processing)
     /// instead of folding LayerNorms and centring weights as from_pretrained does.
@@ -240,4 +241,19 @@ pub fn write_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>) -> CliResul
 /// so that files written here read back as `--tokens` and in Python alike.
 pub fn tokens_i64(tokens: &Tensor) -> CliResult<Tensor> {
     Ok(tokens.to_device(&Device::Cpu)?.to_dtype(DType::I64)?)
+}
+
+/// Writes `text` to `path` atomically (a temporary file beside it, then a rename), so a
+/// reader never sees half a file; errors name the path.
+pub fn write_text_file(path: &Path, text: &str) -> CliResult<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            CliError(format!("cannot write {}: {e}", path.display()))
+        })
 }

@@ -1,8 +1,12 @@
 //! The subcommands, one per file, and what they share.
 
+pub mod attention;
 pub mod cache;
 pub mod common;
+pub mod demo;
 pub mod generate;
+pub mod harvest;
 pub mod hooks;
+pub mod logit_lens;
 pub mod run;
 pub mod tokenize;

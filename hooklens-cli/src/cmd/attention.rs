@@ -1,0 +1,53 @@
+//! `hooklens attention`: every head's attention pattern as one HTML file.
+
+use std::path::PathBuf;
+
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::viz::{attention_html, attention_patterns};
+
+use super::common::{write_text_file, InputArgs, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// Write every head's attention pattern on a prompt as one HTML file.
+///
+/// The file is self-contained (scripts and styles inlined; it opens with no network):
+/// a thumbnail per head, and the chosen head as a heatmap with the tokens along both
+/// axes and the weight under the mouse.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Only these layers (`--layers 0,1` or `--layers 0 --layers 1`); all by default.
+    #[arg(long, value_name = "L", value_delimiter = ',', num_args = 1..)]
+    pub layers: Vec<usize>,
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE.html")]
+    pub out: PathBuf,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    let model = args.model.load()?;
+    let input = args.input.read(&model, PaddingSide::Right)?;
+    let batch = input.tokens.dim(0)?;
+    if batch != 1 {
+        return Err(CliError(format!(
+            "the attention view shows one prompt; got {batch} (give one --prompt, or a tokens file of one row)"
+        )));
+    }
+    let layers = (!args.layers.is_empty()).then_some(args.layers.as_slice());
+    let mut view = attention_patterns(&model, &input.tokens, layers)?;
+    view.title = format!("Attention patterns of {}", args.model.model);
+    let html = attention_html(&view)?;
+    write_text_file(&args.out, &html)?;
+    let heads: usize = view.layers.iter().map(|(_, p)| p.dim(0).unwrap_or(0)).sum();
+    eprintln!(
+        "wrote {heads} attention patterns ({} layers, {} tokens) to {}",
+        view.layers.len(),
+        view.tokens.len(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! `hooklens demo`: the induction circuit of the built-in model, found, broken and drawn.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use hooklens::{HookSet, HookedModel};
+use hooklens_models::builtin::{half_losses, induction_scores, repeated_tokens};
+use hooklens_models::gpt2::SeededRng;
+use hooklens_models::viz::{attention_html, attention_patterns};
+use hooklens_models::{GenerateOptions, HookedGpt2};
+
+use super::common::{write_text_file, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// A phrase that a model which copies continues from memory once it has seen it.
+const DEFAULT_PHRASE: &str = " the old lighthouse keeper counted seven ships sailing past the northern rocks at dawn";
+
+/// Find, break and draw the induction heads of the built-in model (runs offline).
+///
+/// Runs sequences of random tokens repeated twice: a model with induction heads
+/// predicts the repeat from the first occurrence, so its loss on the second half falls
+/// far below the first. Prints both losses and every head's induction score (the
+/// attention from a token in the repeat to the token after its first occurrence),
+/// zero-ablates the strongest induction head with a hook on its `attn.hook_z` and shows
+/// the loss on the repeat going back up, checks that a repeated phrase of real text is
+/// continued by copying, and writes the attention patterns to an HTML file.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Seeds the random tokens.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub seed: u64,
+    /// Random tokens before the repeat (each sequence is BOS + N + the same N).
+    #[arg(long, value_name = "N", default_value_t = 40)]
+    pub half: usize,
+    /// How many random sequences to average over.
+    #[arg(long, value_name = "B", default_value_t = 16)]
+    pub batch: usize,
+    /// The phrase of the copying check (shown once, then its first third again).
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_PHRASE)]
+    pub phrase: String,
+    /// Where to write the attention view of the first random sequence.
+    #[arg(long, value_name = "FILE.html", default_value = "hooklens-demo.html")]
+    pub out: PathBuf,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    let model = args.model.load()?;
+    let cfg = model.cfg().clone();
+    if args.half < 3 || 1 + 2 * args.half > cfg.n_ctx {
+        return Err(CliError(format!(
+            "--half {} must be at least 3 and fit twice in the context (1 + 2 * half <= n_ctx = {})",
+            args.half, cfg.n_ctx
+        )));
+    }
+    if args.batch == 0 {
+        return Err(CliError::msg("--batch must be at least 1"));
+    }
+    let bos = model.bos_token_id()?;
+    let mut rng = SeededRng::new(args.seed);
+    let tokens = repeated_tokens(&mut rng, args.batch, args.half, cfg.d_vocab, bos)?.to_device(model.device())?;
+    crate::outln!(
+        "model: {} ({} layers x {} heads, d_model {})",
+        args.model.model,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.d_model
+    );
+    crate::outln!(
+        "input: {} sequences of BOS + {} random tokens + the same {} again (seed {})",
+        args.batch,
+        args.half,
+        args.half,
+        args.seed
+    );
+
+    // 1. The repeat is predictable only to a model that looks back: compare the halves.
+    let (first, second) = half_losses(&model, &tokens, args.half)?;
+    crate::outln!("");
+    crate::outln!("loss on the first half:   {first:.3}  (random tokens: nothing to predict from)");
+    crate::outln!("loss on the repeat:       {second:.3}  (predictable by copying from the first half)");
+
+    // 2. Which heads do it: attention from each repeated token to the one after its
+    //    first occurrence.
+    let scores = induction_scores(&model, &tokens, args.half)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    crate::outln!("");
+    crate::outln!("induction score per head (mean attention to the token after the earlier copy):");
+    let mut header = "        ".to_string();
+    for h in 0..cfg.n_heads {
+        header.push_str(&format!("  head {h:<2}"));
+    }
+    crate::outln!("{header}");
+    for (l, row) in scores.iter().enumerate() {
+        let mut line = format!("layer {l:<2}");
+        for s in row {
+            line.push_str(&format!("  {s:>7.3}"));
+        }
+        crate::outln!("{line}");
+    }
+    let (best_l, best_h, best) = argmax(&scores);
+    let (low_l, low_h, low) = argmin(&scores);
+    crate::outln!("strongest induction head: L{best_l}H{best_h} (score {best:.3})");
+
+    // 3. Break it: zero the head's output (its slice of attn.hook_z) for one run.
+    let (_, ablated) = ablated_losses(&model, &tokens, args.half, best_l, best_h)?;
+    let (_, control) = ablated_losses(&model, &tokens, args.half, low_l, low_h)?;
+    crate::outln!("");
+    crate::outln!(
+        "loss on the repeat with L{best_l}H{best_h} ablated:  {ablated:.3}  (was {second:.3}: {})",
+        verdict(second, ablated)
+    );
+    crate::outln!("control, the weakest head L{low_l}H{low_h} (score {low:.3}) ablated instead: {control:.3}");
+
+    // 4. Real text: a phrase seen once is continued from memory when it starts again.
+    crate::outln!("");
+    copying_check(&model, &args.phrase)?;
+
+    // 5. The picture: every head on the first random sequence.
+    let first_seq = tokens.i(0..1)?;
+    let mut view = attention_patterns(&model, &first_seq, None)?;
+    view.title = format!(
+        "{}: BOS + {} random tokens, repeated (strongest induction head L{best_l}H{best_h})",
+        args.model.model, args.half
+    );
+    write_text_file(&args.out, &attention_html(&view)?)?;
+    crate::outln!("");
+    crate::outln!(
+        "wrote the attention patterns of every head to {} (open it in a browser; look at L{best_l}H{best_h}: \
+         a stripe {} tokens below the diagonal)",
+        args.out.display(),
+        args.half - 1
+    );
+    Ok(())
+}
+
+/// The half losses with head `h` of layer `l` zeroed through a per-run hook.
+fn ablated_losses(model: &HookedGpt2, tokens: &Tensor, half: usize, l: usize, h: usize) -> CliResult<(f32, f32)> {
+    let n_heads = model.cfg().n_heads;
+    let keep: Vec<f32> = (0..n_heads).map(|i| if i == h { 0.0 } else { 1.0 }).collect();
+    // [1, 1, head, 1]: broadcasts over batch, position and d_head of hook_z.
+    let mask = Tensor::from_vec(keep, (1, 1, n_heads, 1), &Device::Cpu)?
+        .to_dtype(model.dtype())?
+        .to_device(model.device())?;
+    let hooks = HookSet::new().fwd(format!("blocks.{l}.attn.hook_z"), move |z, _hp| {
+        Ok(Some(z.broadcast_mul(&mask)?))
+    });
+    Ok(model.run_with_hooks(hooks, |m| half_losses(m, tokens, half))?)
+}
+
+fn verdict(before: f32, after: f32) -> &'static str {
+    if after > before + 0.5 {
+        "up: this head does the copying"
+    } else if after > before {
+        "a little up"
+    } else {
+        "not up"
+    }
+}
+
+fn argmax(scores: &[Vec<f32>]) -> (usize, usize, f32) {
+    pick(scores, |a, b| a > b)
+}
+
+fn argmin(scores: &[Vec<f32>]) -> (usize, usize, f32) {
+    pick(scores, |a, b| a < b)
+}
+
+fn pick(scores: &[Vec<f32>], better: impl Fn(f32, f32) -> bool) -> (usize, usize, f32) {
+    let mut best = (0, 0, scores[0][0]);
+    for (l, row) in scores.iter().enumerate() {
+        for (h, &s) in row.iter().enumerate() {
+            if better(s, best.2) {
+                best = (l, h, s);
+            }
+        }
+    }
+    best
+}
+
+/// Shows `phrase` once and its first third again, lets the model continue greedily,
+/// and prints how much of the rest it reproduced.
+fn copying_check(model: &HookedGpt2, phrase: &str) -> CliResult<()> {
+    let ids = model.tokenizer()?.encode(phrase)?;
+    if ids.len() < 4 {
+        return Err(CliError(format!(
+            "--phrase must be at least 4 tokens long; {phrase:?} is {}",
+            ids.len()
+        )));
+    }
+    let shown = (ids.len() / 3).max(2);
+    let rest = &ids[shown..];
+    let mut prompt = vec![model.bos_token_id()?];
+    prompt.extend_from_slice(&ids);
+    prompt.extend_from_slice(&ids[..shown]);
+    if prompt.len() + rest.len() > model.cfg().n_ctx {
+        return Err(CliError(format!(
+            "--phrase is too long: shown one and a third times it does not fit the context of {} tokens",
+            model.cfg().n_ctx
+        )));
+    }
+    let n = prompt.len();
+    let input = Tensor::from_vec(prompt, (1, n), model.device())?;
+    let mut opts = GenerateOptions::greedy(rest.len());
+    opts.stop_at_eos = false;
+    let out = model.generate(&input, &opts)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let generated = &out[0][n..];
+    let copied = generated.iter().zip(rest).take_while(|(a, b)| a == b).count();
+    let tok = model.tokenizer()?;
+    crate::outln!("copying real text (greedy):");
+    crate::outln!("  prompt:    {:?}", format!("{}{}", phrase, tok.decode(&ids[..shown])?));
+    crate::outln!("  continued: {:?}", tok.decode(generated)?);
+    crate::outln!("  expected:  {:?}", tok.decode(rest)?);
+    crate::outln!(
+        "  {copied} of {} tokens copied before the first difference{}",
+        rest.len(),
+        if copied == rest.len() {
+            ": the phrase is continued by copying"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}

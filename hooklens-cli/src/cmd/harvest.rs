@@ -1,0 +1,620 @@
+//! `hooklens harvest`: activations of a whole corpus, streamed into safetensors shards.
+//!
+//! Built for runs that outlive a terminal or a job's time limit, and for many machines:
+//! - The input is read line by line and activations are written as soon as a shard is
+//!   full, so memory holds one shard (plus one batch) whatever the input's size.
+//! - Each shard is written to a temporary name and renamed when complete; the manifest
+//!   (also replaced atomically) lists the finished shards. A rerun with the same flags
+//!   skips them and carries on; a half-written temporary file is simply deleted.
+//! - `--shard-index I --num-shards K` keeps input lines whose number is I modulo K, so
+//!   K workers (a Slurm array, a Kubernetes indexed job) split one corpus between them
+//!   with no coordination; each writes its own files, named after I and K.
+//! - Shard boundaries depend only on the flags (rows per shard comes from the shard
+//!   size), and batches never straddle a shard, so an interrupted and resumed run writes
+//!   the same bytes as an uninterrupted one.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use hooklens::{CacheOptions, HookedModel, NamesFilter};
+use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
+use serde_json::{json, Value};
+
+use super::common::ModelArgs;
+use crate::error::{CliError, CliResult};
+
+/// The manifest's `format` field; bumped when the layout changes.
+const FORMAT: &str = "hooklens-harvest/1";
+
+/// How the input file is read.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFormat {
+    /// `jsonl` for files ending in .jsonl, .ndjson or .json, else `text`.
+    Auto,
+    /// One document per line.
+    Text,
+    /// One JSON object per line, the document in a string field (--text-field).
+    Jsonl,
+}
+
+/// Stream activations of a corpus into safetensors shards (resumable, splittable).
+///
+/// Each input line is a document (--input-format text) or a JSON object whose "text"
+/// field is one (jsonl). Documents are tokenized, joined with the end-of-text token
+/// between them and cut into sequences of --context-size tokens, each starting with BOS
+/// (TransformerLens's tokenize_and_concatenate); the tokens left over at the end are
+/// dropped. Every sequence's activations at the hook points --names selects are saved.
+///
+/// Output, in --out DIR, for worker I of K (`--shard-index I --num-shards K`; 0 of 1 by
+/// default): `IIIII-of-KKKKK-shard-NNNNNN.safetensors`, each holding `tokens` [rows,
+/// context] (i64) and one tensor [rows, context, ...] per hook point, named as the hook
+/// point, and `IIIII-of-KKKKK-manifest.json` listing the settings and the finished
+/// shards. Running the same command again resumes where it stopped; changed settings
+/// are an error.
+///
+/// The forward stops after the last block a hook point needs (stop_at_layer), and the
+/// unembedding never runs.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The corpus: text lines, or JSON lines with a text field.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// How to read --input.
+    #[arg(long, value_enum, default_value_t = InputFormat::Auto)]
+    pub input_format: InputFormat,
+    /// The field holding the document in JSON lines.
+    #[arg(long, value_name = "FIELD", default_value = "text")]
+    pub text_field: String,
+    /// Hook points to save: names or globs (`blocks.*.hook_resid_post`); several allowed.
+    /// Each must match a hook point.
+    #[arg(long = "names", value_name = "PATTERN", num_args = 1.., required = true)]
+    pub names: Vec<String>,
+    /// Tokens per sequence, BOS included (at most the model's n_ctx; n_ctx by default).
+    #[arg(long, value_name = "N")]
+    pub context_size: Option<usize>,
+    /// Sequences per forward pass.
+    #[arg(long, value_name = "B", default_value_t = 8)]
+    pub batch_size: usize,
+    /// The output directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// This worker's part of the input: lines whose number (from 0) is I modulo
+    /// --num-shards.
+    #[arg(long, value_name = "I", default_value_t = 0)]
+    pub shard_index: usize,
+    /// How many workers split the input.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub num_shards: usize,
+    /// The most a shard file may hold, in MiB (a shard holds at least one sequence).
+    #[arg(long, value_name = "M", default_value_t = 256.0)]
+    pub shard_size_mb: f64,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The settings a resumed run must share with the run it resumes, as stored in the
+/// manifest.
+fn settings(args: &Args, names: &[String], fmt: InputFormat, ctx: usize, rows_per_shard: usize, dtype: DType) -> Value {
+    json!({
+        "model": args.model.model,
+        "no_processing": args.model.no_processing,
+        "dtype": format!("{dtype:?}").to_lowercase(),
+        "input": args.input.display().to_string(),
+        "input_format": format!("{fmt:?}").to_lowercase(),
+        "text_field": args.text_field,
+        "names": names,
+        "context_size": ctx,
+        "batch_size": args.batch_size,
+        "shard_index": args.shard_index,
+        "num_shards": args.num_shards,
+        "rows_per_shard": rows_per_shard,
+    })
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    if args.num_shards == 0 {
+        return Err(CliError::msg("--num-shards must be at least 1"));
+    }
+    if args.shard_index >= args.num_shards {
+        return Err(CliError(format!(
+            "--shard-index {} must be below --num-shards {} (workers are numbered from 0)",
+            args.shard_index, args.num_shards
+        )));
+    }
+    if args.batch_size == 0 {
+        return Err(CliError::msg("--batch-size must be at least 1"));
+    }
+    if !(args.shard_size_mb > 0.0 && args.shard_size_mb.is_finite()) {
+        return Err(CliError(format!(
+            "--shard-size-mb {} must be a positive number",
+            args.shard_size_mb
+        )));
+    }
+    let input_len = std::fs::metadata(&args.input)
+        .map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?
+        .len();
+    let fmt = match args.input_format {
+        InputFormat::Auto => {
+            let ext = args.input.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if matches!(ext, "jsonl" | "ndjson" | "json") {
+                InputFormat::Jsonl
+            } else {
+                InputFormat::Text
+            }
+        }
+        f => f,
+    };
+
+    let model = args.model.load()?;
+    let n_ctx = model.cfg().n_ctx;
+    let ctx = args.context_size.unwrap_or(n_ctx);
+    if ctx < 2 || ctx > n_ctx {
+        return Err(CliError(format!(
+            "--context-size {ctx} must be between 2 and the model's n_ctx = {n_ctx}"
+        )));
+    }
+    let names = resolve_names(&model, &args.names)?;
+    let stop = stop_layer(&names, model.cfg().n_layers);
+
+    // Shapes per sequence, from one probe sequence: they set the rows per shard.
+    let bos = model.bos_token_id()?;
+    let eos = model.cfg().eos_token_id.unwrap_or(bos);
+    let probe = Tensor::from_vec(vec![bos; ctx], (1, ctx), model.device())?;
+    let probe_acts = forward(&model, &names, stop, &probe)?;
+    let mut bytes_per_row = ctx * 8; // tokens, i64
+    let mut per_row_shapes = BTreeMap::new();
+    for (name, t) in names.iter().zip(&probe_acts) {
+        bytes_per_row += t.elem_count() * t.dtype().size_in_bytes();
+        per_row_shapes.insert(
+            name.clone(),
+            json!({ "shape": &t.dims()[1..], "dtype": format!("{:?}", t.dtype()).to_lowercase() }),
+        );
+    }
+    let budget = (args.shard_size_mb * 1024.0 * 1024.0) as usize;
+    let rows_per_shard = (budget / bytes_per_row).max(1);
+    let settings = settings(&args, &names, fmt, ctx, rows_per_shard, model.dtype());
+
+    std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
+    let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
+    let manifest_path = args.out.join(format!("{prefix}-manifest.json"));
+    remove_stale_temporaries(&args.out, &prefix)?;
+    let mut manifest = Manifest::open(&manifest_path, settings, per_row_shapes)?;
+    if manifest.complete {
+        eprintln!(
+            "{} is complete ({} shards, {} sequences): nothing to do",
+            manifest_path.display(),
+            manifest.shards.len(),
+            manifest.rows()
+        );
+        return Ok(());
+    }
+    let skip_rows = manifest.rows();
+
+    let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
+    let mut reader = BufReader::new(file);
+    let tokenizer = model.tokenizer()?;
+    let bar = progress_bar(input_len, args.quiet);
+    let started = Instant::now();
+    let mut line = String::new();
+    let mut line_no = 0usize;
+    let mut bytes_read = 0u64;
+    // Tokens waiting to fill a sequence: at most one document's plus one sequence.
+    let mut pending: Vec<u32> = Vec::new();
+    let mut row_index = 0usize; // sequences made so far, finished shards included
+    let mut batch: Vec<Vec<u32>> = Vec::new();
+    let mut shard = ShardBuffer::new(names.len());
+    let mut new_tokens = 0usize;
+
+    loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| CliError(format!("--input {} line {}: {e}", args.input.display(), line_no + 1)))?;
+        if n == 0 {
+            break;
+        }
+        bytes_read += n as u64;
+        let this_line = line_no;
+        line_no += 1;
+        if this_line % args.num_shards != args.shard_index {
+            continue;
+        }
+        let Some(text) = document(&line, fmt, &args.text_field, this_line + 1, &args.input)? else {
+            continue;
+        };
+        pending.extend(tokenizer.encode(&text)?);
+        pending.push(eos);
+        while pending.len() >= ctx - 1 {
+            let mut seq = Vec::with_capacity(ctx);
+            seq.push(bos);
+            seq.extend(pending.drain(..ctx - 1));
+            row_index += 1;
+            if row_index <= skip_rows {
+                continue; // in a finished shard
+            }
+            batch.push(seq);
+            // A batch never straddles two shards, so resuming at a shard boundary
+            // batches every later sequence exactly as an uninterrupted run does.
+            let room = rows_per_shard - shard.rows;
+            if batch.len() == args.batch_size.min(room) {
+                run_batch(&model, &names, stop, &mut batch, &mut shard, ctx)?;
+                new_tokens += shard_tokens_added(args.batch_size.min(room), ctx);
+                if shard.rows == rows_per_shard {
+                    finish_shard(&args.out, &prefix, &names, &mut shard, &mut manifest)?;
+                }
+                update_bar(&bar, bytes_read, &manifest, shard.rows, new_tokens, &started);
+            }
+        }
+        bar.set_position(bytes_read);
+    }
+    if !batch.is_empty() {
+        let rows = batch.len();
+        run_batch(&model, &names, stop, &mut batch, &mut shard, ctx)?;
+        new_tokens += shard_tokens_added(rows, ctx);
+    }
+    if shard.rows > 0 {
+        finish_shard(&args.out, &prefix, &names, &mut shard, &mut manifest)?;
+    }
+    manifest.complete = true;
+    manifest.extra = json!({
+        "lines": line_no,
+        "sequences": row_index,
+        "tokens": row_index * ctx,
+        "dropped_tail_tokens": pending.len(),
+    });
+    manifest.save()?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "wrote {} shards ({} sequences of {ctx} tokens, {} of them now at {:.0} tokens/s) to {}; manifest {}",
+        manifest.shards.len(),
+        row_index,
+        row_index.saturating_sub(skip_rows),
+        new_tokens as f64 / secs,
+        args.out.display(),
+        manifest_path.display()
+    );
+    Ok(())
+}
+
+fn shard_tokens_added(rows: usize, ctx: usize) -> usize {
+    rows * ctx
+}
+
+/// The full names of the hook points `patterns` select, in the model's order; a
+/// pattern that selects nothing is an error suggesting the nearest names.
+fn resolve_names(model: &HookedGpt2, patterns: &[String]) -> CliResult<Vec<String>> {
+    let all = model.hook_names();
+    for p in patterns {
+        let filter = NamesFilter::from(p.as_str());
+        if !all.iter().any(|n| filter.matches(n)) {
+            let near = hooklens::nearest_names(p, all.iter().map(String::as_str), 3);
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (did you mean `{}`?)", near.join("`, `"))
+            };
+            return Err(CliError(format!(
+                "--names `{p}` matched no hook point{hint}; `hooklens hooks` lists them"
+            )));
+        }
+    }
+    let filter = NamesFilter::Names(patterns.to_vec());
+    Ok(all.into_iter().filter(|n| filter.matches(n)).collect())
+}
+
+/// The block to stop before: one past the last block a name lives in; `None` (run
+/// everything but the unembedding) when a name is after the blocks (`ln_final.*`).
+fn stop_layer(names: &[String], n_layers: usize) -> Option<usize> {
+    let mut need = 0;
+    for name in names {
+        let layer = match name.strip_prefix("blocks.") {
+            Some(rest) => rest
+                .split('.')
+                .next()
+                .and_then(|l| l.parse::<usize>().ok())
+                .map(|l| l + 1),
+            None if name.starts_with("hook_") => Some(0),
+            None => None,
+        };
+        need = need.max(layer.unwrap_or(n_layers));
+    }
+    (need < n_layers).then_some(need)
+}
+
+/// The activations at `names` for `tokens` `[batch, ctx]`, on the CPU, in `names`' order.
+fn forward(model: &HookedGpt2, names: &[String], stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
+    let mut fwd = ForwardOptions::new().return_type(ReturnType::None);
+    if let Some(stop) = stop {
+        fwd = fwd.stop_at_layer(stop as isize);
+    }
+    let opts = CacheOptions::new()
+        .names(NamesFilter::Names(names.to_vec()))
+        .device(Device::Cpu);
+    let (_, cache) = model.run_with_cache(opts, |m| m.forward_with(tokens, &fwd))?;
+    names.iter().map(|n| Ok(cache.try_get(n)?.clone())).collect()
+}
+
+/// Sequences and activations of the shard being filled.
+struct ShardBuffer {
+    rows: usize,
+    tokens: Vec<Tensor>,
+    acts: Vec<Vec<Tensor>>,
+}
+
+impl ShardBuffer {
+    fn new(n_names: usize) -> Self {
+        ShardBuffer {
+            rows: 0,
+            tokens: Vec::new(),
+            acts: vec![Vec::new(); n_names],
+        }
+    }
+}
+
+fn run_batch(
+    model: &HookedGpt2,
+    names: &[String],
+    stop: Option<usize>,
+    batch: &mut Vec<Vec<u32>>,
+    shard: &mut ShardBuffer,
+    ctx: usize,
+) -> CliResult<()> {
+    let rows = batch.len();
+    let ids: Vec<u32> = batch.drain(..).flatten().collect();
+    let tokens = Tensor::from_vec(ids, (rows, ctx), &Device::Cpu)?;
+    let acts = forward(model, names, stop, &tokens.to_device(model.device())?)?;
+    for (buf, t) in shard.acts.iter_mut().zip(acts) {
+        buf.push(t);
+    }
+    shard.tokens.push(tokens.to_dtype(DType::I64)?);
+    shard.rows += rows;
+    Ok(())
+}
+
+/// Writes the buffered shard (temporary name, then rename) and records it in the
+/// manifest, which is saved right away.
+fn finish_shard(
+    out: &Path,
+    prefix: &str,
+    names: &[String],
+    shard: &mut ShardBuffer,
+    manifest: &mut Manifest,
+) -> CliResult<()> {
+    let index = manifest.shards.len();
+    let file = format!("{prefix}-shard-{index:06}.safetensors");
+    let path = out.join(&file);
+    let tokens = Tensor::cat(&shard.tokens, 0)?;
+    let acts: Vec<Tensor> = shard
+        .acts
+        .iter()
+        .map(|parts| Tensor::cat(parts, 0))
+        .collect::<candle_core::Result<_>>()?;
+    let mut tensors: Vec<(&str, &Tensor)> = vec![("tokens", &tokens)];
+    for (name, t) in names.iter().zip(&acts) {
+        tensors.push((name.as_str(), t));
+    }
+    // One metadata key only: safetensors keeps metadata in a HashMap, and one entry
+    // serialises the same way every time (the files must be byte-identical on reruns).
+    let meta = std::collections::HashMap::from([("format".to_string(), FORMAT.to_string())]);
+    hooklens::save_safetensors(&path, tensors, meta)?;
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))?
+        .len();
+    manifest.shards.push(ShardEntry {
+        file,
+        rows: shard.rows,
+        bytes,
+    });
+    manifest.save()?;
+    *shard = ShardBuffer::new(names.len());
+    Ok(())
+}
+
+/// Deletes this worker's temporary files left by an interrupted run (a shard or the
+/// manifest being written when the process died); finished files are never touched.
+fn remove_stale_temporaries(out: &Path, prefix: &str) -> CliResult<()> {
+    let entries = std::fs::read_dir(out).map_err(|e| CliError(format!("--out {}: {e}", out.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!(".{prefix}-")) && name.contains(".tmp-") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| CliError(format!("cannot remove {}: {e}", path.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// One finished shard, as the manifest lists it.
+struct ShardEntry {
+    file: String,
+    rows: usize,
+    bytes: u64,
+}
+
+/// The manifest of one worker: its settings, finished shards and, at the end, totals.
+struct Manifest {
+    path: PathBuf,
+    settings: Value,
+    tensors: BTreeMap<String, Value>,
+    shards: Vec<ShardEntry>,
+    complete: bool,
+    extra: Value,
+}
+
+impl Manifest {
+    /// Reads the manifest at `path`, checking that it was written with `settings` and
+    /// that its shards are all there; a new one when there is none.
+    fn open(path: &Path, settings: Value, tensors: BTreeMap<String, Value>) -> CliResult<Self> {
+        let shown = path.display();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Written with the first shard: a run that stops before it (bad input
+                // further down, say) leaves nothing behind.
+                return Ok(Manifest {
+                    path: path.to_path_buf(),
+                    settings,
+                    tensors,
+                    shards: Vec::new(),
+                    complete: false,
+                    extra: Value::Null,
+                });
+            }
+            Err(e) => return Err(CliError(format!("{shown}: {e}"))),
+        };
+        let old: Value =
+            serde_json::from_str(&text).map_err(|e| CliError(format!("{shown}: not a harvest manifest: {e}")))?;
+        if old["format"] != FORMAT {
+            return Err(CliError(format!(
+                "{shown}: not a {FORMAT} manifest (format {})",
+                old["format"]
+            )));
+        }
+        if let Some(obj) = settings.as_object() {
+            for (key, now) in obj {
+                let was = &old["settings"][key];
+                if was != now {
+                    return Err(CliError(format!(
+                        "{shown} was written with {key} = {was}, this run has {key} = {now}: resuming would \
+                         mix two harvests (use another --out, or delete that directory's files for worker {} \
+                         to start over)",
+                        settings["shard_index"]
+                    )));
+                }
+            }
+        }
+        let mut shards = Vec::new();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for s in old["shards"].as_array().into_iter().flatten() {
+            let entry = ShardEntry {
+                file: s["file"].as_str().unwrap_or_default().to_string(),
+                rows: s["rows"].as_u64().unwrap_or(0) as usize,
+                bytes: s["bytes"].as_u64().unwrap_or(0),
+            };
+            let file = dir.join(&entry.file);
+            let on_disk = std::fs::metadata(&file).map(|m| m.len()).ok();
+            if entry.file.is_empty() || on_disk != Some(entry.bytes) {
+                return Err(CliError(format!(
+                    "{shown} lists {} ({} bytes), but {}: the directory was changed since; \
+                     delete the manifest and the shards to start over",
+                    file.display(),
+                    entry.bytes,
+                    match on_disk {
+                        None => "it is missing".to_string(),
+                        Some(n) => format!("it has {n} bytes"),
+                    }
+                )));
+            }
+            shards.push(entry);
+        }
+        Ok(Manifest {
+            path: path.to_path_buf(),
+            settings,
+            tensors,
+            shards,
+            complete: old["complete"].as_bool().unwrap_or(false),
+            extra: old["totals"].clone(),
+        })
+    }
+
+    /// Sequences in finished shards.
+    fn rows(&self) -> usize {
+        self.shards.iter().map(|s| s.rows).sum()
+    }
+
+    /// Writes the manifest atomically (temporary file, then rename).
+    fn save(&self) -> CliResult<()> {
+        let shards: Vec<Value> = self
+            .shards
+            .iter()
+            .map(|s| json!({ "file": s.file, "rows": s.rows, "bytes": s.bytes }))
+            .collect();
+        let value = json!({
+            "format": FORMAT,
+            "settings": self.settings,
+            "tensors": self.tensors,
+            "shards": shards,
+            "complete": self.complete,
+            "totals": self.extra,
+        });
+        let text = serde_json::to_string_pretty(&value).map_err(|e| CliError(format!("cannot write JSON: {e}")))?;
+        super::common::write_text_file(&self.path, &(text + "\n"))
+    }
+}
+
+/// The document on one input line; `None` for a blank line or a blank document.
+fn document(line: &str, fmt: InputFormat, field: &str, line_no: usize, input: &Path) -> CliResult<Option<String>> {
+    let trimmed = line.trim_end_matches(['\n', '\r']);
+    if trimmed.trim().is_empty() {
+        return Ok(None);
+    }
+    if fmt != InputFormat::Jsonl {
+        return Ok(Some(trimmed.to_string()));
+    }
+    let at = || format!("--input {} line {line_no}", input.display());
+    let value: Value = serde_json::from_str(trimmed).map_err(|e| CliError(format!("{}: not valid JSON: {e}", at())))?;
+    match value.get(field) {
+        // Blank documents are skipped as blank text lines are, so both formats agree.
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(CliError(format!(
+            "{}: field `{field}` is not a string but {}",
+            at(),
+            match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+                Value::String(_) => "a string",
+            }
+        ))),
+        None => Err(CliError(format!(
+            "{}: no field `{field}` (--text-field names the field holding the text)",
+            at()
+        ))),
+    }
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise), so
+    // logs of batch jobs stay clean.
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} of input, ETA {eta}  {msg}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}
+
+fn update_bar(
+    bar: &indicatif::ProgressBar,
+    bytes: u64,
+    manifest: &Manifest,
+    buffered: usize,
+    new_tokens: usize,
+    started: &Instant,
+) {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    bar.set_position(bytes);
+    bar.set_message(format!(
+        "{} shards + {buffered} seqs, {:.0} tok/s",
+        manifest.shards.len(),
+        new_tokens as f64 / secs
+    ));
+}

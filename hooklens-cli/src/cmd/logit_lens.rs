@@ -1,0 +1,82 @@
+//! `hooklens logit-lens`: the top token per layer and position.
+
+use std::path::PathBuf;
+
+use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::viz::{logit_lens, logit_lens_html};
+
+use super::common::{write_text_file, InputArgs, ModelArgs};
+use crate::error::{CliError, CliResult};
+
+/// Print the most likely next token at every layer and position (the logit lens).
+///
+/// The residual stream entering each block, and the final one, is put through ln_final
+/// and the unembedding (TransformerLens's accumulated_resid, labels `0_pre`, `1_pre`,
+/// ..., `final_post`). The terminal shows one line per position with the top token of
+/// each layer and its probability; --out also writes the table as an HTML heatmap.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// How many top tokens to keep per cell (shown on hover in the HTML).
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    pub top: usize,
+    /// Also write the table as a self-contained HTML heatmap.
+    #[arg(long, value_name = "FILE.html")]
+    pub out: Option<PathBuf>,
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    if args.top == 0 {
+        return Err(CliError::msg("--top must be at least 1"));
+    }
+    let model = args.model.load()?;
+    let input = args.input.read(&model, PaddingSide::Right)?;
+    let batch = input.tokens.dim(0)?;
+    if batch != 1 {
+        return Err(CliError(format!(
+            "the logit lens shows one prompt; got {batch} (give one --prompt, or a tokens file of one row)"
+        )));
+    }
+    let lens = logit_lens(&model, &input.tokens, args.top)?;
+    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
+    let cell = |s: &str, p: f32| {
+        let q = quote(s);
+        let q = if q.chars().count() > 14 {
+            format!("{}…", q.chars().take(13).collect::<String>())
+        } else {
+            q
+        };
+        format!("{q} {:>3.0}%", p * 100.0)
+    };
+    let tok_w = lens
+        .tokens
+        .iter()
+        .map(|t| quote(t).chars().count().min(16))
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut header = format!("{:>4}  {:<tok_w$}", "pos", "token");
+    for label in &lens.labels {
+        header.push_str(&format!("  {label:<20}"));
+    }
+    crate::outln!("{}", header.trim_end());
+    for (p, token) in lens.tokens.iter().enumerate() {
+        let t: String = quote(token).chars().take(16).collect();
+        let mut line = format!("{p:>4}  {t:<tok_w$}");
+        for row in &lens.top {
+            let (_, text, prob) = &row[p][0];
+            line.push_str(&format!("  {:<20}", cell(text, *prob)));
+        }
+        crate::outln!("{}", line.trim_end());
+    }
+    if let Some(out) = &args.out {
+        let html = logit_lens_html(&lens, &format!("Logit lens of {}", args.model.model));
+        write_text_file(out, &html)?;
+        eprintln!("wrote the logit lens to {}", out.display());
+    }
+    Ok(())
+}

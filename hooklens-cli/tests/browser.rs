@@ -1,0 +1,244 @@
+//! The HTML views in a real headless browser (Debian's `chromium`): the pages load with
+//! no console message at all (errors included), their script runs to the end, every
+//! head gets its pattern, and token text cannot inject markup or script.
+//!
+//! Without chromium the test is skipped with a message, except in CI (`CI=true`, set by
+//! `.ci/run`, which installs chromium), where a missing browser is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hooklens-browser-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The browser to use: `HOOKLENS_CHROMIUM`, else the first of chromium,
+/// chromium-browser, google-chrome on the PATH.
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HOOKLENS_CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    for dir in std::env::split_paths(&path) {
+        for name in ["chromium", "chromium-browser", "google-chrome"] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// What the browser made of a page: the DOM after its scripts ran, and the page's
+/// console messages.
+struct Loaded {
+    dom: String,
+    console: Vec<String>,
+}
+
+/// Loads `page` in headless chromium (no network features, a fresh profile), waits for
+/// its scripts and returns the DOM and the console lines (chromium logs every console
+/// message and uncaught error as `...:CONSOLE...` with `--enable-logging=stderr`).
+fn load(chromium: &Path, page: &Path, tmp: &Path) -> Loaded {
+    let profile = tmp.join(format!("profile-{}", page.file_stem().unwrap().to_string_lossy()));
+    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let dom_path = tmp.join("dom.html");
+    let log_path = tmp.join("stderr.txt");
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&dom_path).unwrap())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("chromium starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish loading {url} within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let dom = std::fs::read_to_string(&dom_path).unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(status.success(), "chromium failed on {url}: {status}\n{log}");
+    let console = log
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(String::from)
+        .collect();
+    Loaded { dom, console }
+}
+
+/// The value of attribute `name` of the `<body>` tag in `dom`.
+fn body_attr(dom: &str, name: &str) -> Option<String> {
+    let start = dom.find("<body")?;
+    let tag = &dom[start..start + dom[start..].find('>')?];
+    let key = format!("{name}=\"");
+    let at = tag.find(&key)? + key.len();
+    Some(tag[at..at + tag[at..].find('"')?].to_string())
+}
+
+/// The text of the `<title>` element (a script that ran would have changed it).
+fn title(dom: &str) -> &str {
+    let start = dom.find("<title>").map_or(0, |i| i + "<title>".len());
+    let end = dom[start..].find("</title>").map_or(start, |i| start + i);
+    &dom[start..end]
+}
+
+fn hooklens(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hooklens"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A small random model (2 layers, 4 heads) with GPT-2's vocabulary, so prompts go
+/// through GPT-2's BPE.
+fn small_model(dir: &Path) -> PathBuf {
+    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::Gpt2Config::new(2, 32, 4, 50257, 64);
+    let path = dir.join("model");
+    save_hf_checkpoint(&path, &cfg, &random_weights(&cfg, 3).unwrap(), candle_core::DType::F32).unwrap();
+    path
+}
+
+#[test]
+fn attention_and_logit_lens_pages_work_in_chromium() {
+    let Some(chromium) = find_chromium() else {
+        if in_ci() {
+            panic!("chromium is not installed, and CI=true: .ci/run installs it with `apt-get install -y chromium`");
+        }
+        eprintln!(
+            "SKIPPED attention_and_logit_lens_pages_work_in_chromium: no chromium on the PATH \
+             (apt-get install -y chromium, or set HOOKLENS_CHROMIUM); CI=true makes this a failure"
+        );
+        return;
+    };
+    let tmp = TempDir::new("views");
+    let model = small_model(&tmp.0);
+    let m = model.to_str().unwrap();
+    // Token text that would break a page that put it into markup.
+    let prompt = "A </script><script>document.title='owned'</script> <img src=x onerror=alert(1)> & \"quotes\"";
+
+    let page = tmp.0.join("attention.html");
+    hooklens(&[
+        "attention",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page must not load anything"
+    );
+    let loaded = load(&chromium, &page, &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(
+        body_attr(&loaded.dom, "data-ready").as_deref(),
+        Some("1"),
+        "the script did not finish"
+    );
+    assert_eq!(body_attr(&loaded.dom, "data-errors"), None);
+    assert_eq!(body_attr(&loaded.dom, "data-patterns").as_deref(), Some("8"));
+    // One thumbnail per head, each labelled with its layer and head.
+    assert_eq!(loaded.dom.matches("class=\"thumb-box").count(), 8);
+    for l in 0..2 {
+        for h in 0..4 {
+            assert!(
+                loaded.dom.contains(&format!("data-layer=\"{l}\" data-head=\"{h}\"")),
+                "no pattern for L{l}H{h}"
+            );
+        }
+    }
+    assert!(!loaded.dom.contains("<img"), "a token became markup");
+    assert!(!title(&loaded.dom).contains("owned"), "a token ran as script");
+    assert!(
+        loaded.dom.contains("<option value=\"7\">L1H3</option>"),
+        "the head selector"
+    );
+
+    // Only the layers asked for.
+    let page1 = tmp.0.join("layer1.html");
+    hooklens(&[
+        "attention",
+        "--model",
+        m,
+        "--prompt",
+        "one two three",
+        "--layers",
+        "1",
+        "--out",
+        page1.to_str().unwrap(),
+    ]);
+    let loaded = load(&chromium, &page1, &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(body_attr(&loaded.dom, "data-patterns").as_deref(), Some("4"));
+
+    let lens = tmp.0.join("lens.html");
+    hooklens(&[
+        "logit-lens",
+        "--model",
+        m,
+        "--prompt",
+        prompt,
+        "--out",
+        lens.to_str().unwrap(),
+    ]);
+    let loaded = load(&chromium, &lens, &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(body_attr(&loaded.dom, "data-ready").as_deref(), Some("1"));
+    assert_eq!(body_attr(&loaded.dom, "data-rows").as_deref(), Some("3"));
+    assert!(!loaded.dom.contains("<img") && !title(&loaded.dom).contains("owned"));
+}
