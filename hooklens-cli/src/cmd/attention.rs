@@ -43,6 +43,12 @@ pub fn run(args: Args) -> CliResult<()> {
     let html = attention_html(&view)?;
     write_text_file(&args.out, &html)?;
     let heads: usize = view.layers.iter().map(|(_, p)| p.dim(0).unwrap_or(0)).sum();
+    if html.len() > 64 << 20 {
+        eprintln!(
+            "warning: the page is {} MiB: browsers get slow; --layers shows fewer layers, a shorter prompt fewer cells",
+            html.len() >> 20
+        );
+    }
     eprintln!(
         "wrote {heads} attention patterns ({} layers, {} tokens) to {}",
         view.layers.len(),

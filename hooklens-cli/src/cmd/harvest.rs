@@ -240,6 +240,10 @@ pub fn run(args: Args) -> CliResult<()> {
             if row_index <= skip_rows {
                 continue; // in a finished shard
             }
+            if row_index == skip_rows + 1 && skip_rows > 0 {
+                // Skipping finished shards was fast: estimate from here on.
+                bar.reset_eta();
+            }
             batch.push(seq);
             // A batch never straddles two shards, so resuming at a shard boundary
             // batches every later sequence exactly as an uninterrupted run does.
