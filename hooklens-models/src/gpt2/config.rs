@@ -209,14 +209,7 @@ impl Gpt2Config {
         let d_model = int("n_embd")?;
         let n_heads = int("n_head")?;
         let d_vocab = int("vocab_size")?;
-        // `n_ctx` is the deprecated name of `n_positions` in older configs.
-        let n_ctx = if obj.get("n_positions").is_some_and(|v| !v.is_null()) {
-            int("n_positions")?
-        } else if obj.get("n_ctx").is_some_and(|v| !v.is_null()) {
-            int("n_ctx")?
-        } else {
-            int("n_positions")?
-        };
+        let n_ctx = int("n_positions")?;
         // Variants of the attention that neither this model nor TransformerLens implement.
         for (field, unsupported) in [
             ("scale_attn_weights", false),
@@ -371,8 +364,6 @@ mod tests {
         );
         let e = Gpt2Config::from_hf_str(&variant, "c.json").unwrap_err();
         assert!(e.to_string().contains("scale_attn_by_inverse_layer_idx"), "{e}");
-        let old = TINY.replace("\"n_positions\": 64,", "");
-        assert_eq!(Gpt2Config::from_hf_str(&old, "c.json").unwrap().n_ctx, 64);
     }
 
     #[test]
