@@ -3,6 +3,7 @@
 //! values, from Hugging Face checkpoints.
 
 pub mod analysis;
+pub mod builtin;
 pub mod gpt2;
 pub mod hub;
 pub mod tokenizer;

@@ -1,0 +1,74 @@
+//! Repeated random tokens and induction scores: the classic setting for finding
+//! induction heads (Olsson et al., 2022; TransformerLens's main demo).
+
+use candle_core::{Device, IndexOp, Tensor};
+use hooklens_core::{CacheOptions, HookedModel, Result};
+
+use crate::gpt2::{HookedGpt2, SeededRng};
+
+/// Draws a token id for random sequences: skewed towards low ids, which in GPT-2's
+/// BPE are the earlier, more frequent merges, so common tokens get trained more often;
+/// never `avoid` (the BOS/EOS id).
+pub fn random_token(rng: &mut SeededRng, d_vocab: usize, avoid: u32) -> u32 {
+    loop {
+        let u = rng.uniform();
+        let id = ((d_vocab as f64) * u * u * u) as u32;
+        if id != avoid && (id as usize) < d_vocab {
+            return id;
+        }
+    }
+}
+
+/// `[batch, 1 + 2*half]` tokens: BOS, then `half` random tokens, then the same again.
+pub fn repeated_tokens(rng: &mut SeededRng, batch: usize, half: usize, d_vocab: usize, bos: u32) -> Result<Tensor> {
+    let mut ids = Vec::with_capacity(batch * (1 + 2 * half));
+    for _ in 0..batch {
+        let seq: Vec<u32> = (0..half).map(|_| random_token(rng, d_vocab, bos)).collect();
+        ids.push(bos);
+        ids.extend_from_slice(&seq);
+        ids.extend_from_slice(&seq);
+    }
+    Ok(Tensor::from_vec(ids, (batch, 1 + 2 * half), &Device::Cpu)?)
+}
+
+/// Per-head induction scores `[n_layers, n_heads]` on `tokens` from [`repeated_tokens`]
+/// (`[batch, 1 + 2*half]`): the mean attention from each position of the repeat to the
+/// token right after its earlier occurrence, where an induction head looks.
+pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<Tensor> {
+    let (_, cache) = model.run_with_cache(CacheOptions::new().names("blocks.*.attn.hook_pattern"), |m| {
+        m.forward(tokens)
+    })?;
+    let n_layers = model.cfg().n_layers;
+    let mut rows = Vec::with_capacity(n_layers);
+    for layer in 0..n_layers {
+        // [batch, head, query, key]
+        let pattern = cache.try_get(&format!("blocks.{layer}.attn.hook_pattern"))?;
+        let mut per_query = Vec::with_capacity(half);
+        for q in (1 + half)..(1 + 2 * half) {
+            // The earlier occurrence of token q is at q - half; induction attends one after it.
+            let k = q - half + 1;
+            per_query.push(pattern.i((.., .., q, k))?);
+        }
+        // [half, batch, head] -> [head]
+        rows.push(Tensor::stack(&per_query, 0)?.mean(0)?.mean(0)?);
+    }
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Mean next-token loss over the first and the second (repeated) half of
+/// [`repeated_tokens`] `[batch, 1 + 2*half]`: `(first, second)`.
+pub fn half_losses(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<(f32, f32)> {
+    use crate::gpt2::{ForwardOptions, ReturnType};
+    let out = model.forward_with(
+        tokens,
+        &ForwardOptions::new().return_type(ReturnType::Loss).loss_per_token(true),
+    )?;
+    // [batch, pos - 1]: entry i is the loss of predicting token i + 1.
+    let per_token = out.loss.ok_or_else(|| hooklens_core::Error::invalid("no loss"))?;
+    let first = per_token.narrow(1, 1, half - 1)?.mean_all()?.to_scalar::<f32>()?;
+    let second = per_token
+        .narrow(1, half + 1, half - 1)?
+        .mean_all()?
+        .to_scalar::<f32>()?;
+    Ok((first, second))
+}

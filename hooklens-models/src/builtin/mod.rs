@@ -1,0 +1,8 @@
+//! The built-in model: a two-layer GPT-2 with GPT-2's vocabulary and tokenizer,
+//! trained in this repository from a seed to have induction heads.
+
+mod induction;
+mod train;
+
+pub use induction::{half_losses, induction_scores, random_token, repeated_tokens};
+pub use train::{builtin_config, train_induction, TrainOptions, TrainStep};
