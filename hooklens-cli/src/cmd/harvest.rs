@@ -101,12 +101,22 @@ pub struct Args {
 
 /// The settings a resumed run must share with the run it resumes, as stored in the
 /// manifest.
-fn settings(args: &Args, names: &[String], fmt: InputFormat, ctx: usize, rows_per_shard: usize, dtype: DType) -> Value {
+fn settings(
+    args: &Args,
+    input_bytes: u64,
+    names: &[String],
+    fmt: InputFormat,
+    ctx: usize,
+    rows_per_shard: usize,
+    dtype: DType,
+) -> Value {
     json!({
         "model": args.model.model,
         "no_processing": args.model.no_processing,
         "dtype": format!("{dtype:?}").to_lowercase(),
         "input": args.input.display().to_string(),
+        // A corpus edited between runs would make a resumed harvest a mix of two.
+        "input_bytes": input_bytes,
         "input_format": format!("{fmt:?}").to_lowercase(),
         "text_field": args.text_field,
         "names": names,
@@ -180,7 +190,7 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     let budget = (args.shard_size_mb * 1024.0 * 1024.0) as usize;
     let rows_per_shard = (budget / bytes_per_row).max(1);
-    let settings = settings(&args, &names, fmt, ctx, rows_per_shard, model.dtype());
+    let settings = settings(&args, input_len, &names, fmt, ctx, rows_per_shard, model.dtype());
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
     let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
