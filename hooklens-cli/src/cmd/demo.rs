@@ -93,7 +93,7 @@ pub fn run(args: Args) -> CliResult<()> {
     for h in 0..cfg.n_heads {
         header.push_str(&format!("  head {h:<2}"));
     }
-    crate::outln!("{header}");
+    crate::outln!("{}", header.trim_end());
     for (l, row) in scores.iter().enumerate() {
         let mut line = format!("layer {l:<2}");
         for s in row {
