@@ -185,7 +185,16 @@ pub fn save_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>, metadata: Ha
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::invalid(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    // Unique per process *and* per call: two threads saving to one path at once must not
+    // write into the same temporary file (one could rename it while the other is still
+    // writing, leaving a half-written file at `path`).
+    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}-{n}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     // candle's View impl gathers non-contiguous tensors, so slices and views save as is.
     let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp);
     if let Err(e) = result {
