@@ -224,6 +224,8 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
             "{origin}: no tensor `wte.weight` or `transformer.wte.weight`: not a GPT-2 checkpoint"
         )));
     };
+    // The sizes below are multiplied (`3 * d`): a config built in code is checked first.
+    cfg.validate()?;
     let (d, v, n_ctx, mlp) = (cfg.d_model, cfg.d_vocab, cfg.n_ctx, cfg.d_mlp);
     let get = |name: &str, shape: &[usize]| src.get(&format!("{prefix}{name}"), shape);
     let ln = |name: &str| -> Result<Option<(Tensor, Tensor)>> {
@@ -234,7 +236,9 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
     };
     let w_e = get("wte.weight", &[v, d])?;
     let w_pos = get("wpe.weight", &[n_ctx, d])?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
+    // Not `with_capacity(n_layers)`: a nonsense `n_layer` must fail on its first missing
+    // layer, not abort on reserving room for all of them.
+    let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
         let h = format!("h.{i}");
         layers.push(LayerWeights {

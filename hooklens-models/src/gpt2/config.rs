@@ -110,7 +110,8 @@ impl Gpt2Config {
             d_model,
             n_heads,
             d_head: d_model / n_heads.max(1),
-            d_mlp: 4 * d_model,
+            // Saturating: `validate` rejects a size this large instead of overflowing here.
+            d_mlp: d_model.saturating_mul(4),
             d_vocab,
             n_ctx,
             eps: 1e-5,
@@ -229,7 +230,10 @@ impl Gpt2Config {
             )));
         }
         let d_mlp = match obj.get("n_inner") {
-            None | Some(serde_json::Value::Null) => 4 * d_model,
+            // Checked: a nonsense `n_embd` must be an error, not an overflow.
+            None | Some(serde_json::Value::Null) => d_model
+                .checked_mul(4)
+                .ok_or_else(|| bad(format!("field `n_embd` is too large: {d_model}")))?,
             Some(_) => int("n_inner")?,
         };
         let eps = match obj.get("layer_norm_epsilon") {
@@ -262,7 +266,7 @@ impl Gpt2Config {
                 }
             }
         }
-        Ok(Gpt2Config {
+        let cfg = Gpt2Config {
             d_head: d_model / n_heads,
             d_mlp,
             eps,
@@ -270,7 +274,11 @@ impl Gpt2Config {
             bos_token_id,
             eos_token_id,
             ..Self::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
-        })
+        };
+        // A config that parses is one the loaders accept: sizes whose tensors could not
+        // exist are reported here, with the file's name.
+        cfg.validate().map_err(|e| bad(e.to_string()))?;
+        Ok(cfg)
     }
 
     /// Checks that the sizes are consistent; every loader calls it.
@@ -287,7 +295,7 @@ impl Gpt2Config {
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return Err(Error::invalid(format!("Gpt2Config: `{name}` must be positive")));
         }
-        if self.n_heads * self.d_head != self.d_model {
+        if self.n_heads.checked_mul(self.d_head) != Some(self.d_model) {
             return Err(Error::invalid(format!(
                 "Gpt2Config: n_heads * d_head = {} * {} must equal d_model = {}",
                 self.n_heads, self.d_head, self.d_model
@@ -298,6 +306,22 @@ impl Gpt2Config {
                 "Gpt2Config: eps = {} must be positive",
                 self.eps
             )));
+        }
+        // The largest weight matrices, in elements: beyond what an allocation can hold
+        // (isize::MAX bytes of f64), loading would overflow a size computation or abort
+        // on allocation instead of reporting the config.
+        let limit = isize::MAX as usize / 8;
+        for (what, a, b) in [
+            ("d_vocab * d_model", self.d_vocab, self.d_model),
+            ("n_ctx * d_model", self.n_ctx, self.d_model),
+            ("d_mlp * d_model", self.d_mlp, self.d_model),
+            ("3 * d_model * d_model", self.d_model.saturating_mul(3), self.d_model),
+        ] {
+            if a.checked_mul(b).is_none_or(|n| n > limit) {
+                return Err(Error::invalid(format!(
+                    "Gpt2Config: {what} = {a} * {b} is too large for any tensor"
+                )));
+            }
         }
         Ok(())
     }
