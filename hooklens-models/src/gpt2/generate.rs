@@ -191,6 +191,14 @@ impl HookedGpt2 {
         if opts.top_k == Some(0) {
             return Err(Error::invalid("generate: top_k must be > 0"));
         }
+        // Checked here: a NaN or infinite penalty would only surface later as "the
+        // logits are not finite", which does not say which option was wrong.
+        if !opts.freq_penalty.is_finite() {
+            return Err(Error::invalid(format!(
+                "generate: freq_penalty {} must be finite",
+                opts.freq_penalty
+            )));
+        }
         if let Some(tp) = opts.top_p {
             if !(tp > 0.0 && tp <= 1.0) {
                 return Err(Error::invalid(format!("generate: top_p {tp} must be in (0, 1]")));
