@@ -23,25 +23,25 @@ pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
     /// How many tokens to add at most.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_new_tokens: usize,
     /// Take the most likely token at each step instead of sampling.
     #[arg(long, conflicts_with_all = ["temperature", "top_k", "top_p", "seed", "freq_penalty"])]
     pub greedy: bool,
     /// Divide logits by T before sampling (0 is greedy).
-    #[arg(long, value_name = "T", default_value_t = 1.0)]
+    #[arg(long, value_name = "T", default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Sample among the K most likely tokens only.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub top_k: Option<usize>,
     /// Sample among the most likely tokens whose probabilities add up to P (0 < P <= 1).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
     pub top_p: Option<f64>,
     /// Subtract F times its count so far from each token's logit.
     #[arg(long, value_name = "F", default_value_t = 0.0, allow_hyphen_values = true)]
     pub freq_penalty: f64,
     /// The sampler's seed: the same seed gives the same text.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(long, value_name = "S", default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Keep going after the end-of-text token.
     #[arg(long)]
@@ -50,6 +50,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE.safetensors")]
     pub out: Option<PathBuf>,
 }
+
+// `allow_negative_numbers` on the numeric flags: without it clap takes `-0.5` for the
+// short flags `-0 -. -5` and reports "unexpected argument '-0'", which names neither
+// the flag nor the value; with it the value reaches the parser or the option checks.
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {

@@ -15,7 +15,7 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The length of the dummy prompt that sets the shapes.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(long, value_name = "N", default_value_t = 4, allow_negative_numbers = true)]
     pub pos: usize,
 }
 

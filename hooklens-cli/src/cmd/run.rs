@@ -18,7 +18,7 @@ pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
     /// How many next tokens to show.
-    #[arg(long, value_name = "K", default_value_t = 10)]
+    #[arg(long, value_name = "K", default_value_t = 10, allow_negative_numbers = true)]
     pub top: usize,
 }
 
