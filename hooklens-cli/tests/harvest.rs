@@ -337,6 +337,7 @@ fn bad_harvest_flags_are_readable_errors() {
     };
     fails(set(11, "0"), "--batch-size must be at least 1");
     fails(set(13, "0"), "must be a positive number");
+    fails(set(13, "-1"), "--shard-size-mb -1 must be a positive number");
     fails(set(9, "65"), "n_ctx = 64");
     let mut a = harvest_args(m, t, o);
     a[6] = "blocks.0.hook_resid_pots";

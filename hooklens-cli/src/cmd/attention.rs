@@ -20,7 +20,7 @@ pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
     /// Only these layers (`--layers 0,1` or `--layers 0 --layers 1`); all by default.
-    #[arg(long, value_name = "L", value_delimiter = ',', num_args = 1..)]
+    #[arg(long, value_name = "L", value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
     pub layers: Vec<usize>,
     /// The HTML file to write.
     #[arg(long, value_name = "FILE.html")]

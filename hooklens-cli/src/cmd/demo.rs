@@ -29,13 +29,13 @@ pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     /// Seeds the random tokens.
-    #[arg(long, value_name = "S", default_value_t = 0)]
+    #[arg(long, value_name = "S", default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
     /// Random tokens before the repeat (each sequence is BOS + N + the same N).
-    #[arg(long, value_name = "N", default_value_t = 40)]
+    #[arg(long, value_name = "N", default_value_t = 40, allow_negative_numbers = true)]
     pub half: usize,
     /// How many random sequences to average over.
-    #[arg(long, value_name = "B", default_value_t = 16)]
+    #[arg(long, value_name = "B", default_value_t = 16, allow_negative_numbers = true)]
     pub batch: usize,
     /// The phrase of the copying check (shown once, then its first third again).
     #[arg(long, value_name = "TEXT", default_value = DEFAULT_PHRASE)]

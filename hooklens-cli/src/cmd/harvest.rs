@@ -76,23 +76,23 @@ pub struct Args {
     #[arg(long = "names", value_name = "PATTERN", num_args = 1.., required = true)]
     pub names: Vec<String>,
     /// Tokens per sequence, BOS included (at most the model's n_ctx; n_ctx by default).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub context_size: Option<usize>,
     /// Sequences per forward pass.
-    #[arg(long, value_name = "B", default_value_t = 8)]
+    #[arg(long, value_name = "B", default_value_t = 8, allow_negative_numbers = true)]
     pub batch_size: usize,
     /// The output directory (created if missing).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// This worker's part of the input: lines whose number (from 0) is I modulo
     /// --num-shards.
-    #[arg(long, value_name = "I", default_value_t = 0)]
+    #[arg(long, value_name = "I", default_value_t = 0, allow_negative_numbers = true)]
     pub shard_index: usize,
     /// How many workers split the input.
-    #[arg(long, value_name = "K", default_value_t = 1)]
+    #[arg(long, value_name = "K", default_value_t = 1, allow_negative_numbers = true)]
     pub num_shards: usize,
     /// The most a shard file may hold, in MiB (a shard holds at least one sequence).
-    #[arg(long, value_name = "M", default_value_t = 256.0)]
+    #[arg(long, value_name = "M", default_value_t = 256.0, allow_negative_numbers = true)]
     pub shard_size_mb: f64,
     /// No progress bar.
     #[arg(long)]

@@ -21,7 +21,7 @@ pub struct Args {
     #[command(flatten)]
     pub input: InputArgs,
     /// How many top tokens to keep per cell (shown on hover in the HTML).
-    #[arg(long, value_name = "K", default_value_t = 5)]
+    #[arg(long, value_name = "K", default_value_t = 5, allow_negative_numbers = true)]
     pub top: usize,
     /// Also write the table as a self-contained HTML heatmap.
     #[arg(long, value_name = "FILE.html")]
