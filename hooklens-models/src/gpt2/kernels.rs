@@ -5,11 +5,22 @@
 //! thread. These kernels run on row chunks across threads. They have no backward:
 //! the model uses them only when [`hooklens_core::grad_mode`] is off, on CPU f32.
 
-use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Shape, Tensor};
 
-/// Whether `t` can go through these kernels.
+/// Whether `t` can go through these kernels. Besides the gradient mode, `t` itself
+/// must not be tracked by candle's autograd (a `Var`, or computed from one, as when
+/// weights are trained as `Var`s without `with_grad_mode`): the in-place kernels would
+/// overwrite values the backward pass still needs, and none of them has a backward.
 pub(crate) fn fast_path(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !hooklens_core::grad_mode()
+    t.device().is_cpu() && t.dtype() == DType::F32 && !hooklens_core::grad_mode() && !t.track_op()
+}
+
+/// candle's thread count (`RAYON_NUM_THREADS`, else the physical cores), looked up
+/// once: `candle_core::utils::get_num_threads` parses `/proc/cpuinfo` on every call
+/// (about 65 µs here), which cost a decoding step more than a dozen milliseconds.
+pub(crate) fn num_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// Runs `f(first_row, rows_in, rows_out)` over contiguous chunks of rows, on several
@@ -18,7 +29,7 @@ pub(crate) fn par_rows<F>(n_rows: usize, in_width: usize, src: &[f32], out_width
 where
     F: Fn(usize, &[f32], &mut [f32]) + Sync,
 {
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = num_threads();
     if threads == 1 || n_rows * in_width.max(out_width) < (1 << 16) || n_rows < 2 {
         f(0, src, dst);
         return;
@@ -139,7 +150,7 @@ impl InplaceOp2 for AddBias {
             candle_core::bail!("add-bias: bias of {n} values for rows of {:?}", l1.dims())
         }
         let rows = data.len() / n;
-        let threads = candle_core::utils::get_num_threads().max(1);
+        let threads = num_threads();
         let add = |chunk: &mut [f32]| {
             for row in chunk.chunks_mut(n) {
                 for (x, b) in row.iter_mut().zip(bias) {
@@ -170,6 +181,205 @@ pub(crate) fn add_bias_owned(y: Tensor, b: &Tensor) -> candle_core::Result<Tenso
     } else {
         y.broadcast_add(b)
     }
+}
+
+/// At most this many rows go through [`small_matmul`] rather than candle's gemm, which
+/// packs the weight into blocks first: worth it for many rows, wasted work for a
+/// decoding step's one row, where the weight is read once and memory bandwidth is all
+/// that counts (candle's gemm reaches a third of PyTorch's speed there).
+pub(crate) const SMALL_MATMUL_ROWS: usize = 4;
+
+/// `x` `[rows, in]` (contiguous) times `w` `[in, out]`, for few rows. `w` is either
+/// contiguous (the Conv1D layout of every block weight) or the transpose of a
+/// contiguous `[out, in]` (the unembedding tied to `W_E`); it is read exactly once.
+struct SmallMatmul;
+
+impl SmallMatmul {
+    /// `y[r, c] = sum_i x[r, i] w[i, c]`, `w` row-major `[in, out]`: the sum of the
+    /// weight's rows scaled by `x`. Each task takes a band of consecutive weight rows,
+    /// so that every thread streams one contiguous stretch of memory (the prefetcher's
+    /// best case: this product is bound by memory bandwidth), into its own partial sum
+    /// of `rows * out` floats; the partial sums are added at the end.
+    fn rows_form(x: &[f32], rows: usize, d_in: usize, w: &[f32], d_out: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let tasks = rayon::current_num_threads().clamp(1, d_in);
+        let band = d_in.div_ceil(tasks);
+        let partials: Vec<Vec<f32>> = (0..d_in.div_ceil(band))
+            .into_par_iter()
+            .map(|t| {
+                let (i0, i1) = (t * band, ((t + 1) * band).min(d_in));
+                let mut acc = vec![0f32; rows * d_out];
+                for r in 0..rows {
+                    let xr = &x[r * d_in + i0..r * d_in + i1];
+                    accumulate_rows(&mut acc[r * d_out..(r + 1) * d_out], xr, &w[i0 * d_out..i1 * d_out]);
+                }
+                acc
+            })
+            .collect();
+        let mut parts = partials.into_iter();
+        let mut y = parts.next().unwrap_or_else(|| vec![0f32; rows * d_out]);
+        for p in parts {
+            y.iter_mut().zip(&p).for_each(|(y, p)| *y += p);
+        }
+        y
+    }
+
+    /// `y[r, c] = dot(x[r, :], wt[c, :])` for `wt` row-major `[out, in]` (`w`'s
+    /// transpose): one dot product per output, split over blocks of outputs (each a
+    /// contiguous stretch of `wt`).
+    fn dot_form(x: &[f32], rows: usize, d_in: usize, wt: &[f32], d_out: usize) -> Vec<f32> {
+        use rayon::prelude::*;
+        let mut yt = vec![0f32; d_out * rows];
+        // Several blocks per thread: the OS may take a core away on a shared machine.
+        let per = d_out.div_ceil(rayon::current_num_threads().max(1) * 4).max(64);
+        yt.par_chunks_mut(per * rows).enumerate().for_each(|(blk, out)| {
+            let c0 = blk * per;
+            let n = out.len() / rows;
+            dots(out, x, rows, d_in, &wt[c0 * d_in..(c0 + n) * d_in]);
+        });
+        if rows == 1 {
+            return yt;
+        }
+        let mut y = vec![0f32; rows * d_out];
+        for c in 0..d_out {
+            for r in 0..rows {
+                y[r * d_out + c] = yt[c * rows + r];
+            }
+        }
+        y
+    }
+}
+
+/// Calls the AVX2 + FMA build of a kernel where the CPU has it (the crate is built for
+/// baseline x86-64, whose SSE2 is half as wide), the portable one elsewhere.
+macro_rules! dispatch {
+    ($generic:ident, $avx2:ident, ($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features `$avx2` is compiled for.
+                return unsafe { $avx2($($arg),*) };
+            }
+        }
+        $generic::<false>($($arg),*)
+    }};
+}
+
+/// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of `acc.len()`).
+fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) {
+    dispatch!(accumulate_rows_impl, accumulate_rows_avx2, (acc, x, w))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn accumulate_rows_avx2(acc: &mut [f32], x: &[f32], w: &[f32]) {
+    accumulate_rows_impl::<true>(acc, x, w)
+}
+
+#[inline(always)]
+fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
+    let n = acc.len();
+    // Two weight rows per pass over `acc`: half the accumulator loads and stores.
+    let mut pairs = x.chunks_exact(2).zip(w.chunks_exact(2 * n));
+    for (xs, ws) in &mut pairs {
+        let (w0, w1) = ws.split_at(n);
+        let (a, b) = (xs[0], xs[1]);
+        for ((o, &u), &v) in acc.iter_mut().zip(w0).zip(w1) {
+            *o = if FMA {
+                v.mul_add(b, u.mul_add(a, *o))
+            } else {
+                *o + a * u + b * v
+            };
+        }
+    }
+    if x.len() % 2 == 1 {
+        let a = x[x.len() - 1];
+        for (o, &u) in acc.iter_mut().zip(&w[(x.len() - 1) * n..]) {
+            *o = if FMA { u.mul_add(a, *o) } else { *o + a * u };
+        }
+    }
+}
+
+/// `out[c * rows + r] = dot(x[r, :], wt[c, :])` for every row `c` of `wt`.
+fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
+    dispatch!(dots_impl, dots_avx2, (out, x, rows, d_in, wt))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
+    dots_impl::<true>(out, x, rows, d_in, wt)
+}
+
+#[inline(always)]
+fn dots_impl<const FMA: bool>(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
+    for (o, w_row) in out.chunks_mut(rows).zip(wt.chunks_exact(d_in)) {
+        for (r, o) in o.iter_mut().enumerate() {
+            *o = dot::<FMA>(&x[r * d_in..(r + 1) * d_in], w_row);
+        }
+    }
+}
+
+/// `dot(a, b)` with 16 independent accumulators, so that the loop vectorises.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..16 {
+            acc[k] = if FMA {
+                x[k].mul_add(y[k], acc[k])
+            } else {
+                acc[k] + x[k] * y[k]
+            };
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+impl CustomOp2 for SmallMatmul {
+    fn name(&self) -> &'static str {
+        "hooklens-small-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "small matmul input")?;
+        let (rows, d_in) = l1.shape().dims2()?;
+        let (w_in, d_out) = l2.shape().dims2()?;
+        if w_in != d_in {
+            candle_core::bail!("small matmul: [{rows}, {d_in}] x [{w_in}, {d_out}]")
+        }
+        let w = s2.as_slice::<f32>()?;
+        let start = l2.start_offset();
+        let w = &w[start..start + d_in * d_out];
+        let y = match l2.stride() {
+            [s0, 1] if *s0 == d_out => Self::rows_form(x, rows, d_in, w, d_out),
+            [1, s1] if *s1 == d_in => Self::dot_form(x, rows, d_in, w, d_out),
+            other => candle_core::bail!("small matmul: weight strides {other:?} are not supported"),
+        };
+        Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
+    }
+}
+
+/// `x @ w` for `x` `[rows, in]` with few rows on the fast path (see [`SMALL_MATMUL_ROWS`]),
+/// `None` where candle's matmul should do it.
+pub(crate) fn small_matmul(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
+    let (rows, _) = x.dims2().ok()?;
+    let (d_in, d_out) = w.dims2().ok()?;
+    let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op();
+    let layout_ok = w.is_contiguous() || w.stride() == [1, d_in];
+    // Beyond ~4 rows gemm's blocking wins; below ~64K weights threading does not pay.
+    if rows == 0 || rows > SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !layout_ok || d_in * d_out < (1 << 16) {
+        return None;
+    }
+    Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &SmallMatmul)))
 }
 
 /// Adds an additive attention mask in place: `scores` `[batch, head, query, key]`
@@ -216,7 +426,7 @@ impl InplaceOp2 for AddMask {
             }
         };
         let n_blocks = b * h;
-        let threads = candle_core::utils::get_num_threads().max(1);
+        let threads = num_threads();
         if threads == 1 || data.len() < (1 << 16) {
             add(0, data);
         } else {
@@ -315,6 +525,81 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 1e-6, "{worst}");
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn small_matmul_equals_candle_matmul() {
+        let dev = Device::Cpu;
+        let (d_in, d_out) = (301, 700);
+        let w = Tensor::randn(0f32, 1.0, (d_in, d_out), &dev).unwrap();
+        // The transpose of a contiguous [out, in], as the unembedding tied to W_E.
+        let wt = Tensor::randn(0f32, 1.0, (d_out, d_in), &dev).unwrap();
+        for rows in 1..=SMALL_MATMUL_ROWS {
+            let x = Tensor::randn(0f32, 1.0, (rows, d_in), &dev).unwrap();
+            for w in [w.clone(), wt.t().unwrap()] {
+                let got = small_matmul(&x, &w).expect("takes the fast path").unwrap();
+                let want = x.matmul(&w).unwrap();
+                assert_eq!(got.dims(), want.dims());
+                assert!(max_abs_diff(&got, &want) < 1e-3, "{rows} rows");
+            }
+        }
+        // Many rows, a tracked weight, or a weight of other strides go to candle.
+        let x = Tensor::randn(0f32, 1.0, (SMALL_MATMUL_ROWS + 1, d_in), &dev).unwrap();
+        assert!(small_matmul(&x, &w).is_none());
+        let x = Tensor::randn(0f32, 1.0, (1, d_in), &dev).unwrap();
+        let var = candle_core::Var::from_tensor(&w).unwrap();
+        assert!(small_matmul(&x, var.as_tensor()).is_none());
+        let strided = Tensor::randn(0f32, 1.0, (d_in, 2 * d_out), &dev)
+            .unwrap()
+            .narrow(1, 0, d_out)
+            .unwrap();
+        assert!(small_matmul(&x, &strided).is_none());
+    }
+
+    #[test]
+    fn kv_decoding_on_the_small_matmul_path_equals_a_full_recompute() {
+        use crate::gpt2::{random_weights, Gpt2Config};
+        use crate::{HookedGpt2, KvCache};
+        // Wide enough (256 x 768 weights) for the small-matmul path.
+        let cfg = Gpt2Config::new(2, 256, 4, 1000, 32);
+        let vb = candle_nn::VarBuilder::from_tensors(random_weights(&cfg, 5).unwrap(), DType::F32, &Device::Cpu);
+        let model = HookedGpt2::load(vb, &cfg).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 1000) as u32).collect();
+        let tokens = Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap();
+        let full = model.forward(&tokens).unwrap();
+        let mut cache = KvCache::new();
+        let opts = crate::ForwardOptions::new();
+        let mut parts = vec![model
+            .forward_with_kv(&tokens.narrow(1, 0, 8).unwrap(), &opts, &mut cache)
+            .unwrap()
+            .logits
+            .unwrap()];
+        for i in 8..12 {
+            let step = model.forward_with_kv(&tokens.narrow(1, i, 1).unwrap(), &opts, &mut cache);
+            parts.push(step.unwrap().logits.unwrap());
+        }
+        let cached = Tensor::cat(&parts, 1).unwrap();
+        assert!(max_abs_diff(&cached, &full) < 1e-4, "{}", max_abs_diff(&cached, &full));
+    }
+
+    #[test]
+    fn fast_path_excludes_tracked_tensors() {
+        let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(fast_path(&t));
+        let var = candle_core::Var::from_tensor(&t).unwrap();
+        assert!(!fast_path(var.as_tensor()));
+        assert!(!fast_path(&(var.as_tensor() + 1.0).unwrap()));
     }
 
     #[test]

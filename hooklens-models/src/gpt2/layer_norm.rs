@@ -55,7 +55,9 @@ impl LayerNorm {
     /// `x` `[.., d]` -> normalised `[.., d]`, running `hook_scale` (`[.., 1]`) and
     /// `hook_normalized`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let fused = x.device().is_cpu() && x.dtype() == DType::F32 && !hooklens_core::grad_mode();
+        // The fused kernels have no backward: not for tensors candle's autograd tracks.
+        let fused =
+            super::kernels::fast_path(x) && self.params.as_ref().is_none_or(|(w, b)| !w.track_op() && !b.track_op());
         let x = if fused { x.contiguous()? } else { x.clone() };
         let scale = if fused {
             x.apply_op1_no_bwd(&RowScale { eps: self.eps as f32 })?

@@ -44,7 +44,11 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core:
     let dims = x.dims();
     let (d_in, d_out) = w.dims2()?;
     let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
-    let y = x.reshape((lead, d_in))?.matmul(w)?;
+    let x2 = x.reshape((lead, d_in))?;
+    let y = match kernels::small_matmul(&x2, w) {
+        Some(y) => y?,
+        None => x2.matmul(w)?,
+    };
     let y = match b {
         Some(b) => kernels::add_bias_owned(y, b)?,
         None => y,
