@@ -100,8 +100,8 @@ impl HookedGpt2 {
         Self::from_files(dir.join("config.json"), dir.join("model.safetensors"), opts)
     }
 
-    /// Loads a Hugging Face GPT-2 `config.json` and a safetensors checkpoint (memory
-    /// mapped), with `opts`' dtype, device and processing. Errors name the file and,
+    /// Loads a Hugging Face GPT-2 `config.json` and a safetensors checkpoint (read
+    /// tensor by tensor), with `opts`' dtype, device and processing. Errors name the file and,
     /// for a bad checkpoint, the tensor.
     pub fn from_files(config: impl AsRef<Path>, weights: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let cfg = Gpt2Config::from_hf_json(config)?;
