@@ -388,3 +388,105 @@ fn tokenize_hooks_and_run_flags_with_bad_values() {
         ],
     );
 }
+
+/// The later subcommands (demo, attention, logit-lens, harvest), on the tiny model.
+#[test]
+fn demo_attention_logit_lens_and_harvest_flags_with_bad_values() {
+    let tmp = TempDir::new("views");
+    let m = tiny_model().to_string_lossy().into_owned();
+    let t = tiny_tokens().to_string_lossy().into_owned();
+    std::fs::write(tmp.path("a-file"), b"x").unwrap();
+    let one_row = {
+        let p = tmp.path("one.safetensors");
+        let ids = Tensor::new(&[[5u32, 6, 7]], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&[("tokens", ids)].into_iter().collect(), &p).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let under_file = tmp.s("a-file/view.html");
+    all_fail(
+        &["demo", "--model", &m],
+        &[
+            (&["--half", "2"], "--half 2"),
+            (&["--half", "40"], "--half 40"),
+            (&["--half", "-1"], "invalid value '-1' for '--half"),
+            (&["--half", "5", "--batch", "0"], "--batch must be at least 1"),
+            (&["--seed", "x"], "--seed"),
+        ],
+    );
+    all_fail(
+        &["attention", "--model", &m],
+        &[
+            (&["--tokens", &t, "--out", &tmp.s("a.html")], "got 2"),
+            (&["--tokens", &one_row, "--layers", "9", "--out", &tmp.s("a.html")], "9"),
+            (
+                &["--tokens", &one_row, "--layers", "-1", "--out", &tmp.s("a.html")],
+                "invalid value '-1'",
+            ),
+            (
+                &["--tokens", &one_row, "--layers", "0,x", "--out", &tmp.s("a.html")],
+                "--layers",
+            ),
+            (&["--tokens", &one_row, "--out", &under_file], "a-file/view.html"),
+            (&["--tokens", &one_row], "--out"),
+        ],
+    );
+    all_fail(
+        &["logit-lens", "--model", &m],
+        &[
+            (&["--tokens", &one_row, "--top", "0"], "--top must be at least 1"),
+            (&["--tokens", &one_row, "--top", "-3"], "invalid value '-3'"),
+            (&["--tokens", &t], "got 2"),
+            (&["--tokens", &one_row, "--out", &under_file], "a-file/view.html"),
+        ],
+    );
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(&corpus, "one line\nanother line\n").unwrap();
+    let corpus = corpus.to_string_lossy().into_owned();
+    let out = tmp.s("shards");
+    all_fail(
+        &["harvest", "--model", &m, "--input", &corpus, "--out", &out],
+        &[
+            (&[], "--names"),
+            (&["--names", "blocks.*.nothing"], "matched no hook point"),
+            (&["--names", "hook_embd"], "hook_embed"),
+            (
+                &["--names", "hook_embed", "--num-shards", "0"],
+                "--num-shards must be at least 1",
+            ),
+            (
+                &["--names", "hook_embed", "--num-shards", "2", "--shard-index", "2"],
+                "--shard-index 2",
+            ),
+            (
+                &["--names", "hook_embed", "--batch-size", "0"],
+                "--batch-size must be at least 1",
+            ),
+            (&["--names", "hook_embed", "--shard-size-mb", "0"], "--shard-size-mb 0"),
+            (
+                &["--names", "hook_embed", "--shard-size-mb", "NaN"],
+                "--shard-size-mb NaN",
+            ),
+            (
+                &["--names", "hook_embed", "--shard-size-mb", "-1"],
+                "--shard-size-mb -1",
+            ),
+            (&["--names", "hook_embed", "--context-size", "1"], "--context-size 1"),
+            (&["--names", "hook_embed", "--context-size", "65"], "--context-size 65"),
+            (
+                &["--names", "hook_embed", "--input-format", "xml"],
+                "invalid value 'xml'",
+            ),
+        ],
+    );
+    all_fail(
+        &["harvest", "--model", &m, "--names", "hook_embed"],
+        &[
+            (
+                &["--input", "/nonexistent/corpus.txt", "--out", &out],
+                "/nonexistent/corpus.txt",
+            ),
+            (&["--input", &corpus, "--out", &tmp.s("a-file/shards")], "a-file/shards"),
+        ],
+    );
+    assert!(!tmp.path("a.html").exists());
+}
