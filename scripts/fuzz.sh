@@ -4,6 +4,7 @@
 #   scripts/fuzz.sh                 # every target, 60 s each
 #   FUZZ_SECONDS=300 scripts/fuzz.sh slice config
 #   FUZZ_JOBS=2 FUZZ_SANITIZER=none scripts/fuzz.sh
+#   FUZZ_TARGET_DIR=/elsewhere/target scripts/fuzz.sh   # reuse an instrumented build
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). Crashes land in fuzz/artifacts/<target>/;
 # each one found should become a regression test in the normal test suite (see
@@ -20,15 +21,17 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${FUZZ_SECONDS:-60}"
 jobs="${FUZZ_JOBS:-1}"
 sanitizer="${FUZZ_SANITIZER:-address}"
+target_dir="${FUZZ_TARGET_DIR:-target}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(checkpoint config tokenizer names_filter slice)
 fi
 export RUSTC_BOOTSTRAP=1
 
-# A private target dir: instrumented builds share nothing with the workspace's target/.
+# A private target dir (fuzz/target by default): instrumented builds share nothing with
+# the workspace's target/.
 for t in "${targets[@]}"; do
-    cargo fuzz build --sanitizer "$sanitizer" "$t"
+    cargo fuzz build --sanitizer "$sanitizer" --target-dir "$target_dir" "$t"
 done
 # libFuzzer's -jobs sends each job's output to a log file: only ask for it when > 1.
 parallel=()
@@ -45,7 +48,7 @@ for t in "${targets[@]}"; do
     echo "== $t: ${seconds}s"
     # -max_len: the checkpoint seeds are ~3 KB; -rss_limit_mb: a loader that tries to
     # allocate what a nonsense config asks for is a finding, not a machine-wide OOM.
-    if ! cargo fuzz run --sanitizer "$sanitizer" "$t" "corpus/$t" -- \
+    if ! cargo fuzz run --sanitizer "$sanitizer" --target-dir "$target_dir" "$t" "corpus/$t" -- \
         -max_total_time="$seconds" -max_len=8192 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
         "${parallel[@]}" -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/"; then

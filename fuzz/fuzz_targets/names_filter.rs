@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     let filter = NamesFilter::from(pattern);
-    let expected = if is_glob(pattern) { glob_match(pattern, name) } else { pattern == name };
+    let expected = if is_glob(pattern) {
+        glob_match(pattern, name)
+    } else {
+        pattern == name
+    };
     assert_eq!(filter.matches(name), expected);
     let list = NamesFilter::from(vec![pattern, name]);
     assert!(!list.matches(name) || list.matches(name));

@@ -25,7 +25,9 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(idx.iter().all(|&i| i < len), "{slice:?} on {len}: {idx:?}");
         let t = Tensor::zeros((2, len, 3), DType::F32, &Device::Cpu).expect("a tensor");
-        let out = slice.apply(&t, 1).unwrap_or_else(|e| panic!("{slice:?} on {len}: indices ok, apply fails: {e}"));
+        let out = slice
+            .apply(&t, 1)
+            .unwrap_or_else(|e| panic!("{slice:?} on {len}: indices ok, apply fails: {e}"));
         let expected: Vec<usize> = match slice {
             Slice::Index(_) => vec![2, 3],
             _ => vec![2, idx.len(), 3],
