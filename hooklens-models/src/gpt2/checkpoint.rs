@@ -89,6 +89,10 @@ pub(crate) struct Gpt2Weights {
     /// `[d_model, d_vocab]`.
     pub(crate) w_u: Tensor,
     pub(crate) b_u: Tensor,
+    /// Whether every tensor's storage belongs to these weights alone (read from a file
+    /// into fresh buffers), so that processing may edit it in place instead of holding
+    /// a second copy of the largest tensors. `w_u` may still be a view of `w_e`.
+    pub(crate) exclusive: bool,
 }
 
 impl Gpt2Weights {
@@ -122,6 +126,8 @@ impl Gpt2Weights {
             ln_final: ln(&self.ln_final)?,
             w_u: c(&self.w_u)?,
             b_u: c(&self.b_u)?,
+            // A conversion to the same dtype shares storage.
+            exclusive: false,
         })
     }
 }
@@ -132,6 +138,10 @@ pub(crate) trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// The tensor `name`, which must have `shape` and a float dtype, as f32.
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether `get` returns fresh storage that nothing else holds.
+    fn fresh(&self) -> bool {
+        false
+    }
 }
 
 /// One tensor's entry in a safetensors header.
@@ -307,6 +317,11 @@ impl TensorSource for SafetensorsFile {
         self.tensors.contains_key(name)
     }
 
+    fn fresh(&self) -> bool {
+        // Each tensor is read into a new buffer (and converted to f32 if it was not).
+        true
+    }
+
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let entry = self
             .tensors
@@ -416,5 +431,6 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
         ln_final,
         w_u,
         b_u,
+        exclusive: src.fresh(),
     })
 }

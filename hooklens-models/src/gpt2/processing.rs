@@ -14,12 +14,13 @@
 //! In the model's layout `W_Q/K/V` are the columns of `[d_model, 3*d_model]`, so a
 //! mean over TransformerLens's `d_model` axis is a mean over rows here.
 
-use candle_core::{Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tensor, D};
 use hooklens_core::Result;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Gpt2Weights;
 use super::config::{Gpt2Config, NormalizationType};
+use super::kernels::contiguous_f32;
 
 /// Which processing steps to apply at load time (TransformerLens's `from_pretrained`
 /// arguments). The default applies all four, as `from_pretrained` does.
@@ -64,15 +65,108 @@ fn add_vec_mat(bias: &Tensor, v: &Tensor, w: &Tensor) -> candle_core::Result<Ten
 }
 
 /// `w * g[:, None]`, then the mean over rows removed: a weight `[in, out]` reading from
-/// a LayerNorm with gain `g` `[in]`.
+/// a LayerNorm with gain `g` `[in]`. On the CPU in f32 this writes one new tensor and
+/// nothing else (the generic ops hold two of them at once: for the unembedding, two
+/// copies of a `[768, 50257]` matrix).
 fn fold_gain_and_center(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    if cpu_f32(w) && cpu_f32(g) && w.rank() == 2 {
+        return w.apply_op2_no_bwd(&g.contiguous()?, &FoldGainCenter);
+    }
     let w = w.broadcast_mul(&g.unsqueeze(1)?)?;
     w.broadcast_sub(&w.mean_keepdim(0)?)
 }
 
-/// Removes the mean over the last axis.
-fn center_last(w: &Tensor) -> candle_core::Result<Tensor> {
+/// Removes the mean over the last axis. With `in_place` (the caller owns `w`'s storage
+/// and nothing else views it), on the CPU in f32, `w` is edited where it is, which
+/// spares a second copy of the embedding or unembedding.
+fn center_last(w: &Tensor, in_place: bool) -> candle_core::Result<Tensor> {
+    if in_place && cpu_f32(w) && w.is_contiguous() && w.rank() >= 1 {
+        w.inplace_op1(&CenterRowsInPlace)?;
+        return Ok(w.clone());
+    }
     w.broadcast_sub(&w.mean_keepdim(D::Minus1)?)
+}
+
+fn cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+}
+
+/// `w * g[:, None] - mean_rows(w * g[:, None])` for a 2-D `w` of any strides (the
+/// unembedding is a transposed view of `W_E`), into one new contiguous tensor.
+struct FoldGainCenter;
+
+impl CustomOp2 for FoldGainCenter {
+    fn name(&self) -> &'static str {
+        "hooklens-fold-gain-center"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (n_in, n_out) = l1.shape().dims2()?;
+        let g = contiguous_f32(s2, l2, "LayerNorm gain")?;
+        if g.len() != n_in {
+            candle_core::bail!("fold: gain of {} values for a weight of {n_in} rows", g.len())
+        }
+        let w = s1.as_slice::<f32>()?;
+        let (off, st0, st1) = (l1.start_offset(), l1.stride()[0], l1.stride()[1]);
+        let mut out = vec![0f32; n_in * n_out];
+        // Square tiles, so that a transposed source is read a cache line at a time.
+        const T: usize = 64;
+        for i0 in (0..n_in).step_by(T) {
+            for c0 in (0..n_out).step_by(T) {
+                for i in i0..(i0 + T).min(n_in) {
+                    let row = &mut out[i * n_out..(i + 1) * n_out];
+                    for (c, o) in row.iter_mut().enumerate().take((c0 + T).min(n_out)).skip(c0) {
+                        *o = w[off + i * st0 + c * st1] * g[i];
+                    }
+                }
+            }
+        }
+        // Column means in f64 (sums of up to thousands of rows).
+        let mut mean = vec![0f64; n_out];
+        for row in out.chunks_exact(n_out) {
+            mean.iter_mut().zip(row).for_each(|(m, &x)| *m += f64::from(x));
+        }
+        let mean: Vec<f32> = mean.iter().map(|m| (m / n_in as f64) as f32).collect();
+        for row in out.chunks_exact_mut(n_out) {
+            row.iter_mut().zip(&mean).for_each(|(x, m)| *x -= m);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n_in, n_out))))
+    }
+}
+
+/// Removes each row's mean (over the last axis) of a contiguous f32 tensor, in place.
+struct CenterRowsInPlace;
+
+impl InplaceOp1 for CenterRowsInPlace {
+    fn name(&self) -> &'static str {
+        "hooklens-center-rows"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let n = *l.dims().last().unwrap_or(&1);
+        let (a, b) = match l.contiguous_offsets() {
+            Some(o) => o,
+            None => candle_core::bail!("center: the tensor must be contiguous"),
+        };
+        let data = match s {
+            CpuStorage::F32(v) => &mut v[a..b],
+            _ => candle_core::bail!("center: the tensor must be f32"),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        for row in data.chunks_exact_mut(n) {
+            let mean = (row.iter().map(|&x| f64::from(x)).sum::<f64>() / n as f64) as f32;
+            row.iter_mut().for_each(|x| *x -= mean);
+        }
+        Ok(())
+    }
 }
 
 /// Applies `opts` to `w` in place, in TransformerLens's order, and updates `cfg`
@@ -96,19 +190,26 @@ pub(crate) fn process(w: &mut Gpt2Weights, cfg: &mut Gpt2Config, opts: &Processi
         }
         cfg.normalization_type = NormalizationType::LNPre;
     }
+    // In place only where the storage is ours alone: `exclusive` weights came from a
+    // file into fresh buffers, and `W_U` is contiguous only once folding replaced it
+    // (before that it is the transposed `W_E` or `lm_head`, a view that may share
+    // `W_E`'s storage).
+    let own = w.exclusive;
+    let w_u_replaced = w.w_u.is_contiguous();
     if opts.center_writing_weights {
-        w.w_e = center_last(&w.w_e)?;
-        w.w_pos = center_last(&w.w_pos)?;
+        w.w_e = center_last(&w.w_e, own && w_u_replaced)?;
+        w.w_pos = center_last(&w.w_pos, own)?;
         for l in &mut w.layers {
-            l.w_o = center_last(&l.w_o)?;
-            l.b_o = center_last(&l.b_o)?;
-            l.w_out = center_last(&l.w_out)?;
-            l.b_out = center_last(&l.b_out)?;
+            l.w_o = center_last(&l.w_o, own)?;
+            l.b_o = center_last(&l.b_o, own)?;
+            l.w_out = center_last(&l.w_out, own)?;
+            l.b_out = center_last(&l.b_out, own)?;
         }
     }
     if opts.center_unembed {
-        w.w_u = center_last(&w.w_u)?;
-        w.b_u = center_last(&w.b_u)?;
+        w.w_u = center_last(&w.w_u, own && w_u_replaced)?;
+        // `b_U` is small, and may be the zeros every load starts from.
+        w.b_u = center_last(&w.b_u, false)?;
     }
     if opts.fold_value_biases {
         let d = cfg.d_model;
@@ -119,4 +220,51 @@ pub(crate) fn process(w: &mut Gpt2Weights, cfg: &mut Gpt2Config, opts: &Processi
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{HookedGpt2, LoadOptions};
+    use candle_core::Device;
+
+    /// Loading from a file processes in place; from a `VarBuilder` (whose tensors the
+    /// caller still holds) it must not. Both must give the same model, for every
+    /// combination of steps (W_U is still a view of W_E when fold_ln is off).
+    #[test]
+    fn in_place_processing_equals_copying_processing() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
+        let path = format!("{dir}/model.safetensors");
+        let cfg = Gpt2Config::from_hf_json(format!("{dir}/config.json")).unwrap();
+        let tokens = Tensor::new(&[[5u32, 17, 301, 42, 7]], &Device::Cpu).unwrap();
+        for bits in 0..16u8 {
+            let opts = ProcessingOptions {
+                fold_ln: bits & 1 != 0,
+                center_writing_weights: bits & 2 != 0,
+                center_unembed: bits & 4 != 0,
+                fold_value_biases: bits & 8 != 0,
+            };
+            let from_file = HookedGpt2::from_dir(dir, &LoadOptions::default().with_processing(opts)).unwrap();
+            let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+            let before: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.copy().unwrap())).collect();
+            let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
+            let from_vb = HookedGpt2::load_with(vb, &cfg, &opts).unwrap();
+            let a = from_file.forward(&tokens).unwrap();
+            let b = from_vb.forward(&tokens).unwrap();
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{opts:?}: {d}");
+            // The caller's tensors are untouched.
+            for (k, v) in before {
+                let d = (&tensors[&k] - v).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{k} changed");
+            }
+        }
+    }
 }
