@@ -140,14 +140,34 @@ impl Attention {
             Some((pk, pv)) => (Tensor::cat(&[pk, &k_], 2)?, Tensor::cat(&[pv, &v_], 2)?),
             None => (k_, v_),
         };
-        let scores = kernels::add_mask_owned(q_.matmul(&k_.t()?)?, &mask.additive.to_dtype(score_dtype)?)?;
+        // One query per sequence (a decoding step): products and sums instead of two
+        // batched matmuls, each of which costs candle more in setup (it re-reads the
+        // CPU count) than the arithmetic; see `z` below.
+        let one_query = p == 1 && kernels::fast_path(&q_) && kernels::fast_path(&v_);
+        let raw_scores = if one_query {
+            // [b, h, 1, dh] * [b, h, L, dh] summed over dh -> [b, h, L] -> [b, h, 1, L].
+            let l = k_.dim(2)?;
+            k_.broadcast_mul(&q_)?.sum(3)?.reshape((b, self.n_heads, 1, l))?
+        } else {
+            q_.matmul(&k_.t()?)?
+        };
+        let scores = kernels::add_mask_owned(raw_scores, &mask.additive.to_dtype(score_dtype)?)?;
         let hooked_scores = self.hook_attn_scores.forward(&scores)?;
         // Rows whose keys are all masked (padding, or a hook's edit) give 0, not NaN,
         // as in TransformerLens.
         let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
         let pattern = kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?;
         let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
-        let z = pattern.contiguous()?.matmul(&v_)?.transpose(1, 2)?.contiguous()?;
+        let z = if one_query {
+            // [b, h, 1, L] -> [b, h, L, 1] times [b, h, L, dh], summed over L -> [b, 1, h, dh].
+            let l = v_.dim(2)?;
+            let weights = pattern.reshape((b, self.n_heads, l, 1))?;
+            v_.broadcast_mul(&weights)?
+                .sum(2)?
+                .reshape((b, 1, self.n_heads, self.d_head))?
+        } else {
+            pattern.contiguous()?.matmul(&v_)?.transpose(1, 2)?.contiguous()?
+        };
         let z = self.hook_z.forward(&z)?;
         let d_model = self.w_o.dim(1)?;
         let out = match &self.hook_result {
