@@ -234,6 +234,12 @@ fn required(with_weights: bool) -> &'static [&'static str] {
 }
 
 fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
+    if crate::builtin::is_builtin(name) {
+        return Err(Error::invalid(format!(
+            "model `{name}` is compiled into hooklens-models and has no files: load it with \
+             HookedGpt2::builtin() or from_pretrained(\"{name}\") (a directory of that name is `./{name}`)"
+        )));
+    }
     let path = Path::new(name);
     if path.is_dir() {
         return from_directory(path, with_weights);
@@ -435,9 +441,10 @@ impl ModelFiles {
 }
 
 impl HookedGpt2 {
-    /// TransformerLens's `from_pretrained`: loads `name` (a model directory or a Hugging
-    /// Face id, see [`resolve_with`]) with `opts` (weight processing as TransformerLens
-    /// does by default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
+    /// TransformerLens's `from_pretrained`: loads `name` (`builtin` for the built-in
+    /// model, see [`HookedGpt2::builtin`]; a model directory or a Hugging Face id, see
+    /// [`resolve_with`]) with `opts` (weight processing as TransformerLens does by
+    /// default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
     /// text methods. The Hugging Face cache and offline mode come from the environment
     /// ([`HubOptions::from_env`]).
     pub fn from_pretrained(name: &str, opts: &LoadOptions) -> Result<Self> {
@@ -454,6 +461,9 @@ impl HookedGpt2 {
     /// [`HookedGpt2::from_pretrained`] with explicit hub options (cache directory,
     /// offline mode, revision).
     pub fn from_pretrained_with(name: &str, opts: &LoadOptions, hub: &HubOptions) -> Result<Self> {
+        if crate::builtin::is_builtin(name) {
+            return Self::builtin_with(opts);
+        }
         let files = resolve_with(name, hub)?;
         let tokenizer = files.tokenizer()?;
         Ok(Self::from_files(&files.config, &files.weights, opts)?.with_tokenizer(tokenizer))
@@ -618,6 +628,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    }
+
+    #[test]
+    fn builtin_is_a_name_not_files() {
+        let opts = offline(Path::new("/nonexistent"));
+        let err = resolve_with("builtin", &opts).unwrap_err().to_string();
+        assert!(err.contains("compiled into hooklens-models"), "{err}");
+        if crate::builtin::builtin_files().is_err() {
+            // Built without the weights (see build.rs): the weights tests report that.
+            let err = HookedGpt2::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap_err();
+            assert!(err.to_string().contains("not in this build"), "{err}");
+            return;
+        }
+        let m = HookedGpt2::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap();
+        assert_eq!(m.cfg().d_model, crate::builtin::builtin_config().d_model);
+        assert_eq!(m.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
+        let raw = HookedGpt2::from_pretrained_no_processing("builtin", &LoadOptions::default()).unwrap();
+        assert_eq!(raw.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
     }
 
     #[test]

@@ -1,0 +1,135 @@
+//! The built-in model's files, compiled into the library so that `builtin` loads on any
+//! machine with no network and no files beside the binary.
+
+use candle_nn::VarBuilder;
+use hooklens_core::{Error, Result};
+
+use crate::gpt2::{Gpt2Config, HookedGpt2, LoadOptions};
+use crate::Tokenizer;
+
+/// The name that selects the built-in model wherever a model is named (`--model
+/// builtin`, [`HookedGpt2::from_pretrained`]). It takes precedence over a directory of
+/// the same name; write `./builtin` for that.
+pub const BUILTIN: &str = "builtin";
+
+/// `config.json` and `model.safetensors` (f16) of the built-in model, when they were
+/// present at build time (see `build.rs`).
+#[cfg(hooklens_builtin)]
+const FILES: Option<(&str, &[u8])> = Some((
+    include_str!("../../builtin/config.json"),
+    include_bytes!("../../builtin/model.safetensors"),
+));
+#[cfg(not(hooklens_builtin))]
+const FILES: Option<(&str, &[u8])> = None;
+
+/// Whether `name` selects the built-in model.
+pub fn is_builtin(name: &str) -> bool {
+    name == BUILTIN
+}
+
+/// The built-in model's `config.json` text and `model.safetensors` bytes, or an error
+/// when this build was compiled without them.
+pub fn builtin_files() -> Result<(&'static str, &'static [u8])> {
+    FILES.ok_or_else(|| {
+        Error::invalid(
+            "the built-in model is not in this build: hooklens-models/builtin/config.json and \
+             model.safetensors were missing when hooklens-models was compiled \
+             (`cargo run --release --example train_builtin` writes them)",
+        )
+    })
+}
+
+/// The built-in model's configuration as stored (before processing). Without the
+/// files, the shape it is trained with ([`super::builtin_config`]), which is all that
+/// tokenizing needs.
+pub fn builtin_stored_config() -> Result<Gpt2Config> {
+    match FILES {
+        Some((config, _)) => Gpt2Config::from_hf_str(config, "<builtin>/config.json"),
+        None => Ok(super::builtin_config()),
+    }
+}
+
+impl HookedGpt2 {
+    /// The built-in model (a two-layer GPT-2 trained in this repository to have
+    /// induction heads; see [`crate::builtin`]) with TransformerLens's default weight
+    /// processing, f32 on the CPU, and GPT-2's tokenizer: what `--model builtin` loads.
+    pub fn builtin() -> Result<Self> {
+        Self::builtin_with(&LoadOptions::default())
+    }
+
+    /// [`HookedGpt2::builtin`] with `opts`' dtype, device and processing. The weights are
+    /// stored in f16 and computed with in `opts.dtype` (f32 by default); processing
+    /// (folding LayerNorms, centring) is done in f32 first, as for any checkpoint, so
+    /// analyses behave as on a model loaded with `from_pretrained`.
+    pub fn builtin_with(opts: &LoadOptions) -> Result<Self> {
+        let (config, weights) = builtin_files()?;
+        let cfg = Gpt2Config::from_hf_str(config, "<builtin>/config.json")?;
+        let tensors = candle_core::safetensors::load_buffer(weights, &opts.device)?;
+        let vb = VarBuilder::from_tensors(tensors, opts.dtype, &opts.device);
+        Ok(Self::load_with(vb, &cfg, &opts.processing)?.with_tokenizer(Tokenizer::gpt2()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpt2::ProcessingOptions;
+
+    /// Whether the weights are compiled in; without them the tests say so and pass,
+    /// except in CI (`CI=true`), where missing weights are a failure.
+    fn have_weights(test: &str) -> bool {
+        if FILES.is_some() {
+            return true;
+        }
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "{test}: {}", builtin_files().unwrap_err());
+        eprintln!("SKIPPED {test}: {}", builtin_files().unwrap_err());
+        false
+    }
+
+    #[test]
+    fn builtin_loads_processed_and_as_stored() {
+        if !have_weights("builtin_loads_processed_and_as_stored") {
+            assert!(HookedGpt2::builtin().unwrap_err().to_string().contains("train_builtin"));
+            return;
+        }
+        let m = HookedGpt2::builtin().unwrap();
+        let want = super::super::builtin_config();
+        let got = m.cfg();
+        assert_eq!(
+            (got.n_layers, got.d_model, got.n_heads, got.d_vocab, got.n_ctx),
+            (want.n_layers, want.d_model, want.n_heads, want.d_vocab, want.n_ctx)
+        );
+        assert_eq!(got.normalization_type, crate::gpt2::NormalizationType::LNPre);
+        assert_eq!(m.dtype(), candle_core::DType::F32);
+        assert_eq!(m.tokenizer().unwrap().vocab_size(), 50257);
+        let raw = HookedGpt2::builtin_with(&LoadOptions::default().with_processing(ProcessingOptions::none())).unwrap();
+        assert_eq!(raw.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
+        // Processing changes the weights, not what the model computes.
+        let tokens = m
+            .to_tokens("The cat sat on the mat.", true, crate::gpt2::PaddingSide::Right)
+            .unwrap();
+        let lp = |m: &HookedGpt2| candle_nn::ops::log_softmax(&m.forward(&tokens).unwrap(), candle_core::D::Minus1);
+        let diff = (lp(&m).unwrap() - lp(&raw).unwrap()).unwrap();
+        let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-3, "processed and unprocessed log-probs differ by {diff}");
+    }
+
+    #[test]
+    fn builtin_has_induction_heads() {
+        if !have_weights("builtin_has_induction_heads") {
+            return;
+        }
+        let m = HookedGpt2::builtin().unwrap();
+        let mut rng = crate::gpt2::SeededRng::new(0);
+        let tokens = super::super::repeated_tokens(&mut rng, 4, 30, m.cfg().d_vocab, 50256).unwrap();
+        let scores = super::super::induction_scores(&m, &tokens, 30).unwrap();
+        let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(best >= 0.5, "the strongest induction score is {best}");
+        let (first, second) = super::super::half_losses(&m, &tokens, 30).unwrap();
+        assert!(
+            second < first / 2.0,
+            "loss {first} on the first half, {second} on the repeat"
+        );
+    }
+}
