@@ -19,6 +19,31 @@ pub fn random_token(rng: &mut SeededRng, d_vocab: usize, avoid: u32) -> u32 {
     }
 }
 
+/// `[batch, 1 + 2*half]` tokens like [`repeated_tokens`], each sequence drawn (with
+/// repetition) from its own pool of `pool` random tokens. With few distinct tokens in
+/// a sequence, "predict some token seen earlier" no longer pays, and only induction
+/// (the token after the earlier occurrence of this one) lowers the loss.
+pub fn repeated_tokens_from_pools(
+    rng: &mut SeededRng,
+    batch: usize,
+    half: usize,
+    pool: usize,
+    d_vocab: usize,
+    bos: u32,
+) -> Result<Tensor> {
+    let mut ids = Vec::with_capacity(batch * (1 + 2 * half));
+    for _ in 0..batch {
+        let choices: Vec<u32> = (0..pool.max(1)).map(|_| random_token(rng, d_vocab, bos)).collect();
+        let seq: Vec<u32> = (0..half)
+            .map(|_| choices[rng.below(choices.len() as u64) as usize])
+            .collect();
+        ids.push(bos);
+        ids.extend_from_slice(&seq);
+        ids.extend_from_slice(&seq);
+    }
+    Ok(Tensor::from_vec(ids, (batch, 1 + 2 * half), &Device::Cpu)?)
+}
+
 /// `[batch, 1 + 2*half]` tokens: BOS, then `half` random tokens, then the same again.
 pub fn repeated_tokens(rng: &mut SeededRng, batch: usize, half: usize, d_vocab: usize, bos: u32) -> Result<Tensor> {
     let mut ids = Vec::with_capacity(batch * (1 + 2 * half));

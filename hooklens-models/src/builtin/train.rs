@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, Error, Result};
 
-use super::induction::repeated_tokens;
+use super::induction::repeated_tokens_from_pools;
 use crate::gpt2::{cross_entropy_per_row, random_weights, ForwardOptions, Gpt2Config, HookedGpt2, SeededRng};
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
@@ -32,17 +32,24 @@ pub struct TrainOptions {
     pub lr: f64,
     /// Warm-up steps.
     pub warmup: usize,
+    /// Keep the token embeddings at their random initialisation.
+    pub freeze_embeddings: bool,
+    /// Each sequence draws from a pool of this many tokens (inclusive range, per
+    /// sequence); see [`super::repeated_tokens_from_pools`].
+    pub pool: (usize, usize),
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             seed: 0,
-            steps: 1500,
+            steps: 2000,
             batch: 32,
             half_len: (8, 24),
             lr: 5e-3,
             warmup: 60,
+            freeze_embeddings: true,
+            pool: (4, 24),
         }
     }
 }
@@ -77,12 +84,25 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
         "wpe.weight".to_string(),
         sinusoidal_positions(cfg.n_ctx, cfg.d_model, 0.1)?,
     );
-    let vars: HashMap<String, Var> = init
-        .into_iter()
-        .map(|(k, t)| Ok((k, Var::from_tensor(&t)?)))
-        .collect::<Result<_>>()?;
-    let tensors: HashMap<String, Tensor> = vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-    let model = HookedGpt2::load(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &cfg)?;
+    // Copying random tokens needs distinct embeddings, not learned ones: frozen, they
+    // stay distinct, and a step skips the gradient and Adam update of the largest
+    // matrix (50257 x 64), most of its cost.
+    let frozen = |k: &str| opts.freeze_embeddings && k == "wte.weight";
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let mut vars: HashMap<String, Var> = HashMap::new();
+    for (k, t) in init {
+        if frozen(&k) {
+            tensors.insert(k, t);
+        } else {
+            let v = Var::from_tensor(&t)?;
+            tensors.insert(k.clone(), v.as_tensor().clone());
+            vars.insert(k, v);
+        }
+    }
+    let model = HookedGpt2::load(
+        VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu),
+        &cfg,
+    )?;
     let params = ParamsAdamW {
         lr: opts.lr,
         weight_decay: 0.0,
@@ -96,7 +116,8 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
         optimizer.set_learning_rate(lr);
         let span = (opts.half_len.1 - opts.half_len.0 + 1) as u64;
         let half = opts.half_len.0 + rng.below(span) as usize;
-        let tokens = repeated_tokens(&mut rng, opts.batch, half, cfg.d_vocab, bos)?;
+        let pool = opts.pool.0 + rng.below((opts.pool.1 - opts.pool.0 + 1) as u64) as usize;
+        let tokens = repeated_tokens_from_pools(&mut rng, opts.batch, half, pool, cfg.d_vocab, bos)?;
         let loss = with_grad_mode(|| repeat_loss(&model, &tokens, half))?;
         optimizer.backward_step(&loss)?;
         progress(&TrainStep {
@@ -105,7 +126,7 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
             lr,
         });
     }
-    Ok(vars.into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect())
+    Ok(tensors.into_iter().map(|(k, t)| (k, t.detach())).collect())
 }
 
 /// The mean next-token loss over the repeated half of `tokens` `[batch, 1 + 2*half]`,
