@@ -9,15 +9,18 @@
 //! 3. the same with `run_with_cache` of every hook, and with one patching hook;
 //! 4. forward + backward with the gradient cached at every hook, against a plain
 //!    forward + backward (the graph started at the embedding);
-//! 5. greedy decoding with the KV cache: tokens per second, 32 new after 16;
-//! 6. loading a GPT-2-small-shaped checkpoint from disk (f32 safetensors): time and
-//!    peak resident memory, in a child process so that nothing else counts.
+//! 5. greedy decoding with the KV cache: tokens per second, 32 new after 16, and the
+//!    bound memory bandwidth sets on it (a step reads every weight once);
+//! 6. loading a GPT-2-small-shaped checkpoint from disk (f32 safetensors), without and
+//!    with the default weight processing: time and peak resident memory, in a child
+//!    process so that nothing else counts.
 //!
 //! FLOP count of one forward (multiply-adds count 2), N = batch * pos:
 //!   per layer: 2 N d (3d)  [qkv]  + 2 * 2 b h p^2 d_head  [scores, pattern . v]
 //!            + 2 N d d     [W_O]  + 2 * 2 N d d_mlp       [MLP in, out]
 //!   plus the unembedding 2 N d d_vocab.
-//! Timings are medians; each figure's reference is measured in the same run.
+//! Timings are medians; each figure's reference is measured in the same run, and the
+//! forward table's four columns are timed in turn, round after round.
 
 use std::time::{Duration, Instant};
 
@@ -62,34 +65,116 @@ fn forward_flops(cfg: &Gpt2Config, b: usize, p: usize) -> f64 {
     cfg.n_layers as f64 * per_layer + 2.0 * n * d * v
 }
 
-/// The matrix products of one forward, at its shapes, timed alone (the "floor").
-fn matmul_floor(cfg: &Gpt2Config, b: usize, p: usize, reps: usize) -> hooklens::Result<f64> {
-    let dev = Device::Cpu;
-    let mut rng = SeededRng::new(3);
-    let n = b * p;
-    let (d, h, dh, m) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
-    let x = rng.normal_tensor(&[n, d], 1.0)?;
-    let w_qkv = rng.normal_tensor(&[d, 3 * d], 0.02)?;
-    let w_o = rng.normal_tensor(&[d, d], 0.02)?;
-    let w_in = rng.normal_tensor(&[d, m], 0.02)?;
-    let hid = rng.normal_tensor(&[n, m], 1.0)?;
-    let w_out = rng.normal_tensor(&[m, d], 0.02)?;
-    let q = rng.normal_tensor(&[b, h, p, dh], 1.0)?;
-    let kt = rng.normal_tensor(&[b, h, dh, p], 1.0)?;
-    let pat = rng.normal_tensor(&[b, h, p, p], 1.0)?;
-    let v = rng.normal_tensor(&[b, h, p, dh], 1.0)?;
-    let w_u = rng.normal_tensor(&[d, cfg.d_vocab], 0.02)?;
-    let _ = dev;
-    let layer = time(1, reps, || {
-        let _ = x.matmul(&w_qkv)?;
-        let _ = q.matmul(&kt)?;
-        let _ = pat.matmul(&v)?;
-        let _ = x.matmul(&w_o)?;
-        let _ = x.matmul(&w_in)?;
-        Ok(hid.matmul(&w_out)?)
-    })?;
-    let unembed = time(1, reps, || Ok(x.matmul(&w_u)?))?;
-    Ok(cfg.n_layers as f64 * layer + unembed)
+/// The matrix products of one forward, at its shapes, run alone (the "floor").
+struct Floor {
+    n_layers: usize,
+    x: Tensor,
+    w_qkv: Tensor,
+    w_o: Tensor,
+    w_in: Tensor,
+    hid: Tensor,
+    w_out: Tensor,
+    q: Tensor,
+    kt: Tensor,
+    pat: Tensor,
+    v: Tensor,
+    w_u: Tensor,
+}
+
+impl Floor {
+    fn new(cfg: &Gpt2Config, b: usize, p: usize) -> hooklens::Result<Self> {
+        let mut rng = SeededRng::new(3);
+        let n = b * p;
+        let (d, h, dh, m) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+        Ok(Floor {
+            n_layers: cfg.n_layers,
+            x: rng.normal_tensor(&[n, d], 1.0)?,
+            w_qkv: rng.normal_tensor(&[d, 3 * d], 0.02)?,
+            w_o: rng.normal_tensor(&[d, d], 0.02)?,
+            w_in: rng.normal_tensor(&[d, m], 0.02)?,
+            hid: rng.normal_tensor(&[n, m], 1.0)?,
+            w_out: rng.normal_tensor(&[m, d], 0.02)?,
+            q: rng.normal_tensor(&[b, h, p, dh], 1.0)?,
+            kt: rng.normal_tensor(&[b, h, dh, p], 1.0)?,
+            pat: rng.normal_tensor(&[b, h, p, p], 1.0)?,
+            v: rng.normal_tensor(&[b, h, p, dh], 1.0)?,
+            w_u: rng.normal_tensor(&[d, cfg.d_vocab], 0.02)?,
+        })
+    }
+
+    /// Every product of one forward: per layer q|k|v, scores, pattern . v, W_O, MLP in
+    /// and out; then the unembedding.
+    fn run(&self) -> hooklens::Result<Tensor> {
+        for _ in 0..self.n_layers {
+            let _ = self.x.matmul(&self.w_qkv)?;
+            let _ = self.q.matmul(&self.kt)?;
+            let _ = self.pat.matmul(&self.v)?;
+            let _ = self.x.matmul(&self.w_o)?;
+            let _ = self.x.matmul(&self.w_in)?;
+            let _ = self.hid.matmul(&self.w_out)?;
+        }
+        Ok(self.x.matmul(&self.w_u)?)
+    }
+}
+
+/// Runs each of `fs` once per round, `1 + n` rounds (the first is a warm-up), in
+/// turn, so that a change of load on a shared machine hits all of them alike; the
+/// median seconds of each.
+fn time_interleaved(n: usize, fs: &mut [&mut dyn FnMut() -> hooklens::Result<()>]) -> hooklens::Result<Vec<f64>> {
+    let mut times = vec![Vec::with_capacity(n); fs.len()];
+    for round in 0..=n {
+        for (f, v) in fs.iter_mut().zip(&mut times) {
+            let t = Instant::now();
+            f()?;
+            if round > 0 {
+                v.push(t.elapsed());
+            }
+        }
+    }
+    Ok(times.into_iter().map(median).collect())
+}
+
+/// Seconds to read every element of `tensors` once, on all threads: the memory
+/// bandwidth that bounds a decoding step, which reads every weight once.
+fn stream_once(tensors: &[Tensor], threads: usize) -> hooklens::Result<f64> {
+    let mut guards = Vec::new();
+    for t in tensors {
+        guards.push(t.storage_and_layout());
+    }
+    let slices: Vec<&[f32]> = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            candle_core::Storage::Cpu(c) => {
+                let (a, b) = l.contiguous_offsets().expect("contiguous weights");
+                Ok(&c.as_slice::<f32>()?[a..b])
+            }
+            _ => Err(hooklens::Error::invalid("CPU tensors only")),
+        })
+        .collect::<hooklens::Result<_>>()?;
+    let t = Instant::now();
+    let total: f32 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let slices = &slices;
+                s.spawn(move || {
+                    let mut acc = [0f32; 16];
+                    for x in slices.iter() {
+                        let per = x.len().div_ceil(threads);
+                        for c in x.chunks(per).nth(i).unwrap_or(&[]).chunks_exact(16) {
+                            for k in 0..16 {
+                                acc[k] += c[k];
+                            }
+                        }
+                    }
+                    acc.iter().sum::<f32>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0.0)).sum()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(total);
+    Ok(secs)
 }
 
 fn peak_rss_kib() -> Option<u64> {
@@ -103,8 +188,13 @@ fn main() -> hooklens::Result<()> {
     // Child mode: load a checkpoint and report time and peak memory.
     if let Some(i) = args.iter().position(|a| a == "--load") {
         let dir = &args[i + 1];
+        let opts = if args.iter().any(|a| a == "--processed") {
+            LoadOptions::default()
+        } else {
+            LoadOptions::no_processing()
+        };
         let t = Instant::now();
-        let model = HookedGpt2::from_dir(dir, &LoadOptions::no_processing())?;
+        let model = HookedGpt2::from_dir(dir, &opts)?;
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(&model);
         println!("{secs} {}", peak_rss_kib().unwrap_or(0));
@@ -128,17 +218,24 @@ fn main() -> hooklens::Result<()> {
     for (b, p, n) in [(1usize, 64usize, 10usize), (8, 128, 4)] {
         let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
         let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
-        let floor = matmul_floor(&cfg, b, p, reps(n))?;
-        let fwd = time(1, reps(n), || model.forward(&tokens))?;
-        let cached = time(1, reps(n), || {
-            model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
-        })?;
+        let floor_inputs = Floor::new(&cfg, b, p)?;
         let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
             Ok(Some(x.zeros_like()?))
         });
-        let patched = time(1, reps(n), || {
-            model.run_with_hooks(patch.clone(), |m| m.forward(&tokens))
-        })?;
+        let t = time_interleaved(
+            reps(n),
+            &mut [
+                &mut || floor_inputs.run().map(drop),
+                &mut || model.forward(&tokens).map(drop),
+                &mut || {
+                    model
+                        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+                        .map(drop)
+                },
+                &mut || model.run_with_hooks(patch.clone(), |m| m.forward(&tokens)).map(drop),
+            ],
+        )?;
+        let (floor, fwd, cached, patched) = (t[0], t[1], t[2], t[3]);
         let gflops = forward_flops(&cfg, b, p) / fwd / 1e9;
         println!(
             "| {b} x {p} | {:.1} ms | {:.1} ms | {:.3} | {gflops:.1} | {:.1} ms | {:.3} | {:.1} ms | {:.3} |",
@@ -183,36 +280,59 @@ fn main() -> hooklens::Result<()> {
     let prompt = Tensor::from_vec(ids, (1, 16), &Device::Cpu)?;
     let mut opts = GenerateOptions::greedy(32);
     opts.stop_at_eos = false;
-    let gen = time(1, reps(3), || model.generate(&prompt, &opts))?;
+    // A step reads every weight once (W_E as the unembedding; one row of it and of
+    // W_pos as embeddings): its floor is the time to stream them from memory, timed
+    // in turn with the decoding.
+    let stream_bytes = ((n_params - cfg.n_ctx * cfg.d_model) * 4) as f64;
+    let streamed: Vec<Tensor> = weights
+        .iter()
+        .filter(|(k, _)| !k.contains("wpe"))
+        .map(|(_, t)| t.clone())
+        .collect();
+    let t = time_interleaved(
+        reps(5),
+        &mut [&mut || model.generate(&prompt, &opts).map(drop), &mut || {
+            stream_once(&streamed, threads).map(drop)
+        }],
+    )?;
+    let (gen, stream) = (t[0], t[1]);
+    println!("\n| decoding (greedy, KV cache, 32 new after 16) | tokens/s | weights read per token | memory read bandwidth (all threads) | bandwidth bound |");
+    println!("|---|---|---|---|---|");
     println!(
-        "\n| decoding (greedy, KV cache, 32 new after 16) | {:.1} tokens/s |",
-        32.0 / gen
+        "| | {:.1} | {:.0} MB | {:.1} GB/s | {:.1} tokens/s |",
+        32.0 / gen,
+        stream_bytes / 1e6,
+        stream_bytes / stream / 1e9,
+        1.0 / stream
     );
-    println!("|---|---|");
 
     // Loading from disk, in a child process.
     let dir = std::env::temp_dir().join(format!("hooklens-bench-gpt2-{}", std::process::id()));
     save_hf_checkpoint(&dir, &cfg, &weights, DType::F32)?;
     drop(weights);
     let exe = std::env::current_exe().map_err(|e| hooklens::Error::io("current_exe", e))?;
-    let out = std::process::Command::new(exe)
-        .arg("--load")
-        .arg(&dir)
-        .output()
-        .map_err(|e| hooklens::Error::io(&dir, e))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut parts = text.split_whitespace();
-    let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    let kib: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
     let param_bytes = (n_params * 4) as f64;
-    println!(
-        "\n| loading (f32 safetensors, mmap) | {:.0} ms | peak RSS {:.0} MiB | parameters {:.0} MiB | ratio {:.3} |",
-        secs * 1e3,
-        kib / 1024.0,
-        param_bytes / (1024.0 * 1024.0),
-        kib * 1024.0 / param_bytes
-    );
+    println!("\n| loading (f32 safetensors) | time | peak RSS | parameters | peak / parameters |");
     println!("|---|---|---|---|---|");
+    for (what, extra) in [("no processing", None), ("default processing", Some("--processed"))] {
+        let out = std::process::Command::new(&exe)
+            .arg("--load")
+            .arg(&dir)
+            .args(extra)
+            .output()
+            .map_err(|e| hooklens::Error::io(&dir, e))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut parts = text.split_whitespace();
+        let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        let kib: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        println!(
+            "| {what} | {:.0} ms | {:.0} MiB | {:.0} MiB | {:.3} |",
+            secs * 1e3,
+            kib / 1024.0,
+            param_bytes / (1024.0 * 1024.0),
+            kib * 1024.0 / param_bytes
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
