@@ -249,7 +249,7 @@ impl HookedGpt2 {
                     attention_mask: mask,
                     ..ForwardOptions::default()
                 };
-                self.forward_with_kv(&new, &fo, &mut cache)?.logits
+                self.last_logits(&new, &fo, Some(&mut cache))?
             } else {
                 let len = seqs[0].len();
                 let all = Tensor::from_vec(seqs.concat(), (b, len), self.device())?;
@@ -260,9 +260,8 @@ impl HookedGpt2 {
                         .transpose()?,
                     ..ForwardOptions::default()
                 };
-                self.forward_with(&all, &fo)?.logits
-            }
-            .ok_or_else(|| Error::invalid("generate: the forward returned no logits (internal error)"))?;
+                self.last_logits(&all, &fo, None)?
+            };
             let n = logits.dim(1)?;
             let last = logits
                 .narrow(1, n - 1, 1)?

@@ -282,7 +282,7 @@ impl HookedGpt2 {
     /// 1-D `[pos]` is taken as batch 1). Ids outside the vocabulary, an empty input or
     /// more than `n_ctx` positions are errors.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
-        let out = self.run(tokens, &ForwardOptions::default(), None)?;
+        let out = self.run(tokens, &ForwardOptions::default(), None, false)?;
         out.logits
             .ok_or_else(|| Error::invalid("forward returned no logits (internal error)"))
     }
@@ -291,7 +291,7 @@ impl HookedGpt2 {
     /// mask, start / stop layer. `input` is tokens `[batch, pos]`, or a residual stream
     /// `[batch, pos, d_model]` with `start_at_layer`. See [`ForwardOptions`].
     pub fn forward_with(&self, input: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
-        self.run(input, opts, None)
+        self.run(input, opts, None, false)
     }
 
     /// [`HookedGpt2::forward_with`] on new tokens `[batch, new_pos]` after those already
@@ -309,7 +309,7 @@ impl HookedGpt2 {
                 "start_at_layer / stop_at_layer cannot be combined with a KV cache",
             ));
         }
-        self.run(tokens, opts, Some(cache))
+        self.run(tokens, opts, Some(cache), false)
     }
 
     /// Token ids as u32 `[batch, pos]` on the model's device, checked against the vocabulary.
@@ -375,7 +375,28 @@ impl HookedGpt2 {
         }
     }
 
-    fn run(&self, input: &Tensor, opts: &ForwardOptions, mut kv: Option<&mut KvCache>) -> Result<ForwardOutput> {
+    /// Logits `[batch, 1, d_vocab]` of the last position only, for generation (with
+    /// the KV cache or without): every hook runs as in [`HookedGpt2::forward_with`],
+    /// but the unembedding, the largest product of a prompt's forward, is applied to
+    /// the one position whose logits are sampled.
+    pub(crate) fn last_logits(
+        &self,
+        tokens: &Tensor,
+        opts: &ForwardOptions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(tokens, opts, cache, true)?
+            .logits
+            .ok_or_else(|| Error::invalid("the forward returned no logits (internal error)"))
+    }
+
+    fn run(
+        &self,
+        input: &Tensor,
+        opts: &ForwardOptions,
+        mut kv: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<ForwardOutput> {
         let start = opts
             .start_at_layer
             .map(|l| self.resolve_layer(l, "start_at_layer"))
@@ -532,7 +553,11 @@ impl HookedGpt2 {
         if opts.return_type == ReturnType::None {
             return Ok(ForwardOutput::default());
         }
-        let logits = self.unembed.forward(&residual)?;
+        let logits = if last_only && opts.return_type == ReturnType::Logits {
+            self.unembed.forward(&residual.narrow(1, p - 1, 1)?)?
+        } else {
+            self.unembed.forward(&residual)?
+        };
         let loss = match opts.return_type {
             ReturnType::Loss | ReturnType::Both => {
                 let tokens = tokens.as_ref().ok_or_else(|| {
