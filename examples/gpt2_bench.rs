@@ -4,7 +4,8 @@
 //! `cargo run --release --example gpt2_bench` (add `-- --quick` for fewer repeats)
 //!
 //! In one run it measures:
-//! 1. the matmul floor: candle's f32 matrix products at the forward's exact shapes, alone;
+//! 1. the matmul floor: candle's f32 matrix products at the forward's exact shapes, alone
+//!    (the model's own weights, in its layouts);
 //! 2. the forward with no hook attached, batch 1 x 64 and 8 x 128, in ms and GFLOP/s;
 //! 3. the same with `run_with_cache` of every hook, and with one patching hook;
 //! 4. forward + backward with the gradient cached at every hook, against a plain
@@ -65,53 +66,70 @@ fn forward_flops(cfg: &Gpt2Config, b: usize, p: usize) -> f64 {
     cfg.n_layers as f64 * per_layer + 2.0 * n * d * v
 }
 
-/// The matrix products of one forward, at its shapes, run alone (the "floor").
+/// The matrix products of one forward, at its shapes, run alone (the "floor"): with
+/// the model's own weights, in the model's layouts (`[in, out]`; the unembedding is
+/// `W_E` transposed), so that the floor reads the same 12 layers of weights from
+/// memory as the forward does, not one layer's over and over from cache.
 struct Floor {
-    n_layers: usize,
     x: Tensor,
-    w_qkv: Tensor,
-    w_o: Tensor,
-    w_in: Tensor,
     hid: Tensor,
-    w_out: Tensor,
     q: Tensor,
     kt: Tensor,
     pat: Tensor,
     v: Tensor,
+    /// Per layer: `W_qkv`, `W_O`, `W_in`, `W_out`.
+    layers: Vec<[Tensor; 4]>,
     w_u: Tensor,
 }
 
 impl Floor {
-    fn new(cfg: &Gpt2Config, b: usize, p: usize) -> hooklens::Result<Self> {
+    fn new(
+        cfg: &Gpt2Config,
+        weights: &std::collections::HashMap<String, Tensor>,
+        b: usize,
+        p: usize,
+    ) -> hooklens::Result<Self> {
         let mut rng = SeededRng::new(3);
         let n = b * p;
         let (d, h, dh, m) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+        let w = |name: String| {
+            weights
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| hooklens::Error::invalid(format!("no weight {name}")))
+        };
+        let layers = (0..cfg.n_layers)
+            .map(|i| {
+                Ok([
+                    w(format!("h.{i}.attn.c_attn.weight"))?,
+                    w(format!("h.{i}.attn.c_proj.weight"))?,
+                    w(format!("h.{i}.mlp.c_fc.weight"))?,
+                    w(format!("h.{i}.mlp.c_proj.weight"))?,
+                ])
+            })
+            .collect::<hooklens::Result<_>>()?;
         Ok(Floor {
-            n_layers: cfg.n_layers,
             x: rng.normal_tensor(&[n, d], 1.0)?,
-            w_qkv: rng.normal_tensor(&[d, 3 * d], 0.02)?,
-            w_o: rng.normal_tensor(&[d, d], 0.02)?,
-            w_in: rng.normal_tensor(&[d, m], 0.02)?,
             hid: rng.normal_tensor(&[n, m], 1.0)?,
-            w_out: rng.normal_tensor(&[m, d], 0.02)?,
             q: rng.normal_tensor(&[b, h, p, dh], 1.0)?,
             kt: rng.normal_tensor(&[b, h, dh, p], 1.0)?,
             pat: rng.normal_tensor(&[b, h, p, p], 1.0)?,
             v: rng.normal_tensor(&[b, h, p, dh], 1.0)?,
-            w_u: rng.normal_tensor(&[d, cfg.d_vocab], 0.02)?,
+            layers,
+            w_u: w("wte.weight".into())?.t()?,
         })
     }
 
     /// Every product of one forward: per layer q|k|v, scores, pattern . v, W_O, MLP in
     /// and out; then the unembedding.
     fn run(&self) -> hooklens::Result<Tensor> {
-        for _ in 0..self.n_layers {
-            let _ = self.x.matmul(&self.w_qkv)?;
+        for [w_qkv, w_o, w_in, w_out] in &self.layers {
+            let _ = self.x.matmul(w_qkv)?;
             let _ = self.q.matmul(&self.kt)?;
             let _ = self.pat.matmul(&self.v)?;
-            let _ = self.x.matmul(&self.w_o)?;
-            let _ = self.x.matmul(&self.w_in)?;
-            let _ = self.hid.matmul(&self.w_out)?;
+            let _ = self.x.matmul(w_o)?;
+            let _ = self.x.matmul(w_in)?;
+            let _ = self.hid.matmul(w_out)?;
         }
         Ok(self.x.matmul(&self.w_u)?)
     }
@@ -218,7 +236,7 @@ fn main() -> hooklens::Result<()> {
     for (b, p, n) in [(1usize, 64usize, 10usize), (8, 128, 4)] {
         let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
         let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
-        let floor_inputs = Floor::new(&cfg, b, p)?;
+        let floor_inputs = Floor::new(&cfg, &weights, b, p)?;
         let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
             Ok(Some(x.zeros_like()?))
         });
