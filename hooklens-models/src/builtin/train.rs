@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, Error, Result};
 
-use super::induction::repeated_tokens_from_pools;
+use super::induction::{repeated_tokens, repeated_tokens_from_pools};
 use crate::gpt2::{cross_entropy_per_row, random_weights, ForwardOptions, Gpt2Config, HookedGpt2, SeededRng};
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
@@ -35,21 +35,25 @@ pub struct TrainOptions {
     /// Keep the token embeddings at their random initialisation.
     pub freeze_embeddings: bool,
     /// Each sequence draws from a pool of this many tokens (inclusive range, per
-    /// sequence); see [`super::repeated_tokens_from_pools`].
+    /// sequence; see [`super::repeated_tokens_from_pools`]); `(0, 0)` draws from the
+    /// whole vocabulary.
     pub pool: (usize, usize),
+    /// Multiplies GPT-2's initial q/k/v weights (std 0.02).
+    pub qkv_init_scale: f64,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             seed: 0,
-            steps: 2000,
+            steps: 1500,
             batch: 32,
             half_len: (8, 24),
             lr: 5e-3,
             warmup: 60,
             freeze_embeddings: true,
-            pool: (4, 24),
+            pool: (0, 0),
+            qkv_init_scale: 5.0,
         }
     }
 }
@@ -116,8 +120,12 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
         optimizer.set_learning_rate(lr);
         let span = (opts.half_len.1 - opts.half_len.0 + 1) as u64;
         let half = opts.half_len.0 + rng.below(span) as usize;
-        let pool = opts.pool.0 + rng.below((opts.pool.1 - opts.pool.0 + 1) as u64) as usize;
-        let tokens = repeated_tokens_from_pools(&mut rng, opts.batch, half, pool, cfg.d_vocab, bos)?;
+        let tokens = if opts.pool.1 == 0 {
+            repeated_tokens(&mut rng, opts.batch, half, cfg.d_vocab, bos)?
+        } else {
+            let pool = opts.pool.0 + rng.below((opts.pool.1 - opts.pool.0 + 1) as u64) as usize;
+            repeated_tokens_from_pools(&mut rng, opts.batch, half, pool, cfg.d_vocab, bos)?
+        };
         let loss = with_grad_mode(|| repeat_loss(&model, &tokens, half))?;
         optimizer.backward_step(&loss)?;
         progress(&TrainStep {
