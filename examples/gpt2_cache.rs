@@ -42,13 +42,21 @@ fn main() -> hooklens::Result<()> {
     // Every activation, by its TransformerLens name.
     let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
     println!("cached {} activations, logits {:?}", cache.len(), logits.dims());
-    for name in ["hook_embed", "blocks.0.attn.hook_pattern", "blocks.0.mlp.hook_post", "ln_final.hook_scale"] {
+    for name in [
+        "hook_embed",
+        "blocks.0.attn.hook_pattern",
+        "blocks.0.mlp.hook_post",
+        "ln_final.hook_scale",
+    ] {
         println!("  {name:<28} {:?}", cache.try_get(name)?.dims());
     }
     let pattern = cache.try_get("blocks.0.attn.hook_pattern")?;
     let last_row = pattern.get(0)?.get(0)?.get(n_pos - 1)?.to_vec1::<f32>()?;
     let rounded: Vec<String> = last_row.iter().map(|p| format!("{p:.3}")).collect();
-    println!("layer 0 head 0, attention of the last position: [{}]", rounded.join(", "));
+    println!(
+        "layer 0 head 0, attention of the last position: [{}]",
+        rounded.join(", ")
+    );
 
     // The same forward with every head's output of layer 0 zero-ablated.
     let loss_opts = ForwardOptions::new().return_type(ReturnType::Both);
