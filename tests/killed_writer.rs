@@ -23,6 +23,8 @@ const TENSORS: [&str; 4] = [
     "hook_final",
 ];
 const LEN: usize = 4 << 20;
+/// A one-element tensor holding the file's number.
+const INDEX: &str = "index";
 
 fn final_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("cache-{i}.safetensors"))
@@ -41,11 +43,14 @@ fn child_writer_for_the_kill_test() {
         return;
     };
     let dir = PathBuf::from(dir);
+    // The large tensors are built once: the child then spends nearly all its time inside
+    // a save, so a kill lands mid-write rather than between files even on a loaded machine.
+    let mut cache = ActivationCache::new(true);
+    for (j, name) in TENSORS.into_iter().enumerate() {
+        cache.insert(name, Tensor::full(j as f32, LEN, &Device::Cpu).unwrap());
+    }
     for i in 0..MAX_FILES {
-        let mut cache = ActivationCache::new(true);
-        for name in TENSORS {
-            cache.insert(name, Tensor::full(i as f32, LEN, &Device::Cpu).unwrap());
-        }
+        cache.insert(INDEX, Tensor::new(&[i as f32], &Device::Cpu).unwrap());
         cache.save(final_path(&dir, i)).unwrap();
         if i >= 2 {
             std::fs::remove_file(final_path(&dir, i - 2)).unwrap();
@@ -84,12 +89,51 @@ fn temporaries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Every `cache-*.safetensors` at its final path in `dir`, with its number.
+fn finals(dir: &Path) -> Vec<(usize, PathBuf)> {
+    let mut out: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let k = name
+                        .strip_prefix("cache-")?
+                        .strip_suffix(".safetensors")?
+                        .parse()
+                        .ok()?;
+                    Some((k, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Loads cache `k` and checks it is whole: every tensor, every value as written.
+fn assert_whole(path: &Path, k: usize) {
+    let cache = ActivationCache::load(path, &Device::Cpu).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut names = TENSORS.to_vec();
+    names.push(INDEX);
+    assert_eq!(cache.keys().collect::<Vec<_>>(), names);
+    assert_eq!(cache[INDEX].to_vec1::<f32>().unwrap(), [k as f32]);
+    for (j, name) in TENSORS.into_iter().enumerate() {
+        let t = cache[name].to_dtype(DType::F32).unwrap();
+        assert_eq!(t.dims(), [LEN], "{name}");
+        assert_eq!(t.min_all().unwrap().to_scalar::<f32>().unwrap(), j as f32, "{name}");
+        assert_eq!(t.max_all().unwrap().to_scalar::<f32>().unwrap(), j as f32, "{name}");
+    }
+}
+
 #[test]
 fn a_writer_killed_mid_write_leaves_no_complete_looking_file() {
     let dir = std::env::temp_dir().join(format!("hooklens-killed-writer-{}", std::process::id()));
-    // A kill can land between two files (after a rename, before the next temporary file
-    // exists); then nothing was cut and the attempt is repeated.
-    for attempt in 0..5 {
+    // Kills at varying moments after the first file is done: whenever the kill lands,
+    // every file at a final path must be whole, and a file cut mid-write must exist only
+    // under its temporary name. At least one kill must land mid-write.
+    let mut cut_mid_write = 0;
+    for attempt in 0..12 {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut child = KillOnDrop(
@@ -104,41 +148,34 @@ fn a_writer_killed_mid_write_leaves_no_complete_looking_file() {
                 .spawn()
                 .unwrap(),
         );
-        // Wait until some file after the first is being written.
         let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if temporaries(&dir).iter().any(|n| tmp_index(n).is_some_and(|k| k >= 1)) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the child never got past its first file");
+        while finals(&dir).is_empty() {
+            assert!(Instant::now() < deadline, "the child never finished its first file");
             assert!(child.0.try_wait().unwrap().is_none(), "the child ended on its own");
             std::thread::sleep(Duration::from_micros(200));
         }
+        std::thread::sleep(Duration::from_millis(7 * attempt as u64 + 3));
         drop(child); // SIGKILL: no destructor, no cleanup runs in the child
 
-        let left = temporaries(&dir);
-        let Some(k) = left.iter().find_map(|n| tmp_index(n)) else {
-            eprintln!("attempt {attempt}: the kill landed between files, trying again");
-            continue;
-        };
-        // The file being written when the process died is not at its final path...
-        assert!(!final_path(&dir, k).exists(), "cut file {k} sits at its final path");
-        assert!(!final_path(&dir, k + 1).exists());
-        // ...and the file finished before it is whole, every value as written.
-        let before = ActivationCache::load(final_path(&dir, k - 1), &Device::Cpu).unwrap();
-        assert_eq!(before.keys().collect::<Vec<_>>(), TENSORS);
-        for (name, t) in before.iter() {
-            assert_eq!(t.dims(), [LEN], "{name}");
-            let t = t.to_dtype(DType::F32).unwrap();
-            let want = (k - 1) as f32;
-            assert_eq!(t.min_all().unwrap().to_scalar::<f32>().unwrap(), want, "{name}");
-            assert_eq!(t.max_all().unwrap().to_scalar::<f32>().unwrap(), want, "{name}");
+        for (k, path) in finals(&dir) {
+            assert_whole(&path, k);
         }
-        // What the dead writer leaves is a hidden temporary file, which no reader of
-        // `cache-1.safetensors` sees (and which a later save does not reuse).
-        std::fs::remove_dir_all(&dir).unwrap();
-        return;
+        // A kill mid-write leaves a hidden temporary file (safetensors writes a random
+        // `.tmpXXXXXX` sibling, renamed to ours, renamed to the final name when whole);
+        // the cut file itself never reaches a final path, which `assert_whole` checks.
+        let hidden = temporaries(&dir);
+        if !hidden.is_empty() {
+            cut_mid_write += 1;
+            let newest = finals(&dir).last().map(|(k, _)| *k).unwrap_or(0);
+            assert!(!final_path(&dir, newest + 1).exists());
+            for k in hidden.iter().filter_map(|n| tmp_index(n)) {
+                assert!(!final_path(&dir, k).exists(), "cut file {k} sits at its final path");
+            }
+        }
+        if cut_mid_write > 0 {
+            break;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    panic!("five kills in a row landed between files");
+    assert!(cut_mid_write > 0, "no kill landed mid-write in 12 tries");
 }
