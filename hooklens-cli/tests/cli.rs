@@ -162,6 +162,36 @@ fn cache_matches_transformer_lens_unprocessed_and_processed() {
 }
 
 #[test]
+fn cache_grads_match_transformer_lens() {
+    let tmp = TempDir::new("cache-grads");
+    let out = tmp.path("grads.safetensors");
+    let (model, tokens) = (tiny_model(), tiny_tokens());
+    let args = [
+        "cache",
+        "--model",
+        s(&model),
+        "--tokens",
+        s(&tokens),
+        "--no-processing",
+        "--grads",
+        "--out",
+        s(&out),
+    ];
+    ok(hooklens(&args));
+    let got = load(&out);
+    let want = load(&root().join("testdata/tiny-gpt2/tl_grads.safetensors"));
+    assert_eq!(want.len(), 38);
+    for (name, w) in &want {
+        let g = got.get(name).unwrap_or_else(|| panic!("no {name}"));
+        let d = rel_diff(g, w);
+        assert!(d < 1e-3, "{name}: {d}");
+    }
+    let reference = load(&root().join("testdata/tiny-gpt2/tl_unprocessed.safetensors"));
+    assert!(rel_diff(&got["loss"], &reference["loss"]) < 1e-4);
+    assert!(rel_diff(&got["blocks.0.hook_resid_post"], &reference["blocks.0.hook_resid_post"]) < 1e-4);
+}
+
+#[test]
 fn cache_names_pos_slice_and_batch_dim() {
     let tmp = TempDir::new("cache-opts");
     let out = tmp.path("c.safetensors");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
+use hooklens::{CacheOptions, HookSet, HookedModel, NamesFilter, Slice};
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::{ForwardOptions, ReturnType};
 
@@ -17,6 +17,7 @@ use crate::error::{CliError, CliResult};
 /// (mean next-token cross-entropy), `loss_per_token` [batch, pos-1], `tokens`
 /// [batch, pos] (i64) and, when prompts of
 /// different lengths were padded (on the right), `attention_mask` [batch, pos].
+/// With --grads, `<name>_grad` beside each activation.
 /// --names, --pos-slice and --remove-batch-dim apply to the activations only.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,6 +35,10 @@ pub struct Args {
     /// Keep only these positions of each activation: `-1`, `2:8`, `::2`, `1,3,5`, ...
     #[arg(long, value_name = "SLICE", allow_hyphen_values = true, value_parser = parse_slice)]
     pub pos_slice: Option<Slice>,
+    /// Also back-propagate the mean loss and save `<name>_grad`, the gradient of the
+    /// loss with respect to each cached activation (TransformerLens's `incl_bwd`).
+    #[arg(long)]
+    pub grads: bool,
     /// The safetensors file to write (atomically: a temporary file, then a rename).
     #[arg(long, value_name = "FILE.safetensors")]
     pub out: PathBuf,
@@ -72,11 +77,32 @@ pub fn run(args: Args) -> CliResult<()> {
     if let Some(mask) = &input.mask {
         fwd = fwd.attention_mask(mask.clone());
     }
-    let (out, mut cache) = model.run_with_cache(opts, |m| m.forward_with(&input.tokens, &fwd))?;
+    let (out, mut cache) = if args.grads {
+        // The backward pass needs the scalar inside the run; the forward's other outputs
+        // are kept from the same run.
+        let mut kept = None;
+        let (_, cache) = model.run_with_cache_bwd(opts, HookSet::new(), |m| -> hooklens::Result<Tensor> {
+            let out = m.forward_with(&input.tokens, &fwd)?;
+            let per_token = out
+                .loss
+                .clone()
+                .ok_or_else(|| hooklens::Error::invalid("the model returned no loss"))?;
+            let loss = mean_loss(&per_token, input.mask.as_ref()).map_err(|e| hooklens::Error::invalid(e.0))?;
+            kept = Some(out);
+            Ok(loss)
+        })?;
+        (kept.ok_or_else(|| CliError::msg("the forward did not run"))?, cache)
+    } else {
+        model.run_with_cache(opts, |m| m.forward_with(&input.tokens, &fwd))?
+    };
     let logits = out
         .logits
-        .ok_or_else(|| CliError::msg("the model returned no logits"))?;
-    let per_token = out.loss.ok_or_else(|| CliError::msg("the model returned no loss"))?;
+        .ok_or_else(|| CliError::msg("the model returned no logits"))?
+        .detach();
+    let per_token = out
+        .loss
+        .ok_or_else(|| CliError::msg("the model returned no loss"))?
+        .detach();
     let loss = mean_loss(&per_token, input.mask.as_ref())?;
     for name in ["logits", "loss", "loss_per_token", "tokens", "attention_mask"] {
         if cache.contains(name) {
