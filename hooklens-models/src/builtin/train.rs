@@ -46,7 +46,7 @@ impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
             seed: 0,
-            steps: 1500,
+            steps: 6000,
             batch: 32,
             half_len: (8, 24),
             lr: 5e-3,
