@@ -8,57 +8,16 @@
 //! the vocabulary, an --out in a missing directory, --top-p 1.5, --pos 65); the cases
 //! here are the rest, one table per subcommand.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tiny_model() -> PathBuf {
-    root().join("testdata/tiny-gpt2/model")
-}
-
-fn tiny_tokens() -> PathBuf {
-    root().join("testdata/tiny-gpt2/tokens.safetensors")
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hooklens-cli-bad-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn s(&self, name: &str) -> String {
-        self.path(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 /// Runs `hooklens` offline with an empty Hugging Face cache.
 fn hooklens(args: &[String]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hooklens"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"))
-        .output()
-        .expect("the hooklens binary runs")
+    offline_command(args).output().expect("the hooklens binary runs")
 }
 
 /// Runs every case: `base` plus the case's arguments must fail with `needle` on stderr

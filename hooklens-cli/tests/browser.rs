@@ -5,27 +5,12 @@
 //! Without chromium the test is skipped with a message, except in CI (`CI=true`, set by
 //! `.ci/run`, which installs chromium), where a missing browser is a failure.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hooklens-browser-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The browser to use: `HOOKLENS_CHROMIUM`, else the first of chromium,
 /// chromium-browser, google-chrome on the PATH.
@@ -127,12 +112,7 @@ fn title(dom: &str) -> &str {
 }
 
 fn hooklens(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hooklens"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"))
-        .output()
-        .unwrap();
+    let out = offline_command(args).output().unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",

@@ -1,52 +1,18 @@
 //! The `hooklens` binary, run as a user would, on the tiny reference model.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tiny_model() -> PathBuf {
-    root().join("testdata/tiny-gpt2/model")
-}
-
-fn tiny_tokens() -> PathBuf {
-    root().join("testdata/tiny-gpt2/tokens.safetensors")
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hooklens-cli-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::*;
 
 /// Runs `hooklens` with `args` (paths as given), with a Hugging Face cache that is
 /// empty and offline unless `env` says otherwise, so no test can reach the network.
 fn hooklens_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hooklens"));
-    cmd.args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"));
+    let mut cmd = offline_command(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

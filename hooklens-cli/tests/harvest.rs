@@ -2,46 +2,19 @@
 //! and restarted it ends with the same bytes as an uninterrupted run; workers split the
 //! input; the shards hold what the model computes; bad input is a readable error.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, IndexOp};
+use common::*;
 use hooklens::{CacheOptions, HookedModel};
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hooklens-harvest-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hooklens"));
-    cmd.args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"));
-    cmd
-}
-
 fn hooklens(args: &[&str]) -> Output {
-    command(args).output().expect("the hooklens binary runs")
+    offline_command(args).output().expect("the hooklens binary runs")
 }
 
 fn ok(o: Output) -> String {
@@ -161,7 +134,7 @@ fn killed_and_restarted_ends_with_the_same_shards() {
     // Interrupted: killed (SIGKILL, nothing cleaned up) once the first shard is there.
     let cut = tmp.path("cut");
     let c = cut.to_str().unwrap();
-    let mut child = command(&harvest_args(m, t, c))
+    let mut child = offline_command(&harvest_args(m, t, c))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

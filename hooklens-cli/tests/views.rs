@@ -2,39 +2,15 @@
 //! model by default (offline), with readable errors. The pages' behaviour in a browser
 //! is tested in `browser.rs`.
 
+mod common;
+
+use common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("hooklens-views-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use std::process::Output;
 
 /// Runs `hooklens` offline with an empty Hugging Face cache: nothing can be downloaded.
 fn hooklens(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hooklens"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"))
-        .output()
-        .expect("the hooklens binary runs")
+    offline_command(args).output().expect("the hooklens binary runs")
 }
 
 fn ok(o: Output) -> String {
