@@ -4,8 +4,9 @@
 //! `cargo run --release --example gpt2_bench` (add `-- --quick` for fewer repeats)
 //!
 //! In one run it measures:
-//! 1. the matmul floor: candle's f32 matrix products at the forward's exact shapes, alone
-//!    (the model's own weights, in its layouts);
+//! 1. the matmul floor: the f32 matrix products at the forward's exact shapes, alone
+//!    (the model's own weights, in its layouts), computed as the model computes them
+//!    (`gpt2::matmul`) and, for comparison, all with candle's `matmul`;
 //! 2. the forward with no hook attached, batch 1 x 64 and 8 x 128, in ms and GFLOP/s;
 //! 3. the same with `run_with_cache` of every hook, and with one patching hook;
 //! 4. forward + backward with the gradient cached at every hook, against a plain
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use hooklens::models::gpt2::{random_weights, save_hf_checkpoint, SeededRng};
+use hooklens::models::gpt2::{self, random_weights, save_hf_checkpoint, SeededRng};
 use hooklens::{
     CacheOptions, ForwardOptions, GenerateOptions, Gpt2Config, HookPoint, HookSet, HookedGpt2, HookedModel,
 };
@@ -121,17 +122,22 @@ impl Floor {
     }
 
     /// Every product of one forward: per layer q|k|v, scores, pattern . v, W_O, MLP in
-    /// and out; then the unembedding.
-    fn run(&self) -> hooklens::Result<Tensor> {
+    /// and out; then the unembedding. `ours`: the weight products as the model computes
+    /// them ([`hooklens::models::gpt2::matmul`]), else all with candle's `matmul`; the
+    /// two attention products are candle's batched matmul either way, as in the model.
+    fn run(&self, ours: bool) -> hooklens::Result<Tensor> {
+        let mm = |x: &Tensor, w: &Tensor| -> hooklens::Result<Tensor> {
+            Ok(if ours { gpt2::matmul(x, w)? } else { x.matmul(w)? })
+        };
         for [w_qkv, w_o, w_in, w_out] in &self.layers {
-            let _ = self.x.matmul(w_qkv)?;
+            let _ = mm(&self.x, w_qkv)?;
             let _ = self.q.matmul(&self.kt)?;
             let _ = self.pat.matmul(&self.v)?;
-            let _ = self.x.matmul(w_o)?;
-            let _ = self.x.matmul(w_in)?;
-            let _ = self.hid.matmul(w_out)?;
+            let _ = mm(&self.x, w_o)?;
+            let _ = mm(&self.x, w_in)?;
+            let _ = mm(&self.hid, w_out)?;
         }
-        Ok(self.x.matmul(&self.w_u)?)
+        mm(&self.x, &self.w_u)
     }
 }
 
@@ -229,9 +235,9 @@ fn main() -> hooklens::Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("GPT-2-small shape, seeded random weights, f32, CPU, {threads} threads, {n_params} parameters\n");
     println!(
-        "| batch x pos | matmul floor | forward | fwd / floor | GFLOP/s | run_with_cache (all) | cache / fwd | one patching hook | patch / fwd |"
+        "| batch x pos | candle matmul floor | matmul floor | forward | fwd / floor | fwd / candle floor | GFLOP/s | run_with_cache (all) | cache / fwd | one patching hook | patch / fwd |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = SeededRng::new(1);
     for (b, p, n) in [(1usize, 64usize, 10usize), (8, 128, 4)] {
         let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
@@ -243,7 +249,8 @@ fn main() -> hooklens::Result<()> {
         let t = time_interleaved(
             reps(n),
             &mut [
-                &mut || floor_inputs.run().map(drop),
+                &mut || floor_inputs.run(false).map(drop),
+                &mut || floor_inputs.run(true).map(drop),
                 &mut || model.forward(&tokens).map(drop),
                 &mut || {
                     model
@@ -253,13 +260,15 @@ fn main() -> hooklens::Result<()> {
                 &mut || model.run_with_hooks(patch.clone(), |m| m.forward(&tokens)).map(drop),
             ],
         )?;
-        let (floor, fwd, cached, patched) = (t[0], t[1], t[2], t[3]);
+        let (candle_floor, floor, fwd, cached, patched) = (t[0], t[1], t[2], t[3], t[4]);
         let gflops = forward_flops(&cfg, b, p) / fwd / 1e9;
         println!(
-            "| {b} x {p} | {:.1} ms | {:.1} ms | {:.3} | {gflops:.1} | {:.1} ms | {:.3} | {:.1} ms | {:.3} |",
+            "| {b} x {p} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {:.3} | {gflops:.1} | {:.1} ms | {:.3} | {:.1} ms | {:.3} |",
+            candle_floor * 1e3,
             floor * 1e3,
             fwd * 1e3,
             fwd / floor,
+            fwd / candle_floor,
             cached * 1e3,
             cached / fwd,
             patched * 1e3,

@@ -37,6 +37,21 @@ pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
 
 use candle_core::Tensor;
 
+/// `x @ w` as the model's linear layers compute it: `x` `[rows, in]`, `w` `[in, out]`
+/// (any strides, such as `W_E` transposed) -> `[rows, out]`.
+///
+/// On the CPU in f32 with no gradient tracked, one row or a few go through a kernel
+/// that streams the weight once (decoding is bound by memory), and more through
+/// `matrixmultiply`'s sgemm, which on 2-4 cores gives 1.5-2x the GFLOP/s of candle's
+/// gemm at GPT-2's shapes; anything else (gradients, other devices and dtypes, more
+/// than 4 threads) is candle's `matmul`.
+pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    match kernels::small_matmul(x, w).or_else(|| kernels::sgemm(x, w)) {
+        Some(y) => y,
+        None => x.matmul(w),
+    }
+}
+
 /// `x @ w + b` for `x` `[.., in]`, `w` `[in, out]`, `b` `[out]` -> `[.., out]`, as one
 /// 2-D matmul over the flattened leading axes (faster in candle than a batched matmul
 /// with a broadcast right-hand side).
@@ -45,10 +60,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core:
     let (d_in, d_out) = w.dims2()?;
     let lead: usize = dims[..dims.len().saturating_sub(1)].iter().product();
     let x2 = x.reshape((lead, d_in))?;
-    let y = match kernels::small_matmul(&x2, w) {
-        Some(y) => y?,
-        None => x2.matmul(w)?,
-    };
+    let y = matmul(&x2, w)?;
     let y = match b {
         Some(b) => kernels::add_bias_owned(y, b)?,
         None => y,
