@@ -1,6 +1,7 @@
 //! Trains the built-in model from a seed and writes it where hooklens-models ships it.
 //!
-//! `cargo run --release --example train_builtin [-- --steps N --seed S --out DIR]`
+//! `cargo run --release --example train_builtin [-- --steps N --seed S --out DIR --every K]`
+//! (`--every K`: score every head for induction each K steps; 0 turns it off)
 //!
 //! A two-layer GPT-2 (d_model 64, 4 heads, GPT-2's vocabulary) learns to continue
 //! repeated random token sequences, the setting in which induction heads form. It
@@ -43,9 +44,16 @@ fn main() -> hooklens::Result<()> {
     let out: String =
         arg(&args, "--out")?.unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/hooklens-models/builtin").into());
 
+    let every: usize = arg(&args, "--every")?.unwrap_or(500);
+    let cfg = builtin_config();
+    let bos = cfg.bos_token_id.unwrap_or(50256);
+    // A fixed batch to score the heads on while training: how far induction has formed.
+    let probe_half = 20;
+    let probe = repeated_tokens(&mut SeededRng::new(777), 8, probe_half, cfg.d_vocab, bos)?;
+
     let start = Instant::now();
     let mut curve: Vec<TrainStep> = Vec::new();
-    let weights = train_induction(&opts, |s| {
+    let weights = train_induction(&opts, |s, model| {
         curve.push(*s);
         let done = (s.step + 1) as f64 / opts.steps as f64;
         let filled = (done * 40.0) as usize;
@@ -64,6 +72,19 @@ fn main() -> hooklens::Result<()> {
             eta
         );
         let _ = std::io::stderr().flush();
+        if every > 0 && (s.step + 1) % every == 0 {
+            let scores = induction_scores(model, &probe, probe_half)?.to_vec2::<f32>()?;
+            let best: Vec<String> = scores
+                .iter()
+                .map(|row| format!("{:.2}", row.iter().cloned().fold(0.0, f32::max)))
+                .collect();
+            eprintln!(
+                "\n  step {}: best induction score per layer: {}",
+                s.step + 1,
+                best.join(", ")
+            );
+        }
+        Ok(())
     })?;
     eprintln!();
     println!(
@@ -92,7 +113,6 @@ fn main() -> hooklens::Result<()> {
         );
     }
 
-    let cfg = builtin_config();
     save_hf_checkpoint(&out, &cfg, &weights, DType::F16)?;
     println!("\nsaved to {out}");
 

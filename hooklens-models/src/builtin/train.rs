@@ -69,9 +69,13 @@ pub struct TrainStep {
     pub lr: f64,
 }
 
-/// Trains [`builtin_config`] from `opts.seed`, calling `progress` after every step,
-/// and returns the weights by Hugging Face name (f32).
-pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)) -> Result<HashMap<String, Tensor>> {
+/// Trains [`builtin_config`] from `opts.seed`, calling `progress` after every step
+/// with the model as it is after that step (to print a loss curve, or score its heads
+/// along the way), and returns the weights by Hugging Face name (f32).
+pub fn train_induction(
+    opts: &TrainOptions,
+    mut progress: impl FnMut(&TrainStep, &HookedGpt2) -> Result<()>,
+) -> Result<HashMap<String, Tensor>> {
     let cfg = builtin_config();
     if opts.half_len.0 < 2 || opts.half_len.0 > opts.half_len.1 || 1 + 2 * opts.half_len.1 > cfg.n_ctx {
         return Err(Error::invalid(format!(
@@ -84,6 +88,13 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
     // stream's noise for copying to be learnable in few steps.
     let wte = (init["wte.weight"].clone() * 5.0)?;
     init.insert("wte.weight".to_string(), wte);
+    // Larger attention weights than GPT-2's make the heads' patterns differ from the
+    // first step (see `TrainOptions::qkv_init_scale`).
+    for layer in 0..cfg.n_layers {
+        let key = format!("h.{layer}.attn.c_attn.weight");
+        let scaled = (init[&key].clone() * opts.qkv_init_scale)?;
+        init.insert(key, scaled);
+    }
     init.insert(
         "wpe.weight".to_string(),
         sinusoidal_positions(cfg.n_ctx, cfg.d_model, 0.1)?,
@@ -128,11 +139,12 @@ pub fn train_induction(opts: &TrainOptions, mut progress: impl FnMut(&TrainStep)
         };
         let loss = with_grad_mode(|| repeat_loss(&model, &tokens, half))?;
         optimizer.backward_step(&loss)?;
-        progress(&TrainStep {
+        let point = TrainStep {
             step,
             loss: loss.to_scalar::<f32>()?,
             lr,
-        });
+        };
+        progress(&point, &model)?;
     }
     Ok(tensors.into_iter().map(|(k, t)| (k, t.detach())).collect())
 }
