@@ -1,6 +1,7 @@
 //! Trains the built-in model from a seed and writes it where hooklens-models ships it.
 //!
-//! `cargo run --release --example train_builtin [-- --steps N --seed S --out DIR --every K]`
+//! `cargo run --release --example train_builtin [-- --steps N --seed S --out DIR --every K
+//!  --previous-token-heads H]`
 //! (`--every K`: score every head for induction each K steps; 0 turns it off)
 //!
 //! A two-layer GPT-2 (d_model 64, 4 heads, GPT-2's vocabulary) learns to continue
@@ -40,6 +41,9 @@ fn main() -> hooklens::Result<()> {
     }
     if let Some(s) = arg(&args, "--seed")? {
         opts.seed = s;
+    }
+    if let Some(h) = arg(&args, "--previous-token-heads")? {
+        opts.previous_token_heads = h;
     }
     let out: String =
         arg(&args, "--out")?.unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/hooklens-models/builtin").into());
@@ -119,7 +123,8 @@ fn main() -> hooklens::Result<()> {
     // Check what was saved, as it will be loaded.
     let model = HookedGpt2::from_dir(&out, &LoadOptions::no_processing())?;
     let mut rng = SeededRng::new(12345);
-    let half = 30;
+    // Within the trained lengths (1 + prefix + window <= 57 positions).
+    let half = 20;
     let tokens = repeated_tokens(&mut rng, 8, half, cfg.d_vocab, cfg.bos_token_id.unwrap_or(50256))?;
     let (first, second) = half_losses(&model, &tokens, half)?;
     println!("loss on repeated random tokens: first half {first:.3}, repeated half {second:.3}");

@@ -31,8 +31,9 @@ pub struct Args {
     /// Seeds the random tokens.
     #[arg(long, value_name = "S", default_value_t = 0, allow_negative_numbers = true)]
     pub seed: u64,
-    /// Random tokens before the repeat (each sequence is BOS + N + the same N).
-    #[arg(long, value_name = "N", default_value_t = 40, allow_negative_numbers = true)]
+    /// Random tokens before the repeat (each sequence is BOS + N + the same N). The
+    /// built-in model was trained on sequences of up to 57 tokens, hence 20.
+    #[arg(long, value_name = "N", default_value_t = 20, allow_negative_numbers = true)]
     pub half: usize,
     /// How many random sequences to average over.
     #[arg(long, value_name = "B", default_value_t = 16, allow_negative_numbers = true)]

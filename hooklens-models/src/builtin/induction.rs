@@ -19,29 +19,34 @@ pub fn random_token(rng: &mut SeededRng, d_vocab: usize, avoid: u32) -> u32 {
     }
 }
 
-/// `[batch, 1 + 2*half]` tokens like [`repeated_tokens`], each sequence drawn (with
-/// repetition) from its own pool of `pool` random tokens. With few distinct tokens in
-/// a sequence, "predict some token seen earlier" no longer pays, and only induction
-/// (the token after the earlier occurrence of this one) lowers the loss.
-pub fn repeated_tokens_from_pools(
+/// `[batch, 1 + prefix + window]` tokens: BOS, `prefix` random tokens, then `window`
+/// consecutive tokens of them again, from a start drawn per sequence; what the built-in
+/// model trains on. With the repeat a window of a longer prefix, "predict a token seen
+/// earlier" and "predict a token not yet repeated" both leave most of the prefix to
+/// choose from; only induction (the token after the earlier occurrence of this one)
+/// predicts the repeat.
+pub fn windowed_repeats(
     rng: &mut SeededRng,
     batch: usize,
-    half: usize,
-    pool: usize,
+    prefix: usize,
+    window: usize,
     d_vocab: usize,
     bos: u32,
 ) -> Result<Tensor> {
-    let mut ids = Vec::with_capacity(batch * (1 + 2 * half));
+    if window > prefix {
+        return Err(hooklens_core::Error::invalid(format!(
+            "a repeat window of {window} tokens does not fit in a prefix of {prefix}"
+        )));
+    }
+    let mut ids = Vec::with_capacity(batch * (1 + prefix + window));
     for _ in 0..batch {
-        let choices: Vec<u32> = (0..pool.max(1)).map(|_| random_token(rng, d_vocab, bos)).collect();
-        let seq: Vec<u32> = (0..half)
-            .map(|_| choices[rng.below(choices.len() as u64) as usize])
-            .collect();
+        let seq: Vec<u32> = (0..prefix).map(|_| random_token(rng, d_vocab, bos)).collect();
+        let start = rng.below((prefix - window + 1) as u64) as usize;
         ids.push(bos);
         ids.extend_from_slice(&seq);
-        ids.extend_from_slice(&seq);
+        ids.extend_from_slice(&seq[start..start + window]);
     }
-    Ok(Tensor::from_vec(ids, (batch, 1 + 2 * half), &Device::Cpu)?)
+    Ok(Tensor::from_vec(ids, (batch, 1 + prefix + window), &Device::Cpu)?)
 }
 
 /// `[batch, 1 + 2*half]` tokens: BOS, then `half` random tokens, then the same again.
@@ -96,4 +101,30 @@ pub fn half_losses(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<(
         .mean_all()?
         .to_scalar::<f32>()?;
     Ok((first, second))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windowed_repeats_repeat_a_window_of_their_own_prefix() {
+        let mut rng = SeededRng::new(4);
+        let (prefix, window) = (12, 5);
+        let t = windowed_repeats(&mut rng, 6, prefix, window, 50257, 50256).unwrap();
+        assert_eq!(t.dims(), &[6, 1 + prefix + window]);
+        let mut starts = std::collections::HashSet::new();
+        for row in t.to_vec2::<u32>().unwrap() {
+            assert_eq!(row[0], 50256);
+            assert!(row[1..].iter().all(|&id| id != 50256 && id < 50257));
+            let (seq, rep) = row[1..].split_at(prefix);
+            let start = (0..=prefix - window)
+                .find(|&s| seq[s..s + window] == *rep)
+                .expect("the repeat is a window of the prefix");
+            starts.insert(start);
+        }
+        assert!(starts.len() > 1, "the window's start is drawn per sequence: {starts:?}");
+        let err = windowed_repeats(&mut rng, 1, 4, 5, 50257, 50256).unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+    }
 }
