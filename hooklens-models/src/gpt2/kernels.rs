@@ -350,12 +350,7 @@ impl CustomOp2 for SmallMatmul {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "small matmul input")?;
-        let (rows, d_in) = l1.shape().dims2()?;
-        let (w_in, d_out) = l2.shape().dims2()?;
-        if w_in != d_in {
-            candle_core::bail!("small matmul: [{rows}, {d_in}] x [{w_in}, {d_out}]")
-        }
+        let (x, rows, d_in, d_out) = matmul_operands(s1, l1, l2, "small matmul")?;
         let w = s2.as_slice::<f32>()?;
         let start = l2.start_offset();
         let w = &w[start..start + d_in * d_out];
@@ -382,6 +377,23 @@ pub(crate) fn small_matmul(x: &Tensor, w: &Tensor) -> Option<candle_core::Result
     Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &SmallMatmul)))
 }
 
+/// The contiguous input `[rows, in]` of `x @ w` and `(rows, in, out)`, or an error
+/// naming `op` where the shapes do not fit.
+fn matmul_operands<'a>(
+    s1: &'a CpuStorage,
+    l1: &Layout,
+    l2: &Layout,
+    op: &str,
+) -> candle_core::Result<(&'a [f32], usize, usize, usize)> {
+    let x = contiguous_f32(s1, l1, "matmul input")?;
+    let (rows, d_in) = l1.shape().dims2()?;
+    let (w_in, d_out) = l2.shape().dims2()?;
+    if w_in != d_in {
+        candle_core::bail!("{op}: input [{rows}, {d_in}] does not fit weight [{w_in}, {d_out}]")
+    }
+    Ok((x, rows, d_in, d_out))
+}
+
 /// `x @ w` through `matrixmultiply`'s sgemm, for [`sgemm`].
 struct Sgemm;
 
@@ -401,18 +413,7 @@ impl CustomOp2 for Sgemm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "matmul input")?;
-        let (rows, d_in) = match l1.dims() {
-            [r, k] => (*r, *k),
-            other => candle_core::bail!("sgemm: input must be [rows, in], got {other:?}"),
-        };
-        let (k2, d_out) = match l2.dims() {
-            [k, n] => (*k, *n),
-            other => candle_core::bail!("sgemm: weight must be [in, out], got {other:?}"),
-        };
-        if k2 != d_in {
-            candle_core::bail!("sgemm: input [{rows}, {d_in}] does not fit weight [{k2}, {d_out}]");
-        }
+        let (x, rows, d_in, d_out) = matmul_operands(s1, l1, l2, "sgemm")?;
         let w = s2.as_slice::<f32>()?;
         let (rs, cs) = match l2.stride() {
             [rs, cs] => (*rs, *cs),
