@@ -456,8 +456,8 @@ impl CustomOp2 for Sgemm {
 /// matmul should do it (gradients, other devices and dtypes, more than
 /// [`SGEMM_MAX_THREADS`] threads).
 ///
-/// On the 2-core machines this project is measured on, sgemm gives 1.5-2x the
-/// GFLOP/s of candle's gemm at the forward's shapes (`examples/gpt2_bench.rs` times
+/// On the 2-core machine this project is measured on, sgemm gives 1.0-2.2x the
+/// GFLOP/s of candle's gemm at the forward's shapes (1.5x at 1024 rows) (`examples/gpt2_bench.rs` times
 /// both floors).
 pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
