@@ -797,7 +797,7 @@ fn weight_views_for_analysis() {
     let ids = Tensor::new(&[[3u32, 4], [5, 6]], &Device::Cpu).unwrap();
     let dirs = model.tokens_to_residual_directions(&ids).unwrap();
     assert_eq!(dirs.dims(), &[2, 2, 64]);
-    assert_eq_t(&dirs.i((1, 0)).unwrap(), &model.w_u().i((.., 5)).unwrap());
+    assert_eq_t(&dirs.i((1, 0)).unwrap(), &model.w_u().unwrap().i((.., 5)).unwrap());
     let scalar = Tensor::new(9i64, &Device::Cpu).unwrap();
     assert_eq!(model.tokens_to_residual_directions(&scalar).unwrap().dims(), &[64]);
 

@@ -26,12 +26,11 @@ impl HookedGpt2 {
     /// The dot product of a final residual (after `ln_final`) with it is that token's
     /// logit, less `b_U`.
     pub fn tokens_to_residual_directions(&self, tokens: &Tensor) -> Result<Tensor> {
-        let w_u = self.w_u(); // [d_model, d_vocab]
-        let ids = token_ids(tokens, w_u.dim(1)?)?;
-        let flat = ids.flatten_all()?.to_device(w_u.device())?;
-        let cols = w_u.t()?.contiguous()?.index_select(&flat, 0)?; // [n, d_model]
+        let ids = token_ids(tokens, self.unembed.d_vocab()?)?;
+        let flat = ids.flatten_all()?.to_device(self.device())?;
+        let cols = self.unembed.token_directions(&flat)?; // [n, d_model]
         let mut shape = tokens.dims().to_vec();
-        shape.push(w_u.dim(0)?);
+        shape.push(self.cfg().d_model);
         Ok(cols.reshape(shape)?)
     }
 

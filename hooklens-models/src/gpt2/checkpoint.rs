@@ -13,6 +13,7 @@ use hooklens_core::{Error, Result};
 
 use super::config::Gpt2Config;
 use super::processing::ProcessingOptions;
+use super::unembed::UnembedFactors;
 
 /// How to load a checkpoint: dtype, device and weight processing.
 #[derive(Clone, Debug)]
@@ -86,8 +87,13 @@ pub(crate) struct Gpt2Weights {
     pub(crate) w_pos: Tensor,
     pub(crate) layers: Vec<LayerWeights>,
     pub(crate) ln_final: Option<(Tensor, Tensor)>,
-    /// `[d_model, d_vocab]`.
+    /// `[d_model, d_vocab]`: the base of `W_U` (see [`UnembedFactors`]); `W_E`
+    /// transposed, a view of its storage, when `tied`.
     pub(crate) w_u: Tensor,
+    /// What processing did to `W_U`, kept as factors rather than a new matrix.
+    pub(crate) unembed_factors: UnembedFactors,
+    /// Whether `w_u` is a view of `w_e`'s storage (no `lm_head` in the checkpoint).
+    pub(crate) tied: bool,
     pub(crate) b_u: Tensor,
     /// Whether every tensor's storage belongs to these weights alone (read from a file
     /// into fresh buffers), so that processing may edit it in place instead of holding
@@ -102,8 +108,8 @@ impl Gpt2Weights {
         let ln = |p: &Option<(Tensor, Tensor)>| -> candle_core::Result<Option<(Tensor, Tensor)>> {
             p.as_ref().map(|(w, b)| Ok((c(w)?, c(b)?))).transpose()
         };
+        let w_e = c(&self.w_e)?;
         Ok(Gpt2Weights {
-            w_e: c(&self.w_e)?,
             w_pos: c(&self.w_pos)?,
             layers: self
                 .layers
@@ -124,8 +130,12 @@ impl Gpt2Weights {
                 })
                 .collect::<candle_core::Result<_>>()?,
             ln_final: ln(&self.ln_final)?,
-            w_u: c(&self.w_u)?,
+            // A tied base stays a view of the converted W_E, not a copy of its own.
+            w_u: if self.tied { w_e.t()? } else { c(&self.w_u)? },
+            unembed_factors: self.unembed_factors.to_dtype(dtype)?,
+            tied: self.tied,
             b_u: c(&self.b_u)?,
+            w_e,
             // A conversion to the same dtype shares storage.
             exclusive: false,
         })
@@ -418,10 +428,11 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
     }
     let ln_final = ln("ln_f")?;
     // lm_head is never under the `transformer.` prefix.
-    let w_u = if src.contains("lm_head.weight") {
-        src.get("lm_head.weight", &[v, d])?.t()?
-    } else {
+    let tied = !src.contains("lm_head.weight");
+    let w_u = if tied {
         w_e.t()?
+    } else {
+        src.get("lm_head.weight", &[v, d])?.t()?
     };
     let b_u = Tensor::zeros(v, DType::F32, w_e.device())?;
     Ok(Gpt2Weights {
@@ -430,6 +441,8 @@ pub(crate) fn read_weights(src: &dyn TensorSource, cfg: &Gpt2Config, origin: &st
         layers,
         ln_final,
         w_u,
+        unembed_factors: UnembedFactors::default(),
+        tied,
         b_u,
         exclusive: src.fresh(),
     })

@@ -1,8 +1,6 @@
-//! Token and position embeddings, and the unembedding.
+//! Token and position embeddings.
 
 use candle_core::{DType, Tensor};
-
-use super::linear;
 
 /// The token embedding `W_E` `[d_vocab, d_model]` (TransformerLens's `Embed`).
 #[derive(Debug)]
@@ -54,29 +52,6 @@ impl PosEmbed {
                 emb.broadcast_mul(&keep.to_dtype(emb.dtype())?.unsqueeze(2)?)
             }
         }
-    }
-}
-
-/// The unembedding `W_U` `[d_model, d_vocab]` and `b_U` `[d_vocab]`.
-#[derive(Debug)]
-pub struct Unembed {
-    pub(crate) w_u: Tensor,
-    pub(crate) b_u: Tensor,
-    /// Unprocessed checkpoints have `b_U = 0`; adding it to `[batch*pos, d_vocab]`
-    /// logits would cost a pass over the largest tensor of the forward for nothing.
-    b_u_is_zero: bool,
-}
-
-impl Unembed {
-    /// The unembedding with `w_u` `[d_model, d_vocab]` and `b_u` `[d_vocab]`.
-    pub fn new(w_u: Tensor, b_u: Tensor) -> candle_core::Result<Self> {
-        let b_u_is_zero = b_u.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? == 0.0;
-        Ok(Unembed { w_u, b_u, b_u_is_zero })
-    }
-
-    /// `[batch, pos, d_model]` -> logits `[batch, pos, d_vocab]`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        linear(x, &self.w_u, (!self.b_u_is_zero).then_some(&self.b_u))
     }
 }
 

@@ -394,6 +394,117 @@ fn matmul_operands<'a>(
     Ok((x, rows, d_in, d_out))
 }
 
+/// `y = x @ w + beta * y` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
+/// row-major, `w` `[d_in, d_out]` with any strides inside `w_storage`, `y`
+/// `[rows, d_out]` row-major.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_into(
+    x: &[f32],
+    rows: usize,
+    d_in: usize,
+    d_out: usize,
+    w_storage: &CpuStorage,
+    l2: &Layout,
+    beta: f32,
+    y: &mut [f32],
+) -> candle_core::Result<()> {
+    let w = w_storage.as_slice::<f32>()?;
+    let (rs, cs) = match l2.stride() {
+        [rs, cs] => (*rs, *cs),
+        other => candle_core::bail!("sgemm: weight strides {other:?}"),
+    };
+    let start = l2.start_offset();
+    // The last element sgemm reads must lie inside the storage: it trusts the strides.
+    let last = start + (d_in.max(1) - 1) * rs + (d_out.max(1) - 1) * cs;
+    if rows == 0 || d_in == 0 || d_out == 0 || last >= w.len() {
+        candle_core::bail!("sgemm: weight layout {:?} exceeds its storage ({} values)", l2, w.len());
+    }
+    if x.len() != rows * d_in || y.len() != rows * d_out {
+        candle_core::bail!(
+            "sgemm: {} inputs and {} outputs for [{rows}, {d_in}] x [{d_in}, {d_out}]",
+            x.len(),
+            y.len()
+        );
+    }
+    // SAFETY: x holds rows * d_in values (row-major), w's strided view was checked to
+    // stay inside the storage above, and y holds rows * d_out values that nothing else
+    // aliases (it is borrowed mutably).
+    unsafe {
+        matrixmultiply::sgemm(
+            rows,
+            d_in,
+            d_out,
+            1.0,
+            x.as_ptr(),
+            d_in as isize,
+            1,
+            w[start..].as_ptr(),
+            rs as isize,
+            cs as isize,
+            beta,
+            y.as_mut_ptr(),
+            d_out as isize,
+            1,
+        );
+    }
+    Ok(())
+}
+
+/// `acc += x @ w` in place, for [`sgemm_accumulate`].
+struct SgemmAccumulate;
+
+impl candle_core::InplaceOp3 for SgemmAccumulate {
+    fn name(&self) -> &'static str {
+        "hooklens-sgemm-accumulate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let (x, rows, d_in, d_out) = matmul_operands(s2, l2, l3, "sgemm-accumulate")?;
+        if l1.dims() != [rows, d_out] {
+            candle_core::bail!(
+                "sgemm-accumulate: accumulator {:?} for a [{rows}, {d_out}] product",
+                l1.dims()
+            )
+        }
+        let (a, e) = match l1.contiguous_offsets() {
+            Some(o) => o,
+            None => candle_core::bail!("sgemm-accumulate: the accumulator must be contiguous"),
+        };
+        let y = match s1 {
+            CpuStorage::F32(v) => &mut v[a..e],
+            _ => candle_core::bail!("sgemm-accumulate: the accumulator must be f32"),
+        };
+        sgemm_into(x, rows, d_in, d_out, s3, l3, 1.0, y)
+    }
+}
+
+/// `acc + x @ w` for `acc` `[rows, out]`, `x` `[rows, in]`, `w` `[in, out]` (any
+/// strides), written into `acc`'s storage: sgemm adds the product to what is there,
+/// so a bias or other terms precomputed in `acc` cost no pass of their own over the
+/// output. `acc` must be a fresh tensor nothing else holds (it is edited in place).
+/// `None` off the fast path and for few rows (where [`small_matmul`] is faster).
+pub(crate) fn sgemm_accumulate(acc: &Tensor, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
+    let (rows, _) = x.dims2().ok()?;
+    let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op() && w.rank() == 2;
+    let acc_ok = fast_path(acc) && acc.is_contiguous();
+    if rows <= SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !acc_ok || num_threads() > SGEMM_MAX_THREADS {
+        return None;
+    }
+    Some(
+        x.contiguous()
+            .and_then(|x| acc.inplace_op3(&x, w, &SgemmAccumulate))
+            .map(|()| acc.clone()),
+    )
+}
+
 /// `x @ w` through `matrixmultiply`'s sgemm, for [`sgemm`].
 struct Sgemm;
 
@@ -414,41 +525,37 @@ impl CustomOp2 for Sgemm {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, rows, d_in, d_out) = matmul_operands(s1, l1, l2, "sgemm")?;
-        let w = s2.as_slice::<f32>()?;
-        let (rs, cs) = match l2.stride() {
-            [rs, cs] => (*rs, *cs),
-            other => candle_core::bail!("sgemm: weight strides {other:?}"),
-        };
-        let start = l2.start_offset();
-        // The last element sgemm reads must lie inside the storage: it trusts the strides.
-        let last = start + (d_in.max(1) - 1) * rs + (d_out.max(1) - 1) * cs;
-        if rows == 0 || d_in == 0 || d_out == 0 || last >= w.len() {
-            candle_core::bail!("sgemm: weight layout {:?} exceeds its storage ({} values)", l2, w.len());
-        }
         let mut y = vec![0f32; rows * d_out];
-        // SAFETY: x holds rows * d_in values (row-major, contiguous), w's strided view was
-        // checked to stay inside the storage above, and y holds rows * d_out values that
-        // nothing else aliases.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                d_in,
-                d_out,
-                1.0,
-                x.as_ptr(),
-                d_in as isize,
-                1,
-                w[start..].as_ptr(),
-                rs as isize,
-                cs as isize,
-                0.0,
-                y.as_mut_ptr(),
-                d_out as isize,
-                1,
-            );
-        }
+        sgemm_into(x, rows, d_in, d_out, s2, l2, 0.0, &mut y)?;
         Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
     }
+
+    /// Only `x`'s gradient, `grad @ w^T`: [`matmul_constant_rhs`] is applied only where
+    /// `w` is a constant.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w.t()?)?), None))
+    }
+}
+
+/// `x @ w` for `x` `[rows, in]`, which may carry a gradient, and a constant `w`
+/// `[in, out]` (any strides; not tracked by autograd), as `[rows, out]`. candle's
+/// matmul computes the gradient of both operands in the backward pass whether or not
+/// anything needs it; with a frozen `[64, 50257]` unembedding (the built-in model's
+/// training) that is half the backward's work, spent for nothing. On the CPU in f32
+/// the product is [`sgemm`]'s and the backward computes `x`'s gradient alone;
+/// elsewhere, or when `w` is tracked, it is candle's matmul.
+pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
+    if cpu_f32(x) && cpu_f32(w) && !w.track_op() && x.rank() == 2 && w.rank() == 2 {
+        return x.contiguous()?.apply_op2(w, Sgemm);
+    }
+    x.matmul(w)
 }
 
 /// `x @ w` for `x` `[rows, in]` and `w` `[in, out]` (any strides, e.g. a transposed
@@ -709,6 +816,23 @@ mod tests {
         }
         let cached = Tensor::cat(&parts, 1).unwrap();
         assert!(max_abs_diff(&cached, &full) < 1e-4, "{}", max_abs_diff(&cached, &full));
+    }
+
+    #[test]
+    fn matmul_constant_rhs_differentiates_the_input_only() {
+        let dev = candle_core::Device::Cpu;
+        let x = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1., (5, 7), &dev).unwrap()).unwrap();
+        // A transposed view, as the tied unembedding is.
+        let w = Tensor::randn(0f32, 1., (11, 7), &dev).unwrap().t().unwrap();
+        let probe = Tensor::randn(0f32, 1., (5, 11), &dev).unwrap();
+        let ours = matmul_constant_rhs(x.as_tensor(), &w).unwrap();
+        let theirs = x.as_tensor().matmul(&w).unwrap();
+        assert!(max_abs_diff(&ours, &theirs) < 1e-5);
+        let grad = |y: Tensor| {
+            let g = (y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(x.as_tensor()).unwrap().clone()
+        };
+        assert!(max_abs_diff(&grad(ours), &grad(theirs)) < 1e-5);
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod cross_entropy;
 mod embed;
 mod forward_options;
 mod generate;
-mod kernels;
+pub(crate) mod kernels;
 mod kv_cache;
 mod layer_norm;
 mod mlp;
@@ -17,6 +17,7 @@ mod model;
 mod processing;
 mod random_init;
 mod text;
+mod unembed;
 mod weights;
 
 pub use attention::Attention;
@@ -24,7 +25,7 @@ pub use block::Block;
 pub use checkpoint::LoadOptions;
 pub use config::{ActFn, Gpt2Config, NormalizationType};
 pub use cross_entropy::cross_entropy_per_row;
-pub use embed::{Embed, PosEmbed, Unembed};
+pub use embed::{Embed, PosEmbed};
 pub use forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
@@ -34,6 +35,7 @@ pub use model::HookedGpt2;
 pub use processing::ProcessingOptions;
 pub use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
 pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
+pub use unembed::Unembed;
 
 use candle_core::Tensor;
 

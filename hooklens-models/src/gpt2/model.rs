@@ -10,12 +10,13 @@ use super::attention::{Attention, AttnMask};
 use super::block::Block;
 use super::checkpoint::{read_weights, Gpt2Weights, LoadOptions, SafetensorsFile};
 use super::config::{Gpt2Config, NormalizationType};
-use super::embed::{is_integer, Embed, PosEmbed, Unembed};
+use super::embed::{is_integer, Embed, PosEmbed};
 use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 use super::kv_cache::KvCache;
 use super::layer_norm::LayerNorm;
 use super::mlp::Mlp;
 use super::processing::{process, ProcessingOptions};
+use super::unembed::Unembed;
 
 /// GPT-2 with every activation hooked under its TransformerLens name
 /// (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's registration order.
@@ -193,7 +194,7 @@ impl HookedGpt2 {
             hook_tokens: opt(cfg.use_hook_tokens),
             blocks,
             ln_final: LayerNorm::new(w.ln_final, cfg.eps)?,
-            unembed: Unembed::new(w.w_u, w.b_u)?,
+            unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,
             cfg,
             tokenizer: None,
         };

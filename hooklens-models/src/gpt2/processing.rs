@@ -11,6 +11,10 @@
 //!   shift-invariant).
 //! - `fold_value_biases`: `b_V` is moved into `b_O` (patterns sum to 1).
 //!
+//! `W_U` is not rewritten: the folded gain, the means removed and the mean centring
+//! took out of the tied `W_E` are kept as factors of it (see [`super::Unembed`]), so a
+//! processed model holds no second `[d_model, d_vocab]` matrix.
+//!
 //! In the model's layout `W_Q/K/V` are the columns of `[d_model, 3*d_model]`, so a
 //! mean over TransformerLens's `d_model` axis is a mean over rows here.
 
@@ -66,8 +70,7 @@ fn add_vec_mat(bias: &Tensor, v: &Tensor, w: &Tensor) -> candle_core::Result<Ten
 
 /// `w * g[:, None]`, then the mean over rows removed: a weight `[in, out]` reading from
 /// a LayerNorm with gain `g` `[in]`. On the CPU in f32 this writes one new tensor and
-/// nothing else (the generic ops hold two of them at once: for the unembedding, two
-/// copies of a `[768, 50257]` matrix).
+/// nothing else (the generic ops hold two of them at once).
 fn fold_gain_and_center(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
     if cpu_f32(w) && cpu_f32(g) && w.rank() == 2 {
         return w.apply_op2_no_bwd(&g.contiguous()?, &FoldGainCenter);
@@ -91,8 +94,8 @@ fn cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
-/// `w * g[:, None] - mean_rows(w * g[:, None])` for a 2-D `w` of any strides (the
-/// unembedding is a transposed view of `W_E`), into one new contiguous tensor.
+/// `w * g[:, None] - mean_rows(w * g[:, None])` for a 2-D `w` of any strides, into one
+/// new contiguous tensor.
 struct FoldGainCenter;
 
 impl CustomOp2 for FoldGainCenter {
@@ -185,19 +188,29 @@ pub(crate) fn process(w: &mut Gpt2Weights, cfg: &mut Gpt2Config, opts: &Processi
             }
         }
         if let Some((g, b)) = w.ln_final.take() {
+            // W_U is still the base here (fold_ln is the first step), so its products
+            // are the base's. The fold itself stays a factor: no new [d_model, d_vocab].
             w.b_u = add_vec_mat(&w.b_u, &b, &w.w_u)?;
-            w.w_u = fold_gain_and_center(&w.w_u, &g)?;
+            let d = w.w_u.dim(0)? as f64;
+            let input_center = (g.unsqueeze(0)?.matmul(&w.w_u)?.squeeze(0)? / d)?;
+            w.unembed_factors.input_center = Some(input_center);
+            w.unembed_factors.gain = Some(g);
         }
         cfg.normalization_type = NormalizationType::LNPre;
     }
     // In place only where the storage is ours alone: `exclusive` weights came from a
-    // file into fresh buffers, and `W_U` is contiguous only once folding replaced it
-    // (before that it is the transposed `W_E` or `lm_head`, a view that may share
-    // `W_E`'s storage).
+    // file into fresh buffers.
     let own = w.exclusive;
-    let w_u_replaced = w.w_u.is_contiguous();
     if opts.center_writing_weights {
-        w.w_e = center_last(&w.w_e, own && w_u_replaced)?;
+        if w.tied {
+            // W_U's base is W_E: what centring takes out of each row of W_E is given
+            // back to W_U as a factor, and the base follows W_E wherever it now is.
+            w.unembed_factors.base_shift = Some(w.w_e.mean(1)?);
+        }
+        w.w_e = center_last(&w.w_e, own)?;
+        if w.tied {
+            w.w_u = w.w_e.t()?;
+        }
         w.w_pos = center_last(&w.w_pos, own)?;
         for l in &mut w.layers {
             l.w_o = center_last(&l.w_o, own)?;
@@ -207,7 +220,24 @@ pub(crate) fn process(w: &mut Gpt2Weights, cfg: &mut Gpt2Config, opts: &Processi
         }
     }
     if opts.center_unembed {
-        w.w_u = center_last(&w.w_u, own && w_u_replaced)?;
+        // The mean over the vocabulary of each row of W_U, from its factors:
+        // gain * (mean(base) + mean(base_shift)) - mean(input_center).
+        let f = &w.unembed_factors;
+        // As a product with ones: a reduction over the strided axis of the transposed
+        // W_E is candle's slow path (about half a second for GPT-2 small).
+        let n_vocab = w.w_u.dim(1)?;
+        let ones = Tensor::ones((1, n_vocab), w.w_u.dtype(), w.w_u.device())?;
+        let mut mean = (ones.matmul(&w.w_u.t()?)?.squeeze(0)? / n_vocab as f64)?;
+        if let Some(m) = &f.base_shift {
+            mean = mean.broadcast_add(&m.mean_all()?)?;
+        }
+        if let Some(g) = &f.gain {
+            mean = (mean * g)?;
+        }
+        if let Some(k) = &f.input_center {
+            mean = mean.broadcast_sub(&k.mean_all()?)?;
+        }
+        w.unembed_factors.vocab_center = Some(mean);
         // `b_U` is small, and may be the zeros every load starts from.
         w.b_u = center_last(&w.b_u, false)?;
     }

@@ -39,14 +39,17 @@ impl HookedGpt2 {
         &self.pos_embed.w_pos
     }
 
-    /// TransformerLens's `W_U`: the unembedding `[d_model, d_vocab]`.
-    pub fn w_u(&self) -> &Tensor {
-        &self.unembed.w_u
+    /// TransformerLens's `W_U`: the unembedding `[d_model, d_vocab]`. With weight
+    /// processing the model holds it as factors of the tied `W_E` (see
+    /// [`crate::gpt2::Unembed`]), so this computes a new matrix on each call; for a few
+    /// tokens' columns, [`HookedGpt2::tokens_to_residual_directions`] computes only those.
+    pub fn w_u(&self) -> Result<Tensor> {
+        Ok(self.unembed.w_u()?)
     }
 
     /// TransformerLens's `b_U`: the unembedding bias `[d_vocab]`.
     pub fn b_u(&self) -> &Tensor {
-        &self.unembed.b_u
+        self.unembed.b_u()
     }
 
     /// TransformerLens's `W_Q`: `[n_layers, n_heads, d_model, d_head]`.
@@ -147,8 +150,8 @@ impl HookedGpt2 {
             out.push(("ln_final.w".to_string(), w.clone()));
             out.push(("ln_final.b".to_string(), b.clone()));
         }
-        out.push(("unembed.W_U".to_string(), self.unembed.w_u.clone()));
-        out.push(("unembed.b_U".to_string(), self.unembed.b_u.clone()));
+        out.push(("unembed.W_U".to_string(), self.unembed.w_u()?));
+        out.push(("unembed.b_U".to_string(), self.unembed.b_u().clone()));
         Ok(out)
     }
 }
