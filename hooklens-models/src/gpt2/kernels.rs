@@ -539,7 +539,13 @@ impl CustomOp2 for Sgemm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), None))
+        let w_t = w.t()?;
+        let grad_x = if grad.device().is_cpu() && grad.dtype() == DType::F32 {
+            grad.contiguous()?.apply_op2_no_bwd(&w_t, &Sgemm)?
+        } else {
+            grad.matmul(&w_t)?
+        };
+        Ok((Some(grad_x), None))
     }
 }
 
