@@ -34,6 +34,12 @@ fn arg<T: std::str::FromStr>(args: &[String], flag: &str) -> hooklens::Result<Op
 }
 
 fn main() -> hooklens::Result<()> {
+    // One thread unless told otherwise: float sums are reduced in another order with
+    // another thread count, and training from the same seed then takes another path
+    // (in our runs, whether induction heads formed at all). Set before candle reads it.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let args: Vec<String> = std::env::args().collect();
     let mut opts = TrainOptions::default();
     if let Some(s) = arg(&args, "--steps")? {
@@ -44,6 +50,9 @@ fn main() -> hooklens::Result<()> {
     }
     if let Some(h) = arg(&args, "--previous-token-heads")? {
         opts.previous_token_heads = h;
+    }
+    if let Some(n) = arg(&args, "--full-softmax-steps")? {
+        opts.full_softmax_steps = n;
     }
     let out: String =
         arg(&args, "--out")?.unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/hooklens-models/builtin").into());
@@ -59,7 +68,8 @@ fn main() -> hooklens::Result<()> {
     let mut curve: Vec<TrainStep> = Vec::new();
     let weights = train_induction(&opts, |s, model| {
         curve.push(*s);
-        let done = (s.step + 1) as f64 / opts.steps as f64;
+        let total = opts.steps + opts.full_softmax_steps;
+        let done = (s.step + 1) as f64 / total as f64;
         let filled = (done * 40.0) as usize;
         let elapsed = start.elapsed().as_secs_f64();
         let eta = elapsed / done - elapsed;
@@ -70,7 +80,7 @@ fn main() -> hooklens::Result<()> {
             "#".repeat(filled),
             " ".repeat(40 - filled),
             s.step + 1,
-            opts.steps,
+            total,
             s.lr,
             elapsed,
             eta
@@ -93,7 +103,7 @@ fn main() -> hooklens::Result<()> {
     eprintln!();
     println!(
         "trained {} steps in {:.0} s (seed {})",
-        opts.steps,
+        opts.steps + opts.full_softmax_steps,
         start.elapsed().as_secs_f64(),
         opts.seed
     );

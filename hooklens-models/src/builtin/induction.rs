@@ -65,6 +65,31 @@ pub fn repeated_tokens(rng: &mut SeededRng, batch: usize, half: usize, d_vocab: 
 /// (`[batch, 1 + 2*half]`): the mean attention from each position of the repeat to the
 /// token right after its earlier occurrence, where an induction head looks.
 pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<Tensor> {
+    // The earlier occurrence of token q is at q - half; induction attends one after it.
+    mean_attention(model, tokens, (1 + half)..(1 + 2 * half), |q| q - half + 1)
+}
+
+/// Per-head previous-token scores `[n_layers, n_heads]` on any `tokens` `[batch, len]`
+/// (len >= 2): the mean attention from each position after the first to the one just
+/// before it, where the heads that induction heads compose with look.
+pub fn previous_token_scores(model: &HookedGpt2, tokens: &Tensor) -> Result<Tensor> {
+    let len = tokens.dim(1)?;
+    if len < 2 {
+        return Err(hooklens_core::Error::invalid(format!(
+            "previous-token scores need at least 2 positions; got {len}"
+        )));
+    }
+    mean_attention(model, tokens, 1..len, |q| q - 1)
+}
+
+/// `[n_layers, n_heads]`: each head's attention from query `q` to key `key_of(q)`,
+/// averaged over the batch and `queries`.
+fn mean_attention(
+    model: &HookedGpt2,
+    tokens: &Tensor,
+    queries: std::ops::Range<usize>,
+    key_of: impl Fn(usize) -> usize,
+) -> Result<Tensor> {
     let (_, cache) = model.run_with_cache(CacheOptions::new().names("blocks.*.attn.hook_pattern"), |m| {
         m.forward(tokens)
     })?;
@@ -73,13 +98,11 @@ pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Res
     for layer in 0..n_layers {
         // [batch, head, query, key]
         let pattern = cache.try_get(&format!("blocks.{layer}.attn.hook_pattern"))?;
-        let mut per_query = Vec::with_capacity(half);
-        for q in (1 + half)..(1 + 2 * half) {
-            // The earlier occurrence of token q is at q - half; induction attends one after it.
-            let k = q - half + 1;
-            per_query.push(pattern.i((.., .., q, k))?);
-        }
-        // [half, batch, head] -> [head]
+        let per_query = queries
+            .clone()
+            .map(|q| Ok(pattern.i((.., .., q, key_of(q)))?))
+            .collect::<Result<Vec<_>>>()?;
+        // [queries, batch, head] -> [head]
         rows.push(Tensor::stack(&per_query, 0)?.mean(0)?.mean(0)?);
     }
     Ok(Tensor::stack(&rows, 0)?)

@@ -8,6 +8,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
+use crate::gpt2::kernels::matmul_constant_rhs;
 use crate::gpt2::{cross_entropy_per_row, random_weights, ForwardOptions, Gpt2Config, HookedGpt2, SeededRng};
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
@@ -44,6 +45,13 @@ pub struct TrainOptions {
     pub previous_token_heads: usize,
     /// The weight of that auxiliary loss against the next-token loss.
     pub previous_token_weight: f64,
+    /// Steps after `steps`, at the schedule's final learning rate, in which the
+    /// next-token softmax runs over the whole vocabulary instead of the batch's tokens.
+    /// The in-batch softmax never pushes down the tokens absent from the batch, so a
+    /// few of the 50257 (those whose frozen embeddings happen to lie along the
+    /// residual's common direction) otherwise win greedy decoding wherever the copy is
+    /// less than certain, and a copied phrase breaks off into them.
+    pub full_softmax_steps: usize,
 }
 
 impl Default for TrainOptions {
@@ -60,6 +68,7 @@ impl Default for TrainOptions {
             qkv_init_scale: 5.0,
             previous_token_heads: 2,
             previous_token_weight: 1.0,
+            full_softmax_steps: 1600,
         }
     }
 }
@@ -76,7 +85,7 @@ pub struct TrainStep {
 }
 
 /// Trains [`builtin_config`] from `opts.seed`, calling `progress` after every step
-/// with the model as it is after that step (to print a loss curve, or score its heads
+/// (`opts.steps + opts.full_softmax_steps` of them) with the model as it is after that step (to print a loss curve, or score its heads
 /// along the way), and returns the weights by Hugging Face name (f32).
 ///
 /// Each step draws sequences of [`super::windowed_repeats`] and minimises the
@@ -152,13 +161,14 @@ pub fn train_induction(
     let mut optimizer = AdamW::new(vars.values().cloned().collect(), params)?;
     let mut rng = SeededRng::new(opts.seed.wrapping_add(1));
     let bos = cfg.bos_token_id.unwrap_or(cfg.d_vocab as u32 - 1);
-    for step in 0..opts.steps {
-        let lr = schedule(step, opts);
+    for step in 0..opts.steps + opts.full_softmax_steps {
+        let lr = schedule(step.min(opts.steps.saturating_sub(1)), opts);
+        let full_softmax = step >= opts.steps;
         optimizer.set_learning_rate(lr);
         let prefix = p.0 + rng.below((p.1 - p.0 + 1) as u64) as usize;
         let window = r.0 + rng.below((r.1 - r.0 + 1) as u64) as usize;
         let tokens = windowed_repeats(&mut rng, opts.batch, prefix, window, cfg.d_vocab, bos)?;
-        let loss = with_grad_mode(|| step_loss(&model, &tokens, 1 + prefix, window - 1, opts))?;
+        let loss = with_grad_mode(|| step_loss(&model, &tokens, 1 + prefix, window - 1, full_softmax, opts))?;
         optimizer.backward_step(&loss)?;
         let point = TrainStep {
             step,
@@ -174,13 +184,20 @@ pub fn train_induction(
 /// positions from `start` (the repeated window, where induction can predict; the
 /// prefix is unpredictable noise), plus `previous_token_weight` times the mean
 /// `-log` attention of the taught heads of layer 0 to the previous token.
-fn step_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize, opts: &TrainOptions) -> Result<Tensor> {
+fn step_loss(
+    model: &HookedGpt2,
+    tokens: &Tensor,
+    start: usize,
+    n: usize,
+    full_softmax: bool,
+    opts: &TrainOptions,
+) -> Result<Tensor> {
     let heads = opts.previous_token_heads;
     if heads == 0 || opts.previous_token_weight == 0.0 {
-        return repeat_loss(model, tokens, start, n);
+        return repeat_loss(model, tokens, start, n, full_softmax);
     }
     let (next, cache) = model.run_with_cache(CacheOptions::new().names("blocks.0.attn.hook_pattern"), |m| {
-        repeat_loss(m, tokens, start, n)
+        repeat_loss(m, tokens, start, n, full_softmax)
     })?;
     // [batch, head, query, key]: the taught heads' weight on key = query - 1.
     let pattern = cache.try_get("blocks.0.attn.hook_pattern")?.narrow(1, 0, heads)?;
@@ -198,11 +215,11 @@ fn step_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize, opts: 
 /// The mean next-token loss of the `n` positions from `start` of `tokens`
 /// `[batch, len]`, each predicting the token after it.
 ///
-/// The softmax runs over the tokens present in the batch rather than all 50257
-/// ("in-batch negatives", a sampled softmax): a step then costs a few hundred columns
-/// of logits, not 50257, and the trained model is still evaluated with the full
-/// softmax.
-fn repeat_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize) -> Result<Tensor> {
+/// Unless `full_softmax`, the softmax runs over the tokens present in the batch rather
+/// than all 50257 ("in-batch negatives", a sampled softmax): a step then costs a few
+/// hundred columns of logits, not 50257, and the trained model is still evaluated
+/// with the full softmax.
+fn repeat_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize, full_softmax: bool) -> Result<Tensor> {
     let b = tokens.dim(0)?;
     let out = model.forward_with(
         tokens,
@@ -212,6 +229,13 @@ fn repeat_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize) -> R
     let resid = resid.narrow(1, start, n)?;
     let normalized = model.ln_final.forward(&resid)?;
     let d_model = normalized.dim(2)?;
+    if full_softmax {
+        let targets = tokens.narrow(1, start + 1, n)?.contiguous()?.flatten_all()?;
+        // The tied W_U, `[d_model, d_vocab]`; W_E is frozen, so only the residual
+        // side of this product needs a gradient (and gets the only one computed).
+        let logits = matmul_constant_rhs(&normalized.reshape((b * n, d_model))?, &model.embed.w_e.t()?)?;
+        return Ok(cross_entropy_per_row(&logits, &targets)?.mean_all()?);
+    }
     let mut candidates: Vec<u32> = tokens.flatten_all()?.to_vec1()?;
     candidates.sort_unstable();
     candidates.dedup();
@@ -285,6 +309,7 @@ mod tests {
             warmup: 5,
             lr: 1e-2,
             previous_token_heads: 2,
+            full_softmax_steps: 5,
             ..TrainOptions::default()
         };
         let mut losses = Vec::new();
@@ -293,7 +318,12 @@ mod tests {
             Ok(())
         })
         .unwrap();
-        assert_eq!(losses.len(), 60);
+        assert_eq!(losses.len(), 65);
+        // The last five over the whole vocabulary: a harder softmax than the batch's.
+        assert!(
+            losses[60..].iter().all(|l| l.is_finite() && *l > losses[59]),
+            "{losses:?}"
+        );
         let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
         let model = HookedGpt2::load(vb, &builtin_config()).unwrap();
         let tokens = windowed_repeats(&mut SeededRng::new(9), 4, 12, 6, 50257, 50256).unwrap();
