@@ -73,7 +73,7 @@ fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
     assert!(score >= 0.5, "{out}");
     let ablated = out
         .lines()
-        .find(|l| l.starts_with("loss on the repeat with"))
+        .find(|l| l.starts_with("loss on the repeat with L"))
         .and_then(|l| l.split("ablated:").nth(1))
         .and_then(|r| r.split_whitespace().next())
         .and_then(|v| v.parse::<f32>().ok())
@@ -83,7 +83,21 @@ fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
         "ablating the head should undo the copying: {out}"
     );
     assert!(out.contains("the phrase is continued by copying"), "{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("layer ")).count(), 2, "{out}");
+    // Three grids of the two layers: induction scores, previous-token scores, and the
+    // loss with each head ablated (a model this small gets every head ablated).
+    let grids: Vec<Vec<f32>> = out
+        .lines()
+        .filter(|l| l.starts_with("layer "))
+        .map(|l| l.split_whitespace().skip(2).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(grids.len(), 6, "{out}");
+    assert!(grids.iter().all(|row| row.len() == 4), "{out}");
+    // The circuit: a previous-token head in layer 0 feeds layer 1's induction heads,
+    // so ablating it raises the loss on the repeat too.
+    let (prev_l0, ablated_l0) = (&grids[2], &grids[4]);
+    let h = (0..4).max_by(|&a, &b| prev_l0[a].total_cmp(&prev_l0[b])).unwrap();
+    assert!(prev_l0[h] > 0.5, "a previous-token head in layer 0: {out}");
+    assert!(ablated_l0[h] > repeat + 0.5, "it is part of the circuit: {out}");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("id=\"attention-data\""));
 

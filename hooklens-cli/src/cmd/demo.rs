@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use hooklens::{HookSet, HookedModel};
-use hooklens_models::builtin::{half_losses, induction_scores, repeated_tokens};
+use hooklens_models::builtin::{half_losses, induction_scores, previous_token_scores, repeated_tokens};
 use hooklens_models::gpt2::SeededRng;
 use hooklens_models::viz::{attention_html, attention_patterns};
 use hooklens_models::{GenerateOptions, HookedGpt2};
@@ -12,8 +12,15 @@ use hooklens_models::{GenerateOptions, HookedGpt2};
 use super::common::{write_text_file, ModelArgs};
 use crate::error::{CliError, CliResult};
 
-/// A phrase that a model which copies continues from memory once it has seen it.
-const DEFAULT_PHRASE: &str = " the old lighthouse keeper counted seven ships sailing past the northern rocks at dawn";
+/// A phrase that a model which copies continues from memory once it has seen it. No
+/// token occurs in it twice: where one does, what followed it is ambiguous to a model
+/// that, like the built-in one, looks back only one token (the built-in model then
+/// mixes the two continuations).
+const DEFAULT_PHRASE: &str = " an old lighthouse keeper counted seven ships sailing past northern rocks at dawn";
+
+/// Models with at most this many heads get every head ablated in turn (one small
+/// forward each); larger ones only the strongest induction head and a control.
+const ABLATE_EVERY_HEAD_UP_TO: usize = 48;
 
 /// Find, break and draw the induction heads of the built-in model (runs offline).
 ///
@@ -84,37 +91,50 @@ pub fn run(args: Args) -> CliResult<()> {
     crate::outln!("loss on the repeat:       {second:.3}  (predictable by copying from the first half)");
 
     // 2. Which heads do it: attention from each repeated token to the one after its
-    //    first occurrence.
-    let scores = induction_scores(&model, &tokens, args.half)?
-        .to_dtype(DType::F32)?
-        .to_vec2::<f32>()?;
+    //    first occurrence; and the heads that attend to the previous token, whose
+    //    output an induction head's keys read ("the token before me was X").
+    let scores = to_grid(&induction_scores(&model, &tokens, args.half)?)?;
     crate::outln!("");
     crate::outln!("induction score per head (mean attention to the token after the earlier copy):");
-    let mut header = "        ".to_string();
-    for h in 0..cfg.n_heads {
-        header.push_str(&format!("  head {h:<2}"));
-    }
-    crate::outln!("{}", header.trim_end());
-    for (l, row) in scores.iter().enumerate() {
-        let mut line = format!("layer {l:<2}");
-        for s in row {
-            line.push_str(&format!("  {s:>7.3}"));
-        }
-        crate::outln!("{line}");
-    }
+    print_grid(&scores, 3)?;
+    let previous = to_grid(&previous_token_scores(&model, &tokens)?)?;
+    crate::outln!("");
+    crate::outln!("previous-token score per head (mean attention to the token just before):");
+    print_grid(&previous, 3)?;
     let (best_l, best_h, best) = argmax(&scores);
-    let (low_l, low_h, low) = argmin(&scores);
     crate::outln!("strongest induction head: L{best_l}H{best_h} (score {best:.3})");
 
-    // 3. Break it: zero the head's output (its slice of attn.hook_z) for one run.
-    let (_, ablated) = ablated_losses(&model, &tokens, args.half, best_l, best_h)?;
-    let (_, control) = ablated_losses(&model, &tokens, args.half, low_l, low_h)?;
+    // 3. Break it: zero a head's output (its slice of attn.hook_z) for one run. A small
+    //    model gets every head ablated in turn, which also shows the previous-token
+    //    heads the circuit needs; a large one, the strongest head and a control.
     crate::outln!("");
+    let n_all = cfg.n_layers * cfg.n_heads;
+    let ablated = if n_all <= ABLATE_EVERY_HEAD_UP_TO {
+        let mut grid = vec![vec![0f32; cfg.n_heads]; cfg.n_layers];
+        for (l, row) in grid.iter_mut().enumerate() {
+            for (h, cell) in row.iter_mut().enumerate() {
+                *cell = ablated_losses(&model, &tokens, args.half, l, h)?.1;
+            }
+        }
+        crate::outln!("loss on the repeat with one head ablated (was {second:.3} with none):");
+        print_grid(&grid, 3)?;
+        grid[best_l][best_h]
+    } else {
+        // The control: the same layer's weakest induction head.
+        let low_h = (0..cfg.n_heads)
+            .min_by(|&a, &b| scores[best_l][a].total_cmp(&scores[best_l][b]))
+            .unwrap_or(0);
+        let control = ablated_losses(&model, &tokens, args.half, best_l, low_h)?.1;
+        crate::outln!(
+            "control: the same layer's weakest induction head L{best_l}H{low_h} (score {:.3}) ablated: {control:.3}",
+            scores[best_l][low_h]
+        );
+        ablated_losses(&model, &tokens, args.half, best_l, best_h)?.1
+    };
     crate::outln!(
         "loss on the repeat with L{best_l}H{best_h} ablated:  {ablated:.3}  (was {second:.3}: {})",
         verdict(second, ablated)
     );
-    crate::outln!("control, the weakest head L{low_l}H{low_h} (score {low:.3}) ablated instead: {control:.3}");
 
     // 4. Real text: a phrase seen once is continued from memory when it starts again.
     crate::outln!("");
@@ -162,24 +182,39 @@ fn verdict(before: f32, after: f32) -> &'static str {
     }
 }
 
+/// The layer, head and value of the largest entry of a `[layer][head]` grid.
 fn argmax(scores: &[Vec<f32>]) -> (usize, usize, f32) {
-    pick(scores, |a, b| a > b)
-}
-
-fn argmin(scores: &[Vec<f32>]) -> (usize, usize, f32) {
-    pick(scores, |a, b| a < b)
-}
-
-fn pick(scores: &[Vec<f32>], better: impl Fn(f32, f32) -> bool) -> (usize, usize, f32) {
     let mut best = (0, 0, scores[0][0]);
     for (l, row) in scores.iter().enumerate() {
         for (h, &s) in row.iter().enumerate() {
-            if better(s, best.2) {
+            if s > best.2 {
                 best = (l, h, s);
             }
         }
     }
     best
+}
+
+/// `[n_layers, n_heads]` scores as rows of f32.
+fn to_grid(t: &Tensor) -> CliResult<Vec<Vec<f32>>> {
+    Ok(t.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+}
+
+/// Prints a `[layer][head]` grid with a header of head numbers.
+fn print_grid(grid: &[Vec<f32>], decimals: usize) -> CliResult<()> {
+    let mut header = "        ".to_string();
+    for h in 0..grid.first().map_or(0, Vec::len) {
+        header.push_str(&format!("  head {h:<2}"));
+    }
+    crate::outln!("{}", header.trim_end());
+    for (l, row) in grid.iter().enumerate() {
+        let mut line = format!("layer {l:<2}");
+        for s in row {
+            line.push_str(&format!("  {s:>7.decimals$}"));
+        }
+        crate::outln!("{line}");
+    }
+    Ok(())
 }
 
 /// Shows `phrase` once and its first third again, lets the model continue greedily,
