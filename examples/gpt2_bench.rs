@@ -78,6 +78,8 @@ struct Floor {
     kt: Tensor,
     pat: Tensor,
     v: Tensor,
+    /// `[batch, pos, 3, head, d_head]`: the q|k|v projection the model's products read.
+    qkv: Tensor,
     /// Per layer: `W_qkv`, `W_O`, `W_in`, `W_out`.
     layers: Vec<[Tensor; 4]>,
     w_u: Tensor,
@@ -116,6 +118,7 @@ impl Floor {
             kt: rng.normal_tensor(&[b, h, dh, p], 1.0)?,
             pat: rng.normal_tensor(&[b, h, p, p], 1.0)?,
             v: rng.normal_tensor(&[b, h, p, dh], 1.0)?,
+            qkv: rng.normal_tensor(&[b, p, 3, h, dh], 1.0)?,
             layers,
             w_u: w("wte.weight".into())?.t()?,
         })
@@ -123,16 +126,24 @@ impl Floor {
 
     /// Every product of one forward: per layer q|k|v, scores, pattern . v, W_O, MLP in
     /// and out; then the unembedding. `ours`: the weight products as the model computes
-    /// them ([`hooklens::models::gpt2::matmul`]), else all with candle's `matmul`; the
-    /// two attention products are candle's batched matmul either way, as in the model.
+    /// them ([`hooklens::models::gpt2::matmul`], and the attention's two products with
+    /// [`gpt2::attention_scores`] and [`gpt2::attention_z`] on views of one q|k|v
+    /// tensor), else all with candle's `matmul` on contiguous operands.
     fn run(&self, ours: bool) -> hooklens::Result<Tensor> {
         let mm = |x: &Tensor, w: &Tensor| -> hooklens::Result<Tensor> {
             Ok(if ours { gpt2::matmul(x, w)? } else { x.matmul(w)? })
         };
+        let part = |i: usize| self.qkv.narrow(2, i, 1).and_then(|t| t.squeeze(2));
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         for [w_qkv, w_o, w_in, w_out] in &self.layers {
             let _ = mm(&self.x, w_qkv)?;
-            let _ = self.q.matmul(&self.kt)?;
-            let _ = self.pat.matmul(&self.v)?;
+            if ours {
+                let _ = gpt2::attention_scores(&q, &k, 0.125)?;
+                let _ = gpt2::attention_z(&self.pat, &v)?;
+            } else {
+                let _ = self.q.matmul(&self.kt)?;
+                let _ = self.pat.matmul(&self.v)?;
+            }
             let _ = mm(&self.x, w_o)?;
             let _ = mm(&self.x, w_in)?;
             let _ = mm(&self.hid, w_out)?;

@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 use hooklens_core::HookPoint;
 
-use super::{kernels, linear};
+use super::{attention_products, kernels, linear};
 
 /// Causal self-attention. The weights are kept in the Hugging Face layout, which is
 /// also the fastest one here: q, k and v come out of one `[d_model, 3*d_model]` matmul.
@@ -131,25 +131,43 @@ impl Attention {
             DType::F16 | DType::BF16 => DType::F32,
             d => d,
         };
-        // Scaling q rather than the scores is exact for GPT-2's d_head (a power of 4)
-        // and turns the transpose into a contiguous copy for free.
-        let q_ = (q.transpose(1, 2)?.to_dtype(score_dtype)? * (1.0 / (self.d_head as f64).sqrt()))?;
-        let k_ = k.transpose(1, 2)?.to_dtype(score_dtype)?.contiguous()?;
-        let v_ = v.transpose(1, 2)?.contiguous()?;
-        let (k_, v_) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k_], 2)?, Tensor::cat(&[pv, &v_], 2)?),
-            None => (k_, v_),
-        };
-        // One query per sequence (a decoding step): products and sums instead of two
-        // batched matmuls, each of which costs candle more in setup (it re-reads the
-        // CPU count) than the arithmetic; see `z` below.
-        let one_query = p == 1 && kernels::fast_path(&q_) && kernels::fast_path(&v_);
-        let raw_scores = if one_query {
-            // [b, h, 1, dh] * [b, h, L, dh] summed over dh -> [b, h, L] -> [b, h, 1, L].
-            let l = k_.dim(2)?;
-            k_.broadcast_mul(&q_)?.sum(3)?.reshape((b, self.n_heads, 1, l))?
+        let scale = 1.0 / (self.d_head as f64).sqrt();
+        // On the CPU in f32 without gradients, the two products read q, k and v where
+        // they are and write z in its own layout (see `attention_products`).
+        let strided =
+            p > 1 && dtype == DType::F32 && kernels::fast_path(&q) && kernels::fast_path(&k) && kernels::fast_path(&v);
+        let (k_, v_, raw_scores) = if strided {
+            // [b, h, L, d_head] views, or copies after the cached keys and values.
+            let (k_, v_) = match past {
+                Some((pk, pv)) => (
+                    Tensor::cat(&[pk, &k.transpose(1, 2)?], 2)?,
+                    Tensor::cat(&[pv, &v.transpose(1, 2)?], 2)?,
+                ),
+                None => (k.transpose(1, 2)?, v.transpose(1, 2)?),
+            };
+            let scores = super::attention_scores(&q, &k_.transpose(1, 2)?, scale as f32)?;
+            (k_, v_, scores)
         } else {
-            q_.matmul(&k_.t()?)?
+            // Scaling q rather than the scores is exact for GPT-2's d_head (a power of 4)
+            // and turns the transpose into a contiguous copy for free.
+            let q_ = (q.transpose(1, 2)?.to_dtype(score_dtype)? * scale)?;
+            let k_ = k.transpose(1, 2)?.to_dtype(score_dtype)?.contiguous()?;
+            let v_ = v.transpose(1, 2)?.contiguous()?;
+            let (k_, v_) = match past {
+                Some((pk, pv)) => (Tensor::cat(&[pk, &k_], 2)?, Tensor::cat(&[pv, &v_], 2)?),
+                None => (k_, v_),
+            };
+            // One query per sequence (a decoding step): products and sums instead of two
+            // batched matmuls, each of which costs candle more in setup (it re-reads the
+            // CPU count) than the arithmetic; see `z` below.
+            let raw_scores = if p == 1 && kernels::fast_path(&q_) && kernels::fast_path(&v_) {
+                // [b, h, 1, dh] * [b, h, L, dh] summed over dh -> [b, h, L] -> [b, h, 1, L].
+                let l = k_.dim(2)?;
+                k_.broadcast_mul(&q_)?.sum(3)?.reshape((b, self.n_heads, 1, l))?
+            } else {
+                q_.matmul(&k_.t()?)?
+            };
+            (k_, v_, raw_scores)
         };
         let scores = kernels::add_mask_owned(raw_scores, &mask.additive.to_dtype(score_dtype)?)?;
         let hooked_scores = self.hook_attn_scores.forward(&scores)?;
@@ -158,15 +176,21 @@ impl Attention {
         let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
         let pattern = kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?;
         let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
-        let z = if one_query {
-            // [b, h, 1, L] -> [b, h, L, 1] times [b, h, L, dh], summed over L -> [b, 1, h, dh].
-            let l = v_.dim(2)?;
-            let weights = pattern.reshape((b, self.n_heads, l, 1))?;
-            v_.broadcast_mul(&weights)?
-                .sum(2)?
-                .reshape((b, 1, self.n_heads, self.d_head))?
-        } else {
-            pattern.contiguous()?.matmul(&v_)?.transpose(1, 2)?.contiguous()?
+        let z = match attention_products::pattern_times_v(&pattern, &v_.transpose(1, 2)?) {
+            Some(z) => z?,
+            None if p == 1 && kernels::fast_path(&v_) => {
+                // [b, h, 1, L] -> [b, h, L, 1] times [b, h, L, dh], summed over L -> [b, 1, h, dh].
+                let l = v_.dim(2)?;
+                let weights = pattern.reshape((b, self.n_heads, l, 1))?;
+                v_.broadcast_mul(&weights)?
+                    .sum(2)?
+                    .reshape((b, 1, self.n_heads, self.d_head))?
+            }
+            None => pattern
+                .contiguous()?
+                .matmul(&v_.contiguous()?)?
+                .transpose(1, 2)?
+                .contiguous()?,
         };
         let z = self.hook_z.forward(&z)?;
         let d_model = self.w_o.dim(1)?;

@@ -2,6 +2,7 @@
 //! loading and weight processing, the model and its forward options, generation.
 
 mod attention;
+mod attention_products;
 mod block;
 mod checkpoint;
 mod config;
@@ -51,6 +52,37 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     match kernels::small_matmul(x, w).or_else(|| kernels::sgemm(x, w)) {
         Some(y) => y,
         None => x.matmul(w),
+    }
+}
+
+/// Attention scores as the model computes them: `scale * q @ k^T` for `q` `[batch, pos,
+/// head, d_head]` and `k` `[batch, keys, head, d_head]` (any strides, such as views of
+/// the q|k|v projection) -> `[batch, head, pos, keys]`. On the CPU in f32 with no
+/// gradient tracked it reads the operands in place (one sgemm per batch and head);
+/// otherwise candle's batched matmul on transposed copies.
+pub fn attention_scores(q: &Tensor, k: &Tensor, scale: f32) -> candle_core::Result<Tensor> {
+    match attention_products::scores(q, k, scale) {
+        Some(s) => s,
+        None => {
+            let q = q.transpose(1, 2)?.contiguous()?;
+            let k = k.transpose(1, 2)?.contiguous()?;
+            q.matmul(&k.t()?)? * scale as f64
+        }
+    }
+}
+
+/// The attention's weighted values as the model computes them: `pattern @ v` for
+/// `pattern` `[batch, head, pos, keys]` and `v` `[batch, keys, head, d_head]` (any
+/// strides) -> z `[batch, pos, head, d_head]`, written in that layout on the CPU fast
+/// path, else candle's batched matmul and a transposed copy.
+pub fn attention_z(pattern: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    match attention_products::pattern_times_v(pattern, v) {
+        Some(z) => z,
+        None => pattern
+            .contiguous()?
+            .matmul(&v.transpose(1, 2)?.contiguous()?)?
+            .transpose(1, 2)?
+            .contiguous(),
     }
 }
 
