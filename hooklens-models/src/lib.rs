@@ -6,6 +6,8 @@ pub mod analysis;
 pub mod builtin;
 pub mod gpt2;
 pub mod hub;
+#[cfg(test)]
+mod tensor_diff;
 pub mod tokenizer;
 pub mod viz;
 

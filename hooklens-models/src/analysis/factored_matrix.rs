@@ -470,24 +470,12 @@ pub fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor_diff::max_abs_diff;
 
     fn t(shape: &[usize], seed: f64) -> Tensor {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|i| ((i as f64 * 0.73 + seed).sin()) as f32).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
@@ -496,10 +484,10 @@ mod tests {
         let ab = fm.ab().unwrap();
         assert_eq!(ab.dims(), &[3, 8, 6]);
         assert_eq!(fm.shape(), vec![3, 8, 6]);
-        assert!(max_diff(&fm.t().unwrap().ab().unwrap(), &ab.transpose(1, 2).unwrap()) < 1e-6);
+        assert!(max_abs_diff(&fm.t().unwrap().ab().unwrap(), &ab.transpose(1, 2).unwrap()) < 1e-6);
         let m = t(&[6, 5], 0.4);
         let prod = fm.matmul(&m).unwrap();
-        assert!(max_diff(&prod.ab().unwrap(), &ab.broadcast_matmul(&m).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&prod.ab().unwrap(), &ab.broadcast_matmul(&m).unwrap()) < 1e-5);
         let v = t(&[6], 0.2);
         let mv = fm.matmul_vec(&v).unwrap();
         let dense = ab
@@ -507,7 +495,7 @@ mod tests {
             .unwrap()
             .squeeze(2)
             .unwrap();
-        assert!(max_diff(&mv, &dense) < 1e-5);
+        assert!(max_abs_diff(&mv, &dense) < 1e-5);
         let w = t(&[8], 0.3);
         let vm = fm.rmatmul_vec(&w).unwrap();
         let dense = w
@@ -517,17 +505,17 @@ mod tests {
             .unwrap()
             .squeeze(1)
             .unwrap();
-        assert!(max_diff(&vm, &dense) < 1e-5);
+        assert!(max_abs_diff(&vm, &dense) < 1e-5);
         let left = t(&[4, 8], 0.5);
         let lm = fm.rmatmul(&left).unwrap();
-        assert!(max_diff(&lm.ab().unwrap(), &left.broadcast_matmul(&ab).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&lm.ab().unwrap(), &left.broadcast_matmul(&ab).unwrap()) < 1e-5);
         let other = FactoredMatrix::new(t(&[6, 3], 0.6), t(&[3, 4], 0.7)).unwrap();
         let ff = fm.matmul_factored(&other).unwrap();
-        assert!(max_diff(&ff.ab().unwrap(), &ab.broadcast_matmul(&other.ab().unwrap()).unwrap()) < 1e-5);
-        assert!(max_diff(&fm.scale(2.0).unwrap().ab().unwrap(), &(&ab * 2.0).unwrap()) < 1e-5);
-        assert!(max_diff(&fm.get(1).unwrap().ab().unwrap(), &ab.get(1).unwrap()) < 1e-6);
+        assert!(max_abs_diff(&ff.ab().unwrap(), &ab.broadcast_matmul(&other.ab().unwrap()).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&fm.scale(2.0).unwrap().ab().unwrap(), &(&ab * 2.0).unwrap()) < 1e-5);
+        assert!(max_abs_diff(&fm.get(1).unwrap().ab().unwrap(), &ab.get(1).unwrap()) < 1e-6);
         let corner = fm.get_corner(3).unwrap();
-        assert!(max_diff(&corner, &ab.narrow(1, 0, 3).unwrap().narrow(2, 0, 3).unwrap()) < 1e-6);
+        assert!(max_abs_diff(&corner, &ab.narrow(1, 0, 3).unwrap().narrow(2, 0, 3).unwrap()) < 1e-6);
         assert_eq!(fm.unsqueeze(0).unwrap().shape(), vec![1, 3, 8, 6]);
     }
 
@@ -552,12 +540,12 @@ mod tests {
         let rebuilt = us
             .matmul(&svd.vh.transpose(1, 2).unwrap().contiguous().unwrap())
             .unwrap();
-        assert!(max_diff(&rebuilt, &ab) < 1e-5);
+        assert!(max_abs_diff(&rebuilt, &ab) < 1e-5);
         let fro = ab.sqr().unwrap().sum((1, 2)).unwrap().sqrt().unwrap();
-        assert!(max_diff(&fm.norm().unwrap(), &fro) < 1e-5);
-        assert!(max_diff(&fm.make_even().unwrap().ab().unwrap(), &ab) < 1e-5);
-        assert!(max_diff(&fm.collapse_r().unwrap().matmul(&svd.vh.t().unwrap()).unwrap(), &ab) < 1e-5);
-        assert!(max_diff(&svd.u.matmul(&fm.collapse_l().unwrap()).unwrap(), &ab) < 1e-5);
+        assert!(max_abs_diff(&fm.norm().unwrap(), &fro) < 1e-5);
+        assert!(max_abs_diff(&fm.make_even().unwrap().ab().unwrap(), &ab) < 1e-5);
+        assert!(max_abs_diff(&fm.collapse_r().unwrap().matmul(&svd.vh.t().unwrap()).unwrap(), &ab) < 1e-5);
+        assert!(max_abs_diff(&svd.u.matmul(&fm.collapse_l().unwrap()).unwrap(), &ab) < 1e-5);
     }
 
     #[test]

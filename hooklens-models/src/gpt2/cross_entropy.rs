@@ -111,6 +111,7 @@ pub fn cross_entropy_per_row(logits: &Tensor, targets: &Tensor) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor_diff::max_abs_diff;
     use candle_core::{Device, Var};
 
     #[test]
@@ -127,21 +128,11 @@ mod tests {
             .unwrap()
             .neg()
             .unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&fused, &composed) < 1e-5);
+        assert!(max_abs_diff(&fused, &composed) < 1e-5);
         let weights = Tensor::new(&[1f32, 2., 3., 4., 5.], &dev).unwrap();
         let g1 = (fused * &weights).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (composed * &weights).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(diff(g1.get(&logits).unwrap(), g2.get(&logits).unwrap()) < 1e-5);
+        assert!(max_abs_diff(g1.get(&logits).unwrap(), g2.get(&logits).unwrap()) < 1e-5);
     }
 
     #[test]

@@ -713,6 +713,7 @@ pub(crate) fn softmax_last_dim(x: &Tensor, may_have_empty_rows: bool) -> candle_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor_diff::max_abs_diff;
     use candle_core::Device;
 
     #[test]
@@ -725,17 +726,6 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 1e-6, "{worst}");
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]

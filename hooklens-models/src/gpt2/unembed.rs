@@ -205,19 +205,9 @@ impl Unembed {
 mod tests {
     use super::*;
     use crate::gpt2::{random_weights, Gpt2Config, ProcessingOptions};
+    use crate::tensor_diff::max_abs_diff;
     use crate::{HookedGpt2, LoadOptions};
     use candle_core::Device;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     fn fixture(opts: ProcessingOptions) -> HookedGpt2 {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
