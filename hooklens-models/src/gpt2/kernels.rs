@@ -426,26 +426,53 @@ fn sgemm_into(
             y.len()
         );
     }
-    // SAFETY: x holds rows * d_in values (row-major), w's strided view was checked to
-    // stay inside the storage above, and y holds rows * d_out values that nothing else
-    // aliases (it is borrowed mutably).
-    unsafe {
-        matrixmultiply::sgemm(
-            rows,
-            d_in,
-            d_out,
-            1.0,
-            x.as_ptr(),
-            d_in as isize,
-            1,
-            w[start..].as_ptr(),
-            rs as isize,
-            cs as isize,
-            beta,
-            y.as_mut_ptr(),
-            d_out as isize,
-            1,
-        );
+    // Column blocks on the threads of rayon's pool, each one single-threaded sgemm: with
+    // matrixmultiply's own thread pool beside rayon's (which the other kernels use),
+    // rayon's idle workers spin while sgemm's threads want the same cores.
+    let threads = num_threads();
+    let flops = rows * d_in * d_out;
+    let blocks = if threads > 1 && flops >= 1 << 20 { threads } else { 1 };
+    // Multiples of 32 columns, so that every block fills the kernels' register tiles.
+    let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
+    let (x_addr, w_addr, y_addr) = (
+        x.as_ptr() as usize,
+        w[start..].as_ptr() as usize,
+        y.as_mut_ptr() as usize,
+    );
+    let block = |j0: usize| {
+        let n = width.min(d_out - j0);
+        // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
+        // to stay inside the storage above, and columns j0..j0 + n of it lie inside that
+        // view; y holds rows * d_out values, borrowed mutably here, and each block
+        // writes only its own columns j0..j0 + n of every row.
+        unsafe {
+            matrixmultiply::sgemm(
+                rows,
+                d_in,
+                n,
+                1.0,
+                x_addr as *const f32,
+                d_in as isize,
+                1,
+                (w_addr as *const f32).add(j0 * cs),
+                rs as isize,
+                cs as isize,
+                beta,
+                (y_addr as *mut f32).add(j0),
+                d_out as isize,
+                1,
+            );
+        }
+    };
+    if blocks == 1 {
+        block(0);
+    } else {
+        use rayon::prelude::*;
+        (0..d_out)
+            .step_by(width)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(block);
     }
     Ok(())
 }
@@ -495,7 +522,7 @@ pub(crate) fn sgemm_accumulate(acc: &Tensor, x: &Tensor, w: &Tensor) -> Option<c
     let (rows, _) = x.dims2().ok()?;
     let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op() && w.rank() == 2;
     let acc_ok = fast_path(acc) && acc.is_contiguous();
-    if rows <= SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !acc_ok || num_threads() > SGEMM_MAX_THREADS {
+    if rows <= SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !acc_ok {
         return None;
     }
     Some(
@@ -507,10 +534,6 @@ pub(crate) fn sgemm_accumulate(acc: &Tensor, x: &Tensor, w: &Tensor) -> Option<c
 
 /// `x @ w` through `matrixmultiply`'s sgemm, for [`sgemm`].
 struct Sgemm;
-
-/// The most threads `matrixmultiply` uses (its `MAX_THREADS`); beyond it candle's gemm,
-/// which uses every core, is the better choice.
-const SGEMM_MAX_THREADS: usize = 4;
 
 impl CustomOp2 for Sgemm {
     fn name(&self) -> &'static str {
@@ -566,17 +589,18 @@ pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result
 
 /// `x @ w` for `x` `[rows, in]` and `w` `[in, out]` (any strides, e.g. a transposed
 /// `W_E`) through `matrixmultiply`'s sgemm on the fast path, `None` where candle's
-/// matmul should do it (gradients, other devices and dtypes, more than
-/// [`SGEMM_MAX_THREADS`] threads).
+/// matmul should do it (gradients, other devices and dtypes).
 ///
-/// On the 2-core machine this project is measured on, sgemm gives 1.0-2.2x the
-/// GFLOP/s of candle's gemm at the forward's shapes (1.5x at 1024 rows) (`examples/gpt2_bench.rs` times
-/// both floors).
+/// The output's columns are split in blocks over rayon's threads, each a
+/// single-threaded sgemm (`matrixmultiply` is built without its own threading). On the
+/// 2-core machine this project is measured on it beats candle's gemm at every shape of
+/// the forward (`examples/gpt2_bench.rs` times both floors); it has not been measured on
+/// more cores.
 pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
     let (_, _) = w.dims2().ok()?;
     let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op();
-    if rows == 0 || !fast_path(x) || !w_ok || num_threads() > SGEMM_MAX_THREADS {
+    if rows == 0 || !fast_path(x) || !w_ok {
         return None;
     }
     Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &Sgemm)))
