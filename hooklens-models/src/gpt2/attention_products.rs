@@ -7,10 +7,10 @@
 //! `matrixmultiply`'s sgemm takes any strides and a scale, so these products need no
 //! copy at all. Each (batch, head) pair is one sgemm, the pairs spread over threads.
 
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::fast_path;
+use super::kernels::{constant_cpu_f32, fast_path};
 
 /// A strided 4-D operand `[batch, head, rows, cols]` inside a storage.
 #[derive(Clone, Copy)]
@@ -184,15 +184,11 @@ impl CustomOp2 for PatternTimesV {
     }
 }
 
-fn cpu_f32_untracked(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
-}
-
 /// `alpha * q @ k^T` as scores `[batch, head, pos, keys]`, from `q` `[batch, pos, head,
 /// d_head]` and `k` `[batch, keys, head, d_head]` of any strides; `None` off the CPU
 /// f32 no-gradient path.
 pub(crate) fn scores(q: &Tensor, k: &Tensor, alpha: f32) -> Option<candle_core::Result<Tensor>> {
-    if !fast_path(q) || !cpu_f32_untracked(k) || q.rank() != 4 || k.rank() != 4 {
+    if !fast_path(q) || !constant_cpu_f32(k) || q.rank() != 4 || k.rank() != 4 {
         return None;
     }
     Some(q.apply_op2_no_bwd(k, &Scores { alpha }))
@@ -202,7 +198,7 @@ pub(crate) fn scores(q: &Tensor, k: &Tensor, alpha: f32) -> Option<candle_core::
 /// keys]` and `v` `[batch, keys, head, d_head]` of any strides; `None` off the CPU f32
 /// no-gradient path.
 pub(crate) fn pattern_times_v(pattern: &Tensor, v: &Tensor) -> Option<candle_core::Result<Tensor>> {
-    if !fast_path(pattern) || !cpu_f32_untracked(v) || pattern.rank() != 4 || v.rank() != 4 {
+    if !fast_path(pattern) || !constant_cpu_f32(v) || pattern.rank() != 4 || v.rank() != 4 {
         return None;
     }
     Some(pattern.apply_op2_no_bwd(v, &PatternTimesV))

@@ -12,7 +12,14 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, S
 /// weights are trained as `Var`s without `with_grad_mode`): the in-place kernels would
 /// overwrite values the backward pass still needs, and none of them has a backward.
 pub(crate) fn fast_path(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !hooklens_core::grad_mode() && !t.track_op()
+    constant_cpu_f32(t) && !hooklens_core::grad_mode()
+}
+
+/// Whether `t` is f32 on the CPU and not tracked by candle's autograd: what these
+/// kernels need of a weight (any grad mode: a weight that is no `Var` has no gradient
+/// to lose), and of every operand on the fast path.
+pub(crate) fn constant_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
 /// candle's thread count (`RAYON_NUM_THREADS`, else the physical cores), looked up
@@ -368,7 +375,7 @@ impl CustomOp2 for SmallMatmul {
 pub(crate) fn small_matmul(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
     let (d_in, d_out) = w.dims2().ok()?;
-    let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op();
+    let w_ok = constant_cpu_f32(w);
     let layout_ok = w.is_contiguous() || w.stride() == [1, d_in];
     // Beyond ~4 rows gemm's blocking wins; below ~64K weights threading does not pay.
     if rows == 0 || rows > SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !layout_ok || d_in * d_out < (1 << 16) {
@@ -520,7 +527,7 @@ impl candle_core::InplaceOp3 for SgemmAccumulate {
 /// `None` off the fast path and for few rows (where [`small_matmul`] is faster).
 pub(crate) fn sgemm_accumulate(acc: &Tensor, x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
-    let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op() && w.rank() == 2;
+    let w_ok = constant_cpu_f32(w) && w.rank() == 2;
     let acc_ok = fast_path(acc) && acc.is_contiguous();
     if rows <= SMALL_MATMUL_ROWS || !fast_path(x) || !w_ok || !acc_ok {
         return None;
@@ -580,8 +587,8 @@ impl CustomOp2 for Sgemm {
 /// the product is [`sgemm`]'s and the backward computes `x`'s gradient alone;
 /// elsewhere, or when `w` is tracked, it is candle's matmul.
 pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    let cpu_f32 = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32;
-    if cpu_f32(x) && cpu_f32(w) && !w.track_op() && x.rank() == 2 && w.rank() == 2 {
+    let x_ok = x.device().is_cpu() && x.dtype() == DType::F32;
+    if x_ok && constant_cpu_f32(w) && x.rank() == 2 && w.rank() == 2 {
         return x.contiguous()?.apply_op2(w, Sgemm);
     }
     x.matmul(w)
@@ -599,8 +606,7 @@ pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result
 pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
     let (_, _) = w.dims2().ok()?;
-    let w_ok = w.device().is_cpu() && w.dtype() == DType::F32 && !w.track_op();
-    if rows == 0 || !fast_path(x) || !w_ok {
+    if rows == 0 || !fast_path(x) || !constant_cpu_f32(w) {
         return None;
     }
     Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &Sgemm)))

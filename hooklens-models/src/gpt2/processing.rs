@@ -18,13 +18,13 @@
 //! In the model's layout `W_Q/K/V` are the columns of `[d_model, 3*d_model]`, so a
 //! mean over TransformerLens's `d_model` axis is a mean over rows here.
 
-use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, InplaceOp1, Layout, Shape, Tensor, D};
 use hooklens_core::Result;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::Gpt2Weights;
 use super::config::{Gpt2Config, NormalizationType};
-use super::kernels::contiguous_f32;
+use super::kernels::{constant_cpu_f32, contiguous_f32};
 
 /// Which processing steps to apply at load time (TransformerLens's `from_pretrained`
 /// arguments). The default applies all four, as `from_pretrained` does.
@@ -72,7 +72,7 @@ fn add_vec_mat(bias: &Tensor, v: &Tensor, w: &Tensor) -> candle_core::Result<Ten
 /// a LayerNorm with gain `g` `[in]`. On the CPU in f32 this writes one new tensor and
 /// nothing else (the generic ops hold two of them at once).
 fn fold_gain_and_center(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    if cpu_f32(w) && cpu_f32(g) && w.rank() == 2 {
+    if constant_cpu_f32(w) && constant_cpu_f32(g) && w.rank() == 2 {
         return w.apply_op2_no_bwd(&g.contiguous()?, &FoldGainCenter);
     }
     let w = w.broadcast_mul(&g.unsqueeze(1)?)?;
@@ -83,15 +83,11 @@ fn fold_gain_and_center(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
 /// and nothing else views it), on the CPU in f32, `w` is edited where it is, which
 /// spares a second copy of the embedding or unembedding.
 fn center_last(w: &Tensor, in_place: bool) -> candle_core::Result<Tensor> {
-    if in_place && cpu_f32(w) && w.is_contiguous() && w.rank() >= 1 {
+    if in_place && constant_cpu_f32(w) && w.is_contiguous() && w.rank() >= 1 {
         w.inplace_op1(&CenterRowsInPlace)?;
         return Ok(w.clone());
     }
     w.broadcast_sub(&w.mean_keepdim(D::Minus1)?)
-}
-
-fn cpu_f32(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
 }
 
 /// `w * g[:, None] - mean_rows(w * g[:, None])` for a 2-D `w` of any strides, into one
@@ -256,7 +252,7 @@ pub(crate) fn process(w: &mut Gpt2Weights, cfg: &mut Gpt2Config, opts: &Processi
 mod tests {
     use super::*;
     use crate::{HookedGpt2, LoadOptions};
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     /// Loading from a file processes in place; from a `VarBuilder` (whose tensors the
     /// caller still holds) it must not. Both must give the same model, for every
