@@ -41,17 +41,14 @@ where
         f(0, src, dst);
         return;
     }
+    // On rayon's pool, which sgemm uses too: threads spawned per call cost a forward
+    // about 70 thread starts, and they contend with rayon's spinning idle workers.
+    use rayon::prelude::*;
     let per = n_rows.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for (i, (src, dst)) in src
-            .chunks(per * in_width)
-            .zip(dst.chunks_mut(per * out_width))
-            .enumerate()
-        {
-            s.spawn(move || f(i * per, src, dst));
-        }
-    });
+    src.par_chunks(per * in_width)
+        .zip(dst.par_chunks_mut(per * out_width))
+        .enumerate()
+        .for_each(|(i, (src, dst))| f(i * per, src, dst));
 }
 
 /// The contiguous f32 data of a storage, or an error naming `what`.
@@ -168,12 +165,9 @@ impl InplaceOp2 for AddBias {
         if threads == 1 || data.len() < (1 << 16) {
             add(data);
         } else {
+            use rayon::prelude::*;
             let per = rows.div_ceil(threads) * n;
-            std::thread::scope(|s| {
-                for chunk in data.chunks_mut(per) {
-                    s.spawn(move || add(chunk));
-                }
-            });
+            data.par_chunks_mut(per).for_each(add);
         }
         Ok(())
     }
@@ -660,12 +654,11 @@ impl InplaceOp2 for AddMask {
         if threads == 1 || data.len() < (1 << 16) {
             add(0, data);
         } else {
+            use rayon::prelude::*;
             let per = n_blocks.div_ceil(threads);
-            std::thread::scope(|s| {
-                for (i, chunk) in data.chunks_mut(per * block).enumerate() {
-                    s.spawn(move || add(i * per, chunk));
-                }
-            });
+            data.par_chunks_mut(per * block)
+                .enumerate()
+                .for_each(|(i, chunk)| add(i * per, chunk));
         }
         Ok(())
     }
