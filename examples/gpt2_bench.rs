@@ -22,7 +22,11 @@
 //!            + 2 N d d     [W_O]  + 2 * 2 N d d_mlp       [MLP in, out]
 //!   plus the unembedding 2 N d d_vocab.
 //! Timings are medians; each figure's reference is measured in the same run, and the
-//! forward table's four columns are timed in turn, round after round.
+//! forward table's five columns are timed in turn, round after round; its ratios are
+//! the medians of each round's ratio.
+//!
+//! It keeps freed memory for reuse ([`hooklens::retain_freed_memory`]), as the
+//! `hooklens` command does; `-- --default-malloc` measures with glibc's defaults.
 
 use std::time::{Duration, Instant};
 
@@ -34,9 +38,8 @@ use hooklens::{
 };
 use hooklens::{LoadOptions, ReturnType};
 
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64()
+fn median(v: Vec<Duration>) -> f64 {
+    median_f64(v.into_iter().map(|d| d.as_secs_f64()).collect())
 }
 
 /// Runs `f` `warm` times, then `n` times; the median in seconds.
@@ -154,19 +157,36 @@ impl Floor {
 
 /// Runs each of `fs` once per round, `1 + n` rounds (the first is a warm-up), in
 /// turn, so that a change of load on a shared machine hits all of them alike; the
-/// median seconds of each.
-fn time_interleaved(n: usize, fs: &mut [&mut dyn FnMut() -> hooklens::Result<()>]) -> hooklens::Result<Vec<f64>> {
+/// seconds of each, round by round.
+fn time_rounds(n: usize, fs: &mut [&mut dyn FnMut() -> hooklens::Result<()>]) -> hooklens::Result<Vec<Vec<f64>>> {
     let mut times = vec![Vec::with_capacity(n); fs.len()];
     for round in 0..=n {
         for (f, v) in fs.iter_mut().zip(&mut times) {
             let t = Instant::now();
             f()?;
             if round > 0 {
-                v.push(t.elapsed());
+                v.push(t.elapsed().as_secs_f64());
             }
         }
     }
-    Ok(times.into_iter().map(median).collect())
+    Ok(times)
+}
+
+/// The median seconds of each of `fs`, timed as [`time_rounds`] does.
+fn time_interleaved(n: usize, fs: &mut [&mut dyn FnMut() -> hooklens::Result<()>]) -> hooklens::Result<Vec<f64>> {
+    Ok(time_rounds(n, fs)?.into_iter().map(median_f64).collect())
+}
+
+fn median_f64(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `b / a` as the median of the ratios of the same round: this machine's speed
+/// drifts by 10-20% within a minute (other tenants), which a ratio of two medians
+/// taken over different rounds carries into the result, and a paired one mostly not.
+fn paired_ratio(a: &[f64], b: &[f64]) -> f64 {
+    median_f64(a.iter().zip(b).map(|(a, b)| b / a).collect())
 }
 
 /// Seconds to read every element of `tensors` once, on all threads: the memory
@@ -220,6 +240,9 @@ fn peak_rss_kib() -> Option<u64> {
 
 fn main() -> hooklens::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    // As the `hooklens` command does; `--default-malloc` measures glibc's defaults.
+    let default_malloc = args.iter().any(|a| a == "--default-malloc");
+    let retained = !default_malloc && hooklens::retain_freed_memory();
     // Child mode: load a checkpoint and report time and peak memory.
     if let Some(i) = args.iter().position(|a| a == "--load") {
         let dir = &args[i + 1];
@@ -244,7 +267,11 @@ fn main() -> hooklens::Result<()> {
     let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
     let model = HookedGpt2::load(vb, &cfg)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("GPT-2-small shape, seeded random weights, f32, CPU, {threads} threads, {n_params} parameters\n");
+    println!("GPT-2-small shape, seeded random weights, f32, CPU, {threads} threads, {n_params} parameters");
+    println!(
+        "freed memory kept for reuse (hooklens::retain_freed_memory): {}; ratios are medians of per-round ratios\n",
+        if retained { "yes" } else { "no" }
+    );
     println!(
         "| batch x pos | candle matmul floor | matmul floor | forward | fwd / floor | fwd / candle floor | GFLOP/s | run_with_cache (all) | cache / fwd | one patching hook | patch / fwd |"
     );
@@ -257,7 +284,7 @@ fn main() -> hooklens::Result<()> {
         let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
             Ok(Some(x.zeros_like()?))
         });
-        let t = time_interleaved(
+        let t = time_rounds(
             reps(n),
             &mut [
                 &mut || floor_inputs.run(false).map(drop),
@@ -271,19 +298,17 @@ fn main() -> hooklens::Result<()> {
                 &mut || model.run_with_hooks(patch.clone(), |m| m.forward(&tokens)).map(drop),
             ],
         )?;
-        let (candle_floor, floor, fwd, cached, patched) = (t[0], t[1], t[2], t[3], t[4]);
+        let ratio = |a: usize, b: usize| paired_ratio(&t[a], &t[b]);
+        let (fwd_floor, fwd_candle, cache_fwd, patch_fwd) = (ratio(1, 2), ratio(0, 2), ratio(2, 3), ratio(2, 4));
+        let [candle_floor, floor, fwd, cached, patched] = [0, 1, 2, 3, 4].map(|i| median_f64(t[i].clone()));
         let gflops = forward_flops(&cfg, b, p) / fwd / 1e9;
         println!(
-            "| {b} x {p} | {:.1} ms | {:.1} ms | {:.1} ms | {:.3} | {:.3} | {gflops:.1} | {:.1} ms | {:.3} | {:.1} ms | {:.3} |",
+            "| {b} x {p} | {:.1} ms | {:.1} ms | {:.1} ms | {fwd_floor:.3} | {fwd_candle:.3} | {gflops:.1} | {:.1} ms | {cache_fwd:.3} | {:.1} ms | {patch_fwd:.3} |",
             candle_floor * 1e3,
             floor * 1e3,
             fwd * 1e3,
-            fwd / floor,
-            fwd / candle_floor,
             cached * 1e3,
-            cached / fwd,
             patched * 1e3,
-            patched / fwd
         );
     }
 
@@ -357,6 +382,7 @@ fn main() -> hooklens::Result<()> {
             .arg("--load")
             .arg(&dir)
             .args(extra)
+            .args(default_malloc.then_some("--default-malloc"))
             .output()
             .map_err(|e| hooklens::Error::io(&dir, e))?;
         let text = String::from_utf8_lossy(&out.stdout);

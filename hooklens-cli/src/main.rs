@@ -55,6 +55,9 @@ fn run(cli: Cli) -> CliResult<()> {
 }
 
 fn main() -> ExitCode {
+    // A command runs models over and over (harvest, demo's ablations): freed activations
+    // are reused rather than faulted in afresh on every run.
+    hooklens::retain_freed_memory();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,

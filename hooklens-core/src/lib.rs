@@ -6,6 +6,7 @@
 mod activation_cache;
 mod cache_options;
 mod error;
+mod freed_memory;
 mod grad_hook_op;
 mod hook;
 mod hook_dict;
@@ -23,6 +24,7 @@ mod slice;
 pub use activation_cache::{save_safetensors, ActivationCache};
 pub use cache_options::{position_axis, CacheOptions};
 pub use error::{nearest_names, Error, Result};
+pub use freed_memory::retain_freed_memory;
 pub use grad_hook_op::{grad_mode, with_grad_mode};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
 pub use hook_dict::HookDict;
