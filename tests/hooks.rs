@@ -419,3 +419,38 @@ fn first_non_finite_names_the_first_bad_point() {
     assert_eq!(report.name, "blocks.1.mlp.hook_pre");
     assert_eq!(report.nan + report.inf, 5 * 16);
 }
+
+/// `is_idle` is what lets a model overwrite an activation in place: it must be false
+/// wherever a hook could see or keep the activation.
+#[test]
+fn a_hook_point_is_idle_only_when_nothing_can_see_its_activation() {
+    let (model, x) = setup();
+    let embed = model.hook_point(EMBED).unwrap();
+    let other = model.hook_points().into_iter().find(|p| &*p.name() != EMBED).unwrap();
+    assert!(embed.is_idle() && other.is_idle());
+    {
+        let _scope = model
+            .hooks(HookSet::new().fwd_hook(EMBED, Counter::default().hook()))
+            .unwrap();
+        assert!(!embed.is_idle());
+    }
+    assert!(embed.is_idle());
+    model
+        .add_shared_hook(EMBED, Counter::default().hook(), Direction::Bwd, false, None, false)
+        .unwrap();
+    assert!(!embed.is_idle(), "a backward hook needs the activation too");
+    model.reset_hooks(true, Direction::Both, true, None);
+    assert!(embed.is_idle());
+    // A run's hooks live on its thread, not on the point: during a run nothing is idle
+    // on that thread, and everything still is on another.
+    let (during, elsewhere) = model
+        .run_with_cache(CacheOptions::new().names(EMBED), |m| {
+            let here = (embed.is_idle(), other.is_idle());
+            let elsewhere = std::thread::scope(|s| s.spawn(|| (embed.is_idle(), other.is_idle())).join().unwrap());
+            m.forward(&x).map(|_| (here, elsewhere))
+        })
+        .unwrap()
+        .0;
+    assert_eq!(during, (false, false));
+    assert_eq!(elsewhere, (true, true));
+}

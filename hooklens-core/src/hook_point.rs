@@ -129,13 +129,22 @@ impl HookPoint {
     /// the hook.
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.inner.n_fwd.load(Ordering::Acquire) == 0
-            && self.inner.n_bwd.load(Ordering::Acquire) == 0
-            && !run_frame::any_active()
-        {
+        if self.is_idle() {
             return Ok(x.clone());
         }
         self.run_hooks(x).map_err(Error::into_candle)
+    }
+
+    /// Whether [`forward`](Self::forward) on this thread, now, would return its input
+    /// without calling anything: no hook attached as model state, and no
+    /// `run_with_hooks` / `run_with_cache` / `hooks()` scope active on this thread.
+    /// Then nothing can keep the activation, and a model may overwrite it in place
+    /// once it has passed this point.
+    #[inline]
+    pub fn is_idle(&self) -> bool {
+        self.inner.n_fwd.load(Ordering::Acquire) == 0
+            && self.inner.n_bwd.load(Ordering::Acquire) == 0
+            && !run_frame::any_active()
     }
 
     #[cold]

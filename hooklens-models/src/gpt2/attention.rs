@@ -170,11 +170,16 @@ impl Attention {
             (k_, v_, raw_scores)
         };
         let scores = kernels::add_mask_owned(raw_scores, &mask.additive.to_dtype(score_dtype)?)?;
-        let hooked_scores = self.hook_attn_scores.forward(&scores)?;
-        // Rows whose keys are all masked (padding, or a hook's edit) give 0, not NaN,
-        // as in TransformerLens.
-        let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
-        let pattern = kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?;
+        let pattern = if self.hook_attn_scores.is_idle() {
+            // Nothing can have kept the fresh scores: the pattern overwrites them.
+            kernels::softmax_last_dim_owned(scores, mask.may_have_empty_rows)?
+        } else {
+            let hooked_scores = self.hook_attn_scores.forward(&scores)?;
+            // Rows whose keys are all masked (padding, or a hook's edit) give 0, not
+            // NaN, as in TransformerLens.
+            let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
+            kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?
+        };
         let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
         let z = match attention_products::pattern_times_v(&pattern, &v_.transpose(1, 2)?) {
             Some(z) => z?,

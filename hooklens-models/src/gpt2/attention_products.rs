@@ -45,13 +45,15 @@ fn batched_sgemm(
         candle_core::bail!("attention product: an operand's layout exceeds its storage")
     }
     let total = nb * nh * m * n;
-    let mut out = vec![0f32; total];
     if total == 0 || k == 0 {
-        return Ok(out);
+        return Ok(vec![0f32; total]);
     }
-    // The pairs write disjoint parts of `out` (its strides are a permutation of a
-    // contiguous layout); raw pointers cross the threads as addresses.
-    let out_addr = out.as_mut_ptr() as usize;
+    // Not zeroed first: sgemm with beta 0 writes every value and reads none. The pairs
+    // write disjoint parts of `out` (its strides are a permutation of a contiguous
+    // layout, so together they write all of it); raw pointers cross the threads as
+    // addresses.
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    let out_addr = out.spare_capacity_mut().as_mut_ptr() as usize;
     let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
     (0..nb * nh).into_par_iter().for_each(|pair| {
         let (bi, hi) = (pair / nh, pair % nh);
@@ -80,6 +82,8 @@ fn batched_sgemm(
             );
         }
     });
+    // SAFETY: the pairs wrote all `total` values (see above).
+    unsafe { out.set_len(total) };
     Ok(out)
 }
 

@@ -5,7 +5,22 @@
 //! thread. These kernels run on row chunks across threads. They have no backward:
 //! the model uses them only when [`hooklens_core::grad_mode`] is off, on CPU f32.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
+
+/// Calls the AVX2 + FMA build of a kernel where the CPU has it (the crate is built for
+/// baseline x86-64, whose SSE2 is half as wide), the portable one elsewhere.
+macro_rules! dispatch {
+    ($generic:ident, $avx2:ident, ($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features `$avx2` is compiled for.
+                return unsafe { $avx2($($arg),*) };
+            }
+        }
+        $generic::<false>($($arg),*)
+    }};
+}
 
 /// Whether `t` can go through these kernels. Besides the gradient mode, `t` itself
 /// must not be tracked by candle's autograd (a `Var`, or computed from one, as when
@@ -51,6 +66,30 @@ where
         .for_each(|(i, (src, dst))| f(i * per, src, dst));
 }
 
+/// Runs `f` over `data` in one chunk per thread when it has at least `min_len`
+/// values, whole otherwise.
+fn par_chunks_in_place(data: &mut [f32], min_len: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
+    let threads = num_threads();
+    if threads == 1 || data.len() < min_len {
+        f(data);
+    } else {
+        use rayon::prelude::*;
+        data.par_chunks_mut(data.len().div_ceil(threads)).for_each(f);
+    }
+}
+
+/// The contiguous f32 data of a storage, mutable, or an error naming `what`.
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a mut [f32]> {
+    let (a, b) = match l.contiguous_offsets() {
+        Some(o) => o,
+        None => candle_core::bail!("{what}: must be contiguous"),
+    };
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{what}: must be f32"),
+    }
+}
+
 /// The contiguous f32 data of a storage, or an error naming `what`.
 pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
@@ -70,24 +109,45 @@ impl CustomOp1 for GeluNew {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(s, l, "gelu input")?;
-        let mut dst = vec![0f32; src.len()];
-        const WIDTH: usize = 1024;
-        let rows = src.len().div_ceil(WIDTH);
-        // Rows are just equal chunks here; the last one may be short.
-        par_rows(rows, WIDTH, src, WIDTH, &mut dst, |_, src, dst| {
-            let mut outs = dst.chunks_exact_mut(8);
-            let mut ins = src.chunks_exact(8);
-            for (o, x) in (&mut outs).zip(&mut ins) {
-                for k in 0..8 {
-                    o[k] = gelu_new_scalar(x[k]);
-                }
-            }
-            for (o, &x) in outs.into_remainder().iter_mut().zip(ins.remainder()) {
-                *o = gelu_new_scalar(x);
-            }
-        });
+        let mut dst = contiguous_f32(s, l, "gelu input")?.to_vec();
+        par_chunks_in_place(&mut dst, 1 << 16, gelu_new_in_place);
         Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+impl InplaceOp1 for GeluNew {
+    fn name(&self) -> &'static str {
+        "hooklens-gelu-new-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let data = contiguous_f32_mut(s, l, "gelu input")?;
+        par_chunks_in_place(data, 1 << 16, gelu_new_in_place);
+        Ok(())
+    }
+}
+
+/// `x[i] = gelu_new(x[i])`.
+fn gelu_new_in_place(x: &mut [f32]) {
+    dispatch!(gelu_new_in_place_impl, gelu_new_in_place_avx2, (x))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_new_in_place_avx2(x: &mut [f32]) {
+    gelu_new_in_place_impl::<true>(x)
+}
+
+#[inline(always)]
+fn gelu_new_in_place_impl<const FMA: bool>(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        for v in c.iter_mut() {
+            *v = gelu_new_scalar(*v);
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = gelu_new_scalar(*v);
     }
 }
 
@@ -128,6 +188,17 @@ pub(crate) fn gelu_new(x: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(&GeluNew)
     } else {
         x.gelu()
+    }
+}
+
+/// [`gelu_new`] of a tensor nothing else holds: on the fast path written over `x`,
+/// which saves a buffer the size of the MLP's hidden layer and a pass over it.
+pub(crate) fn gelu_new_owned(x: Tensor) -> candle_core::Result<Tensor> {
+    if fast_path(&x) && x.is_contiguous() {
+        x.inplace_op1(&GeluNew)?;
+        Ok(x)
+    } else {
+        gelu_new(&x)
     }
 }
 
@@ -249,21 +320,6 @@ impl SmallMatmul {
         }
         y
     }
-}
-
-/// Calls the AVX2 + FMA build of a kernel where the CPU has it (the crate is built for
-/// baseline x86-64, whose SSE2 is half as wide), the portable one elsewhere.
-macro_rules! dispatch {
-    ($generic:ident, $avx2:ident, ($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features `$avx2` is compiled for.
-                return unsafe { $avx2($($arg),*) };
-            }
-        }
-        $generic::<false>($($arg),*)
-    }};
 }
 
 /// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of `acc.len()`).
@@ -395,10 +451,18 @@ fn matmul_operands<'a>(
     Ok((x, rows, d_in, d_out))
 }
 
-/// `y = x @ w + beta * y` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
+/// Where [`sgemm_into`] writes its `[rows, d_out]` row-major result.
+enum SgemmOut<'a> {
+    /// Memory that need not be initialised (a new buffer: zeroing it would cost a pass
+    /// of its own): sgemm with beta 0 writes every value and reads none.
+    Fresh(&'a mut [std::mem::MaybeUninit<f32>]),
+    /// Values the product is added to (beta 1).
+    Accumulate(&'a mut [f32]),
+}
+
+/// `y = x @ w` or `y += x @ w` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
 /// row-major, `w` `[d_in, d_out]` with any strides inside `w_storage`, `y`
 /// `[rows, d_out]` row-major.
-#[allow(clippy::too_many_arguments)]
 fn sgemm_into(
     x: &[f32],
     rows: usize,
@@ -406,9 +470,12 @@ fn sgemm_into(
     d_out: usize,
     w_storage: &CpuStorage,
     l2: &Layout,
-    beta: f32,
-    y: &mut [f32],
+    y: SgemmOut<'_>,
 ) -> candle_core::Result<()> {
+    let (beta, y_len, y_addr) = match y {
+        SgemmOut::Fresh(y) => (0.0, y.len(), y.as_mut_ptr() as usize),
+        SgemmOut::Accumulate(y) => (1.0, y.len(), y.as_mut_ptr() as usize),
+    };
     let w = w_storage.as_slice::<f32>()?;
     let (rs, cs) = match l2.stride() {
         [rs, cs] => (*rs, *cs),
@@ -420,11 +487,10 @@ fn sgemm_into(
     if rows == 0 || d_in == 0 || d_out == 0 || last >= w.len() {
         candle_core::bail!("sgemm: weight layout {:?} exceeds its storage ({} values)", l2, w.len());
     }
-    if x.len() != rows * d_in || y.len() != rows * d_out {
+    if x.len() != rows * d_in || y_len != rows * d_out {
         candle_core::bail!(
-            "sgemm: {} inputs and {} outputs for [{rows}, {d_in}] x [{d_in}, {d_out}]",
+            "sgemm: {} inputs and {y_len} outputs for [{rows}, {d_in}] x [{d_in}, {d_out}]",
             x.len(),
-            y.len()
         );
     }
     // Column blocks on the threads of rayon's pool, each one single-threaded sgemm: with
@@ -435,17 +501,15 @@ fn sgemm_into(
     let blocks = if threads > 1 && flops >= 1 << 20 { threads } else { 1 };
     // Multiples of 32 columns, so that every block fills the kernels' register tiles.
     let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
-    let (x_addr, w_addr, y_addr) = (
-        x.as_ptr() as usize,
-        w[start..].as_ptr() as usize,
-        y.as_mut_ptr() as usize,
-    );
+    let (x_addr, w_addr) = (x.as_ptr() as usize, w[start..].as_ptr() as usize);
     let block = |j0: usize| {
         let n = width.min(d_out - j0);
         // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
         // to stay inside the storage above, and columns j0..j0 + n of it lie inside that
         // view; y holds rows * d_out values, borrowed mutably here, and each block
-        // writes only its own columns j0..j0 + n of every row.
+        // writes only its own columns j0..j0 + n of every row. With beta 0 sgemm reads
+        // no value of y (matrixmultiply's kernels store alpha * AB then), so y may be
+        // uninitialised memory.
         unsafe {
             matrixmultiply::sgemm(
                 rows,
@@ -510,7 +574,7 @@ impl candle_core::InplaceOp3 for SgemmAccumulate {
             CpuStorage::F32(v) => &mut v[a..e],
             _ => candle_core::bail!("sgemm-accumulate: the accumulator must be f32"),
         };
-        sgemm_into(x, rows, d_in, d_out, s3, l3, 1.0, y)
+        sgemm_into(x, rows, d_in, d_out, s3, l3, SgemmOut::Accumulate(y))
     }
 }
 
@@ -549,8 +613,20 @@ impl CustomOp2 for Sgemm {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, rows, d_in, d_out) = matmul_operands(s1, l1, l2, "sgemm")?;
-        let mut y = vec![0f32; rows * d_out];
-        sgemm_into(x, rows, d_in, d_out, s2, l2, 0.0, &mut y)?;
+        let n = rows * d_out;
+        let mut y: Vec<f32> = Vec::with_capacity(n);
+        sgemm_into(
+            x,
+            rows,
+            d_in,
+            d_out,
+            s2,
+            l2,
+            SgemmOut::Fresh(&mut y.spare_capacity_mut()[..n]),
+        )?;
+        // SAFETY: sgemm_into returned Ok, so it wrote all n values (every column
+        // block of every row).
+        unsafe { y.set_len(n) };
         Ok((CpuStorage::F32(y), Shape::from((rows, d_out))))
     }
 
@@ -690,26 +766,103 @@ impl CustomOp1 for SoftmaxRows {
         if n == 0 {
             return Ok((CpuStorage::F32(vec![]), l.shape().clone()));
         }
-        let mut dst = vec![0f32; src.len()];
-        par_rows(src.len() / n, n, src, n, &mut dst, |_, src, dst| {
-            for (row, out) in src.chunks(n).zip(dst.chunks_mut(n)) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-                if max == f32::NEG_INFINITY || max.is_nan() {
-                    let fill = if max.is_nan() { f32::NAN } else { 0.0 };
-                    out.iter_mut().for_each(|o| *o = fill);
-                    continue;
-                }
-                for (o, &x) in out.iter_mut().zip(row) {
-                    let d = x - max;
-                    // exp_approx clamps at e^-87; masked entries must be exactly 0.
-                    *o = if d < -87.0 { 0.0 } else { exp_approx(d) };
-                }
-                let sum: f32 = out.iter().sum();
-                let inv = 1.0 / sum;
-                out.iter_mut().for_each(|o| *o *= inv);
+        let mut dst = src.to_vec();
+        SoftmaxRows.cpu_fwd_in_place(&mut dst, n);
+        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+impl InplaceOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "hooklens-softmax-in-place"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let n = *l.dims().last().unwrap_or(&1);
+        let data = contiguous_f32_mut(s, l, "softmax input")?;
+        if n > 0 {
+            self.cpu_fwd_in_place(data, n);
+        }
+        Ok(())
+    }
+}
+
+impl SoftmaxRows {
+    /// Softmax of every row of `n` values of `data`, in place.
+    fn cpu_fwd_in_place(&self, data: &mut [f32], n: usize) {
+        let rows = data.len() / n;
+        let threads = num_threads();
+        let per = if threads == 1 || data.len() < (1 << 16) {
+            rows.max(1)
+        } else {
+            rows.div_ceil(threads)
+        };
+        use rayon::prelude::*;
+        data.par_chunks_mut(per * n).for_each(|chunk| {
+            for row in chunk.chunks_mut(n) {
+                softmax_row(row);
             }
         });
-        Ok((CpuStorage::F32(dst), l.shape().clone()))
+    }
+}
+
+/// `row = softmax(row)`, in place; a row of `-inf` gives zeros, a NaN gives NaNs.
+fn softmax_row(row: &mut [f32]) {
+    dispatch!(softmax_row_impl, softmax_row_avx2, (row))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32]) {
+    softmax_row_impl::<true>(row)
+}
+
+#[inline(always)]
+fn softmax_row_impl<const FMA: bool>(row: &mut [f32]) {
+    // Eight partial maxima and sums, so that both reductions vectorise.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = row.chunks_exact(8);
+    let mut max = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    for c in chunks {
+        for k in 0..8 {
+            lanes[k] = if c[k] > lanes[k] { c[k] } else { lanes[k] };
+        }
+    }
+    for l in lanes {
+        max = if l > max { l } else { max };
+    }
+    if max == f32::NEG_INFINITY {
+        row.iter_mut().for_each(|o| *o = 0.0);
+        return;
+    }
+    for o in row.iter_mut() {
+        let d = *o - max;
+        // exp_approx clamps at e^-87; masked entries must be exactly 0.
+        *o = if d < -87.0 { 0.0 } else { exp_approx(d) };
+    }
+    let mut sums = [0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for k in 0..8 {
+            sums[k] += c[k];
+        }
+    }
+    let inv = 1.0 / (sums.iter().sum::<f32>() + tail);
+    row.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// [`softmax_last_dim`] of a tensor nothing else holds: on the fast path written
+/// over `x`.
+pub(crate) fn softmax_last_dim_owned(x: Tensor, may_have_empty_rows: bool) -> candle_core::Result<Tensor> {
+    if fast_path(&x) && x.is_contiguous() {
+        x.inplace_op1(&SoftmaxRows)?;
+        Ok(x)
+    } else {
+        softmax_last_dim(&x, may_have_empty_rows)
     }
 }
 
@@ -889,5 +1042,58 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(d, 0.0);
+    }
+
+    #[test]
+    fn in_place_kernels_equal_the_out_of_place_ones_and_candle() {
+        // 133 keys: rows that are no multiple of the 8 lanes.
+        let x = Tensor::randn(0f32, 3.0, (37, 133), &Device::Cpu).unwrap();
+        let mut v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v[..133].fill(f32::NEG_INFINITY); // a fully masked row
+        v[133..200].fill(f32::NEG_INFINITY); // a partly masked one
+        v[3 * 133 + 7] = f32::NAN;
+        let x = Tensor::from_vec(v, (37, 133), &Device::Cpu).unwrap();
+
+        let fresh = softmax_last_dim(&x, true).unwrap();
+        let owned = softmax_last_dim_owned(x.copy().unwrap(), true).unwrap();
+        let (a, b) = (fresh.to_vec2::<f32>().unwrap(), owned.to_vec2::<f32>().unwrap());
+        for (ra, rb) in a.iter().zip(&b) {
+            for (p, q) in ra.iter().zip(rb) {
+                assert!(p.to_bits() == q.to_bits(), "{p} vs {q}");
+            }
+        }
+        assert!(a[0].iter().all(|&p| p == 0.0), "a row of -inf gives zeros");
+        assert!(a[1][..67].iter().all(|&p| p == 0.0));
+        assert!(a[3].iter().all(|p| p.is_nan()), "a NaN spreads over its row");
+        let finite = x.narrow(0, 4, 33).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(&finite).unwrap();
+        let d = max_abs_diff(&fresh.narrow(0, 4, 33).unwrap(), &want);
+        assert!(d < 1e-6, "softmax off candle's by {d}");
+        let sums = fresh.narrow(0, 1, 2).unwrap().sum(1).unwrap().to_vec1::<f32>().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-6), "{sums:?}");
+
+        let x = Tensor::randn(0f32, 3.0, (37, 133), &Device::Cpu).unwrap();
+        let before = x.to_vec2::<f32>().unwrap();
+        let fresh = gelu_new(&x).unwrap();
+        assert_eq!(x.to_vec2::<f32>().unwrap(), before, "gelu_new leaves its input alone");
+        let owned = gelu_new_owned(x.copy().unwrap()).unwrap();
+        assert_eq!(fresh.to_vec2::<f32>().unwrap(), owned.to_vec2::<f32>().unwrap());
+        // The dispatched build (AVX2 here) and the portable one agree bit for bit.
+        let mut portable = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let mut dispatched = portable.clone();
+        gelu_new_in_place_impl::<false>(&mut portable);
+        gelu_new_in_place(&mut dispatched);
+        assert_eq!(portable, dispatched);
+        let mut row = x
+            .narrow(0, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let mut row2 = row.clone();
+        softmax_row_impl::<false>(&mut row);
+        softmax_row(&mut row2);
+        assert_eq!(row, row2);
     }
 }

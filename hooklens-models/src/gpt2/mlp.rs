@@ -28,11 +28,18 @@ pub struct Mlp {
 impl Mlp {
     /// `[batch, pos, d_model]` -> `[batch, pos, d_model]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let pre = self.hook_pre.forward(&linear(x, &self.w_in, Some(&self.b_in))?)?;
+        let pre = linear(x, &self.w_in, Some(&self.b_in))?;
         let post = match self.act_fn {
-            ActFn::GeluNew => kernels::gelu_new(&pre)?,
-            ActFn::Gelu => pre.gelu_erf()?,
-            ActFn::Relu => pre.relu()?,
+            // Nothing can have kept the fresh `pre`: the activation overwrites it.
+            ActFn::GeluNew if self.hook_pre.is_idle() => kernels::gelu_new_owned(pre)?,
+            act_fn => {
+                let pre = self.hook_pre.forward(&pre)?;
+                match act_fn {
+                    ActFn::GeluNew => kernels::gelu_new(&pre)?,
+                    ActFn::Gelu => pre.gelu_erf()?,
+                    ActFn::Relu => pre.relu()?,
+                }
+            }
         };
         let post = self.hook_post.forward(&post)?;
         linear(&post, &self.w_out, Some(&self.b_out))
