@@ -277,7 +277,7 @@ fn main() -> hooklens::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     let mut rng = SeededRng::new(1);
-    for (b, p, n) in [(1usize, 64usize, 10usize), (8, 128, 4)] {
+    for (b, p, n) in [(1usize, 64usize, 12usize), (8, 128, 8)] {
         let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
         let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
         let floor_inputs = Floor::new(&cfg, &weights, b, p)?;

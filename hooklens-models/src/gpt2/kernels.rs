@@ -5,6 +5,8 @@
 //! thread. These kernels run on row chunks across threads. They have no backward:
 //! the model uses them only when [`hooklens_core::grad_mode`] is off, on CPU f32.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 /// Calls the AVX2 + FMA build of a kernel where the CPU has it (the crate is built for
@@ -78,6 +80,32 @@ fn par_chunks_in_place(data: &mut [f32], min_len: usize, f: impl Fn(&mut [f32]) 
     }
 }
 
+/// Runs `f` over matching chunks of `src` and `dst` (`chunk` values each, the last
+/// maybe shorter), on rayon's threads when `src` has at least `min_len` values; then
+/// `dst`, which `f` must have written in full, as a vector.
+fn par_map_into(
+    src: &[f32],
+    chunk: usize,
+    min_len: usize,
+    f: impl Fn(&[f32], &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let n = src.len();
+    let mut dst: Vec<f32> = Vec::with_capacity(n);
+    let out = &mut dst.spare_capacity_mut()[..n];
+    if num_threads() == 1 || n < min_len || chunk >= n {
+        f(src, out);
+    } else {
+        use rayon::prelude::*;
+        src.par_chunks(chunk.max(1))
+            .zip(out.par_chunks_mut(chunk.max(1)))
+            .for_each(|(s, d)| f(s, d));
+    }
+    // SAFETY: `f` wrote every value of `out`, the first n of `dst`'s capacity (the
+    // callers' kernels write one output per input, and the chunks cover both).
+    unsafe { dst.set_len(n) };
+    dst
+}
+
 /// The contiguous f32 data of a storage, mutable, or an error naming `what`.
 fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a mut [f32]> {
     let (a, b) = match l.contiguous_offsets() {
@@ -109,8 +137,8 @@ impl CustomOp1 for GeluNew {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let mut dst = contiguous_f32(s, l, "gelu input")?.to_vec();
-        par_chunks_in_place(&mut dst, 1 << 16, gelu_new_in_place);
+        let src = contiguous_f32(s, l, "gelu input")?;
+        let dst = par_map_into(src, src.len().div_ceil(num_threads()), 1 << 16, gelu_new_into);
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 }
@@ -148,6 +176,25 @@ fn gelu_new_in_place_impl<const FMA: bool>(x: &mut [f32]) {
     }
     for v in chunks.into_remainder() {
         *v = gelu_new_scalar(*v);
+    }
+}
+
+/// `dst[i] = gelu_new(src[i])`, into memory that need not be initialised (a copy
+/// followed by the in-place kernel would cost a pass more).
+fn gelu_new_into(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    dispatch!(gelu_new_into_impl, gelu_new_into_avx2, (src, dst))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_new_into_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    gelu_new_into_impl::<true>(src, dst)
+}
+
+#[inline(always)]
+fn gelu_new_into_impl<const FMA: bool>(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        d.write(gelu_new_scalar(x));
     }
 }
 
@@ -766,8 +813,13 @@ impl CustomOp1 for SoftmaxRows {
         if n == 0 {
             return Ok((CpuStorage::F32(vec![]), l.shape().clone()));
         }
-        let mut dst = src.to_vec();
-        SoftmaxRows.cpu_fwd_in_place(&mut dst, n);
+        let rows = src.len() / n;
+        let chunk = rows.div_ceil(num_threads()) * n;
+        let dst = par_map_into(src, chunk, 1 << 16, |src, dst| {
+            for (row, out) in src.chunks(n).zip(dst.chunks_mut(n)) {
+                softmax_row_into(row, out);
+            }
+        });
         Ok((CpuStorage::F32(dst), l.shape().clone()))
     }
 }
@@ -819,7 +871,40 @@ unsafe fn softmax_row_avx2(row: &mut [f32]) {
 
 #[inline(always)]
 fn softmax_row_impl<const FMA: bool>(row: &mut [f32]) {
-    // Eight partial maxima and sums, so that both reductions vectorise.
+    let max = row_max(row);
+    for o in row.iter_mut() {
+        *o = exp_below(*o, max);
+    }
+    normalize(row, max);
+}
+
+/// `out = softmax(row)`, as [`softmax_row`], into memory that need not be initialised.
+fn softmax_row_into(row: &[f32], out: &mut [MaybeUninit<f32>]) {
+    dispatch!(softmax_row_into_impl, softmax_row_into_avx2, (row, out))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_into_avx2(row: &[f32], out: &mut [MaybeUninit<f32>]) {
+    softmax_row_into_impl::<true>(row, out)
+}
+
+#[inline(always)]
+fn softmax_row_into_impl<const FMA: bool>(row: &[f32], out: &mut [MaybeUninit<f32>]) {
+    let max = row_max(row);
+    for (o, &x) in out.iter_mut().zip(row) {
+        o.write(exp_below(x, max));
+    }
+    // SAFETY: every value of `out` was written just above (`out` and `row` have the
+    // same length: chunks of the same size of two slices of the same length).
+    let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
+    normalize(out, max);
+}
+
+/// The largest value of `row` (NaNs skipped), in eight partial lanes so that the
+/// reduction vectorises.
+#[inline(always)]
+fn row_max(row: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 8];
     let chunks = row.chunks_exact(8);
     let mut max = chunks
@@ -834,14 +919,28 @@ fn softmax_row_impl<const FMA: bool>(row: &mut [f32]) {
     for l in lanes {
         max = if l > max { l } else { max };
     }
+    max
+}
+
+/// `e^(x - max)`, exactly 0 far below `max` (exp_approx clamps at e^-87; masked
+/// entries must be exactly 0).
+#[inline(always)]
+fn exp_below(x: f32, max: f32) -> f32 {
+    let d = x - max;
+    if d < -87.0 {
+        0.0
+    } else {
+        exp_approx(d)
+    }
+}
+
+/// Divides the exponentials of a row by their sum; a row whose `max` is `-inf` (every
+/// key masked) becomes zeros.
+#[inline(always)]
+fn normalize(row: &mut [f32], max: f32) {
     if max == f32::NEG_INFINITY {
         row.iter_mut().for_each(|o| *o = 0.0);
         return;
-    }
-    for o in row.iter_mut() {
-        let d = *o - max;
-        // exp_approx clamps at e^-87; masked entries must be exactly 0.
-        *o = if d < -87.0 { 0.0 } else { exp_approx(d) };
     }
     let mut sums = [0f32; 8];
     let chunks = row.chunks_exact(8);
