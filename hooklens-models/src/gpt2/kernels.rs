@@ -9,19 +9,28 @@ use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
-/// Calls the AVX2 + FMA build of a kernel where the CPU has it (the crate is built for
-/// baseline x86-64, whose SSE2 is half as wide), the portable one elsewhere.
-macro_rules! dispatch {
-    ($generic:ident, $avx2:ident, ($($arg:expr),*)) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                // SAFETY: the CPU supports the features `$avx2` is compiled for.
-                return unsafe { $avx2($($arg),*) };
+/// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
+/// CPU has them (the crate is built for baseline x86-64, whose SSE2 is half as wide),
+/// and the portable `$imp::<false>` elsewhere. Rust never fuses a multiply and an add
+/// on its own, so both give the same bits unless `$imp` asks for `mul_add` with `true`.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $imp:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $imp::<true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
             }
+            $imp::<false>($($arg),*)
         }
-        $generic::<false>($($arg),*)
-    }};
+    };
 }
 
 /// Whether `t` can go through these kernels. Besides the gradient mode, `t` itself
@@ -155,15 +164,9 @@ impl InplaceOp1 for GeluNew {
     }
 }
 
-/// `x[i] = gelu_new(x[i])`.
-fn gelu_new_in_place(x: &mut [f32]) {
-    dispatch!(gelu_new_in_place_impl, gelu_new_in_place_avx2, (x))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_new_in_place_avx2(x: &mut [f32]) {
-    gelu_new_in_place_impl::<true>(x)
+dispatched! {
+    /// `x[i] = gelu_new(x[i])`.
+    fn gelu_new_in_place(x: &mut [f32]) => gelu_new_in_place_impl
 }
 
 #[inline(always)]
@@ -179,16 +182,10 @@ fn gelu_new_in_place_impl<const FMA: bool>(x: &mut [f32]) {
     }
 }
 
-/// `dst[i] = gelu_new(src[i])`, into memory that need not be initialised (a copy
-/// followed by the in-place kernel would cost a pass more).
-fn gelu_new_into(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
-    dispatch!(gelu_new_into_impl, gelu_new_into_avx2, (src, dst))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gelu_new_into_avx2(src: &[f32], dst: &mut [MaybeUninit<f32>]) {
-    gelu_new_into_impl::<true>(src, dst)
+dispatched! {
+    /// `dst[i] = gelu_new(src[i])`, into memory that need not be initialised (a copy
+    /// followed by the in-place kernel would cost a pass more).
+    fn gelu_new_into(src: &[f32], dst: &mut [MaybeUninit<f32>]) => gelu_new_into_impl
 }
 
 #[inline(always)]
@@ -369,15 +366,9 @@ impl SmallMatmul {
     }
 }
 
-/// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of `acc.len()`).
-fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) {
-    dispatch!(accumulate_rows_impl, accumulate_rows_avx2, (acc, x, w))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_rows_avx2(acc: &mut [f32], x: &[f32], w: &[f32]) {
-    accumulate_rows_impl::<true>(acc, x, w)
+dispatched! {
+    /// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of `acc.len()`).
+    fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) => accumulate_rows_impl
 }
 
 #[inline(always)]
@@ -404,15 +395,9 @@ fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) 
     }
 }
 
-/// `out[c * rows + r] = dot(x[r, :], wt[c, :])` for every row `c` of `wt`.
-fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
-    dispatch!(dots_impl, dots_avx2, (out, x, rows, d_in, wt))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
-    dots_impl::<true>(out, x, rows, d_in, wt)
+dispatched! {
+    /// `out[c * rows + r] = dot(x[r, :], wt[c, :])` for every row `c` of `wt`.
+    fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) => dots_impl
 }
 
 #[inline(always)]
@@ -858,15 +843,9 @@ impl SoftmaxRows {
     }
 }
 
-/// `row = softmax(row)`, in place; a row of `-inf` gives zeros, a NaN gives NaNs.
-fn softmax_row(row: &mut [f32]) {
-    dispatch!(softmax_row_impl, softmax_row_avx2, (row))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(row: &mut [f32]) {
-    softmax_row_impl::<true>(row)
+dispatched! {
+    /// `row = softmax(row)`, in place; a row of `-inf` gives zeros, a NaN gives NaNs.
+    fn softmax_row(row: &mut [f32]) => softmax_row_impl
 }
 
 #[inline(always)]
@@ -878,15 +857,9 @@ fn softmax_row_impl<const FMA: bool>(row: &mut [f32]) {
     normalize(row, max);
 }
 
-/// `out = softmax(row)`, as [`softmax_row`], into memory that need not be initialised.
-fn softmax_row_into(row: &[f32], out: &mut [MaybeUninit<f32>]) {
-    dispatch!(softmax_row_into_impl, softmax_row_into_avx2, (row, out))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_into_avx2(row: &[f32], out: &mut [MaybeUninit<f32>]) {
-    softmax_row_into_impl::<true>(row, out)
+dispatched! {
+    /// `out = softmax(row)`, as [`softmax_row`], into memory that need not be initialised.
+    fn softmax_row_into(row: &[f32], out: &mut [MaybeUninit<f32>]) => softmax_row_into_impl
 }
 
 #[inline(always)]
