@@ -77,15 +77,16 @@ where
         .for_each(|(i, (src, dst))| f(i * per, src, dst));
 }
 
-/// Runs `f` over `data` in one chunk per thread when it has at least `min_len`
-/// values, whole otherwise.
-fn par_chunks_in_place(data: &mut [f32], min_len: usize, f: impl Fn(&mut [f32]) + Sync + Send) {
-    let threads = num_threads();
-    if threads == 1 || data.len() < min_len {
-        f(data);
+/// Runs `f(i, chunk)` over the `i`-th chunk of `chunk` values of `data` (the last
+/// maybe shorter), on rayon's threads when `data` has at least `min_len` values;
+/// otherwise `f(0, data)`, whole, so `chunk` must be a multiple of whatever unit `f`
+/// works in (a row).
+fn par_chunks_in_place(data: &mut [f32], chunk: usize, min_len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if num_threads() == 1 || data.len() < min_len || chunk >= data.len() {
+        f(0, data);
     } else {
         use rayon::prelude::*;
-        data.par_chunks_mut(data.len().div_ceil(threads)).for_each(f);
+        data.par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c));
     }
 }
 
@@ -159,7 +160,8 @@ impl InplaceOp1 for GeluNew {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let data = contiguous_f32_mut(s, l, "gelu input")?;
-        par_chunks_in_place(data, 1 << 16, gelu_new_in_place);
+        let chunk = data.len().div_ceil(num_threads());
+        par_chunks_in_place(data, chunk, 1 << 16, |_, c| gelu_new_in_place(c));
         Ok(())
     }
 }
@@ -257,33 +259,18 @@ impl InplaceOp2 for AddBias {
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let bias = contiguous_f32(s2, l2, "bias")?;
         let n = bias.len();
-        let (a, b) = match l1.contiguous_offsets() {
-            Some(o) => o,
-            None => candle_core::bail!("add-bias: output must be contiguous"),
-        };
-        let data = match s1 {
-            CpuStorage::F32(v) => &mut v[a..b],
-            _ => candle_core::bail!("add-bias: output must be f32"),
-        };
+        let data = contiguous_f32_mut(s1, l1, "add-bias: output")?;
         if n == 0 || data.len() % n != 0 {
             candle_core::bail!("add-bias: bias of {n} values for rows of {:?}", l1.dims())
         }
-        let rows = data.len() / n;
-        let threads = num_threads();
-        let add = |chunk: &mut [f32]| {
+        let chunk = (data.len() / n).div_ceil(num_threads()) * n;
+        par_chunks_in_place(data, chunk, 1 << 16, |_, chunk| {
             for row in chunk.chunks_mut(n) {
                 for (x, b) in row.iter_mut().zip(bias) {
                     *x += b;
                 }
             }
-        };
-        if threads == 1 || data.len() < (1 << 16) {
-            add(data);
-        } else {
-            use rayon::prelude::*;
-            let per = rows.div_ceil(threads) * n;
-            data.par_chunks_mut(per).for_each(add);
-        }
+        });
         Ok(())
     }
 }
@@ -487,7 +474,7 @@ fn matmul_operands<'a>(
 enum SgemmOut<'a> {
     /// Memory that need not be initialised (a new buffer: zeroing it would cost a pass
     /// of its own): sgemm with beta 0 writes every value and reads none.
-    Fresh(&'a mut [std::mem::MaybeUninit<f32>]),
+    Fresh(&'a mut [MaybeUninit<f32>]),
     /// Values the product is added to (beta 1).
     Accumulate(&'a mut [f32]),
 }
@@ -598,14 +585,7 @@ impl candle_core::InplaceOp3 for SgemmAccumulate {
                 l1.dims()
             )
         }
-        let (a, e) = match l1.contiguous_offsets() {
-            Some(o) => o,
-            None => candle_core::bail!("sgemm-accumulate: the accumulator must be contiguous"),
-        };
-        let y = match s1 {
-            CpuStorage::F32(v) => &mut v[a..e],
-            _ => candle_core::bail!("sgemm-accumulate: the accumulator must be f32"),
-        };
+        let y = contiguous_f32_mut(s1, l1, "sgemm-accumulate: the accumulator")?;
         sgemm_into(x, rows, d_in, d_out, s3, l3, SgemmOut::Accumulate(y))
     }
 }
@@ -736,14 +716,7 @@ impl InplaceOp2 for AddMask {
             [mb, 1, mq, mk] if *mb == b && *mq == q && *mk == k => true,
             other => candle_core::bail!("add-mask: mask {other:?} does not fit scores {dims:?}"),
         };
-        let (a, e) = match l1.contiguous_offsets() {
-            Some(o) => o,
-            None => candle_core::bail!("add-mask: scores must be contiguous"),
-        };
-        let data = match s1 {
-            CpuStorage::F32(v) => &mut v[a..e],
-            _ => candle_core::bail!("add-mask: scores must be f32"),
-        };
+        let data = contiguous_f32_mut(s1, l1, "add-mask: scores")?;
         let add = |first_block: usize, chunk: &mut [f32]| {
             for (i, blk) in chunk.chunks_mut(block).enumerate() {
                 let bi = (first_block + i) / h;
@@ -757,17 +730,8 @@ impl InplaceOp2 for AddMask {
                 }
             }
         };
-        let n_blocks = b * h;
-        let threads = num_threads();
-        if threads == 1 || data.len() < (1 << 16) {
-            add(0, data);
-        } else {
-            use rayon::prelude::*;
-            let per = n_blocks.div_ceil(threads);
-            data.par_chunks_mut(per * block)
-                .enumerate()
-                .for_each(|(i, chunk)| add(i * per, chunk));
-        }
+        let per = (b * h).div_ceil(num_threads());
+        par_chunks_in_place(data, per * block, 1 << 16, |i, chunk| add(i * per, chunk));
         Ok(())
     }
 }
@@ -817,29 +781,15 @@ impl InplaceOp1 for SoftmaxRows {
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let n = *l.dims().last().unwrap_or(&1);
         let data = contiguous_f32_mut(s, l, "softmax input")?;
-        if n > 0 {
-            self.cpu_fwd_in_place(data, n);
+        if let Some(rows) = data.len().checked_div(n) {
+            let chunk = rows.div_ceil(num_threads()) * n;
+            par_chunks_in_place(data, chunk, 1 << 16, |_, chunk| {
+                for row in chunk.chunks_mut(n) {
+                    softmax_row(row);
+                }
+            });
         }
         Ok(())
-    }
-}
-
-impl SoftmaxRows {
-    /// Softmax of every row of `n` values of `data`, in place.
-    fn cpu_fwd_in_place(&self, data: &mut [f32], n: usize) {
-        let rows = data.len() / n;
-        let threads = num_threads();
-        let per = if threads == 1 || data.len() < (1 << 16) {
-            rows.max(1)
-        } else {
-            rows.div_ceil(threads)
-        };
-        use rayon::prelude::*;
-        data.par_chunks_mut(per * n).for_each(|chunk| {
-            for row in chunk.chunks_mut(n) {
-                softmax_row(row);
-            }
-        });
     }
 }
 
@@ -865,11 +815,12 @@ dispatched! {
 #[inline(always)]
 fn softmax_row_into_impl<const FMA: bool>(row: &[f32], out: &mut [MaybeUninit<f32>]) {
     let max = row_max(row);
+    let len = row.len().min(out.len());
+    let out = &mut out[..len];
     for (o, &x) in out.iter_mut().zip(row) {
         o.write(exp_below(x, max));
     }
-    // SAFETY: every value of `out` was written just above (`out` and `row` have the
-    // same length: chunks of the same size of two slices of the same length).
+    // SAFETY: every value of `out` was written just above (it is no longer than `row`).
     let out = unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) };
     normalize(out, max);
 }
