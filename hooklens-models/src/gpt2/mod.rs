@@ -17,6 +17,7 @@ mod mlp;
 mod model;
 mod processing;
 mod random_init;
+mod streamed_gemm;
 mod text;
 mod unembed;
 mod weights;
