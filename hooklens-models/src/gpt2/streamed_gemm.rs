@@ -42,6 +42,8 @@ pub(crate) fn available() -> bool {
 /// values; `y` reaches `(m - 1) * ldy + j1`, which may be uninitialised (every value
 /// of `y[:, j0..j1]` is written before it is read), and no other thread writes those
 /// columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     x: *const f32,
@@ -54,16 +56,85 @@ pub(crate) unsafe fn gemm(
     j0: usize,
     j1: usize,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: the caller's contract, passed on.
-        unsafe { gemm_avx512(x, m, k, w, ldw, y, ldy, j0, j1) }
+    // Rows of x in bands of at most about 1 MiB, which stay in the L2 cache while
+    // every block of columns goes over them; w is read once per band.
+    let band = (X_BAND_BYTES / (k.max(1) * 4)).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
+    let mut chunk = Chunk([0.0; CHUNK_ROWS * BLOCK_COLS]);
+    let buf = chunk.0.as_mut_ptr();
+    let mut i0 = 0;
+    while i0 < m {
+        // From here on x, m and y are this band's.
+        let (x, m, y) = (x.add(i0 * k), band.min(m - i0), y.add(i0 * ldy));
+        let mut j = j0;
+        while j < j1 {
+            let cols = BLOCK_COLS.min(j1 - j);
+            let masks = column_masks(cols);
+            let next_block = (j + cols < j1).then(|| w.add(j + cols));
+            let mut p0 = 0;
+            while p0 < k {
+                let rows = CHUNK_ROWS.min(k - p0);
+                // The chunk after this one (this block's next rows, or the next block's
+                // first ones) is requested now and arrives while this one is multiplied.
+                let (ahead, ahead_rows) = if p0 + rows < k {
+                    (Some(w.add((p0 + rows) * ldw + j)), CHUNK_ROWS.min(k - p0 - rows))
+                } else {
+                    (next_block, CHUNK_ROWS.min(k))
+                };
+                for p in 0..rows {
+                    let src = w.add((p0 + p) * ldw + j);
+                    let dst = buf.add(p * BLOCK_COLS);
+                    _mm512_store_ps(dst, _mm512_maskz_loadu_ps(masks.0, src));
+                    _mm512_store_ps(dst.add(16), _mm512_maskz_loadu_ps(masks.1, src.add(16)));
+                    if let Some(a) = ahead {
+                        if p < ahead_rows {
+                            // A prefetch never faults; wrapping arithmetic, because the
+                            // second line may lie past the weight's end.
+                            let line = a.wrapping_add(p * ldw) as *const i8;
+                            _mm_prefetch::<_MM_HINT_T0>(line);
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                        }
+                    }
+                }
+                let first = p0 == 0;
+                let mut i = 0;
+                while i < m {
+                    let tile = TILE_ROWS.min(m - i);
+                    let (xi, yij) = (x.add(i * k + p0), y.add(i * ldy + j));
+                    match tile {
+                        8 => tile_kernel::<8>(xi, k, buf, rows, yij, ldy, masks, first),
+                        7 => tile_kernel::<7>(xi, k, buf, rows, yij, ldy, masks, first),
+                        6 => tile_kernel::<6>(xi, k, buf, rows, yij, ldy, masks, first),
+                        5 => tile_kernel::<5>(xi, k, buf, rows, yij, ldy, masks, first),
+                        4 => tile_kernel::<4>(xi, k, buf, rows, yij, ldy, masks, first),
+                        3 => tile_kernel::<3>(xi, k, buf, rows, yij, ldy, masks, first),
+                        2 => tile_kernel::<2>(xi, k, buf, rows, yij, ldy, masks, first),
+                        _ => tile_kernel::<1>(xi, k, buf, rows, yij, ldy, masks, first),
+                    }
+                    i += tile;
+                }
+                p0 += rows;
+            }
+            j += cols;
+        }
+        i0 += m;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (x, m, k, w, ldw, y, ldy, j0, j1);
-        unreachable!("streamed_gemm::available() is false off x86-64");
-    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: usize,
+) {
+    unreachable!("streamed_gemm::available() is false off x86-64");
 }
 
 /// Rows of `w` copied at a time: 128 rows of a block, 16 KiB, stay in the L1 cache
@@ -78,101 +149,6 @@ const X_BAND_BYTES: usize = 1 << 20;
 /// One chunk of a block, 64-byte aligned for whole-register loads.
 #[repr(align(64))]
 struct Chunk([f32; CHUNK_ROWS * BLOCK_COLS]);
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(
-    x: *const f32,
-    m: usize,
-    k: usize,
-    w: *const f32,
-    ldw: usize,
-    y: *mut f32,
-    ldy: usize,
-    j0: usize,
-    j1: usize,
-) {
-    // Rows of x in bands of at most about 1 MiB, which stay in the L2 cache while
-    // every block of columns goes over them; w is read once per band.
-    let band = (X_BAND_BYTES / (k.max(1) * 4)).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
-    let mut i0 = 0;
-    while i0 < m {
-        let rows = band.min(m - i0);
-        gemm_band(x.add(i0 * k), rows, k, w, ldw, y.add(i0 * ldy), ldy, j0, j1);
-        i0 += rows;
-    }
-}
-
-/// [`gemm_avx512`] for one band of rows of `x`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_band(
-    x: *const f32,
-    m: usize,
-    k: usize,
-    w: *const f32,
-    ldw: usize,
-    y: *mut f32,
-    ldy: usize,
-    j0: usize,
-    j1: usize,
-) {
-    let mut chunk = Chunk([0.0; CHUNK_ROWS * BLOCK_COLS]);
-    let buf = chunk.0.as_mut_ptr();
-    let mut j = j0;
-    while j < j1 {
-        let cols = BLOCK_COLS.min(j1 - j);
-        let masks = column_masks(cols);
-        let next_block = (j + cols < j1).then(|| w.add(j + cols));
-        let mut p0 = 0;
-        while p0 < k {
-            let rows = CHUNK_ROWS.min(k - p0);
-            // The chunk after this one (this block's next rows, or the next block's
-            // first ones) is requested now and arrives while this one is multiplied.
-            let (ahead, ahead_rows) = if p0 + rows < k {
-                (Some(w.add((p0 + rows) * ldw + j)), CHUNK_ROWS.min(k - p0 - rows))
-            } else {
-                (next_block, CHUNK_ROWS.min(k))
-            };
-            for p in 0..rows {
-                let src = w.add((p0 + p) * ldw + j);
-                let dst = buf.add(p * BLOCK_COLS);
-                _mm512_store_ps(dst, _mm512_maskz_loadu_ps(masks.0, src));
-                _mm512_store_ps(dst.add(16), _mm512_maskz_loadu_ps(masks.1, src.add(16)));
-                if let Some(a) = ahead {
-                    if p < ahead_rows {
-                        // A prefetch never faults; wrapping arithmetic, because the
-                        // second line may lie past the weight's end.
-                        let line = a.wrapping_add(p * ldw) as *const i8;
-                        _mm_prefetch::<_MM_HINT_T0>(line);
-                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
-                    }
-                }
-            }
-            let first = p0 == 0;
-            let mut i = 0;
-            while i < m {
-                let tile = TILE_ROWS.min(m - i);
-                let (xi, yij) = (x.add(i * k + p0), y.add(i * ldy + j));
-                match tile {
-                    8 => tile_kernel::<8>(xi, k, buf, rows, yij, ldy, masks, first),
-                    7 => tile_kernel::<7>(xi, k, buf, rows, yij, ldy, masks, first),
-                    6 => tile_kernel::<6>(xi, k, buf, rows, yij, ldy, masks, first),
-                    5 => tile_kernel::<5>(xi, k, buf, rows, yij, ldy, masks, first),
-                    4 => tile_kernel::<4>(xi, k, buf, rows, yij, ldy, masks, first),
-                    3 => tile_kernel::<3>(xi, k, buf, rows, yij, ldy, masks, first),
-                    2 => tile_kernel::<2>(xi, k, buf, rows, yij, ldy, masks, first),
-                    _ => tile_kernel::<1>(xi, k, buf, rows, yij, ldy, masks, first),
-                }
-                i += tile;
-            }
-            p0 += rows;
-        }
-        j += cols;
-    }
-}
 
 /// Lane masks of the two 16-column halves of a block of `cols` (1..=32) columns.
 #[cfg(target_arch = "x86_64")]
