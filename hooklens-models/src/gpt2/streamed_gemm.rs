@@ -1,5 +1,5 @@
-//! `y = x @ w` for few rows of `x` and a row-major weight `w`, with the weight's
-//! stream from memory overlapped with the arithmetic.
+//! `y = x @ w` for a row-major weight `w`, with the weight's stream from memory
+//! overlapped with the arithmetic.
 //!
 //! A general sgemm (matrixmultiply's) copies ("packs") a large block of `w` into its
 //! kernel's order, then multiplies it. With 64 rows each weight is used only 64 times,
