@@ -35,7 +35,7 @@ fn hooks_of(t: usize) -> HookSet {
 /// runs, so shapes differ between threads too.
 fn input_of(t: usize, run: usize) -> Tensor {
     let toks = tokens();
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         toks
     } else {
         toks.narrow(1, 0, 3 + t % 7).unwrap()
