@@ -1,19 +1,32 @@
-//! Hooked transformer models for hooklens. GPT-2 ([`gpt2::HookedGpt2`]) is hooked
-//! exactly as TransformerLens's `HookedTransformer`: same hook names, shapes, order and
-//! values, from Hugging Face checkpoints.
+//! Hooked transformer models for hooklens: one config-driven [`HookedTransformer`]
+//! for every bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen 2 and 3,
+//! Gemma 1 and 2, Phi-3), hooked exactly as TransformerLens's `HookedTransformer`:
+//! same hook names, shapes, order and values, from Hugging Face checkpoints.
 
 pub mod analysis;
 pub mod builtin;
-pub mod gpt2;
-pub mod hub;
+pub mod config;
+pub mod convert;
+pub mod loading;
+pub mod model;
+pub(crate) mod ops;
 #[cfg(test)]
 mod tensor_diff;
 pub mod tokenizer;
 pub mod viz;
 
-pub use gpt2::{
-    ForwardOptions, ForwardOutput, GenerateOptions, Gpt2Config, HookedGpt2, KvCache, LoadOptions, ProcessingOptions,
-    ReturnType,
+/// The GPT-2 names of the model's items (`gpt2::HookedGpt2`, ...): the same types as
+/// [`model`], kept so that code written for the GPT-2-only releases still compiles.
+pub mod gpt2 {
+    pub use crate::model::*;
+}
+
+pub use config::{Gpt2Config, TransformerConfig};
+pub use convert::{config_from_hf_json, supported_architectures};
+pub use loading::hub;
+pub use loading::hub::{HubOptions, ModelFiles, ModelSource, TextFiles};
+pub use model::{
+    ForwardOptions, ForwardOutput, GenerateOptions, HookedGpt2, HookedTransformer, KvCache, LoadOptions,
+    ProcessingOptions, ReturnType,
 };
-pub use hub::{HubOptions, ModelFiles, ModelSource, TextFiles};
 pub use tokenizer::Tokenizer;

@@ -74,7 +74,7 @@ fn config_fields_with_nonsense_values_are_named() {
         ("layer_norm_epsilon", Some("0")),
         ("layer_norm_epsilon", Some("-1e-5")),
         ("layer_norm_epsilon", Some("\"tiny\"")),
-        ("activation_function", Some("\"swish\"")),
+        ("activation_function", Some("\"swiglu\"")),
         ("activation_function", Some("3")),
         ("bos_token_id", Some("512")),
         ("bos_token_id", Some("-1")),

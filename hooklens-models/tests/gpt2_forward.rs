@@ -193,7 +193,7 @@ fn kv_cached_logits_equal_a_full_recompute() {
         }
         let cached = Tensor::cat(&parts, 1).unwrap();
         assert!(max_diff(&cached, &full) < 1e-4, "{}", max_diff(&cached, &full));
-        assert_eq!(cache.keys(0).unwrap().dims(), [2, 4, 10, 16]);
+        assert_eq!(cache.keys(0).unwrap().dims(), [2, 10, 4, 16]);
         // A wrong batch size or too many positions is an error.
         assert!(model
             .forward_with_kv(&ids(&[1]), &ForwardOptions::new(), &mut cache)

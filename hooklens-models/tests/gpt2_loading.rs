@@ -156,7 +156,7 @@ fn weight_views_have_transformer_lens_shapes() {
     let m = raw_model();
     let (l, h, d, dh, mlp, v, ctx) = (2, 4, 64, 16, 256, 512, 64);
     assert_eq!(m.w_e().dims(), [v, d]);
-    assert_eq!(m.w_pos().dims(), [ctx, d]);
+    assert_eq!(m.w_pos().unwrap().dims(), [ctx, d]);
     assert_eq!(m.w_u().unwrap().dims(), [d, v]);
     assert_eq!(m.b_u().dims(), [v]);
     for w in [m.w_q(), m.w_k(), m.w_v()] {

@@ -8,8 +8,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
-use crate::gpt2::kernels::matmul_constant_rhs;
 use crate::gpt2::{cross_entropy_per_row, random_weights, ForwardOptions, Gpt2Config, HookedGpt2, SeededRng};
+use crate::ops::kernels::matmul_constant_rhs;
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
 /// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,

@@ -1,0 +1,55 @@
+//! Gemma 2 (`Gemma2ForCausalLM`): Gemma plus norms after attention and after the MLP,
+//! attention scores scaled by `query_pre_attn_scalar^-0.5` and soft-capped
+//! (`attn_logit_softcapping`), soft-capped logits (`final_logit_softcapping`), and
+//! sliding-window layers alternating with global ones (even layers local, or as
+//! `layer_types` lists them).
+
+use hooklens_core::Result;
+
+use super::gemma::gemma_common;
+use super::hf_config::HfConfig;
+use super::llama::{llama_config, read_llama_layout, LlamaLayout};
+use super::Family;
+use crate::config::{AttnType, TransformerConfig};
+use crate::loading::TensorSource;
+use crate::model::params::TransformerWeights;
+
+/// The Gemma 2 family.
+pub(crate) const FAMILY: Family = Family {
+    name: "Gemma 2",
+    model_types: &["gemma2"],
+    classes: &["Gemma2ForCausalLM"],
+    config,
+    weights,
+};
+
+fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    let mut cfg = llama_config(hf, true)?;
+    gemma_common(&mut cfg);
+    cfg.use_normalization_before_and_after = true;
+    if let Some(s) = hf.opt_f64("query_pre_attn_scalar")? {
+        cfg.attn_scale = Some(s.sqrt());
+    }
+    cfg.attn_scores_soft_cap = hf.opt_f64("attn_logit_softcapping")?;
+    cfg.output_logits_soft_cap = hf.opt_f64("final_logit_softcapping")?;
+    if let Some(window) = hf.opt_usize("sliding_window")? {
+        let types = match hf.layer_types(cfg.n_layers)? {
+            Some(t) => t,
+            None => (0..cfg.n_layers)
+                .map(|l| if l % 2 == 0 { AttnType::Local } else { AttnType::Global })
+                .collect(),
+        };
+        cfg.window_size = Some(window);
+        cfg.attn_types = Some(types);
+    }
+    Ok(cfg)
+}
+
+fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
+    let layout = LlamaLayout {
+        norm_plus_one: true,
+        sandwich_norms: true,
+        ..LlamaLayout::default()
+    };
+    read_llama_layout(src, cfg, origin, &layout)
+}

@@ -1,0 +1,220 @@
+//! Reading the fields of a Hugging Face `config.json`, with errors that name the file
+//! and the field. Both styles of rotary settings are read: `rope_theta` +
+//! `rope_scaling` (transformers 4) and `rope_parameters` (transformers 5).
+
+use std::path::{Path, PathBuf};
+
+use hooklens_core::{Error, Result};
+use serde_json::{Map, Value};
+
+use crate::config::{AttnType, NtkByPartsRope};
+
+/// A parsed `config.json` and where it came from.
+pub(crate) struct HfConfig {
+    path: PathBuf,
+    obj: Map<String, Value>,
+}
+
+impl HfConfig {
+    /// Parses `text`; `path` names the file in errors.
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self> {
+        let bad = |reason: String| Error::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let json: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        match json {
+            Value::Object(obj) => Ok(HfConfig {
+                path: path.to_path_buf(),
+                obj,
+            }),
+            _ => Err(bad("expected a JSON object at the top level".into())),
+        }
+    }
+
+    /// An error about this file.
+    pub(crate) fn bad(&self, reason: impl Into<String>) -> Error {
+        Error::BadFile {
+            path: self.path.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The raw value of `field`, `None` when absent or null.
+    pub(crate) fn get(&self, field: &str) -> Option<&Value> {
+        self.obj.get(field).filter(|v| !v.is_null())
+    }
+
+    /// `model_type`, if present.
+    pub(crate) fn model_type(&self) -> Option<&str> {
+        self.get("model_type").and_then(|v| v.as_str())
+    }
+
+    /// The class names in `architectures`.
+    pub(crate) fn architectures(&self) -> Vec<&str> {
+        self.get("architectures")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A required positive integer.
+    pub(crate) fn usize(&self, field: &str) -> Result<usize> {
+        self.opt_usize(field)?
+            .ok_or_else(|| self.bad(format!("field `{field}` is missing")))
+    }
+
+    /// An optional positive integer.
+    pub(crate) fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(0) => Err(self.bad(format!("field `{field}` is 0: it must be a positive integer"))),
+                Some(n) => usize::try_from(n)
+                    .map(Some)
+                    .map_err(|_| self.bad(format!("field `{field}` is too large: {n}"))),
+                None => Err(self.bad(format!("field `{field}` is {v}: expected a positive integer"))),
+            },
+        }
+    }
+
+    /// An optional positive, finite number.
+    pub(crate) fn opt_f64(&self, field: &str) -> Result<Option<f64>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(x) if x > 0.0 && x.is_finite() => Ok(Some(x)),
+                _ => Err(self.bad(format!("field `{field}` is {v}: expected a positive number"))),
+            },
+        }
+    }
+
+    /// An optional boolean, `default` when absent.
+    pub(crate) fn bool_or(&self, field: &str, default: bool) -> Result<bool> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.bad(format!("field `{field}` is {v}: expected true or false"))),
+        }
+    }
+
+    /// A token id field (`bos_token_id`, ...): a number, or a list whose first entry is
+    /// taken (Llama 3 lists several end-of-sequence ids); it must be inside the vocabulary.
+    pub(crate) fn token(&self, field: &str, d_vocab: usize) -> Result<Option<u32>> {
+        let v = match self.get(field) {
+            None => return Ok(None),
+            Some(Value::Array(a)) => match a.first() {
+                None => return Ok(None),
+                Some(v) => v,
+            },
+            Some(v) => v,
+        };
+        let id = v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| self.bad(format!("field `{field}` is {v}: expected a token id")))?;
+        if id as usize >= d_vocab {
+            return Err(self.bad(format!(
+                "field `{field}` is {id}, outside the vocabulary of {d_vocab} tokens"
+            )));
+        }
+        Ok(Some(id))
+    }
+
+    /// The activation named by the first of `fields` present, parsed by `ActFn::from_hf`.
+    pub(crate) fn act_fn(&self, fields: &[&str], default: crate::config::ActFn) -> Result<crate::config::ActFn> {
+        for field in fields {
+            if let Some(v) = self.get(field) {
+                return v.as_str().and_then(crate::config::ActFn::from_hf).ok_or_else(|| {
+                    self.bad(format!(
+                        "field `{field}` is {v}: expected \"gelu_new\", \"gelu_pytorch_tanh\", \"gelu\", \"relu\" or \"silu\""
+                    ))
+                });
+            }
+        }
+        Ok(default)
+    }
+
+    /// The rotary base and Llama 3.1 scaling, from `rope_theta` / `rope_scaling` or
+    /// from `rope_parameters`. Scalings no bundled family implements are errors that
+    /// name them (a silently unscaled rotary would give wrong numbers past the
+    /// original context).
+    pub(crate) fn rope(&self, base_field: &str, default_base: f64) -> Result<(f64, Option<NtkByPartsRope>)> {
+        let params = self.get("rope_parameters").and_then(|v| v.as_object());
+        let base = match params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()) {
+            Some(v) => v.as_f64().filter(|x| *x > 0.0 && x.is_finite()).ok_or_else(|| {
+                self.bad(format!(
+                    "field `rope_parameters.rope_theta` is {v}: expected a positive number"
+                ))
+            })?,
+            None => self.opt_f64(base_field)?.unwrap_or(default_base),
+        };
+        let scaling = params
+            .filter(|p| {
+                p.get("rope_type")
+                    .and_then(|t| t.as_str())
+                    .is_some_and(|t| t != "default")
+            })
+            .or_else(|| self.get("rope_scaling").and_then(|v| v.as_object()));
+        let Some(s) = scaling else {
+            return Ok((base, None));
+        };
+        let kind = s
+            .get("rope_type")
+            .or_else(|| s.get("type"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("default");
+        match kind {
+            "default" => Ok((base, None)),
+            "llama3" => {
+                let num = |k: &str| -> Result<f64> {
+                    s.get(k)
+                        .and_then(|v| v.as_f64())
+                        .filter(|x| *x > 0.0 && x.is_finite())
+                        .ok_or_else(|| self.bad(format!("rope scaling `llama3` needs a positive `{k}`")))
+                };
+                let rope = NtkByPartsRope {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_ctx_len: num("original_max_position_embeddings")?,
+                };
+                if rope.high_freq_factor <= rope.low_freq_factor {
+                    return Err(self.bad("rope scaling `llama3`: high_freq_factor must exceed low_freq_factor"));
+                }
+                Ok((base, Some(rope)))
+            }
+            other => Err(self.bad(format!(
+                "rope scaling `{other}` is not supported (supported: none, \"default\", \"llama3\")"
+            ))),
+        }
+    }
+
+    /// Per-layer attention types from `layer_types` (`"full_attention"` /
+    /// `"sliding_attention"`), if the config lists them.
+    pub(crate) fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<AttnType>>> {
+        let Some(v) = self.get("layer_types") else {
+            return Ok(None);
+        };
+        let list = v
+            .as_array()
+            .ok_or_else(|| self.bad(format!("field `layer_types` is {v}: expected a list")))?;
+        if list.len() != n_layers {
+            return Err(self.bad(format!(
+                "field `layer_types` lists {} layers, the model has {n_layers}",
+                list.len()
+            )));
+        }
+        list.iter()
+            .map(|t| match t.as_str() {
+                Some("full_attention") => Ok(AttnType::Global),
+                Some("sliding_attention") => Ok(AttnType::Local),
+                _ => Err(self.bad(format!(
+                    "field `layer_types` has {t}: expected \"full_attention\" or \"sliding_attention\""
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+}

@@ -1,0 +1,242 @@
+//! Llama 2 / 3.x (`LlamaForCausalLM`), and the Llama layout that Mistral, Qwen 2/3 and
+//! Gemma 1/2 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//! `mlp.{gate,up,down}_proj`, RMSNorms, rotary on `(i, i + d_head/2)` pairs, and
+//! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
+//! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.
+
+use candle_core::{DType, Tensor};
+use hooklens_core::Result;
+
+use super::hf_config::HfConfig;
+use super::Family;
+use crate::config::{ActFn, AttnType, NormalizationType, PositionalEmbeddingType, TransformerConfig};
+use crate::loading::TensorSource;
+use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::model::unembed::UnembedFactors;
+
+/// The Llama family.
+pub(crate) const FAMILY: Family = Family {
+    name: "Llama",
+    model_types: &["llama"],
+    classes: &["LlamaForCausalLM"],
+    config,
+    weights,
+};
+
+fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    llama_config(hf, false)
+}
+
+fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
+    read_llama_layout(src, cfg, origin, &LlamaLayout::default())
+}
+
+/// The config every Llama-layout family starts from: sizes, RMSNorm, rotary over the
+/// whole head, gated MLP, grouped-query attention, tied embeddings as the config says
+/// (`tie_word_embeddings`, false unless `tied_default`).
+pub(super) fn llama_config(hf: &HfConfig, tied_default: bool) -> Result<TransformerConfig> {
+    let n_layers = hf.usize("num_hidden_layers")?;
+    let d_model = hf.usize("hidden_size")?;
+    let n_heads = hf.usize("num_attention_heads")?;
+    let d_vocab = hf.usize("vocab_size")?;
+    let n_ctx = hf.usize("max_position_embeddings")?;
+    let d_head = match hf.opt_usize("head_dim")? {
+        Some(h) => h,
+        None => {
+            if !d_model.is_multiple_of(n_heads) {
+                return Err(hf.bad(format!(
+                    "field `hidden_size` ({d_model}) is not a multiple of field `num_attention_heads` ({n_heads}), and there is no `head_dim`"
+                )));
+            }
+            d_model / n_heads
+        }
+    };
+    let n_kv = hf.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
+    if !n_heads.is_multiple_of(n_kv) {
+        return Err(hf.bad(format!(
+            "field `num_attention_heads` ({n_heads}) is not a multiple of field `num_key_value_heads` ({n_kv})"
+        )));
+    }
+    let (rotary_base, ntk) = hf.rope("rope_theta", 10000.0)?;
+    if hf.bool_or("mlp_bias", false)? {
+        return Err(hf.bad("field `mlp_bias` is true: MLP biases in a gated MLP are not supported"));
+    }
+    Ok(TransformerConfig {
+        d_head,
+        d_mlp: hf.usize("intermediate_size")?,
+        eps: hf.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
+        act_fn: hf.act_fn(&["hidden_act", "hidden_activation"], ActFn::Silu)?,
+        normalization_type: NormalizationType::RMS,
+        bos_token_id: hf.token("bos_token_id", d_vocab)?,
+        eos_token_id: hf.token("eos_token_id", d_vocab)?,
+        n_key_value_heads: Some(n_kv),
+        positional_embedding_type: PositionalEmbeddingType::Rotary,
+        rotary_dim: Some(d_head),
+        rotary_base,
+        ntk_by_parts_rope: ntk,
+        gated_mlp: true,
+        tie_word_embeddings: hf.bool_or("tie_word_embeddings", tied_default)?,
+        ..TransformerConfig::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
+    })
+}
+
+/// Sliding windows as Mistral / Qwen 2 / Phi-3 declare them: `layer_types` when the
+/// config lists them, else `sliding_window` in every layer from `first_layer` on
+/// (none when it is null or `use_sliding_window` is false).
+pub(super) fn sliding_windows(hf: &HfConfig, cfg: &mut TransformerConfig, first_layer: usize) -> Result<()> {
+    let window = hf.opt_usize("sliding_window")?;
+    if !hf.bool_or("use_sliding_window", true)? {
+        return Ok(());
+    }
+    let types = match hf.layer_types(cfg.n_layers)? {
+        Some(t) => t,
+        None if window.is_some() => (0..cfg.n_layers)
+            .map(|l| {
+                if l >= first_layer {
+                    AttnType::Local
+                } else {
+                    AttnType::Global
+                }
+            })
+            .collect(),
+        None => return Ok(()),
+    };
+    if types.contains(&AttnType::Local) {
+        let w = window.ok_or_else(|| hf.bad("`layer_types` has sliding layers but `sliding_window` is missing"))?;
+        cfg.window_size = Some(w);
+        cfg.attn_types = Some(types);
+    }
+    Ok(())
+}
+
+/// What varies between the families that use the Llama layout.
+#[derive(Default)]
+pub(super) struct LlamaLayout {
+    /// RMSNorm gains are stored as `w` and applied as `1 + w` (Gemma).
+    pub(super) norm_plus_one: bool,
+    /// `self_attn.q_norm` / `k_norm` over each head (Qwen 3).
+    pub(super) qk_norm: bool,
+    /// Gemma 2's four norms: `post_attention_layernorm` is the norm *after* attention,
+    /// `pre_feedforward_layernorm` / `post_feedforward_layernorm` surround the MLP.
+    pub(super) sandwich_norms: bool,
+}
+
+/// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.
+pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp: usize) -> Result<Tensor> {
+    Ok(src.get(name, &[out, inp])?.t()?.contiguous()?)
+}
+
+/// Reads a Llama-layout checkpoint.
+pub(super) fn read_llama_layout(
+    src: &dyn TensorSource,
+    cfg: &TransformerConfig,
+    _origin: &str,
+    layout: &LlamaLayout,
+) -> Result<TransformerWeights> {
+    let (d, v, h, kv, dh, mlp) = (
+        cfg.d_model,
+        cfg.d_vocab,
+        cfg.n_heads,
+        cfg.n_kv_heads(),
+        cfg.d_head,
+        cfg.d_mlp,
+    );
+    let norm = |name: &str, len: usize| -> Result<NormParams> {
+        let w = src.get(&format!("{name}.weight"), &[len])?;
+        let w = if layout.norm_plus_one { (w + 1.0)? } else { w };
+        Ok((w, None))
+    };
+    let w_e = src.get("model.embed_tokens.weight", &[v, d])?;
+    let device = w_e.device().clone();
+    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &device);
+    let mut layers = Vec::new();
+    for i in 0..cfg.n_layers {
+        let p = format!("model.layers.{i}");
+        let q = linear_weight(src, &format!("{p}.self_attn.q_proj.weight"), h * dh, d)?;
+        let k = linear_weight(src, &format!("{p}.self_attn.k_proj.weight"), kv * dh, d)?;
+        let vv = linear_weight(src, &format!("{p}.self_attn.v_proj.weight"), kv * dh, d)?;
+        let w_qkv = Tensor::cat(&[&q, &k, &vv], 1)?;
+        drop((q, k, vv));
+        // Qwen 2 has q/k/v biases (and Llama checkpoints with `attention_bias`).
+        let b_qkv = if src.contains(&format!("{p}.self_attn.q_proj.bias")) {
+            Tensor::cat(
+                &[
+                    &src.get(&format!("{p}.self_attn.q_proj.bias"), &[h * dh])?,
+                    &src.get(&format!("{p}.self_attn.k_proj.bias"), &[kv * dh])?,
+                    &src.get(&format!("{p}.self_attn.v_proj.bias"), &[kv * dh])?,
+                ],
+                0,
+            )?
+        } else {
+            zeros((h + 2 * kv) * dh)?
+        };
+        let (ln2_name, ln1_post, ln2_post) = if layout.sandwich_norms {
+            (
+                format!("{p}.pre_feedforward_layernorm"),
+                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
+            )
+        } else {
+            (format!("{p}.post_attention_layernorm"), None, None)
+        };
+        layers.push(LayerWeights {
+            ln1: Some(norm(&format!("{p}.input_layernorm"), d)?),
+            ln1_post,
+            ln2: Some(norm(&ln2_name, d)?),
+            ln2_post,
+            w_qkv,
+            b_qkv,
+            q_norm: if layout.qk_norm {
+                Some(norm(&format!("{p}.self_attn.q_norm"), dh)?.0)
+            } else {
+                None
+            },
+            k_norm: if layout.qk_norm {
+                Some(norm(&format!("{p}.self_attn.k_norm"), dh)?.0)
+            } else {
+                None
+            },
+            w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
+            b_o: zeros(d)?,
+            w_gate: Some(linear_weight(src, &format!("{p}.mlp.gate_proj.weight"), mlp, d)?),
+            w_in: linear_weight(src, &format!("{p}.mlp.up_proj.weight"), mlp, d)?,
+            b_in: zeros(mlp)?,
+            w_out: linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?,
+            b_out: zeros(d)?,
+        });
+    }
+    let ln_final = Some(norm("model.norm", d)?);
+    finish(src, cfg, w_e, None, layers, ln_final, "lm_head.weight")
+}
+
+/// The unembedding and the rest: `W_U` is `W_E` transposed (a view) when the config
+/// ties them, else `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero.
+pub(super) fn finish(
+    src: &dyn TensorSource,
+    cfg: &TransformerConfig,
+    w_e: Tensor,
+    w_pos: Option<Tensor>,
+    layers: Vec<LayerWeights>,
+    ln_final: Option<NormParams>,
+    lm_head: &str,
+) -> Result<TransformerWeights> {
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
+    let tied = cfg.tie_word_embeddings;
+    let w_u = if tied {
+        w_e.t()?
+    } else {
+        src.get(lm_head, &[v, d])?.t()?
+    };
+    let b_u = Tensor::zeros(v, DType::F32, w_e.device())?;
+    Ok(TransformerWeights {
+        w_e,
+        w_pos,
+        layers,
+        ln_final,
+        w_u,
+        unembed_factors: UnembedFactors::default(),
+        tied,
+        b_u,
+        exclusive: src.fresh(),
+    })
+}

@@ -1,0 +1,155 @@
+//! One converter per model family: a Hugging Face `config.json` becomes a
+//! [`TransformerConfig`], and the family's checkpoint tensors become the model's
+//! weights (`x @ w` layout, q | k | v fused). This is the only code a new family adds:
+//! the model, processing, analysis and tools are shared.
+//!
+//! The family is chosen from `config.json`: `model_type`, else `architectures`.
+
+mod gemma;
+mod gemma2;
+mod gpt2;
+mod hf_config;
+mod llama;
+mod mistral;
+mod neox;
+mod phi3;
+mod qwen2;
+mod qwen3;
+
+use std::path::Path;
+
+use hooklens_core::{Error, Result};
+
+use crate::config::TransformerConfig;
+use crate::loading::TensorSource;
+use crate::model::params::TransformerWeights;
+use hf_config::HfConfig;
+
+/// A model family: how to recognise its `config.json`, and its two conversions.
+pub(crate) struct Family {
+    /// The family's name in messages and the README.
+    pub(crate) name: &'static str,
+    /// Hugging Face `model_type` values.
+    pub(crate) model_types: &'static [&'static str],
+    /// Hugging Face classes (`architectures`); the first is the one recorded in the config.
+    pub(crate) classes: &'static [&'static str],
+    /// `config.json` -> the model's config.
+    pub(crate) config: fn(&HfConfig) -> Result<TransformerConfig>,
+    /// Checkpoint tensors -> the model's weights; `origin` names the source in errors.
+    pub(crate) weights: fn(&dyn TensorSource, &TransformerConfig, &str) -> Result<TransformerWeights>,
+}
+
+/// Every bundled family, GPT-2 first.
+const FAMILIES: &[Family] = &[
+    gpt2::FAMILY,
+    neox::FAMILY,
+    llama::FAMILY,
+    mistral::FAMILY,
+    qwen2::FAMILY,
+    qwen3::FAMILY,
+    gemma::FAMILY,
+    gemma2::FAMILY,
+    phi3::FAMILY,
+];
+
+/// The Hugging Face classes hooklens can load, one family after another.
+pub fn supported_architectures() -> Vec<&'static str> {
+    FAMILIES.iter().map(|f| f.classes[0]).collect()
+}
+
+fn supported_list() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| format!("{} ({})", f.classes[0], f.model_types[0]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The family a config names, by `model_type`, else by `architectures`; an unknown
+/// one is an error naming it and listing the supported ones.
+fn family_of(hf: &HfConfig) -> Result<&'static Family> {
+    let archs = hf.architectures();
+    let by_type = hf
+        .model_type()
+        .map(|t| (t, FAMILIES.iter().find(|f| f.model_types.contains(&t))));
+    let family = match by_type {
+        Some((_, Some(f))) => f,
+        Some((t, None)) => {
+            return Err(hf.bad(format!(
+                "field `model_type` is \"{t}\", an architecture hooklens does not support; supported: {}",
+                supported_list()
+            )))
+        }
+        None => match archs
+            .iter()
+            .find_map(|a| FAMILIES.iter().find(|f| f.classes.contains(a)))
+        {
+            Some(f) => f,
+            None => {
+                return Err(hf.bad(format!(
+                "field `model_type` is missing and `architectures` ({archs:?}) names no supported model; supported: {}",
+                supported_list()
+            )))
+            }
+        },
+    };
+    if let Some(a) = archs.iter().find(|a| !family.classes.contains(a)) {
+        let by = match hf.model_type() {
+            Some(t) => format!("field `model_type` \"{t}\" names"),
+            None => "the config names".to_string(),
+        };
+        return Err(hf.bad(format!(
+            "field `architectures` names \"{a}\", but {by} {}, whose classes are {}; supported: {}",
+            family.name,
+            family.classes.join(", "),
+            supported_list()
+        )));
+    }
+    Ok(family)
+}
+
+/// The family that made `cfg` (by `original_architecture`).
+fn family_of_config(cfg: &TransformerConfig) -> Result<&'static Family> {
+    FAMILIES
+        .iter()
+        .find(|f| f.classes.contains(&cfg.original_architecture.as_str()))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "config: original_architecture \"{}\" is not one hooklens can load; supported: {}",
+                cfg.original_architecture,
+                supported_list()
+            ))
+        })
+}
+
+/// Reads a Hugging Face `config.json` of any supported family. Unknown families,
+/// missing fields and values that cannot describe the model are errors naming the
+/// file and the field.
+pub fn config_from_hf_json(path: impl AsRef<Path>) -> Result<TransformerConfig> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    config_from_hf_str(&text, path)
+}
+
+/// [`config_from_hf_json`] on the text of a `config.json`; `path` names it in errors.
+pub fn config_from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<TransformerConfig> {
+    let hf = HfConfig::parse(text, path.as_ref())?;
+    let family = family_of(&hf)?;
+    let mut cfg = (family.config)(&hf)?;
+    cfg.original_architecture = family.classes[0].to_string();
+    // A config that parses is one the loaders accept: sizes whose tensors could not
+    // exist are reported here, with the file's name.
+    cfg.validate().map_err(|e| hf.bad(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Reads every tensor of `cfg`'s family from `src` into the model's layout.
+pub(crate) fn read_weights(
+    src: &dyn TensorSource,
+    cfg: &TransformerConfig,
+    origin: &str,
+) -> Result<TransformerWeights> {
+    cfg.validate()?;
+    let family = family_of_config(cfg)?;
+    (family.weights)(src, cfg, origin)
+}

@@ -1,0 +1,121 @@
+//! GPT-NeoX / Pythia (`GPTNeoXForCausalLM`): LayerNorms with biases, attention and MLP
+//! in parallel (`use_parallel_residual`), rotary over the first `rotary_pct` of each
+//! head, exact GELU, and an untied `embed_out`. `query_key_value` is fused per head:
+//! its rows are ordered (head, q/k/v, d_head), not `[q; k; v]`.
+
+use candle_core::Tensor;
+use hooklens_core::Result;
+
+use super::hf_config::HfConfig;
+use super::llama::{finish, linear_weight};
+use super::Family;
+use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
+use crate::loading::TensorSource;
+use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+
+/// The GPT-NeoX family.
+pub(crate) const FAMILY: Family = Family {
+    name: "GPT-NeoX",
+    model_types: &["gpt_neox"],
+    classes: &["GPTNeoXForCausalLM"],
+    config,
+    weights,
+};
+
+fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    let n_layers = hf.usize("num_hidden_layers")?;
+    let d_model = hf.usize("hidden_size")?;
+    let n_heads = hf.usize("num_attention_heads")?;
+    let d_vocab = hf.usize("vocab_size")?;
+    let n_ctx = hf.usize("max_position_embeddings")?;
+    if !d_model.is_multiple_of(n_heads) {
+        return Err(hf.bad(format!(
+            "field `hidden_size` ({d_model}) is not a multiple of field `num_attention_heads` ({n_heads})"
+        )));
+    }
+    let d_head = d_model / n_heads;
+    let pct = match hf.get("rotary_pct") {
+        None => 1.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|p| *p > 0.0 && *p <= 1.0)
+            .ok_or_else(|| hf.bad(format!("field `rotary_pct` is {v}: expected a number in (0, 1]")))?,
+    };
+    let rotary_dim = (pct * d_head as f64).round() as usize;
+    let (rotary_base, ntk) = hf.rope("rotary_emb_base", 10000.0)?;
+    let d_mlp = match hf.opt_usize("intermediate_size")? {
+        Some(n) => n,
+        None => d_model
+            .checked_mul(4)
+            .ok_or_else(|| hf.bad(format!("field `hidden_size` is too large: {d_model}")))?,
+    };
+    Ok(TransformerConfig {
+        d_head,
+        d_mlp,
+        eps: hf.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
+        act_fn: hf.act_fn(&["hidden_act"], ActFn::Gelu)?,
+        normalization_type: NormalizationType::LN,
+        bos_token_id: hf.token("bos_token_id", d_vocab)?,
+        eos_token_id: hf.token("eos_token_id", d_vocab)?,
+        positional_embedding_type: PositionalEmbeddingType::Rotary,
+        rotary_dim: Some(rotary_dim),
+        rotary_base,
+        ntk_by_parts_rope: ntk,
+        parallel_attn_mlp: hf.bool_or("use_parallel_residual", true)?,
+        tie_word_embeddings: hf.bool_or("tie_word_embeddings", false)?,
+        ..TransformerConfig::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
+    })
+}
+
+/// `[3 * n_heads * d_head, ..]` rows ordered (head, q/k/v, d_head) -> (q/k/v, head, d_head).
+fn per_head_to_stacked(t: &Tensor, n_heads: usize, d_head: usize) -> candle_core::Result<Tensor> {
+    let rest: Vec<usize> = t.dims()[1..].to_vec();
+    let mut shape = vec![n_heads, 3, d_head];
+    shape.extend(&rest);
+    let t = t.reshape(shape)?.transpose(0, 1)?.contiguous()?;
+    let mut flat = vec![3 * n_heads * d_head];
+    flat.extend(&rest);
+    t.reshape(flat)
+}
+
+fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Result<TransformerWeights> {
+    let (d, v, h, dh, mlp) = (cfg.d_model, cfg.d_vocab, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+    let ln = |name: &str| -> Result<Option<NormParams>> {
+        Ok(Some((
+            src.get(&format!("{name}.weight"), &[d])?,
+            Some(src.get(&format!("{name}.bias"), &[d])?),
+        )))
+    };
+    let w_e = src.get("gpt_neox.embed_in.weight", &[v, d])?;
+    let mut layers = Vec::new();
+    for i in 0..cfg.n_layers {
+        let p = format!("gpt_neox.layers.{i}");
+        let qkv = src.get(&format!("{p}.attention.query_key_value.weight"), &[3 * d, d])?;
+        let w_qkv = per_head_to_stacked(&qkv, h, dh)?.t()?.contiguous()?;
+        drop(qkv);
+        let b_qkv = per_head_to_stacked(
+            &src.get(&format!("{p}.attention.query_key_value.bias"), &[3 * d])?,
+            h,
+            dh,
+        )?;
+        layers.push(LayerWeights {
+            ln1: ln(&format!("{p}.input_layernorm"))?,
+            ln1_post: None,
+            ln2: ln(&format!("{p}.post_attention_layernorm"))?,
+            ln2_post: None,
+            w_qkv,
+            b_qkv,
+            q_norm: None,
+            k_norm: None,
+            w_o: linear_weight(src, &format!("{p}.attention.dense.weight"), d, d)?,
+            b_o: src.get(&format!("{p}.attention.dense.bias"), &[d])?,
+            w_gate: None,
+            w_in: linear_weight(src, &format!("{p}.mlp.dense_h_to_4h.weight"), mlp, d)?,
+            b_in: src.get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[mlp])?,
+            w_out: linear_weight(src, &format!("{p}.mlp.dense_4h_to_h.weight"), d, mlp)?,
+            b_out: src.get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[d])?,
+        });
+    }
+    let ln_final = ln("gpt_neox.final_layer_norm")?;
+    finish(src, cfg, w_e, None, layers, ln_final, "embed_out.weight")
+}

@@ -1,0 +1,35 @@
+//! Qwen 1.5 / 2 / 2.5 (`Qwen2ForCausalLM`): the Llama layout with q/k/v biases.
+//! Sliding windows only with `use_sliding_window`, from layer `max_window_layers` on
+//! (or as `layer_types` lists them). TransformerLens does not prepend BOS by default.
+
+use hooklens_core::Result;
+
+use super::hf_config::HfConfig;
+use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
+use super::Family;
+use crate::config::TransformerConfig;
+use crate::loading::TensorSource;
+use crate::model::params::TransformerWeights;
+
+/// The Qwen 2 family.
+pub(crate) const FAMILY: Family = Family {
+    name: "Qwen 2",
+    model_types: &["qwen2"],
+    classes: &["Qwen2ForCausalLM"],
+    config,
+    weights,
+};
+
+fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    let mut cfg = llama_config(hf, false)?;
+    cfg.default_prepend_bos = false;
+    if hf.bool_or("use_sliding_window", false)? {
+        let first = hf.opt_usize("max_window_layers")?.unwrap_or(0);
+        sliding_windows(hf, &mut cfg, first)?;
+    }
+    Ok(cfg)
+}
+
+fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
+    read_llama_layout(src, cfg, origin, &LlamaLayout::default())
+}

@@ -1,0 +1,40 @@
+//! Qwen 3 (`Qwen3ForCausalLM`): the Llama layout plus an RMSNorm over each query and
+//! key head (`self_attn.q_norm`, `k_norm`, `[head_dim]`) before rotary; `head_dim` is
+//! independent of `hidden_size`. TransformerLens does not prepend BOS by default.
+
+use hooklens_core::Result;
+
+use super::hf_config::HfConfig;
+use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
+use super::Family;
+use crate::config::TransformerConfig;
+use crate::loading::TensorSource;
+use crate::model::params::TransformerWeights;
+
+/// The Qwen 3 family.
+pub(crate) const FAMILY: Family = Family {
+    name: "Qwen 3",
+    model_types: &["qwen3"],
+    classes: &["Qwen3ForCausalLM"],
+    config,
+    weights,
+};
+
+fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    let mut cfg = llama_config(hf, false)?;
+    cfg.default_prepend_bos = false;
+    cfg.use_qk_norm = true;
+    if hf.bool_or("use_sliding_window", false)? {
+        let first = hf.opt_usize("max_window_layers")?.unwrap_or(0);
+        sliding_windows(hf, &mut cfg, first)?;
+    }
+    Ok(cfg)
+}
+
+fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
+    let layout = LlamaLayout {
+        qk_norm: true,
+        ..LlamaLayout::default()
+    };
+    read_llama_layout(src, cfg, origin, &layout)
+}

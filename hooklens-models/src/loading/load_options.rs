@@ -1,0 +1,55 @@
+//! `LoadOptions`: the dtype, device and weight processing of a load.
+
+use candle_core::{DType, Device};
+
+use crate::model::ProcessingOptions;
+
+/// How to load a checkpoint: dtype, device and weight processing.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The dtype of the weights and activations (f32 by default; f16 / bf16 on request).
+    /// Processing is always computed in f32 first.
+    pub dtype: DType,
+    /// Where the weights live.
+    pub device: Device,
+    /// Weight processing, TransformerLens `from_pretrained`'s defaults unless changed.
+    pub processing: ProcessingOptions,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            processing: ProcessingOptions::default(),
+        }
+    }
+}
+
+impl LoadOptions {
+    /// TransformerLens's `from_pretrained_no_processing`: the weights as stored.
+    pub fn no_processing() -> Self {
+        LoadOptions {
+            processing: ProcessingOptions::none(),
+            ..Self::default()
+        }
+    }
+
+    /// These options with `dtype`.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// These options with `device`.
+    pub fn with_device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// These options with `processing`.
+    pub fn with_processing(mut self, processing: ProcessingOptions) -> Self {
+        self.processing = processing;
+        self
+    }
+}

@@ -1,0 +1,51 @@
+//! Loading checkpoints: safetensors files read tensor by tensor (one file, or the
+//! shards of a `model.safetensors.index.json`; f32, f16 or bf16), the load options,
+//! and the Hugging Face hub.
+
+pub mod hub;
+mod load_options;
+mod safetensors;
+mod sharded;
+
+use std::path::Path;
+
+use candle_core::Device;
+use hooklens_core::{Error, Result};
+
+pub use load_options::LoadOptions;
+pub(crate) use safetensors::{SafetensorsFile, TensorSource};
+pub(crate) use sharded::ShardedSafetensors;
+
+/// The single-file checkpoint's name in a model folder.
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint.
+pub(crate) const SHARD_INDEX: &str = "model.safetensors.index.json";
+
+/// Opens the checkpoint of the model folder `dir`: `model.safetensors`, else the
+/// shards `model.safetensors.index.json` lists. Neither is an error naming both.
+pub(crate) fn open_checkpoint(dir: &Path, device: &Device) -> Result<Box<dyn TensorSource>> {
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return Ok(Box::new(SafetensorsFile::open(&single, device)?));
+    }
+    let index = dir.join(SHARD_INDEX);
+    if index.is_file() {
+        return Ok(Box::new(ShardedSafetensors::open(&index, device)?));
+    }
+    Err(Error::io(
+        single,
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no {SINGLE_FILE} and no {SHARD_INDEX} in the model folder"),
+        ),
+    ))
+}
+
+/// Opens a checkpoint file: a safetensors file, or a sharded checkpoint's index.
+pub(crate) fn open_checkpoint_file(path: &Path, device: &Device) -> Result<Box<dyn TensorSource>> {
+    if path.to_string_lossy().ends_with(".index.json") {
+        Ok(Box::new(ShardedSafetensors::open(path, device)?))
+    } else {
+        Ok(Box::new(SafetensorsFile::open(path, device)?))
+    }
+}

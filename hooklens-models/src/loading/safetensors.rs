@@ -1,0 +1,250 @@
+//! Reading safetensors checkpoints tensor by tensor: one file, or the shards a
+//! `model.safetensors.index.json` lists. Errors name the file and the tensor.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use hooklens_core::{Error, Result};
+
+/// Where checkpoint tensors come from: a safetensors file or a candle `VarBuilder`.
+pub(crate) trait TensorSource {
+    /// Whether the source holds `name`.
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor `name`, which must have `shape` and a float dtype, as f32.
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// Whether `get` returns fresh storage that nothing else holds.
+    fn fresh(&self) -> bool {
+        false
+    }
+}
+
+/// One tensor's entry in a safetensors header.
+struct TensorEntry {
+    /// The header's dtype name (`F32`, `BF16`, `I64`, ...).
+    dtype: String,
+    shape: Vec<usize>,
+    /// Byte range in the file (already offset past the header).
+    start: u64,
+    len: usize,
+}
+
+/// A safetensors file read tensor by tensor with positioned reads; errors name the
+/// file and the tensor.
+///
+/// Not memory-mapped: copying tensors out of a map keeps both the mapped pages and the
+/// copies resident until the map is dropped, which doubles the peak memory of a load.
+/// Reading each tensor straight into its own buffer peaks at the parameters plus the
+/// header (the file's pages stay in the page cache, which is not the process's memory).
+pub(crate) struct SafetensorsFile {
+    path: PathBuf,
+    file: std::fs::File,
+    tensors: std::collections::HashMap<String, TensorEntry>,
+    device: Device,
+}
+
+/// safetensors' own bound on the header (100 MB): a longer one is a corrupt length.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+impl SafetensorsFile {
+    /// Opens `path` and reads its header; a truncated or malformed file fails here
+    /// (the header's tensors must tile the data exactly, as safetensors checks).
+    pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            ));
+        }
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let bad = |reason: String| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!("not a readable safetensors file (truncated or corrupt?): {reason}"),
+        };
+        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut len_bytes = [0u8; 8];
+        read_exact_at(&file, &mut len_bytes, 0)
+            .map_err(|_| bad(format!("{file_len} bytes, too short for the header length")))?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+            return Err(bad(format!(
+                "header length {header_len} does not fit a file of {file_len} bytes"
+            )));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        read_exact_at(&file, &mut header, 8).map_err(|e| Error::io(path, e))?;
+        let header: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        let data_start = 8 + header_len;
+        let mut tensors = std::collections::HashMap::with_capacity(header.len());
+        let mut ranges = Vec::with_capacity(header.len());
+        for (name, entry) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let (dtype, shape, (a, b)) = parse_entry(&entry).ok_or_else(|| bad(format!("bad entry for `{name}`")))?;
+            let size = dtype_size(&dtype).ok_or_else(|| bad(format!("tensor `{name}` has unknown dtype {dtype}")))?;
+            let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            if b < a || numel.and_then(|n| n.checked_mul(size)) != Some(b - a) {
+                return Err(bad(format!(
+                    "tensor `{name}`: offsets {a}..{b} do not hold {dtype} {shape:?}"
+                )));
+            }
+            ranges.push((a, b));
+            tensors.insert(
+                name,
+                TensorEntry {
+                    dtype,
+                    shape,
+                    start: data_start + a as u64,
+                    len: b - a,
+                },
+            );
+        }
+        // The tensors must cover the data exactly, with no gap or overlap.
+        ranges.sort_unstable();
+        let mut end = 0;
+        for (a, b) in ranges {
+            if a != end {
+                return Err(bad(format!("tensor data are not contiguous at byte {a}")));
+            }
+            end = b;
+        }
+        if data_start + end as u64 != file_len {
+            return Err(bad(format!(
+                "the header describes {} bytes of data, the file holds {}",
+                end,
+                file_len - data_start
+            )));
+        }
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            file,
+            tensors,
+            device: device.clone(),
+        })
+    }
+
+    fn bad(&self, reason: String) -> Error {
+        Error::BadFile {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// `(dtype, shape, data_offsets)` of one header entry.
+fn parse_entry(v: &serde_json::Value) -> Option<(String, Vec<usize>, (usize, usize))> {
+    let dtype = v.get("dtype")?.as_str()?.to_string();
+    let shape = v
+        .get("shape")?
+        .as_array()?
+        .iter()
+        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+        .collect::<Option<Vec<_>>>()?;
+    let offsets = v.get("data_offsets")?.as_array()?;
+    let off = |i: usize| offsets.get(i)?.as_u64().and_then(|o| usize::try_from(o).ok());
+    if offsets.len() != 2 {
+        return None;
+    }
+    Some((dtype, shape, (off(0)?, off(1)?)))
+}
+
+/// Bytes per element of a safetensors dtype name.
+fn dtype_size(dtype: &str) -> Option<usize> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" => 1,
+        "U16" | "I16" | "F16" | "BF16" => 2,
+        "U32" | "I32" | "F32" => 4,
+        "U64" | "I64" | "F64" => 8,
+        _ => return None,
+    })
+}
+
+/// The candle dtype of a float safetensors dtype name.
+fn float_dtype(dtype: &str) -> Option<DType> {
+    Some(match dtype {
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F32" => DType::F32,
+        "F64" => DType::F64,
+        _ => return None,
+    })
+}
+
+/// Fills `buf` from `file` at `offset`, without moving a shared cursor.
+fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.read_exact(buf)
+    }
+}
+
+impl TensorSource for SafetensorsFile {
+    fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    fn fresh(&self) -> bool {
+        // Each tensor is read into a new buffer (and converted to f32 if it was not).
+        true
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing (expected shape {shape:?})")))?;
+        if entry.shape != shape {
+            return Err(self.bad(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                entry.shape
+            )));
+        }
+        let dtype = float_dtype(&entry.dtype).ok_or_else(|| {
+            self.bad(format!(
+                "tensor `{name}` has dtype {}, expected a float dtype (f32, f16, bf16 or f64)",
+                entry.dtype
+            ))
+        })?;
+        let cannot_read = |e: std::io::Error| self.bad(format!("tensor `{name}` cannot be read: {e}"));
+        let t = if dtype == DType::F32 {
+            // Read straight into the tensor's own f32 buffer: no second copy.
+            let mut data = vec![0f32; entry.len / 4];
+            // SAFETY: any bit pattern is a valid f32, and the byte view covers exactly
+            // the vector's initialised elements.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), entry.len) };
+            read_exact_at(&self.file, bytes, entry.start).map_err(cannot_read)?;
+            // safetensors stores little-endian values.
+            if cfg!(target_endian = "big") {
+                data.iter_mut()
+                    .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+            }
+            Tensor::from_vec(data, shape, &Device::Cpu)?
+        } else {
+            let mut bytes = vec![0u8; entry.len];
+            read_exact_at(&self.file, &mut bytes, entry.start).map_err(cannot_read)?;
+            Tensor::from_raw_buffer(&bytes, dtype, shape, &Device::Cpu)?.to_dtype(DType::F32)?
+        };
+        Ok(t.to_device(&self.device)?)
+    }
+}
+
+impl TensorSource for VarBuilder<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.contains_tensor(name)
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = VarBuilder::get(self, shape, name)
+            .map_err(|e| Error::invalid(format!("checkpoint tensor `{name}` (expected shape {shape:?}): {e}")))?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+}

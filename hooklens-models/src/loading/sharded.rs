@@ -1,0 +1,98 @@
+//! Sharded checkpoints: `model.safetensors.index.json` names the shard file of every
+//! tensor (`weight_map`); each shard is a safetensors file read tensor by tensor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use hooklens_core::{Error, Result};
+
+use super::safetensors::{SafetensorsFile, TensorSource};
+
+/// The shards of one checkpoint, opened (headers read) up front so that a missing or
+/// corrupt shard fails before any tensor is read.
+pub(crate) struct ShardedSafetensors {
+    index: PathBuf,
+    shards: Vec<SafetensorsFile>,
+    /// Tensor name -> shard.
+    shard_of: HashMap<String, usize>,
+}
+
+impl ShardedSafetensors {
+    /// Opens the index at `index` and every shard it names (relative to its folder).
+    /// A shard outside that folder, a tensor the index places in a shard that lacks
+    /// it, or an unreadable shard is an error naming the file.
+    pub(crate) fn open(index: &Path, device: &Device) -> Result<Self> {
+        let bad = |reason: String| Error::BadFile {
+            path: index.to_path_buf(),
+            reason,
+        };
+        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let map = json
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| bad("no `weight_map` object: not a safetensors index".into()))?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut files: Vec<String> = Vec::new();
+        let mut shard_of = HashMap::with_capacity(map.len());
+        for (name, file) in map {
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("`weight_map.{name}` is {file}: expected a file name")))?;
+            let plain = Path::new(file)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || file.is_empty() {
+                return Err(bad(format!(
+                    "`weight_map.{name}` is \"{file}\": shards must be files inside the checkpoint's folder"
+                )));
+            }
+            let i = match files.iter().position(|f| f == file) {
+                Some(i) => i,
+                None => {
+                    files.push(file.to_string());
+                    files.len() - 1
+                }
+            };
+            shard_of.insert(name.clone(), i);
+        }
+        let shards = files
+            .iter()
+            .map(|f| SafetensorsFile::open(&dir.join(f), device))
+            .collect::<Result<Vec<_>>>()?;
+        for (name, &i) in &shard_of {
+            if !shards[i].contains(name) {
+                return Err(bad(format!(
+                    "the index places `{name}` in {}, which does not hold it",
+                    files[i]
+                )));
+            }
+        }
+        Ok(ShardedSafetensors {
+            index: index.to_path_buf(),
+            shards,
+            shard_of,
+        })
+    }
+}
+
+impl TensorSource for ShardedSafetensors {
+    fn contains(&self, name: &str) -> bool {
+        self.shard_of.contains_key(name)
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        match self.shard_of.get(name) {
+            Some(&i) => self.shards[i].get(name, shape),
+            None => Err(Error::BadFile {
+                path: self.index.clone(),
+                reason: format!("tensor `{name}` is missing (expected shape {shape:?})"),
+            }),
+        }
+    }
+
+    fn fresh(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,140 @@
+//! One transformer block with TransformerLens's hook points.
+
+use candle_core::Tensor;
+use hooklens_core::{Error, HookPoint};
+
+use super::attention::{Attention, AttnContext, AttnInput, PastKv};
+use super::mlp::Mlp;
+use super::norm::Norm;
+
+/// A transformer block. Sequential: `resid_mid = resid_pre + attn(ln1(resid_pre))`,
+/// `resid_post = resid_mid + mlp(ln2(resid_mid))`; parallel (GPT-NeoX):
+/// `resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))`, with no
+/// `hook_resid_mid`. With `ln1_post` / `ln2_post` (Gemma 2) the attention and MLP
+/// outputs are normalised again before their hooks. Field order is TransformerLens's
+/// registration order, which the hook dictionary follows.
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core")]
+pub struct Block {
+    /// The norm before attention.
+    pub ln1: Norm,
+    /// The norm after attention (`use_normalization_before_and_after`).
+    pub ln1_post: Option<Norm>,
+    /// The norm before the MLP.
+    pub ln2: Norm,
+    /// The norm after the MLP (`use_normalization_before_and_after`).
+    pub ln2_post: Option<Norm>,
+    /// Self-attention.
+    pub attn: Attention,
+    /// The MLP.
+    pub mlp: Mlp,
+    /// Per-head copies of the residual stream read by attention, `[batch, pos, head, d_model]`
+    /// (`use_attn_in`).
+    pub hook_attn_in: Option<HookPoint>,
+    /// Per-head query input `[batch, pos, head, d_model]` (`use_split_qkv_input`).
+    pub hook_q_input: Option<HookPoint>,
+    /// Per-head key input `[batch, pos, head, d_model]` (`use_split_qkv_input`).
+    pub hook_k_input: Option<HookPoint>,
+    /// Per-head value input `[batch, pos, head, d_model]` (`use_split_qkv_input`).
+    pub hook_v_input: Option<HookPoint>,
+    /// The MLP's input, `[batch, pos, d_model]` (`use_hook_mlp_in`).
+    pub hook_mlp_in: Option<HookPoint>,
+    /// Attention output `[batch, pos, d_model]`.
+    pub hook_attn_out: HookPoint,
+    /// MLP output `[batch, pos, d_model]`.
+    pub hook_mlp_out: HookPoint,
+    /// The residual stream entering the block, `[batch, pos, d_model]`.
+    pub hook_resid_pre: HookPoint,
+    /// The residual stream after attention, `[batch, pos, d_model]`; not in a
+    /// parallel block.
+    pub hook_resid_mid: Option<HookPoint>,
+    /// The residual stream leaving the block, `[batch, pos, d_model]`.
+    pub hook_resid_post: HookPoint,
+}
+
+impl Block {
+    /// `[batch, pos, d_model]` -> `[batch, pos, d_model]`, plus the keys and values of
+    /// every position so far (for a KV cache).
+    pub(crate) fn forward(
+        &self,
+        resid_pre: &Tensor,
+        ctx: &AttnContext<'_>,
+        past: Option<&PastKv>,
+    ) -> candle_core::Result<(Tensor, PastKv)> {
+        let resid_pre = self.hook_resid_pre.forward(resid_pre)?;
+        let per_head = self.hook_attn_in.is_some() || self.hook_q_input.is_some();
+        let (attn_out, kv) = if per_head {
+            let (b, p, d) = resid_pre.dims3()?;
+            let (h, kv) = (self.attn.n_heads, self.attn.n_kv_heads);
+            // Fresh copies, as TransformerLens's `repeat` and `clone`: an edit of one
+            // input must not show up in another.
+            let repeat = |n: usize| resid_pre.unsqueeze(2)?.broadcast_as((b, p, n, d))?.contiguous();
+            let attn_in = match &self.hook_attn_in {
+                Some(hp) => Some(hp.forward(&repeat(h)?)?),
+                None => None,
+            };
+            let (qi, ki, vi) = match (&self.hook_q_input, &self.hook_k_input, &self.hook_v_input) {
+                // As TransformerLens: the split inputs are copies of the residual (key and
+                // value inputs with one copy per key/value head).
+                (Some(hq), Some(hk), Some(hv)) => (
+                    hq.forward(&repeat(h)?)?,
+                    hk.forward(&repeat(kv)?)?,
+                    hv.forward(&repeat(kv)?)?,
+                ),
+                _ => {
+                    let attn_in = attn_in.ok_or_else(|| candle_core::Error::Msg("no attention input".into()))?;
+                    if kv != h {
+                        return Err(candle_core::Error::wrap(Error::invalid(
+                            "use_attn_in without use_split_qkv_input needs as many key/value heads as query heads \
+                             (TransformerLens cannot run it either): switch on use_split_qkv_input too",
+                        )));
+                    }
+                    (attn_in.clone(), attn_in.clone(), attn_in)
+                }
+            };
+            // TransformerLens normalises each of the three inputs separately, so ln1's
+            // hooks fire three times here (also on the differentiable path below; once on the fast path).
+            let input = AttnInput::PerHead(self.ln1.forward(&qi)?, self.ln1.forward(&ki)?, self.ln1.forward(&vi)?);
+            self.attn.forward(input, ctx, past)?
+        } else if hooklens_core::grad_mode() {
+            // As TransformerLens: ln1 runs once per input, so that each of its
+            // gradients is the one TransformerLens reports.
+            let input = AttnInput::Separate(
+                self.ln1.forward(&resid_pre)?,
+                self.ln1.forward(&resid_pre)?,
+                self.ln1.forward(&resid_pre)?,
+            );
+            self.attn.forward(input, ctx, past)?
+        } else {
+            let x = self.ln1.forward(&resid_pre)?;
+            self.attn.forward(AttnInput::Shared(&x), ctx, past)?
+        };
+        let attn_out = match &self.ln1_post {
+            Some(n) => n.forward(&attn_out)?,
+            None => attn_out,
+        };
+        let attn_out = self.hook_attn_out.forward(&attn_out)?;
+        let resid_mid = match &self.hook_resid_mid {
+            Some(hp) => Some(hp.forward(&(&resid_pre + &attn_out)?)?),
+            None => None,
+        };
+        // A parallel block's MLP reads resid_pre, as its attention does.
+        let mlp_base = resid_mid.as_ref().unwrap_or(&resid_pre);
+        let mlp_in = match &self.hook_mlp_in {
+            Some(hp) => hp.forward(&mlp_base.copy()?)?,
+            None => mlp_base.clone(),
+        };
+        let mlp_out = self.mlp.forward(&self.ln2.forward(&mlp_in)?)?;
+        let mlp_out = match &self.ln2_post {
+            Some(n) => n.forward(&mlp_out)?,
+            None => mlp_out,
+        };
+        let mlp_out = self.hook_mlp_out.forward(&mlp_out)?;
+        let resid_post = match &resid_mid {
+            Some(mid) => (mid + &mlp_out)?,
+            None => ((&resid_pre + &attn_out)? + &mlp_out)?,
+        };
+        let resid_post = self.hook_resid_post.forward(&resid_post)?;
+        Ok((resid_post, kv))
+    }
+}

@@ -1,0 +1,70 @@
+//! The MLP of a block with TransformerLens's hook points: plain or gated.
+
+use candle_core::Tensor;
+use hooklens_core::HookPoint;
+
+use super::{kernels, linear};
+use crate::config::ActFn;
+
+/// Plain: `W_out · act(W_in · x + b_in) + b_out`, with `hook_pre` / `hook_post` around
+/// the activation. Gated (Llama's SwiGLU, Gemma's GeGLU): `hook_pre` = `x @ W_gate`,
+/// `hook_pre_linear` = `x @ W_in`, `hook_post` = `act(pre) * pre_linear + b_in`, as
+/// TransformerLens's `GatedMLP` computes it.
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core")]
+pub struct Mlp {
+    /// `[d_model, d_mlp]`: the gate of a gated MLP.
+    pub(crate) w_gate: Option<Tensor>,
+    /// `[d_model, d_mlp]` (TransformerLens's `W_in`, also HF's Conv1D layout).
+    pub(crate) w_in: Tensor,
+    /// `[d_mlp]`.
+    pub(crate) b_in: Tensor,
+    /// `[d_mlp, d_model]`.
+    pub(crate) w_out: Tensor,
+    /// `[d_model]`.
+    pub(crate) b_out: Tensor,
+    pub(crate) act_fn: ActFn,
+    /// Before the activation, `[batch, pos, d_mlp]`.
+    pub hook_pre: HookPoint,
+    /// The linear branch of a gated MLP, `[batch, pos, d_mlp]`.
+    pub hook_pre_linear: Option<HookPoint>,
+    /// After the activation (and the gate), `[batch, pos, d_mlp]`.
+    pub hook_post: HookPoint,
+}
+
+/// `act(x)` for a tensor nothing else holds; in place where a kernel allows it.
+fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
+    match act_fn {
+        ActFn::GeluNew => kernels::gelu_new(pre),
+        ActFn::Gelu => pre.gelu_erf(),
+        ActFn::Relu => pre.relu(),
+        ActFn::Silu => pre.silu(),
+    }
+}
+
+impl Mlp {
+    /// `[batch, pos, d_model]` -> `[batch, pos, d_model]`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let post = match &self.w_gate {
+            None => {
+                let pre = linear(x, &self.w_in, Some(&self.b_in))?;
+                match self.act_fn {
+                    // Nothing can have kept the fresh `pre`: the activation overwrites it.
+                    ActFn::GeluNew if self.hook_pre.is_idle() => kernels::gelu_new_owned(pre)?,
+                    act_fn => activate(act_fn, &self.hook_pre.forward(&pre)?)?,
+                }
+            }
+            Some(w_gate) => {
+                let pre = self.hook_pre.forward(&linear(x, w_gate, None)?)?;
+                let pre_linear = linear(x, &self.w_in, None)?;
+                let pre_linear = match &self.hook_pre_linear {
+                    Some(hp) => hp.forward(&pre_linear)?,
+                    None => pre_linear,
+                };
+                (activate(self.act_fn, &pre)? * pre_linear)?.broadcast_add(&self.b_in)?
+            }
+        };
+        let post = self.hook_post.forward(&post)?;
+        linear(&post, &self.w_out, Some(&self.b_out))
+    }
+}

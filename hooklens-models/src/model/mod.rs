@@ -1,0 +1,45 @@
+//! The one hooked transformer, [`HookedTransformer`], for every bundled family: embed,
+//! blocks (sequential or parallel attention and MLP, norms before and optionally
+//! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, q/k
+//! norms), MLP (plain or gated), unembed, KV cache, forward options, generation,
+//! text, weight views and processing. What a family changes is its config
+//! ([`crate::config::TransformerConfig`]) and its converter (`crate::convert`).
+
+mod attention;
+mod block;
+mod embed;
+mod forward_options;
+mod generate;
+mod kv_cache;
+mod mlp;
+#[allow(clippy::module_inception)]
+mod model;
+mod norm;
+pub(crate) mod params;
+mod processing;
+mod random_init;
+mod rotary;
+mod text;
+pub(crate) mod unembed;
+mod weights;
+
+pub use crate::config::{
+    ActFn, AttnType, Gpt2Config, NormalizationType, NtkByPartsRope, PositionalEmbeddingType, TransformerConfig,
+};
+pub use crate::loading::LoadOptions;
+pub use crate::ops::{attention_scores, attention_z, cross_entropy_per_row, matmul};
+pub use attention::Attention;
+pub use block::Block;
+pub use embed::{Embed, PosEmbed};
+pub use forward_options::{ForwardOptions, ForwardOutput, ReturnType};
+pub use generate::GenerateOptions;
+pub use kv_cache::KvCache;
+pub use mlp::Mlp;
+pub use model::{HookedGpt2, HookedTransformer};
+pub use norm::{normalize_composite, rms_scale_composite, scale_composite, LayerNorm, Norm, NormKind};
+pub use processing::ProcessingOptions;
+pub use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
+pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
+pub use unembed::Unembed;
+
+pub(crate) use crate::ops::{kernels, linear};

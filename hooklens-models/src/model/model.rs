@@ -1,0 +1,802 @@
+//! `HookedTransformer`: the one hooked model of every bundled family, with
+//! TransformerLens's hook points.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use hooklens_core::{Error, HookPoint, HookedForward, Result};
+
+use super::attention::{Attention, AttnContext, AttnMask};
+use super::block::Block;
+use super::embed::{is_integer, Embed, PosEmbed};
+use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
+use super::kv_cache::KvCache;
+use super::mlp::Mlp;
+use super::norm::{Norm, NormKind};
+use super::params::{NormParams, TransformerWeights};
+use super::processing::{process, ProcessingOptions};
+use super::rotary::Rotary;
+use super::unembed::Unembed;
+use crate::config::TransformerConfig;
+use crate::loading::{open_checkpoint, open_checkpoint_file, LoadOptions};
+
+/// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
+/// Qwen 2 / 3, Gemma 1 / 2, Phi-3) with every activation hooked under its
+/// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
+/// registration order. The family's differences are all in its
+/// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
+/// only with learned positions, `attn.hook_rot_q` / `hook_rot_k` only with rotary,
+/// no `hook_resid_mid` in a parallel block, `mlp.hook_pre_linear` in a gated MLP,
+/// `ln1_post` / `ln2_post` with norms after attention and MLP, `attn.q_norm` /
+/// `k_norm` with per-head q/k norms).
+///
+/// Load it with [`HookedTransformer::from_dir`] (weight processing as
+/// TransformerLens's `from_pretrained` by default; the family is read from
+/// `config.json`), run it with [`HookedTransformer::forward`] or
+/// [`HookedTransformer::forward_with`], and use the hook API of
+/// [`hooklens_core::HookedModel`] (`run_with_hooks`, `run_with_cache`, `add_hook`,
+/// ...) on it.
+///
+/// Where it differs from TransformerLens, deliberately:
+/// - TransformerLens applies `ln1` three times per block (to the q, k and v inputs, the
+///   same tensor unless `use_split_qkv_input`), so `ln1` hooks fire three times. Here
+///   they fire once on the fast no-gradient path (one fused q|k|v matmul), and three
+///   times when gradients are wanted or the inputs are split, where it matters.
+/// - `hook_tokens` carries u32 ids (TransformerLens: int64).
+/// - `generate` applies `top_k` and then `top_p` when both are given
+///   (TransformerLens ignores `top_p` then).
+///
+/// ```
+/// use candle_core::Tensor;
+/// use hooklens_core::{CacheOptions, HookSet, HookedModel};
+/// use hooklens_models::{HookedGpt2, LoadOptions};
+///
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
+/// let model = HookedGpt2::from_dir(dir, &LoadOptions::default())?;
+/// let tokens = Tensor::new(&[[511u32, 17, 301, 42]], model.device())?;
+/// let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+/// assert_eq!(logits.dims(), [1, 4, 512]);
+/// assert_eq!(cache.try_get("blocks.0.attn.hook_pattern")?.dims(), [1, 4, 4, 4]);
+///
+/// // Zero-ablate layer 0's MLP for one run.
+/// let hooks = HookSet::new().fwd("blocks.0.hook_mlp_out", |x, _hp| Ok(Some(x.zeros_like()?)));
+/// let ablated = model.run_with_hooks(hooks, |m| m.forward(&tokens))?;
+/// assert_eq!(ablated.dims(), logits.dims());
+/// # Ok::<(), hooklens_core::Error>(())
+/// ```
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core", hint = "disabled_hook_hint")]
+pub struct HookedTransformer {
+    cfg: TransformerConfig,
+    /// The tokenizer of the text methods (`to_tokens`, ...); GPT-2's BPE when `None`.
+    /// Set by `from_pretrained` and `with_tokenizer` (see `text.rs`).
+    pub(super) tokenizer: Option<std::sync::Arc<crate::Tokenizer>>,
+    /// Token embedding.
+    pub embed: Embed,
+    /// Token embeddings `[batch, pos, d_model]`.
+    pub hook_embed: HookPoint,
+    /// Position embedding (learned positions only).
+    pub pos_embed: Option<PosEmbed>,
+    /// Position embeddings `[batch, pos, d_model]` (learned positions only).
+    pub hook_pos_embed: Option<HookPoint>,
+    /// The input tokens `[batch, pos]` (u32), with `use_hook_tokens`.
+    pub hook_tokens: Option<HookPoint>,
+    /// The transformer blocks.
+    pub blocks: Vec<Block>,
+    /// The final norm.
+    pub ln_final: Norm,
+    /// The unembedding.
+    pub unembed: Unembed,
+    /// The rotary embedding's frequencies, for rotary models.
+    pub(crate) rotary: Option<Rotary>,
+}
+
+/// The GPT-2 name of [`HookedTransformer`]: a GPT-2 is one configuration of it.
+pub type HookedGpt2 = HookedTransformer;
+
+/// `unknown_hook_hint` of the model: names of optional points that are switched off
+/// get `Error::DisabledHook` with the flag that switches them on.
+fn disabled_hook_hint(model: &HookedTransformer, name: &str) -> Option<Error> {
+    model.cfg.disabled_flag_for(name).map(|flag| Error::DisabledHook {
+        name: name.to_string(),
+        flag: flag.to_string(),
+    })
+}
+
+impl HookedTransformer {
+    /// Loads `config.json` and `model.safetensors` (or the shards that
+    /// `model.safetensors.index.json` lists) from `dir`, the layout of a Hugging Face
+    /// model directory, with `opts`' dtype, device and processing. The family comes
+    /// from `config.json`; an unsupported one is an error that lists the supported ones.
+    pub fn from_dir(dir: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(Error::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such model directory"),
+            ));
+        }
+        let cfg = crate::convert::config_from_hf_json(dir.join("config.json"))?;
+        let src = open_checkpoint(dir, &opts.device)?;
+        let w = crate::convert::read_weights(src.as_ref(), &cfg, &dir.display().to_string())?;
+        drop(src);
+        Self::build(cfg, w, &opts.processing, opts.dtype)
+    }
+
+    /// Loads a Hugging Face `config.json` and a safetensors checkpoint (read tensor by
+    /// tensor; a `*.index.json` names a sharded one), with `opts`' dtype, device and
+    /// processing. Errors name the file and, for a bad checkpoint, the tensor.
+    pub fn from_files(config: impl AsRef<Path>, weights: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let cfg = crate::convert::config_from_hf_json(config)?;
+        let src = open_checkpoint_file(weights.as_ref(), &opts.device)?;
+        let w = crate::convert::read_weights(src.as_ref(), &cfg, &weights.as_ref().display().to_string())?;
+        drop(src);
+        Self::build(cfg, w, &opts.processing, opts.dtype)
+    }
+
+    /// Loads from a `VarBuilder` holding the Hugging Face tensor names of `cfg`'s
+    /// family (GPT-2's with or without the `transformer.` prefix), with no weight
+    /// processing, in the `VarBuilder`'s dtype and device. `cfg.normalization_type`
+    /// must be `LN` or `RMS` (a checkpoint's norms have parameters).
+    pub fn load(vb: VarBuilder, cfg: &TransformerConfig) -> Result<Self> {
+        Self::load_with(vb, cfg, &ProcessingOptions::none())
+    }
+
+    /// [`HookedTransformer::load`] followed by weight processing.
+    pub fn load_with(vb: VarBuilder, cfg: &TransformerConfig, processing: &ProcessingOptions) -> Result<Self> {
+        if !cfg.normalization_type.has_params() {
+            return Err(Error::invalid(
+                "HookedTransformer::load reads a Hugging Face checkpoint, whose norms have parameters: \
+                 give a config with normalization_type LN or RMS (processing with fold_ln makes it LNPre / RMSPre)",
+            ));
+        }
+        let dtype = vb.dtype();
+        let w = crate::convert::read_weights(&vb, cfg, "VarBuilder")?;
+        Self::build(cfg.clone(), w, processing, dtype)
+    }
+
+    fn build(
+        mut cfg: TransformerConfig,
+        mut w: TransformerWeights,
+        processing: &ProcessingOptions,
+        dtype: DType,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        if !dtype.is_float() {
+            return Err(Error::invalid(format!(
+                "cannot load a model in {dtype:?}: use f32, f16, bf16 or f64"
+            )));
+        }
+        process(&mut w, &mut cfg, processing)?;
+        let w = if dtype == DType::F32 { w } else { w.to_dtype(dtype)? };
+        Self::from_weights(cfg, w)
+    }
+
+    fn from_weights(cfg: TransformerConfig, w: TransformerWeights) -> Result<Self> {
+        let opt = |on: bool| on.then(HookPoint::new);
+        let kind = if cfg.normalization_type.is_rms() {
+            NormKind::Rms
+        } else {
+            NormKind::Layer
+        };
+        let norm = |p: Option<NormParams>| Norm::with_kind(kind, p, cfg.eps);
+        // Norms after attention / MLP are never folded, and are RMSNorms in the one
+        // family that has them, as TransformerLens's `normalization_layer_after`.
+        let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
+        let rotary = Rotary::new(&cfg);
+        let mut blocks = Vec::with_capacity(w.layers.len());
+        for l in w.layers {
+            let head_norm = |g: Option<Tensor>| g.map(|g| Norm::rms(Some(g), cfg.eps)).transpose();
+            blocks.push(Block {
+                ln1: norm(l.ln1)?,
+                ln1_post: post_norm(l.ln1_post)?,
+                ln2: norm(l.ln2)?,
+                ln2_post: post_norm(l.ln2_post)?,
+                attn: Attention {
+                    w_qkv: l.w_qkv,
+                    b_qkv: l.b_qkv,
+                    w_o: l.w_o,
+                    b_o: l.b_o,
+                    n_heads: cfg.n_heads,
+                    n_kv_heads: cfg.n_kv_heads(),
+                    d_head: cfg.d_head,
+                    scale: 1.0 / cfg.attn_scale(),
+                    soft_cap: cfg.attn_scores_soft_cap,
+                    rotary: rotary.clone(),
+                    q_norm: head_norm(l.q_norm)?,
+                    k_norm: head_norm(l.k_norm)?,
+                    hook_k: HookPoint::new(),
+                    hook_q: HookPoint::new(),
+                    hook_v: HookPoint::new(),
+                    hook_z: HookPoint::new(),
+                    hook_attn_scores: HookPoint::new(),
+                    hook_pattern: HookPoint::new(),
+                    hook_result: opt(cfg.use_attn_result),
+                    hook_rot_k: opt(rotary.is_some()),
+                    hook_rot_q: opt(rotary.is_some()),
+                },
+                mlp: Mlp {
+                    hook_pre_linear: opt(l.w_gate.is_some()),
+                    w_gate: l.w_gate,
+                    w_in: l.w_in,
+                    b_in: l.b_in,
+                    w_out: l.w_out,
+                    b_out: l.b_out,
+                    act_fn: cfg.act_fn,
+                    hook_pre: HookPoint::new(),
+                    hook_post: HookPoint::new(),
+                },
+                hook_attn_in: opt(cfg.use_attn_in),
+                hook_q_input: opt(cfg.use_split_qkv_input),
+                hook_k_input: opt(cfg.use_split_qkv_input),
+                hook_v_input: opt(cfg.use_split_qkv_input),
+                hook_mlp_in: opt(cfg.use_hook_mlp_in),
+                hook_attn_out: HookPoint::new(),
+                hook_mlp_out: HookPoint::new(),
+                hook_resid_pre: HookPoint::new(),
+                hook_resid_mid: opt(!cfg.parallel_attn_mlp),
+                hook_resid_post: HookPoint::new(),
+            });
+        }
+        let model = HookedTransformer {
+            embed: Embed {
+                w_e: w.w_e,
+                scale: cfg.embed_scale,
+            },
+            hook_embed: HookPoint::new(),
+            hook_pos_embed: opt(w.w_pos.is_some()),
+            pos_embed: w.w_pos.map(|w_pos| PosEmbed { w_pos }),
+            hook_tokens: opt(cfg.use_hook_tokens),
+            blocks,
+            ln_final: norm(w.ln_final)?,
+            unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,
+            rotary,
+            cfg,
+            tokenizer: None,
+        };
+        // Names every hook point now, so that `HookPoint::name` works from the start.
+        model.rename();
+        Ok(model)
+    }
+
+    /// The configuration (after processing: `normalization_type` is `LNPre` / `RMSPre`
+    /// once norms are folded).
+    pub fn cfg(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    /// Switches `attn.hook_result` `[batch, pos, head, d_model]` on or off in every block
+    /// (TransformerLens's `set_use_attn_result`). Hooks on removed points go with them.
+    pub fn set_use_attn_result(&mut self, on: bool) {
+        self.cfg.use_attn_result = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.attn.hook_result, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_q_input`, `hook_k_input` and `hook_v_input` on or off in every
+    /// block (TransformerLens's `set_use_split_qkv_input`).
+    pub fn set_use_split_qkv_input(&mut self, on: bool) {
+        self.cfg.use_split_qkv_input = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_q_input, on);
+            toggle(&mut b.hook_k_input, on);
+            toggle(&mut b.hook_v_input, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_attn_in` on or off in every block (TransformerLens's `set_use_attn_in`).
+    pub fn set_use_attn_in(&mut self, on: bool) {
+        self.cfg.use_attn_in = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_attn_in, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_mlp_in` on or off in every block (TransformerLens's `set_use_hook_mlp_in`).
+    pub fn set_use_hook_mlp_in(&mut self, on: bool) {
+        self.cfg.use_hook_mlp_in = on;
+        for b in &mut self.blocks {
+            toggle(&mut b.hook_mlp_in, on);
+        }
+        self.rename();
+    }
+
+    /// Switches `hook_tokens` on or off.
+    pub fn set_use_hook_tokens(&mut self, on: bool) {
+        self.cfg.use_hook_tokens = on;
+        toggle(&mut self.hook_tokens, on);
+        self.rename();
+    }
+
+    /// Switches every optional hook point on or off.
+    pub fn set_all_optional_hooks(&mut self, on: bool) {
+        self.set_use_attn_result(on);
+        self.set_use_split_qkv_input(on);
+        self.set_use_attn_in(on);
+        self.set_use_hook_mlp_in(on);
+        self.set_use_hook_tokens(on);
+    }
+
+    fn rename(&self) {
+        let _ = hooklens_core::HookDict::build(self);
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        self.embed.w_e.device()
+    }
+
+    /// The dtype of weights and activations.
+    pub fn dtype(&self) -> DType {
+        self.embed.w_e.dtype()
+    }
+
+    /// Logits `[batch, pos, d_vocab]` for `tokens` `[batch, pos]` (u8, u32 or i64; a
+    /// 1-D `[pos]` is taken as batch 1). Ids outside the vocabulary, an empty input or
+    /// more than `n_ctx` positions are errors.
+    pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
+        let out = self.run(tokens, &ForwardOptions::default(), None, false)?;
+        out.logits
+            .ok_or_else(|| Error::invalid("forward returned no logits (internal error)"))
+    }
+
+    /// TransformerLens's `forward` with options: return type, per-token loss, attention
+    /// mask, start / stop layer. `input` is tokens `[batch, pos]`, or a residual stream
+    /// `[batch, pos, d_model]` with `start_at_layer`. See [`ForwardOptions`].
+    pub fn forward_with(&self, input: &Tensor, opts: &ForwardOptions) -> Result<ForwardOutput> {
+        self.run(input, opts, None, false)
+    }
+
+    /// [`HookedGpt2::forward_with`] on new tokens `[batch, new_pos]` after those already
+    /// in `cache`, whose keys and values are reused and extended; positions continue
+    /// from the cache. `opts.attention_mask`, if given, is `[batch, new_pos]` and
+    /// extends the cache's mask. `start_at_layer` / `stop_at_layer` are not allowed here.
+    pub fn forward_with_kv(
+        &self,
+        tokens: &Tensor,
+        opts: &ForwardOptions,
+        cache: &mut KvCache,
+    ) -> Result<ForwardOutput> {
+        if opts.start_at_layer.is_some() || opts.stop_at_layer.is_some() {
+            return Err(Error::invalid(
+                "start_at_layer / stop_at_layer cannot be combined with a KV cache",
+            ));
+        }
+        self.run(tokens, opts, Some(cache), false)
+    }
+
+    /// Token ids as u32 `[batch, pos]` on the model's device, checked against the vocabulary.
+    pub(crate) fn check_tokens(&self, tokens: &Tensor) -> Result<Tensor> {
+        let tokens = match tokens.rank() {
+            1 => tokens.unsqueeze(0)?,
+            2 => tokens.clone(),
+            r => {
+                return Err(Error::invalid(format!(
+                    "tokens must be [batch, pos] (or [pos]), got rank {r} with shape {:?}",
+                    tokens.dims()
+                )))
+            }
+        };
+        if !is_integer(tokens.dtype()) {
+            return Err(Error::invalid(format!(
+                "tokens must be integers (u8, u32 or i64), got {:?}",
+                tokens.dtype()
+            )));
+        }
+        let (b, p) = tokens.dims2()?;
+        if b == 0 || p == 0 {
+            return Err(Error::invalid(format!("empty input: tokens have shape [{b}, {p}]")));
+        }
+        let ids = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
+        let d_vocab = self.cfg.d_vocab as i64;
+        if let Some(i) = ids.iter().position(|&t| t < 0 || t >= d_vocab) {
+            return Err(Error::invalid(format!(
+                "token id {} at [{}, {}] is outside the vocabulary (d_vocab = {d_vocab})",
+                ids[i],
+                i / p,
+                i % p
+            )));
+        }
+        let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
+        Ok(Tensor::from_vec(ids, (b, p), self.device())?)
+    }
+
+    /// An attention mask `[batch, pos]` as 0/1 rows.
+    fn mask_rows(&self, mask: &Tensor, b: usize, p: usize) -> Result<Vec<Vec<u8>>> {
+        if mask.dims() != [b, p] {
+            return Err(Error::invalid(format!(
+                "attention_mask has shape {:?}, expected [{b}, {p}] (the input's batch and positions)",
+                mask.dims()
+            )));
+        }
+        let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        Ok(rows
+            .into_iter()
+            .map(|r| r.into_iter().map(|v| u8::from(v != 0.0)).collect())
+            .collect())
+    }
+
+    fn resolve_layer(&self, layer: isize, what: &str) -> Result<usize> {
+        let n = self.cfg.n_layers as isize;
+        let l = if layer < 0 { layer + n } else { layer };
+        if (0..=n).contains(&l) {
+            Ok(l as usize)
+        } else {
+            Err(Error::invalid(format!(
+                "{what} = {layer} is out of range for a model with {n} layers"
+            )))
+        }
+    }
+
+    /// Logits `[batch, 1, d_vocab]` of the last position only, for generation (with
+    /// the KV cache or without): every hook runs as in [`HookedGpt2::forward_with`],
+    /// but the unembedding, the largest product of a prompt's forward, is applied to
+    /// the one position whose logits are sampled.
+    pub(crate) fn last_logits(
+        &self,
+        tokens: &Tensor,
+        opts: &ForwardOptions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(tokens, opts, cache, true)?
+            .logits
+            .ok_or_else(|| Error::invalid("the forward returned no logits (internal error)"))
+    }
+
+    fn run(
+        &self,
+        input: &Tensor,
+        opts: &ForwardOptions,
+        mut kv: Option<&mut KvCache>,
+        last_only: bool,
+    ) -> Result<ForwardOutput> {
+        let start = opts
+            .start_at_layer
+            .map(|l| self.resolve_layer(l, "start_at_layer"))
+            .transpose()?;
+        let stop = opts
+            .stop_at_layer
+            .map(|l| self.resolve_layer(l, "stop_at_layer"))
+            .transpose()?
+            .unwrap_or(self.cfg.n_layers);
+        if start.unwrap_or(0) > stop {
+            return Err(Error::invalid(format!(
+                "start_at_layer ({}) is after stop_at_layer ({stop})",
+                start.unwrap_or(0)
+            )));
+        }
+        let offset = kv.as_ref().map_or(0, |c| c.len);
+
+        // Tokens (for the embedding or the loss) and the residual stream to start from.
+        let (mut tokens, residual) = match start {
+            None => (Some(self.check_tokens(input)?), None),
+            Some(_) => {
+                let (b, p, d) = input.dims3().map_err(|_| {
+                    Error::invalid(format!(
+                        "with start_at_layer the input is a residual stream [batch, pos, d_model], got shape {:?}",
+                        input.dims()
+                    ))
+                })?;
+                if d != self.cfg.d_model || b == 0 || p == 0 || input.dtype() != self.dtype() {
+                    return Err(Error::invalid(format!(
+                        "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
+                        input.dims(),
+                        input.dtype(),
+                        self.cfg.d_model,
+                        self.dtype()
+                    )));
+                }
+                let tokens = opts.tokens.as_ref().map(|t| self.check_tokens(t)).transpose()?;
+                (tokens, Some(input.clone()))
+            }
+        };
+        let (b, p) = match (&residual, &tokens) {
+            (Some(r), _) => {
+                let (b, p, _) = r.dims3()?;
+                (b, p)
+            }
+            (None, Some(t)) => t.dims2()?,
+            (None, None) => return Err(Error::invalid("forward: neither tokens nor a residual input")),
+        };
+        if let (Some(_), Some(t)) = (&residual, &tokens) {
+            if t.dims2()? != (b, p) {
+                return Err(Error::invalid(format!(
+                    "tokens have shape {:?} but the residual input is [{b}, {p}, ..]",
+                    t.dims()
+                )));
+            }
+        }
+        if offset + p > self.cfg.n_ctx {
+            return Err(Error::invalid(format!(
+                "{p} positions{} exceed the context length n_ctx = {}",
+                if offset > 0 {
+                    format!(" after {offset} cached ones")
+                } else {
+                    String::new()
+                },
+                self.cfg.n_ctx
+            )));
+        }
+        if let Some(c) = kv.as_ref() {
+            if !c.is_empty() && c.batch != b {
+                return Err(Error::invalid(format!(
+                    "batch size {b} differs from the KV cache's {}",
+                    c.batch
+                )));
+            }
+        }
+
+        // The attention mask over every position so far (cached and new), if any.
+        let new_rows = opts
+            .attention_mask
+            .as_ref()
+            .map(|m| self.mask_rows(m, b, p))
+            .transpose()?;
+        let cached_rows = kv
+            .as_ref()
+            .and_then(|c| c.mask.as_ref())
+            .map(|m| self.mask_rows(m, b, offset))
+            .transpose()?;
+        let full_rows: Option<Vec<Vec<u8>>> = match (cached_rows, new_rows) {
+            (None, None) => None,
+            (c, n) => Some(
+                (0..b)
+                    .map(|i| {
+                        let mut row = c.as_ref().map_or_else(|| vec![1; offset], |c| c[i].clone());
+                        row.extend(n.as_ref().map_or_else(|| vec![1; p], |n| n[i].clone()));
+                        row
+                    })
+                    .collect(),
+            ),
+        };
+
+        let mut residual = match residual {
+            Some(r) => r,
+            None => {
+                let mut toks = tokens
+                    .clone()
+                    .ok_or_else(|| Error::invalid("forward: no tokens to embed"))?;
+                if let Some(hp) = &self.hook_tokens {
+                    let hooked = hp.forward(&toks)?;
+                    if hooked.id() != toks.id() {
+                        toks = self.check_tokens(&hooked)?;
+                        tokens = Some(toks.clone());
+                    }
+                }
+                let embed = self.hook_embed.forward(&self.embed.forward(&toks)?)?;
+                match (&self.pos_embed, &self.hook_pos_embed) {
+                    (Some(pos), Some(hook)) => {
+                        let pos_embed = match &full_rows {
+                            None => pos.forward(b, p, offset, None)?,
+                            Some(rows) => {
+                                let (ids, keep) = positions_from_mask(rows, offset, p);
+                                let ids = Tensor::from_vec(ids, (b, p), self.device())?;
+                                let keep = Tensor::from_vec(keep, (b, p), self.device())?;
+                                pos.forward(b, p, offset, Some((&ids, &keep)))?
+                            }
+                        };
+                        let pos_embed = hook.forward(&pos_embed)?;
+                        (embed + pos_embed)?
+                    }
+                    _ => embed,
+                }
+            }
+        };
+
+        let global = self.attn_mask(b, p, offset, full_rows.as_deref(), None)?;
+        let local = match self.cfg.window_size {
+            Some(w) if self.cfg.attn_types.is_some() => {
+                Some(self.attn_mask(b, p, offset, full_rows.as_deref(), Some(w))?)
+            }
+            _ => None,
+        };
+        // Rotary angles for the new queries and for every key so far, shared by all
+        // layers; from the mask's real-token positions as TransformerLens does.
+        let rot = match &self.rotary {
+            None => None,
+            Some(rot) => {
+                let (q_rows, k_rows): (Vec<Vec<u32>>, Vec<Vec<u32>>) = match &full_rows {
+                    None => (
+                        vec![(offset..offset + p).map(|i| i as u32).collect()],
+                        vec![(0..offset + p).map(|i| i as u32).collect()],
+                    ),
+                    Some(rows) => {
+                        let (q, _) = positions_from_mask(rows, offset, p);
+                        let (k, _) = positions_from_mask(rows, 0, offset + p);
+                        (
+                            q.chunks(p).map(|c| c.to_vec()).collect(),
+                            k.chunks(offset + p).map(|c| c.to_vec()).collect(),
+                        )
+                    }
+                };
+                let dtype = self.dtype();
+                Some((
+                    rot.tables(&q_rows, dtype, self.device())?,
+                    rot.tables(&k_rows, dtype, self.device())?,
+                ))
+            }
+        };
+        let first = start.unwrap_or(0);
+        let mut new_kv = Vec::with_capacity(stop - first);
+        for (i, block) in self.blocks.iter().enumerate().take(stop).skip(first) {
+            let past = kv.as_ref().and_then(|c| c.layers.get(i)).and_then(|l| l.as_ref());
+            let mask = match (&local, self.cfg.window_of(i)) {
+                (Some(l), Some(_)) => l,
+                _ => &global,
+            };
+            let ctx = AttnContext {
+                mask,
+                rot_q: rot.as_ref().map(|(q, _)| q),
+                rot_k: rot.as_ref().map(|(_, k)| k),
+            };
+            let (out, layer_kv) = block.forward(&residual, &ctx, past)?;
+            residual = out;
+            new_kv.push(layer_kv);
+        }
+        if let Some(c) = kv.as_mut() {
+            c.layers = new_kv.into_iter().map(Some).collect();
+            c.len = offset + p;
+            c.batch = b;
+            c.mask = match &full_rows {
+                Some(rows) => Some(Tensor::from_vec(rows.concat(), (b, offset + p), self.device())?),
+                None => None,
+            };
+        }
+        if opts.stop_at_layer.is_some() {
+            return Ok(ForwardOutput {
+                residual: Some(residual),
+                ..Default::default()
+            });
+        }
+        let residual = self.ln_final.forward(&residual)?;
+        if opts.return_type == ReturnType::None {
+            return Ok(ForwardOutput::default());
+        }
+        let logits = if last_only && opts.return_type == ReturnType::Logits {
+            self.unembed.forward(&residual.narrow(1, p - 1, 1)?)?
+        } else {
+            self.unembed.forward(&residual)?
+        };
+        let logits = match self.cfg.output_logits_soft_cap {
+            Some(cap) => ((logits / cap)?.tanh()? * cap)?,
+            None => logits,
+        };
+        let loss = match opts.return_type {
+            ReturnType::Loss | ReturnType::Both => {
+                let tokens = tokens.as_ref().ok_or_else(|| {
+                    Error::invalid("the loss needs tokens: pass ForwardOptions::tokens with start_at_layer")
+                })?;
+                let keep = full_rows
+                    .as_ref()
+                    .map(|rows| rows.iter().map(|r| r[offset..].to_vec()).collect::<Vec<_>>());
+                Some(lm_cross_entropy(&logits, tokens, keep.as_deref(), opts.loss_per_token)?)
+            }
+            _ => None,
+        };
+        Ok(ForwardOutput {
+            logits: matches!(opts.return_type, ReturnType::Logits | ReturnType::Both).then_some(logits),
+            loss,
+            residual: None,
+        })
+    }
+
+    /// The additive attention mask (0 / -inf) for `p` new queries after `offset` cached
+    /// positions: `[p, offset+p]`, or `[batch, 1, p, offset+p]` with padding rows. With
+    /// a `window`, query `i` sees key `j` only if `i - window < j` too.
+    fn attn_mask(
+        &self,
+        b: usize,
+        p: usize,
+        offset: usize,
+        rows: Option<&[Vec<u8>]>,
+        window: Option<usize>,
+    ) -> Result<AttnMask> {
+        let k = offset + p;
+        let causal = |i: usize, j: usize| j <= offset + i && window.is_none_or(|w| offset + i - j < w);
+        let (data, shape): (Vec<f32>, Vec<usize>) = match rows {
+            None => (
+                (0..p)
+                    .flat_map(|i| (0..k).map(move |j| if causal(i, j) { 0.0 } else { f32::NEG_INFINITY }))
+                    .collect(),
+                vec![p, k],
+            ),
+            Some(rows) => (
+                rows.iter()
+                    .flat_map(|row| {
+                        (0..p).flat_map(move |i| {
+                            (0..k).map(move |j| {
+                                if causal(i, j) && row[j] != 0 {
+                                    0.0
+                                } else {
+                                    f32::NEG_INFINITY
+                                }
+                            })
+                        })
+                    })
+                    .collect(),
+                vec![b, 1, p, k],
+            ),
+        };
+        Ok(AttnMask {
+            additive: Tensor::from_vec(data, shape, self.device())?,
+            may_have_empty_rows: rows.is_some(),
+        })
+    }
+}
+
+/// Creates or drops an optional hook point; an existing one is kept (with its hooks).
+fn toggle(point: &mut Option<HookPoint>, on: bool) {
+    match (on, point.is_some()) {
+        (true, false) => *point = Some(HookPoint::new()),
+        (false, true) => *point = None,
+        _ => {}
+    }
+}
+
+/// TransformerLens's `get_offset_position_ids`: position = (number of real tokens up to
+/// and including this one) - 1, at least 0; and the 0/1 keep mask, for the `p` new
+/// positions after `offset`. `rows` hold every position so far.
+fn positions_from_mask(rows: &[Vec<u8>], offset: usize, p: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut ids = Vec::with_capacity(rows.len() * p);
+    let mut keep = Vec::with_capacity(rows.len() * p);
+    for row in rows {
+        let mut count: u32 = 0;
+        for (j, &m) in row.iter().enumerate() {
+            count += u32::from(m);
+            if j >= offset {
+                ids.push(count.saturating_sub(1));
+                keep.push(f32::from(m));
+            }
+        }
+    }
+    (ids, keep)
+}
+
+/// TransformerLens's `lm_cross_entropy_loss`: `logits` `[batch, pos, vocab]`, `tokens`
+/// `[batch, pos]`; the mean over predicted positions (a scalar) or per token
+/// `[batch, pos-1]`. With a mask, positions where this or the next token is padding
+/// count zero and are left out of the mean.
+pub(crate) fn lm_cross_entropy(
+    logits: &Tensor,
+    tokens: &Tensor,
+    keep: Option<&[Vec<u8>]>,
+    per_token: bool,
+) -> Result<Tensor> {
+    let (b, p, _) = logits.dims3()?;
+    if p < 2 {
+        return Err(Error::invalid("the next-token loss needs at least 2 positions"));
+    }
+    let logits = logits.narrow(1, 0, p - 1)?.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, candle_core::D::Minus1)?;
+    let targets = tokens.narrow(1, 1, p - 1)?.contiguous()?.unsqueeze(2)?;
+    let mut nll = log_probs.gather(&targets, 2)?.squeeze(2)?.neg()?;
+    let mut n_tokens = (b * (p - 1)) as f64;
+    if let Some(rows) = keep {
+        let next: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| (0..p - 1).map(move |i| f32::from(r[i] != 0 && r[i + 1] != 0)))
+            .collect();
+        n_tokens = next.iter().map(|&v| v as f64).sum();
+        nll = (nll * Tensor::from_vec(next, (b, p - 1), logits.device())?)?;
+    }
+    if per_token {
+        Ok(nll)
+    } else {
+        Ok((nll.sum_all()? / n_tokens)?)
+    }
+}
+
+impl HookedForward for HookedGpt2 {
+    type Input = Tensor;
+    type Output = Tensor;
+
+    /// [`HookedGpt2::forward`]: tokens `[batch, pos]` -> logits `[batch, pos, d_vocab]`.
+    fn forward_hooked(&self, input: &Tensor) -> Result<Tensor> {
+        self.forward(input)
+    }
+}

@@ -1,0 +1,122 @@
+//! The weights of a model in its own layout, before they are put into modules: what
+//! a family's converter produces and weight processing edits.
+
+use candle_core::{DType, Tensor};
+
+use super::unembed::UnembedFactors;
+
+/// A norm's gain `[d_model]` and, for LayerNorm, its bias `[d_model]`.
+pub(crate) type NormParams = (Tensor, Option<Tensor>);
+
+/// The weights of one block. Products are `x @ w` with `w` `[in, out]`.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerWeights {
+    /// The norm before attention; `None` once folded (or for a `Pre` config).
+    pub(crate) ln1: Option<NormParams>,
+    /// The norm after attention (`use_normalization_before_and_after`).
+    pub(crate) ln1_post: Option<NormParams>,
+    /// The norm before the MLP.
+    pub(crate) ln2: Option<NormParams>,
+    /// The norm after the MLP (`use_normalization_before_and_after`).
+    pub(crate) ln2_post: Option<NormParams>,
+    /// `[d_model, (n_heads + 2 n_kv) * d_head]`: columns are q | k | v, each head-major
+    /// (`head * d_head + i`).
+    pub(crate) w_qkv: Tensor,
+    /// `[(n_heads + 2 n_kv) * d_head]`: `b_Q | b_K | b_V` (zeros where the family has none).
+    pub(crate) b_qkv: Tensor,
+    /// RMSNorm gains `[d_head]` over each query and key head (`use_qk_norm`).
+    pub(crate) q_norm: Option<Tensor>,
+    /// See `q_norm`.
+    pub(crate) k_norm: Option<Tensor>,
+    /// `[n_heads * d_head, d_model]`: TransformerLens's `W_O` flattened over heads.
+    pub(crate) w_o: Tensor,
+    /// `[d_model]`.
+    pub(crate) b_o: Tensor,
+    /// `[d_model, d_mlp]`: the gate of a gated MLP (`W_gate`).
+    pub(crate) w_gate: Option<Tensor>,
+    /// `[d_model, d_mlp]` (`W_in`; a gated MLP's up projection).
+    pub(crate) w_in: Tensor,
+    /// `[d_mlp]`.
+    pub(crate) b_in: Tensor,
+    /// `[d_mlp, d_model]`.
+    pub(crate) w_out: Tensor,
+    /// `[d_model]`.
+    pub(crate) b_out: Tensor,
+}
+
+/// All weights of a model.
+#[derive(Clone, Debug)]
+pub(crate) struct TransformerWeights {
+    /// `[d_vocab, d_model]`, as stored (Gemma's scale is applied by the embedding).
+    pub(crate) w_e: Tensor,
+    /// `[n_ctx, d_model]`, for learned positions only.
+    pub(crate) w_pos: Option<Tensor>,
+    pub(crate) layers: Vec<LayerWeights>,
+    pub(crate) ln_final: Option<NormParams>,
+    /// `[d_model, d_vocab]`: the base of `W_U` (see [`UnembedFactors`]); `W_E`
+    /// transposed, a view of its storage, when `tied`.
+    pub(crate) w_u: Tensor,
+    /// What processing did to `W_U`, kept as factors rather than a new matrix.
+    pub(crate) unembed_factors: UnembedFactors,
+    /// Whether `w_u` is a view of `w_e`'s storage (no `lm_head` in the checkpoint).
+    pub(crate) tied: bool,
+    pub(crate) b_u: Tensor,
+    /// Whether every tensor's storage belongs to these weights alone (read from a file
+    /// into fresh buffers), so that processing may edit it in place instead of holding
+    /// a second copy of the largest tensors. `w_u` may still be a view of `w_e`.
+    pub(crate) exclusive: bool,
+}
+
+fn norm_to(p: &Option<NormParams>, dtype: DType) -> candle_core::Result<Option<NormParams>> {
+    p.as_ref()
+        .map(|(w, b)| Ok((w.to_dtype(dtype)?, b.as_ref().map(|b| b.to_dtype(dtype)).transpose()?)))
+        .transpose()
+}
+
+impl LayerWeights {
+    fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let c = |t: &Tensor| t.to_dtype(dtype);
+        let o = |t: &Option<Tensor>| t.as_ref().map(c).transpose();
+        Ok(LayerWeights {
+            ln1: norm_to(&self.ln1, dtype)?,
+            ln1_post: norm_to(&self.ln1_post, dtype)?,
+            ln2: norm_to(&self.ln2, dtype)?,
+            ln2_post: norm_to(&self.ln2_post, dtype)?,
+            w_qkv: c(&self.w_qkv)?,
+            b_qkv: c(&self.b_qkv)?,
+            q_norm: o(&self.q_norm)?,
+            k_norm: o(&self.k_norm)?,
+            w_o: c(&self.w_o)?,
+            b_o: c(&self.b_o)?,
+            w_gate: o(&self.w_gate)?,
+            w_in: c(&self.w_in)?,
+            b_in: c(&self.b_in)?,
+            w_out: c(&self.w_out)?,
+            b_out: c(&self.b_out)?,
+        })
+    }
+}
+
+impl TransformerWeights {
+    /// Every tensor converted to `dtype`.
+    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let w_e = self.w_e.to_dtype(dtype)?;
+        Ok(TransformerWeights {
+            w_pos: self.w_pos.as_ref().map(|t| t.to_dtype(dtype)).transpose()?,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.to_dtype(dtype))
+                .collect::<candle_core::Result<_>>()?,
+            ln_final: norm_to(&self.ln_final, dtype)?,
+            // A tied base stays a view of the converted W_E, not a copy of its own.
+            w_u: if self.tied { w_e.t()? } else { self.w_u.to_dtype(dtype)? },
+            unembed_factors: self.unembed_factors.to_dtype(dtype)?,
+            tied: self.tied,
+            b_u: self.b_u.to_dtype(dtype)?,
+            w_e,
+            // A conversion to the same dtype shares storage.
+            exclusive: false,
+        })
+    }
+}

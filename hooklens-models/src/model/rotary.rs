@@ -1,0 +1,140 @@
+//! Rotary position embeddings as TransformerLens applies them for the bundled
+//! families (`rotary_adjacent_pairs: false`): the first `rotary_dim` dimensions of
+//! each head are rotated in pairs `(i, i + rotary_dim/2)` by the angle
+//! `position * inv_freq[i]`, `inv_freq[i] = base^(-2i/rotary_dim)` (Llama 3.1's
+//! NTK-by-parts rescales them); the rest of the head passes through.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{NtkByPartsRope, TransformerConfig};
+
+/// The inverse frequencies of one model, `[rotary_dim / 2]`.
+#[derive(Clone, Debug)]
+pub(crate) struct Rotary {
+    inv_freq: Vec<f64>,
+    rotary_dim: usize,
+}
+
+/// cos and sin of the angles at some positions, `[1 or batch, pos, 1, rotary_dim]`,
+/// each half repeated (`(2 d)`), ready to broadcast over heads.
+#[derive(Clone, Debug)]
+pub(crate) struct RotaryTables {
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
+}
+
+impl Rotary {
+    /// The rotary of `cfg`, or `None` for learned positions.
+    pub(crate) fn new(cfg: &TransformerConfig) -> Option<Self> {
+        if !cfg.is_rotary() {
+            return None;
+        }
+        let rotary_dim = cfg.rotary_dim?;
+        let half = rotary_dim / 2;
+        let inv_freq = (0..half)
+            .map(|i| {
+                let f = 1.0 / cfg.rotary_base.powf(2.0 * i as f64 / rotary_dim as f64);
+                match &cfg.ntk_by_parts_rope {
+                    Some(n) => ntk_by_parts(f, n),
+                    None => f,
+                }
+            })
+            .collect();
+        Some(Rotary { inv_freq, rotary_dim })
+    }
+
+    /// The tables for `rows` of positions (one row for all sequences, or one per
+    /// sequence), each row `pos` long.
+    pub(crate) fn tables(&self, rows: &[Vec<u32>], dtype: DType, device: &Device) -> candle_core::Result<RotaryTables> {
+        let n_rows = rows.len();
+        let pos = rows.first().map_or(0, |r| r.len());
+        let r = self.rotary_dim;
+        let half = r / 2;
+        let mut cos = Vec::with_capacity(n_rows * pos * r);
+        let mut sin = Vec::with_capacity(n_rows * pos * r);
+        // f32 angles `position / freq`, as TransformerLens computes them.
+        let freq: Vec<f32> = self.inv_freq.iter().map(|f| (1.0 / f) as f32).collect();
+        for row in rows {
+            for &p in row {
+                let start = cos.len();
+                for f in &freq {
+                    let angle = p as f32 / f;
+                    cos.push(angle.cos());
+                    sin.push(angle.sin());
+                }
+                // `(2 d)`: the first half repeated.
+                cos.extend_from_within(start..start + half);
+                sin.extend_from_within(start..start + half);
+            }
+        }
+        let shape = (n_rows, pos, 1, r);
+        Ok(RotaryTables {
+            cos: Tensor::from_vec(cos, shape, device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, shape, device)?.to_dtype(dtype)?,
+        })
+    }
+
+    /// `x` `[batch, pos, heads, d_head]` rotated by `t` -> the same shape, a new tensor.
+    pub(crate) fn apply(&self, x: &Tensor, t: &RotaryTables) -> candle_core::Result<Tensor> {
+        let d_head = x.dim(3)?;
+        let r = self.rotary_dim;
+        let half = r / 2;
+        let x_rot = x.narrow(3, 0, r)?;
+        let x1 = x_rot.narrow(3, 0, half)?;
+        let x2 = x_rot.narrow(3, half, half)?;
+        let flipped = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        let rotated = (x_rot.broadcast_mul(&t.cos)? + flipped.broadcast_mul(&t.sin)?)?;
+        if r == d_head {
+            Ok(rotated)
+        } else {
+            Tensor::cat(&[&rotated, &x.narrow(3, r, d_head - r)?], 3)
+        }
+    }
+}
+
+/// Llama 3.1's rescaling of one inverse frequency (Hugging Face's `rope_type: llama3`).
+fn ntk_by_parts(inv_freq: f64, n: &NtkByPartsRope) -> f64 {
+    let low_freq_wavelen = n.original_ctx_len / n.low_freq_factor;
+    let high_freq_wavelen = n.original_ctx_len / n.high_freq_factor;
+    let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+    if wavelen < high_freq_wavelen {
+        inv_freq
+    } else if wavelen > low_freq_wavelen {
+        inv_freq / n.factor
+    } else {
+        let smooth = (n.original_ctx_len / wavelen - n.low_freq_factor) / (n.high_freq_factor - n.low_freq_factor);
+        (1.0 - smooth) * inv_freq / n.factor + smooth * inv_freq
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rotating by position p then taking dot products depends only on the distance:
+    /// <R(p) q, R(p') k> = <R(p + s) q, R(p' + s) k>.
+    #[test]
+    fn scores_depend_on_relative_position() {
+        let mut cfg = TransformerConfig::new(1, 32, 2, 16, 64);
+        cfg.positional_embedding_type = crate::config::PositionalEmbeddingType::Rotary;
+        cfg.rotary_dim = Some(8);
+        let rot = Rotary::new(&cfg).unwrap();
+        let dev = Device::Cpu;
+        let q = Tensor::randn(0f32, 1.0, (1, 1, 1, 16), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (1, 1, 1, 16), &dev).unwrap();
+        let dot = |pq: u32, pk: u32| -> f32 {
+            let tq = rot.tables(&[vec![pq]], DType::F32, &dev).unwrap();
+            let tk = rot.tables(&[vec![pk]], DType::F32, &dev).unwrap();
+            let a = rot.apply(&q, &tq).unwrap();
+            let b = rot.apply(&k, &tk).unwrap();
+            (a * b).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        assert!((dot(5, 2) - dot(15, 12)).abs() < 1e-4);
+        assert!((dot(5, 2) - dot(5, 3)).abs() > 1e-4);
+        // The dimensions past rotary_dim pass through.
+        let t = rot.tables(&[vec![7]], DType::F32, &dev).unwrap();
+        let out = rot.apply(&q, &t).unwrap();
+        let tail = (out.narrow(3, 8, 8).unwrap() - q.narrow(3, 8, 8).unwrap()).unwrap();
+        assert_eq!(tail.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
