@@ -191,6 +191,33 @@ impl HfConfig {
         }
     }
 
+    /// The fraction of each head that rotary rotates: `partial_rotary_factor` inside
+    /// `rope_parameters` or at the top level, else `legacy_field` (NeoX's `rotary_pct`),
+    /// else 1.
+    pub(crate) fn rotary_fraction(&self, legacy_field: Option<&str>) -> Result<f64> {
+        let nested = self
+            .get("rope_parameters")
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .filter(|v| !v.is_null());
+        let (field, v) = match nested {
+            Some(v) => ("rope_parameters.partial_rotary_factor", Some(v)),
+            None => match self.get("partial_rotary_factor") {
+                Some(v) => ("partial_rotary_factor", Some(v)),
+                None => match legacy_field {
+                    Some(f) => (f, self.get(f)),
+                    None => ("partial_rotary_factor", None),
+                },
+            },
+        };
+        match v {
+            None => Ok(1.0),
+            Some(v) => v
+                .as_f64()
+                .filter(|p| *p > 0.0 && *p <= 1.0)
+                .ok_or_else(|| self.bad(format!("field `{field}` is {v}: expected a number in (0, 1]"))),
+        }
+    }
+
     /// Per-layer attention types from `layer_types` (`"full_attention"` /
     /// `"sliding_attention"`), if the config lists them.
     pub(crate) fn layer_types(&self, n_layers: usize) -> Result<Option<Vec<AttnType>>> {

@@ -58,6 +58,8 @@ pub(super) fn llama_config(hf: &HfConfig, tied_default: bool) -> Result<Transfor
         )));
     }
     let (rotary_base, ntk) = hf.rope("rope_theta", 10000.0)?;
+    // Hugging Face: `int(head_dim * partial_rotary_factor)` dimensions rotate.
+    let rotary_dim = ((hf.rotary_fraction(None)? * d_head as f64) as usize).max(2) & !1;
     if hf.bool_or("mlp_bias", false)? {
         return Err(hf.bad("field `mlp_bias` is true: MLP biases in a gated MLP are not supported"));
     }
@@ -71,7 +73,7 @@ pub(super) fn llama_config(hf: &HfConfig, tied_default: bool) -> Result<Transfor
         eos_token_id: hf.token("eos_token_id", d_vocab)?,
         n_key_value_heads: Some(n_kv),
         positional_embedding_type: PositionalEmbeddingType::Rotary,
-        rotary_dim: Some(d_head),
+        rotary_dim: Some(rotary_dim),
         rotary_base,
         ntk_by_parts_rope: ntk,
         gated_mlp: true,

@@ -15,6 +15,7 @@ mod neox;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod synthetic;
 
 use std::path::Path;
 
@@ -24,6 +25,7 @@ use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
 use crate::model::params::TransformerWeights;
 use hf_config::HfConfig;
+pub use synthetic::{synthetic_checkpoint, write_checkpoint};
 
 /// A model family: how to recognise its `config.json`, and its two conversions.
 pub(crate) struct Family {

@@ -34,14 +34,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         )));
     }
     let d_head = d_model / n_heads;
-    let pct = match hf.get("rotary_pct") {
-        None => 1.0,
-        Some(v) => v
-            .as_f64()
-            .filter(|p| *p > 0.0 && *p <= 1.0)
-            .ok_or_else(|| hf.bad(format!("field `rotary_pct` is {v}: expected a number in (0, 1]")))?,
-    };
-    let rotary_dim = (pct * d_head as f64).round() as usize;
+    let pct = hf.rotary_fraction(Some("rotary_pct"))?;
+    // Hugging Face: `int(head_size * rotary_pct)`.
+    let rotary_dim = ((pct * d_head as f64) as usize).max(2) & !1;
     let (rotary_base, ntk) = hf.rope("rotary_emb_base", 10000.0)?;
     let d_mlp = match hf.opt_usize("intermediate_size")? {
         Some(n) => n,

@@ -26,10 +26,6 @@ pub(crate) const FAMILY: Family = Family {
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let mut cfg = llama_config(hf, false)?;
-    if let Some(f) = hf.opt_f64("partial_rotary_factor")? {
-        let dim = ((cfg.d_head as f64 * f).round() as usize) & !1;
-        cfg.rotary_dim = Some(dim);
-    }
     sliding_windows(hf, &mut cfg, 0)?;
     Ok(cfg)
 }

@@ -204,7 +204,10 @@ impl HookedGpt2 {
                 return Err(Error::invalid(format!("generate: top_p {tp} must be in (0, 1]")));
             }
         }
-        if opts.max_new_tokens > 0 && p + opts.max_new_tokens - 1 > self.cfg().n_ctx {
+        if opts.max_new_tokens > 0
+            && p.checked_add(opts.max_new_tokens - 1)
+                .is_none_or(|n| n > self.cfg().n_ctx)
+        {
             return Err(Error::invalid(format!(
                 "generate: {p} prompt positions + {} new tokens exceed the context length n_ctx = {}",
                 opts.max_new_tokens,
