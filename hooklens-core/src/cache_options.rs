@@ -62,16 +62,17 @@ impl CacheOptions {
     }
 }
 
-/// The axis holding positions in a hook's activation, as TransformerLens's
+/// The axis holding positions in a hook's activation by its name, as TransformerLens's
 /// `run_with_cache` decides it: `-3` for `[batch, pos, head, ..]` points (q, k, v, z,
-/// result, and the per-head inputs), `-2` otherwise; `None` when the tensor is too
+/// result, rotary q and k, and the per-head inputs), `-2` otherwise; points that
+/// declare their axis ([`crate::HookPoint::with_position_axis`]) use that instead; `None` when the tensor is too
 /// small to have one, so such tensors are never sliced. `hook_tokens` (`[batch, pos]`)
 /// is `-1`, where TransformerLens would slice its batch axis.
 pub fn position_axis(name: &str, rank: usize) -> Option<isize> {
     let last = name.rsplit('.').next().unwrap_or(name);
     let axis: isize = match last {
-        "hook_q" | "hook_k" | "hook_v" | "hook_z" | "hook_result" | "hook_q_input" | "hook_k_input"
-        | "hook_v_input" => -3,
+        "hook_q" | "hook_k" | "hook_v" | "hook_z" | "hook_result" | "hook_rot_q" | "hook_rot_k" | "hook_q_input"
+        | "hook_k_input" | "hook_v_input" => -3,
         "hook_tokens" => -1,
         _ => -2,
     };

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use candle_core::Tensor;
@@ -33,7 +33,15 @@ struct Inner {
     n_fwd: AtomicUsize,
     n_bwd: AtomicUsize,
     ctx: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
+    /// The declared position axis (see [`HookPoint::with_position_axis`]), encoded:
+    /// `UNDECLARED`, `NO_AXIS`, or the axis itself.
+    pos_axis: AtomicI8,
 }
+
+/// `pos_axis` when the point declared nothing: the name decides.
+const UNDECLARED: i8 = i8::MIN;
+/// `pos_axis` when the point has no position axis.
+const NO_AXIS: i8 = i8::MAX;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -83,7 +91,41 @@ impl HookPoint {
                 n_fwd: AtomicUsize::new(0),
                 n_bwd: AtomicUsize::new(0),
                 ctx: Mutex::new(HashMap::new()),
+                pos_axis: AtomicI8::new(UNDECLARED),
             }),
+        }
+    }
+
+    /// This point, declaring which axis of its activations holds positions, counted from
+    /// the end: `Some(-2)` for `[batch, pos, d]`, `Some(-3)` for `[batch, pos, head, d]`,
+    /// `Some(-1)` for `[batch, pos]`; `None` for activations without one (such as rows
+    /// flattened over batch, positions and heads), which `pos_slice` then leaves whole.
+    /// A point that declares nothing gets TransformerLens's rule from its name (see
+    /// [`crate::position_axis`]).
+    ///
+    /// ```
+    /// use hooklens_core::HookPoint;
+    /// let q = HookPoint::new().with_position_axis(Some(-3));
+    /// assert_eq!(q.position_axis(4), Some(-3));
+    /// assert_eq!(q.position_axis(2), None); // too few axes for it
+    /// ```
+    pub fn with_position_axis(self, axis: Option<isize>) -> Self {
+        let code = match axis {
+            None => NO_AXIS,
+            Some(a) => i8::try_from(a).ok().filter(|a| *a < 0).unwrap_or(NO_AXIS),
+        };
+        self.inner.pos_axis.store(code, Ordering::Relaxed);
+        self
+    }
+
+    /// The position axis of an activation of rank `rank` at this point (negative, from
+    /// the end), as declared by [`HookPoint::with_position_axis`] or, undeclared, by the
+    /// point's name; `None` when it has none or `rank` is too small for it.
+    pub fn position_axis(&self, rank: usize) -> Option<isize> {
+        match self.inner.pos_axis.load(Ordering::Relaxed) {
+            UNDECLARED => crate::position_axis(&self.name(), rank),
+            NO_AXIS => None,
+            a => (rank as isize >= -(a as isize)).then_some(a as isize),
         }
     }
 

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex};
 use candle_core::Tensor;
 
 use crate::activation_cache::squeeze_batch;
-use crate::cache_options::position_axis;
 use crate::hook_scope::next_level;
 use crate::run_frame::{FrameGuard, RunFrame};
 use crate::{
@@ -302,7 +301,7 @@ fn add_recorders<M: HookedModel + ?Sized>(
         let (recorder, opts) = (recorder.clone(), opts.clone());
         Hook::new(move |x: &Tensor, hp: &HookPoint| {
             let name = hp.name();
-            let t = prepare_for_cache(&name, x, &opts)?;
+            let t = prepare_for_cache(hp, &name, x, &opts)?;
             recorder.push(format!("{name}{suffix}"), t);
             Ok(None)
         })
@@ -318,7 +317,7 @@ impl<M: Hooked + ?Sized> HookedModel for M {}
 
 /// Applies `run_with_cache`'s options to one activation: device move, batch axis,
 /// position slice. Without a device move the result shares `x`'s storage.
-fn prepare_for_cache(name: &str, x: &Tensor, opts: &CacheOptions) -> Result<Tensor> {
+fn prepare_for_cache(hp: &HookPoint, name: &str, x: &Tensor, opts: &CacheOptions) -> Result<Tensor> {
     let mut t = x.clone();
     if let Some(device) = &opts.device {
         t = t.to_device(device)?;
@@ -327,7 +326,7 @@ fn prepare_for_cache(name: &str, x: &Tensor, opts: &CacheOptions) -> Result<Tens
         t = squeeze_batch(name, &t)?;
     }
     if let Some(slice) = &opts.pos_slice {
-        if let Some(axis) = position_axis(name, t.rank()) {
+        if let Some(axis) = hp.position_axis(t.rank()) {
             t = slice.apply(&t, axis)?;
         }
     }

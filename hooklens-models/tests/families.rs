@@ -151,3 +151,31 @@ fn every_hook_gradient_matches_transformer_lens() {
         }
     }
 }
+
+#[test]
+fn pos_slice_finds_each_points_position_axis() {
+    use hooklens_core::Slice;
+    let m = model("qwen3", &LoadOptions::no_processing());
+    let tokens = tokens("qwen3");
+    let (_, full) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let (_, last) = m
+        .run_with_cache(CacheOptions::new().pos_slice(Slice::Index(-1)), |m| m.forward(&tokens))
+        .unwrap();
+    for name in [
+        "blocks.0.attn.hook_rot_q",
+        "blocks.1.attn.hook_rot_k",
+        "blocks.0.attn.hook_q",
+    ] {
+        let want = full[name].narrow(1, 9, 1).unwrap().squeeze(1).unwrap();
+        assert_eq!(last[name].dims(), want.dims(), "{name}");
+        assert_eq!(common::max_diff(&last[name], &want), 0.0, "{name}");
+    }
+    assert_eq!(last["blocks.0.hook_resid_pre"].dims(), [2, 64]);
+    // The q/k norms' rows are flattened over batch, positions and heads: left whole.
+    for name in [
+        "blocks.0.attn.q_norm.hook_scale",
+        "blocks.0.attn.k_norm.hook_normalized",
+    ] {
+        assert_eq!(last[name].dims(), full[name].dims(), "{name}");
+    }
+}

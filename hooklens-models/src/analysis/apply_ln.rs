@@ -82,6 +82,28 @@ impl LnOptions {
 }
 
 impl Analysis<'_> {
+    /// Whether the model's norms are RMSNorms (which scale but do not centre).
+    pub(crate) fn rms(&self) -> bool {
+        self.model.cfg().normalization_type.is_rms()
+    }
+
+    /// Whether attention and MLP read the same residual (GPT-NeoX): no `resid_mid`.
+    pub(crate) fn parallel(&self) -> bool {
+        self.model.cfg().parallel_attn_mlp
+    }
+
+    /// `x` `[..., d_model]` minus its mean over `d_model` where the model's norm is a
+    /// LayerNorm (its centring), `x` itself for RMSNorm. Projecting a centred vector
+    /// onto `d` equals projecting the vector onto the centred `d`, so this also serves
+    /// directions.
+    pub(crate) fn centre_for_ln(&self, x: &Tensor) -> Result<Tensor> {
+        if self.rms() {
+            Ok(x.clone())
+        } else {
+            Ok(x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?)
+        }
+    }
+
     /// The scale `[..., pos, 1]` of the LayerNorm reading the input of `layer`
     /// (`0..=n_layers`), cached or recomputed from the residual stream.
     pub(crate) fn ln_scale(&self, layer: usize, mlp_input: bool, recompute: bool) -> Result<Tensor> {
@@ -94,7 +116,9 @@ impl Analysis<'_> {
         let (scale_name, resid) = if layer == n {
             ("ln_final.hook_scale".to_string(), ("resid_post", n - 1))
         } else if mlp_input {
-            (format!("blocks.{layer}.ln2.hook_scale"), ("resid_mid", layer))
+            // A parallel block's MLP reads resid_pre, as its attention does.
+            let input = if self.parallel() { "resid_pre" } else { "resid_mid" };
+            (format!("blocks.{layer}.ln2.hook_scale"), (input, layer))
         } else {
             (format!("blocks.{layer}.ln1.hook_scale"), ("resid_pre", layer))
         };
@@ -108,8 +132,12 @@ impl Analysis<'_> {
         let x = self.at(resid.0, resid.1)?;
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
-        let centred = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let x = if self.rms() {
+            x
+        } else {
+            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
+        };
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
         Ok((var + self.model.cfg().eps)?.sqrt()?.to_dtype(dtype)?)
     }
 
@@ -126,9 +154,9 @@ impl Analysis<'_> {
     }
 
     /// TransformerLens's `apply_ln_to_stack`: treats each component of `stack`
-    /// `[components, ..., d_model]` as the input of a LayerNorm and applies that
-    /// LayerNorm's scaling from the full forward pass: centre each component, divide by
-    /// the cached scale (global over the whole residual, which is why the cached one is
+    /// `[components, ..., d_model]` as the input of a norm and applies that norm's
+    /// scaling from the full forward pass: centre each component (LayerNorm models
+    /// only: an RMSNorm does not centre), divide by the cached scale (global over the whole residual, which is why the cached one is
     /// used). Returns `[components, ..., d_model]` (batch-sliced if asked). A stack that
     /// does not broadcast against the scale is an error naming both shapes. A LayerNorm's
     /// gain and bias are not applied (TransformerLens's semantics): on a processed model
@@ -145,7 +173,7 @@ impl Analysis<'_> {
         } else {
             stack.clone()
         };
-        let centred = stack.broadcast_sub(&stack.mean_keepdim(D::Minus1)?)?;
+        let centred = self.centre_for_ln(&stack)?;
         let scale = self.sliced_scale(opts)?;
         centred.broadcast_div(&scale).map_err(|e| {
             Error::invalid(format!(

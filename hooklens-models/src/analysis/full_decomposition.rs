@@ -7,7 +7,7 @@ use hooklens_core::{Result, Slice};
 use super::apply_ln::LnOptions;
 use super::cache_view::{apply_slice, Analysis, LabeledStack};
 use super::head_results::StackHeads;
-use super::neuron_results::{centre, project, StackNeurons};
+use super::neuron_results::{project, StackNeurons};
 use super::resid::{DecomposeMode, DecomposeResid};
 
 /// Options of [`Analysis::get_full_resid_decomposition`].
@@ -52,7 +52,7 @@ impl Analysis<'_> {
     pub fn get_full_resid_decomposition(&self, opts: &FullDecomposition) -> Result<LabeledStack> {
         let layer = self.upto(opts.layer)?;
         let direction = match &opts.project_output_onto {
-            Some(d) if opts.apply_ln => Some(centre(d)?),
+            Some(d) if opts.apply_ln => Some(self.centre_for_ln(d)?),
             Some(d) => Some(d.clone()),
             None => None,
         };

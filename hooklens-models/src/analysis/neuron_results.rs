@@ -34,13 +34,6 @@ fn keep_axis(s: &Slice) -> Slice {
     }
 }
 
-/// `direction` minus its mean over `d_model`: projecting a centred vector onto `d`
-/// equals projecting the vector onto the centred `d`, which is how LayerNorm's centring
-/// is applied to projected stacks.
-pub(crate) fn centre(direction: &Tensor) -> Result<Tensor> {
-    Ok(direction.broadcast_sub(&direction.mean_keepdim(D::Minus1)?)?)
-}
-
 /// `x` `[..., d_model]` · `direction` (`[d_model]` or broadcasting `[..., d_model]`) -> `[...]`.
 pub(crate) fn project(x: &Tensor, direction: &Tensor) -> Result<Tensor> {
     let prod = x.broadcast_mul(direction).map_err(|e| {
@@ -119,7 +112,7 @@ impl Analysis<'_> {
         let neuron_ids = neuron_slice.indices(d_mlp)?;
         // With LayerNorm, projections use the centred direction (see `centre`).
         let direction = match &opts.project_output_onto {
-            Some(d) if opts.apply_ln => Some(centre(d)?),
+            Some(d) if opts.apply_ln => Some(self.centre_for_ln(d)?),
             Some(d) => Some(d.clone()),
             None => None,
         };

@@ -209,10 +209,19 @@ pub struct Patching<'a, M: HookedModel + Sync> {
 }
 
 impl<'a> Patching<'a, HookedGpt2> {
-    /// Patching for a GPT-2 run on `corrupted_tokens` `[batch, pos]` against
-    /// `clean_cache` (a full `run_with_cache` of the clean input, with its batch axis).
-    /// The metric sees logits `[batch, pos, d_vocab]`.
+    /// [`Patching::transformer`], under its name from the GPT-2-only releases.
     pub fn gpt2(model: &'a HookedGpt2, corrupted_tokens: &'a Tensor, clean_cache: &'a ActivationCache) -> Result<Self> {
+        Self::transformer(model, corrupted_tokens, clean_cache)
+    }
+
+    /// Patching for a run of a bundled model (any family) on `corrupted_tokens`
+    /// `[batch, pos]` against `clean_cache` (a full `run_with_cache` of the clean input,
+    /// with its batch axis). The metric sees logits `[batch, pos, d_vocab]`.
+    pub fn transformer(
+        model: &'a HookedGpt2,
+        corrupted_tokens: &'a Tensor,
+        clean_cache: &'a ActivationCache,
+    ) -> Result<Self> {
         let (batch, n_pos) = match corrupted_tokens.dims() {
             [b, p] => (*b, *p),
             [p] => (1, *p),

@@ -71,8 +71,17 @@ impl Analysis<'_> {
     /// `incl_mid`, `layer`'s own `"{layer}_mid"` if `mlp_input`), and `"final_post"` (the
     /// last block's `resid_post`) when `layer` is `n_layers`. Stack
     /// `[components, ..., d_model]` -- the logit lens.
+    ///
+    /// In a parallel block (GPT-NeoX) there is no `resid_mid`: `incl_mid` is an error,
+    /// and with `mlp_input` the MLP's input is the block's `resid_pre`.
     pub fn accumulated_resid(&self, opts: &AccumulatedResid) -> Result<LabeledStack> {
         let layer = self.upto(opts.layer)?;
+        if opts.incl_mid && self.parallel() {
+            return Err(Error::invalid(
+                "accumulated_resid with incl_mid: this model's attention and MLP run in parallel \
+                 (parallel_attn_mlp), so there is no resid_mid",
+            ));
+        }
         let n = self.n_layers();
         let mut parts = Vec::new();
         let mut labels = Vec::new();
@@ -84,7 +93,7 @@ impl Analysis<'_> {
             }
             parts.push(self.at("resid_pre", l)?.clone());
             labels.push(format!("{l}_pre"));
-            if (opts.incl_mid && l < layer) || (opts.mlp_input && l == layer) {
+            if (opts.incl_mid && l < layer) || (opts.mlp_input && l == layer && !self.parallel()) {
                 parts.push(self.at("resid_mid", l)?.clone());
                 labels.push(format!("{l}_mid"));
             }
@@ -109,7 +118,7 @@ impl Analysis<'_> {
     /// TransformerLens's `decompose_resid`: the residual stream entering `layer` split
     /// into `"embed"`, `"pos_embed"` (with `incl_embeds`) and each earlier layer's
     /// `"{l}_attn_out"` / `"{l}_mlp_out"` (as `mode` selects), plus `"{layer}_attn_out"`
-    /// with `mlp_input`. Stack `[components, ..., d_model]`; with mode `All` and the
+    /// with `mlp_input` (except in a parallel block, whose MLP reads `resid_pre`). Stack `[components, ..., d_model]`; with mode `All` and the
     /// embeddings it sums to the residual it decomposes (sublayer outputs include their
     /// biases).
     pub fn decompose_resid(&self, opts: &DecomposeResid) -> Result<LabeledStack> {
@@ -138,7 +147,8 @@ impl Analysis<'_> {
                 labels.push(format!("{l}_mlp_out"));
             }
         }
-        if opts.mlp_input && incl_attn {
+        // A parallel block's MLP reads resid_pre: its own attention is not an input.
+        if opts.mlp_input && incl_attn && !self.parallel() {
             if layer == self.n_layers() {
                 return Err(Error::invalid(
                     "decompose_resid with mlp_input needs a layer below n_layers (the unembedding has no MLP)",

@@ -175,6 +175,9 @@ impl HookedTransformer {
 
     fn from_weights(cfg: TransformerConfig, w: TransformerWeights) -> Result<Self> {
         let opt = |on: bool| on.then(HookPoint::new);
+        // `[batch, pos, head, ..]` points: positions are the third axis from the end.
+        let per_head = || HookPoint::new().with_position_axis(Some(-3));
+        let opt_per_head = |on: bool| on.then(per_head);
         let kind = if cfg.normalization_type.is_rms() {
             NormKind::Rms
         } else {
@@ -187,7 +190,10 @@ impl HookedTransformer {
         let rotary = Rotary::new(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
         for l in w.layers {
-            let head_norm = |g: Option<Tensor>| g.map(|g| Norm::rms(Some(g), cfg.eps)).transpose();
+            let head_norm = |g: Option<Tensor>| {
+                g.map(|g| Norm::rms(Some(g), cfg.eps).map(Norm::rows_without_positions))
+                    .transpose()
+            };
             blocks.push(Block {
                 ln1: norm(l.ln1)?,
                 ln1_post: post_norm(l.ln1_post)?,
@@ -206,15 +212,15 @@ impl HookedTransformer {
                     rotary: rotary.clone(),
                     q_norm: head_norm(l.q_norm)?,
                     k_norm: head_norm(l.k_norm)?,
-                    hook_k: HookPoint::new(),
-                    hook_q: HookPoint::new(),
-                    hook_v: HookPoint::new(),
-                    hook_z: HookPoint::new(),
+                    hook_k: per_head(),
+                    hook_q: per_head(),
+                    hook_v: per_head(),
+                    hook_z: per_head(),
                     hook_attn_scores: HookPoint::new(),
                     hook_pattern: HookPoint::new(),
-                    hook_result: opt(cfg.use_attn_result),
-                    hook_rot_k: opt(rotary.is_some()),
-                    hook_rot_q: opt(rotary.is_some()),
+                    hook_result: opt_per_head(cfg.use_attn_result),
+                    hook_rot_k: opt_per_head(rotary.is_some()),
+                    hook_rot_q: opt_per_head(rotary.is_some()),
                 },
                 mlp: Mlp {
                     hook_pre_linear: opt(l.w_gate.is_some()),
@@ -227,10 +233,10 @@ impl HookedTransformer {
                     hook_pre: HookPoint::new(),
                     hook_post: HookPoint::new(),
                 },
-                hook_attn_in: opt(cfg.use_attn_in),
-                hook_q_input: opt(cfg.use_split_qkv_input),
-                hook_k_input: opt(cfg.use_split_qkv_input),
-                hook_v_input: opt(cfg.use_split_qkv_input),
+                hook_attn_in: opt_per_head(cfg.use_attn_in),
+                hook_q_input: opt_per_head(cfg.use_split_qkv_input),
+                hook_k_input: opt_per_head(cfg.use_split_qkv_input),
+                hook_v_input: opt_per_head(cfg.use_split_qkv_input),
                 hook_mlp_in: opt(cfg.use_hook_mlp_in),
                 hook_attn_out: HookPoint::new(),
                 hook_mlp_out: HookPoint::new(),
@@ -247,7 +253,9 @@ impl HookedTransformer {
             hook_embed: HookPoint::new(),
             hook_pos_embed: opt(w.w_pos.is_some()),
             pos_embed: w.w_pos.map(|w_pos| PosEmbed { w_pos }),
-            hook_tokens: opt(cfg.use_hook_tokens),
+            hook_tokens: cfg
+                .use_hook_tokens
+                .then(|| HookPoint::new().with_position_axis(Some(-1))),
             blocks,
             ln_final: norm(w.ln_final)?,
             unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,

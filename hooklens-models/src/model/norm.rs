@@ -82,6 +82,15 @@ impl Norm {
         })
     }
 
+    /// This norm with hook points whose activations have no position axis: rows
+    /// flattened over batch, positions and heads (the q/k norms), which `pos_slice`
+    /// must leave whole.
+    pub(crate) fn rows_without_positions(mut self) -> Self {
+        self.hook_scale = std::mem::take(&mut self.hook_scale).with_position_axis(None);
+        self.hook_normalized = std::mem::take(&mut self.hook_normalized).with_position_axis(None);
+        self
+    }
+
     /// LayerNorm or RMSNorm.
     pub fn kind(&self) -> NormKind {
         self.kind

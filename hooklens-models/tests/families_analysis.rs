@@ -1,0 +1,222 @@
+//! The analysis toolkit on every family (TransformerLens reference checkpoints,
+//! processed as `from_pretrained` does): identities that hold for any weights.
+//! - `decompose_resid` sums to the final residual; with the final norm's scaling,
+//!   `logit_attrs` of its components sum to the logits minus `b_U` (before a logit
+//!   soft cap), and the last `accumulated_resid` component unembeds to the logits;
+//! - `stack_head_results` plus `b_O` is `attn_out` (where no norm follows attention);
+//! - the OV and QK circuits of a grouped-query model read each query head's key/value
+//!   head; composition scores are finite and shaped `[L, H, L, H]`;
+//! - activation patching from the clean run into the clean run changes nothing.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, IndexOp, Tensor, D};
+use common::max_diff;
+use hooklens_core::{CacheOptions, HookedModel, Slice};
+use hooklens_models::analysis::patching::Patching;
+use hooklens_models::analysis::{
+    token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeResid, LogitAttrs, StackHeads,
+};
+use hooklens_models::{HookedTransformer, LoadOptions};
+
+const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
+
+fn model(family: &str) -> HookedTransformer {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(family)
+        .join("model");
+    HookedTransformer::from_dir(dir, &LoadOptions::default()).unwrap()
+}
+
+fn tokens(family: &str) -> Tensor {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(family)
+        .join("tokens.safetensors");
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+        .unwrap()
+        .remove("tokens")
+        .unwrap()
+        .to_dtype(DType::U32)
+        .unwrap()
+}
+
+fn scale_of(t: &Tensor) -> f32 {
+    max_diff(t, &t.zeros_like().unwrap())
+}
+
+#[test]
+fn residual_decompositions_and_logit_attribution_add_up() {
+    for family in FAMILIES {
+        let mut m = model(family);
+        m.set_use_attn_result(true);
+        let tokens = tokens(family);
+        let (logits, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+        let soft_capped = m.cfg().output_logits_soft_cap.is_some();
+        let post_norms = m.cfg().use_normalization_before_and_after;
+        let a = Analysis::new(&m, cache);
+        let n = m.cfg().n_layers;
+
+        let parts = a.decompose_resid(&DecomposeResid::default()).unwrap();
+        let total = parts.stack.sum(0).unwrap();
+        let final_resid = a.get_by_name(&format!("blocks.{}.hook_resid_post", n - 1)).unwrap();
+        assert!(
+            max_diff(&total, final_resid) < 1e-4 * scale_of(final_resid),
+            "{family}: decompose_resid sums to the residual"
+        );
+
+        // The last position's logit of token 5 for every sequence, from the components.
+        let pos = Slice::Index(-1);
+        // logit_attrs applies the final norm's scaling itself.
+        let parts_last = a
+            .decompose_resid(&DecomposeResid {
+                pos_slice: pos.clone(),
+                ..DecomposeResid::default()
+            })
+            .unwrap();
+        let tok = token_tensor(&[5, 5]).unwrap();
+        let attrs = a
+            .logit_attrs(
+                &parts_last.stack,
+                &tok,
+                &LogitAttrs {
+                    pos_slice: pos.clone(),
+                    ..LogitAttrs::new()
+                },
+            )
+            .unwrap();
+        let summed = attrs.sum(0).unwrap();
+        let last = logits.i((.., logits.dim(1).unwrap() - 1, 5)).unwrap();
+        let b_u = m.b_u().i(5).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let want = (last - b_u).unwrap();
+        if !soft_capped {
+            assert!(
+                max_diff(&summed, &want) < 1e-4 * scale_of(&logits),
+                "{family}: logit attributions add up: {} vs {}",
+                summed,
+                want
+            );
+            let lens = a
+                .accumulated_resid(&AccumulatedResid {
+                    apply_ln: true,
+                    pos_slice: pos.clone(),
+                    ..AccumulatedResid::default()
+                })
+                .unwrap();
+            let final_post = lens.stack.get(lens.stack.dim(0).unwrap() - 1).unwrap();
+            let unembedded = m
+                .unembed
+                .forward(&final_post.unsqueeze(1).unwrap())
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
+            let want = logits.i((.., logits.dim(1).unwrap() - 1)).unwrap();
+            assert!(
+                max_diff(&unembedded, &want) < 1e-4 * scale_of(&want),
+                "{family}: the logit lens's last layer is the logits"
+            );
+        }
+
+        let heads = a
+            .stack_head_results(&StackHeads {
+                layer: None,
+                incl_remainder: false,
+                pos_slice: Slice::All,
+                apply_ln: false,
+            })
+            .unwrap();
+        let per_layer = heads.stack.dim(0).unwrap() / n;
+        assert_eq!(per_layer, m.cfg().n_heads, "{family}");
+        if !post_norms {
+            for l in 0..n {
+                let sum = heads.stack.narrow(0, l * per_layer, per_layer).unwrap().sum(0).unwrap();
+                let b_o = m.b_o().unwrap().get(l).unwrap();
+                let got = sum.broadcast_add(&b_o).unwrap();
+                let want = a.get_by_name(&format!("blocks.{l}.hook_attn_out")).unwrap();
+                assert!(
+                    max_diff(&got, want) < 1e-4 * scale_of(want),
+                    "{family}: heads of layer {l}"
+                );
+            }
+        }
+        if m.cfg().parallel_attn_mlp {
+            let err = a
+                .accumulated_resid(&AccumulatedResid {
+                    incl_mid: true,
+                    ..AccumulatedResid::default()
+                })
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("resid_mid"), "{family}: {err}");
+        }
+    }
+}
+
+#[test]
+fn circuits_read_the_right_key_value_heads() {
+    for family in FAMILIES {
+        let m = model(family);
+        let cfg = m.cfg();
+        let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
+        let group = h / kv;
+        let w_v = m.w_v().unwrap();
+        let w_k = m.w_k().unwrap();
+        assert_eq!(w_v.dims(), [cfg.n_layers, h, cfg.d_model, dh], "{family}");
+        // Query heads of one group share their key/value weights.
+        for l in 0..cfg.n_layers {
+            for head in 0..h {
+                let first = (head / group) * group;
+                assert_eq!(max_diff(&w_k.i((l, head)).unwrap(), &w_k.i((l, first)).unwrap()), 0.0);
+                assert_eq!(max_diff(&w_v.i((l, head)).unwrap(), &w_v.i((l, first)).unwrap()), 0.0);
+            }
+        }
+        let ov = m.ov_circuit().unwrap();
+        let dense = w_v.matmul(&m.w_o().unwrap()).unwrap();
+        assert!(max_diff(&ov.ab().unwrap(), &dense) < 1e-5, "{family}: OV");
+        let qk = m.qk_circuit().unwrap();
+        assert_eq!(qk.shape(), [cfg.n_layers, h, cfg.d_model, cfg.d_model], "{family}: QK");
+        let scores = m.all_composition_scores(CompositionMode::Q).unwrap();
+        assert_eq!(scores.dims(), [cfg.n_layers, h, cfg.n_layers, h], "{family}");
+        let finite = scores.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(finite.iter().all(|x| x.is_finite()), "{family}: composition scores");
+    }
+}
+
+#[test]
+fn patching_the_clean_run_into_itself_changes_nothing() {
+    for family in FAMILIES {
+        let m = model(family);
+        let tokens = tokens(family);
+        let (logits, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+        let metric = |l: &Tensor| -> hooklens_core::Result<f64> {
+            let last = l.i((.., l.dim(1)? - 1))?;
+            Ok(candle_nn::ops::log_softmax(&last, D::Minus1)?
+                .i((.., 7))?
+                .mean_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        };
+        let clean = metric(&logits).unwrap();
+        let p = Patching::transformer(&m, &tokens, &cache).unwrap();
+        let sweep = p.get_act_patch_resid_pre(&metric).unwrap();
+        assert_eq!(sweep.dims(), [m.cfg().n_layers, tokens.dim(1).unwrap()], "{family}");
+        for v in sweep
+            .flatten_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+        {
+            assert!(
+                (v - clean).abs() < 1e-4 * clean.abs().max(1.0),
+                "{family}: {v} vs {clean}"
+            );
+        }
+        let heads = p.get_act_patch_attn_head_out_all_pos(&metric).unwrap();
+        assert_eq!(heads.dims(), [m.cfg().n_layers, m.cfg().n_heads], "{family}");
+    }
+}
