@@ -127,3 +127,57 @@ fn cache_grads_match_transformer_lens_on_every_family() {
         }
     }
 }
+
+/// A family's model folder with the tiny byte-level tokenizer (512 ids) beside it.
+fn with_tokenizer(tmp: &TempDir, family: &str) -> std::path::PathBuf {
+    let dir = tmp.path(family);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = root().join("testdata").join(family).join("model");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        root().join("testdata/tiny-tokenizer/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn prompts_use_the_models_tokenizer_and_bos_convention() {
+    let tmp = TempDir::new("families-text");
+    for (family, bos) in [("llama", Some(496u32)), ("qwen3", None), ("gemma2", Some(2))] {
+        let dir = with_tokenizer(&tmp, family);
+        let out = tmp.path(&format!("{family}.safetensors"));
+        let o = offline_command(&[
+            "cache",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "hello world",
+            "--names",
+            "hook_embed",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert!(o.status.success(), "{family}: {}", String::from_utf8_lossy(&o.stderr));
+        let tokens = load(&out)["tokens"].to_vec2::<i64>().unwrap();
+        match bos {
+            // TransformerLens prepends the config's bos_token_id...
+            Some(b) => assert_eq!(tokens[0][0], b as i64, "{family}: {tokens:?}"),
+            // ... except for Qwen (default_prepend_bos false).
+            None => assert_ne!(tokens[0][0], 510, "{family}: {tokens:?}"),
+        }
+    }
+    // Without a tokenizer.json, a prompt is an error naming it (GPT-2's BPE would give
+    // ids of another vocabulary).
+    let model = root().join("testdata/llama/model");
+    let o = offline_command(&["run", "--model", model.to_str().unwrap(), "--prompt", "hello"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("tokenizer.json"), "{err}");
+}

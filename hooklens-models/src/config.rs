@@ -308,6 +308,11 @@ impl TransformerConfig {
         }
     }
 
+    /// Whether this is a GPT-2 (whose tokenizer, GPT-2's BPE, is built in).
+    pub fn is_gpt2(&self) -> bool {
+        self.original_architecture.starts_with("GPT2")
+    }
+
     /// Whether positions enter through rotary embeddings (no `W_pos`, no `hook_pos_embed`).
     pub fn is_rotary(&self) -> bool {
         self.positional_embedding_type == PositionalEmbeddingType::Rotary

@@ -179,3 +179,22 @@ fn pos_slice_finds_each_points_position_axis() {
         assert_eq!(last[name].dims(), full[name].dims(), "{name}");
     }
 }
+
+#[test]
+fn greedy_generation_equals_transformer_lens() {
+    use hooklens_models::GenerateOptions;
+    for family in FAMILIES {
+        let m = model(family, &LoadOptions::no_processing());
+        let reference = load_ref(family, "tl_generate.safetensors");
+        let prompt = &reference["prompt"];
+        let want = reference["generated"].to_vec2::<i64>().unwrap();
+        let new = want[0].len() - prompt.dim(1).unwrap();
+        for kv in [true, false] {
+            let mut opts = GenerateOptions::greedy(new);
+            opts.stop_at_eos = false;
+            opts.use_kv_cache = kv;
+            let got = m.generate(prompt, &opts).unwrap().to_vec2::<i64>().unwrap();
+            assert_eq!(got, want, "{family} (kv cache {kv})");
+        }
+    }
+}

@@ -133,7 +133,9 @@ pub struct InputArgs {
     /// A safetensors file holding an integer tensor `tokens` [batch, pos] (or [pos]).
     #[arg(long, value_name = "FILE")]
     pub tokens: Option<PathBuf>,
-    /// Do not put BOS before each prompt (TransformerLens prepends it by default).
+    /// Do not put BOS before each prompt. By default BOS goes first where the model's
+    /// family has TransformerLens prepend it (`default_prepend_bos`: every family but
+    /// Qwen 2 / Qwen 3).
     #[arg(long)]
     pub no_bos: bool,
 }
@@ -161,12 +163,13 @@ impl InputArgs {
             });
         }
         let prompts: Vec<&str> = self.prompt.iter().map(String::as_str).collect();
-        let (tokens, mask) = model.to_tokens_with_mask(prompts, !self.no_bos, side)?;
+        let bos = !self.no_bos && model.cfg().default_prepend_bos;
+        let (tokens, mask) = model.to_tokens_with_mask(prompts, bos, side)?;
         let padded = mask.min_all()?.to_scalar::<u32>()? == 0;
         Ok(Input {
             tokens,
             mask: padded.then_some(mask),
-            prepended_bos: !self.no_bos,
+            prepended_bos: bos,
         })
     }
 }

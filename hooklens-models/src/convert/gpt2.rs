@@ -5,7 +5,7 @@
 //! buffers, which are ignored. `lm_head.weight` is tied to `wte.weight` when absent.
 //! Conv1D weights are `[in, out]`, which is also the layout the model multiplies with.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 
 use super::hf_config::HfConfig;
@@ -119,7 +119,7 @@ pub(crate) fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &
     } else {
         src.get("lm_head.weight", &[v, d])?.t()?
     };
-    let b_u = Tensor::zeros(v, DType::F32, w_e.device())?;
+    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
     Ok(TransformerWeights {
         w_e,
         w_pos: Some(w_pos),

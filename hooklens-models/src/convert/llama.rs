@@ -4,7 +4,7 @@
 //! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
 //! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
@@ -150,7 +150,7 @@ pub(super) fn read_llama_layout(
     };
     let w_e = src.get("model.embed_tokens.weight", &[v, d])?;
     let device = w_e.device().clone();
-    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &device);
+    let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
         let p = format!("model.layers.{i}");
@@ -229,7 +229,7 @@ pub(super) fn finish(
     } else {
         src.get(lm_head, &[v, d])?.t()?
     };
-    let b_u = Tensor::zeros(v, DType::F32, w_e.device())?;
+    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
     Ok(TransformerWeights {
         w_e,
         w_pos,

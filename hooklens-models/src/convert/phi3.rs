@@ -5,7 +5,7 @@
 //! set, applies to every layer and `partial_rotary_factor` to the rotary width, as in
 //! Hugging Face (TransformerLens 2.16.1 ignores both); `longrope` scaling is refused.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
@@ -41,7 +41,7 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     );
     let w_e = src.get("model.embed_tokens.weight", &[v, d])?;
     let device = w_e.device().clone();
-    let zeros = |n: usize| Tensor::zeros(n, DType::F32, &device);
+    let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
     let norm = |name: &str| -> Result<_> { Ok(Some((src.get(&format!("{name}.weight"), &[d])?, None))) };
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {

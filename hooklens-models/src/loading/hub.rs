@@ -18,6 +18,32 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The optional tokenizer file of a model.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The index of a sharded checkpoint, used when there is no [`WEIGHTS_FILE`].
+pub const SHARD_INDEX_FILE: &str = super::SHARD_INDEX;
+
+/// The shard files a `model.safetensors.index.json` names, each once, in order of
+/// first mention; an unreadable index is an error naming it.
+fn shard_files(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadFile {
+        path: index.to_path_buf(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::BadFile {
+            path: index.to_path_buf(),
+            reason: "no `weight_map` object: not a safetensors index".into(),
+        })?;
+    let mut files: Vec<String> = Vec::new();
+    for f in map.values().filter_map(|v| v.as_str()) {
+        if !files.iter().any(|x| x == f) {
+            files.push(f.to_string());
+        }
+    }
+    Ok(files)
+}
 
 /// TransformerLens's names for models that are not Hugging Face ids.
 const ALIASES: &[(&str, &str)] = &[("gpt2-small", "gpt2")];
@@ -267,17 +293,25 @@ fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
 }
 
 fn from_directory(dir: &Path, with_weights: bool) -> Result<Found> {
+    // A sharded checkpoint's index stands in for the single file.
+    let sharded = !dir.join(WEIGHTS_FILE).is_file() && dir.join(SHARD_INDEX_FILE).is_file();
     for file in required(with_weights) {
-        if !dir.join(file).is_file() {
+        if !(dir.join(file).is_file() || sharded && *file == WEIGHTS_FILE) {
+            let or_index = if *file == WEIGHTS_FILE {
+                format!(" (nor {SHARD_INDEX_FILE})")
+            } else {
+                String::new()
+            };
             return Err(Error::invalid(format!(
-                "model directory {}: no {file} in it",
+                "model directory {}: no {file}{or_index} in it",
                 dir.display()
             )));
         }
     }
+    let weights_file = if sharded { SHARD_INDEX_FILE } else { WEIGHTS_FILE };
     Ok(Found {
         config: dir.join(CONFIG_FILE),
-        weights: with_weights.then(|| dir.join(WEIGHTS_FILE)),
+        weights: with_weights.then(|| dir.join(weights_file)),
         tokenizer: Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file()),
         source: ModelSource::Directory(dir.to_path_buf()),
     })
@@ -346,9 +380,15 @@ fn hub_source(id: &str, opts: &HubOptions) -> ModelSource {
 fn from_cache(id: &str, opts: &HubOptions, with_weights: bool) -> Option<Found> {
     let cache = Cache::new(opts.cache_dir.clone());
     for name in std::iter::once(id).chain(other_name(id)) {
-        let found = |file| cached_file(&cache, name, &opts.revision, file);
+        let found = |file: &str| cached_file(&cache, name, &opts.revision, file);
         let weights = if with_weights {
-            match found(WEIGHTS_FILE) {
+            let sharded = || {
+                // The index, if every shard it names is cached beside it.
+                let index = found(SHARD_INDEX_FILE)?;
+                let shards = shard_files(&index).ok()?;
+                shards.iter().all(|f| found(f).is_some()).then_some(index)
+            };
+            match found(WEIGHTS_FILE).or_else(sharded) {
                 Some(w) => Some(w),
                 None => continue,
             }
@@ -415,7 +455,33 @@ fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
         })
     };
     let config = get(CONFIG_FILE)?;
-    let weights = if with_weights { Some(get(WEIGHTS_FILE)?) } else { None };
+    let weights = if with_weights {
+        match remote.get(WEIGHTS_FILE) {
+            Ok(w) => Some(w),
+            // Large checkpoints come as shards listed by an index.
+            Err(single_err) => match remote.get(SHARD_INDEX_FILE) {
+                Ok(index) => {
+                    for shard in shard_files(&index)? {
+                        get(&shard)?;
+                    }
+                    Some(index)
+                }
+                Err(_) => {
+                    return Err(not_cached(
+                        id,
+                        opts,
+                        with_weights,
+                        &format!(
+                        "downloading {WEIGHTS_FILE} from {} failed ({single_err}), and there is no {SHARD_INDEX_FILE}",
+                        remote.url(WEIGHTS_FILE)
+                    ),
+                    ))
+                }
+            },
+        }
+    } else {
+        None
+    };
     // Many repositories have no tokenizer.json; GPT-2's BPE is the fallback then.
     let tokenizer = remote.get(TOKENIZER_FILE).ok();
     Ok(Found {
@@ -465,8 +531,13 @@ impl HookedGpt2 {
             return Self::builtin_with(opts);
         }
         let files = resolve_with(name, hub)?;
+        let model = Self::from_files(&files.config, &files.weights, opts)?;
+        // GPT-2's BPE stands in for a missing tokenizer.json of a GPT-2 only.
+        if files.tokenizer.is_none() && !model.cfg().is_gpt2() {
+            return Ok(model);
+        }
         let tokenizer = files.tokenizer()?;
-        Ok(Self::from_files(&files.config, &files.weights, opts)?.with_tokenizer(tokenizer))
+        Ok(model.with_tokenizer(tokenizer))
     }
 }
 
@@ -675,6 +746,17 @@ mod tests {
         max_requests: usize,
         stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> (String, std::thread::JoinHandle<usize>) {
+        fake_hub_of(tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], max_requests, stop)
+    }
+
+    /// [`fake_hub`] serving `files` of `dir`.
+    fn fake_hub_of(
+        dir: PathBuf,
+        files: &[&str],
+        max_requests: usize,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> (String, std::thread::JoinHandle<usize>) {
+        let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -717,9 +799,9 @@ mod tests {
                 }
                 let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
                 let file = path.rsplit('/').next().unwrap_or("");
-                let body = match file {
-                    CONFIG_FILE | WEIGHTS_FILE => std::fs::read(tiny_model_dir().join(file)).ok(),
-                    _ => None,
+                let body = match files.iter().any(|f| f == file) {
+                    true => std::fs::read(dir.join(file)).ok(),
+                    false => None,
                 };
                 let response = match body {
                     None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
@@ -774,6 +856,54 @@ mod tests {
         assert_eq!(served, 5);
         let again = resolve_with("gpt2", &offline(&tmp.0)).unwrap();
         assert_eq!(again.weights, files.weights);
+    }
+
+    #[test]
+    fn sharded_checkpoints_download_every_shard() {
+        if proxied() {
+            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+            return;
+        }
+        let tmp = TempDir::new("download-shards");
+        let config =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/llama/model/config.json"))
+                .unwrap();
+        let weights = crate::convert::synthetic_checkpoint(&config, 4).unwrap();
+        let served_dir = tmp.0.join("served");
+        crate::convert::write_checkpoint(&served_dir, &config, &weights, candle_core::DType::F32, 3).unwrap();
+        let mut files = vec![CONFIG_FILE.to_string(), SHARD_INDEX_FILE.to_string()];
+        files.extend(shard_files(&served_dir.join(SHARD_INDEX_FILE)).unwrap());
+        assert_eq!(files.len(), 5);
+        let names: Vec<&str> = files.iter().map(String::as_str).collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (endpoint, server) = fake_hub_of(served_dir.clone(), &names, 32, stop.clone());
+        let cache = tmp.0.join("cache");
+        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
+        opts.endpoint = Some(endpoint);
+        let got = HookedGpt2::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.join().unwrap();
+        let got = got.unwrap();
+        let local = HookedGpt2::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
+        let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
+        let diff = (got.forward(&tokens).unwrap() - local.forward(&tokens).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+        // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
+        let err = got
+            .to_tokens("hi", true, crate::gpt2::PaddingSide::Right)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+        // Every shard is in the cache now: offline works.
+        let again = resolve_with("org/tiny-llama", &offline(&cache)).unwrap();
+        assert!(again.weights.ends_with(SHARD_INDEX_FILE));
     }
 
     #[test]

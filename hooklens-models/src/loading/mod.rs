@@ -9,7 +9,7 @@ mod sharded;
 
 use std::path::Path;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use hooklens_core::{Error, Result};
 
 pub use load_options::LoadOptions;
@@ -21,16 +21,26 @@ pub(crate) const SINGLE_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint.
 pub(crate) const SHARD_INDEX: &str = "model.safetensors.index.json";
 
+/// The dtype to read a checkpoint in for a model of `dtype`: half precision is kept
+/// as it is; anything else is read as f32 (weight processing computes in f32) and
+/// converted once processed.
+pub(crate) fn read_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => dtype,
+        _ => DType::F32,
+    }
+}
+
 /// Opens the checkpoint of the model folder `dir`: `model.safetensors`, else the
 /// shards `model.safetensors.index.json` lists. Neither is an error naming both.
-pub(crate) fn open_checkpoint(dir: &Path, device: &Device) -> Result<Box<dyn TensorSource>> {
+pub(crate) fn open_checkpoint(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn TensorSource>> {
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
-        return Ok(Box::new(SafetensorsFile::open(&single, device)?));
+        return Ok(Box::new(SafetensorsFile::open(&single, device, dtype)?));
     }
     let index = dir.join(SHARD_INDEX);
     if index.is_file() {
-        return Ok(Box::new(ShardedSafetensors::open(&index, device)?));
+        return Ok(Box::new(ShardedSafetensors::open(&index, device, dtype)?));
     }
     Err(Error::io(
         single,
@@ -42,10 +52,10 @@ pub(crate) fn open_checkpoint(dir: &Path, device: &Device) -> Result<Box<dyn Ten
 }
 
 /// Opens a checkpoint file: a safetensors file, or a sharded checkpoint's index.
-pub(crate) fn open_checkpoint_file(path: &Path, device: &Device) -> Result<Box<dyn TensorSource>> {
+pub(crate) fn open_checkpoint_file(path: &Path, device: &Device, dtype: DType) -> Result<Box<dyn TensorSource>> {
     if path.to_string_lossy().ends_with(".index.json") {
-        Ok(Box::new(ShardedSafetensors::open(path, device)?))
+        Ok(Box::new(ShardedSafetensors::open(path, device, dtype)?))
     } else {
-        Ok(Box::new(SafetensorsFile::open(path, device)?))
+        Ok(Box::new(SafetensorsFile::open(path, device, dtype)?))
     }
 }

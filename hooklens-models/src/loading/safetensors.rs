@@ -11,8 +11,14 @@ use hooklens_core::{Error, Result};
 pub(crate) trait TensorSource {
     /// Whether the source holds `name`.
     fn contains(&self, name: &str) -> bool;
-    /// The tensor `name`, which must have `shape` and a float dtype, as f32.
+    /// The tensor `name`, which must have `shape` and a float dtype, in the source's
+    /// load dtype (see [`TensorSource::dtype`]).
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// The dtype `get` returns: the one the model is loaded in, or f32 when the
+    /// checkpoint's values are upcast (half-precision files read into f32 models).
+    fn dtype(&self) -> DType {
+        DType::F32
+    }
     /// Whether `get` returns fresh storage that nothing else holds.
     fn fresh(&self) -> bool {
         false
@@ -41,6 +47,8 @@ pub(crate) struct SafetensorsFile {
     file: std::fs::File,
     tensors: std::collections::HashMap<String, TensorEntry>,
     device: Device,
+    /// The dtype tensors are returned in.
+    dtype: DType,
 }
 
 /// safetensors' own bound on the header (100 MB): a longer one is a corrupt length.
@@ -49,7 +57,7 @@ const MAX_HEADER_BYTES: u64 = 100_000_000;
 impl SafetensorsFile {
     /// Opens `path` and reads its header; a truncated or malformed file fails here
     /// (the header's tensors must tile the data exactly, as safetensors checks).
-    pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
+    pub(crate) fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::io(
                 path,
@@ -122,6 +130,7 @@ impl SafetensorsFile {
             file,
             tensors,
             device: device.clone(),
+            dtype,
         })
     }
 
@@ -172,6 +181,49 @@ fn float_dtype(dtype: &str) -> Option<DType> {
     })
 }
 
+/// An element type a tensor can be read into directly: its bits are little-endian
+/// in a safetensors file.
+trait LeElement: Copy + Default {
+    /// The value from little-endian bits.
+    fn swap_from_le(self) -> Self;
+}
+
+impl LeElement for f32 {
+    fn swap_from_le(self) -> Self {
+        f32::from_bits(u32::from_le(self.to_bits()))
+    }
+}
+
+impl LeElement for half::bf16 {
+    fn swap_from_le(self) -> Self {
+        half::bf16::from_bits(u16::from_le(self.to_bits()))
+    }
+}
+
+impl LeElement for half::f16 {
+    fn swap_from_le(self) -> Self {
+        half::f16::from_bits(u16::from_le(self.to_bits()))
+    }
+}
+
+/// The elements of `entry`, read from `file` into a vector of their own type.
+fn read_le<T: LeElement>(
+    file: &std::fs::File,
+    entry: &TensorEntry,
+    cannot_read: &dyn Fn(std::io::Error) -> Error,
+) -> Result<Vec<T>> {
+    let size = std::mem::size_of::<T>();
+    let mut data = vec![T::default(); entry.len / size];
+    // SAFETY: `T` is f32, bf16 or f16, for which any bit pattern is a valid value, and
+    // the byte view covers exactly the vector's initialised elements.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * size) };
+    read_exact_at(file, bytes, entry.start).map_err(cannot_read)?;
+    if cfg!(target_endian = "big") {
+        data.iter_mut().for_each(|x| *x = x.swap_from_le());
+    }
+    Ok(data)
+}
+
 /// Fills `buf` from `file` at `offset`, without moving a shared cursor.
 fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     #[cfg(unix)]
@@ -193,8 +245,13 @@ impl TensorSource for SafetensorsFile {
     }
 
     fn fresh(&self) -> bool {
-        // Each tensor is read into a new buffer (and converted to f32 if it was not).
+        // Each tensor is read into a new buffer (and converted if it was not in the
+        // load dtype).
         true
+    }
+
+    fn dtype(&self) -> DType {
+        self.dtype
     }
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
@@ -215,23 +272,27 @@ impl TensorSource for SafetensorsFile {
             ))
         })?;
         let cannot_read = |e: std::io::Error| self.bad(format!("tensor `{name}` cannot be read: {e}"));
-        let t = if dtype == DType::F32 {
-            // Read straight into the tensor's own f32 buffer: no second copy.
-            let mut data = vec![0f32; entry.len / 4];
-            // SAFETY: any bit pattern is a valid f32, and the byte view covers exactly
-            // the vector's initialised elements.
-            let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), entry.len) };
-            read_exact_at(&self.file, bytes, entry.start).map_err(cannot_read)?;
-            // safetensors stores little-endian values.
-            if cfg!(target_endian = "big") {
-                data.iter_mut()
-                    .for_each(|x| *x = f32::from_bits(u32::from_le(x.to_bits())));
+        // Read straight into the tensor's own buffer when the file holds the dtype the
+        // model wants: no second copy of any tensor.
+        let t = match (dtype, self.dtype) {
+            (DType::F32, DType::F32) => {
+                Tensor::from_vec(read_le::<f32>(&self.file, entry, &cannot_read)?, shape, &Device::Cpu)?
             }
-            Tensor::from_vec(data, shape, &Device::Cpu)?
-        } else {
-            let mut bytes = vec![0u8; entry.len];
-            read_exact_at(&self.file, &mut bytes, entry.start).map_err(cannot_read)?;
-            Tensor::from_raw_buffer(&bytes, dtype, shape, &Device::Cpu)?.to_dtype(DType::F32)?
+            (DType::BF16, DType::BF16) => Tensor::from_vec(
+                read_le::<half::bf16>(&self.file, entry, &cannot_read)?,
+                shape,
+                &Device::Cpu,
+            )?,
+            (DType::F16, DType::F16) => Tensor::from_vec(
+                read_le::<half::f16>(&self.file, entry, &cannot_read)?,
+                shape,
+                &Device::Cpu,
+            )?,
+            (from, to) => {
+                let mut bytes = vec![0u8; entry.len];
+                read_exact_at(&self.file, &mut bytes, entry.start).map_err(cannot_read)?;
+                Tensor::from_raw_buffer(&bytes, from, shape, &Device::Cpu)?.to_dtype(to)?
+            }
         };
         Ok(t.to_device(&self.device)?)
     }
@@ -243,8 +304,11 @@ impl TensorSource for VarBuilder<'_> {
     }
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = VarBuilder::get(self, shape, name)
-            .map_err(|e| Error::invalid(format!("checkpoint tensor `{name}` (expected shape {shape:?}): {e}")))?;
-        Ok(t.to_dtype(DType::F32)?)
+        VarBuilder::get(self, shape, name)
+            .map_err(|e| Error::invalid(format!("checkpoint tensor `{name}` (expected shape {shape:?}): {e}")))
+    }
+
+    fn dtype(&self) -> DType {
+        VarBuilder::dtype(self)
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use hooklens_core::{Error, Result};
 
 use super::safetensors::{SafetensorsFile, TensorSource};
@@ -22,7 +22,7 @@ impl ShardedSafetensors {
     /// Opens the index at `index` and every shard it names (relative to its folder).
     /// A shard outside that folder, a tensor the index places in a shard that lacks
     /// it, or an unreadable shard is an error naming the file.
-    pub(crate) fn open(index: &Path, device: &Device) -> Result<Self> {
+    pub(crate) fn open(index: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let bad = |reason: String| Error::BadFile {
             path: index.to_path_buf(),
             reason,
@@ -59,7 +59,7 @@ impl ShardedSafetensors {
         }
         let shards = files
             .iter()
-            .map(|f| SafetensorsFile::open(&dir.join(f), device))
+            .map(|f| SafetensorsFile::open(&dir.join(f), device, dtype))
             .collect::<Result<Vec<_>>>()?;
         for (name, &i) in &shard_of {
             if !shards[i].contains(name) {
@@ -94,5 +94,9 @@ impl TensorSource for ShardedSafetensors {
 
     fn fresh(&self) -> bool {
         true
+    }
+
+    fn dtype(&self) -> DType {
+        self.shards.first().map_or(DType::F32, |s| s.dtype())
     }
 }

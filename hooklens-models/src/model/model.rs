@@ -19,7 +19,7 @@ use super::processing::{process, ProcessingOptions};
 use super::rotary::Rotary;
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
-use crate::loading::{open_checkpoint, open_checkpoint_file, LoadOptions};
+use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
 /// Qwen 2 / 3, Gemma 1 / 2, Phi-3) with every activation hooked under its
@@ -118,7 +118,7 @@ impl HookedTransformer {
             ));
         }
         let cfg = crate::convert::config_from_hf_json(dir.join("config.json"))?;
-        let src = open_checkpoint(dir, &opts.device)?;
+        let src = open_checkpoint(dir, &opts.device, read_dtype(opts.dtype))?;
         let w = crate::convert::read_weights(src.as_ref(), &cfg, &dir.display().to_string())?;
         drop(src);
         Self::build(cfg, w, &opts.processing, opts.dtype)
@@ -129,7 +129,7 @@ impl HookedTransformer {
     /// processing. Errors name the file and, for a bad checkpoint, the tensor.
     pub fn from_files(config: impl AsRef<Path>, weights: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let cfg = crate::convert::config_from_hf_json(config)?;
-        let src = open_checkpoint_file(weights.as_ref(), &opts.device)?;
+        let src = open_checkpoint_file(weights.as_ref(), &opts.device, read_dtype(opts.dtype))?;
         let w = crate::convert::read_weights(src.as_ref(), &cfg, &weights.as_ref().display().to_string())?;
         drop(src);
         Self::build(cfg, w, &opts.processing, opts.dtype)

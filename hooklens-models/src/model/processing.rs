@@ -26,7 +26,7 @@
 //! In the model's layout `W_Q/K/V` are the columns of `[d_model, 3*d_model]`, so a
 //! mean over TransformerLens's `d_model` axis is a mean over rows here.
 
-use candle_core::{CpuStorage, CustomOp2, InplaceOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tensor, D};
 use hooklens_core::Result;
 use serde::{Deserialize, Serialize};
 
@@ -71,9 +71,24 @@ impl ProcessingOptions {
     }
 }
 
+/// `f` computed in f32 on half-precision weights (one tensor at a time, so a
+/// half-precision model never holds an f32 copy of itself), in the weight's own
+/// dtype otherwise; the result has `w`'s dtype.
+fn in_f32(w: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+    let dtype = w.dtype();
+    match dtype {
+        DType::F16 | DType::BF16 => f(&w.to_dtype(DType::F32)?)?.to_dtype(dtype),
+        _ => f(w),
+    }
+}
+
 /// `bias + v @ w` for `v` `[in]`, `w` `[in, out]`, `bias` `[out]`.
 fn add_vec_mat(bias: &Tensor, v: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    bias + v.unsqueeze(0)?.matmul(w)?.squeeze(0)?
+    in_f32(bias, |bias| {
+        let v = v.to_dtype(DType::F32)?;
+        let w = w.to_dtype(DType::F32)?;
+        (bias.to_dtype(DType::F32)? + v.unsqueeze(0)?.matmul(&w)?.squeeze(0)?)?.to_dtype(bias.dtype())
+    })
 }
 
 /// `w * g[:, None]`, then the mean over rows removed: a weight `[in, out]` reading from
@@ -83,8 +98,10 @@ fn fold_gain_and_center(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
     if constant_cpu_f32(w) && constant_cpu_f32(g) && w.rank() == 2 {
         return w.apply_op2_no_bwd(&g.contiguous()?, &FoldGainCenter);
     }
-    let w = w.broadcast_mul(&g.unsqueeze(1)?)?;
-    w.broadcast_sub(&w.mean_keepdim(0)?)
+    in_f32(w, |w| {
+        let w = w.broadcast_mul(&g.to_dtype(w.dtype())?.unsqueeze(1)?)?;
+        w.broadcast_sub(&w.mean_keepdim(0)?)
+    })
 }
 
 /// Removes the mean over the last axis. With `in_place` (the caller owns `w`'s storage
@@ -95,7 +112,7 @@ fn center_last(w: &Tensor, in_place: bool) -> candle_core::Result<Tensor> {
         w.inplace_op1(&CenterRowsInPlace)?;
         return Ok(w.clone());
     }
-    w.broadcast_sub(&w.mean_keepdim(D::Minus1)?)
+    in_f32(w, |w| w.broadcast_sub(&w.mean_keepdim(D::Minus1)?))
 }
 
 /// `w * g[:, None] - mean_rows(w * g[:, None])` for a 2-D `w` of any strides, into one
@@ -178,7 +195,7 @@ impl InplaceOp1 for CenterRowsInPlace {
 
 /// `w * g[:, None]`: a weight `[in, out]` reading from an RMSNorm with gain `g` `[in]`.
 fn fold_gain(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
-    w.broadcast_mul(&g.unsqueeze(1)?)
+    in_f32(w, |w| w.broadcast_mul(&g.to_dtype(w.dtype())?.unsqueeze(1)?))
 }
 
 /// Applies `opts` to `w` in place, in TransformerLens's order, and updates `cfg`

@@ -198,17 +198,25 @@ impl HookedGpt2 {
         self
     }
 
-    /// Replaces the tokenizer of the text methods; `None` goes back to GPT-2's BPE.
+    /// Replaces the tokenizer of the text methods; `None` goes back to the default
+    /// (GPT-2's BPE for a GPT-2, none for other families).
     pub fn set_tokenizer(&mut self, tokenizer: Option<Tokenizer>) {
         self.tokenizer = tokenizer.map(Arc::new);
     }
 
     /// The tokenizer of the text methods: the one given by `from_pretrained` (the
-    /// model's `tokenizer.json`) or [`HookedGpt2::with_tokenizer`], else GPT-2's BPE.
+    /// model's `tokenizer.json`) or [`HookedGpt2::with_tokenizer`], else GPT-2's BPE
+    /// for a GPT-2. Another family without one is an error naming the missing
+    /// `tokenizer.json` (GPT-2's BPE would give ids of another vocabulary).
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
         match &self.tokenizer {
             Some(t) => Ok(t),
-            None => default_tokenizer(),
+            None if self.cfg().is_gpt2() => default_tokenizer(),
+            None => Err(Error::invalid(format!(
+                "this {} has no tokenizer: put its tokenizer.json in the model folder \
+                 (from_pretrained reads it) or give one with with_tokenizer",
+                self.cfg().original_architecture
+            ))),
         }
     }
 
