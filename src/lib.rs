@@ -9,7 +9,8 @@ pub use hooklens_derive::Hooked;
 /// Hooked models: GPT-2 with TransformerLens's hook names, loading, text and generation.
 pub use hooklens_models as models;
 pub use hooklens_models::{
-    ForwardOptions, GenerateOptions, Gpt2Config, HookedGpt2, LoadOptions, ReturnType, Tokenizer,
+    ForwardOptions, GenerateOptions, Gpt2Config, HookedGpt2, HookedTransformer, LoadOptions, ReturnType, Tokenizer,
+    TransformerConfig,
 };
 
 /// What `#[derive(Hooked)]` expands to refers to these. Not public API.

@@ -26,6 +26,8 @@ pub struct Attention {
     pub(crate) w_o: Tensor,
     /// `[d_model]`.
     pub(crate) b_o: Tensor,
+    /// Whether `b_qkv` / `b_o` are not all zeros (else their additions are skipped).
+    pub(crate) biases_used: (bool, bool),
     pub(crate) n_heads: usize,
     /// Key/value heads: `n_heads` unless grouped-query.
     pub(crate) n_kv_heads: usize,
@@ -208,7 +210,8 @@ impl Attention {
             AttnInput::Shared(x) => {
                 let (b, p, _) = x.dims3()?;
                 // One product; q, k and v are views of it.
-                let qkv = linear(x, &self.w_qkv, Some(&self.b_qkv))?.reshape((b, p, h + 2 * kv, dh))?;
+                let b_qkv = self.biases_used.0.then_some(&self.b_qkv);
+                let qkv = linear(x, &self.w_qkv, b_qkv)?.reshape((b, p, h + 2 * kv, dh))?;
                 (qkv.narrow(2, 0, h)?, qkv.narrow(2, h, kv)?, qkv.narrow(2, h + kv, kv)?)
             }
             AttnInput::Separate(qi, ki, vi) => {
@@ -334,7 +337,11 @@ impl Attention {
                 let result = hook_result.forward(&result)?;
                 result.sum(2)?.broadcast_add(&self.b_o)?
             }
-            None => linear(&z.reshape((b, p, h * dh))?, &self.w_o, Some(&self.b_o))?,
+            None => linear(
+                &z.reshape((b, p, h * dh))?,
+                &self.w_o,
+                self.biases_used.1.then_some(&self.b_o),
+            )?,
         };
         Ok((out, new_past))
     }

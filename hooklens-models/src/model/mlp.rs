@@ -19,10 +19,14 @@ pub struct Mlp {
     pub(crate) w_in: Tensor,
     /// `[d_mlp]`.
     pub(crate) b_in: Tensor,
+    /// Whether `b_in` is not all zeros (else its addition is skipped).
+    pub(crate) b_in_used: bool,
     /// `[d_mlp, d_model]`.
     pub(crate) w_out: Tensor,
     /// `[d_model]`.
     pub(crate) b_out: Tensor,
+    /// Whether `b_out` is not all zeros.
+    pub(crate) b_out_used: bool,
     pub(crate) act_fn: ActFn,
     /// Before the activation, `[batch, pos, d_mlp]`.
     pub hook_pre: HookPoint,
@@ -47,7 +51,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let post = match &self.w_gate {
             None => {
-                let pre = linear(x, &self.w_in, Some(&self.b_in))?;
+                let pre = linear(x, &self.w_in, self.b_in_used.then_some(&self.b_in))?;
                 match self.act_fn {
                     // Nothing can have kept the fresh `pre`: the activation overwrites it.
                     ActFn::GeluNew if self.hook_pre.is_idle() => kernels::gelu_new_owned(pre)?,
@@ -56,15 +60,33 @@ impl Mlp {
             }
             Some(w_gate) => {
                 let pre = self.hook_pre.forward(&linear(x, w_gate, None)?)?;
-                let pre_linear = linear(x, &self.w_in, None)?;
-                let pre_linear = match &self.hook_pre_linear {
-                    Some(hp) => hp.forward(&pre_linear)?,
-                    None => pre_linear,
+                let fresh = linear(x, &self.w_in, None)?;
+                let idle = self.hook_pre_linear.as_ref().is_none_or(|hp| hp.is_idle());
+                let fused = match self.act_fn {
+                    // Nothing can have kept the fresh up projection: the product overwrites it.
+                    ActFn::Silu | ActFn::GeluNew if idle => {
+                        kernels::gated_product_owned(&pre, fresh.clone(), self.act_fn == ActFn::Silu)
+                    }
+                    _ => None,
                 };
-                (activate(self.act_fn, &pre)? * pre_linear)?.broadcast_add(&self.b_in)?
+                let product = match fused {
+                    Some(p) => p?,
+                    None => {
+                        let pre_linear = match &self.hook_pre_linear {
+                            Some(hp) => hp.forward(&fresh)?,
+                            None => fresh,
+                        };
+                        (activate(self.act_fn, &pre)? * pre_linear)?
+                    }
+                };
+                if self.b_in_used {
+                    product.broadcast_add(&self.b_in)?
+                } else {
+                    product
+                }
             }
         };
         let post = self.hook_post.forward(&post)?;
-        linear(&post, &self.w_out, Some(&self.b_out))
+        linear(&post, &self.w_out, self.b_out_used.then_some(&self.b_out))
     }
 }

@@ -200,6 +200,7 @@ impl HookedTransformer {
                 ln2: norm(l.ln2)?,
                 ln2_post: post_norm(l.ln2_post)?,
                 attn: Attention {
+                    biases_used: (nonzero(&l.b_qkv)?, nonzero(&l.b_o)?),
                     w_qkv: l.w_qkv,
                     b_qkv: l.b_qkv,
                     w_o: l.w_o,
@@ -223,6 +224,8 @@ impl HookedTransformer {
                     hook_rot_q: opt_per_head(rotary.is_some()),
                 },
                 mlp: Mlp {
+                    b_in_used: nonzero(&l.b_in)?,
+                    b_out_used: nonzero(&l.b_out)?,
                     hook_pre_linear: opt(l.w_gate.is_some()),
                     w_gate: l.w_gate,
                     w_in: l.w_in,
@@ -735,6 +738,15 @@ impl HookedTransformer {
             may_have_empty_rows: rows.is_some(),
         })
     }
+}
+
+/// Whether `b` is a bias worth adding: one with an element that is not zero, or one
+/// that may change (a `Var` being trained, whose zeros now are not zeros later).
+fn nonzero(b: &Tensor) -> Result<bool> {
+    if b.is_variable() || b.track_op() {
+        return Ok(true);
+    }
+    Ok(b.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? != 0.0)
 }
 
 /// Creates or drops an optional hook point; an existing one is kept (with its hooks).

@@ -128,6 +128,12 @@ impl Unembed {
         })
     }
 
+    /// The base matrix `[d_model, d_vocab]` the logits are a product with (often
+    /// `W_E` transposed: a view).
+    pub(crate) fn base(&self) -> &Tensor {
+        &self.base
+    }
+
     /// `[batch, pos, d_model]` -> logits `[batch, pos, d_vocab]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims();

@@ -131,6 +131,26 @@ impl HookedTransformer {
         self.stack_mlp(|m| &m.b_out)
     }
 
+    /// The matrices a forward multiplies by, in the model's own layouts (`[in, out]`):
+    /// per block `W_qkv` `[d_model, (n_heads + 2 n_kv) d_head]`, `W_O`, `W_gate` (gated
+    /// MLPs), `W_in`, `W_out`; then the unembedding's base `[d_model, d_vocab]`. The
+    /// model's own storage, not copies. For benchmarks that time the products alone.
+    #[doc(hidden)]
+    pub fn product_weights(&self) -> (Vec<Vec<Tensor>>, Tensor) {
+        let layers = self
+            .blocks
+            .iter()
+            .map(|b| {
+                let mut w = vec![b.attn.w_qkv.clone(), b.attn.w_o.clone()];
+                w.extend(b.mlp.w_gate.clone());
+                w.push(b.mlp.w_in.clone());
+                w.push(b.mlp.w_out.clone());
+                w
+            })
+            .collect();
+        (layers, self.unembed.base().clone())
+    }
+
     /// Every parameter under its TransformerLens `state_dict` name and shape
     /// (`embed.W_E`, `blocks.0.attn.W_Q` `[n_heads, d_model, d_head]`, `blocks.0.ln1.w`,
     /// ..., `unembed.b_U`), in TransformerLens's order. Grouped-query models give

@@ -248,6 +248,58 @@ pub(crate) fn gelu_new_owned(x: Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
+/// The gated MLP's product `act(gate) * up`, written over `up`: `act` is SiLU or
+/// `gelu_new` (Llama's SwiGLU, Gemma's GeGLU).
+struct GatedProduct {
+    silu: bool,
+}
+
+impl InplaceOp2 for GatedProduct {
+    fn name(&self) -> &'static str {
+        "hooklens-gated-product"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let gate = contiguous_f32(s2, l2, "gated MLP: gate")?;
+        let up = contiguous_f32_mut(s1, l1, "gated MLP: up projection")?;
+        if gate.len() != up.len() {
+            candle_core::bail!(
+                "gated MLP: gate {:?} and up projection {:?} differ",
+                l2.dims(),
+                l1.dims()
+            )
+        }
+        let chunk = up.len().div_ceil(num_threads()).max(1);
+        let silu = self.silu;
+        par_chunks_in_place(up, chunk, 1 << 15, |i, out| {
+            let g = &gate[i * chunk..i * chunk + out.len()];
+            if silu {
+                for (o, &x) in out.iter_mut().zip(g) {
+                    *o *= x / (1.0 + exp_approx(-x));
+                }
+            } else {
+                for (o, &x) in out.iter_mut().zip(g) {
+                    *o *= gelu_new_scalar(x);
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// `act(gate) * up` for a fresh `up` nothing else holds (both `[.., d_mlp]`, `act`
+/// SiLU when `silu`, else `gelu_new`): on the fast path written over `up`; `None`
+/// off it, where the caller computes it with candle's ops.
+pub(crate) fn gated_product_owned(gate: &Tensor, up: Tensor, silu: bool) -> Option<candle_core::Result<Tensor>> {
+    if !(fast_path(gate) && fast_path(&up) && up.is_contiguous() && gate.dims() == up.dims()) {
+        return None;
+    }
+    Some(gate.contiguous().and_then(|g| {
+        up.inplace_op2(&g, &GatedProduct { silu })?;
+        Ok(up)
+    }))
+}
+
 /// Adds a bias `[n]` to every row of a contiguous `[.., n]` tensor, in place.
 struct AddBias;
 
