@@ -8,63 +8,34 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::*;
 
 const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
 
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
-}
-
-fn max_abs(t: &Tensor) -> f32 {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
-/// The largest difference, `-inf` where `want` has it required exactly.
-fn diff(name: &str, got: &Tensor, want: &Tensor) -> f32 {
+/// The largest `|got - want|` (with `-inf` required exactly where `want` has it) and
+/// `want`'s largest finite magnitude.
+fn compare(name: &str, got: &Tensor, want: &Tensor) -> (f32, f32) {
     assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let g = got
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let w = want
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let mut worst = 0f32;
+    let values = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (g, w) = (values(got), values(want));
+    let (mut worst, mut scale) = (0f32, 0f32);
     for (a, b) in g.iter().zip(&w) {
         if b.is_infinite() || a.is_infinite() {
             assert_eq!(a, b, "{name}: -inf where TransformerLens has it");
         } else {
             worst = worst.max((a - b).abs());
+            scale = scale.max(b.abs());
         }
     }
-    worst
-}
-
-fn finite_max(t: &Tensor) -> f32 {
-    let v = t
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    v.iter().filter(|x| x.is_finite()).fold(0f32, |m, x| m.max(x.abs()))
+    (worst, scale)
 }
 
 fn run(family: &str, extra: &[&str], out: &Path) -> HashMap<String, Tensor> {
@@ -98,8 +69,8 @@ fn cache_matches_transformer_lens_on_every_family() {
                 let g = got
                     .get(name)
                     .unwrap_or_else(|| panic!("{family} {reference}: no {name}"));
-                let d = diff(name, g, w);
-                assert!(d <= 1e-4 * finite_max(w), "{family} {reference} {name}: {d}");
+                let (d, scale) = compare(name, g, w);
+                assert!(d <= 1e-4 * scale, "{family} {reference} {name}: {d}");
             }
         }
     }
@@ -119,10 +90,11 @@ fn cache_grads_match_transformer_lens_on_every_family() {
             // scale of the gradient flowing through its layer.
             let layer = name.strip_prefix("blocks.").and_then(|r| r.split('.').next());
             let floor = layer.map_or(0.0, |l| {
-                1e-3 * max_abs(&want[&format!("blocks.{l}.hook_resid_pre_grad")])
+                let resid = &want[&format!("blocks.{l}.hook_resid_pre_grad")];
+                1e-3 * compare(name, resid, resid).1
             });
-            let scale = max_abs(w).max(floor);
-            let d = diff(name, g, w);
+            let (d, own) = compare(name, g, w);
+            let scale = own.max(floor);
             assert!(d <= 1e-3 * scale, "{family} {name}: {d} > 1e-3 * {scale}");
         }
     }

@@ -58,3 +58,8 @@ pub fn offline_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
         .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"));
     cmd
 }
+
+/// Every tensor of a safetensors file, by name.
+pub fn load(path: &std::path::Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap()
+}

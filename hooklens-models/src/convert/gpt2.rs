@@ -9,11 +9,10 @@ use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 
 use super::hf_config::HfConfig;
-use super::Family;
+use super::{finish, Family};
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, TransformerWeights};
-use crate::model::unembed::UnembedFactors;
 
 /// The GPT-2 family.
 pub(crate) const FAMILY: Family = Family {
@@ -112,25 +111,9 @@ pub(crate) fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &
         });
     }
     let ln_final = ln("ln_f")?;
-    // lm_head is never under the `transformer.` prefix.
+    // lm_head is never under the `transformer.` prefix; without it, W_U is tied to W_E.
     let tied = !src.contains("lm_head.weight");
-    let w_u = if tied {
-        w_e.t()?
-    } else {
-        src.get("lm_head.weight", &[v, d])?.t()?
-    };
-    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
-    Ok(TransformerWeights {
-        w_e,
-        w_pos: Some(w_pos),
-        layers,
-        ln_final,
-        w_u,
-        unembed_factors: UnembedFactors::default(),
-        tied,
-        b_u,
-        exclusive: src.fresh(),
-    })
+    finish(src, cfg, w_e, Some(w_pos), layers, ln_final, "lm_head.weight", tied)
 }
 
 #[cfg(test)]

@@ -8,11 +8,10 @@ use candle_core::Tensor;
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::Family;
+use super::{finish, linear_weight, Family};
 use crate::config::{ActFn, AttnType, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
-use crate::model::unembed::UnembedFactors;
 
 /// The Llama family.
 pub(crate) const FAMILY: Family = Family {
@@ -123,11 +122,6 @@ pub(super) struct LlamaLayout {
     pub(super) sandwich_norms: bool,
 }
 
-/// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.
-pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp: usize) -> Result<Tensor> {
-    Ok(src.get(name, &[out, inp])?.t()?.contiguous()?)
-}
-
 /// Reads a Llama-layout checkpoint.
 pub(super) fn read_llama_layout(
     src: &dyn TensorSource,
@@ -208,37 +202,14 @@ pub(super) fn read_llama_layout(
         });
     }
     let ln_final = Some(norm("model.norm", d)?);
-    finish(src, cfg, w_e, None, layers, ln_final, "lm_head.weight")
-}
-
-/// The unembedding and the rest: `W_U` is `W_E` transposed (a view) when the config
-/// ties them, else `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero.
-pub(super) fn finish(
-    src: &dyn TensorSource,
-    cfg: &TransformerConfig,
-    w_e: Tensor,
-    w_pos: Option<Tensor>,
-    layers: Vec<LayerWeights>,
-    ln_final: Option<NormParams>,
-    lm_head: &str,
-) -> Result<TransformerWeights> {
-    let (d, v) = (cfg.d_model, cfg.d_vocab);
-    let tied = cfg.tie_word_embeddings;
-    let w_u = if tied {
-        w_e.t()?
-    } else {
-        src.get(lm_head, &[v, d])?.t()?
-    };
-    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
-    Ok(TransformerWeights {
+    finish(
+        src,
+        cfg,
         w_e,
-        w_pos,
+        None,
         layers,
         ln_final,
-        w_u,
-        unembed_factors: UnembedFactors::default(),
-        tied,
-        b_u,
-        exclusive: src.fresh(),
-    })
+        "lm_head.weight",
+        cfg.tie_word_embeddings,
+    )
 }

@@ -19,11 +19,13 @@ mod synthetic;
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::model::unembed::UnembedFactors;
 use hf_config::HfConfig;
 pub use synthetic::{synthetic_checkpoint, write_checkpoint};
 
@@ -154,4 +156,42 @@ pub(crate) fn read_weights(
     cfg.validate()?;
     let family = family_of_config(cfg)?;
     (family.weights)(src, cfg, origin)
+}
+
+/// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.
+pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp: usize) -> Result<Tensor> {
+    Ok(src.get(name, &[out, inp])?.t()?.contiguous()?)
+}
+
+/// The weights with the unembedding: `W_U` is `W_E` transposed (a view) when `tied`,
+/// else the tensor `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn finish(
+    src: &dyn TensorSource,
+    cfg: &TransformerConfig,
+    w_e: Tensor,
+    w_pos: Option<Tensor>,
+    layers: Vec<LayerWeights>,
+    ln_final: Option<NormParams>,
+    lm_head: &str,
+    tied: bool,
+) -> Result<TransformerWeights> {
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
+    let w_u = if tied {
+        w_e.t()?
+    } else {
+        src.get(lm_head, &[v, d])?.t()?
+    };
+    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
+    Ok(TransformerWeights {
+        w_e,
+        w_pos,
+        layers,
+        ln_final,
+        w_u,
+        unembed_factors: UnembedFactors::default(),
+        tied,
+        b_u,
+        exclusive: src.fresh(),
+    })
 }

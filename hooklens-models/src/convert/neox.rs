@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::llama::{finish, linear_weight};
 use super::Family;
+use super::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
@@ -112,5 +112,14 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
         });
     }
     let ln_final = ln("gpt_neox.final_layer_norm")?;
-    finish(src, cfg, w_e, None, layers, ln_final, "embed_out.weight")
+    finish(
+        src,
+        cfg,
+        w_e,
+        None,
+        layers,
+        ln_final,
+        "embed_out.weight",
+        cfg.tie_word_embeddings,
+    )
 }

@@ -8,8 +8,9 @@
 use candle_core::Tensor;
 use hooklens_core::Result;
 
+use super::finish;
 use super::hf_config::HfConfig;
-use super::llama::{finish, llama_config, sliding_windows};
+use super::llama::{llama_config, sliding_windows};
 use super::Family;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
@@ -76,5 +77,14 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             b_out: zeros(d)?,
         });
     }
-    finish(src, cfg, w_e, None, layers, norm("model.norm")?, "lm_head.weight")
+    finish(
+        src,
+        cfg,
+        w_e,
+        None,
+        layers,
+        norm("model.norm")?,
+        "lm_head.weight",
+        cfg.tie_word_embeddings,
+    )
 }

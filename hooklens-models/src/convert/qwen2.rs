@@ -21,6 +21,12 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    qwen_config(hf)
+}
+
+/// What Qwen 2 and Qwen 3 share beyond the Llama config: no BOS by default, and
+/// sliding windows only with `use_sliding_window`, from `max_window_layers` on.
+pub(super) fn qwen_config(hf: &HfConfig) -> Result<TransformerConfig> {
     let mut cfg = llama_config(hf, false)?;
     cfg.default_prepend_bos = false;
     if hf.bool_or("use_sliding_window", false)? {

@@ -5,7 +5,8 @@
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
+use super::llama::{read_llama_layout, LlamaLayout};
+use super::qwen2::qwen_config;
 use super::Family;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
@@ -21,13 +22,8 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
-    let mut cfg = llama_config(hf, false)?;
-    cfg.default_prepend_bos = false;
+    let mut cfg = qwen_config(hf)?;
     cfg.use_qk_norm = true;
-    if hf.bool_or("use_sliding_window", false)? {
-        let first = hf.opt_usize("max_window_layers")?.unwrap_or(0);
-        sliding_windows(hf, &mut cfg, first)?;
-    }
     Ok(cfg)
 }
 
