@@ -74,15 +74,18 @@ impl Floor {
         let (d, h, dh, mlp) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
         let mut rng = SeededRng::new(5);
         let (layers, w_u) = m.product_weights();
+        let dtype = m.dtype();
+        let mut random =
+            |shape: &[usize]| -> hooklens::Result<Tensor> { Ok(rng.normal_tensor(shape, 1.0)?.to_dtype(dtype)?) };
         // q, k and v as the model's products read them: views of one projection.
-        let qkv = rng.normal_tensor(&[b, p, h + 2 * cfg.n_kv_heads(), dh], 1.0)?;
+        let qkv = random(&[b, p, h + 2 * cfg.n_kv_heads(), dh])?;
         Ok(Floor {
-            x: rng.normal_tensor(&[b * p, d], 1.0)?,
-            hid: rng.normal_tensor(&[b * p, mlp], 1.0)?,
-            z: rng.normal_tensor(&[b * p, h * dh], 1.0)?,
+            x: random(&[b * p, d])?,
+            hid: random(&[b * p, mlp])?,
+            z: random(&[b * p, h * dh])?,
             q: qkv.narrow(2, 0, h)?,
-            k: rng.normal_tensor(&[b, p, h, dh], 1.0)?,
-            pattern: rng.normal_tensor(&[b, h, p, p], 1.0)?,
+            k: random(&[b, p, h, dh])?,
+            pattern: random(&[b, h, p, p])?,
             layers,
             w_u,
             scale: 1.0 / (dh as f32).sqrt(),
@@ -310,11 +313,21 @@ fn main() -> hooklens::Result<()> {
     drop(m);
 
     let bf16 = HookedTransformer::from_dir(&bf16_dir, &LoadOptions::default().with_dtype(DType::BF16))?;
-    let tokens = ids(&mut rng, 1, 64)?;
-    let mut f = || bf16.forward(&tokens).map(|_| ());
-    let t = time_rounds(rounds, &mut [&mut f])?;
-    println!("\n| bf16 forward 1 x 64 | {:.0} ms |", median_f64(t[0].clone()) * 1e3);
-    println!("|---|---|");
+    println!("\n| bf16, forward | forward | own matmul floor (candle's bf16 products) | forward / floor |");
+    println!("|---|---|---|---|");
+    for (b, p) in [(1, 64)] {
+        let tokens = ids(&mut rng, b, p)?;
+        let floor = Floor::new(&bf16, b, p)?;
+        let mut fwd = || bf16.forward(&tokens).map(|_| ());
+        let mut products = || floor.run();
+        let t = time_rounds(rounds, &mut [&mut fwd, &mut products])?;
+        println!(
+            "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} |",
+            median_f64(t[0].clone()) * 1e3,
+            median_f64(t[1].clone()) * 1e3,
+            paired_ratio(&t[1], &t[0]),
+        );
+    }
     drop(bf16);
 
     println!("\n| loading (child process) | time | peak RSS | parameters | peak / parameters |");

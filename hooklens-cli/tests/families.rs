@@ -153,3 +153,70 @@ fn prompts_use_the_models_tokenizer_and_bos_convention() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn views_and_harvest_run_on_other_families() {
+    let tmp = TempDir::new("families-views");
+    for family in ["neox", "gemma2", "qwen3"] {
+        let dir = with_tokenizer(&tmp, family);
+        let model = dir.to_str().unwrap();
+        let html = tmp.path(&format!("{family}-attn.html"));
+        let o = offline_command(&[
+            "attention",
+            "--model",
+            model,
+            "--prompt",
+            "the cat sat",
+            "--out",
+            html.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            o.status.success(),
+            "{family} attention: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(std::fs::read_to_string(&html).unwrap().contains("<script"), "{family}");
+        let o = offline_command(&["logit-lens", "--model", model, "--prompt", "the cat sat"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{family} logit-lens: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let corpus = tmp.path(&format!("{family}-corpus.txt"));
+        std::fs::write(&corpus, "the cat sat on the mat\na dog ran in the park\n".repeat(20)).unwrap();
+        let out = tmp.path(&format!("{family}-acts"));
+        let o = offline_command(&[
+            "harvest",
+            "--model",
+            model,
+            "--input",
+            corpus.to_str().unwrap(),
+            "--names",
+            "blocks.1.hook_resid_post",
+            "--context-size",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert!(
+            o.status.success(),
+            "{family} harvest: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let shard = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .unwrap_or_else(|| panic!("{family}: no shard"));
+        let acts = load(&shard);
+        let resid = &acts["blocks.1.hook_resid_post"];
+        assert_eq!(resid.dims()[1..], [16, 64], "{family}");
+        assert_eq!(acts["tokens"].dims()[0], resid.dims()[0], "{family}");
+    }
+}

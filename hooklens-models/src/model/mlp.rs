@@ -76,7 +76,17 @@ impl Mlp {
                             Some(hp) => hp.forward(&fresh)?,
                             None => fresh,
                         };
-                        (activate(self.act_fn, &pre)? * pre_linear)?
+                        // Out of place: a hook or the cache may hold the up projection.
+                        let kernel = match self.act_fn {
+                            ActFn::Silu | ActFn::GeluNew => {
+                                kernels::gated_product(&pre, &pre_linear, self.act_fn == ActFn::Silu)
+                            }
+                            _ => None,
+                        };
+                        match kernel {
+                            Some(p) => p?,
+                            None => (activate(self.act_fn, &pre)? * pre_linear)?,
+                        }
                     }
                 };
                 if self.b_in_used {

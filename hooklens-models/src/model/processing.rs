@@ -193,6 +193,46 @@ impl InplaceOp1 for CenterRowsInPlace {
     }
 }
 
+/// The unembedding base's columns `[d_vocab, d_model]` (`w_u` `[d_model, d_vocab]`
+/// transposed, as stored) in blocks of rows converted to f32: what the two sums below
+/// read, with no copy of the whole matrix (a half-precision product would make one).
+fn for_vocab_blocks(w_u: &Tensor, mut f: impl FnMut(Tensor) -> candle_core::Result<()>) -> candle_core::Result<()> {
+    let rows = w_u.t()?;
+    let n = rows.dim(0)?;
+    const BLOCK: usize = 4096;
+    for start in (0..n).step_by(BLOCK) {
+        f(rows.narrow(0, start, BLOCK.min(n - start))?.to_dtype(DType::F32)?)?;
+    }
+    Ok(())
+}
+
+/// `sum_v W_U[:, v]`: `w_u` `[d_model, d_vocab]` -> `[d_model]`, f32. As products with
+/// ones: a reduction over the strided axis of a transposed `W_E` is candle's slow path.
+fn unembed_vocab_sum(w_u: &Tensor) -> candle_core::Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for_vocab_blocks(w_u, |block| {
+        let ones = Tensor::ones((1, block.dim(0)?), DType::F32, block.device())?;
+        let s = ones.matmul(&block)?.squeeze(0)?;
+        acc = Some(match acc.take() {
+            Some(a) => (a + s)?,
+            None => s,
+        });
+        Ok(())
+    })?;
+    acc.ok_or_else(|| candle_core::Error::Msg("an empty vocabulary".into()))
+}
+
+/// `g @ W_U`: `w_u` `[d_model, d_vocab]`, `g` `[d_model]` -> `[d_vocab]`, f32.
+fn unembed_rows_times(w_u: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
+    let g = g.to_dtype(DType::F32)?.unsqueeze(1)?;
+    let mut parts = Vec::new();
+    for_vocab_blocks(w_u, |block| {
+        parts.push(block.matmul(&g)?.squeeze(1)?);
+        Ok(())
+    })?;
+    Tensor::cat(&parts, 0)
+}
+
 /// `w * g[:, None]`: a weight `[in, out]` reading from an RMSNorm with gain `g` `[in]`.
 fn fold_gain(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
     in_f32(w, |w| w.broadcast_mul(&g.to_dtype(w.dtype())?.unsqueeze(1)?))
@@ -227,7 +267,7 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
                 w.b_u = add_vec_mat(&w.b_u, &b, &w.w_u)?;
             }
             let d = w.w_u.dim(0)? as f64;
-            let input_center = (g.unsqueeze(0)?.matmul(&w.w_u)?.squeeze(0)? / d)?;
+            let input_center = (unembed_rows_times(&w.w_u, &g)? / d)?.to_dtype(g.dtype())?;
             w.unembed_factors.input_center = Some(input_center);
             w.unembed_factors.gain = Some(g);
         }
@@ -278,11 +318,8 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
         // The mean over the vocabulary of each row of W_U, from its factors:
         // gain * (mean(base) + mean(base_shift)) - mean(input_center).
         let f = &w.unembed_factors;
-        // As a product with ones: a reduction over the strided axis of the transposed
-        // W_E is candle's slow path (about half a second for GPT-2 small).
         let n_vocab = w.w_u.dim(1)?;
-        let ones = Tensor::ones((1, n_vocab), w.w_u.dtype(), w.w_u.device())?;
-        let mut mean = (ones.matmul(&w.w_u.t()?)?.squeeze(0)? / n_vocab as f64)?;
+        let mut mean = (unembed_vocab_sum(&w.w_u)? / n_vocab as f64)?.to_dtype(w.w_u.dtype())?;
         if let Some(m) = &f.base_shift {
             mean = mean.broadcast_add(&m.mean_all()?)?;
         }

@@ -300,6 +300,18 @@ pub(crate) fn gated_product_owned(gate: &Tensor, up: Tensor, silu: bool) -> Opti
     }))
 }
 
+/// [`gated_product_owned`] into a new tensor, leaving `up` as it is (a hook or a cache
+/// may hold it): `None` off the fast path.
+pub(crate) fn gated_product(gate: &Tensor, up: &Tensor, silu: bool) -> Option<candle_core::Result<Tensor>> {
+    if !(fast_path(gate) && fast_path(up) && gate.dims() == up.dims()) {
+        return None;
+    }
+    Some(up.contiguous().and_then(|up| {
+        let out = up.copy()?;
+        gated_product_owned(gate, out, silu).unwrap_or_else(|| candle_core::bail!("gated MLP: not on the fast path"))
+    }))
+}
+
 /// Adds a bias `[n]` to every row of a contiguous `[.., n]` tensor, in place.
 struct AddBias;
 
