@@ -218,6 +218,26 @@ fn main() -> hooklens::Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(());
     }
+    if let Some(i) = args.iter().position(|a| a == "--profile-cache") {
+        // For a profiler: the forward and the cached forward at 4 x 256, alone, a few
+        // times (`-- --profile-cache N_LAYERS`).
+        let layers: usize = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(16);
+        let config = config_json(layers, 2048, 32, 8, 8192, 128256);
+        let dir = tmp.join("profile");
+        write_checkpoint(&dir, &config, &synthetic_checkpoint(&config, 0)?, DType::F32, 1)?;
+        let m = HookedTransformer::from_dir(&dir, &LoadOptions::default())?;
+        let _ = std::fs::remove_dir_all(&tmp);
+        let tokens = Tensor::zeros((4, 256), DType::U32, &Device::Cpu)?;
+        for _ in 0..3 {
+            let t = Instant::now();
+            m.forward(&tokens)?;
+            let fwd = t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+            println!("forward {fwd:.2} s, cached {:.2} s", t.elapsed().as_secs_f64());
+        }
+        return Ok(());
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 3 };
     let config = config_json(16, 2048, 32, 8, 8192, 128256);
@@ -315,19 +335,18 @@ fn main() -> hooklens::Result<()> {
     let bf16 = HookedTransformer::from_dir(&bf16_dir, &LoadOptions::default().with_dtype(DType::BF16))?;
     println!("\n| bf16, forward | forward | own matmul floor (candle's bf16 products) | forward / floor |");
     println!("|---|---|---|---|");
-    for (b, p) in [(1, 64)] {
-        let tokens = ids(&mut rng, b, p)?;
-        let floor = Floor::new(&bf16, b, p)?;
-        let mut fwd = || bf16.forward(&tokens).map(|_| ());
-        let mut products = || floor.run();
-        let t = time_rounds(rounds, &mut [&mut fwd, &mut products])?;
-        println!(
-            "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} |",
-            median_f64(t[0].clone()) * 1e3,
-            median_f64(t[1].clone()) * 1e3,
-            paired_ratio(&t[1], &t[0]),
-        );
-    }
+    let (b, p) = (1, 64);
+    let tokens = ids(&mut rng, b, p)?;
+    let floor = Floor::new(&bf16, b, p)?;
+    let mut fwd = || bf16.forward(&tokens).map(|_| ());
+    let mut products = || floor.run();
+    let t = time_rounds(rounds, &mut [&mut fwd, &mut products])?;
+    println!(
+        "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} |",
+        median_f64(t[0].clone()) * 1e3,
+        median_f64(t[1].clone()) * 1e3,
+        paired_ratio(&t[1], &t[0]),
+    );
     drop(bf16);
 
     println!("\n| loading (child process) | time | peak RSS | parameters | peak / parameters |");
