@@ -220,3 +220,30 @@ fn views_and_harvest_run_on_other_families() {
         assert_eq!(acts["tokens"].dims()[0], resid.dims()[0], "{family}");
     }
 }
+
+#[test]
+fn token_files_need_no_tokenizer() {
+    let model = root().join("testdata/gemma2/model");
+    let tokens = root().join("testdata/gemma2/tokens.safetensors");
+    let o = offline_command(&["hooks", "--model", model.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("blocks.1.ln2_post.hook_normalized") && out.contains("[1, 4, 64]"),
+        "{out}"
+    );
+    let o = offline_command(&[
+        "run",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("loss:") && out.contains("no tokenizer"), "{out}");
+}

@@ -30,7 +30,8 @@ pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
     let input = args.input.read(&model, PaddingSide::Left)?;
     let (batch, pos) = input.tokens.dims2()?;
-    let tokenizer = model.tokenizer()?;
+    // Token ids from a file need no tokenizer; their text is shown where there is one.
+    let tokenizer = model.tokenizer().ok();
     let mut fwd = ForwardOptions::new().return_type(if pos >= 2 { ReturnType::Both } else { ReturnType::Logits });
     if let Some(mask) = &input.mask {
         fwd = fwd.attention_mask(mask.clone());
@@ -58,9 +59,12 @@ pub fn run(args: Args) -> CliResult<()> {
         order.sort_by(|&i, &j| probs[b][j].total_cmp(&probs[b][i]));
         crate::outln!("top {} next tokens:", args.top.min(order.len()));
         for (rank, &id) in order.iter().take(args.top).enumerate() {
-            let text = tokenizer
-                .token_str(id as u32)
-                .unwrap_or_else(|_| format!("<id {id}, outside the tokenizer>"));
+            let text = match tokenizer {
+                Some(t) => t
+                    .token_str(id as u32)
+                    .unwrap_or_else(|_| format!("<id {id}, outside the tokenizer>")),
+                None => format!("<id {id}: no tokenizer>"),
+            };
             crate::outln!(
                 "  {:>2}. {:<20} id {:<6} p {:.4}  logit {:.3}",
                 rank + 1,

@@ -223,17 +223,20 @@ impl HookedGpt2 {
     /// The BOS token: the config's `bos_token_id`, else the tokenizer's
     /// (`<|endoftext|>`, 50256 for GPT-2).
     pub fn bos_token_id(&self) -> Result<u32> {
-        self.cfg()
-            .bos_token_id
-            .or(self.tokenizer()?.bos_token_id())
+        if let Some(id) = self.cfg().bos_token_id {
+            return Ok(id);
+        }
+        self.tokenizer()?
+            .bos_token_id()
             .ok_or_else(|| Error::invalid("the model's config and tokenizer name no BOS token"))
     }
 
     /// The padding token: the tokenizer's (`<|endoftext|>` for GPT-2, as
     /// TransformerLens sets it), else the config's EOS, else BOS.
     pub fn pad_token_id(&self) -> Result<u32> {
-        let tok = self.tokenizer()?;
-        tok.pad_token_id()
+        self.tokenizer()
+            .ok()
+            .and_then(|t| t.pad_token_id())
             .filter(|&id| (id as usize) < self.cfg().d_vocab)
             .or(self.cfg().eos_token_id)
             .map_or_else(|| self.bos_token_id(), Ok)
