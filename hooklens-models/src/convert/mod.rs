@@ -4,6 +4,30 @@
 //! the model, processing, analysis and tools are shared.
 //!
 //! The family is chosen from `config.json`: `model_type`, else `architectures`.
+//!
+//! ```
+//! use hooklens_models::convert::{config_from_hf_str, synthetic_checkpoint, write_checkpoint};
+//! use hooklens_core::HookedModel;
+//! use hooklens_models::{HookedTransformer, LoadOptions};
+//!
+//! // A small Qwen 3: grouped-query attention, head_dim apart from hidden_size / heads.
+//! let config = r#"{"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+//!     "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+//!     "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 64,
+//!     "vocab_size": 100, "max_position_embeddings": 32, "rms_norm_eps": 1e-6,
+//!     "rope_theta": 1000000.0, "tie_word_embeddings": true}"#;
+//! let cfg = config_from_hf_str(config, "config.json")?;
+//! assert!(cfg.use_qk_norm && !cfg.default_prepend_bos);
+//! assert_eq!((cfg.n_heads, cfg.n_kv_heads(), cfg.d_head), (4, 2, 16));
+//!
+//! // Seeded random weights under Qwen 3's tensor names, written as a model folder.
+//! let dir = std::env::temp_dir().join(format!("hooklens-doc-qwen3-{}", std::process::id()));
+//! write_checkpoint(&dir, config, &synthetic_checkpoint(config, 0)?, candle_core::DType::F32, 1)?;
+//! let model = HookedTransformer::from_dir(&dir, &LoadOptions::default())?;
+//! assert!(model.hook_names().contains(&"blocks.1.attn.q_norm.hook_scale".to_string()));
+//! std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), hooklens_core::Error>(())
+//! ```
 
 mod gemma;
 mod gemma2;
