@@ -240,8 +240,13 @@ impl Attention {
         let (b, p, _, _) = q.dims4()?;
         // The cache holds keys before rotary: every key is rotated again below, as
         // TransformerLens does (so `hook_rot_k` sees every key so far).
+        // Contiguous pieces: candle concatenates those with block copies, anything else
+        // element by element into a transposed result that every later step copies again.
         let (k_all, v_all) = match past {
-            Some((pk, pv)) => (Tensor::cat(&[pk, &k], 1)?, Tensor::cat(&[pv, &v], 1)?),
+            Some((pk, pv)) => (
+                Tensor::cat(&[&pk.contiguous()?, &k.contiguous()?], 1)?,
+                Tensor::cat(&[&pv.contiguous()?, &v.contiguous()?], 1)?,
+            ),
             None => (k, v),
         };
         let new_past = (k_all.clone(), v_all.clone());
