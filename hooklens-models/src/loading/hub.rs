@@ -886,14 +886,7 @@ mod tests {
         let got = got.unwrap();
         let local = HookedGpt2::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
         let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
-        let diff = (got.forward(&tokens).unwrap() - local.forward(&tokens).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::tensor_diff::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
         assert_eq!(diff, 0.0);
         // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
         let err = got
