@@ -184,7 +184,7 @@ pub(crate) fn read_weights(
 
 /// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.
 pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp: usize) -> Result<Tensor> {
-    Ok(src.get(name, &[out, inp])?.t()?.contiguous()?)
+    Ok(crate::ops::transposed(&src.get(name, &[out, inp])?)?)
 }
 
 /// The weights with the unembedding: `W_U` is `W_E` transposed (a view) when `tied`,

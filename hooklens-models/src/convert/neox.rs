@@ -86,7 +86,7 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     for i in 0..cfg.n_layers {
         let p = format!("gpt_neox.layers.{i}");
         let qkv = src.get(&format!("{p}.attention.query_key_value.weight"), &[3 * d, d])?;
-        let w_qkv = per_head_to_stacked(&qkv, h, dh)?.t()?.contiguous()?;
+        let w_qkv = crate::ops::transposed(&per_head_to_stacked(&qkv, h, dh)?)?;
         drop(qkv);
         let b_qkv = per_head_to_stacked(
             &src.get(&format!("{p}.attention.query_key_value.bias"), &[3 * d])?,

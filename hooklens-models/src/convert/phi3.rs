@@ -8,10 +8,10 @@
 use candle_core::Tensor;
 use hooklens_core::Result;
 
-use super::finish;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, sliding_windows};
 use super::Family;
+use super::{finish, linear_weight};
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, TransformerWeights};
@@ -48,32 +48,24 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     for i in 0..cfg.n_layers {
         let p = format!("model.layers.{i}");
         let qkv = (h + 2 * kv) * dh;
-        let gate_up = src.get(&format!("{p}.mlp.gate_up_proj.weight"), &[2 * mlp, d])?.t()?;
+        // [gate; up] rows: once transposed, the gate's columns then the up projection's.
+        let gate_up = linear_weight(src, &format!("{p}.mlp.gate_up_proj.weight"), 2 * mlp, d)?;
         layers.push(LayerWeights {
             ln1: norm(&format!("{p}.input_layernorm"))?,
             ln1_post: None,
             ln2: norm(&format!("{p}.post_attention_layernorm"))?,
             ln2_post: None,
             // [q; k; v] rows are already the model's q | k | v columns once transposed.
-            w_qkv: src
-                .get(&format!("{p}.self_attn.qkv_proj.weight"), &[qkv, d])?
-                .t()?
-                .contiguous()?,
+            w_qkv: linear_weight(src, &format!("{p}.self_attn.qkv_proj.weight"), qkv, d)?,
             b_qkv: zeros(qkv)?,
             q_norm: None,
             k_norm: None,
-            w_o: src
-                .get(&format!("{p}.self_attn.o_proj.weight"), &[d, h * dh])?
-                .t()?
-                .contiguous()?,
+            w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
             b_o: zeros(d)?,
             w_gate: Some(gate_up.narrow(1, 0, mlp)?.contiguous()?),
             w_in: gate_up.narrow(1, mlp, mlp)?.contiguous()?,
             b_in: zeros(mlp)?,
-            w_out: src
-                .get(&format!("{p}.mlp.down_proj.weight"), &[d, mlp])?
-                .t()?
-                .contiguous()?,
+            w_out: linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?,
             b_out: zeros(d)?,
         });
     }

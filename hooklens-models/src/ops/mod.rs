@@ -6,8 +6,10 @@ pub(crate) mod attention_products;
 mod cross_entropy;
 pub(crate) mod kernels;
 mod streamed_gemm;
+mod transpose;
 
 pub use cross_entropy::cross_entropy_per_row;
+pub(crate) use transpose::transposed;
 
 use candle_core::Tensor;
 
