@@ -21,28 +21,10 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The index of a sharded checkpoint, used when there is no [`WEIGHTS_FILE`].
 pub const SHARD_INDEX_FILE: &str = super::SHARD_INDEX;
 
-/// The shard files a `model.safetensors.index.json` names, each once, in order of
-/// first mention; an unreadable index is an error naming it.
+/// The shard files a `model.safetensors.index.json` names, each once; an unreadable
+/// index, or one naming a file outside its folder, is an error naming it.
 fn shard_files(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::BadFile {
-        path: index.to_path_buf(),
-        reason: format!("not valid JSON: {e}"),
-    })?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::BadFile {
-            path: index.to_path_buf(),
-            reason: "no `weight_map` object: not a safetensors index".into(),
-        })?;
-    let mut files: Vec<String> = Vec::new();
-    for f in map.values().filter_map(|v| v.as_str()) {
-        if !files.iter().any(|x| x == f) {
-            files.push(f.to_string());
-        }
-    }
-    Ok(files)
+    Ok(super::ShardIndex::read(index)?.files)
 }
 
 /// TransformerLens's names for models that are not Hugging Face ids.

@@ -18,11 +18,19 @@ pub(crate) struct ShardedSafetensors {
     shard_of: HashMap<String, usize>,
 }
 
-impl ShardedSafetensors {
-    /// Opens the index at `index` and every shard it names (relative to its folder).
-    /// A shard outside that folder, a tensor the index places in a shard that lacks
-    /// it, or an unreadable shard is an error naming the file.
-    pub(crate) fn open(index: &Path, device: &Device, dtype: DType) -> Result<Self> {
+/// What a `model.safetensors.index.json` says: its shard files, each once in order of
+/// first mention, and the shard of every tensor.
+pub(crate) struct ShardIndex {
+    /// File names, relative to the index's folder.
+    pub(crate) files: Vec<String>,
+    /// Tensor name -> index into `files`.
+    pub(crate) shard_of: HashMap<String, usize>,
+}
+
+impl ShardIndex {
+    /// Reads the index at `index`. A file name that leaves the index's folder, or an
+    /// index that is not one, is an error naming the file.
+    pub(crate) fn read(index: &Path) -> Result<Self> {
         let bad = |reason: String| Error::BadFile {
             path: index.to_path_buf(),
             reason,
@@ -33,7 +41,6 @@ impl ShardedSafetensors {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| bad("no `weight_map` object: not a safetensors index".into()))?;
-        let dir = index.parent().unwrap_or(Path::new("."));
         let mut files: Vec<String> = Vec::new();
         let mut shard_of = HashMap::with_capacity(map.len());
         for (name, file) in map {
@@ -57,16 +64,27 @@ impl ShardedSafetensors {
             };
             shard_of.insert(name.clone(), i);
         }
+        Ok(ShardIndex { files, shard_of })
+    }
+}
+
+impl ShardedSafetensors {
+    /// Opens the index at `index` and every shard it names (relative to its folder).
+    /// A shard outside that folder, a tensor the index places in a shard that lacks
+    /// it, or an unreadable shard is an error naming the file.
+    pub(crate) fn open(index: &Path, device: &Device, dtype: DType) -> Result<Self> {
+        let ShardIndex { files, shard_of } = ShardIndex::read(index)?;
+        let dir = index.parent().unwrap_or(Path::new("."));
         let shards = files
             .iter()
             .map(|f| SafetensorsFile::open(&dir.join(f), device, dtype))
             .collect::<Result<Vec<_>>>()?;
         for (name, &i) in &shard_of {
             if !shards[i].contains(name) {
-                return Err(bad(format!(
-                    "the index places `{name}` in {}, which does not hold it",
-                    files[i]
-                )));
+                return Err(Error::BadFile {
+                    path: index.to_path_buf(),
+                    reason: format!("the index places `{name}` in {}, which does not hold it", files[i]),
+                });
             }
         }
         Ok(ShardedSafetensors {
