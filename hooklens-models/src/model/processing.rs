@@ -23,8 +23,8 @@
 //! took out of the tied `W_E` are kept as factors of it (see [`super::Unembed`]), so a
 //! processed model holds no second `[d_model, d_vocab]` matrix.
 //!
-//! In the model's layout `W_Q/K/V` are the columns of `[d_model, 3*d_model]`, so a
-//! mean over TransformerLens's `d_model` axis is a mean over rows here.
+//! In the model's layout `W_Q/K/V` are the columns of `[d_model, (n_heads + 2 n_kv) *
+//! d_head]`, so a mean over TransformerLens's `d_model` axis is a mean over rows here.
 
 use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tensor, D};
 use hooklens_core::Result;
@@ -85,9 +85,12 @@ fn in_f32(w: &Tensor, f: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) ->
 /// `bias + v @ w` for `v` `[in]`, `w` `[in, out]`, `bias` `[out]`.
 fn add_vec_mat(bias: &Tensor, v: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     in_f32(bias, |bias| {
-        let v = v.to_dtype(DType::F32)?;
-        let w = w.to_dtype(DType::F32)?;
-        (bias.to_dtype(DType::F32)? + v.unsqueeze(0)?.matmul(&w)?.squeeze(0)?)?.to_dtype(bias.dtype())
+        let dtype = bias.dtype();
+        bias + v
+            .to_dtype(dtype)?
+            .unsqueeze(0)?
+            .matmul(&w.to_dtype(dtype)?)?
+            .squeeze(0)?
     })
 }
 
@@ -241,22 +244,33 @@ fn fold_gain(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
 /// Applies `opts` to `w` in place, in TransformerLens's order, and updates `cfg`
 /// (`normalization_type` becomes `LNPre` / `RMSPre` after `fold_ln`).
 pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, opts: &ProcessingOptions) -> Result<()> {
-    if opts.fold_ln && cfg.normalization_type == NormalizationType::LN {
+    if opts.fold_ln && cfg.normalization_type.has_params() {
+        // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
+        // bias goes through the weights and their input dimension is centred; an
+        // RMSNorm has neither bias nor centring, only its gain.
+        let layer_norm = cfg.normalization_type == NormalizationType::LN;
+        let fold = |w: &Tensor, g: &Tensor| {
+            if layer_norm {
+                fold_gain_and_center(w, g)
+            } else {
+                fold_gain(w, g)
+            }
+        };
         for l in &mut w.layers {
             if let Some((g, b)) = l.ln1.take() {
                 // Biases first: they are folded through the unscaled weights.
                 if let Some(b) = b {
                     l.b_qkv = add_vec_mat(&l.b_qkv, &b, &l.w_qkv)?;
                 }
-                l.w_qkv = fold_gain_and_center(&l.w_qkv, &g)?;
+                l.w_qkv = fold(&l.w_qkv, &g)?;
             }
             if let Some((g, b)) = l.ln2.take() {
                 if let Some(b) = b {
                     l.b_in = add_vec_mat(&l.b_in, &b, &l.w_in)?;
                 }
-                l.w_in = fold_gain_and_center(&l.w_in, &g)?;
+                l.w_in = fold(&l.w_in, &g)?;
                 if let Some(w_gate) = &l.w_gate {
-                    l.w_gate = Some(fold_gain_and_center(w_gate, &g)?);
+                    l.w_gate = Some(fold(w_gate, &g)?);
                 }
             }
         }
@@ -266,29 +280,18 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
             if let Some(b) = b {
                 w.b_u = add_vec_mat(&w.b_u, &b, &w.w_u)?;
             }
-            let d = w.w_u.dim(0)? as f64;
-            let input_center = (unembed_rows_times(&w.w_u, &g)? / d)?.to_dtype(g.dtype())?;
-            w.unembed_factors.input_center = Some(input_center);
+            if layer_norm {
+                let d = w.w_u.dim(0)? as f64;
+                let input_center = (unembed_rows_times(&w.w_u, &g)? / d)?.to_dtype(g.dtype())?;
+                w.unembed_factors.input_center = Some(input_center);
+            }
             w.unembed_factors.gain = Some(g);
         }
-        cfg.normalization_type = NormalizationType::LNPre;
-    }
-    if opts.fold_ln && cfg.normalization_type == NormalizationType::RMS {
-        for l in &mut w.layers {
-            if let Some((g, _)) = l.ln1.take() {
-                l.w_qkv = fold_gain(&l.w_qkv, &g)?;
-            }
-            if let Some((g, _)) = l.ln2.take() {
-                l.w_in = fold_gain(&l.w_in, &g)?;
-                if let Some(w_gate) = &l.w_gate {
-                    l.w_gate = Some(fold_gain(w_gate, &g)?);
-                }
-            }
-        }
-        if let Some((g, _)) = w.ln_final.take() {
-            w.unembed_factors.gain = Some(g);
-        }
-        cfg.normalization_type = NormalizationType::RMSPre;
+        cfg.normalization_type = if layer_norm {
+            NormalizationType::LNPre
+        } else {
+            NormalizationType::RMSPre
+        };
     }
     // In place only where the storage is ours alone: `exclusive` weights came from a
     // file into fresh buffers.
