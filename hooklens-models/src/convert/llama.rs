@@ -1,5 +1,5 @@
-//! Llama 2 / 3.x (`LlamaForCausalLM`), and the Llama layout that Mistral, Qwen 2/3 and
-//! Gemma 1/2 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//! Llama 2 / 3.x (`LlamaForCausalLM`), and the Llama layout that Mistral, Qwen 2/3,
+//! Gemma 1/2 and (with fused projections) Phi-3 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
 //! `mlp.{gate,up,down}_proj`, RMSNorms, rotary on `(i, i + d_head/2)` pairs, and
 //! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
 //! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.
@@ -120,6 +120,9 @@ pub(super) struct LlamaLayout {
     /// Gemma 2's four norms: `post_attention_layernorm` is the norm *after* attention,
     /// `pre_feedforward_layernorm` / `post_feedforward_layernorm` surround the MLP.
     pub(super) sandwich_norms: bool,
+    /// Phi-3's fused projections: `self_attn.qkv_proj` stacks all query heads, then all
+    /// key heads, then all value heads; `mlp.gate_up_proj` the gate over the up projection.
+    pub(super) fused_projections: bool,
 }
 
 /// Reads a Llama-layout checkpoint.
@@ -148,11 +151,28 @@ pub(super) fn read_llama_layout(
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
         let p = format!("model.layers.{i}");
-        let q = linear_weight(src, &format!("{p}.self_attn.q_proj.weight"), h * dh, d)?;
-        let k = linear_weight(src, &format!("{p}.self_attn.k_proj.weight"), kv * dh, d)?;
-        let vv = linear_weight(src, &format!("{p}.self_attn.v_proj.weight"), kv * dh, d)?;
-        let w_qkv = Tensor::cat(&[&q, &k, &vv], 1)?;
-        drop((q, k, vv));
+        let w_qkv = if layout.fused_projections {
+            // [q; k; v] rows are already the model's q | k | v columns once transposed.
+            linear_weight(src, &format!("{p}.self_attn.qkv_proj.weight"), (h + 2 * kv) * dh, d)?
+        } else {
+            let q = linear_weight(src, &format!("{p}.self_attn.q_proj.weight"), h * dh, d)?;
+            let k = linear_weight(src, &format!("{p}.self_attn.k_proj.weight"), kv * dh, d)?;
+            let vv = linear_weight(src, &format!("{p}.self_attn.v_proj.weight"), kv * dh, d)?;
+            Tensor::cat(&[&q, &k, &vv], 1)?
+        };
+        let (w_gate, w_in) = if layout.fused_projections {
+            // [gate; up] rows: once transposed, the gate's columns then the up projection's.
+            let gate_up = linear_weight(src, &format!("{p}.mlp.gate_up_proj.weight"), 2 * mlp, d)?;
+            (
+                gate_up.narrow(1, 0, mlp)?.contiguous()?,
+                gate_up.narrow(1, mlp, mlp)?.contiguous()?,
+            )
+        } else {
+            (
+                linear_weight(src, &format!("{p}.mlp.gate_proj.weight"), mlp, d)?,
+                linear_weight(src, &format!("{p}.mlp.up_proj.weight"), mlp, d)?,
+            )
+        };
         // Qwen 2 has q/k/v biases (and Llama checkpoints with `attention_bias`).
         let b_qkv = if src.contains(&format!("{p}.self_attn.q_proj.bias")) {
             Tensor::cat(
@@ -194,8 +214,8 @@ pub(super) fn read_llama_layout(
             },
             w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
             b_o: zeros(d)?,
-            w_gate: Some(linear_weight(src, &format!("{p}.mlp.gate_proj.weight"), mlp, d)?),
-            w_in: linear_weight(src, &format!("{p}.mlp.up_proj.weight"), mlp, d)?,
+            w_gate: Some(w_gate),
+            w_in,
             b_in: zeros(mlp)?,
             w_out: linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?,
             b_out: zeros(d)?,
