@@ -153,39 +153,37 @@ impl Attention {
         self.repeat_kv(self.b_head_stored(which)?, which)
     }
 
-    /// `t` `[kv_heads, ..]` -> `[n_heads, ..]`, each key/value head repeated for its group.
+    /// `t` `[kv_heads, ..]` -> `[n_heads, ..]` for keys and values (`which` 1 or 2);
+    /// queries (`which` 0) as they are.
     fn repeat_kv(&self, t: Tensor, which: usize) -> candle_core::Result<Tensor> {
+        if which == 0 {
+            return Ok(t);
+        }
+        self.repeat_heads(t, 0)
+    }
+
+    /// `t` with its key/value head axis `axis` (`n_kv_heads` long) repeated for the
+    /// query heads of each group (a copy, TransformerLens's `repeat_interleave`), or
+    /// `t` itself without grouping.
+    fn repeat_heads(&self, t: Tensor, axis: usize) -> candle_core::Result<Tensor> {
         let group = self.n_heads / self.n_kv_heads;
-        if which == 0 || group == 1 {
+        if group == 1 {
             return Ok(t);
         }
         let mut dims = t.dims().to_vec();
-        let rest = dims[1..].to_vec();
-        let mut expanded = vec![self.n_kv_heads, group];
-        expanded.extend(&rest);
-        dims[0] = self.n_heads;
-        t.unsqueeze(1)?.broadcast_as(expanded)?.contiguous()?.reshape(dims)
+        let mut expanded = dims.clone();
+        expanded.insert(axis + 1, group);
+        dims[axis] = self.n_heads;
+        t.unsqueeze(axis + 1)?
+            .broadcast_as(expanded)?
+            .contiguous()?
+            .reshape(dims)
     }
 
     /// TransformerLens's `W_O` `[n_heads, d_head, d_model]`.
     pub(crate) fn w_o_heads(&self) -> candle_core::Result<Tensor> {
         let d_model = self.w_o.dim(1)?;
         self.w_o.reshape((self.n_heads, self.d_head, d_model))
-    }
-
-    /// `x` `[batch, pos, kv_heads, d_head]` -> `[batch, pos, n_heads, d_head]`, each
-    /// key/value head repeated for the query heads of its group (a copy), or `x`
-    /// itself without grouping.
-    fn expand_kv(&self, x: Tensor) -> candle_core::Result<Tensor> {
-        let group = self.n_heads / self.n_kv_heads;
-        if group == 1 {
-            return Ok(x);
-        }
-        let (b, p, kv, dh) = x.dims4()?;
-        x.unsqueeze(3)?
-            .broadcast_as((b, p, kv, group, dh))?
-            .contiguous()?
-            .reshape((b, p, kv * group, dh))
     }
 
     /// A q/k norm over each head: `x` `[batch, pos, heads, d_head]` flattened to rows
@@ -266,8 +264,9 @@ impl Attention {
             }
             _ => (q, k_all),
         };
-        let k_all = self.expand_kv(k_all)?;
-        let v_all = self.expand_kv(v_all)?;
+        // [batch, keys, kv_head, d_head] -> [batch, keys, head, d_head].
+        let k_all = self.repeat_heads(k_all, 2)?;
+        let v_all = self.repeat_heads(v_all, 2)?;
         let dtype = q.dtype();
         // TransformerLens computes scores in f32 for half-precision models.
         let score_dtype = match dtype {

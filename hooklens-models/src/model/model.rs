@@ -606,30 +606,21 @@ impl HookedTransformer {
             }
             _ => None,
         };
-        // Rotary angles for the new queries and for every key so far, shared by all
-        // layers; from the mask's real-token positions as TransformerLens does.
+        // Rotary angles for every key so far, shared by all layers, from the mask's
+        // real-token positions as TransformerLens does; the new queries' are the last `p`.
         let rot = match &self.rotary {
             None => None,
             Some(rot) => {
-                let (q_rows, k_rows): (Vec<Vec<u32>>, Vec<Vec<u32>>) = match &full_rows {
-                    None => (
-                        vec![(offset..offset + p).map(|i| i as u32).collect()],
-                        vec![(0..offset + p).map(|i| i as u32).collect()],
-                    ),
-                    Some(rows) => {
-                        let (q, _) = positions_from_mask(rows, offset, p);
-                        let (k, _) = positions_from_mask(rows, 0, offset + p);
-                        (
-                            q.chunks(p).map(|c| c.to_vec()).collect(),
-                            k.chunks(offset + p).map(|c| c.to_vec()).collect(),
-                        )
-                    }
+                let k_rows: Vec<Vec<u32>> = match &full_rows {
+                    None => vec![(0..offset + p).map(|i| i as u32).collect()],
+                    Some(rows) => positions_from_mask(rows, 0, offset + p)
+                        .0
+                        .chunks(offset + p)
+                        .map(|c| c.to_vec())
+                        .collect(),
                 };
-                let dtype = self.dtype();
-                Some((
-                    rot.tables(&q_rows, dtype, self.device())?,
-                    rot.tables(&k_rows, dtype, self.device())?,
-                ))
+                let keys = rot.tables(&k_rows, self.dtype(), self.device())?;
+                Some((keys.narrow(offset, p)?, keys))
             }
         };
         let first = start.unwrap_or(0);

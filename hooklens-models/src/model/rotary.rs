@@ -23,6 +23,16 @@ pub(crate) struct RotaryTables {
     pub(crate) sin: Tensor,
 }
 
+impl RotaryTables {
+    /// The tables of positions `start..start + len` of each row (a view).
+    pub(crate) fn narrow(&self, start: usize, len: usize) -> candle_core::Result<Self> {
+        Ok(RotaryTables {
+            cos: self.cos.narrow(1, start, len)?,
+            sin: self.sin.narrow(1, start, len)?,
+        })
+    }
+}
+
 impl Rotary {
     /// The rotary of `cfg`, or `None` for learned positions.
     pub(crate) fn new(cfg: &TransformerConfig) -> Option<Self> {
