@@ -36,7 +36,7 @@ pub struct Mlp {
     pub hook_post: HookPoint,
 }
 
-/// `act(x)` for a tensor nothing else holds; in place where a kernel allows it.
+/// `act(x)`, a new tensor.
 fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
     match act_fn {
         ActFn::GeluNew => kernels::gelu_new(pre),
@@ -61,14 +61,17 @@ impl Mlp {
             Some(w_gate) => {
                 let pre = self.hook_pre.forward(&linear(x, w_gate, None)?)?;
                 let fresh = linear(x, &self.w_in, None)?;
-                let idle = self.hook_pre_linear.as_ref().is_none_or(|hp| hp.is_idle());
-                let fused = match self.act_fn {
-                    // Nothing can have kept the fresh up projection: the product overwrites it.
-                    ActFn::Silu | ActFn::GeluNew if idle => {
-                        kernels::gated_product_owned(&pre, fresh.clone(), self.act_fn == ActFn::Silu)
-                    }
+                // The activations the gated-product kernel has: `Some(true)` for SiLU.
+                let silu = match self.act_fn {
+                    ActFn::Silu => Some(true),
+                    ActFn::GeluNew => Some(false),
                     _ => None,
                 };
+                let idle = self.hook_pre_linear.as_ref().is_none_or(|hp| hp.is_idle());
+                // Nothing can have kept the fresh up projection: the product overwrites it.
+                let fused = silu
+                    .filter(|_| idle)
+                    .and_then(|silu| kernels::gated_product_owned(&pre, fresh.clone(), silu));
                 let product = match fused {
                     Some(p) => p?,
                     None => {
@@ -77,18 +80,13 @@ impl Mlp {
                             None => fresh,
                         };
                         // Out of place: a hook or the cache may hold the up projection.
-                        let kernel = match self.act_fn {
-                            ActFn::Silu | ActFn::GeluNew => {
-                                kernels::gated_product(&pre, &pre_linear, self.act_fn == ActFn::Silu)
-                            }
-                            _ => None,
-                        };
-                        match kernel {
+                        match silu.and_then(|silu| kernels::gated_product(&pre, &pre_linear, silu)) {
                             Some(p) => p?,
                             None => (activate(self.act_fn, &pre)? * pre_linear)?,
                         }
                     }
                 };
+                // TransformerLens adds a gated MLP's b_in after the product.
                 if self.b_in_used {
                     product.broadcast_add(&self.b_in)?
                 } else {

@@ -306,8 +306,10 @@ pub(crate) fn gated_product(gate: &Tensor, up: &Tensor, silu: bool) -> Option<ca
     if !(fast_path(gate) && fast_path(up) && gate.dims() == up.dims()) {
         return None;
     }
-    Some(up.contiguous().and_then(|up| {
-        let out = up.copy()?;
+    // One copy of `up` to write the product into (`contiguous` already made one when
+    // `up` was a view).
+    let out = if up.is_contiguous() { up.copy() } else { up.contiguous() };
+    Some(out.and_then(|out| {
         gated_product_owned(gate, out, silu).unwrap_or_else(|| candle_core::bail!("gated MLP: not on the fast path"))
     }))
 }
