@@ -28,19 +28,17 @@
 //! It keeps freed memory for reuse ([`hooklens::retain_freed_memory`]), as the
 //! `hooklens` command does; `-- --default-malloc` measures with glibc's defaults.
 
-use std::time::Instant;
-
 #[path = "common/bench.rs"]
 mod bench_common;
-use bench_common::{median_f64, paired_ratio, peak_rss_kib, stream_once, time, time_interleaved, time_rounds};
+use bench_common::{median_f64, paired_ratio, stream_once, time, time_interleaved, time_rounds};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use hooklens::models::gpt2::{self, random_weights, save_hf_checkpoint, SeededRng};
+use hooklens::ReturnType;
 use hooklens::{
     CacheOptions, ForwardOptions, GenerateOptions, Gpt2Config, HookPoint, HookSet, HookedGpt2, HookedModel,
 };
-use hooklens::{LoadOptions, ReturnType};
 
 fn forward_flops(cfg: &Gpt2Config, b: usize, p: usize) -> f64 {
     let (n, d, h, dh, m, v) = (
@@ -147,18 +145,7 @@ fn main() -> hooklens::Result<()> {
     let default_malloc = args.iter().any(|a| a == "--default-malloc");
     let retained = !default_malloc && hooklens::retain_freed_memory();
     // Child mode: load a checkpoint and report time and peak memory.
-    if let Some(i) = args.iter().position(|a| a == "--load") {
-        let dir = &args[i + 1];
-        let opts = if args.iter().any(|a| a == "--processed") {
-            LoadOptions::default()
-        } else {
-            LoadOptions::no_processing()
-        };
-        let t = Instant::now();
-        let model = HookedGpt2::from_dir(dir, &opts)?;
-        let secs = t.elapsed().as_secs_f64();
-        std::hint::black_box(&model);
-        println!("{secs} {}", peak_rss_kib().unwrap_or(0));
+    if bench_common::load_child(&args)? {
         return Ok(());
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -276,22 +263,14 @@ fn main() -> hooklens::Result<()> {
     let dir = std::env::temp_dir().join(format!("hooklens-bench-gpt2-{}", std::process::id()));
     save_hf_checkpoint(&dir, &cfg, &weights, DType::F32)?;
     drop(weights);
-    let exe = std::env::current_exe().map_err(|e| hooklens::Error::io("current_exe", e))?;
     let param_bytes = (n_params * 4) as f64;
     println!("\n| loading (f32 safetensors) | time | peak RSS | parameters | peak / parameters |");
     println!("|---|---|---|---|---|");
-    for (what, extra) in [("no processing", None), ("default processing", Some("--processed"))] {
-        let out = std::process::Command::new(&exe)
-            .arg("--load")
-            .arg(&dir)
-            .args(extra)
-            .args(default_malloc.then_some("--default-malloc"))
-            .output()
-            .map_err(|e| hooklens::Error::io(&dir, e))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut parts = text.split_whitespace();
-        let secs: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-        let kib: f64 = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    for (what, processed) in [("no processing", false), ("default processing", true)] {
+        let mut extra = Vec::new();
+        extra.extend(processed.then_some("--processed"));
+        extra.extend(default_malloc.then_some("--default-malloc"));
+        let (secs, kib) = bench_common::child_load(&dir, &extra)?;
         println!(
             "| {what} | {:.0} ms | {:.0} MiB | {:.0} MiB | {:.3} |",
             secs * 1e3,

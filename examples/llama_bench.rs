@@ -24,7 +24,7 @@
 //! TransformerLens on the same shape: `python scripts/tl_llama_bench.py`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -34,7 +34,7 @@ use hooklens::{CacheOptions, GenerateOptions, HookedModel, HookedTransformer, Lo
 
 #[path = "common/bench.rs"]
 mod bench_common;
-use bench_common::{median_f64, paired_ratio, peak_rss_kib, stream_once, time_rounds};
+use bench_common::{median_f64, paired_ratio, stream_once, time_rounds};
 
 /// The Hugging Face config of the benchmark's model.
 fn config_json(layers: usize, d: usize, heads: usize, kv: usize, mlp: usize, vocab: usize) -> String {
@@ -108,48 +108,12 @@ impl Floor {
     }
 }
 
-/// Loads `dir` in a child process; seconds and peak resident KiB.
-fn child_load(dir: &Path, dtype: &str, processed: bool) -> hooklens::Result<(f64, f64)> {
-    let exe = std::env::current_exe().map_err(err)?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--load").arg(dir).arg(dtype);
-    if processed {
-        cmd.arg("--processed");
-    }
-    let out = cmd.output().map_err(err)?;
-    if !out.status.success() {
-        return Err(hooklens::Error::invalid(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ));
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut parts = text.split_whitespace();
-    let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    let kib = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-    Ok((secs, kib))
-}
-
-/// The child: loads and prints seconds and peak RSS (KiB).
-fn load_only(args: &[String]) -> hooklens::Result<()> {
-    let dir = PathBuf::from(&args[0]);
-    let dtype = if args.get(1).map(String::as_str) == Some("bf16") {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    let processed = args.iter().any(|a| a == "--processed");
-    let opts = if processed {
-        LoadOptions::default()
-    } else {
-        LoadOptions::no_processing()
-    }
-    .with_dtype(dtype);
-    let t = Instant::now();
-    let m = HookedTransformer::from_dir(&dir, &opts)?;
-    let secs = t.elapsed().as_secs_f64();
-    std::hint::black_box(&m);
-    println!("{secs} {}", peak_rss_kib().unwrap_or(0));
-    Ok(())
+/// Loads `dir` in a child process (bf16 with `bf16`); seconds and peak resident KiB.
+fn child_load(dir: &Path, bf16: bool, processed: bool) -> hooklens::Result<(f64, f64)> {
+    let mut extra = Vec::new();
+    extra.extend(bf16.then_some("--bf16"));
+    extra.extend(processed.then_some("--processed"));
+    bench_common::child_load(dir, &extra)
 }
 
 /// Writes a Llama-3.1-8B-shaped bf16 checkpoint one layer at a time (a shard each),
@@ -190,8 +154,9 @@ fn write_8b(dir: &Path) -> hooklens::Result<usize> {
 
 fn main() -> hooklens::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--load") {
-        return load_only(&args[1..]);
+    // A child measuring a load, before the allocator settings below, as it ran so far.
+    if bench_common::load_child(&args)? {
+        return Ok(());
     }
     hooklens::retain_freed_memory();
     let tmp = std::env::temp_dir().join(format!("hooklens-llama-bench-{}", std::process::id()));
@@ -202,7 +167,7 @@ fn main() -> hooklens::Result<()> {
         println!("| load Llama-3.1-8B shape, bf16 | time | peak RSS | parameters | peak / parameters |");
         println!("|---|---|---|---|---|");
         for processed in [false, true] {
-            let (secs, kib) = child_load(&dir, "bf16", processed)?;
+            let (secs, kib) = child_load(&dir, true, processed)?;
             println!(
                 "| {} | {secs:.1} s | {:.2} GiB | {:.2} GiB | {:.3} |",
                 if processed {
@@ -353,7 +318,7 @@ fn main() -> hooklens::Result<()> {
     println!("|---|---|---|---|---|");
     for (dir, dtype, bytes) in [(&f32_dir, "f32", 4.0), (&bf16_dir, "bf16", 2.0)] {
         for processed in [false, true] {
-            let (secs, kib) = child_load(dir, dtype, processed)?;
+            let (secs, kib) = child_load(dir, dtype == "bf16", processed)?;
             let param_bytes = n_params as f64 * bytes;
             println!(
                 "| {dtype}, {} | {:.1} s | {:.2} GiB | {:.2} GiB | {:.3} |",

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
+use hooklens::{HookedTransformer, LoadOptions};
 
 pub fn median(v: Vec<Duration>) -> f64 {
     median_f64(v.into_iter().map(|d| d.as_secs_f64()).collect())
@@ -105,4 +106,55 @@ pub fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The child side of a loading measurement: with `--load DIR` in `args` (and
+/// `--processed` for the default processing, `--bf16` for a bf16 model), loads `DIR`,
+/// prints its seconds and this process's peak resident KiB, and returns `true`;
+/// `false` when `args` asks for no load.
+pub fn load_child(args: &[String]) -> hooklens::Result<bool> {
+    let Some(i) = args.iter().position(|a| a == "--load") else {
+        return Ok(false);
+    };
+    let dir = args
+        .get(i + 1)
+        .ok_or_else(|| hooklens::Error::invalid("--load needs a model folder"))?;
+    let opts = if args.iter().any(|a| a == "--processed") {
+        LoadOptions::default()
+    } else {
+        LoadOptions::no_processing()
+    };
+    let dtype = if args.iter().any(|a| a == "--bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let t = Instant::now();
+    let model = HookedTransformer::from_dir(dir, &opts.with_dtype(dtype))?;
+    let secs = t.elapsed().as_secs_f64();
+    std::hint::black_box(&model);
+    println!("{secs} {}", peak_rss_kib().unwrap_or(0));
+    Ok(true)
+}
+
+/// The parent side: runs this program again as a [`load_child`] of `dir` with the
+/// flags `extra`; its seconds and peak resident KiB (NaN where it printed none).
+pub fn child_load(dir: &std::path::Path, extra: &[&str]) -> hooklens::Result<(f64, f64)> {
+    let exe = std::env::current_exe().map_err(|e| hooklens::Error::io("current_exe", e))?;
+    let out = std::process::Command::new(exe)
+        .arg("--load")
+        .arg(dir)
+        .args(extra)
+        .output()
+        .map_err(|e| hooklens::Error::io(dir, e))?;
+    if !out.status.success() {
+        return Err(hooklens::Error::invalid(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.split_whitespace();
+    let secs = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    let kib = parts.next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+    Ok((secs, kib))
 }
