@@ -101,7 +101,8 @@ impl HookPoint {
     /// `Some(-1)` for `[batch, pos]`; `None` for activations without one (such as rows
     /// flattened over batch, positions and heads), which `pos_slice` then leaves whole.
     /// A point that declares nothing gets TransformerLens's rule from its name (see
-    /// [`crate::position_axis`]).
+    /// [`crate::position_axis`]). An axis that is not negative, or below `-127`, is
+    /// taken as no axis.
     ///
     /// ```
     /// use hooklens_core::HookPoint;
