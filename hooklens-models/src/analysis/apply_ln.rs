@@ -1,9 +1,10 @@
 //! `apply_ln_to_stack`: a LayerNorm's cached scaling applied to residual components.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use hooklens_core::{Error, Result, Slice};
 
 use super::cache_view::{apply_slice, Analysis};
+use crate::model::{rms_scale_composite, scale_composite};
 
 /// Options of [`Analysis::apply_ln_to_stack`] (TransformerLens's keyword arguments).
 #[derive(Clone, Debug)]
@@ -129,16 +130,14 @@ impl Analysis<'_> {
                 ))
             });
         }
+        // The norm's own scale, as the forward computes it (f32 for half precision).
         let x = self.at(resid.0, resid.1)?;
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let x = if self.rms() {
-            x
+        let eps = self.model.cfg().eps;
+        Ok(if self.rms() {
+            rms_scale_composite(x, eps)?
         } else {
-            x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?
-        };
-        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-        Ok((var + self.model.cfg().eps)?.sqrt()?.to_dtype(dtype)?)
+            scale_composite(x, eps)?
+        })
     }
 
     /// The LayerNorm scale for a stack as `opts` describes it, sliced: `[..., 1]`.
