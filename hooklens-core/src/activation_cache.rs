@@ -62,6 +62,11 @@ impl ActivationCache {
         self.index.contains_key(name)
     }
 
+    /// Whether `name` is cached (the name a Rust map uses; as [`ActivationCache::contains`]).
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+
     /// Names in firing order.
     pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
         self.names.iter().map(String::as_str)

@@ -1,27 +1,47 @@
 //! `HookDict`: a model's hook points by name, in registration order.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, NamesFilter, Result};
 
 /// The ordered map name -> hook point of one model (TransformerLens's `hook_dict`).
 /// Building it walks the model and names every point (TransformerLens's `setup()`).
+///
+/// A point with a module spliced in (see [`crate::Splice`]), as model state or by a run
+/// active on this thread, is replaced by the splice's own points, named under it.
 pub struct HookDict<'m> {
-    entries: Vec<(String, &'m HookPoint)>,
+    // Handles rather than borrows: a splice's points live in the splice, not the model.
+    entries: Vec<(String, HookPoint)>,
     index: HashMap<String, usize>,
+    _model: PhantomData<&'m ()>,
 }
 
 impl<'m> HookDict<'m> {
     /// Walks `model` and names each hook point by its path.
     pub fn build<M: Hooked + ?Sized>(model: &'m M) -> Self {
-        let mut entries: Vec<(String, &'m HookPoint)> = Vec::new();
+        let mut entries: Vec<(String, HookPoint)> = Vec::new();
         let mut path = HookPath::new();
         model.visit_hook_points(&mut path, &mut |name, point| {
             point.set_name(name);
-            entries.push((name.to_string(), point));
+            match point.splice() {
+                None => entries.push((name.to_string(), point.handle())),
+                Some(splice) => {
+                    let mut inner = HookPath::new();
+                    inner.push(name);
+                    splice.visit_hook_points(&mut inner, &mut |name, point| {
+                        point.set_name(name);
+                        entries.push((name.to_string(), point.handle()));
+                    });
+                }
+            }
         });
         let index = entries.iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
-        HookDict { entries, index }
+        HookDict {
+            entries,
+            index,
+            _model: PhantomData,
+        }
     }
 
     /// The number of hook points.
@@ -35,13 +55,23 @@ impl<'m> HookDict<'m> {
     }
 
     /// The hook point named `name`, if any.
-    pub fn get(&self, name: &str) -> Option<&'m HookPoint> {
-        self.index.get(name).map(|&i| self.entries[i].1)
+    pub fn get(&self, name: &str) -> Option<&HookPoint> {
+        self.index.get(name).map(|&i| &self.entries[i].1)
+    }
+
+    /// Whether the model has a hook point named `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.index.contains_key(name)
     }
 
     /// Names and points in registration order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'m HookPoint)> + '_ {
-        self.entries.iter().map(|(n, p)| (n.as_str(), *p))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HookPoint)> + '_ {
+        self.entries.iter().map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// Names in registration order (as [`HookDict::names`]; the name a Rust map uses).
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.names()
     }
 
     /// Names in registration order.
@@ -51,7 +81,7 @@ impl<'m> HookDict<'m> {
 
     /// The hook point named `name`, or an error that suggests the nearest names (or,
     /// via the model's hint, the config flag that would enable it).
-    pub fn require<M: Hooked + ?Sized>(&self, model: &M, name: &str) -> Result<&'m HookPoint> {
+    pub fn require<M: Hooked + ?Sized>(&self, model: &M, name: &str) -> Result<&HookPoint> {
         self.get(name).ok_or_else(|| self.unknown(model, name))
     }
 
@@ -65,7 +95,7 @@ impl<'m> HookDict<'m> {
     /// The points a filter selects, in registration order. An exact name that does
     /// not exist, or a glob, list entry or predicate that matches nothing, is an error:
     /// a typo must not silently hook or cache nothing.
-    pub fn select<M: Hooked + ?Sized>(&self, model: &M, filter: &NamesFilter) -> Result<Vec<(&str, &'m HookPoint)>> {
+    pub fn select<M: Hooked + ?Sized>(&self, model: &M, filter: &NamesFilter) -> Result<Vec<(&str, &HookPoint)>> {
         let empty = || Error::EmptyFilter {
             filter: filter.to_string(),
         };

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use candle_core::Tensor;
 
 use crate::hook::{next_attachment_id, AttachedHook};
-use crate::{run_frame, Direction, Error, Hook, HookInfo, Result};
+use crate::splice::AttachedSplice;
+use crate::{run_frame, Direction, Error, Hook, HookInfo, Result, Splice};
 
 static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
 
@@ -32,6 +33,9 @@ struct Inner {
     bwd: RwLock<Vec<AttachedHook>>,
     n_fwd: AtomicUsize,
     n_bwd: AtomicUsize,
+    /// Modules spliced in as model state; the last one takes the point's place.
+    splices: RwLock<Vec<AttachedSplice>>,
+    n_splices: AtomicUsize,
     ctx: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     /// The declared position axis (see [`HookPoint::with_position_axis`]), encoded:
     /// `UNDECLARED`, `NO_AXIS`, or the axis itself.
@@ -90,6 +94,8 @@ impl HookPoint {
                 bwd: RwLock::new(Vec::new()),
                 n_fwd: AtomicUsize::new(0),
                 n_bwd: AtomicUsize::new(0),
+                splices: RwLock::new(Vec::new()),
+                n_splices: AtomicUsize::new(0),
                 ctx: Mutex::new(HashMap::new()),
                 pos_axis: AtomicI8::new(UNDECLARED),
             }),
@@ -130,9 +136,11 @@ impl HookPoint {
         }
     }
 
-    /// Another handle to this same point (same hooks, name and context), for the
-    /// backward op that must outlive the borrow of the model.
-    pub(crate) fn share(&self) -> HookPoint {
+    /// Another handle to this same point: the same hooks, name, context and splices,
+    /// valid after the model it came from is borrowed elsewhere (it keeps the point's
+    /// state alive, not the model). [`HookedModel::hook_point`](crate::HookedModel::hook_point)
+    /// returns one.
+    pub fn handle(&self) -> HookPoint {
         HookPoint {
             inner: self.inner.clone(),
         }
@@ -187,11 +195,15 @@ impl HookPoint {
     pub fn is_idle(&self) -> bool {
         self.inner.n_fwd.load(Ordering::Acquire) == 0
             && self.inner.n_bwd.load(Ordering::Acquire) == 0
+            && self.inner.n_splices.load(Ordering::Acquire) == 0
             && !run_frame::any_active()
     }
 
     #[cold]
     fn run_hooks(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(splice) = self.splice() {
+            return splice.forward(x, self);
+        }
         let mut chain: Vec<Hook> = Vec::new();
         if self.inner.n_fwd.load(Ordering::Acquire) > 0 {
             chain.extend(read(&self.inner.fwd).iter().map(|a| a.hook.clone()));
@@ -214,7 +226,7 @@ impl HookPoint {
             run_frame::hooks_for(self.inner.id, Direction::Bwd, &mut bwd_chain);
         }
         if !bwd_chain.is_empty() {
-            current = crate::grad_hook_op::attach(self.share(), bwd_chain, &current)?;
+            current = crate::grad_hook_op::attach(self.handle(), bwd_chain, &current)?;
         }
         Ok(current)
     }
@@ -336,6 +348,49 @@ impl HookPoint {
                 }
             }
         }
+    }
+
+    /// The module spliced in at this point for a forward on this thread now: the
+    /// innermost run's or scope's, else the last one attached as model state.
+    pub fn splice(&self) -> Option<Arc<dyn Splice>> {
+        if run_frame::any_active() {
+            if let Some(s) = run_frame::splice_for(self.inner.id) {
+                return Some(s);
+            }
+        }
+        if self.inner.n_splices.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        read(&self.inner.splices).last().map(|a| a.splice.clone())
+    }
+
+    /// Splices `splice` in at this point as model state (see [`Splice`]); it takes the
+    /// place of any spliced before it until removed.
+    pub fn add_splice(&self, splice: Arc<dyn Splice>, is_permanent: bool, level: Option<u64>) {
+        let mut list = write(&self.inner.splices);
+        list.push(AttachedSplice {
+            splice,
+            is_permanent,
+            level,
+        });
+        self.inner.n_splices.store(list.len(), Ordering::Release);
+    }
+
+    /// Removes splices attached as model state: permanent ones only if
+    /// `including_permanent`, and only those at `level` when one is given. Returns the
+    /// levels of those removed (`None` for a splice attached without one).
+    pub fn remove_splices(&self, including_permanent: bool, level: Option<u64>) -> Vec<Option<u64>> {
+        let mut list = write(&self.inner.splices);
+        let mut removed = Vec::new();
+        list.retain(|a| {
+            let keep = (a.is_permanent && !including_permanent) || (level.is_some() && a.level != level);
+            if !keep {
+                removed.push(a.level);
+            }
+            keep
+        });
+        self.inner.n_splices.store(list.len(), Ordering::Release);
+        removed
     }
 
     /// The hooks attached as model state, forward ones first, in running order.

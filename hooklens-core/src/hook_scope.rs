@@ -53,8 +53,13 @@ impl<'m, M: HookedModel + ?Sized> HookScope<'m, M> {
 impl<M: HookedModel + ?Sized> Drop for HookScope<'_, M> {
     fn drop(&mut self) {
         if self.reset_hooks_end {
+            // Hooks first: the points of this scope's splices are reachable only while
+            // they are spliced in.
             self.model
                 .reset_hooks(self.clear_contexts, Direction::Both, false, Some(self.level));
+            let mut path = crate::HookPath::new();
+            self.model
+                .visit_hook_points(&mut path, &mut |_, p| drop(p.remove_splices(true, Some(self.level))));
         }
     }
 }

@@ -1,8 +1,10 @@
 //! `HookSet`: the forward and backward hooks given to a scope or a run.
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
-use crate::{Hook, HookPoint, NamesFilter, Result};
+use crate::{Hook, HookPoint, NamesFilter, Result, Splice};
 
 /// Hooks to attach for a `hooks()` scope or one `run_with_hooks` call
 /// (TransformerLens's `fwd_hooks` and `bwd_hooks` lists), each with the names it
@@ -18,10 +20,21 @@ use crate::{Hook, HookPoint, NamesFilter, Result};
 ///     });
 /// assert_eq!(hooks.len(), 2);
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct HookSet {
     pub(crate) fwd: Vec<(NamesFilter, Hook)>,
     pub(crate) bwd: Vec<(NamesFilter, Hook)>,
+    pub(crate) splices: Vec<(String, Arc<dyn Splice>)>,
+}
+
+impl std::fmt::Debug for HookSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookSet")
+            .field("fwd", &self.fwd)
+            .field("bwd", &self.bwd)
+            .field("splices", &self.splices.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl HookSet {
@@ -58,9 +71,26 @@ impl HookSet {
         self
     }
 
-    /// The number of (filter, hook) pairs, both directions.
+    /// Splices `splice` in at the hook point named `name` (an exact name of the model):
+    /// the point's place, hooks and cache entry go to the splice's own points (see
+    /// [`Splice`]). One splice per point; the hooks of this set may name the splice's
+    /// points (`"<name>.<its point>"`).
+    pub fn splice(mut self, name: impl Into<String>, splice: Arc<dyn Splice>) -> Self {
+        self.splices.push((name.into(), splice));
+        self
+    }
+
+    /// Appends another set's hooks and splices after this one's.
+    pub fn extend(mut self, other: HookSet) -> Self {
+        self.fwd.extend(other.fwd);
+        self.bwd.extend(other.bwd);
+        self.splices.extend(other.splices);
+        self
+    }
+
+    /// The number of (filter, hook) pairs, both directions, and of splices.
     pub fn len(&self) -> usize {
-        self.fwd.len() + self.bwd.len()
+        self.fwd.len() + self.bwd.len() + self.splices.len()
     }
 
     /// Whether there are no hooks.

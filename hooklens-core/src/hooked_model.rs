@@ -8,8 +8,8 @@ use crate::activation_cache::squeeze_batch;
 use crate::hook_scope::next_level;
 use crate::run_frame::{FrameGuard, RunFrame};
 use crate::{
-    ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookPoint, HookScope, HookSet, Hooked,
-    NamesFilter, Result,
+    ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookPath, HookPoint, HookScope, HookSet,
+    Hooked, NamesFilter, Result, Splice,
 };
 
 /// The hook API of TransformerLens's `HookedRootModule`, for any [`Hooked`] model
@@ -26,9 +26,9 @@ pub trait HookedModel: Hooked {
         HookDict::build(self)
     }
 
-    /// The hook points in registration order.
-    fn hook_points(&self) -> Vec<&HookPoint> {
-        self.hook_dict().iter().map(|(_, p)| p).collect()
+    /// The hook points in registration order (handles: see [`HookPoint::handle`]).
+    fn hook_points(&self) -> Vec<HookPoint> {
+        self.hook_dict().iter().map(|(_, p)| p.handle()).collect()
     }
 
     /// The hook names in registration order.
@@ -36,9 +36,10 @@ pub trait HookedModel: Hooked {
         self.hook_dict().names().map(String::from).collect()
     }
 
-    /// The hook point named `name`, or an error suggesting the nearest names.
-    fn hook_point(&self, name: &str) -> Result<&HookPoint> {
-        self.hook_dict().require(self, name)
+    /// The hook point named `name` (a handle: see [`HookPoint::handle`]), or an error
+    /// suggesting the nearest names.
+    fn hook_point(&self, name: &str) -> Result<HookPoint> {
+        self.hook_dict().require(self, name).map(HookPoint::handle)
     }
 
     /// Attaches `hook` at every point `names` selects (TransformerLens's `add_hook`).
@@ -91,11 +92,12 @@ pub trait HookedModel: Hooked {
 
     /// Removes attached hooks in `dir` from every point: permanent ones only if
     /// `including_permanent`, and only those at `level` if one is given. Returns how
-    /// many were removed.
+    /// many were removed. Points hidden by a splice and the points of spliced modules
+    /// count too.
     fn remove_all_hook_fns(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
-        self.hook_dict()
+        every_point(self)
             .iter()
-            .map(|(_, p)| p.remove_hooks(dir, including_permanent, level))
+            .map(|p| p.remove_hooks(dir, including_permanent, level))
             .sum()
     }
 
@@ -109,7 +111,7 @@ pub trait HookedModel: Hooked {
         level: Option<u64>,
     ) -> usize {
         if clear_contexts {
-            for (_, p) in self.hook_dict().iter() {
+            for p in every_point(self) {
                 p.clear_context();
             }
         }
@@ -128,28 +130,47 @@ pub trait HookedModel: Hooked {
     }
 
     /// Attaches `hooks` at a new context level until the returned scope is dropped
-    /// (TransformerLens's `with model.hooks(fwd_hooks, bwd_hooks):`). Every name is
-    /// checked before any hook is attached, so an error attaches nothing.
+    /// (TransformerLens's `with model.hooks(fwd_hooks, bwd_hooks):`, and SAELens's
+    /// `with model.saes(...)` for the set's splices). Every name is checked before any
+    /// hook is attached, so an error attaches nothing.
     fn hooks(&self, hooks: HookSet) -> Result<HookScope<'_, Self>> {
-        let dict = self.hook_dict();
-        let mut plan: Vec<(&HookPoint, Hook, Direction)> = Vec::new();
-        for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
-            for (filter, hook) in list {
-                for (_, point) in dict.select(self, filter)? {
-                    plan.push((point, hook.clone(), dir));
-                }
-            }
-        }
         let level = next_level();
-        for (point, hook, dir) in plan {
-            point.add_hook(hook, dir, false, Some(level), false)?;
-        }
+        attach(self, hooks, false, level)?;
         Ok(HookScope {
             model: self,
             level,
             reset_hooks_end: true,
             clear_contexts: false,
         })
+    }
+
+    /// Attaches the splices of `hooks` as model state (SAELens's `add_sae`), with the
+    /// set's hooks (which may name the splices' points), until
+    /// [`HookedModel::reset_splices`]: `reset_hooks` leaves them. Returns the context
+    /// level they were attached at. Every name is checked first; an error attaches nothing.
+    fn add_splices(&self, hooks: HookSet) -> Result<u64> {
+        let level = next_level();
+        attach(self, hooks, true, level)?;
+        Ok(level)
+    }
+
+    /// Removes every splice attached as model state and the hooks attached along with
+    /// them (SAELens's `reset_saes`). Returns how many splices were removed.
+    fn reset_splices(&self) -> usize {
+        // Taken before the splices go: their points are reachable only while spliced.
+        let points = every_point(self);
+        let mut levels: Vec<Option<u64>> = Vec::new();
+        let mut path = HookPath::new();
+        self.visit_hook_points(&mut path, &mut |_, p| levels.extend(p.remove_splices(true, None)));
+        let n = levels.len();
+        levels.sort_unstable();
+        levels.dedup();
+        for level in levels.into_iter().flatten() {
+            for p in &points {
+                p.remove_hooks(Direction::Both, true, Some(level));
+            }
+        }
+        n
     }
 
     /// Runs `f` with `hooks` attached in a scope; they are removed when `f` returns,
@@ -232,13 +253,93 @@ pub trait HookedModel: Hooked {
     }
 }
 
+/// Every hook point of `model`: its own (also those a splice hides) and those of the
+/// modules spliced in as model state or by this thread's runs, once each.
+fn every_point<M: Hooked + ?Sized>(model: &M) -> Vec<HookPoint> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut path = HookPath::new();
+    model.visit_hook_points(&mut path, &mut |_, p| {
+        if seen.insert(p.id()) {
+            out.push(p.handle());
+        }
+    });
+    for (_, p) in HookDict::build(model).iter() {
+        if seen.insert(p.id()) {
+            out.push(p.handle());
+        }
+    }
+    out
+}
+
+/// The points the splices of a set go to, checked: exact names of the model, one
+/// splice per point.
+fn splice_targets<M: HookedModel + ?Sized>(
+    model: &M,
+    splices: &[(String, Arc<dyn Splice>)],
+) -> Result<Vec<(HookPoint, Arc<dyn Splice>)>> {
+    let dict = model.hook_dict();
+    let mut out: Vec<(HookPoint, Arc<dyn Splice>)> = Vec::new();
+    for (name, splice) in splices {
+        let point = dict.require(model, name)?;
+        if out.iter().any(|(p, _)| p.id() == point.id()) {
+            return Err(Error::invalid(format!(
+                "two modules spliced in at `{name}` in one set: a hook point takes one"
+            )));
+        }
+        out.push((point.handle(), splice.clone()));
+    }
+    Ok(out)
+}
+
+/// Attaches a set's splices, then its hooks, at `level`; on error removes what it attached.
+fn attach<M: HookedModel + ?Sized>(model: &M, hooks: HookSet, permanent: bool, level: u64) -> Result<()> {
+    let targets = splice_targets(model, &hooks.splices)?;
+    for (point, splice) in &targets {
+        point.add_splice(splice.clone(), permanent, Some(level));
+    }
+    let undo = || {
+        for (point, _) in &targets {
+            point.remove_splices(true, Some(level));
+        }
+    };
+    let dict = model.hook_dict();
+    let mut plan: Vec<(&HookPoint, Hook, Direction)> = Vec::new();
+    for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
+        for (filter, hook) in list {
+            match dict.select(model, filter) {
+                Ok(points) => plan.extend(points.into_iter().map(|(_, p)| (p, hook.clone(), dir))),
+                Err(e) => {
+                    undo();
+                    return Err(e);
+                }
+            }
+        }
+    }
+    for (point, hook, dir) in plan {
+        point.add_hook(hook, dir, permanent, Some(level), false)?;
+    }
+    Ok(())
+}
+
 /// Pushes a frame with `hooks` (and gradients wanted if `grads`), runs `forward`, pops it.
+/// The set's splices go in a frame of their own first, so that its hooks can name the
+/// splices' points.
 fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
     model: &M,
     hooks: HookSet,
     grads: bool,
     forward: impl FnOnce(&M) -> std::result::Result<R, E>,
 ) -> Result<R> {
+    let _splices = if hooks.splices.is_empty() {
+        None
+    } else {
+        let mut frame = RunFrame::default();
+        for (point, splice) in splice_targets(model, &hooks.splices)? {
+            frame.splices.insert(point.id(), splice);
+        }
+        Some(FrameGuard::push(frame))
+    };
     let mut frame = RunFrame {
         grads,
         ..RunFrame::default()

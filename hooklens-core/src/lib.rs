@@ -20,6 +20,7 @@ mod names_filter;
 mod non_finite;
 mod run_frame;
 mod slice;
+mod splice;
 
 pub use activation_cache::{save_safetensors, ActivationCache};
 pub use cache_options::{position_axis, CacheOptions};
@@ -37,6 +38,7 @@ pub use hooked_model::HookedModel;
 pub use names_filter::{glob_match, is_glob, NamesFilter};
 pub use non_finite::{first_non_finite, NonFinite};
 pub use slice::Slice;
+pub use splice::Splice;
 
 /// What `#[derive(Hooked)]` expands to refers to these, by absolute path, so that a
 /// user's own names cannot shadow them. Not public API.

@@ -10,13 +10,17 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::{Direction, Hook};
+use std::sync::Arc;
+
+use crate::{Direction, Hook, Splice};
 
 /// The hooks of one run: hook point id -> hooks in the order they run.
 #[derive(Default)]
 pub(crate) struct RunFrame {
     pub(crate) fwd: HashMap<u64, Vec<Hook>>,
     pub(crate) bwd: HashMap<u64, Vec<Hook>>,
+    /// Modules spliced in for this run: hook point id -> splice.
+    pub(crate) splices: HashMap<u64, Arc<dyn Splice>>,
     /// Whether this run wants gradients (it has backward hooks or records them).
     pub(crate) grads: bool,
 }
@@ -49,6 +53,17 @@ pub(crate) fn hooks_for(point_id: u64, dir: Direction, out: &mut Vec<Hook>) {
             }
         }
     });
+}
+
+/// The splice of the innermost run on this thread that has one at this point.
+pub(crate) fn splice_for(point_id: u64) -> Option<Arc<dyn Splice>> {
+    FRAMES.with(|frames| {
+        frames
+            .borrow()
+            .iter()
+            .rev()
+            .find_map(|frame| frame.splices.get(&point_id).cloned())
+    })
 }
 
 /// Pushes a frame for the guard's lifetime. Dropping the guard pops it, also while

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod loading;
 pub mod model;
 pub(crate) mod ops;
+pub mod sae;
 #[cfg(test)]
 mod tensor_diff;
 pub mod tokenizer;
