@@ -9,9 +9,9 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
-use common::assert_close;
-use hooklens_core::{CacheOptions, HookedModel};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use common::{assert_close, max_diff};
+use hooklens_core::{CacheOptions, HookSet, HookedModel};
 use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 use serde_json::Value;
@@ -165,4 +165,438 @@ fn steering_by_a_decoder_row_matches_saelens() {
         .run_with_hooks(hooks, |m| Ok::<_, hooklens_core::Error>(loss_of(m, &tokens, false)))
         .unwrap();
     assert_close("steered loss", &loss.reshape(1).unwrap(), &reference["loss"], 1e-4);
+}
+
+fn tiny() -> (HookedTransformer, Tensor) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2");
+    let model = HookedTransformer::from_dir(dir.join("model"), &LoadOptions::no_processing()).unwrap();
+    let tokens =
+        candle_core::safetensors::load(dir.join("tokens.safetensors"), &Device::Cpu).unwrap()["tokens"].clone();
+    (model, tokens)
+}
+
+const ACTS: &str = "blocks.0.hook_resid_pre.hook_sae_acts_post";
+
+#[test]
+fn splices_last_for_their_run_scope_or_until_reset() {
+    let (model, tokens) = tiny();
+    let sae = sae("saes/standard");
+    let plain = model.forward(&tokens).unwrap();
+    let spliced = model.run_with_saes(&sae, |m| m.forward(&tokens)).unwrap();
+    assert!(
+        max_diff(&plain, &spliced) > 1e-2,
+        "the reconstruction changes the logits"
+    );
+    let names_in_run = model
+        .run_with_saes(&sae, |m| Ok::<_, hooklens_core::Error>(m.hook_names()))
+        .unwrap();
+    assert!(names_in_run.iter().any(|n| n == ACTS));
+    assert!(
+        !names_in_run.iter().any(|n| n == "blocks.0.hook_resid_pre"),
+        "the replaced point is gone"
+    );
+    assert!(
+        model.hook_names().iter().any(|n| n == "blocks.0.hook_resid_pre"),
+        "back after the run"
+    );
+    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain), 0.0);
+
+    // A scope: every forward in it is spliced; gone when it drops, also by a panic.
+    {
+        let _scope = model.saes(&sae).unwrap();
+        assert!(model.hook_names().iter().any(|n| n == ACTS));
+        assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &spliced), 0.0);
+    }
+    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain), 0.0);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _scope = model.saes(&sae).unwrap();
+        panic!("inside the scope");
+    }));
+    assert!(panicked.is_err());
+    assert!(
+        !model.hook_names().iter().any(|n| n == ACTS),
+        "a panic drops the scope's SAE"
+    );
+
+    // Model state: reset_hooks leaves it, reset_saes removes it (a transcoder's input
+    // hook with it).
+    let tc = self::sae("saes/transcoder");
+    model.add_sae(SaeSet::new().sae(&sae).sae(&tc)).unwrap();
+    model.reset_hooks(false, hooklens_core::Direction::Both, false, None);
+    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain) > 1e-2, true);
+    assert!(model
+        .hook_names()
+        .iter()
+        .any(|n| n == "blocks.0.hook_mlp_out.hook_sae_recons"));
+    assert!(
+        !model.list_hooks().is_empty(),
+        "the transcoder reads its input by a hook"
+    );
+    assert_eq!(model.reset_saes(), 2);
+    assert!(model.list_hooks().is_empty(), "its input hook went with it");
+    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain), 0.0);
+}
+
+#[test]
+fn a_run_with_saes_is_private_to_its_thread() {
+    let (model, tokens) = tiny();
+    let sae = sae("saes/standard");
+    let plain = model.forward(&tokens).unwrap();
+    let inside = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let release = std::sync::Arc::new(std::sync::Barrier::new(2));
+    std::thread::scope(|s| {
+        let (inside2, release2) = (inside.clone(), release.clone());
+        let (model, sae, tokens) = (&model, &sae, &tokens);
+        let other = s.spawn(move || {
+            let hold = HookSet::new().fwd(ACTS, move |_, _| {
+                inside2.wait();
+                release2.wait();
+                Ok(None)
+            });
+            model
+                .run_with_hooks_with_saes(sae, hold, |m| m.forward(tokens))
+                .unwrap()
+        });
+        inside.wait();
+        // The other thread is inside its spliced run now.
+        assert!(!model.hook_names().iter().any(|n| n == ACTS));
+        assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain), 0.0);
+        release.wait();
+        assert!(max_diff(&other.join().unwrap(), &plain) > 1e-2);
+    });
+}
+
+#[test]
+fn feature_edits_act_on_the_spliced_sae() {
+    let (model, tokens) = tiny();
+    let sae = sae("saes/standard");
+    let set = SaeSet::new().sae_with_error_term(&sae);
+    let plain = model.forward(&tokens).unwrap();
+    let (_, cache) = model
+        .run_with_cache_with_saes(set.clone(), CacheOptions::new(), |m| m.forward(&tokens))
+        .unwrap();
+    let acts = &cache[ACTS];
+    // The most active feature at position 3 of prompt 0.
+    let (f, a) = Sae::top_features(&acts.get(0).unwrap().get(3).unwrap(), 1).unwrap()[0];
+    assert!(a > 0.0);
+    let edit = sae.zero_feature(f, Some(&[3])).unwrap();
+    let (ablated, cache) = model
+        .run_with_cache_and_hooks(CacheOptions::new(), set.hooks().unwrap().extend(edit), |m| {
+            m.forward(&tokens)
+        })
+        .unwrap();
+    let edited = &cache[ACTS];
+    assert_eq!(
+        edited
+            .get(0)
+            .unwrap()
+            .get(3)
+            .unwrap()
+            .get(f)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
+    // Only that entry changed, and with the error term the output moves by exactly
+    // `-a * W_dec[f]` at that position.
+    let diff = (acts - edited)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let other = acts.i((1, 3, f)).unwrap().to_scalar::<f32>().unwrap();
+    assert!(
+        (diff - (a + other)).abs() < 1e-4 * a,
+        "both prompts' position 3: {diff} vs {a} + {other}"
+    );
+    // recons + (x - recons) is x up to rounding.
+    assert!(
+        max_diff(&ablated.i((.., ..3)).unwrap(), &plain.i((.., ..3)).unwrap()) < 1e-5,
+        "earlier positions untouched"
+    );
+    assert!(max_diff(&ablated, &plain) > 1e-3);
+    let clamp = sae.clamp_feature(f, 10.0, None).unwrap();
+    let (_, cache) = model
+        .run_with_cache_and_hooks(
+            CacheOptions::new().names(ACTS),
+            set.hooks().unwrap().extend(clamp),
+            |m| m.forward(&tokens),
+        )
+        .unwrap();
+    let column = cache[ACTS]
+        .i((.., .., f))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(column.iter().all(|v| *v == 10.0));
+
+    // Feature logit attribution: W_dec[f] @ W_U.
+    let w_u = model.w_u().unwrap();
+    let dla = sae.feature_logit_attribution(&w_u, &[f, 0]).unwrap();
+    assert_eq!(dla.dims(), [2, w_u.dim(1).unwrap()]);
+    let want = sae
+        .w_dec()
+        .get(f)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .matmul(&w_u)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert!(max_diff(&dla.get(0).unwrap(), &want) < 1e-5);
+}
+
+/// Writes `saes/standard` again with `cfg.json` edited by `edit`.
+fn edited_copy(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
+    let src = root().join("saes/standard");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(src.join("cfg.json")).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+    std::fs::copy(src.join("sae_weights.safetensors"), dir.join("sae_weights.safetensors")).unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn wrong_inputs_are_errors_that_say_what_and_where() {
+    let (model, tokens) = tiny();
+    let tmp = common::temp_dir("sae-errors");
+    let err_of = |r: hooklens_core::Result<Tensor>| r.unwrap_err().to_string();
+
+    // d_in 64 at a point whose activations are 10 wide.
+    let dir = edited_copy(&tmp.join("pattern"), |c| {
+        c["metadata"]["hook_name"] = "blocks.0.attn.hook_pattern".into()
+    });
+    let wrong = Sae::from_dir(&dir, &Device::Cpu).unwrap();
+    let msg = err_of(model.run_with_saes(&wrong, |m| m.forward(&tokens)));
+    assert!(
+        msg.contains("blocks.0.attn.hook_pattern") && msg.contains("64") && msg.contains("[2, 4, 10, 10]"),
+        "{msg}"
+    );
+
+    let dir = edited_copy(&tmp.join("nowhere"), |c| {
+        c["metadata"]["hook_name"] = "blocks.9.hook_resid_pre".into()
+    });
+    let msg = err_of(model.run_with_saes(&Sae::from_dir(&dir, &Device::Cpu).unwrap(), |m| m.forward(&tokens)));
+    assert!(msg.contains("blocks.9.hook_resid_pre"), "{msg}");
+
+    let dir = edited_copy(&tmp.join("arch"), |c| c["architecture"] = "temporal".into());
+    let msg = Sae::from_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("temporal") && msg.contains("cfg.json"), "{msg}");
+
+    let dir = edited_copy(&tmp.join("wide"), |c| c["d_sae"] = 300.into());
+    let msg = Sae::from_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("W_enc") && msg.contains("300"), "{msg}");
+
+    let msg = Sae::from_dir(tmp.join("absent"), &Device::Cpu).unwrap_err().to_string();
+    assert!(msg.contains("absent") && msg.contains("cfg.json"), "{msg}");
+
+    let sae = sae("saes/standard");
+    let msg = sae.zero_feature(256, None).unwrap_err().to_string();
+    assert!(msg.contains("feature 256") && msg.contains("d_sae = 256"), "{msg}");
+    let msg = err_of(model.run_with_saes(SaeSet::new().sae(&sae).sae(&sae), |m| m.forward(&tokens)));
+    assert!(msg.contains("blocks.0.hook_resid_pre") && msg.contains("one"), "{msg}");
+    let msg =
+        err_of(model.run_with_hooks_with_saes(&sae, sae.zero_feature(3, Some(&[10])).unwrap(), |m| m.forward(&tokens)));
+    assert!(msg.contains("position 10") && msg.contains(ACTS), "{msg}");
+}
+
+/// An SAE with random weights, from a SAELens 6 `cfg.json` text.
+fn random_sae(cfg: &str, seed: u64) -> Sae {
+    use hooklens_models::sae::{SaeConfig, SaeWeights};
+    let cfg = SaeConfig::from_json_str(cfg, Path::new("synthetic/cfg.json")).unwrap();
+    let (d_in, d_sae, d_out) = (cfg.d_in, cfg.d_sae, cfg.output_width());
+    // Uniform in [-s, s) from a seeded linear congruential generator: candle's CPU
+    // device cannot be seeded.
+    let state = std::cell::Cell::new(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
+    let r = |shape: &[usize], s: f64| {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state.set(
+                    state
+                        .get()
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407),
+                );
+                (((state.get() >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0) as f32 * s as f32 * 1.7
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let w = SaeWeights {
+        w_enc: r(&[d_in, d_sae], 0.3),
+        b_enc: Some(r(&[d_sae], 0.1)),
+        w_dec: r(&[d_sae, d_out], 0.2),
+        b_dec: r(&[d_out], 0.1),
+        threshold: matches!(cfg.architecture, hooklens_models::sae::Architecture::JumpRelu)
+            .then(|| r(&[d_sae], 0.1).abs().unwrap()),
+        gated: None,
+        w_skip: None,
+    };
+    Sae::new(cfg, w).unwrap()
+}
+
+/// `relu(pre)` kept where `keep(pre)` (one row at a time), computed on plain vectors.
+fn sparse_code(pre: &Tensor, keep: impl Fn(&[f32]) -> Vec<bool>) -> Tensor {
+    let rows = pre.to_vec2::<f32>().unwrap();
+    let out: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|row| {
+            row.iter()
+                .zip(keep(row))
+                .map(|(v, k)| if k { v.max(0.0) } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    Tensor::new(out, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn saes_of_other_sizes_match_their_math_on_every_family() {
+    for family in ["llama", "gemma2", "neox", "qwen3"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(family)
+            .join("model");
+        let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+        let c = model.cfg().clone();
+        let tokens = Tensor::rand(0f32, c.d_vocab as f32, (3, 7), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::U32)
+            .unwrap();
+        let (plain, cache) = model
+            .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+            .unwrap();
+        let resid = if c.parallel_attn_mlp {
+            "blocks.1.hook_resid_post"
+        } else {
+            "blocks.1.hook_resid_mid"
+        };
+        let (d_model, z_width) = (c.d_model, c.n_heads * c.d_head);
+        let meta = |hook: &str, out: &str| {
+            format!(r#""metadata": {{"sae_lens_version": "6.54.12", "hook_name": "{hook}"{out}}}"#)
+        };
+        let cases = [
+            (
+                "standard",
+                format!(
+                    r#"{{"architecture": "standard", "d_in": {d_model}, "d_sae": 40, "apply_b_dec_to_input": true, {}}}"#,
+                    meta(resid, "")
+                ),
+                resid.to_string(),
+                resid.to_string(),
+            ),
+            (
+                "topk hook_z",
+                format!(
+                    r#"{{"architecture": "topk", "k": 5, "rescale_acts_by_decoder_norm": true, "d_in": {z_width}, "d_sae": 72, "apply_b_dec_to_input": false, "reshape_activations": "hook_z", {}}}"#,
+                    meta("blocks.0.attn.hook_z", "")
+                ),
+                "blocks.0.attn.hook_z".to_string(),
+                "blocks.0.attn.hook_z".to_string(),
+            ),
+            (
+                "jumprelu transcoder",
+                format!(
+                    r#"{{"architecture": "jumprelu_transcoder", "d_in": {d_model}, "d_out": {d_model}, "d_sae": 56, "apply_b_dec_to_input": false, {}}}"#,
+                    meta(
+                        "blocks.0.ln2.hook_normalized",
+                        r#", "hook_name_out": "blocks.0.hook_mlp_out""#
+                    )
+                ),
+                "blocks.0.ln2.hook_normalized".to_string(),
+                "blocks.0.hook_mlp_out".to_string(),
+            ),
+        ];
+        for (i, (kind, cfg, input_at, output_at)) in cases.iter().enumerate() {
+            let what = format!("{family}: {kind}");
+            let sae = random_sae(cfg, 7 + i as u64);
+            let w = sae.weights().clone();
+            // The SAE's math, written out here on the plain model's activation.
+            let x = &cache[input_at.as_str()];
+            let lead: Vec<usize> = x.dims()[..2].to_vec();
+            let x2 = x.reshape((lead[0] * lead[1], ())).unwrap();
+            let sae_in = if sae.cfg().apply_b_dec_to_input {
+                x2.broadcast_sub(&w.b_dec).unwrap()
+            } else {
+                x2.clone()
+            };
+            let pre = sae_in
+                .matmul(&w.w_enc)
+                .unwrap()
+                .broadcast_add(w.b_enc.as_ref().unwrap())
+                .unwrap();
+            let norms = w.w_dec.sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+            let (acts, decoder_in) = match *kind {
+                "standard" => {
+                    let a = pre.relu().unwrap();
+                    (a.clone(), a)
+                }
+                "topk hook_z" => {
+                    let ranked = pre.broadcast_mul(&norms).unwrap();
+                    let a = sparse_code(&ranked, |row| {
+                        let mut sorted = row.to_vec();
+                        sorted.sort_by(|a, b| b.total_cmp(a));
+                        row.iter().map(|v| *v >= sorted[4]).collect()
+                    });
+                    (a.clone(), a.broadcast_div(&norms).unwrap())
+                }
+                _ => {
+                    let t = w.threshold.as_ref().unwrap().to_vec1::<f32>().unwrap();
+                    let a = sparse_code(&pre, |row| row.iter().zip(&t).map(|(v, t)| v > t).collect());
+                    (a.clone(), a)
+                }
+            };
+            let recons = decoder_in.matmul(&w.w_dec).unwrap().broadcast_add(&w.b_dec).unwrap();
+            let out_shape = cache[output_at.as_str()].dims().to_vec();
+            let manual = recons.reshape(out_shape.clone()).unwrap();
+            let replace = manual.clone();
+            let hooks = HookSet::new().fwd(output_at.clone(), move |_, _| Ok(Some(replace.clone())));
+            let by_hand = model.run_with_hooks(hooks, |m| m.forward(&tokens)).unwrap();
+
+            let (spliced, spliced_cache) = model
+                .run_with_cache_with_saes(&sae, CacheOptions::new(), |m| m.forward(&tokens))
+                .unwrap();
+            let acts_name = format!("{output_at}.hook_sae_acts_post");
+            let mut acts_shape = lead.clone();
+            acts_shape.push(sae.cfg().d_sae);
+            assert_close(
+                &format!("{what}: acts"),
+                &spliced_cache[acts_name.as_str()],
+                &acts.reshape(acts_shape).unwrap(),
+                1e-4,
+            );
+            assert_close(
+                &format!("{what}: output"),
+                &spliced_cache[format!("{output_at}.hook_sae_output").as_str()],
+                &manual,
+                1e-4,
+            );
+            assert_close(&format!("{what}: logits"), &spliced, &by_hand, 1e-4);
+            assert!(
+                max_diff(&spliced, &plain) > 1e-3,
+                "{what}: the splice changes the logits"
+            );
+
+            // With the error term the model is unchanged and the error is what the
+            // reconstruction misses.
+            let (kept, err_cache) = model
+                .run_with_cache_with_saes(SaeSet::new().sae_with_error_term(&sae), CacheOptions::new(), |m| {
+                    m.forward(&tokens)
+                })
+                .unwrap();
+            assert_close(&format!("{what}: error term keeps the logits"), &kept, &plain, 1e-5);
+            let error = &err_cache[format!("{output_at}.hook_sae_error").as_str()];
+            let want = (&cache[output_at.as_str()] - &manual).unwrap();
+            assert_close(&format!("{what}: error"), error, &want, 1e-4);
+        }
+    }
 }
