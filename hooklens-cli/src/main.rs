@@ -38,6 +38,7 @@ enum Command {
     Attention(cmd::attention::Args),
     LogitLens(cmd::logit_lens::Args),
     Harvest(cmd::harvest::Args),
+    Features(cmd::features::Args),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -51,6 +52,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Command::Attention(args) => cmd::attention::run(args),
         Command::LogitLens(args) => cmd::logit_lens::run(args),
         Command::Harvest(args) => cmd::harvest::run(args),
+        Command::Features(args) => cmd::features::run(args),
     }
 }
 

@@ -222,3 +222,102 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
     assert_eq!(body_attr(&loaded.dom, "data-rows").as_deref(), Some("3"));
     assert!(!loaded.dom.contains("<img") && !title(&loaded.dom).contains("owned"));
 }
+
+/// A standard SAE with random weights at `blocks.0.hook_resid_pre` of a `d_model`-wide
+/// model, whose encoder bias makes a few features fire on most tokens.
+fn small_sae(dir: &Path, d_model: usize) -> PathBuf {
+    use candle_core::{Device, Tensor};
+    let path = dir.join("sae");
+    std::fs::create_dir_all(&path).unwrap();
+    let d_sae = 24;
+    let cfg = format!(
+        r#"{{"architecture": "standard", "d_in": {d_model}, "d_sae": {d_sae}, "apply_b_dec_to_input": false,
+            "metadata": {{"sae_lens_version": "6.54.12", "hook_name": "blocks.0.hook_resid_pre"}}}}"#
+    );
+    std::fs::write(path.join("cfg.json"), cfg).unwrap();
+    let wave = |n: usize, s: f32, k: f32| {
+        Tensor::from_vec(
+            (0..n).map(|i| ((i as f32 * k).sin()) * s).collect::<Vec<f32>>(),
+            n,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mut t = std::collections::HashMap::new();
+    t.insert(
+        "W_enc".to_string(),
+        wave(d_model * d_sae, 1.0, 0.7).reshape((d_model, d_sae)).unwrap(),
+    );
+    t.insert("b_enc".to_string(), wave(d_sae, 0.5, 1.3).abs().unwrap());
+    t.insert(
+        "W_dec".to_string(),
+        wave(d_sae * d_model, 0.2, 0.9).reshape((d_sae, d_model)).unwrap(),
+    );
+    t.insert("b_dec".to_string(), wave(d_model, 0.1, 0.4));
+    candle_core::safetensors::save(&t, path.join("sae_weights.safetensors")).unwrap();
+    path
+}
+
+#[test]
+fn features_page_works_in_chromium() {
+    let Some(chromium) = find_chromium() else {
+        if in_ci() {
+            panic!("chromium is not installed, and CI=true: .ci/run installs it with `apt-get install -y chromium`");
+        }
+        eprintln!("SKIPPED features_page_works_in_chromium: no chromium on the PATH (set HOOKLENS_CHROMIUM)");
+        return;
+    };
+    let tmp = TempDir::new("features-view");
+    let model = small_model(&tmp.0);
+    let sae = small_sae(&tmp.0, 32);
+    let prompt = "A </script><script>document.title='owned'</script> <img src=x onerror=alert(1)> & \"quotes\"";
+    let page = tmp.0.join("features.html");
+    let out = offline_command(&[
+        "features",
+        "--model",
+        model.to_str().unwrap(),
+        "--sae",
+        sae.to_str().unwrap(),
+        "--prompt",
+        prompt,
+        "--out",
+        page.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    let n_tokens = table.lines().count() - 1;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let feature = stderr
+        .rsplit("opens on feature ")
+        .next()
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .to_string();
+    let loaded = load(&chromium, &page, &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(
+        body_attr(&loaded.dom, "data-ready").as_deref(),
+        Some("1"),
+        "the script did not finish"
+    );
+    assert_eq!(body_attr(&loaded.dom, "data-errors"), None);
+    assert_eq!(body_attr(&loaded.dom, "data-tokens"), Some(n_tokens.to_string()));
+    assert_eq!(
+        body_attr(&loaded.dom, "data-feature"),
+        Some(feature.clone()),
+        "opens on the feature it said"
+    );
+    let lit: usize = body_attr(&loaded.dom, "data-lit").unwrap().parse().unwrap();
+    assert!(lit >= 1, "the most active feature lights at least its token");
+    assert_eq!(loaded.dom.matches("class=\"tok\"").count(), n_tokens);
+    assert!(loaded.dom.contains("\u{2423}"), "spaces are visible");
+    assert!(
+        loaded.dom.contains(&format!("<option value=\"{feature}\">")),
+        "the feature selector"
+    );
+    assert!(!loaded.dom.contains("<img"), "a token became markup");
+    assert!(!title(&loaded.dom).contains("owned"), "a token ran as script");
+}

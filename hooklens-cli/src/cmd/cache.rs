@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 
-use hooklens::{CacheOptions, HookSet, HookedModel, NamesFilter, Slice};
+use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::{ForwardOptions, ReturnType};
 
 use super::common::{tokens_i64, InputArgs, ModelArgs};
+use super::sae_args::SaeArgs;
 use crate::error::{CliError, CliResult};
 
 /// Run the model and save every activation as safetensors.
@@ -19,12 +20,16 @@ use crate::error::{CliError, CliResult};
 /// different lengths were padded (on the right), `attention_mask` [batch, pos].
 /// With --grads, `<name>_grad` beside each activation.
 /// --names, --pos-slice and --remove-batch-dim apply to the activations only.
+/// With --sae, each SAE's activations are saved under the point it replaces
+/// (`blocks.0.hook_resid_pre.hook_sae_acts_post`, ...), as SAELens names them.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    #[command(flatten)]
+    pub saes: SaeArgs,
     /// Cache only hook points matching this name or glob (`blocks.*.attn.hook_pattern`);
     /// repeat for several. Each must match a hook point.
     #[arg(long = "names", value_name = "PATTERN")]
@@ -51,6 +56,7 @@ fn parse_slice(s: &str) -> Result<Slice, String> {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
+    let splices = args.saes.set(model.device())?.hooks()?;
     let input = args.input.read(&model, PaddingSide::Right)?;
     let (batch, pos) = input.tokens.dims2()?;
     if pos < 2 {
@@ -81,7 +87,7 @@ pub fn run(args: Args) -> CliResult<()> {
         // The backward pass needs the scalar inside the run; the forward's other outputs
         // are kept from the same run.
         let mut kept = None;
-        let (_, cache) = model.run_with_cache_bwd(opts, HookSet::new(), |m| -> hooklens::Result<Tensor> {
+        let (_, cache) = model.run_with_cache_bwd(opts, splices, |m| -> hooklens::Result<Tensor> {
             let out = m.forward_with(&input.tokens, &fwd)?;
             let per_token = out
                 .loss
@@ -93,7 +99,7 @@ pub fn run(args: Args) -> CliResult<()> {
         })?;
         (kept.ok_or_else(|| CliError::msg("the forward did not run"))?, cache)
     } else {
-        model.run_with_cache(opts, |m| m.forward_with(&input.tokens, &fwd))?
+        model.run_with_cache_and_hooks(opts, splices, |m| m.forward_with(&input.tokens, &fwd))?
     };
     let logits = out
         .logits

@@ -474,6 +474,60 @@ fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
     })
 }
 
+/// Files of the Hugging Face repository `id` by their paths in it (`folder/cfg.json`),
+/// from the cache when all are there (no network at all), else downloaded into it
+/// unless `opts.offline`. `what` names the thing in errors (`SAE blocks.0/...`).
+pub(crate) fn repo_files(id: &str, files: &[String], opts: &HubOptions, what: &str) -> Result<Vec<PathBuf>> {
+    check_repo_id(id)?;
+    for f in files {
+        if f.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+            return Err(Error::invalid(format!(
+                "{what}: `{f}` is not a path inside the repository `{id}`"
+            )));
+        }
+    }
+    let cache = Cache::new(opts.cache_dir.clone());
+    let cached: Option<Vec<PathBuf>> = files
+        .iter()
+        .map(|f| cached_file(&cache, id, &opts.revision, f))
+        .collect();
+    if let Some(found) = cached {
+        return Ok(found);
+    }
+    let missing = |why: String| {
+        Error::invalid(format!(
+            "{what}: {} of `{id}` (revision `{}`) not in the Hugging Face cache (looked in {}; from HF_HUB_CACHE / HF_HOME), and {why}",
+            files.join(", "),
+            opts.revision,
+            repo_cache_dir(&opts.cache_dir, id).display()
+        ))
+    };
+    if opts.offline {
+        return Err(missing("offline mode (HF_HUB_OFFLINE) forbids downloading".into()));
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache)
+        .with_progress(opts.progress)
+        .with_user_agent("hooklens", env!("CARGO_PKG_VERSION"));
+    if let Some(endpoint) = &opts.endpoint {
+        builder = builder.with_endpoint(endpoint.clone());
+    }
+    if opts.token.is_some() {
+        builder = builder.with_token(opts.token.clone());
+    }
+    let api = builder
+        .build()
+        .map_err(|e| missing(format!("the download client could not start: {e}")))?;
+    let remote = api.repo(repo(id, &opts.revision));
+    files
+        .iter()
+        .map(|f| {
+            remote
+                .get(f)
+                .map_err(|e| missing(format!("downloading {f} from {} failed: {e}", remote.url(f))))
+        })
+        .collect()
+}
+
 fn tokenizer_of(file: Option<&Path>) -> Result<Tokenizer> {
     match file {
         Some(file) => Tokenizer::from_file(file),
@@ -927,5 +981,50 @@ mod tests {
         assert!(env(&[("HF_HUB_OFFLINE", "true")]).offline);
         assert!(!env(&[("HF_HUB_OFFLINE", "0")]).offline);
         assert!(!env(&[]).offline);
+    }
+
+    #[test]
+    fn saes_download_by_repo_and_folder_then_work_offline() {
+        if proxied() {
+            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+            return;
+        }
+        let sae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes/saes/topk");
+        let tmp = TempDir::new("sae-download");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let files = ["cfg.json", "sae_weights.safetensors"];
+        let (endpoint, server) = fake_hub_of(sae_dir.clone(), &files, 8, stop.clone());
+        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        opts.endpoint = Some(endpoint);
+        let dev = candle_core::Device::Cpu;
+        let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let served = server.join().unwrap();
+        let got = got.unwrap();
+        assert_eq!(served, 4, "metadata and body of both files");
+        let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();
+        assert_eq!(got.cfg(), local.cfg());
+        let diff = crate::tensor_diff::max_abs_diff(got.w_dec(), local.w_dec());
+        assert_eq!(diff, 0.0);
+        let snap = tmp
+            .0
+            .join("models--org--tiny-saes/snapshots")
+            .join(COMMIT)
+            .join("blocks.1.attn.hook_z");
+        assert!(snap.join("cfg.json").is_file() && snap.join("sae_weights.safetensors").is_file());
+        // Cached now: offline works, and another folder offline is an error naming it.
+        let again = crate::sae::Sae::from_pretrained("org/tiny-saes", "/blocks.1.attn.hook_z/", &offline(&tmp.0), &dev);
+        assert_eq!(again.unwrap().cfg(), local.cfg());
+        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.0.hook_resid_pre", &offline(&tmp.0), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blocks.0.hook_resid_pre/cfg.json") && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
+        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(&tmp.0), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a path inside"), "{err}");
     }
 }

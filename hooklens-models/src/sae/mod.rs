@@ -12,6 +12,7 @@
 
 mod config;
 pub mod features;
+mod hub;
 mod sae;
 mod splice;
 

@@ -1,6 +1,7 @@
 //! Pictures of a model at work, as single self-contained HTML files (scripts and styles
-//! inlined, no network): every head's attention pattern ([`attention_html`]) and the
-//! logit lens ([`logit_lens`], [`logit_lens_html`]).
+//! inlined, no network): every head's attention pattern ([`attention_html`]), the
+//! logit lens ([`logit_lens`], [`logit_lens_html`]) and an SAE's features on a prompt
+//! ([`feature_activations`], [`features_html`]).
 //!
 //! Token strings come from the model's vocabulary and can hold anything, `</script>`
 //! included; the pages never put them into markup. The data travels as JSON in a
@@ -8,9 +9,11 @@
 //! script shows it through `textContent` and canvas text only.
 
 mod attention;
+mod features;
 mod logit_lens;
 
 pub use attention::{attention_html, attention_patterns, AttentionView};
+pub use features::{feature_activations, features_html, FeatureView};
 pub use logit_lens::{logit_lens, logit_lens_html, LogitLens};
 
 /// `value` as JSON that is safe inside a `<script>` element: `<`, `>` and `&` become

@@ -1,0 +1,54 @@
+//! The flags that choose SAEs to splice into the model.
+
+use std::path::Path;
+
+use hooklens_models::sae::{Sae, SaeSet};
+use hooklens_models::HubOptions;
+
+use crate::error::{CliError, CliResult};
+
+/// `--sae` (repeatable) and `--sae-error-term`.
+#[derive(clap::Args, Debug, Default)]
+pub struct SaeArgs {
+    /// An SAE or transcoder to splice in: a SAELens folder (cfg.json and
+    /// sae_weights.safetensors) or `REPO_ID:FOLDER` on the Hugging Face hub (cached as
+    /// models are; HF_HUB_OFFLINE=1 never downloads). Repeat for several, one per hook
+    /// point. It replaces its hook point (`cfg.json`'s hook_name; a transcoder's
+    /// hook_name_out), whose place its own points take: `<hook>.hook_sae_acts_post`, ...
+    #[arg(long = "sae", value_name = "DIR|REPO:FOLDER")]
+    pub saes: Vec<String>,
+    /// Splice the SAEs with their error term (SAELens's use_error_term): the model's
+    /// output is unchanged, and `<hook>.hook_sae_error` holds what each reconstruction misses.
+    #[arg(long, requires = "saes")]
+    pub sae_error_term: bool,
+}
+
+impl SaeArgs {
+    /// The SAEs, loaded onto `device`, in the order given.
+    pub fn load(&self, device: &candle_core::Device) -> CliResult<Vec<Sae>> {
+        self.saes.iter().map(|spec| load_one(spec, device)).collect()
+    }
+
+    /// The SAEs as a set to splice in, with or without their error terms.
+    pub fn set(&self, device: &candle_core::Device) -> CliResult<SaeSet> {
+        let saes = self.load(device)?;
+        Ok(SaeSet::from(&saes).use_error_term(self.sae_error_term))
+    }
+}
+
+/// One `--sae` value: a directory, else `REPO_ID:FOLDER`.
+fn load_one(spec: &str, device: &candle_core::Device) -> CliResult<Sae> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return Ok(Sae::from_dir(path, device)?);
+    }
+    match spec.split_once(':') {
+        Some((repo, folder)) if !repo.is_empty() && !spec.starts_with(['.', '/', '~']) => {
+            Ok(Sae::from_pretrained(repo, folder, &HubOptions::from_env(), device)?)
+        }
+        _ => Err(CliError(format!(
+            "--sae {spec}: no such directory (an SAE is a folder holding cfg.json and sae_weights.safetensors, \
+             or REPO_ID:FOLDER on the Hugging Face hub)"
+        ))),
+    }
+}

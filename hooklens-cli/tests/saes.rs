@@ -1,0 +1,311 @@
+//! `hooklens cache --sae` against SAELens's reference runs (`testdata/saes/`), SAEs of
+//! other sizes and architectures on other families, and `hooklens features`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use hooklens_models::sae::Sae;
+use serde_json::Value;
+
+fn saes_root() -> PathBuf {
+    root().join("testdata/saes")
+}
+
+/// `|got - want|` within `rel` of `want`'s largest magnitude, same shape.
+fn assert_close(name: &str, got: &Tensor, want: &Tensor, rel: f32) {
+    assert_eq!(got.dims(), want.dims(), "{name}: shape");
+    let v = |t: &Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let (g, w) = (v(got), v(want));
+    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    let worst = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst <= rel * scale, "{name}: max abs diff {worst} > {rel} * {scale}");
+}
+
+fn hooklens_ok(args: &[String]) -> String {
+    let o = offline_command(args).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn hooklens_err(args: &[String]) -> String {
+    let o = offline_command(args).output().unwrap();
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn cache_with_saes_matches_every_saelens_run() {
+    let runs: Value = serde_json::from_str(&std::fs::read_to_string(saes_root().join("runs.json")).unwrap()).unwrap();
+    let tmp = TempDir::new("sae-cache");
+    let mut checked = 0;
+    for run in runs["runs"].as_array().unwrap() {
+        let what = run["name"].as_str().unwrap();
+        let out = tmp.path(&format!("{what}.safetensors"));
+        let mut a = args(&["cache", "--no-processing", "--model"]);
+        a.push(tiny_model().display().to_string());
+        a.extend(["--tokens".to_string(), tiny_tokens().display().to_string()]);
+        a.extend(["--out".to_string(), out.display().to_string()]);
+        for folder in run["saes"].as_array().unwrap() {
+            a.extend([
+                "--sae".to_string(),
+                saes_root().join(folder.as_str().unwrap()).display().to_string(),
+            ]);
+        }
+        if run["use_error_term"].as_bool().unwrap() {
+            a.push("--sae-error-term".into());
+        }
+        hooklens_ok(&a);
+        let got = load(&out);
+        let want = load(&saes_root().join(run["reference"].as_str().unwrap()));
+        for (name, w) in &want {
+            // SAELens's extra `mlp.hook_in` is the MLP's input: ln2.hook_normalized here.
+            let ours = name.replace("mlp.hook_in", "ln2.hook_normalized");
+            let g = got
+                .get(&ours)
+                .unwrap_or_else(|| panic!("{what}: no `{ours}` in the file"));
+            assert_close(&format!("{what}: {name}"), g, w, 1e-4);
+        }
+        for name in run["cache_names"].as_array().unwrap() {
+            let name = name.as_str().unwrap().replace("mlp.hook_in", "ln2.hook_normalized");
+            assert!(got.contains_key(&name), "{what}: `{name}` cached");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 16);
+}
+
+/// Writes an SAE folder with random weights: `cfg` is the SAELens 6 cfg.json.
+fn write_sae(dir: &Path, cfg: &Value, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+    let n = |k: &str| cfg[k].as_u64().unwrap() as usize;
+    let (d_in, d_sae) = (n("d_in"), n("d_sae"));
+    let d_out = cfg.get("d_out").and_then(Value::as_u64).map_or(d_in, |v| v as usize);
+    let state = std::cell::Cell::new(seed | 1);
+    let r = |shape: &[usize], s: f32| {
+        let len: usize = shape.iter().product();
+        let v: Vec<f32> = (0..len)
+            .map(|_| {
+                state.set(
+                    state
+                        .get()
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407),
+                );
+                ((state.get() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * s
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("W_enc".into(), r(&[d_in, d_sae], 0.5));
+    t.insert("W_dec".into(), r(&[d_sae, d_out], 0.3));
+    t.insert("b_dec".into(), r(&[d_out], 0.1));
+    match cfg["architecture"].as_str().unwrap() {
+        "gated" => {
+            for k in ["b_gate", "r_mag", "b_mag"] {
+                t.insert(k.into(), r(&[d_sae], 0.2));
+            }
+        }
+        arch => {
+            t.insert("b_enc".into(), r(&[d_sae], 0.2));
+            if arch.starts_with("jumprelu") {
+                t.insert("threshold".into(), r(&[d_sae], 0.1).abs().unwrap());
+            }
+        }
+    }
+    candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
+}
+
+#[test]
+fn cache_with_saes_of_other_sizes_on_other_families() {
+    let tmp = TempDir::new("sae-families");
+    for (family, hook, arch, width_of) in [
+        ("llama", "blocks.1.hook_resid_pre", "gated", "d_model"),
+        ("qwen2", "blocks.0.attn.hook_z", "topk", "z"),
+        ("gemma2", "blocks.1.hook_resid_post", "jumprelu", "d_model"),
+        ("neox", "blocks.0.hook_resid_post", "standard", "d_model"),
+    ] {
+        let what = format!("{family} {arch} at {hook}");
+        let dir = root().join("testdata").join(family);
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("model/config.json")).unwrap()).unwrap();
+        let d_model = config["hidden_size"].as_u64().unwrap();
+        let heads = config["num_attention_heads"].as_u64().unwrap();
+        let d_head = config
+            .get("head_dim")
+            .and_then(Value::as_u64)
+            .unwrap_or(d_model / heads);
+        let d_in = if width_of == "z" { heads * d_head } else { d_model };
+        let mut cfg = serde_json::json!({
+            "architecture": arch, "d_in": d_in, "d_sae": 96, "apply_b_dec_to_input": arch != "topk",
+            "normalize_activations": "none", "reshape_activations": if width_of == "z" { "hook_z" } else { "none" },
+            "metadata": {"sae_lens_version": "6.54.12", "hook_name": hook}
+        });
+        if arch == "topk" {
+            cfg["k"] = 6.into();
+            cfg["rescale_acts_by_decoder_norm"] = false.into();
+        }
+        let sae_dir = tmp.path(&format!("{family}-sae"));
+        write_sae(&sae_dir, &cfg, d_in);
+        let plain_out = tmp.path(&format!("{family}-plain.safetensors"));
+        let spliced_out = tmp.path(&format!("{family}-sae.safetensors"));
+        let base = |out: &Path| {
+            let mut a = args(&["cache", "--no-processing", "--model"]);
+            a.push(dir.join("model").display().to_string());
+            a.extend([
+                "--tokens".to_string(),
+                dir.join("tokens.safetensors").display().to_string(),
+            ]);
+            a.extend(["--out".to_string(), out.display().to_string()]);
+            a
+        };
+        hooklens_ok(&base(&plain_out));
+        let mut a = base(&spliced_out);
+        a.extend([
+            "--sae".to_string(),
+            sae_dir.display().to_string(),
+            "--sae-error-term".to_string(),
+        ]);
+        hooklens_ok(&a);
+        let (plain, spliced) = (load(&plain_out), load(&spliced_out));
+        // The error term keeps the model's output; the SAE read the plain activation.
+        assert_close(&format!("{what}: logits"), &spliced["logits"], &plain["logits"], 1e-5);
+        assert!(!spliced.contains_key(hook), "{what}: the replaced point is not cached");
+        let sae = Sae::from_dir(&sae_dir, &Device::Cpu).unwrap();
+        let acts = sae.encode(&plain[hook]).unwrap();
+        let name = format!("{hook}.hook_sae_acts_post");
+        assert_close(&format!("{what}: acts"), &spliced[name.as_str()], &acts, 1e-4);
+        let active = acts
+            .ne(0f32)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(active > 0.0, "{what}: some feature fires");
+        let error = &spliced[format!("{hook}.hook_sae_error").as_str()];
+        let recons = sae.forward(&plain[hook]).unwrap();
+        assert_close(
+            &format!("{what}: error"),
+            error,
+            &(&plain[hook] - recons).unwrap(),
+            1e-4,
+        );
+    }
+}
+
+#[test]
+fn features_lists_the_top_features_of_each_token() {
+    let tmp = TempDir::new("sae-features");
+    let sae_dir = saes_root().join("saes/standard");
+    let page = tmp.path("features.html");
+    let mut a = args(&["features", "--no-processing", "--model"]);
+    a.push(tiny_model().display().to_string());
+    a.extend([
+        "--tokens".to_string(),
+        tiny_tokens().display().to_string(),
+        "--row".into(),
+        "1".into(),
+    ]);
+    a.extend([
+        "--sae".to_string(),
+        sae_dir.display().to_string(),
+        "--top".into(),
+        "3".into(),
+    ]);
+    a.extend(["--out".to_string(), page.display().to_string()]);
+    let table = hooklens_ok(&a);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 11, "a header and one line per token:\n{table}");
+    // The same features, computed with the library on the plain model's activation.
+    let cache_out = tmp.path("plain.safetensors");
+    let mut c = args(&[
+        "cache",
+        "--no-processing",
+        "--names",
+        "blocks.0.hook_resid_pre",
+        "--model",
+    ]);
+    c.push(tiny_model().display().to_string());
+    c.extend([
+        "--tokens".to_string(),
+        tiny_tokens().display().to_string(),
+        "--out".into(),
+        cache_out.display().to_string(),
+    ]);
+    hooklens_ok(&c);
+    let resid = load(&cache_out)["blocks.0.hook_resid_pre"].get(1).unwrap();
+    let sae = Sae::from_dir(&sae_dir, &Device::Cpu).unwrap();
+    let acts = sae.encode(&resid).unwrap();
+    for (p, line) in lines[1..].iter().enumerate() {
+        let want: Vec<String> = Sae::top_features(&acts.get(p).unwrap(), 3)
+            .unwrap()
+            .iter()
+            .map(|(f, a)| format!("{f}:{a:.3}"))
+            .collect();
+        assert!(line.trim_start().starts_with(&format!("{p} ")), "{line}");
+        assert!(line.ends_with(&want.join("  ")), "position {p}: {line} vs {want:?}");
+    }
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("features-data") && !html.contains("http://") && !html.contains("https://"));
+
+    let err = hooklens_err(&[a[..a.len() - 2].to_vec(), args(&["--feature", "256"])].concat());
+    assert!(err.contains("feature 256") && err.contains("d_sae = 256"), "{err}");
+    let mut bad_row = a.clone();
+    let i = bad_row.iter().position(|s| s == "--row").unwrap();
+    bad_row[i + 1] = "2".into();
+    let err = hooklens_err(&bad_row);
+    assert!(err.contains("--row 2") && err.contains("2 row"), "{err}");
+}
+
+#[test]
+fn bad_saes_are_clear_errors() {
+    let tmp = TempDir::new("sae-bad");
+    let base = || {
+        let mut a = args(&["cache", "--no-processing", "--model"]);
+        a.push(tiny_model().display().to_string());
+        a.extend([
+            "--tokens".to_string(),
+            tiny_tokens().display().to_string(),
+            "--out".into(),
+            tmp.s("x.safetensors"),
+        ]);
+        a
+    };
+    let err = hooklens_err(&[base(), args(&["--sae", "no/such/dir"])].concat());
+    assert!(
+        err.contains("--sae no/such/dir") && err.contains("no such directory"),
+        "{err}"
+    );
+    let err = hooklens_err(&[base(), args(&["--sae", "org/repo:blocks.0.hook_resid_pre"])].concat());
+    assert!(err.contains("org/repo") && err.contains("HF_HUB_OFFLINE"), "{err}");
+    // An SAE for a point of another width: the error names the point and both widths.
+    let sae_dir = tmp.path("wide");
+    let cfg = serde_json::json!({"architecture": "standard", "d_in": 48, "d_sae": 8, "apply_b_dec_to_input": true,
+        "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_mid"}});
+    write_sae(&sae_dir, &cfg, 5);
+    let err = hooklens_err(&[base(), vec!["--sae".into(), sae_dir.display().to_string()]].concat());
+    assert!(
+        err.contains("blocks.1.hook_resid_mid") && err.contains("48") && err.contains("[2, 10, 64]"),
+        "{err}"
+    );
+    assert!(!tmp.path("x.safetensors").exists(), "nothing written");
+}
