@@ -26,6 +26,8 @@ pub use hooklens_models as models;
 pub use candle_core;
 /// candle's neural-network crate, as [`candle_core`].
 pub use candle_nn;
+/// Sparse autoencoders and transcoders in SAELens's format (see [`models::sae`]).
+pub use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 pub use hooklens_models::{
     ForwardOptions, GenerateOptions, Gpt2Config, HookedGpt2, HookedTransformer, LoadOptions, ReturnType, Tokenizer,
     TransformerConfig,

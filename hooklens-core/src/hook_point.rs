@@ -187,16 +187,16 @@ impl HookPoint {
     }
 
     /// Whether [`forward`](Self::forward) on this thread, now, would return its input
-    /// without calling anything: no hook attached as model state, and no
-    /// `run_with_hooks` / `run_with_cache` / `hooks()` scope active on this thread.
-    /// Then nothing can keep the activation, and a model may overwrite it in place
-    /// once it has passed this point.
+    /// without calling anything: no hook or splice attached as model state, and none
+    /// at this point in a `run_with_hooks` / `run_with_cache` run active on this
+    /// thread. Then nothing can keep the activation, and a model may overwrite it in
+    /// place once it has passed this point.
     #[inline]
     pub fn is_idle(&self) -> bool {
         self.inner.n_fwd.load(Ordering::Acquire) == 0
             && self.inner.n_bwd.load(Ordering::Acquire) == 0
             && self.inner.n_splices.load(Ordering::Acquire) == 0
-            && !run_frame::any_active()
+            && !(run_frame::any_active() && run_frame::touches(self.inner.id))
     }
 
     #[cold]

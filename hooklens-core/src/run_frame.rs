@@ -55,6 +55,17 @@ pub(crate) fn hooks_for(point_id: u64, dir: Direction, out: &mut Vec<Hook>) {
     });
 }
 
+/// Whether any run frame on this thread has a hook or a splice at this point.
+pub(crate) fn touches(point_id: u64) -> bool {
+    FRAMES.with(|frames| {
+        frames.borrow().iter().any(|frame| {
+            frame.fwd.contains_key(&point_id)
+                || frame.bwd.contains_key(&point_id)
+                || frame.splices.contains_key(&point_id)
+        })
+    })
+}
+
 /// The splice of the innermost run on this thread that has one at this point.
 pub(crate) fn splice_for(point_id: u64) -> Option<Arc<dyn Splice>> {
     FRAMES.with(|frames| {
