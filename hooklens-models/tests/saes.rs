@@ -600,3 +600,45 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
         }
     }
 }
+
+#[test]
+fn gradients_flow_through_the_sae_not_its_error_term() {
+    let (model, tokens) = tiny();
+    let sae = sae("saes/standard");
+    let loss = |m: &HookedTransformer| -> hooklens_core::Result<Tensor> { Ok(loss_of(m, &tokens, false)) };
+    let (_, plain) = model
+        .run_with_cache_bwd(
+            CacheOptions::new().names("blocks.0.hook_resid_pre"),
+            HookSet::new(),
+            loss,
+        )
+        .unwrap();
+    let set = SaeSet::new().sae_with_error_term(&sae);
+    let (_, spliced) = model
+        .run_with_cache_bwd(CacheOptions::new(), set.hooks().unwrap(), loss)
+        .unwrap();
+    // The output is the plain activation, so everything downstream, and the gradient
+    // arriving at the output, is the plain model's.
+    assert_close(
+        "grad at hook_sae_output",
+        &spliced["blocks.0.hook_resid_pre.hook_sae_output_grad"],
+        &plain["blocks.0.hook_resid_pre_grad"],
+        1e-4,
+    );
+    // Upstream of the SAE the gradient went through the reconstruction only: it is
+    // W_dec's image, not the identity's.
+    let features = &spliced["blocks.0.hook_resid_pre.hook_sae_acts_post_grad"];
+    assert!(features.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    let at_embed = &spliced["hook_embed_grad"];
+    let recons_path = spliced["blocks.0.hook_resid_pre.hook_sae_input_grad"].clone();
+    assert_close(
+        "grad at hook_embed: through the SAE's input",
+        at_embed,
+        &recons_path,
+        1e-5,
+    );
+    assert!(
+        max_diff(at_embed, &plain["blocks.0.hook_resid_pre_grad"]) > 1e-4,
+        "not the identity's"
+    );
+}
