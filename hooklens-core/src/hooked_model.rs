@@ -272,16 +272,24 @@ fn every_point<M: Hooked + ?Sized>(model: &M) -> Vec<HookPoint> {
     out
 }
 
-/// The points the splices of a set go to, checked: exact names of the model, one
-/// splice per point.
+/// The points the splices of a set go to, checked: exact names of the model's own
+/// points (a point with a splice already in place can take another, which then wins),
+/// one splice per point.
 fn splice_targets<M: HookedModel + ?Sized>(
     model: &M,
     splices: &[(String, Arc<dyn Splice>)],
 ) -> Result<Vec<(HookPoint, Arc<dyn Splice>)>> {
-    let dict = model.hook_dict();
+    let mut own: Vec<(String, HookPoint)> = Vec::new();
+    let mut path = HookPath::new();
+    model.visit_hook_points(&mut path, &mut |name, p| own.push((name.to_string(), p.handle())));
     let mut out: Vec<(HookPoint, Arc<dyn Splice>)> = Vec::new();
     for (name, splice) in splices {
-        let point = dict.require(model, name)?;
+        let Some((_, point)) = own.iter().find(|(n, _)| n == name) else {
+            return Err(model.unknown_hook_hint(name).unwrap_or_else(|| Error::UnknownHook {
+                name: name.clone(),
+                suggestions: crate::nearest_names(name, own.iter().map(|(n, _)| n.as_str()), 3),
+            }));
+        };
         if out.iter().any(|(p, _)| p.id() == point.id()) {
             return Err(Error::invalid(format!(
                 "two modules spliced in at `{name}` in one set: a hook point takes one"

@@ -642,3 +642,26 @@ fn gradients_flow_through_the_sae_not_its_error_term() {
         "not the identity's"
     );
 }
+
+#[test]
+fn a_run_can_splice_over_a_model_state_sae() {
+    let (model, tokens) = tiny();
+    let a = sae("saes/standard");
+    let b = sae("saes/standard-legacy"); // the same weights: a distinct handle
+    model.add_sae(&a).unwrap();
+    let (_, cache) = model
+        .run_with_cache_with_saes(SaeSet::new().sae_with_error_term(&b), CacheOptions::new(), |m| {
+            m.forward(&tokens)
+        })
+        .unwrap();
+    // The run's SAE (with its error term) replaced the model's for that run.
+    assert!(cache.contains_key("blocks.0.hook_resid_pre.hook_sae_error"));
+    let plain_after_reset = {
+        model.reset_saes();
+        model.forward(&tokens).unwrap()
+    };
+    let out = model
+        .run_with_saes(SaeSet::new().sae_with_error_term(&b), |m| m.forward(&tokens))
+        .unwrap();
+    assert!(max_diff(&out, &plain_after_reset) < 1e-5);
+}
