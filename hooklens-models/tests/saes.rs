@@ -223,7 +223,7 @@ fn splices_last_for_their_run_scope_or_until_reset() {
     let tc = self::sae("saes/transcoder");
     model.add_sae(SaeSet::new().sae(&sae).sae(&tc)).unwrap();
     model.reset_hooks(false, hooklens_core::Direction::Both, false, None);
-    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain) > 1e-2, true);
+    assert!(max_diff(&model.forward(&tokens).unwrap(), &plain) > 1e-2);
     assert!(model
         .hook_names()
         .iter()
@@ -260,7 +260,7 @@ fn a_run_with_saes_is_private_to_its_thread() {
         inside.wait();
         // The other thread is inside its spliced run now.
         assert!(!model.hook_names().iter().any(|n| n == ACTS));
-        assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &plain), 0.0);
+        assert_eq!(max_diff(&model.forward(tokens).unwrap(), &plain), 0.0);
         release.wait();
         assert!(max_diff(&other.join().unwrap(), &plain) > 1e-2);
     });

@@ -4,7 +4,7 @@
 use candle_core::Device;
 use hooklens_core::Result;
 
-use super::sae::{Sae, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
+use super::autoencoder::{Sae, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 use crate::loading::hub::{repo_files, HubOptions};
 
 impl Sae {

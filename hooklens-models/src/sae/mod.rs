@@ -10,12 +10,12 @@
 //!   or without the error term ([`SaeSet`]).
 //! - [`features`] has the interventions (zero, clamp, steer) and feature attribution.
 
+mod autoencoder;
 mod config;
 pub mod features;
 mod hub;
-mod sae;
 mod splice;
 
+pub use autoencoder::{GatedWeights, InputNorm, Sae, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 pub use config::{Architecture, Normalization, SaeConfig};
-pub use sae::{GatedWeights, InputNorm, Sae, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 pub use splice::{SaeModel, SaeSet};

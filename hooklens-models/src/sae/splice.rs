@@ -10,7 +10,7 @@ use hooklens_core::{
     ActivationCache, CacheOptions, Error, HookPath, HookPoint, HookScope, HookSet, Hooked, HookedModel, Result, Splice,
 };
 
-use super::sae::{Fire, Sae};
+use super::autoencoder::{Fire, Sae};
 
 /// SAEs to splice in, each with or without its error term (SAELens's `saes=[...]` and
 /// `use_error_term`). Build it from one SAE or several, then pass it to a

@@ -110,10 +110,22 @@ struct SaePoints {
 /// head axis.
 #[derive(Clone, Debug)]
 pub struct InputNorm {
-    /// `constant_norm_rescale`: the factor per position; `layer_norm`: (mean, std).
-    scale: Option<(Tensor, Option<Tensor>)>,
+    scale: NormState,
     /// `hook_z`: the number of heads and `d_head` the input had.
     heads: Option<(usize, usize)>,
+}
+
+/// The run-time normalisation's state, per position.
+#[derive(Clone, Debug)]
+enum NormState {
+    None,
+    /// `constant_norm_rescale`'s factor `[.., 1]`.
+    Rescale(Tensor),
+    /// `layer_norm`'s mean and standard deviation, each `[.., 1]`.
+    LayerNorm {
+        mu: Tensor,
+        std: Tensor,
+    },
 }
 
 /// Whether the SAE's hook points fire (SAELens's `_disable_hooks` for the error term).
@@ -247,7 +259,7 @@ impl Sae {
         self.decode_with_norm(
             feature_acts,
             &InputNorm {
-                scale: None,
+                scale: NormState::None,
                 heads: None,
             },
         )
@@ -435,12 +447,12 @@ fn width_error(cfg: &SaeConfig, what: &str, dims: &[usize], expect: &str) -> Err
 }
 
 /// SAELens's run-time normalisation of the input `[.., d_in]`.
-fn normalize_in(x: &Tensor, how: Normalization, d_in: usize) -> Result<(Tensor, Option<(Tensor, Option<Tensor>)>)> {
+fn normalize_in(x: &Tensor, how: Normalization, d_in: usize) -> Result<(Tensor, NormState)> {
     Ok(match how {
-        Normalization::None => (x.clone(), None),
+        Normalization::None => (x.clone(), NormState::None),
         Normalization::ConstantNormRescale => {
             let coeff = (x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.recip()? * (d_in as f64).sqrt())?;
-            (x.broadcast_mul(&coeff)?, Some((coeff, None)))
+            (x.broadcast_mul(&coeff)?, NormState::Rescale(coeff))
         }
         Normalization::LayerNorm => {
             let mu = x.mean_keepdim(D::Minus1)?;
@@ -448,15 +460,18 @@ fn normalize_in(x: &Tensor, how: Normalization, d_in: usize) -> Result<(Tensor, 
             // torch's std: N - 1 in the denominator.
             let n = d_in.max(2) as f64;
             let std = (centred.sqr()?.sum_keepdim(D::Minus1)? / (n - 1.0))?.sqrt()?;
-            (centred.broadcast_div(&(&std + 1e-5)?)?, Some((mu, Some(std))))
+            (
+                centred.broadcast_div(&(&std + 1e-5)?)?,
+                NormState::LayerNorm { mu, std },
+            )
         }
     })
 }
 
 fn normalize_out(r: &Tensor, how: Normalization, norm: &InputNorm) -> Result<Tensor> {
     Ok(match (how, &norm.scale) {
-        (Normalization::ConstantNormRescale, Some((coeff, None))) => r.broadcast_div(coeff)?,
-        (Normalization::LayerNorm, Some((mu, Some(std)))) => r.broadcast_mul(std)?.broadcast_add(mu)?,
+        (Normalization::ConstantNormRescale, NormState::Rescale(coeff)) => r.broadcast_div(coeff)?,
+        (Normalization::LayerNorm, NormState::LayerNorm { mu, std }) => r.broadcast_mul(std)?.broadcast_add(mu)?,
         (Normalization::None, _) => r.clone(),
         _ => {
             return Err(Error::invalid(
