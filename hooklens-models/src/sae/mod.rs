@@ -14,8 +14,10 @@ mod autoencoder;
 mod config;
 pub mod features;
 mod hub;
+mod sparse;
 mod splice;
 
 pub use autoencoder::{GatedWeights, InputNorm, Sae, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 pub use config::{Architecture, Normalization, SaeConfig};
+pub use sparse::{dense_from_sparse, sparse_top_k};
 pub use splice::{SaeModel, SaeSet};
