@@ -308,6 +308,12 @@ fn tokenize_hooks_and_run_flags_with_bad_values() {
     }
     std::fs::write(broken.join("tokenizer.json"), "{\"model\": 3}").unwrap();
     let broken = broken.to_string_lossy().into_owned();
+    let no_tokenizer = tmp.path("no-tokenizer");
+    std::fs::create_dir_all(&no_tokenizer).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny_model().join(f), no_tokenizer.join(f)).unwrap();
+    }
+    let no_tokenizer = no_tokenizer.to_string_lossy().into_owned();
     all_fail(
         &["tokenize"],
         &[
@@ -315,8 +321,8 @@ fn tokenize_hooks_and_run_flags_with_bad_values() {
             (&["a", "b"], "unexpected argument"),
             (&["--model", "/nonexistent/dir", "x"], "/nonexistent/dir"),
             (&["--model", &broken, "x"], "tokenizer.json"),
-            // GPT-2's BPE (the tiny model has no tokenizer.json) does not fit 512 ids.
-            (&["--model", &m, "Hello world"], "outside the vocabulary"),
+            // Without its tokenizer.json, GPT-2's BPE does not fit 512 ids: named up front.
+            (&["--model", &no_tokenizer, "Hello world"], "no tokenizer.json"),
             (&["--str-tokens=1", "x"], "--str-tokens"),
         ],
     );

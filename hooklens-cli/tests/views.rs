@@ -34,6 +34,35 @@ fn small_model(dir: &Path) -> PathBuf {
     path
 }
 
+/// On a model that does not copy (random weights), the demo says so rather than tell
+/// the built-in model's story.
+#[test]
+fn demo_claims_only_what_its_numbers_show() {
+    let tmp = TempDir::new("demo-random");
+    let model = small_model(&tmp.0);
+    let out = ok(hooklens(&[
+        "demo",
+        "--model",
+        model.to_str().unwrap(),
+        "--half",
+        "10",
+        "--batch",
+        "4",
+        "--phrase",
+        " one two three four five six",
+        "--out",
+        tmp.s("demo.html").as_str(),
+    ]));
+    assert!(out.contains("not far below the first half"), "{out}");
+    assert!(!out.contains("predicted by copying"), "{out}");
+    assert!(
+        !out.contains("auxiliary"),
+        "only the built-in model was taught its heads: {out}"
+    );
+    assert!(!out.contains("the phrase is continued by copying"), "{out}");
+    assert!(out.contains("no head has a clear induction stripe"), "{out}");
+}
+
 #[test]
 fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
     let tmp = TempDir::new("demo");
@@ -88,6 +117,49 @@ fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
     assert!(ablated_l0[h] > repeat + 0.5, "it is part of the circuit: {out}");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("id=\"attention-data\""));
+
+    // The story follows the numbers: the heads named as hurting most are the largest
+    // entries of the ablation grid, in order, each with the role its scores give it.
+    let mut ablation: Vec<(usize, usize, f32)> = grids[4..6]
+        .iter()
+        .enumerate()
+        .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (l, h, v)))
+        .collect();
+    ablation.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let named: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("the heads whose ablation hurts most"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  L"))
+        .collect();
+    assert!(!named.is_empty(), "{out}");
+    for ((l, h, v), line) in ablation.iter().zip(&named) {
+        assert!(
+            line.starts_with(&format!("  L{l}H{h}: {v:.3}")),
+            "{line} vs L{l}H{h} {v}"
+        );
+        let role_ok = if grids[*l][*h] > 0.5 {
+            line.contains("an induction head")
+        } else if grids[2 + *l][*h] > 0.5 {
+            line.contains("a previous-token head")
+        } else {
+            line.contains("neither")
+        };
+        assert!(role_ok, "{line}");
+    }
+    // The built-in model's previous-token heads were taught: the demo says so, and says
+    // why a loss above a uniform guess is possible.
+    assert!(out.contains("auxiliary") && out.contains("builtin/README.md"), "{out}");
+    if first > (50257f32).ln() {
+        assert!(out.contains("above ln(d_vocab)"), "{out}");
+    }
+    // The page opens on the head the title names.
+    let best = best_line.split_whitespace().nth(3).unwrap();
+    let (l, h) = best.trim_start_matches('L').split_once('H').unwrap();
+    assert!(
+        page.contains(&format!("\"selected\":[{l},{h}]")),
+        "the page opens on {best}"
+    );
 
     fails(
         hooklens(&["demo", "--half", "70"]),
@@ -190,4 +262,61 @@ fn every_new_subcommand_has_help() {
     for sub in ["demo", "attention", "logit-lens", "harvest"] {
         assert!(out.contains(sub), "{out}");
     }
+}
+
+/// The reference fixture ships its tokenizer: every text subcommand works on it, and a
+/// copy without one is refused up front, naming the file, by every text subcommand.
+#[test]
+fn text_subcommands_work_on_the_tiny_fixture_and_name_a_missing_tokenizer() {
+    let tmp = TempDir::new("tiny-text");
+    let m = tiny_model().to_string_lossy().into_owned();
+    ok(hooklens(&["run", "--model", &m, "--prompt", "Hello world"]));
+    ok(hooklens(&["tokenize", "--model", &m, "Hello world"]));
+    ok(hooklens(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "3",
+    ]));
+    let bare = tmp.path("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny_model().join(f), bare.join(f)).unwrap();
+    }
+    let bare = bare.to_string_lossy().into_owned();
+    for args in [
+        vec!["run", "--model", &bare, "--prompt", "Hello"],
+        vec![
+            "generate",
+            "--model",
+            &bare,
+            "--prompt",
+            "Hello",
+            "--max-new-tokens",
+            "2",
+        ],
+        vec!["tokenize", "--model", &bare, "Hello"],
+    ] {
+        fails(hooklens(&args), "no tokenizer.json");
+    }
+    // The demo refuses before printing anything.
+    let o = hooklens(&[
+        "demo",
+        "--model",
+        &bare,
+        "--half",
+        "5",
+        "--out",
+        tmp.s("d.html").as_str(),
+    ]);
+    fails(o.clone(), "no tokenizer.json");
+    assert!(
+        o.stdout.is_empty(),
+        "printed before refusing: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(!tmp.path("d.html").exists());
 }

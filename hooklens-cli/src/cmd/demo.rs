@@ -66,6 +66,8 @@ pub fn run(args: Args) -> CliResult<()> {
     if args.batch == 0 {
         return Err(CliError::msg("--batch must be at least 1"));
     }
+    // Everything that can refuse does so before anything is printed.
+    let phrase = PhraseCheck::prepare(&model, &args.phrase)?;
     let bos = model.bos_token_id()?;
     let mut rng = SeededRng::new(args.seed);
     let tokens = repeated_tokens(&mut rng, args.batch, args.half, cfg.d_vocab, bos)?.to_device(model.device())?;
@@ -86,9 +88,24 @@ pub fn run(args: Args) -> CliResult<()> {
 
     // 1. The repeat is predictable only to a model that looks back: compare the halves.
     let (first, second) = half_losses(&model, &tokens, args.half)?;
+    let uniform = (cfg.d_vocab as f32).ln();
     crate::outln!("");
     crate::outln!("loss on the first half:   {first:.3}  (random tokens: nothing to predict from)");
-    crate::outln!("loss on the repeat:       {second:.3}  (predictable by copying from the first half)");
+    if first > uniform {
+        crate::outln!(
+            "                          above ln(d_vocab) = {uniform:.1}, a uniform guess: the model bets confidently on \
+             tokens it cannot know (the built-in one was trained only to copy)"
+        );
+    }
+    let copies = second < first - 1.0;
+    crate::outln!(
+        "loss on the repeat:       {second:.3}  ({})",
+        if copies {
+            "far below the first half: predicted by copying from it"
+        } else {
+            "not far below the first half: this model does not predict the repeat by copying"
+        }
+    );
 
     // 2. Which heads do it: attention from each repeated token to the one after its
     //    first occurrence; and the heads that attend to the previous token, whose
@@ -101,6 +118,12 @@ pub fn run(args: Args) -> CliResult<()> {
     crate::outln!("");
     crate::outln!("previous-token score per head (mean attention to the token just before):");
     print_grid(&previous, 3)?;
+    if hooklens_models::builtin::is_builtin(&args.model.model) {
+        crate::outln!(
+            "(the built-in model's layer 0 heads 0 and 1 were trained toward the previous token by an auxiliary \
+             loss; layer 1's induction heads formed by themselves: hooklens-models/builtin/README.md)"
+        );
+    }
     let (best_l, best_h, best) = argmax(&scores);
     crate::outln!("strongest induction head: L{best_l}H{best_h} (score {best:.3})");
 
@@ -118,6 +141,7 @@ pub fn run(args: Args) -> CliResult<()> {
         }
         crate::outln!("loss on the repeat with one head ablated (was {second:.3} with none):");
         print_grid(&grid, 3)?;
+        print_most_needed(&grid, second, &scores, &previous)?;
         grid[best_l][best_h]
     } else {
         // The control: the same layer's weakest induction head.
@@ -138,7 +162,7 @@ pub fn run(args: Args) -> CliResult<()> {
 
     // 4. Real text: a phrase seen once is continued from memory when it starts again.
     crate::outln!("");
-    copying_check(&model, &args.phrase)?;
+    phrase.run(&model)?;
 
     // 5. The picture: every head on the first random sequence.
     let first_seq = tokens.i(0..1)?;
@@ -147,14 +171,23 @@ pub fn run(args: Args) -> CliResult<()> {
         "{}: BOS + {} random tokens, repeated (strongest induction head L{best_l}H{best_h})",
         args.model.model, args.half
     );
+    view.selected = Some((best_l, best_h));
     write_text_file(&args.out, &attention_html(&view)?)?;
     crate::outln!("");
-    crate::outln!(
-        "wrote the attention patterns of every head to {} (open it in a browser; look at L{best_l}H{best_h}: \
-         a stripe {} tokens below the diagonal)",
-        args.out.display(),
-        args.half - 1
-    );
+    if best > 0.3 {
+        crate::outln!(
+            "wrote the attention patterns of every head to {} (open it in a browser: it opens on L{best_l}H{best_h}, \
+             a stripe {} tokens below the diagonal)",
+            args.out.display(),
+            args.half - 1
+        );
+    } else {
+        crate::outln!(
+            "wrote the attention patterns of every head to {} (no head has a clear induction stripe: the \
+             strongest, L{best_l}H{best_h}, scores {best:.3})",
+            args.out.display()
+        );
+    }
     Ok(())
 }
 
@@ -174,12 +207,45 @@ fn ablated_losses(model: &HookedGpt2, tokens: &Tensor, half: usize, l: usize, h:
 
 fn verdict(before: f32, after: f32) -> &'static str {
     if after > before + 0.5 {
-        "up: this head does the copying"
+        "up: the copying needs this head"
     } else if after > before {
         "a little up"
     } else {
         "not up"
     }
+}
+
+/// The heads whose ablation raises the loss on the repeat most, each with what the
+/// scores say it is; a head that is neither an induction nor a previous-token head is
+/// said to be needed for reasons these scores do not show.
+fn print_most_needed(grid: &[Vec<f32>], base: f32, induction: &[Vec<f32>], previous: &[Vec<f32>]) -> CliResult<()> {
+    let mut cells: Vec<(usize, usize, f32)> = grid
+        .iter()
+        .enumerate()
+        .flat_map(|(l, row)| row.iter().enumerate().map(move |(h, &v)| (l, h, v)))
+        .collect();
+    cells.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let hurt: Vec<_> = cells.into_iter().filter(|c| c.2 > base + 0.5).take(3).collect();
+    if hurt.is_empty() {
+        crate::outln!("no single head's ablation raises the loss on the repeat by more than 0.5");
+        return Ok(());
+    }
+    crate::outln!("the heads whose ablation hurts most:");
+    for (l, h, v) in hurt {
+        let role = if induction[l][h] > 0.5 {
+            format!("an induction head (score {:.3})", induction[l][h])
+        } else if previous[l][h] > 0.5 {
+            format!("a previous-token head (score {:.3})", previous[l][h])
+        } else {
+            format!(
+                "neither an induction ({:.3}) nor a previous-token head ({:.3}): the circuit needs it for something \
+                 these scores do not measure",
+                induction[l][h], previous[l][h]
+            )
+        };
+        crate::outln!("  L{l}H{h}: {v:.3} (+{:.3}), {role}", v - base);
+    }
+    Ok(())
 }
 
 /// The layer, head and value of the largest entry of a `[layer][head]` grid.
@@ -217,47 +283,68 @@ fn print_grid(grid: &[Vec<f32>], decimals: usize) -> CliResult<()> {
     Ok(())
 }
 
-/// Shows `phrase` once and its first third again, lets the model continue greedily,
-/// and prints how much of the rest it reproduced.
-fn copying_check(model: &HookedGpt2, phrase: &str) -> CliResult<()> {
-    let ids = model.tokenizer()?.encode(phrase)?;
-    if ids.len() < 4 {
-        return Err(CliError(format!(
-            "--phrase must be at least 4 tokens long; {phrase:?} is {}",
-            ids.len()
-        )));
-    }
-    let shown = (ids.len() / 3).max(2);
-    let rest = &ids[shown..];
-    let mut prompt = vec![model.bos_token_id()?];
-    prompt.extend_from_slice(&ids);
-    prompt.extend_from_slice(&ids[..shown]);
-    if prompt.len() + rest.len() > model.cfg().n_ctx {
-        return Err(CliError(format!(
-            "--phrase is too long: shown one and a third times it does not fit the context of {} tokens",
-            model.cfg().n_ctx
-        )));
-    }
-    let n = prompt.len();
-    let input = Tensor::from_vec(prompt, (1, n), model.device())?;
-    let mut opts = GenerateOptions::greedy(rest.len());
-    opts.stop_at_eos = false;
-    let out = model.generate(&input, &opts)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
-    let generated = &out[0][n..];
-    let copied = generated.iter().zip(rest).take_while(|(a, b)| a == b).count();
-    let tok = model.tokenizer()?;
-    crate::outln!("copying real text (greedy):");
-    crate::outln!("  prompt:    {:?}", format!("{}{}", phrase, tok.decode(&ids[..shown])?));
-    crate::outln!("  continued: {:?}", tok.decode(generated)?);
-    crate::outln!("  expected:  {:?}", tok.decode(rest)?);
-    crate::outln!(
-        "  {copied} of {} tokens copied before the first difference{}",
-        rest.len(),
-        if copied == rest.len() {
-            ": the phrase is continued by copying"
-        } else {
-            ""
+/// The copying check on real text: `phrase` shown once, then its first third again.
+/// Prepared (tokenized and checked against the context) before the demo prints anything.
+struct PhraseCheck {
+    phrase: String,
+    ids: Vec<u32>,
+    shown: usize,
+}
+
+impl PhraseCheck {
+    fn prepare(model: &HookedGpt2, phrase: &str) -> CliResult<Self> {
+        let ids = model.tokenizer()?.encode(phrase)?;
+        if ids.len() < 4 {
+            return Err(CliError(format!(
+                "--phrase must be at least 4 tokens long; {phrase:?} is {}",
+                ids.len()
+            )));
         }
-    );
-    Ok(())
+        let shown = (ids.len() / 3).max(2);
+        if 1 + ids.len() + shown + (ids.len() - shown) > model.cfg().n_ctx {
+            return Err(CliError(format!(
+                "--phrase is too long: shown one and a third times it does not fit the context of {} tokens",
+                model.cfg().n_ctx
+            )));
+        }
+        Ok(PhraseCheck {
+            phrase: phrase.to_string(),
+            ids,
+            shown,
+        })
+    }
+
+    /// Lets the model continue greedily and prints how much of the rest it reproduced.
+    fn run(&self, model: &HookedGpt2) -> CliResult<()> {
+        let (ids, shown) = (&self.ids, self.shown);
+        let rest = &ids[shown..];
+        let mut prompt = vec![model.bos_token_id()?];
+        prompt.extend_from_slice(ids);
+        prompt.extend_from_slice(&ids[..shown]);
+        let n = prompt.len();
+        let input = Tensor::from_vec(prompt, (1, n), model.device())?;
+        let mut opts = GenerateOptions::greedy(rest.len());
+        opts.stop_at_eos = false;
+        let out = model.generate(&input, &opts)?.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        let generated = &out[0][n..];
+        let copied = generated.iter().zip(rest).take_while(|(a, b)| a == b).count();
+        let tok = model.tokenizer()?;
+        crate::outln!("copying real text (greedy):");
+        crate::outln!(
+            "  prompt:    {:?}",
+            format!("{}{}", self.phrase, tok.decode(&ids[..shown])?)
+        );
+        crate::outln!("  continued: {:?}", tok.decode(generated)?);
+        crate::outln!("  expected:  {:?}", tok.decode(rest)?);
+        crate::outln!(
+            "  {copied} of {} tokens copied before the first difference{}",
+            rest.len(),
+            if copied == rest.len() {
+                ": the phrase is continued by copying"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
 }

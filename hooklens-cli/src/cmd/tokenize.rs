@@ -32,7 +32,16 @@ pub fn run(args: Args) -> CliResult<()> {
         (Tokenizer::gpt2()?, builtin::builtin_stored_config()?)
     } else {
         let files = hub::resolve_text_with(&args.model, &hub::HubOptions::from_env())?;
-        (files.tokenizer()?, Gpt2Config::from_hf_json(&files.config)?)
+        let config = Gpt2Config::from_hf_json(&files.config)?;
+        // GPT-2's BPE stands in only for a GPT-2 whose vocabulary it fits.
+        if files.tokenizer.is_none() && !(config.is_gpt2() && config.d_vocab >= 50257) {
+            return Err(CliError(format!(
+                "model `{}` has no tokenizer.json, and GPT-2's BPE does not fit it ({}, {} ids): \
+                 put its tokenizer.json beside config.json",
+                args.model, config.original_architecture, config.d_vocab
+            )));
+        }
+        (files.tokenizer()?, config)
     };
     let mut ids = Vec::new();
     if args.prepend_bos {

@@ -15,7 +15,7 @@ use crate::ops::kernels::matmul_constant_rhs;
 /// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,
 /// small enough to ship in f16 under 8 MB.
 pub fn builtin_config() -> Gpt2Config {
-    Gpt2Config::new(2, 64, 4, 50257, 128)
+    Gpt2Config::new(2, 64, 4, 50257, 57)
 }
 
 /// How to train.

@@ -111,14 +111,26 @@ mod tests {
         assert_weights_compiled_in();
         let m = HookedGpt2::builtin().unwrap();
         let mut rng = crate::gpt2::SeededRng::new(0);
-        let tokens = super::super::repeated_tokens(&mut rng, 4, 30, m.cfg().d_vocab, 50256).unwrap();
-        let scores = super::super::induction_scores(&m, &tokens, 30).unwrap();
+        let tokens = super::super::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
+        let scores = super::super::induction_scores(&m, &tokens, 25).unwrap();
         let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(best >= 0.5, "the strongest induction score is {best}");
-        let (first, second) = super::super::half_losses(&m, &tokens, 30).unwrap();
+        let (first, second) = super::super::half_losses(&m, &tokens, 25).unwrap();
         assert!(
             second < first / 2.0,
             "loss {first} on the first half, {second} on the repeat"
         );
+    }
+
+    /// The context is what training covered: positions past the longest training
+    /// sequence have untrained embeddings (earlier releases had 128 such positions, and
+    /// the previous-token heads went diffuse past 57).
+    #[test]
+    fn builtin_context_is_what_it_was_trained_on() {
+        assert_weights_compiled_in();
+        let m = HookedGpt2::builtin().unwrap();
+        let o = super::super::TrainOptions::default();
+        assert_eq!(m.cfg().n_ctx, 1 + o.prefix_len.1 + o.repeat_len.1);
+        assert_eq!(super::super::builtin_config().n_ctx, m.cfg().n_ctx);
     }
 }

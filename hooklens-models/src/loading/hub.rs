@@ -568,8 +568,9 @@ impl HookedGpt2 {
         }
         let files = resolve_with(name, hub)?;
         let model = Self::from_files(&files.config, &files.weights, opts)?;
-        // GPT-2's BPE stands in for a missing tokenizer.json of a GPT-2 only.
-        if files.tokenizer.is_none() && !model.cfg().is_gpt2() {
+        // GPT-2's BPE stands in for a missing tokenizer.json of a GPT-2 whose
+        // vocabulary it fits; `tokenizer()` says what is missing for any other.
+        if files.tokenizer.is_none() && !(model.cfg().is_gpt2() && model.cfg().d_vocab >= 50257) {
             return Ok(model);
         }
         let tokenizer = files.tokenizer()?;
@@ -724,7 +725,9 @@ mod tests {
         let opts = LoadOptions::default();
         let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();
         assert_eq!(plain.cfg().d_vocab, 512);
-        assert_eq!(plain.tokenizer().unwrap().vocab_size(), 50257);
+        // GPT-2's BPE does not fit a 512-token vocabulary: no silent stand-in.
+        let err = plain.tokenizer().unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("512"), "{err}");
         let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
         std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
         let m = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();

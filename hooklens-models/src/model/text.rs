@@ -206,12 +206,20 @@ impl HookedGpt2 {
 
     /// The tokenizer of the text methods: the one given by `from_pretrained` (the
     /// model's `tokenizer.json`) or [`HookedGpt2::with_tokenizer`], else GPT-2's BPE
-    /// for a GPT-2. Another family without one is an error naming the missing
-    /// `tokenizer.json` (GPT-2's BPE would give ids of another vocabulary).
+    /// for a GPT-2 whose vocabulary holds GPT-2's 50257 tokens. Any other model without
+    /// one is an error naming the missing `tokenizer.json` (GPT-2's BPE would give ids
+    /// outside its vocabulary).
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
+        const GPT2_VOCAB: usize = 50257;
         match &self.tokenizer {
             Some(t) => Ok(t),
-            None if self.cfg().is_gpt2() => default_tokenizer(),
+            None if self.cfg().is_gpt2() && self.cfg().d_vocab >= GPT2_VOCAB => default_tokenizer(),
+            None if self.cfg().is_gpt2() => Err(Error::invalid(format!(
+                "this GPT-2 has no tokenizer.json and a vocabulary of {} tokens, too small for GPT-2's \
+                 BPE ({GPT2_VOCAB}): put its tokenizer.json in the model folder (from_pretrained reads it), \
+                 give one with with_tokenizer, or pass token ids (--tokens)",
+                self.cfg().d_vocab
+            ))),
             None => Err(Error::invalid(format!(
                 "this {} has no tokenizer: put its tokenizer.json in the model folder \
                  (from_pretrained reads it) or give one with with_tokenizer",
@@ -504,15 +512,21 @@ mod tests {
     }
 
     #[test]
-    fn gpt2_bpe_on_the_tiny_model_is_a_clear_error() {
+    fn a_gpt2_too_small_for_gpt2_bpe_needs_its_tokenizer_json() {
         let mut m = tiny();
         m.set_tokenizer(None);
-        assert_eq!(m.tokenizer().unwrap().vocab_size(), 50257);
+        // GPT-2's BPE would give ids up to 50256 in a 512-token vocabulary.
         let err = m
             .to_tokens("Hello world", true, PaddingSide::Right)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("15496") && err.contains("vocabulary of 512"), "{err}");
+        assert!(
+            err.contains("tokenizer.json") && err.contains("vocabulary of 512"),
+            "{err}"
+        );
+        // Token ids still work without one.
+        let ids = candle_core::Tensor::new(&[[511u32, 5, 9]], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(m.forward(&ids).unwrap().dims(), [1, 3, 512]);
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct AttentionView {
     /// `(layer, pattern)` for each layer shown, the pattern `[n_heads, pos, pos]`
     /// (query, key), as `blocks.{layer}.attn.hook_pattern` of a batch of one.
     pub layers: Vec<(usize, Tensor)>,
+    /// The head the page opens on, `(layer, head)`; the first one shown when `None`.
+    pub selected: Option<(usize, usize)>,
 }
 
 /// Runs `model` on `tokens` (`[1, pos]` or `[pos]`) and collects the attention patterns
@@ -79,6 +81,7 @@ pub fn attention_patterns(model: &HookedGpt2, tokens: &Tensor, layers: Option<&[
         title: "Attention patterns".to_string(),
         tokens: texts,
         layers: out,
+        selected: None,
     })
 }
 
@@ -119,10 +122,24 @@ pub fn attention_html(view: &AttentionView) -> Result<String> {
             .collect();
         layers.push(serde_json::json!({ "layer": layer, "heads": heads }));
     }
+    if let Some((l, h)) = view.selected {
+        let heads = view
+            .layers
+            .iter()
+            .find(|(layer, _)| *layer == l)
+            .map(|(_, p)| p.dim(0))
+            .transpose()?;
+        if !heads.is_some_and(|n| h < n) {
+            return Err(Error::invalid(format!(
+                "the page is to open on L{l}H{h}, which is not among the heads shown"
+            )));
+        }
+    }
     let data = serde_json::json!({
         "title": view.title,
         "tokens": view.tokens,
         "layers": layers,
+        "selected": view.selected.map(|(l, h)| serde_json::json!([l, h])),
     });
     Ok(super::fill(TEMPLATE, &view.title, &data))
 }
@@ -153,12 +170,14 @@ canvas.thumb { image-rendering: pixelated; border: 1px solid #ccc; }
 #tooltip { position: fixed; pointer-events: none; background: rgba(20,20,20,.9); color: #fff; padding: 4px 8px; border-radius: 4px; font: 12px monospace; white-space: pre; display: none; z-index: 10; }
 #error { color: #b00; font-weight: bold; }
 .hint { color: #666; font-size: 12px; }
+#scale { display: inline-block; width: 140px; height: 12px; border: 1px solid #ccc; background: linear-gradient(to right, rgb(255,255,255), rgb(180,20,30)); }
 </style>
 </head>
 <body>
 <h1 id="title"></h1>
-<div class="hint">Rows are queries (the token attending), columns are keys (the token attended to). Hover a cell for the weight; click a thumbnail or use the selector to choose a head.</div>
-<div id="controls"><label>Head <select id="head-select"></select></label><span id="selected-label"></span></div>
+<div class="hint">Rows are queries (the token attending), columns are keys (the token attended to). Hover a cell for the weight; click a thumbnail or use the selector to choose a head. Spaces in tokens are shown as &#9251;.</div>
+<div id="controls"><label>Head <select id="head-select"></select></label><span id="selected-label"></span>
+  <span class="hint">weight 0</span><span id="scale"></span><span class="hint">1</span></div>
 <div id="thumbs"></div>
 <div id="main-wrap"><canvas id="main"></canvas></div>
 <div id="tooltip"></div>
@@ -178,9 +197,10 @@ canvas.thumb { image-rendering: pixelated; border: 1px solid #ccc; }
   var n = tokens.length;
   document.getElementById("title").textContent = data.title;
 
-  // Token text as shown: newlines and tabs made visible, long tokens cut.
+  // Token text as shown: spaces, newlines and tabs made visible (" the" and "the"
+  // differ), long tokens cut.
   function show(t) {
-    var s = t.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r");
+    var s = t.replace(/ /g, "\u2423").replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r");
     return s.length > 16 ? s.slice(0, 15) + "\u2026" : s;
   }
   function weight(head, q, k) {
@@ -287,6 +307,7 @@ canvas.thumb { image-rendering: pixelated; border: 1px solid #ccc; }
     select.value = String(i);
     boxes.forEach(function (b, j) { b.className = j === i ? "thumb-box selected" : "thumb-box"; });
     document.getElementById("selected-label").textContent = entries[i].label;
+    document.body.setAttribute("data-selected", entries[i].label);
     drawMain();
   }
   select.addEventListener("change", function () { choose(Number(select.value)); });
@@ -306,7 +327,11 @@ canvas.thumb { image-rendering: pixelated; border: 1px solid #ccc; }
   });
   main.addEventListener("mouseleave", function () { tip.style.display = "none"; });
 
-  if (entries.length > 0) { choose(0); }
+  var first = 0;
+  if (data.selected) {
+    entries.forEach(function (e, i) { if (e.layer === data.selected[0] && e.head === data.selected[1]) { first = i; } });
+  }
+  if (entries.length > 0) { choose(first); }
   document.body.setAttribute("data-patterns", String(entries.length));
   document.body.setAttribute("data-ready", "1");
 })();
@@ -326,6 +351,7 @@ mod tests {
             title: "<b>t</b>".into(),
             tokens: vec!["</script><script>alert(1)</script>".into(), " & <!--".into()],
             layers: vec![(0, pattern.clone()), (3, pattern)],
+            selected: Some((3, 1)),
         };
         let html = attention_html(&view).unwrap();
         assert!(!html.contains("<script>alert"), "a token closed the script element");
@@ -335,6 +361,11 @@ mod tests {
         let data: serde_json::Value = serde_json::from_str(&html[start..end]).unwrap();
         assert_eq!(data["tokens"][0], "</script><script>alert(1)</script>");
         assert_eq!(data["layers"][1]["layer"], 3);
+        assert_eq!(data["selected"], serde_json::json!([3, 1]));
+        let mut elsewhere = view.clone();
+        elsewhere.selected = Some((1, 0));
+        let err = attention_html(&elsewhere).unwrap_err().to_string();
+        assert!(err.contains("L1H0"), "{err}");
         assert_eq!(data["layers"][0]["heads"][0][1][1], 0.75);
         // Causal rows are stored up to the diagonal.
         assert_eq!(data["layers"][0]["heads"][0][0].as_array().unwrap().len(), 1);
@@ -346,6 +377,7 @@ mod tests {
             title: "x".into(),
             tokens: vec!["a".into()],
             layers: vec![(0, Tensor::zeros((2, 2, 2), DType::F32, &Device::Cpu).unwrap())],
+            selected: None,
         };
         let err = attention_html(&view).unwrap_err().to_string();
         assert!(err.contains("there are 1 tokens"), "{err}");
