@@ -217,8 +217,9 @@ fn cache_flags_with_bad_values() {
         (with_out(&["--pos-slice", "1:2:0"]), "step must be at least 1"),
         (with_out(&["--pos-slice", "1:2:3:4"]), "at most two"),
         (with_out(&["--pos-slice", "[1,2"]), "missing `]`"),
-        (with_out(&["--pos-slice", "99"]), "out of range"),
-        (with_out(&["--pos-slice", "-11"]), "out of range"),
+        // The option's error, before any hook runs (not "hook at `hook_embed` failed").
+        (with_out(&["--pos-slice", "99"]), "--pos-slice: "),
+        (with_out(&["--pos-slice", "-11"]), "(the input has 10 positions)"),
         (with_out(&["--pos-slice", "[0,10]"]), "out of range"),
         (with_out(&["--remove-batch-dim=no"]), "--remove-batch-dim"),
         (vec![], "--out"),
@@ -381,7 +382,10 @@ fn demo_attention_logit_lens_and_harvest_flags_with_bad_values() {
     all_fail(
         &["attention", "--model", &m],
         &[
-            (&["--tokens", &t, "--out", &tmp.s("a.html")], "got 2"),
+            (
+                &["--tokens", &t, "--row", "2", "--out", &tmp.s("a.html")],
+                "--row 2: the input has 2 row(s)",
+            ),
             (&["--tokens", &one_row, "--layers", "9", "--out", &tmp.s("a.html")], "9"),
             (
                 &["--tokens", &one_row, "--layers", "-1", "--out", &tmp.s("a.html")],
@@ -400,7 +404,7 @@ fn demo_attention_logit_lens_and_harvest_flags_with_bad_values() {
         &[
             (&["--tokens", &one_row, "--top", "0"], "--top must be at least 1"),
             (&["--tokens", &one_row, "--top", "-3"], "invalid value '-3'"),
-            (&["--tokens", &t], "got 2"),
+            (&["--tokens", &t, "--row", "5"], "--row 5: the input has 2 row(s)"),
             (&["--tokens", &one_row, "--out", &under_file], "a-file/view.html"),
         ],
     );

@@ -194,8 +194,19 @@ fn attention_and_logit_lens_write_pages_and_tables() {
         "layer 2 does not exist: the model has 2 layers",
     );
     fails(
-        hooklens(&["attention", "--model", m, "--prompt", "a", "b", "--out", p]),
-        "shows one prompt; got 2",
+        hooklens(&[
+            "attention",
+            "--model",
+            m,
+            "--prompt",
+            "a",
+            "b",
+            "--row",
+            "2",
+            "--out",
+            p,
+        ]),
+        "--row 2: the input has 2 row(s)",
     );
     fails(
         hooklens(&[
@@ -319,4 +330,46 @@ fn text_subcommands_work_on_the_tiny_fixture_and_name_a_missing_tokenizer() {
         String::from_utf8_lossy(&o.stdout)
     );
     assert!(!tmp.path("d.html").exists());
+}
+
+/// `--row` picks one prompt of a batch for the one-prompt views: the page of row 1 of a
+/// tokens file equals the page of that row alone, and padding of a shorter prompt is cut.
+#[test]
+fn views_show_the_row_asked_for() {
+    let tmp = TempDir::new("rows");
+    let m = tiny_model().to_string_lossy().into_owned();
+    let t = tiny_tokens().to_string_lossy().into_owned();
+    let row1 = tmp.path("row1.safetensors");
+    let all = load(&tiny_tokens())["tokens"].clone();
+    candle_core::safetensors::save(&[("tokens", all.narrow(0, 1, 1).unwrap())].into_iter().collect(), &row1).unwrap();
+    let row1 = row1.to_string_lossy().into_owned();
+    let page = |args: &[&str], name: &str| {
+        let out = tmp.s(name);
+        let mut a = args.to_vec();
+        a.extend(["--out", out.as_str()]);
+        ok(hooklens(&a));
+        std::fs::read_to_string(&out).unwrap()
+    };
+    let picked = page(&["attention", "--model", &m, "--tokens", &t, "--row", "1"], "a.html");
+    let alone = page(&["attention", "--model", &m, "--tokens", &row1], "b.html");
+    assert_eq!(picked, alone);
+    let lens_picked = ok(hooklens(&["logit-lens", "--model", &m, "--tokens", &t, "--row", "1"]));
+    let lens_alone = ok(hooklens(&["logit-lens", "--model", &m, "--tokens", &row1]));
+    assert_eq!(lens_picked, lens_alone);
+    // Prompts of different lengths: the shorter one's padding is not shown.
+    let short = page(
+        &[
+            "attention",
+            "--model",
+            &m,
+            "--prompt",
+            "a long prompt of words here",
+            "hi",
+            "--row",
+            "1",
+        ],
+        "c.html",
+    );
+    let only = page(&["attention", "--model", &m, "--prompt", "hi"], "d.html");
+    assert_eq!(short, only);
 }

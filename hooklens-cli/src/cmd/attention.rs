@@ -6,7 +6,7 @@ use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::viz::{attention_html, attention_patterns};
 
 use super::common::{write_text_file, InputArgs, ModelArgs};
-use crate::error::{CliError, CliResult};
+use crate::error::CliResult;
 
 /// Write every head's attention pattern on a prompt as one HTML file.
 ///
@@ -19,6 +19,9 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    /// Which prompt or row of the tokens file to show (from 0).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub row: usize,
     /// Only these layers (`--layers 0,1` or `--layers 0 --layers 1`); all by default.
     #[arg(long, value_name = "L", value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
     pub layers: Vec<usize>,
@@ -31,14 +34,9 @@ pub struct Args {
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
     let input = args.input.read(&model, PaddingSide::Right)?;
-    let batch = input.tokens.dim(0)?;
-    if batch != 1 {
-        return Err(CliError(format!(
-            "the attention view shows one prompt; got {batch} (give one --prompt, or a tokens file of one row)"
-        )));
-    }
+    let tokens = input.row(args.row)?;
     let layers = (!args.layers.is_empty()).then_some(args.layers.as_slice());
-    let mut view = attention_patterns(&model, &input.tokens, layers)?;
+    let mut view = attention_patterns(&model, &tokens, layers)?;
     view.title = format!("Attention patterns of {}", args.model.model);
     let html = attention_html(&view)?;
     write_text_file(&args.out, &html)?;

@@ -72,6 +72,11 @@ pub fn run(args: Args) -> CliResult<()> {
         opts = opts.names(NamesFilter::Names(args.names.clone()));
     }
     if let Some(slice) = args.pos_slice.clone() {
+        // Checked against the input here, so a slice that does not fit is the option's
+        // error rather than a failure of the first hook it reaches.
+        slice
+            .indices(pos)
+            .map_err(|e| CliError(format!("--pos-slice: {e} (the input has {pos} positions)")))?;
         opts = opts.pos_slice(slice);
     }
     if args.remove_batch_dim && batch != 1 {

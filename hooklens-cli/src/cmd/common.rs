@@ -174,6 +174,30 @@ impl InputArgs {
     }
 }
 
+impl Input {
+    /// Row `row` of the batch as `[1, pos]`, its padding cut off: what the one-prompt
+    /// views show. Out of range is an error naming `--row` and the row count.
+    pub fn row(&self, row: usize) -> CliResult<Tensor> {
+        let batch = self.tokens.dim(0)?;
+        if row >= batch {
+            return Err(CliError(format!(
+                "--row {row}: the input has {batch} row(s) (0..{batch}); --row picks one"
+            )));
+        }
+        let tokens = self.tokens.narrow(0, row, 1)?;
+        let Some(mask) = &self.mask else {
+            return Ok(tokens);
+        };
+        // Right padding: the real tokens are the row's first `sum(mask)`.
+        let real = mask
+            .narrow(0, row, 1)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        Ok(tokens.narrow(1, 0, real)?)
+    }
+}
+
 /// Reads the integer tensor `tokens` `[batch, pos]` (or `[pos]`) of a safetensors file
 /// as u32, every id checked against `d_vocab`.
 pub fn read_tokens(path: &Path, d_vocab: usize, device: &Device) -> CliResult<Tensor> {

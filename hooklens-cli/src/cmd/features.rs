@@ -6,7 +6,7 @@ use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::viz::{feature_activations, features_html};
 
 use super::common::{write_text_file, InputArgs, ModelArgs};
-use crate::error::{CliError, CliResult};
+use crate::error::CliResult;
 
 /// Show the most active features of an SAE at each token of a prompt.
 ///
@@ -30,7 +30,7 @@ pub struct Args {
     /// The feature the page opens on (default: the most active one in the prompt).
     #[arg(long, value_name = "F")]
     pub feature: Option<usize>,
-    /// Which row of a tokens file to show (0-based).
+    /// Which prompt or row of the tokens file to show (from 0).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub row: usize,
     /// The HTML page to write.
@@ -47,19 +47,7 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     let sae = sae_args.load(model.device())?.remove(0);
     let input = args.input.read(&model, PaddingSide::Right)?;
-    let batch = input.tokens.dim(0)?;
-    if args.row >= batch {
-        return Err(CliError(format!(
-            "--row {}: the input has {batch} row(s) (0..{batch})",
-            args.row
-        )));
-    }
-    if input.mask.is_some() {
-        return Err(CliError::msg(
-            "the feature view shows one prompt: give one --prompt (or a tokens file and --row)",
-        ));
-    }
-    let tokens = input.tokens.narrow(0, args.row, 1)?;
+    let tokens = input.row(args.row)?;
     let view = feature_activations(&model, &sae, &tokens, args.top, args.feature)?;
     crate::outln!("{:>4}  {:<16}  top features (feature:activation)", "pos", "token");
     for (i, (t, top)) in view.tokens.iter().zip(&view.top).enumerate() {

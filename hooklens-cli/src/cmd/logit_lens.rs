@@ -20,6 +20,9 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    /// Which prompt or row of the tokens file to show (from 0).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub row: usize,
     /// How many top tokens to keep per cell (shown on hover in the HTML).
     #[arg(long, value_name = "K", default_value_t = 5, allow_negative_numbers = true)]
     pub top: usize,
@@ -35,13 +38,8 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     let model = args.model.load()?;
     let input = args.input.read(&model, PaddingSide::Right)?;
-    let batch = input.tokens.dim(0)?;
-    if batch != 1 {
-        return Err(CliError(format!(
-            "the logit lens shows one prompt; got {batch} (give one --prompt, or a tokens file of one row)"
-        )));
-    }
-    let lens = logit_lens(&model, &input.tokens, args.top)?;
+    let tokens = input.row(args.row)?;
+    let lens = logit_lens(&model, &tokens, args.top)?;
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
     let cell = |s: &str, p: f32| {
         let q = quote(s);
