@@ -309,3 +309,77 @@ fn bad_saes_are_clear_errors() {
     );
     assert!(!tmp.path("x.safetensors").exists(), "nothing written");
 }
+
+#[test]
+fn harvest_with_an_sae_stores_its_top_features_per_token() {
+    use hooklens_models::sae::{dense_from_sparse, sparse_top_k};
+    let tmp = TempDir::new("sae-harvest");
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog sat on the log\n".repeat(12),
+    )
+    .unwrap();
+    let sae_dir = saes_root().join("saes/standard");
+    let acts = "blocks.0.hook_resid_pre.hook_sae_acts_post";
+    let mut a = args(&["harvest", "--no-processing", "--model"]);
+    a.push(tiny_model().display().to_string());
+    a.extend([
+        "--input".to_string(),
+        corpus.display().to_string(),
+        "--out".into(),
+        tmp.s("acts"),
+    ]);
+    a.extend([
+        "--sae".to_string(),
+        sae_dir.display().to_string(),
+        "--sae-error-term".into(),
+    ]);
+    a.extend(args(&[
+        "--sae-top-k",
+        "5",
+        "--context-size",
+        "12",
+        "--quiet",
+        "--names",
+        acts,
+        "blocks.0.hook_resid_pre.hook_sae_input",
+    ]));
+    hooklens_ok(&a);
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(tmp.path("acts/00000-of-00001-manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["settings"]["sae_top_k"], 5);
+    let shard = load(&tmp.path(&format!("acts/{}", manifest["shards"][0]["file"].as_str().unwrap())));
+    let (indices, values) = (
+        &shard[format!("{acts}.indices").as_str()],
+        &shard[format!("{acts}.values").as_str()],
+    );
+    let rows = shard["tokens"].dim(0).unwrap();
+    assert_eq!(indices.dims(), [rows, 12, 5]);
+    assert_eq!(indices.dtype(), DType::I64);
+    assert!(!shard.contains_key(acts), "feature activations are not stored dense");
+    // What the library computes on the same input: the SAE on the plain model's
+    // activation (the SAE reads its input, which the file holds dense), top 5 kept.
+    let input = &shard["blocks.0.hook_resid_pre.hook_sae_input"];
+    let sae = Sae::from_dir(&sae_dir, &Device::Cpu).unwrap();
+    let want = sae.encode(input).unwrap();
+    let (wi, wv) = sparse_top_k(&want, 5).unwrap();
+    assert_eq!(indices.to_vec3::<i64>().unwrap(), wi.to_vec3::<i64>().unwrap());
+    assert_close("values", values, &wv, 1e-5);
+    let dense = dense_from_sparse(indices, values, 256).unwrap();
+    let kept = dense
+        .ne(0f32)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(kept > 0.0 && kept <= (rows * 12 * 5) as f32);
+
+    let k = a.iter().position(|s| s == "--sae-top-k").unwrap();
+    a[k + 1] = "0".into();
+    let err = hooklens_err(&a);
+    assert!(err.contains("--sae-top-k must be at least 1"), "{err}");
+}

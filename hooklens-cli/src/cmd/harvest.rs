@@ -25,6 +25,7 @@ use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
 use serde_json::{json, Value};
 
 use super::common::ModelArgs;
+use super::sae_args::SaeArgs;
 use crate::error::{CliError, CliResult};
 
 /// The manifest's `format` field; bumped when the layout changes.
@@ -58,10 +59,22 @@ pub enum InputFormat {
 ///
 /// The forward stops after the last block a hook point needs (stop_at_layer), and the
 /// unembedding never runs.
+///
+/// With --sae, the SAEs are spliced in and their points can be harvested too
+/// (`<point>.hook_sae_acts_post`, ...). Feature activations are stored sparsely: for
+/// each harvested `<point>.hook_sae_acts_post`, `<name>.indices` [rows, context, K]
+/// (i64; -1 where fewer than K features fire) and `<name>.values` [rows, context, K],
+/// the K (--sae-top-k) largest activations of each token, largest first.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub saes: SaeArgs,
+    /// With --sae: how many of each token's most active features are stored per
+    /// harvested `hook_sae_acts_post`.
+    #[arg(long, value_name = "K", default_value_t = 64, allow_negative_numbers = true)]
+    pub sae_top_k: usize,
     /// The corpus: text lines, or JSON lines with a text field.
     #[arg(long, value_name = "FILE")]
     pub input: PathBuf,
@@ -125,6 +138,9 @@ fn settings(
         "shard_index": args.shard_index,
         "num_shards": args.num_shards,
         "rows_per_shard": rows_per_shard,
+        "saes": args.saes.saes,
+        "sae_error_term": args.saes.sae_error_term,
+        "sae_top_k": args.sae_top_k,
     })
 }
 
@@ -163,7 +179,11 @@ pub fn run(args: Args) -> CliResult<()> {
         f => f,
     };
 
+    if args.sae_top_k == 0 {
+        return Err(CliError::msg("--sae-top-k must be at least 1"));
+    }
     let model = args.model.load()?;
+    let splices = args.saes.set(model.device())?.hooks()?;
     let n_ctx = model.cfg().n_ctx;
     let ctx = args.context_size.unwrap_or(n_ctx);
     if ctx < 2 || ctx > n_ctx {
@@ -171,17 +191,25 @@ pub fn run(args: Args) -> CliResult<()> {
             "--context-size {ctx} must be between 2 and the model's n_ctx = {n_ctx}"
         )));
     }
-    let names = resolve_names(&model, &args.names)?;
+    // With SAEs spliced in, their points are hook points too.
+    let all_names = model.run_with_hooks(splices.clone(), |m| Ok::<_, hooklens::Error>(m.hook_names()))?;
+    let names = resolve_names(&all_names, &args.names)?;
     let stop = stop_layer(&names, model.cfg().n_layers);
+    let plan = Plan {
+        names: names.clone(),
+        splices,
+        top_k: (!args.saes.saes.is_empty()).then_some(args.sae_top_k),
+    };
+    let stored = plan.stored_names();
 
     // Shapes per sequence, from one probe sequence: they set the rows per shard.
     let bos = model.bos_token_id()?;
     let eos = model.cfg().eos_token_id.unwrap_or(bos);
     let probe = Tensor::from_vec(vec![bos; ctx], (1, ctx), model.device())?;
-    let probe_acts = forward(&model, &names, stop, &probe)?;
+    let probe_acts = forward(&model, &plan, stop, &probe)?;
     let mut bytes_per_row = ctx * 8; // tokens, i64
     let mut per_row_shapes = BTreeMap::new();
-    for (name, t) in names.iter().zip(&probe_acts) {
+    for (name, t) in stored.iter().zip(&probe_acts) {
         bytes_per_row += t.elem_count() * t.dtype().size_in_bytes();
         per_row_shapes.insert(
             name.clone(),
@@ -220,7 +248,7 @@ pub fn run(args: Args) -> CliResult<()> {
     let mut pending: Vec<u32> = Vec::new();
     let mut row_index = 0usize; // sequences made so far, finished shards included
     let mut batch: Vec<Vec<u32>> = Vec::new();
-    let mut shard = ShardBuffer::new(names.len());
+    let mut shard = ShardBuffer::new(stored.len());
     let mut new_tokens = 0usize;
 
     loop {
@@ -259,10 +287,10 @@ pub fn run(args: Args) -> CliResult<()> {
             // batches every later sequence exactly as an uninterrupted run does.
             let room = rows_per_shard - shard.rows;
             if batch.len() == args.batch_size.min(room) {
-                run_batch(&model, &names, stop, &mut batch, &mut shard, ctx)?;
+                run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx)?;
                 new_tokens += shard_tokens_added(args.batch_size.min(room), ctx);
                 if shard.rows == rows_per_shard {
-                    finish_shard(&args.out, &prefix, &names, &mut shard, &mut manifest)?;
+                    finish_shard(&args.out, &prefix, &stored, &mut shard, &mut manifest)?;
                 }
                 update_bar(&bar, bytes_read, &manifest, shard.rows, new_tokens, &started);
             }
@@ -271,11 +299,11 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     if !batch.is_empty() {
         let rows = batch.len();
-        run_batch(&model, &names, stop, &mut batch, &mut shard, ctx)?;
+        run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx)?;
         new_tokens += shard_tokens_added(rows, ctx);
     }
     if shard.rows > 0 {
-        finish_shard(&args.out, &prefix, &names, &mut shard, &mut manifest)?;
+        finish_shard(&args.out, &prefix, &stored, &mut shard, &mut manifest)?;
     }
     manifest.complete = true;
     manifest.extra = json!({
@@ -303,10 +331,9 @@ fn shard_tokens_added(rows: usize, ctx: usize) -> usize {
     rows * ctx
 }
 
-/// The full names of the hook points `patterns` select, in the model's order; a
-/// pattern that selects nothing is an error suggesting the nearest names.
-fn resolve_names(model: &HookedGpt2, patterns: &[String]) -> CliResult<Vec<String>> {
-    let all = model.hook_names();
+/// The full names of the hook points `patterns` select, in the model's order (`all`);
+/// a pattern that selects nothing is an error suggesting the nearest names.
+fn resolve_names(all: &[String], patterns: &[String]) -> CliResult<Vec<String>> {
     for p in patterns {
         let filter = NamesFilter::from(p.as_str());
         if !all.iter().any(|n| filter.matches(n)) {
@@ -322,7 +349,39 @@ fn resolve_names(model: &HookedGpt2, patterns: &[String]) -> CliResult<Vec<Strin
         }
     }
     let filter = NamesFilter::Names(patterns.to_vec());
-    Ok(all.into_iter().filter(|n| filter.matches(n)).collect())
+    Ok(all.iter().filter(|n| filter.matches(n)).cloned().collect())
+}
+
+/// What one forward caches and how it is stored.
+struct Plan {
+    /// The hook points harvested, in the model's order.
+    names: Vec<String>,
+    /// The SAEs spliced in (empty without --sae).
+    splices: hooklens::HookSet,
+    /// With SAEs: feature activations are stored as their top k per token.
+    top_k: Option<usize>,
+}
+
+impl Plan {
+    /// Whether `name` is stored sparsely.
+    fn sparse(&self, name: &str) -> bool {
+        self.top_k.is_some() && name.ends_with(".hook_sae_acts_post")
+    }
+
+    /// The tensors of a shard besides `tokens`, in order: each name, or its
+    /// `.indices` and `.values` when stored sparsely.
+    fn stored_names(&self) -> Vec<String> {
+        self.names
+            .iter()
+            .flat_map(|n| {
+                if self.sparse(n) {
+                    vec![format!("{n}.indices"), format!("{n}.values")]
+                } else {
+                    vec![n.clone()]
+                }
+            })
+            .collect()
+    }
 }
 
 /// The block to stop before: one past the last block a name lives in; `None` (run
@@ -344,17 +403,29 @@ fn stop_layer(names: &[String], n_layers: usize) -> Option<usize> {
     (need < n_layers).then_some(need)
 }
 
-/// The activations at `names` for `tokens` `[batch, ctx]`, on the CPU, in `names`' order.
-fn forward(model: &HookedGpt2, names: &[String], stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
+/// The tensors `plan` stores for `tokens` `[batch, ctx]`, on the CPU, in
+/// [`Plan::stored_names`]' order.
+fn forward(model: &HookedGpt2, plan: &Plan, stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
     let mut fwd = ForwardOptions::new().return_type(ReturnType::None);
     if let Some(stop) = stop {
         fwd = fwd.stop_at_layer(stop as isize);
     }
     let opts = CacheOptions::new()
-        .names(NamesFilter::Names(names.to_vec()))
+        .names(NamesFilter::Names(plan.names.clone()))
         .device(Device::Cpu);
-    let (_, cache) = model.run_with_cache(opts, |m| m.forward_with(tokens, &fwd))?;
-    names.iter().map(|n| Ok(cache.try_get(n)?.clone())).collect()
+    let (_, cache) = model.run_with_cache_and_hooks(opts, plan.splices.clone(), |m| m.forward_with(tokens, &fwd))?;
+    let mut out = Vec::new();
+    for n in &plan.names {
+        let t = cache.try_get(n)?;
+        match plan.top_k {
+            Some(k) if plan.sparse(n) => {
+                let (indices, values) = hooklens_models::sae::sparse_top_k(t, k)?;
+                out.extend([indices, values]);
+            }
+            _ => out.push(t.clone()),
+        }
+    }
+    Ok(out)
 }
 
 /// Sequences and activations of the shard being filled.
@@ -376,7 +447,7 @@ impl ShardBuffer {
 
 fn run_batch(
     model: &HookedGpt2,
-    names: &[String],
+    plan: &Plan,
     stop: Option<usize>,
     batch: &mut Vec<Vec<u32>>,
     shard: &mut ShardBuffer,
@@ -385,7 +456,7 @@ fn run_batch(
     let rows = batch.len();
     let ids: Vec<u32> = batch.drain(..).flatten().collect();
     let tokens = Tensor::from_vec(ids, (rows, ctx), &Device::Cpu)?;
-    let acts = forward(model, names, stop, &tokens.to_device(model.device())?)?;
+    let acts = forward(model, plan, stop, &tokens.to_device(model.device())?)?;
     for (buf, t) in shard.acts.iter_mut().zip(acts) {
         buf.push(t);
     }
