@@ -150,9 +150,51 @@ pub enum Error {
         reason: String,
     },
 
-    /// A feature that exists in the API but is not implemented yet.
-    #[error("not supported: {0}")]
-    Unsupported(String),
+    /// A token id outside the model's vocabulary (or its tokenizer's).
+    #[error("{message}")]
+    TokenOutOfVocab {
+        /// The id.
+        id: i64,
+        /// The vocabulary size it had to be below.
+        d_vocab: usize,
+        /// What happened, where.
+        message: String,
+    },
+
+    /// More positions than the model's context holds.
+    #[error("{message}")]
+    ContextTooLong {
+        /// The positions asked for (prompt plus cached plus new ones).
+        positions: usize,
+        /// The model's context length.
+        n_ctx: usize,
+        /// What happened, where.
+        message: String,
+    },
+
+    /// A tensor of another shape than the call needs.
+    #[error("{message}")]
+    ShapeMismatch {
+        /// What the tensor is (`residual input`, an activation's name, ...).
+        what: String,
+        /// The shape needed, as a pattern (`[batch, pos, 768]`).
+        expected: String,
+        /// The shape given.
+        got: Vec<usize>,
+        /// What happened, where.
+        message: String,
+    },
+
+    /// A checkpoint of a family, or an SAE of an architecture, that hooklens does not run.
+    #[error("{message}")]
+    UnsupportedArchitecture {
+        /// The architecture named.
+        name: String,
+        /// Those hooklens runs.
+        supported: Vec<String>,
+        /// What happened, where.
+        message: String,
+    },
 
     /// Invalid input given to a function; the message says which and why.
     #[error("{0}")]

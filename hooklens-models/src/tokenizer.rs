@@ -169,12 +169,16 @@ impl Tokenizer {
     /// An error naming the first id that is not below [`Tokenizer::vocab_size`].
     pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
         match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            Some(id) => Err(Error::invalid(format!(
-                "token id {id} is out of the vocabulary of {} ({} ids: 0..{})",
-                self.source,
-                self.vocab_size,
-                self.vocab_size - 1
-            ))),
+            Some(id) => Err(Error::TokenOutOfVocab {
+                id: (*id).into(),
+                d_vocab: self.vocab_size,
+                message: format!(
+                    "token id {id} is out of the vocabulary of {} ({} ids: 0..{})",
+                    self.source,
+                    self.vocab_size,
+                    self.vocab_size - 1
+                ),
+            }),
             None => Ok(()),
         }
     }

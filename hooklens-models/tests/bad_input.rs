@@ -390,3 +390,62 @@ fn saving_a_checkpoint_to_an_unwritable_path_is_an_error() {
         .to_string();
     assert!(err.contains("file"), "{err}");
 }
+
+/// What a caller branches on has a variant of its own, with the numbers in fields; the
+/// messages stay what they were.
+#[test]
+fn typed_errors_carry_what_a_caller_acts_on() {
+    use hooklens_core::Error;
+    let model = raw_model();
+    let d_vocab = model.cfg().d_vocab;
+    let bad = Tensor::new(&[[1u32, d_vocab as u32 + 3]], &Device::Cpu).unwrap();
+    match model.forward(&bad).unwrap_err() {
+        Error::TokenOutOfVocab {
+            id,
+            d_vocab: v,
+            message,
+        } => {
+            assert_eq!((id, v), (d_vocab as i64 + 3, d_vocab));
+            assert!(message.contains("at [0, 1]"), "{message}");
+        }
+        other => panic!("not TokenOutOfVocab: {other}"),
+    }
+    let n_ctx = model.cfg().n_ctx;
+    let long = Tensor::zeros((1, n_ctx + 2), candle_core::DType::U32, &Device::Cpu).unwrap();
+    match model.forward(&long).unwrap_err() {
+        Error::ContextTooLong {
+            positions, n_ctx: n, ..
+        } => assert_eq!((positions, n), (n_ctx + 2, n_ctx)),
+        other => panic!("not ContextTooLong: {other}"),
+    }
+    let opts = hooklens_models::GenerateOptions::greedy(n_ctx);
+    match model
+        .generate(&Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap(), &opts)
+        .unwrap_err()
+    {
+        Error::ContextTooLong { positions, .. } => assert_eq!(positions, 3 + n_ctx),
+        other => panic!("not ContextTooLong: {other}"),
+    }
+    let resid = Tensor::zeros((1, 3, model.cfg().d_model + 1), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let fwd = hooklens_models::ForwardOptions::new().start_at_layer(1);
+    match model.forward_with(&resid, &fwd).map(|_| ()).unwrap_err() {
+        Error::ShapeMismatch { got, what, .. } => {
+            assert_eq!(got, [1, 3, model.cfg().d_model + 1]);
+            assert_eq!(what, "residual input");
+        }
+        other => panic!("not ShapeMismatch: {other}"),
+    }
+    let cfg = r#"{"model_type": "mamba", "architectures": ["MambaForCausalLM"]}"#;
+    match hooklens_models::convert::config_from_hf_str(cfg, std::path::Path::new("m/config.json")).unwrap_err() {
+        Error::UnsupportedArchitecture {
+            name,
+            supported,
+            message,
+        } => {
+            assert_eq!(name, "mamba");
+            assert!(supported.iter().any(|s| s == "LlamaForCausalLM"));
+            assert!(message.contains("m/config.json"), "{message}");
+        }
+        other => panic!("not UnsupportedArchitecture: {other}"),
+    }
+}

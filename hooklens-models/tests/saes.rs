@@ -388,8 +388,21 @@ fn wrong_inputs_are_errors_that_say_what_and_where() {
     assert!(msg.contains("blocks.9.hook_resid_pre"), "{msg}");
 
     let dir = edited_copy(&tmp.join("arch"), |c| c["architecture"] = "temporal".into());
-    let msg = Sae::from_dir(&dir, &Device::Cpu).unwrap_err().to_string();
-    assert!(msg.contains("temporal") && msg.contains("cfg.json"), "{msg}");
+    match Sae::from_dir(&dir, &Device::Cpu).unwrap_err() {
+        hooklens_core::Error::UnsupportedArchitecture {
+            name,
+            supported,
+            message,
+        } => {
+            assert_eq!(name, "temporal");
+            assert!(supported.iter().any(|s| s == "jumprelu"));
+            assert!(
+                message.contains("temporal") && message.contains("cfg.json"),
+                "{message}"
+            );
+        }
+        other => panic!("not UnsupportedArchitecture: {other}"),
+    }
 
     let dir = edited_copy(&tmp.join("wide"), |c| c["d_sae"] = 300.into());
     let msg = Sae::from_dir(&dir, &Device::Cpu).unwrap_err().to_string();

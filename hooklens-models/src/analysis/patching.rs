@@ -302,11 +302,16 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
             None => true,
         };
         if !batch_ok || !pos_ok {
-            return Err(Error::invalid(format!(
-                "clean activation `{name}` has shape {d:?}, but the corrupted run has batch {} and {} positions: \
-                 clean and corrupted inputs must have the same batch size and length",
-                self.dims.batch, self.dims.n_pos
-            )));
+            return Err(Error::ShapeMismatch {
+                what: format!("clean activation `{name}`"),
+                expected: format!("batch {} and {} positions", self.dims.batch, self.dims.n_pos),
+                got: d.to_vec(),
+                message: format!(
+                    "clean activation `{name}` has shape {d:?}, but the corrupted run has batch {} and {} positions: \
+                     clean and corrupted inputs must have the same batch size and length",
+                    self.dims.batch, self.dims.n_pos
+                ),
+            });
         }
         Ok(())
     }
@@ -437,12 +442,17 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         let (setter, clean, index, hook_name) = (setter.clone(), clean.clone(), row.to_vec(), name.to_string());
         let hooks = HookSet::new().fwd(name, move |x: &Tensor, _hp| {
             if x.dims() != clean.dims() {
-                return Err(Error::invalid(format!(
-                    "`{hook_name}`: the corrupted activation has shape {:?} but the clean one {:?}: clean and \
-                     corrupted inputs must have the same batch size and length",
-                    x.dims(),
-                    clean.dims()
-                )));
+                return Err(Error::ShapeMismatch {
+                    what: format!("corrupted activation `{hook_name}`"),
+                    expected: format!("{:?}", clean.dims()),
+                    got: x.dims().to_vec(),
+                    message: format!(
+                        "`{hook_name}`: the corrupted activation has shape {:?} but the clean one {:?}: clean and \
+                         corrupted inputs must have the same batch size and length",
+                        x.dims(),
+                        clean.dims()
+                    ),
+                });
             }
             Ok(Some(setter.apply(x, &index, &clean)?))
         });

@@ -85,6 +85,16 @@ pub fn supported_architectures() -> Vec<&'static str> {
     FAMILIES.iter().map(|f| f.classes[0]).collect()
 }
 
+/// [`Error::UnsupportedArchitecture`] for `name`, with the message of `bad` (which
+/// names the file).
+fn unsupported(name: &str, bad: Error) -> Error {
+    Error::UnsupportedArchitecture {
+        name: name.to_string(),
+        supported: supported_architectures().into_iter().map(String::from).collect(),
+        message: bad.to_string(),
+    }
+}
+
 fn supported_list() -> String {
     FAMILIES
         .iter()
@@ -103,10 +113,13 @@ fn family_of(hf: &HfConfig) -> Result<&'static Family> {
     let family = match by_type {
         Some((_, Some(f))) => f,
         Some((t, None)) => {
-            return Err(hf.bad(format!(
-                "field `model_type` is \"{t}\", an architecture hooklens does not support; supported: {}",
-                supported_list()
-            )))
+            return Err(unsupported(
+                t,
+                hf.bad(format!(
+                    "field `model_type` is \"{t}\", an architecture hooklens does not support; supported: {}",
+                    supported_list()
+                )),
+            ))
         }
         None => match archs
             .iter()
@@ -114,10 +127,13 @@ fn family_of(hf: &HfConfig) -> Result<&'static Family> {
         {
             Some(f) => f,
             None => {
-                return Err(hf.bad(format!(
-                "field `model_type` is missing and `architectures` ({archs:?}) names no supported model; supported: {}",
-                supported_list()
-            )))
+                return Err(unsupported(
+                    &archs.join(", "),
+                    hf.bad(format!(
+                        "field `model_type` is missing and `architectures` ({archs:?}) names no supported model; supported: {}",
+                        supported_list()
+                    )),
+                ))
             }
         },
     };

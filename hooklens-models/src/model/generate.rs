@@ -208,11 +208,15 @@ impl HookedGpt2 {
             && p.checked_add(opts.max_new_tokens - 1)
                 .is_none_or(|n| n > self.cfg().n_ctx)
         {
-            return Err(Error::invalid(format!(
-                "generate: {p} prompt positions + {} new tokens exceed the context length n_ctx = {}",
-                opts.max_new_tokens,
-                self.cfg().n_ctx
-            )));
+            return Err(Error::ContextTooLong {
+                positions: p.saturating_add(opts.max_new_tokens),
+                n_ctx: self.cfg().n_ctx,
+                message: format!(
+                    "generate: {p} prompt positions + {} new tokens exceed the context length n_ctx = {}",
+                    opts.max_new_tokens,
+                    self.cfg().n_ctx
+                ),
+            });
         }
         let eos = opts.eos_token_id.or(self.cfg().eos_token_id);
         if opts.stop_at_eos && eos.is_none() {

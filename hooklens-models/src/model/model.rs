@@ -406,12 +406,16 @@ impl HookedTransformer {
         let ids = tokens.to_dtype(DType::I64)?.flatten_all()?.to_vec1::<i64>()?;
         let d_vocab = self.cfg.d_vocab as i64;
         if let Some(i) = ids.iter().position(|&t| t < 0 || t >= d_vocab) {
-            return Err(Error::invalid(format!(
-                "token id {} at [{}, {}] is outside the vocabulary (d_vocab = {d_vocab})",
-                ids[i],
-                i / p,
-                i % p
-            )));
+            return Err(Error::TokenOutOfVocab {
+                id: ids[i],
+                d_vocab: self.cfg.d_vocab,
+                message: format!(
+                    "token id {} at [{}, {}] is outside the vocabulary (d_vocab = {d_vocab})",
+                    ids[i],
+                    i / p,
+                    i % p
+                ),
+            });
         }
         let ids: Vec<u32> = ids.into_iter().map(|t| t as u32).collect();
         Ok(Tensor::from_vec(ids, (b, p), self.device())?)
@@ -494,13 +498,18 @@ impl HookedTransformer {
                     ))
                 })?;
                 if d != self.cfg.d_model || b == 0 || p == 0 || input.dtype() != self.dtype() {
-                    return Err(Error::invalid(format!(
-                        "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
-                        input.dims(),
-                        input.dtype(),
-                        self.cfg.d_model,
-                        self.dtype()
-                    )));
+                    return Err(Error::ShapeMismatch {
+                        what: "residual input".into(),
+                        expected: format!("[batch, pos, {}]", self.cfg.d_model),
+                        got: input.dims().to_vec(),
+                        message: format!(
+                            "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
+                            input.dims(),
+                            input.dtype(),
+                            self.cfg.d_model,
+                            self.dtype()
+                        ),
+                    });
                 }
                 let tokens = opts.tokens.as_ref().map(|t| self.check_tokens(t)).transpose()?;
                 (tokens, Some(input.clone()))
@@ -523,15 +532,19 @@ impl HookedTransformer {
             }
         }
         if offset + p > self.cfg.n_ctx {
-            return Err(Error::invalid(format!(
-                "{p} positions{} exceed the context length n_ctx = {}",
-                if offset > 0 {
-                    format!(" after {offset} cached ones")
-                } else {
-                    String::new()
-                },
-                self.cfg.n_ctx
-            )));
+            return Err(Error::ContextTooLong {
+                positions: offset + p,
+                n_ctx: self.cfg.n_ctx,
+                message: format!(
+                    "{p} positions{} exceed the context length n_ctx = {}",
+                    if offset > 0 {
+                        format!(" after {offset} cached ones")
+                    } else {
+                        String::new()
+                    },
+                    self.cfg.n_ctx
+                ),
+            });
         }
         if let Some(c) = kv.as_ref() {
             if !c.is_empty() && c.batch != b {

@@ -261,11 +261,15 @@ impl HookedGpt2 {
         ids.extend(tok.encode(text)?);
         let d_vocab = self.cfg().d_vocab;
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= d_vocab) {
-            return Err(Error::invalid(format!(
-                "{text:?} gives token id {bad} ({}), outside the model's vocabulary of {d_vocab}: \
-                 the tokenizer does not fit this model (give the model its own tokenizer.json, or pass tokens)",
-                tok.source()
-            )));
+            return Err(Error::TokenOutOfVocab {
+                id: bad.into(),
+                d_vocab,
+                message: format!(
+                    "{text:?} gives token id {bad} ({}), outside the model's vocabulary of {d_vocab}: \
+                     the tokenizer does not fit this model (give the model its own tokenizer.json, or pass tokens)",
+                    tok.source()
+                ),
+            });
         }
         if ids.is_empty() {
             return Err(Error::invalid(
@@ -274,11 +278,15 @@ impl HookedGpt2 {
         }
         let n_ctx = self.cfg().n_ctx;
         if ids.len() > n_ctx {
-            return Err(Error::invalid(format!(
-                "the prompt is {} tokens long, more than the context length n_ctx = {n_ctx}: {:?}...",
-                ids.len(),
-                text.chars().take(40).collect::<String>()
-            )));
+            return Err(Error::ContextTooLong {
+                positions: ids.len(),
+                n_ctx,
+                message: format!(
+                    "the prompt is {} tokens long, more than the context length n_ctx = {n_ctx}: {:?}...",
+                    ids.len(),
+                    text.chars().take(40).collect::<String>()
+                ),
+            });
         }
         Ok(ids)
     }
@@ -372,10 +380,14 @@ impl HookedGpt2 {
         let ids = tok.encode(s)?;
         match ids.as_slice() {
             [id] if (*id as usize) < self.cfg().d_vocab => Ok(*id),
-            [id] => Err(Error::invalid(format!(
-                "{s:?} is token {id}, outside the model's vocabulary of {}",
-                self.cfg().d_vocab
-            ))),
+            [id] => Err(Error::TokenOutOfVocab {
+                id: (*id).into(),
+                d_vocab: self.cfg().d_vocab,
+                message: format!(
+                    "{s:?} is token {id}, outside the model's vocabulary of {}",
+                    self.cfg().d_vocab
+                ),
+            }),
             _ => {
                 let strs: Vec<String> = ids.iter().map(|&id| tok.token_str(id)).collect::<Result<_>>()?;
                 Err(Error::invalid(format!(

@@ -103,7 +103,14 @@ impl SaeConfig {
         let Value::Object(obj) = json else {
             return Err(bad("expected a JSON object at the top level".into()));
         };
-        parse(&obj).map_err(bad)
+        parse(&obj).map_err(|e| match e {
+            ParseError::Bad(reason) => bad(reason),
+            ParseError::Unsupported(name, reason) => Error::UnsupportedArchitecture {
+                name,
+                supported: SUPPORTED.iter().map(|s| s.to_string()).collect(),
+                message: bad(reason).to_string(),
+            },
+        })
     }
 
     /// Reads and parses `path` (a `cfg.json`).
@@ -111,6 +118,24 @@ impl SaeConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_json_str(&text, path)
     }
+}
+
+/// The architectures [`SaeConfig`] reads.
+const SUPPORTED: &[&str] = &[
+    "standard",
+    "gated",
+    "jumprelu",
+    "topk",
+    "transcoder",
+    "skip_transcoder",
+    "jumprelu_transcoder",
+    "jumprelu_skip_transcoder",
+];
+
+/// Why a config was refused: malformed, or of an architecture hooklens does not run.
+enum ParseError {
+    Bad(String),
+    Unsupported(String, String),
 }
 
 /// The version SAELens wrote, from the top level or `metadata`.
@@ -123,7 +148,24 @@ fn version(obj: &Map<String, Value>) -> Option<(u64, u64)> {
     Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
-fn parse(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, String> {
+fn parse(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, ParseError> {
+    let named = obj
+        .get("architecture")
+        .or_else(|| obj.get("metadata").and_then(|m| m.get("architecture")))
+        .and_then(Value::as_str);
+    if let Some(name) = named.filter(|n| !SUPPORTED.contains(n)) {
+        return Err(ParseError::Unsupported(
+            name.to_string(),
+            format!(
+                "architecture `{name}` is not supported (supported: {})",
+                SUPPORTED.join(", ")
+            ),
+        ));
+    }
+    parse_fields(obj).map_err(ParseError::Bad)
+}
+
+fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, String> {
     let legacy = version(obj).is_none_or(|(major, _)| major < 6);
     let meta = obj.get("metadata").and_then(Value::as_object);
     // A v6 config keeps the hook and model in `metadata`; a legacy one at the top.
@@ -210,8 +252,8 @@ fn parse(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, String> {
         "jumprelu_skip_transcoder" => (Architecture::JumpRelu, true, true),
         other => {
             return Err(format!(
-                "architecture `{other}` is not supported (supported: standard, gated, jumprelu, topk, transcoder, \
-                 skip_transcoder, jumprelu_transcoder, jumprelu_skip_transcoder)"
+                "architecture `{other}` is not supported (supported: {})",
+                SUPPORTED.join(", ")
             ))
         }
     };
