@@ -6,9 +6,10 @@
 pub use hooklens_core::*;
 pub use hooklens_derive::Hooked;
 
-/// Hooked models: one `HookedTransformer` for every bundled family (GPT-2, GPT-NeoX,
+/// Hooked models (the `models` feature, on by default): one `HookedTransformer` for every bundled family (GPT-2, GPT-NeoX,
 /// Llama, Mistral, Qwen 2 / 3, Gemma 1 / 2, Phi-3) with TransformerLens's hook names,
 /// loading, text and generation.
+#[cfg(feature = "models")]
 pub use hooklens_models as models;
 
 /// The candle this version of hooklens is built on, so that a user's tensors are the
@@ -24,10 +25,14 @@ pub use hooklens_models as models;
 /// # Ok::<(), hooklens::Error>(())
 /// ```
 pub use candle_core;
-/// candle's neural-network crate, as [`candle_core`].
+/// candle's neural-network crate, as [`candle_core`] (with the `models` feature).
+#[cfg(feature = "models")]
 pub use candle_nn;
 /// Sparse autoencoders and transcoders in SAELens's format (see [`models::sae`]).
+#[cfg(feature = "models")]
 pub use hooklens_models::sae::{Sae, SaeModel, SaeSet};
+/// The model types most programs start from (with the `models` feature).
+#[cfg(feature = "models")]
 pub use hooklens_models::{
     ForwardOptions, GenerateOptions, Gpt2Config, HookedGpt2, HookedTransformer, LoadOptions, ReturnType, Tokenizer,
     TransformerConfig,

@@ -14,6 +14,7 @@ pub mod sae;
 #[cfg(test)]
 mod tensor_diff;
 pub mod tokenizer;
+#[cfg(feature = "viz")]
 pub mod viz;
 
 /// The GPT-2 names of the model's items (`gpt2::HookedGpt2`, ...): the same types as

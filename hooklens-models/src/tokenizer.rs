@@ -5,15 +5,19 @@
 //! that a model directory ships, read by the `tokenizers` crate.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+#[cfg(feature = "tokenizers")]
+use std::sync::OnceLock;
 
 use hooklens_core::{Error, Result};
+#[cfg(feature = "tokenizers")]
 use tiktoken_rs::CoreBPE;
 
 /// GPT-2's end-of-text token, which GPT-2 also uses as BOS and padding.
 pub const ENDOFTEXT: &str = "<|endoftext|>";
 
 /// GPT-2's vocabulary size: 50,256 BPE tokens plus `<|endoftext|>`.
+#[cfg(feature = "tokenizers")]
 const GPT2_VOCAB_SIZE: usize = 50257;
 
 /// A text tokenizer: text to token ids and back.
@@ -30,8 +34,23 @@ pub struct Tokenizer {
 
 #[derive(Clone)]
 enum Backend {
+    #[cfg(feature = "tokenizers")]
     Gpt2(&'static CoreBPE),
+    #[cfg(feature = "tokenizers")]
     HuggingFace(Arc<tokenizers::Tokenizer>),
+    /// Without the `tokenizers` feature no tokenizer can be made.
+    #[cfg(not(feature = "tokenizers"))]
+    #[allow(dead_code)]
+    Absent(std::convert::Infallible),
+}
+
+/// The error of every constructor in a build without the `tokenizers` feature.
+#[cfg(not(feature = "tokenizers"))]
+fn no_tokenizers() -> Error {
+    Error::invalid(
+        "this build of hooklens-models has no tokenizers (the `tokenizers` cargo feature is off): \
+         pass token ids, or enable the feature",
+    )
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -46,6 +65,7 @@ impl std::fmt::Debug for Tokenizer {
 
 /// Building `r50k_base` parses a 50K-entry table (tens of milliseconds); do it once per
 /// process. The error is kept as text so that a failure is reported, not a panic.
+#[cfg(feature = "tokenizers")]
 fn gpt2_bpe() -> Result<&'static CoreBPE> {
     static BPE: OnceLock<std::result::Result<CoreBPE, String>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::r50k_base().map_err(|e| e.to_string()))
@@ -57,6 +77,9 @@ impl Tokenizer {
     /// GPT-2's BPE tokenizer (also GPT-2 medium/large/xl's and distilgpt2's), built in:
     /// no file and no network needed. `<|endoftext|>` is 50256.
     pub fn gpt2() -> Result<Self> {
+        #[cfg(not(feature = "tokenizers"))]
+        return Err(no_tokenizers());
+        #[cfg(feature = "tokenizers")]
         Ok(Tokenizer {
             backend: Backend::Gpt2(gpt2_bpe()?),
             vocab_size: GPT2_VOCAB_SIZE,
@@ -70,12 +93,21 @@ impl Tokenizer {
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        #[cfg(not(feature = "tokenizers"))]
+        return Err({
+            let _ = bytes;
+            no_tokenizers()
+        });
+        #[cfg(feature = "tokenizers")]
         let tok = tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
             reason: format!("not a Hugging Face tokenizer.json: {e}"),
         })?;
+        #[cfg(feature = "tokenizers")]
         let vocab_size = tok.get_vocab_size(true);
+        #[cfg(feature = "tokenizers")]
         let eos = tok.token_to_id(ENDOFTEXT);
+        #[cfg(feature = "tokenizers")]
         Ok(Tokenizer {
             backend: Backend::HuggingFace(Arc::new(tok)),
             vocab_size,
@@ -103,8 +135,12 @@ impl Tokenizer {
     /// The `tokenizer.json` this tokenizer was read from, if any.
     pub fn file(&self) -> Option<PathBuf> {
         match self.backend {
+            #[cfg(feature = "tokenizers")]
             Backend::Gpt2(_) => None,
+            #[cfg(feature = "tokenizers")]
             Backend::HuggingFace(_) => Some(PathBuf::from(&*self.source)),
+            #[cfg(not(feature = "tokenizers"))]
+            Backend::Absent(never) => match never {},
         }
     }
 
@@ -132,13 +168,18 @@ impl Tokenizer {
 
     /// Token ids of `text`, with no BOS added. `<|endoftext|>` written in the text is
     /// the special token, as Hugging Face's GPT-2 tokenizer reads it.
+    #[cfg_attr(not(feature = "tokenizers"), allow(unused_variables))]
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         match &self.backend {
+            #[cfg(feature = "tokenizers")]
             Backend::Gpt2(bpe) => Ok(bpe.encode_with_special_tokens(text)),
+            #[cfg(feature = "tokenizers")]
             Backend::HuggingFace(tok) => tok
                 .encode(text, false)
                 .map(|enc| enc.get_ids().to_vec())
                 .map_err(|e| Error::invalid(format!("tokenizer {}: cannot encode {text:?}: {e}", self.source))),
+            #[cfg(not(feature = "tokenizers"))]
+            Backend::Absent(never) => match *never {},
         }
     }
 
@@ -148,12 +189,16 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.check_ids(ids)?;
         match &self.backend {
+            #[cfg(not(feature = "tokenizers"))]
+            Backend::Absent(never) => match *never {},
+            #[cfg(feature = "tokenizers")]
             Backend::Gpt2(bpe) => {
                 let bytes = bpe
                     .decode_bytes(ids)
                     .map_err(|e| Error::invalid(format!("token id {}: not in GPT-2's vocabulary", e.token)))?;
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
+            #[cfg(feature = "tokenizers")]
             Backend::HuggingFace(tok) => tok
                 .decode(ids, false)
                 .map_err(|e| Error::invalid(format!("tokenizer {}: cannot decode {ids:?}: {e}", self.source))),
@@ -184,7 +229,7 @@ impl Tokenizer {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tokenizers"))]
 mod tests {
     use super::*;
 

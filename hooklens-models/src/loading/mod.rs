@@ -14,7 +14,9 @@ use hooklens_core::{Error, Result};
 
 pub use load_options::LoadOptions;
 pub(crate) use safetensors::{SafetensorsFile, TensorSource};
-pub(crate) use sharded::{ShardIndex, ShardedSafetensors};
+#[cfg(feature = "hub")]
+pub(crate) use sharded::ShardIndex;
+pub(crate) use sharded::ShardedSafetensors;
 
 /// The single-file checkpoint's name in a model folder.
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";

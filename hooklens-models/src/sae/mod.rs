@@ -13,6 +13,7 @@
 mod autoencoder;
 mod config;
 pub mod features;
+#[cfg(feature = "hub")]
 mod hub;
 mod sparse;
 mod splice;
