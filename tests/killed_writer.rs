@@ -1,11 +1,12 @@
-//! A writer killed mid-write never leaves a file that looks complete (issue 6).
+//! A writer killed mid-write never leaves a file that looks complete (issues 6, 18).
 //!
 //! `ActivationCache::save` (and so `hooklens cache --out`, and every safetensors file
-//! the command line writes) writes to a temporary name and renames it when complete.
-//! This test re-runs its own binary as a child that saves large caches one after
-//! another, SIGKILLs it while it is writing one of them (not the first), and checks
-//! what is on disk: the file before it whole, the cut one absent at its final path
-//! (only its temporary file, under another, hidden name, remains).
+//! the command line writes) writes to a temporary name, fsyncs and renames it when
+//! complete. This test re-runs its own binary as a child that saves a cache, then saves
+//! a second one with `HOOKLENS_TEST_PAUSE_MID_WRITE` set, which makes the writer stop
+//! halfway with bytes on disk: the SIGKILL lands mid-write every time. It then checks
+//! what is on disk (the first file whole, the cut one only under its temporary name)
+//! and that the next save of that file leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,32 +31,31 @@ fn final_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("cache-{i}.safetensors"))
 }
 
-/// Files the child writes at most, should nobody kill it.
-const MAX_FILES: usize = 300;
-
-/// The child: saves cache `i` (every value equal to `i`) at `cache-{i}.safetensors`,
-/// for i = 0, 1, 2, ... until killed, keeping only the last two finished files so that
-/// the disk never fills. Without the environment variable (a normal test run) it does
-/// nothing.
+/// The child: saves cache 0, then cache 1 with the writer told to pause halfway.
+/// Without the environment variable (a normal test run) it does nothing.
 #[test]
 fn child_writer_for_the_kill_test() {
     let Some(dir) = std::env::var_os(CHILD_ENV) else {
         return;
     };
     let dir = PathBuf::from(dir);
-    // The large tensors are built once: the child then spends nearly all its time inside
-    // a save, so a kill lands mid-write rather than between files even on a loaded machine.
+    for i in 0..2 {
+        if i == 1 {
+            std::env::set_var(hooklens::PAUSE_MID_WRITE_ENV, "1");
+        }
+        make_cache(i).save(final_path(&dir, i)).unwrap();
+    }
+    panic!("the second save should have paused");
+}
+
+/// Cache `i`: the large tensors, and `index` holding `i`.
+fn make_cache(i: usize) -> ActivationCache {
     let mut cache = ActivationCache::new(true);
     for (j, name) in TENSORS.into_iter().enumerate() {
         cache.insert(name, Tensor::full(j as f32, LEN, &Device::Cpu).unwrap());
     }
-    for i in 0..MAX_FILES {
-        cache.insert(INDEX, Tensor::new(&[i as f32], &Device::Cpu).unwrap());
-        cache.save(final_path(&dir, i)).unwrap();
-        if i >= 2 {
-            std::fs::remove_file(final_path(&dir, i - 2)).unwrap();
-        }
-    }
+    cache.insert(INDEX, Tensor::new(&[i as f32], &Device::Cpu).unwrap());
+    cache
 }
 
 /// Kills the child when dropped, so that a failing assertion in the parent never
@@ -129,53 +129,53 @@ fn assert_whole(path: &Path, k: usize) {
 #[test]
 fn a_writer_killed_mid_write_leaves_no_complete_looking_file() {
     let dir = std::env::temp_dir().join(format!("hooklens-killed-writer-{}", std::process::id()));
-    // Kills at varying moments after the first file is done: whenever the kill lands,
-    // every file at a final path must be whole, and a file cut mid-write must exist only
-    // under its temporary name. At least one kill must land mid-write.
-    let mut cut_mid_write = 0;
-    for attempt in 0..12 {
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut child = KillOnDrop(
-            Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "child_writer_for_the_kill_test",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(CHILD_ENV, &dir)
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while finals(&dir).is_empty() {
-            assert!(Instant::now() < deadline, "the child never finished its first file");
-            assert!(child.0.try_wait().unwrap().is_none(), "the child ended on its own");
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        std::thread::sleep(Duration::from_millis(7 * attempt as u64 + 3));
-        drop(child); // SIGKILL: no destructor, no cleanup runs in the child
-
-        for (k, path) in finals(&dir) {
-            assert_whole(&path, k);
-        }
-        // A kill mid-write leaves a hidden temporary file (safetensors writes a random
-        // `.tmpXXXXXX` sibling, renamed to ours, renamed to the final name when whole);
-        // the cut file itself never reaches a final path, which `assert_whole` checks.
-        let hidden = temporaries(&dir);
-        if !hidden.is_empty() {
-            cut_mid_write += 1;
-            let newest = finals(&dir).last().map(|(k, _)| *k).unwrap_or(0);
-            assert!(!final_path(&dir, newest + 1).exists());
-            for k in hidden.iter().filter_map(|n| tmp_index(n)) {
-                assert!(!final_path(&dir, k).exists(), "cut file {k} sits at its final path");
-            }
-        }
-        if cut_mid_write > 0 {
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_writer_for_the_kill_test",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, &dir)
+            .spawn()
+            .unwrap(),
+    );
+    // Waits for file 0 at its final path and file 1's temporary file with bytes in it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let paused = temporaries(&dir)
+            .iter()
+            .any(|n| tmp_index(n) == Some(1) && std::fs::metadata(dir.join(n)).is_ok_and(|m| m.len() > 0));
+        if paused && !finals(&dir).is_empty() {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the child never reached the middle of its second file"
+        );
+        assert!(child.0.try_wait().unwrap().is_none(), "the child ended on its own");
+        std::thread::sleep(Duration::from_millis(2));
     }
+    drop(child); // SIGKILL, mid-write: no destructor, no cleanup runs in the child
+
+    let on_disk = finals(&dir);
+    assert_eq!(
+        on_disk.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [0],
+        "only file 0 is final"
+    );
+    assert_whole(&on_disk[0].1, 0);
+    assert!(!final_path(&dir, 1).exists(), "the cut file sits at its final path");
+    assert!(
+        !temporaries(&dir).is_empty(),
+        "the kill left no temporary: it did not land mid-write"
+    );
+    // The next save of the cut file removes the dead writer's temporary.
+    make_cache(1).save(final_path(&dir, 1)).unwrap();
+    assert_whole(&final_path(&dir, 1), 1);
+    assert_eq!(temporaries(&dir), Vec::<String>::new(), "temporaries left behind");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(cut_mid_write > 0, "no kill landed mid-write in 12 tries");
 }

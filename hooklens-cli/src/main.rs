@@ -4,6 +4,7 @@
 
 mod cmd;
 mod error;
+mod output;
 
 use std::process::ExitCode;
 

@@ -459,3 +459,165 @@ fn demo_attention_logit_lens_and_harvest_flags_with_bad_values() {
     );
     assert!(!tmp.path("a.html").exists());
 }
+
+/// Every numeric flag at the edges of its type (issue 18): no sum or product of
+/// user-given numbers may wrap (a debug build panics on it, a release build computes
+/// with the wrapped value), so each run ends with a result or a clean error, exit 0, 1
+/// or 2, never a panic or an abort.
+#[test]
+fn numeric_flags_at_their_extremes_never_panic() {
+    let tmp = TempDir::new("extremes");
+    let (m, t) = (tiny_model(), tiny_tokens());
+    let (m, t) = (m.to_string_lossy().into_owned(), t.to_string_lossy().into_owned());
+    let corpus = tmp.path("c.txt");
+    std::fs::write(&corpus, "a b c d e f g h\n".repeat(4)).unwrap();
+    let c = corpus.to_string_lossy().into_owned();
+    let out = tmp.s("out");
+    let ints = ["0", "1", "4294967296", "9223372036854775808", "18446744073709551615"];
+    let floats = ["0", "1e308", "-1e308", "inf", "NaN", "5e-324"];
+    let gen = ["generate", "--model", &m, "--tokens", &t, "--greedy"];
+    let samp = ["generate", "--model", &m, "--tokens", &t, "--max-new-tokens", "2"];
+    let demo = ["demo", "--model", &m, "--out", &out];
+    let run = ["run", "--model", &m, "--tokens", &t];
+    let lens = ["logit-lens", "--model", &m, "--prompt", "a b"];
+    let hooks = ["hooks", "--model", &m];
+    let attention = ["attention", "--model", &m, "--prompt", "a b", "--out", &out];
+    let harvest = [
+        "harvest",
+        "--model",
+        &m,
+        "--input",
+        &c,
+        "--names",
+        "blocks.0.hook_resid_post",
+        "--out",
+        &out,
+        "--quiet",
+    ];
+    // (base arguments, flag, values, what follows the flag to complete the command)
+    let cases: Vec<(&[&str], &str, &[&str], &[&str])> = vec![
+        (&gen, "--max-new-tokens", &ints, &[]),
+        (&samp, "--top-k", &ints, &[]),
+        (&samp, "--seed", &ints, &[]),
+        (&samp, "--temperature", &floats, &[]),
+        (&samp, "--top-p", &floats, &[]),
+        (&samp, "--freq-penalty", &floats, &[]),
+        (&run, "--top", &ints, &[]),
+        (&lens, "--top", &ints, &[]),
+        (&hooks, "--pos", &ints, &[]),
+        (&attention, "--layers", &ints, &[]),
+        (&demo, "--half", &ints, &[]),
+        (&demo, "--batch", &ints, &["--half", "3"]),
+        (&harvest, "--context-size", &ints, &[]),
+        (&harvest, "--batch-size", &ints, &[]),
+        (&harvest, "--num-shards", &ints, &[]),
+        (
+            &harvest,
+            "--shard-index",
+            &ints,
+            &["--num-shards", "18446744073709551615"],
+        ),
+        (&harvest, "--shard-size-mb", &floats, &[]),
+        (&harvest, "--max-line-mb", &ints, &[]),
+    ];
+    let mut problems = Vec::new();
+    for (base, flag, values, rest) in cases {
+        for v in values {
+            let mut args: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            args.extend([flag.to_string(), v.to_string()]);
+            args.extend(rest.iter().map(|s| s.to_string()));
+            let _ = std::fs::remove_dir_all(&out);
+            let _ = std::fs::remove_file(&out);
+            let o = hooklens(&args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            let clean = matches!(o.status.code(), Some(0..=2)) && !err.contains("panicked");
+            if !clean {
+                problems.push(format!("{flag} {v}: exit {:?}: {err}", o.status.code()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Model flags meeting a model that is not what it says (issue 18): a symbolic link
+/// loop is not a Hugging Face id, a checkpoint with more layers than its config is not
+/// cut silently, and a checkpoint or a run larger than memory is an error naming it.
+#[test]
+fn models_that_are_not_what_they_say() {
+    let tmp = TempDir::new("models");
+    let m = tiny_model();
+    let loop_link = tmp.path("loop");
+    std::os::unix::fs::symlink(&loop_link, &loop_link).unwrap();
+    let l = loop_link.to_string_lossy().into_owned();
+    let out = hooklens(&["run".into(), "--model".into(), l.clone(), "--prompt".into(), "a".into()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is a symbolic link that is not a model directory"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("HF_HUB_OFFLINE") && !err.contains("cache"),
+        "taken for a hub id: {err}"
+    );
+
+    // config.json with one layer fewer than the checkpoint.
+    let dir = tmp.path("fewer");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(&m).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let n = cfg["n_layer"].as_u64().unwrap();
+    assert!(n >= 2, "the tiny model needs two layers for this test");
+    cfg["n_layer"] = (n - 1).into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let d = dir.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| {
+        let mut args: Vec<String> = ["run", "--model", &d, "--prompt", "a b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        hooklens(&args)
+    };
+    let out = run(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tensors the model does not use"), "{err}");
+    assert!(err.contains(&format!("h.{}.", n - 1)), "names the extra layer: {err}");
+    let out = run(&["--allow-unused-tensors"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Memory: the checkpoint, and a cache whose logits alone exceed what is available.
+    let mut over = offline_command(&["run", "--model", &m.to_string_lossy(), "--prompt", "a"]);
+    let out = over.env("HOOKLENS_AVAILABLE_MEMORY", "1000").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("model.safetensors needs about"), "{err}");
+    assert!(err.contains("is available: load it in half precision"), "{err}");
+    let big = tmp.path("big-tokens.safetensors");
+    Tensor::zeros((1000, 128), DType::I64, &Device::Cpu)
+        .unwrap()
+        .save_safetensors("tokens", &big)
+        .unwrap();
+    let out = offline_command(&[
+        "cache",
+        "--model",
+        "builtin",
+        "--tokens",
+        &big.to_string_lossy(),
+        "--out",
+        &tmp.s("c.safetensors"),
+    ])
+    .env("HOOKLENS_AVAILABLE_MEMORY", (2u64 << 30).to_string())
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("caching tokens [1000, 128]"), "{err}");
+    assert!(err.contains("cache fewer hook points (--names)"), "{err}");
+    assert!(!tmp.path("c.safetensors").exists());
+}

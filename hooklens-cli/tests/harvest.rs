@@ -129,7 +129,12 @@ fn killed_and_restarted_ends_with_the_same_shards() {
     assert_eq!(done["complete"], true);
     let n_shards = done["shards"].as_array().unwrap().len();
     assert!(n_shards >= 5, "{n_shards} shards: too few to interrupt in the middle");
-    assert_eq!(want.len(), n_shards + 1, "shards and the manifest, nothing else");
+    assert_eq!(
+        want.len(),
+        n_shards + 2,
+        "shards, the manifest and the lock file, nothing else: {:?}",
+        want.keys()
+    );
 
     // Interrupted: killed (SIGKILL, nothing cleaned up) once the first shard is there.
     let cut = tmp.path("cut");
@@ -332,4 +337,217 @@ fn bad_harvest_flags_are_readable_errors() {
         hooklens(&["harvest", "--model", m, "--input", t, "--out", o]),
         "--names",
     );
+}
+
+/// `harvest_args` with the working directory at `tmp`, so that relative paths work.
+fn in_dir(tmp: &TempDir, args: &[&str]) -> Output {
+    offline_command(args).current_dir(&tmp.0).output().unwrap()
+}
+
+#[test]
+fn resume_proves_the_same_corpus_and_model_whatever_the_paths() {
+    let tmp = TempDir::new("fingerprint");
+    let model = small_model(&tmp);
+    corpus(&tmp, 200);
+    let m = model.to_str().unwrap();
+    ok(in_dir(&tmp, &harvest_args(m, "corpus.txt", "out")));
+    // `./corpus.txt`, an absolute path, a link: one input, nothing to do.
+    let abs = tmp.s("corpus.txt");
+    std::os::unix::fs::symlink(tmp.path("corpus.txt"), tmp.path("link.txt")).unwrap();
+    for input in ["./corpus.txt", abs.as_str(), "link.txt"] {
+        let err = ok(in_dir(&tmp, &harvest_args(m, input, "out")));
+        assert!(err.contains("nothing to do"), "{input}: {err}");
+    }
+    // The same size, other text: refused, naming the input.
+    let text = std::fs::read(tmp.path("corpus.txt")).unwrap();
+    let mut edited = text.clone();
+    let at = edited.iter().position(|&b| b == b'a').unwrap();
+    edited[at] = b'o';
+    std::fs::write(tmp.path("corpus.txt"), &edited).unwrap();
+    fails(
+        in_dir(&tmp, &harvest_args(m, "corpus.txt", "out")),
+        "the --input file's content changed",
+    );
+    std::fs::write(tmp.path("corpus.txt"), &text).unwrap();
+    // Other weights of the same shapes: refused, naming the model.
+    {
+        use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+        let cfg = hooklens_models::Gpt2Config::new(2, 64, 4, 50257, 64);
+        save_hf_checkpoint(&model, &cfg, &random_weights(&cfg, 6).unwrap(), DType::F32).unwrap();
+    }
+    fails(
+        in_dir(&tmp, &harvest_args(m, "corpus.txt", "out")),
+        "the model's files (checkpoint, config or tokenizer) changed",
+    );
+}
+
+#[test]
+fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
+    let tmp = TempDir::new("lock");
+    let model = small_model(&tmp);
+    let (text, _) = corpus(&tmp, 300);
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let whole = tmp.path("whole");
+    ok(hooklens(&harvest_args(m, t, whole.to_str().unwrap())));
+    let out = tmp.path("out");
+    let o = out.to_str().unwrap();
+    // The first worker pauses halfway through writing its first shard.
+    let mut first = offline_command(&harvest_args(m, t, o))
+        .env(hooklens::PAUSE_MID_WRITE_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let temporaries = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    loop {
+        let mid_write = temporaries(&out)
+            .iter()
+            .any(|n| std::fs::metadata(out.join(n)).is_ok_and(|m| m.len() > 0));
+        if mid_write {
+            break;
+        }
+        assert!(first.try_wait().unwrap().is_none(), "the first worker ended");
+        assert!(Instant::now() < deadline, "no shard being written after 120 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A second worker with the same index is refused while the first lives...
+    fails(
+        hooklens(&harvest_args(m, t, o)),
+        "another harvest is writing worker 00000-of-00001",
+    );
+    // ...another index is not.
+    let mut other = harvest_args(m, t, o);
+    other.extend(["--shard-index", "1", "--num-shards", "2"]);
+    ok(hooklens(&other));
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(!out.join("00000-of-00001-shard-000000.safetensors").exists());
+    assert!(!temporaries(&out).is_empty(), "the kill landed mid-write");
+    // The dead worker's lock does not block the resume, which removes its temporary.
+    ok(hooklens(&harvest_args(m, t, o)));
+    assert!(temporaries(&out).is_empty(), "left behind: {:?}", temporaries(&out));
+    let got = files(&out);
+    for (name, bytes) in files(&whole) {
+        assert!(got[&name] == bytes, "{name} differs from an uninterrupted run");
+    }
+}
+
+#[test]
+fn a_manifest_or_shard_that_lies_is_refused() {
+    let tmp = TempDir::new("lies");
+    let model = small_model(&tmp);
+    let (text, _) = corpus(&tmp, 300);
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let out = tmp.path("out");
+    let o = out.to_str().unwrap();
+    ok(hooklens(&harvest_args(m, t, o)));
+    let path = out.join("00000-of-00001-manifest.json");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        f(&mut v);
+        std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+    };
+    edit(&|v| v["shards"][0]["rows"] = 1000000.into());
+    fails(hooklens(&harvest_args(m, t, o)), "shard entry 0 has rows = 1000000");
+    edit(&|v| v["shards"][0]["file"] = "../../etc/passwd".into());
+    fails(
+        hooklens(&harvest_args(m, t, o)),
+        "shard entry 0 names \"../../etc/passwd\"",
+    );
+    edit(&|v| v["shards"] = "all of them".into());
+    fails(hooklens(&harvest_args(m, t, o)), "`shards` is not a list");
+    std::fs::write(&path, &good).unwrap();
+    // A shard's bytes changed in place (same size): its checksum says so.
+    let shard = out.join("00000-of-00001-shard-000001.safetensors");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x40;
+    std::fs::write(&shard, &bytes).unwrap();
+    fails(hooklens(&harvest_args(m, t, o)), "(damaged on disk?)");
+}
+
+#[test]
+fn input_lines_bom_surrogates_and_endless_lines() {
+    let tmp = TempDir::new("lines");
+    let model = small_model(&tmp);
+    let (_, jsonl) = corpus(&tmp, 60);
+    let m = model.to_str().unwrap();
+    // A byte-order mark before the first line is not part of the document.
+    let with_bom = tmp.path("bom.jsonl");
+    let mut bytes = "\u{feff}".as_bytes().to_vec();
+    bytes.extend(std::fs::read(&jsonl).unwrap());
+    std::fs::write(&with_bom, bytes).unwrap();
+    let (a, b) = (tmp.path("a"), tmp.path("b"));
+    ok(hooklens(&harvest_args(m, jsonl.to_str().unwrap(), a.to_str().unwrap())));
+    ok(hooklens(&harvest_args(
+        m,
+        with_bom.to_str().unwrap(),
+        b.to_str().unwrap(),
+    )));
+    let shard = "00000-of-00001-shard-000000.safetensors";
+    assert!(files(&a)[shard] == files(&b)[shard], "the BOM changed the tokens");
+    // A lone surrogate: the file's line, and what is wrong with it.
+    let lone = tmp.path("lone.jsonl");
+    std::fs::write(&lone, "{\"text\": \"fine\"}\n{\"text\": \"bad \\ud800 here\"}\n").unwrap();
+    let err = fails(
+        hooklens(&harvest_args(m, lone.to_str().unwrap(), &tmp.s("c"))),
+        "line 2: not valid JSON at column",
+    );
+    assert!(err.contains("lone UTF-16 surrogate"), "{err}");
+    assert!(err.contains("column 15"), "{err}");
+    assert!(!err.contains("at line 1"), "{err}");
+    // A line with no end is bounded.
+    let endless = tmp.path("endless.txt");
+    std::fs::write(&endless, "word ".repeat(300_000)).unwrap();
+    let d = tmp.s("d");
+    let mut args = harvest_args(m, endless.to_str().unwrap(), &d);
+    args.extend(["--max-line-mb", "1"]);
+    fails(hooklens(&args), "line 1: longer than --max-line-mb 1 MiB");
+}
+
+#[test]
+fn non_finite_weights_and_too_little_memory_are_errors() {
+    let tmp = TempDir::new("nan");
+    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::Gpt2Config::new(2, 64, 4, 50257, 64);
+    let mut w = random_weights(&cfg, 5).unwrap();
+    // Layer 0's attention: every saved hook point after it is NaN.
+    let fc = w.get_mut("h.0.attn.c_attn.weight").unwrap();
+    *fc = (fc.clone() * f64::NAN).unwrap();
+    let dir = tmp.path("model");
+    save_hf_checkpoint(&dir, &cfg, &w, DType::F32).unwrap();
+    let (text, _) = corpus(&tmp, 60);
+    let (m, t) = (dir.to_str().unwrap(), text.to_str().unwrap());
+    let err = fails(
+        hooklens(&harvest_args(m, t, &tmp.s("out"))),
+        "first non-finite activation at `blocks.0.attn.",
+    );
+    assert!(err.contains("nothing of this batch was written"), "{err}");
+    assert!(!tmp.path("out").join("00000-of-00001-shard-000000.safetensors").exists());
+    let o = hooklens(&["run", "--model", m, "--prompt", "the model reads"]);
+    assert_ne!(o.status.code(), Some(0));
+    fails(o, "first non-finite activation at `blocks.0.attn.");
+
+    let model = small_model(&tmp);
+    // 20 MiB: the checkpoint (13 MiB) loads, a shard of 100 MiB does not fit.
+    let small = tmp.s("small");
+    let mut args = harvest_args(model.to_str().unwrap(), t, &small);
+    args[13] = "100";
+    let o = offline_command(&args)
+        .env(hooklens::AVAILABLE_MEMORY_ENV, (20u64 << 20).to_string())
+        .output()
+        .unwrap();
+    let err = fails(o, "is available: give a smaller --shard-size-mb or --batch-size");
+    assert!(err.contains("about 20.0 MiB is available"), "{err}");
+    assert!(!tmp.path("small").exists(), "nothing written");
 }

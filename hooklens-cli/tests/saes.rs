@@ -383,3 +383,23 @@ fn harvest_with_an_sae_stores_its_top_features_per_token() {
     let err = hooklens_err(&a);
     assert!(err.contains("--sae-top-k must be at least 1"), "{err}");
 }
+
+#[test]
+fn cache_out_onto_an_sae_file_is_refused() {
+    let tmp = TempDir::new("sae-out-input");
+    let sae_dir = tmp.path("sae");
+    std::fs::create_dir_all(&sae_dir).unwrap();
+    for f in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(saes_root().join("saes/standard").join(f), sae_dir.join(f)).unwrap();
+    }
+    let weights = sae_dir.join("sae_weights.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let mut a = args(&["cache", "--no-processing", "--model"]);
+    a.push(tiny_model().display().to_string());
+    a.extend(["--tokens".to_string(), tiny_tokens().display().to_string()]);
+    a.extend(["--sae".to_string(), sae_dir.display().to_string()]);
+    a.extend(["--out".to_string(), weights.display().to_string()]);
+    let err = hooklens_err(&a);
+    assert!(err.contains("sae_weights.safetensors"), "{err}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before, "the SAE is untouched");
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::{nearest_names, Error, Result};
+use crate::{nearest_names, save_safetensors, Error, Result};
 
 /// Activations recorded by `run_with_cache`, by TransformerLens hook name, in the
 /// order they fired. Tensors share storage with the forward pass (no copies) unless
@@ -183,39 +183,6 @@ pub(crate) fn squeeze_batch(name: &str, t: &Tensor) -> Result<Tensor> {
         });
     }
     Ok(t.squeeze(0)?)
-}
-
-/// Writes `tensors` as safetensors at `path` through a temporary file and a rename.
-pub fn save_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>, metadata: HashMap<String, String>) -> Result<()> {
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("{}: not a file path", path.display())))?;
-    // Unique per process *and* per call: two threads saving to one path at once must not
-    // write into the same temporary file (one could rename it while the other is still
-    // writing, leaving a half-written file at `path`).
-    static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}-{n}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    // candle's View impl gathers non-contiguous tensors, so slices and views save as is.
-    let result = safetensors::serialize_to_file(tensors, Some(metadata), &tmp);
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(match e {
-            safetensors::SafeTensorError::IoError(io) => Error::io(path, io),
-            other => Error::BadFile {
-                path: path.to_path_buf(),
-                reason: other.to_string(),
-            },
-        });
-    }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
 }
 
 impl std::ops::Index<&str> for ActivationCache {

@@ -4,6 +4,7 @@
 //! [`ActivationCache`].
 
 mod activation_cache;
+mod atomic_file;
 mod cache_options;
 mod error;
 mod freed_memory;
@@ -16,13 +17,16 @@ mod hook_set;
 mod hooked;
 mod hooked_forward;
 mod hooked_model;
+mod memory;
 mod names_filter;
 mod non_finite;
 mod run_frame;
+mod safetensors_writer;
 mod slice;
 mod splice;
 
-pub use activation_cache::{save_safetensors, ActivationCache};
+pub use activation_cache::ActivationCache;
+pub use atomic_file::{is_temporary, pause_point, write_atomically, PAUSE_MID_WRITE_ENV};
 pub use cache_options::{position_axis, CacheOptions};
 pub use error::{nearest_names, Error, Result};
 pub use freed_memory::retain_freed_memory;
@@ -35,8 +39,10 @@ pub use hook_set::HookSet;
 pub use hooked::{probe, HookPath, Hooked};
 pub use hooked_forward::HookedForward;
 pub use hooked_model::HookedModel;
+pub use memory::{available_memory, check_memory, human, AVAILABLE_MEMORY_ENV};
 pub use names_filter::{glob_match, is_glob, NamesFilter};
 pub use non_finite::{first_non_finite, NonFinite};
+pub use safetensors_writer::save_safetensors;
 pub use slice::Slice;
 pub use splice::Splice;
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::viz::{attention_html, attention_patterns};
 
-use super::common::{write_text_file, InputArgs, ModelArgs};
+use super::common::{check_out, write_text_file, InputArgs, ModelArgs};
 use crate::error::CliResult;
 
 /// Write every head's attention pattern on a prompt as one HTML file.
@@ -25,7 +25,7 @@ pub struct Args {
     /// Only these layers (`--layers 0,1` or `--layers 0 --layers 1`); all by default.
     #[arg(long, value_name = "L", value_delimiter = ',', num_args = 1.., allow_negative_numbers = true)]
     pub layers: Vec<usize>,
-    /// The HTML file to write.
+    /// The HTML file to write (`-`: standard output).
     #[arg(long, value_name = "FILE.html")]
     pub out: PathBuf,
 }
@@ -33,6 +33,7 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
+    check_out(&args.out, &args.model, Some(&args.input), true)?;
     let input = args.input.read(&model, PaddingSide::Right)?;
     let tokens = input.row(args.row)?;
     let layers = (!args.layers.is_empty()).then_some(args.layers.as_slice());

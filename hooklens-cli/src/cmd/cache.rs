@@ -8,7 +8,7 @@ use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::{ForwardOptions, ReturnType};
 
-use super::common::{tokens_i64, InputArgs, ModelArgs};
+use super::common::{check_out, tokens_i64, InputArgs, ModelArgs};
 use super::sae_args::SaeArgs;
 use crate::error::{CliError, CliResult};
 
@@ -57,6 +57,8 @@ fn parse_slice(s: &str) -> Result<Slice, String> {
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
     let splices = args.saes.set(model.device())?.hooks()?;
+    check_out(&args.out, &args.model, Some(&args.input), false)?;
+    crate::output::check_output_file("--out", &args.out, &args.saes.files())?;
     let input = args.input.read(&model, PaddingSide::Right)?;
     let (batch, pos) = input.tokens.dims2()?;
     if pos < 2 {
@@ -64,6 +66,7 @@ pub fn run(args: Args) -> CliResult<()> {
             "the input has {pos} position(s): the next-token loss needs at least 2"
         )));
     }
+    check_cache_fits(&model, batch, pos, args.names.is_empty(), args.grads)?;
     // Saving reads tensors on the CPU; a GPU run moves each one there as it is cached.
     let mut opts = CacheOptions::new()
         .remove_batch_dim(args.remove_batch_dim)
@@ -137,6 +140,47 @@ pub fn run(args: Args) -> CliResult<()> {
         cache.len() - 4 - usize::from(input.mask.is_some()),
         args.out.display()
     );
+    Ok(())
+}
+
+/// An error before the run when its logits and cache cannot fit in the memory
+/// available: allocating them would abort the process halfway instead.
+fn check_cache_fits(
+    model: &hooklens_models::HookedGpt2,
+    batch: usize,
+    pos: usize,
+    all: bool,
+    grads: bool,
+) -> CliResult<()> {
+    let cfg = model.cfg();
+    let elem = model.dtype().size_in_bytes() as u64;
+    let tokens = (batch as u64).saturating_mul(pos as u64);
+    // The logits, their log-softmax for the loss, and an f32 copy on the way to the file.
+    let logits = tokens
+        .saturating_mul(cfg.d_vocab as u64)
+        .saturating_mul(3 * elem.max(4));
+    // Per layer: the residual stream and its neighbours, the MLP's hidden layer, the
+    // attention scores and pattern.
+    let per_pos = 16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64 + 4 * (cfg.n_heads as u64).saturating_mul(pos as u64);
+    let per_layer = tokens.saturating_mul(per_pos).saturating_mul(elem);
+    let layers = if all { cfg.n_layers as u64 } else { 1 };
+    let mut need = logits.saturating_add(per_layer.saturating_mul(layers));
+    if grads {
+        need = need.saturating_mul(2);
+    }
+    hooklens::check_memory(
+        &format!(
+            "caching tokens [{batch}, {pos}] ({} logits and {})",
+            hooklens::human(tokens.saturating_mul(cfg.d_vocab as u64).saturating_mul(elem)),
+            if all {
+                "every hook point"
+            } else {
+                "the --names hook points"
+            }
+        ),
+        need,
+        "cache fewer hook points (--names), give fewer or shorter prompts, or a smaller --dtype",
+    )?;
     Ok(())
 }
 

@@ -58,6 +58,10 @@ pub struct ModelArgs {
     /// The branch, tag or commit of a Hugging Face model.
     #[arg(long, value_name = "REV", default_value = "main")]
     pub revision: String,
+    /// Load a checkpoint that holds tensors the model does not read (by default an
+    /// error naming them: config.json may describe fewer layers than the weights hold).
+    #[arg(long)]
+    pub allow_unused_tensors: bool,
 }
 
 /// A device, as given on the command line.
@@ -106,11 +110,23 @@ impl std::fmt::Display for DeviceArg {
 }
 
 impl ModelArgs {
+    /// The files the model is read from (none for the built-in model, which is compiled
+    /// in): what no output may overwrite. Call after [`ModelArgs::load`], which has
+    /// already found them (a Hugging Face id is then in the local cache).
+    pub fn files(&self) -> CliResult<Vec<PathBuf>> {
+        if hooklens_models::builtin::is_builtin(&self.model) {
+            return Ok(Vec::new());
+        }
+        let hub = HubOptions::from_env().revision(self.revision.clone());
+        Ok(hooklens_models::hub::resolve_with(&self.model, &hub)?.all_files()?)
+    }
+
     /// Loads the model on its device, with its tokenizer.
     pub fn load(&self) -> CliResult<HookedGpt2> {
         let mut opts = LoadOptions::default()
             .with_dtype(self.dtype.dtype())
-            .with_device(self.device.device()?);
+            .with_device(self.device.device()?)
+            .with_allow_unused_tensors(self.allow_unused_tensors);
         if self.no_processing {
             opts = opts.with_processing(ProcessingOptions::none());
         }
@@ -152,6 +168,11 @@ pub struct Input {
 }
 
 impl InputArgs {
+    /// The input files (the tokens file, if any): what no output may overwrite.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.tokens.iter().cloned().collect()
+    }
+
     /// The tokens of the prompts (padded on `side`) or of the tokens file.
     pub fn read(&self, model: &HookedGpt2, side: PaddingSide) -> CliResult<Input> {
         if let Some(path) = &self.tokens {
@@ -270,17 +291,70 @@ pub fn tokens_i64(tokens: &Tensor) -> CliResult<Tensor> {
     Ok(tokens.to_device(&Device::Cpu)?.to_dtype(DType::I64)?)
 }
 
-/// Writes `text` to `path` atomically (a temporary file beside it, then a rename), so a
-/// reader never sees half a file; errors name the path.
+/// Writes `text` to `path` atomically (a temporary file beside it, fsynced, then a
+/// rename), so a reader never sees half a file; `-` is standard output. Errors name
+/// the path.
 pub fn write_text_file(path: &Path, text: &str) -> CliResult<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError(format!("{}: not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            CliError(format!("cannot write {}: {e}", path.display()))
-        })
+    use std::io::Write;
+    if path.as_os_str() == "-" {
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => CliError::msg(crate::error::BROKEN_PIPE),
+                _ => CliError(format!("cannot write to stdout: {e}")),
+            });
+    }
+    hooklens::write_atomically(path, |w| {
+        w.write_all(text.as_bytes()).map_err(|e| hooklens::Error::io(path, e))
+    })
+    .map_err(|e| match e {
+        hooklens::Error::Io { source, .. } => CliError(format!("cannot write {}: {source}", path.display())),
+        other => CliError(other.to_string()),
+    })
+}
+
+/// Checks the output file `path` of `--out` before the run: a regular file or a new
+/// path, and none of the model's or the input's files. `stdout_ok`: the format is text,
+/// and `-` writes it to standard output.
+pub fn check_out(path: &Path, model: &ModelArgs, input: Option<&InputArgs>, stdout_ok: bool) -> CliResult<()> {
+    if stdout_ok && path.as_os_str() == "-" {
+        return Ok(());
+    }
+    let mut inputs = model.files()?;
+    inputs.extend(input.map(InputArgs::files).unwrap_or_default());
+    crate::output::check_output_file("--out", path, &inputs)
+}
+
+/// Whether every value of `t` is finite (integer tensors always are).
+pub fn all_finite(t: &Tensor) -> CliResult<bool> {
+    if !t.dtype().is_float() {
+        return Ok(true);
+    }
+    let t = t.to_dtype(DType::F32)?;
+    // NaN != NaN; infinities stay infinite under abs.
+    let bad = (t.ne(&t)?.to_dtype(DType::U32)?.sum_all()?.to_scalar::<u32>()? > 0)
+        || (t
+            .abs()?
+            .eq(f64::INFINITY)?
+            .to_dtype(DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()?
+            > 0);
+    Ok(!bad)
+}
+
+/// Runs `tokens` again with a check at every hook point and says where the first NaN
+/// or infinity appeared (or that none did before the output).
+pub fn first_non_finite_point(model: &HookedGpt2, tokens: &Tensor, mask: Option<&Tensor>) -> CliResult<String> {
+    let mut fwd = hooklens_models::ForwardOptions::new().return_type(hooklens_models::ReturnType::Logits);
+    if let Some(mask) = mask {
+        fwd = fwd.attention_mask(mask.clone());
+    }
+    let (_, found) = hooklens::first_non_finite(model, |m| m.forward_with(tokens, &fwd))?;
+    Ok(match found {
+        Some(found) => found.to_string(),
+        None => "non-finite values after the last hook point".to_string(),
+    })
 }

@@ -9,7 +9,7 @@ use hooklens_models::gpt2::SeededRng;
 use hooklens_models::viz::{attention_html, attention_patterns};
 use hooklens_models::{GenerateOptions, HookedGpt2};
 
-use super::common::{write_text_file, ModelArgs};
+use super::common::{check_out, write_text_file, ModelArgs};
 use crate::error::{CliError, CliResult};
 
 /// A phrase that a model which copies continues from memory once it has seen it. No
@@ -56,8 +56,11 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
+    check_out(&args.out, &args.model, None, true)?;
     let cfg = model.cfg().clone();
-    if args.half < 3 || 1 + 2 * args.half > cfg.n_ctx {
+    // Checked: `--half 18446744073709551615` must not wrap round to a small length.
+    let positions = args.half.checked_mul(2).and_then(|n| n.checked_add(1));
+    if args.half < 3 || positions.is_none_or(|n| n > cfg.n_ctx) {
         return Err(CliError(format!(
             "--half {} must be at least 3 and fit twice in the context (1 + 2 * half <= n_ctx = {})",
             args.half, cfg.n_ctx
@@ -66,6 +69,17 @@ pub fn run(args: Args) -> CliResult<()> {
     if args.batch == 0 {
         return Err(CliError::msg("--batch must be at least 1"));
     }
+    // The runs hold the batch's logits and every activation of one forward at once.
+    let tokens = (args.batch as u64).saturating_mul(positions.unwrap_or(usize::MAX) as u64);
+    let per_token = (cfg.d_vocab as u64)
+        .saturating_add((cfg.n_layers as u64).saturating_mul(16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64));
+    hooklens::check_memory(
+        &format!("the demo's batch of {}", args.batch),
+        tokens
+            .saturating_mul(per_token)
+            .saturating_mul(3 * model.dtype().size_in_bytes() as u64),
+        "give a smaller --batch or --half",
+    )?;
     // Everything that can refuse does so before anything is printed.
     let phrase = PhraseCheck::prepare(&model, &args.phrase)?;
     let bos = model.bos_token_id()?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::GenerateOptions;
 
-use super::common::{tokens_i64, write_safetensors, InputArgs, ModelArgs};
+use super::common::{check_out, tokens_i64, write_safetensors, InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
 /// Continue a prompt and print the text.
@@ -58,6 +58,9 @@ pub struct Args {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
+    if let Some(out) = &args.out {
+        check_out(out, &args.model, Some(&args.input), false)?;
+    }
     let input = args.input.read(&model, PaddingSide::Left)?;
     let opts = GenerateOptions {
         max_new_tokens: args.max_new_tokens,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::viz::{logit_lens, logit_lens_html};
 
-use super::common::{write_text_file, InputArgs, ModelArgs};
+use super::common::{check_out, write_text_file, InputArgs, ModelArgs};
 use crate::error::{CliError, CliResult};
 
 /// Print the most likely next token at every layer and position (the logit lens).
@@ -26,7 +26,7 @@ pub struct Args {
     /// How many top tokens to keep per cell (shown on hover in the HTML).
     #[arg(long, value_name = "K", default_value_t = 5, allow_negative_numbers = true)]
     pub top: usize,
-    /// Also write the table as a self-contained HTML heatmap.
+    /// Also write the table as a self-contained HTML heatmap (`-`: standard output).
     #[arg(long, value_name = "FILE.html")]
     pub out: Option<PathBuf>,
 }
@@ -37,6 +37,9 @@ pub fn run(args: Args) -> CliResult<()> {
         return Err(CliError::msg("--top must be at least 1"));
     }
     let model = args.model.load()?;
+    if let Some(out) = &args.out {
+        check_out(out, &args.model, Some(&args.input), true)?;
+    }
     let input = args.input.read(&model, PaddingSide::Right)?;
     let tokens = input.row(args.row)?;
     let lens = logit_lens(&model, &tokens, args.top)?;

@@ -40,6 +40,18 @@ pub fn run(args: Args) -> CliResult<()> {
     let logits = out
         .logits
         .ok_or_else(|| CliError::msg("the model returned no logits"))?;
+    // NaN weights (or an overflow) would print "loss: NaN" and exit 0: say where the
+    // first non-finite value appears instead.
+    let loss_finite = match &out.loss {
+        Some(loss) => super::common::all_finite(loss)?,
+        None => true,
+    };
+    if !loss_finite || !super::common::all_finite(&logits)? {
+        let first = super::common::first_non_finite_point(&model, &input.tokens, input.mask.as_ref())?;
+        return Err(CliError(format!(
+            "the model's output is not finite: {first} (are the weights finite?)"
+        )));
+    }
     match &out.loss {
         Some(loss) => {
             let loss = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;

@@ -29,6 +29,21 @@ impl SaeArgs {
         self.saes.iter().map(|spec| load_one(spec, device)).collect()
     }
 
+    /// The files of the SAEs given as folders, which an output must not replace.
+    pub fn files(&self) -> Vec<std::path::PathBuf> {
+        self.saes
+            .iter()
+            .map(Path::new)
+            .filter(|p| p.is_dir())
+            .flat_map(|p| {
+                [
+                    p.join(hooklens_models::sae::SAE_CFG_FILE),
+                    p.join(hooklens_models::sae::SAE_WEIGHTS_FILE),
+                ]
+            })
+            .collect()
+    }
+
     /// The SAEs as a set to splice in, with or without their error terms.
     pub fn set(&self, device: &candle_core::Device) -> CliResult<SaeSet> {
         let saes = self.load(device)?;

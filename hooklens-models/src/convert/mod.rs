@@ -188,14 +188,19 @@ pub fn config_from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<Transfor
 }
 
 /// Reads every tensor of `cfg`'s family from `src` into the model's layout.
+/// Every tensor of `src` must be read, unless `allow_unused`.
 pub(crate) fn read_weights(
     src: &dyn TensorSource,
     cfg: &TransformerConfig,
     origin: &str,
+    allow_unused: bool,
 ) -> Result<TransformerWeights> {
     cfg.validate()?;
     let family = family_of_config(cfg)?;
-    (family.weights)(src, cfg, origin)
+    let recorded = crate::loading::UsedTensors::new(src);
+    let w = (family.weights)(&recorded, cfg, origin)?;
+    recorded.check_all_used(origin, allow_unused)?;
+    Ok(w)
 }
 
 /// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.

@@ -263,6 +263,17 @@ fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
     if path.is_dir() {
         return from_directory(path, with_weights);
     }
+    // A link by that name was meant as a directory, even if it leads nowhere (a loop,
+    // a missing target): never take it for a Hugging Face id and fetch something else.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        let why = match std::fs::metadata(path) {
+            Err(e) => e.to_string(),
+            Ok(_) => "it leads to a file, not a directory".to_string(),
+        };
+        return Err(Error::invalid(format!(
+            "model `{name}` is a symbolic link that is not a model directory: {why}"
+        )));
+    }
     if looks_like_path(name) {
         return Err(Error::invalid(format!(
             "model `{name}`: no such directory (a model is a directory holding {CONFIG_FILE} and \
@@ -354,6 +365,20 @@ impl ModelFiles {
     /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         tokenizer_of(self.tokenizer.as_deref())
+    }
+
+    /// Every file a load reads: the config, the checkpoint (a sharded one's index and
+    /// each shard it names) and the tokenizer, when there is one. What an output must
+    /// never overwrite, and what identifies the model's content.
+    pub fn all_files(&self) -> Result<Vec<PathBuf>> {
+        let mut files = vec![self.config.clone(), self.weights.clone()];
+        if self.weights.to_string_lossy().ends_with(".index.json") {
+            let dir = self.weights.parent().unwrap_or(Path::new("."));
+            let index = crate::loading::ShardIndex::read(&self.weights)?;
+            files.extend(index.files.iter().map(|f| dir.join(f)));
+        }
+        files.extend(self.tokenizer.clone());
+        Ok(files)
     }
 }
 

@@ -14,6 +14,9 @@ pub struct LoadOptions {
     pub device: Device,
     /// Weight processing, TransformerLens `from_pretrained`'s defaults unless changed.
     pub processing: ProcessingOptions,
+    /// Load a checkpoint that holds tensors the model does not read (by default an
+    /// error naming them: a config with fewer layers than the weights, say).
+    pub allow_unused_tensors: bool,
 }
 
 impl Default for LoadOptions {
@@ -22,6 +25,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             processing: ProcessingOptions::default(),
+            allow_unused_tensors: false,
         }
     }
 }
@@ -44,6 +48,12 @@ impl LoadOptions {
     /// These options with `device`.
     pub fn with_device(mut self, device: Device) -> Self {
         self.device = device;
+        self
+    }
+
+    /// These options with `allow_unused_tensors`.
+    pub fn with_allow_unused_tensors(mut self, allow: bool) -> Self {
+        self.allow_unused_tensors = allow;
         self
     }
 

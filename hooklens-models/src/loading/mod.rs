@@ -6,6 +6,7 @@ pub mod hub;
 mod load_options;
 mod safetensors;
 mod sharded;
+mod used_tensors;
 
 use std::path::Path;
 
@@ -17,6 +18,7 @@ pub(crate) use safetensors::{SafetensorsFile, TensorSource};
 #[cfg(feature = "hub")]
 pub(crate) use sharded::ShardIndex;
 pub(crate) use sharded::ShardedSafetensors;
+pub(crate) use used_tensors::UsedTensors;
 
 /// The single-file checkpoint's name in a model folder.
 pub(crate) const SINGLE_FILE: &str = "model.safetensors";
@@ -38,11 +40,11 @@ pub(crate) fn read_dtype(dtype: DType) -> DType {
 pub(crate) fn open_checkpoint(dir: &Path, device: &Device, dtype: DType) -> Result<Box<dyn TensorSource>> {
     let single = dir.join(SINGLE_FILE);
     if single.is_file() {
-        return Ok(Box::new(SafetensorsFile::open(&single, device, dtype)?));
+        return fits(Box::new(SafetensorsFile::open(&single, device, dtype)?), &single);
     }
     let index = dir.join(SHARD_INDEX);
     if index.is_file() {
-        return Ok(Box::new(ShardedSafetensors::open(&index, device, dtype)?));
+        return fits(Box::new(ShardedSafetensors::open(&index, device, dtype)?), &index);
     }
     Err(Error::io(
         single,
@@ -56,8 +58,20 @@ pub(crate) fn open_checkpoint(dir: &Path, device: &Device, dtype: DType) -> Resu
 /// Opens a checkpoint file: a safetensors file, or a sharded checkpoint's index.
 pub(crate) fn open_checkpoint_file(path: &Path, device: &Device, dtype: DType) -> Result<Box<dyn TensorSource>> {
     if path.to_string_lossy().ends_with(".index.json") {
-        Ok(Box::new(ShardedSafetensors::open(path, device, dtype)?))
+        fits(Box::new(ShardedSafetensors::open(path, device, dtype)?), path)
     } else {
-        Ok(Box::new(SafetensorsFile::open(path, device, dtype)?))
+        fits(Box::new(SafetensorsFile::open(path, device, dtype)?), path)
     }
+}
+
+/// `src` when its tensors, as its header describes them, fit in the memory available;
+/// an error naming the checkpoint and both sizes otherwise (reading them would abort
+/// the process instead).
+fn fits(src: Box<dyn TensorSource>, path: &Path) -> Result<Box<dyn TensorSource>> {
+    hooklens_core::check_memory(
+        &format!("loading {}", path.display()),
+        src.load_bytes(),
+        "load it in half precision (--dtype bf16 / LoadOptions::with_dtype) or on a machine with more memory",
+    )?;
+    Ok(src)
 }

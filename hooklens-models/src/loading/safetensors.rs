@@ -23,6 +23,14 @@ pub(crate) trait TensorSource {
     fn fresh(&self) -> bool {
         false
     }
+    /// Every tensor name the source holds; empty when it cannot list them.
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// The bytes reading every float tensor in the load dtype takes; 0 when unknown.
+    fn load_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// One tensor's entry in a safetensors header.
@@ -252,6 +260,19 @@ impl TensorSource for SafetensorsFile {
 
     fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.tensors.keys().cloned().collect()
+    }
+
+    fn load_bytes(&self) -> u64 {
+        let size = self.dtype.size_in_bytes() as u64;
+        self.tensors
+            .values()
+            .filter(|e| float_dtype(&e.dtype).is_some())
+            .map(|e| e.shape.iter().fold(size, |n, &d| n.saturating_mul(d as u64)))
+            .fold(0, u64::saturating_add)
     }
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {

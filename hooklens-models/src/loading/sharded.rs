@@ -114,6 +114,14 @@ impl TensorSource for ShardedSafetensors {
         true
     }
 
+    fn names(&self) -> Vec<String> {
+        self.shards.iter().flat_map(|s| s.names()).collect()
+    }
+
+    fn load_bytes(&self) -> u64 {
+        self.shards.iter().map(|s| s.load_bytes()).fold(0, u64::saturating_add)
+    }
+
     fn dtype(&self) -> DType {
         self.shards.first().map_or(DType::F32, |s| s.dtype())
     }

@@ -119,7 +119,12 @@ impl HookedTransformer {
         }
         let cfg = crate::convert::config_from_hf_json(dir.join("config.json"))?;
         let src = open_checkpoint(dir, &opts.device, read_dtype(opts.dtype))?;
-        let w = crate::convert::read_weights(src.as_ref(), &cfg, &dir.display().to_string())?;
+        let w = crate::convert::read_weights(
+            src.as_ref(),
+            &cfg,
+            &dir.display().to_string(),
+            opts.allow_unused_tensors,
+        )?;
         drop(src);
         Self::build(cfg, w, &opts.processing, opts.dtype)
     }
@@ -130,7 +135,12 @@ impl HookedTransformer {
     pub fn from_files(config: impl AsRef<Path>, weights: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
         let cfg = crate::convert::config_from_hf_json(config)?;
         let src = open_checkpoint_file(weights.as_ref(), &opts.device, read_dtype(opts.dtype))?;
-        let w = crate::convert::read_weights(src.as_ref(), &cfg, &weights.as_ref().display().to_string())?;
+        let w = crate::convert::read_weights(
+            src.as_ref(),
+            &cfg,
+            &weights.as_ref().display().to_string(),
+            opts.allow_unused_tensors,
+        )?;
         drop(src);
         Self::build(cfg, w, &opts.processing, opts.dtype)
     }
@@ -152,7 +162,7 @@ impl HookedTransformer {
             ));
         }
         let dtype = vb.dtype();
-        let w = crate::convert::read_weights(&vb, cfg, "VarBuilder")?;
+        let w = crate::convert::read_weights(&vb, cfg, "VarBuilder", false)?;
         Self::build(cfg.clone(), w, processing, dtype)
     }
 

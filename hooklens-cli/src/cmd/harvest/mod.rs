@@ -12,10 +12,19 @@
 //! - Shard boundaries depend only on the flags (rows per shard comes from the shard
 //!   size), and batches never straddle a shard, so an interrupted and resumed run writes
 //!   the same bytes as an uninterrupted one.
+//! - Resuming proves it continues the same run: the manifest holds SHA-256 fingerprints
+//!   of the input, of the model's files and of every shard, and the settings; any
+//!   difference is refused, naming it. A lock file keeps a second worker with the same
+//!   index out while the first lives.
+
+mod fingerprint;
+mod manifest;
+mod token_queue;
+mod worker_lock;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,12 +33,12 @@ use hooklens::{CacheOptions, HookedModel, NamesFilter};
 use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
 use serde_json::{json, Value};
 
+use self::manifest::{shard_file, Manifest, ShardEntry, FORMAT};
+use self::token_queue::TokenQueue;
+use self::worker_lock::WorkerLock;
 use super::common::ModelArgs;
 use super::sae_args::SaeArgs;
 use crate::error::{CliError, CliResult};
-
-/// The manifest's `format` field; bumped when the layout changes.
-const FORMAT: &str = "hooklens-harvest/1";
 
 /// How the input file is read.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,16 +116,23 @@ pub struct Args {
     /// The most a shard file may hold, in MiB (a shard holds at least one sequence).
     #[arg(long, value_name = "M", default_value_t = 256.0, allow_negative_numbers = true)]
     pub shard_size_mb: f64,
+    /// The longest input line, in MiB: a line with no end never fills memory.
+    #[arg(long, value_name = "M", default_value_t = 256, allow_negative_numbers = true)]
+    pub max_line_mb: u64,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
 }
 
 /// The settings a resumed run must share with the run it resumes, as stored in the
-/// manifest.
+/// manifest. Paths are not among them (`./c.txt` and `c.txt` are one input): the
+/// contents' fingerprints are.
+#[allow(clippy::too_many_arguments)]
 fn settings(
     args: &Args,
-    input_bytes: u64,
+    input_sha256: &str,
+    model_sha256: &str,
+    sae_sha256: &str,
     names: &[String],
     fmt: InputFormat,
     ctx: usize,
@@ -124,12 +140,12 @@ fn settings(
     dtype: DType,
 ) -> Value {
     json!({
-        "model": args.model.model,
+        // An edited corpus or replaced weights would make a resumed harvest a mix of two.
+        "input_sha256": input_sha256,
+        "model_sha256": model_sha256,
         "no_processing": args.model.no_processing,
+        "all_hooks": args.model.all_hooks,
         "dtype": format!("{dtype:?}").to_lowercase(),
-        "input": args.input.display().to_string(),
-        // A corpus edited between runs would make a resumed harvest a mix of two.
-        "input_bytes": input_bytes,
         "input_format": format!("{fmt:?}").to_lowercase(),
         "text_field": args.text_field,
         "names": names,
@@ -138,7 +154,9 @@ fn settings(
         "shard_index": args.shard_index,
         "num_shards": args.num_shards,
         "rows_per_shard": rows_per_shard,
-        "saes": args.saes.saes,
+        // The SAEs by content (folders) or by hub spec: where they sit does not matter.
+        "sae_sha256": sae_sha256,
+        "sae_hub_specs": args.saes.saes.iter().filter(|s| !std::path::Path::new(s).is_dir()).collect::<Vec<_>>(),
         "sae_error_term": args.saes.sae_error_term,
         "sae_top_k": args.sae_top_k,
     })
@@ -164,9 +182,20 @@ pub fn run(args: Args) -> CliResult<()> {
             args.shard_size_mb
         )));
     }
-    let input_len = std::fs::metadata(&args.input)
-        .map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?
-        .len();
+    if args.max_line_mb == 0 {
+        return Err(CliError::msg("--max-line-mb must be at least 1"));
+    }
+    let max_line = args.max_line_mb.saturating_mul(1 << 20);
+    let input_meta =
+        std::fs::metadata(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
+    if !input_meta.is_file() {
+        return Err(CliError(format!(
+            "--input {} is not a regular file: the corpus is read twice (once to fingerprint it)",
+            args.input.display()
+        )));
+    }
+    let input_len = input_meta.len();
+    crate::output::check_output_dir("--out", &args.out)?;
     let fmt = match args.input_format {
         InputFormat::Auto => {
             let ext = args.input.extension().and_then(|e| e.to_str()).unwrap_or("");
@@ -184,6 +213,7 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     let model = args.model.load()?;
     let splices = args.saes.set(model.device())?.hooks()?;
+    let model_files = args.model.files()?;
     let n_ctx = model.cfg().n_ctx;
     let ctx = args.context_size.unwrap_or(n_ctx);
     if ctx < 2 || ctx > n_ctx {
@@ -218,13 +248,61 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     let budget = (args.shard_size_mb * 1024.0 * 1024.0) as usize;
     let rows_per_shard = (budget / bytes_per_row).max(1);
-    let settings = settings(&args, input_len, &names, fmt, ctx, rows_per_shard, model.dtype());
+    // A shard is held, then copied once into its file's tensors; a batch's forward
+    // holds its activations (the probe's, times the batch) several times over.
+    let shard_bytes = (rows_per_shard as u64).saturating_mul(bytes_per_row as u64);
+    let batch_bytes = (args.batch_size.min(rows_per_shard) as u64).saturating_mul(forward_bytes(&model, ctx));
+    hooklens::check_memory(
+        &format!(
+            "a shard of {rows_per_shard} sequences plus a batch of {}",
+            args.batch_size
+        ),
+        shard_bytes.saturating_mul(2).saturating_add(batch_bytes),
+        "give a smaller --shard-size-mb or --batch-size, fewer --names, or a shorter --context-size",
+    )?;
 
-    std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
     let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
     let manifest_path = args.out.join(format!("{prefix}-manifest.json"));
+    // Checked before anything is written: no file this worker writes is an input.
+    let mut inputs = model_files.clone();
+    inputs.push(args.input.clone());
+    inputs.extend(args.saes.files());
+    crate::output::check_output_file("--out", &manifest_path, &inputs)?;
+    crate::output::check_output_file("--out", &args.out.join(shard_file(&prefix, 0)), &inputs)?;
+
+    let input_sha256 = fingerprint::file_sha256("--input", &args.input)?;
+    let model_sha256 = if model_files.is_empty() {
+        let (config, weights) = hooklens_models::builtin::builtin_files()?;
+        fingerprint::bytes_sha256(&[config.as_bytes(), weights].concat())
+    } else {
+        fingerprint::files_sha256("--model", &model_files)?
+    };
+    let sae_files = args.saes.files();
+    let sae_sha256 = if sae_files.is_empty() {
+        String::new()
+    } else {
+        fingerprint::files_sha256("--sae", &sae_files)?
+    };
+    let settings = settings(
+        &args,
+        &input_sha256,
+        &model_sha256,
+        &sae_sha256,
+        &names,
+        fmt,
+        ctx,
+        rows_per_shard,
+        model.dtype(),
+    );
+    let about = json!({
+        "model": args.model.model,
+        "input": std::fs::canonicalize(&args.input).unwrap_or_else(|_| args.input.clone()),
+    });
+
+    std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
+    let _lock = WorkerLock::acquire(&args.out, &prefix)?;
     remove_stale_temporaries(&args.out, &prefix)?;
-    let mut manifest = Manifest::open(&manifest_path, settings, per_row_shapes)?;
+    let mut manifest = Manifest::open(&manifest_path, &prefix, settings, about, per_row_shapes, rows_per_shard)?;
     if manifest.complete {
         eprintln!(
             "{} is complete ({} shards, {} sequences): nothing to do",
@@ -238,6 +316,7 @@ pub fn run(args: Args) -> CliResult<()> {
 
     let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
     let mut reader = BufReader::new(file);
+    let mut line_bytes: Vec<u8> = Vec::new();
     let tokenizer = model.tokenizer()?;
     let bar = progress_bar(input_len, args.quiet);
     let started = Instant::now();
@@ -245,19 +324,29 @@ pub fn run(args: Args) -> CliResult<()> {
     let mut line_no = 0usize;
     let mut bytes_read = 0u64;
     // Tokens waiting to fill a sequence: at most one document's plus one sequence.
-    let mut pending: Vec<u32> = Vec::new();
+    let mut pending = TokenQueue::default();
     let mut row_index = 0usize; // sequences made so far, finished shards included
     let mut batch: Vec<Vec<u32>> = Vec::new();
     let mut shard = ShardBuffer::new(stored.len());
     let mut new_tokens = 0usize;
 
     loop {
-        line.clear();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|e| CliError(format!("--input {} line {}: {e}", args.input.display(), line_no + 1)))?;
+        let at = || format!("--input {} line {}", args.input.display(), line_no + 1);
+        line_bytes.clear();
+        let n = (&mut reader)
+            .take(max_line.saturating_add(1))
+            .read_until(b'\n', &mut line_bytes)
+            .map_err(|e| CliError(format!("{}: {e}", at())))?;
         if n == 0 {
             break;
+        }
+        if n as u64 > max_line {
+            return Err(CliError(format!(
+                "{}: longer than --max-line-mb {} MiB (a file with no line ends?); raise --max-line-mb \
+                 if the document is meant to be that long",
+                at(),
+                args.max_line_mb
+            )));
         }
         bytes_read += n as u64;
         let this_line = line_no;
@@ -265,15 +354,30 @@ pub fn run(args: Args) -> CliResult<()> {
         if this_line % args.num_shards != args.shard_index {
             continue;
         }
+        line.clear();
+        line.push_str(std::str::from_utf8(&line_bytes).map_err(|e| {
+            CliError(format!(
+                "--input {} line {}: not UTF-8 text: {e}",
+                args.input.display(),
+                this_line + 1
+            ))
+        })?);
+        if this_line == 0 {
+            // A byte-order mark starts the file, not the first document.
+            if let Some(rest) = line.strip_prefix('\u{feff}') {
+                line = rest.to_string();
+            }
+        }
         let Some(text) = document(&line, fmt, &args.text_field, this_line + 1, &args.input)? else {
             continue;
         };
-        pending.extend(tokenizer.encode(&text)?);
-        pending.push(eos);
+        let mut doc = tokenizer.encode(&text)?;
+        doc.push(eos);
+        pending.extend(doc);
         while pending.len() >= ctx - 1 {
             let mut seq = Vec::with_capacity(ctx);
             seq.push(bos);
-            seq.extend(pending.drain(..ctx - 1));
+            pending.take_into(ctx - 1, &mut seq);
             row_index += 1;
             if row_index <= skip_rows {
                 continue; // in a finished shard
@@ -287,7 +391,7 @@ pub fn run(args: Args) -> CliResult<()> {
             // batches every later sequence exactly as an uninterrupted run does.
             let room = rows_per_shard - shard.rows;
             if batch.len() == args.batch_size.min(room) {
-                run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx)?;
+                run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx, row_index)?;
                 new_tokens += shard_tokens_added(args.batch_size.min(room), ctx);
                 if shard.rows == rows_per_shard {
                     finish_shard(&args.out, &prefix, &stored, &mut shard, &mut manifest)?;
@@ -299,7 +403,7 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     if !batch.is_empty() {
         let rows = batch.len();
-        run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx)?;
+        run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx, row_index)?;
         new_tokens += shard_tokens_added(rows, ctx);
     }
     if shard.rows > 0 {
@@ -322,9 +426,20 @@ pub fn run(args: Args) -> CliResult<()> {
         row_index.saturating_sub(skip_rows),
         new_tokens as f64 / secs,
         args.out.display(),
-        manifest_path.display()
+        manifest.path().display()
     );
     Ok(())
+}
+
+/// About what one sequence's forward holds at its peak, in bytes: the probe's saved
+/// activations are not all of it, so a generous multiple of the residual stream per
+/// layer and of the attention pattern.
+fn forward_bytes(model: &HookedGpt2, ctx: usize) -> u64 {
+    let cfg = model.cfg();
+    let per_pos = 16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64 + 4 * (cfg.n_heads * ctx) as u64;
+    per_pos
+        .saturating_mul(ctx as u64)
+        .saturating_mul(model.dtype().size_in_bytes() as u64)
 }
 
 fn shard_tokens_added(rows: usize, ctx: usize) -> usize {
@@ -445,6 +560,9 @@ impl ShardBuffer {
     }
 }
 
+/// Runs one batch into the shard. `last_row` is the number of the batch's last
+/// sequence (from 1), for the error when the model's output is not finite: a NaN
+/// harvest would be written and resumed as if it were data.
 fn run_batch(
     model: &HookedGpt2,
     plan: &Plan,
@@ -452,11 +570,22 @@ fn run_batch(
     batch: &mut Vec<Vec<u32>>,
     shard: &mut ShardBuffer,
     ctx: usize,
+    last_row: usize,
 ) -> CliResult<()> {
     let rows = batch.len();
     let ids: Vec<u32> = batch.drain(..).flatten().collect();
     let tokens = Tensor::from_vec(ids, (rows, ctx), &Device::Cpu)?;
-    let acts = forward(model, plan, stop, &tokens.to_device(model.device())?)?;
+    let on_device = tokens.to_device(model.device())?;
+    let acts = forward(model, plan, stop, &on_device)?;
+    for t in &acts {
+        if !super::common::all_finite(t)? {
+            let first = super::common::first_non_finite_point(model, &on_device, None)?;
+            return Err(CliError(format!(
+                "sequences {}..={last_row}: {first}; nothing of this batch was written (are the weights finite?)",
+                last_row + 1 - rows
+            )));
+        }
+    }
     for (buf, t) in shard.acts.iter_mut().zip(acts) {
         buf.push(t);
     }
@@ -474,8 +603,7 @@ fn finish_shard(
     shard: &mut ShardBuffer,
     manifest: &mut Manifest,
 ) -> CliResult<()> {
-    let index = manifest.shards.len();
-    let file = format!("{prefix}-shard-{index:06}.safetensors");
+    let file = shard_file(prefix, manifest.shards.len());
     let path = out.join(&file);
     let tokens = Tensor::cat(&shard.tokens, 0)?;
     let acts: Vec<Tensor> = shard
@@ -494,10 +622,12 @@ fn finish_shard(
     let bytes = std::fs::metadata(&path)
         .map_err(|e| CliError(format!("{}: {e}", path.display())))?
         .len();
+    let sha256 = fingerprint::file_sha256("shard", &path)?;
     manifest.shards.push(ShardEntry {
         file,
         rows: shard.rows,
         bytes,
+        sha256,
     });
     manifest.save()?;
     *shard = ShardBuffer::new(names.len());
@@ -505,135 +635,21 @@ fn finish_shard(
 }
 
 /// Deletes this worker's temporary files left by an interrupted run (a shard or the
-/// manifest being written when the process died); finished files are never touched.
+/// manifest being written when the process died), and the safetensors crate's
+/// `.tmpXXXXXX` files older versions left; finished files are never touched. Called
+/// with the worker's lock held, so no live writer owns them.
 fn remove_stale_temporaries(out: &Path, prefix: &str) -> CliResult<()> {
     let entries = std::fs::read_dir(out).map_err(|e| CliError(format!("--out {}: {e}", out.display())))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&format!(".{prefix}-")) && name.contains(".tmp-") {
+        let ours = name.starts_with(&format!(".{prefix}-")) && hooklens::is_temporary(&name);
+        let crates = hooklens::is_temporary(&name) && name.starts_with(".tmp") && !name.contains(".tmp-");
+        if (ours || crates) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(|e| CliError(format!("cannot remove {}: {e}", path.display())))?;
         }
     }
     Ok(())
-}
-
-/// One finished shard, as the manifest lists it.
-struct ShardEntry {
-    file: String,
-    rows: usize,
-    bytes: u64,
-}
-
-/// The manifest of one worker: its settings, finished shards and, at the end, totals.
-struct Manifest {
-    path: PathBuf,
-    settings: Value,
-    tensors: BTreeMap<String, Value>,
-    shards: Vec<ShardEntry>,
-    complete: bool,
-    extra: Value,
-}
-
-impl Manifest {
-    /// Reads the manifest at `path`, checking that it was written with `settings` and
-    /// that its shards are all there; a new one when there is none.
-    fn open(path: &Path, settings: Value, tensors: BTreeMap<String, Value>) -> CliResult<Self> {
-        let shown = path.display();
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                // Written with the first shard: a run that stops before it (bad input
-                // further down, say) leaves nothing behind.
-                return Ok(Manifest {
-                    path: path.to_path_buf(),
-                    settings,
-                    tensors,
-                    shards: Vec::new(),
-                    complete: false,
-                    extra: Value::Null,
-                });
-            }
-            Err(e) => return Err(CliError(format!("{shown}: {e}"))),
-        };
-        let old: Value =
-            serde_json::from_str(&text).map_err(|e| CliError(format!("{shown}: not a harvest manifest: {e}")))?;
-        if old["format"] != FORMAT {
-            return Err(CliError(format!(
-                "{shown}: not a {FORMAT} manifest (format {})",
-                old["format"]
-            )));
-        }
-        if let Some(obj) = settings.as_object() {
-            for (key, now) in obj {
-                let was = &old["settings"][key];
-                if was != now {
-                    return Err(CliError(format!(
-                        "{shown} was written with {key} = {was}, this run has {key} = {now}: resuming would \
-                         mix two harvests (use another --out, or delete that directory's files for worker {} \
-                         to start over)",
-                        settings["shard_index"]
-                    )));
-                }
-            }
-        }
-        let mut shards = Vec::new();
-        let dir = path.parent().unwrap_or(Path::new("."));
-        for s in old["shards"].as_array().into_iter().flatten() {
-            let entry = ShardEntry {
-                file: s["file"].as_str().unwrap_or_default().to_string(),
-                rows: s["rows"].as_u64().unwrap_or(0) as usize,
-                bytes: s["bytes"].as_u64().unwrap_or(0),
-            };
-            let file = dir.join(&entry.file);
-            let on_disk = std::fs::metadata(&file).map(|m| m.len()).ok();
-            if entry.file.is_empty() || on_disk != Some(entry.bytes) {
-                return Err(CliError(format!(
-                    "{shown} lists {} ({} bytes), but {}: the directory was changed since; \
-                     delete the manifest and the shards to start over",
-                    file.display(),
-                    entry.bytes,
-                    match on_disk {
-                        None => "it is missing".to_string(),
-                        Some(n) => format!("it has {n} bytes"),
-                    }
-                )));
-            }
-            shards.push(entry);
-        }
-        Ok(Manifest {
-            path: path.to_path_buf(),
-            settings,
-            tensors,
-            shards,
-            complete: old["complete"].as_bool().unwrap_or(false),
-            extra: old["totals"].clone(),
-        })
-    }
-
-    /// Sequences in finished shards.
-    fn rows(&self) -> usize {
-        self.shards.iter().map(|s| s.rows).sum()
-    }
-
-    /// Writes the manifest atomically (temporary file, then rename).
-    fn save(&self) -> CliResult<()> {
-        let shards: Vec<Value> = self
-            .shards
-            .iter()
-            .map(|s| json!({ "file": s.file, "rows": s.rows, "bytes": s.bytes }))
-            .collect();
-        let value = json!({
-            "format": FORMAT,
-            "settings": self.settings,
-            "tensors": self.tensors,
-            "shards": shards,
-            "complete": self.complete,
-            "totals": self.extra,
-        });
-        let text = serde_json::to_string_pretty(&value).map_err(|e| CliError(format!("cannot write JSON: {e}")))?;
-        super::common::write_text_file(&self.path, &(text + "\n"))
-    }
 }
 
 /// The document on one input line; `None` for a blank line or a blank document.
@@ -646,7 +662,8 @@ fn document(line: &str, fmt: InputFormat, field: &str, line_no: usize, input: &P
         return Ok(Some(trimmed.to_string()));
     }
     let at = || format!("--input {} line {line_no}", input.display());
-    let value: Value = serde_json::from_str(trimmed).map_err(|e| CliError(format!("{}: not valid JSON: {e}", at())))?;
+    let value: Value =
+        serde_json::from_str(trimmed).map_err(|e| CliError(format!("{}: {}", at(), json_error(trimmed, &e))))?;
     match value.get(field) {
         // Blank documents are skipped as blank text lines are, so both formats agree.
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -668,6 +685,52 @@ fn document(line: &str, fmt: InputFormat, field: &str, line_no: usize, input: &P
             at()
         ))),
     }
+}
+
+/// serde_json's error for one line of the file: its own "line 1" would contradict the
+/// line number in front, so only the column is kept. A lone surrogate escape (which
+/// serde_json reports as "unexpected end of hex escape") is named as such.
+fn json_error(line: &str, e: &serde_json::Error) -> String {
+    if let Some(col) = lone_surrogate(line) {
+        return format!(
+            "not valid JSON at column {col}: a \\u escape of a lone UTF-16 surrogate \
+             (\\uD800-\\uDFFF must come in a surrogate pair; alone it is no character)"
+        );
+    }
+    let msg = e.to_string();
+    let what = msg.split(" at line ").next().unwrap_or(&msg);
+    format!("not valid JSON at column {}: {what}", e.column())
+}
+
+/// The column (from 1, in characters) of the first `\uXXXX` escape in `line` that is
+/// half of a surrogate pair without its other half.
+fn lone_surrogate(line: &str) -> Option<usize> {
+    let chars: Vec<char> = line.chars().collect();
+    let escape_at = |i: usize| -> Option<u32> {
+        if chars.get(i) != Some(&'\\') || chars.get(i + 1) != Some(&'u') {
+            return None;
+        }
+        let hex: String = chars.get(i + 2..i + 6)?.iter().collect();
+        u32::from_str_radix(&hex, 16).ok()
+    };
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '\\' {
+            i += 1;
+            continue;
+        }
+        match escape_at(i) {
+            Some(0xD800..=0xDBFF) => match escape_at(i + 6) {
+                Some(0xDC00..=0xDFFF) => i += 12,
+                _ => return Some(i + 1),
+            },
+            Some(0xDC00..=0xDFFF) => return Some(i + 1),
+            Some(_) => i += 6,
+            // Any other escape, `\\` included: skip the escaped character.
+            None => i += 2,
+        }
+    }
+    None
 }
 
 fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {

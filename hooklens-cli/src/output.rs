@@ -1,0 +1,95 @@
+//! What an output path may be: a regular file to replace or a new name, never a device,
+//! a FIFO or a directory, and never one of the run's own inputs.
+//!
+//! Files are written by renaming a temporary file over the path, which replaces
+//! whatever directory entry is there: `/dev/null` would become a regular file, and an
+//! input named as the output would be gone before anyone noticed. So each output is
+//! checked before anything runs.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{CliError, CliResult};
+
+/// The file identity of `path` (device and inode, following links), if it exists.
+#[cfg(unix)]
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Where identities are not available, the canonical path stands in for one.
+#[cfg(not(unix))]
+fn identity(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}
+
+/// What kind of thing `meta` is, for a message.
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Checks that the output file `path` (given with `flag`) can be replaced: it is new
+/// or a regular file (a link is followed to see which), and it is none of `inputs`
+/// (the same file by identity, however either is spelled). `-` is refused here: the
+/// callers whose format may go to standard output let it through before.
+pub fn check_output_file(flag: &str, path: &Path, inputs: &[PathBuf]) -> CliResult<()> {
+    let shown = path.display();
+    if path.as_os_str() == "-" {
+        return Err(CliError(format!(
+            "{flag} -: standard output cannot take this file; name a file to write"
+        )));
+    }
+    if path.file_name().is_none() {
+        return Err(CliError(format!("{flag} {shown}: not a file path")));
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => {
+            return Err(CliError(format!(
+                "{flag} {shown} is {}: hooklens writes only to regular files or new paths",
+                kind(&meta)
+            )));
+        }
+        _ => {}
+    }
+    if let Some(id) = identity(path) {
+        for input in inputs {
+            if identity(input).as_ref() == Some(&id) {
+                return Err(CliError(format!(
+                    "{flag} {shown} is the input {}: writing it would destroy the input; name another file",
+                    input.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the output directory `path` (given with `flag`): new, or a directory.
+pub fn check_output_dir(flag: &str, path: &Path) -> CliResult<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => Err(CliError(format!(
+            "{flag} {} is {}: expected a directory (or a new path)",
+            path.display(),
+            if meta.is_file() { "a file" } else { kind(&meta) }
+        ))),
+        _ => Ok(()),
+    }
+}

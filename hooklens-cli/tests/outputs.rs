@@ -1,0 +1,223 @@
+//! What `--out` may be and what a write leaves behind (issue 18): never a device, a
+//! FIFO, a directory or one of the run's own inputs; `-` only where the format is
+//! text; a name near the file-name limit works; a writer killed mid-write leaves a
+//! temporary file that the next write removes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn hooklens<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    offline_command(args).output().expect("the hooklens binary runs")
+}
+
+fn ok(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fails(o: Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "not a clean error: {err}");
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    err
+}
+
+/// `cache` of the tiny model's reference tokens into `out`.
+fn cache_to(model: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "cache".into(),
+        "--model".into(),
+        model.to_string_lossy().into_owned(),
+        "--tokens".into(),
+        tiny_tokens().to_string_lossy().into_owned(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ]
+}
+
+/// A copy of the tiny model's directory in `tmp`.
+fn model_copy(tmp: &TempDir) -> PathBuf {
+    let dir = tmp.path("model");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(tiny_model()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Names in `dir` starting with a dot: temporary files.
+fn hidden(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
+#[test]
+fn out_is_never_a_device_a_fifo_or_a_directory() {
+    let tmp = TempDir::new("out-kinds");
+    let fifo = tmp.path("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let model = tiny_model();
+    // A device of our own where we may make one (as root, which could also replace the
+    // system's /dev/null should this check ever fail); /dev/null otherwise, which a
+    // user who is not root cannot replace anyway.
+    let own = tmp.path("null-device");
+    let made = std::process::Command::new("mknod")
+        .args([own.as_os_str(), "c".as_ref(), "1".as_ref(), "3".as_ref()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let device = if made { own } else { PathBuf::from("/dev/null") };
+    fails(hooklens(&cache_to(&model, &device)), "is a device");
+    {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&device).unwrap().file_type().is_char_device());
+    }
+    fails(hooklens(&cache_to(&model, &fifo)), "is a FIFO");
+    fails(hooklens(&cache_to(&model, &tmp.0)), "is a directory");
+    // A link is followed to see what it leads to.
+    let link = tmp.path("null-link");
+    std::os::unix::fs::symlink(&device, &link).unwrap();
+    fails(hooklens(&cache_to(&model, &link)), "is a device");
+    // Safetensors never goes to standard output; an HTML page may.
+    fails(hooklens(&cache_to(&model, Path::new("-"))), "--out -: standard output");
+    let o = hooklens(&[
+        "attention",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a b c",
+        "--out",
+        "-",
+    ]);
+    ok(o.clone());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("<html"),
+        "no page on stdout"
+    );
+    // The harvest's directory: not a file, not a FIFO.
+    let corpus = tmp.path("c.txt");
+    std::fs::write(&corpus, "a b c\n").unwrap();
+    for out in [&fifo, &corpus] {
+        fails(
+            hooklens(&[
+                "harvest",
+                "--model",
+                model.to_str().unwrap(),
+                "--input",
+                corpus.to_str().unwrap(),
+                "--names",
+                "blocks.0.hook_resid_post",
+                "--out",
+                out.to_str().unwrap(),
+            ]),
+            "expected a directory",
+        );
+    }
+}
+
+#[test]
+fn out_onto_an_input_is_refused_before_anything_is_written() {
+    let tmp = TempDir::new("out-input");
+    let model = model_copy(&tmp);
+    let weights = model.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    // However the path is spelled: directly, through `..`, through a link, a hard link.
+    let link = tmp.path("weights-link");
+    std::os::unix::fs::symlink(&weights, &link).unwrap();
+    let hard = tmp.path("weights-hard");
+    std::fs::hard_link(&weights, &hard).unwrap();
+    for out in [
+        weights.clone(),
+        model.join("..").join("model").join("model.safetensors"),
+        link,
+        hard,
+        model.join("config.json"),
+    ] {
+        fails(hooklens(&cache_to(&model, &out)), "writing it would destroy the input");
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before, "the checkpoint was touched");
+    ok(hooklens(&cache_to(&model, &tmp.path("fine.safetensors"))));
+    // The tokens file is an input too, and so is a harvest's corpus.
+    let tokens = tmp.path("tokens.safetensors");
+    std::fs::copy(tiny_tokens(), &tokens).unwrap();
+    let mut args = cache_to(&model, &tokens);
+    args[4] = tokens.to_string_lossy().into_owned();
+    fails(hooklens(&args), "is the input");
+    let out = tmp.path("harvest");
+    std::fs::create_dir_all(&out).unwrap();
+    let corpus = out.join("00000-of-00001-manifest.json");
+    std::fs::write(&corpus, "a b c\n").unwrap();
+    fails(
+        hooklens(&[
+            "harvest",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            corpus.to_str().unwrap(),
+            "--input-format",
+            "text",
+            "--names",
+            "blocks.0.hook_resid_post",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "writing it would destroy the input",
+    );
+    assert_eq!(std::fs::read_to_string(&corpus).unwrap(), "a b c\n");
+}
+
+#[test]
+fn an_output_name_near_the_file_name_limit_is_written() {
+    let tmp = TempDir::new("out-long");
+    let name = "x".repeat(255 - ".safetensors".len()) + ".safetensors";
+    assert_eq!(name.len(), 255);
+    ok(hooklens(&cache_to(&tiny_model(), &tmp.path(&name))));
+    assert!(tmp.path(&name).is_file());
+    assert!(hidden(&tmp.0).is_empty(), "{:?}", hidden(&tmp.0));
+}
+
+#[test]
+fn a_cache_killed_mid_write_leaves_a_temporary_that_the_next_write_removes() {
+    let tmp = TempDir::new("out-killed");
+    let out = tmp.path("cache.safetensors");
+    let mut child = offline_command(&cache_to(&tiny_model(), &out))
+        .env(hooklens::PAUSE_MID_WRITE_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The writer pauses halfway through the file, with bytes on disk: the kill lands
+    // mid-write every time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let temp = loop {
+        if let Some(name) = hidden(&tmp.0).into_iter().next() {
+            let len = std::fs::metadata(tmp.path(&name)).map(|m| m.len()).unwrap_or(0);
+            if len > 0 {
+                break name;
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "cache ended before it wrote");
+        assert!(Instant::now() < deadline, "no temporary file after 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "the cut file sits at its final path");
+    assert!(tmp.path(&temp).exists());
+    ok(hooklens(&cache_to(&tiny_model(), &out)));
+    assert!(out.is_file());
+    assert!(hidden(&tmp.0).is_empty(), "left behind: {:?}", hidden(&tmp.0));
+}
