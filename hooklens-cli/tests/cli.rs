@@ -293,10 +293,17 @@ fn bad_flag_values_are_readable_errors() {
         "no such directory",
     );
     fails(hooklens(&["cache", "--model", s(&m), "--out", s(&o)]), "--prompt");
-    // GPT-2's BPE gives ids past the tiny model's 512.
+    // Without its tokenizer.json the tiny GPT-2 gets no GPT-2 BPE (ids past its 512):
+    // the error names the file.
+    let bare_tmp = TempDir::new("bare-tiny");
+    let bare = bare_tmp.path("model");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(m.join(f), bare.join(f)).unwrap();
+    }
     fails(
-        hooklens(&["cache", "--model", s(&m), "--prompt", "Hello world", "--out", s(&o)]),
-        "outside the model's vocabulary of 512",
+        hooklens(&["cache", "--model", s(&bare), "--prompt", "Hello world", "--out", s(&o)]),
+        "no tokenizer.json",
     );
     fails(
         hooklens(&[
@@ -354,9 +361,14 @@ fn tokenize_prints_json() {
     ])))
     .unwrap();
     assert_eq!(ids, [511, 39, 68, 75, 363, 338, 266, 75, 67]);
+    let bare = tmp.path("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(tiny_model().join(f), bare.join(f)).unwrap();
+    }
     fails(
-        hooklens(&["tokenize", "--model", s(&tiny_model()), "Hello"]),
-        "outside the vocabulary of model",
+        hooklens(&["tokenize", "--model", s(&bare), "Hello"]),
+        "no tokenizer.json",
     );
 }
 
