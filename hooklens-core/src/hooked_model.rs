@@ -136,12 +136,7 @@ pub trait HookedModel: Hooked {
     fn hooks(&self, hooks: HookSet) -> Result<HookScope<'_, Self>> {
         let level = next_level();
         attach(self, hooks, false, level)?;
-        Ok(HookScope {
-            model: self,
-            level,
-            reset_hooks_end: true,
-            clear_contexts: false,
-        })
+        Ok(HookScope::open(self, level))
     }
 
     /// Attaches the splices of `hooks` as model state (SAELens's `add_sae`), with the
