@@ -16,6 +16,7 @@ mod hook_set;
 mod hooked;
 mod hooked_forward;
 mod hooked_model;
+pub mod interventions;
 mod keys;
 mod names_filter;
 mod non_finite;
