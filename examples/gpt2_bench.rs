@@ -1,4 +1,4 @@
-//! The performance table of the README: a GPT-2-small-shaped model (12 layers, 768
+//! The GPT-2 tables of docs/performance.md: a GPT-2-small-shaped model (12 layers, 768
 //! wide, 12 heads, vocabulary 50257) with seeded random weights, built in process.
 //!
 //! `cargo run --release --example gpt2_bench` (add `-- --quick` for fewer repeats)

@@ -1,4 +1,4 @@
-//! The Llama-shaped rows of the README's performance table: a Llama-3.2-1B-shaped
+//! The Llama-shaped tables of docs/performance.md: a Llama-3.2-1B-shaped
 //! model (16 layers, d_model 2048, 32 heads over 8 key/value heads, d_mlp 8192,
 //! vocabulary 128256, untied unembedding as TransformerLens keeps it) with seeded
 //! random weights, written to disk as a checkpoint and loaded as a user would.

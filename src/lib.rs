@@ -4,6 +4,64 @@
 //! collect it, as in TransformerLens. `#[derive(Hooked)]` puts this on any candle model.
 
 pub use hooklens_core::*;
+/// `#[derive(Hooked)]`: names every `HookPoint` of a struct by its field path, through
+/// nested derived structs, `Vec`s, arrays, `Option`s, `Box`es and `Arc`s, as
+/// TransformerLens names `blocks.0.attn.hook_z`. Fields of other types are not walked.
+/// `#[hooked(rename = "name")]` gives a field another segment, `#[hooked(skip)]` leaves
+/// it out, `#[hooked(module)]` walks a field whose type is a generic parameter (a field
+/// over an unbounded parameter must say `module` or `skip`: a compile error otherwise).
+///
+/// ```
+/// use hooklens::candle_core::{Device, Tensor};
+/// use hooklens::{HookPoint, Hooked, HookedModel};
+///
+/// #[derive(Hooked)]
+/// struct Attention {
+///     hook_pattern: HookPoint,
+///     hook_z: HookPoint,
+///     w_o: Tensor, // not a hook point: not walked
+/// }
+///
+/// #[derive(Hooked)]
+/// struct Block {
+///     attn: Attention,
+///     hook_resid_post: HookPoint,
+/// }
+///
+/// #[derive(Hooked)]
+/// struct Model<M> {
+///     hook_embed: HookPoint,
+///     blocks: Vec<Block>,
+///     #[hooked(rename = "ln_final")]
+///     final_norm: Option<HookPoint>,
+///     #[hooked(module)]
+///     head: M,
+///     #[hooked(skip)]
+///     scratch: HookPoint,
+/// }
+///
+/// let block = || Block {
+///     attn: Attention { hook_pattern: HookPoint::new(), hook_z: HookPoint::new(), w_o: Tensor::zeros(1, hooklens::candle_core::DType::F32, &Device::Cpu).unwrap() },
+///     hook_resid_post: HookPoint::new(),
+/// };
+/// let model = Model {
+///     hook_embed: HookPoint::new(),
+///     blocks: vec![block(), block()],
+///     final_norm: Some(HookPoint::new()),
+///     head: HookPoint::new(),
+///     scratch: HookPoint::new(),
+/// };
+/// assert_eq!(
+///     model.hook_names(),
+///     [
+///         "hook_embed",
+///         "blocks.0.attn.hook_pattern", "blocks.0.attn.hook_z", "blocks.0.hook_resid_post",
+///         "blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post",
+///         "ln_final",
+///         "head",
+///     ]
+/// );
+/// ```
 pub use hooklens_derive::Hooked;
 
 /// Hooked models (the `models` feature, on by default): one `HookedTransformer` for every bundled family (GPT-2, GPT-NeoX,

@@ -5,12 +5,46 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::{nearest_names, save_safetensors, Error, Result};
+use crate::{nearest_names, save_safetensors, Error, Keys, Result};
 
 /// Activations recorded by `run_with_cache`, by TransformerLens hook name, in the
 /// order they fired. Tensors share storage with the forward pass (no copies) unless
 /// a device move was asked for.
-#[derive(Clone, Debug, Default)]
+///
+/// It reads as a Rust map: `cache["name"]` (panics when absent, as `HashMap`'s index
+/// does), [`get`](Self::get), [`try_get`](Self::try_get) (an error suggesting the
+/// nearest names), [`keys`](Self::keys), [`values`](Self::values), [`iter`](Self::iter)
+/// and `for (name, t) in &cache`, [`len`](Self::len), [`contains_key`](Self::contains_key);
+/// `{:?}` prints each name with its shape, not the tensors.
+///
+/// ```
+/// use hooklens::candle_core::{Device, Tensor};
+/// use hooklens::{CacheOptions, HookPoint, Hooked, HookedModel};
+///
+/// #[derive(Hooked)]
+/// struct Model {
+///     hook_in: HookPoint,
+///     hook_out: HookPoint,
+/// }
+///
+/// let model = Model { hook_in: HookPoint::new(), hook_out: HookPoint::new() };
+/// let x = Tensor::new(&[[1f32, -2.0, 3.0]], &Device::Cpu)?;
+/// let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| {
+///     let h = m.hook_in.forward(&x)?;
+///     m.hook_out.forward(&h.relu()?)
+/// })?;
+/// println!("{:?}", cache.keys());               // ["hook_in", "hook_out"]
+/// println!("{cache:?}");                        // names and shapes
+/// assert_eq!(cache.len(), 2);
+/// assert_eq!(cache["hook_out"].to_vec2::<f32>()?, [[1.0, 0.0, 3.0]]);
+/// assert!(cache.get("hook_mid").is_none());
+/// for (name, t) in &cache {
+///     assert_eq!(t.dims(), [1, 3], "{name}");
+/// }
+/// assert_eq!(format!("{cache:?}"), r#"ActivationCache {"hook_in": [1, 3], "hook_out": [1, 3]}"#);
+/// # Ok::<(), hooklens::Error>(())
+/// ```
+#[derive(Clone, Default)]
 pub struct ActivationCache {
     names: Vec<String>,
     tensors: Vec<Tensor>,
@@ -67,9 +101,14 @@ impl ActivationCache {
         self.contains(name)
     }
 
-    /// Names in firing order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.names.iter().map(String::as_str)
+    /// Names in firing order (`{:?}` prints them as a list).
+    pub fn keys(&self) -> Keys<'_, String> {
+        Keys::new(&self.names, String::as_str)
+    }
+
+    /// Activations in firing order.
+    pub fn values(&self) -> std::slice::Iter<'_, Tensor> {
+        self.tensors.iter()
     }
 
     /// `(name, activation)` in firing order.
@@ -183,6 +222,16 @@ pub(crate) fn squeeze_batch(name: &str, t: &Tensor) -> Result<Tensor> {
         });
     }
     Ok(t.squeeze(0)?)
+}
+
+/// Names and shapes, in firing order: the tensors' values would bury the names.
+impl std::fmt::Debug for ActivationCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ActivationCache ")?;
+        f.debug_map()
+            .entries(self.iter().map(|(n, t)| (n, t.dims().to_vec())))
+            .finish()
+    }
 }
 
 impl std::ops::Index<&str> for ActivationCache {

@@ -94,6 +94,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A `HookPoint` fired inside a run or a scope that no hook dictionary ever named:
+    /// the model's `Hooked` walk does not reach it, so no hook, filter or cache can see
+    /// it. Typically a struct holding it lacks `#[derive(Hooked)]`, or a field holding it
+    /// is `#[hooked(skip)]`.
+    #[error(
+        "a HookPoint with no name fired: is the struct holding it missing #[derive(Hooked)]? \
+         (hook points are named by the model's `Hooked` walk, which never reached this one, so \
+         no hook or cache can see it; a field marked #[hooked(skip)] is not walked either)"
+    )]
+    UnnamedHookPoint,
+
     /// `HookPoint::layer` on a name without a `blocks.N.` segment.
     #[error("hook point `{name}` is not inside a layer (its name has no `blocks.N.` segment)")]
     NoLayer {

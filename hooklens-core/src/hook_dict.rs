@@ -3,10 +3,37 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, NamesFilter, Result};
+use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, Keys, NamesFilter, Result};
 
 /// The ordered map name -> hook point of one model (TransformerLens's `hook_dict`).
 /// Building it walks the model and names every point (TransformerLens's `setup()`).
+///
+/// It reads as a Rust map: `dict["name"]`, [`get`](Self::get), [`keys`](Self::keys)
+/// (prints as a list), [`values`](Self::values), [`iter`](Self::iter) and
+/// `for (name, point) in &dict`, [`len`](Self::len), [`contains_key`](Self::contains_key).
+///
+/// ```
+/// use hooklens::{HookPoint, Hooked, HookedModel};
+///
+/// #[derive(Hooked)]
+/// struct Attn { hook_q: HookPoint, hook_k: HookPoint }
+///
+/// #[derive(Hooked)]
+/// struct Model { blocks: Vec<Attn>, hook_out: HookPoint }
+///
+/// let model = Model {
+///     blocks: vec![Attn { hook_q: HookPoint::new(), hook_k: HookPoint::new() }],
+///     hook_out: HookPoint::new(),
+/// };
+/// let dict = model.hook_dict();
+/// println!("{:?}", dict.keys()); // ["blocks.0.hook_q", "blocks.0.hook_k", "hook_out"]
+/// assert_eq!(dict.len(), 3);
+/// assert!(dict.contains_key("blocks.0.hook_k"));
+/// assert_eq!(dict["hook_out"].id(), model.hook_out.id());
+/// for (name, point) in &dict {
+///     assert_eq!(&*point.name(), name);
+/// }
+/// ```
 ///
 /// A point with a module spliced in (see [`crate::Splice`]), as model state or by a run
 /// active on this thread, is replaced by the splice's own points, named under it.
@@ -70,8 +97,14 @@ impl<'m> HookDict<'m> {
     }
 
     /// Names in registration order (as [`HookDict::names`]; the name a Rust map uses).
-    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
-        self.names()
+    /// `{:?}` prints them as a list.
+    pub fn keys(&self) -> Keys<'_, (String, HookPoint)> {
+        Keys::new(&self.entries, |(n, _)| n.as_str())
+    }
+
+    /// Hook points in registration order.
+    pub fn values(&self) -> impl Iterator<Item = &HookPoint> + '_ {
+        self.entries.iter().map(|(_, p)| p)
     }
 
     /// Names in registration order.
@@ -125,6 +158,39 @@ impl<'m> HookDict<'m> {
             return Err(empty());
         }
         Ok(selected)
+    }
+}
+
+impl std::ops::Index<&str> for HookDict<'_> {
+    type Output = HookPoint;
+
+    /// Panics when the model has no point `name`, like `HashMap`'s index; use
+    /// [`HookDict::require`] for an error that suggests the nearest names.
+    fn index(&self, name: &str) -> &HookPoint {
+        match self.get(name) {
+            Some(p) => p,
+            None => panic!(
+                "{}",
+                Error::UnknownHook {
+                    name: name.to_string(),
+                    suggestions: nearest_names(name, self.names(), 3),
+                }
+            ),
+        }
+    }
+}
+
+/// One entry as stored, and as iteration hands it out.
+type Entry = (String, HookPoint);
+type EntryRef<'d> = (&'d str, &'d HookPoint);
+
+impl<'d> IntoIterator for &'d HookDict<'_> {
+    type Item = EntryRef<'d>;
+    type IntoIter = std::iter::Map<std::slice::Iter<'d, Entry>, fn(&'d Entry) -> EntryRef<'d>>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        let pair: fn(&'d Entry) -> EntryRef<'d> = |(n, p)| (n.as_str(), p);
+        self.entries.iter().map(pair)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicI8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use candle_core::Tensor;
@@ -29,6 +29,10 @@ pub struct HookPoint {
 struct Inner {
     id: u64,
     name: RwLock<Arc<str>>,
+    /// Set once a hook dictionary has named the point. A point fired inside a run or a
+    /// scope without it was never reached by the model's `Hooked` walk: no hook, cache
+    /// or filter can see it, so firing it is an error rather than a silent gap.
+    named: AtomicBool,
     fwd: RwLock<Vec<AttachedHook>>,
     bwd: RwLock<Vec<AttachedHook>>,
     n_fwd: AtomicUsize,
@@ -90,6 +94,7 @@ impl HookPoint {
             inner: Arc::new(Inner {
                 id: NEXT_POINT.fetch_add(1, Ordering::Relaxed),
                 name: RwLock::new(Arc::from("")),
+                named: AtomicBool::new(false),
                 fwd: RwLock::new(Vec::new()),
                 bwd: RwLock::new(Vec::new()),
                 n_fwd: AtomicUsize::new(0),
@@ -162,6 +167,13 @@ impl HookPoint {
         if &**read(&self.inner.name) != name {
             *write(&self.inner.name) = Arc::from(name);
         }
+        self.inner.named.store(true, Ordering::Release);
+    }
+
+    /// Whether a hook dictionary has named this point (the root point of a model that
+    /// is a bare `HookPoint` is named `""`, and named all the same).
+    pub fn is_named(&self) -> bool {
+        self.inner.named.load(Ordering::Acquire)
     }
 
     /// The layer this point is in: `N` from the `blocks.N.` segment of its name.
@@ -178,12 +190,65 @@ impl HookPoint {
     /// Errors from hooks come back as candle errors so that candle-style `forward`s can
     /// use `?`; hooklens's `run_*` functions turn them back into [`Error`]s that name
     /// the hook.
+    ///
+    /// A point that no hook dictionary has named ([`HookPoint::is_named`]) firing inside
+    /// a `run_with_hooks` / `run_with_cache` run or a `hooks()` scope of this thread is
+    /// [`Error::UnnamedHookPoint`]: the model's walk never reached it (typically a struct
+    /// holding it lacks `#[derive(Hooked)]`), so no hook or cache could see it.
+    ///
+    /// ```
+    /// use hooklens::candle_core::{Device, Tensor};
+    /// use hooklens::{CacheOptions, HookPoint, HookSet, Hooked, HookedModel};
+    ///
+    /// #[derive(Hooked)]
+    /// struct Mlp {
+    ///     hook_pre: HookPoint,
+    /// }
+    ///
+    /// #[derive(Hooked)]
+    /// struct Model {
+    ///     mlp: Mlp,
+    ///     hook_out: HookPoint,
+    /// }
+    ///
+    /// impl Model {
+    ///     fn forward(&self, x: &Tensor) -> hooklens::candle_core::Result<Tensor> {
+    ///         let h = self.mlp.hook_pre.forward(x)?;   // the identity unless hooked
+    ///         self.hook_out.forward(&h.relu()?)
+    ///     }
+    /// }
+    ///
+    /// let model = Model { mlp: Mlp { hook_pre: HookPoint::new() }, hook_out: HookPoint::new() };
+    /// let x = Tensor::new(&[[-1f32, 2.0]], &Device::Cpu)?;
+    /// // Negate the MLP's input for this run only.
+    /// let hooks = HookSet::new().fwd("mlp.hook_pre", |x, _hp| Ok(Some(x.neg()?)));
+    /// let y = model.run_with_hooks(hooks, |m| m.forward(&x))?;
+    /// assert_eq!(y.to_vec2::<f32>()?, [[1.0, 0.0]]);
+    /// let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&x))?;
+    /// assert_eq!(cache.keys().collect::<Vec<_>>(), ["mlp.hook_pre", "hook_out"]);
+    /// assert_eq!(model.mlp.hook_pre.name().as_ref(), "mlp.hook_pre");
+    /// # Ok::<(), hooklens::Error>(())
+    /// ```
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // One more load than `is_idle` alone: the flag of a named point, same allocation.
+        if self.is_idle() && self.inner.named.load(Ordering::Relaxed) {
+            return Ok(x.clone());
+        }
+        self.forward_cold(x).map_err(Error::into_candle)
+    }
+
+    /// `forward` for a point with hooks to run, or one never named: the latter is an
+    /// error inside a run or scope (see [`HookPoint::forward`]), the identity outside.
+    #[cold]
+    fn forward_cold(&self, x: &Tensor) -> Result<Tensor> {
+        if !self.is_named() && (run_frame::any_active() || crate::hook_scope::open_on_this_thread()) {
+            return Err(Error::UnnamedHookPoint);
+        }
         if self.is_idle() {
             return Ok(x.clone());
         }
-        self.run_hooks(x).map_err(Error::into_candle)
+        self.run_hooks(x)
     }
 
     /// Whether [`forward`](Self::forward) on this thread, now, would return its input

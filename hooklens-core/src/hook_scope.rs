@@ -1,10 +1,35 @@
 //! `HookScope`: TransformerLens's `with model.hooks(...)` as a guard.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::thread::ThreadId;
 
 use crate::{Direction, HookedModel};
 
 static NEXT_LEVEL: AtomicU64 = AtomicU64::new(1);
+
+/// How many scopes are open in the process, so that the common answer of
+/// [`open_on_this_thread`] ("none") costs one atomic load.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+/// The open scopes' levels and the threads that opened them. A registry rather than a
+/// thread-local counter: a scope may be dropped on another thread than its own.
+static OPENED_BY: Mutex<Vec<(u64, ThreadId)>> = Mutex::new(Vec::new());
+
+/// Whether a scope opened by this thread is still open: hook points firing now are
+/// inside it (see [`crate::HookPoint::forward`]'s check for unnamed points). Only ever
+/// called for a point no hook dictionary named, which a correct model never fires in a
+/// scope, so the lock is off every hot path.
+pub(crate) fn open_on_this_thread() -> bool {
+    if OPEN.load(Ordering::Acquire) == 0 {
+        return false;
+    }
+    let me = std::thread::current().id();
+    OPENED_BY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(_, t)| *t == me)
+}
 
 /// A fresh context level. Levels are unique numbers rather than nesting depths, so
 /// scopes opened from different threads on one model never remove each other's hooks.
@@ -25,6 +50,22 @@ pub struct HookScope<'m, M: HookedModel + ?Sized> {
 }
 
 impl<'m, M: HookedModel + ?Sized> HookScope<'m, M> {
+    /// A scope on `model` for the hooks already attached at `level`, registered as open
+    /// on this thread until dropped.
+    pub(crate) fn open(model: &'m M, level: u64) -> Self {
+        OPENED_BY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((level, std::thread::current().id()));
+        OPEN.fetch_add(1, Ordering::AcqRel);
+        HookScope {
+            model,
+            level,
+            reset_hooks_end: true,
+            clear_contexts: false,
+        }
+    }
+
     /// The context level of this scope's hooks (pass it to `add_hook` to attach more
     /// hooks that end with the scope).
     pub fn level(&self) -> u64 {
@@ -52,6 +93,13 @@ impl<'m, M: HookedModel + ?Sized> HookScope<'m, M> {
 
 impl<M: HookedModel + ?Sized> Drop for HookScope<'_, M> {
     fn drop(&mut self) {
+        {
+            let mut open = OPENED_BY.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = open.iter().position(|(level, _)| *level == self.level) {
+                open.swap_remove(i);
+                OPEN.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         if self.reset_hooks_end {
             // Hooks first: the points of this scope's splices are reachable only while
             // they are spliced in.

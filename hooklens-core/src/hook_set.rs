@@ -43,7 +43,9 @@ impl HookSet {
         Self::default()
     }
 
-    /// Adds a forward hook on the points `names` selects.
+    /// Adds a forward hook on the points `names` selects. The closure's types are
+    /// inferred; a closure or `fn` annotated to return `candle_core::Result` goes to
+    /// [`HookSet::fwd_hook`] instead, which takes any error type (see [`Hook`]'s `From`).
     pub fn fwd<F>(self, names: impl Into<NamesFilter>, f: F) -> Self
     where
         F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
@@ -51,13 +53,16 @@ impl HookSet {
         self.fwd_hook(names, Hook::new(f))
     }
 
-    /// Adds an existing forward [`Hook`] (shared, not copied) on the points `names` selects.
-    pub fn fwd_hook(mut self, names: impl Into<NamesFilter>, hook: Hook) -> Self {
-        self.fwd.push((names.into(), hook));
+    /// Adds a forward hook on the points `names` selects: an existing [`Hook`] (shared,
+    /// not copied), or a closure or `fn` returning `Result<Option<Tensor>, E>` for any
+    /// `E` that converts into hooklens's `Error` (candle's `Result` included).
+    pub fn fwd_hook(mut self, names: impl Into<NamesFilter>, hook: impl Into<Hook>) -> Self {
+        self.fwd.push((names.into(), hook.into()));
         self
     }
 
-    /// Adds a backward hook: it sees the gradient at the points `names` selects.
+    /// Adds a backward hook: it sees the gradient at the points `names` selects (the
+    /// closure's types inferred, as in [`HookSet::fwd`]).
     pub fn bwd<F>(self, names: impl Into<NamesFilter>, f: F) -> Self
     where
         F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
@@ -65,9 +70,10 @@ impl HookSet {
         self.bwd_hook(names, Hook::new(f))
     }
 
-    /// Adds an existing backward [`Hook`] on the points `names` selects.
-    pub fn bwd_hook(mut self, names: impl Into<NamesFilter>, hook: Hook) -> Self {
-        self.bwd.push((names.into(), hook));
+    /// Adds a backward hook on the points `names` selects: a [`Hook`] or anything that
+    /// converts into one, as [`HookSet::fwd_hook`].
+    pub fn bwd_hook(mut self, names: impl Into<NamesFilter>, hook: impl Into<Hook>) -> Self {
+        self.bwd.push((names.into(), hook.into()));
         self
     }
 

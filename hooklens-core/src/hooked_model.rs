@@ -20,6 +20,55 @@ use crate::{
 /// and per-run hooks (`run_with_hooks`, `run_with_cache`), seen only by the forward
 /// passes that the run's closure executes, on its thread. Model-state hooks run first,
 /// then per-run hooks, each group in the order it was added.
+///
+/// ```
+/// use hooklens::candle_core::{Device, Tensor};
+/// use hooklens::{CacheOptions, Direction, HookPoint, HookSet, Hooked, HookedModel};
+///
+/// #[derive(Hooked)]
+/// struct Model {
+///     hook_in: HookPoint,
+///     hook_out: HookPoint,
+/// }
+///
+/// impl Model {
+///     fn forward(&self, x: &Tensor) -> hooklens::candle_core::Result<Tensor> {
+///         let h = self.hook_in.forward(x)?;
+///         self.hook_out.forward(&(h * 10.0)?)
+///     }
+/// }
+///
+/// let model = Model { hook_in: HookPoint::new(), hook_out: HookPoint::new() };
+/// let x = Tensor::new(&[1f32, 2.0], &Device::Cpu)?;
+///
+/// // run_with_hooks: hooks for this call only.
+/// let hooks = HookSet::new().fwd("hook_in", |x, _hp| Ok(Some((x + 1.0)?)));
+/// let y = model.run_with_hooks(hooks, |m| m.forward(&x))?;
+/// assert_eq!(y.to_vec1::<f32>()?, [20.0, 30.0]);
+/// assert_eq!(model.forward(&x)?.to_vec1::<f32>()?, [10.0, 20.0]); // nothing left attached
+///
+/// // run_with_cache: every activation (or a glob's, a list's) by name.
+/// let (_, cache) = model.run_with_cache(CacheOptions::new().names("hook_*"), |m| m.forward(&x))?;
+/// assert_eq!(cache["hook_out"].to_vec1::<f32>()?, [10.0, 20.0]);
+///
+/// // hooks(): TransformerLens's `with model.hooks(...)`, gone when the scope drops.
+/// {
+///     let _scope = model.hooks(HookSet::new().fwd("hook_out", |x, _hp| Ok(Some(x.neg()?))))?;
+///     assert_eq!(model.forward(&x)?.to_vec1::<f32>()?, [-10.0, -20.0]);
+///     assert_eq!(model.list_hooks().len(), 1);
+/// }
+/// assert!(model.list_hooks().is_empty());
+///
+/// // add_hook: model state until removed, as in TransformerLens.
+/// model.add_hook("hook_in", |x, _hp| Ok(Some(x.zeros_like()?)), Direction::Fwd, false, None, false)?;
+/// assert_eq!(model.forward(&x)?.to_vec1::<f32>()?, [0.0, 0.0]);
+/// model.reset_hooks(false, Direction::Both, false, None);
+///
+/// // An unknown name is an error that suggests the nearest ones.
+/// let err = model.run_with_hooks(HookSet::new().fwd("hook_inn", |_, _| Ok(None)), |m| m.forward(&x));
+/// assert!(err.unwrap_err().to_string().contains("did you mean `hook_in`"));
+/// # Ok::<(), hooklens::Error>(())
+/// ```
 pub trait HookedModel: Hooked {
     /// The hook points by name, in registration order; building it names every point.
     fn hook_dict(&self) -> HookDict<'_> {
@@ -60,11 +109,13 @@ pub trait HookedModel: Hooked {
         self.add_shared_hook(names, Hook::new(hook), dir, is_permanent, level, prepend)
     }
 
-    /// [`HookedModel::add_hook`] with an existing [`Hook`], shared rather than copied.
+    /// [`HookedModel::add_hook`] with an existing [`Hook`], shared rather than copied,
+    /// or with a closure or `fn` returning `Result<Option<Tensor>, E>` for any `E` that
+    /// converts into hooklens's `Error` (candle's `Result` included).
     fn add_shared_hook(
         &self,
         names: impl Into<NamesFilter>,
-        hook: Hook,
+        hook: impl Into<Hook>,
         dir: Direction,
         is_permanent: bool,
         level: Option<u64>,
@@ -75,6 +126,7 @@ pub trait HookedModel: Hooked {
                 "a hook is added in one direction (Fwd or Bwd), not Both".into(),
             ));
         }
+        let hook = hook.into();
         let dict = self.hook_dict();
         for (_, point) in dict.select(self, &names.into())? {
             point.add_hook(hook.clone(), dir, is_permanent, level, prepend)?;
@@ -136,12 +188,7 @@ pub trait HookedModel: Hooked {
     fn hooks(&self, hooks: HookSet) -> Result<HookScope<'_, Self>> {
         let level = next_level();
         attach(self, hooks, false, level)?;
-        Ok(HookScope {
-            model: self,
-            level,
-            reset_hooks_end: true,
-            clear_contexts: false,
-        })
+        Ok(HookScope::open(self, level))
     }
 
     /// Attaches the splices of `hooks` as model state (SAELens's `add_sae`), with the

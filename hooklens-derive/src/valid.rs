@@ -1,9 +1,12 @@
 //! Checks on the lowered input that attribute parsing alone cannot make: the kind of
 //! item, key combinations, and the names the fields will give their hook points.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
+use proc_macro2::{TokenStream, TokenTree};
+use quote::ToTokens;
 use syn::spanned::Spanned;
+use syn::{GenericParam, Generics, Ident, Type, TypeParamBound, WherePredicate};
 
 use crate::ast::{Body, Field, Input};
 
@@ -30,7 +33,10 @@ impl Errors {
 /// Validates `input`, recording every problem found in `errors`.
 pub fn validate(input: &Input, errors: &mut Errors) {
     match &input.body {
-        Body::Struct(fields) => validate_fields(fields, errors),
+        Body::Struct(fields) => {
+            validate_fields(fields, errors);
+            validate_generic_fields(input.generics, fields, errors);
+        }
         Body::Enum(token) => errors.push(syn::Error::new(
             token.span(),
             "Hooked can only be derived for structs: an enum's variants do not share a fixed set of hook points",
@@ -80,6 +86,98 @@ fn validate_fields(fields: &[Field], errors: &mut Errors) {
             ));
         } else {
             seen.insert(&field.name, field);
+        }
+    }
+}
+
+/// A field whose type involves a type parameter with no `Hooked` bound is walked
+/// through the probe, which cannot see the parameter's impls: it would be skipped even
+/// when the parameter is a hooked module, and its hook points lost without a word.
+/// Such a field must say which it is (`module` or `skip`).
+fn validate_generic_fields(generics: &Generics, fields: &[Field], errors: &mut Errors) {
+    let unbounded = unbounded_type_params(generics);
+    if unbounded.is_empty() {
+        return;
+    }
+    for field in fields {
+        if field.attrs.skip.is_some() || field.attrs.module.is_some() || is_phantom(field.ty) {
+            continue;
+        }
+        let mut found = Vec::new();
+        mentioned(field.ty.to_token_stream(), &unbounded, &mut found);
+        let Some(param) = found.first() else { continue };
+        let ty = field
+            .ty
+            .to_token_stream()
+            .to_string()
+            .replace(" < ", "<")
+            .replace(" >", ">");
+        errors.push(syn::Error::new(
+            field.ty.span(),
+            format!(
+                "field `{}` has type `{ty}`, and `{param}` has no `Hooked` bound: the derive cannot tell \
+                 whether it holds hook points, and would skip them silently; write `#[hooked(module)]` to \
+                 walk it (the impl then requires `{ty}: Hooked`) or `#[hooked(skip)]` if it holds none",
+                member_name(field)
+            ),
+        ));
+    }
+}
+
+/// The struct's type parameters that are not bounded by a trait named `Hooked`
+/// (inline or in the where clause). A bound through another trait that has `Hooked`
+/// as a supertrait cannot be seen from here; such a field takes `module`.
+fn unbounded_type_params(generics: &Generics) -> Vec<Ident> {
+    let is_hooked = |b: &TypeParamBound| match b {
+        TypeParamBound::Trait(t) => t.path.segments.last().is_some_and(|s| s.ident == "Hooked"),
+        _ => false,
+    };
+    let mut bounded: HashSet<Ident> = HashSet::new();
+    for param in &generics.params {
+        if let GenericParam::Type(p) = param {
+            if p.bounds.iter().any(is_hooked) {
+                bounded.insert(p.ident.clone());
+            }
+        }
+    }
+    for predicate in generics.where_clause.iter().flat_map(|w| &w.predicates) {
+        if let WherePredicate::Type(p) = predicate {
+            if let Type::Path(tp) = &p.bounded_ty {
+                if let (None, Some(ident)) = (&tp.qself, tp.path.get_ident()) {
+                    if p.bounds.iter().any(is_hooked) {
+                        bounded.insert(ident.clone());
+                    }
+                }
+            }
+        }
+    }
+    generics
+        .type_params()
+        .map(|p| p.ident.clone())
+        .filter(|i| !bounded.contains(i))
+        .collect()
+}
+
+/// `PhantomData<T>` holds nothing, whatever `T` is.
+fn is_phantom(ty: &Type) -> bool {
+    match ty {
+        Type::Path(tp) => tp.path.segments.last().is_some_and(|s| s.ident == "PhantomData"),
+        _ => false,
+    }
+}
+
+/// The parameters among `params` that `tokens` names, in order of appearance.
+/// Token-level, as `expand::mentions_any`: it sees into macro types too.
+fn mentioned(tokens: TokenStream, params: &[Ident], out: &mut Vec<Ident>) {
+    for tt in tokens {
+        match tt {
+            TokenTree::Ident(ident) => {
+                if params.contains(&ident) && !out.contains(&ident) {
+                    out.push(ident);
+                }
+            }
+            TokenTree::Group(group) => mentioned(group.stream(), params, out),
+            TokenTree::Punct(_) | TokenTree::Literal(_) => {}
         }
     }
 }

@@ -195,6 +195,10 @@ impl Sae {
             hook_sae_error: HookPoint::new().with_position_axis(out_axis),
             derived,
         };
+        // Named from the start (`hook_sae_input`, ...): an SAE used on its own inside
+        // another model's run (`sae.encode` in a hook) fires its points there, and a
+        // point no hook dictionary named is an error inside a run.
+        hooklens_core::HookDict::build(&points);
         Ok(Sae {
             inner: Arc::new(Inner { cfg, w, points }),
         })
