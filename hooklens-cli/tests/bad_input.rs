@@ -495,7 +495,8 @@ fn numeric_flags_at_their_extremes_never_panic() {
         "--quiet",
     ];
     // (base arguments, flag, values, what follows the flag to complete the command)
-    let cases: Vec<(&[&str], &str, &[&str], &[&str])> = vec![
+    type Case<'a> = (&'a [&'a str], &'a str, &'a [&'a str], &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         (&gen, "--max-new-tokens", &ints, &[]),
         (&samp, "--top-k", &ints, &[]),
         (&samp, "--seed", &ints, &[]),

@@ -129,7 +129,7 @@ pub fn attention_html(view: &AttentionView) -> Result<String> {
             .find(|(layer, _)| *layer == l)
             .map(|(_, p)| p.dim(0))
             .transpose()?;
-        if !heads.is_some_and(|n| h < n) {
+        if heads.is_none_or(|n| h >= n) {
             return Err(Error::invalid(format!(
                 "the page is to open on L{l}H{h}, which is not among the heads shown"
             )));
