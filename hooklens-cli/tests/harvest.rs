@@ -172,6 +172,15 @@ fn killed_and_restarted_ends_with_the_same_shards() {
 
     let err = ok(hooklens(&harvest_args(m, t, c)));
     assert!(err.contains(&format!("wrote {n_shards} shards")), "{err}");
+    // The resumed run says where it picked up.
+    if finished > 0 {
+        assert!(
+            err.contains("resuming") && err.contains(&format!("{finished} shards (")),
+            "{err}"
+        );
+    } else {
+        assert!(!err.contains("resuming"), "{err}");
+    }
     let got = files(&cut);
     assert_eq!(
         got.keys().collect::<Vec<_>>(),

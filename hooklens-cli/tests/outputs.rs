@@ -221,3 +221,42 @@ fn a_cache_killed_mid_write_leaves_a_temporary_that_the_next_write_removes() {
     assert!(out.is_file());
     assert!(hidden(&tmp.0).is_empty(), "left behind: {:?}", hidden(&tmp.0));
 }
+
+/// Files written by `cache` and `harvest` follow the umask, as the HTML and manifest
+/// files do (a group reading a shared harvest directory needs it).
+#[test]
+fn written_files_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("umask");
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(&corpus, "one two three four five\n".repeat(20)).unwrap();
+    let bin = env!("CARGO_BIN_EXE_hooklens");
+    let model = tiny_model().display().to_string();
+    let tokens = tiny_tokens().display().to_string();
+    for (umask, want) in [("002", 0o664), ("022", 0o644)] {
+        let cache = tmp.path(&format!("c{umask}.safetensors"));
+        let acts = tmp.path(&format!("acts{umask}"));
+        let script = format!(
+            "umask {umask} && {bin} cache --model {model} --tokens {tokens} --out {} && \
+             {bin} harvest --model {model} --input {} --names hook_embed --context-size 8 --quiet --out {}",
+            cache.display(),
+            corpus.display(),
+            acts.display()
+        );
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&script)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cache), want, "cache file under umask {umask}");
+        for e in std::fs::read_dir(&acts).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "safetensors" || x == "json") {
+                assert_eq!(mode(&p), want, "{} under umask {umask}", p.display());
+            }
+        }
+    }
+}

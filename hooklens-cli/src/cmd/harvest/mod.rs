@@ -313,6 +313,16 @@ pub fn run(args: Args) -> CliResult<()> {
         return Ok(());
     }
     let skip_rows = manifest.rows();
+    if skip_rows > 0 {
+        // A resumed worker says where it picks up, so a log shows what this run added.
+        eprintln!(
+            "resuming {}: {} shards ({skip_rows} sequences) already written and verified; continuing from \
+             sequence {} of the same input and model",
+            manifest_path.display(),
+            manifest.shards.len(),
+            skip_rows + 1
+        );
+    }
 
     let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
     let mut reader = BufReader::new(file);
