@@ -434,8 +434,11 @@ fn width_error(cfg: &SaeConfig, what: &str, dims: &[usize], expect: &str) -> Err
     ))
 }
 
+/// What undoing [`normalize_in`] needs: the scale, and the mean a layer norm removed.
+type InputScale = Option<(Tensor, Option<Tensor>)>;
+
 /// SAELens's run-time normalisation of the input `[.., d_in]`.
-fn normalize_in(x: &Tensor, how: Normalization, d_in: usize) -> Result<(Tensor, Option<(Tensor, Option<Tensor>)>)> {
+fn normalize_in(x: &Tensor, how: Normalization, d_in: usize) -> Result<(Tensor, InputScale)> {
     Ok(match how {
         Normalization::None => (x.clone(), None),
         Normalization::ConstantNormRescale => {
