@@ -7,17 +7,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use common::assert_close;
+use candle_core::Tensor;
+use common::{assert_close, on_test_device, parity_tol, test_device};
 use hooklens_core::{CacheOptions, HookedModel};
 use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 use serde_json::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes")
+    hooklens_testutil::testdata().join("saes")
 }
 
 fn runs() -> Value {
@@ -25,11 +25,22 @@ fn runs() -> Value {
 }
 
 fn load(file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(root().join(file), &Device::Cpu).unwrap()
+    hooklens_testutil::reference("saes", file)
 }
 
+/// An SAE of the reference, on the test device (`HOOKLENS_TEST_DEVICE`).
 fn sae(folder: &str) -> Sae {
-    Sae::from_dir(root().join(folder), &Device::Cpu).unwrap_or_else(|e| panic!("{folder}: {e}"))
+    Sae::from_dir(root().join(folder), &test_device()).unwrap_or_else(|e| panic!("{folder}: {e}"))
+}
+
+/// The reference GPT-2 and its tokens, the model on the test device.
+fn gpt2() -> (HookedTransformer, Tensor) {
+    let model = HookedTransformer::from_dir(
+        hooklens_testutil::testdata().join("tiny-gpt2/model"),
+        &on_test_device(LoadOptions::no_processing()),
+    )
+    .unwrap();
+    (model, hooklens_testutil::reference_tokens("tiny-gpt2"))
 }
 
 fn loss_of(m: &HookedTransformer, tokens: &Tensor, per_token: bool) -> Tensor {
@@ -47,15 +58,22 @@ fn every_sae_alone_matches_saelens() {
         for folder in info["folders"].as_array().unwrap() {
             let what = format!("{name} ({folder})");
             let sae = sae(folder.as_str().unwrap());
-            let x = &unit["x"];
+            let x = &unit["x"].to_device(&test_device()).unwrap();
             let (acts, norm) = sae.encode_with_norm(x).unwrap();
-            assert_close(&format!("{what}: encode"), &acts, &unit["feature_acts"], 1e-5);
-            let recons = sae.decode_with_norm(&unit["feature_acts"], &norm).unwrap();
-            assert_close(&format!("{what}: decode"), &recons, &unit["recons"], 1e-5);
+            assert_close(
+                &format!("{what}: encode"),
+                &acts,
+                &unit["feature_acts"],
+                parity_tol(1e-5),
+            );
+            let recons = sae
+                .decode_with_norm(&unit["feature_acts"].to_device(&test_device()).unwrap(), &norm)
+                .unwrap();
+            assert_close(&format!("{what}: decode"), &recons, &unit["recons"], parity_tol(1e-5));
             let (out, cache) = sae.run_with_cache(CacheOptions::new(), |s| s.forward(x)).unwrap();
-            assert_close(&format!("{what}: forward"), &out, &unit["out"], 1e-5);
+            assert_close(&format!("{what}: forward"), &out, &unit["out"], parity_tol(1e-5));
             for hook in ["hook_sae_input", "hook_sae_acts_pre", "hook_sae_recons"] {
-                assert_close(&format!("{what}: {hook}"), &cache[hook], &unit[hook], 1e-5);
+                assert_close(&format!("{what}: {hook}"), &cache[hook], &unit[hook], parity_tol(1e-5));
             }
         }
     }
@@ -64,10 +82,7 @@ fn every_sae_alone_matches_saelens() {
 #[test]
 fn every_splice_run_matches_saelens() {
     let runs = runs();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2");
-    let model = HookedTransformer::from_dir(dir.join("model"), &LoadOptions::no_processing()).unwrap();
-    let tokens =
-        candle_core::safetensors::load(dir.join("tokens.safetensors"), &Device::Cpu).unwrap()["tokens"].clone();
+    let (model, tokens) = gpt2();
     let mut checked = 0;
     for run in runs["runs"].as_array().unwrap() {
         let what = run["name"].as_str().unwrap();
@@ -99,9 +114,19 @@ fn every_splice_run_matches_saelens() {
             if matches!(name.as_str(), "logits" | "loss" | "loss_per_token") {
                 continue;
             }
-            assert_close(&format!("{what}: {name}"), &cache[ours_name(name).as_str()], want, 1e-4);
+            assert_close(
+                &format!("{what}: {name}"),
+                &cache[ours_name(name).as_str()],
+                want,
+                parity_tol(1e-4),
+            );
         }
-        assert_close(&format!("{what}: logits"), &logits, &reference["logits"], 1e-4);
+        assert_close(
+            &format!("{what}: logits"),
+            &logits,
+            &reference["logits"],
+            parity_tol(1e-4),
+        );
         let loss = model
             .run_with_saes(set.clone(), |m| {
                 Ok::<_, hooklens_core::Error>(loss_of(m, &tokens, false))
@@ -111,7 +136,7 @@ fn every_splice_run_matches_saelens() {
             &format!("{what}: loss"),
             &loss.reshape(1).unwrap(),
             &reference["loss"],
-            1e-4,
+            parity_tol(1e-4),
         );
         let per_token = model
             .run_with_saes(set, |m| Ok::<_, hooklens_core::Error>(loss_of(m, &tokens, true)))
@@ -120,7 +145,7 @@ fn every_splice_run_matches_saelens() {
             &format!("{what}: loss_per_token"),
             &per_token,
             &reference["loss_per_token"],
-            1e-4,
+            parity_tol(1e-4),
         );
         checked += 1;
     }
@@ -140,12 +165,9 @@ fn steering_by_a_decoder_row_matches_saelens() {
         "steering vector",
         &(sae.w_dec().get(feature).unwrap() * coefficient).unwrap(),
         &reference["steering_vector"],
-        1e-6,
+        parity_tol(1e-6),
     );
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2");
-    let model = HookedTransformer::from_dir(dir.join("model"), &LoadOptions::no_processing()).unwrap();
-    let tokens =
-        candle_core::safetensors::load(dir.join("tokens.safetensors"), &Device::Cpu).unwrap()["tokens"].clone();
+    let (model, tokens) = gpt2();
     let hooks = sae.steer(feature, coefficient, None).unwrap();
     let (logits, cache) = model
         .run_with_cache_and_hooks(
@@ -154,15 +176,20 @@ fn steering_by_a_decoder_row_matches_saelens() {
             |m| m.forward(&tokens),
         )
         .unwrap();
-    assert_close("steered logits", &logits, &reference["logits"], 1e-4);
+    assert_close("steered logits", &logits, &reference["logits"], parity_tol(1e-4));
     assert_close(
         "steered ln_final",
         &cache["ln_final.hook_normalized"],
         &reference["ln_final.hook_normalized"],
-        1e-4,
+        parity_tol(1e-4),
     );
     let loss = model
         .run_with_hooks(hooks, |m| Ok::<_, hooklens_core::Error>(loss_of(m, &tokens, false)))
         .unwrap();
-    assert_close("steered loss", &loss.reshape(1).unwrap(), &reference["loss"], 1e-4);
+    assert_close(
+        "steered loss",
+        &loss.reshape(1).unwrap(),
+        &reference["loss"],
+        parity_tol(1e-4),
+    );
 }
