@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use hooklens_core::{CacheOptions, Direction, Error, HookSet, HookedModel};
+use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel};
 use hooklens_models::HookedGpt2;
 
 fn reference_names() -> Vec<String> {
@@ -264,4 +264,45 @@ fn the_model_is_shared_across_threads() {
     for h in handles {
         assert_eq!(max_abs_diff(&h.join().unwrap(), &want), 0.0);
     }
+}
+
+/// How many times `blocks.0.ln1.hook_normalized` fires in one forward of `model`: once on
+/// the fast path, three times (once for each of q, k and v, as TransformerLens runs it) on
+/// the differentiable path that `grad_mode` selects.
+fn ln1_calls(model: &HookedGpt2) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let count = HookSet::new().fwd("blocks.0.ln1.hook_normalized", move |_: &Tensor, _: &HookPoint| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    });
+    model.run_with_hooks(count, |m| m.forward(&tokens())).unwrap();
+    calls.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_backward_hook_on_one_model_leaves_another_on_its_fast_path() {
+    let hooked = raw_model();
+    let other = raw_model();
+    assert_eq!(ln1_calls(&other), 1, "no backward hook: the fast path");
+    hooked
+        .add_hook(
+            "hook_embed",
+            |_: &Tensor, _: &HookPoint| Ok(None),
+            Direction::Bwd,
+            false,
+            None,
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        ln1_calls(&hooked),
+        3,
+        "the model with the backward hook is differentiable"
+    );
+    assert_eq!(ln1_calls(&other), 1, "the other model keeps its fast path");
+    hooked.reset_hooks(false, Direction::Both, false, None);
+    assert_eq!(ln1_calls(&hooked), 1, "back on the fast path once the hook is gone");
 }
