@@ -27,6 +27,13 @@
 //!
 //! It keeps freed memory for reuse ([`hooklens::retain_freed_memory`]), as the
 //! `hooklens` command does; `-- --default-malloc` measures with glibc's defaults.
+//!
+//! `-- --device cuda` (a build with `--features cuda`; `cuda:N`, or `metal` with
+//! `--features metal`) measures the same model on that device instead: the forward,
+//! `run_with_cache` of every hook, one patching hook, forward + backward with and without
+//! every gradient cached, and greedy decoding. The CPU's matmul floor, memory bandwidth
+//! and loading columns have no GPU counterpart here. Each timed call ends with the
+//! device's `synchronize`, so a time covers the kernels it queued, not just their launch.
 
 #[path = "common/bench.rs"]
 mod bench_common;
@@ -150,6 +157,10 @@ fn main() -> hooklens::Result<()> {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let reps = |n: usize| if quick { n.div_ceil(3).max(1) } else { n };
+    match device_arg(&args)? {
+        Device::Cpu => {}
+        device => return gpu_table(&device, reps),
+    }
 
     let cfg = Gpt2Config::gpt2_small();
     let weights = random_weights(&cfg, 0)?;
@@ -280,5 +291,119 @@ fn main() -> hooklens::Result<()> {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// The device `--device` names (`cpu` when absent).
+fn device_arg(args: &[String]) -> hooklens::Result<Device> {
+    let Some(i) = args.iter().position(|a| a == "--device") else {
+        return Ok(Device::Cpu);
+    };
+    let name = args
+        .get(i + 1)
+        .ok_or_else(|| hooklens::Error::invalid("--device needs a value: cpu, cuda, cuda:N or metal"))?;
+    Ok(match name.as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0)?,
+        "metal" => Device::new_metal(0)?,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(n) => Device::new_cuda(n)?,
+            None => {
+                return Err(hooklens::Error::invalid(format!(
+                    "--device {other}: expected cpu, cuda, cuda:N or metal"
+                )))
+            }
+        },
+    })
+}
+
+/// The benchmark on a GPU: the same GPT-2-small-shaped model, f32, on `device`.
+fn gpu_table(device: &Device, reps: impl Fn(usize) -> usize) -> hooklens::Result<()> {
+    let cfg = Gpt2Config::gpt2_small();
+    let weights = random_weights(&cfg, 0)?;
+    let n_params: usize = weights.values().map(|t| t.elem_count()).sum();
+    let vb = VarBuilder::from_tensors(weights, DType::F32, device);
+    let model = HookedGpt2::load(vb, &cfg)?;
+    // GPU calls return once their kernels are queued: waiting for the device inside the
+    // timed call is what makes the time that of the work.
+    let sync = || -> hooklens::Result<()> { Ok(device.synchronize()?) };
+    println!("GPT-2-small shape, seeded random weights, f32, {device:?}, {n_params} parameters\n");
+    println!(
+        "| batch x pos | forward | GFLOP/s | run_with_cache (all) | cache / fwd | one patching hook | patch / fwd |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mut rng = SeededRng::new(1);
+    let mut random_tokens = |b: usize, p: usize| {
+        let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
+        Tensor::from_vec(ids, (b, p), device)
+    };
+    for (b, p, n) in [(1usize, 64usize, 30usize), (8, 128, 20), (32, 512, 10)] {
+        let tokens = random_tokens(b, p)?;
+        let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
+            Ok(Some(x.zeros_like()?))
+        });
+        let t = time_rounds(
+            reps(n),
+            &mut [
+                &mut || {
+                    model.forward(&tokens)?;
+                    sync()
+                },
+                &mut || {
+                    model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+                    sync()
+                },
+                &mut || {
+                    model.run_with_hooks(patch.clone(), |m| m.forward(&tokens))?;
+                    sync()
+                },
+            ],
+        )?;
+        let [fwd, cached, patched] = [0, 1, 2].map(|i| median_f64(t[i].clone()));
+        println!(
+            "| {b} x {p} | {:.2} ms | {:.0} | {:.2} ms | {:.3} | {:.2} ms | {:.3} |",
+            fwd * 1e3,
+            forward_flops(&cfg, b, p) / fwd / 1e9,
+            cached * 1e3,
+            paired_ratio(&t[0], &t[1]),
+            patched * 1e3,
+            paired_ratio(&t[0], &t[2]),
+        );
+    }
+
+    let tokens = random_tokens(1, 64)?;
+    let loss_of = |m: &HookedGpt2| -> hooklens::Result<Tensor> {
+        let out = m.forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
+        out.loss.ok_or_else(|| hooklens::Error::invalid("no loss"))
+    };
+    let plain_bwd = time(1, reps(10), || {
+        let start = HookSet::new().bwd("hook_embed", |_: &Tensor, _: &HookPoint| Ok(None));
+        let loss = model.run_with_hooks(start, loss_of)?;
+        loss.backward()?;
+        sync()
+    })?;
+    let all_grads = time(1, reps(10), || {
+        model.run_with_cache_bwd(CacheOptions::new(), HookSet::new(), loss_of)?;
+        sync()
+    })?;
+    println!("\n| 1 x 64 | forward + backward | with every activation and gradient cached | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| | {:.2} ms | {:.2} ms | {:.3} |",
+        plain_bwd * 1e3,
+        all_grads * 1e3,
+        all_grads / plain_bwd
+    );
+
+    let prompt = random_tokens(1, 16)?;
+    let mut opts = GenerateOptions::greedy(32);
+    opts.stop_at_eos = false;
+    let gen = time(1, reps(5), || {
+        model.generate(&prompt, &opts)?;
+        sync()
+    })?;
+    println!("\n| decoding (greedy, KV cache, 32 new after 16) | tokens/s |");
+    println!("|---|---|");
+    println!("| | {:.1} |", 32.0 / gen);
     Ok(())
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{max_abs_diff, TinyModel};
+use common::{max_abs_diff, TempDir, TinyModel};
 use hooklens::{ActivationCache, CacheOptions, Error, HookedModel, NamesFilter, Slice};
 
 #[test]
@@ -123,8 +123,7 @@ fn device_option_and_save_load() {
     let (_, c) = model
         .run_with_cache(CacheOptions::new().device(Device::Cpu), |m| m.forward(&x))
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("hooklens-facade-cache-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("facade-cache");
     let path = dir.join("c.safetensors");
     c.save(&path).unwrap();
     let back = ActivationCache::load(&path, &Device::Cpu).unwrap();
@@ -137,5 +136,4 @@ fn device_option_and_save_load() {
     let single = c.clone().remove_batch_dim().unwrap();
     assert_eq!(single["hook_final"].dims(), &[3, 4]);
     let _: &Tensor = single.try_get("hook_final").unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -207,3 +207,36 @@ fn run_with_cache_refuses_incl_bwd_without_a_scalar() {
         .unwrap_err();
     assert!(err.to_string().contains("scalar"), "{err}");
 }
+
+#[test]
+fn grad_mode_counts_the_backward_hooks_of_the_model_whose_forward_runs() {
+    let (hooked, other) = (TinyModel::new(1, 4), TinyModel::new(1, 4));
+    // Building the hook dictionaries makes each model's points count together.
+    let _ = (hooked.hook_dict(), other.hook_dict());
+    hooked
+        .add_hook(
+            "blocks.0.hook_resid_post",
+            |_, _| Ok(None),
+            Direction::Bwd,
+            false,
+            None,
+            false,
+        )
+        .unwrap();
+    {
+        let _forward = other.hook_embed.model_forward();
+        assert!(!hooklens::grad_mode(), "another model's backward hook");
+        let _inner = hooked.hook_final.model_forward();
+        assert!(hooklens::grad_mode(), "nested: the hooked model's forward");
+    }
+    {
+        // Any point of the model stands for it.
+        let _forward = hooked.blocks[0].mlp.hook_pre.model_forward();
+        assert!(hooklens::grad_mode());
+    }
+    // A forward that does not say which model it is goes by every model's hooks.
+    assert!(hooklens::grad_mode());
+    hooked.reset_hooks(false, Direction::Both, false, None);
+    let _forward = hooked.hook_embed.model_forward();
+    assert!(!hooklens::grad_mode(), "the hook is gone");
+}

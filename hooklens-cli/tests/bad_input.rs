@@ -78,7 +78,7 @@ fn bad_token_files(tmp: &TempDir) -> Vec<(String, &'static str)> {
             },
             "safetensors",
         ),
-        (tmp.0.to_string_lossy().into_owned(), "--tokens"),
+        (tmp.to_string_lossy().into_owned(), "--tokens"),
     ]
 }
 
@@ -240,7 +240,7 @@ fn cache_flags_with_bad_values() {
     );
     assert!(!tmp.path("c.safetensors").exists());
     assert_eq!(std::fs::read_dir(tmp.path("a-dir")).unwrap().count(), 0);
-    let left: Vec<_> = std::fs::read_dir(&tmp.0)
+    let left: Vec<_> = std::fs::read_dir(&tmp)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))

@@ -143,12 +143,12 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
         return;
     };
     let tmp = TempDir::new("views");
-    let model = small_model(&tmp.0);
+    let model = small_model(&tmp);
     let m = model.to_str().unwrap();
     // Token text that would break a page that put it into markup.
     let prompt = "A </script><script>document.title='owned'</script> <img src=x onerror=alert(1)> & \"quotes\"";
 
-    let page = tmp.0.join("attention.html");
+    let page = tmp.join("attention.html");
     hooklens(&[
         "attention",
         "--model",
@@ -163,7 +163,7 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
         !html.contains("http://") && !html.contains("https://"),
         "the page must not load anything"
     );
-    let loaded = load(&chromium, &page, &tmp.0);
+    let loaded = load(&chromium, &page, &tmp);
     assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
     assert_eq!(
         body_attr(&loaded.dom, "data-ready").as_deref(),
@@ -190,7 +190,7 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
     );
 
     // Only the layers asked for.
-    let page1 = tmp.0.join("layer1.html");
+    let page1 = tmp.join("layer1.html");
     hooklens(&[
         "attention",
         "--model",
@@ -202,11 +202,11 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
         "--out",
         page1.to_str().unwrap(),
     ]);
-    let loaded = load(&chromium, &page1, &tmp.0);
+    let loaded = load(&chromium, &page1, &tmp);
     assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
     assert_eq!(body_attr(&loaded.dom, "data-patterns").as_deref(), Some("4"));
 
-    let lens = tmp.0.join("lens.html");
+    let lens = tmp.join("lens.html");
     hooklens(&[
         "logit-lens",
         "--model",
@@ -216,7 +216,7 @@ fn attention_and_logit_lens_pages_work_in_chromium() {
         "--out",
         lens.to_str().unwrap(),
     ]);
-    let loaded = load(&chromium, &lens, &tmp.0);
+    let loaded = load(&chromium, &lens, &tmp);
     assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
     assert_eq!(body_attr(&loaded.dom, "data-ready").as_deref(), Some("1"));
     assert_eq!(body_attr(&loaded.dom, "data-rows").as_deref(), Some("3"));

@@ -53,26 +53,7 @@ fn s(p: &Path) -> &str {
 
 /// The largest difference relative to the largest magnitude of `want`.
 fn rel_diff(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims());
-    let got = got.to_dtype(DType::F32).unwrap();
-    let want = want.to_dtype(DType::F32).unwrap();
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1e-12);
-    let diff = (got - want)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
+    max_abs_diff(got, want) / max_abs_diff(want, &want.zeros_like().unwrap()).max(1e-12)
 }
 
 /// A model directory with the tiny model and a byte-level BPE that fits it (512 ids).
@@ -100,7 +81,7 @@ fn cache_matches_transformer_lens_unprocessed_and_processed() {
         args.extend(flag);
         ok(hooklens(&args));
         let got = load(&out);
-        let want = load(&root().join(format!("testdata/tiny-gpt2/{reference}.safetensors")));
+        let want = load(root().join(format!("testdata/tiny-gpt2/{reference}.safetensors")));
         for name in [
             "blocks.0.hook_resid_post",
             "blocks.1.attn.hook_z",
@@ -117,10 +98,10 @@ fn cache_matches_transformer_lens_unprocessed_and_processed() {
         }
         assert_eq!(got["loss"].dims(), &[1]);
         assert_eq!(got["tokens"].dtype(), DType::I64);
-        let tokens = load(&tiny_tokens()).remove("tokens").unwrap();
+        let tokens = load(tiny_tokens()).remove("tokens").unwrap();
         assert_eq!(rel_diff(&got["tokens"], &tokens), 0.0);
     }
-    assert_eq!(std::fs::read_dir(&tmp.0).unwrap().count(), 2, "no temporary file left");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 2, "no temporary file left");
 }
 
 #[test]
@@ -141,14 +122,14 @@ fn cache_grads_match_transformer_lens() {
     ];
     ok(hooklens(&args));
     let got = load(&out);
-    let want = load(&root().join("testdata/tiny-gpt2/tl_grads.safetensors"));
+    let want = load(root().join("testdata/tiny-gpt2/tl_grads.safetensors"));
     assert_eq!(want.len(), 38);
     for (name, w) in &want {
         let g = got.get(name).unwrap_or_else(|| panic!("no {name}"));
         let d = rel_diff(g, w);
         assert!(d < 1e-3, "{name}: {d}");
     }
-    let reference = load(&root().join("testdata/tiny-gpt2/tl_unprocessed.safetensors"));
+    let reference = load(root().join("testdata/tiny-gpt2/tl_unprocessed.safetensors"));
     assert!(rel_diff(&got["loss"], &reference["loss"]) < 1e-4);
     assert!(rel_diff(&got["blocks.0.hook_resid_post"], &reference["blocks.0.hook_resid_post"]) < 1e-4);
 }
@@ -194,7 +175,7 @@ fn cache_names_pos_slice_and_batch_dim() {
 
     // A batch of one, without its batch axis.
     let one = tmp.path("one.safetensors");
-    let tokens = load(&tiny_tokens()).remove("tokens").unwrap().narrow(0, 1, 1).unwrap();
+    let tokens = load(tiny_tokens()).remove("tokens").unwrap().narrow(0, 1, 1).unwrap();
     candle_core::safetensors::save(&HashMap::from([("tokens".to_string(), tokens)]), &one).unwrap();
     ok(hooklens(&[
         "cache",
@@ -210,7 +191,7 @@ fn cache_names_pos_slice_and_batch_dim() {
     ]));
     let got = load(&out);
     assert_eq!(got["blocks.1.hook_resid_post"].dims(), &[10, 64]);
-    let want = load(&root().join("testdata/tiny-gpt2/tl_processed.safetensors"));
+    let want = load(root().join("testdata/tiny-gpt2/tl_processed.safetensors"));
     let want = want["blocks.1.hook_resid_post"].get(1).unwrap();
     assert!(rel_diff(&got["blocks.1.hook_resid_post"], &want) < 1e-4);
 }
@@ -490,7 +471,7 @@ fn hugging_face_ids_resolve_offline_from_the_cache() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(tiny_model().join(f), snap.join(f)).unwrap();
     }
-    let hf_home = tmp.0.clone();
+    let hf_home = tmp.to_path_buf();
     // HF_HOME/hub is the cache when HF_HUB_CACHE is not set.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hooklens"));
     cmd.args(["hooks", "--model", "gpt2", "--pos", "2"])

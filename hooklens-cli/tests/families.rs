@@ -8,35 +8,11 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use common::*;
+use hooklens_testutil::assert_close;
 
 const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
-
-/// The largest `|got - want|` (with `-inf` required exactly where `want` has it) and
-/// `want`'s largest finite magnitude.
-fn compare(name: &str, got: &Tensor, want: &Tensor) -> (f32, f32) {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let values = |t: &Tensor| {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let (g, w) = (values(got), values(want));
-    let (mut worst, mut scale) = (0f32, 0f32);
-    for (a, b) in g.iter().zip(&w) {
-        if b.is_infinite() || a.is_infinite() {
-            assert_eq!(a, b, "{name}: -inf where TransformerLens has it");
-        } else {
-            worst = worst.max((a - b).abs());
-            scale = scale.max(b.abs());
-        }
-    }
-    (worst, scale)
-}
 
 fn run(family: &str, extra: &[&str], out: &Path) -> HashMap<String, Tensor> {
     let dir = root().join("testdata").join(family);
@@ -64,13 +40,12 @@ fn cache_matches_transformer_lens_on_every_family() {
         for (flag, reference) in [(Some("--no-processing"), "tl_unprocessed"), (None, "tl_processed")] {
             let out = tmp.path(&format!("{family}-{reference}.safetensors"));
             let got = run(family, flag.as_slice(), &out);
-            let want = load(&root().join(format!("testdata/{family}/{reference}.safetensors")));
+            let want = load(root().join(format!("testdata/{family}/{reference}.safetensors")));
             for (name, w) in &want {
                 let g = got
                     .get(name)
                     .unwrap_or_else(|| panic!("{family} {reference}: no {name}"));
-                let (d, scale) = compare(name, g, w);
-                assert!(d <= 1e-4 * scale, "{family} {reference} {name}: {d}");
+                assert_close(&format!("{family} {reference} {name}"), g, w, 1e-4);
             }
         }
     }
@@ -82,7 +57,7 @@ fn cache_grads_match_transformer_lens_on_every_family() {
     for family in FAMILIES {
         let out = tmp.path(&format!("{family}.safetensors"));
         let got = run(family, &["--no-processing", "--grads"], &out);
-        let want = load(&root().join(format!("testdata/{family}/tl_grads.safetensors")));
+        let want = load(root().join(format!("testdata/{family}/tl_grads.safetensors")));
         for (name, w) in &want {
             let g = got.get(name).unwrap_or_else(|| panic!("{family}: no {name}"));
             // As in hooklens-models/tests/families.rs: a gradient that is a float
@@ -91,10 +66,10 @@ fn cache_grads_match_transformer_lens_on_every_family() {
             let layer = name.strip_prefix("blocks.").and_then(|r| r.split('.').next());
             let floor = layer.map_or(0.0, |l| {
                 let resid = &want[&format!("blocks.{l}.hook_resid_pre_grad")];
-                1e-3 * compare(name, resid, resid).1
+                1e-3 * max_abs_diff(resid, &resid.zeros_like().unwrap())
             });
-            let (d, own) = compare(name, g, w);
-            let scale = own.max(floor);
+            let d = max_abs_diff(g, w);
+            let scale = max_abs_diff(w, &w.zeros_like().unwrap()).max(floor);
             assert!(d <= 1e-3 * scale, "{family} {name}: {d} > 1e-3 * {scale}");
         }
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, IndexOp};
+use candle_core::{DType, IndexOp};
 use common::*;
 use hooklens::{CacheOptions, HookedModel};
 
@@ -220,8 +220,7 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
 
     // What the shards hold: BOS-first sequences and the activations of those tokens.
     let model = hooklens_models::HookedGpt2::from_pretrained(m, &hooklens_models::LoadOptions::default()).unwrap();
-    let shard =
-        candle_core::safetensors::load(out.join("00000-of-00001-shard-000000.safetensors"), &Device::Cpu).unwrap();
+    let shard = load(out.join("00000-of-00001-shard-000000.safetensors"));
     let tokens = &shard["tokens"];
     assert_eq!(tokens.dtype(), DType::I64);
     let (rows, ctx) = tokens.dims2().unwrap();
@@ -242,14 +241,7 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
     for name in ["blocks.0.hook_resid_post", "blocks.1.attn.hook_z"] {
         let got = shard[name].i(rows - 1).unwrap();
         let want = cache.try_get(name).unwrap().i(0).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{name}: {diff}");
     }
     assert_eq!(shard.len(), 4, "tokens, resid_post and two hook_z: {:?}", shard.keys());
@@ -290,8 +282,8 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
         .filter(|n| n.starts_with("00000-of-00002-shard-"))
         .collect();
     assert!(!w0.is_empty());
-    let t0 = candle_core::safetensors::load(split.join(&w0[0]), &Device::Cpu).unwrap();
-    let t1 = candle_core::safetensors::load(split.join(w0[0].replace("00000-of", "00001-of")), &Device::Cpu).unwrap();
+    let t0 = load(split.join(&w0[0]));
+    let t1 = load(split.join(w0[0].replace("00000-of", "00001-of")));
     assert_ne!(
         t0["tokens"].to_vec2::<i64>().unwrap(),
         t1["tokens"].to_vec2::<i64>().unwrap()

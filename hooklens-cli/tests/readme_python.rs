@@ -52,7 +52,7 @@ fn the_readme_python_snippet_reads_any_harvest() {
     let o = Command::new("python3")
         .arg("-c")
         .arg(readme_snippet())
-        .current_dir(&tmp.0)
+        .current_dir(tmp.path(""))
         .output()
         .expect("python3 runs");
     let stderr = String::from_utf8_lossy(&o.stderr);

@@ -174,7 +174,7 @@ fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
 #[test]
 fn attention_and_logit_lens_write_pages_and_tables() {
     let tmp = TempDir::new("views");
-    let model = small_model(&tmp.0);
+    let model = small_model(&tmp);
     let m = model.to_str().unwrap();
     let page = tmp.path("a.html");
     let p = page.to_str().unwrap();

@@ -313,13 +313,10 @@ mod tests {
         let back = ActivationCache::load(&path, &Device::Cpu).unwrap();
         assert_eq!(back.keys().collect::<Vec<_>>(), c.keys().collect::<Vec<_>>());
         assert!(back.has_batch_dim());
-        let diff = (back["hook_embed"].clone() - &c["hook_embed"])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            hooklens_testutil::max_abs_diff(&back["hook_embed"], &c["hook_embed"]),
+            0.0
+        );
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
         std::fs::write(&path, b"not safetensors").unwrap();
         assert!(matches!(

@@ -16,10 +16,17 @@ use crate::hook_point::BWD_ATTACHED;
 use crate::{run_frame, Error, Hook, HookPoint, Result};
 
 /// Whether a forward on this thread should take differentiable paths: a run here
-/// asked for gradients, or some hook point has backward hooks attached. Models check
-/// this to avoid fused kernels (softmax, layer norm) that have no backward in candle.
+/// asked for gradients, or the model whose forward is running here (see
+/// [`HookPoint::model_forward`]) has backward hooks attached as model state. Outside a
+/// forward that said which model it is, a backward hook on any model counts. Models
+/// check this to avoid fused kernels (softmax, layer norm) that have no backward in
+/// candle.
 pub fn grad_mode() -> bool {
-    run_frame::grads_wanted() || BWD_ATTACHED.load(Ordering::Acquire) > 0
+    run_frame::grads_wanted()
+        || match run_frame::model_bwd_hooks() {
+            Some(n) => n > 0,
+            None => BWD_ATTACHED.load(Ordering::Acquire) > 0,
+        }
 }
 
 /// Runs `f` with [`grad_mode`] on for this thread, e.g. to train a model's weights

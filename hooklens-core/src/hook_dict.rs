@@ -6,7 +6,9 @@ use std::marker::PhantomData;
 use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, Keys, NamesFilter, Result};
 
 /// The ordered map name -> hook point of one model (TransformerLens's `hook_dict`).
-/// Building it walks the model and names every point (TransformerLens's `setup()`).
+/// Building it walks the model and names every point (TransformerLens's `setup()`), and
+/// makes the points count their backward hooks together, as the model's (see
+/// [`HookPoint::model_forward`]).
 ///
 /// It reads as a Rust map: `dict["name"]`, [`get`](Self::get), [`keys`](Self::keys)
 /// (prints as a list), [`values`](Self::values), [`iter`](Self::iter) and
@@ -49,8 +51,13 @@ impl<'m> HookDict<'m> {
     pub fn build<M: Hooked + ?Sized>(model: &'m M) -> Self {
         let mut entries: Vec<(String, HookPoint)> = Vec::new();
         let mut path = HookPath::new();
+        // Every point named here, spliced ones included, counts its backward hooks in
+        // one count for the model (the first point's), which `grad_mode` reads.
+        let mut group = None;
         model.visit_hook_points(&mut path, &mut |name, point| {
+            let group = group.get_or_insert_with(|| point.bwd_group());
             point.set_name(name);
+            point.join_group(group);
             match point.splice() {
                 None => entries.push((name.to_string(), point.handle())),
                 Some(splice) => {
@@ -58,6 +65,7 @@ impl<'m> HookDict<'m> {
                     inner.push(name);
                     splice.visit_hook_points(&mut inner, &mut |name, point| {
                         point.set_name(name);
+                        point.join_group(group);
                         entries.push((name.to_string(), point.handle()));
                     });
                 }

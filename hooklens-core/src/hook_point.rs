@@ -44,7 +44,16 @@ struct Inner {
     /// The declared position axis (see [`HookPoint::with_position_axis`]), encoded:
     /// `UNDECLARED`, `NO_AXIS`, or the axis itself.
     pos_axis: AtomicI8,
+    /// The backward-hook count of the model this point belongs to, shared by all its
+    /// points (see [`BwdCount`]); the point's own until a hook dictionary takes it in.
+    group: RwLock<BwdCount>,
 }
+
+/// How many backward hooks are attached as model state to the points of one model:
+/// shared by every point its hook dictionary walked. [`crate::grad_mode`] reads it during
+/// that model's forward ([`HookPoint::model_forward`]), so a backward hook on one model
+/// leaves every other model on its fast path.
+pub(crate) type BwdCount = Arc<AtomicUsize>;
 
 /// `pos_axis` when the point declared nothing: the name decides.
 const UNDECLARED: i8 = i8::MIN;
@@ -53,13 +62,39 @@ const NO_AXIS: i8 = i8::MAX;
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        BWD_ATTACHED.fetch_sub(*self.n_bwd.get_mut(), Ordering::AcqRel);
+        let n = *self.n_bwd.get_mut();
+        BWD_ATTACHED.fetch_sub(n, Ordering::AcqRel);
+        let group = self.group.get_mut().unwrap_or_else(|e| e.into_inner());
+        group.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
-/// Model-state backward hooks attached anywhere in the process: when non-zero,
-/// models take their differentiable paths (see [`crate::grad_mode`]).
+/// Model-state backward hooks attached anywhere in the process. Only forwards that did
+/// not say which model they are (no [`HookPoint::model_forward`]) go by it: they cannot
+/// tell whose hooks these are, so any of them puts them on their differentiable paths.
 pub(crate) static BWD_ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Moves `count` from `old` to `new` (a count that went from `old` to `new`).
+fn adjust(counter: &AtomicUsize, old: usize, new: usize) {
+    if new > old {
+        counter.fetch_add(new - old, Ordering::AcqRel);
+    } else {
+        counter.fetch_sub(old - new, Ordering::AcqRel);
+    }
+}
+
+/// Makes `grad_mode` answer for one model on this thread until dropped: see
+/// [`HookPoint::model_forward`]. Dropped on the thread that made it (it is not `Send`).
+#[must_use = "the model's forward lasts as long as the guard"]
+pub struct ModelForward {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for ModelForward {
+    fn drop(&mut self) {
+        run_frame::pop_model();
+    }
+}
 
 impl Default for HookPoint {
     fn default() -> Self {
@@ -103,6 +138,7 @@ impl HookPoint {
                 n_splices: AtomicUsize::new(0),
                 ctx: Mutex::new(HashMap::new()),
                 pos_axis: AtomicI8::new(UNDECLARED),
+                group: RwLock::new(Arc::new(AtomicUsize::new(0))),
             }),
         }
     }
@@ -174,6 +210,43 @@ impl HookPoint {
     /// is a bare `HookPoint` is named `""`, and named all the same).
     pub fn is_named(&self) -> bool {
         self.inner.named.load(Ordering::Acquire)
+    }
+
+    /// The backward-hook count of the model this point belongs to.
+    pub(crate) fn bwd_group(&self) -> BwdCount {
+        read(&self.inner.group).clone()
+    }
+
+    /// Makes this point count its backward hooks in `group` (the hook dictionary's, so
+    /// that all points of one model share one count), moving those already attached. A
+    /// point walked by two models' dictionaries counts for the one that walked it last,
+    /// as its name is the one that model gave it.
+    pub(crate) fn join_group(&self, group: &BwdCount) {
+        if Arc::ptr_eq(&read(&self.inner.group), group) {
+            return;
+        }
+        // Under the backward list's lock, as every change of `n_bwd` is: none can land
+        // between reading the count and moving it.
+        let _bwd = write(&self.inner.bwd);
+        let mut mine = write(&self.inner.group);
+        let n = self.inner.n_bwd.load(Ordering::Acquire);
+        mine.fetch_sub(n, Ordering::AcqRel);
+        group.fetch_add(n, Ordering::AcqRel);
+        *mine = group.clone();
+    }
+
+    /// Declares that this thread runs the forward of the model this point belongs to,
+    /// until the returned guard drops: [`crate::grad_mode`] then counts only that model's
+    /// backward hooks (those attached to the points its hook dictionary names), not every
+    /// model's in the process. A model calls it on any of its points (hooklens's
+    /// `HookedTransformer` does, on `hook_embed`) at the start of each forward; nested
+    /// forwards (a spliced module's, another model's inside a hook) each answer for
+    /// their own model while they run.
+    pub fn model_forward(&self) -> ModelForward {
+        run_frame::push_model(self.bwd_group());
+        ModelForward {
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// The layer this point is in: `N` from the `blocks.N.` segment of its name.
@@ -406,11 +479,8 @@ impl HookPoint {
             Direction::Fwd => self.inner.n_fwd.store(len, Ordering::Release),
             _ => {
                 let old = self.inner.n_bwd.swap(len, Ordering::AcqRel);
-                if len > old {
-                    BWD_ATTACHED.fetch_add(len - old, Ordering::AcqRel);
-                } else {
-                    BWD_ATTACHED.fetch_sub(old - len, Ordering::AcqRel);
-                }
+                adjust(&BWD_ATTACHED, old, len);
+                adjust(&read(&self.inner.group), old, len);
             }
         }
     }

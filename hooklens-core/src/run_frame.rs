@@ -10,8 +10,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::hook_point::BwdCount;
 use crate::{Direction, Hook, Splice};
 
 /// The hooks of one run: hook point id -> hooks in the order they run.
@@ -27,6 +29,9 @@ pub(crate) struct RunFrame {
 
 thread_local! {
     static FRAMES: RefCell<Vec<Rc<RunFrame>>> = const { RefCell::new(Vec::new()) };
+    /// The backward-hook counts of the models whose forwards run on this thread,
+    /// innermost last (see `HookPoint::model_forward`).
+    static MODELS: RefCell<Vec<BwdCount>> = const { RefCell::new(Vec::new()) };
     static DEPTH: Cell<usize> = const { Cell::new(0) };
     static GRAD_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
@@ -34,6 +39,22 @@ thread_local! {
 /// Whether a run on this thread wants gradients.
 pub(crate) fn grads_wanted() -> bool {
     GRAD_DEPTH.with(|d| d.get() > 0)
+}
+
+/// The model-state backward hooks of the innermost model forward on this thread, or
+/// `None` outside any.
+pub(crate) fn model_bwd_hooks() -> Option<usize> {
+    MODELS.with(|m| m.borrow().last().map(|count| count.load(Ordering::Acquire)))
+}
+
+pub(crate) fn push_model(count: BwdCount) {
+    MODELS.with(|m| m.borrow_mut().push(count));
+}
+
+pub(crate) fn pop_model() {
+    MODELS.with(|m| {
+        m.borrow_mut().pop();
+    });
 }
 
 /// Whether any run frame is active on this thread: the hot-path check.

@@ -11,8 +11,6 @@ pub mod loading;
 pub mod model;
 pub(crate) mod ops;
 pub mod sae;
-#[cfg(test)]
-mod tensor_diff;
 pub mod tokenizer;
 #[cfg(feature = "viz")]
 pub mod viz;

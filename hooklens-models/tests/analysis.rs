@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor, D};
+use candle_core::{Device, IndexOp, Tensor, D};
 use common::*;
 use hooklens_core::{ActivationCache, CacheOptions, HookedModel, Slice};
 use hooklens_models::analysis::{
@@ -19,29 +19,12 @@ fn run(model: &HookedGpt2, tokens: &Tensor) -> (Tensor, ActivationCache) {
         .unwrap()
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    if a.elem_count() == 0 {
-        return 0.0;
-    }
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn assert_eq_t(a: &Tensor, b: &Tensor) {
-    assert_eq!(max_diff(a, b), 0.0);
+    assert_eq!(max_abs_diff(a, b), 0.0);
 }
 
 fn assert_near(a: &Tensor, b: &Tensor, tol: f32) {
-    let d = max_diff(a, b);
+    let d = max_abs_diff(a, b);
     assert!(d <= tol, "max difference {d} > {tol}");
 }
 

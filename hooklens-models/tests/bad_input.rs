@@ -120,7 +120,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
             Err(e) => e.to_string(),
             Ok(cfg) => {
                 // Parsing may accept it; loading the fixture's tensors with it must not.
-                let dir = temp_dir(&format!("huge-{field}"));
+                let dir = TempDir::new(&format!("huge-{field}"));
                 std::fs::write(dir.join("config.json"), &text).unwrap();
                 std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
                 let _ = cfg;
@@ -136,7 +136,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
     }
     // A billion layers over a two-layer checkpoint: an error naming the missing layer,
     // without first reserving room for a billion.
-    let dir = temp_dir("huge-n-layer");
+    let dir = TempDir::new("huge-n-layer");
     std::fs::write(dir.join("config.json"), config_with("n_layer", Some("1000000000000"))).unwrap();
     std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     let err = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing())
@@ -147,7 +147,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
     let mut cfg = Gpt2Config::new(2, 64, 4, 512, 64);
     cfg.d_mlp = usize::MAX;
     assert!(cfg.validate().is_err());
-    let weights = candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let weights = hooklens_testutil::load_tensors(model_dir().join("model.safetensors"));
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
     assert!(HookedGpt2::load(vb, &cfg).is_err());
 }
@@ -155,7 +155,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
 /// safetensors files broken in the ways a download or a disk breaks them.
 #[test]
 fn malformed_checkpoints_are_errors_naming_the_file() {
-    let dir = temp_dir("malformed");
+    let dir = TempDir::new("malformed");
     std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
     let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -181,7 +181,7 @@ fn malformed_checkpoints_are_errors_naming_the_file() {
         }
     }
     // Tensors of dtypes a weight cannot have, and a checkpoint of another model.
-    let mut tensors = candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors = hooklens_testutil::load_tensors(model_dir().join("model.safetensors"));
     for dtype in [DType::U8, DType::U32] {
         let mut t = tensors.clone();
         let w = t["transformer.h.1.ln_2.bias"].to_dtype(dtype).unwrap();
@@ -380,7 +380,7 @@ fn patching_with_bad_tokens_or_setters_is_an_error() {
 /// A checkpoint written where it cannot be: an error naming the path.
 #[test]
 fn saving_a_checkpoint_to_an_unwritable_path_is_an_error() {
-    let dir = temp_dir("unwritable-checkpoint");
+    let dir = TempDir::new("unwritable-checkpoint");
     let file = dir.join("file");
     std::fs::write(&file, b"x").unwrap();
     let cfg = Gpt2Config::new(1, 8, 2, 16, 4);

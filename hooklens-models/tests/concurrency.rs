@@ -58,7 +58,7 @@ fn run_once(model: &HookedGpt2, t: usize, run: usize) -> Run {
 
 fn assert_same(got: &Run, want: &Run, what: &str) {
     assert_eq!(
-        max_diff(&got.0, &want.0),
+        max_abs_diff(&got.0, &want.0),
         0.0,
         "{what}: logits differ from the run alone"
     );
@@ -66,7 +66,7 @@ fn assert_same(got: &Run, want: &Run, what: &str) {
     assert_eq!(names(got), names(want), "{what}: the cache holds other entries");
     for ((name, a), (_, b)) in got.1.iter().zip(&want.1) {
         assert_eq!(a.dims(), b.dims(), "{what}: {name}");
-        assert_eq!(max_diff(a, b), 0.0, "{what}: {name} holds another run's activation");
+        assert_eq!(max_abs_diff(a, b), 0.0, "{what}: {name} holds another run's activation");
     }
 }
 
@@ -79,7 +79,7 @@ fn eight_threads_with_their_own_hooks_and_caches_each_get_their_run_alone() {
         .map(|t| [run_once(&model, t, 0), run_once(&model, t, 1)])
         .collect();
     // Different marks make different activations: a mix-up cannot go unnoticed.
-    assert!(max_diff(&alone[0][0].0, &alone[1][0].0) > 0.0);
+    assert!(max_abs_diff(&alone[0][0].0, &alone[1][0].0) > 0.0);
     let alone = Arc::new(alone);
     let barrier = Arc::new(Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
@@ -127,7 +127,7 @@ fn permanent_hooks_added_from_one_thread_are_seen_by_all() {
         .unwrap();
     }
     let ablated = model.forward(&toks).unwrap();
-    assert!(max_diff(&plain, &ablated) > 0.0);
+    assert!(max_abs_diff(&plain, &ablated) > 0.0);
     let barrier = Arc::new(Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -135,7 +135,11 @@ fn permanent_hooks_added_from_one_thread_are_seen_by_all() {
             std::thread::spawn(move || {
                 barrier.wait();
                 for _ in 0..20 {
-                    assert_eq!(max_diff(&model.forward(&toks).unwrap(), &ablated), 0.0, "thread {t}");
+                    assert_eq!(
+                        max_abs_diff(&model.forward(&toks).unwrap(), &ablated),
+                        0.0,
+                        "thread {t}"
+                    );
                     let (_, cache) = model
                         .run_with_cache(CacheOptions::new().names("blocks.0.hook_mlp_out"), |m| m.forward(&toks))
                         .unwrap();
@@ -159,7 +163,7 @@ fn permanent_hooks_added_from_one_thread_are_seen_by_all() {
             .join()
             .unwrap();
     }
-    assert_eq!(max_diff(&model.forward(&toks).unwrap(), &plain), 0.0);
+    assert_eq!(max_abs_diff(&model.forward(&toks).unwrap(), &plain), 0.0);
 }
 
 /// Eight threads saving different caches to one path at the same time: whichever
@@ -168,7 +172,7 @@ fn permanent_hooks_added_from_one_thread_are_seen_by_all() {
 #[test]
 fn caches_saved_to_one_path_from_many_threads_are_each_whole() {
     let model = Arc::new(raw_model());
-    let dir = temp_dir("concurrent-saves");
+    let dir = TempDir::new("concurrent-saves");
     let path = Arc::new(dir.join("cache.safetensors"));
     let caches: Vec<ActivationCache> = (0..THREADS)
         .map(|t| {
@@ -197,11 +201,11 @@ fn caches_saved_to_one_path_from_many_threads_are_each_whole() {
         let back = ActivationCache::load(&*path, &Device::Cpu).unwrap();
         let embed = &back["hook_embed"];
         let writer = (0..THREADS)
-            .find(|&t| max_diff(&caches[t]["hook_embed"], embed) == 0.0)
+            .find(|&t| max_abs_diff(&caches[t]["hook_embed"], embed) == 0.0)
             .unwrap_or_else(|| panic!("round {round}: the file is no thread's cache"));
         for (name, t) in caches[writer].iter() {
             assert_eq!(
-                max_diff(t, &back[name]),
+                max_abs_diff(t, &back[name]),
                 0.0,
                 "round {round}: {name} is not thread {writer}'s"
             );

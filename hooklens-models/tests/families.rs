@@ -6,33 +6,36 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use common::assert_close;
+use candle_core::Tensor;
+use common::{assert_close, on_test_device, parity_tol};
 use hooklens_core::{CacheOptions, HookSet, HookedModel};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 
 const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
 
 fn dir(family: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata").join(family)
+    hooklens_testutil::testdata().join(family)
 }
 
 fn load_ref(family: &str, file: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(dir(family).join(file), &Device::Cpu).unwrap()
+    hooklens_testutil::reference(family, file)
 }
 
 fn tokens(family: &str) -> Tensor {
-    load_ref(family, "tokens.safetensors").remove("tokens").unwrap()
+    hooklens_testutil::reference_tokens(family)
 }
 
+/// The family's reference model with `opts`, on the test device (`HOOKLENS_TEST_DEVICE`).
 fn model(family: &str, opts: &LoadOptions) -> HookedTransformer {
-    HookedTransformer::from_dir(dir(family).join("model"), opts).unwrap_or_else(|e| panic!("{family}: {e}"))
+    HookedTransformer::from_dir(dir(family).join("model"), &on_test_device(opts.clone()))
+        .unwrap_or_else(|e| panic!("{family}: {e}"))
 }
 
 fn check_run(family: &str, m: &HookedTransformer, file: &str) {
     let what = format!("{family}/{file}");
+    let tol = parity_tol(1e-4);
     let reference = load_ref(family, file);
     let tokens = tokens(family);
     let (logits, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
@@ -46,14 +49,14 @@ fn check_run(family: &str, m: &HookedTransformer, file: &str) {
     ours.sort();
     assert_eq!(ours, theirs, "{what}: the same hooks fire");
     for name in &theirs {
-        assert_close(&format!("{what}: {name}"), &cache[*name], &reference[*name], 1e-4);
+        assert_close(&format!("{what}: {name}"), &cache[*name], &reference[*name], tol);
     }
-    assert_close(&format!("{what}: logits"), &logits, &reference["logits"], 1e-4);
+    assert_close(&format!("{what}: logits"), &logits, &reference["logits"], tol);
     let out = m
         .forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Both))
         .unwrap();
     let loss = out.loss.unwrap().reshape(1).unwrap();
-    assert_close(&format!("{what}: loss"), &loss, &reference["loss"], 1e-4);
+    assert_close(&format!("{what}: loss"), &loss, &reference["loss"], tol);
     let per_token = m
         .forward_with(
             &tokens,
@@ -64,7 +67,7 @@ fn check_run(family: &str, m: &HookedTransformer, file: &str) {
         &format!("{what}: loss_per_token"),
         per_token.loss.as_ref().unwrap(),
         &reference["loss_per_token"],
-        1e-4,
+        tol,
     );
 }
 
@@ -131,23 +134,24 @@ fn every_hook_gradient_matches_transformer_lens() {
             // records) independent of ln1's scale up to eps, so `ln1.hook_scale_grad` is
             // ~1e-6 there against ~0.5 at `hook_resid_pre`. Every other tensor is
             // checked against its own largest magnitude.
-            let own = common::max_diff(want, &want.zeros_like().unwrap());
+            let tol = parity_tol(1e-3);
+            let own = common::max_abs_diff(want, &want.zeros_like().unwrap());
             let layer = name.strip_prefix("blocks.").and_then(|r| r.split('.').next());
             let floor = layer
                 .map(|l| {
                     let r = &reference[&format!("blocks.{l}.hook_resid_pre_grad")];
-                    1e-3 * common::max_diff(r, &r.zeros_like().unwrap())
+                    1e-3 * common::max_abs_diff(r, &r.zeros_like().unwrap())
                 })
                 .unwrap_or(0.0);
             if own < floor {
-                let diff = common::max_diff(got, want);
+                let diff = common::max_abs_diff(got, want);
                 assert!(
-                    diff <= 1e-3 * floor,
-                    "{family}: {name}: max abs diff {diff} > 1e-3 * {floor}"
+                    diff <= tol * floor,
+                    "{family}: {name}: max abs diff {diff} > {tol} * {floor}"
                 );
                 continue;
             }
-            assert_close(&format!("{family}: {name}"), got, want, 1e-3);
+            assert_close(&format!("{family}: {name}"), got, want, tol);
         }
     }
 }
@@ -168,7 +172,7 @@ fn pos_slice_finds_each_points_position_axis() {
     ] {
         let want = full[name].narrow(1, 9, 1).unwrap().squeeze(1).unwrap();
         assert_eq!(last[name].dims(), want.dims(), "{name}");
-        assert_eq!(common::max_diff(&last[name], &want), 0.0, "{name}");
+        assert_eq!(common::max_abs_diff(&last[name], &want), 0.0, "{name}");
     }
     assert_eq!(last["blocks.0.hook_resid_pre"].dims(), [2, 64]);
     // The q/k norms' rows are flattened over batch, positions and heads: left whole.

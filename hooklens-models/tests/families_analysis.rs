@@ -13,7 +13,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::{DType, IndexOp, Tensor, D};
-use common::max_diff;
+use common::max_abs_diff;
 use hooklens_core::{CacheOptions, HookedModel, Slice};
 use hooklens_models::analysis::patching::Patching;
 use hooklens_models::analysis::{
@@ -32,20 +32,13 @@ fn model(family: &str) -> HookedTransformer {
 }
 
 fn tokens(family: &str) -> Tensor {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(family)
-        .join("tokens.safetensors");
-    candle_core::safetensors::load(path, &candle_core::Device::Cpu)
-        .unwrap()
-        .remove("tokens")
-        .unwrap()
+    hooklens_testutil::reference_tokens(family)
         .to_dtype(DType::U32)
         .unwrap()
 }
 
 fn scale_of(t: &Tensor) -> f32 {
-    max_diff(t, &t.zeros_like().unwrap())
+    max_abs_diff(t, &t.zeros_like().unwrap())
 }
 
 #[test]
@@ -64,7 +57,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
         let total = parts.stack.sum(0).unwrap();
         let final_resid = a.get_by_name(&format!("blocks.{}.hook_resid_post", n - 1)).unwrap();
         assert!(
-            max_diff(&total, final_resid) < 1e-4 * scale_of(final_resid),
+            max_abs_diff(&total, final_resid) < 1e-4 * scale_of(final_resid),
             "{family}: decompose_resid sums to the residual"
         );
 
@@ -94,7 +87,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
         let want = (last - b_u).unwrap();
         if !soft_capped {
             assert!(
-                max_diff(&summed, &want) < 1e-4 * scale_of(&logits),
+                max_abs_diff(&summed, &want) < 1e-4 * scale_of(&logits),
                 "{family}: logit attributions add up: {} vs {}",
                 summed,
                 want
@@ -115,7 +108,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
                 .unwrap();
             let want = logits.i((.., logits.dim(1).unwrap() - 1)).unwrap();
             assert!(
-                max_diff(&unembedded, &want) < 1e-4 * scale_of(&want),
+                max_abs_diff(&unembedded, &want) < 1e-4 * scale_of(&want),
                 "{family}: the logit lens's last layer is the logits"
             );
         }
@@ -137,7 +130,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
                 let got = sum.broadcast_add(&b_o).unwrap();
                 let want = a.get_by_name(&format!("blocks.{l}.hook_attn_out")).unwrap();
                 assert!(
-                    max_diff(&got, want) < 1e-4 * scale_of(want),
+                    max_abs_diff(&got, want) < 1e-4 * scale_of(want),
                     "{family}: heads of layer {l}"
                 );
             }
@@ -169,13 +162,19 @@ fn circuits_read_the_right_key_value_heads() {
         for l in 0..cfg.n_layers {
             for head in 0..h {
                 let first = (head / group) * group;
-                assert_eq!(max_diff(&w_k.i((l, head)).unwrap(), &w_k.i((l, first)).unwrap()), 0.0);
-                assert_eq!(max_diff(&w_v.i((l, head)).unwrap(), &w_v.i((l, first)).unwrap()), 0.0);
+                assert_eq!(
+                    max_abs_diff(&w_k.i((l, head)).unwrap(), &w_k.i((l, first)).unwrap()),
+                    0.0
+                );
+                assert_eq!(
+                    max_abs_diff(&w_v.i((l, head)).unwrap(), &w_v.i((l, first)).unwrap()),
+                    0.0
+                );
             }
         }
         let ov = m.ov_circuit().unwrap();
         let dense = w_v.matmul(&m.w_o().unwrap()).unwrap();
-        assert!(max_diff(&ov.ab().unwrap(), &dense) < 1e-5, "{family}: OV");
+        assert!(max_abs_diff(&ov.ab().unwrap(), &dense) < 1e-5, "{family}: OV");
         let qk = m.qk_circuit().unwrap();
         assert_eq!(qk.shape(), [cfg.n_layers, h, cfg.d_model, cfg.d_model], "{family}: QK");
         let scores = m.all_composition_scores(CompositionMode::Q).unwrap();

@@ -11,7 +11,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, D};
-use common::{max_diff, temp_dir};
+use common::{max_abs_diff, TempDir};
 use hooklens_core::{CacheOptions, HookedModel};
 use hooklens_models::convert::{synthetic_checkpoint, write_checkpoint};
 use hooklens_models::{ForwardOptions, GenerateOptions, HookedTransformer, KvCache, LoadOptions};
@@ -123,7 +123,7 @@ fn log_probs(t: &Tensor) -> Tensor {
 fn sharded_and_bf16_checkpoints_load_to_the_same_model() {
     for (i, (name, config)) in variants().into_iter().enumerate() {
         let weights = synthetic_checkpoint(&config, i as u64).unwrap();
-        let root = temp_dir(&format!("synthetic-files-{i}"));
+        let root = TempDir::new(&format!("synthetic-files-{i}"));
         write_checkpoint(root.join("single"), &config, &weights, DType::F32, 1).unwrap();
         write_checkpoint(root.join("sharded"), &config, &weights, DType::F32, 3).unwrap();
         write_checkpoint(root.join("bf16"), &config, &weights, DType::BF16, 2).unwrap();
@@ -143,21 +143,21 @@ fn sharded_and_bf16_checkpoints_load_to_the_same_model() {
         let tokens = prompt(&single, 2, 9, 1);
         let want = single.forward(&tokens).unwrap();
         let sharded = load(&root.join("sharded"), &opts).forward(&tokens).unwrap();
-        assert_eq!(max_diff(&sharded, &want), 0.0, "{name}: sharded");
+        assert_eq!(max_abs_diff(&sharded, &want), 0.0, "{name}: sharded");
         let bf16 = load(&root.join("bf16"), &opts).forward(&tokens).unwrap();
         let rounded = load(&root.join("rounded"), &opts).forward(&tokens).unwrap();
         assert_eq!(
-            max_diff(&bf16, &rounded),
+            max_abs_diff(&bf16, &rounded),
             0.0,
             "{name}: a bf16 file is its values in f32"
         );
-        assert!(max_diff(&bf16, &want) > 0.0, "{name}: the bf16 file was rounded");
+        assert!(max_abs_diff(&bf16, &want) > 0.0, "{name}: the bf16 file was rounded");
         // Kept in bf16 on request.
         let in_bf16 = load(&root.join("bf16"), &opts.clone().with_dtype(DType::BF16));
         assert_eq!(in_bf16.dtype(), DType::BF16);
         let got = in_bf16.forward(&tokens).unwrap().to_dtype(DType::F32).unwrap();
-        let scale = max_diff(&want, &want.zeros_like().unwrap());
-        assert!(max_diff(&got, &want) < 0.1 * scale, "{name}: bf16 compute");
+        let scale = max_abs_diff(&want, &want.zeros_like().unwrap());
+        assert!(max_abs_diff(&got, &want) < 0.1 * scale, "{name}: bf16 compute");
     }
 }
 
@@ -165,7 +165,7 @@ fn sharded_and_bf16_checkpoints_load_to_the_same_model() {
 fn processing_keeps_log_probs_and_hooks_fire_as_registered() {
     for (i, (name, config)) in variants().into_iter().enumerate() {
         let weights = synthetic_checkpoint(&config, 10 + i as u64).unwrap();
-        let dir = temp_dir(&format!("synthetic-proc-{i}"));
+        let dir = TempDir::new(&format!("synthetic-proc-{i}"));
         write_checkpoint(&dir, &config, &weights, DType::F32, 1).unwrap();
         let raw = load(&dir, &LoadOptions::no_processing());
         let processed = load(&dir, &LoadOptions::default());
@@ -173,8 +173,12 @@ fn processing_keeps_log_probs_and_hooks_fire_as_registered() {
         let (a, cache) = raw.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
         let b = processed.forward(&tokens).unwrap();
         let (la, lb) = (log_probs(&a), log_probs(&b));
-        let scale = max_diff(&la, &la.zeros_like().unwrap());
-        assert!(max_diff(&la, &lb) < 1e-4 * scale, "{name}: {}", max_diff(&la, &lb));
+        let scale = max_abs_diff(&la, &la.zeros_like().unwrap());
+        assert!(
+            max_abs_diff(&la, &lb) < 1e-4 * scale,
+            "{name}: {}",
+            max_abs_diff(&la, &lb)
+        );
         let mut fired: Vec<&str> = cache.keys().collect();
         let names = raw.hook_names();
         let mut registered: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -188,7 +192,7 @@ fn processing_keeps_log_probs_and_hooks_fire_as_registered() {
 fn kv_cache_and_padding_equal_recomputing() {
     for (i, (name, config)) in variants().into_iter().enumerate() {
         let weights = synthetic_checkpoint(&config, 20 + i as u64).unwrap();
-        let dir = temp_dir(&format!("synthetic-kv-{i}"));
+        let dir = TempDir::new(&format!("synthetic-kv-{i}"));
         write_checkpoint(&dir, &config, &weights, DType::F32, 1).unwrap();
         for opts in [LoadOptions::no_processing(), LoadOptions::default()] {
             let m = load(&dir, &opts);
@@ -202,8 +206,8 @@ fn kv_cache_and_padding_equal_recomputing() {
                 parts.push(out.logits.unwrap());
             }
             let cached = Tensor::cat(&parts, 1).unwrap();
-            let scale = max_diff(&full, &full.zeros_like().unwrap());
-            assert!(max_diff(&cached, &full) < 1e-4 * scale, "{name}: kv cache");
+            let scale = max_abs_diff(&full, &full.zeros_like().unwrap());
+            assert!(max_abs_diff(&cached, &full) < 1e-4 * scale, "{name}: kv cache");
 
             // Row 1 left-padded by 3: its real positions are the unpadded sequence's.
             let short = tokens.get(1).unwrap().narrow(0, 0, 9).unwrap();
@@ -218,11 +222,11 @@ fn kv_cache_and_padding_equal_recomputing() {
             let alone = m.forward(&short.unsqueeze(0).unwrap()).unwrap();
             let got = out.get(1).unwrap().narrow(0, 3, 9).unwrap();
             assert!(
-                max_diff(&got, &alone.squeeze(0).unwrap()) < 1e-4 * scale,
+                max_abs_diff(&got, &alone.squeeze(0).unwrap()) < 1e-4 * scale,
                 "{name}: left padding"
             );
             assert!(
-                max_diff(&out.get(0).unwrap(), &full.get(0).unwrap()) < 1e-4 * scale,
+                max_abs_diff(&out.get(0).unwrap(), &full.get(0).unwrap()) < 1e-4 * scale,
                 "{name}: unpadded row"
             );
 

@@ -42,16 +42,16 @@ fn assert_healthy(model: &HookedGpt2, before: &Baseline, after_what: &str) {
     );
     let now = baseline(model);
     assert_eq!(
-        max_diff(&now.logits, &before.logits),
+        max_abs_diff(&now.logits, &before.logits),
         0.0,
         "{after_what}: logits changed"
     );
     assert_eq!(now.cache.len(), before.cache.len(), "{after_what}");
     for ((name, a), (_, b)) in now.cache.iter().zip(&before.cache) {
-        assert_eq!(max_diff(a, b), 0.0, "{after_what}: {name} changed");
+        assert_eq!(max_abs_diff(a, b), 0.0, "{after_what}: {name} changed");
     }
     assert_eq!(
-        max_diff(&now.generated, &before.generated),
+        max_abs_diff(&now.generated, &before.generated),
         0.0,
         "{after_what}: generation changed"
     );

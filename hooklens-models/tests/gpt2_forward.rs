@@ -56,7 +56,7 @@ fn padded_batches_give_each_prompt_its_own_logits() {
                 let alone = model.forward(&ids(prompt)).unwrap().squeeze(0).unwrap();
                 let start = if left { len - prompt.len() } else { 0 };
                 let got = out.get(row).unwrap().narrow(0, start, prompt.len()).unwrap();
-                assert!(max_diff(&got, &alone) < 1e-4, "left={left} row {row}");
+                assert!(max_abs_diff(&got, &alone) < 1e-4, "left={left} row {row}");
             }
             // Pad query rows attend nothing: their pattern rows are zero, not NaN.
             let (_, cache) = model
@@ -96,7 +96,7 @@ fn loss_with_a_mask_ignores_padding() {
         .unwrap();
     let pad = A.len() - B.len();
     let row = per_token.get(1).unwrap();
-    assert!(max_diff(&row.narrow(0, pad, B.len() - 1).unwrap(), &alone.squeeze(0).unwrap()) < 1e-4);
+    assert!(max_abs_diff(&row.narrow(0, pad, B.len() - 1).unwrap(), &alone.squeeze(0).unwrap()) < 1e-4);
     assert_eq!(
         row.narrow(0, 0, pad)
             .unwrap()
@@ -122,14 +122,14 @@ fn start_and_stop_at_layer_split_the_forward() {
         .unwrap()
         .residual
         .unwrap();
-    assert_eq!(max_diff(&resid, cache.get("blocks.1.hook_resid_pre").unwrap()), 0.0);
+    assert_eq!(max_abs_diff(&resid, cache.get("blocks.1.hook_resid_pre").unwrap()), 0.0);
     let zero = model
         .forward_with(&tokens, &ForwardOptions::new().stop_at_layer(0))
         .unwrap()
         .residual
         .unwrap();
     let embed = (cache.get("hook_embed").unwrap() + cache.get("hook_pos_embed").unwrap()).unwrap();
-    assert_eq!(max_diff(&zero, &embed), 0.0);
+    assert_eq!(max_abs_diff(&zero, &embed), 0.0);
     let out = model
         .forward_with(
             &resid,
@@ -139,7 +139,7 @@ fn start_and_stop_at_layer_split_the_forward() {
                 .tokens(tokens.clone()),
         )
         .unwrap();
-    assert_eq!(max_diff(out.logits.as_ref().unwrap(), &logits), 0.0);
+    assert_eq!(max_abs_diff(out.logits.as_ref().unwrap(), &logits), 0.0);
     let reference = load_ref("tl_processed.safetensors");
     assert_close(
         "loss from layer 1",
@@ -153,7 +153,7 @@ fn start_and_stop_at_layer_split_the_forward() {
         .unwrap()
         .residual
         .unwrap();
-    assert_eq!(max_diff(&neg, &resid), 0.0);
+    assert_eq!(max_abs_diff(&neg, &resid), 0.0);
     assert!(model
         .forward_with(&tokens, &ForwardOptions::new().stop_at_layer(3))
         .is_err());
@@ -192,7 +192,7 @@ fn kv_cached_logits_equal_a_full_recompute() {
             assert_eq!(cache.len(), start + len);
         }
         let cached = Tensor::cat(&parts, 1).unwrap();
-        assert!(max_diff(&cached, &full) < 1e-4, "{}", max_diff(&cached, &full));
+        assert!(max_abs_diff(&cached, &full) < 1e-4, "{}", max_abs_diff(&cached, &full));
         assert_eq!(cache.keys(0).unwrap().dims(), [2, 10, 4, 16]);
         // A wrong batch size or too many positions is an error.
         assert!(model
@@ -235,7 +235,7 @@ fn kv_cache_with_left_padding_matches_recompute() {
         let start = A.len() - prompt.len();
         let a = cached.get(row).unwrap().narrow(0, start, prompt.len()).unwrap();
         let b = full.get(row).unwrap().narrow(0, start, prompt.len()).unwrap();
-        assert!(max_diff(&a, &b) < 1e-4);
+        assert!(max_abs_diff(&a, &b) < 1e-4);
     }
 }
 
@@ -254,7 +254,7 @@ fn generation_is_deterministic_and_kv_cache_agrees() {
         .unwrap();
     assert_eq!(greedy.dims(), [2, 18]);
     assert_eq!(greedy.dtype(), DType::I64, "the input's dtype comes back");
-    assert_eq!(max_diff(&greedy.narrow(1, 0, 10).unwrap(), &prompt), 0.0);
+    assert_eq!(max_abs_diff(&greedy.narrow(1, 0, 10).unwrap(), &prompt), 0.0);
     // Greedy tokens are the argmax of a full recompute at every step.
     let logits = model.forward(&greedy.narrow(1, 0, 17).unwrap()).unwrap();
     let argmax = logits
@@ -264,7 +264,7 @@ fn generation_is_deterministic_and_kv_cache_agrees() {
         .unwrap()
         .to_dtype(DType::I64)
         .unwrap();
-    assert_eq!(max_diff(&argmax, &greedy.narrow(1, 10, 8).unwrap()), 0.0);
+    assert_eq!(max_abs_diff(&argmax, &greedy.narrow(1, 10, 8).unwrap()), 0.0);
     let no_cache = model
         .generate(
             &prompt,
@@ -275,7 +275,7 @@ fn generation_is_deterministic_and_kv_cache_agrees() {
             },
         )
         .unwrap();
-    assert_eq!(max_diff(&no_cache, &greedy), 0.0);
+    assert_eq!(max_abs_diff(&no_cache, &greedy), 0.0);
 
     let opts = GenerateOptions {
         top_k: Some(20),
@@ -286,7 +286,7 @@ fn generation_is_deterministic_and_kv_cache_agrees() {
     };
     let a = model.generate(&prompt, &opts).unwrap();
     let b = model.generate(&prompt, &opts).unwrap();
-    assert_eq!(max_diff(&a, &b), 0.0, "same seed, same tokens");
+    assert_eq!(max_abs_diff(&a, &b), 0.0, "same seed, same tokens");
     let c = model
         .generate(
             &prompt,
@@ -296,9 +296,9 @@ fn generation_is_deterministic_and_kv_cache_agrees() {
             },
         )
         .unwrap();
-    assert_eq!(max_diff(&a, &c), 0.0, "the KV cache does not change sampling");
+    assert_eq!(max_abs_diff(&a, &c), 0.0, "the KV cache does not change sampling");
     let d = model.generate(&prompt, &GenerateOptions { seed: 43, ..opts }).unwrap();
-    assert!(max_diff(&a, &d) > 0.0, "another seed, other tokens");
+    assert!(max_abs_diff(&a, &d) > 0.0, "another seed, other tokens");
 }
 
 #[test]
@@ -375,7 +375,7 @@ fn generation_stops_at_eos_and_hooks_apply() {
             },
         )
         .unwrap();
-    assert_eq!(max_diff(&ablated, &ablated_recompute), 0.0);
+    assert_eq!(max_abs_diff(&ablated, &ablated_recompute), 0.0);
 }
 
 #[test]

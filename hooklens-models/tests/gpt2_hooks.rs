@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use hooklens_core::{CacheOptions, Direction, Error, HookSet, HookedModel};
+use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel};
 use hooklens_models::HookedGpt2;
 
 fn reference_names() -> Vec<String> {
@@ -81,7 +81,10 @@ fn optional_points_fire_with_the_right_shapes_and_change_nothing() {
     let (logits, cache) = model
         .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
         .unwrap();
-    assert!(max_diff(&logits, &want) < 1e-4, "per-head paths give the same logits");
+    assert!(
+        max_abs_diff(&logits, &want) < 1e-4,
+        "per-head paths give the same logits"
+    );
     assert_eq!(cache.len(), model.hook_names().len(), "every point fires");
     let (b, p, h, d) = (2, 10, 4, 64);
     assert_eq!(cache.get("hook_tokens").unwrap().dims(), [b, p]);
@@ -103,7 +106,7 @@ fn optional_points_fire_with_the_right_shapes_and_change_nothing() {
     let result = cache.get("blocks.0.attn.hook_result").unwrap();
     let b_o = model.b_o().unwrap().get(0).unwrap();
     let summed = result.sum(2).unwrap().broadcast_add(&b_o).unwrap();
-    assert!(max_diff(&summed, cache.get("blocks.0.hook_attn_out").unwrap()) < 1e-4);
+    assert!(max_abs_diff(&summed, cache.get("blocks.0.hook_attn_out").unwrap()) < 1e-4);
     // With split inputs, ln1 runs on per-head inputs.
     assert_eq!(cache.get("blocks.0.ln1.hook_scale").unwrap().dims(), [b, p, h, 1]);
 }
@@ -127,13 +130,13 @@ fn editing_a_per_head_input_changes_only_that_head() {
     let v_clean = clean.get("blocks.0.attn.hook_v").unwrap();
     let v_edit = edited.get("blocks.0.attn.hook_v").unwrap();
     for head in 0..4 {
-        let d = max_diff(
+        let d = max_abs_diff(
             &v_clean.narrow(2, head, 1).unwrap(),
             &v_edit.narrow(2, head, 1).unwrap(),
         );
         assert_eq!(d > 1e-3, head == 2, "head {head}: diff {d}");
     }
-    let q_same = max_diff(
+    let q_same = max_abs_diff(
         clean.get("blocks.0.attn.hook_q").unwrap(),
         edited.get("blocks.0.attn.hook_q").unwrap(),
     );
@@ -153,27 +156,27 @@ fn zero_ablation_changes_downstream_only_and_never_the_weights() {
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
     assert_eq!(
-        max_diff(
+        max_abs_diff(
             edited.get("hook_pos_embed").unwrap(),
             &edited.get("hook_pos_embed").unwrap().zeros_like().unwrap()
         ),
         0.0
     );
     assert_eq!(
-        max_diff(edited.get("hook_embed").unwrap(), clean.get("hook_embed").unwrap()),
+        max_abs_diff(edited.get("hook_embed").unwrap(), clean.get("hook_embed").unwrap()),
         0.0,
         "upstream unchanged"
     );
     assert!(
-        max_diff(
+        max_abs_diff(
             edited.get("blocks.0.hook_resid_pre").unwrap(),
             clean.get("blocks.0.hook_resid_pre").unwrap()
         ) > 1e-3
     );
-    assert!(max_diff(&logits, &clean_logits) > 1e-3, "logits change");
-    assert_eq!(max_diff(model.w_pos().unwrap(), &w_pos), 0.0, "W_pos is untouched");
+    assert!(max_abs_diff(&logits, &clean_logits) > 1e-3, "logits change");
+    assert_eq!(max_abs_diff(model.w_pos().unwrap(), &w_pos), 0.0, "W_pos is untouched");
     // And the next plain run is clean again.
-    assert_eq!(max_diff(&model.forward(&tokens).unwrap(), &clean_logits), 0.0);
+    assert_eq!(max_abs_diff(&model.forward(&tokens).unwrap(), &clean_logits), 0.0);
 
     // Ablating one head's pattern changes z of that head only.
     let hooks = HookSet::new().fwd("blocks.1.attn.hook_pattern", |x, _hp| {
@@ -185,14 +188,14 @@ fn zero_ablation_changes_downstream_only_and_never_the_weights() {
         .unwrap();
     let z = edited.get("blocks.1.attn.hook_z").unwrap();
     assert_eq!(
-        max_diff(
+        max_abs_diff(
             &z.narrow(2, 1, 1).unwrap(),
             &z.narrow(2, 1, 1).unwrap().zeros_like().unwrap()
         ),
         0.0
     );
     assert_eq!(
-        max_diff(
+        max_abs_diff(
             &z.narrow(2, 0, 1).unwrap(),
             &clean.get("blocks.1.attn.hook_z").unwrap().narrow(2, 0, 1).unwrap()
         ),
@@ -212,7 +215,7 @@ fn editing_hook_scale_changes_the_normalized_output() {
         .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
         .unwrap();
     assert!(
-        max_diff(
+        max_abs_diff(
             edited.get("blocks.0.ln2.hook_normalized").unwrap(),
             clean.get("blocks.0.ln2.hook_normalized").unwrap()
         ) > 1e-3
@@ -228,7 +231,7 @@ fn hook_tokens_can_replace_the_input() {
     let replacement = other.clone();
     let hooks = HookSet::new().fwd("hook_tokens", move |_x, _hp| Ok(Some(replacement.clone())));
     let logits = model.run_with_hooks(hooks, |m| m.forward(&tokens)).unwrap();
-    assert_eq!(max_diff(&logits, &model.forward(&other).unwrap()), 0.0);
+    assert_eq!(max_abs_diff(&logits, &model.forward(&other).unwrap()), 0.0);
     // An out-of-vocabulary replacement is an error, not a panic.
     let hooks = HookSet::new().fwd("hook_tokens", |x, _hp| Ok(Some((x.ones_like()? * 100_000.0)?)));
     assert!(model.run_with_hooks(hooks, |m| m.forward(&tokens)).is_err());
@@ -259,6 +262,47 @@ fn the_model_is_shared_across_threads() {
         })
         .collect();
     for h in handles {
-        assert_eq!(max_diff(&h.join().unwrap(), &want), 0.0);
+        assert_eq!(max_abs_diff(&h.join().unwrap(), &want), 0.0);
     }
+}
+
+/// How many times `blocks.0.ln1.hook_normalized` fires in one forward of `model`: once on
+/// the fast path, three times (once for each of q, k and v, as TransformerLens runs it) on
+/// the differentiable path that `grad_mode` selects.
+fn ln1_calls(model: &HookedGpt2) -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let count = HookSet::new().fwd("blocks.0.ln1.hook_normalized", move |_: &Tensor, _: &HookPoint| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        Ok(None)
+    });
+    model.run_with_hooks(count, |m| m.forward(&tokens())).unwrap();
+    calls.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_backward_hook_on_one_model_leaves_another_on_its_fast_path() {
+    let hooked = raw_model();
+    let other = raw_model();
+    assert_eq!(ln1_calls(&other), 1, "no backward hook: the fast path");
+    hooked
+        .add_hook(
+            "hook_embed",
+            |_: &Tensor, _: &HookPoint| Ok(None),
+            Direction::Bwd,
+            false,
+            None,
+            false,
+        )
+        .unwrap();
+    assert_eq!(
+        ln1_calls(&hooked),
+        3,
+        "the model with the backward hook is differentiable"
+    );
+    assert_eq!(ln1_calls(&other), 1, "the other model keeps its fast path");
+    hooked.reset_hooks(false, Direction::Both, false, None);
+    assert_eq!(ln1_calls(&hooked), 1, "back on the fast path once the hook is gone");
 }

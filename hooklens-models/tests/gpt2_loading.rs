@@ -12,12 +12,12 @@ use common::*;
 use hooklens_models::{Gpt2Config, HookedGpt2, LoadOptions, ProcessingOptions};
 
 fn fixture_tensors() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(model_dir().join("model.safetensors"), &Device::Cpu).unwrap()
+    hooklens_testutil::load_tensors(model_dir().join("model.safetensors"))
 }
 
 /// Writes `tensors` and the fixture's config to a fresh directory.
 fn write_checkpoint(name: &str, tensors: &HashMap<String, Tensor>) -> TempDir {
-    let dir = temp_dir(name);
+    let dir = TempDir::new(name);
     std::fs::copy(model_dir().join("config.json"), dir.join("config.json")).unwrap();
     candle_core::safetensors::save(tensors, dir.join("model.safetensors")).unwrap();
     dir
@@ -71,7 +71,7 @@ fn untied_lm_head_is_used_when_present() {
     let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
     let tied = raw_model();
     let want = (tied.forward(&tokens()).unwrap() * 2.0).unwrap();
-    assert!(max_diff(&model.forward(&tokens()).unwrap(), &want) < 1e-4);
+    assert!(max_abs_diff(&model.forward(&tokens()).unwrap(), &want) < 1e-4);
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn processing_steps_are_switchable_and_keep_log_probs() {
     .enumerate()
     {
         let m = HookedGpt2::from_dir(model_dir(), &LoadOptions::default().with_processing(opts)).unwrap();
-        assert!(max_diff(&lp(&m), &want) < 1e-4, "case {i}");
+        assert!(max_abs_diff(&lp(&m), &want) < 1e-4, "case {i}");
     }
     let processed = processed_model();
     // Folded value biases are zero; centred writing weights have zero d_model mean.
@@ -175,10 +175,10 @@ fn weight_views_have_transformer_lens_shapes() {
     let c_attn = fixture_tensors()["transformer.h.0.attn.c_attn.weight"].clone();
     let want = c_attn.narrow(1, dh, dh).unwrap();
     let got = m.w_q().unwrap().get(0).unwrap().get(1).unwrap();
-    assert_eq!(max_diff(&got, &want), 0.0);
+    assert_eq!(max_abs_diff(&got, &want), 0.0);
     let want_v = c_attn.narrow(1, 2 * d + 3 * dh, dh).unwrap();
     assert_eq!(
-        max_diff(&m.w_v().unwrap().get(0).unwrap().get(3).unwrap(), &want_v),
+        max_abs_diff(&m.w_v().unwrap().get(0).unwrap().get(3).unwrap(), &want_v),
         0.0
     );
     let names: Vec<String> = m.state_dict().unwrap().into_iter().map(|(n, _)| n).collect();
@@ -241,7 +241,7 @@ fn wrong_dtype_is_named() {
 
 #[test]
 fn truncated_file_is_an_error_naming_it() {
-    let dir = temp_dir("truncated");
+    let dir = TempDir::new("truncated");
     std::fs::copy(model_dir().join("config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
     std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
@@ -274,5 +274,5 @@ fn bad_or_missing_config_is_an_error_naming_the_field() {
     // A config that disagrees with the tensors names the tensor.
     std::fs::write(dir.join("config.json"), cfg.replace("\"n_layer\": 2", "\"n_layer\": 3")).unwrap();
     assert!(load_err(&dir).contains("transformer.h.2."));
-    assert!(HookedGpt2::from_dir(temp_dir("nothing-here").join("nope"), &LoadOptions::default()).is_err());
+    assert!(HookedGpt2::from_dir(TempDir::new("nothing-here").join("nope"), &LoadOptions::default()).is_err());
 }

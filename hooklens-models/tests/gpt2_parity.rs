@@ -1,15 +1,20 @@
 //! Parity with TransformerLens 2.16.1 on the tiny-gpt2 fixture: every cached hook,
-//! logits, loss and loss per token, unprocessed and processed.
+//! logits, loss and loss per token, unprocessed and processed; on the device
+//! `HOOKLENS_TEST_DEVICE` names (the CPU by default; `scripts/gpu-check.sh` runs it on CUDA).
 
 mod common;
 
 use common::*;
 use hooklens_core::{CacheOptions, HookedModel};
-use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
+use hooklens_models::{ForwardOptions, HookedGpt2, LoadOptions, ReturnType};
 
-const TOL: f32 = 1e-4;
+/// The fixture model loaded with `opts` on the test device.
+fn model(opts: LoadOptions) -> HookedGpt2 {
+    HookedGpt2::from_dir(model_dir(), &on_test_device(opts)).unwrap()
+}
 
 fn check_against(model: &HookedGpt2, file: &str) {
+    let tol = parity_tol(1e-4);
     let reference = load_ref(file);
     let tokens = tokens();
     let (logits, cache) = model
@@ -26,14 +31,14 @@ fn check_against(model: &HookedGpt2, file: &str) {
         let got = cache
             .get(name)
             .unwrap_or_else(|| panic!("{file}: `{name}` was not cached"));
-        assert_close(&format!("{file}: {name}"), got, &reference[*name], TOL);
+        assert_close(&format!("{file}: {name}"), got, &reference[*name], tol);
     }
     let mut ours: Vec<&str> = cache.keys().collect();
     ours.sort();
     let theirs: Vec<&str> = hook_names.iter().map(|s| s.as_str()).collect();
     assert_eq!(ours, theirs, "{file}: the same hooks fire");
 
-    assert_close(&format!("{file}: logits"), &logits, &reference["logits"], TOL);
+    assert_close(&format!("{file}: logits"), &logits, &reference["logits"], tol);
     let out = model
         .forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Both))
         .unwrap();
@@ -41,7 +46,7 @@ fn check_against(model: &HookedGpt2, file: &str) {
         &format!("{file}: logits (both)"),
         out.logits.as_ref().unwrap(),
         &reference["logits"],
-        TOL,
+        tol,
     );
     let loss = out.loss.unwrap();
     assert_eq!(loss.rank(), 0, "the mean loss is a scalar");
@@ -49,7 +54,7 @@ fn check_against(model: &HookedGpt2, file: &str) {
         &format!("{file}: loss"),
         &loss.reshape(1).unwrap(),
         &reference["loss"],
-        TOL,
+        tol,
     );
     let per_token = model
         .forward_with(
@@ -62,18 +67,18 @@ fn check_against(model: &HookedGpt2, file: &str) {
         &format!("{file}: loss_per_token"),
         per_token.loss.as_ref().unwrap(),
         &reference["loss_per_token"],
-        TOL,
+        tol,
     );
 }
 
 #[test]
 fn unprocessed_matches_transformer_lens() {
-    check_against(&raw_model(), "tl_unprocessed.safetensors");
+    check_against(&model(LoadOptions::no_processing()), "tl_unprocessed.safetensors");
 }
 
 #[test]
 fn processed_matches_transformer_lens() {
-    let model = processed_model();
+    let model = model(LoadOptions::default());
     assert_eq!(
         model.cfg().normalization_type,
         hooklens_models::gpt2::NormalizationType::LNPre
@@ -83,19 +88,20 @@ fn processed_matches_transformer_lens() {
 
 #[test]
 fn u32_tokens_and_1d_input_work_too() {
-    let model = raw_model();
+    let tol = parity_tol(1e-4);
+    let model = model(LoadOptions::no_processing());
     let tokens = tokens();
     let reference = load_ref("tl_unprocessed.safetensors");
     let logits = model
         .forward(&tokens.to_dtype(candle_core::DType::U32).unwrap())
         .unwrap();
-    assert_close("logits from u32", &logits, &reference["logits"], TOL);
+    assert_close("logits from u32", &logits, &reference["logits"], tol);
     let row = tokens.get(1).unwrap();
     let logits = model.forward(&row).unwrap();
     assert_close(
         "logits from 1-D",
         &logits.squeeze(0).unwrap(),
         &reference["logits"].get(1).unwrap(),
-        TOL,
+        tol,
     );
 }

@@ -28,7 +28,7 @@ fn a_clean_run_reports_nothing_although_attention_scores_hold_the_masks_minus_in
     let (logits, report) = first_non_finite(&model, |m| m.forward(&toks)).unwrap();
     assert_eq!(report, None, "the mask is not a finding");
     assert_eq!(
-        max_diff(&logits, &model.forward(&toks).unwrap()),
+        max_abs_diff(&logits, &model.forward(&toks).unwrap()),
         0.0,
         "the check changes nothing"
     );

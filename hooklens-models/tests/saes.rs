@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{assert_close, max_diff};
+use common::assert_close;
 use hooklens_core::{CacheOptions, HookSet, HookedModel};
 use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
+use hooklens_testutil::max_abs_diff as max_diff;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -367,7 +368,7 @@ fn edited_copy(dir: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
 #[test]
 fn wrong_inputs_are_errors_that_say_what_and_where() {
     let (model, tokens) = tiny();
-    let tmp = common::temp_dir("sae-errors");
+    let tmp = hooklens_testutil::TempDir::new("sae-errors");
     let err_of = |r: hooklens_core::Result<Tensor>| r.unwrap_err().to_string();
 
     // d_in 64 at a point whose activations are 10 wide.

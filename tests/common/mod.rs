@@ -1,10 +1,12 @@
 //! A small derived model for the facade's tests: an embedding, a stack of residual
 //! MLP blocks and a final scale, with TransformerLens-style hook names.
 
-#![allow(dead_code)]
+// Each test binary uses a different part of this module.
+#![allow(dead_code, unused_imports)]
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::{HookPoint, Hooked};
+pub use hooklens_testutil::{max_abs_diff, TempDir};
 
 /// `[d_in, d_out]` weights from a fixed formula, so every test sees the same model.
 fn weight(d_in: usize, d_out: usize, seed: f64, dtype: DType) -> Tensor {
@@ -98,20 +100,4 @@ impl TinyModel {
             .to_dtype(dtype)
             .unwrap()
     }
-}
-
-/// The largest absolute difference between two tensors of one shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }

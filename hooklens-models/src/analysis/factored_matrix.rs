@@ -470,7 +470,7 @@ pub fn composition_scores(left: &FactoredMatrix, right: &FactoredMatrix) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor_diff::max_abs_diff;
+    use hooklens_testutil::max_abs_diff;
 
     fn t(shape: &[usize], seed: f64) -> Tensor {
         let n: usize = shape.iter().product();

@@ -421,29 +421,12 @@ impl HookedGpt2 {
 #[cfg(all(test, feature = "hub"))]
 mod tests {
     use super::*;
+    use hooklens_testutil::TempDir;
 
     const COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
 
     fn tiny_model_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2/model")
-    }
-
-    /// A temporary directory removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("hooklens-hub-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
     }
 
     /// Lays out the tiny model as Python's `huggingface_hub` caches a repository.
@@ -467,43 +450,40 @@ mod tests {
     #[test]
     fn resolves_a_cached_id_offline() {
         let tmp = TempDir::new("cached");
-        fake_cache(&tmp.0, "models--gpt2", true);
-        let files = resolve_with("gpt2", &offline(&tmp.0)).unwrap();
-        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        fake_cache(&tmp, "models--gpt2", true);
+        let files = resolve_with("gpt2", &offline(&tmp)).unwrap();
+        let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         assert_eq!(files.config, snap.join(CONFIG_FILE));
         assert_eq!(files.weights, snap.join(WEIGHTS_FILE));
         assert_eq!(files.tokenizer, None);
         assert_eq!(files.source.to_string(), "gpt2");
         // The alias, and the organisation's name for the same repository, find it too.
         assert_eq!(
-            resolve_with("gpt2-small", &offline(&tmp.0)).unwrap().weights,
+            resolve_with("gpt2-small", &offline(&tmp)).unwrap().weights,
             files.weights
         );
-        let org = resolve_with("openai-community/gpt2", &offline(&tmp.0)).unwrap();
+        let org = resolve_with("openai-community/gpt2", &offline(&tmp)).unwrap();
         assert_eq!(org.weights, files.weights);
         // A commit hash needs no ref.
-        let pinned = resolve_with("gpt2", &offline(&tmp.0).revision(COMMIT)).unwrap();
+        let pinned = resolve_with("gpt2", &offline(&tmp).revision(COMMIT)).unwrap();
         assert_eq!(pinned.weights, files.weights);
     }
 
     #[test]
     fn finds_organisation_ids_and_tokenizers() {
         let tmp = TempDir::new("org");
-        fake_cache(&tmp.0, "models--openai-community--gpt2-medium", true);
-        let snap = tmp
-            .0
-            .join("models--openai-community--gpt2-medium/snapshots")
-            .join(COMMIT);
+        fake_cache(&tmp, "models--openai-community--gpt2-medium", true);
+        let snap = tmp.join("models--openai-community--gpt2-medium/snapshots").join(COMMIT);
         std::fs::write(snap.join(TOKENIZER_FILE), "{}").unwrap();
-        let files = resolve_with("openai-community/gpt2-medium", &offline(&tmp.0)).unwrap();
+        let files = resolve_with("openai-community/gpt2-medium", &offline(&tmp)).unwrap();
         assert_eq!(files.tokenizer, Some(snap.join(TOKENIZER_FILE)));
-        let short = resolve_with("gpt2-medium", &offline(&tmp.0)).unwrap();
+        let short = resolve_with("gpt2-medium", &offline(&tmp)).unwrap();
         assert_eq!(
             short.source,
             ModelSource::Hub {
                 repo: "openai-community/gpt2-medium".into(),
                 revision: "main".into(),
-                cache_dir: tmp.0.clone(),
+                cache_dir: tmp.to_path_buf(),
             }
         );
     }
@@ -512,30 +492,30 @@ mod tests {
     fn offline_and_missing_says_what_and_where() {
         let tmp = TempDir::new("missing");
         // A snapshot without refs/main is not a usable `main`.
-        fake_cache(&tmp.0, "models--distilgpt2", false);
+        fake_cache(&tmp, "models--distilgpt2", false);
         for name in ["gpt2-xl", "distilgpt2"] {
-            let err = resolve_with(name, &offline(&tmp.0)).unwrap_err().to_string();
+            let err = resolve_with(name, &offline(&tmp)).unwrap_err().to_string();
             assert!(err.contains(&format!("model `{name}`")), "{err}");
             assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
-            assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+            assert!(err.contains(&tmp.display().to_string()), "{err}");
             assert!(err.contains(CONFIG_FILE) && err.contains(WEIGHTS_FILE), "{err}");
         }
-        let err = resolve_with("gpt2-xl", &offline(&tmp.0)).unwrap_err().to_string();
+        let err = resolve_with("gpt2-xl", &offline(&tmp)).unwrap_err().to_string();
         assert!(err.contains("models--gpt2-xl") && err.contains("models--openai-community--gpt2-xl"));
     }
 
     #[test]
     fn text_files_need_no_weights() {
         let tmp = TempDir::new("text");
-        fake_cache(&tmp.0, "models--gpt2", true);
-        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        fake_cache(&tmp, "models--gpt2", true);
+        let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         std::fs::remove_file(snap.join(WEIGHTS_FILE)).unwrap();
-        let text = resolve_text_with("gpt2", &offline(&tmp.0)).unwrap();
+        let text = resolve_text_with("gpt2", &offline(&tmp)).unwrap();
         assert_eq!(text.config, snap.join(CONFIG_FILE));
         assert_eq!(text.tokenizer().unwrap().vocab_size(), 50257);
-        let err = resolve_with("gpt2", &offline(&tmp.0)).unwrap_err().to_string();
+        let err = resolve_with("gpt2", &offline(&tmp)).unwrap_err().to_string();
         assert!(err.contains("config.json and model.safetensors are not"), "{err}");
-        let err = resolve_text_with("gpt2-xl", &offline(&tmp.0)).unwrap_err().to_string();
+        let err = resolve_text_with("gpt2-xl", &offline(&tmp)).unwrap_err().to_string();
         assert!(err.contains("config.json is not"), "{err}");
     }
 
@@ -560,21 +540,21 @@ mod tests {
     #[test]
     fn from_pretrained_loads_from_the_cache_with_its_tokenizer() {
         let tmp = TempDir::new("pretrained");
-        fake_cache(&tmp.0, "models--gpt2", true);
-        let snap = tmp.0.join("models--gpt2/snapshots").join(COMMIT);
+        fake_cache(&tmp, "models--gpt2", true);
+        let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         let opts = LoadOptions::default();
-        let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();
+        let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
         assert_eq!(plain.cfg().d_vocab, 512);
         // GPT-2's BPE does not fit a 512-token vocabulary: no silent stand-in.
         let err = plain.tokenizer().unwrap_err().to_string();
         assert!(err.contains("tokenizer.json") && err.contains("512"), "{err}");
         let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
         std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
-        let m = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp.0)).unwrap();
+        let m = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
         assert_eq!(m.tokenizer().unwrap().vocab_size(), 512);
         let tokens = m.to_tokens("Hello", true, crate::gpt2::PaddingSide::Right).unwrap();
         assert_eq!(m.forward(&tokens).unwrap().dims(), &[1, 5, 512]);
-        let err = HookedGpt2::from_pretrained_with("gpt2-large", &opts, &offline(&tmp.0))
+        let err = HookedGpt2::from_pretrained_with("gpt2-large", &opts, &offline(&tmp))
             .unwrap_err()
             .to_string();
         assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
@@ -715,13 +695,15 @@ mod tests {
         let tmp = TempDir::new("download");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (endpoint, server) = fake_hub(16, stop.clone());
-        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        let mut opts = HubOptions::from_vars(|_| None)
+            .cache_dir(tmp.to_path_buf())
+            .progress(false);
         opts.endpoint = Some(endpoint);
         let files = resolve_with("openai-community/gpt2", &opts);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let served = server.join().unwrap();
         let files = files.unwrap();
-        let snap = tmp.0.join("models--openai-community--gpt2/snapshots").join(COMMIT);
+        let snap = tmp.join("models--openai-community--gpt2/snapshots").join(COMMIT);
         assert_eq!(files.config, snap.join(CONFIG_FILE));
         assert_eq!(files.weights, snap.join(WEIGHTS_FILE));
         assert_eq!(files.tokenizer, None, "the hub has no tokenizer.json: GPT-2's BPE then");
@@ -733,7 +715,7 @@ mod tests {
         }
         // config + weights: metadata and body each; tokenizer.json: one 404.
         assert_eq!(served, 5);
-        let again = resolve_with("gpt2", &offline(&tmp.0)).unwrap();
+        let again = resolve_with("gpt2", &offline(&tmp)).unwrap();
         assert_eq!(again.weights, files.weights);
     }
 
@@ -748,7 +730,7 @@ mod tests {
             std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/llama/model/config.json"))
                 .unwrap();
         let weights = crate::convert::synthetic_checkpoint(&config, 4).unwrap();
-        let served_dir = tmp.0.join("served");
+        let served_dir = tmp.join("served");
         crate::convert::write_checkpoint(&served_dir, &config, &weights, candle_core::DType::F32, 3).unwrap();
         let mut files = vec![CONFIG_FILE.to_string(), SHARD_INDEX_FILE.to_string()];
         files.extend(shard_files(&served_dir.join(SHARD_INDEX_FILE)).unwrap());
@@ -756,7 +738,7 @@ mod tests {
         let names: Vec<&str> = files.iter().map(String::as_str).collect();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (endpoint, server) = fake_hub_of(served_dir.clone(), &names, 32, stop.clone());
-        let cache = tmp.0.join("cache");
+        let cache = tmp.join("cache");
         let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
         opts.endpoint = Some(endpoint);
         let got = HookedGpt2::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
@@ -765,7 +747,7 @@ mod tests {
         let got = got.unwrap();
         let local = HookedGpt2::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
         let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
-        let diff = crate::tensor_diff::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
+        let diff = hooklens_testutil::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
         assert_eq!(diff, 0.0);
         // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
         let err = got
@@ -791,7 +773,9 @@ mod tests {
             .unwrap()
             .port();
         let tmp = TempDir::new("refused");
-        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        let mut opts = HubOptions::from_vars(|_| None)
+            .cache_dir(tmp.to_path_buf())
+            .progress(false);
         opts.endpoint = Some(format!("http://127.0.0.1:{port}"));
         let err = resolve_with("gpt2", &opts).unwrap_err().to_string();
         let url = format!("http://127.0.0.1:{port}/gpt2/resolve/main/config.json");
@@ -799,7 +783,7 @@ mod tests {
             err.contains(&format!("downloading config.json from {url} failed")),
             "{err}"
         );
-        assert!(err.contains(&tmp.0.display().to_string()), "{err}");
+        assert!(err.contains(&tmp.display().to_string()), "{err}");
     }
 
     #[test]
@@ -837,7 +821,9 @@ mod tests {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let files = ["cfg.json", "sae_weights.safetensors"];
         let (endpoint, server) = fake_hub_of(sae_dir.clone(), &files, 8, stop.clone());
-        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&tmp.0).progress(false);
+        let mut opts = HubOptions::from_vars(|_| None)
+            .cache_dir(tmp.path("").as_path())
+            .progress(false);
         opts.endpoint = Some(endpoint);
         let dev = candle_core::Device::Cpu;
         let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
@@ -847,25 +833,35 @@ mod tests {
         assert_eq!(served, 4, "metadata and body of both files");
         let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();
         assert_eq!(got.cfg(), local.cfg());
-        let diff = crate::tensor_diff::max_abs_diff(got.w_dec(), local.w_dec());
+        let diff = hooklens_testutil::max_abs_diff(got.w_dec(), local.w_dec());
         assert_eq!(diff, 0.0);
         let snap = tmp
-            .0
+            .path("")
             .join("models--org--tiny-saes/snapshots")
             .join(COMMIT)
             .join("blocks.1.attn.hook_z");
         assert!(snap.join("cfg.json").is_file() && snap.join("sae_weights.safetensors").is_file());
         // Cached now: offline works, and another folder offline is an error naming it.
-        let again = crate::sae::Sae::from_pretrained("org/tiny-saes", "/blocks.1.attn.hook_z/", &offline(&tmp.0), &dev);
+        let again = crate::sae::Sae::from_pretrained(
+            "org/tiny-saes",
+            "/blocks.1.attn.hook_z/",
+            &offline(tmp.path("").as_path()),
+            &dev,
+        );
         assert_eq!(again.unwrap().cfg(), local.cfg());
-        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.0.hook_resid_pre", &offline(&tmp.0), &dev)
-            .unwrap_err()
-            .to_string();
+        let err = crate::sae::Sae::from_pretrained(
+            "org/tiny-saes",
+            "blocks.0.hook_resid_pre",
+            &offline(tmp.path("").as_path()),
+            &dev,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("blocks.0.hook_resid_pre/cfg.json") && err.contains("HF_HUB_OFFLINE"),
             "{err}"
         );
-        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(&tmp.0), &dev)
+        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(tmp.path("").as_path()), &dev)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a path inside"), "{err}");

@@ -480,6 +480,9 @@ impl HookedTransformer {
         mut kv: Option<&mut KvCache>,
         last_only: bool,
     ) -> Result<ForwardOutput> {
+        // `grad_mode` in the blocks and kernels below then counts this model's backward
+        // hooks only: another model's leave this one on its fast path.
+        let _forward = self.hook_embed.model_forward();
         let start = opts
             .start_at_layer
             .map(|l| self.resolve_layer(l, "start_at_layer"))

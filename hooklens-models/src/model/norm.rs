@@ -380,27 +380,13 @@ mod tests {
         let got = ln.forward(&x).unwrap();
         let scale = scale_composite(&x, 1e-5).unwrap();
         let want = normalize_composite(&x, &scale, Some((&w, &b))).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = hooklens_testutil::max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{diff}");
         let big = Tensor::randn(0f32, 1.0, (300, 256), &dev).unwrap();
         let pre = LayerNorm::new(None, 1e-5).unwrap();
         let got = pre.forward(&big).unwrap();
         let want = normalize_composite(&big, &scale_composite(&big, 1e-5).unwrap(), None).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = hooklens_testutil::max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{diff}");
     }
 }

@@ -386,19 +386,11 @@ mod tests {
             let from_vb = HookedGpt2::load_with(vb, &cfg, &opts).unwrap();
             let a = from_file.forward(&tokens).unwrap();
             let b = from_vb.forward(&tokens).unwrap();
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = hooklens_testutil::max_abs_diff(&a, &b);
             assert!(d < 1e-5, "{opts:?}: {d}");
             // The caller's tensors are untouched.
             for (k, v) in before {
-                let d = (&tensors[&k] - v).unwrap().abs().unwrap().max_all().unwrap();
-                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{k} changed");
+                assert_eq!(hooklens_testutil::max_abs_diff(&tensors[&k], &v), 0.0, "{k} changed");
             }
         }
     }

@@ -163,16 +163,7 @@ mod tests {
         let a = random_weights(&cfg, 7).unwrap();
         let b = random_weights(&cfg, 7).unwrap();
         let c = random_weights(&cfg, 8).unwrap();
-        let same = |x: &Tensor, y: &Tensor| {
-            (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let same = hooklens_testutil::max_abs_diff;
         assert_eq!(same(&a["wte.weight"], &b["wte.weight"]), 0.0);
         assert!(same(&a["wte.weight"], &c["wte.weight"]) > 0.0);
         let dir = std::env::temp_dir().join(format!("hooklens-random-init-{}", std::process::id()));

@@ -500,8 +500,7 @@ mod tests {
         let alone = m.forward(&m.to_tokens("ma", true, PaddingSide::Left).unwrap()).unwrap();
         let last_batch = batch.get(0).unwrap().get(8).unwrap();
         let last_alone = alone.get(0).unwrap().get(1).unwrap();
-        let diff = (last_batch - last_alone).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(hooklens_testutil::max_abs_diff(&last_batch, &last_alone) < 1e-4);
     }
 
     #[test]

@@ -211,9 +211,9 @@ impl Unembed {
 mod tests {
     use super::*;
     use crate::gpt2::{random_weights, Gpt2Config, ProcessingOptions};
-    use crate::tensor_diff::max_abs_diff;
     use crate::{HookedGpt2, LoadOptions};
     use candle_core::Device;
+    use hooklens_testutil::max_abs_diff;
 
     fn fixture(opts: ProcessingOptions) -> HookedGpt2 {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");

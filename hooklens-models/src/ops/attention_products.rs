@@ -211,8 +211,8 @@ pub(crate) fn pattern_times_v(pattern: &Tensor, v: &Tensor) -> Option<candle_cor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor_diff::max_abs_diff;
     use candle_core::Device;
+    use hooklens_testutil::max_abs_diff;
 
     /// Strided views, as the model has them (q, k, v narrowed out of one projection),
     /// against candle's batched matmul on contiguous copies.

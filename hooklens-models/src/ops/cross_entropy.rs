@@ -111,8 +111,8 @@ pub fn cross_entropy_per_row(logits: &Tensor, targets: &Tensor) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor_diff::max_abs_diff;
     use candle_core::{Device, Var};
+    use hooklens_testutil::max_abs_diff;
 
     #[test]
     fn matches_the_composed_loss_and_its_gradient() {

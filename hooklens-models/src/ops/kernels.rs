@@ -1003,8 +1003,8 @@ pub(crate) fn softmax_last_dim(x: &Tensor, may_have_empty_rows: bool) -> candle_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor_diff::max_abs_diff;
     use candle_core::Device;
+    use hooklens_testutil::max_abs_diff;
 
     #[test]
     fn exp_approx_is_accurate() {

@@ -85,14 +85,7 @@ mod tests {
                 let want = t.t().unwrap().contiguous().unwrap();
                 assert_eq!(got.dims(), [c, r]);
                 assert!(got.is_contiguous());
-                let d = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = hooklens_testutil::max_abs_diff(&got, &want);
                 assert_eq!(d, 0.0, "{r}x{c} {dtype:?}");
             }
         }
