@@ -71,7 +71,7 @@ fn cache_with_saes_matches_every_saelens_run() {
         }
         hooklens_ok(&a);
         let got = load(&out);
-        let want = load(&saes_root().join(run["reference"].as_str().unwrap()));
+        let want = load(saes_root().join(run["reference"].as_str().unwrap()));
         for (name, w) in &want {
             // SAELens's extra `mlp.hook_in` is the MLP's input: ln2.hook_normalized here.
             let ours = name.replace("mlp.hook_in", "ln2.hook_normalized");
@@ -349,7 +349,7 @@ fn harvest_with_an_sae_stores_its_top_features_per_token() {
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.path("acts/00000-of-00001-manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["settings"]["sae_top_k"], 5);
-    let shard = load(&tmp.path(&format!("acts/{}", manifest["shards"][0]["file"].as_str().unwrap())));
+    let shard = load(tmp.path(&format!("acts/{}", manifest["shards"][0]["file"].as_str().unwrap())));
     let (indices, values) = (
         &shard[format!("{acts}.indices").as_str()],
         &shard[format!("{acts}.values").as_str()],

@@ -340,7 +340,7 @@ fn views_show_the_row_asked_for() {
     let m = tiny_model().to_string_lossy().into_owned();
     let t = tiny_tokens().to_string_lossy().into_owned();
     let row1 = tmp.path("row1.safetensors");
-    let all = load(&tiny_tokens())["tokens"].clone();
+    let all = load(tiny_tokens())["tokens"].clone();
     candle_core::safetensors::save(&[("tokens", all.narrow(0, 1, 1).unwrap())].into_iter().collect(), &row1).unwrap();
     let row1 = row1.to_string_lossy().into_owned();
     let page = |args: &[&str], name: &str| {
