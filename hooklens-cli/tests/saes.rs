@@ -9,27 +9,11 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use hooklens_models::sae::Sae;
+use hooklens_testutil::assert_close;
 use serde_json::Value;
 
 fn saes_root() -> PathBuf {
     root().join("testdata/saes")
-}
-
-/// `|got - want|` within `rel` of `want`'s largest magnitude, same shape.
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, rel: f32) {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let v = |t: &Tensor| {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-    };
-    let (g, w) = (v(got), v(want));
-    let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-    let worst = g.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(worst <= rel * scale, "{name}: max abs diff {worst} > {rel} * {scale}");
 }
 
 fn hooklens_ok(args: &[String]) -> String {

@@ -24,18 +24,7 @@ pub struct AttentionView {
 /// Token texts come from the model's tokenizer. Out-of-range or repeated layers are
 /// errors.
 pub fn attention_patterns(model: &HookedGpt2, tokens: &Tensor, layers: Option<&[usize]>) -> Result<AttentionView> {
-    let tokens = match tokens.rank() {
-        1 => tokens.unsqueeze(0)?,
-        _ => tokens.clone(),
-    };
-    let (batch, _pos) = tokens
-        .dims2()
-        .map_err(|_| Error::invalid(format!("tokens must be [1, pos], got shape {:?}", tokens.dims())))?;
-    if batch != 1 {
-        return Err(Error::invalid(format!(
-            "the attention view shows one prompt; got a batch of {batch}"
-        )));
-    }
+    let (tokens, _pos) = super::one_prompt(tokens, "the attention view")?;
     let n_layers = model.cfg().n_layers;
     let layers: Vec<usize> = match layers {
         None => (0..n_layers).collect(),

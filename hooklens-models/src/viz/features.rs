@@ -39,18 +39,7 @@ pub fn feature_activations(
     if k == 0 {
         return Err(Error::invalid("the feature view needs k >= 1 features per token"));
     }
-    let tokens = match tokens.rank() {
-        1 => tokens.unsqueeze(0)?,
-        _ => tokens.clone(),
-    };
-    let (batch, pos) = tokens
-        .dims2()
-        .map_err(|_| Error::invalid(format!("tokens must be [1, pos], got shape {:?}", tokens.dims())))?;
-    if batch != 1 {
-        return Err(Error::invalid(format!(
-            "the feature view shows one prompt; got a batch of {batch}"
-        )));
-    }
+    let (tokens, pos) = super::one_prompt(tokens, "the feature view")?;
     if let Some(f) = feature {
         if f >= sae.cfg().d_sae {
             return Err(Error::invalid(format!(

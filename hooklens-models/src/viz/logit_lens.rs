@@ -28,18 +28,7 @@ pub fn logit_lens(model: &HookedGpt2, tokens: &Tensor, k: usize) -> Result<Logit
     if k == 0 {
         return Err(Error::invalid("the logit lens needs k >= 1 top tokens"));
     }
-    let tokens = match tokens.rank() {
-        1 => tokens.unsqueeze(0)?,
-        _ => tokens.clone(),
-    };
-    let (batch, pos) = tokens
-        .dims2()
-        .map_err(|_| Error::invalid(format!("tokens must be [1, pos], got shape {:?}", tokens.dims())))?;
-    if batch != 1 {
-        return Err(Error::invalid(format!(
-            "the logit lens shows one prompt; got a batch of {batch}"
-        )));
-    }
+    let (tokens, pos) = super::one_prompt(tokens, "the logit lens")?;
     let n = model.cfg().n_layers;
     let mut names: Vec<String> = (0..n).map(|l| format!("blocks.{l}.hook_resid_pre")).collect();
     names.push(format!("blocks.{}.hook_resid_post", n - 1));

@@ -52,6 +52,24 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// `tokens` of one prompt as `[1, pos]` (from `[pos]` or `[1, pos]`) and `pos`; anything
+/// else is an error naming the view (`what`) that shows one prompt.
+fn one_prompt(tokens: &candle_core::Tensor, what: &str) -> hooklens_core::Result<(candle_core::Tensor, usize)> {
+    let tokens = match tokens.rank() {
+        1 => tokens.unsqueeze(0)?,
+        _ => tokens.clone(),
+    };
+    let (batch, pos) = tokens.dims2().map_err(|_| {
+        hooklens_core::Error::invalid(format!("tokens must be [1, pos], got shape {:?}", tokens.dims()))
+    })?;
+    if batch != 1 {
+        return Err(hooklens_core::Error::invalid(format!(
+            "{what} shows one prompt; got a batch of {batch}"
+        )));
+    }
+    Ok((tokens, pos))
+}
+
 /// A page: `template` with `{{TITLE}}` replaced by the escaped title and `{{DATA}}` by
 /// the script-safe JSON. The data goes in last, so nothing in it is ever substituted.
 fn fill(template: &str, title: &str, data: &serde_json::Value) -> String {

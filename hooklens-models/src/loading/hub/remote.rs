@@ -96,7 +96,8 @@ pub(super) fn not_cached(id: &str, opts: &HubOptions, with_weights: bool, why: &
     ))
 }
 
-pub(super) fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
+/// The download client for `opts`: its cache, endpoint, token and progress bar.
+fn api(opts: &HubOptions) -> std::result::Result<hf_hub::api::sync::Api, hf_hub::api::sync::ApiError> {
     let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
         .with_progress(opts.progress)
         .with_user_agent("hooklens", env!("CARGO_PKG_VERSION"));
@@ -106,7 +107,11 @@ pub(super) fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Resul
     if opts.token.is_some() {
         builder = builder.with_token(opts.token.clone());
     }
-    let api = builder.build().map_err(|e| {
+    builder.build()
+}
+
+pub(super) fn download(id: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
+    let api = api(opts).map_err(|e| {
         not_cached(
             id,
             opts,
@@ -194,18 +199,7 @@ pub(crate) fn repo_files(id: &str, files: &[String], opts: &HubOptions, what: &s
     if opts.offline {
         return Err(missing("offline mode (HF_HUB_OFFLINE) forbids downloading".into()));
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(cache)
-        .with_progress(opts.progress)
-        .with_user_agent("hooklens", env!("CARGO_PKG_VERSION"));
-    if let Some(endpoint) = &opts.endpoint {
-        builder = builder.with_endpoint(endpoint.clone());
-    }
-    if opts.token.is_some() {
-        builder = builder.with_token(opts.token.clone());
-    }
-    let api = builder
-        .build()
-        .map_err(|e| missing(format!("the download client could not start: {e}")))?;
+    let api = api(opts).map_err(|e| missing(format!("the download client could not start: {e}")))?;
     let remote = api.repo(repo(id, &opts.revision));
     files
         .iter()
