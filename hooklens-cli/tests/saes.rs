@@ -80,22 +80,9 @@ fn write_sae(dir: &Path, cfg: &Value, seed: u64) {
     let n = |k: &str| cfg[k].as_u64().unwrap() as usize;
     let (d_in, d_sae) = (n("d_in"), n("d_sae"));
     let d_out = cfg.get("d_out").and_then(Value::as_u64).map_or(d_in, |v| v as usize);
-    let state = std::cell::Cell::new(seed | 1);
-    let r = |shape: &[usize], s: f32| {
-        let len: usize = shape.iter().product();
-        let v: Vec<f32> = (0..len)
-            .map(|_| {
-                state.set(
-                    state
-                        .get()
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407),
-                );
-                ((state.get() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * s
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    };
+    // The project's seeded generator (normal, the spread of a uniform in [-s, s)).
+    let rng = std::cell::RefCell::new(hooklens_models::gpt2::SeededRng::new(seed));
+    let r = |shape: &[usize], s: f32| rng.borrow_mut().normal_tensor(shape, s as f64 / 3f64.sqrt()).unwrap();
     let mut t: HashMap<String, Tensor> = HashMap::new();
     t.insert("W_enc".into(), r(&[d_in, d_sae], 0.5));
     t.insert("W_dec".into(), r(&[d_sae, d_out], 0.3));

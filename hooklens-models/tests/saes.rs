@@ -427,24 +427,9 @@ fn random_sae(cfg: &str, seed: u64) -> Sae {
     use hooklens_models::sae::{SaeConfig, SaeWeights};
     let cfg = SaeConfig::from_json_str(cfg, Path::new("synthetic/cfg.json")).unwrap();
     let (d_in, d_sae, d_out) = (cfg.d_in, cfg.d_sae, cfg.output_width());
-    // Uniform in [-s, s) from a seeded linear congruential generator: candle's CPU
-    // device cannot be seeded.
-    let state = std::cell::Cell::new(seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407));
-    let r = |shape: &[usize], s: f64| {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| {
-                state.set(
-                    state
-                        .get()
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407),
-                );
-                (((state.get() >> 40) as f64 / (1u64 << 24) as f64) * 2.0 - 1.0) as f32 * s as f32 * 1.7
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    };
+    // The project's seeded generator: candle's CPU device cannot be seeded.
+    let rng = std::cell::RefCell::new(hooklens_models::gpt2::SeededRng::new(seed));
+    let r = |shape: &[usize], s: f64| rng.borrow_mut().normal_tensor(shape, s).unwrap();
     let w = SaeWeights {
         w_enc: r(&[d_in, d_sae], 0.3),
         b_enc: Some(r(&[d_sae], 0.1)),

@@ -60,12 +60,7 @@ pub fn attention_patterns(model: &HookedGpt2, tokens: &Tensor, layers: Option<&[
     for (l, name) in layers.iter().zip(&names) {
         out.push((*l, cache.try_get(name)?.i(0)?.to_dtype(DType::F32)?));
     }
-    let tokenizer = model.tokenizer()?;
-    let ids = tokens.to_dtype(DType::U32)?.i(0)?.to_vec1::<u32>()?;
-    let texts = ids
-        .iter()
-        .map(|&id| tokenizer.token_str(id))
-        .collect::<Result<Vec<_>>>()?;
+    let texts = model.to_str_tokens(&tokens, false)?;
     Ok(AttentionView {
         title: "Attention patterns".to_string(),
         tokens: texts,

@@ -75,12 +75,7 @@ pub fn feature_activations(
             e.insert(acts.i((.., f))?.to_vec1::<f32>()?);
         }
     }
-    let tokenizer = model.tokenizer()?;
-    let ids = tokens.to_dtype(DType::U32)?.i(0)?.to_vec1::<u32>()?;
-    let texts = ids
-        .iter()
-        .map(|&id| tokenizer.token_str(id))
-        .collect::<Result<Vec<_>>>()?;
+    let texts = model.to_str_tokens(&tokens, false)?;
     Ok(FeatureView {
         title: format!("Features of the SAE at {}", sae.cfg().spliced_at()),
         tokens: texts,

@@ -57,11 +57,7 @@ pub fn logit_lens(model: &HookedGpt2, tokens: &Tensor, k: usize) -> Result<Logit
         }
         top.push(per_pos);
     }
-    let ids = tokens.to_dtype(DType::U32)?.i(0)?.to_vec1::<u32>()?;
-    let texts = ids
-        .iter()
-        .map(|&id| tokenizer.token_str(id))
-        .collect::<Result<Vec<_>>>()?;
+    let texts = model.to_str_tokens(&tokens, false)?;
     Ok(LogitLens {
         tokens: texts,
         labels,
