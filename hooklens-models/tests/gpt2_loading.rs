@@ -86,6 +86,7 @@ fn from_files_and_var_builder_load_the_same_model() {
     assert_close("from_files", &m.forward(&tokens()).unwrap(), &reference["logits"], 1e-4);
 
     let cfg = Gpt2Config::from_hf_json(model_dir().join("config.json")).unwrap();
+    // SAFETY: the fixture is only read while mapped: no test writes it.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&[model_dir().join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
     };

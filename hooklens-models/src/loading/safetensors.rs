@@ -191,7 +191,7 @@ fn float_dtype(dtype: &str) -> Option<DType> {
 
 /// An element type a tensor can be read into directly: its bits are little-endian
 /// in a safetensors file.
-trait LeElement: Copy + Default {
+trait LeElement: bytemuck::Pod + Default {
     /// The value from little-endian bits.
     fn swap_from_le(self) -> Self;
 }
@@ -220,12 +220,9 @@ fn read_le<T: LeElement>(
     entry: &TensorEntry,
     cannot_read: &dyn Fn(std::io::Error) -> Error,
 ) -> Result<Vec<T>> {
-    let size = std::mem::size_of::<T>();
-    let mut data = vec![T::default(); entry.len / size];
-    // SAFETY: `T` is f32, bf16 or f16, for which any bit pattern is a valid value, and
-    // the byte view covers exactly the vector's initialised elements.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * size) };
-    read_exact_at(file, bytes, entry.start).map_err(cannot_read)?;
+    let mut data = vec![T::default(); entry.len / std::mem::size_of::<T>()];
+    // Any bit pattern is a value of these types (`Pod`), so the file's bytes go straight in.
+    read_exact_at(file, bytemuck::cast_slice_mut(&mut data), entry.start).map_err(cannot_read)?;
     if cfg!(target_endian = "big") {
         data.iter_mut().for_each(|x| *x = x.swap_from_le());
     }

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::kernels::{constant_cpu_f32, fast_path};
+use super::shared_out::SharedOut;
 
 /// A strided 4-D operand `[batch, head, rows, cols]` inside a storage.
 #[derive(Clone, Copy)]
@@ -50,11 +51,9 @@ fn batched_sgemm(
     }
     // Not zeroed first: sgemm with beta 0 writes every value and reads none. The pairs
     // write disjoint parts of `out` (its strides are a permutation of a contiguous
-    // layout, so together they write all of it); raw pointers cross the threads as
-    // addresses.
+    // layout, so together they write all of it).
     let mut out: Vec<f32> = Vec::with_capacity(total);
-    let out_addr = out.spare_capacity_mut().as_mut_ptr() as usize;
-    let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    let out_ptr = SharedOut::new(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     (0..nb * nh).into_par_iter().for_each(|pair| {
         let (bi, hi) = (pair / nh, pair % nh);
         let a_start = ao.offset + bi * ao.strides[0] + hi * ao.strides[1];
@@ -69,14 +68,14 @@ fn batched_sgemm(
                 k,
                 n,
                 alpha,
-                (a_addr as *const f32).add(a_start),
+                a.as_ptr().add(a_start),
                 ao.strides[2] as isize,
                 ao.strides[3] as isize,
-                (b_addr as *const f32).add(b_start),
+                b.as_ptr().add(b_start),
                 bo.strides[2] as isize,
                 bo.strides[3] as isize,
                 0.0,
-                (out_addr as *mut f32).add(c_start),
+                out_ptr.get().add(c_start),
                 out_strides[2] as isize,
                 out_strides[3] as isize,
             );

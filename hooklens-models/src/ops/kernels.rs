@@ -9,6 +9,8 @@ use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
+use super::shared_out::SharedOut;
+
 /// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
 /// CPU has them (the crate is built for baseline x86-64, whose SSE2 is half as wide),
 /// and the portable `$imp::<false>` elsewhere. Rust never fuses a multiply and an add
@@ -557,9 +559,9 @@ fn sgemm_into(
     l2: &Layout,
     y: SgemmOut<'_>,
 ) -> candle_core::Result<()> {
-    let (beta, y_len, y_addr) = match y {
-        SgemmOut::Fresh(y) => (0.0, y.len(), y.as_mut_ptr() as usize),
-        SgemmOut::Accumulate(y) => (1.0, y.len(), y.as_mut_ptr() as usize),
+    let (beta, y_len, y_out) = match y {
+        SgemmOut::Fresh(y) => (0.0, y.len(), SharedOut::new(y.as_mut_ptr().cast::<f32>())),
+        SgemmOut::Accumulate(y) => (1.0, y.len(), SharedOut::new(y.as_mut_ptr())),
     };
     let w = w_storage.as_slice::<f32>()?;
     let (rs, cs) = match l2.stride() {
@@ -586,7 +588,7 @@ fn sgemm_into(
     let blocks = if threads > 1 && flops >= 1 << 20 { threads } else { 1 };
     // Multiples of 32 columns, so that every block fills the kernels' register tiles.
     let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
-    let (x_addr, w_addr) = (x.as_ptr() as usize, w[start..].as_ptr() as usize);
+    let w = &w[start..];
     // A row-major weight into a new buffer: streamed_gemm overlaps the weight's stream
     // from memory with the arithmetic (see there). The 48 weight products of a GPT-2
     // forward at 16 / 64 / 128 / 256 / 1024 / 2048 rows took 0.80 / 0.77-0.83 / 0.87 /
@@ -601,12 +603,12 @@ fn sgemm_into(
             // stride rs, and avx512f is available.
             unsafe {
                 super::streamed_gemm::gemm(
-                    x_addr as *const f32,
+                    x.as_ptr(),
                     rows,
                     d_in,
-                    w_addr as *const f32,
+                    w.as_ptr(),
                     rs,
-                    y_addr as *mut f32,
+                    y_out.get(),
                     d_out,
                     j0,
                     j0 + n,
@@ -626,14 +628,14 @@ fn sgemm_into(
                 d_in,
                 n,
                 1.0,
-                x_addr as *const f32,
+                x.as_ptr(),
                 d_in as isize,
                 1,
-                (w_addr as *const f32).add(j0 * cs),
+                w.as_ptr().add(j0 * cs),
                 rs as isize,
                 cs as isize,
                 beta,
-                (y_addr as *mut f32).add(j0),
+                y_out.get().add(j0),
                 d_out as isize,
                 1,
             );

@@ -5,6 +5,7 @@
 pub(crate) mod attention_products;
 mod cross_entropy;
 pub(crate) mod kernels;
+mod shared_out;
 mod streamed_gemm;
 mod transpose;
 

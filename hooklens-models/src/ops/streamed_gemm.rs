@@ -56,67 +56,72 @@ pub(crate) unsafe fn gemm(
     j0: usize,
     j1: usize,
 ) {
-    // Rows of x in bands of at most about 1 MiB, which stay in the L2 cache while
-    // every block of columns goes over them; w is read once per band.
-    let band = (X_BAND_BYTES / (k.max(1) * 4)).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
-    let mut chunk = Chunk([0.0; CHUNK_ROWS * BLOCK_COLS]);
-    let buf = chunk.0.as_mut_ptr();
-    let mut i0 = 0;
-    while i0 < m {
-        // From here on x, m and y are this band's.
-        let (x, m, y) = (x.add(i0 * k), band.min(m - i0), y.add(i0 * ldy));
-        let mut j = j0;
-        while j < j1 {
-            let cols = BLOCK_COLS.min(j1 - j);
-            let masks = column_masks(cols);
-            let next_block = (j + cols < j1).then(|| w.add(j + cols));
-            let mut p0 = 0;
-            while p0 < k {
-                let rows = CHUNK_ROWS.min(k - p0);
-                // The chunk after this one (this block's next rows, or the next block's
-                // first ones) is requested now and arrives while this one is multiplied.
-                let (ahead, ahead_rows) = if p0 + rows < k {
-                    (Some(w.add((p0 + rows) * ldw + j)), CHUNK_ROWS.min(k - p0 - rows))
-                } else {
-                    (next_block, CHUNK_ROWS.min(k))
-                };
-                for p in 0..rows {
-                    let src = w.add((p0 + p) * ldw + j);
-                    let dst = buf.add(p * BLOCK_COLS);
-                    _mm512_store_ps(dst, _mm512_maskz_loadu_ps(masks.0, src));
-                    _mm512_store_ps(dst.add(16), _mm512_maskz_loadu_ps(masks.1, src.add(16)));
-                    if let Some(a) = ahead {
-                        if p < ahead_rows {
-                            // A prefetch never faults; wrapping arithmetic, because the
-                            // second line may lie past the weight's end.
-                            let line = a.wrapping_add(p * ldw) as *const i8;
-                            _mm_prefetch::<_MM_HINT_T0>(line);
-                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+    // SAFETY: the caller upholds this function's contract (above): every pointer offset
+    // below stays inside x, w (prefetches excepted: they never fault) and y's columns
+    // j0..j1, and avx512f is available for the intrinsics.
+    unsafe {
+        // Rows of x in bands of at most about 1 MiB, which stay in the L2 cache while
+        // every block of columns goes over them; w is read once per band.
+        let band = (X_BAND_BYTES / (k.max(1) * 4)).max(TILE_ROWS) / TILE_ROWS * TILE_ROWS;
+        let mut chunk = Chunk([0.0; CHUNK_ROWS * BLOCK_COLS]);
+        let buf = chunk.0.as_mut_ptr();
+        let mut i0 = 0;
+        while i0 < m {
+            // From here on x, m and y are this band's.
+            let (x, m, y) = (x.add(i0 * k), band.min(m - i0), y.add(i0 * ldy));
+            let mut j = j0;
+            while j < j1 {
+                let cols = BLOCK_COLS.min(j1 - j);
+                let masks = column_masks(cols);
+                let next_block = (j + cols < j1).then(|| w.add(j + cols));
+                let mut p0 = 0;
+                while p0 < k {
+                    let rows = CHUNK_ROWS.min(k - p0);
+                    // The chunk after this one (this block's next rows, or the next block's
+                    // first ones) is requested now and arrives while this one is multiplied.
+                    let (ahead, ahead_rows) = if p0 + rows < k {
+                        (Some(w.add((p0 + rows) * ldw + j)), CHUNK_ROWS.min(k - p0 - rows))
+                    } else {
+                        (next_block, CHUNK_ROWS.min(k))
+                    };
+                    for p in 0..rows {
+                        let src = w.add((p0 + p) * ldw + j);
+                        let dst = buf.add(p * BLOCK_COLS);
+                        _mm512_store_ps(dst, _mm512_maskz_loadu_ps(masks.0, src));
+                        _mm512_store_ps(dst.add(16), _mm512_maskz_loadu_ps(masks.1, src.add(16)));
+                        if let Some(a) = ahead {
+                            if p < ahead_rows {
+                                // A prefetch never faults; wrapping arithmetic, because the
+                                // second line may lie past the weight's end.
+                                let line = a.wrapping_add(p * ldw) as *const i8;
+                                _mm_prefetch::<_MM_HINT_T0>(line);
+                                _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                            }
                         }
                     }
-                }
-                let first = p0 == 0;
-                let mut i = 0;
-                while i < m {
-                    let tile = TILE_ROWS.min(m - i);
-                    let (xi, yij) = (x.add(i * k + p0), y.add(i * ldy + j));
-                    match tile {
-                        8 => tile_kernel::<8>(xi, k, buf, rows, yij, ldy, masks, first),
-                        7 => tile_kernel::<7>(xi, k, buf, rows, yij, ldy, masks, first),
-                        6 => tile_kernel::<6>(xi, k, buf, rows, yij, ldy, masks, first),
-                        5 => tile_kernel::<5>(xi, k, buf, rows, yij, ldy, masks, first),
-                        4 => tile_kernel::<4>(xi, k, buf, rows, yij, ldy, masks, first),
-                        3 => tile_kernel::<3>(xi, k, buf, rows, yij, ldy, masks, first),
-                        2 => tile_kernel::<2>(xi, k, buf, rows, yij, ldy, masks, first),
-                        _ => tile_kernel::<1>(xi, k, buf, rows, yij, ldy, masks, first),
+                    let first = p0 == 0;
+                    let mut i = 0;
+                    while i < m {
+                        let tile = TILE_ROWS.min(m - i);
+                        let (xi, yij) = (x.add(i * k + p0), y.add(i * ldy + j));
+                        match tile {
+                            8 => tile_kernel::<8>(xi, k, buf, rows, yij, ldy, masks, first),
+                            7 => tile_kernel::<7>(xi, k, buf, rows, yij, ldy, masks, first),
+                            6 => tile_kernel::<6>(xi, k, buf, rows, yij, ldy, masks, first),
+                            5 => tile_kernel::<5>(xi, k, buf, rows, yij, ldy, masks, first),
+                            4 => tile_kernel::<4>(xi, k, buf, rows, yij, ldy, masks, first),
+                            3 => tile_kernel::<3>(xi, k, buf, rows, yij, ldy, masks, first),
+                            2 => tile_kernel::<2>(xi, k, buf, rows, yij, ldy, masks, first),
+                            _ => tile_kernel::<1>(xi, k, buf, rows, yij, ldy, masks, first),
+                        }
+                        i += tile;
                     }
-                    i += tile;
+                    p0 += rows;
                 }
-                p0 += rows;
+                j += cols;
             }
-            j += cols;
+            i0 += m;
         }
-        i0 += m;
     }
 }
 
@@ -180,27 +185,32 @@ unsafe fn tile_kernel<const R: usize>(
     (m0, m1): (__mmask16, __mmask16),
     first: bool,
 ) {
-    let mut acc0 = [_mm512_setzero_ps(); R];
-    let mut acc1 = [_mm512_setzero_ps(); R];
-    if !first {
-        for r in 0..R {
-            acc0[r] = _mm512_maskz_loadu_ps(m0, y.add(r * ldy));
-            acc1[r] = _mm512_maskz_loadu_ps(m1, y.add(r * ldy + 16));
+    // SAFETY: the caller (gemm) passes x with R rows of stride k and `rows` columns from
+    // here, a chunk of `rows` x 32 aligned values, and y with R rows of stride ldy whose
+    // masked columns are its own; avx512f is enabled for this function.
+    unsafe {
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        if !first {
+            for r in 0..R {
+                acc0[r] = _mm512_maskz_loadu_ps(m0, y.add(r * ldy));
+                acc1[r] = _mm512_maskz_loadu_ps(m1, y.add(r * ldy + 16));
+            }
         }
-    }
-    for p in 0..rows {
-        let b0 = _mm512_load_ps(chunk.add(p * BLOCK_COLS));
-        let b1 = _mm512_load_ps(chunk.add(p * BLOCK_COLS + 16));
-        for r in 0..R {
-            let a = _mm512_set1_ps(*x.add(r * k + p));
-            acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
-            acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+        for p in 0..rows {
+            let b0 = _mm512_load_ps(chunk.add(p * BLOCK_COLS));
+            let b1 = _mm512_load_ps(chunk.add(p * BLOCK_COLS + 16));
+            for r in 0..R {
+                let a = _mm512_set1_ps(*x.add(r * k + p));
+                acc0[r] = _mm512_fmadd_ps(a, b0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(a, b1, acc1[r]);
+            }
         }
-    }
-    for r in 0..R {
-        let out = y.add(r * ldy);
-        _mm512_mask_storeu_ps(out, m0, acc0[r]);
-        _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
+        for r in 0..R {
+            let out = y.add(r * ldy);
+            _mm512_mask_storeu_ps(out, m0, acc0[r]);
+            _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
+        }
     }
 }
 
