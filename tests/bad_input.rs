@@ -24,7 +24,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use common::{TempDir, TinyModel};
-use hooklens::{ActivationCache, CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel, NamesFilter, Slice};
+use hooklens::{
+    ActivationCache, CacheOptions, Direction, Error, HookOptions, HookPoint, HookSet, HookedModel, NamesFilter, Slice,
+};
 
 fn sample_cache() -> ActivationCache {
     let model = TinyModel::new(1, 4);
@@ -279,7 +281,7 @@ fn names_that_select_nothing_fail_before_the_forward_runs() {
         );
         check(
             model
-                .add_hook(filter.clone(), noop, Direction::Bwd, true, None, false)
+                .add_hook(filter.clone(), noop, HookOptions::bwd().permanent())
                 .unwrap_err(),
         );
         assert!(!ran.get(), "{label}: the forward ran");

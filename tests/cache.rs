@@ -137,3 +137,86 @@ fn device_option_and_save_load() {
     assert_eq!(single["hook_final"].dims(), &[3, 4]);
     let _: &Tensor = single.try_get("hook_final").unwrap();
 }
+
+/// Points whose position axis the name rule would get wrong, declared instead: by the
+/// derive (on a point, on a module's points, as `None`) and by the constructor.
+#[derive(hooklens::Hooked)]
+struct Declared {
+    /// `[batch, pos, head, d]` under a name the rule does not know.
+    #[hooked(position_axis = -3)]
+    hook_per_head: hooklens::HookPoint,
+    /// `[batch, pos, d]` rows: the rule's `-2`, undeclared.
+    hook_rows: hooklens::HookPoint,
+    /// Every point of the module declares `-1` (`[batch, pos]`).
+    #[hooked(module, position_axis = -1)]
+    scores: Scores,
+    /// `[batch * pos, d]`, flattened: no position axis to slice.
+    #[hooked(position_axis = None)]
+    hook_flat: hooklens::HookPoint,
+    /// Declared by the constructor: `[pos, batch, d]`.
+    hook_time_major: hooklens::HookPoint,
+}
+
+#[derive(hooklens::Hooked)]
+struct Scores {
+    hook_score: hooklens::HookPoint,
+}
+
+impl Declared {
+    fn forward(&self, x: &Tensor) -> hooklens::Result<()> {
+        let (b, p, d) = x.dims3()?;
+        self.hook_per_head
+            .forward(&x.reshape((b, p, 1, d))?.repeat((1, 1, 2, 1))?)?;
+        self.hook_rows.forward(x)?;
+        self.scores.hook_score.forward(&x.sum(2)?)?;
+        self.hook_flat.forward(&x.reshape((b * p, d))?)?;
+        self.hook_time_major.forward(&x.transpose(0, 1)?.contiguous()?)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn pos_slice_follows_the_axis_each_point_declares() {
+    let model = Declared {
+        hook_per_head: hooklens::HookPoint::new(),
+        hook_rows: hooklens::HookPoint::new(),
+        scores: Scores {
+            hook_score: hooklens::HookPoint::new(),
+        },
+        hook_flat: hooklens::HookPoint::new(),
+        hook_time_major: hooklens::HookPoint::new().with_position_axis(Some(-3)),
+    };
+    // batch 2, 5 positions, d 3: every value says its position.
+    let pos = Tensor::arange(0f32, 5.0, &Device::Cpu).unwrap();
+    let x = pos
+        .reshape((1, 5, 1))
+        .unwrap()
+        .broadcast_as((2, 5, 3))
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let (_, cache) = model
+        .run_with_cache(CacheOptions::new().pos_slice(Slice::Index(3)), |m| m.forward(&x))
+        .unwrap();
+    let shape = |n: &str| cache[n].dims().to_vec();
+    let only_pos_3 = |n: &str| {
+        let v = cache[n].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|&p| p == 3.0), "{n}: {v:?}");
+    };
+    assert_eq!(shape("hook_per_head"), [2, 2, 3], "sliced at -3, not at the head axis");
+    only_pos_3("hook_per_head");
+    assert_eq!(shape("hook_rows"), [2, 3]);
+    only_pos_3("hook_rows");
+    assert_eq!(shape("scores.hook_score"), [2], "the module's point sliced at -1");
+    assert_eq!(cache["scores.hook_score"].to_vec1::<f32>().unwrap(), [9.0, 9.0]);
+    assert_eq!(shape("hook_flat"), [10, 3], "no position axis: left whole");
+    assert_eq!(
+        shape("hook_time_major"),
+        [2, 3],
+        "the constructor's -3 on [pos, batch, d]"
+    );
+    only_pos_3("hook_time_major");
+    let declared = model.hook_point("hook_per_head").unwrap().position_axis(4);
+    assert_eq!(declared, Some(-3));
+    assert_eq!(model.hook_point("hook_flat").unwrap().position_axis(2), None);
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use common::{max_abs_diff, TinyModel};
-use hooklens::{CacheOptions, Direction, HookPoint, HookSet, HookedModel};
+use hooklens::{CacheOptions, Direction, HookOptions, HookPoint, HookSet, HookedModel, RemoveOptions, ResetOptions};
 
 fn abs_sum(t: &Tensor) -> f64 {
     t.abs()
@@ -180,18 +180,17 @@ fn a_backward_hook_may_scale_the_gradient() {
 fn model_state_backward_hooks_are_removed_like_forward_ones() {
     let model = TinyModel::new(1, 4);
     model
-        .add_hook(
-            "hook_final",
-            |_: &Tensor, _: &HookPoint| Ok(None),
-            Direction::Bwd,
-            false,
-            None,
-            false,
-        )
+        .add_hook("hook_final", |_: &Tensor, _: &HookPoint| Ok(None), HookOptions::bwd())
         .unwrap();
     assert_eq!(model.list_hooks()[0].1[0].direction, Direction::Bwd);
-    assert_eq!(model.remove_all_hook_fns(Direction::Fwd, false, None), 0);
-    assert_eq!(model.remove_all_hook_fns(Direction::Bwd, false, None), 1);
+    assert_eq!(
+        model.remove_all_hook_fns(RemoveOptions::new().direction(Direction::Fwd)),
+        0
+    );
+    assert_eq!(
+        model.remove_all_hook_fns(RemoveOptions::new().direction(Direction::Bwd)),
+        1
+    );
 }
 
 #[test]
@@ -214,14 +213,7 @@ fn grad_mode_counts_the_backward_hooks_of_the_model_whose_forward_runs() {
     // Building the hook dictionaries makes each model's points count together.
     let _ = (hooked.hook_dict(), other.hook_dict());
     hooked
-        .add_hook(
-            "blocks.0.hook_resid_post",
-            |_, _| Ok(None),
-            Direction::Bwd,
-            false,
-            None,
-            false,
-        )
+        .add_hook("blocks.0.hook_resid_post", |_, _| Ok(None), HookOptions::bwd())
         .unwrap();
     {
         let _forward = other.hook_embed.model_forward();
@@ -236,7 +228,7 @@ fn grad_mode_counts_the_backward_hooks_of_the_model_whose_forward_runs() {
     }
     // A forward that does not say which model it is goes by every model's hooks.
     assert!(hooklens::grad_mode());
-    hooked.reset_hooks(false, Direction::Both, false, None);
+    hooked.reset_hooks(ResetOptions::new().keep_contexts());
     let _forward = hooked.hook_embed.model_forward();
     assert!(!hooklens::grad_mode(), "the hook is gone");
 }

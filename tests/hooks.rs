@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 use common::{max_abs_diff, TinyModel};
-use hooklens::{CacheOptions, Direction, Error, Hook, HookPoint, HookSet, HookedModel};
+use hooklens::{
+    CacheOptions, Direction, Error, Hook, HookOptions, HookPoint, HookSet, HookedModel, RemoveOptions, ResetOptions,
+};
 
 const EMBED: &str = "hook_embed";
 
@@ -59,13 +61,13 @@ fn perma_hook_survives_run_with_hooks() {
     let (model, x) = setup();
     let c = Counter::default();
     model
-        .add_shared_hook(EMBED, c.hook(), Direction::Fwd, true, None, false)
+        .add_shared_hook(EMBED, c.hook(), HookOptions::fwd().permanent())
         .unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
     model.run_with_hooks(HookSet::new(), |m| m.forward(&x)).unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
     assert_eq!(c.count(), 1);
-    model.remove_all_hook_fns(Direction::Both, true, None);
+    model.remove_all_hook_fns(RemoveOptions::new().including_permanent());
     assert_eq!(total_hooks(&model), 0);
 }
 
@@ -122,7 +124,7 @@ fn permanent_hook_inside_a_scope() {
     let (model, x) = setup();
     let c = Counter::default();
     model
-        .add_shared_hook(EMBED, c.hook(), Direction::Fwd, true, None, false)
+        .add_shared_hook(EMBED, c.hook(), HookOptions::fwd().permanent())
         .unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
     {
@@ -168,11 +170,9 @@ fn reset_hooks_inside_a_scope() {
     let c = Counter::default();
     let _scope = model.hooks(HookSet::new().fwd_hook(EMBED, c.hook())).unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
-    model
-        .add_shared_hook(EMBED, c.hook(), Direction::Fwd, false, None, false)
-        .unwrap();
+    model.add_shared_hook(EMBED, c.hook(), HookOptions::fwd()).unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 2);
-    model.reset_hooks(true, Direction::Both, false, None);
+    model.reset_hooks(ResetOptions::new());
     assert_eq!(n_fwd_hooks(&model, EMBED), 0);
 }
 
@@ -181,12 +181,12 @@ fn remove_all_hook_fns_with_and_without_permanent() {
     let (model, _) = setup();
     let c = Counter::default();
     model
-        .add_shared_hook(EMBED, c.hook(), Direction::Fwd, true, None, false)
+        .add_shared_hook(EMBED, c.hook(), HookOptions::fwd().permanent())
         .unwrap();
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
-    model.remove_all_hook_fns(Direction::Both, false, None);
+    model.remove_all_hook_fns(RemoveOptions::new());
     assert_eq!(n_fwd_hooks(&model, EMBED), 1);
-    model.remove_all_hook_fns(Direction::Both, true, None);
+    model.remove_all_hook_fns(RemoveOptions::new().including_permanent());
     assert_eq!(n_fwd_hooks(&model, EMBED), 0);
 }
 
@@ -199,12 +199,17 @@ fn prepend_decides_the_order() {
     let zero = || Hook::new(|t: &Tensor, _: &HookPoint| Ok(Some(t.zeros_like()?)));
     let noise = || Hook::new(|t: &Tensor, _: &HookPoint| Ok(Some(t.randn_like(0.0, 1.0)?)));
     let is_zero_after = |first: Hook, second: Hook, prepend_second: bool| -> bool {
-        model.reset_hooks(true, Direction::Both, true, None);
+        model.reset_hooks(ResetOptions::new().including_permanent());
+        model.add_shared_hook(name, first, HookOptions::fwd()).unwrap();
         model
-            .add_shared_hook(name, first, Direction::Fwd, false, None, false)
-            .unwrap();
-        model
-            .add_shared_hook(name, second, Direction::Fwd, false, None, prepend_second)
+            .add_shared_hook(
+                name,
+                second,
+                HookOptions {
+                    prepend: prepend_second,
+                    ..HookOptions::fwd()
+                },
+            )
             .unwrap();
         let (_, cache) = model
             .run_with_cache(CacheOptions::new().names(name), |m| m.forward(&x))
@@ -222,7 +227,7 @@ fn prepend_decides_the_order() {
     assert!(is_zero_after(zero(), noise(), true), "noise prepended runs first");
     assert!(is_zero_after(noise(), zero(), false), "zero appended runs last");
     assert!(!is_zero_after(noise(), zero(), true), "zero prepended runs first");
-    model.reset_hooks(true, Direction::Both, true, None);
+    model.reset_hooks(ResetOptions::new().including_permanent());
 }
 
 #[test]
@@ -261,13 +266,13 @@ fn hook_context_persists_between_runs() {
         hp.ctx_insert("last", t.clone());
         Ok(None)
     };
-    model.add_hook(EMBED, hook, Direction::Fwd, false, None, false).unwrap();
+    model.add_hook(EMBED, hook, HookOptions::fwd()).unwrap();
     model.forward(&x).unwrap();
     model.forward(&x).unwrap();
     let hp = model.hook_point(EMBED).unwrap();
     assert_eq!(hp.ctx_get::<usize>("calls"), Some(2));
     assert!(hp.ctx_get::<Tensor>("last").is_some());
-    model.reset_hooks(true, Direction::Both, false, None);
+    model.reset_hooks(ResetOptions::new());
     assert_eq!(hp.ctx_len(), 0);
 }
 
@@ -307,7 +312,7 @@ fn unknown_names_and_empty_filters_are_errors_that_attach_nothing() {
     let (model, x) = setup();
     let noop = |_: &Tensor, _: &HookPoint| Ok(None);
     let err = model
-        .add_hook("blocks.0.hook_resid_pr", noop, Direction::Fwd, false, None, false)
+        .add_hook("blocks.0.hook_resid_pr", noop, HookOptions::fwd())
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::UnknownHook { .. }));
@@ -325,7 +330,14 @@ fn unknown_names_and_empty_filters_are_errors_that_attach_nothing() {
         .unwrap_err();
     assert!(matches!(err, Error::UnknownHook { .. }), "{err}");
     let err = model
-        .add_hook(EMBED, noop, Direction::Both, false, None, false)
+        .add_hook(
+            EMBED,
+            noop,
+            HookOptions {
+                dir: Direction::Both,
+                ..HookOptions::fwd()
+            },
+        )
         .unwrap_err();
     assert!(matches!(err, Error::Direction(_)), "{err}");
 }
@@ -436,10 +448,10 @@ fn a_hook_point_is_idle_only_when_nothing_can_see_its_activation() {
     }
     assert!(embed.is_idle());
     model
-        .add_shared_hook(EMBED, Counter::default().hook(), Direction::Bwd, false, None, false)
+        .add_shared_hook(EMBED, Counter::default().hook(), HookOptions::bwd())
         .unwrap();
     assert!(!embed.is_idle(), "a backward hook needs the activation too");
-    model.reset_hooks(true, Direction::Both, true, None);
+    model.reset_hooks(ResetOptions::new().including_permanent());
     assert!(embed.is_idle());
     // A run's hooks live on its thread, not on the point: during a run the points it
     // hooks are not idle on that thread, the others are, and everything still is on

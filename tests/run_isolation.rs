@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use candle_core::Tensor;
 use common::{max_abs_diff, TinyModel};
-use hooklens::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel};
+use hooklens::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel, RemoveOptions};
 
 fn scale_embed(factor: f64) -> HookSet {
     HookSet::new().fwd("hook_embed", move |t: &Tensor, _: &HookPoint| Ok(Some((t * factor)?)))
@@ -75,7 +75,7 @@ fn permanent_hooks_from_one_thread_are_seen_by_all() {
         std::thread::spawn(move || model.forward(&x).unwrap()).join().unwrap()
     };
     assert_eq!(max_abs_diff(&zeroed, &other), 0.0);
-    model.remove_all_hook_fns(Direction::Both, true, None);
+    model.remove_all_hook_fns(RemoveOptions::new().including_permanent());
     assert!(max_abs_diff(&model.forward(&x).unwrap(), &zeroed) > 0.0);
 }
 

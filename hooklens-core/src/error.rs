@@ -105,6 +105,20 @@ pub enum Error {
     )]
     UnnamedHookPoint,
 
+    /// A hook point that a run hooks, caches or splices ran on another thread during the
+    /// run, and never on the run's own thread: the run's hooks, which live on the thread
+    /// that started it, missed it.
+    #[error(
+        "hook point `{name}` ran on another thread during a run that hooks it, and never on the thread \
+         that started the run, so the run's hooks, cache and splices missed it: a model's forward must \
+         call HookPoint::forward on the thread that called run_with_hooks / run_with_cache (threads \
+         spawned inside the forward do not see the run)"
+    )]
+    HookPointOffThread {
+        /// The hook point's name.
+        name: String,
+    },
+
     /// `HookPoint::layer` on a name without a `blocks.N.` segment.
     #[error("hook point `{name}` is not inside a layer (its name has no `blocks.N.` segment)")]
     NoLayer {

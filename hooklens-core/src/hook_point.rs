@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::hook::{next_attachment_id, AttachedHook};
 use crate::splice::AttachedSplice;
-use crate::{run_frame, Direction, Error, Hook, HookInfo, Result, Splice};
+use crate::{run_frame, Direction, Error, Hook, HookInfo, HookOptions, RemoveOptions, Result, Splice};
 
 static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
 
@@ -47,6 +47,12 @@ struct Inner {
     /// The backward-hook count of the model this point belongs to, shared by all its
     /// points (see [`BwdCount`]); the point's own until a hook dictionary takes it in.
     group: RwLock<BwdCount>,
+    /// How many runs, on any thread, hook or splice this point now. While any does, a
+    /// fire takes the cold path, which counts the fires that no run can see.
+    watchers: AtomicUsize,
+    /// Fires while watched on a thread with no run and no model forward of its own: a
+    /// thread the model's forward spawned, which the run's hooks (thread-local) miss.
+    strays: AtomicU64,
 }
 
 /// How many backward hooks are attached as model state to the points of one model:
@@ -73,6 +79,17 @@ impl Drop for Inner {
 /// not say which model they are (no [`HookPoint::model_forward`]) go by it: they cannot
 /// tell whose hooks these are, so any of them puts them on their differentiable paths.
 pub(crate) static BWD_ATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Declares `point`'s position axis in place: what `#[hooked(position_axis = ..)]`
+/// expands to (see [`HookPoint::with_position_axis`]). Not public API.
+#[doc(hidden)]
+pub fn declare_position_axis(point: &HookPoint, axis: Option<isize>) {
+    let code = match axis {
+        None => NO_AXIS,
+        Some(a) => i8::try_from(a).ok().filter(|a| *a < 0).unwrap_or(NO_AXIS),
+    };
+    point.inner.pos_axis.store(code, Ordering::Relaxed);
+}
 
 /// Moves `count` from `old` to `new` (a count that went from `old` to `new`).
 fn adjust(counter: &AtomicUsize, old: usize, new: usize) {
@@ -139,6 +156,8 @@ impl HookPoint {
                 ctx: Mutex::new(HashMap::new()),
                 pos_axis: AtomicI8::new(UNDECLARED),
                 group: RwLock::new(Arc::new(AtomicUsize::new(0))),
+                watchers: AtomicUsize::new(0),
+                strays: AtomicU64::new(0),
             }),
         }
     }
@@ -158,11 +177,7 @@ impl HookPoint {
     /// assert_eq!(q.position_axis(2), None); // too few axes for it
     /// ```
     pub fn with_position_axis(self, axis: Option<isize>) -> Self {
-        let code = match axis {
-            None => NO_AXIS,
-            Some(a) => i8::try_from(a).ok().filter(|a| *a < 0).unwrap_or(NO_AXIS),
-        };
-        self.inner.pos_axis.store(code, Ordering::Relaxed);
+        declare_position_axis(&self, axis);
         self
     }
 
@@ -304,19 +319,31 @@ impl HookPoint {
     /// ```
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // One more load than `is_idle` alone: the flag of a named point, same allocation.
-        if self.is_idle() && self.inner.named.load(Ordering::Relaxed) {
+        // Two more loads than `is_idle` alone, in the same allocation: the flag of a named
+        // point, and whether some run (maybe on another thread) watches it.
+        if self.is_idle()
+            && self.inner.named.load(Ordering::Relaxed)
+            && self.inner.watchers.load(Ordering::Relaxed) == 0
+        {
             return Ok(x.clone());
         }
         self.forward_cold(x).map_err(Error::into_candle)
     }
 
-    /// `forward` for a point with hooks to run, or one never named: the latter is an
-    /// error inside a run or scope (see [`HookPoint::forward`]), the identity outside.
+    /// `forward` for a point with hooks to run, one never named, or one a run watches:
+    /// an unnamed point is an error inside a run or scope (see [`HookPoint::forward`]),
+    /// the identity outside; a watched one notes on which kind of thread it fired.
     #[cold]
     fn forward_cold(&self, x: &Tensor) -> Result<Tensor> {
         if !self.is_named() && (run_frame::any_active() || crate::hook_scope::open_on_this_thread()) {
             return Err(Error::UnnamedHookPoint);
+        }
+        if self.inner.watchers.load(Ordering::Acquire) > 0 {
+            if run_frame::any_active() {
+                run_frame::mark_fired(self.inner.id);
+            } else if !run_frame::in_model_forward() {
+                self.inner.strays.fetch_add(1, Ordering::AcqRel);
+            }
         }
         if self.is_idle() {
             return Ok(x.clone());
@@ -411,17 +438,11 @@ impl HookPoint {
         Ok(())
     }
 
-    /// Attaches `hook` as model state (TransformerLens's `HookPoint.add_hook`).
-    /// `prepend` puts it before the hooks already attached in that direction.
-    pub fn add_hook(
-        &self,
-        hook: Hook,
-        dir: Direction,
-        is_permanent: bool,
-        level: Option<u64>,
-        prepend: bool,
-    ) -> Result<HookInfo> {
-        let list = match dir {
+    /// Attaches `hook` as model state (TransformerLens's `HookPoint.add_hook`), in the
+    /// direction, permanence and level `opts` says; `opts.prepend` puts it before the
+    /// hooks already attached in that direction.
+    pub fn add_hook(&self, hook: Hook, opts: HookOptions) -> Result<HookInfo> {
+        let list = match opts.dir {
             Direction::Fwd => &self.inner.fwd,
             Direction::Bwd => &self.inner.bwd,
             Direction::Both => {
@@ -433,44 +454,56 @@ impl HookPoint {
         };
         let info = HookInfo {
             id: next_attachment_id(),
-            direction: dir,
-            is_permanent,
-            level,
+            direction: opts.dir,
+            is_permanent: opts.is_permanent,
+            level: opts.level,
         };
         let attached = AttachedHook {
             hook,
             info: info.clone(),
         };
         let mut hooks = write(list);
-        if prepend {
+        if opts.prepend {
             hooks.insert(0, attached);
         } else {
             hooks.push(attached);
         }
-        self.count_changed(dir, hooks.len());
+        self.count_changed(opts.dir, hooks.len());
         Ok(info)
     }
 
     /// Removes attached hooks (TransformerLens's `HookPoint.remove_hooks`): those in
-    /// `dir`, permanent ones only if `including_permanent`, and only those at `level`
-    /// when a level is given. Returns how many were removed.
-    pub fn remove_hooks(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
+    /// `opts.direction`, permanent ones only if `opts.including_permanent`, and only those
+    /// at `opts.level` when a level is given. Returns how many were removed.
+    pub fn remove_hooks(&self, opts: RemoveOptions) -> usize {
         let mut removed = 0;
         for (d, list) in [(Direction::Fwd, &self.inner.fwd), (Direction::Bwd, &self.inner.bwd)] {
-            if !dir.includes(d) {
+            if !opts.direction.includes(d) {
                 continue;
             }
             let mut hooks = write(list);
             let before = hooks.len();
-            hooks.retain(|a| {
-                let keep_permanent = a.info.is_permanent && !including_permanent;
-                let other_level = level.is_some() && a.info.level != level;
-                keep_permanent || other_level
-            });
+            hooks.retain(|a| !opts.removes(a.info.is_permanent, a.info.level));
             removed += before - hooks.len();
             self.count_changed(d, hooks.len());
         }
         removed
+    }
+
+    /// Counts one more run watching this point; returns its stray count now.
+    pub(crate) fn watch(&self) -> u64 {
+        self.inner.watchers.fetch_add(1, Ordering::AcqRel);
+        self.inner.strays.load(Ordering::Acquire)
+    }
+
+    /// Counts one run fewer watching this point.
+    pub(crate) fn unwatch(&self) {
+        self.inner.watchers.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Fires of this point, while watched, on threads with no run and no model forward.
+    pub(crate) fn strays(&self) -> u64 {
+        self.inner.strays.load(Ordering::Acquire)
     }
 
     /// Keeps the lock-free counters in step with the lists (called under the write lock).
@@ -631,9 +664,9 @@ mod tests {
         let hp = HookPoint::new();
         let add = |v: f64| Hook::new(move |x: &Tensor, _: &HookPoint| Ok(Some((x + v)?)));
         let mul = |v: f64| Hook::new(move |x: &Tensor, _: &HookPoint| Ok(Some((x * v)?)));
-        hp.add_hook(add(1.0), Direction::Fwd, false, None, false).unwrap();
-        hp.add_hook(mul(10.0), Direction::Fwd, false, None, false).unwrap();
-        hp.add_hook(mul(2.0), Direction::Fwd, false, None, true).unwrap();
+        hp.add_hook(add(1.0), HookOptions::fwd()).unwrap();
+        hp.add_hook(mul(10.0), HookOptions::fwd()).unwrap();
+        hp.add_hook(mul(2.0), HookOptions::fwd().prepend()).unwrap();
         let x = Tensor::new(&[1f32], &Device::Cpu).unwrap();
         // (1 * 2 + 1) * 10
         assert_eq!(hp.forward(&x).unwrap().to_vec1::<f32>().unwrap(), vec![30.0]);
@@ -645,10 +678,7 @@ mod tests {
         hp.set_name("blocks.1.hook_resid_pre");
         hp.add_hook(
             Hook::new(|x: &Tensor, _: &HookPoint| Ok(Some(x.sum_keepdim(0)?))),
-            Direction::Fwd,
-            false,
-            None,
-            false,
+            HookOptions::fwd(),
         )
         .unwrap();
         let x = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
@@ -665,13 +695,13 @@ mod tests {
     fn remove_respects_permanence_and_level() {
         let hp = HookPoint::new();
         let id = Hook::new(|_: &Tensor, _: &HookPoint| Ok(None));
-        hp.add_hook(id.clone(), Direction::Fwd, true, None, false).unwrap();
-        hp.add_hook(id.clone(), Direction::Fwd, false, Some(7), false).unwrap();
-        hp.add_hook(id.clone(), Direction::Bwd, false, Some(8), false).unwrap();
-        assert_eq!(hp.remove_hooks(Direction::Both, false, Some(7)), 1);
+        hp.add_hook(id.clone(), HookOptions::fwd().permanent()).unwrap();
+        hp.add_hook(id.clone(), HookOptions::fwd().level(7)).unwrap();
+        hp.add_hook(id.clone(), HookOptions::bwd().level(8)).unwrap();
+        assert_eq!(hp.remove_hooks(RemoveOptions::new().level(7)), 1);
         assert_eq!(hp.num_hooks(Direction::Both), 2);
-        assert_eq!(hp.remove_hooks(Direction::Fwd, false, None), 0);
-        assert_eq!(hp.remove_hooks(Direction::Both, true, None), 2);
+        assert_eq!(hp.remove_hooks(RemoveOptions::new().direction(Direction::Fwd)), 0);
+        assert_eq!(hp.remove_hooks(RemoveOptions::new().including_permanent()), 2);
         assert_eq!(hp.num_hooks(Direction::Both), 0);
     }
 

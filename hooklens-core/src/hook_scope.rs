@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
-use crate::{Direction, HookedModel};
+use crate::{HookedModel, ResetOptions};
 
 static NEXT_LEVEL: AtomicU64 = AtomicU64::new(1);
 
@@ -103,8 +103,11 @@ impl<M: HookedModel + ?Sized> Drop for HookScope<'_, M> {
         if self.reset_hooks_end {
             // Hooks first: the points of this scope's splices are reachable only while
             // they are spliced in.
-            self.model
-                .reset_hooks(self.clear_contexts, Direction::Both, false, Some(self.level));
+            let reset = ResetOptions {
+                clear_contexts: self.clear_contexts,
+                ..ResetOptions::new().level(self.level)
+            };
+            self.model.reset_hooks(reset);
             let mut path = crate::HookPath::new();
             self.model
                 .visit_hook_points(&mut path, &mut |_, p| drop(p.remove_splices(true, Some(self.level))));

@@ -8,8 +8,8 @@ use crate::activation_cache::squeeze_batch;
 use crate::hook_scope::next_level;
 use crate::run_frame::{FrameGuard, RunFrame};
 use crate::{
-    ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookPath, HookPoint, HookScope, HookSet,
-    Hooked, NamesFilter, Result, Splice,
+    ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookOptions, HookPath, HookPoint,
+    HookScope, HookSet, Hooked, NamesFilter, RemoveOptions, ResetOptions, Result, Splice,
 };
 
 /// The hook API of TransformerLens's `HookedRootModule`, for any [`Hooked`] model
@@ -23,7 +23,7 @@ use crate::{
 ///
 /// ```
 /// use hooklens::candle_core::{Device, Tensor};
-/// use hooklens::{CacheOptions, Direction, HookPoint, HookSet, Hooked, HookedModel};
+/// use hooklens::{CacheOptions, HookOptions, HookPoint, HookSet, Hooked, HookedModel, ResetOptions};
 ///
 /// #[derive(Hooked)]
 /// struct Model {
@@ -60,9 +60,9 @@ use crate::{
 /// assert!(model.list_hooks().is_empty());
 ///
 /// // add_hook: model state until removed, as in TransformerLens.
-/// model.add_hook("hook_in", |x, _hp| Ok(Some(x.zeros_like()?)), Direction::Fwd, false, None, false)?;
+/// model.add_hook("hook_in", |x, _hp| Ok(Some(x.zeros_like()?)), HookOptions::fwd())?;
 /// assert_eq!(model.forward(&x)?.to_vec1::<f32>()?, [0.0, 0.0]);
-/// model.reset_hooks(false, Direction::Both, false, None);
+/// model.reset_hooks(ResetOptions::new());
 ///
 /// // An unknown name is an error that suggests the nearest ones.
 /// let err = model.run_with_hooks(HookSet::new().fwd("hook_inn", |_, _| Ok(None)), |m| m.forward(&x));
@@ -91,37 +91,21 @@ pub trait HookedModel: Hooked {
         self.hook_dict().require(self, name).map(HookPoint::handle)
     }
 
-    /// Attaches `hook` at every point `names` selects (TransformerLens's `add_hook`).
-    /// `level` tags it with a context level (see [`HookScope::level`]); `prepend` runs
-    /// it before the hooks already there.
-    fn add_hook<F>(
-        &self,
-        names: impl Into<NamesFilter>,
-        hook: F,
-        dir: Direction,
-        is_permanent: bool,
-        level: Option<u64>,
-        prepend: bool,
-    ) -> Result<()>
+    /// Attaches `hook` at every point `names` selects (TransformerLens's `add_hook`), as
+    /// `opts` says: direction, permanence, context level, prepend
+    /// (`HookOptions::fwd()` for TransformerLens's defaults).
+    fn add_hook<F>(&self, names: impl Into<NamesFilter>, hook: F, opts: HookOptions) -> Result<()>
     where
         F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
     {
-        self.add_shared_hook(names, Hook::new(hook), dir, is_permanent, level, prepend)
+        self.add_shared_hook(names, Hook::new(hook), opts)
     }
 
     /// [`HookedModel::add_hook`] with an existing [`Hook`], shared rather than copied,
     /// or with a closure or `fn` returning `Result<Option<Tensor>, E>` for any `E` that
     /// converts into hooklens's `Error` (candle's `Result` included).
-    fn add_shared_hook(
-        &self,
-        names: impl Into<NamesFilter>,
-        hook: impl Into<Hook>,
-        dir: Direction,
-        is_permanent: bool,
-        level: Option<u64>,
-        prepend: bool,
-    ) -> Result<()> {
-        if dir == Direction::Both {
+    fn add_shared_hook(&self, names: impl Into<NamesFilter>, hook: impl Into<Hook>, opts: HookOptions) -> Result<()> {
+        if opts.dir == Direction::Both {
             return Err(Error::Direction(
                 "a hook is added in one direction (Fwd or Bwd), not Both".into(),
             ));
@@ -129,7 +113,7 @@ pub trait HookedModel: Hooked {
         let hook = hook.into();
         let dict = self.hook_dict();
         for (_, point) in dict.select(self, &names.into())? {
-            point.add_hook(hook.clone(), dir, is_permanent, level, prepend)?;
+            point.add_hook(hook.clone(), opts)?;
         }
         Ok(())
     }
@@ -139,35 +123,33 @@ pub trait HookedModel: Hooked {
     where
         F: Fn(&Tensor, &HookPoint) -> Result<Option<Tensor>> + Send + Sync + 'static,
     {
-        self.add_hook(names, hook, dir, true, None, false)
+        let opts = HookOptions {
+            dir,
+            ..HookOptions::fwd().permanent()
+        };
+        self.add_hook(names, hook, opts)
     }
 
-    /// Removes attached hooks in `dir` from every point: permanent ones only if
-    /// `including_permanent`, and only those at `level` if one is given. Returns how
-    /// many were removed. Points hidden by a splice and the points of spliced modules
-    /// count too.
-    fn remove_all_hook_fns(&self, dir: Direction, including_permanent: bool, level: Option<u64>) -> usize {
-        every_point(self)
-            .iter()
-            .map(|p| p.remove_hooks(dir, including_permanent, level))
-            .sum()
+    /// Removes the attached hooks `opts` selects from every point (TransformerLens's
+    /// `remove_all_hook_fns`): in `opts.direction`, permanent ones only if
+    /// `opts.including_permanent`, and only those at `opts.level` if one is given.
+    /// Returns how many were removed. Points hidden by a splice and the points of spliced
+    /// modules count too.
+    fn remove_all_hook_fns(&self, opts: RemoveOptions) -> usize {
+        every_point(self).iter().map(|p| p.remove_hooks(opts)).sum()
     }
 
-    /// [`HookedModel::remove_all_hook_fns`], and clears every point's context if
-    /// `clear_contexts` (TransformerLens's `reset_hooks`).
-    fn reset_hooks(
-        &self,
-        clear_contexts: bool,
-        dir: Direction,
-        including_permanent: bool,
-        level: Option<u64>,
-    ) -> usize {
-        if clear_contexts {
+    /// TransformerLens's `reset_hooks`: [`HookedModel::remove_all_hook_fns`] with the hooks
+    /// `opts` selects, and, if `opts.clear_contexts`, every point's context emptied
+    /// (`ResetOptions::new()` for TransformerLens's defaults). Returns how many hooks
+    /// were removed.
+    fn reset_hooks(&self, opts: ResetOptions) -> usize {
+        if opts.clear_contexts {
             for p in every_point(self) {
                 p.clear_context();
             }
         }
-        self.remove_all_hook_fns(dir, including_permanent, level)
+        self.remove_all_hook_fns(opts.remove_options())
     }
 
     /// The points that have hooks attached as model state, with those hooks.
@@ -214,7 +196,7 @@ pub trait HookedModel: Hooked {
         levels.dedup();
         for level in levels.into_iter().flatten() {
             for p in &points {
-                p.remove_hooks(Direction::Both, true, Some(level));
+                p.remove_hooks(RemoveOptions::new().including_permanent().level(level));
             }
         }
         n
@@ -372,7 +354,15 @@ fn attach<M: HookedModel + ?Sized>(model: &M, hooks: HookSet, permanent: bool, l
         }
     }
     for (point, hook, dir) in plan {
-        point.add_hook(hook, dir, permanent, Some(level), false)?;
+        point.add_hook(
+            hook,
+            HookOptions {
+                dir,
+                is_permanent: permanent,
+                level: Some(level),
+                prepend: false,
+            },
+        )?;
     }
     Ok(())
 }
@@ -386,11 +376,12 @@ fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
     grads: bool,
     forward: impl FnOnce(&M) -> std::result::Result<R, E>,
 ) -> Result<R> {
-    let _splices = if hooks.splices.is_empty() {
+    let splices = if hooks.splices.is_empty() {
         None
     } else {
         let mut frame = RunFrame::default();
         for (point, splice) in splice_targets(model, &hooks.splices)? {
+            frame.watch(&point);
             frame.splices.insert(point.id(), splice);
         }
         Some(FrameGuard::push(frame))
@@ -399,6 +390,7 @@ fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
         grads,
         ..RunFrame::default()
     };
+    let mut watched: Vec<HookPoint> = Vec::new();
     {
         let dict = model.hook_dict();
         for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
@@ -410,12 +402,25 @@ fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
             for (filter, hook) in list {
                 for (_, point) in dict.select(model, filter)? {
                     map.entry(point.id()).or_default().push(hook.clone());
+                    watched.push(point.handle());
                 }
             }
         }
     }
-    let _guard = FrameGuard::push(frame);
-    forward(model).map_err(Into::into)
+    for point in &watched {
+        frame.watch(point);
+    }
+    let guard = FrameGuard::push(frame);
+    let out = forward(model).map_err(Into::into);
+    // The forward's own error first: a point missed on another thread may be its cause,
+    // but the error says what went wrong where.
+    let finished = guard.finish();
+    let out = out?;
+    finished?;
+    if let Some(splices) = splices {
+        splices.finish()?;
+    }
+    Ok(out)
 }
 
 /// What the recording hooks collect: (cache name, activation) in the order seen.

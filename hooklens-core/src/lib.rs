@@ -11,6 +11,7 @@ mod freed_memory;
 mod grad_hook_op;
 mod hook;
 mod hook_dict;
+mod hook_options;
 mod hook_point;
 mod hook_scope;
 mod hook_set;
@@ -35,6 +36,7 @@ pub use freed_memory::retain_freed_memory;
 pub use grad_hook_op::{grad_mode, with_grad_mode};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
 pub use hook_dict::HookDict;
+pub use hook_options::{HookOptions, RemoveOptions, ResetOptions};
 pub use hook_point::{layer_of, HookPoint, ModelForward};
 pub use hook_scope::HookScope;
 pub use hook_set::HookSet;
@@ -53,6 +55,7 @@ pub use splice::Splice;
 /// user's own names cannot shadow them. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::hook_point::declare_position_axis;
     pub use crate::hooked::probe::{Probe, ProbeHooked, ProbeOther};
     pub use crate::{Error, HookPath, HookPoint, Hooked};
 }

@@ -7,14 +7,14 @@
 //! no hook attached checks one atomic and one thread-local counter, and returns.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::hook_point::BwdCount;
-use crate::{Direction, Hook, Splice};
+use crate::{Direction, Error, Hook, HookPoint, Result, Splice};
 
 /// The hooks of one run: hook point id -> hooks in the order they run.
 #[derive(Default)]
@@ -25,6 +25,24 @@ pub(crate) struct RunFrame {
     pub(crate) splices: HashMap<u64, Arc<dyn Splice>>,
     /// Whether this run wants gradients (it has backward hooks or records them).
     pub(crate) grads: bool,
+    /// The points this run hooks or splices, watched while it lasts (see
+    /// [`HookPoint::forward`]'s thread rule), each with its stray count at the start.
+    pub(crate) watched: Vec<(HookPoint, u64)>,
+    /// The ids of `watched`, for the hot-ish lookup of every hooked fire.
+    pub(crate) watched_ids: HashSet<u64>,
+    /// The ids of the watched points that fired on this thread during the run.
+    pub(crate) fired: RefCell<HashSet<u64>>,
+}
+
+impl RunFrame {
+    /// Watches `point` for the run's lifetime: a fire of it on another thread that is
+    /// neither inside a run nor inside a model's forward is counted, and, if the point
+    /// never fired on the run's thread, [`FrameGuard::finish`] reports it.
+    pub(crate) fn watch(&mut self, point: &HookPoint) {
+        if self.watched_ids.insert(point.id()) {
+            self.watched.push((point.handle(), 0));
+        }
+    }
 }
 
 thread_local! {
@@ -76,6 +94,23 @@ pub(crate) fn hooks_for(point_id: u64, dir: Direction, out: &mut Vec<Hook>) {
     });
 }
 
+/// Whether a model's forward (one that called `HookPoint::model_forward`) is running on
+/// this thread.
+pub(crate) fn in_model_forward() -> bool {
+    MODELS.with(|m| !m.borrow().is_empty())
+}
+
+/// Notes that `point_id` fired on this thread, in every run frame here that watches it.
+pub(crate) fn mark_fired(point_id: u64) {
+    FRAMES.with(|frames| {
+        for frame in frames.borrow().iter() {
+            if frame.watched_ids.contains(&point_id) {
+                frame.fired.borrow_mut().insert(point_id);
+            }
+        }
+    });
+}
+
 /// Whether any run frame on this thread has a hook or a splice at this point.
 pub(crate) fn touches(point_id: u64) -> bool {
     FRAMES.with(|frames| {
@@ -107,8 +142,11 @@ pub(crate) struct FrameGuard {
 }
 
 impl FrameGuard {
-    pub(crate) fn push(frame: RunFrame) -> Self {
+    pub(crate) fn push(mut frame: RunFrame) -> Self {
         let grads = frame.grads || !frame.bwd.is_empty();
+        for (point, start) in &mut frame.watched {
+            *start = point.watch();
+        }
         FRAMES.with(|f| f.borrow_mut().push(Rc::new(frame)));
         DEPTH.with(|d| d.set(d.get() + 1));
         if grads {
@@ -119,13 +157,36 @@ impl FrameGuard {
             _not_send: std::marker::PhantomData,
         }
     }
+
+    /// Ends the run: an error if a point it watches ran only on other threads during it
+    /// (its hooks missed it), naming the first such point.
+    pub(crate) fn finish(self) -> Result<()> {
+        let missed = FRAMES.with(|frames| {
+            let frames = frames.borrow();
+            let frame = frames.last()?;
+            let fired = frame.fired.borrow();
+            frame
+                .watched
+                .iter()
+                .find(|(p, start)| p.strays() > *start && !fired.contains(&p.id()))
+                .map(|(p, _)| p.name().to_string())
+        });
+        drop(self);
+        match missed {
+            Some(name) => Err(Error::HookPointOffThread { name }),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Drop for FrameGuard {
     fn drop(&mut self) {
-        FRAMES.with(|f| {
-            f.borrow_mut().pop();
-        });
+        let frame = FRAMES.with(|f| f.borrow_mut().pop());
+        if let Some(frame) = frame {
+            for (point, _) in &frame.watched {
+                point.unwatch();
+            }
+        }
         DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
         if self.grads {
             GRAD_DEPTH.with(|d| d.set(d.get().saturating_sub(1)));

@@ -15,7 +15,7 @@ use crate::valid::Errors;
 /// Keys accepted on the struct itself.
 const CONTAINER_KEYS: &[&str] = &["crate", "hint"];
 /// Keys accepted on a field.
-const FIELD_KEYS: &[&str] = &["skip", "rename", "module"];
+const FIELD_KEYS: &[&str] = &["skip", "rename", "module", "position_axis"];
 
 /// `#[hooked(...)]` on the struct.
 #[derive(Default)]
@@ -36,6 +36,17 @@ pub struct FieldAttrs {
     pub rename: Option<LitStr>,
     /// `module`: walk through `Hooked` directly rather than through the probe.
     pub module: Option<Span>,
+    /// `position_axis = -N` or `position_axis = None`: the position axis every hook point
+    /// under the field declares (see `HookPoint::with_position_axis`).
+    pub position_axis: Option<PositionAxis>,
+}
+
+/// The value of `position_axis`, with the span of what the user wrote.
+pub struct PositionAxis {
+    /// The axis counted from the end (`-1` to `-127`), or `None` for no position axis.
+    pub axis: Option<i8>,
+    /// Where the key was written, for `skip` conflicts.
+    pub span: Span,
 }
 
 impl ContainerAttrs {
@@ -98,6 +109,11 @@ impl FieldAttrs {
                     "rename" => {
                         if let Some(lit) = parse_str_value(&meta, "rename", "name", errors)? {
                             set_once(&mut out.rename, lit, &meta, "rename", errors);
+                        }
+                    }
+                    "position_axis" => {
+                        if let Some(axis) = parse_position_axis(&meta, errors)? {
+                            set_once(&mut out.position_axis, axis, &meta, "position_axis", errors);
                         }
                     }
                     _ => {
@@ -189,6 +205,49 @@ fn parse_str_value(
             errors.push(syn::Error::new_spanned(
                 other,
                 format!("expected a string literal: `{key} = \"{example}\"`"),
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// `position_axis = -N` (a negative integer literal from -1 to -127: the axis counted
+/// from the end, as `pos_slice` and the interventions index it) or `position_axis = None`.
+fn parse_position_axis(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Option<PositionAxis>> {
+    const HOW: &str = "write `position_axis = -2` for `[batch, pos, d]`, `-3` for `[batch, pos, head, d]` \
+                       (counted from the end), or `position_axis = None`";
+    let span = meta.path.span();
+    if !meta.input.peek(syn::Token![=]) {
+        skip_value(meta)?;
+        errors.push(syn::Error::new(span, format!("`position_axis` needs a value: {HOW}")));
+        return Ok(None);
+    }
+    let mut expr: Expr = meta.value()?.parse()?;
+    while let Expr::Group(group) = expr {
+        expr = *group.expr;
+    }
+    let axis = match &expr {
+        Expr::Path(p) if p.path.is_ident("None") => Some(None),
+        Expr::Unary(syn::ExprUnary {
+            op: syn::UnOp::Neg(_),
+            expr: inner,
+            ..
+        }) => match &**inner {
+            Expr::Lit(syn::ExprLit { lit: Lit::Int(int), .. }) => int
+                .base10_parse::<i16>()
+                .ok()
+                .filter(|n| (1..=127).contains(n))
+                .map(|n| Some(-(n as i8))),
+            _ => None,
+        },
+        _ => None,
+    };
+    match axis {
+        Some(axis) => Ok(Some(PositionAxis { axis, span })),
+        None => {
+            errors.push(syn::Error::new_spanned(
+                &expr,
+                format!("`position_axis` is a negative axis from -1 to -127 or `None`: {HOW}"),
             ));
             Ok(None)
         }

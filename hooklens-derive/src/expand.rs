@@ -49,6 +49,30 @@ pub fn derive(input: &Input) -> TokenStream {
                 (&#private::Probe(&self.#member)).__hooklens_visit(#path, #visitor);
             }
         };
+        let walk = match &field.attrs.position_axis {
+            None => walk,
+            Some(declared) => {
+                let axis = match declared.axis {
+                    Some(a) => {
+                        let a = a as isize;
+                        quote!(::core::option::Option::Some(#a))
+                    }
+                    None => quote!(::core::option::Option::None),
+                };
+                // Every point reached through this field declares the axis as the walk
+                // names it, so a point made with `HookPoint::new()` slices right too.
+                quote! {
+                    {
+                        let __hooklens_outer = &mut *#visitor;
+                        let #visitor = &mut |name: &::core::primitive::str, point: &#lt #private::HookPoint| {
+                            #private::declare_position_axis(point, #axis);
+                            __hooklens_outer(name, point)
+                        };
+                        #walk
+                    }
+                }
+            }
+        };
         quote! {
             #path.push(#name);
             #walk

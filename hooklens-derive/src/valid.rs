@@ -64,6 +64,12 @@ fn validate_fields(fields: &[Field], errors: &mut Errors) {
                     "`module` has no effect with `skip`: a skipped field is not walked",
                 ));
             }
+            if let Some(axis) = &field.attrs.position_axis {
+                errors.push(syn::Error::new(
+                    axis.span,
+                    "`position_axis` has no effect with `skip`: a skipped field has no hook points",
+                ));
+            }
         }
         if let Some(lit) = &field.attrs.rename {
             if let Some(problem) = rename_problem(&field.name) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 
 use candle_core::{Device, Tensor};
 use common::*;
-use hooklens_core::{ActivationCache, CacheOptions, Direction, HookPoint, HookSet, HookedModel};
+use hooklens_core::{ActivationCache, CacheOptions, Direction, HookPoint, HookSet, HookedModel, RemoveOptions};
 use hooklens_models::HookedGpt2;
 
 const THREADS: usize = 8;
@@ -159,9 +159,11 @@ fn permanent_hooks_added_from_one_thread_are_seen_by_all() {
     // Removed from yet another thread: all see the plain model again.
     {
         let model = model.clone();
-        std::thread::spawn(move || assert_eq!(model.remove_all_hook_fns(Direction::Both, true, None), 1))
-            .join()
-            .unwrap();
+        std::thread::spawn(move || {
+            assert_eq!(model.remove_all_hook_fns(RemoveOptions::new().including_permanent()), 1)
+        })
+        .join()
+        .unwrap();
     }
     assert_eq!(max_abs_diff(&model.forward(&toks).unwrap(), &plain), 0.0);
 }

@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel};
+use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel, RemoveOptions};
 use hooklens_models::analysis::patching::{PatchIndex, PatchSetter, Patching};
 use hooklens_models::{GenerateOptions, HookedGpt2};
 
@@ -114,7 +114,7 @@ fn a_failing_hook_in_any_kind_of_run_names_itself_and_leaves_the_model_as_it_was
             .generate(&toks.narrow(1, 0, 4).unwrap(), &GenerateOptions::greedy(3))
             .unwrap_err();
         assert_names_hook(&err, &format!("{kind} permanent, generating"));
-        assert_eq!(model.remove_all_hook_fns(Direction::Both, true, None), 1);
+        assert_eq!(model.remove_all_hook_fns(RemoveOptions::new().including_permanent()), 1);
         assert_healthy(&model, &before, &format!("{kind} permanent"));
         // Generation with a per-run hook (the KV-cached path).
         let err = model

@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::Tensor;
 use common::*;
-use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel};
+use hooklens_core::{CacheOptions, Error, HookOptions, HookPoint, HookSet, HookedModel, ResetOptions};
 use hooklens_models::HookedGpt2;
 
 fn reference_names() -> Vec<String> {
@@ -60,9 +60,7 @@ fn disabled_points_are_errors_naming_the_flag() {
         let hooks = HookSet::new().fwd(name, |_x, _hp| Ok(None));
         let err = model.run_with_hooks(hooks, |m| m.forward(&tokens())).unwrap_err();
         assert!(err.to_string().contains(flag), "{err}");
-        assert!(model
-            .add_hook(name, |_x, _hp| Ok(None), Direction::Fwd, false, None, false)
-            .is_err());
+        assert!(model.add_hook(name, |_x, _hp| Ok(None), HookOptions::fwd()).is_err());
     }
     // Out-of-range layers are plain unknown names.
     assert!(matches!(
@@ -288,14 +286,7 @@ fn a_backward_hook_on_one_model_leaves_another_on_its_fast_path() {
     let other = raw_model();
     assert_eq!(ln1_calls(&other), 1, "no backward hook: the fast path");
     hooked
-        .add_hook(
-            "hook_embed",
-            |_: &Tensor, _: &HookPoint| Ok(None),
-            Direction::Bwd,
-            false,
-            None,
-            false,
-        )
+        .add_hook("hook_embed", |_: &Tensor, _: &HookPoint| Ok(None), HookOptions::bwd())
         .unwrap();
     assert_eq!(
         ln1_calls(&hooked),
@@ -303,6 +294,6 @@ fn a_backward_hook_on_one_model_leaves_another_on_its_fast_path() {
         "the model with the backward hook is differentiable"
     );
     assert_eq!(ln1_calls(&other), 1, "the other model keeps its fast path");
-    hooked.reset_hooks(false, Direction::Both, false, None);
+    hooked.reset_hooks(ResetOptions::new().keep_contexts());
     assert_eq!(ln1_calls(&hooked), 1, "back on the fast path once the hook is gone");
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::assert_close;
-use hooklens_core::{CacheOptions, HookSet, HookedModel};
+use hooklens_core::{CacheOptions, HookSet, HookedModel, ResetOptions};
 use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 use hooklens_testutil::max_abs_diff as max_diff;
@@ -223,7 +223,7 @@ fn splices_last_for_their_run_scope_or_until_reset() {
     // hook with it).
     let tc = self::sae("saes/transcoder");
     model.add_sae(SaeSet::new().sae(&sae).sae(&tc)).unwrap();
-    model.reset_hooks(false, hooklens_core::Direction::Both, false, None);
+    model.reset_hooks(ResetOptions::new().keep_contexts());
     assert!(max_diff(&model.forward(&tokens).unwrap(), &plain) > 1e-2);
     assert!(model
         .hook_names()

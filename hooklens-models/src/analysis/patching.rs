@@ -297,7 +297,12 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
     fn check_clean(&self, name: &str, clean: &Tensor) -> Result<()> {
         let d = clean.dims();
         let batch_ok = d.first() == Some(&self.dims.batch);
-        let pos_ok = match position_axis(name, d.len()) {
+        // The axis the point declares (a user model's too), by its name if it declares none.
+        let axis = match self.model.hook_point(name) {
+            Ok(hp) => hp.position_axis(d.len()),
+            Err(_) => position_axis(name, d.len()),
+        };
+        let pos_ok = match axis {
             Some(ax) => d[(d.len() as isize + ax) as usize] == self.dims.n_pos,
             None => true,
         };

@@ -602,17 +602,7 @@ fn sgemm_into(
             // SAFETY: as below; the weight is row-major (column stride 1) with row
             // stride rs, and avx512f is available.
             unsafe {
-                super::streamed_gemm::gemm(
-                    x.as_ptr(),
-                    rows,
-                    d_in,
-                    w.as_ptr(),
-                    rs,
-                    y_out.get(),
-                    d_out,
-                    j0,
-                    j0 + n,
-                );
+                super::streamed_gemm::gemm(x.as_ptr(), rows, d_in, w.as_ptr(), rs, y_out.get(), d_out, j0, j0 + n);
             }
             return;
         }
