@@ -1,7 +1,8 @@
 //! Regression tests for what `scripts/fuzz.sh` found (issue 6), in the normal test suite
 //! so that they run without cargo-fuzz. Each test names the fuzz target and the input.
 
-use hooklens::{glob_match, NamesFilter};
+use hooklens::__internal::glob_match;
+use hooklens::NamesFilter;
 
 /// names_filter, input `*\0*\0` (pattern `*`, name `*\0`): a `*` in the pattern was
 /// compared as a literal with a `*` in the name before being treated as a wildcard, so

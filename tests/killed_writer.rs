@@ -43,7 +43,7 @@ fn child_writer_for_the_kill_test() {
         .unwrap_or_else(|| panic!("{CHILD_ENV} is not set: this child runs only under its parent test"));
     for i in 0..2 {
         if i == 1 {
-            std::env::set_var(hooklens::PAUSE_MID_WRITE_ENV, "1");
+            std::env::set_var(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1");
         }
         make_cache(i).save(final_path(&dir, i)).unwrap();
     }

@@ -7,7 +7,8 @@
 
 use std::sync::OnceLock;
 
-use hooklens_core::{glob_match, is_glob, nearest_names, CacheOptions, HookedModel, NamesFilter};
+use hooklens_core::{CacheOptions, HookedModel, NamesFilter};
+use hooklens_core::__internal::{glob_match, is_glob, nearest_names};
 use hooklens_models::{HookedGpt2, LoadOptions};
 use libfuzzer_sys::fuzz_target;
 

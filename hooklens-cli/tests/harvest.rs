@@ -394,7 +394,7 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     let o = out.to_str().unwrap();
     // The first worker pauses halfway through writing its first shard.
     let mut first = offline_command(&harvest_args(m, t, o))
-        .env(hooklens::PAUSE_MID_WRITE_ENV, "1")
+        .env(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -545,7 +545,7 @@ fn non_finite_weights_and_too_little_memory_are_errors() {
     let mut args = harvest_args(model.to_str().unwrap(), t, &small);
     args[13] = "100";
     let o = offline_command(&args)
-        .env(hooklens::AVAILABLE_MEMORY_ENV, (20u64 << 20).to_string())
+        .env(hooklens::__internal::AVAILABLE_MEMORY_ENV, (20u64 << 20).to_string())
         .output()
         .unwrap();
     let err = fails(o, "is available: give a smaller --shard-size-mb or --batch-size");

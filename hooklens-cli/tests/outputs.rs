@@ -194,7 +194,7 @@ fn a_cache_killed_mid_write_leaves_a_temporary_that_the_next_write_removes() {
     let tmp = TempDir::new("out-killed");
     let out = tmp.path("cache.safetensors");
     let mut child = offline_command(&cache_to(&tiny_model(), &out))
-        .env(hooklens::PAUSE_MID_WRITE_ENV, "1")
+        .env(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -5,7 +5,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use crate::{nearest_names, save_safetensors, Error, Keys, Result};
+use crate::error::nearest_names;
+use crate::safetensors_writer::save_safetensors;
+use crate::{Error, Keys, Result};
 
 /// Activations recorded by `run_with_cache`, by TransformerLens hook name, in the
 /// order they fired. Tensors share storage with the forward pass (no copies) unless

@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 use std::marker::PhantomData;
 
-use crate::{nearest_names, Error, HookPath, HookPoint, Hooked, Keys, NamesFilter, Result};
+use crate::error::nearest_names;
+use crate::{Error, HookPath, HookPoint, Hooked, Keys, NamesFilter, Result};
 
 /// The ordered map name -> hook point of one model (TransformerLens's `hook_dict`).
 /// Building it walks the model and names every point (TransformerLens's `setup()`), and

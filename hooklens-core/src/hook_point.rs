@@ -284,6 +284,15 @@ impl HookPoint {
     /// [`Error::UnnamedHookPoint`]: the model's walk never reached it (typically a struct
     /// holding it lacks `#[derive(Hooked)]`), so no hook or cache could see it.
     ///
+    /// **Call it on the thread that started the run.** A run's hooks, cache and splices
+    /// belong to the thread that called `run_with_hooks` / `run_with_cache` (that is what
+    /// keeps concurrent runs on one model apart), so a forward that hands a point to a
+    /// thread it spawns (`std::thread::scope`, a rayon `par_iter` over heads) runs it
+    /// unhooked there. When a point the run hooks fires that way and never on the run's
+    /// thread, the run returns [`Error::HookPointOffThread`] naming it instead of a result
+    /// that silently missed it. Other threads' forwards of the same model at the same time,
+    /// plain or inside runs of their own, are legal and do not count.
+    ///
     /// ```
     /// use hooklens::candle_core::{Device, Tensor};
     /// use hooklens::{CacheOptions, HookPoint, HookSet, Hooked, HookedModel};

@@ -217,6 +217,11 @@ pub trait HookedModel: Hooked {
     /// Backward hooks in `hooks` run when a loss computed in `forward` is
     /// back-propagated (`loss.backward()`, inside or after the closure): they are part
     /// of the graph this run recorded, and of nothing else.
+    ///
+    /// The hooks live on this thread: `forward` must fire the points it hooks here, not
+    /// on threads it spawns. A hooked point that fired only on such a thread is
+    /// [`Error::HookPointOffThread`] (see [`HookPoint::forward`]); the same holds for
+    /// `run_with_cache` and its variants.
     fn run_with_hooks<R, E: Into<Error>>(
         &self,
         hooks: HookSet,
@@ -316,7 +321,7 @@ fn splice_targets<M: HookedModel + ?Sized>(
         let Some((_, point)) = own.iter().find(|(n, _)| n == name) else {
             return Err(model.unknown_hook_hint(name).unwrap_or_else(|| Error::UnknownHook {
                 name: name.clone(),
-                suggestions: crate::nearest_names(name, own.iter().map(|(n, _)| n.as_str()), 3),
+                suggestions: crate::error::nearest_names(name, own.iter().map(|(n, _)| n.as_str()), 3),
             }));
         };
         if out.iter().any(|(p, _)| p.id() == point.id()) {

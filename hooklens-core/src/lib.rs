@@ -29,9 +29,8 @@ mod slice;
 mod splice;
 
 pub use activation_cache::ActivationCache;
-pub use atomic_file::{is_temporary, pause_point, write_atomically, PAUSE_MID_WRITE_ENV};
 pub use cache_options::{position_axis, CacheOptions};
-pub use error::{nearest_names, Error, Result};
+pub use error::{Error, Result};
 pub use freed_memory::retain_freed_memory;
 pub use grad_hook_op::{grad_mode, with_grad_mode};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
@@ -40,16 +39,26 @@ pub use hook_options::{HookOptions, RemoveOptions, ResetOptions};
 pub use hook_point::{layer_of, HookPoint, ModelForward};
 pub use hook_scope::HookScope;
 pub use hook_set::HookSet;
-pub use hooked::{probe, HookPath, Hooked};
+pub use hooked::{HookPath, Hooked};
 pub use hooked_forward::HookedForward;
 pub use hooked_model::HookedModel;
 pub use keys::Keys;
-pub use memory::{available_memory, check_memory, human, AVAILABLE_MEMORY_ENV};
-pub use names_filter::{glob_match, is_glob, NamesFilter};
+pub use names_filter::NamesFilter;
 pub use non_finite::{first_non_finite, NonFinite};
-pub use safetensors_writer::save_safetensors;
 pub use slice::Slice;
 pub use splice::Splice;
+
+/// What the other hooklens crates (models, the command line, the fuzz targets) share with
+/// the core without it being API: the atomic file writer, the memory checks, name
+/// matching. Not public API: it may change in any release.
+#[doc(hidden)]
+pub mod __internal {
+    pub use crate::atomic_file::{is_temporary, pause_point, write_atomically, PAUSE_MID_WRITE_ENV};
+    pub use crate::error::nearest_names;
+    pub use crate::memory::{available_memory, check_memory, human, AVAILABLE_MEMORY_ENV};
+    pub use crate::names_filter::{glob_match, is_glob};
+    pub use crate::safetensors_writer::save_safetensors;
+}
 
 /// What `#[derive(Hooked)]` expands to refers to these, by absolute path, so that a
 /// user's own names cannot shadow them. Not public API.

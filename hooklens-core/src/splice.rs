@@ -17,7 +17,7 @@ use crate::{HookPoint, Hooked, Result};
 /// `run_with_cache_and_hooks`: private to that run and thread), for a scope
 /// ([`HookedModel::hooks`](crate::HookedModel::hooks)), or as model state until
 /// [`HookedModel::reset_splices`](crate::HookedModel::reset_splices)
-/// ([`HookedModel::add_splice`](crate::HookedModel::add_splice)).
+/// ([`HookedModel::add_splices`](crate::HookedModel::add_splices)).
 ///
 /// ```
 /// use std::sync::Arc;

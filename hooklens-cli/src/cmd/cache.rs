@@ -168,10 +168,10 @@ fn check_cache_fits(
     if grads {
         need = need.saturating_mul(2);
     }
-    hooklens::check_memory(
+    hooklens::__internal::check_memory(
         &format!(
             "caching tokens [{batch}, {pos}] ({} logits and {})",
-            hooklens::human(tokens.saturating_mul(cfg.d_vocab as u64).saturating_mul(elem)),
+            hooklens::__internal::human(tokens.saturating_mul(cfg.d_vocab as u64).saturating_mul(elem)),
             if all {
                 "every hook point"
             } else {

@@ -281,7 +281,7 @@ pub fn read_tokens(path: &Path, d_vocab: usize, device: &Device) -> CliResult<Te
 
 /// Writes `tensors` to `path` as safetensors, atomically (temporary file and rename).
 pub fn write_safetensors(path: &Path, tensors: Vec<(&str, &Tensor)>) -> CliResult<()> {
-    hooklens::save_safetensors(path, tensors, HashMap::new())?;
+    hooklens::__internal::save_safetensors(path, tensors, HashMap::new())?;
     Ok(())
 }
 
@@ -306,7 +306,7 @@ pub fn write_text_file(path: &Path, text: &str) -> CliResult<()> {
                 _ => CliError(format!("cannot write to stdout: {e}")),
             });
     }
-    hooklens::write_atomically(path, |w| {
+    hooklens::__internal::write_atomically(path, |w| {
         w.write_all(text.as_bytes()).map_err(|e| hooklens::Error::io(path, e))
     })
     .map_err(|e| match e {

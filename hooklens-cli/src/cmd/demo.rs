@@ -73,7 +73,7 @@ pub fn run(args: Args) -> CliResult<()> {
     let tokens = (args.batch as u64).saturating_mul(positions.unwrap_or(usize::MAX) as u64);
     let per_token = (cfg.d_vocab as u64)
         .saturating_add((cfg.n_layers as u64).saturating_mul(16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64));
-    hooklens::check_memory(
+    hooklens::__internal::check_memory(
         &format!("the demo's batch of {}", args.batch),
         tokens
             .saturating_mul(per_token)

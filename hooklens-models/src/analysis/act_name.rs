@@ -6,7 +6,8 @@
 //! input that TransformerLens maps to a real hook gives the same name, and every other
 //! input is an error saying what is wrong.
 
-use hooklens_core::{nearest_names, Error, Result};
+use hooklens_core::__internal::nearest_names;
+use hooklens_core::{Error, Result};
 
 /// Attention activations: `blocks.L.attn.hook_{name}`.
 const ATTN_NAMES: &[&str] = &["k", "v", "q", "z", "rot_k", "rot_q", "result", "pattern", "attn_scores"];

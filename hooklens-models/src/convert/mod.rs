@@ -39,6 +39,7 @@ mod neox;
 mod phi3;
 mod qwen2;
 mod qwen3;
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod synthetic;
 
 use std::path::Path;
@@ -51,6 +52,9 @@ use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
 use crate::model::unembed::UnembedFactors;
 use hf_config::HfConfig;
+/// Random checkpoints of any family from a `config.json`, for the tests (feature
+/// `bench-internals`; not API).
+#[cfg(feature = "bench-internals")]
 pub use synthetic::{synthetic_checkpoint, write_checkpoint};
 
 /// A model family: how to recognise its `config.json`, and its two conversions.

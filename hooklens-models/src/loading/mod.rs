@@ -15,9 +15,7 @@ use hooklens_core::{Error, Result};
 
 pub use load_options::LoadOptions;
 pub(crate) use safetensors::{SafetensorsFile, TensorSource};
-#[cfg(feature = "hub")]
-pub(crate) use sharded::ShardIndex;
-pub(crate) use sharded::ShardedSafetensors;
+pub(crate) use sharded::{ShardIndex, ShardedSafetensors};
 pub(crate) use used_tensors::UsedTensors;
 
 /// The single-file checkpoint's name in a model folder.
@@ -68,7 +66,7 @@ pub(crate) fn open_checkpoint_file(path: &Path, device: &Device, dtype: DType) -
 /// an error naming the checkpoint and both sizes otherwise (reading them would abort
 /// the process instead).
 fn fits(src: Box<dyn TensorSource>, path: &Path) -> Result<Box<dyn TensorSource>> {
-    hooklens_core::check_memory(
+    hooklens_core::__internal::check_memory(
         &format!("loading {}", path.display()),
         src.load_bytes(),
         "load it in half precision (--dtype bf16 / LoadOptions::with_dtype) or on a machine with more memory",

@@ -17,6 +17,7 @@ mod model;
 mod norm;
 pub(crate) mod params;
 mod processing;
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod random_init;
 mod rotary;
 mod text;
@@ -27,7 +28,11 @@ pub use crate::config::{
     ActFn, AttnType, Gpt2Config, NormalizationType, NtkByPartsRope, PositionalEmbeddingType, TransformerConfig,
 };
 pub use crate::loading::LoadOptions;
-pub use crate::ops::{attention_scores, attention_z, cross_entropy_per_row, matmul};
+pub use crate::ops::cross_entropy_per_row;
+/// The attention and weight products on their own, for the benchmarks (feature
+/// `bench-internals`; not API).
+#[cfg(feature = "bench-internals")]
+pub use crate::ops::{attention_scores, attention_z, matmul};
 pub use attention::Attention;
 pub use block::Block;
 pub use embed::{Embed, PosEmbed};
@@ -36,9 +41,17 @@ pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
 pub use mlp::Mlp;
 pub use model::{HookedGpt2, HookedTransformer};
-pub use norm::{normalize_composite, rms_scale_composite, scale_composite, LayerNorm, Norm, NormKind};
+#[allow(unused_imports)]
+pub(crate) use norm::{normalize_composite, rms_scale_composite, scale_composite};
+pub use norm::{LayerNorm, Norm, NormKind};
 pub use processing::ProcessingOptions;
+/// Seeded random weights and checkpoints, for the tests, benchmarks and the command
+/// line's demo (feature `bench-internals`; not API).
+#[cfg(feature = "bench-internals")]
 pub use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
+#[cfg(not(feature = "bench-internals"))]
+#[allow(unused_imports)]
+pub(crate) use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
 pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
 pub use unembed::Unembed;
 

@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use hooklens_core::{save_safetensors, Error, Result};
+use hooklens_core::__internal::save_safetensors;
+use hooklens_core::{Error, Result};
 
 use crate::config::{ActFn, Gpt2Config};
 

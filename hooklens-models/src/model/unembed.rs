@@ -17,7 +17,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::{kernels, matmul};
+use super::kernels;
+use crate::ops::matmul;
 
 /// The factors that turn the base matrix into `W_U` (see the module's documentation);
 /// each is absent where the step that makes it was not applied.

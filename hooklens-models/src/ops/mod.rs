@@ -48,7 +48,10 @@ pub fn attention_scores(q: &Tensor, k: &Tensor, scale: f32) -> candle_core::Resu
 /// The attention's weighted values as the model computes them: `pattern @ v` for
 /// `pattern` `[batch, head, pos, keys]` and `v` `[batch, keys, head, d_head]` (any
 /// strides) -> z `[batch, pos, head, d_head]`, written in that layout on the CPU fast
-/// path, else candle's batched matmul and a transposed copy.
+/// path, else candle's batched matmul and a transposed copy. The model computes z with
+/// its output projection fused in (`attention_products`); this is the product alone,
+/// for the benchmarks.
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 pub fn attention_z(pattern: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     match attention_products::pattern_times_v(pattern, v) {
         Some(z) => z,

@@ -20,7 +20,7 @@ pub use logit_lens::{logit_lens, logit_lens_html, LogitLens};
 /// `\u003c`, `\u003e`, `\u0026` (so no `</script>` or `<!--` can end or change the
 /// element), and U+2028 / U+2029 are escaped too. These only occur inside JSON strings,
 /// where the escapes mean the same characters.
-pub fn json_for_script(value: &serde_json::Value) -> String {
+pub(crate) fn json_for_script(value: &serde_json::Value) -> String {
     let text = value.to_string();
     let mut out = String::with_capacity(text.len() + 16);
     for c in text.chars() {
@@ -37,7 +37,7 @@ pub fn json_for_script(value: &serde_json::Value) -> String {
 }
 
 /// `text` escaped for HTML element content and double-quoted attributes.
-pub fn escape_html(text: &str) -> String {
+pub(crate) fn escape_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

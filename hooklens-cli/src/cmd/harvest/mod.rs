@@ -252,7 +252,7 @@ pub fn run(args: Args) -> CliResult<()> {
     // holds its activations (the probe's, times the batch) several times over.
     let shard_bytes = (rows_per_shard as u64).saturating_mul(bytes_per_row as u64);
     let batch_bytes = (args.batch_size.min(rows_per_shard) as u64).saturating_mul(forward_bytes(&model, ctx));
-    hooklens::check_memory(
+    hooklens::__internal::check_memory(
         &format!(
             "a shard of {rows_per_shard} sequences plus a batch of {}",
             args.batch_size
@@ -462,7 +462,7 @@ fn resolve_names(all: &[String], patterns: &[String]) -> CliResult<Vec<String>> 
     for p in patterns {
         let filter = NamesFilter::from(p.as_str());
         if !all.iter().any(|n| filter.matches(n)) {
-            let near = hooklens::nearest_names(p, all.iter().map(String::as_str), 3);
+            let near = hooklens::__internal::nearest_names(p, all.iter().map(String::as_str), 3);
             let hint = if near.is_empty() {
                 String::new()
             } else {
@@ -628,7 +628,7 @@ fn finish_shard(
     // One metadata key only: safetensors keeps metadata in a HashMap, and one entry
     // serialises the same way every time (the files must be byte-identical on reruns).
     let meta = std::collections::HashMap::from([("format".to_string(), FORMAT.to_string())]);
-    hooklens::save_safetensors(&path, tensors, meta)?;
+    hooklens::__internal::save_safetensors(&path, tensors, meta)?;
     let bytes = std::fs::metadata(&path)
         .map_err(|e| CliError(format!("{}: {e}", path.display())))?
         .len();
@@ -652,8 +652,8 @@ fn remove_stale_temporaries(out: &Path, prefix: &str) -> CliResult<()> {
     let entries = std::fs::read_dir(out).map_err(|e| CliError(format!("--out {}: {e}", out.display())))?;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let ours = name.starts_with(&format!(".{prefix}-")) && hooklens::is_temporary(&name);
-        let crates = hooklens::is_temporary(&name) && name.starts_with(".tmp") && !name.contains(".tmp-");
+        let ours = name.starts_with(&format!(".{prefix}-")) && hooklens::__internal::is_temporary(&name);
+        let crates = hooklens::__internal::is_temporary(&name) && name.starts_with(".tmp") && !name.contains(".tmp-");
         if (ours || crates) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let path = entry.path();
             std::fs::remove_file(&path).map_err(|e| CliError(format!("cannot remove {}: {e}", path.display())))?;
