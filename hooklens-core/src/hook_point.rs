@@ -256,7 +256,9 @@ impl HookPoint {
     /// model's in the process. A model calls it on any of its points (hooklens's
     /// `HookedTransformer` does, on `hook_embed`) at the start of each forward; nested
     /// forwards (a spliced module's, another model's inside a hook) each answer for
-    /// their own model while they run.
+    /// their own model while they run. It also marks the thread as running a forward of
+    /// its own, which the thread rule of [`HookPoint::forward`] tells apart from threads
+    /// a forward spawns.
     pub fn model_forward(&self) -> ModelForward {
         run_frame::push_model(self.bwd_group());
         ModelForward {
@@ -290,8 +292,13 @@ impl HookPoint {
     /// thread it spawns (`std::thread::scope`, a rayon `par_iter` over heads) runs it
     /// unhooked there. When a point the run hooks fires that way and never on the run's
     /// thread, the run returns [`Error::HookPointOffThread`] naming it instead of a result
-    /// that silently missed it. Other threads' forwards of the same model at the same time,
-    /// plain or inside runs of their own, are legal and do not count.
+    /// that silently missed it. Other threads' forwards of the same model at the same time
+    /// are legal and do not count when they are inside runs of their own or inside a
+    /// forward that said which model it is ([`HookPoint::model_forward`], which every
+    /// bundled model calls). A model that does not call it cannot be told from a thread
+    /// its forward spawned: then a plain forward elsewhere that fires a point this run
+    /// hooks but never reaches itself is reported too, so such a model should call
+    /// `model_forward` at the start of its forward.
     ///
     /// ```
     /// use hooklens::candle_core::{Device, Tensor};
