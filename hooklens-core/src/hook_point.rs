@@ -33,6 +33,10 @@ struct Inner {
     /// scope without it was never reached by the model's `Hooked` walk: no hook, cache
     /// or filter can see it, so firing it is an error rather than a silent gap.
     named: AtomicBool,
+    /// Everything that sends `forward` off its fast path, summed: model-state hooks in
+    /// either direction, splices, runs watching the point, and 1 while it is unnamed.
+    /// One load decides the common case (see [`HookPoint::forward`]).
+    busy: AtomicUsize,
     fwd: RwLock<Vec<AttachedHook>>,
     bwd: RwLock<Vec<AttachedHook>>,
     n_fwd: AtomicUsize,
@@ -147,6 +151,7 @@ impl HookPoint {
                 id: NEXT_POINT.fetch_add(1, Ordering::Relaxed),
                 name: RwLock::new(Arc::from("")),
                 named: AtomicBool::new(false),
+                busy: AtomicUsize::new(1),
                 fwd: RwLock::new(Vec::new()),
                 bwd: RwLock::new(Vec::new()),
                 n_fwd: AtomicUsize::new(0),
@@ -218,7 +223,9 @@ impl HookPoint {
         if &**read(&self.inner.name) != name {
             *write(&self.inner.name) = Arc::from(name);
         }
-        self.inner.named.store(true, Ordering::Release);
+        if !self.inner.named.swap(true, Ordering::AcqRel) {
+            self.inner.busy.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Whether a hook dictionary has named this point (the root point of a model that
@@ -335,11 +342,10 @@ impl HookPoint {
     /// ```
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // Two more loads than `is_idle` alone, in the same allocation: the flag of a named
-        // point, and whether some run (maybe on another thread) watches it.
-        if self.is_idle()
-            && self.inner.named.load(Ordering::Relaxed)
-            && self.inner.watchers.load(Ordering::Relaxed) == 0
+        // One load for the point's hooks, splices, watchers and name, then this thread's
+        // runs: `is_idle` and more, in fewer steps.
+        if self.inner.busy.load(Ordering::Acquire) == 0
+            && !(run_frame::any_active() && run_frame::touches(self.inner.id))
         {
             return Ok(x.clone());
         }
@@ -509,12 +515,14 @@ impl HookPoint {
     /// Counts one more run watching this point; returns its stray count now.
     pub(crate) fn watch(&self) -> u64 {
         self.inner.watchers.fetch_add(1, Ordering::AcqRel);
+        self.inner.busy.fetch_add(1, Ordering::AcqRel);
         self.inner.strays.load(Ordering::Acquire)
     }
 
     /// Counts one run fewer watching this point.
     pub(crate) fn unwatch(&self) {
         self.inner.watchers.fetch_sub(1, Ordering::AcqRel);
+        self.inner.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Fires of this point, while watched, on threads with no run and no model forward.
@@ -525,9 +533,13 @@ impl HookPoint {
     /// Keeps the lock-free counters in step with the lists (called under the write lock).
     fn count_changed(&self, dir: Direction, len: usize) {
         match dir {
-            Direction::Fwd => self.inner.n_fwd.store(len, Ordering::Release),
+            Direction::Fwd => {
+                let old = self.inner.n_fwd.swap(len, Ordering::AcqRel);
+                adjust(&self.inner.busy, old, len);
+            }
             _ => {
                 let old = self.inner.n_bwd.swap(len, Ordering::AcqRel);
+                adjust(&self.inner.busy, old, len);
                 adjust(&BWD_ATTACHED, old, len);
                 adjust(&read(&self.inner.group), old, len);
             }
@@ -557,7 +569,8 @@ impl HookPoint {
             is_permanent,
             level,
         });
-        self.inner.n_splices.store(list.len(), Ordering::Release);
+        let old = self.inner.n_splices.swap(list.len(), Ordering::AcqRel);
+        adjust(&self.inner.busy, old, list.len());
     }
 
     /// Removes splices attached as model state: permanent ones only if
@@ -573,7 +586,8 @@ impl HookPoint {
             }
             keep
         });
-        self.inner.n_splices.store(list.len(), Ordering::Release);
+        let old = self.inner.n_splices.swap(list.len(), Ordering::AcqRel);
+        adjust(&self.inner.busy, old, list.len());
         removed
     }
 
