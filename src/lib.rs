@@ -10,6 +10,9 @@ pub use hooklens_core::*;
 /// `#[hooked(rename = "name")]` gives a field another segment, `#[hooked(skip)]` leaves
 /// it out, `#[hooked(module)]` walks a field whose type is a generic parameter (a field
 /// over an unbounded parameter must say `module` or `skip`: a compile error otherwise).
+/// `#[hooked(position_axis = -3)]` (or `= None`) declares the position axis of the points
+/// under a field, counted from the end, for `pos_slice` and the interventions; the
+/// declaration nearest a point wins (its constructor's, then the innermost field's).
 ///
 /// ```
 /// use hooklens::candle_core::{Device, Tensor};

@@ -220,3 +220,36 @@ fn pos_slice_follows_the_axis_each_point_declares() {
     assert_eq!(declared, Some(-3));
     assert_eq!(model.hook_point("hook_flat").unwrap().position_axis(2), None);
 }
+
+/// A module declaring its own axes, inside a struct declaring another for the module.
+#[derive(hooklens::Hooked)]
+struct Outer {
+    #[hooked(position_axis = -2)]
+    inner: Inner,
+}
+
+#[derive(hooklens::Hooked)]
+struct Inner {
+    #[hooked(position_axis = -3)]
+    hook_heads: hooklens::HookPoint,
+    hook_plain: hooklens::HookPoint,
+    hook_built: hooklens::HookPoint,
+}
+
+#[test]
+fn the_declaration_nearest_a_point_wins() {
+    let model = Outer {
+        inner: Inner {
+            hook_heads: hooklens::HookPoint::new(),
+            hook_plain: hooklens::HookPoint::new(),
+            hook_built: hooklens::HookPoint::new().with_position_axis(Some(-1)),
+        },
+    };
+    let axis = |name: &str| model.hook_point(name).unwrap().position_axis(4);
+    assert_eq!(axis("inner.hook_heads"), Some(-3), "the inner field's attribute");
+    assert_eq!(axis("inner.hook_plain"), Some(-2), "the outer field's attribute");
+    assert_eq!(axis("inner.hook_built"), Some(-1), "the constructor's");
+    // Building the dictionary again changes nothing.
+    let _ = model.hook_dict();
+    assert_eq!(axis("inner.hook_heads"), Some(-3));
+}

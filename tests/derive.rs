@@ -492,10 +492,15 @@ mod shadowing {
     struct str;
     mod core {}
     mod hooklens {}
+    // Names a closure parameter could bind to as a pattern.
+    #[allow(non_upper_case_globals)]
+    const name: u8 = 0;
+    struct point;
 
     #[derive(::hooklens::Hooked)]
     #[hooked(hint = "no_hint")]
     pub struct Shadowed<'a> {
+        #[hooked(position_axis = -2)]
         pub hook_a: ::hooklens::HookPoint,
         pub inner: &'a super::Attn,
         config: HookPoint,

@@ -184,3 +184,36 @@ fn another_threads_plain_forward_counts_only_when_its_model_does_not_say_so() {
         "{err}"
     );
 }
+
+#[test]
+fn a_closure_that_moves_the_whole_forward_to_another_thread_is_an_error() {
+    // The forward says which model it is (as the bundled models do), so its thread looks
+    // like a forward of its own; but the run fired none of its points on its thread.
+    let model = Gated {
+        hook_a: HookPoint::new(),
+        hook_b: HookPoint::new(),
+    };
+    let err = model
+        .run_with_cache(CacheOptions::new(), |m| {
+            std::thread::scope(|s| s.spawn(|| m.forward(&x(), false, true)).join().unwrap())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::HookPointOffThread { name } if name == "hook_a"),
+        "{err}"
+    );
+    let err = model
+        .run_with_hooks(HookSet::new().fwd("hook_b", |_, _| Ok(None)), |m| {
+            std::thread::scope(|s| s.spawn(|| m.forward(&x(), false, true)).join().unwrap())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::HookPointOffThread { name } if name == "hook_b"),
+        "{err}"
+    );
+    // The same forward on the run's thread: the cache holds both points.
+    let (_, cache) = model
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&x(), false, true))
+        .unwrap();
+    assert_eq!(cache.keys().collect::<Vec<_>>(), ["hook_a", "hook_b"]);
+}

@@ -18,8 +18,10 @@ static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
 /// activation. Put one in a model struct for every activation worth naming, call
 /// [`HookPoint::forward`] on the activation, and `#[derive(Hooked)]` gives it its name.
 ///
-/// With no hook attached, `forward` returns its input (a reference-counted clone, no
-/// copy) after one atomic load and one thread-local read: no allocation, no lock.
+/// With no hook attached and no run watching the point, `forward` returns its input (a
+/// reference-counted clone, no copy) after one atomic load: no allocation, no lock. While
+/// a run on any thread hooks the point, other threads' forwards through it take a slower
+/// path that notes where it fired (see the thread rule on [`HookPoint::forward`]).
 pub struct HookPoint {
     // Shared so that a backward op recorded in the graph can call the hooks with this
     // very point (its name and context) when the backward pass runs, even later.
@@ -57,6 +59,9 @@ struct Inner {
     /// Fires while watched on a thread with no run and no model forward of its own: a
     /// thread the model's forward spawned, which the run's hooks (thread-local) miss.
     strays: AtomicU64,
+    /// Fires while watched on a thread with no run but inside a model's forward: a forward
+    /// of its own, or one that a run's closure moved to another thread whole.
+    foreign: AtomicU64,
 }
 
 /// How many backward hooks are attached as model state to the points of one model:
@@ -84,15 +89,33 @@ impl Drop for Inner {
 /// tell whose hooks these are, so any of them puts them on their differentiable paths.
 pub(crate) static BWD_ATTACHED: AtomicUsize = AtomicUsize::new(0);
 
-/// Declares `point`'s position axis in place: what `#[hooked(position_axis = ..)]`
-/// expands to (see [`HookPoint::with_position_axis`]). Not public API.
-#[doc(hidden)]
-pub fn declare_position_axis(point: &HookPoint, axis: Option<isize>) {
-    let code = match axis {
+/// How often a point fired, while some run watched it, on a thread with no run of its own:
+/// outside any model's forward (`strays`: a thread a forward spawned), and inside one
+/// (`foreign`). Runs compare these at their start and end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OffThreadFires {
+    pub(crate) strays: u64,
+    pub(crate) foreign: u64,
+}
+
+/// The stored form of a position axis (see [`HookPoint::with_position_axis`]).
+fn axis_code(axis: Option<isize>) -> i8 {
+    match axis {
         None => NO_AXIS,
         Some(a) => i8::try_from(a).ok().filter(|a| *a < 0).unwrap_or(NO_AXIS),
-    };
-    point.inner.pos_axis.store(code, Ordering::Relaxed);
+    }
+}
+
+/// Declares `point`'s position axis unless it has one: what `#[hooked(position_axis = ..)]`
+/// expands to. The declaration nearest the point wins: the point's constructor
+/// ([`HookPoint::with_position_axis`]), then the innermost field's attribute (the walk
+/// calls the inner field's declaration first). Not public API.
+#[doc(hidden)]
+pub fn declare_position_axis(point: &HookPoint, axis: Option<isize>) {
+    let _ = point
+        .inner
+        .pos_axis
+        .compare_exchange(UNDECLARED, axis_code(axis), Ordering::Relaxed, Ordering::Relaxed);
 }
 
 /// Moves `count` from `old` to `new` (a count that went from `old` to `new`).
@@ -163,6 +186,7 @@ impl HookPoint {
                 group: RwLock::new(Arc::new(AtomicUsize::new(0))),
                 watchers: AtomicUsize::new(0),
                 strays: AtomicU64::new(0),
+                foreign: AtomicU64::new(0),
             }),
         }
     }
@@ -182,7 +206,7 @@ impl HookPoint {
     /// assert_eq!(q.position_axis(2), None); // too few axes for it
     /// ```
     pub fn with_position_axis(self, axis: Option<isize>) -> Self {
-        declare_position_axis(&self, axis);
+        self.inner.pos_axis.store(axis_code(axis), Ordering::Relaxed);
         self
     }
 
@@ -305,7 +329,12 @@ impl HookPoint {
     /// bundled model calls). A model that does not call it cannot be told from a thread
     /// its forward spawned: then a plain forward elsewhere that fires a point this run
     /// hooks but never reaches itself is reported too, so such a model should call
-    /// `model_forward` at the start of its forward.
+    /// `model_forward` at the start of its forward. A run's closure that moves the whole
+    /// forward to another thread (no model forward starts and none of the run's points
+    /// fire on its own thread, and some fire on a thread with no run) gets the same error. Start concurrent runs on
+    /// threads of your own (as `Patching::threads` does), not as jobs of a rayon pool that
+    /// the forward's kernels also use: a worker waiting inside one run may take up another
+    /// run's job, nesting the second run inside the first on that thread.
     ///
     /// ```
     /// use hooklens::candle_core::{Device, Tensor};
@@ -342,11 +371,10 @@ impl HookPoint {
     /// ```
     #[inline]
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        // One load for the point's hooks, splices, watchers and name, then this thread's
-        // runs: `is_idle` and more, in fewer steps.
-        if self.inner.busy.load(Ordering::Acquire) == 0
-            && !(run_frame::any_active() && run_frame::touches(self.inner.id))
-        {
+        // One load for the point's hooks, splices, watching runs and name. A run on this
+        // thread that hooks or splices the point watches it, so that load covers it too.
+        if self.inner.busy.load(Ordering::Acquire) == 0 {
+            debug_assert!(!(run_frame::any_active() && run_frame::touches(self.inner.id)));
             return Ok(x.clone());
         }
         self.forward_cold(x).map_err(Error::into_candle)
@@ -363,7 +391,9 @@ impl HookPoint {
         if self.inner.watchers.load(Ordering::Acquire) > 0 {
             if run_frame::any_active() {
                 run_frame::mark_fired(self.inner.id);
-            } else if !run_frame::in_model_forward() {
+            } else if run_frame::in_model_forward() {
+                self.inner.foreign.fetch_add(1, Ordering::AcqRel);
+            } else {
                 self.inner.strays.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -512,11 +542,11 @@ impl HookPoint {
         removed
     }
 
-    /// Counts one more run watching this point; returns its stray count now.
-    pub(crate) fn watch(&self) -> u64 {
+    /// Counts one more run watching this point; returns its off-thread fires now.
+    pub(crate) fn watch(&self) -> OffThreadFires {
         self.inner.watchers.fetch_add(1, Ordering::AcqRel);
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
-        self.inner.strays.load(Ordering::Acquire)
+        self.off_thread_fires()
     }
 
     /// Counts one run fewer watching this point.
@@ -525,9 +555,12 @@ impl HookPoint {
         self.inner.busy.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Fires of this point, while watched, on threads with no run and no model forward.
-    pub(crate) fn strays(&self) -> u64 {
-        self.inner.strays.load(Ordering::Acquire)
+    /// The fires of this point, while watched, on threads with no run of their own.
+    pub(crate) fn off_thread_fires(&self) -> OffThreadFires {
+        OffThreadFires {
+            strays: self.inner.strays.load(Ordering::Acquire),
+            foreign: self.inner.foreign.load(Ordering::Acquire),
+        }
     }
 
     /// Keeps the lock-free counters in step with the lists (called under the write lock).

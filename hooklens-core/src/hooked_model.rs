@@ -219,9 +219,9 @@ pub trait HookedModel: Hooked {
     /// of the graph this run recorded, and of nothing else.
     ///
     /// The hooks live on this thread: `forward` must fire the points it hooks here, not
-    /// on threads it spawns. A hooked point that fired only on such a thread is
-    /// [`Error::HookPointOffThread`] (see [`HookPoint::forward`]); the same holds for
-    /// `run_with_cache` and its variants.
+    /// on threads it spawns or hands the forward to. A hooked point that fired only on
+    /// such a thread is [`Error::HookPointOffThread`] (see [`HookPoint::forward`]); the
+    /// same holds for `run_with_cache` and its variants.
     fn run_with_hooks<R, E: Into<Error>>(
         &self,
         hooks: HookSet,

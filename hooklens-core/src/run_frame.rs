@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::hook_point::BwdCount;
+use crate::hook_point::{BwdCount, OffThreadFires};
 use crate::{Direction, Error, Hook, HookPoint, Result, Splice};
 
 /// The hooks of one run: hook point id -> hooks in the order they run.
@@ -26,12 +26,15 @@ pub(crate) struct RunFrame {
     /// Whether this run wants gradients (it has backward hooks or records them).
     pub(crate) grads: bool,
     /// The points this run hooks or splices, watched while it lasts (see
-    /// [`HookPoint::forward`]'s thread rule), each with its stray count at the start.
-    pub(crate) watched: Vec<(HookPoint, u64)>,
+    /// [`HookPoint::forward`]'s thread rule), each with its off-thread fires at the start.
+    pub(crate) watched: Vec<(HookPoint, OffThreadFires)>,
     /// The ids of `watched`, for the hot-ish lookup of every hooked fire.
     pub(crate) watched_ids: HashSet<u64>,
     /// The ids of the watched points that fired on this thread during the run.
     pub(crate) fired: RefCell<HashSet<u64>>,
+    /// Whether a model's forward (`HookPoint::model_forward`) started on this thread
+    /// during the run.
+    pub(crate) forward_here: Cell<bool>,
 }
 
 impl RunFrame {
@@ -40,7 +43,7 @@ impl RunFrame {
     /// never fired on the run's thread, [`FrameGuard::finish`] reports it.
     pub(crate) fn watch(&mut self, point: &HookPoint) {
         if self.watched_ids.insert(point.id()) {
-            self.watched.push((point.handle(), 0));
+            self.watched.push((point.handle(), OffThreadFires::default()));
         }
     }
 }
@@ -67,6 +70,9 @@ pub(crate) fn model_bwd_hooks() -> Option<usize> {
 
 pub(crate) fn push_model(count: BwdCount) {
     MODELS.with(|m| m.borrow_mut().push(count));
+    if any_active() {
+        FRAMES.with(|frames| frames.borrow().iter().for_each(|f| f.forward_here.set(true)));
+    }
 }
 
 pub(crate) fn pop_model() {
@@ -158,18 +164,30 @@ impl FrameGuard {
         }
     }
 
-    /// Ends the run: an error if a point it watches ran only on other threads during it
-    /// (its hooks missed it), naming the first such point.
+    /// Ends the run: an error naming a point its hooks missed because it ran on another
+    /// thread. Two cases: a point that fired, during the run, on a thread with no run and
+    /// no model forward of its own (one the forward spawned) and never on this thread;
+    /// and a run that started no model forward and fired none of its points on this
+    /// thread while they fired on threads with no run (the closure moved the whole
+    /// forward to another thread).
     pub(crate) fn finish(self) -> Result<()> {
         let missed = FRAMES.with(|frames| {
             let frames = frames.borrow();
             let frame = frames.last()?;
             let fired = frame.fired.borrow();
-            frame
+            let spawned = frame
                 .watched
                 .iter()
-                .find(|(p, start)| p.strays() > *start && !fired.contains(&p.id()))
-                .map(|(p, _)| p.name().to_string())
+                .find(|(p, start)| !fired.contains(&p.id()) && p.off_thread_fires().strays > start.strays);
+            let moved = || {
+                frame.watched.iter().find(|(p, start)| {
+                    let now = p.off_thread_fires();
+                    now.strays > start.strays || now.foreign > start.foreign
+                })
+            };
+            let here = !fired.is_empty() || frame.forward_here.get();
+            let missed = spawned.or_else(|| if here { None } else { moved() });
+            missed.map(|(p, _)| p.name().to_string())
         });
         drop(self);
         match missed {

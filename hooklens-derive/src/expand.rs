@@ -60,13 +60,15 @@ pub fn derive(input: &Input) -> TokenStream {
                     None => quote!(::core::option::Option::None),
                 };
                 // Every point reached through this field declares the axis as the walk
-                // names it, so a point made with `HookPoint::new()` slices right too.
+                // names it (unless it declared one already: nearest wins), so a point
+                // made with `HookPoint::new()` slices right too.
                 quote! {
                     {
                         let __hooklens_outer = &mut *#visitor;
-                        let #visitor = &mut |name: &::core::primitive::str, point: &#lt #private::HookPoint| {
-                            #private::declare_position_axis(point, #axis);
-                            __hooklens_outer(name, point)
+                        let #visitor = &mut |__hooklens_name: &::core::primitive::str,
+                                             __hooklens_point: &#lt #private::HookPoint| {
+                            #private::declare_position_axis(__hooklens_point, #axis);
+                            __hooklens_outer(__hooklens_name, __hooklens_point)
                         };
                         #walk
                     }
@@ -90,8 +92,11 @@ pub fn derive(input: &Input) -> TokenStream {
 
     let hint = input.attrs.hint.as_ref().map(|hint| {
         quote! {
-            fn unknown_hook_hint(&self, name: &::core::primitive::str) -> ::core::option::Option<#private::Error> {
-                #hint(self, name)
+            fn unknown_hook_hint(
+                &self,
+                __hooklens_name: &::core::primitive::str,
+            ) -> ::core::option::Option<#private::Error> {
+                #hint(self, __hooklens_name)
             }
         }
     });
