@@ -76,6 +76,45 @@ impl HookOptions {
     }
 }
 
+/// How [`HookPoint::add_splice`](crate::HookPoint::add_splice) attaches a module as model
+/// state: permanence and context level, as for a hook (a splice has no direction).
+///
+/// ```
+/// use hooklens_core::SpliceOptions;
+/// let opts = SpliceOptions::new().permanent().level(4);
+/// assert_eq!((opts.is_permanent, opts.level), (true, Some(4)));
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpliceOptions {
+    /// A permanent splice stays through removals that do not say `including_permanent`.
+    pub is_permanent: bool,
+    /// The context level it is tagged with, so that removing that level removes it.
+    pub level: Option<u64>,
+}
+
+impl SpliceOptions {
+    /// Not permanent, no level.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same options, with the splice permanent.
+    pub fn permanent(self) -> Self {
+        SpliceOptions {
+            is_permanent: true,
+            ..self
+        }
+    }
+
+    /// The same options, tagged with context level `level`.
+    pub fn level(self, level: u64) -> Self {
+        SpliceOptions {
+            level: Some(level),
+            ..self
+        }
+    }
+}
+
 /// Which model-state hooks [`HookedModel::remove_all_hook_fns`](crate::HookedModel::remove_all_hook_fns)
 /// and [`HookPoint::remove_hooks`](crate::HookPoint::remove_hooks) remove: TransformerLens's
 /// `remove_all_hook_fns(direction="both", including_permanent=False, level=None)`.

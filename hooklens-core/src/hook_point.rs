@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use crate::hook::{next_attachment_id, AttachedHook};
 use crate::splice::AttachedSplice;
-use crate::{run_frame, Direction, Error, Hook, HookInfo, HookOptions, RemoveOptions, Result, Splice};
+use crate::{run_frame, Direction, Error, Hook, HookInfo, HookOptions, RemoveOptions, Result, Splice, SpliceOptions};
 
 static NEXT_POINT: AtomicU64 = AtomicU64::new(1);
 
@@ -594,26 +594,28 @@ impl HookPoint {
     }
 
     /// Splices `splice` in at this point as model state (see [`Splice`]); it takes the
-    /// place of any spliced before it until removed.
-    pub fn add_splice(&self, splice: Arc<dyn Splice>, is_permanent: bool, level: Option<u64>) {
+    /// place of any spliced before it until removed; `opts` says whether it is permanent
+    /// and its context level.
+    pub fn add_splice(&self, splice: Arc<dyn Splice>, opts: SpliceOptions) {
         let mut list = write(&self.inner.splices);
         list.push(AttachedSplice {
             splice,
-            is_permanent,
-            level,
+            is_permanent: opts.is_permanent,
+            level: opts.level,
         });
         let old = self.inner.n_splices.swap(list.len(), Ordering::AcqRel);
         adjust(&self.inner.busy, old, list.len());
     }
 
     /// Removes splices attached as model state: permanent ones only if
-    /// `including_permanent`, and only those at `level` when one is given. Returns the
-    /// levels of those removed (`None` for a splice attached without one).
-    pub fn remove_splices(&self, including_permanent: bool, level: Option<u64>) -> Vec<Option<u64>> {
+    /// `opts.including_permanent`, and only those at `opts.level` when one is given
+    /// (`opts.direction` is not read: a splice takes the point's place in both passes).
+    /// Returns the levels of those removed (`None` for a splice attached without one).
+    pub fn remove_splices(&self, opts: RemoveOptions) -> Vec<Option<u64>> {
         let mut list = write(&self.inner.splices);
         let mut removed = Vec::new();
         list.retain(|a| {
-            let keep = (a.is_permanent && !including_permanent) || (level.is_some() && a.level != level);
+            let keep = !opts.removes(a.is_permanent, a.level);
             if !keep {
                 removed.push(a.level);
             }

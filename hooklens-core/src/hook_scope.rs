@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::thread::ThreadId;
 
-use crate::{HookedModel, ResetOptions};
+use crate::{HookedModel, RemoveOptions, ResetOptions};
 
 static NEXT_LEVEL: AtomicU64 = AtomicU64::new(1);
 
@@ -109,8 +109,9 @@ impl<M: HookedModel + ?Sized> Drop for HookScope<'_, M> {
             };
             self.model.reset_hooks(reset);
             let mut path = crate::HookPath::new();
-            self.model
-                .visit_hook_points(&mut path, &mut |_, p| drop(p.remove_splices(true, Some(self.level))));
+            self.model.visit_hook_points(&mut path, &mut |_, p| {
+                drop(p.remove_splices(RemoveOptions::new().including_permanent().level(self.level)))
+            });
         }
     }
 }

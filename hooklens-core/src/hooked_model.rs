@@ -9,7 +9,7 @@ use crate::hook_scope::next_level;
 use crate::run_frame::{FrameGuard, RunFrame};
 use crate::{
     ActivationCache, CacheOptions, Direction, Error, Hook, HookDict, HookInfo, HookOptions, HookPath, HookPoint,
-    HookScope, HookSet, Hooked, NamesFilter, RemoveOptions, ResetOptions, Result, Splice,
+    HookScope, HookSet, Hooked, NamesFilter, RemoveOptions, ResetOptions, Result, Splice, SpliceOptions,
 };
 
 /// The hook API of TransformerLens's `HookedRootModule`, for any [`Hooked`] model
@@ -190,7 +190,9 @@ pub trait HookedModel: Hooked {
         let points = every_point(self);
         let mut levels: Vec<Option<u64>> = Vec::new();
         let mut path = HookPath::new();
-        self.visit_hook_points(&mut path, &mut |_, p| levels.extend(p.remove_splices(true, None)));
+        self.visit_hook_points(&mut path, &mut |_, p| {
+            levels.extend(p.remove_splices(RemoveOptions::new().including_permanent()))
+        });
         let n = levels.len();
         levels.sort_unstable();
         levels.dedup();
@@ -338,11 +340,17 @@ fn splice_targets<M: HookedModel + ?Sized>(
 fn attach<M: HookedModel + ?Sized>(model: &M, hooks: HookSet, permanent: bool, level: u64) -> Result<()> {
     let targets = splice_targets(model, &hooks.splices)?;
     for (point, splice) in &targets {
-        point.add_splice(splice.clone(), permanent, Some(level));
+        point.add_splice(
+            splice.clone(),
+            SpliceOptions {
+                is_permanent: permanent,
+                level: Some(level),
+            },
+        );
     }
     let undo = || {
         for (point, _) in &targets {
-            point.remove_splices(true, Some(level));
+            point.remove_splices(RemoveOptions::new().including_permanent().level(level));
         }
     };
     let dict = model.hook_dict();

@@ -35,7 +35,7 @@ pub use freed_memory::retain_freed_memory;
 pub use grad_hook_op::{grad_mode, with_grad_mode};
 pub use hook::{Direction, Hook, HookFnDyn, HookInfo};
 pub use hook_dict::HookDict;
-pub use hook_options::{HookOptions, RemoveOptions, ResetOptions};
+pub use hook_options::{HookOptions, RemoveOptions, ResetOptions, SpliceOptions};
 pub use hook_point::{layer_of, HookPoint, ModelForward};
 pub use hook_scope::HookScope;
 pub use hook_set::HookSet;

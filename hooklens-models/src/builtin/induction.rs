@@ -61,8 +61,9 @@ pub fn repeated_tokens(rng: &mut SeededRng, batch: usize, half: usize, d_vocab: 
     Ok(Tensor::from_vec(ids, (batch, 1 + 2 * half), &Device::Cpu)?)
 }
 
-/// Per-head induction scores `[n_layers, n_heads]` on `tokens` from [`repeated_tokens`]
-/// (`[batch, 1 + 2*half]`): the mean attention from each position of the repeat to the
+/// Per-head induction scores `[n_layers, n_heads]` on `tokens` `[batch, 1 + 2*half]`: a BOS,
+/// `half` random tokens, then the same `half` again (TransformerLens's repeated tokens):
+/// the mean attention from each position of the repeat to the
 /// token right after its earlier occurrence, where an induction head looks.
 pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<Tensor> {
     // The earlier occurrence of token q is at q - half; induction attends one after it.
@@ -108,8 +109,8 @@ fn mean_attention(
     Ok(Tensor::stack(&rows, 0)?)
 }
 
-/// Mean next-token loss over the first and the second (repeated) half of
-/// [`repeated_tokens`] `[batch, 1 + 2*half]`: `(first, second)`.
+/// Mean next-token loss over the first and the second (repeated) half of repeated tokens
+/// `[batch, 1 + 2*half]` (as `repeated_tokens` makes them): `(first, second)`.
 pub fn half_losses(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<(f32, f32)> {
     use crate::gpt2::{ForwardOptions, ReturnType};
     let out = model.forward_with(

@@ -225,6 +225,8 @@ fn step_loss(
 /// with the full softmax.
 fn repeat_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize, full_softmax: bool) -> Result<Tensor> {
     let b = tokens.dim(0)?;
+    // The final norm below runs outside `forward_with`: still this model's forward.
+    let _forward = model.hook_embed.model_forward();
     let out = model.forward_with(
         tokens,
         &ForwardOptions::new().stop_at_layer(model.cfg().n_layers as isize),

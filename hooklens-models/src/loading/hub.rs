@@ -15,8 +15,6 @@ use crate::{HookedGpt2, LoadOptions, ProcessingOptions, Tokenizer};
 #[cfg(feature = "hub")]
 mod remote;
 #[cfg(feature = "hub")]
-pub use remote::repo_cache_dir;
-#[cfg(feature = "hub")]
 pub(crate) use remote::repo_files;
 #[cfg(feature = "hub")]
 use remote::{download, from_cache, not_cached};
@@ -125,7 +123,7 @@ impl HubOptions {
 
     /// [`HubOptions::from_env`] with the variables read through `var`, so tests need
     /// not touch the process environment.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         HubOptions {
             cache_dir: cache_dir_from(&var),
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v)),

@@ -240,6 +240,8 @@ impl Sae {
     /// [`Sae::encode`], also returning what [`Sae::decode_with_norm`] needs to undo the
     /// run-time normalisation and `hook_z` flattening.
     pub fn encode_with_norm(&self, x: &Tensor) -> Result<(Tensor, InputNorm)> {
+        // A forward of the SAE as a model of its own, for the thread rule and grad_mode.
+        let _forward = self.points().hook_sae_input.model_forward();
         self.encode_inner(x, Fire::Yes, "the SAE's input")
     }
 
@@ -272,6 +274,7 @@ impl Sae {
     /// The reconstruction, undoing `norm` (from [`Sae::encode_with_norm`] of the same
     /// input): `[.., d_sae]` -> `[.., d_out]`, or `[.., n_heads, d_head]` for `hook_z`.
     pub fn decode_with_norm(&self, feature_acts: &Tensor, norm: &InputNorm) -> Result<Tensor> {
+        let _forward = self.points().hook_sae_input.model_forward();
         self.decode_inner(feature_acts, norm, Fire::Yes)
     }
 
@@ -279,6 +282,7 @@ impl Sae {
     /// `hook_sae_output` last. `x` `[.., d_in]` (or `hook_z`'s) -> `[.., d_out]` (or
     /// `hook_z`'s).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let _forward = self.points().hook_sae_input.model_forward();
         let (acts, norm) = self.encode_with_norm(x)?;
         let mut out = self.decode_with_norm(&acts, &norm)?;
         if let Some(w_skip_t) = &self.points().derived.w_skip_t {

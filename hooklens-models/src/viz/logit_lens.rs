@@ -40,6 +40,9 @@ pub fn logit_lens(model: &HookedGpt2, tokens: &Tensor, k: usize) -> Result<Logit
     let tokenizer = model.tokenizer()?;
     let k = k.min(model.cfg().d_vocab);
     let mut top = Vec::with_capacity(names.len());
+    // The final norm and unembedding below are part of the model's forward, as far as
+    // grad_mode and the thread rule of other threads' runs are concerned.
+    let _forward = model.hook_embed.model_forward();
     for name in &names {
         let resid = cache.try_get(name)?;
         let logits = model.unembed.forward(&model.ln_final.forward(resid)?)?;

@@ -23,7 +23,7 @@ fn repo(id: &str, revision: &str) -> Repo {
 }
 
 /// The cache folder of `id`, e.g. `<cache>/models--openai-community--gpt2`.
-pub fn repo_cache_dir(cache_dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn repo_cache_dir(cache_dir: &Path, id: &str) -> PathBuf {
     cache_dir.join(repo(id, "main").folder_name())
 }
 
