@@ -13,23 +13,6 @@ use candle_core::{DType, IndexOp};
 use common::*;
 use hooklens::{CacheOptions, HookedModel};
 
-fn hooklens(args: &[&str]) -> Output {
-    offline_command(args).output().expect("the hooklens binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn fails(o: Output, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "succeeded: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
-
 /// A small random model with GPT-2's vocabulary (2 layers, d_model 64, n_ctx 64).
 fn small_model(tmp: &TempDir) -> PathBuf {
     use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
@@ -123,7 +106,7 @@ fn killed_and_restarted_ends_with_the_same_shards() {
     let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
     let whole = tmp.path("whole");
     let w = whole.to_str().unwrap();
-    ok(hooklens(&harvest_args(m, t, w)));
+    ok_stderr(hooklens(&harvest_args(m, t, w)));
     let want = files(&whole);
     let done = manifest(&whole, "00000-of-00001");
     assert_eq!(done["complete"], true);
@@ -170,7 +153,7 @@ fn killed_and_restarted_ends_with_the_same_shards() {
         "the run finished before it was killed ({finished} of {n_shards} shards): the test needs more input"
     );
 
-    let err = ok(hooklens(&harvest_args(m, t, c)));
+    let err = ok_stderr(hooklens(&harvest_args(m, t, c)));
     assert!(err.contains(&format!("wrote {n_shards} shards")), "{err}");
     // The resumed run says where it picked up.
     if finished > 0 {
@@ -191,7 +174,7 @@ fn killed_and_restarted_ends_with_the_same_shards() {
         assert!(got[name] == *bytes, "{name} differs after the restart");
     }
     // A finished harvest is left alone.
-    let err = ok(hooklens(&harvest_args(m, t, c)));
+    let err = ok_stderr(hooklens(&harvest_args(m, t, c)));
     assert!(err.contains("nothing to do"), "{err}");
     assert_eq!(files(&cut), want);
 
@@ -216,7 +199,7 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
     );
     let out = tmp.path("out");
     let o = out.to_str().unwrap();
-    ok(hooklens(&harvest_args(m, t, o)));
+    ok_stderr(hooklens(&harvest_args(m, t, o)));
 
     // What the shards hold: BOS-first sequences and the activations of those tokens.
     let model = hooklens_models::HookedGpt2::from_pretrained(m, &hooklens_models::LoadOptions::default()).unwrap();
@@ -248,7 +231,7 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
 
     // JSON lines with the same documents give the same bytes.
     let from_jsonl = tmp.path("jsonl");
-    ok(hooklens(&harvest_args(m, j, from_jsonl.to_str().unwrap())));
+    ok_stderr(hooklens(&harvest_args(m, j, from_jsonl.to_str().unwrap())));
     let a = files(&out);
     let b = files(&from_jsonl);
     for (name, bytes) in &a {
@@ -262,7 +245,7 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
     for i in ["0", "1"] {
         let mut args = harvest_args(m, t, split.to_str().unwrap());
         args.extend(["--shard-index", i, "--num-shards", "2"]);
-        ok(hooklens(&args));
+        ok_stderr(hooklens(&args));
     }
     let m0 = manifest(&split, "00000-of-00002");
     let m1 = manifest(&split, "00001-of-00002");
@@ -351,12 +334,12 @@ fn resume_proves_the_same_corpus_and_model_whatever_the_paths() {
     let model = small_model(&tmp);
     corpus(&tmp, 200);
     let m = model.to_str().unwrap();
-    ok(in_dir(&tmp, &harvest_args(m, "corpus.txt", "out")));
+    ok_stderr(in_dir(&tmp, &harvest_args(m, "corpus.txt", "out")));
     // `./corpus.txt`, an absolute path, a link: one input, nothing to do.
     let abs = tmp.s("corpus.txt");
     std::os::unix::fs::symlink(tmp.path("corpus.txt"), tmp.path("link.txt")).unwrap();
     for input in ["./corpus.txt", abs.as_str(), "link.txt"] {
-        let err = ok(in_dir(&tmp, &harvest_args(m, input, "out")));
+        let err = ok_stderr(in_dir(&tmp, &harvest_args(m, input, "out")));
         assert!(err.contains("nothing to do"), "{input}: {err}");
     }
     // The same size, other text: refused, naming the input.
@@ -389,7 +372,7 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     let (text, _) = corpus(&tmp, 300);
     let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
     let whole = tmp.path("whole");
-    ok(hooklens(&harvest_args(m, t, whole.to_str().unwrap())));
+    ok_stderr(hooklens(&harvest_args(m, t, whole.to_str().unwrap())));
     let out = tmp.path("out");
     let o = out.to_str().unwrap();
     // The first worker pauses halfway through writing its first shard.
@@ -428,13 +411,13 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     // ...another index is not.
     let mut other = harvest_args(m, t, o);
     other.extend(["--shard-index", "1", "--num-shards", "2"]);
-    ok(hooklens(&other));
+    ok_stderr(hooklens(&other));
     first.kill().unwrap();
     first.wait().unwrap();
     assert!(!out.join("00000-of-00001-shard-000000.safetensors").exists());
     assert!(!temporaries(&out).is_empty(), "the kill landed mid-write");
     // The dead worker's lock does not block the resume, which removes its temporary.
-    ok(hooklens(&harvest_args(m, t, o)));
+    ok_stderr(hooklens(&harvest_args(m, t, o)));
     assert!(temporaries(&out).is_empty(), "left behind: {:?}", temporaries(&out));
     let got = files(&out);
     for (name, bytes) in files(&whole) {
@@ -450,7 +433,7 @@ fn a_manifest_or_shard_that_lies_is_refused() {
     let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
     let out = tmp.path("out");
     let o = out.to_str().unwrap();
-    ok(hooklens(&harvest_args(m, t, o)));
+    ok_stderr(hooklens(&harvest_args(m, t, o)));
     let path = out.join("00000-of-00001-manifest.json");
     let good = std::fs::read_to_string(&path).unwrap();
     let edit = |f: &dyn Fn(&mut serde_json::Value)| {
@@ -489,8 +472,8 @@ fn input_lines_bom_surrogates_and_endless_lines() {
     bytes.extend(std::fs::read(&jsonl).unwrap());
     std::fs::write(&with_bom, bytes).unwrap();
     let (a, b) = (tmp.path("a"), tmp.path("b"));
-    ok(hooklens(&harvest_args(m, jsonl.to_str().unwrap(), a.to_str().unwrap())));
-    ok(hooklens(&harvest_args(
+    ok_stderr(hooklens(&harvest_args(m, jsonl.to_str().unwrap(), a.to_str().unwrap())));
+    ok_stderr(hooklens(&harvest_args(
         m,
         with_bom.to_str().unwrap(),
         b.to_str().unwrap(),

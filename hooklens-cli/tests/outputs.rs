@@ -11,20 +11,15 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn hooklens<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    offline_command(args).output().expect("the hooklens binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
+/// [`common::fails`], with the exit status of a handled error (1) rather than any failure.
 fn fails(o: Output, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "not a clean error: {err}");
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    err
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "not a clean error: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    common::fails(o, needle)
 }
 
 /// `cache` of the tiny model's reference tokens into `out`.
@@ -102,7 +97,7 @@ fn out_is_never_a_device_a_fifo_or_a_directory() {
         "--out",
         "-",
     ]);
-    ok(o.clone());
+    ok_stderr(o.clone());
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("<html"),
         "no page on stdout"
@@ -149,7 +144,7 @@ fn out_onto_an_input_is_refused_before_anything_is_written() {
         fails(hooklens(&cache_to(&model, &out)), "writing it would destroy the input");
     }
     assert_eq!(std::fs::read(&weights).unwrap(), before, "the checkpoint was touched");
-    ok(hooklens(&cache_to(&model, &tmp.path("fine.safetensors"))));
+    ok_stderr(hooklens(&cache_to(&model, &tmp.path("fine.safetensors"))));
     // The tokens file is an input too, and so is a harvest's corpus.
     let tokens = tmp.path("tokens.safetensors");
     std::fs::copy(tiny_tokens(), &tokens).unwrap();
@@ -184,7 +179,7 @@ fn an_output_name_near_the_file_name_limit_is_written() {
     let tmp = TempDir::new("out-long");
     let name = "x".repeat(255 - ".safetensors".len()) + ".safetensors";
     assert_eq!(name.len(), 255);
-    ok(hooklens(&cache_to(&tiny_model(), &tmp.path(&name))));
+    ok_stderr(hooklens(&cache_to(&tiny_model(), &tmp.path(&name))));
     assert!(tmp.path(&name).is_file());
     assert!(hidden(&tmp.0).is_empty(), "{:?}", hidden(&tmp.0));
 }
@@ -217,7 +212,7 @@ fn a_cache_killed_mid_write_leaves_a_temporary_that_the_next_write_removes() {
     child.wait().unwrap();
     assert!(!out.exists(), "the cut file sits at its final path");
     assert!(tmp.path(&temp).exists());
-    ok(hooklens(&cache_to(&tiny_model(), &out)));
+    ok_stderr(hooklens(&cache_to(&tiny_model(), &out)));
     assert!(out.is_file());
     assert!(hidden(&tmp.0).is_empty(), "left behind: {:?}", hidden(&tmp.0));
 }

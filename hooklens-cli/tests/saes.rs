@@ -28,6 +28,18 @@ fn hooklens_err(args: &[String]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// How many entries of `t` are not zero.
+fn nonzero(t: &Tensor) -> f32 {
+    t.ne(0f32)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -162,15 +174,7 @@ fn cache_with_saes_of_other_sizes_on_other_families() {
         let acts = sae.encode(&plain[hook]).unwrap();
         let name = format!("{hook}.hook_sae_acts_post");
         assert_close(&format!("{what}: acts"), &spliced[name.as_str()], &acts, 1e-4);
-        let active = acts
-            .ne(0f32)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let active = nonzero(&acts);
         assert!(active > 0.0, "{what}: some feature fires");
         let error = &spliced[format!("{hook}.hook_sae_error").as_str()];
         let recons = sae.forward(&plain[hook]).unwrap();
@@ -338,15 +342,7 @@ fn harvest_with_an_sae_stores_its_top_features_per_token() {
     assert_eq!(indices.to_vec3::<i64>().unwrap(), wi.to_vec3::<i64>().unwrap());
     assert_close("values", values, &wv, 1e-5);
     let dense = dense_from_sparse(indices, values, 256).unwrap();
-    let kept = dense
-        .ne(0f32)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let kept = nonzero(&dense);
     assert!(kept > 0.0 && kept <= (rows * 12 * 5) as f32);
 
     let k = a.iter().position(|s| s == "--sae-top-k").unwrap();

@@ -6,25 +6,6 @@ mod common;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::process::Output;
-
-/// Runs `hooklens` offline with an empty Hugging Face cache: nothing can be downloaded.
-fn hooklens(args: &[&str]) -> Output {
-    offline_command(args).output().expect("the hooklens binary runs")
-}
-
-fn ok(o: Output) -> String {
-    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn fails(o: Output, needle: &str) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "succeeded: {}", String::from_utf8_lossy(&o.stdout));
-    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
 
 fn small_model(dir: &Path) -> PathBuf {
     use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
@@ -40,7 +21,7 @@ fn small_model(dir: &Path) -> PathBuf {
 fn demo_claims_only_what_its_numbers_show() {
     let tmp = TempDir::new("demo-random");
     let model = small_model(&tmp.0);
-    let out = ok(hooklens(&[
+    let out = ok_stdout(hooklens(&[
         "demo",
         "--model",
         model.to_str().unwrap(),
@@ -68,7 +49,7 @@ fn demo_finds_breaks_and_draws_the_induction_heads_offline() {
     let tmp = TempDir::new("demo");
     let html = tmp.path("demo.html");
     // The built-in weights ship with the repository: a build without them fails here.
-    let out = ok(hooklens(&["demo", "--out", html.to_str().unwrap()]));
+    let out = ok_stdout(hooklens(&["demo", "--out", html.to_str().unwrap()]));
     let loss = |label: &str| -> f32 {
         let line = out
             .lines()
@@ -178,7 +159,7 @@ fn attention_and_logit_lens_write_pages_and_tables() {
     let m = model.to_str().unwrap();
     let page = tmp.path("a.html");
     let p = page.to_str().unwrap();
-    ok(hooklens(&[
+    ok_stdout(hooklens(&[
         "attention",
         "--model",
         m,
@@ -222,7 +203,7 @@ fn attention_and_logit_lens_write_pages_and_tables() {
     );
     fails(hooklens(&["attention", "--model", m, "--prompt", "a"]), "--out");
 
-    let table = ok(hooklens(&[
+    let table = ok_stdout(hooklens(&[
         "logit-lens",
         "--model",
         m,
@@ -243,7 +224,7 @@ fn attention_and_logit_lens_write_pages_and_tables() {
         "{table}"
     );
     let lens = tmp.path("lens.html");
-    ok(hooklens(&[
+    ok_stdout(hooklens(&[
         "logit-lens",
         "--model",
         m,
@@ -262,14 +243,14 @@ fn attention_and_logit_lens_write_pages_and_tables() {
 #[test]
 fn every_new_subcommand_has_help() {
     for sub in ["demo", "attention", "logit-lens", "harvest"] {
-        let out = ok(hooklens(&[sub, "--help"]));
+        let out = ok_stdout(hooklens(&[sub, "--help"]));
         assert!(out.contains("Usage: hooklens"), "{sub}: {out}");
         assert!(
             out.contains("[default: builtin]"),
             "{sub}: the built-in model is the default: {out}"
         );
     }
-    let out = ok(hooklens(&["--help"]));
+    let out = ok_stdout(hooklens(&["--help"]));
     for sub in ["demo", "attention", "logit-lens", "harvest"] {
         assert!(out.contains(sub), "{out}");
     }
@@ -281,9 +262,9 @@ fn every_new_subcommand_has_help() {
 fn text_subcommands_work_on_the_tiny_fixture_and_name_a_missing_tokenizer() {
     let tmp = TempDir::new("tiny-text");
     let m = tiny_model().to_string_lossy().into_owned();
-    ok(hooklens(&["run", "--model", &m, "--prompt", "Hello world"]));
-    ok(hooklens(&["tokenize", "--model", &m, "Hello world"]));
-    ok(hooklens(&[
+    ok_stdout(hooklens(&["run", "--model", &m, "--prompt", "Hello world"]));
+    ok_stdout(hooklens(&["tokenize", "--model", &m, "Hello world"]));
+    ok_stdout(hooklens(&[
         "generate",
         "--model",
         &m,
@@ -347,14 +328,14 @@ fn views_show_the_row_asked_for() {
         let out = tmp.s(name);
         let mut a = args.to_vec();
         a.extend(["--out", out.as_str()]);
-        ok(hooklens(&a));
+        ok_stdout(hooklens(&a));
         std::fs::read_to_string(&out).unwrap()
     };
     let picked = page(&["attention", "--model", &m, "--tokens", &t, "--row", "1"], "a.html");
     let alone = page(&["attention", "--model", &m, "--tokens", &row1], "b.html");
     assert_eq!(picked, alone);
-    let lens_picked = ok(hooklens(&["logit-lens", "--model", &m, "--tokens", &t, "--row", "1"]));
-    let lens_alone = ok(hooklens(&["logit-lens", "--model", &m, "--tokens", &row1]));
+    let lens_picked = ok_stdout(hooklens(&["logit-lens", "--model", &m, "--tokens", &t, "--row", "1"]));
+    let lens_alone = ok_stdout(hooklens(&["logit-lens", "--model", &m, "--tokens", &row1]));
     assert_eq!(lens_picked, lens_alone);
     // Prompts of different lengths: the shorter one's padding is not shown.
     let short = page(

@@ -1,10 +1,10 @@
 //! What every CLI test needs: the repository's fixture paths, a temporary directory
-//! removed on drop, and the `hooklens` binary run offline.
+//! removed on drop, and the `hooklens` binary run offline, with its outcome checked.
 // Each test binary uses a different part of this module.
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 pub use hooklens_testutil::{load_tensors as load, max_abs_diff, TempDir};
 
@@ -31,4 +31,35 @@ pub fn offline_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
         .env("HF_HUB_OFFLINE", "1")
         .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"));
     cmd
+}
+
+/// Runs `hooklens` with `args` through [`offline_command`] and waits for it.
+pub fn hooklens<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    offline_command(args).output().expect("the hooklens binary runs")
+}
+
+/// A success; returns what it printed on stdout.
+pub fn ok_stdout(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A success; returns what it printed on stderr (progress, notes, warnings).
+pub fn ok_stderr(o: Output) -> String {
+    assert!(o.status.success(), "failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A failure with a readable message: non-zero exit, `needle` on stderr, no panic.
+/// Returns stderr.
+pub fn fails(o: Output, needle: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success(),
+        "succeeded: stdout {} stderr {err}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
 }
