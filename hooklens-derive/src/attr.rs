@@ -186,19 +186,10 @@ fn parse_str_value(
     example: &str,
     errors: &mut Errors,
 ) -> syn::Result<Option<LitStr>> {
-    if !meta.input.peek(syn::Token![=]) {
-        skip_value(meta)?;
-        errors.push(syn::Error::new_spanned(
-            &meta.path,
-            format!("`{key}` needs a value: write `#[hooked({key} = \"{example}\")]`"),
-        ));
+    let how = format!("write `#[hooked({key} = \"{example}\")]`");
+    let Some(expr) = parse_value(meta, key, &how, errors)? else {
         return Ok(None);
-    }
-    let mut expr: Expr = meta.value()?.parse()?;
-    // A value passed through a `macro_rules!` fragment arrives wrapped in an invisible group.
-    while let Expr::Group(group) = expr {
-        expr = *group.expr;
-    }
+    };
     match expr {
         Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => Ok(Some(lit)),
         other => {
@@ -211,21 +202,34 @@ fn parse_str_value(
     }
 }
 
+/// The expression after `key =`, or `None` (after recording that it needs a value and
+/// `how` to write one) when there is no `=`.
+fn parse_value(meta: &ParseNestedMeta, key: &str, how: &str, errors: &mut Errors) -> syn::Result<Option<Expr>> {
+    if !meta.input.peek(syn::Token![=]) {
+        skip_value(meta)?;
+        errors.push(syn::Error::new_spanned(
+            &meta.path,
+            format!("`{key}` needs a value: {how}"),
+        ));
+        return Ok(None);
+    }
+    let mut expr: Expr = meta.value()?.parse()?;
+    // A value passed through a `macro_rules!` fragment arrives wrapped in an invisible group.
+    while let Expr::Group(group) = expr {
+        expr = *group.expr;
+    }
+    Ok(Some(expr))
+}
+
 /// `position_axis = -N` (a negative integer literal from -1 to -127: the axis counted
 /// from the end, as `pos_slice` and the interventions index it) or `position_axis = None`.
 fn parse_position_axis(meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<Option<PositionAxis>> {
     const HOW: &str = "write `position_axis = -2` for `[batch, pos, d]`, `-3` for `[batch, pos, head, d]` \
                        (counted from the end), or `position_axis = None`";
     let span = meta.path.span();
-    if !meta.input.peek(syn::Token![=]) {
-        skip_value(meta)?;
-        errors.push(syn::Error::new(span, format!("`position_axis` needs a value: {HOW}")));
+    let Some(expr) = parse_value(meta, "position_axis", HOW, errors)? else {
         return Ok(None);
-    }
-    let mut expr: Expr = meta.value()?.parse()?;
-    while let Expr::Group(group) = expr {
-        expr = *group.expr;
-    }
+    };
     let axis = match &expr {
         Expr::Path(p) if p.path.is_ident("None") => Some(None),
         Expr::Unary(syn::ExprUnary {
