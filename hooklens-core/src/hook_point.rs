@@ -331,10 +331,11 @@ impl HookPoint {
     /// hooks but never reaches itself is reported too, so such a model should call
     /// `model_forward` at the start of its forward. A run's closure that moves the whole
     /// forward to another thread (no model forward starts and none of the run's points
-    /// fire on its own thread, and some fire on a thread with no run) gets the same error. Start concurrent runs on
-    /// threads of your own (as `Patching::threads` does), not as jobs of a rayon pool that
-    /// the forward's kernels also use: a worker waiting inside one run may take up another
-    /// run's job, nesting the second run inside the first on that thread.
+    /// fire on its own thread, and some fire on a thread with no run) gets the same
+    /// error. Start concurrent runs on threads of your own (as `Patching::threads` does),
+    /// not as jobs of a rayon pool that the forward's kernels also use: a worker waiting
+    /// inside one run may take up another run's job, nesting the second run inside the
+    /// first on that thread.
     ///
     /// ```
     /// use hooklens::candle_core::{Device, Tensor};

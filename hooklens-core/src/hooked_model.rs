@@ -394,8 +394,7 @@ fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
     } else {
         let mut frame = RunFrame::default();
         for (point, splice) in splice_targets(model, &hooks.splices)? {
-            frame.watch(&point);
-            frame.splices.insert(point.id(), splice);
+            frame.add_splice(&point, splice);
         }
         Some(FrameGuard::push(frame))
     };
@@ -403,25 +402,15 @@ fn run_in_frame<M: HookedModel + ?Sized, R, E: Into<Error>>(
         grads,
         ..RunFrame::default()
     };
-    let mut watched: Vec<HookPoint> = Vec::new();
     {
         let dict = model.hook_dict();
         for (dir, list) in [(Direction::Fwd, &hooks.fwd), (Direction::Bwd, &hooks.bwd)] {
-            let map = if dir == Direction::Fwd {
-                &mut frame.fwd
-            } else {
-                &mut frame.bwd
-            };
             for (filter, hook) in list {
                 for (_, point) in dict.select(model, filter)? {
-                    map.entry(point.id()).or_default().push(hook.clone());
-                    watched.push(point.handle());
+                    frame.add_hook(dir, point, hook.clone());
                 }
             }
         }
-    }
-    for point in &watched {
-        frame.watch(point);
     }
     let guard = FrameGuard::push(frame);
     let out = forward(model).map_err(Into::into);

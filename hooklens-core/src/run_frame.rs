@@ -38,10 +38,28 @@ pub(crate) struct RunFrame {
 }
 
 impl RunFrame {
+    /// Adds a hook in `dir` at `point` for this run, after those already there, and
+    /// watches the point.
+    pub(crate) fn add_hook(&mut self, dir: Direction, point: &HookPoint, hook: Hook) {
+        let map = if dir == Direction::Bwd {
+            &mut self.bwd
+        } else {
+            &mut self.fwd
+        };
+        map.entry(point.id()).or_default().push(hook);
+        self.watch(point);
+    }
+
+    /// Splices `splice` in at `point` for this run, and watches the point.
+    pub(crate) fn add_splice(&mut self, point: &HookPoint, splice: Arc<dyn Splice>) {
+        self.splices.insert(point.id(), splice);
+        self.watch(point);
+    }
+
     /// Watches `point` for the run's lifetime: a fire of it on another thread that is
     /// neither inside a run nor inside a model's forward is counted, and, if the point
     /// never fired on the run's thread, [`FrameGuard::finish`] reports it.
-    pub(crate) fn watch(&mut self, point: &HookPoint) {
+    fn watch(&mut self, point: &HookPoint) {
         if self.watched_ids.insert(point.id()) {
             self.watched.push((point.handle(), OffThreadFires::default()));
         }
