@@ -22,6 +22,21 @@ fn fails(o: Output, needle: &str) -> String {
     common::fails(o, needle)
 }
 
+/// `harvest` of `blocks.0.hook_resid_post` over the text in `corpus` into `out`.
+fn harvest_to(model: &Path, corpus: &Path, out: &Path) -> Vec<String> {
+    vec![
+        "harvest".into(),
+        "--model".into(),
+        model.to_string_lossy().into_owned(),
+        "--input".into(),
+        corpus.to_string_lossy().into_owned(),
+        "--names".into(),
+        "blocks.0.hook_resid_post".into(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ]
+}
+
 /// `cache` of the tiny model's reference tokens into `out`.
 fn cache_to(model: &Path, out: &Path) -> Vec<String> {
     vec![
@@ -106,20 +121,7 @@ fn out_is_never_a_device_a_fifo_or_a_directory() {
     let corpus = tmp.path("c.txt");
     std::fs::write(&corpus, "a b c\n").unwrap();
     for out in [&fifo, &corpus] {
-        fails(
-            hooklens(&[
-                "harvest",
-                "--model",
-                model.to_str().unwrap(),
-                "--input",
-                corpus.to_str().unwrap(),
-                "--names",
-                "blocks.0.hook_resid_post",
-                "--out",
-                out.to_str().unwrap(),
-            ]),
-            "expected a directory",
-        );
+        fails(hooklens(&harvest_to(&model, &corpus, out)), "expected a directory");
     }
 }
 
@@ -155,22 +157,9 @@ fn out_onto_an_input_is_refused_before_anything_is_written() {
     std::fs::create_dir_all(&out).unwrap();
     let corpus = out.join("00000-of-00001-manifest.json");
     std::fs::write(&corpus, "a b c\n").unwrap();
-    fails(
-        hooklens(&[
-            "harvest",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            corpus.to_str().unwrap(),
-            "--input-format",
-            "text",
-            "--names",
-            "blocks.0.hook_resid_post",
-            "--out",
-            out.to_str().unwrap(),
-        ]),
-        "writing it would destroy the input",
-    );
+    let mut args = harvest_to(&model, &corpus, &out);
+    args.extend(["--input-format".into(), "text".into()]);
+    fails(hooklens(&args), "writing it would destroy the input");
     assert_eq!(std::fs::read_to_string(&corpus).unwrap(), "a b c\n");
 }
 
