@@ -376,22 +376,10 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     let out = tmp.path("out");
     let o = out.to_str().unwrap();
     // The first worker pauses halfway through writing its first shard.
-    let mut first = offline_command(&harvest_args(m, t, o))
-        .env(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_paused_mid_write(&harvest_args(m, t, o));
     let deadline = Instant::now() + Duration::from_secs(120);
-    let temporaries = |dir: &Path| -> Vec<String> {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    // The output directory appears only once the worker has started.
+    let temporaries = |dir: &Path| hidden_files(dir).unwrap_or_default();
     loop {
         let mid_write = temporaries(&out)
             .iter()

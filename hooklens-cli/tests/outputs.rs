@@ -63,11 +63,7 @@ fn model_copy(tmp: &TempDir) -> PathBuf {
 
 /// Names in `dir` starting with a dot: temporary files.
 fn hidden(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect()
+    hidden_files(dir).unwrap()
 }
 
 #[test]
@@ -177,12 +173,7 @@ fn an_output_name_near_the_file_name_limit_is_written() {
 fn a_cache_killed_mid_write_leaves_a_temporary_that_the_next_write_removes() {
     let tmp = TempDir::new("out-killed");
     let out = tmp.path("cache.safetensors");
-    let mut child = offline_command(&cache_to(&tiny_model(), &out))
-        .env(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_paused_mid_write(&cache_to(&tiny_model(), &out));
     // The writer pauses halfway through the file, with bytes on disk: the kill lands
     // mid-write every time.
     let deadline = Instant::now() + Duration::from_secs(60);

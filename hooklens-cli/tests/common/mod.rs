@@ -4,7 +4,7 @@
 #![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub use hooklens_testutil::{load_tensors as load, max_abs_diff, TempDir};
 
@@ -62,4 +62,23 @@ pub fn fails(o: Output, needle: &str) -> String {
     assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
     err
+}
+
+/// `hooklens` with `args` started in the background, told to pause halfway through its
+/// first file write (`PAUSE_MID_WRITE_ENV`), so that a kill lands mid-write.
+pub fn spawn_paused_mid_write<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Child {
+    offline_command(args)
+        .env(hooklens::__internal::PAUSE_MID_WRITE_ENV, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// The names of the hidden files (temporaries are `.NAME.tmp-...`) in `dir`.
+pub fn hidden_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    Ok(std::fs::read_dir(dir)?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect())
 }
