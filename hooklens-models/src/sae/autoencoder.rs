@@ -283,8 +283,8 @@ impl Sae {
     /// `hook_z`'s).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let _forward = self.points().hook_sae_input.model_forward();
-        let (acts, norm) = self.encode_with_norm(x)?;
-        let mut out = self.decode_with_norm(&acts, &norm)?;
+        let (acts, norm) = self.encode_inner(x, Fire::Yes, "the SAE's input")?;
+        let mut out = self.decode_inner(&acts, &norm, Fire::Yes)?;
         if let Some(w_skip_t) = &self.points().derived.w_skip_t {
             out = (out + ops::linear(x, w_skip_t, None)?)?;
         }
