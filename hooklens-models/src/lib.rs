@@ -5,6 +5,7 @@
 
 pub mod analysis;
 pub mod builtin;
+pub mod circuits;
 pub mod config;
 pub mod convert;
 pub mod loading;

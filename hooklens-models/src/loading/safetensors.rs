@@ -142,6 +142,79 @@ impl SafetensorsFile {
         })
     }
 
+    /// The shape of tensor `name`, if the file holds it.
+    pub(crate) fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// Rows `rows` (indices along the first axis) of tensor `name`, as f32 in the
+    /// order asked, each row `shape[1..]` long; f32, bf16 and f16 tensors. Only those
+    /// rows are read from the file, so a decoder far larger than memory costs what its
+    /// active rows cost.
+    pub(crate) fn read_rows_f32(&self, name: &str, rows: &[usize]) -> Result<Vec<f32>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
+        let n_rows = entry.shape.first().copied().unwrap_or(1);
+        let row_len: usize = entry.shape.iter().skip(1).product();
+        let size = match entry.dtype.as_str() {
+            "F32" => 4,
+            "BF16" | "F16" => 2,
+            other => return Err(self.bad(format!("tensor `{name}` has dtype {other}, expected f32, bf16 or f16"))),
+        };
+        let mut out = Vec::with_capacity(rows.len() * row_len);
+        let mut bytes = vec![0u8; row_len * size];
+        for &r in rows {
+            if r >= n_rows {
+                return Err(self.bad(format!("tensor `{name}` has {n_rows} rows; row {r} asked for")));
+            }
+            let offset = entry.start + (r * row_len * size) as u64;
+            read_exact_at(&self.file, &mut bytes, offset)
+                .map_err(|e| self.bad(format!("tensor `{name}` cannot be read: {e}")))?;
+            match entry.dtype.as_str() {
+                "F32" => out.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                "BF16" => out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+                ),
+                _ => out.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole tensor `name` as f32 with its shape.
+    pub(crate) fn read_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let shape = self
+            .shape_of(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?
+            .to_vec();
+        let n = shape.first().copied().unwrap_or(1);
+        let rows: Vec<usize> = (0..n).collect();
+        let data = if shape.is_empty() {
+            // A scalar: one "row" of one element.
+            self.read_rows_f32(name, &[0])?
+        } else {
+            self.read_rows_f32(name, &rows)?
+        };
+        Ok((data, shape))
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn bad(&self, reason: String) -> Error {
         Error::BadFile {
             path: self.path.clone(),

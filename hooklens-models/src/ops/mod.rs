@@ -6,6 +6,7 @@ pub(crate) mod attention_products;
 mod cross_entropy;
 pub(crate) mod kernels;
 mod shared_out;
+pub(crate) mod slice_gemm;
 mod streamed_gemm;
 mod transpose;
 

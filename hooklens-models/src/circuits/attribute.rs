@@ -1,0 +1,438 @@
+//! Attribution: the direct effect of every active feature, error and token on every
+//! selected feature and logit target, with circuit-tracer's definitions and node order.
+//!
+//! Rows are computed in batches, one backward sweep of the frozen model per batch
+//! ([`super::frozen`]): the logit rows first, then the feature rows, all at once when
+//! every feature is kept, else in circuit-tracer's order of influence on the logits,
+//! re-ranked every `update_interval` batches.
+
+use hooklens_core::{Error, Result};
+
+use super::frozen::{to_vec, Injection};
+use super::graph::Graph;
+use super::replacement::{replacement_run, ReplacementRun};
+use super::targets::{resolve, Targets};
+use super::transcoders::Transcoders;
+use crate::model::HookedTransformer;
+use crate::ops::slice_gemm::{gemm, View};
+
+/// How far an attribution has come, for a progress bar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttributionProgress {
+    /// Rows (targets) computed so far.
+    pub rows_done: usize,
+    /// Rows to compute in all (logits plus selected features).
+    pub rows_total: usize,
+}
+
+/// The settings of [`attribute`], with circuit-tracer's defaults (builder style).
+pub struct AttributionOptions {
+    /// Which logit nodes to explain.
+    pub targets: Targets,
+    /// Rows per backward sweep (circuit-tracer's `batch_size`, 512).
+    pub batch_size: usize,
+    /// At most this many feature nodes, chosen by influence (`max_feature_nodes`; all
+    /// active features when `None`).
+    pub max_feature_nodes: Option<usize>,
+    /// Batches between re-rankings when features are chosen (`update_interval`, 4).
+    pub update_interval: usize,
+    /// Called after each batch.
+    pub progress: Option<Box<dyn Fn(AttributionProgress) + Send + Sync>>,
+}
+
+impl Default for AttributionOptions {
+    fn default() -> Self {
+        AttributionOptions {
+            targets: Targets::default(),
+            batch_size: 512,
+            max_feature_nodes: None,
+            update_interval: 4,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AttributionOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttributionOptions")
+            .field("targets", &self.targets)
+            .field("batch_size", &self.batch_size)
+            .field("max_feature_nodes", &self.max_feature_nodes)
+            .field("update_interval", &self.update_interval)
+            .finish()
+    }
+}
+
+impl AttributionOptions {
+    /// circuit-tracer's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The salient logits: at most `max_n_logits`, until `desired_logit_prob`.
+    pub fn salient(mut self, max_n_logits: usize, desired_logit_prob: f32) -> Self {
+        self.targets = Targets::Salient {
+            max_n_logits,
+            desired_logit_prob,
+        };
+        self
+    }
+
+    /// These targets.
+    pub fn targets(mut self, targets: Targets) -> Self {
+        self.targets = targets;
+        self
+    }
+
+    /// Rows per backward sweep.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// At most `n` feature nodes.
+    pub fn max_feature_nodes(mut self, n: usize) -> Self {
+        self.max_feature_nodes = Some(n);
+        self
+    }
+
+    /// Batches between re-rankings.
+    pub fn update_interval(mut self, n: usize) -> Self {
+        self.update_interval = n;
+        self
+    }
+
+    /// A callback after each batch.
+    pub fn progress(mut self, f: impl Fn(AttributionProgress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Box::new(f));
+        self
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size must be at least 1"));
+        }
+        if self.update_interval == 0 {
+            return Err(Error::invalid("update_interval must be at least 1"));
+        }
+        if self.max_feature_nodes == Some(0) {
+            return Err(Error::invalid(
+                "max_feature_nodes must be at least 1 (or unset for all)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The source side of the rows: what each source node writes, grouped by where.
+struct Sources {
+    /// Row width: features, errors, tokens (the logit columns are always zero).
+    width: usize,
+    n_active: usize,
+    /// Per output layer, per position: (feature columns, their decoder vectors
+    /// `[n, d_model]` scaled by the activation).
+    decoders: Vec<Vec<(Vec<usize>, Vec<f32>)>>,
+    /// The prompt's token embeddings as `hook_embed` holds them, `[n_pos, d_model]`.
+    tokens: Vec<f32>,
+    /// Encoder rows of the active features `[n_active, d_model]`.
+    encoders: Vec<f32>,
+}
+
+impl Sources {
+    fn new(model: &HookedTransformer, tc: &Transcoders, run: &ReplacementRun) -> Result<Self> {
+        let (l_n, p_n, d) = (run.n_layers(), run.n_pos(), run.d_model());
+        let a = &run.active;
+        let mut decoders: Vec<Vec<(Vec<usize>, Vec<f32>)>> = vec![vec![(Vec::new(), Vec::new()); p_n]; l_n];
+        let mut encoders = Vec::with_capacity(a.len() * d);
+        let mut start = 0;
+        for l in 0..l_n {
+            let end = start + a.layer[start..].iter().take_while(|&&x| x == l).count();
+            let feats = &a.feature[start..end];
+            let rows = tc.decoder_rows(l, feats)?;
+            let n_out = tc.n_out(l);
+            let w_enc = tc.w_enc(l);
+            for (i, idx) in (start..end).enumerate() {
+                encoders.extend_from_slice(&w_enc[a.feature[idx] * d..(a.feature[idx] + 1) * d]);
+                for o in 0..n_out {
+                    let (cols, vecs) = &mut decoders[l + o][a.pos[idx]];
+                    cols.push(idx);
+                    let v = a.value[idx];
+                    vecs.extend(rows[(i * n_out + o) * d..(i * n_out + o + 1) * d].iter().map(|x| x * v));
+                }
+            }
+            start = end;
+        }
+        let ids = candle_core::Tensor::new(run.tokens.as_slice(), model.embed.w_e.device())?;
+        // What `hook_embed` holds: `W_E` rows times the family's embedding scale
+        // (Gemma's sqrt(d_model), which TransformerLens folds into its `W_E`).
+        let mut tokens = to_vec(&model.embed.w_e.index_select(&ids, 0)?)?;
+        if let Some(s) = model.embed.scale {
+            tokens.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
+        }
+        Ok(Sources {
+            width: a.len() + (l_n + 1) * p_n,
+            n_active: a.len(),
+            decoders,
+            tokens,
+            encoders,
+        })
+    }
+}
+
+/// The rows of one batch of targets, `[rows, width]`.
+fn compute_batch(
+    run: &ReplacementRun,
+    tc: &Transcoders,
+    src: &Sources,
+    layers: &[usize],
+    positions: &[usize],
+    vectors: &[f32],
+) -> Vec<f32> {
+    let (l_n, p_n, d) = (run.n_layers(), run.n_pos(), run.d_model());
+    let rows = layers.len();
+    let w = src.width;
+    let mut out = vec![0.0f32; rows * w];
+    let inject = Injection {
+        layer: layers,
+        pos: positions,
+        vectors,
+    };
+    let mut at_output = |l: usize, g: &[f32], p: usize| {
+        for pos in 0..p {
+            // Errors of (l, pos).
+            let err = &run.error[(l * p_n + pos) * d..(l * p_n + pos + 1) * d];
+            let col = src.n_active + l * p_n + pos;
+            for b in 0..rows {
+                let gv = &g[(b * p + pos) * d..(b * p + pos + 1) * d];
+                out[b * w + col] = gv.iter().zip(err).map(|(x, y)| x * y).sum();
+            }
+            // Features writing at (l, pos).
+            let (cols, vecs) = &src.decoders[l][pos];
+            if cols.is_empty() {
+                continue;
+            }
+            let n_e = cols.len();
+            let mut tmp = vec![0.0f32; rows * n_e];
+            let gview = View {
+                data: g,
+                offset: pos * d,
+                rows,
+                cols: d,
+                rs: p * d,
+                cs: 1,
+            };
+            gemm(gview, View::row_major(vecs, n_e, d).t(), 0.0, &mut tmp, n_e);
+            for b in 0..rows {
+                for (e, &c) in cols.iter().enumerate() {
+                    out[b * w + c] += tmp[b * n_e + e];
+                }
+            }
+        }
+    };
+    let (g_embed, p) = run.frozen.backward(&inject, &|l| tc.skip(l), &mut at_output);
+    for pos in 0..p {
+        let tv = &src.tokens[pos * d..(pos + 1) * d];
+        let col = src.n_active + l_n * p_n + pos;
+        for b in 0..rows {
+            let gv = &g_embed[(b * p + pos) * d..(b * p + pos + 1) * d];
+            out[b * w + col] = gv.iter().zip(tv).map(|(x, y)| x * y).sum();
+        }
+    }
+    out
+}
+
+/// circuit-tracer's `compute_partial_influences`: each node's influence on the logits
+/// through the rows computed so far. `rows` `[n_rows, width]` (logit columns omitted:
+/// they are zero), `row_node[r]` the node of row `r`, `n_total` the node count.
+fn partial_influences(
+    rows: &[f32],
+    width: usize,
+    row_node: &[usize],
+    logit_p: &[f32],
+    n_total: usize,
+) -> Result<Vec<f32>> {
+    let n_rows = row_node.len();
+    let mut norm = rows[..n_rows * width].to_vec();
+    for row in norm.chunks_mut(width) {
+        row.iter_mut().for_each(|v| *v = v.abs());
+        let s = row.iter().sum::<f32>().max(1e-8);
+        row.iter_mut().for_each(|v| *v /= s);
+    }
+    let mut prod = vec![0.0f32; n_total];
+    let k = logit_p.len();
+    prod[n_total - k..].copy_from_slice(logit_p);
+    let mut influences = vec![0.0f32; n_total];
+    for _ in 0..128 {
+        let mut next = vec![0.0f32; n_total];
+        for (r, &node) in row_node.iter().enumerate() {
+            let x = prod[node];
+            if x != 0.0 {
+                next[..width]
+                    .iter_mut()
+                    .zip(&norm[r * width..(r + 1) * width])
+                    .for_each(|(o, v)| *o += x * v);
+            }
+        }
+        if next.iter().all(|&v| v == 0.0) {
+            return Ok(influences);
+        }
+        influences.iter_mut().zip(&next).for_each(|(i, v)| *i += v);
+        prod = next;
+    }
+    Err(Error::invalid(
+        "feature influences did not converge after 128 iterations",
+    ))
+}
+
+/// The attribution graph of `tokens` (`[n_pos]`, position 0 a BOS or other special
+/// token: its features are not nodes) for `model` with `transcoders`, as circuit-tracer's
+/// `attribute`. The model must be loaded without weight processing.
+pub fn attribute(
+    model: &HookedTransformer,
+    transcoders: &Transcoders,
+    tokens: &[u32],
+    opts: &AttributionOptions,
+) -> Result<Graph> {
+    opts.check()?;
+    let run = replacement_run(model, transcoders, tokens)?;
+    attribute_run(model, transcoders, &run, opts)
+}
+
+/// [`attribute`] on a [`ReplacementRun`] already computed.
+pub fn attribute_run(
+    model: &HookedTransformer,
+    transcoders: &Transcoders,
+    run: &ReplacementRun,
+    opts: &AttributionOptions,
+) -> Result<Graph> {
+    opts.check()?;
+    let (l_n, p_n, d) = (run.n_layers(), run.n_pos(), run.d_model());
+    let last = candle_core::IndexOp::i(&run.logits, p_n - 1)?;
+    let targets = resolve(model, &last, &opts.targets)?;
+    let k = targets.targets.len();
+    let src = Sources::new(model, transcoders, run)?;
+    let n_active = src.n_active;
+    let width = src.width;
+    let logit_offset = width;
+    let n_total = logit_offset + k;
+    let max_feat = opts.max_feature_nodes.unwrap_or(n_active).min(n_active);
+    let rows_total = k + max_feat;
+    let bytes = (rows_total as u64) * (width as u64) * 4;
+    hooklens_core::__internal::check_memory(
+        "the attribution graph's rows",
+        bytes,
+        "lower max_feature_nodes, or attribute a shorter prompt",
+    )?;
+    let mut rows = Vec::with_capacity(rows_total * width);
+    let mut row_node: Vec<usize> = Vec::with_capacity(rows_total);
+    let report = |done: usize| {
+        if let Some(f) = &opts.progress {
+            f(AttributionProgress {
+                rows_done: done,
+                rows_total,
+            })
+        }
+    };
+    // Logit rows: read after the final norm at the last position.
+    for i in (0..k).step_by(opts.batch_size) {
+        let n = opts.batch_size.min(k - i);
+        let layers = vec![l_n; n];
+        let pos = vec![p_n - 1; n];
+        rows.extend(compute_batch(
+            run,
+            transcoders,
+            &src,
+            &layers,
+            &pos,
+            &targets.vectors[i * d..(i + n) * d],
+        ));
+        row_node.extend((i..i + n).map(|j| logit_offset + j));
+        report(row_node.len());
+    }
+    // Feature rows.
+    let a = &run.active;
+    let mut visited = vec![false; n_active];
+    let mut n_visited = 0;
+    while n_visited < max_feat {
+        let pending: Vec<usize> = if max_feat == n_active {
+            (0..n_active).collect()
+        } else {
+            let inf = partial_influences(&rows, width, &row_node, &targets.probabilities, n_total)?;
+            let mut rank: Vec<usize> = (0..n_active).collect();
+            rank.sort_by(|&x, &y| inf[y].total_cmp(&inf[x]).then(x.cmp(&y)));
+            let queue = (opts.update_interval * opts.batch_size).min(max_feat - n_visited);
+            rank.into_iter().filter(|&i| !visited[i]).take(queue).collect()
+        };
+        for batch in pending.chunks(opts.batch_size) {
+            n_visited += batch.len();
+            let layers: Vec<usize> = batch.iter().map(|&i| a.layer[i]).collect();
+            let pos: Vec<usize> = batch.iter().map(|&i| a.pos[i]).collect();
+            let mut vecs = Vec::with_capacity(batch.len() * d);
+            for &i in batch {
+                vecs.extend_from_slice(&src.encoders[i * d..(i + 1) * d]);
+            }
+            rows.extend(compute_batch(run, transcoders, &src, &layers, &pos, &vecs));
+            row_node.extend_from_slice(batch);
+            for &i in batch {
+                visited[i] = true;
+            }
+            report(row_node.len());
+        }
+    }
+    // Assemble the square matrix in node order.
+    let selected: Vec<usize> = (0..n_active).filter(|&i| visited[i]).collect();
+    let n_sel = selected.len();
+    let n_nodes = n_sel + (l_n + 1) * p_n + k;
+    hooklens_core::__internal::check_memory(
+        "the adjacency matrix",
+        (n_nodes as u64).pow(2) * 4,
+        "lower max_feature_nodes, or attribute a shorter prompt",
+    )?;
+    // Column of the matrix for each column of a row: selected features keep their
+    // rank among the selected, the rest shift down.
+    let mut col_of = vec![usize::MAX; width];
+    for (j, &f) in selected.iter().enumerate() {
+        col_of[f] = j;
+    }
+    for (c, slot) in col_of.iter_mut().enumerate().skip(n_active) {
+        *slot = n_sel + (c - n_active);
+    }
+    let mut feat_row = vec![usize::MAX; n_active];
+    for (j, &f) in selected.iter().enumerate() {
+        feat_row[f] = j;
+    }
+    let mut adjacency = vec![0.0f32; n_nodes * n_nodes];
+    for (r, &node) in row_node.iter().enumerate() {
+        let target = if node >= logit_offset {
+            n_sel + (l_n + 1) * p_n + (node - logit_offset)
+        } else {
+            feat_row[node]
+        };
+        let dst = &mut adjacency[target * n_nodes..(target + 1) * n_nodes];
+        for (c, &v) in rows[r * width..(r + 1) * width].iter().enumerate() {
+            let j = col_of[c];
+            if j != usize::MAX {
+                dst[j] = v;
+            }
+        }
+    }
+    drop(rows);
+    let input_string = model
+        .to_string(&candle_core::Tensor::new(
+            run.tokens.as_slice(),
+            &candle_core::Device::Cpu,
+        )?)
+        .unwrap_or_default();
+    Ok(Graph {
+        input_string,
+        input_tokens: run.tokens.clone(),
+        active_features: run.active.clone(),
+        selected_features: selected,
+        logit_targets: targets.targets,
+        logit_probabilities: targets.probabilities,
+        vocab_size: model.cfg().d_vocab,
+        n_layers: l_n,
+        scan: transcoders.scan().map(str::to_string),
+        adjacency,
+    })
+}

@@ -1,0 +1,221 @@
+//! The local replacement model: a hooked model whose MLPs are replaced by transcoders
+//! plus a frozen error term, on one prompt.
+//!
+//! The replacement is exact by construction (reconstruction + error = the MLP's
+//! output), so its logits are the model's; what it adds is the decomposition of every
+//! MLP output into active features, a bias and an error, and the frozen state (attention
+//! patterns, norm scales) under which the model is linear in the residual stream.
+
+use candle_core::{IndexOp, Tensor};
+use hooklens_core::{CacheOptions, Error, HookedModel, NamesFilter, Result};
+
+use super::frozen::{frozen_point_names, to_vec, FrozenModel};
+use super::transcoders::Transcoders;
+use crate::model::HookedTransformer;
+
+/// The transcoders' view of one prompt: every active feature, the reconstructions and
+/// errors, and the model frozen at its state on the prompt.
+pub struct ReplacementRun {
+    /// The prompt.
+    pub tokens: Vec<u32>,
+    /// The model's logits `[n_pos, d_vocab]`.
+    pub logits: Tensor,
+    /// The transcoders' inputs (`blocks.L.<feature_input_hook>`), `[n_layers, n_pos, d_model]` row-major.
+    pub feature_input: Vec<f32>,
+    /// The true MLP outputs (`blocks.L.<feature_output_hook>`), `[n_layers, n_pos, d_model]`.
+    pub feature_output: Vec<f32>,
+    /// Active features (non-zero activations, position 0 excluded), in circuit-tracer's
+    /// order: by layer, then position, then feature.
+    pub active: ActiveFeatures,
+    /// `b_dec` + the active features' decoder vectors (+ skip), `[n_layers, n_pos, d_model]`.
+    pub reconstruction: Vec<f32>,
+    /// `feature_output - reconstruction`, zero at position 0, `[n_layers, n_pos, d_model]`.
+    pub error: Vec<f32>,
+    pub(crate) frozen: FrozenModel,
+    pub(crate) n_layers: usize,
+    pub(crate) d_model: usize,
+}
+
+/// The active features of a prompt, as parallel lists.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ActiveFeatures {
+    /// Layer of each.
+    pub layer: Vec<usize>,
+    /// Position of each.
+    pub pos: Vec<usize>,
+    /// Feature index in its layer.
+    pub feature: Vec<usize>,
+    /// Activation (after the nonlinearity).
+    pub value: Vec<f32>,
+}
+
+impl ActiveFeatures {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.layer.len()
+    }
+
+    /// Whether none is active.
+    pub fn is_empty(&self) -> bool {
+        self.layer.is_empty()
+    }
+}
+
+impl ReplacementRun {
+    /// Positions in the prompt.
+    pub fn n_pos(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Layers.
+    pub fn n_layers(&self) -> usize {
+        self.n_layers
+    }
+
+    /// Width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+}
+
+/// Checks that `transcoders` fit `model` for attribution.
+pub(crate) fn check_fit(model: &HookedTransformer, transcoders: &Transcoders) -> Result<()> {
+    let cfg = model.cfg();
+    if !cfg.normalization_type.has_params() {
+        return Err(Error::invalid(
+            "the model's norms were folded into its weights (fold_ln), so the transcoders' inputs \
+             (the MLP's input after ln2's gain) do not exist in it: load it without processing \
+             (LoadOptions::no_processing(), as circuit-tracer does)",
+        ));
+    }
+    if transcoders.n_layers() != cfg.n_layers || transcoders.d_model() != cfg.d_model {
+        return Err(Error::invalid(format!(
+            "the transcoders cover {} layers of width {}, the model has {} layers of width {}",
+            transcoders.n_layers(),
+            transcoders.d_model(),
+            cfg.n_layers,
+            cfg.d_model
+        )));
+    }
+    let names: std::collections::HashSet<String> = model.hook_names().into_iter().collect();
+    for l in [0, cfg.n_layers - 1] {
+        for name in [transcoders.input_hook(l), transcoders.output_hook(l)] {
+            if !names.contains(&name) {
+                return Err(Error::UnknownHook {
+                    name,
+                    suggestions: hooklens_core::__internal::nearest_names(
+                        &transcoders.input_hook(l),
+                        names.iter().map(String::as_str),
+                        3,
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `model` on `tokens` (`[n_pos]`) and decomposes each MLP output with
+/// `transcoders`, as circuit-tracer's `setup_attribution` does.
+pub fn replacement_run(model: &HookedTransformer, transcoders: &Transcoders, tokens: &[u32]) -> Result<ReplacementRun> {
+    check_fit(model, transcoders)?;
+    if tokens.is_empty() {
+        return Err(Error::invalid("attribution needs at least one token"));
+    }
+    let (n_layers, d) = (transcoders.n_layers(), transcoders.d_model());
+    let n_pos = tokens.len();
+    let mut names = frozen_point_names(model);
+    for l in 0..n_layers {
+        names.push(transcoders.input_hook(l));
+        names.push(transcoders.output_hook(l));
+    }
+    let t = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
+    let wanted: std::collections::HashSet<String> = names.iter().cloned().collect();
+    let filter = NamesFilter::predicate(move |n| wanted.contains(n));
+    let (logits, cache) = model.run_with_cache(CacheOptions::new().names(filter), |m| m.forward(&t))?;
+    let logits = logits.i(0)?;
+    let stack = |hook: &dyn Fn(usize) -> String| -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(n_layers * n_pos * d);
+        for l in 0..n_layers {
+            out.extend(to_vec(cache.try_get(&hook(l))?)?);
+        }
+        Ok(out)
+    };
+    let feature_input = stack(&|l| transcoders.input_hook(l))?;
+    let feature_output = stack(&|l| transcoders.output_hook(l))?;
+    let frozen = FrozenModel::new(model, &cache, n_pos)?;
+    drop(cache);
+
+    // Encode every layer; position 0 is zeroed (circuit-tracer's `zero_positions`).
+    let mut active = ActiveFeatures::default();
+    let mut reconstruction = vec![0.0f32; n_layers * n_pos * d];
+    for l in 0..n_layers {
+        for p in 0..n_pos {
+            reconstruction[(l * n_pos + p) * d..(l * n_pos + p + 1) * d].copy_from_slice(transcoders.b_dec(l));
+        }
+    }
+    let f = transcoders.d_transcoder();
+    for l in 0..n_layers {
+        let x = &feature_input[l * n_pos * d..(l + 1) * n_pos * d];
+        let mut acts = transcoders.pre_activations(l, x);
+        transcoders.activate(l, &mut acts);
+        acts[..f].iter_mut().for_each(|v| *v = 0.0);
+        let mut feats = Vec::new();
+        let mut poss = Vec::new();
+        for p in 0..n_pos {
+            for (j, &v) in acts[p * f..(p + 1) * f].iter().enumerate() {
+                if v != 0.0 {
+                    active.layer.push(l);
+                    active.pos.push(p);
+                    active.feature.push(j);
+                    active.value.push(v);
+                    feats.push(j);
+                    poss.push(p);
+                }
+            }
+        }
+        // Each active feature's decoder vectors, scaled by its activation, into the
+        // reconstruction of every layer it writes to.
+        let n_out = transcoders.n_out(l);
+        let rows = transcoders.decoder_rows(l, &feats)?;
+        let start = active.len() - feats.len();
+        for (i, (&p, v)) in poss.iter().zip(&active.value[start..]).enumerate() {
+            for o in 0..n_out {
+                let src = &rows[(i * n_out + o) * d..(i * n_out + o + 1) * d];
+                let dst = &mut reconstruction[((l + o) * n_pos + p) * d..((l + o) * n_pos + p + 1) * d];
+                dst.iter_mut().zip(src).for_each(|(r, s)| *r += v * s);
+            }
+        }
+    }
+    for l in 0..n_layers {
+        if let Some(s) = transcoders.skip(l) {
+            let x = &feature_input[l * n_pos * d..(l + 1) * n_pos * d];
+            use crate::ops::slice_gemm::{gemm, View};
+            gemm(
+                View::row_major(x, n_pos, d),
+                View::row_major(s, d, d),
+                1.0,
+                &mut reconstruction[l * n_pos * d..(l + 1) * n_pos * d],
+                d,
+            );
+        }
+    }
+    let mut error: Vec<f32> = feature_output.iter().zip(&reconstruction).map(|(o, r)| o - r).collect();
+    for l in 0..n_layers {
+        error[l * n_pos * d..(l * n_pos + 1) * d]
+            .iter_mut()
+            .for_each(|v| *v = 0.0);
+    }
+    Ok(ReplacementRun {
+        tokens: tokens.to_vec(),
+        logits,
+        feature_input,
+        feature_output,
+        active,
+        reconstruction,
+        error,
+        frozen,
+        n_layers,
+        d_model: d,
+    })
+}

@@ -1,0 +1,210 @@
+//! Attribution graphs against circuit-tracer 0.5.0's own numbers
+//! (`testdata/circuits*`, made by `make_circuit_reference.py`; see its README): the
+//! replacement model's activations, reconstructions and errors, the graph's nodes and
+//! adjacency matrix, and the pruning.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use hooklens_models::circuits::{attribute, prune, replacement_run, AttributionOptions, Transcoders};
+use hooklens_models::{HookedTransformer, LoadOptions};
+use hooklens_testutil::{assert_close, load_tensors, testdata};
+
+/// Every reference case shipped: the two shared ones and the extra ones made with the
+/// same generator (other architectures, skip connections, feature selection).
+fn cases() -> Vec<PathBuf> {
+    let mut out = vec![testdata().join("circuits"), testdata().join("circuits-clt")];
+    if let Ok(entries) = std::fs::read_dir(testdata().join("circuits-extra")) {
+        let mut extra: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("model").is_dir())
+            .collect();
+        extra.sort();
+        out.extend(extra);
+    }
+    out
+}
+
+fn meta(dir: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("graph_meta.json")).unwrap()).unwrap()
+}
+
+fn tokens(dir: &std::path::Path) -> Vec<u32> {
+    let t = load_tensors(dir.join("tokens.safetensors")).remove("tokens").unwrap();
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|x| x as u32)
+        .collect()
+}
+
+fn opts_of(meta: &serde_json::Value) -> AttributionOptions {
+    let call = &meta["attribute_call"];
+    let mut o = AttributionOptions::new()
+        .salient(
+            call["max_n_logits"].as_u64().unwrap() as usize,
+            call["desired_logit_prob"].as_f64().unwrap() as f32,
+        )
+        .batch_size(call["batch_size"].as_u64().unwrap() as usize)
+        .update_interval(call["update_interval"].as_u64().unwrap_or(4) as usize);
+    if let Some(m) = call["max_feature_nodes"].as_u64() {
+        o = o.max_feature_nodes(m as usize);
+    }
+    o
+}
+
+fn model(dir: &std::path::Path) -> HookedTransformer {
+    HookedTransformer::from_dir(dir.join("model"), &LoadOptions::no_processing()).unwrap()
+}
+
+fn i64s(t: &Tensor) -> Vec<i64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+}
+
+/// The raw entry `name` of a safetensors file: dtype, and its bytes.
+fn raw_entry(path: &std::path::Path, name: &str) -> (String, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let e = &header[name];
+    let off = e["data_offsets"].as_array().unwrap();
+    let (a, b) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+    (
+        e["dtype"].as_str().unwrap().to_string(),
+        bytes[8 + n + a..8 + n + b].to_vec(),
+    )
+}
+
+/// A BOOL tensor of a safetensors file (candle cannot read that dtype), flattened.
+fn read_bools(path: &std::path::Path, name: &str) -> Vec<bool> {
+    let (dtype, data) = raw_entry(path, name);
+    assert_eq!(dtype, "BOOL", "{name}");
+    data.into_iter().map(|b| b != 0).collect()
+}
+
+/// The f32 tensors of a safetensors file that also holds BOOL ones.
+fn f32_tensors(path: &std::path::Path) -> std::collections::HashMap<String, Tensor> {
+    let mut out = std::collections::HashMap::new();
+    for name in ["node_influence", "cumulative_scores"] {
+        let (dtype, data) = raw_entry(path, name);
+        assert_eq!(dtype, "F32", "{name}");
+        let v: Vec<f32> = data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        out.insert(
+            name.to_string(),
+            Tensor::from_vec(v.clone(), v.len(), &Device::Cpu).unwrap(),
+        );
+    }
+    out
+}
+
+fn f32s(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn the_replacement_model_decomposes_each_mlp_as_circuit_tracer_does() {
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let m = model(&dir);
+        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
+        let toks = tokens(&dir);
+        let run = replacement_run(&m, &tc, &toks).unwrap();
+        let want = load_tensors(dir.join("replacement_cache.safetensors"));
+        let (l, p, d) = (run.n_layers(), run.n_pos(), run.d_model());
+        let t = |v: &[f32]| Tensor::from_slice(v, (l, p, d), &Device::Cpu).unwrap();
+        assert_close(&format!("{name} logits"), &run.logits, &want["logits"], 1e-4);
+        assert_close(
+            &format!("{name} feature_input"),
+            &t(&run.feature_input),
+            &want["feature_input"],
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} feature_output"),
+            &t(&run.feature_output),
+            &want["feature_output"],
+            1e-4,
+        );
+        assert_close(
+            &format!("{name} reconstruction"),
+            &t(&run.reconstruction),
+            &want["reconstruction"],
+            1e-4,
+        );
+        assert_close(&format!("{name} error"), &t(&run.error), &want["error"], 1e-4);
+        // The active set exactly, and each activation.
+        let g = load_tensors(dir.join("graph.safetensors"));
+        let af = i64s(&g["active_features"]);
+        let got: Vec<i64> = (0..run.active.len())
+            .flat_map(|i| {
+                [
+                    run.active.layer[i] as i64,
+                    run.active.pos[i] as i64,
+                    run.active.feature[i] as i64,
+                ]
+            })
+            .collect();
+        assert_eq!(got, af, "{name}: active features");
+        let acts = Tensor::from_slice(&run.active.value, run.active.len(), &Device::Cpu).unwrap();
+        assert_close(&format!("{name} activations"), &acts, &g["activation_values"], 1e-4);
+    }
+}
+
+#[test]
+fn the_graph_equals_circuit_tracers() {
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let meta = meta(&dir);
+        let m = model(&dir);
+        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
+        let graph = attribute(&m, &tc, &tokens(&dir), &opts_of(&meta)).unwrap();
+        let want = load_tensors(dir.join("graph.safetensors"));
+        let sel: Vec<i64> = graph.selected_features.iter().map(|&i| i as i64).collect();
+        assert_eq!(sel, i64s(&want["selected_features"]), "{name}: selected features");
+        let logits: Vec<i64> = graph.logit_targets.iter().map(|t| t.vocab_idx as i64).collect();
+        assert_eq!(logits, i64s(&want["logit_tokens"]), "{name}: logit tokens");
+        for (a, b) in graph.logit_probabilities.iter().zip(f32s(&want["logit_probabilities"])) {
+            assert!((a - b).abs() <= 1e-5, "{name}: logit probability {a} vs {b}");
+        }
+        if let Ok(dbg) = std::env::var("HOOKLENS_DEBUG_GRAPHS") {
+            graph.save_safetensors(format!("{dbg}/{name}.safetensors")).unwrap();
+        }
+        let n = graph.n_nodes();
+        assert_eq!(n as i64, meta["n_nodes"].as_i64().unwrap(), "{name}: nodes");
+        let adj = Tensor::from_slice(&graph.adjacency, (n, n), &Device::Cpu).unwrap();
+        assert_close(&format!("{name} adjacency"), &adj, &want["adjacency_matrix"], 1e-4);
+
+        let pruned = prune(&graph, 0.8, 0.98).unwrap();
+        let file = dir.join("pruning.safetensors");
+        assert_eq!(pruned.node_mask, read_bools(&file, "node_mask"), "{name}: node mask");
+        assert_eq!(pruned.edge_mask, read_bools(&file, "edge_mask"), "{name}: edge mask");
+        let want = f32_tensors(&file);
+        let inf = Tensor::from_slice(&pruned.node_influence, n, &Device::Cpu).unwrap();
+        assert_close(&format!("{name} node influence"), &inf, &want["node_influence"], 1e-4);
+        let cum = Tensor::from_slice(&pruned.cumulative_scores, n, &Device::Cpu).unwrap();
+        assert_close(
+            &format!("{name} cumulative scores"),
+            &cum,
+            &want["cumulative_scores"],
+            1e-4,
+        );
+    }
+}
