@@ -59,7 +59,7 @@ fn opts_of(meta: &serde_json::Value) -> AttributionOptions {
 }
 
 fn model(dir: &std::path::Path) -> HookedTransformer {
-    HookedTransformer::from_dir(dir.join("model"), &LoadOptions::no_processing()).unwrap()
+    HookedTransformer::from_pretrained(dir.join("model").to_str().unwrap(), &LoadOptions::no_processing()).unwrap()
 }
 
 fn i64s(t: &Tensor) -> Vec<i64> {
@@ -206,5 +206,82 @@ fn the_graph_equals_circuit_tracers() {
             &want["cumulative_scores"],
             1e-4,
         );
+    }
+}
+
+#[test]
+fn the_graph_file_equals_create_graph_files_output() {
+    use hooklens_models::circuits::{graph_file, GraphFile, GraphFileOptions};
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let meta = meta(&dir);
+        let m = model(&dir);
+        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
+        let graph = attribute(&m, &tc, &tokens(&dir), &opts_of(&meta)).unwrap();
+        let slug = meta["case"].as_str().unwrap().to_string();
+        let text = |id: u32| m.to_single_str_token(id).unwrap();
+        let got = graph_file(&graph, &GraphFileOptions::new(slug.clone()), &text).unwrap();
+        let want = GraphFile::from_json(
+            &std::fs::read_to_string(dir.join("graph_files").join(format!("{slug}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got.metadata, want.metadata, "{name}: metadata");
+        assert_eq!(got.q_params, want.q_params, "{name}: qParams");
+        let ids = |f: &GraphFile| f.nodes.iter().map(|n| n.node_id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&got), ids(&want), "{name}: nodes");
+        for (a, b) in got.nodes.iter().zip(&want.nodes) {
+            let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * y.abs().max(1.0),
+                (x, y) => x == y,
+            };
+            assert!(
+                close(a.influence, b.influence) && close(a.activation, b.activation),
+                "{name}: node {}",
+                a.node_id
+            );
+            assert!(
+                (a.token_prob - b.token_prob).abs() <= 1e-5,
+                "{name}: node {}",
+                a.node_id
+            );
+            assert_eq!(
+                (
+                    &a.feature,
+                    &a.layer,
+                    a.ctx_idx,
+                    &a.feature_type,
+                    a.is_target_logit,
+                    &a.js_node_id,
+                    &a.clerp
+                ),
+                (
+                    &b.feature,
+                    &b.layer,
+                    b.ctx_idx,
+                    &b.feature_type,
+                    b.is_target_logit,
+                    &b.js_node_id,
+                    &b.clerp
+                ),
+                "{name}: node {}",
+                a.node_id
+            );
+        }
+        let links = |f: &GraphFile| {
+            f.links
+                .iter()
+                .map(|l| (l.source.clone(), l.target.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(links(&got), links(&want), "{name}: links");
+        let scale = want.links.iter().fold(0f64, |m, l| m.max(l.weight.abs()));
+        for (a, b) in got.links.iter().zip(&want.links) {
+            assert!(
+                (a.weight - b.weight).abs() <= 1e-4 * scale,
+                "{name}: link {} -> {}",
+                a.source,
+                a.target
+            );
+        }
     }
 }

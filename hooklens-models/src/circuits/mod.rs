@@ -27,6 +27,8 @@
 mod attribute;
 mod frozen;
 mod graph;
+mod graph_file;
+mod graph_files;
 mod prune;
 mod replacement;
 mod targets;
@@ -35,6 +37,8 @@ mod transcoders;
 
 pub use attribute::{attribute, attribute_run, AttributionOptions, AttributionProgress};
 pub use graph::Graph;
+pub use graph_file::{GraphFile, GraphLink, GraphMetadata, GraphNode, QParams};
+pub use graph_files::{graph_file, graph_file_from, write_graph_files, GraphFileOptions};
 pub use prune::{node_influence, prune, Pruned};
 pub use replacement::{replacement_run, ActiveFeatures, ReplacementRun};
 pub use targets::{CustomTarget, LogitTarget, Targets};
