@@ -285,3 +285,67 @@ fn the_graph_file_equals_create_graph_files_output() {
         }
     }
 }
+
+#[test]
+fn a_feature_intervention_adds_the_change_times_the_decoder_at_the_mlp_output() {
+    use hooklens_core::{HookSet, HookedModel};
+    use hooklens_models::circuits::{feature_intervention, FeatureIntervention};
+    for name in ["circuits", "circuits-clt"] {
+        let dir = testdata().join(name);
+        let m = model(&dir);
+        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
+        let toks = tokens(&dir);
+        let run = replacement_run(&m, &tc, &toks).unwrap();
+        let t = Tensor::new(toks.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let clean = m.forward(&t).unwrap().squeeze(0).unwrap();
+        // Setting every feature to its own value changes nothing.
+        let same: Vec<FeatureIntervention> = (0..run.active.len())
+            .step_by(7)
+            .map(|i| FeatureIntervention {
+                layer: run.active.layer[i],
+                pos: run.active.pos[i],
+                feature: run.active.feature[i],
+                value: run.active.value[i],
+            })
+            .collect();
+        let got = feature_intervention(&m, &tc, &toks, &same, true).unwrap();
+        assert_close(&format!("{name}: no-op intervention"), &got, &clean, 1e-5);
+        // In the last layer, a change of a feature is its decoder row times the change,
+        // added at the MLP's output: the same as a hook adding it there by hand.
+        let last = run.n_layers() - 1;
+        let i = (0..run.active.len())
+            .rev()
+            .find(|&i| run.active.layer[i] == last)
+            .unwrap();
+        let (pos, feat, value) = (run.active.pos[i], run.active.feature[i], run.active.value[i]);
+        let new = value + 3.0;
+        let iv = [FeatureIntervention {
+            layer: last,
+            pos,
+            feature: feat,
+            value: new,
+        }];
+        let got = feature_intervention(&m, &tc, &toks, &iv, false).unwrap();
+        let row = tc.decoder_rows(last, &[feat]).unwrap();
+        let d = run.d_model();
+        let mut delta = vec![0f32; toks.len() * d];
+        delta[pos * d..(pos + 1) * d]
+            .iter_mut()
+            .zip(&row[..d])
+            .for_each(|(a, b)| *a = 3.0 * b);
+        let delta = Tensor::from_vec(delta, (1, toks.len(), d), &Device::Cpu).unwrap();
+        let hooks = HookSet::new().fwd(format!("blocks.{last}.mlp.hook_out"), move |x: &Tensor, _| {
+            Ok(Some((x + &delta)?))
+        });
+        let want = m.run_with_hooks(hooks, |m| m.forward(&t)).unwrap().squeeze(0).unwrap();
+        assert_close(&format!("{name}: last-layer intervention"), &got, &want, 1e-5);
+        let moved = hooklens_testutil::max_abs_diff(&got, &clean);
+        assert!(
+            moved > 1e-3,
+            "{name}: the intervention moved the logits by only {moved}"
+        );
+    }
+}

@@ -29,6 +29,7 @@ mod frozen;
 mod graph;
 mod graph_file;
 mod graph_files;
+mod intervention;
 mod prune;
 mod replacement;
 mod targets;
@@ -39,6 +40,7 @@ pub use attribute::{attribute, attribute_run, AttributionOptions, AttributionPro
 pub use graph::Graph;
 pub use graph_file::{GraphFile, GraphLink, GraphMetadata, GraphNode, QParams};
 pub use graph_files::{graph_file, graph_file_from, write_graph_files, GraphFileOptions};
+pub use intervention::{feature_intervention, FeatureIntervention};
 pub use prune::{node_influence, prune, Pruned};
 pub use replacement::{replacement_run, ActiveFeatures, ReplacementRun};
 pub use targets::{CustomTarget, LogitTarget, Targets};

@@ -39,12 +39,10 @@ struct Encoder {
     skip: Option<Vec<f32>>,
 }
 
-/// Where one layer's decoder rows come from.
-enum DecoderRows {
-    /// Read from a safetensors file, row by row.
-    File { file: SafetensorsFile, name: String },
-    /// Held in memory (transcoders built from SAELens weights), `[d_transcoder, n_out, d_model]`.
-    Memory(Vec<f32>),
+/// Where one layer's decoder rows come from: a safetensors file, read row by row.
+struct DecoderRows {
+    file: SafetensorsFile,
+    name: String,
 }
 
 /// A transcoder set or a cross-layer transcoder, ready to encode MLP inputs and hand
@@ -319,7 +317,7 @@ impl Transcoders {
                     })
                 }
             }
-            decoders.push(DecoderRows::File {
+            decoders.push(DecoderRows {
                 file: dec_file,
                 name: dec_name,
             });
@@ -447,58 +445,62 @@ impl Transcoders {
 
     /// The activation function of `layer` applied to pre-activations `[rows, d_transcoder]`, in place.
     pub fn activate(&self, layer: usize, pre: &mut [f32]) {
-        let f = self.d_transcoder;
-        match &self.activation {
-            Activation::Relu => pre.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Activation::JumpRelu => {
-                let thr = self.encoders[layer]
-                    .threshold
-                    .as_deref()
-                    .expect("JumpReLU has thresholds");
-                for row in pre.chunks_mut(f) {
-                    for (v, t) in row.iter_mut().zip(thr) {
-                        if !(*v > *t) {
-                            *v = 0.0;
-                        }
-                    }
-                }
-            }
-            Activation::TopK(k) => {
-                let mut idx: Vec<usize> = Vec::with_capacity(f);
-                for row in pre.chunks_mut(f) {
-                    idx.clear();
-                    idx.extend(0..f);
-                    // torch.topk's order: larger first; the k-th value's ties go to the
-                    // lower index.
-                    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                    let keep: std::collections::HashSet<usize> = idx[..*k].iter().copied().collect();
-                    for (j, v) in row.iter_mut().enumerate() {
-                        if !keep.contains(&j) {
-                            *v = 0.0;
-                        }
-                    }
-                }
-            }
-        }
+        apply_activation(&self.activation, self.threshold(layer), pre, self.d_transcoder);
+    }
+
+    /// The JumpReLU thresholds of `layer`, `[d_transcoder]`.
+    pub(crate) fn threshold(&self, layer: usize) -> Option<&[f32]> {
+        self.encoders[layer].threshold.as_deref()
+    }
+
+    /// `b_enc` of `layer`, `[d_transcoder]`.
+    pub(crate) fn b_enc(&self, layer: usize) -> &[f32] {
+        &self.encoders[layer].b_enc
     }
 
     /// Decoder rows of features `features` of `layer`: `[features.len(), n_out(layer), d_model]`.
     pub fn decoder_rows(&self, layer: usize, features: &[usize]) -> Result<Vec<f32>> {
-        match &self.decoders[layer] {
-            DecoderRows::File { file, name } => file.read_rows_f32(name, features),
-            DecoderRows::Memory(data) => {
-                let row = self.n_out(layer) * self.d_model;
-                let mut out = Vec::with_capacity(features.len() * row);
-                for &f in features {
-                    let r = data.get(f * row..(f + 1) * row).ok_or_else(|| {
-                        Error::invalid(format!(
-                            "feature {f} of layer {layer} is out of range ({})",
-                            self.d_transcoder
-                        ))
-                    })?;
-                    out.extend_from_slice(r);
-                }
-                Ok(out)
+        let d = &self.decoders[layer];
+        if let Some(&f) = features.iter().find(|&&f| f >= self.d_transcoder) {
+            return Err(Error::invalid(format!(
+                "feature {f} of layer {layer} is out of range (the transcoders have {} per layer)",
+                self.d_transcoder
+            )));
+        }
+        d.file.read_rows_f32(&d.name, features)
+    }
+}
+
+/// `activation` on pre-activations `[rows, f]`, in place (`threshold` `[f]` for JumpReLU:
+/// `pre * (pre > threshold)`, circuit-tracer's; TopK keeps the `k` largest of each row,
+/// ties to the lower index as torch.topk).
+pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]>, pre: &mut [f32], f: usize) {
+    match activation {
+        Activation::Relu => pre.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::JumpRelu => {
+            let thr = threshold.expect("a JumpReLU layer has thresholds (checked at load)");
+            for row in pre.chunks_mut(f) {
+                row.iter_mut().zip(thr).for_each(|(v, t)| {
+                    if !(*v > *t) {
+                        *v = 0.0
+                    }
+                });
+            }
+        }
+        Activation::TopK(k) => {
+            let mut idx: Vec<usize> = Vec::with_capacity(f);
+            let mut keep = vec![false; f];
+            for row in pre.chunks_mut(f) {
+                idx.clear();
+                idx.extend(0..f);
+                idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                keep.iter_mut().for_each(|k| *k = false);
+                idx[..*k].iter().for_each(|&i| keep[i] = true);
+                row.iter_mut().zip(&keep).for_each(|(v, &kept)| {
+                    if !kept {
+                        *v = 0.0
+                    }
+                });
             }
         }
     }
