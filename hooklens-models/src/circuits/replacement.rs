@@ -143,6 +143,20 @@ pub fn replacement_run(model: &HookedTransformer, transcoders: &Transcoders, tok
     };
     let feature_input = stack(&|l| transcoders.input_hook(l))?;
     let feature_output = stack(&|l| transcoders.output_hook(l))?;
+    for (what, values, hook) in [
+        ("input", &feature_input, transcoders.input_hook(0)),
+        ("output", &feature_output, transcoders.output_hook(0)),
+    ] {
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            let l = i / (n_pos * d);
+            return Err(Error::invalid(format!(
+                "the model's MLP {what} is not finite at layer {l}, position {} (`{}`): \
+                 no attribution graph for a prompt whose activations overflow",
+                (i / d) % n_pos,
+                hook.replacen("blocks.0.", &format!("blocks.{l}."), 1)
+            )));
+        }
+    }
     let frozen = FrozenModel::new(model, &cache, n_pos)?;
     drop(cache);
 

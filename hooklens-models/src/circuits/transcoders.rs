@@ -289,13 +289,24 @@ impl Transcoders {
                 }
                 None => None,
             };
+            let w_enc = read_shaped(&enc_file, &w_name, &[f, d])?;
+            let b_enc = read_shaped(&enc_file, &b_enc_name, &[f])?;
+            for (name, values) in [(&w_name, &w_enc), (&b_enc_name, &b_enc)]
+                .into_iter()
+                .chain(threshold.as_ref().map(|t| (&thr_name, t)))
+                .chain(skip.as_ref().map(|s| (&skip_name, s)))
+            {
+                finite(values, name, &group[0])?;
+            }
             encoders.push(Encoder {
-                w_enc: read_shaped(&enc_file, &w_name, &[f, d])?,
-                b_enc: read_shaped(&enc_file, &b_enc_name, &[f])?,
+                w_enc,
+                b_enc,
                 threshold,
                 skip,
             });
-            b_dec.push(read_shaped(&enc_file, &b_dec_name, &[d])?);
+            let bias = read_shaped(&enc_file, &b_dec_name, &[d])?;
+            finite(&bias, &b_dec_name, &group[0])?;
+            b_dec.push(bias);
             let dec_file = match cfg.kind {
                 TranscoderKind::Set => enc_file,
                 TranscoderKind::CrossLayer => open(&group[1])?,
@@ -467,7 +478,9 @@ impl Transcoders {
                 self.d_transcoder
             )));
         }
-        d.file.read_rows_f32(&d.name, features)
+        let rows = d.file.read_rows_f32(&d.name, features)?;
+        finite(&rows, &d.name, d.file.path())?;
+        Ok(rows)
     }
 }
 
@@ -480,8 +493,10 @@ pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]
         Activation::JumpRelu => {
             let thr = threshold.expect("a JumpReLU layer has thresholds (checked at load)");
             for row in pre.chunks_mut(f) {
+                // `pre > threshold` keeps a value. (Non-finite inputs and weights are
+                // refused before any encoding, so no NaN reaches this comparison.)
                 row.iter_mut().zip(thr).for_each(|(v, t)| {
-                    if !(*v > *t) {
+                    if (*v).partial_cmp(t) != Some(std::cmp::Ordering::Greater) {
                         *v = 0.0
                     }
                 });
@@ -503,6 +518,21 @@ pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]
                 });
             }
         }
+    }
+}
+
+/// An error naming the tensor and file when `values` holds a NaN or an infinity: a
+/// NaN weight would otherwise vanish in the activation function.
+fn finite(values: &[f32], name: &str, path: &Path) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "tensor `{name}` holds a non-finite value ({}) at element {i}",
+                values[i]
+            ),
+        }),
+        None => Ok(()),
     }
 }
 
