@@ -83,24 +83,30 @@ fn every_splice_run_matches_saelens() {
         let (logits, cache) = model
             .run_with_cache_with_saes(set.clone(), CacheOptions::new(), |m| m.forward(&tokens))
             .unwrap();
-        // SAELens adds `mlp.hook_in` (the MLP's input: ln2.hook_normalized here); hooklens
-        // has no such point, so its values are checked at ln2.hook_normalized.
-        let ours_name = |theirs: &str| theirs.replace("mlp.hook_in", "ln2.hook_normalized");
         let order: Vec<String> = run["cache_names"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| n.as_str().unwrap())
-            .filter(|n| !n.ends_with("mlp.hook_in"))
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect();
+        // SAELens's `HookedSAETransformer` adds `mlp.hook_in` as hooklens does, but not
+        // circuit-tracer's `mlp.hook_out`.
+        let fired: Vec<String> = cache
+            .keys()
+            .filter(|n| !n.ends_with(".mlp.hook_out"))
             .map(String::from)
             .collect();
-        let fired: Vec<String> = cache.keys().map(String::from).collect();
         assert_eq!(fired, order, "{what}: names and firing order");
+        assert_eq!(
+            cache.len() - fired.len(),
+            2,
+            "{what}: mlp.hook_out of both blocks fired"
+        );
         for (name, want) in &reference {
             if matches!(name.as_str(), "logits" | "loss" | "loss_per_token") {
                 continue;
             }
-            assert_close(&format!("{what}: {name}"), &cache[ours_name(name).as_str()], want, 1e-4);
+            assert_close(&format!("{what}: {name}"), &cache[name.as_str()], want, 1e-4);
         }
         assert_close(&format!("{what}: logits"), &logits, &reference["logits"], 1e-4);
         let loss = model

@@ -10,6 +10,10 @@ use crate::config::ActFn;
 /// the activation. Gated (Llama's SwiGLU, Gemma's GeGLU): `hook_pre` = `x @ W_gate`,
 /// `hook_pre_linear` = `x @ W_in`, `hook_post` = `act(pre) * pre_linear + b_in`, as
 /// TransformerLens's `GatedMLP` computes it.
+///
+/// `hook_in` and `hook_out` around the whole MLP are circuit-tracer's names (SAELens's
+/// `HookedSAETransformer` adds `hook_in` too), not TransformerLens 2.x's: they are where
+/// transcoders read and write.
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core")]
 pub struct Mlp {
@@ -28,12 +32,22 @@ pub struct Mlp {
     /// Whether `b_out` is not all zeros.
     pub(crate) b_out_used: bool,
     pub(crate) act_fn: ActFn,
+    /// The MLP's input, `[batch, pos, d_model]`: ln2's output after its gain, exactly
+    /// what the MLP computes from. Not a TransformerLens 2.x point: circuit-tracer's
+    /// and SAELens's `HookedSAETransformer`'s name, where their transcoders read
+    /// (`hook_name: blocks.L.mlp.hook_in`).
+    pub hook_in: HookPoint,
     /// Before the activation, `[batch, pos, d_mlp]`.
     pub hook_pre: HookPoint,
     /// The linear branch of a gated MLP, `[batch, pos, d_mlp]`.
     pub hook_pre_linear: Option<HookPoint>,
     /// After the activation (and the gate), `[batch, pos, d_mlp]`.
     pub hook_post: HookPoint,
+    /// The MLP's output, `[batch, pos, d_model]`: before any norm after the MLP
+    /// (Gemma 2's `ln2_post`) and before the block's `hook_mlp_out`. Not a
+    /// TransformerLens 2.x point: circuit-tracer's name, where its transcoders write
+    /// (`hook_name_out: blocks.L.mlp.hook_out`).
+    pub hook_out: HookPoint,
 }
 
 /// `act(x)`, a new tensor.
@@ -49,6 +63,8 @@ fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
 impl Mlp {
     /// `[batch, pos, d_model]` -> `[batch, pos, d_model]`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // An idle point hands `x` back (a reference count, no copy).
+        let x = &self.hook_in.forward(x)?;
         let post = match &self.w_gate {
             None => {
                 let pre = linear(x, &self.w_in, self.b_in_used.then_some(&self.b_in))?;
@@ -95,6 +111,7 @@ impl Mlp {
             }
         };
         let post = self.hook_post.forward(&post)?;
-        linear(&post, &self.w_out, self.b_out_used.then_some(&self.b_out))
+        let out = linear(&post, &self.w_out, self.b_out_used.then_some(&self.b_out))?;
+        self.hook_out.forward(&out)
     }
 }
