@@ -413,7 +413,22 @@ fn generate_prints_text_and_writes_tokens() {
 fn hooks_lists_every_point_with_its_shape() {
     let out = ok(hooklens(&["hooks", "--model", s(&tiny_model()), "--no-processing"]));
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 38, "{out}");
+    // TransformerLens's 38 points, and circuit-tracer's mlp.hook_in / hook_out in both
+    // blocks (hook_in right before mlp.hook_pre, hook_out right after mlp.hook_post).
+    assert_eq!(lines.len(), 38 + 2 * 2, "{out}");
+    for l in 0..2 {
+        let at = |name: &str| {
+            lines
+                .iter()
+                .position(|line| line.starts_with(&format!("blocks.{l}.{name} ")))
+                .unwrap_or_else(|| panic!("no blocks.{l}.{name}: {out}"))
+        };
+        assert_eq!(at("mlp.hook_in") + 1, at("mlp.hook_pre"), "{out}");
+        assert_eq!(at("mlp.hook_out"), at("mlp.hook_post") + 1, "{out}");
+        for name in ["mlp.hook_in", "mlp.hook_out"] {
+            assert!(lines[at(name)].ends_with("[1, 4, 64]"), "{}", lines[at(name)]);
+        }
+    }
     assert!(lines[0].starts_with("hook_embed") && lines[0].ends_with("[1, 4, 64]"));
     let pattern = lines
         .iter()

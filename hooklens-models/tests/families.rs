@@ -45,11 +45,19 @@ fn check_run(family: &str, m: &HookedTransformer, file: &str) {
         .filter(|k| !matches!(*k, "logits" | "loss" | "loss_per_token"))
         .collect();
     theirs.sort();
-    let mut ours: Vec<&str> = cache.keys().collect();
+    let fired: Vec<String> = cache.keys().map(String::from).collect();
+    let mut ours = common::without_mlp_io(&fired);
     ours.sort();
-    assert_eq!(ours, theirs, "{what}: the same hooks fire");
+    assert_eq!(ours, theirs, "{what}: the same hooks fire (and mlp.hook_in / hook_out)");
     for name in &theirs {
         assert_close(&format!("{what}: {name}"), &cache[*name], &reference[*name], tol);
+    }
+    // Without a norm after the MLP, TransformerLens's `hook_mlp_out` is the MLP's output.
+    if !m.cfg().use_normalization_before_and_after {
+        for l in 0..m.cfg().n_layers {
+            let (ours, theirs) = (format!("blocks.{l}.mlp.hook_out"), format!("blocks.{l}.hook_mlp_out"));
+            assert_close(&format!("{what}: {ours}"), &cache[&ours], &reference[&theirs], tol);
+        }
     }
     assert_close(&format!("{what}: logits"), &logits, &reference["logits"], tol);
     let out = m
@@ -101,7 +109,7 @@ fn hook_names_and_order_equal_transformer_lens() {
         m.set_use_hook_mlp_in(true);
         let text = std::fs::read_to_string(dir(family).join("hook_names.json")).unwrap();
         let want: Vec<String> = serde_json::from_str(&text).unwrap();
-        assert_eq!(m.hook_names(), want, "{family}");
+        assert_eq!(common::without_mlp_io(&m.hook_names()), want, "{family}");
     }
 }
 
@@ -199,6 +207,189 @@ fn greedy_generation_equals_transformer_lens() {
             opts.use_kv_cache = kv;
             let got = m.generate(prompt, &opts).unwrap().to_vec2::<i64>().unwrap();
             assert_eq!(got, want, "{family} (kv cache {kv})");
+        }
+    }
+}
+
+/// `mlp.hook_in` / `mlp.hook_out`, the points circuit-tracer's and SAELens's transcoders
+/// read and write (not TransformerLens 2.x's), computed from the checkpoint by hand:
+/// ln2 with its gain, the gated MLP, and for Gemma 2 the norm after the MLP that sits
+/// between `mlp.hook_out` and `hook_mlp_out`. Gradients reach both points.
+#[test]
+fn mlp_hook_in_and_out_are_the_mlps_input_and_output() {
+    use candle_core::D;
+    for family in ["llama", "gemma2"] {
+        let gemma = family == "gemma2";
+        let w = hooklens_testutil::load_tensors(dir(family).join("model/model.safetensors"));
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir(family).join("model/config.json")).unwrap()).unwrap();
+        let eps = config["rms_norm_eps"].as_f64().unwrap();
+        let weight = |name: &str| w[&name.to_string()].clone();
+        // Hugging Face's RMSNorm: x / sqrt(mean(x²) + eps) * gain (Gemma's gain: 1 + weight).
+        let gain = |name: &str| {
+            if gemma {
+                (weight(name) + 1.0).unwrap()
+            } else {
+                weight(name)
+            }
+        };
+        let rms = |x: &Tensor, name: &str| -> Tensor {
+            let scale = (x.sqr().unwrap().mean_keepdim(D::Minus1).unwrap() + eps)
+                .unwrap()
+                .sqrt()
+                .unwrap();
+            x.broadcast_div(&scale).unwrap().broadcast_mul(&gain(name)).unwrap()
+        };
+        // A Hugging Face linear layer: x @ W^T.
+        let linear = |x: &Tensor, name: &str| x.broadcast_matmul(&weight(name).t().unwrap()).unwrap();
+        let m = HookedTransformer::from_dir(dir(family).join("model"), &LoadOptions::no_processing()).unwrap();
+        let folded = HookedTransformer::from_dir(dir(family).join("model"), &LoadOptions::default()).unwrap();
+        let tokens = tokens(family);
+        let (_, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+        let (_, folded_cache) = folded
+            .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+            .unwrap();
+        for l in 0..m.cfg().n_layers {
+            let (hf, b) = (format!("model.layers.{l}"), format!("blocks.{l}"));
+            let what = format!("{family}: {b}");
+            let ln2 = if gemma {
+                "pre_feedforward_layernorm"
+            } else {
+                "post_attention_layernorm"
+            };
+            let ln2_gain = format!("{hf}.{ln2}.weight");
+            let x = rms(&cache[&format!("{b}.hook_resid_mid")], &ln2_gain);
+            let hook_in = &cache[&format!("{b}.mlp.hook_in")];
+            assert_close(&format!("{what}: mlp.hook_in is ln2's output"), hook_in, &x, 1e-5);
+            // TransformerLens's ln2.hook_normalized is before the gain.
+            let normalized = cache[&format!("{b}.ln2.hook_normalized")]
+                .broadcast_mul(&gain(&ln2_gain))
+                .unwrap();
+            assert_close(
+                &format!("{what}: mlp.hook_in = normalized * gain"),
+                hook_in,
+                &normalized,
+                1e-6,
+            );
+            assert!(common::max_abs_diff(hook_in, &cache[&format!("{b}.ln2.hook_normalized")]) > 1e-2);
+
+            let gate = linear(&x, &format!("{hf}.mlp.gate_proj.weight"));
+            let act = if gemma {
+                gate.gelu().unwrap()
+            } else {
+                gate.silu().unwrap()
+            };
+            let up = linear(&x, &format!("{hf}.mlp.up_proj.weight"));
+            let out = linear(&(act * up).unwrap(), &format!("{hf}.mlp.down_proj.weight"));
+            let hook_out = &cache[&format!("{b}.mlp.hook_out")];
+            assert_close(
+                &format!("{what}: mlp.hook_out is the MLP's output"),
+                hook_out,
+                &out,
+                1e-5,
+            );
+            let hook_mlp_out = &cache[&format!("{b}.hook_mlp_out")];
+            if gemma {
+                let post = rms(hook_out, &format!("{hf}.post_feedforward_layernorm.weight"));
+                assert_close(
+                    &format!("{what}: hook_mlp_out = ln2_post(mlp.hook_out)"),
+                    hook_mlp_out,
+                    &post,
+                    1e-5,
+                );
+                assert!(
+                    common::max_abs_diff(hook_mlp_out, hook_out) > 1e-2,
+                    "{what}: before ln2_post"
+                );
+            } else {
+                assert_eq!(
+                    common::max_abs_diff(hook_mlp_out, hook_out),
+                    0.0,
+                    "{what}: hook_mlp_out"
+                );
+            }
+            // Gains folded into W_in: the MLP reads ln2's output before the gain and
+            // writes what it wrote before.
+            assert_eq!(
+                common::max_abs_diff(
+                    &folded_cache[&format!("{b}.mlp.hook_in")],
+                    &folded_cache[&format!("{b}.ln2.hook_normalized")]
+                ),
+                0.0,
+                "{what}: folded mlp.hook_in"
+            );
+            assert_close(
+                &format!("{what}: folded mlp.hook_out"),
+                &folded_cache[&format!("{b}.mlp.hook_out")],
+                hook_out,
+                1e-4,
+            );
+        }
+
+        // A backward hook on mlp.hook_out sees the gradient there, which is the one at
+        // hook_mlp_out without a norm between them.
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let hooks = HookSet::new().bwd(
+            "blocks.*.mlp.hook_out",
+            move |g: &Tensor, hp: &hooklens_core::HookPoint| {
+                let size = g.abs()?.sum_all()?.to_scalar::<f32>()?;
+                record
+                    .lock()
+                    .unwrap()
+                    .push((hp.name().to_string(), g.dims().to_vec(), size));
+                Ok(None)
+            },
+        );
+        let (_, grads) = m
+            .run_with_cache_bwd(
+                CacheOptions::new(),
+                hooks,
+                |m: &HookedTransformer| -> hooklens_core::Result<Tensor> {
+                    let out = m.forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
+                    Ok(out.loss.expect("a loss was asked for"))
+                },
+            )
+            .unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let shape = cache["blocks.0.mlp.hook_out"].dims().to_vec();
+        assert_eq!(
+            seen.len(),
+            m.cfg().n_layers,
+            "{family}: one gradient per block: {seen:?}"
+        );
+        for (l, (name, dims, size)) in seen.iter().enumerate() {
+            assert_eq!(name, &format!("blocks.{l}.mlp.hook_out"), "{family}");
+            assert_eq!(dims, &shape, "{family}: {name}");
+            assert!(*size > 0.0, "{family}: {name} has a gradient");
+            let g = &grads[&format!("{name}_grad")];
+            let total = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                (total - size).abs() <= 1e-5 * size,
+                "{family}: {name}: cached {total}, hook saw {size}"
+            );
+            let at_mlp_out = &grads[&format!("blocks.{l}.hook_mlp_out_grad")];
+            if gemma {
+                assert!(common::max_abs_diff(g, at_mlp_out) > 1e-6, "{family}: ln2_post between");
+            } else {
+                assert_close(&format!("{family}: {name}_grad"), g, at_mlp_out, 1e-6);
+            }
+            // ln2's output feeds the MLP only: d/d(normalized) = gain * d/d(mlp.hook_in).
+            let ln2 = if gemma {
+                "pre_feedforward_layernorm"
+            } else {
+                "post_attention_layernorm"
+            };
+            let want = grads[&format!("blocks.{l}.mlp.hook_in_grad")]
+                .broadcast_mul(&gain(&format!("model.layers.{l}.{ln2}.weight")))
+                .unwrap();
+            assert_close(
+                &format!("{family}: blocks.{l}.ln2.hook_normalized_grad"),
+                &grads[&format!("blocks.{l}.ln2.hook_normalized_grad")],
+                &want,
+                1e-5,
+            );
         }
     }
 }

@@ -28,6 +28,14 @@ fn every_hook_gradient_matches_transformer_lens() {
         let got = cache.get(name).unwrap_or_else(|| panic!("`{name}` was not cached"));
         assert_close(name, got, want, 1e-3);
     }
+    // mlp.hook_in / hook_out (not TransformerLens points): in a GPT-2 block the MLP
+    // reads ln2's output and writes hook_mlp_out, so their gradients are those.
+    for l in 0..2 {
+        for (ours, theirs) in [("mlp.hook_in", "ln2.hook_normalized"), ("mlp.hook_out", "hook_mlp_out")] {
+            let (ours, theirs) = (format!("blocks.{l}.{ours}_grad"), format!("blocks.{l}.{theirs}_grad"));
+            assert_close(&ours, &cache[ours.as_str()], &reference[&theirs], 1e-3);
+        }
+    }
 }
 
 #[test]

@@ -19,20 +19,22 @@ fn names_and_order_equal_transformer_lens_with_all_flags_on() {
     model.set_use_split_qkv_input(true);
     model.set_use_attn_in(true);
     model.set_use_hook_mlp_in(true);
-    assert_eq!(model.hook_names(), reference_names());
+    assert_eq!(without_mlp_io(&model.hook_names()), reference_names());
 
     // hook_tokens is registered right after hook_pos_embed, as in TransformerLens.
     model.set_use_hook_tokens(true);
     let mut want = reference_names();
     want.insert(2, "hook_tokens".to_string());
-    assert_eq!(model.hook_names(), want);
+    assert_eq!(without_mlp_io(&model.hook_names()), want);
 }
 
 #[test]
 fn default_names_are_the_ones_that_fire() {
     let model = raw_model();
     let names = model.hook_names();
-    assert_eq!(names.len(), 38);
+    // TransformerLens's 38 and circuit-tracer's mlp.hook_in / hook_out in both blocks.
+    assert_eq!(without_mlp_io(&names).len(), 38);
+    assert_eq!(names.len(), 38 + 2 * 2);
     let (_, cache) = model
         .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens()))
         .unwrap();

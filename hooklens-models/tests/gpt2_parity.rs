@@ -33,10 +33,23 @@ fn check_against(model: &HookedGpt2, file: &str) {
             .unwrap_or_else(|| panic!("{file}: `{name}` was not cached"));
         assert_close(&format!("{file}: {name}"), got, &reference[*name], tol);
     }
-    let mut ours: Vec<&str> = cache.keys().collect();
+    let fired: Vec<String> = cache.keys().map(String::from).collect();
+    let mut ours = without_mlp_io(&fired);
     ours.sort();
     let theirs: Vec<&str> = hook_names.iter().map(|s| s.as_str()).collect();
-    assert_eq!(ours, theirs, "{file}: the same hooks fire");
+    assert_eq!(ours, theirs, "{file}: the same hooks fire (and mlp.hook_in / hook_out)");
+    // In a GPT-2 block the MLP reads ln2's output and writes hook_mlp_out.
+    for l in 0..model.cfg().n_layers {
+        for (ours, theirs) in [("mlp.hook_in", "ln2.hook_normalized"), ("mlp.hook_out", "hook_mlp_out")] {
+            let (ours, theirs) = (format!("blocks.{l}.{ours}"), format!("blocks.{l}.{theirs}"));
+            assert_close(
+                &format!("{file}: {ours}"),
+                &cache[ours.as_str()],
+                &reference[&theirs],
+                tol,
+            );
+        }
+    }
 
     assert_close(&format!("{file}: logits"), &logits, &reference["logits"], tol);
     let out = model

@@ -83,24 +83,30 @@ fn every_splice_run_matches_saelens() {
         let (logits, cache) = model
             .run_with_cache_with_saes(set.clone(), CacheOptions::new(), |m| m.forward(&tokens))
             .unwrap();
-        // SAELens adds `mlp.hook_in` (the MLP's input: ln2.hook_normalized here); hooklens
-        // has no such point, so its values are checked at ln2.hook_normalized.
-        let ours_name = |theirs: &str| theirs.replace("mlp.hook_in", "ln2.hook_normalized");
         let order: Vec<String> = run["cache_names"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| n.as_str().unwrap())
-            .filter(|n| !n.ends_with("mlp.hook_in"))
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect();
+        // SAELens's `HookedSAETransformer` adds `mlp.hook_in` as hooklens does, but not
+        // circuit-tracer's `mlp.hook_out`.
+        let fired: Vec<String> = cache
+            .keys()
+            .filter(|n| !n.ends_with(".mlp.hook_out"))
             .map(String::from)
             .collect();
-        let fired: Vec<String> = cache.keys().map(String::from).collect();
         assert_eq!(fired, order, "{what}: names and firing order");
+        assert_eq!(
+            cache.len() - fired.len(),
+            2,
+            "{what}: mlp.hook_out of both blocks fired"
+        );
         for (name, want) in &reference {
             if matches!(name.as_str(), "logits" | "loss" | "loss_per_token") {
                 continue;
             }
-            assert_close(&format!("{what}: {name}"), &cache[ours_name(name).as_str()], want, 1e-4);
+            assert_close(&format!("{what}: {name}"), &cache[name.as_str()], want, 1e-4);
         }
         assert_close(&format!("{what}: logits"), &logits, &reference["logits"], 1e-4);
         let loss = model
@@ -597,6 +603,97 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
             let want = (&cache[output_at.as_str()] - &manual).unwrap();
             assert_close(&format!("{what}: error"), error, &want, 1e-4);
         }
+    }
+}
+
+/// A transcoder in circuit-tracer's / SAELens's places, `blocks.L.mlp.hook_in` ->
+/// `blocks.L.mlp.hook_out`: it reads the MLP's input (ln2's output after its gain) and
+/// replaces the MLP's output, which then goes on through Gemma 2's post-MLP norm.
+#[test]
+fn a_transcoder_splices_at_mlp_hook_in_and_hook_out() {
+    for family in ["llama", "gemma2"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(family)
+            .join("model");
+        let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+        let d = model.cfg().d_model;
+        let tokens = hooklens_testutil::reference_tokens(family);
+        let (input_at, output_at) = ("blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out");
+        let cfg = format!(
+            r#"{{"architecture": "transcoder", "d_in": {d}, "d_out": {d}, "d_sae": 48, "apply_b_dec_to_input": false,
+                "metadata": {{"sae_lens_version": "6.54.12", "hook_name": "{input_at}", "hook_name_out": "{output_at}"}}}}"#
+        );
+        let sae = random_sae(&cfg, 31);
+        let w = sae.weights().clone();
+        let (plain, cache) = model
+            .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))
+            .unwrap();
+        let (spliced, sc) = model
+            .run_with_cache_with_saes(&sae, CacheOptions::new(), |m| m.forward(&tokens))
+            .unwrap_or_else(|e| panic!("{family}: {e}"));
+        // The transcoder's math, written out on the cached MLP input.
+        let x = &sc[input_at];
+        assert_eq!(
+            max_diff(x, &cache[input_at]),
+            0.0,
+            "{family}: upstream of the splice unchanged"
+        );
+        let (b, p) = (x.dim(0).unwrap(), x.dim(1).unwrap());
+        let acts = x
+            .reshape((b * p, d))
+            .unwrap()
+            .matmul(&w.w_enc)
+            .unwrap()
+            .broadcast_add(w.b_enc.as_ref().unwrap())
+            .unwrap()
+            .relu()
+            .unwrap();
+        let manual = acts
+            .matmul(&w.w_dec)
+            .unwrap()
+            .broadcast_add(&w.b_dec)
+            .unwrap()
+            .reshape((b, p, d))
+            .unwrap();
+        let out = &sc[format!("{output_at}.hook_sae_output").as_str()];
+        assert_close(&format!("{family}: transcoder output"), out, &manual, 1e-5);
+        assert!(
+            max_diff(out, &cache[output_at]) > 1e-2,
+            "{family}: the transcoder's output is not the MLP's"
+        );
+        assert!(
+            !sc.contains_key(output_at),
+            "{family}: the replaced point is not cached"
+        );
+        // Downstream, the model runs as if the MLP had written the transcoder's output:
+        // through ln2_post (Gemma 2) to hook_mlp_out.
+        let replace = manual.clone();
+        let hooks = HookSet::new().fwd(output_at, move |_, _| Ok(Some(replace.clone())));
+        let (by_hand, hc) = model
+            .run_with_cache_and_hooks(CacheOptions::new(), hooks, |m| m.forward(&tokens))
+            .unwrap();
+        assert_close(&format!("{family}: logits"), &spliced, &by_hand, 1e-5);
+        let mlp_out = "blocks.1.hook_mlp_out";
+        assert_close(&format!("{family}: {mlp_out}"), &sc[mlp_out], &hc[mlp_out], 1e-5);
+        let post_norm = max_diff(&sc[mlp_out], &manual);
+        if family == "gemma2" {
+            assert!(
+                post_norm > 1e-2,
+                "{family}: ln2_post normalises the transcoder's output"
+            );
+        } else {
+            assert_eq!(post_norm, 0.0, "{family}: hook_mlp_out is the transcoder's output");
+        }
+        assert!(
+            max_diff(&spliced, &plain) > 1e-3,
+            "{family}: the splice changes the logits"
+        );
+        // With the error term the model is unchanged.
+        let kept = model
+            .run_with_saes(SaeSet::new().sae_with_error_term(&sae), |m| m.forward(&tokens))
+            .unwrap();
+        assert_close(&format!("{family}: error term keeps the logits"), &kept, &plain, 1e-5);
     }
 }
 

@@ -29,7 +29,9 @@ use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOpti
 /// only with learned positions, `attn.hook_rot_q` / `hook_rot_k` only with rotary,
 /// no `hook_resid_mid` in a parallel block, `mlp.hook_pre_linear` in a gated MLP,
 /// `ln1_post` / `ln2_post` with norms after attention and MLP, `attn.q_norm` /
-/// `k_norm` with per-head q/k norms).
+/// `k_norm` with per-head q/k norms). Every MLP also has `mlp.hook_in` and
+/// `mlp.hook_out` (its input and output), circuit-tracer's and SAELens's names for
+/// where transcoders read and write, which TransformerLens 2.x lacks.
 ///
 /// Load it with [`HookedTransformer::from_dir`] (weight processing as
 /// TransformerLens's `from_pretrained` by default; the family is read from

@@ -47,3 +47,48 @@ pub fn on_test_device(opts: LoadOptions) -> LoadOptions {
 pub fn parity_tol(cpu_rel: f32) -> f32 {
     tolerance_on(&test_device(), cpu_rel)
 }
+
+/// `names` without the two points hooklens adds to every MLP beyond TransformerLens
+/// 2.x's (circuit-tracer's / SAELens's `mlp.hook_in` and circuit-tracer's
+/// `mlp.hook_out`), after checking that each block has both where they belong: its
+/// `mlp.*` points are contiguous, `mlp.hook_in` first and `mlp.hook_out` last.
+pub fn without_mlp_io(names: &[String]) -> Vec<String> {
+    let n_layers = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |l| l + 1);
+    assert!(n_layers > 0, "no blocks in {names:?}");
+    for l in 0..n_layers {
+        let prefix = format!("blocks.{l}.mlp.");
+        let at: Vec<usize> = (0..names.len()).filter(|&i| names[i].starts_with(&prefix)).collect();
+        assert!(at.len() >= 4, "block {l}: mlp points {at:?}");
+        assert!(
+            at.windows(2).all(|w| w[1] == w[0] + 1),
+            "block {l}: mlp points not contiguous"
+        );
+        assert_eq!(names[at[0]], format!("{prefix}hook_in"), "block {l}: first mlp point");
+        assert_eq!(
+            names[at[1]],
+            format!("{prefix}hook_pre"),
+            "block {l}: hook_in right before hook_pre"
+        );
+        assert_eq!(
+            names[*at.last().unwrap()],
+            format!("{prefix}hook_out"),
+            "block {l}: last mlp point"
+        );
+        assert_eq!(
+            names[at[at.len() - 2]],
+            format!("{prefix}hook_post"),
+            "block {l}: hook_out right after hook_post"
+        );
+    }
+    let kept: Vec<String> = names
+        .iter()
+        .filter(|n| !(n.starts_with("blocks.") && (n.ends_with(".mlp.hook_in") || n.ends_with(".mlp.hook_out"))))
+        .cloned()
+        .collect();
+    assert_eq!(kept.len(), names.len() - 2 * n_layers, "exactly one of each per block");
+    kept
+}
