@@ -40,6 +40,7 @@ enum Command {
     LogitLens(cmd::logit_lens::Args),
     Harvest(cmd::harvest::Args),
     Features(cmd::features::Args),
+    Attribute(cmd::attribute::Args),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -54,6 +55,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Command::LogitLens(args) => cmd::logit_lens::run(args),
         Command::Harvest(args) => cmd::harvest::run(args),
         Command::Features(args) => cmd::features::run(args),
+        Command::Attribute(args) => cmd::attribute::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTML views in a real headless browser (Debian's `chromium`): the pages load with
 //! no console message at all (errors included), their script runs to the end, every
-//! head gets its pattern, and token text cannot inject markup or script.
+//! head gets its pattern, every node of an attribution graph its shape, and token text
+//! cannot inject markup or script.
 //!
 //! Without chromium the test is skipped with a message, except in CI (`CI=true`, set by
 //! `.ci/run`, which installs chromium), where a missing browser is a failure.
@@ -45,8 +46,13 @@ struct Loaded {
 /// its scripts and returns the DOM and the console lines (chromium logs every console
 /// message and uncaught error as `...:CONSOLE...` with `--enable-logging=stderr`).
 fn load(chromium: &Path, page: &Path, tmp: &Path) -> Loaded {
+    load_at(chromium, page, "", tmp)
+}
+
+/// [`load`] with a URL fragment (`"#..."`, or empty) after the page's path.
+fn load_at(chromium: &Path, page: &Path, fragment: &str, tmp: &Path) -> Loaded {
     let profile = tmp.join(format!("profile-{}", page.file_stem().unwrap().to_string_lossy()));
-    let url = format!("file://{}", page.canonicalize().unwrap().display());
+    let url = format!("file://{}{fragment}", page.canonicalize().unwrap().display());
     let dom_path = tmp.join("dom.html");
     let log_path = tmp.join("stderr.txt");
     let mut child = Command::new(chromium)
@@ -320,4 +326,118 @@ fn features_page_works_in_chromium() {
     );
     assert!(!loaded.dom.contains("<img"), "a token became markup");
     assert!(!title(&loaded.dom).contains("owned"), "a token ran as script");
+}
+
+/// The attribution graph circuit-tracer wrote for the reference prompt.
+const GRAPH_FILE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../testdata/circuits/graph_files/public.json"
+);
+
+/// The DOM's table rows of the side panel's edges `which` ("in" or "out"), in order, as
+/// `(node id, weight)`.
+fn panel_edges(dom: &str, which: &str) -> Vec<(String, f64)> {
+    let key = format!("data-edge=\"{which}\" data-node-id=\"");
+    dom.match_indices(&key)
+        .map(|(at, _)| {
+            let rest = &dom[at + key.len()..];
+            let id = &rest[..rest.find('"').unwrap()];
+            let w = rest.split("data-weight=\"").nth(1).unwrap();
+            (id.to_string(), w[..w.find('"').unwrap()].parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn attribution_graph_page_works_in_chromium() {
+    let Some(chromium) = find_chromium() else {
+        if in_ci() {
+            panic!("chromium is not installed, and CI=true: .ci/run installs it with `apt-get install -y chromium`");
+        }
+        eprintln!("SKIPPED attribution_graph_page_works_in_chromium: no chromium on the PATH (set HOOKLENS_CHROMIUM)");
+        return;
+    };
+    let tmp = TempDir::new("graph-view");
+    let json = std::fs::read_to_string(GRAPH_FILE).unwrap();
+    let graph = hooklens_models::viz::GraphFile::from_json(&json).unwrap();
+    let page = tmp.0.join("graph.html");
+    std::fs::write(&page, hooklens_models::viz::attribution_graph_html(&json).unwrap()).unwrap();
+
+    // Opened plainly: on the target logit.
+    let loaded = load(&chromium, &page, &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(
+        body_attr(&loaded.dom, "data-ready").as_deref(),
+        Some("1"),
+        "the script did not finish"
+    );
+    assert_eq!(body_attr(&loaded.dom, "data-errors"), None);
+    assert_eq!(
+        body_attr(&loaded.dom, "data-nodes"),
+        Some(graph.nodes.len().to_string())
+    );
+    assert_eq!(
+        loaded.dom.matches("class=\"node ").count(),
+        graph.nodes.len(),
+        "one shape per node"
+    );
+    for n in &graph.nodes {
+        assert_eq!(
+            loaded
+                .dom
+                .matches(&format!("data-node-id=\"{}\" data-index=", n.node_id))
+                .count(),
+            1,
+            "node {}",
+            n.node_id
+        );
+    }
+    let target = graph.nodes.iter().find(|n| n.is_target_logit).unwrap();
+    assert_eq!(body_attr(&loaded.dom, "data-selected"), Some(target.node_id.clone()));
+    // One label per prompt token, each isolated for bidi.
+    assert!(loaded.dom.matches("<bdi class=\"t\">").count() >= graph.metadata.prompt_tokens.len());
+    assert!(loaded.dom.contains("<bdi class=\"t\">gaza</bdi>"));
+
+    // Selected by the URL fragment: the node with the most edges, and the panel lists its
+    // ten strongest inputs and outputs by |weight|.
+    let degree = |id: &str| graph.links.iter().filter(|l| l.source == id || l.target == id).count();
+    let busiest = graph
+        .nodes
+        .iter()
+        .filter(|n| n.feature_type == "cross layer transcoder")
+        .max_by_key(|n| degree(&n.node_id))
+        .unwrap();
+    let id = &busiest.node_id;
+    let loaded = load_at(&chromium, &page, &format!("#select={id}"), &tmp.0);
+    assert!(loaded.console.is_empty(), "console messages: {:#?}", loaded.console);
+    assert_eq!(body_attr(&loaded.dom, "data-selected").as_deref(), Some(id.as_str()));
+    assert!(loaded
+        .dom
+        .contains(&format!("<aside id=\"panel\" data-node-id=\"{id}\">")));
+    let (layer, pos) = (&busiest.layer, busiest.ctx_idx);
+    let feature = id.split('_').nth(1).unwrap();
+    assert!(
+        loaded
+            .dom
+            .contains(&format!("layer {layer}, feature {feature}, position {pos}")),
+        "the panel names the feature"
+    );
+    let expect = |ends: &dyn Fn(&hooklens_models::viz::GraphLink) -> Option<String>| {
+        let mut edges: Vec<(String, f64)> = graph
+            .links
+            .iter()
+            .filter_map(|l| ends(l).map(|o| (o, l.weight)))
+            .collect();
+        edges.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        edges.truncate(10);
+        edges
+    };
+    let inputs = expect(&|l| (l.target == *id).then(|| l.source.clone()));
+    let outputs = expect(&|l| (l.source == *id).then(|| l.target.clone()));
+    assert!(!inputs.is_empty() && !outputs.is_empty());
+    assert_eq!(panel_edges(&loaded.dom, "in"), inputs);
+    assert_eq!(panel_edges(&loaded.dom, "out"), outputs);
+    // Its edges are drawn, one line each.
+    let n_edges = degree(id);
+    assert_eq!(loaded.dom.matches("class=\"edge\"").count(), n_edges);
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one per file, and what they share.
 
 pub mod attention;
+pub mod attribute;
 pub mod cache;
 pub mod common;
 pub mod demo;

@@ -115,7 +115,7 @@ pub(crate) fn resolve(model: &HookedTransformer, logits_last: &Tensor, spec: &Ta
                     return Err(Error::TokenOutOfVocab {
                         id: id as i64,
                         d_vocab,
-                        message: "attribution target token id".into(),
+                        message: format!("attribution target token id {id} is outside the vocabulary of {d_vocab}"),
                     });
                 }
                 out.push(id as usize);

@@ -1,7 +1,8 @@
 //! Pictures of a model at work, as single self-contained HTML files (scripts and styles
 //! inlined, no network): every head's attention pattern ([`attention_html`]), the
-//! logit lens ([`logit_lens`], [`logit_lens_html`]) and an SAE's features on a prompt
-//! ([`feature_activations`], [`features_html`]).
+//! logit lens ([`logit_lens`], [`logit_lens_html`]), an SAE's features on a prompt
+//! ([`feature_activations`], [`features_html`]) and an attribution graph as
+//! circuit-tracer writes it ([`attribution_graph_html`], read through [`GraphFile`]).
 //!
 //! Token strings come from the model's vocabulary and can hold anything, `</script>`
 //! included; the pages never put them into markup. The data travels as JSON in a
@@ -10,16 +11,21 @@
 
 mod attention;
 mod features;
+mod graph;
 mod logit_lens;
 
+pub use crate::circuits::{GraphFile, GraphLink, GraphMetadata, GraphNode, QParams};
 pub use attention::{attention_html, attention_patterns, AttentionView};
 pub use features::{feature_activations, features_html, FeatureView};
+pub use graph::{attribution_graph_html, graph_file_html};
 pub use logit_lens::{logit_lens, logit_lens_html, LogitLens};
 
 /// `value` as JSON that is safe inside a `<script>` element: `<`, `>` and `&` become
 /// `\u003c`, `\u003e`, `\u0026` (so no `</script>` or `<!--` can end or change the
-/// element), and U+2028 / U+2029 are escaped too. These only occur inside JSON strings,
-/// where the escapes mean the same characters.
+/// element), and U+2028 / U+2029 are escaped too, as are the bidirectional controls
+/// (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), so a token's
+/// right-to-left override cannot reorder the page's source as an editor shows it. These
+/// only occur inside JSON strings, where the escapes mean the same characters.
 pub(crate) fn json_for_script(value: &serde_json::Value) -> String {
     let text = value.to_string();
     let mut out = String::with_capacity(text.len() + 16);
@@ -30,6 +36,9 @@ pub(crate) fn json_for_script(value: &serde_json::Value) -> String {
             '&' => out.push_str("\\u0026"),
             '\u{2028}' => out.push_str("\\u2028"),
             '\u{2029}' => out.push_str("\\u2029"),
+            '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -89,10 +98,11 @@ mod tests {
 
     #[test]
     fn script_json_cannot_close_the_element() {
-        let v = serde_json::json!({"t": ["</script><script>alert(1)</script>", "<!--", "a&b", "\u{2028}"]});
+        let v = serde_json::json!({"t": ["</script><script>alert(1)</script>", "<!--", "a&b", "\u{2028}", "x\u{202E}y\u{2067}z\u{200F}"]});
         let s = json_for_script(&v);
         assert!(!s.contains('<') && !s.contains('>') && !s.contains('&'), "{s}");
         assert!(!s.contains('\u{2028}'));
+        assert!(s.contains("x\\u202ey\\u2067z\\u200f"), "{s}");
         let back: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, v);
     }

@@ -1,0 +1,152 @@
+//! `hooklens attribute` on circuit-tracer's reference cases: the graph file equals what
+//! its `create_graph_files` wrote, the saved graph its `Graph`, the viewer is written,
+//! and bad input fails before any work.
+
+mod common;
+
+use common::*;
+use hooklens_testutil::TempDir;
+
+fn case(name: &str) -> std::path::PathBuf {
+    root().join("testdata").join(name)
+}
+
+#[test]
+fn attribute_writes_circuit_tracers_graph_file() {
+    let tmp = TempDir::new("attribute");
+    for name in ["circuits", "circuits-clt"] {
+        let dir = case(name);
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("graph_meta.json")).unwrap()).unwrap();
+        let slug = meta["case"].as_str().unwrap();
+        let out = tmp.path(&format!("{name}.json"));
+        let html = tmp.path(&format!("{name}.html"));
+        let saved = tmp.path(&format!("{name}.safetensors"));
+        let stdout = ok_stdout(hooklens(&[
+            "attribute".as_ref(),
+            "--model".as_ref(),
+            dir.join("model").as_os_str(),
+            "--transcoders".as_ref(),
+            dir.join("transcoders").as_os_str(),
+            "--tokens".as_ref(),
+            dir.join("tokens.safetensors").as_os_str(),
+            "--max-n-logits".as_ref(),
+            "5".as_ref(),
+            "--batch-size".as_ref(),
+            "16".as_ref(),
+            "--slug".as_ref(),
+            slug.as_ref(),
+            "--quiet".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--html".as_ref(),
+            html.as_os_str(),
+            "--save-graph".as_ref(),
+            saved.as_os_str(),
+        ]));
+        assert!(
+            stdout.contains(&format!("{} logit targets", meta["n_logits"])),
+            "{stdout}"
+        );
+        let got: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let want: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("graph_files").join(format!("{slug}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got["metadata"], want["metadata"], "{name}");
+        let ids = |v: &serde_json::Value, list: &str, key: &str| {
+            v[list]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n[key].to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&got, "nodes", "node_id"),
+            ids(&want, "nodes", "node_id"),
+            "{name}: nodes"
+        );
+        assert_eq!(
+            ids(&got, "links", "source"),
+            ids(&want, "links", "source"),
+            "{name}: links"
+        );
+        assert_eq!(
+            ids(&got, "links", "target"),
+            ids(&want, "links", "target"),
+            "{name}: links"
+        );
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(
+            page.starts_with("<!DOCTYPE html>") && page.contains(slug),
+            "{name}: viewer"
+        );
+        // The unpruned graph under circuit-tracer's field names.
+        let g = hooklens_testutil::load_tensors(&saved);
+        let w = hooklens_testutil::load_tensors(dir.join("graph.safetensors"));
+        for key in [
+            "active_features",
+            "selected_features",
+            "logit_tokens",
+            "input_tokens",
+            "vocab_size",
+            "n_pos",
+        ] {
+            assert_eq!(g[key].dims(), w[key].dims(), "{name}: {key}");
+            assert_eq!(g[key].dtype(), w[key].dtype(), "{name}: {key}");
+            let v = |t: &hooklens::candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<i64>().unwrap();
+            assert_eq!(v(&g[key]), v(&w[key]), "{name}: {key}");
+        }
+        hooklens_testutil::assert_close(name, &g["adjacency_matrix"], &w["adjacency_matrix"], 1e-4);
+    }
+}
+
+#[test]
+fn attribute_refuses_bad_input_before_any_work() {
+    let dir = case("circuits");
+    let model = dir.join("model");
+    let tokens = dir.join("tokens.safetensors");
+    let tc = dir.join("transcoders");
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "attribute".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--tokens".as_ref(),
+            tokens.as_os_str(),
+            "--quiet".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        hooklens(&args)
+    };
+    // A folder that is not a transcoder set, a bad threshold, an output onto an input.
+    fails(run(&["--transcoders".as_ref(), model.as_os_str()]), "config.yaml");
+    fails(
+        run(&[
+            "--transcoders".as_ref(),
+            tc.as_os_str(),
+            "--node-threshold".as_ref(),
+            "1.5".as_ref(),
+        ]),
+        "--node-threshold",
+    );
+    fails(
+        run(&[
+            "--transcoders".as_ref(),
+            tc.as_os_str(),
+            "--out".as_ref(),
+            tokens.as_os_str(),
+        ]),
+        "--out",
+    );
+    fails(
+        run(&[
+            "--transcoders".as_ref(),
+            tc.as_os_str(),
+            "--target-id".as_ref(),
+            "100000".as_ref(),
+        ]),
+        "100000",
+    );
+}
