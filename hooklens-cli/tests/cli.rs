@@ -505,12 +505,12 @@ fn hugging_face_ids_resolve_offline_from_the_cache() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["cache", "generate", "tokenize", "hooks", "run"] {
+    for sub in ["cache", "generate", "tokenize", "hooks", "run", "attribute"] {
         let out = ok(hooklens(&[sub, "--help"]));
         assert!(out.contains("Usage: hooklens"), "{sub}: {out}");
     }
     let out = ok(hooklens(&["--help"]));
-    for sub in ["cache", "generate", "tokenize", "hooks", "run"] {
+    for sub in ["cache", "generate", "tokenize", "hooks", "run", "attribute"] {
         assert!(out.contains(sub), "{out}");
     }
 }
