@@ -116,8 +116,17 @@ fn main() -> hooklens::Result<()> {
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| t.lines().rev().find_map(|l| serde_json::from_str(l).ok()));
     let theirs = |key: &str| {
-        vs.as_ref()
-            .and_then(|v| v[key].as_f64().or_else(|| v["seconds"][key].as_f64()))
+        let v = vs.as_ref()?;
+        let secs = |k: &str| {
+            v["seconds"][k]
+                .as_f64()
+                .or_else(|| v["attribute_split_seconds"][k].as_f64())
+        };
+        match key {
+            // circuit-tracer's rows: everything in attribute() after the replacement run.
+            "rows" => Some(secs("attribute")? - secs("setup_attribution")?),
+            k => secs(k),
+        }
     };
     println!(
         "{:<28} {:>12} {:>16} {:>8}",
@@ -135,7 +144,41 @@ fn main() -> hooklens::Result<()> {
             None => println!("{name:<28} {ours:>12.3} {:>16} {:>8}", "-", "-"),
         }
     }
-    println!("peak RSS: {rss:.0} MiB");
+    match vs.as_ref().and_then(|v| v["peak_rss_mib"]["end"].as_f64()) {
+        Some(t) => println!(
+            "peak RSS: {rss:.0} MiB (circuit-tracer {t:.0} MiB, ratio {:.3})",
+            rss / t
+        ),
+        None => println!("peak RSS: {rss:.0} MiB"),
+    }
+    // The same graph as the case's own (when it was made with these settings).
+    let device = hooklens::candle_core::Device::Cpu;
+    if let Ok(want) = hooklens::candle_core::safetensors::load(dir.join("graph.safetensors"), &device) {
+        let ints = |k: &str| -> Vec<i64> {
+            want.get(k)
+                .and_then(|t| t.flatten_all().ok()?.to_vec1::<i64>().ok())
+                .unwrap_or_default()
+        };
+        let sel: Vec<i64> = graph.selected_features.iter().map(|&i| i as i64).collect();
+        let logits: Vec<i64> = graph.logit_targets.iter().map(|t| t.vocab_idx as i64).collect();
+        let adj = want
+            .get("adjacency_matrix")
+            .and_then(|t| t.flatten_all().ok()?.to_vec1::<f32>().ok())
+            .unwrap_or_default();
+        let (diff, max) = if adj.len() == graph.adjacency.len() {
+            adj.iter()
+                .zip(&graph.adjacency)
+                .fold((0f32, 0f32), |(d, m), (a, b)| (d.max((a - b).abs()), m.max(a.abs())))
+        } else {
+            (f32::NAN, f32::NAN)
+        };
+        println!(
+            "vs the case's graph.safetensors: same selected features {}, same logit tokens {}, \
+             adjacency max abs diff {diff:.2e} (largest entry {max:.3})",
+            sel == ints("selected_features"),
+            logits == ints("logit_tokens"),
+        );
+    }
     println!(
         "{}",
         serde_json::json!({
