@@ -165,9 +165,10 @@ fn main() -> hooklens::Result<()> {
             .get("adjacency_matrix")
             .and_then(|t| t.flatten_all().ok()?.to_vec1::<f32>().ok())
             .unwrap_or_default();
-        let (diff, max) = if adj.len() == graph.adjacency.len() {
+        let ours = graph.adjacency.to_vec()?;
+        let (diff, max) = if adj.len() == ours.len() {
             adj.iter()
-                .zip(&graph.adjacency)
+                .zip(&ours)
                 .fold((0f32, 0f32), |(d, m), (a, b)| (d.max((a - b).abs()), m.max(a.abs())))
         } else {
             (f32::NAN, f32::NAN)

@@ -189,13 +189,13 @@ fn the_graph_equals_circuit_tracers() {
         }
         let n = graph.n_nodes();
         assert_eq!(n as i64, meta["n_nodes"].as_i64().unwrap(), "{name}: nodes");
-        let adj = Tensor::from_slice(&graph.adjacency, (n, n), &Device::Cpu).unwrap();
+        let adj = Tensor::from_vec(graph.adjacency.to_vec().unwrap(), (n, n), &Device::Cpu).unwrap();
         assert_close(&format!("{name} adjacency"), &adj, &want["adjacency_matrix"], 1e-4);
 
         let pruned = prune(&graph, 0.8, 0.98).unwrap();
         let file = dir.join("pruning.safetensors");
         assert_eq!(pruned.node_mask, read_bools(&file, "node_mask"), "{name}: node mask");
-        assert_eq!(pruned.edge_mask, read_bools(&file, "edge_mask"), "{name}: edge mask");
+        assert_eq!(pruned.edge_mask(), read_bools(&file, "edge_mask"), "{name}: edge mask");
         let want = f32_tensors(&file);
         let inf = Tensor::from_slice(&pruned.node_influence, n, &Device::Cpu).unwrap();
         assert_close(&format!("{name} node influence"), &inf, &want["node_influence"], 1e-4);
@@ -346,6 +346,61 @@ fn a_feature_intervention_adds_the_change_times_the_decoder_at_the_mlp_output() 
         assert!(
             moved > 1e-3,
             "{name}: the intervention moved the logits by only {moved}"
+        );
+    }
+}
+
+#[test]
+fn a_graph_past_the_memory_budget_is_built_in_files_with_the_same_numbers() {
+    use hooklens_models::circuits::graph_file_from;
+    use hooklens_models::circuits::GraphFileOptions;
+    let tmp = hooklens_testutil::TempDir::new("spill");
+    for dir in cases() {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let meta = meta(&dir);
+        let m = model(&dir);
+        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
+        let toks = tokens(&dir);
+        let in_memory = attribute(&m, &tc, &toks, &opts_of(&meta)).unwrap();
+        assert!(in_memory.adjacency.as_slice().is_some(), "{name}");
+        let spill_dir = tmp.path(&name);
+        std::fs::create_dir_all(&spill_dir).unwrap();
+        let spilled = attribute(&m, &tc, &toks, &opts_of(&meta).memory_budget(1).spill_dir(&spill_dir)).unwrap();
+        assert!(
+            spilled.adjacency.as_slice().is_none(),
+            "{name}: a 1-byte budget keeps nothing in memory"
+        );
+        // The temporary files are unlinked at once: nothing is left in the folder.
+        assert_eq!(std::fs::read_dir(&spill_dir).unwrap().count(), 0, "{name}");
+        assert_eq!(spilled.selected_features, in_memory.selected_features, "{name}");
+        assert_eq!(
+            spilled.adjacency.to_vec().unwrap(),
+            in_memory.adjacency.to_vec().unwrap(),
+            "{name}"
+        );
+        let (a, b) = (
+            prune(&in_memory, 0.8, 0.98).unwrap(),
+            prune(&spilled, 0.8, 0.98).unwrap(),
+        );
+        assert_eq!(a, b, "{name}: pruning");
+        let text = |id: u32| m.to_single_str_token(id).unwrap();
+        let opts = GraphFileOptions::new("x");
+        assert_eq!(
+            graph_file_from(&in_memory, &a, &opts, &text).unwrap(),
+            graph_file_from(&spilled, &b, &opts, &text).unwrap(),
+            "{name}: graph file"
+        );
+        // The streamed safetensors file is the in-memory one, byte for byte.
+        let (p1, p2) = (
+            tmp.path(&format!("{name}-1.safetensors")),
+            tmp.path(&format!("{name}-2.safetensors")),
+        );
+        in_memory.save_safetensors(&p1).unwrap();
+        spilled.save_safetensors(&p2).unwrap();
+        assert_eq!(
+            std::fs::read(&p1).unwrap(),
+            std::fs::read(&p2).unwrap(),
+            "{name}: graph.safetensors"
         );
     }
 }

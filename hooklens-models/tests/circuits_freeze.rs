@@ -687,7 +687,6 @@ fn check(case: &Case) -> Result<[f64; 2]> {
     }
 
     // Each source's column against the frozen model's response.
-    let n = graph.n_nodes();
     // circuit-tracer's check adds the node's vector itself (tolerance 1e-4 of the
     // column's largest entry: subtracting the clean run loses the digits of the targets'
     // own size); the same vector times 64 (exact in floats; the frozen model is affine)
@@ -714,7 +713,7 @@ fn check(case: &Case) -> Result<[f64; 2]> {
         let rows: Vec<usize> = (0..n_feat)
             .chain((0..logit_reads.len()).map(|k| graph.logit_node(k)))
             .collect();
-        let want: Vec<f64> = rows.iter().map(|&r| graph.edge(r, node) as f64).collect();
+        let want: Vec<f64> = rows.iter().map(|&r| graph.edge(r, node).unwrap() as f64).collect();
         let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         assert!(top > 0.0, "{name}: {what}: an empty column");
         for (run_i, (k, tol)) in [(1.0, 1e-4), (64.0, 1e-5)].into_iter().enumerate() {
@@ -745,7 +744,7 @@ fn check(case: &Case) -> Result<[f64; 2]> {
         }
         // Nothing reaches an error or a token node.
         for r in n_feat..graph.logit_node(0) {
-            assert_eq!(graph.adjacency[r * n + node], 0.0, "{name}: {what} -> row {r}");
+            assert_eq!(graph.edge(r, node).unwrap(), 0.0, "{name}: {what} -> row {r}");
         }
     }
     Ok(worst)

@@ -11,6 +11,7 @@ use hooklens_core::{Error, Result};
 use super::frozen::{to_vec, Injection};
 use super::graph::Graph;
 use super::replacement::{replacement_run, ReplacementRun};
+use super::rows::{Adjacency, Rows};
 use super::targets::{resolve, Targets};
 use super::transcoders::Transcoders;
 use crate::model::HookedTransformer;
@@ -38,6 +39,11 @@ pub struct AttributionOptions {
     pub update_interval: usize,
     /// Called after each batch.
     pub progress: Option<Box<dyn Fn(AttributionProgress) + Send + Sync>>,
+    /// The most bytes the edge rows and the adjacency matrix may take in memory; past it
+    /// both go to temporary files in `spill_dir` (default: half the available memory).
+    pub memory_budget: Option<u64>,
+    /// Where rows past the memory budget go (default: the system's temporary folder).
+    pub spill_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AttributionOptions {
@@ -48,6 +54,8 @@ impl Default for AttributionOptions {
             max_feature_nodes: None,
             update_interval: 4,
             progress: None,
+            memory_budget: None,
+            spill_dir: None,
         }
     }
 }
@@ -59,6 +67,8 @@ impl std::fmt::Debug for AttributionOptions {
             .field("batch_size", &self.batch_size)
             .field("max_feature_nodes", &self.max_feature_nodes)
             .field("update_interval", &self.update_interval)
+            .field("memory_budget", &self.memory_budget)
+            .field("spill_dir", &self.spill_dir)
             .finish()
     }
 }
@@ -99,6 +109,19 @@ impl AttributionOptions {
     /// Batches between re-rankings.
     pub fn update_interval(mut self, n: usize) -> Self {
         self.update_interval = n;
+        self
+    }
+
+    /// Hold at most `bytes` of edge rows and adjacency matrix in memory; a graph whose
+    /// matrix is larger is built in temporary files (see [`AttributionOptions::spill_dir`]).
+    pub fn memory_budget(mut self, bytes: u64) -> Self {
+        self.memory_budget = Some(bytes);
+        self
+    }
+
+    /// The folder for the temporary files of a graph past the memory budget.
+    pub fn spill_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.spill_dir = Some(dir.into());
         self
     }
 
@@ -243,20 +266,16 @@ fn compute_batch(
 
 /// circuit-tracer's `compute_partial_influences`: each node's influence on the logits
 /// through the rows computed so far. `rows` `[n_rows, width]` (logit columns omitted:
-/// they are zero), `row_node[r]` the node of row `r`, `n_total` the node count.
-fn partial_influences(
-    rows: &[f32],
-    width: usize,
-    row_node: &[usize],
-    logit_p: &[f32],
-    n_total: usize,
-) -> Result<Vec<f32>> {
+/// they are zero), `row_node[r]` the node of row `r`, `n_total` the node count. Row sums
+/// are taken once; each step reads only the rows it needs.
+fn partial_influences(rows: &Rows, row_node: &[usize], logit_p: &[f32], n_total: usize) -> Result<Vec<f32>> {
+    let width = rows.width();
     let n_rows = row_node.len();
-    let mut norm = rows[..n_rows * width].to_vec();
-    for row in norm.chunks_mut(width) {
-        row.iter_mut().for_each(|v| *v = v.abs());
-        let s = row.iter().sum::<f32>().max(1e-8);
-        row.iter_mut().for_each(|v| *v /= s);
+    let mut buf = vec![0.0f32; width];
+    let mut sums = Vec::with_capacity(n_rows);
+    for r in 0..n_rows {
+        rows.read(r, &mut buf)?;
+        sums.push(buf.iter().map(|v| v.abs()).sum::<f32>().max(1e-8));
     }
     let mut prod = vec![0.0f32; n_total];
     let k = logit_p.len();
@@ -267,10 +286,18 @@ fn partial_influences(
         for (r, &node) in row_node.iter().enumerate() {
             let x = prod[node];
             if x != 0.0 {
+                let row: &[f32] = match rows.as_slice() {
+                    Some(v) => &v[r * width..(r + 1) * width],
+                    None => {
+                        rows.read(r, &mut buf)?;
+                        &buf
+                    }
+                };
+                let s = sums[r];
                 next[..width]
                     .iter_mut()
-                    .zip(&norm[r * width..(r + 1) * width])
-                    .for_each(|(o, v)| *o += x * v);
+                    .zip(row)
+                    .for_each(|(o, v)| *o += x * (v.abs() / s));
             }
         }
         if next.iter().all(|&v| v == 0.0) {
@@ -317,13 +344,20 @@ pub fn attribute_run(
     let n_total = logit_offset + k;
     let max_feat = opts.max_feature_nodes.unwrap_or(n_active).min(n_active);
     let rows_total = k + max_feat;
-    let bytes = (rows_total as u64) * (width as u64) * 4;
-    hooklens_core::__internal::check_memory(
-        "the attribution graph's rows",
-        bytes,
-        "lower max_feature_nodes, or attribute a shorter prompt",
-    )?;
-    let mut rows = Vec::with_capacity(rows_total * width);
+    // In memory when the rows and the matrix fit the budget together (the assembly
+    // holds both), else both in temporary files.
+    let n_nodes_max = max_feat + (l_n + 1) * p_n + k;
+    let need = (rows_total as u64) * (width as u64) * 4 + (n_nodes_max as u64).pow(2) * 4;
+    let budget = opts
+        .memory_budget
+        .unwrap_or_else(|| hooklens_core::__internal::available_memory().map_or(u64::MAX, |m| m / 2));
+    let spill = need > budget;
+    let spill_dir = opts.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let mut rows = if spill {
+        Rows::in_file(width, &spill_dir)?
+    } else {
+        Rows::in_memory(width, rows_total)
+    };
     let mut row_node: Vec<usize> = Vec::with_capacity(rows_total);
     let report = |done: usize| {
         if let Some(f) = &opts.progress {
@@ -338,14 +372,14 @@ pub fn attribute_run(
         let n = opts.batch_size.min(k - i);
         let layers = vec![l_n; n];
         let pos = vec![p_n - 1; n];
-        rows.extend(compute_batch(
+        rows.push(&compute_batch(
             run,
             transcoders,
             &src,
             &layers,
             &pos,
             &targets.vectors[i * d..(i + n) * d],
-        ));
+        ))?;
         row_node.extend((i..i + n).map(|j| logit_offset + j));
         report(row_node.len());
     }
@@ -357,7 +391,7 @@ pub fn attribute_run(
         let pending: Vec<usize> = if max_feat == n_active {
             (0..n_active).collect()
         } else {
-            let inf = partial_influences(&rows, width, &row_node, &targets.probabilities, n_total)?;
+            let inf = partial_influences(&rows, &row_node, &targets.probabilities, n_total)?;
             let mut rank: Vec<usize> = (0..n_active).collect();
             rank.sort_by(|&x, &y| inf[y].total_cmp(&inf[x]).then(x.cmp(&y)));
             let queue = (opts.update_interval * opts.batch_size).min(max_feat - n_visited);
@@ -371,7 +405,7 @@ pub fn attribute_run(
             for &i in batch {
                 vecs.extend_from_slice(&src.encoders[i * d..(i + 1) * d]);
             }
-            rows.extend(compute_batch(run, transcoders, &src, &layers, &pos, &vecs));
+            rows.push(&compute_batch(run, transcoders, &src, &layers, &pos, &vecs))?;
             row_node.extend_from_slice(batch);
             for &i in batch {
                 visited[i] = true;
@@ -383,11 +417,6 @@ pub fn attribute_run(
     let selected: Vec<usize> = (0..n_active).filter(|&i| visited[i]).collect();
     let n_sel = selected.len();
     let n_nodes = n_sel + (l_n + 1) * p_n + k;
-    hooklens_core::__internal::check_memory(
-        "the adjacency matrix",
-        (n_nodes as u64).pow(2) * 4,
-        "lower max_feature_nodes, or attribute a shorter prompt",
-    )?;
     // Column of the matrix for each column of a row: selected features keep their
     // rank among the selected, the rest shift down.
     let mut col_of = vec![usize::MAX; width];
@@ -397,24 +426,39 @@ pub fn attribute_run(
     for (c, slot) in col_of.iter_mut().enumerate().skip(n_active) {
         *slot = n_sel + (c - n_active);
     }
+    // The raw row of each matrix row (features by rank, then logits); the error and
+    // token rows are zero.
+    let mut raw_of = vec![usize::MAX; n_nodes];
     let mut feat_row = vec![usize::MAX; n_active];
     for (j, &f) in selected.iter().enumerate() {
         feat_row[f] = j;
     }
-    let mut adjacency = vec![0.0f32; n_nodes * n_nodes];
     for (r, &node) in row_node.iter().enumerate() {
         let target = if node >= logit_offset {
             n_sel + (l_n + 1) * p_n + (node - logit_offset)
         } else {
             feat_row[node]
         };
-        let dst = &mut adjacency[target * n_nodes..(target + 1) * n_nodes];
-        for (c, &v) in rows[r * width..(r + 1) * width].iter().enumerate() {
-            let j = col_of[c];
-            if j != usize::MAX {
-                dst[j] = v;
+        raw_of[target] = r;
+    }
+    let mut adjacency = if spill {
+        Rows::in_file(n_nodes, &spill_dir)?
+    } else {
+        Rows::in_memory(n_nodes, n_nodes)
+    };
+    let mut raw = vec![0.0f32; width];
+    let mut out = vec![0.0f32; n_nodes];
+    for &r in &raw_of {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        if r != usize::MAX {
+            rows.read(r, &mut raw)?;
+            for (&j, &v) in col_of.iter().zip(&raw) {
+                if j != usize::MAX {
+                    out[j] = v;
+                }
             }
         }
+        adjacency.push(&out)?;
     }
     drop(rows);
     let input_string = model
@@ -433,6 +477,6 @@ pub fn attribute_run(
         vocab_size: model.cfg().d_vocab,
         n_layers: l_n,
         scan: transcoders.scan().map(str::to_string),
-        adjacency,
+        adjacency: Adjacency { rows: adjacency },
     })
 }

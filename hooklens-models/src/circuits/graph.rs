@@ -1,13 +1,12 @@
 //! An attribution graph: circuit-tracer's `Graph`, with its node order and its
 //! `graph.safetensors` field names.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
-use hooklens_core::Result;
+use hooklens_core::{Error, Result};
 
 use super::replacement::ActiveFeatures;
+use super::rows::Adjacency;
 use super::targets::LogitTarget;
 
 /// The unpruned attribution graph of one prompt.
@@ -16,7 +15,7 @@ use super::targets::LogitTarget;
 /// one error node per (layer, position) (layer-major), one token node per position, one
 /// logit node per target. `adjacency[target * n + source]` is the direct effect of
 /// `source` on `target` in the local replacement model (rows targets, columns sources).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Graph {
     /// The prompt's text (decoded), when a tokenizer was there.
     pub input_string: String,
@@ -36,8 +35,9 @@ pub struct Graph {
     pub n_layers: usize,
     /// The transcoders' scan identifier, if known.
     pub scan: Option<String>,
-    /// `[n_nodes, n_nodes]` row-major, `[target, source]`.
-    pub adjacency: Vec<f32>,
+    /// `[n_nodes, n_nodes]`, `[target, source]`: in memory, or in a temporary file when it
+    /// exceeded the attribution's memory budget.
+    pub adjacency: Adjacency,
 }
 
 impl Graph {
@@ -72,51 +72,124 @@ impl Graph {
     }
 
     /// The edge weight from `source` to `target`.
-    pub fn edge(&self, target: usize, source: usize) -> f32 {
-        self.adjacency[target * self.n_nodes() + source]
+    pub fn edge(&self, target: usize, source: usize) -> Result<f32> {
+        let n = self.n_nodes();
+        if target >= n || source >= n {
+            return Err(Error::invalid(format!(
+                "edge ({target}, {source}) of a graph of {n} nodes"
+            )));
+        }
+        match self.adjacency.as_slice() {
+            Some(a) => Ok(a[target * n + source]),
+            None => Ok(self.adjacency.row(target)?[source]),
+        }
     }
 
     /// Writes the graph as `graph.safetensors` under circuit-tracer's `Graph` field
     /// names and dtypes: `adjacency_matrix` f32, `active_features` i64 `[n, 3]`,
     /// `activation_values` f32, `selected_features` i64, `logit_tokens` i64,
-    /// `logit_probabilities` f32, `input_tokens` i64, `vocab_size` and `n_pos` i64 `[1]`.
+    /// `logit_probabilities` f32, `input_tokens` i64, `vocab_size` and `n_pos` i64 `[1]`;
+    /// `input_string` and `scan` in the metadata. The matrix is streamed row by row, so a
+    /// graph held in a file is written without being read into memory.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
-        let dev = Device::Cpu;
+        let path = path.as_ref();
         let n = self.n_nodes();
         let af = &self.active_features;
+        let i64_bytes = |v: &mut dyn Iterator<Item = i64>| v.flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let mut feats = Vec::with_capacity(af.len() * 3);
         for i in 0..af.len() {
             feats.extend([af.layer[i] as i64, af.pos[i] as i64, af.feature[i] as i64]);
         }
-        let i64s = |v: Vec<i64>| Tensor::from_vec(v.clone(), v.len(), &dev);
-        let tensors = [
-            ("adjacency_matrix", Tensor::from_slice(&self.adjacency, (n, n), &dev)?),
-            ("active_features", Tensor::from_vec(feats, (af.len(), 3), &dev)?),
-            ("activation_values", Tensor::from_slice(&af.value, af.len(), &dev)?),
+        // (name, dtype, shape, bytes); the matrix's bytes are streamed, not held.
+        let small: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = vec![
             (
-                "selected_features",
-                i64s(self.selected_features.iter().map(|&i| i as i64).collect())?,
+                "active_features",
+                "I64",
+                vec![af.len(), 3],
+                i64_bytes(&mut feats.into_iter()),
             ),
+            ("activation_values", "F32", vec![af.len()], f32_bytes(&af.value)),
             (
-                "logit_tokens",
-                i64s(self.logit_targets.iter().map(|t| t.vocab_idx as i64).collect())?,
+                "input_tokens",
+                "I64",
+                vec![self.n_pos()],
+                i64_bytes(&mut self.input_tokens.iter().map(|&t| t as i64)),
             ),
             (
                 "logit_probabilities",
-                Tensor::from_slice(&self.logit_probabilities, self.logit_probabilities.len(), &dev)?,
+                "F32",
+                vec![self.logit_probabilities.len()],
+                f32_bytes(&self.logit_probabilities),
             ),
             (
-                "input_tokens",
-                i64s(self.input_tokens.iter().map(|&t| t as i64).collect())?,
+                "logit_tokens",
+                "I64",
+                vec![self.logit_targets.len()],
+                i64_bytes(&mut self.logit_targets.iter().map(|t| t.vocab_idx as i64)),
             ),
-            ("vocab_size", i64s(vec![self.vocab_size as i64])?),
-            ("n_pos", i64s(vec![self.n_pos() as i64])?),
+            (
+                "n_pos",
+                "I64",
+                vec![1],
+                i64_bytes(&mut std::iter::once(self.n_pos() as i64)),
+            ),
+            (
+                "selected_features",
+                "I64",
+                vec![self.selected_features.len()],
+                i64_bytes(&mut self.selected_features.iter().map(|&i| i as i64)),
+            ),
+            (
+                "vocab_size",
+                "I64",
+                vec![1],
+                i64_bytes(&mut std::iter::once(self.vocab_size as i64)),
+            ),
         ];
-        let mut meta = HashMap::new();
-        meta.insert("input_string".to_string(), self.input_string.clone());
+        let mut header = serde_json::Map::new();
+        let mut meta = serde_json::Map::new();
+        meta.insert("input_string".into(), self.input_string.clone().into());
         if let Some(scan) = &self.scan {
-            meta.insert("scan".to_string(), scan.clone());
+            meta.insert("scan".into(), scan.clone().into());
         }
-        hooklens_core::__internal::save_safetensors(path.as_ref(), tensors.iter().map(|(k, t)| (*k, t)).collect(), meta)
+        header.insert("__metadata__".into(), meta.into());
+        let adj_len = n * n * 4;
+        header.insert(
+            "adjacency_matrix".into(),
+            serde_json::json!({"dtype": "F32", "shape": [n, n], "data_offsets": [0, adj_len]}),
+        );
+        let mut at = adj_len;
+        for (name, dtype, shape, bytes) in &small {
+            header.insert(
+                (*name).into(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes.len()]}),
+            );
+            at += bytes.len();
+        }
+        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+        // safetensors pads the header with spaces to a multiple of 8 bytes.
+        while !head.len().is_multiple_of(8) {
+            head.push(b' ');
+        }
+        let io = |e: std::io::Error| Error::io(path, e);
+        hooklens_core::__internal::write_atomically(path, |w| {
+            w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
+            w.write_all(&head).map_err(io)?;
+            match self.adjacency.as_slice() {
+                Some(a) => w.write_all(&f32_bytes(a)).map_err(io)?,
+                None => {
+                    let mut row = vec![0.0f32; n];
+                    for t in 0..n {
+                        self.adjacency.read_row(t, &mut row)?;
+                        w.write_all(&f32_bytes(&row)).map_err(io)?;
+                    }
+                }
+            }
+            for (_, _, _, bytes) in &small {
+                w.write_all(bytes).map_err(io)?;
+            }
+            Ok(())
+        })
     }
 }

@@ -148,19 +148,15 @@ pub fn graph_file_from(
     // Edges between kept nodes, row-major over [target, source].
     let mut links = Vec::new();
     let mut connected = vec![false; n];
-    for t in 0..n {
-        for s in 0..n {
-            if pruned.edge_mask[t * n + s] {
-                if let (Some(src), Some(dst)) = (&nodes[s], &nodes[t]) {
-                    links.push(GraphLink {
-                        source: src.node_id.clone(),
-                        target: dst.node_id.clone(),
-                        weight: graph.adjacency[t * n + s] as f64,
-                    });
-                    connected[s] = true;
-                    connected[t] = true;
-                }
-            }
+    for &(t, s, weight) in &pruned.edges {
+        if let (Some(src), Some(dst)) = (&nodes[s], &nodes[t]) {
+            links.push(GraphLink {
+                source: src.node_id.clone(),
+                target: dst.node_id.clone(),
+                weight: weight as f64,
+            });
+            connected[s] = true;
+            connected[t] = true;
         }
     }
     let nodes: Vec<GraphNode> = nodes

@@ -32,6 +32,7 @@ mod graph_files;
 mod intervention;
 mod prune;
 mod replacement;
+mod rows;
 mod targets;
 mod transcoder_config;
 mod transcoders;
@@ -43,6 +44,7 @@ pub use graph_files::{graph_file, graph_file_from, write_graph_files, GraphFileO
 pub use intervention::{feature_intervention, FeatureIntervention};
 pub use prune::{node_influence, prune, Pruned};
 pub use replacement::{replacement_run, ActiveFeatures, ReplacementRun};
+pub use rows::Adjacency;
 pub use targets::{CustomTarget, LogitTarget, Targets};
 pub use transcoder_config::{TranscoderConfig, TranscoderKind};
 pub use transcoders::{Activation, Transcoders};

@@ -2,18 +2,23 @@
 //! `prune_graph`: keep the nodes carrying `node_threshold` of the total influence,
 //! then the edges carrying `edge_threshold` of it, then drop the feature and error
 //! nodes left without an outgoing edge and the features left without an incoming one.
+//!
+//! The matrix is read row by row (only the rows an influence step needs), and the edge
+//! scores are computed on the kept nodes only (every other edge scores 0), so pruning a
+//! graph held in a file needs memory for the kept nodes' submatrix, not the whole one.
 
 use hooklens_core::{Error, Result};
 
 use super::graph::Graph;
+use super::rows::Adjacency;
 
 /// What pruning keeps.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pruned {
     /// Per node, whether it is kept.
     pub node_mask: Vec<bool>,
-    /// Per edge `[target, source]` (row-major, `n_nodes x n_nodes`), whether it is kept.
-    pub edge_mask: Vec<bool>,
+    /// The kept edges `(target, source, weight)`, in row-major order of the matrix.
+    pub edges: Vec<(usize, usize, f32)>,
     /// Per node, the fraction of total influence carried by it and every node ranked
     /// above it (circuit-tracer's `cumulative_scores`).
     pub cumulative_scores: Vec<f32>,
@@ -21,30 +26,60 @@ pub struct Pruned {
     pub node_influence: Vec<f32>,
 }
 
-/// `|m|` with each row divided by its sum (at least 1e-10).
-fn normalize(m: &[f32], n: usize) -> Vec<f32> {
-    let mut out: Vec<f32> = m.iter().map(|v| v.abs()).collect();
-    for row in out.chunks_mut(n) {
-        let s: f32 = row.iter().sum::<f32>().max(1e-10);
-        row.iter_mut().for_each(|v| *v /= s);
+impl Pruned {
+    /// The kept edges as circuit-tracer's dense `edge_mask` `[n, n]` (row-major,
+    /// `[target, source]`). With an edge threshold so high that edges of score 0 are
+    /// kept, circuit-tracer's mask also marks every edge of a dropped node; here only
+    /// edges between kept nodes are (the only ones its graph file shows).
+    pub fn edge_mask(&self) -> Vec<bool> {
+        let n = self.node_mask.len();
+        let mut mask = vec![false; n * n];
+        for &(t, s, _) in &self.edges {
+            mask[t * n + s] = true;
+        }
+        mask
     }
-    out
 }
 
-/// `w @ A + w @ A^2 + ...` until the terms vanish (the graph is acyclic).
-fn influence(a: &[f32], n: usize, w: &[f32]) -> Result<Vec<f32>> {
-    let step = |x: &[f32]| {
+/// Row sums of `|A|`, at least 1e-10 (circuit-tracer's `normalize_matrix` divisor).
+fn row_sums(a: &Adjacency) -> Result<Vec<f32>> {
+    let n = a.n();
+    let mut sums = vec![0.0f32; n];
+    let mut row = vec![0.0f32; n];
+    for (t, s) in sums.iter_mut().enumerate() {
+        let r: &[f32] = match a.as_slice() {
+            Some(v) => &v[t * n..(t + 1) * n],
+            None => {
+                a.read_row(t, &mut row)?;
+                &row
+            }
+        };
+        *s = r.iter().map(|v| v.abs()).sum::<f32>().max(1e-10);
+    }
+    Ok(sums)
+}
+
+/// `w @ N + w @ N^2 + ...` until the terms vanish, `N` the row-normalised `|A|` (rows
+/// of `n` values from `row(i)`, divided by `sums[i]`).
+fn influence(
+    n: usize,
+    sums: &[f32],
+    w: &[f32],
+    row: &mut dyn FnMut(usize, &mut Vec<f32>) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let mut buf = Vec::new();
+    let mut step = |x: &[f32]| -> Result<Vec<f32>> {
         let mut out = vec![0.0f32; n];
         for (i, &xi) in x.iter().enumerate() {
             if xi != 0.0 {
-                out.iter_mut()
-                    .zip(&a[i * n..(i + 1) * n])
-                    .for_each(|(o, v)| *o += xi * v);
+                row(i, &mut buf)?;
+                let s = sums[i];
+                out.iter_mut().zip(&buf).for_each(|(o, v)| *o += xi * (v.abs() / s));
             }
         }
-        out
+        Ok(out)
     };
-    let mut current = step(w);
+    let mut current = step(w)?;
     let mut total = current.clone();
     let mut iterations = 0;
     while current.iter().any(|&v| v != 0.0) {
@@ -53,21 +88,22 @@ fn influence(a: &[f32], n: usize, w: &[f32]) -> Result<Vec<f32>> {
                 "influence did not converge after 1000 iterations: the graph has a cycle",
             ));
         }
-        current = step(&current);
+        current = step(&current)?;
         total.iter_mut().zip(&current).for_each(|(t, c)| *t += c);
         iterations += 1;
     }
     Ok(total)
 }
 
-/// The score at which the scores sorted in descending order reach `threshold` of
-/// their sum (circuit-tracer's `find_threshold`).
-fn find_threshold(scores: &[f32], threshold: f32) -> f32 {
+/// The score at which `scores`, plus `zeros` more scores of 0, sorted in descending
+/// order reach `threshold` of their sum (circuit-tracer's `find_threshold`).
+fn find_threshold(scores: &[f32], zeros: usize, threshold: f32) -> f32 {
     let mut sorted = scores.to_vec();
     sorted.sort_by(|a, b| b.total_cmp(a));
     let total: f32 = sorted.iter().sum();
+    let len = sorted.len() + zeros;
     let mut cum = 0.0f32;
-    let mut index = sorted.len();
+    let mut index = len;
     for (i, s) in sorted.iter().enumerate() {
         cum += s;
         if cum / total >= threshold {
@@ -75,16 +111,43 @@ fn find_threshold(scores: &[f32], threshold: f32) -> f32 {
             break;
         }
     }
-    sorted[index.min(sorted.len() - 1)]
+    let index = index.min(len.saturating_sub(1));
+    sorted.get(index).copied().unwrap_or(0.0)
+}
+
+/// The logit weights of `graph`: its probabilities on the logit nodes, 0 elsewhere.
+fn logit_weights(graph: &Graph) -> Vec<f32> {
+    let n = graph.n_nodes();
+    let k = graph.logit_targets.len();
+    let mut w = vec![0.0f32; n];
+    w[n - k..].copy_from_slice(&graph.logit_probabilities);
+    w
+}
+
+/// A row reader over the adjacency matrix.
+fn reader(a: &Adjacency) -> impl FnMut(usize, &mut Vec<f32>) -> Result<()> + '_ {
+    let n = a.n();
+    move |i, buf| {
+        buf.resize(n, 0.0);
+        match a.as_slice() {
+            Some(v) => {
+                buf.copy_from_slice(&v[i * n..(i + 1) * n]);
+                Ok(())
+            }
+            None => a.read_row(i, buf),
+        }
+    }
 }
 
 /// Each node's influence on the logits, weighted by their probabilities.
 pub fn node_influence(graph: &Graph) -> Result<Vec<f32>> {
-    let n = graph.n_nodes();
-    let mut w = vec![0.0f32; n];
-    let k = graph.logit_targets.len();
-    w[n - k..].copy_from_slice(&graph.logit_probabilities);
-    influence(&normalize(&graph.adjacency, n), n, &w)
+    let sums = row_sums(&graph.adjacency)?;
+    influence(
+        graph.n_nodes(),
+        &sums,
+        &logit_weights(graph),
+        &mut reader(&graph.adjacency),
+    )
 }
 
 /// Prunes `graph` (circuit-tracer's `prune_graph`; defaults 0.8 and 0.98).
@@ -98,56 +161,73 @@ pub fn prune(graph: &Graph, node_threshold: f32, edge_threshold: f32) -> Result<
     let k = graph.logit_targets.len();
     let n_tokens = graph.n_pos();
     let n_features = graph.n_features();
-    let mut w = vec![0.0f32; n];
-    w[n - k..].copy_from_slice(&graph.logit_probabilities);
-    let node_influence = influence(&normalize(&graph.adjacency, n), n, &w)?;
-    let cut = find_threshold(&node_influence, node_threshold);
+    let w = logit_weights(graph);
+    let node_influence = node_influence(graph)?;
+    let cut = find_threshold(&node_influence, 0, node_threshold);
     let mut node_mask: Vec<bool> = node_influence.iter().map(|&v| v >= cut).collect();
     node_mask[n - k - n_tokens..].iter_mut().for_each(|m| *m = true);
 
-    let mut pruned = graph.adjacency.clone();
-    for t in 0..n {
-        for s in 0..n {
-            if !node_mask[t] || !node_mask[s] {
-                pruned[t * n + s] = 0.0;
-            }
+    // The matrix restricted to the kept nodes: everything else is zeroed in circuit-tracer.
+    let kept: Vec<usize> = (0..n).filter(|&i| node_mask[i]).collect();
+    let m = kept.len();
+    hooklens_core::__internal::check_memory(
+        "the pruned graph",
+        (m as u64) * (m as u64) * 8,
+        "raise node_threshold's strictness (a lower value keeps fewer nodes)",
+    )?;
+    let mut sub = vec![0.0f32; m * m];
+    let mut row = Vec::new();
+    let mut read = reader(&graph.adjacency);
+    for (a, &t) in kept.iter().enumerate() {
+        read(t, &mut row)?;
+        for (b, &s) in kept.iter().enumerate() {
+            sub[a * m + b] = row[s];
         }
     }
-    let normalized = normalize(&pruned, n);
-    let mut pruned_influence = influence(&normalized, n, &w)?;
-    pruned_influence.iter_mut().zip(&w).for_each(|(p, w)| *p += w);
-    let edge_scores: Vec<f32> = normalized
-        .chunks(n)
-        .zip(&pruned_influence)
-        .flat_map(|(row, inf)| row.iter().map(move |v| v * inf))
+    let sub_sums: Vec<f32> = sub
+        .chunks(m.max(1))
+        .take(m)
+        .map(|r| r.iter().map(|v| v.abs()).sum::<f32>().max(1e-10))
         .collect();
-    let edge_cut = find_threshold(&edge_scores, edge_threshold);
-    let mut edge_mask: Vec<bool> = edge_scores.iter().map(|&s| s >= edge_cut).collect();
+    let sub_w: Vec<f32> = kept.iter().map(|&i| w[i]).collect();
+    let mut sub_reader = |i: usize, buf: &mut Vec<f32>| -> Result<()> {
+        buf.clear();
+        buf.extend_from_slice(&sub[i * m..(i + 1) * m]);
+        Ok(())
+    };
+    let mut pruned_influence = influence(m, &sub_sums, &sub_w, &mut sub_reader)?;
+    pruned_influence.iter_mut().zip(&sub_w).for_each(|(p, w)| *p += w);
+    let scores: Vec<f32> = (0..m * m)
+        .map(|i| (sub[i].abs() / sub_sums[i / m]) * pruned_influence[i / m])
+        .collect();
+    let edge_cut = find_threshold(&scores, n * n - m * m, edge_threshold);
+    // Kept edges as (target, source) node pairs, row-major.
+    let mut edges: Vec<(usize, usize, f32)> = (0..m * m)
+        .filter(|&i| scores[i] >= edge_cut)
+        .map(|i| (kept[i / m], kept[i % m], sub[i]))
+        .collect();
 
-    let keep_by_edges = |node_mask: &mut [bool], edge_mask: &[bool]| {
-        // Feature and error nodes need an outgoing edge (a kept column entry) ...
-        for s in 0..n - k - n_tokens {
-            let out = (0..n).any(|t| edge_mask[t * n + s]);
-            node_mask[s] &= out;
+    let keep_by_edges = |node_mask: &mut [bool], edges: &[(usize, usize, f32)]| {
+        let mut out = vec![false; n];
+        let mut inc = vec![false; n];
+        for &(t, s, _) in edges {
+            out[s] = true;
+            inc[t] = true;
         }
-        // ... and feature nodes an incoming one.
+        // Feature and error nodes need an outgoing edge, feature nodes an incoming one.
+        for s in 0..n - k - n_tokens {
+            node_mask[s] &= out[s];
+        }
         for t in 0..n_features {
-            let inc = edge_mask[t * n..(t + 1) * n].iter().any(|&e| e);
-            node_mask[t] &= inc;
+            node_mask[t] &= inc[t];
         }
     };
     let mut old = node_mask.clone();
-    keep_by_edges(&mut node_mask, &edge_mask);
+    keep_by_edges(&mut node_mask, &edges);
     while node_mask != old {
         old.clone_from(&node_mask);
-        for t in 0..n {
-            for s in 0..n {
-                if !node_mask[t] || !node_mask[s] {
-                    edge_mask[t * n + s] = false;
-                }
-            }
-        }
-        keep_by_edges(&mut node_mask, &edge_mask);
+        edges.retain(|&(t, s, _)| node_mask[t] && node_mask[s]);
+        keep_by_edges(&mut node_mask, &edges);
     }
 
     let mut order: Vec<usize> = (0..n).collect();
@@ -161,7 +241,7 @@ pub fn prune(graph: &Graph, node_threshold: f32, edge_threshold: f32) -> Result<
     }
     Ok(Pruned {
         node_mask,
-        edge_mask,
+        edges,
         cumulative_scores,
         node_influence,
     })

@@ -1,12 +1,13 @@
 //! Transcoders in circuit-tracer's on-disk formats: a per-layer set
 //! (`layer_{i}.safetensors`) or a cross-layer transcoder (`W_enc_{i}` /
 //! `W_dec_{i}.safetensors`), with ReLU, JumpReLU (thresholds) or TopK activations and
-//! optional skip connections.
+//! optional skip connections; or one SAELens transcoder per layer, already loaded
+//! ([`Transcoders::from_saes`]).
 //!
 //! Encoders are read whole (every position of every layer is encoded); decoders are
 //! read row by row from their files when a feature is active, never all at once: a
 //! cross-layer transcoder's decoders hold one vector per later layer and are the bulk
-//! of its size.
+//! of its size. (SAELens transcoders are in memory already, decoders included.)
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +16,7 @@ use hooklens_core::{Error, Result};
 
 use super::transcoder_config::{TranscoderConfig, TranscoderKind};
 use crate::loading::SafetensorsFile;
+use crate::sae::{Architecture, Normalization, Sae};
 
 /// The sparsifying nonlinearity of the features.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +27,11 @@ pub enum Activation {
     JumpRelu,
     /// The `k` largest pre-activations of each position are kept, the rest zeroed.
     TopK(usize),
+    /// SAELens's top-k: every pre-activation at or above the `k`-th largest of its
+    /// position is kept (a tie at the cut keeps all the tied values), through
+    /// `max(., 0)`; the rest zeroed. What [`Transcoders::from_saes`] makes of a `topk`
+    /// SAE.
+    TopKRelu(usize),
 }
 
 /// One layer's encoder: `pre = x @ W_enc.T + b_enc`.
@@ -39,10 +46,12 @@ struct Encoder {
     skip: Option<Vec<f32>>,
 }
 
-/// Where one layer's decoder rows come from: a safetensors file, read row by row.
-struct DecoderRows {
-    file: SafetensorsFile,
-    name: String,
+/// Where one layer's decoder rows come from.
+enum DecoderRows {
+    /// A safetensors file, read row by row.
+    File { file: SafetensorsFile, name: String },
+    /// Memory: `[d_transcoder, n_out, d_model]` row-major, checked finite when made.
+    Memory(Vec<f32>),
 }
 
 /// A transcoder set or a cross-layer transcoder, ready to encode MLP inputs and hand
@@ -202,6 +211,245 @@ impl Transcoders {
         Self::from_files(cfg, &files, repo)
     }
 
+    /// A transcoder set from SAELens transcoders already loaded: layer `i`'s is
+    /// `saes[i]`, used exactly as SAELens encodes and decodes it.
+    ///
+    /// Every SAE must be a transcoder (`hook_name_out` set) reading `blocks.{i}.X` and
+    /// writing `blocks.{i}.Y`, with the same `X` and `Y` at every layer (they become the
+    /// [`TranscoderConfig`]'s `feature_input_hook` / `feature_output_hook`), `d_in` equal
+    /// to `d_out`, and one `d_sae` for all; no run-time input normalisation
+    /// (`normalize_activations` none), no `hook_z` reshaping, no head index.
+    /// Architectures:
+    /// - `standard` (and `transcoder`, `skip_transcoder`): [`Activation::Relu`].
+    /// - `jumprelu` (and the JumpReLU transcoders): [`Activation::JumpRelu`] with the
+    ///   SAE's thresholds. SAELens's JumpReLU is `relu(pre) * (pre > threshold)`,
+    ///   circuit-tracer's `pre * (pre > threshold)`: the same when every threshold is
+    ///   `>= 0`, so a negative threshold is an error.
+    /// - `topk`: [`Activation::TopKRelu`] (SAELens's top-k goes through relu, keeps ties
+    ///   at the cut). With `rescale_acts_by_decoder_norm`, SAELens ranks and reports
+    ///   `pre * ||W_dec[f]||` and decodes with `W_dec[f] / ||W_dec[f]||`: that scale is
+    ///   folded into feature `f`'s encoder row and bias and its decoder row, so the
+    ///   features' activations are SAELens's (a zero decoder row is an error).
+    /// - `gated`: an error (its gate and magnitude paths are not one encoder).
+    ///
+    /// `apply_b_dec_to_input` is folded into the encoder bias
+    /// (`b_enc - b_dec @ W_enc`); a skip transcoder's `W_skip` gives the skip
+    /// connection (`x @ W_skip^T`). Weights are copied in f32, decoders included
+    /// (kept in memory); a non-finite value is an error naming the tensor and the SAE.
+    /// The scan is unknown (`None`); the model name is the SAEs' when they agree.
+    pub fn from_saes(saes: &[Sae]) -> Result<Self> {
+        if saes.is_empty() {
+            return Err(Error::invalid(
+                "Transcoders::from_saes: no SAEs (one transcoder per layer is needed)",
+            ));
+        }
+        let first = saes[0].cfg();
+        let (d_model, d_transcoder) = (first.d_in, first.d_sae);
+        let mut hooks: Option<(String, String)> = None;
+        let mut activation: Option<Activation> = None;
+        let mut encoders = Vec::with_capacity(saes.len());
+        let mut decoders = Vec::with_capacity(saes.len());
+        let mut b_dec = Vec::with_capacity(saes.len());
+        for (i, sae) in saes.iter().enumerate() {
+            let c = sae.cfg();
+            let what = format!(
+                "SAE {i} ({} -> {})",
+                c.hook_name,
+                c.hook_name_out.as_deref().unwrap_or("no hook_name_out")
+            );
+            let refuse = |why: String| Error::invalid(format!("Transcoders::from_saes: {what}: {why}"));
+            let Some(out_name) = c.hook_name_out.as_deref() else {
+                return Err(refuse(
+                    "not a transcoder (no `hook_name_out`): attribution replaces each MLP with a transcoder \
+                     that reads one point and writes another"
+                        .into(),
+                ));
+            };
+            let (Some((li, x)), Some((lo, y))) = (block_hook(&c.hook_name), block_hook(out_name)) else {
+                return Err(refuse(format!(
+                    "its hooks must be `blocks.{i}.<point>` (input and output of layer {i})"
+                )));
+            };
+            if li != i || lo != i {
+                return Err(refuse(format!(
+                    "as layer {i} of the set it must read and write at `blocks.{i}.*`, not blocks.{li} -> blocks.{lo} \
+                     (the SAEs go in layer order, one per layer)"
+                )));
+            }
+            match &hooks {
+                None => hooks = Some((x.to_string(), y.to_string())),
+                Some((x0, y0)) if x0 != x || y0 != y => {
+                    return Err(refuse(format!(
+                        "it reads `{x}` and writes `{y}` of its block, SAE 0 `{x0}` and `{y0}`: every layer must \
+                         use the same points"
+                    )))
+                }
+                Some(_) => {}
+            }
+            let d_out = c.output_width();
+            if c.d_in != d_out {
+                return Err(refuse(format!(
+                    "d_in {} and d_out {d_out} differ: the transcoders read and write the residual width",
+                    c.d_in
+                )));
+            }
+            if (c.d_in, c.d_sae) != (d_model, d_transcoder) {
+                return Err(refuse(format!(
+                    "d_in {} and d_sae {}, SAE 0's {d_model} and {d_transcoder}: every layer must match",
+                    c.d_in, c.d_sae
+                )));
+            }
+            if c.normalize_activations != Normalization::None {
+                return Err(refuse(format!(
+                    "normalize_activations {:?}: run-time input normalisation is not linear, which attribution \
+                     needs of the encoder",
+                    c.normalize_activations
+                )));
+            }
+            if c.reshape_hook_z {
+                return Err(refuse(
+                    "it reshapes hook_z heads; transcoders read a residual-width point".into(),
+                ));
+            }
+            if let Some(h) = c.hook_head_index {
+                return Err(refuse(format!("it reads one head's slice (hook_head_index {h})")));
+            }
+            let (act, rescale) = match &c.architecture {
+                Architecture::Standard => (Activation::Relu, false),
+                Architecture::JumpRelu => (Activation::JumpRelu, false),
+                Architecture::TopK {
+                    k,
+                    rescale_acts_by_decoder_norm,
+                } => (Activation::TopKRelu(*k), *rescale_acts_by_decoder_norm),
+                Architecture::Gated => {
+                    return Err(refuse(format!(
+                        "architecture `{}` (gated) is not supported: its gate and magnitude paths are two \
+                         encoders, circuit-tracer's transcoders have one",
+                        c.architecture_name
+                    )))
+                }
+            };
+            match &activation {
+                None => activation = Some(act.clone()),
+                Some(a) if *a != act => {
+                    return Err(refuse(format!(
+                        "its activation is {act:?}, SAE 0's {a:?}: every layer must use the same one"
+                    )))
+                }
+                Some(_) => {}
+            }
+            let w = sae.weights();
+            let (d, f) = (d_model, d_transcoder);
+            let read = |name: &str, t: &candle_core::Tensor| -> Result<Vec<f32>> {
+                let v = t
+                    .to_device(&Device::Cpu)?
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                finite_in(&v, name, &what)?;
+                Ok(v)
+            };
+            // SAELens's `W_enc` is `[d_in, d_sae]`: encoder row f is its column f.
+            let w_enc_in = read("W_enc", &w.w_enc)?;
+            let mut w_enc = transpose(&w_enc_in, d, f);
+            let mut b_enc = match &w.b_enc {
+                Some(b) => read("b_enc", b)?,
+                None => return Err(refuse("no `b_enc`".into())),
+            };
+            let bias = read("b_dec", &w.b_dec)?;
+            let mut dec = read("W_dec", &w.w_dec)?;
+            if c.apply_b_dec_to_input {
+                // pre = (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc).
+                for (j, b) in b_enc.iter_mut().enumerate() {
+                    let row = &w_enc[j * d..(j + 1) * d];
+                    let dot: f64 = row.iter().zip(&bias).map(|(a, c)| *a as f64 * *c as f64).sum();
+                    *b = (*b as f64 - dot) as f32;
+                }
+            }
+            let threshold = match act {
+                Activation::JumpRelu => {
+                    let t = match &w.threshold {
+                        Some(t) => read("threshold", t)?,
+                        None => return Err(refuse("a JumpReLU SAE without `threshold`".into())),
+                    };
+                    if let Some((j, v)) = t.iter().enumerate().find(|(_, v)| **v < 0.0) {
+                        return Err(refuse(format!(
+                            "feature {j}'s JumpReLU threshold is {v} < 0: SAELens's relu(pre) * (pre > threshold) \
+                             and circuit-tracer's pre * (pre > threshold) differ for negative thresholds"
+                        )));
+                    }
+                    Some(t)
+                }
+                _ => None,
+            };
+            if rescale {
+                // SAELens ranks and reports `pre * n_f` and decodes `acts / n_f`, with
+                // `n_f = ||W_dec[f]||`: scale encoder row and bias by n_f, decoder by 1/n_f.
+                for j in 0..f {
+                    let row = &mut dec[j * d..(j + 1) * d];
+                    let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                    if n == 0.0 || !n.is_finite() {
+                        return Err(refuse(format!(
+                            "feature {j}'s decoder row has norm {n}: rescale_acts_by_decoder_norm divides by it"
+                        )));
+                    }
+                    row.iter_mut().for_each(|v| *v /= n);
+                    w_enc[j * d..(j + 1) * d].iter_mut().for_each(|v| *v *= n);
+                    b_enc[j] *= n;
+                }
+            }
+            let skip = match (&w.w_skip, c.skip) {
+                // `skip = x @ W_skip^T`, so `S = W_skip^T`.
+                (Some(s), _) => Some(transpose(&read("W_skip", s)?, d, d)),
+                (None, true) => return Err(refuse("a skip transcoder without `W_skip`".into())),
+                (None, false) => None,
+            };
+            for (name, v) in [("W_enc", &w_enc), ("b_enc", &b_enc), ("W_dec", &dec)] {
+                finite_in(v, name, &what)?;
+            }
+            encoders.push(Encoder {
+                w_enc,
+                b_enc,
+                threshold,
+                skip,
+            });
+            decoders.push(DecoderRows::Memory(dec));
+            b_dec.push(bias);
+        }
+        let (feature_input_hook, feature_output_hook) = hooks.expect("at least one SAE");
+        let activation = activation.expect("at least one SAE");
+        let model_name = first
+            .model_name
+            .clone()
+            .filter(|m| saes.iter().all(|s| s.cfg().model_name.as_ref() == Some(m)));
+        let source = format!(
+            "{} SAELens transcoders (blocks.*.{feature_input_hook} -> blocks.*.{feature_output_hook})",
+            saes.len()
+        );
+        let top_k = match activation {
+            Activation::TopKRelu(k) => Some(k),
+            _ => None,
+        };
+        Ok(Transcoders {
+            cfg: TranscoderConfig {
+                kind: TranscoderKind::Set,
+                feature_input_hook,
+                feature_output_hook,
+                scan: None,
+                model_name,
+                transcoders: Vec::new(),
+                top_k,
+            },
+            d_model,
+            d_transcoder,
+            activation,
+            encoders,
+            decoders,
+            b_dec,
+            source,
+        })
+    }
+
     /// Builds from `cfg` and per-layer files (`[layer_i]` for a set, `[W_enc_i, W_dec_i]`
     /// for a cross-layer transcoder).
     fn from_files(cfg: TranscoderConfig, files: &[Vec<PathBuf>], source: &str) -> Result<Self> {
@@ -328,7 +576,7 @@ impl Transcoders {
                     })
                 }
             }
-            decoders.push(DecoderRows {
+            decoders.push(DecoderRows::File {
                 file: dec_file,
                 name: dec_name,
             });
@@ -471,22 +719,34 @@ impl Transcoders {
 
     /// Decoder rows of features `features` of `layer`: `[features.len(), n_out(layer), d_model]`.
     pub fn decoder_rows(&self, layer: usize, features: &[usize]) -> Result<Vec<f32>> {
-        let d = &self.decoders[layer];
         if let Some(&f) = features.iter().find(|&&f| f >= self.d_transcoder) {
             return Err(Error::invalid(format!(
                 "feature {f} of layer {layer} is out of range (the transcoders have {} per layer)",
                 self.d_transcoder
             )));
         }
-        let rows = d.file.read_rows_f32(&d.name, features)?;
-        finite(&rows, &d.name, d.file.path())?;
-        Ok(rows)
+        match &self.decoders[layer] {
+            DecoderRows::File { file, name } => {
+                let rows = file.read_rows_f32(name, features)?;
+                finite(&rows, name, file.path())?;
+                Ok(rows)
+            }
+            DecoderRows::Memory(all) => {
+                let row = self.n_out(layer) * self.d_model;
+                let mut out = Vec::with_capacity(features.len() * row);
+                for &f in features {
+                    out.extend_from_slice(&all[f * row..(f + 1) * row]);
+                }
+                Ok(out)
+            }
+        }
     }
 }
 
 /// `activation` on pre-activations `[rows, f]`, in place (`threshold` `[f]` for JumpReLU:
 /// `pre * (pre > threshold)`, circuit-tracer's; TopK keeps the `k` largest of each row,
-/// ties to the lower index as torch.topk).
+/// ties to the lower index as torch.topk; TopKRelu keeps what is at or above the k-th
+/// largest, through relu, as hooklens' SAELens top-k).
 pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]>, pre: &mut [f32], f: usize) {
     match activation {
         Activation::Relu => pre.iter_mut().for_each(|v| *v = v.max(0.0)),
@@ -500,6 +760,22 @@ pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]
                         *v = 0.0
                     }
                 });
+            }
+        }
+        Activation::TopKRelu(k) => {
+            let mut sorted: Vec<f32> = Vec::with_capacity(f);
+            for row in pre.chunks_mut(f) {
+                if *k < f {
+                    sorted.clear();
+                    sorted.extend_from_slice(row);
+                    let kth = *sorted.select_nth_unstable_by(*k - 1, |a, b| b.total_cmp(a)).1;
+                    row.iter_mut().for_each(|v| {
+                        if *v < kth {
+                            *v = 0.0
+                        }
+                    });
+                }
+                row.iter_mut().for_each(|v| *v = v.max(0.0));
             }
         }
         Activation::TopK(k) => {
@@ -603,4 +879,22 @@ fn numbered(dir: &Path, prefixes: &[&str]) -> Result<Vec<Vec<PathBuf>>> {
         }
     }
     Ok(out)
+}
+
+/// `blocks.{i}.rest` split into `i` and `rest`.
+fn block_hook(name: &str) -> Option<(usize, &str)> {
+    let (i, rest) = name.strip_prefix("blocks.")?.split_once('.')?;
+    let i = i.parse().ok().filter(|_| i.bytes().all(|b| b.is_ascii_digit()))?;
+    (!rest.is_empty()).then_some((i, rest))
+}
+
+/// [`finite`] for a tensor of an in-memory SAE, `what` naming the SAE.
+fn finite_in(values: &[f32], name: &str, what: &str) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::invalid(format!(
+            "Transcoders::from_saes: {what}: tensor `{name}` holds a non-finite value ({}) at element {i}",
+            values[i]
+        ))),
+        None => Ok(()),
+    }
 }
