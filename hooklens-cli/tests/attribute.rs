@@ -150,3 +150,65 @@ fn attribute_refuses_bad_input_before_any_work() {
         "100000",
     );
 }
+
+#[test]
+fn attribute_past_the_memory_budget_writes_the_same_graph() {
+    let tmp = TempDir::new("attribute-spill");
+    let dir = case("circuits-clt");
+    let spill = tmp.path("spill");
+    std::fs::create_dir_all(&spill).unwrap();
+    let run = |out: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "attribute".as_ref(),
+            "--model".as_ref(),
+            dir.join("model").into_os_string().leak(),
+            "--transcoders".as_ref(),
+            dir.join("transcoders").into_os_string().leak(),
+            "--tokens".as_ref(),
+            dir.join("tokens.safetensors").into_os_string().leak(),
+            "--max-n-logits".as_ref(),
+            "5".as_ref(),
+            "--quiet".as_ref(),
+            "--slug".as_ref(),
+            "same".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        ok_stdout(hooklens(&args))
+    };
+    let (a, b) = (tmp.path("a.json"), tmp.path("b.json"));
+    let mem = run(&a, &[]);
+    assert!(mem.contains("held in memory"), "{mem}");
+    let spilled = run(
+        &b,
+        &[
+            "--memory-budget-mb".as_ref(),
+            "0".as_ref(),
+            "--spill-dir".as_ref(),
+            spill.as_os_str(),
+        ],
+    );
+    assert!(spilled.contains("held in temporary files"), "{spilled}");
+    assert!(spilled.contains("peak resident memory"), "{spilled}");
+    let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+    assert!(text(&a) == text(&b), "the graph files differ");
+    assert_eq!(
+        std::fs::read_dir(&spill).unwrap().count(),
+        0,
+        "nothing left in the spill folder"
+    );
+    let bad = tmp.path("no-such-dir");
+    let out = hooklens(&[
+        "attribute".as_ref(),
+        "--model".as_ref(),
+        dir.join("model").as_os_str(),
+        "--transcoders".as_ref(),
+        dir.join("transcoders").as_os_str(),
+        "--tokens".as_ref(),
+        dir.join("tokens.safetensors").as_os_str(),
+        "--spill-dir".as_ref(),
+        bad.as_os_str(),
+    ]);
+    fails(out, "--spill-dir");
+}

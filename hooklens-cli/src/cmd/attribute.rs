@@ -78,9 +78,25 @@ pub struct Args {
     /// Write the unpruned graph (circuit-tracer's Graph fields) as safetensors.
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_graph: Option<PathBuf>,
+    /// The most memory, in MiB, the graph's edge rows and matrix may take; a larger graph
+    /// is built in temporary files (default: half the available memory).
+    #[arg(long, value_name = "MIB")]
+    pub memory_budget_mb: Option<u64>,
+    /// The folder for those temporary files (default: the system's temporary folder).
+    /// They are unlinked as soon as they are made, so nothing is left behind.
+    #[arg(long, value_name = "DIR")]
+    pub spill_dir: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// The process's peak resident memory in MiB, where Linux reports it.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Loads the transcoders of `spec`: a folder, or a hub repository (`REPO:FOLDER`).
@@ -172,6 +188,15 @@ pub fn run(mut args: Args) -> CliResult<()> {
     if let Some(n) = args.max_feature_nodes {
         opts = opts.max_feature_nodes(n);
     }
+    if let Some(mb) = args.memory_budget_mb {
+        opts = opts.memory_budget(mb.saturating_mul(1 << 20));
+    }
+    if let Some(dir) = &args.spill_dir {
+        if !dir.is_dir() {
+            return Err(CliError(format!("--spill-dir {}: not a folder", dir.display())));
+        }
+        opts = opts.spill_dir(dir);
+    }
     let started = std::time::Instant::now();
     let graph = attribute(&model, &transcoders, &tokens, &opts)?;
     bar.finish_and_clear();
@@ -190,11 +215,22 @@ pub fn run(mut args: Args) -> CliResult<()> {
     }
     let pruned = prune(&graph, args.node_threshold as f32, args.edge_threshold as f32)?;
     let kept_nodes = pruned.node_mask.iter().filter(|&&k| k).count();
-    let kept_edges = pruned.edge_mask.iter().filter(|&&k| k).count();
+    let kept_edges = pruned.edges.len();
     crate::outln!(
         "pruned at {} / {}: {kept_nodes} nodes, {kept_edges} edges kept",
         args.node_threshold,
         args.edge_threshold
+    );
+    let n = graph.n_nodes() as f64;
+    crate::outln!(
+        "adjacency matrix {:.1} MiB, held {}; peak resident memory {}",
+        n * n * 4.0 / (1u64 << 20) as f64,
+        if graph.adjacency.as_slice().is_some() {
+            "in memory"
+        } else {
+            "in temporary files (past the memory budget)"
+        },
+        peak_rss_mib().map_or("unknown".to_string(), |m| format!("{m:.0} MiB"))
     );
     if let Some(path) = &args.save_graph {
         graph.save_safetensors(path)?;

@@ -40,9 +40,15 @@ impl FrozenNorm {
     /// The transpose of the frozen norm's Jacobian applied in place to `g` `[rows, n_pos', d]`
     /// (rows of `n_pos'` positions each).
     fn backward(&self, g: &mut [f32], n_pos: usize, d: usize) {
+        self.backward_from(g, n_pos, d, true)
+    }
+
+    /// [`FrozenNorm::backward`] from the point before the gain when `with_gain` is false
+    /// (an RMSNorm's `hook_normalized`).
+    fn backward_from(&self, g: &mut [f32], n_pos: usize, d: usize, with_gain: bool) {
         g.par_chunks_mut(d).enumerate().for_each(|(i, row)| {
             let inv = 1.0 / self.scale[i % n_pos];
-            if let Some(w) = &self.gain {
+            if let (Some(w), true) = (&self.gain, with_gain) {
                 row.iter_mut().zip(w).for_each(|(v, w)| *v *= w);
             }
             if self.centre {
@@ -120,6 +126,49 @@ impl FrozenAttention {
     }
 }
 
+/// Where in each block the transcoders read, as a hook name after `blocks.L.`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReadPoint {
+    /// `mlp.hook_in`: the MLP's input, ln2's output after its gain.
+    MlpIn,
+    /// `ln2.hook_normalized`: ln2's output (an RMSNorm's before its gain).
+    Ln2Normalized,
+    /// `hook_resid_mid` / `hook_mlp_in`: the residual stream the MLP's norm reads.
+    Residual,
+}
+
+/// Where in each block the transcoders write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WritePoint {
+    /// `mlp.hook_out`: the MLP's output, before a post-MLP norm.
+    MlpOut,
+    /// `hook_mlp_out`: what the block adds to the residual stream.
+    BlockMlpOut,
+}
+
+impl ReadPoint {
+    /// The point of a `feature_input_hook`, if the frozen model can read there.
+    pub(crate) fn parse(hook: &str) -> Option<Self> {
+        match hook {
+            "mlp.hook_in" => Some(ReadPoint::MlpIn),
+            "ln2.hook_normalized" => Some(ReadPoint::Ln2Normalized),
+            "hook_resid_mid" | "hook_mlp_in" => Some(ReadPoint::Residual),
+            _ => None,
+        }
+    }
+}
+
+impl WritePoint {
+    /// The point of a `feature_output_hook`, if the frozen model can write there.
+    pub(crate) fn parse(hook: &str) -> Option<Self> {
+        match hook {
+            "mlp.hook_out" => Some(WritePoint::MlpOut),
+            "hook_mlp_out" => Some(WritePoint::BlockMlpOut),
+            _ => None,
+        }
+    }
+}
+
 /// One block, frozen.
 struct FrozenBlock {
     ln1: FrozenNorm,
@@ -132,6 +181,8 @@ struct FrozenBlock {
 /// The whole frozen model on one prompt.
 pub(crate) struct FrozenModel {
     pub(crate) d_model: usize,
+    read: ReadPoint,
+    write: WritePoint,
     pub(crate) n_pos: usize,
     parallel: bool,
     blocks: Vec<FrozenBlock>,
@@ -175,7 +226,12 @@ pub(crate) fn to_vec(t: &Tensor) -> Result<Vec<f32>> {
 impl FrozenModel {
     /// Freezes `model` at the values `cache` recorded (the points of
     /// [`frozen_point_names`]) on a prompt of `n_pos` positions.
-    pub(crate) fn new(model: &HookedTransformer, cache: &ActivationCache, n_pos: usize) -> Result<Self> {
+    pub(crate) fn new(
+        model: &HookedTransformer,
+        cache: &ActivationCache,
+        n_pos: usize,
+        (read, write): (ReadPoint, WritePoint),
+    ) -> Result<Self> {
         let d = model.cfg().d_model;
         let mut blocks = Vec::with_capacity(model.blocks.len());
         for (l, b) in model.blocks.iter().enumerate() {
@@ -206,6 +262,8 @@ impl FrozenModel {
         }
         Ok(FrozenModel {
             d_model: d,
+            read,
+            write,
             n_pos,
             parallel: model.cfg().parallel_attn_mlp,
             blocks,
@@ -256,7 +314,7 @@ impl FrozenModel {
             let block = &self.blocks[l];
             // The gradient at the MLP's output: through the frozen post-MLP norm.
             let mut g_out = g.clone();
-            if let Some(n) = &block.ln2_post {
+            if let (Some(n), WritePoint::MlpOut) = (&block.ln2_post, self.write) {
                 n.backward(&mut g_out, p, d);
             }
             if l < top || top >= n_layers {
@@ -277,7 +335,11 @@ impl FrozenModel {
                 any = true;
             }
             if any {
-                block.ln2.backward(&mut g_in, p, d);
+                match self.read {
+                    ReadPoint::MlpIn => block.ln2.backward(&mut g_in, p, d),
+                    ReadPoint::Ln2Normalized => block.ln2.backward_from(&mut g_in, p, d, block.ln2.centre),
+                    ReadPoint::Residual => {}
+                }
             }
             let attn_back = |g_at_out: &[f32]| {
                 let mut a = g_at_out.to_vec();

@@ -9,7 +9,7 @@
 use candle_core::{IndexOp, Tensor};
 use hooklens_core::{CacheOptions, Error, HookedModel, NamesFilter, Result};
 
-use super::frozen::{frozen_point_names, to_vec, FrozenModel};
+use super::frozen::{frozen_point_names, to_vec, FrozenModel, ReadPoint, WritePoint};
 use super::transcoders::Transcoders;
 use crate::model::HookedTransformer;
 
@@ -78,6 +78,26 @@ impl ReplacementRun {
     }
 }
 
+/// Where the transcoders read and write, as points the frozen model passes gradients
+/// through; others are an error that lists the ones it knows.
+fn points(transcoders: &Transcoders) -> Result<(ReadPoint, WritePoint)> {
+    let cfg = transcoders.config();
+    let read = ReadPoint::parse(&cfg.feature_input_hook).ok_or_else(|| {
+        Error::invalid(format!(
+            "transcoders reading at `{}`: attribution reads at mlp.hook_in, ln2.hook_normalized, \
+             hook_resid_mid or hook_mlp_in",
+            cfg.feature_input_hook
+        ))
+    })?;
+    let write = WritePoint::parse(&cfg.feature_output_hook).ok_or_else(|| {
+        Error::invalid(format!(
+            "transcoders writing at `{}`: attribution writes at mlp.hook_out or hook_mlp_out",
+            cfg.feature_output_hook
+        ))
+    })?;
+    Ok((read, write))
+}
+
 /// Checks that `transcoders` fit `model` for attribution.
 pub(crate) fn check_fit(model: &HookedTransformer, transcoders: &Transcoders) -> Result<()> {
     let cfg = model.cfg();
@@ -97,6 +117,7 @@ pub(crate) fn check_fit(model: &HookedTransformer, transcoders: &Transcoders) ->
             cfg.d_model
         )));
     }
+    points(transcoders)?;
     let names: std::collections::HashSet<String> = model.hook_names().into_iter().collect();
     for l in [0, cfg.n_layers - 1] {
         for name in [transcoders.input_hook(l), transcoders.output_hook(l)] {
@@ -157,7 +178,7 @@ pub fn replacement_run(model: &HookedTransformer, transcoders: &Transcoders, tok
             )));
         }
     }
-    let frozen = FrozenModel::new(model, &cache, n_pos)?;
+    let frozen = FrozenModel::new(model, &cache, n_pos, points(transcoders)?)?;
     drop(cache);
 
     // Encode every layer; position 0 is zeroed (circuit-tracer's `zero_positions`).
