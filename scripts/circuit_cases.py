@@ -179,6 +179,10 @@ def patch_clt_skip(ref, record):
         for l in range(tcs.n_layers):
             save_file({f"W_skip_{l}": tcs.W_skip[l].detach().contiguous().clone()},
                       f"transcoders/W_skip_{l}.safetensors")
+        # hooklens's key saying the skip files are there (a hub repo cannot be searched
+        # for optional files); circuit-tracer's yaml loader ignores unknown keys.
+        with open("transcoders/config.yaml", "a") as f:
+            f.write("skip_connection: true\n")
 
     def load_transcoders():
         tcs, conf = real_load()  # circuit-tracer's loader: no W_skip

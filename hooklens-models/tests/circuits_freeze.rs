@@ -2,14 +2,18 @@
 //! `verify_token_and_error_edges` / `verify_feature_edges`), done through the real
 //! model's forward with hooks, on synthetic checkpoints of every family: with every
 //! attention pattern and norm scale replaced by its value on the clean run and every
-//! MLP output (`blocks.L.mlp.hook_out`) replaced by its clean value plus one source
-//! node's vector (a feature's decoder vectors, an error, a token embedding at
-//! `hook_embed`), the change of every selected feature's pre-activation and of every
-//! demeaned target logit must be that source's column of the adjacency matrix. With a
-//! skip connection the skip path stays live, as in circuit-tracer's replacement MLP.
+//! MLP output (at the transcoders' write point: `blocks.L.mlp.hook_out`, or the block's
+//! `hook_mlp_out` after Gemma 2's post-MLP norm) replaced by its clean value plus one
+//! source node's vector (a feature's decoder vectors, an error, a token embedding at
+//! `hook_embed`), the change of every selected feature's pre-activation (read at the
+//! transcoders' read point: `mlp.hook_in`, `ln2.hook_normalized`, `hook_resid_mid` or
+//! `hook_mlp_in`) and of every demeaned target logit must be that source's column of
+//! the adjacency matrix. With a skip connection the skip path stays live, as in
+//! circuit-tracer's replacement MLP: it reads the read point of the same run.
 //!
 //! Random transcoders in circuit-tracer's on-disk format are made for each checkpoint,
-//! scaled to its MLP inputs and outputs as `testdata/circuits/README.md` describes: a
+//! scaled to its activations at the read and write points as
+//! `testdata/circuits/README.md` describes: a
 //! per-layer set (ReLU), the same with skip connections (`W_skip`), and a cross-layer
 //! transcoder (JumpReLU, `W_enc_{i}` / `W_dec_{i}.safetensors`).
 
@@ -136,12 +140,21 @@ fn save(path: &Path, tensors: &[(&str, Vec<f32>, Vec<usize>)]) {
 }
 
 /// Random transcoders of `kind` for inputs `x[l]` and outputs `y[l]` (`[N_POS, d]`
-/// each, the clean `mlp.hook_in` / `mlp.hook_out`), written into `dir` in
-/// circuit-tracer's format. Encoder rows are `N(0,1) / (sqrt(d) * rms(x))`, biases put
+/// each, the clean activations at the read and write points), written into `dir` in
+/// circuit-tracer's format, with `hooks` (read, write) as the config's
+/// `feature_input_hook` / `feature_output_hook`. Encoder rows are `N(0,1) / (sqrt(d) * rms(x))`, biases put
 /// about 15% of the features above their threshold at each position, and every
 /// pre-activation of the prompt is kept clear of the threshold, so that rounding cannot
 /// change which features are active.
-fn make_transcoders(dir: &Path, kind: Kind, d: usize, x: &[Vec<f32>], y: &[Vec<f32>], seed: u64) -> Tc {
+fn make_transcoders(
+    dir: &Path,
+    kind: Kind,
+    hooks: (&str, &str),
+    d: usize,
+    x: &[Vec<f32>],
+    y: &[Vec<f32>],
+    seed: u64,
+) -> Tc {
     let n_layers = x.len();
     let mut rng = SeededRng::new(seed);
     let mut tc = Tc {
@@ -226,7 +239,8 @@ fn make_transcoders(dir: &Path, kind: Kind, d: usize, x: &[Vec<f32>], y: &[Vec<f
     std::fs::write(
         dir.join("config.yaml"),
         format!(
-            "model_kind: {model_kind}\nfeature_input_hook: mlp.hook_in\nfeature_output_hook: mlp.hook_out\nscan: synthetic\n"
+            "model_kind: {model_kind}\nfeature_input_hook: {}\nfeature_output_hook: {}\nscan: synthetic\n",
+            hooks.0, hooks.1
         ),
     )
     .unwrap();
@@ -282,19 +296,23 @@ fn make_transcoders(dir: &Path, kind: Kind, d: usize, x: &[Vec<f32>], y: &[Vec<f
 type Clean = Arc<HashMap<String, Tensor>>;
 
 /// A run of the frozen model: every attention pattern and norm scale and every MLP
-/// output replaced by its clean value, plus `out_delta[l]` `[1, N_POS, d]` at layer
-/// `l`'s `mlp.hook_out`, the skip path's change where the transcoders have one, and
-/// `embed_delta` at `hook_embed`. Returns the MLP inputs per layer `[N_POS, d]` and
-/// the final norm's output at the last position (after its gain) `[d]`, and the logits.
+/// output (at the write point `points.1`) replaced by its clean value, plus
+/// `out_delta[l]` `[1, N_POS, d]` at layer `l`'s write point, the skip path's change
+/// (from the read point `points.0` of this run) where the transcoders have one, and
+/// `embed_delta` at `hook_embed`. Returns the activations at the read point per layer
+/// `[N_POS, d]`, the final norm's output at the last position (after its gain) `[d]`,
+/// and the logits.
 fn frozen_run(
     model: &HookedTransformer,
     tokens: &Tensor,
     clean: &Clean,
+    points: (&str, &str),
     skip: Option<&Vec<Tensor>>,
     out_delta: HashMap<usize, Tensor>,
     embed_delta: Option<Tensor>,
 ) -> Result<(Vec<Vec<f32>>, Vec<f32>, Tensor)> {
     let n_layers = model.cfg().n_layers;
+    let (read, write) = points;
     let frozen = clean.clone();
     let mut hooks = HookSet::new().fwd(
         NamesFilter::predicate(|n| n.ends_with("hook_scale") || n.ends_with("attn.hook_pattern")),
@@ -302,13 +320,15 @@ fn frozen_run(
     );
     let seen: Arc<Mutex<HashMap<usize, Tensor>>> = Arc::default();
     let record = seen.clone();
-    hooks = hooks.fwd("blocks.*.mlp.hook_in", move |x, hp| {
+    hooks = hooks.fwd(format!("blocks.*.{read}"), move |x, hp| {
         record.lock().unwrap().insert(hp.layer()?, x.clone());
         Ok(None)
     });
     let base = clean.clone();
     let skip = skip.cloned();
-    hooks = hooks.fwd("blocks.*.mlp.hook_out", move |_x, hp| {
+    let read_owned = read.to_string();
+    let read_name = move |l: usize| format!("blocks.{l}.{read_owned}");
+    hooks = hooks.fwd(format!("blocks.*.{write}"), move |_x, hp| {
         let l = hp.layer()?;
         let mut out = base[&*hp.name()].clone();
         if let Some(dl) = out_delta.get(&l) {
@@ -316,7 +336,7 @@ fn frozen_run(
         }
         if let Some(s) = &skip {
             let x = seen.lock().unwrap()[&l].clone();
-            let dx = (x - &base[&format!("blocks.{l}.mlp.hook_in")])?;
+            let dx = (x - &base[&read_name(l)])?;
             out = (out + dx.squeeze(0)?.matmul(&s[l])?.unsqueeze(0)?)?;
         }
         Ok(Some(out))
@@ -324,11 +344,12 @@ fn frozen_run(
     if let Some(e) = embed_delta {
         hooks = hooks.fwd("hook_embed", move |x, _hp| Ok(Some((x + &e)?)));
     }
-    let names = NamesFilter::predicate(|n| n.ends_with("mlp.hook_in") || n == "ln_final.hook_normalized");
+    let mut names: Vec<String> = (0..n_layers).map(|l| format!("blocks.{l}.{read}")).collect();
+    names.push("ln_final.hook_normalized".into());
     let (logits, cache) =
         model.run_with_cache_and_hooks(CacheOptions::new().names(names), hooks, |m| m.forward(tokens))?;
     let ins = (0..n_layers)
-        .map(|l| to_vec(&cache[&format!("blocks.{l}.mlp.hook_in")]))
+        .map(|l| to_vec(&cache[&format!("blocks.{l}.{read}")]))
         .collect();
     let mut y = to_vec(&cache["ln_final.hook_normalized"].i((0, N_POS - 1))?);
     // An RMSNorm's `hook_normalized` is before its gain.
@@ -375,11 +396,27 @@ fn target_reads(model: &HookedTransformer, tc: &Tc, graph: &Graph) -> (Vec<Featu
     (feats, logits)
 }
 
+/// The transcoders' read and write points as their config.yaml names them (after
+/// `blocks.L.`).
+const MLP_IN_OUT: (&str, &str) = ("mlp.hook_in", "mlp.hook_out");
+
 struct Case {
     name: &'static str,
     config: String,
     kind: Kind,
     seed: u64,
+    /// `feature_input_hook`, `feature_output_hook`.
+    points: (&'static str, &'static str),
+}
+
+impl Case {
+    /// The case with transcoders reading at `read` and writing at `write`.
+    fn at(self, read: &'static str, write: &'static str) -> Case {
+        Case {
+            points: (read, write),
+            ..self
+        }
+    }
 }
 
 fn cases() -> Vec<Case> {
@@ -388,6 +425,7 @@ fn cases() -> Vec<Case> {
         config,
         kind,
         seed,
+        points: MLP_IN_OUT,
     };
     vec![
         case(
@@ -500,6 +538,66 @@ fn cases() -> Vec<Case> {
             Kind::Set,
             14,
         ),
+        // Other read and write points.
+        case(
+            "llama: ln2.hook_normalized (before the RMS gain) -> mlp.hook_out",
+            variant(
+                "llama",
+                json!({"hidden_size": 48, "head_dim": 8, "num_attention_heads": 6, "num_key_value_heads": 2,
+                       "intermediate_size": 80, "num_hidden_layers": 3}),
+            ),
+            Kind::Set,
+            15,
+        )
+        .at("ln2.hook_normalized", "mlp.hook_out"),
+        case(
+            "qwen3: ln2.hook_normalized -> mlp.hook_out, skip connections",
+            variant(
+                "qwen3",
+                json!({"hidden_size": 48, "head_dim": 16, "num_attention_heads": 4, "num_key_value_heads": 2,
+                       "intermediate_size": 96}),
+            ),
+            Kind::Skip,
+            16,
+        )
+        .at("ln2.hook_normalized", "mlp.hook_out"),
+        case(
+            "gemma2: mlp.hook_in -> hook_mlp_out (after the post-MLP norm)",
+            variant(
+                "gemma2",
+                json!({"sliding_window": 3, "num_hidden_layers": 3, "hidden_size": 48}),
+            ),
+            Kind::Set,
+            17,
+        )
+        .at("mlp.hook_in", "hook_mlp_out"),
+        case(
+            "gemma2: hook_resid_mid -> hook_mlp_out, cross-layer transcoder",
+            variant(
+                "gemma2",
+                json!({"sliding_window": 3, "num_hidden_layers": 3, "hidden_size": 48}),
+            ),
+            Kind::Clt,
+            18,
+        )
+        .at("hook_resid_mid", "hook_mlp_out"),
+        case(
+            "gpt2: ln2.hook_normalized -> hook_mlp_out, skip connections",
+            variant("tiny-gpt2", json!({"n_embd": 32, "n_layer": 2, "n_head": 4})),
+            Kind::Skip,
+            19,
+        )
+        .at("ln2.hook_normalized", "hook_mlp_out"),
+        case(
+            "neox: parallel blocks, hook_mlp_in -> mlp.hook_out",
+            variant(
+                "neox",
+                json!({"hidden_size": 48, "num_attention_heads": 3, "intermediate_size": 96, "num_hidden_layers": 3}),
+            ),
+            Kind::Set,
+            20,
+        )
+        .at("hook_mlp_in", "mlp.hook_out"),
     ]
 }
 
@@ -510,7 +608,12 @@ fn check(case: &Case) -> Result<[f64; 2]> {
     let root = TempDir::new("circuits-freeze");
     let weights = synthetic_checkpoint(&case.config, case.seed)?;
     write_checkpoint(root.join("model"), &case.config, &weights, DType::F32, 1)?;
-    let model = HookedTransformer::from_dir(root.join("model"), &LoadOptions::no_processing())?;
+    let mut model = HookedTransformer::from_dir(root.join("model"), &LoadOptions::no_processing())?;
+    let (read, write) = case.points;
+    if read == "hook_mlp_in" {
+        model.set_use_hook_mlp_in(true);
+    }
+    let model = model;
     let (n_layers, d, vocab) = (model.cfg().n_layers, model.cfg().d_model, model.cfg().d_vocab);
     let ids: Vec<u32> = (0..N_POS)
         .map(|i| ((i as u64 * 7919 + case.seed * 104_729 + 13) % vocab as u64) as u32)
@@ -525,8 +628,16 @@ fn check(case: &Case) -> Result<[f64; 2]> {
             .map(|l| to_vec(&clean[&format!("blocks.{l}.{hook}")]))
             .collect()
     };
-    let (x_clean, y_clean) = (layer_vecs("mlp.hook_in"), layer_vecs("mlp.hook_out"));
-    let tc = make_transcoders(&root.join("tc"), case.kind, d, &x_clean, &y_clean, 1000 + case.seed);
+    let (x_clean, y_clean) = (layer_vecs(read), layer_vecs(write));
+    let tc = make_transcoders(
+        &root.join("tc"),
+        case.kind,
+        case.points,
+        d,
+        &x_clean,
+        &y_clean,
+        1000 + case.seed,
+    );
     let transcoders = Transcoders::from_dir(root.join("tc"))?;
     let run: ReplacementRun = replacement_run(&model, &transcoders, &ids)?;
     let graph = attribute(
@@ -611,12 +722,12 @@ fn check(case: &Case) -> Result<[f64; 2]> {
             .map(|m| Tensor::from_vec(m.clone(), (d, d), &Device::Cpu).unwrap())
             .collect()
     });
-    let (x_base, y_base, logits) = frozen_run(&model, &t, &clean, skip.as_ref(), HashMap::new(), None)?;
+    let (x_base, y_base, logits) = frozen_run(&model, &t, &clean, case.points, skip.as_ref(), HashMap::new(), None)?;
     let diff = (logits - &clean_logits)?.abs()?.max_all()?.to_scalar::<f32>()?;
     let scale = clean_logits.abs()?.max_all()?.to_scalar::<f32>()?;
     assert!(diff <= 1e-6 * scale, "{name}: the frozen run's logits moved by {diff}");
     for l in 0..n_layers {
-        assert_eq!(x_base[l], x_clean[l], "{name}: the frozen run's MLP input {l}");
+        assert_eq!(x_base[l], x_clean[l], "{name}: the frozen run's {read} {l}");
     }
 
     // The sources: features spread over the list, errors, tokens (BOS included).
@@ -719,7 +830,7 @@ fn check(case: &Case) -> Result<[f64; 2]> {
         for (run_i, (k, tol)) in [(1.0, 1e-4), (64.0, 1e-5)].into_iter().enumerate() {
             let outs = outs.iter().map(|(l, v)| Ok((*l, (v * k)?))).collect::<Result<_>>()?;
             let embed = embed.as_ref().map(|e| e * k).transpose()?;
-            let (x, y, _) = frozen_run(&model, &t, &clean, skip.as_ref(), outs, embed)?;
+            let (x, y, _) = frozen_run(&model, &t, &clean, case.points, skip.as_ref(), outs, embed)?;
             let mut got = Vec::with_capacity(rows.len());
             for (l, p, enc) in &feat_reads {
                 let dx: Vec<f32> = (0..d).map(|j| x[*l][p * d + j] - x_clean[*l][p * d + j]).collect();
@@ -761,4 +872,46 @@ fn graph_columns_are_the_frozen_models_response_on_every_family() {
         "largest deviation / column max (vectors as they are, times 64):\n  {}",
         report.join("\n  ")
     );
+}
+
+/// Transcoders reading or writing where the frozen model passes no gradient: an error
+/// that names the point, from `attribute` (and `replacement_run`).
+#[test]
+fn unsupported_read_or_write_points_are_refused_by_name() {
+    let config = variant("tiny-gpt2", json!({"n_embd": 32, "n_layer": 2, "n_head": 4}));
+    let root = TempDir::new("circuits-freeze-points");
+    let weights = synthetic_checkpoint(&config, 21).unwrap();
+    write_checkpoint(root.join("model"), &config, &weights, DType::F32, 1).unwrap();
+    let model = HookedTransformer::from_dir(root.join("model"), &LoadOptions::no_processing()).unwrap();
+    let (n_layers, d) = (model.cfg().n_layers, model.cfg().d_model);
+    let ids: Vec<u32> = (0..N_POS as u32).map(|i| i * 3 + 1).collect();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&t)).unwrap();
+    let layer_vecs = |hook: &str| -> Vec<Vec<f32>> {
+        (0..n_layers)
+            .map(|l| to_vec(&cache[&format!("blocks.{l}.{hook}")]))
+            .collect()
+    };
+    let (x, y) = (layer_vecs("mlp.hook_in"), layer_vecs("mlp.hook_out"));
+    for (i, (hooks, bad)) in [
+        (("attn.hook_z", "mlp.hook_out"), "attn.hook_z"),
+        (("mlp.hook_in", "hook_resid_post"), "hook_resid_post"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = root.join(format!("tc{i}"));
+        make_transcoders(&dir, Kind::Set, hooks, d, &x, &y, 2000 + i as u64);
+        let transcoders = Transcoders::from_dir(&dir).unwrap();
+        let e = attribute(&model, &transcoders, &ids, &AttributionOptions::new())
+            .err()
+            .unwrap_or_else(|| panic!("{hooks:?}: attribute succeeded"))
+            .to_string();
+        assert!(e.contains(bad), "{hooks:?}: {e}");
+        let e = replacement_run(&model, &transcoders, &ids)
+            .err()
+            .unwrap_or_else(|| panic!("{hooks:?}: replacement_run succeeded"))
+            .to_string();
+        assert!(e.contains(bad), "{hooks:?}: {e}");
+    }
 }

@@ -191,7 +191,7 @@ pub(crate) struct FrozenModel {
 
 /// Where the rows of one batch inject their gradient.
 pub(crate) struct Injection<'a> {
-    /// Per row: the layer whose `mlp.hook_in` the row's target reads, or `n_layers` for
+    /// Per row: the layer at whose read point the row's target reads, or `n_layers` for
     /// a target read after the final norm (a logit).
     pub(crate) layer: &'a [usize],
     /// Per row: the position read.
@@ -279,7 +279,7 @@ impl FrozenModel {
     /// One backward sweep for a batch of targets: `inject` says where each row reads;
     /// `skip(l)` is the skip matrix `S` (`skip = x @ S`) of layer `l`'s transcoder, whose
     /// path stays linear. Calls `at_output(l, g)` with the gradient at block `l`'s
-    /// `mlp.hook_out` (`g` `[rows, p, d_model]`, `p` the positions kept) for every layer
+    /// write point (`g` `[rows, p, d_model]`, `p` the positions kept) for every layer
     /// below the highest target, top down, and returns the gradient at `hook_embed`
     /// `[rows, p, d_model]` with `p`.
     pub(crate) fn backward<'s>(

@@ -36,6 +36,10 @@ pub struct TranscoderConfig {
     pub transcoders: Vec<String>,
     /// `k` of a TopK activation (`top_k` or `k`), when the transcoders use one.
     pub top_k: Option<usize>,
+    /// `skip_connection: true` says a cross-layer transcoder has `W_skip_{i}.safetensors`
+    /// files (hooklens's extension: circuit-tracer 0.5.0 stores no CLT skip), so that a hub
+    /// repository's are fetched; in a folder they are found without it.
+    pub skip_connection: bool,
 }
 
 /// Longest `config.yaml` read: the real ones are a few hundred bytes.
@@ -156,7 +160,13 @@ impl TranscoderConfig {
             ),
             None => None,
         };
+        let skip_connection = match get("skip_connection").as_deref() {
+            None | Some("false") | Some("False") => false,
+            Some("true") | Some("True") => true,
+            Some(other) => return Err(format!("`skip_connection` is `{other}`, expected true or false")),
+        };
         Ok(TranscoderConfig {
+            skip_connection,
             kind,
             feature_input_hook: hook("feature_input_hook")?,
             feature_output_hook: hook("feature_output_hook")?,

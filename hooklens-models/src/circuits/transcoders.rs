@@ -143,6 +143,14 @@ impl Transcoders {
                     let skip = dir.join(format!("W_skip_{i}.safetensors"));
                     if skip.is_file() {
                         g.push(skip);
+                    } else if cfg.skip_connection {
+                        return Err(Error::io(
+                            &skip,
+                            std::io::Error::new(
+                                std::io::ErrorKind::NotFound,
+                                "config.yaml says skip_connection: true, and this layer's skip file is missing",
+                            ),
+                        ));
                     }
                 }
                 groups
@@ -195,10 +203,16 @@ impl Transcoders {
                 .collect(),
             TranscoderKind::CrossLayer => (0..n_layers)
                 .map(|i| {
-                    vec![
+                    let mut files = vec![
                         in_repo(&format!("W_enc_{i}.safetensors")),
                         in_repo(&format!("W_dec_{i}.safetensors")),
-                    ]
+                    ];
+                    // A hub repository cannot be searched for optional files without
+                    // listing it: its config says whether the skip files are there.
+                    if cfg.skip_connection {
+                        files.push(in_repo(&format!("W_skip_{i}.safetensors")));
+                    }
+                    files
                 })
                 .collect(),
         };
@@ -439,6 +453,7 @@ impl Transcoders {
                 model_name,
                 transcoders: Vec::new(),
                 top_k,
+                skip_connection: false,
             },
             d_model,
             d_transcoder,
