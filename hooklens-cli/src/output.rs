@@ -1,5 +1,7 @@
 //! What an output path may be: a regular file to replace or a new name, never a device,
-//! a FIFO or a directory, and never one of the run's own inputs.
+//! a FIFO or a directory, and never one of the run's own inputs; and what an input file
+//! read whole must be: a regular file (a FIFO would hang the read, a device would be
+//! read until memory runs out).
 //!
 //! Files are written by renaming a temporary file over the path, which replaces
 //! whatever directory entry is there: `/dev/null` would become a regular file, and an
@@ -67,7 +69,20 @@ pub fn check_output_file(flag: &str, path: &Path, inputs: &[PathBuf]) -> CliResu
                 kind(&meta)
             )));
         }
-        _ => {}
+        Ok(_) => {}
+        Err(_) => {
+            // A new path is a file's name, not a directory's (`dir/`), or the run would
+            // fail only at its end, with its work lost.
+            if path
+                .as_os_str()
+                .to_string_lossy()
+                .ends_with(['/', std::path::MAIN_SEPARATOR])
+            {
+                return Err(CliError(format!(
+                    "{flag} {shown} ends with a separator, a directory's name: name a file to write"
+                )));
+            }
+        }
     }
     if let Some(id) = identity(path) {
         for input in inputs {
@@ -82,6 +97,20 @@ pub fn check_output_file(flag: &str, path: &Path, inputs: &[PathBuf]) -> CliResu
     Ok(())
 }
 
+/// Checks that the directory the output file `path` (given with `flag`) goes into is
+/// there, so that a run does not fail only at its end, when it writes.
+pub fn check_output_parent(flag: &str, path: &Path) -> CliResult<()> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    match parent.filter(|p| !p.is_dir()) {
+        Some(parent) => Err(CliError(format!(
+            "{flag} {}: {} is not a directory that is there; create it or name another file",
+            path.display(),
+            parent.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Checks the output directory `path` (given with `flag`): new, or a directory.
 pub fn check_output_dir(flag: &str, path: &Path) -> CliResult<()> {
     match std::fs::metadata(path) {
@@ -91,5 +120,30 @@ pub fn check_output_dir(flag: &str, path: &Path) -> CliResult<()> {
             if meta.is_file() { "a file" } else { kind(&meta) }
         ))),
         _ => Ok(()),
+    }
+}
+
+/// The most a JSON configuration file (an SAE's `cfg.json`) may hold: real ones are a
+/// few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Checks the input file `path` (given with `flag`) before it is opened: a regular
+/// file (a link is followed to see which), of at most `max_bytes` where given. Returns
+/// its length.
+pub fn check_input_file(flag: &str, path: &Path, max_bytes: Option<u64>) -> CliResult<u64> {
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| CliError(format!("{flag} {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(CliError(format!(
+            "{flag} {shown} is {}: expected a regular file",
+            kind(&meta)
+        )));
+    }
+    match max_bytes {
+        Some(max) if meta.len() > max => Err(CliError(format!(
+            "{flag} {shown} is {} bytes, more than the {max} a configuration file may hold",
+            meta.len()
+        ))),
+        _ => Ok(meta.len()),
     }
 }

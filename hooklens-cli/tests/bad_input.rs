@@ -622,3 +622,154 @@ fn models_that_are_not_what_they_say() {
     assert!(err.contains("cache fewer hook points (--names)"), "{err}");
     assert!(!tmp.path("c.safetensors").exists());
 }
+
+/// Runs `hooklens` with `args`, killed after `secs` seconds: `None` when it had to be
+/// (it hung, or read on and on).
+fn within(args: &[String], secs: u64) -> Option<Output> {
+    use std::process::Stdio;
+    let mut child = offline_command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// A safetensors file of `tensors` (name, dtype name, shape, bytes), written by hand so
+/// that it may hold dtypes candle does not read.
+fn raw_safetensors(path: &std::path::Path, tensors: &[(&str, &str, &[usize], Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    std::fs::write(path, file).unwrap();
+}
+
+/// `run` of the tiny model on the tokens file `tokens`.
+fn run_with(tokens: &str) -> Vec<String> {
+    let m = tiny_model().to_string_lossy().into_owned();
+    ["run", "--model", &m, "--tokens", tokens]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// Issue 27, point 11: `--tokens` is a regular file, checked before it is opened (a
+/// FIFO hung, /dev/zero was read until memory ran out).
+#[test]
+fn tokens_file_must_be_a_regular_file() {
+    let tmp = TempDir::new("tokens-kinds");
+    let fifo = tmp.path("fifo.safetensors");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // The FIFO first: before the fix it hangs, and is killed here.
+    for (tokens, needle) in [
+        (fifo.to_string_lossy().into_owned(), "is a FIFO"),
+        ("/dev/zero".into(), "is a device"),
+    ] {
+        let out =
+            within(&run_with(&tokens), 30).unwrap_or_else(|| panic!("--tokens {tokens}: still running after 30 s"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--tokens {tokens}")) && err.contains(needle),
+            "{err}"
+        );
+    }
+}
+
+/// Issue 27, point 16: only the `tokens` tensor of a `--tokens` file is read (every
+/// tensor was, so one that candle cannot read failed the run).
+#[test]
+fn only_the_tokens_tensor_of_a_tokens_file_is_read() {
+    let tmp = TempDir::new("tokens-only");
+    // `tokens` beside a tensor of a dtype candle has no type for (BOOL): only
+    // `tokens` is read, so the run works.
+    let ids: Vec<u8> = [1i64, 2, 3, 4].iter().flat_map(|i| i.to_le_bytes()).collect();
+    let mixed = tmp.path("mixed.safetensors");
+    raw_safetensors(
+        &mixed,
+        &[
+            ("mask", "BOOL", &[1, 4], vec![1u8; 4]),
+            ("tokens", "I64", &[1, 4], ids.clone()),
+        ],
+    );
+    let out = hooklens(&run_with(&mixed.to_string_lossy()));
+    ok_stdout(out);
+    // A `tokens` entry that does not fit the file, or whose bytes do not match its
+    // shape, is an error naming the flag.
+    let short = tmp.path("short.safetensors");
+    raw_safetensors(&short, &[("tokens", "I64", &[1, 4], ids.clone())]);
+    let len = std::fs::metadata(&short).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&short)
+        .unwrap()
+        .set_len(len - 8)
+        .unwrap();
+    let bad = tmp.path("lies.safetensors");
+    raw_safetensors(&bad, &[("tokens", "I64", &[1, 4], ids[..24].to_vec())]);
+    for f in [short, bad] {
+        let out = hooklens(&run_with(&f.to_string_lossy()));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("--tokens") && err.contains("`tokens`"), "{err}");
+    }
+}
+
+/// Issue 27: a shard that is a FIFO or a device is reported as what it is, not as
+/// "no such file".
+#[test]
+fn a_fifo_or_device_shard_is_named_as_such() {
+    let tmp = TempDir::new("shard-kinds");
+    for (name, needle) in [("fifo", "a FIFO"), ("device", "a device")] {
+        let dir = tmp.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(tiny_model().join("config.json"), dir.join("config.json")).unwrap();
+        let shard = dir.join("model-00001-of-00001.safetensors");
+        if name == "fifo" {
+            assert!(std::process::Command::new("mkfifo")
+                .arg(&shard)
+                .status()
+                .unwrap()
+                .success());
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &shard).unwrap();
+        }
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            r#"{"weight_map": {"wte.weight": "model-00001-of-00001.safetensors"}}"#,
+        )
+        .unwrap();
+        let args = vec!["hooks".to_string(), "--model".into(), dir.display().to_string()];
+        let out = within(&args, 30).unwrap_or_else(|| panic!("{name} shard: still running after 30 s"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("model-00001-of-00001.safetensors") && err.contains(needle) && !err.contains("no such file"),
+            "{err}"
+        );
+    }
+}

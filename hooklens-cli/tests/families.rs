@@ -222,3 +222,44 @@ fn token_files_need_no_tokenizer() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.contains("loss:") && out.contains("no tokenizer"), "{out}");
 }
+
+/// Issue 27 (regression): `generate --tokens` on a checkpoint without tokenizer.json
+/// takes ids in and gives ids out: it prints the ids instead of failing for want of a
+/// tokenizer it does not need.
+#[test]
+fn generate_from_token_ids_needs_no_tokenizer() {
+    let tmp = TempDir::new("families-generate-ids");
+    let model = root().join("testdata/llama/model");
+    assert!(!model.join("tokenizer.json").exists());
+    let tokens = root().join("testdata/llama/tokens.safetensors");
+    let out = tmp.path("gen.safetensors");
+    let o = offline_command(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--max-new-tokens",
+        "3",
+        "--greedy",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written = load(&out);
+    let rows = written["tokens"]
+        .to_dtype(candle_core::DType::I64)
+        .unwrap()
+        .to_vec2::<i64>()
+        .unwrap();
+    // Each row's ids, printed as numbers, one row per block.
+    let blocks: Vec<&str> = stdout.trim_end().split("\n---\n").collect();
+    assert_eq!(blocks.len(), rows.len(), "{stdout}");
+    for (block, row) in blocks.iter().zip(&rows) {
+        let last = row.last().unwrap().to_string();
+        assert!(block.contains(&last), "{block:?} lacks the id {last}: {stdout}");
+    }
+}

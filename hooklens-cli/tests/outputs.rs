@@ -235,3 +235,83 @@ fn written_files_follow_the_umask() {
         }
     }
 }
+
+/// Issue 27, point 7: `features --out` goes through the same guard as every other
+/// output, before the model runs (nothing is printed): never the checkpoint, the
+/// tokenizer, the tokens file, an SAE file, a FIFO or a directory.
+#[test]
+fn features_out_is_checked_before_the_model_runs() {
+    let tmp = TempDir::new("out-features");
+    let model = model_copy(&tmp);
+    let tokens = tmp.path("tokens.safetensors");
+    std::fs::copy(tiny_tokens(), &tokens).unwrap();
+    let sae = tmp.path("sae");
+    std::fs::create_dir_all(&sae).unwrap();
+    for f in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(root().join("testdata/saes/saes/standard").join(f), sae.join(f)).unwrap();
+    }
+    let fifo = tmp.path("fifo");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let features_to = |out: &Path| {
+        hooklens(&[
+            "features",
+            "--no-processing",
+            "--model",
+            model.to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--sae",
+            sae.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let snapshot = || {
+        [
+            model.join("model.safetensors"),
+            model.join("tokenizer.json"),
+            model.join("config.json"),
+            tokens.clone(),
+            sae.join("cfg.json"),
+            sae.join("sae_weights.safetensors"),
+        ]
+        .map(|p| std::fs::read(p).unwrap())
+    };
+    let before = snapshot();
+    let dir = tmp.path("pages");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (model.join("model.safetensors"), "writing it would destroy the input"),
+        (model.join("tokenizer.json"), "writing it would destroy the input"),
+        (tokens.clone(), "writing it would destroy the input"),
+        (sae.join("cfg.json"), "writing it would destroy the input"),
+        (
+            sae.join("sae_weights.safetensors"),
+            "writing it would destroy the input",
+        ),
+        (fifo.clone(), "is a FIFO"),
+        (dir.clone(), "is a directory"),
+        (PathBuf::from(format!("{}/", dir.display())), "is a directory"),
+        (tmp.path("new-dir/"), "--out"),
+        (tmp.path("no/such/dir/page.html"), "no/such/dir"),
+    ];
+    for (out, needle) in &cases {
+        let o = features_to(out);
+        assert!(
+            o.stdout.is_empty(),
+            "{out:?}: the model ran: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        fails(o, needle);
+    }
+    assert!(before == snapshot(), "an input was touched");
+    assert!(!tmp.path("new-dir").exists());
+    // A new file is written.
+    let page = tmp.path("page.html");
+    ok_stderr(features_to(&page));
+    assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
+}

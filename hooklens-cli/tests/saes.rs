@@ -369,3 +369,139 @@ fn cache_out_onto_an_sae_file_is_refused() {
     assert!(err.contains("sae_weights.safetensors"), "{err}");
     assert_eq!(std::fs::read(&weights).unwrap(), before, "the SAE is untouched");
 }
+
+/// Runs `hooklens` with `args`, killed after `secs` seconds: `None` when it had to be.
+fn within(args: &[String], secs: u64) -> Option<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = offline_command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// Issue 27, point 11: an SAE folder's files are regular files checked before they are
+/// read (a FIFO cfg.json hung, a device was read until memory ran out, a FIFO weights
+/// file was "no such file"), and cfg.json has a config's size.
+#[test]
+fn sae_files_must_be_regular_and_a_url_is_refused() {
+    let tmp = TempDir::new("sae-kinds");
+    let base = || {
+        let mut a = args(&["cache", "--no-processing", "--model"]);
+        a.push(tiny_model().display().to_string());
+        a.extend([
+            "--tokens".to_string(),
+            tiny_tokens().display().to_string(),
+            "--out".into(),
+            tmp.s("x.safetensors"),
+        ]);
+        a
+    };
+    let standard = saes_root().join("saes/standard");
+    // A folder with the standard SAE's files, `special` made by `make` in place of one.
+    let folder = |name: &str, special: &str, make: &dyn Fn(&Path)| {
+        let dir = tmp.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["cfg.json", "sae_weights.safetensors"] {
+            if f != special {
+                std::fs::copy(standard.join(f), dir.join(f)).unwrap();
+            }
+        }
+        make(&dir.join(special));
+        dir
+    };
+    let mkfifo = |p: &Path| {
+        assert!(std::process::Command::new("mkfifo").arg(p).status().unwrap().success());
+    };
+    let zero = |p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+    let huge = |p: &Path| {
+        std::fs::File::create(p).unwrap().set_len(100 << 20).unwrap();
+    };
+    // The FIFO first: before the fix it hangs, and is killed here.
+    let cases: Vec<(PathBuf, &str, &str)> = vec![
+        (folder("fifo-cfg", "cfg.json", &mkfifo), "cfg.json", "is a FIFO"),
+        (
+            folder("fifo-weights", "sae_weights.safetensors", &mkfifo),
+            "sae_weights.safetensors",
+            "is a FIFO",
+        ),
+        (folder("zero-cfg", "cfg.json", &zero), "cfg.json", "is a device"),
+        (folder("huge-cfg", "cfg.json", &huge), "cfg.json", "more than the"),
+    ];
+    for (dir, file, needle) in &cases {
+        let a = [base(), vec!["--sae".into(), dir.display().to_string()]].concat();
+        let o = within(&a, 30).unwrap_or_else(|| panic!("--sae {}: still running after 30 s", dir.display()));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        let path = dir.join(file).display().to_string();
+        assert!(err.contains(&format!("--sae {path}")) && err.contains(needle), "{err}");
+    }
+    assert!(!tmp.path("x.safetensors").exists(), "nothing written");
+}
+
+/// Issue 27: `--sae https://...` was read as the repository `https`; a URL is a clear
+/// error saying what to give instead.
+#[test]
+fn an_sae_url_is_a_clear_error() {
+    let tmp = TempDir::new("sae-url");
+    let mut base = args(&["cache", "--no-processing", "--model"]);
+    base.push(tiny_model().display().to_string());
+    base.extend([
+        "--tokens".to_string(),
+        tiny_tokens().display().to_string(),
+        "--out".into(),
+        tmp.s("x.safetensors"),
+    ]);
+    let url = "https://huggingface.co/jbloom/GPT2-Small-SAEs-Reformatted";
+    let err = hooklens_err(&[base, args(&["--sae", url])].concat());
+    assert!(
+        err.contains(&format!("--sae {url}")) && err.contains("URL") && err.contains("REPO_ID:FOLDER"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("repository `https`") && !err.contains("HF_HUB_OFFLINE"),
+        "{err}"
+    );
+    assert!(!tmp.path("x.safetensors").exists(), "nothing written");
+}
+
+/// Issue 27, point 17: `--sae-top-k` above the SAE's d_sae (256 here) is refused before
+/// anything runs, however large (2^62 and 2^64-1 panicked, 2^40 aborted, 257 was
+/// padded silently).
+#[test]
+fn harvest_sae_top_k_above_d_sae_is_refused() {
+    let tmp = TempDir::new("sae-top-k");
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(&corpus, "the cat sat on the mat\n".repeat(4)).unwrap();
+    let sae_dir = saes_root().join("saes/standard");
+    for k in ["257", "1099511627776", "4611686018427387904", "18446744073709551615"] {
+        let mut a = args(&["harvest", "--no-processing", "--model"]);
+        a.push(tiny_model().display().to_string());
+        a.extend(["--input".to_string(), corpus.display().to_string()]);
+        a.extend(["--out".to_string(), tmp.s(&format!("acts-{k}"))]);
+        a.extend(["--sae".to_string(), sae_dir.display().to_string()]);
+        a.extend(args(&["--sae-top-k", k, "--context-size", "6", "--quiet"]));
+        a.extend(args(&["--names", "blocks.0.hook_resid_pre.hook_sae_acts_post"]));
+        let o = offline_command(&a).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "--sae-top-k {k}: {err}");
+        assert!(
+            err.contains(&format!("--sae-top-k {k}")) && err.contains("256") && err.contains("d_sae"),
+            "{err}"
+        );
+        assert!(
+            std::fs::read_dir(tmp.path(&format!("acts-{k}"))).map_or(true, |mut d| d.next().is_none()),
+            "--sae-top-k {k}: something was written"
+        );
+    }
+}

@@ -220,30 +220,12 @@ impl Input {
 }
 
 /// Reads the integer tensor `tokens` `[batch, pos]` (or `[pos]`) of a safetensors file
-/// as u32, every id checked against `d_vocab`.
+/// as u32, every id checked against `d_vocab`. The file must be a regular file, and only
+/// its header and the `tokens` tensor are read, whatever else it holds.
 pub fn read_tokens(path: &Path, d_vocab: usize, device: &Device) -> CliResult<Tensor> {
     let shown = path.display();
-    let mut tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        let reason = match hooklens::Error::from(e) {
-            hooklens::Error::Candle(candle_core::Error::Io(io)) => io.to_string(),
-            other => other.to_string(),
-        };
-        CliError(format!("--tokens {shown}: cannot read it as safetensors: {reason}"))
-    })?;
-    let t = tensors.remove("tokens").ok_or_else(|| {
-        let mut names: Vec<_> = tensors.keys().cloned().collect();
-        names.sort();
-        let more = names.len().saturating_sub(5);
-        names.truncate(5);
-        let more = if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        };
-        CliError(format!(
-            "--tokens {shown}: no tensor named `tokens` (it has {names:?}{more})"
-        ))
-    })?;
+    crate::output::check_input_file("--tokens", path, None)?;
+    let t = read_tokens_tensor(path)?;
     if !matches!(t.dtype(), DType::U8 | DType::U32 | DType::I16 | DType::I32 | DType::I64) {
         return Err(CliError(format!(
             "--tokens {shown}: `tokens` is {:?}, expected an integer tensor",
@@ -277,6 +259,94 @@ pub fn read_tokens(path: &Path, d_vocab: usize, device: &Device) -> CliResult<Te
     }
     let ids: Vec<u32> = ids.into_iter().map(|id| id as u32).collect();
     Ok(Tensor::from_vec(ids, (b, p), device)?)
+}
+
+/// safetensors' own bound on the header (100 MB): a longer one is a corrupt length.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// The tensor `tokens` of the safetensors file `path`, read alone: the header, then
+/// that tensor's bytes. Errors name `--tokens` and the file.
+fn read_tokens_tensor(path: &Path) -> CliResult<Tensor> {
+    use std::io::{Read, Seek, SeekFrom};
+    let shown = path.display();
+    let cant = |reason: String| CliError(format!("--tokens {shown}: cannot read it as safetensors: {reason}"));
+    let mut file = std::fs::File::open(path).map_err(|e| cant(e.to_string()))?;
+    let file_len = file.metadata().map_err(|e| cant(e.to_string()))?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .map_err(|_| cant(format!("{file_len} bytes, too short for the header length")))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER_BYTES || header_len > file_len - 8 {
+        return Err(cant(format!(
+            "header length {header_len} does not fit a file of {file_len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| cant(e.to_string()))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| cant(format!("header is not JSON: {e}")))?;
+    let Some(entry) = header.get("tokens") else {
+        let mut names: Vec<_> = header.keys().filter(|k| *k != "__metadata__").cloned().collect();
+        names.sort();
+        let more = names.len().saturating_sub(5);
+        names.truncate(5);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(CliError(format!(
+            "--tokens {shown}: no tensor named `tokens` (it has {names:?}{more})"
+        )));
+    };
+    let bad = |reason: &str| CliError(format!("--tokens {shown}: `tokens` {reason}"));
+    let dtype_name = entry
+        .get("dtype")
+        .and_then(|d| d.as_str())
+        .ok_or_else(|| bad("has no dtype in the header"))?;
+    let dtype = match dtype_name {
+        "U8" => DType::U8,
+        "U32" => DType::U32,
+        "I16" => DType::I16,
+        "I32" => DType::I32,
+        "I64" => DType::I64,
+        other => {
+            return Err(CliError(format!(
+                "--tokens {shown}: `tokens` is {other}, expected an integer tensor"
+            )))
+        }
+    };
+    let shape: Vec<usize> = entry
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .and_then(|s| {
+            s.iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect()
+        })
+        .ok_or_else(|| bad("has no shape of whole numbers in the header"))?;
+    let (start, end) = entry
+        .get("data_offsets")
+        .and_then(|o| o.as_array())
+        .and_then(|o| match o.as_slice() {
+            [a, b] => Some((a.as_u64()?, b.as_u64()?)),
+            _ => None,
+        })
+        .ok_or_else(|| bad("has no data_offsets [start, end] in the header"))?;
+    let data_start = 8 + header_len;
+    let bytes = shape
+        .iter()
+        .try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64));
+    if end < start || bytes != Some(end - start) || data_start.checked_add(end).is_none_or(|e| e > file_len) {
+        return Err(bad(&format!(
+            "has offsets {start}..{end}, which do not hold {dtype_name} {shape:?} in a file of {file_len} bytes"
+        )));
+    }
+    let mut data = vec![0u8; (end - start) as usize];
+    file.seek(SeekFrom::Start(data_start + start))
+        .and_then(|_| file.read_exact(&mut data))
+        .map_err(|e| cant(e.to_string()))?;
+    Ok(Tensor::from_raw_buffer(&data, dtype, &shape, &Device::Cpu)?)
 }
 
 /// Writes `tensors` to `path` as safetensors, atomically (temporary file and rename).
@@ -324,7 +394,8 @@ pub fn check_out(path: &Path, model: &ModelArgs, input: Option<&InputArgs>, stdo
     }
     let mut inputs = model.files()?;
     inputs.extend(input.map(InputArgs::files).unwrap_or_default());
-    crate::output::check_output_file("--out", path, &inputs)
+    crate::output::check_output_file("--out", path, &inputs)?;
+    crate::output::check_output_parent("--out", path)
 }
 
 /// Whether every value of `t` is finite (integer tensors always are).

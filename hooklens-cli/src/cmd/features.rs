@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use hooklens_models::gpt2::PaddingSide;
 use hooklens_models::viz::{feature_activations, features_html};
 
-use super::common::{write_text_file, InputArgs, ModelArgs};
+use super::common::{check_out, write_text_file, InputArgs, ModelArgs};
 use crate::error::CliResult;
 
 /// Show the most active features of an SAE at each token of a prompt.
@@ -45,6 +45,14 @@ pub fn run(args: Args) -> CliResult<()> {
         saes: vec![args.sae.clone()],
         sae_error_term: true,
     };
+    // The page is checked before anything runs, as every output is: none of the
+    // model's, the input's or the SAE's files, no FIFO, device or directory.
+    if let Some(out) = &args.out {
+        check_out(out, &args.model, Some(&args.input), true)?;
+        if out.as_os_str() != "-" {
+            crate::output::check_output_file("--out", out, &sae_args.files())?;
+        }
+    }
     let sae = sae_args.load(model.device())?.remove(0);
     let input = args.input.read(&model, PaddingSide::Right)?;
     let tokens = input.row(args.row)?;

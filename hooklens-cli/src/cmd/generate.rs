@@ -11,7 +11,8 @@ use crate::error::{CliError, CliResult};
 /// Continue a prompt and print the text.
 ///
 /// The text includes the prompt (without the BOS put before it) and ends before the
-/// first generated end-of-text token (--ignore-eos to go on).
+/// first generated end-of-text token (--ignore-eos to go on). A model without a
+/// tokenizer prints the token ids instead (space-separated), with --tokens as input.
 ///
 /// Sampling at temperature 1 by default, as TransformerLens's `generate`; --greedy takes
 /// the most likely token each step. Several prompts are left-padded into one batch and
@@ -92,7 +93,12 @@ pub fn run(args: Args) -> CliResult<()> {
     // A finished sequence is filled with EOS up to the batch's length: show the text
     // up to its first generated EOS (the --out file keeps every token).
     let eos = model.cfg().eos_token_id.filter(|_| !args.ignore_eos);
-    let tokenizer = model.tokenizer()?;
+    // Token ids in (--tokens) need no tokenizer: without one the ids are printed.
+    let tokenizer = match model.tokenizer() {
+        Ok(t) => Some(t),
+        Err(_) if args.input.tokens.is_some() => None,
+        Err(e) => return Err(e.into()),
+    };
     for (i, (row, pad)) in rows.iter().zip(pads).enumerate() {
         if i > 0 {
             crate::outln!("---");
@@ -101,6 +107,11 @@ pub fn run(args: Args) -> CliResult<()> {
             .and_then(|eos| row.iter().skip(prompt_len).position(|&t| t == eos))
             .map_or(row.len(), |n| prompt_len + n);
         let ids = row.get(pad + skip_bos..end).unwrap_or_default();
+        let Some(tokenizer) = tokenizer else {
+            let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+            crate::outln!("{}", ids.join(" "));
+            continue;
+        };
         let text = tokenizer
             .decode(ids)
             .map_err(|e| CliError(format!("cannot show the generated tokens as text: {e}")))?;

@@ -51,11 +51,24 @@ impl SaeArgs {
     }
 }
 
-/// One `--sae` value: a directory, else `REPO_ID:FOLDER`.
+/// One `--sae` value: a directory, else `REPO_ID:FOLDER`. A folder's files are checked
+/// before they are read: regular files (a FIFO would hang the read, a device would be
+/// read until memory runs out), and a `cfg.json` of a config's size.
 fn load_one(spec: &str, device: &candle_core::Device) -> CliResult<Sae> {
+    use hooklens_models::sae::{SAE_CFG_FILE, SAE_WEIGHTS_FILE};
     let path = Path::new(spec);
     if path.is_dir() {
-        return Ok(Sae::from_dir(path, device)?);
+        let cfg = path.join(SAE_CFG_FILE);
+        let weights = path.join(SAE_WEIGHTS_FILE);
+        crate::output::check_input_file("--sae", &cfg, Some(crate::output::MAX_CONFIG_BYTES))?;
+        crate::output::check_input_file("--sae", &weights, None)?;
+        return Ok(Sae::from_files(&cfg, &weights, device)?);
+    }
+    if let Some((scheme, _)) = spec.split_once("://") {
+        return Err(CliError(format!(
+            "--sae {spec}: a {scheme}:// URL is not read: give a folder (cfg.json and sae_weights.safetensors) \
+             or REPO_ID:FOLDER on the Hugging Face hub (e.g. jbloom/GPT2-Small-SAEs-Reformatted:blocks.0.hook_resid_pre)"
+        )));
     }
     match spec.split_once(':') {
         Some((repo, folder)) if !repo.is_empty() && !spec.starts_with(['.', '/', '~']) => {

@@ -59,6 +59,29 @@ pub(crate) struct SafetensorsFile {
     dtype: DType,
 }
 
+/// What kind of thing `meta` is, for an error: a FIFO, a device, a directory, ...
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a directory"
+    } else {
+        "something else"
+    }
+}
+
 /// safetensors' own bound on the header (100 MB): a longer one is a corrupt length.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
@@ -66,11 +89,23 @@ impl SafetensorsFile {
     /// Opens `path` and reads its header; a truncated or malformed file fails here
     /// (the header's tensors must tile the data exactly, as safetensors checks).
     pub(crate) fn open(path: &Path, device: &Device, dtype: DType) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
+        // Checked before opening: a FIFO would hang the open, a device would be read
+        // on and on; each is named as what it is, not as missing.
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(meta) => {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("{}, not a regular file", file_kind(&meta)),
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::io(path, std::io::Error::new(e.kind(), "no such file")))
+            }
+            Err(e) => return Err(Error::io(path, e)),
         }
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let bad = |reason: String| Error::BadFile {

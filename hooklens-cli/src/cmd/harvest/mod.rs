@@ -81,7 +81,7 @@ pub struct Args {
     #[command(flatten)]
     pub saes: SaeArgs,
     /// With --sae: how many of each token's most active features are stored per
-    /// harvested `hook_sae_acts_post`.
+    /// harvested `hook_sae_acts_post` (at most the smallest SAE's d_sae).
     #[arg(long, value_name = "K", default_value_t = 64, allow_negative_numbers = true)]
     pub sae_top_k: usize,
     /// The corpus: text lines, or JSON lines with a text field.
@@ -212,7 +212,22 @@ pub fn run(args: Args) -> CliResult<()> {
         return Err(CliError::msg("--sae-top-k must be at least 1"));
     }
     let model = args.model.load()?;
-    let splices = args.saes.set(model.device())?.hooks()?;
+    let saes = args.saes.load(model.device())?;
+    // More than an SAE has would be padded (and a huge K overflows or aborts): refused
+    // before anything runs.
+    if let Some(small) = saes.iter().min_by_key(|s| s.cfg().d_sae) {
+        let d_sae = small.cfg().d_sae;
+        if args.sae_top_k > d_sae {
+            return Err(CliError(format!(
+                "--sae-top-k {}: more than the {d_sae} features of the SAE at {} (d_sae); give at most {d_sae}",
+                args.sae_top_k,
+                small.cfg().hook_name
+            )));
+        }
+    }
+    let splices = hooklens_models::sae::SaeSet::from(&saes)
+        .use_error_term(args.saes.sae_error_term)
+        .hooks()?;
     let model_files = args.model.files()?;
     let n_ctx = model.cfg().n_ctx;
     let ctx = args.context_size.unwrap_or(n_ctx);
