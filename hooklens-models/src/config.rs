@@ -168,9 +168,18 @@ pub struct TransformerConfig {
     #[serde(default)]
     pub window_size: Option<usize>,
     /// `W_U` is `W_E` transposed (`tie_word_embeddings`). GPT-2 checkpoints are tied
-    /// when they hold no `lm_head.weight`, whatever this says.
+    /// when they hold no `lm_head.weight`, whatever this says; a tied config whose
+    /// checkpoint holds an `lm_head` that differs from the embedding loads untied, as in
+    /// Hugging Face (transformers 5).
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Whether the attention projections have biases, as the Hugging Face class builds
+    /// them (`attention_bias`; Qwen 2 always has q/k/v biases, Mistral and Phi-3 never).
+    /// `Some(false)`: bias tensors in a checkpoint are not read (so a load reports them
+    /// unused, as Hugging Face warns of them); `Some(true)`: they must be there; `None`
+    /// (GPT-2, configs saved before this field): read where the checkpoint has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_bias: Option<bool>,
     /// The embedding is multiplied by this (Gemma's `sqrt(d_model)`; TransformerLens
     /// stores `W_E` already scaled, hooklens keeps the checkpoint's `W_E` so that a tied
     /// `W_U` stays a view of it: `hook_embed` holds the same values).
@@ -266,6 +275,7 @@ impl TransformerConfig {
             attn_types: None,
             window_size: None,
             tie_word_embeddings: true,
+            attention_bias: None,
             embed_scale: None,
             original_architecture: "GPT2LMHeadModel".to_string(),
             default_prepend_bos: true,

@@ -5,12 +5,13 @@
 //! `layer_types` lists them).
 
 use hooklens_core::Result;
+use serde_json::json;
 
 use super::gemma::gemma_common;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, LlamaLayout};
 use super::Family;
-use crate::config::{AttnType, TransformerConfig};
+use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::TransformerWeights;
 
@@ -24,8 +25,19 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
-    let mut cfg = llama_config(hf, true)?;
-    gemma_common(&mut cfg);
+    // Gemma2Config's defaults (a null keeps its meaning: no cap, no window).
+    let hf = &hf.with_absent(&[
+        ("head_dim", json!(256)),
+        ("num_key_value_heads", json!(4)),
+        ("query_pre_attn_scalar", json!(256)),
+        ("sliding_window", json!(4096)),
+        ("final_logit_softcapping", json!(30.0)),
+        ("attn_logit_softcapping", json!(50.0)),
+    ]);
+    // Hugging Face's Gemma2MLP: `ACT2FN[config.hidden_activation]` (default
+    // "gelu_pytorch_tanh"); `hidden_act` unread.
+    let mut cfg = llama_config(hf, true, "hidden_activation", ActFn::GeluNew)?;
+    gemma_common(hf, &mut cfg)?;
     cfg.use_normalization_before_and_after = true;
     if let Some(s) = hf.opt_f64("query_pre_attn_scalar")? {
         cfg.attn_scale = Some(s.sqrt());

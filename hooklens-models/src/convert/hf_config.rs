@@ -32,6 +32,21 @@ impl HfConfig {
         }
     }
 
+    /// This config with `defaults` for the fields it leaves out (a field set to null is
+    /// kept): the defaults of the family's Hugging Face config class where they differ
+    /// from what the shared readers assume, so that a `config.json` without them is read
+    /// as Hugging Face reads it.
+    pub(crate) fn with_absent(&self, defaults: &[(&str, Value)]) -> HfConfig {
+        let mut obj = self.obj.clone();
+        for (k, v) in defaults {
+            obj.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
+        HfConfig {
+            path: self.path.clone(),
+            obj,
+        }
+    }
+
     /// An error about this file.
     pub(crate) fn bad(&self, reason: impl Into<String>) -> Error {
         Error::BadFile {
@@ -141,7 +156,10 @@ impl HfConfig {
     /// name them (a silently unscaled rotary would give wrong numbers past the
     /// original context).
     pub(crate) fn rope(&self, base_field: &str, default_base: f64) -> Result<(f64, Option<NtkByPartsRope>)> {
-        let params = self.get("rope_parameters").and_then(|v| v.as_object());
+        // Hugging Face reads both as dicts (`rope_scaling.get(..)`, `rope_parameters.setdefault(..)`)
+        // and refuses a config where either is anything else.
+        let params = self.object("rope_parameters")?;
+        let legacy = self.object("rope_scaling")?;
         let base = match params.and_then(|p| p.get("rope_theta")).filter(|v| !v.is_null()) {
             Some(v) => v.as_f64().filter(|x| *x > 0.0 && x.is_finite()).ok_or_else(|| {
                 self.bad(format!(
@@ -150,21 +168,19 @@ impl HfConfig {
             })?,
             None => self.opt_f64(base_field)?.unwrap_or(default_base),
         };
-        let scaling = params
-            .filter(|p| {
-                p.get("rope_type")
-                    .and_then(|t| t.as_str())
-                    .is_some_and(|t| t != "default")
-            })
-            .or_else(|| self.get("rope_scaling").and_then(|v| v.as_object()));
+        let params_kind = match params {
+            Some(p) => self.rope_kind(p, "rope_parameters")?,
+            None => "default",
+        };
+        let (scaling, field) = if params_kind != "default" {
+            (params, "rope_parameters")
+        } else {
+            (legacy, "rope_scaling")
+        };
         let Some(s) = scaling else {
             return Ok((base, None));
         };
-        let kind = s
-            .get("rope_type")
-            .or_else(|| s.get("type"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let kind = self.rope_kind(s, field)?;
         match kind {
             "default" => Ok((base, None)),
             "llama3" => {
@@ -191,12 +207,45 @@ impl HfConfig {
         }
     }
 
+    /// The JSON object `field`, `None` when absent or null; any other type is an error
+    /// naming the field and the type.
+    pub(crate) fn object(&self, field: &str) -> Result<Option<&Map<String, Value>>> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Object(o)) => Ok(Some(o)),
+            Some(v) => Err(self.bad(format!(
+                "field `{field}` is {} {v}: expected an object (a JSON dict) or null",
+                json_type(v)
+            ))),
+        }
+    }
+
+    /// The rotary type of the scaling object `s` (in `field`): `rope_type`, else the
+    /// legacy `type`, else `"default"`; a value that is not a string is an error.
+    fn rope_kind<'a>(&self, s: &'a Map<String, Value>, field: &str) -> Result<&'a str> {
+        for key in ["rope_type", "type"] {
+            match s.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(t)) => return Ok(t),
+                Some(v) => {
+                    return Err(self.bad(format!(
+                        "field `{field}.{key}` is {} {v}: expected a string",
+                        json_type(v)
+                    )))
+                }
+            }
+        }
+        Ok("default")
+    }
+
     /// The fraction of each head that rotary rotates: `partial_rotary_factor` inside
     /// `rope_parameters` or at the top level, else `legacy_field` (NeoX's `rotary_pct`),
-    /// else 1.
-    pub(crate) fn rotary_fraction(&self, legacy_field: Option<&str>) -> Result<f64> {
+    /// else `default`. Only the families whose Hugging Face class rotates part of the
+    /// head read it (NeoX, Phi-3); Llama, Mistral, Qwen and Gemma rotate the whole head
+    /// whatever it says (their `compute_default_rope_parameters` takes `dim = head_dim`).
+    pub(crate) fn rotary_fraction(&self, legacy_field: Option<&str>, default: f64) -> Result<f64> {
         let nested = self
-            .get("rope_parameters")
+            .object("rope_parameters")?
             .and_then(|p| p.get("partial_rotary_factor"))
             .filter(|v| !v.is_null());
         let (field, v) = match nested {
@@ -210,7 +259,7 @@ impl HfConfig {
             },
         };
         match v {
-            None => Ok(1.0),
+            None => Ok(default),
             Some(v) => v
                 .as_f64()
                 .filter(|p| *p > 0.0 && *p <= 1.0)
@@ -243,5 +292,17 @@ impl HfConfig {
             })
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+}
+
+/// The JSON type of `v`, for messages ("a string", "a list", ...).
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }

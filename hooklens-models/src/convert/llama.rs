@@ -23,7 +23,20 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
-    llama_config(hf, false)
+    let mut cfg = llama_config(hf, false, "hidden_act", ActFn::Silu)?;
+    cfg.attention_bias = Some(attention_bias(hf)?);
+    // LlamaMLP: `nn.Linear(.., bias=config.mlp_bias)` (the other Llama-layout classes
+    // build their MLPs with `bias=False` whatever the config says).
+    if hf.bool_or("mlp_bias", false)? {
+        return Err(hf.bad("field `mlp_bias` is true: MLP biases in a gated MLP are not supported"));
+    }
+    Ok(cfg)
+}
+
+/// `attention_bias` (default false), for the classes that read it (Llama, Qwen 3,
+/// Gemma 1/2: `nn.Linear(.., bias=config.attention_bias)` for q, k, v and o).
+pub(super) fn attention_bias(hf: &HfConfig) -> Result<bool> {
+    hf.bool_or("attention_bias", false)
 }
 
 fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
@@ -31,9 +44,17 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Res
 }
 
 /// The config every Llama-layout family starts from: sizes, RMSNorm, rotary over the
-/// whole head, gated MLP, grouped-query attention, tied embeddings as the config says
-/// (`tie_word_embeddings`, false unless `tied_default`).
-pub(super) fn llama_config(hf: &HfConfig, tied_default: bool) -> Result<TransformerConfig> {
+/// whole head (`partial_rotary_factor` is not read: these Hugging Face classes rotate
+/// `head_dim` dimensions whatever it says), gated MLP with the activation named by
+/// `act_field` (`act_default` when absent), grouped-query attention, tied embeddings as
+/// the config says (`tie_word_embeddings`, false unless `tied_default`). Attention
+/// biases are left to each family (`attention_bias`).
+pub(super) fn llama_config(
+    hf: &HfConfig,
+    tied_default: bool,
+    act_field: &str,
+    act_default: ActFn,
+) -> Result<TransformerConfig> {
     let n_layers = hf.usize("num_hidden_layers")?;
     let d_model = hf.usize("hidden_size")?;
     let n_heads = hf.usize("num_attention_heads")?;
@@ -57,22 +78,17 @@ pub(super) fn llama_config(hf: &HfConfig, tied_default: bool) -> Result<Transfor
         )));
     }
     let (rotary_base, ntk) = hf.rope("rope_theta", 10000.0)?;
-    // Hugging Face: `int(head_dim * partial_rotary_factor)` dimensions rotate.
-    let rotary_dim = ((hf.rotary_fraction(None)? * d_head as f64) as usize).max(2) & !1;
-    if hf.bool_or("mlp_bias", false)? {
-        return Err(hf.bad("field `mlp_bias` is true: MLP biases in a gated MLP are not supported"));
-    }
     Ok(TransformerConfig {
         d_head,
         d_mlp: hf.usize("intermediate_size")?,
         eps: hf.opt_f64("rms_norm_eps")?.unwrap_or(1e-6),
-        act_fn: hf.act_fn(&["hidden_act", "hidden_activation"], ActFn::Silu)?,
+        act_fn: hf.act_fn(&[act_field], act_default)?,
         normalization_type: NormalizationType::RMS,
         bos_token_id: hf.token("bos_token_id", d_vocab)?,
         eos_token_id: hf.token("eos_token_id", d_vocab)?,
         n_key_value_heads: Some(n_kv),
         positional_embedding_type: PositionalEmbeddingType::Rotary,
-        rotary_dim: Some(rotary_dim),
+        rotary_dim: Some(d_head),
         rotary_base,
         ntk_by_parts_rope: ntk,
         gated_mlp: true,
@@ -117,6 +133,9 @@ pub(super) struct LlamaLayout {
     pub(super) norm_plus_one: bool,
     /// `self_attn.q_norm` / `k_norm` over each head (Qwen 3).
     pub(super) qk_norm: bool,
+    /// Attention biases are on q, k and v only, never on `o_proj` (Qwen 2); elsewhere
+    /// `attention_bias` puts one on all four.
+    pub(super) qkv_bias_only: bool,
     /// Gemma 2's four norms: `post_attention_layernorm` is the norm *after* attention,
     /// `pre_feedforward_layernorm` / `post_feedforward_layernorm` surround the MLP.
     pub(super) sandwich_norms: bool,
@@ -173,8 +192,14 @@ pub(super) fn read_llama_layout(
                 linear_weight(src, &format!("{p}.mlp.up_proj.weight"), mlp, d)?,
             )
         };
-        // Qwen 2 has q/k/v biases (and Llama checkpoints with `attention_bias`).
-        let b_qkv = if src.contains(&format!("{p}.self_attn.q_proj.bias")) {
+        // Qwen 2 has q/k/v biases, and the families with `attention_bias: true` q/k/v/o
+        // biases; with `attention_bias: false` Hugging Face builds none, and bias tensors
+        // in the checkpoint stay unread.
+        let read_bias = match cfg.attention_bias {
+            Some(b) => b,
+            None => src.contains(&format!("{p}.self_attn.q_proj.bias")),
+        };
+        let b_qkv = if read_bias {
             Tensor::cat(
                 &[
                     &src.get(&format!("{p}.self_attn.q_proj.bias"), &[h * dh])?,
@@ -213,7 +238,14 @@ pub(super) fn read_llama_layout(
                 None
             },
             w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
-            b_o: zeros(d)?,
+            b_o: if read_bias
+                && !layout.qkv_bias_only
+                && (cfg.attention_bias.is_some() || src.contains(&format!("{p}.self_attn.o_proj.bias")))
+            {
+                src.get(&format!("{p}.self_attn.o_proj.bias"), &[d])?
+            } else {
+                zeros(d)?
+            },
             w_gate: Some(w_gate),
             w_in,
             b_in: zeros(mlp)?,

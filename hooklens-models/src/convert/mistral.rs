@@ -2,11 +2,12 @@
 //! layer when `sliding_window` is set (Mistral-7B-v0.1: 4096; v0.2 on: none).
 
 use hooklens_core::Result;
+use serde_json::json;
 
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
 use super::Family;
-use crate::config::TransformerConfig;
+use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::TransformerWeights;
 
@@ -20,7 +21,11 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
-    let mut cfg = llama_config(hf, false)?;
+    // MistralConfig's defaults: `num_key_value_heads: int = 8`, `sliding_window: int | None = 4096`.
+    let hf = &hf.with_absent(&[("num_key_value_heads", json!(8)), ("sliding_window", json!(4096))]);
+    let mut cfg = llama_config(hf, false, "hidden_act", ActFn::Silu)?;
+    // Hugging Face builds every projection with `bias=False`, whatever the config says.
+    cfg.attention_bias = Some(false);
     sliding_windows(hf, &mut cfg, 0)?;
     Ok(cfg)
 }

@@ -213,7 +213,11 @@ pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp:
 }
 
 /// The weights with the unembedding: `W_U` is `W_E` transposed (a view) when `tied`,
-/// else the tensor `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero.
+/// else the tensor `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero. A tied
+/// config whose checkpoint holds an `lm_head` that differs from the embedding is
+/// untied, as Hugging Face does (transformers 5 `tie_weights`: "both are present in
+/// the checkpoints with different values, so we will NOT tie them"); an `lm_head` equal
+/// to the embedding (torch `.bin` files hold both) stays tied.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn finish(
     src: &dyn TensorSource,
@@ -226,8 +230,24 @@ pub(super) fn finish(
     tied: bool,
 ) -> Result<TransformerWeights> {
     let (d, v) = (cfg.d_model, cfg.d_vocab);
+    let mut tied = tied;
     let w_u = if tied {
-        w_e.t()?
+        if src.contains(lm_head) {
+            let head = src.get(lm_head, &[v, d])?;
+            let differing = head
+                .ne(&w_e)?
+                .to_dtype(candle_core::DType::F32)?
+                .sum_all()?
+                .to_scalar::<f32>()?;
+            if differing > 0.0 {
+                tied = false;
+                head.t()?
+            } else {
+                w_e.t()?
+            }
+        } else {
+            w_e.t()?
+        }
     } else {
         src.get(lm_head, &[v, d])?.t()?
     };

@@ -34,8 +34,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         )));
     }
     let d_head = d_model / n_heads;
-    let pct = hf.rotary_fraction(Some("rotary_pct"))?;
-    // Hugging Face: `int(head_size * rotary_pct)`.
+    // Hugging Face: `int(head_size * rotary_pct)`, `rotary_pct` 0.25 by default
+    // (GPTNeoXConfig: `rotary_pct=0.25`; transformers 5: `kwargs.pop("rotary_pct", 0.25)`).
+    let pct = hf.rotary_fraction(Some("rotary_pct"), 0.25)?;
     let rotary_dim = ((pct * d_head as f64) as usize).max(2) & !1;
     let (rotary_base, ntk) = hf.rope("rotary_emb_base", 10000.0)?;
     let d_mlp = match hf.opt_usize("intermediate_size")? {
@@ -58,6 +59,8 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         ntk_by_parts_rope: ntk,
         parallel_attn_mlp: hf.bool_or("use_parallel_residual", true)?,
         tie_word_embeddings: hf.bool_or("tie_word_embeddings", false)?,
+        // GPTNeoXAttention: `query_key_value` and `dense` have `bias=config.attention_bias`.
+        attention_bias: Some(hf.bool_or("attention_bias", true)?),
         ..TransformerConfig::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
     })
 }
@@ -88,11 +91,17 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
         let qkv = src.get(&format!("{p}.attention.query_key_value.weight"), &[3 * d, d])?;
         let w_qkv = crate::ops::transposed(&per_head_to_stacked(&qkv, h, dh)?)?;
         drop(qkv);
-        let b_qkv = per_head_to_stacked(
-            &src.get(&format!("{p}.attention.query_key_value.bias"), &[3 * d])?,
-            h,
-            dh,
-        )?;
+        let bias = cfg.attention_bias != Some(false);
+        let zeros = |n: usize| Tensor::zeros(n, src.dtype(), w_e.device());
+        let b_qkv = if bias {
+            per_head_to_stacked(
+                &src.get(&format!("{p}.attention.query_key_value.bias"), &[3 * d])?,
+                h,
+                dh,
+            )?
+        } else {
+            zeros(3 * d)?
+        };
         layers.push(LayerWeights {
             ln1: ln(&format!("{p}.input_layernorm"))?,
             ln1_post: None,
@@ -103,7 +112,11 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             q_norm: None,
             k_norm: None,
             w_o: linear_weight(src, &format!("{p}.attention.dense.weight"), d, d)?,
-            b_o: src.get(&format!("{p}.attention.dense.bias"), &[d])?,
+            b_o: if bias {
+                src.get(&format!("{p}.attention.dense.bias"), &[d])?
+            } else {
+                zeros(d)?
+            },
             w_gate: None,
             w_in: linear_weight(src, &format!("{p}.mlp.dense_h_to_4h.weight"), mlp, d)?,
             b_in: src.get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[mlp])?,

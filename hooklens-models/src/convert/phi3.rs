@@ -6,11 +6,12 @@
 //! Hugging Face (TransformerLens 2.16.1 ignores both); `longrope` scaling is refused.
 
 use hooklens_core::Result;
+use serde_json::json;
 
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
 use super::Family;
-use crate::config::TransformerConfig;
+use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::TransformerWeights;
 
@@ -24,8 +25,15 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
-    let mut cfg = llama_config(hf, false)?;
+    // Phi3Config's default: `rms_norm_eps: float = 1e-5`.
+    let hf = &hf.with_absent(&[("rms_norm_eps", json!(1e-5))]);
+    let mut cfg = llama_config(hf, false, "hidden_act", ActFn::Silu)?;
+    // Hugging Face builds every projection with `bias=False`, whatever the config says.
+    cfg.attention_bias = Some(false);
     sliding_windows(hf, &mut cfg, 0)?;
+    // Phi3RotaryEmbedding rotates `int(head_dim * partial_rotary_factor)` dimensions.
+    let fraction = hf.rotary_fraction(None, 1.0)?;
+    cfg.rotary_dim = Some(((fraction * cfg.d_head as f64) as usize).max(2) & !1);
     Ok(cfg)
 }
 

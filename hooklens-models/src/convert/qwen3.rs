@@ -3,9 +3,10 @@
 //! independent of `hidden_size`. TransformerLens does not prepend BOS by default.
 
 use hooklens_core::Result;
+use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{read_llama_layout, LlamaLayout};
+use super::llama::{attention_bias, read_llama_layout, LlamaLayout};
 use super::qwen2::qwen_config;
 use super::Family;
 use crate::config::TransformerConfig;
@@ -22,8 +23,11 @@ pub(crate) const FAMILY: Family = Family {
 };
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
+    // Qwen3Config's default: `head_dim: int = 128`.
+    let hf = &hf.with_absent(&[("head_dim", json!(128))]);
     let mut cfg = qwen_config(hf)?;
     cfg.use_qk_norm = true;
+    cfg.attention_bias = Some(attention_bias(hf)?);
     Ok(cfg)
 }
 
