@@ -3,11 +3,14 @@
 //! replacement model's activations, reconstructions and errors, the graph's nodes and
 //! adjacency matrix, and the pruning.
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::{DType, Device, Tensor};
-use hooklens_models::circuits::{attribute, prune, replacement_run, AttributionOptions, Transcoders};
-use hooklens_models::{HookedTransformer, LoadOptions};
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use common::circuits::{f32s, graph_meta, i64s, model, tokens};
+use hooklens_models::circuits::{attribute, prune, replacement_run, AttributionOptions, Graph, Transcoders};
+use hooklens_models::HookedTransformer;
 use hooklens_testutil::{assert_close, load_tensors, testdata};
 
 /// Every reference case shipped: the two shared ones and the extra ones made with the
@@ -26,23 +29,6 @@ fn cases() -> Vec<PathBuf> {
     out
 }
 
-fn meta(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("graph_meta.json")).unwrap()).unwrap()
-}
-
-fn tokens(dir: &std::path::Path) -> Vec<u32> {
-    let t = load_tensors(dir.join("tokens.safetensors")).remove("tokens").unwrap();
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
-}
-
 fn opts_of(meta: &serde_json::Value) -> AttributionOptions {
     let call = &meta["attribute_call"];
     let mut o = AttributionOptions::new()
@@ -58,17 +44,36 @@ fn opts_of(meta: &serde_json::Value) -> AttributionOptions {
     o
 }
 
-fn model(dir: &std::path::Path) -> HookedTransformer {
-    HookedTransformer::from_pretrained(dir.join("model").to_str().unwrap(), &LoadOptions::no_processing()).unwrap()
+/// A reference case loaded: its name (its folder's), `graph_meta.json`, model,
+/// transcoders and prompt.
+struct Case {
+    name: String,
+    meta: serde_json::Value,
+    model: HookedTransformer,
+    tc: Transcoders,
+    tokens: Vec<u32>,
 }
 
-fn i64s(t: &Tensor) -> Vec<i64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
+impl Case {
+    fn load(dir: &Path) -> Self {
+        Case {
+            name: dir.file_name().unwrap().to_string_lossy().to_string(),
+            meta: graph_meta(dir),
+            model: model(dir),
+            tc: Transcoders::from_dir(dir.join("transcoders")).unwrap(),
+            tokens: tokens(dir),
+        }
+    }
+
+    /// The options circuit-tracer was called with.
+    fn opts(&self) -> AttributionOptions {
+        opts_of(&self.meta)
+    }
+
+    /// The graph of the case's prompt, with `opts`.
+    fn graph(&self, opts: &AttributionOptions) -> Graph {
+        attribute(&self.model, &self.tc, &self.tokens, opts).unwrap()
+    }
 }
 
 /// The raw entry `name` of a safetensors file: dtype, and its bytes.
@@ -110,22 +115,16 @@ fn f32_tensors(path: &std::path::Path) -> std::collections::HashMap<String, Tens
     out
 }
 
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn the_replacement_model_decomposes_each_mlp_as_circuit_tracer_does() {
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let m = model(&dir);
-        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
-        let toks = tokens(&dir);
+        let Case {
+            name,
+            model: m,
+            tc,
+            tokens: toks,
+            ..
+        } = Case::load(&dir);
         let run = replacement_run(&m, &tc, &toks).unwrap();
         let want = load_tensors(dir.join("replacement_cache.safetensors"));
         let (l, p, d) = (run.n_layers(), run.n_pos(), run.d_model());
@@ -171,11 +170,9 @@ fn the_replacement_model_decomposes_each_mlp_as_circuit_tracer_does() {
 #[test]
 fn the_graph_equals_circuit_tracers() {
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let meta = meta(&dir);
-        let m = model(&dir);
-        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
-        let graph = attribute(&m, &tc, &tokens(&dir), &opts_of(&meta)).unwrap();
+        let case = Case::load(&dir);
+        let graph = case.graph(&case.opts());
+        let Case { name, meta, .. } = &case;
         let want = load_tensors(dir.join("graph.safetensors"));
         let sel: Vec<i64> = graph.selected_features.iter().map(|&i| i as i64).collect();
         assert_eq!(sel, i64s(&want["selected_features"]), "{name}: selected features");
@@ -213,11 +210,11 @@ fn the_graph_equals_circuit_tracers() {
 fn the_graph_file_equals_create_graph_files_output() {
     use hooklens_models::circuits::{graph_file, GraphFile, GraphFileOptions};
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let meta = meta(&dir);
-        let m = model(&dir);
-        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
-        let graph = attribute(&m, &tc, &tokens(&dir), &opts_of(&meta)).unwrap();
+        let case = Case::load(&dir);
+        let graph = case.graph(&case.opts());
+        let Case {
+            name, meta, model: m, ..
+        } = &case;
         let slug = meta["case"].as_str().unwrap().to_string();
         let text = |id: u32| m.to_single_str_token(id).unwrap();
         let got = graph_file(&graph, &GraphFileOptions::new(slug.clone()), &text).unwrap();
@@ -291,10 +288,12 @@ fn a_feature_intervention_adds_the_change_times_the_decoder_at_the_mlp_output() 
     use hooklens_core::{HookSet, HookedModel};
     use hooklens_models::circuits::{feature_intervention, FeatureIntervention};
     for name in ["circuits", "circuits-clt"] {
-        let dir = testdata().join(name);
-        let m = model(&dir);
-        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
-        let toks = tokens(&dir);
+        let Case {
+            model: m,
+            tc,
+            tokens: toks,
+            ..
+        } = Case::load(&testdata().join(name));
         let run = replacement_run(&m, &tc, &toks).unwrap();
         let t = Tensor::new(toks.as_slice(), &Device::Cpu)
             .unwrap()
@@ -356,16 +355,13 @@ fn a_graph_past_the_memory_budget_is_built_in_files_with_the_same_numbers() {
     use hooklens_models::circuits::GraphFileOptions;
     let tmp = hooklens_testutil::TempDir::new("spill");
     for dir in cases() {
-        let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let meta = meta(&dir);
-        let m = model(&dir);
-        let tc = Transcoders::from_dir(dir.join("transcoders")).unwrap();
-        let toks = tokens(&dir);
-        let in_memory = attribute(&m, &tc, &toks, &opts_of(&meta)).unwrap();
+        let case = Case::load(&dir);
+        let Case { name, model: m, .. } = &case;
+        let in_memory = case.graph(&case.opts());
         assert!(in_memory.adjacency.as_slice().is_some(), "{name}");
-        let spill_dir = tmp.path(&name);
+        let spill_dir = tmp.path(name);
         std::fs::create_dir_all(&spill_dir).unwrap();
-        let spilled = attribute(&m, &tc, &toks, &opts_of(&meta).memory_budget(1).spill_dir(&spill_dir)).unwrap();
+        let spilled = case.graph(&case.opts().memory_budget(1).spill_dir(&spill_dir));
         assert!(
             spilled.adjacency.as_slice().is_none(),
             "{name}: a 1-byte budget keeps nothing in memory"

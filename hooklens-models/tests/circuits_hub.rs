@@ -7,15 +7,11 @@
 #![cfg(feature = "hub")]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use hooklens_models::circuits::{TranscoderKind, Transcoders};
 use hooklens_models::HubOptions;
+use hooklens_testutil::hub_standin::{cache_repo, files_of, refused_endpoint, skipped_for_proxy, StandIn, COMMIT};
 use hooklens_testutil::{testdata, TempDir};
-
-/// The commit the stand-in reports, and the prepared caches' snapshot.
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// The reference transcoder set (2 layers) and cross-layer transcoder (3 layers).
 fn set_dir() -> PathBuf {
@@ -24,20 +20,6 @@ fn set_dir() -> PathBuf {
 
 fn clt_dir() -> PathBuf {
     testdata().join("circuits-clt/transcoders")
-}
-
-/// Whether an HTTP proxy from the environment would take loopback requests away.
-fn proxied() -> bool {
-    [
-        "ALL_PROXY",
-        "all_proxy",
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-    ]
-    .iter()
-    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
 }
 
 /// Hub options with `cache` as the cache, no token, no progress bar: offline when there
@@ -51,131 +33,6 @@ fn hub(cache: &Path, endpoint: Option<&str>) -> HubOptions {
     opts.endpoint = endpoint.map(str::to_string);
     opts.token = None;
     opts
-}
-
-/// Every file of `dir`, as `(prefix + name, path)`.
-fn files_of(dir: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_file())
-        .map(|e| (format!("{prefix}{}", e.file_name().to_string_lossy()), e.path()))
-        .collect();
-    out.sort();
-    out
-}
-
-/// A stand-in for the Hugging Face hub on loopback: `GET /{repo}/resolve/{rev}/{path}`
-/// answers with the file served as `path` (any repository, any revision), with the
-/// headers `hf-hub` reads (etag, commit, content range); other paths are 404. It serves
-/// until stopped (30 seconds at most) and records the paths asked for.
-struct StandIn {
-    endpoint: String,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
-}
-
-impl StandIn {
-    fn serve(files: Vec<(String, PathBuf)>) -> Self {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            let mut asked = Vec::new();
-            while std::time::Instant::now() < deadline && !stopped.load(Ordering::SeqCst) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let (mut start, mut end) = (0usize, None::<usize>);
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
-                        start = a.parse().unwrap_or(0);
-                        end = b.parse().ok();
-                    }
-                }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
-                // `/{org}/{name}/resolve/{revision}/{file path}`
-                let in_repo = path.splitn(6, '/').nth(5).unwrap_or("").to_string();
-                asked.push(path);
-                let body = files
-                    .iter()
-                    .find(|(name, _)| *name == in_repo)
-                    .and_then(|(_, p)| std::fs::read(p).ok());
-                let response = match body {
-                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
-                    Some(body) => {
-                        let end = end.unwrap_or(body.len() - 1).min(body.len() - 1);
-                        let part = &body[start.min(body.len())..=end];
-                        let mut r = format!(
-                            "HTTP/1.1 206 Partial Content\r\netag: \"etag-{in_repo}\"\r\nx-repo-commit: {COMMIT}\r\n\
-                             content-range: bytes {start}-{end}/{}\r\ncontent-length: {}\r\n\
-                             connection: close\r\n\r\n",
-                            body.len(),
-                            part.len()
-                        )
-                        .into_bytes();
-                        r.extend_from_slice(part);
-                        r
-                    }
-                };
-                let _ = stream.write_all(&response);
-            }
-            asked
-        });
-        StandIn {
-            endpoint,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops serving; the request paths it answered, in order.
-    fn finish(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Places `files` (`(path in the repo, source)`) in `cache` as `huggingface_hub` would
-/// have downloaded them into `repo`'s snapshot [`COMMIT`], `refs/main` pointing at it.
-fn cache_repo(cache: &Path, repo: &str, files: &[(String, PathBuf)]) {
-    let root = cache.join(format!("models--{}", repo.replace('/', "--")));
-    let snap = root.join("snapshots").join(COMMIT);
-    for (name, src) in files {
-        let dst = snap.join(name);
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
-        std::fs::copy(src, dst).unwrap();
-    }
-    std::fs::create_dir_all(root.join("refs")).unwrap();
-    std::fs::write(root.join("refs/main"), COMMIT).unwrap();
 }
 
 /// The same transcoders: configuration, sizes, activation, and every weight that
@@ -217,8 +74,7 @@ fn assert_same(got: &Transcoders, want: &Transcoders, what: &str) {
 
 #[test]
 fn a_transcoder_set_and_a_clt_download_then_load_offline() {
-    if proxied() {
-        eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+    if skipped_for_proxy() {
         return;
     }
     for (dir, repo, n_layers, kind) in [
@@ -258,8 +114,7 @@ fn a_transcoder_set_and_a_clt_download_then_load_offline() {
 
 #[test]
 fn a_folder_of_the_repository_downloads_then_loads_offline() {
-    if proxied() {
-        eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+    if skipped_for_proxy() {
         return;
     }
     let tmp = TempDir::new("tc-hub-folder");
@@ -375,18 +230,11 @@ fn offline_with_nothing_cached_is_an_error_naming_the_repository() {
 
 #[test]
 fn no_network_says_which_repository_and_where() {
-    if proxied() {
-        eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+    if skipped_for_proxy() {
         return;
     }
-    // A port that was just free: connections are refused, as with no network.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let tmp = TempDir::new("tc-hub-refused");
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let endpoint = refused_endpoint();
     let err = Transcoders::from_pretrained("org/tc", "sub", 2, &hub(&tmp, Some(&endpoint)))
         .unwrap_err()
         .to_string();

@@ -3,13 +3,16 @@
 //! rewritten as SAELens folders gives circuit-tracer's graph; each supported
 //! architecture encodes exactly as the SAE does; what cannot be expressed is refused.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::circuits::{f32s, i64s, model, tokens};
 use hooklens_models::circuits::{attribute, Activation, AttributionOptions, Transcoders};
 use hooklens_models::sae::{Sae, SaeConfig};
-use hooklens_models::{HookedTransformer, LoadOptions};
+use hooklens_models::HookedTransformer;
 use hooklens_testutil::{load_tensors, testdata, TempDir};
 use serde_json::{json, Value};
 
@@ -20,45 +23,8 @@ fn case() -> PathBuf {
     testdata().join("circuits")
 }
 
-fn tokens() -> Vec<u32> {
-    let t = load_tensors(case().join("tokens.safetensors"))
-        .remove("tokens")
-        .unwrap();
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|x| x as u32)
-        .collect()
-}
-
-fn model() -> HookedTransformer {
-    HookedTransformer::from_pretrained(case().join("model").to_str().unwrap(), &LoadOptions::no_processing()).unwrap()
-}
-
 fn opts() -> AttributionOptions {
     AttributionOptions::new().salient(5, 0.95).batch_size(16)
-}
-
-fn f32s(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-}
-
-fn i64s(t: &Tensor) -> Vec<i64> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
 }
 
 /// circuit-tracer's layer `l` (`W_enc` [96, 64], `W_dec` [96, 64], `b_enc`, `b_dec`).
@@ -127,7 +93,7 @@ fn saes(tmp: &TempDir, arch: &str, extra: Value, edit: &dyn Fn(usize, &mut HashM
 
 /// A graph's tensors as circuit-tracer's `graph.safetensors` names them.
 fn graph_tensors(model: &HookedTransformer, tc: &Transcoders, tmp: &TempDir, name: &str) -> HashMap<String, Tensor> {
-    let graph = attribute(model, tc, &tokens(), &opts()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let graph = attribute(model, tc, &tokens(&case()), &opts()).unwrap_or_else(|e| panic!("{name}: {e}"));
     let path = tmp.path(&format!("{name}.safetensors"));
     graph.save_safetensors(&path).unwrap();
     load_tensors(path)
@@ -151,7 +117,7 @@ fn same_nodes(what: &str, got: &HashMap<String, Tensor>, want: &HashMap<String, 
 #[test]
 fn saelens_transcoders_give_circuit_tracers_graph() {
     let tmp = TempDir::new("circuits-saelens");
-    let model = model();
+    let model = model(&case());
     let saes = saes(&tmp, "transcoder", json!({}), &|_, _| {});
     let tc = Transcoders::from_saes(&saes).unwrap();
     assert_eq!((tc.n_layers(), tc.d_model(), tc.d_transcoder()), (2, D, F));
@@ -197,7 +163,7 @@ fn saelens_transcoders_give_circuit_tracers_graph() {
 #[test]
 fn other_activations_give_the_graphs_they_imply() {
     let tmp = TempDir::new("circuits-saelens-acts");
-    let model = model();
+    let model = model(&case());
     let reference = graph_tensors(
         &model,
         &Transcoders::from_dir(case().join("transcoders")).unwrap(),
@@ -364,7 +330,7 @@ fn every_supported_architecture_encodes_as_the_sae() {
 #[test]
 fn skip_transcoders_match_the_file_format() {
     let tmp = TempDir::new("circuits-saelens-skip");
-    let model = model();
+    let model = model(&case());
     let skips: Vec<Tensor> = (0..2).map(skip_matrix).collect();
     let saes = saes(&tmp, "skip_transcoder", json!({}), &|l, t| {
         t.insert("W_skip".into(), skips[l].clone());

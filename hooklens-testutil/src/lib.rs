@@ -1,6 +1,7 @@
 //! What hooklens's test suites would otherwise each write again: the largest absolute
 //! difference of two tensors, the TransformerLens reference fixtures under `testdata/`,
-//! a temporary directory removed on drop, and the device the parity tests run on.
+//! a temporary directory removed on drop, the device the parity tests run on, and the
+//! Hugging Face hub with no network ([`hub_standin`]).
 //!
 //! A dev-dependency only: nothing here is part of hooklens's public API.
 
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::{DType, Device, Tensor};
+
+pub mod hub_standin;
 
 /// The largest absolute difference between two tensors of the same shape, compared in
 /// f32 (so mixed dtypes and half precision compare as their values), on any device.

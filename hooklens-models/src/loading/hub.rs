@@ -419,25 +419,24 @@ impl HookedGpt2 {
 #[cfg(all(test, feature = "hub"))]
 mod tests {
     use super::*;
+    use hooklens_testutil::hub_standin::{cache_repo, refused_endpoint, repo_dir, skipped_for_proxy, StandIn, COMMIT};
     use hooklens_testutil::TempDir;
-
-    const COMMIT: &str = "607a30d783dfa663caf39e06633721c8d4cfcd7e";
 
     fn tiny_model_dir() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2/model")
     }
 
-    /// Lays out the tiny model as Python's `huggingface_hub` caches a repository.
-    fn fake_cache(cache: &Path, folder: &str, with_ref: bool) {
-        let repo = cache.join(folder);
-        let snap = repo.join("snapshots").join(COMMIT);
-        std::fs::create_dir_all(&snap).unwrap();
-        if with_ref {
-            std::fs::create_dir_all(repo.join("refs")).unwrap();
-            std::fs::write(repo.join("refs").join("main"), COMMIT).unwrap();
-        }
-        for file in [CONFIG_FILE, WEIGHTS_FILE] {
-            std::fs::copy(tiny_model_dir().join(file), snap.join(file)).unwrap();
+    /// `names` of `dir`, as `(prefix + name, path)`: what a stand-in serves or a cache holds.
+    fn named(dir: &Path, names: &[&str], prefix: &str) -> Vec<(String, PathBuf)> {
+        names.iter().map(|n| (format!("{prefix}{n}"), dir.join(n))).collect()
+    }
+
+    /// Lays out the tiny model as Python's `huggingface_hub` caches `repo`, with or
+    /// without `refs/main`.
+    fn fake_cache(cache: &Path, repo: &str, with_ref: bool) {
+        cache_repo(cache, repo, &named(&tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], ""));
+        if !with_ref {
+            std::fs::remove_dir_all(repo_dir(cache, repo).join("refs")).unwrap();
         }
     }
 
@@ -448,7 +447,7 @@ mod tests {
     #[test]
     fn resolves_a_cached_id_offline() {
         let tmp = TempDir::new("cached");
-        fake_cache(&tmp, "models--gpt2", true);
+        fake_cache(&tmp, "gpt2", true);
         let files = resolve_with("gpt2", &offline(&tmp)).unwrap();
         let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         assert_eq!(files.config, snap.join(CONFIG_FILE));
@@ -470,7 +469,7 @@ mod tests {
     #[test]
     fn finds_organisation_ids_and_tokenizers() {
         let tmp = TempDir::new("org");
-        fake_cache(&tmp, "models--openai-community--gpt2-medium", true);
+        fake_cache(&tmp, "openai-community/gpt2-medium", true);
         let snap = tmp.join("models--openai-community--gpt2-medium/snapshots").join(COMMIT);
         std::fs::write(snap.join(TOKENIZER_FILE), "{}").unwrap();
         let files = resolve_with("openai-community/gpt2-medium", &offline(&tmp)).unwrap();
@@ -490,7 +489,7 @@ mod tests {
     fn offline_and_missing_says_what_and_where() {
         let tmp = TempDir::new("missing");
         // A snapshot without refs/main is not a usable `main`.
-        fake_cache(&tmp, "models--distilgpt2", false);
+        fake_cache(&tmp, "distilgpt2", false);
         for name in ["gpt2-xl", "distilgpt2"] {
             let err = resolve_with(name, &offline(&tmp)).unwrap_err().to_string();
             assert!(err.contains(&format!("model `{name}`")), "{err}");
@@ -505,7 +504,7 @@ mod tests {
     #[test]
     fn text_files_need_no_weights() {
         let tmp = TempDir::new("text");
-        fake_cache(&tmp, "models--gpt2", true);
+        fake_cache(&tmp, "gpt2", true);
         let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         std::fs::remove_file(snap.join(WEIGHTS_FILE)).unwrap();
         let text = resolve_text_with("gpt2", &offline(&tmp)).unwrap();
@@ -538,7 +537,7 @@ mod tests {
     #[test]
     fn from_pretrained_loads_from_the_cache_with_its_tokenizer() {
         let tmp = TempDir::new("pretrained");
-        fake_cache(&tmp, "models--gpt2", true);
+        fake_cache(&tmp, "gpt2", true);
         let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         let opts = LoadOptions::default();
         let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
@@ -579,127 +578,19 @@ mod tests {
         assert_eq!(p.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
     }
 
-    /// Whether an HTTP proxy from the environment would take loopback requests away.
-    fn proxied() -> bool {
-        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty());
-        [
-            "ALL_PROXY",
-            "all_proxy",
-            "HTTPS_PROXY",
-            "https_proxy",
-            "HTTP_PROXY",
-            "http_proxy",
-        ]
-        .iter()
-        .any(|k| set(k))
-    }
-
-    /// A stand-in for the Hugging Face hub on loopback, serving the tiny model's
-    /// `config.json` and `model.safetensors` for any repository, with the headers
-    /// `hf-hub` reads (etag, commit, content range); other files are 404. It answers
-    /// at most `max_requests` requests, until `stop` is set, and 30 seconds at most;
-    /// the thread returns how many requests it answered.
-    fn fake_hub(
-        max_requests: usize,
-        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> (String, std::thread::JoinHandle<usize>) {
-        fake_hub_of(tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], max_requests, stop)
-    }
-
-    /// [`fake_hub`] serving `files` of `dir`.
-    fn fake_hub_of(
-        dir: PathBuf,
-        files: &[&str],
-        max_requests: usize,
-        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    ) -> (String, std::thread::JoinHandle<usize>) {
-        let files: Vec<String> = files.iter().map(|f| f.to_string()).collect();
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let handle = std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            let mut served = 0;
-            let stopped = || stop.load(std::sync::atomic::Ordering::SeqCst);
-            while served < max_requests && std::time::Instant::now() < deadline && !stopped() {
-                let mut stream = match listener.accept() {
-                    Ok((stream, _)) => stream,
-                    Err(_) => {
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                        continue;
-                    }
-                };
-                served += 1;
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
-                    continue;
-                }
-                let mut range_start = 0usize;
-                let mut range_end: Option<usize> = None;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                    let lower = line.to_ascii_lowercase();
-                    if let Some(r) = lower.strip_prefix("range: bytes=") {
-                        let (a, b) = r.trim().split_once('-').unwrap_or(("0", ""));
-                        range_start = a.parse().unwrap_or(0);
-                        range_end = b.parse().ok();
-                    }
-                }
-                let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
-                let file = path.rsplit('/').next().unwrap_or("");
-                let body = match files.iter().any(|f| f == file) {
-                    true => std::fs::read(dir.join(file)).ok(),
-                    false => None,
-                };
-                let response = match body {
-                    None => b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
-                    Some(body) => {
-                        let end = range_end.unwrap_or(body.len() - 1).min(body.len() - 1);
-                        let part = &body[range_start.min(body.len())..=end];
-                        let mut r = format!(
-                            "HTTP/1.1 206 Partial Content\r\netag: \"etag-{file}\"\r\nx-repo-commit: {COMMIT}\r\n\
-                             content-range: bytes {range_start}-{end}/{}\r\ncontent-length: {}\r\n\
-                             connection: close\r\n\r\n",
-                            body.len(),
-                            part.len()
-                        )
-                        .into_bytes();
-                        r.extend_from_slice(part);
-                        r
-                    }
-                };
-                let _ = stream.write_all(&response);
-            }
-            served
-        });
-        (endpoint, handle)
-    }
-
     #[test]
     fn downloads_into_the_cache_then_works_offline() {
-        if proxied() {
-            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+        if skipped_for_proxy() {
             return;
         }
         let tmp = TempDir::new("download");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (endpoint, server) = fake_hub(16, stop.clone());
+        let server = StandIn::serve(named(&tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], ""));
         let mut opts = HubOptions::from_vars(|_| None)
             .cache_dir(tmp.to_path_buf())
             .progress(false);
-        opts.endpoint = Some(endpoint);
+        opts.endpoint = Some(server.endpoint.clone());
         let files = resolve_with("openai-community/gpt2", &opts);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let served = server.join().unwrap();
+        let served = server.finish().len();
         let files = files.unwrap();
         let snap = tmp.join("models--openai-community--gpt2/snapshots").join(COMMIT);
         assert_eq!(files.config, snap.join(CONFIG_FILE));
@@ -719,8 +610,7 @@ mod tests {
 
     #[test]
     fn sharded_checkpoints_download_every_shard() {
-        if proxied() {
-            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+        if skipped_for_proxy() {
             return;
         }
         let tmp = TempDir::new("download-shards");
@@ -734,14 +624,12 @@ mod tests {
         files.extend(shard_files(&served_dir.join(SHARD_INDEX_FILE)).unwrap());
         assert_eq!(files.len(), 5);
         let names: Vec<&str> = files.iter().map(String::as_str).collect();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (endpoint, server) = fake_hub_of(served_dir.clone(), &names, 32, stop.clone());
+        let server = StandIn::serve(named(&served_dir, &names, ""));
         let cache = tmp.join("cache");
         let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
-        opts.endpoint = Some(endpoint);
+        opts.endpoint = Some(server.endpoint.clone());
         let got = HookedGpt2::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        server.join().unwrap();
+        server.finish();
         let got = got.unwrap();
         let local = HookedGpt2::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
         let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
@@ -760,23 +648,17 @@ mod tests {
 
     #[test]
     fn no_network_says_what_and_where() {
-        if proxied() {
-            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+        if skipped_for_proxy() {
             return;
         }
-        // A port that was just free: connections are refused, as with no network.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let endpoint = refused_endpoint();
         let tmp = TempDir::new("refused");
         let mut opts = HubOptions::from_vars(|_| None)
             .cache_dir(tmp.to_path_buf())
             .progress(false);
-        opts.endpoint = Some(format!("http://127.0.0.1:{port}"));
+        opts.endpoint = Some(endpoint.clone());
         let err = resolve_with("gpt2", &opts).unwrap_err().to_string();
-        let url = format!("http://127.0.0.1:{port}/gpt2/resolve/main/config.json");
+        let url = format!("{endpoint}/gpt2/resolve/main/config.json");
         assert!(
             err.contains(&format!("downloading config.json from {url} failed")),
             "{err}"
@@ -810,23 +692,20 @@ mod tests {
 
     #[test]
     fn saes_download_by_repo_and_folder_then_work_offline() {
-        if proxied() {
-            eprintln!("skipped: an HTTP proxy is set, loopback requests would go through it");
+        if skipped_for_proxy() {
             return;
         }
         let sae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes/saes/topk");
         let tmp = TempDir::new("sae-download");
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let files = ["cfg.json", "sae_weights.safetensors"];
-        let (endpoint, server) = fake_hub_of(sae_dir.clone(), &files, 8, stop.clone());
+        let server = StandIn::serve(named(&sae_dir, &files, "blocks.1.attn.hook_z/"));
         let mut opts = HubOptions::from_vars(|_| None)
             .cache_dir(tmp.path("").as_path())
             .progress(false);
-        opts.endpoint = Some(endpoint);
+        opts.endpoint = Some(server.endpoint.clone());
         let dev = candle_core::Device::Cpu;
         let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let served = server.join().unwrap();
+        let served = server.finish().len();
         let got = got.unwrap();
         assert_eq!(served, 4, "metadata and body of both files");
         let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();

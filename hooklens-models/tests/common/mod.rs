@@ -9,6 +9,8 @@ use candle_core::Tensor;
 use hooklens_models::{HookedGpt2, LoadOptions};
 pub use hooklens_testutil::{assert_close, max_abs_diff, test_device, tolerance_on, TempDir};
 
+pub mod circuits;
+
 /// The TransformerLens reference fixture.
 pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2");
 
