@@ -371,12 +371,19 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     let model = small_model(&tmp);
     let (text, _) = corpus(&tmp, 300);
     let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    // Worker 0 of 2: worker 1 of the same harvest runs beside it below (one --out holds
+    // one harvest, so both split the input in two).
+    let worker0 = |out: &str| {
+        let mut a = harvest_args(m, t, out);
+        a.extend(["--shard-index", "0", "--num-shards", "2"]);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
     let whole = tmp.path("whole");
-    ok_stderr(hooklens(&harvest_args(m, t, whole.to_str().unwrap())));
+    ok_stderr(hooklens(&worker0(whole.to_str().unwrap())));
     let out = tmp.path("out");
     let o = out.to_str().unwrap();
     // The first worker pauses halfway through writing its first shard.
-    let mut first = spawn_paused_mid_write(&harvest_args(m, t, o));
+    let mut first = spawn_paused_mid_write(&worker0(o));
     let deadline = Instant::now() + Duration::from_secs(120);
     // The output directory appears only once the worker has started.
     let temporaries = |dir: &Path| hidden_files(dir).unwrap_or_default();
@@ -393,8 +400,8 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     }
     // A second worker with the same index is refused while the first lives...
     fails(
-        hooklens(&harvest_args(m, t, o)),
-        "another harvest is writing worker 00000-of-00001",
+        hooklens(&worker0(o)),
+        "another harvest is writing worker 00000-of-00002",
     );
     // ...another index is not.
     let mut other = harvest_args(m, t, o);
@@ -402,10 +409,10 @@ fn one_worker_per_index_and_a_kill_mid_write_leaves_nothing_after_the_resume() {
     ok_stderr(hooklens(&other));
     first.kill().unwrap();
     first.wait().unwrap();
-    assert!(!out.join("00000-of-00001-shard-000000.safetensors").exists());
+    assert!(!out.join("00000-of-00002-shard-000000.safetensors").exists());
     assert!(!temporaries(&out).is_empty(), "the kill landed mid-write");
     // The dead worker's lock does not block the resume, which removes its temporary.
-    ok_stderr(hooklens(&harvest_args(m, t, o)));
+    ok_stderr(hooklens(&worker0(o)));
     assert!(temporaries(&out).is_empty(), "left behind: {:?}", temporaries(&out));
     let got = files(&out);
     for (name, bytes) in files(&whole) {
@@ -522,4 +529,155 @@ fn non_finite_weights_and_too_little_memory_are_errors() {
     let err = fails(o, "is available: give a smaller --shard-size-mb or --batch-size");
     assert!(err.contains("about 20.0 MiB is available"), "{err}");
     assert!(!tmp.path("small").exists(), "nothing written");
+}
+
+/// A copy of the Llama fixture whose config claims `max_position_embeddings`
+/// positions (as Llama 3.x's 131072 does).
+fn long_context_llama(tmp: &TempDir, n_ctx: u64) -> PathBuf {
+    let dir = tmp.path("long-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = root().join("testdata/llama/model");
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = n_ctx.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    dir
+}
+
+/// Issue 27, point 13: the probe that sizes the shards ran at the default context (the
+/// model's n_ctx, 131072 for Llama 3.x) before the memory check, and aborted; `hooks
+/// --pos 100000` likewise. Both are now the memory error, before anything runs.
+#[test]
+fn a_long_context_model_gets_the_memory_error_not_an_abort() {
+    let tmp = TempDir::new("long-ctx");
+    let model = long_context_llama(&tmp, 131072);
+    let m = model.to_str().unwrap();
+    let corpus = tmp.path("c.txt");
+    std::fs::write(&corpus, "a b c\n").unwrap();
+    let out = tmp.path("out");
+    // Under an address-space limit of 2 GiB, so that the allocation the check must
+    // prevent fails at once (an abort) rather than filling the machine's memory.
+    let limited = |args: &[&str]| {
+        let o = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -v 2097152 && exec \"$0\" \"$@\"",
+                env!("CARGO_BIN_EXE_hooklens"),
+            ])
+            .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HUB_CACHE", std::env::temp_dir().join("hooklens-cli-no-cache"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "not a clean error: {:?} {err}", o.status);
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let err = limited(&[
+        "harvest",
+        "--model",
+        m,
+        "--input",
+        corpus.to_str().unwrap(),
+        "--names",
+        "blocks.0.hook_resid_post",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("131072 tokens") && err.contains("needs about"), "{err}");
+    assert!(err.contains("a shorter --context-size"), "{err}");
+    assert!(!out.exists(), "nothing written");
+
+    let err = limited(&["hooks", "--model", m, "--pos", "100000"]);
+    assert!(err.contains("needs about") && err.contains("a smaller --pos"), "{err}");
+}
+
+/// Issue 27, point 20: one --out took harvests with other splits, hook points or
+/// context, which a reader of the directory then returned as one. A second harvest
+/// whose settings differ is refused, naming the setting.
+#[test]
+fn one_out_holds_one_harvest() {
+    let tmp = TempDir::new("one-harvest");
+    let model = small_model(&tmp);
+    let (text, _) = corpus(&tmp, 60);
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let out = tmp.s("out");
+    // `harvest_args` with `set` (index, value) replaced, and `extra` appended.
+    let worker = |i: &str, k: &str, set: &[(usize, &str)], extra: &[&str]| {
+        let mut a = harvest_args(m, t, &out);
+        for &(at, v) in set {
+            a[at] = v;
+        }
+        a.extend(["--shard-index", i, "--num-shards", k]);
+        a.extend(extra);
+        hooklens(&a)
+    };
+    ok_stderr(worker("0", "2", &[], &[]));
+    // Worker, count, (index, value) replaced, flags added, and the setting named.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [(usize, &'static str)],
+        &'static [&'static str],
+        &'static str,
+    );
+    let cases: [Case; 4] = [
+        ("1", "2", &[(9, "32")], &[], "context_size"),
+        ("1", "2", &[], &["--names", "blocks.1.hook_resid_post"], "names"),
+        ("1", "3", &[], &[], "num_shards"),
+        ("2", "3", &[], &["--input-format", "jsonl"], "input_format"),
+    ];
+    for (i, k, set, extra, setting) in cases {
+        let err = fails(worker(i, k, set, extra), &format!("with {setting} = "));
+        assert!(err.contains("00000-of-00002-manifest.json"), "{err}");
+        assert!(err.contains("one --out holds one harvest"), "{err}");
+    }
+    assert!(
+        !Path::new(&out).join("00001-of-00002-manifest.json").exists(),
+        "a refused worker wrote its manifest"
+    );
+    // The other worker of the same harvest, with its own batch size: welcome.
+    ok_stderr(worker("1", "2", &[(11, "2")], &[]));
+    assert_eq!(manifest(Path::new(&out), "00001-of-00002")["complete"], true);
+}
+
+/// Issue 27, point 18: a corpus rewritten in place while a harvest read it ended
+/// complete under the old file's fingerprint, its shards holding both corpora. What
+/// is read is hashed as it is read, and a change is an error at the end.
+#[test]
+fn a_corpus_rewritten_during_the_harvest_is_an_error() {
+    let tmp = TempDir::new("rewritten");
+    let model = small_model(&tmp);
+    let (text, _) = corpus(&tmp, 1000);
+    let (m, t) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let out = tmp.path("out");
+    let mut child = offline_command(&harvest_args(m, t, out.to_str().unwrap()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = out.join("00000-of-00001-shard-000000.safetensors");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !first.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "harvest ended before writing a shard"
+        );
+        assert!(Instant::now() < deadline, "no shard after 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // In place (the same file, truncated and written again), the same size, other words.
+    let old = std::fs::read(&text).unwrap();
+    let new: Vec<u8> = old.iter().map(|&b| if b == b'e' { b'o' } else { b }).collect();
+    std::fs::write(&text, &new).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("changed while it was read"), "{err}");
+    assert_ne!(manifest(&out, "00000-of-00001")["complete"], true);
 }

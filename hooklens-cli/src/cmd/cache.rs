@@ -56,7 +56,8 @@ fn parse_slice(s: &str) -> Result<Slice, String> {
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
-    let splices = args.saes.set(model.device())?.hooks()?;
+    let saes = args.saes.set(model.device())?;
+    let splices = saes.hooks()?;
     check_out(&args.out, &args.model, Some(&args.input), false)?;
     crate::output::check_output_file("--out", &args.out, &args.saes.files())?;
     let input = args.input.read(&model, PaddingSide::Right)?;
@@ -66,7 +67,7 @@ pub fn run(args: Args) -> CliResult<()> {
             "the input has {pos} position(s): the next-token loss needs at least 2"
         )));
     }
-    check_cache_fits(&model, batch, pos, args.names.is_empty(), args.grads)?;
+    check_cache_fits(&model, batch, pos, args.names.is_empty(), args.grads, &saes)?;
     // Saving reads tensors on the CPU; a GPU run moves each one there as it is cached.
     let mut opts = CacheOptions::new()
         .remove_batch_dim(args.remove_batch_dim)
@@ -143,34 +144,37 @@ pub fn run(args: Args) -> CliResult<()> {
     Ok(())
 }
 
-/// An error before the run when its logits and cache cannot fit in the memory
-/// available: allocating them would abort the process halfway instead.
+/// An error before the run when its logits and cache (with the activations of the
+/// SAEs spliced in) cannot fit in the memory available: allocating them would abort
+/// the process halfway instead.
 fn check_cache_fits(
     model: &hooklens_models::HookedGpt2,
     batch: usize,
     pos: usize,
     all: bool,
     grads: bool,
+    saes: &hooklens_models::sae::SaeSet,
 ) -> CliResult<()> {
     let cfg = model.cfg();
     let elem = model.dtype().size_in_bytes() as u64;
     let tokens = (batch as u64).saturating_mul(pos as u64);
-    // The logits, their log-softmax for the loss, and an f32 copy on the way to the file.
-    let logits = tokens
-        .saturating_mul(cfg.d_vocab as u64)
-        .saturating_mul(3 * elem.max(4));
-    // Per layer: the residual stream and its neighbours, the MLP's hidden layer, the
-    // attention scores and pattern.
-    let per_pos = 16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64 + 4 * (cfg.n_heads as u64).saturating_mul(pos as u64);
-    let per_layer = tokens.saturating_mul(per_pos).saturating_mul(elem);
+    // The logits, their log-softmax for the loss and an f32 copy; per layer (or one,
+    // with --names) the residual stream and its neighbours, the MLP's hidden layer, the
+    // attention scores and pattern; every SAE's activations.
     let layers = if all { cfg.n_layers as u64 } else { 1 };
-    let mut need = logits.saturating_add(per_layer.saturating_mul(layers));
+    let sae_per_pos = super::common::sae_bytes_per_pos(saes.iter().map(|(s, _)| s), elem);
+    let mut need = super::common::forward_need(model, batch, pos, 3, layers, sae_per_pos);
     if grads {
         need = need.saturating_mul(2);
     }
+    let sae_note = match saes.len() {
+        0 => String::new(),
+        1 => ", 1 SAE".to_string(),
+        n => format!(", {n} SAEs"),
+    };
     hooklens::__internal::check_memory(
         &format!(
-            "caching tokens [{batch}, {pos}] ({} logits and {})",
+            "caching tokens [{batch}, {pos}] ({} logits and {}{sae_note})",
             hooklens::__internal::human(tokens.saturating_mul(cfg.d_vocab as u64).saturating_mul(elem)),
             if all {
                 "every hook point"

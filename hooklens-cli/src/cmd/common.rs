@@ -429,3 +429,70 @@ pub fn first_non_finite_point(model: &HookedGpt2, tokens: &Tensor, mask: Option<
         None => "non-finite values after the last hook point".to_string(),
     })
 }
+
+/// The bytes spliced SAEs add per position of a forward: each one's pre- and
+/// post-activations (d_sae each) and what the splice allocates around them (the
+/// encoder's product, the gate, their cached and sparse copies), generously, and its
+/// reconstruction and error term (d_in or d_out each).
+pub fn sae_bytes_per_pos<'a>(saes: impl IntoIterator<Item = &'a hooklens_models::sae::Sae>, elem: u64) -> u64 {
+    saes.into_iter()
+        .map(|s| {
+            let c = s.cfg();
+            let d_out = c.d_out.unwrap_or(c.d_in) as u64;
+            (8 * c.d_sae as u64).saturating_add(2 * c.d_in as u64 + 2 * d_out)
+        })
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(elem.max(4))
+}
+
+/// About what a forward over `batch` sequences of `pos` tokens holds at its peak, in
+/// bytes: `logit_copies` copies of the logits (the logits, their log-softmax for the
+/// loss, an f32 copy), per layer kept (`layers`) the residual stream and its
+/// neighbours, the MLP's hidden layer, the attention scores and pattern; and
+/// `sae_per_pos` bytes ([`sae_bytes_per_pos`]) per position.
+pub fn forward_need(
+    model: &HookedGpt2,
+    batch: usize,
+    pos: usize,
+    logit_copies: u64,
+    layers: u64,
+    sae_per_pos: u64,
+) -> u64 {
+    let cfg = model.cfg();
+    let elem = model.dtype().size_in_bytes() as u64;
+    let tokens = (batch as u64).saturating_mul(pos as u64);
+    let logits = tokens
+        .saturating_mul(cfg.d_vocab as u64)
+        .saturating_mul(logit_copies.saturating_mul(elem.max(4)));
+    let per_pos = (16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64)
+        .saturating_add(4u64.saturating_mul(cfg.n_heads as u64).saturating_mul(pos as u64));
+    let per_layer = tokens.saturating_mul(per_pos).saturating_mul(elem);
+    logits
+        .saturating_add(per_layer.saturating_mul(layers))
+        .saturating_add(tokens.saturating_mul(sae_per_pos))
+}
+
+/// An error before a forward over `batch` x `pos` tokens ([`forward_need`] with
+/// `logit_copies` and `layers`, no SAE) that cannot fit in the memory available:
+/// allocating it would abort the process halfway instead. `doing` says what runs
+/// (`running`), `hint` what makes it smaller.
+pub fn check_forward_fits(
+    model: &HookedGpt2,
+    doing: &str,
+    batch: usize,
+    pos: usize,
+    logit_copies: u64,
+    layers: u64,
+    hint: &str,
+) -> CliResult<()> {
+    if pos > model.cfg().n_ctx {
+        // The forward refuses it before allocating, with the better message.
+        return Ok(());
+    }
+    hooklens::__internal::check_memory(
+        &format!("{doing} tokens [{batch}, {pos}]"),
+        forward_need(model, batch, pos, logit_copies, layers, 0),
+        hint,
+    )?;
+    Ok(())
+}

@@ -29,6 +29,16 @@ pub fn run(args: Args) -> CliResult<()> {
             args.pos
         )));
     }
+    // Every hook point is cached, the logits too.
+    super::common::check_forward_fits(
+        &model,
+        "a dummy prompt of",
+        1,
+        args.pos,
+        1,
+        model.cfg().n_layers as u64,
+        "give a smaller --pos (the shapes do not need a long prompt)",
+    )?;
     let bos = model.bos_token_id()?;
     let tokens = Tensor::from_vec(vec![bos; args.pos], (1, args.pos), model.device())?;
     let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;

@@ -42,6 +42,18 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     let input = args.input.read(&model, PaddingSide::Right)?;
     let tokens = input.row(args.row)?;
+    // The residual stream of every layer is kept, and each is unembedded: logits (and
+    // their softmax and top tokens) per layer.
+    let n_layers = model.cfg().n_layers as u64;
+    super::common::check_forward_fits(
+        &model,
+        "the logit lens of",
+        1,
+        tokens.dims().last().copied().unwrap_or(0),
+        3 * (n_layers + 1),
+        n_layers,
+        "give fewer or shorter prompts, or a smaller --dtype",
+    )?;
     let lens = logit_lens(&model, &tokens, args.top)?;
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
     let cell = |s: &str, p: f32| {

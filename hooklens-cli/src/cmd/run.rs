@@ -30,6 +30,16 @@ pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
     let input = args.input.read(&model, PaddingSide::Left)?;
     let (batch, pos) = input.tokens.dims2()?;
+    // The logits (and their log-softmax for the loss), and one layer's activations at a time.
+    super::common::check_forward_fits(
+        &model,
+        "running",
+        batch,
+        pos,
+        3,
+        1,
+        "give fewer or shorter prompts, or a smaller --dtype",
+    )?;
     // Token ids from a file need no tokenizer; their text is shown where there is one.
     let tokenizer = model.tokenizer().ok();
     let mut fwd = ForwardOptions::new().return_type(if pos >= 2 { ReturnType::Both } else { ReturnType::Logits });

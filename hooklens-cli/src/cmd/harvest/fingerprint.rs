@@ -48,3 +48,33 @@ fn hash_file(hasher: &mut Sha256, what: &str, path: &Path) -> CliResult<()> {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A reader that hashes what passes through it as [`file_sha256`] hashes a file of
+/// `len` bytes: what a harvest read can then be compared with what it fingerprinted
+/// (bytes of another number, or other bytes, give another hash).
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Hashes `inner`, which had `len` bytes when it was fingerprinted.
+    pub fn new(inner: R, len: u64) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(len.to_le_bytes());
+        HashingReader { inner, hasher }
+    }
+
+    /// The hash of what was read so far, in hex.
+    pub fn sha256(&self) -> String {
+        hex(&self.hasher.clone().finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -51,6 +51,58 @@ fn describe(key: &str) -> &'static str {
     }
 }
 
+/// The settings in which the workers of one harvest may differ: which part of the input
+/// each takes, and how it batches and cuts its shards (which changes none of the rows).
+const PER_WORKER: [&str; 3] = ["shard_index", "batch_size", "rows_per_shard"];
+
+/// Refuses a worker whose harvest is not the one the other manifests in `dir` (all but
+/// `own`) belong to: one --out holds one harvest, which a reader takes whole, so workers
+/// with other splits, hook points, context or input would be read as one.
+pub fn check_same_harvest(dir: &Path, own: &Path, settings: &Value) -> CliResult<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| CliError(format!("--out {}: {e}", dir.display())))?;
+    let mut others: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !name.starts_with('.') && name.ends_with("-manifest.json") && p.as_path() != own
+        })
+        .collect();
+    others.sort();
+    let one = "one --out holds one harvest (the workers of one run, which differ only in --shard-index, \
+               --batch-size and --shard-size-mb): harvest into another --out";
+    for path in others {
+        let shown = path.display();
+        // Only regular files are read: a FIFO of that name would hang the read.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            return Err(CliError(format!("{shown} is not a regular file; {one}")));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| CliError(format!("{shown}: {e}")))?;
+        let old: Value = serde_json::from_str(&text)
+            .map_err(|e| CliError(format!("{shown}: not a harvest manifest ({e}); {one}")))?;
+        if old["format"] != FORMAT {
+            return Err(CliError(format!(
+                "{shown}: not a {FORMAT} manifest (format {}); {one}",
+                old["format"]
+            )));
+        }
+        for (key, now) in settings.as_object().into_iter().flatten() {
+            let was = &old["settings"][key];
+            if !PER_WORKER.contains(&key.as_str()) && was != now {
+                return Err(CliError(format!(
+                    "--out {} holds another harvest: {shown} was written with {key} = {was}, this run has \
+                     {key} = {now}; {one}",
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The file name of shard `index` of worker `prefix`.
 pub fn shard_file(prefix: &str, index: usize) -> String {
     format!("{prefix}-shard-{index:06}.safetensors")

@@ -247,6 +247,22 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     let stored = plan.stored_names();
 
+    // The SAEs' activations, per position of a forward.
+    let sae_per_pos = super::common::sae_bytes_per_pos(&saes, model.dtype().size_in_bytes() as u64);
+    let sae_note = match saes.len() {
+        0 => String::new(),
+        1 => " with 1 SAE".to_string(),
+        n => format!(" with {n} SAEs"),
+    };
+    let hint = "give a smaller --shard-size-mb or --batch-size, fewer --names, or a shorter --context-size";
+    // The probe below is one sequence of the full context (n_ctx by default, 131072
+    // for some models): checked before it runs, or it aborts.
+    hooklens::__internal::check_memory(
+        &format!("one sequence of {ctx} tokens{sae_note} (the probe that sizes the shards)"),
+        forward_bytes(&model, ctx).saturating_add((ctx as u64).saturating_mul(sae_per_pos)),
+        hint,
+    )?;
+
     // Shapes per sequence, from one probe sequence: they set the rows per shard.
     let bos = model.bos_token_id()?;
     let eos = model.cfg().eos_token_id.unwrap_or(bos);
@@ -266,14 +282,15 @@ pub fn run(args: Args) -> CliResult<()> {
     // A shard is held, then copied once into its file's tensors; a batch's forward
     // holds its activations (the probe's, times the batch) several times over.
     let shard_bytes = (rows_per_shard as u64).saturating_mul(bytes_per_row as u64);
-    let batch_bytes = (args.batch_size.min(rows_per_shard) as u64).saturating_mul(forward_bytes(&model, ctx));
+    let per_seq = forward_bytes(&model, ctx).saturating_add((ctx as u64).saturating_mul(sae_per_pos));
+    let batch_bytes = (args.batch_size.min(rows_per_shard) as u64).saturating_mul(per_seq);
     hooklens::__internal::check_memory(
         &format!(
-            "a shard of {rows_per_shard} sequences plus a batch of {}",
+            "a shard of {rows_per_shard} sequences plus a batch of {}{sae_note}",
             args.batch_size
         ),
         shard_bytes.saturating_mul(2).saturating_add(batch_bytes),
-        "give a smaller --shard-size-mb or --batch-size, fewer --names, or a shorter --context-size",
+        hint,
     )?;
 
     let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
@@ -316,6 +333,7 @@ pub fn run(args: Args) -> CliResult<()> {
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
     let _lock = WorkerLock::acquire(&args.out, &prefix)?;
+    manifest::check_same_harvest(&args.out, &manifest_path, &settings)?;
     remove_stale_temporaries(&args.out, &prefix)?;
     let mut manifest = Manifest::open(&manifest_path, &prefix, settings, about, per_row_shapes, rows_per_shard)?;
     if manifest.complete {
@@ -340,7 +358,9 @@ pub fn run(args: Args) -> CliResult<()> {
     }
 
     let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
-    let mut reader = BufReader::new(file);
+    // Hashed as it is read: a corpus rewritten in place during the run is caught at the
+    // end (its shards would hold two corpora under the first one's fingerprint).
+    let mut reader = BufReader::new(fingerprint::HashingReader::new(file, input_len));
     let mut line_bytes: Vec<u8> = Vec::new();
     let tokenizer = model.tokenizer()?;
     let bar = progress_bar(input_len, args.quiet);
@@ -425,6 +445,16 @@ pub fn run(args: Args) -> CliResult<()> {
             }
         }
         bar.set_position(bytes_read);
+    }
+    let read_sha256 = reader.get_ref().sha256();
+    if read_sha256 != input_sha256 {
+        return Err(CliError(format!(
+            "--input {} changed while it was read: it had SHA-256 {input_sha256} when the harvest \
+             started, what was read has {read_sha256}; the shards written so far may mix two corpora: \
+             delete this worker's files in --out (or use another --out) and harvest again from a \
+             file that stays as it is",
+            args.input.display()
+        )));
     }
     if !batch.is_empty() {
         let rows = batch.len();

@@ -18,6 +18,24 @@ impl WorkerLock {
     /// error naming the lock file.
     pub fn acquire(dir: &Path, prefix: &str) -> CliResult<Self> {
         let path = dir.join(format!("{prefix}.lock"));
+        // Only a regular file (or none): a FIFO would hang the open, and a link (even a
+        // dangling one) would be followed to create a file outside the directory.
+        match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CliError(format!("cannot read the lock file {}: {e}", path.display()))),
+            Ok(m) if m.is_file() => {}
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    "a symbolic link"
+                } else {
+                    crate::output::kind(&m)
+                };
+                return Err(CliError(format!(
+                    "the lock file {} is {what}, not a regular file: move it away",
+                    path.display()
+                )));
+            }
+        }
         let file = File::options()
             .create(true)
             .truncate(false)
