@@ -26,7 +26,7 @@ fn identity(path: &Path) -> Option<PathBuf> {
 }
 
 /// What kind of thing `meta` is, for a message.
-fn kind(meta: &std::fs::Metadata) -> &'static str {
+pub(crate) fn kind(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
     #[cfg(unix)]
     {

@@ -151,6 +151,41 @@ fn attribute_refuses_bad_input_before_any_work() {
     );
 }
 
+/// Issue 27, point 8: the transcoders' files are inputs too: an output onto one of them
+/// (`--out`, `--html` or `--save-graph`) is refused, and the file is intact.
+#[test]
+fn attribute_refuses_an_output_onto_a_transcoder_file() {
+    let tmp = TempDir::new("attribute-out-transcoder");
+    let dir = case("circuits");
+    let tc = tmp.path("tc");
+    std::fs::create_dir_all(&tc).unwrap();
+    for f in ["config.yaml", "layer_0.safetensors", "layer_1.safetensors"] {
+        std::fs::copy(dir.join("transcoders").join(f), tc.join(f)).unwrap();
+    }
+    for (flag, file) in [
+        ("--out", "layer_1.safetensors"),
+        ("--html", "config.yaml"),
+        ("--save-graph", "layer_0.safetensors"),
+    ] {
+        let target = tc.join(file);
+        let before = std::fs::read(&target).unwrap();
+        let out = hooklens(&[
+            "attribute".as_ref(),
+            "--model".as_ref(),
+            dir.join("model").as_os_str(),
+            "--tokens".as_ref(),
+            dir.join("tokens.safetensors").as_os_str(),
+            "--transcoders".as_ref(),
+            tc.as_os_str(),
+            "--quiet".as_ref(),
+            flag.as_ref(),
+            target.as_os_str(),
+        ]);
+        fails(out, "writing it would destroy the input");
+        assert_eq!(std::fs::read(&target).unwrap(), before, "{flag} {file} was written");
+    }
+}
+
 #[test]
 fn attribute_past_the_memory_budget_writes_the_same_graph() {
     let tmp = TempDir::new("attribute-spill");

@@ -441,3 +441,185 @@ fn attribution_graph_page_works_in_chromium() {
     let n_edges = degree(id);
     assert_eq!(loaded.dom.matches("class=\"edge\"").count(), n_edges);
 }
+
+/// Every U+202E (right-to-left override) in `dom` as the browser serialised it, with
+/// whether it is isolated from what follows: text inside a `<bdi>` (or between U+2068
+/// and U+2069 in its text node), an attribute value between U+2068 and U+2069. Script
+/// and style elements are skipped (the page's data escapes it there).
+fn rlo_sites(dom: &str) -> Vec<(String, bool)> {
+    const RLO: char = '\u{202E}';
+    let isolated_by_marks = |s: &str| s.matches('\u{2068}').count() > s.matches('\u{2069}').count();
+    let mut sites = Vec::new();
+    let mut bdi_depth = 0i32;
+    let mut i = 0;
+    while i < dom.len() {
+        let rest = &dom[i..];
+        if rest.starts_with('<') {
+            // The tag's end: the first `>` outside a quoted attribute value.
+            let mut quote = None;
+            let mut end = rest.len() - 1;
+            for (j, c) in rest.char_indices().skip(1) {
+                match (quote, c) {
+                    (None, '"' | '\'') => quote = Some(c),
+                    (Some(q), c) if c == q => quote = None,
+                    (None, '>') => {
+                        end = j;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            let tag = &rest[..=end];
+            let name: String = tag[1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '/')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            for (p, _) in tag.match_indices(RLO) {
+                let value_start = tag[..p].rfind('"').map_or(0, |q| q + 1);
+                sites.push((
+                    format!("attribute in {}", &tag[..tag.len().min(80)]),
+                    isolated_by_marks(&tag[value_start..p]),
+                ));
+            }
+            match name.as_str() {
+                "bdi" => bdi_depth += 1,
+                "/bdi" => bdi_depth -= 1,
+                "script" | "style" => {
+                    let close = format!("</{name}");
+                    i += rest.find(&close).unwrap_or(rest.len());
+                    continue;
+                }
+                _ => {}
+            }
+            i += end + 1;
+        } else {
+            let text = &rest[..rest.find('<').unwrap_or(rest.len())];
+            for (p, _) in text.match_indices(RLO) {
+                let from = p.saturating_sub(40);
+                let from = (0..=from).rev().find(|&k| text.is_char_boundary(k)).unwrap_or(0);
+                sites.push((
+                    format!("text {:?}", &text[from..]),
+                    bdi_depth > 0 || isolated_by_marks(&text[..p]),
+                ));
+            }
+            i += text.len();
+        }
+    }
+    sites
+}
+
+/// `html` with `probe` run after the page's own script: it hovers what shows tokens
+/// (`hover`, a function body given the tooltip), then records on the body whether the
+/// elements of `ordered` (a selector) lie left to right, and whether the tooltip shows
+/// an override.
+fn with_probe(html: &str, hover: &str, ordered: &str) -> String {
+    let probe = format!(
+        r#"<script>
+(function () {{
+  "use strict";
+  var tip = document.getElementById("tooltip");
+  function fire(el, x, y) {{ el.dispatchEvent(new MouseEvent("mousemove", {{ bubbles: true, clientX: x, clientY: y }})); }}
+  (function (tip, fire) {{ {hover} }})(tip, fire);
+  if (tip && tip.textContent.indexOf("\u202e") >= 0) {{ document.body.setAttribute("data-probe-tooltip", "1"); }}
+  var lefts = Array.prototype.map.call(document.querySelectorAll("{ordered}"), function (e) {{ return e.getBoundingClientRect().left; }});
+  var bad = [];
+  for (var i = 1; i < lefts.length; i++) {{ if (!(lefts[i] > lefts[i - 1])) {{ bad.push(i); }} }}
+  document.body.setAttribute("data-probe-order", lefts.length + (bad.length ? " out of order at " + bad.join(",") : " in order"));
+}})();
+</script>
+</body>"#
+    );
+    assert!(html.contains("</body>"));
+    html.replacen("</body>", &probe, 1)
+}
+
+/// Issue 27, point 21: a token holding U+202E (right-to-left override) reversed every
+/// later token on the features page. On every page, each token's text is isolated: in
+/// a `<bdi>` in the DOM (tooltips included), between U+2068 and U+2069 in a title, and
+/// the tokens after it stay in order.
+#[test]
+fn a_right_to_left_override_in_a_token_stays_in_it_in_chromium() {
+    use candle_core::{DType, Device, Tensor};
+    use hooklens_models::viz;
+    let Some(chromium) = find_chromium() else {
+        if in_ci() {
+            panic!("chromium is not installed, and CI=true: .ci/run installs it with `apt-get install -y chromium`");
+        }
+        eprintln!("SKIPPED a_right_to_left_override_in_a_token_stays_in_it_in_chromium: no chromium on the PATH");
+        return;
+    };
+    let tmp = TempDir::new("bidi-views");
+    let tokens: Vec<String> = ["<|endoftext|>", "A", " \u{202E}evil", " later", " tok", " end"]
+        .map(String::from)
+        .to_vec();
+    let n = tokens.len();
+
+    let attention = viz::attention_html(&viz::AttentionView {
+        title: "bidi".into(),
+        tokens: tokens.clone(),
+        layers: vec![(0, Tensor::ones((2, n, n), DType::F32, &Device::Cpu).unwrap())],
+        selected: None,
+    })
+    .unwrap();
+    let features = viz::features_html(&viz::FeatureView {
+        title: "bidi".into(),
+        tokens: tokens.clone(),
+        top: (0..n).map(|p| vec![(3, p as f32 + 1.0)]).collect(),
+        columns: [(3, (0..n).map(|p| p as f32 + 1.0).collect())].into_iter().collect(),
+        feature: 3,
+    });
+    let lens = viz::logit_lens_html(
+        &viz::LogitLens {
+            tokens: tokens.clone(),
+            labels: vec!["0_pre".into(), "final_post".into()],
+            top: vec![vec![vec![(7, "\u{202E}next".to_string(), 0.5), (8, " ok".to_string(), 0.25)]; n]; 2],
+        },
+        "bidi",
+    );
+    let mut graph: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(GRAPH_FILE).unwrap()).unwrap();
+    graph["metadata"]["prompt_tokens"][2] = serde_json::json!(" \u{202E}evil");
+    graph["metadata"]["prompt"] = serde_json::json!("A \u{202E}evil prompt");
+    let graph = viz::attribution_graph_html(&graph.to_string()).unwrap();
+
+    // Hovers: the attention canvas is scanned until the tooltip shows the override.
+    let scan_canvas = r#"var c = document.getElementById("main"); var r = c.getBoundingClientRect();
+      for (var y = r.top + 1; y < r.bottom; y += 3) { for (var x = r.left + 1; x < r.right; x += 3) {
+        fire(c, x, y); if (tip.textContent.indexOf("\u202e") >= 0) { return; } } }"#;
+    let hover_token = r#"fire(document.querySelector('[data-pos="2"]'), 10, 10);"#;
+    let hover_cell = r#"fire(document.querySelectorAll("td")[2], 10, 10);"#;
+    let pages = [
+        ("attention", with_probe(&attention, scan_canvas, "canvas.thumb"), true),
+        ("features", with_probe(&features, hover_token, ".tok"), true),
+        ("logit-lens", with_probe(&lens, hover_cell, "th:not(.row)"), true),
+        ("graph", with_probe(&graph, "", "#tokens .tok"), false),
+    ];
+    for (name, html, tooltip) in pages {
+        let page = tmp.0.join(format!("{name}.html"));
+        std::fs::write(&page, html).unwrap();
+        let loaded = load(&chromium, &page, &tmp.0);
+        assert!(
+            loaded.console.is_empty(),
+            "{name}: console messages: {:#?}",
+            loaded.console
+        );
+        assert_eq!(body_attr(&loaded.dom, "data-ready").as_deref(), Some("1"), "{name}");
+        assert_eq!(body_attr(&loaded.dom, "data-errors"), None, "{name}");
+        if tooltip {
+            assert_eq!(
+                body_attr(&loaded.dom, "data-probe-tooltip").as_deref(),
+                Some("1"),
+                "{name}: the hover showed no token with the override"
+            );
+        }
+        let order = body_attr(&loaded.dom, "data-probe-order").unwrap();
+        assert!(
+            order.ends_with(" in order") && !order.starts_with("0 "),
+            "{name}: {order}"
+        );
+        let sites = rlo_sites(&loaded.dom);
+        assert!(!sites.is_empty(), "{name}: the override is nowhere on the page");
+        let loose: Vec<_> = sites.iter().filter(|(_, ok)| !ok).map(|(at, _)| at).collect();
+        assert!(loose.is_empty(), "{name}: token text not isolated: {loose:#?}");
+    }
+}

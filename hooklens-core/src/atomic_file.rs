@@ -1,13 +1,17 @@
 //! Replacing a file so that nobody, not even after a crash or a kill, sees half of it.
 //!
-//! A file is written to a hidden temporary sibling (`.NAME.tmp-PID-N`), fsynced,
+//! A file is written to a hidden temporary sibling (`.NAME.tmp-hooklens-HOST-PID-N`,
+//! where HOST names this boot of this machine and the writer's PID namespace), fsynced,
 //! renamed over its final name, and the directory is fsynced so that the rename itself
 //! survives a machine crash. Nothing sizes the file before it is filled, so a listed
 //! file is never a run of zeros of the right length.
 //!
 //! A writer killed mid-write cannot remove its temporary file; the next write of the
-//! same file removes the temporaries that dead writers left behind (and the
-//! safetensors crate's own `.tmpXXXXXX` siblings, which older versions of hooklens left).
+//! same file removes the temporaries that dead writers left behind, and only those that
+//! are provably a dead hooklens writer's: the name must be of this form, with the HOST of
+//! the process looking (a writer in another container or on another machine sharing the
+//! folder has a PID that means nothing here), and that PID must be dead. Any other file,
+//! whatever its name (a `.tmpXXXXXX` of another program included), is never touched.
 
 use std::fs::File;
 use std::io::Write;
@@ -17,6 +21,10 @@ use crate::{Error, Result};
 
 /// The marker between a target's name and the writer's id in a temporary file's name.
 const TMP_MARK: &str = ".tmp-";
+
+/// What follows [`TMP_MARK`] in the names this version gives its temporaries, before
+/// the HOST, PID and counter.
+const TMP_TAG: &str = "hooklens-";
 
 /// The longest file name most file systems accept (`NAME_MAX`), in bytes.
 const NAME_MAX: usize = 255;
@@ -90,7 +98,8 @@ fn sync_parent(path: &Path) {
 fn temporary_path(path: &Path, file_name: &str) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let suffix = format!("{TMP_MARK}{}-{n}", std::process::id());
+    let host = host_id().unwrap_or("unknown");
+    let suffix = format!("{TMP_MARK}{TMP_TAG}{host}-{}-{n}", std::process::id());
     // A name near the limit still gets a temporary sibling: its own name is cut short
     // (at a character boundary) rather than the write failing for the suffix.
     let room = NAME_MAX - 1 - suffix.len();
@@ -101,28 +110,74 @@ fn temporary_path(path: &Path, file_name: &str) -> PathBuf {
     path.with_file_name(format!(".{}{suffix}", &file_name[..cut]))
 }
 
-/// Whether `name` is a temporary file of a hooklens writer (`.NAME.tmp-PID-N`) or of the
-/// safetensors crate (`.tmpXXXXXX`): a file that is never a finished output.
+/// Whether `name` is a temporary file of a hooklens writer: `.NAME.tmp-hooklens-HOST-PID-N`,
+/// or `.NAME.tmp-PID-N` as older versions named them. Other names (the safetensors
+/// crate's `.tmpXXXXXX` included) are not: hooklens never makes them.
 pub fn is_temporary(name: &str) -> bool {
-    temporary_parts(name).is_some() || is_safetensors_temporary(name)
+    temporary_parts(name).is_some()
 }
 
-/// `(target name prefix, writer's pid)` of a hooklens temporary file name.
-fn temporary_parts(name: &str) -> Option<(&str, u32)> {
+/// The parts of a hooklens temporary file name.
+#[derive(Debug, PartialEq)]
+struct TempName<'a> {
+    /// The start of the target's name (cut short when the name is long).
+    target: &'a str,
+    /// The writer's [`host_id`]; `None` in the names of older versions, which had none.
+    host: Option<&'a str>,
+    /// The writer's process id, in its own PID namespace.
+    pid: u32,
+}
+
+/// The parts of `name` if it is a hooklens temporary file name (see [`is_temporary`]).
+fn temporary_parts(name: &str) -> Option<TempName<'_>> {
     let rest = name.strip_prefix('.')?;
     let at = rest.rfind(TMP_MARK)?;
-    let (pid, n) = rest[at + TMP_MARK.len()..].split_once('-')?;
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+    let target = &rest[..at];
+    let tail = &rest[at + TMP_MARK.len()..];
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let (host, ids) = match tail.strip_prefix(TMP_TAG) {
+        Some(t) => {
+            let (host, ids) = t.split_once('-')?;
+            if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                return None;
+            }
+            (Some(host), ids)
+        }
+        None => (None, tail),
+    };
+    let (pid, n) = ids.split_once('-')?;
+    if !digits(pid) || !digits(n) {
         return None;
     }
-    Some((&rest[..at], pid.parse().ok()?))
+    Some(TempName {
+        target,
+        host,
+        pid: pid.parse().ok()?,
+    })
 }
 
-/// The `tempfile` crate's default name, which `safetensors::serialize_to_file` uses:
-/// `.tmp` and six letters or digits.
-fn is_safetensors_temporary(name: &str) -> bool {
-    name.strip_prefix(".tmp")
-        .is_some_and(|r| r.len() == 6 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+/// This process's HOST in temporary names: 16 hex digits of a hash of the kernel's boot
+/// id (one per boot of one machine) and of the inode of the PID namespace (one per
+/// container), so that two writers with the same HOST read PIDs the same way. `None`
+/// where either cannot be read: then no temporary file is ever removed.
+fn host_id() -> Option<&'static str> {
+    static HOST: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        let (boot, ns) = (boot.trim(), ns.to_string_lossy());
+        if boot.is_empty() || !ns.starts_with("pid:[") {
+            return None;
+        }
+        // FNV-1a, 64 bits: stable across builds and versions, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in boot.bytes().chain([0]).chain(ns.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        Some(format!("{h:016x}"))
+    })
+    .as_deref()
 }
 
 /// Whether process `pid` is alive. Where that cannot be told, every process counts as
@@ -135,9 +190,21 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Removes the temporary files of `path` whose writers are dead, and the safetensors
-/// crate's temporaries beside it (no writer of this version makes those). Best effort:
-/// a file that cannot be removed is left for the next write.
+/// Whether the temporary file `name`, beside the target `file_name`, is provably one a
+/// dead hooklens writer of `file_name` left: named by this version, with our HOST (so its
+/// PID is one of our namespace) and a PID that is not alive.
+fn is_dead_writers(name: &str, file_name: &str) -> bool {
+    let Some(ours) = host_id() else {
+        return false;
+    };
+    temporary_parts(name).is_some_and(|t| {
+        !t.target.is_empty() && file_name.starts_with(t.target) && t.host == Some(ours) && !alive(t.pid)
+    })
+}
+
+/// Removes the temporary files of `path` that provably belong to dead writers (see
+/// [`is_dead_writers`]); nothing else. Best effort: a file that cannot be removed is left
+/// for the next write.
 fn remove_dead_temporaries(path: &Path, file_name: &str) {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -149,11 +216,7 @@ fn remove_dead_temporaries(path: &Path, file_name: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let stale = match temporary_parts(&name) {
-            Some((target, pid)) => !target.is_empty() && file_name.starts_with(target) && !alive(pid),
-            None => is_safetensors_temporary(&name),
-        };
-        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+        if is_dead_writers(&name, file_name) && entry.file_type().is_ok_and(|t| t.is_file()) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -170,11 +233,72 @@ mod tests {
         let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
         assert!(name.len() <= NAME_MAX, "{}", name.len());
         assert!(is_temporary(&name), "{name}");
-        let (target, pid) = temporary_parts(&name).unwrap();
-        assert!(long.starts_with(target));
-        assert_eq!(pid, std::process::id());
-        assert!(is_temporary(".tmpAb3dE9"));
+        let t = temporary_parts(&name).unwrap();
+        assert!(long.starts_with(t.target));
+        assert_eq!(t.pid, std::process::id());
+        assert_eq!(t.host, Some(host_id().unwrap()));
+        assert!(name.contains(".tmp-hooklens-"), "{name}");
+        // Older versions' names are still hooklens temporaries, with no host.
+        let old = temporary_parts(".a.bin.tmp-12-3").unwrap();
+        assert_eq!((old.target, old.host, old.pid), ("a.bin", None, 12));
+        // The safetensors crate's names are not ours.
+        assert!(!is_temporary(".tmpAb3dE9"));
         assert!(!is_temporary("cache.safetensors"));
         assert!(!is_temporary(".tmp-notes"));
+        assert!(!is_temporary(".a.tmp-hooklens--1-2"));
+    }
+
+    /// A PID that no process can have on Linux (above `PID_MAX_LIMIT`, 2^22).
+    const DEAD: u32 = 99_999_999;
+
+    #[test]
+    fn only_provably_dead_hooklens_temporaries_are_removed() {
+        let dir = std::env::temp_dir().join(format!("hooklens-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let host = host_id().expect("this test runs where /proc tells the boot and PID namespace");
+        let other = if host == "0123456789abcdef" {
+            "fedcba9876543210"
+        } else {
+            "0123456789abcdef"
+        };
+        let me = std::process::id();
+        let dead_ours = format!(".out.bin.tmp-hooklens-{host}-{DEAD}-0");
+        let kept = [
+            // Another program's temporary (the tempfile crate's name).
+            ".tmpAb3dE9".to_string(),
+            // A writer in another container or machine: its PID means nothing here.
+            format!(".out.bin.tmp-hooklens-{other}-{DEAD}-0"),
+            // An older version's name: which namespace its PID is in is unknown.
+            format!(".out.bin.tmp-{DEAD}-0"),
+            // A live writer of ours.
+            format!(".out.bin.tmp-hooklens-{host}-{me}-7"),
+            // A dead writer of another file.
+            format!(".other.bin.tmp-hooklens-{host}-{DEAD}-0"),
+            // Not a temporary name at all.
+            format!(".out.bin.tmp-hooklens-{host}-{DEAD}-x"),
+        ];
+        for name in kept.iter().chain([&dead_ours]) {
+            std::fs::write(dir.join(name), b"partial").unwrap();
+        }
+        write_atomically(&dir.join("out.bin"), |w| {
+            w.write_all(b"done").map_err(|e| Error::io("out.bin", e))
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(dir.join("out.bin")).unwrap(), b"done");
+        assert!(
+            !dir.join(&dead_ours).exists(),
+            "a dead writer's temporary of ours is left"
+        );
+        for name in &kept {
+            assert!(dir.join(name).exists(), "{name} was removed");
+        }
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), kept.len() + 1, "{left:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -148,6 +148,11 @@ pub fn run(mut args: Args) -> CliResult<()> {
         crate::output::check_output_file(flag, path, &inputs)?;
     }
     let transcoders = load_transcoders(&args.transcoders, model.cfg().n_layers, &args.model.revision)?;
+    // The transcoders' files (a folder's, or the cached ones of a hub repository) are
+    // inputs too, known once they are found.
+    for (flag, path) in &outputs {
+        crate::output::check_output_file(flag, path, transcoders.files())?;
+    }
     let input = args.input.read(&model, PaddingSide::Right)?;
     if input.tokens.dim(0)? != 1 {
         return Err(CliError(

@@ -29,19 +29,23 @@ impl SaeArgs {
         self.saes.iter().map(|spec| load_one(spec, device)).collect()
     }
 
-    /// The files of the SAEs given as folders, which an output must not replace.
+    /// The files the SAEs are read from, which an output must not replace: a folder's
+    /// `cfg.json` and `sae_weights.safetensors`, and for `REPO_ID:FOLDER` the same files
+    /// in the Hugging Face cache (looked up there only, never downloaded: call after
+    /// [`SaeArgs::load`], which has put them there).
     pub fn files(&self) -> Vec<std::path::PathBuf> {
-        self.saes
-            .iter()
-            .map(Path::new)
-            .filter(|p| p.is_dir())
-            .flat_map(|p| {
-                [
-                    p.join(hooklens_models::sae::SAE_CFG_FILE),
-                    p.join(hooklens_models::sae::SAE_WEIGHTS_FILE),
-                ]
-            })
-            .collect()
+        let mut files = Vec::new();
+        for spec in &self.saes {
+            let path = Path::new(spec);
+            if path.is_dir() {
+                files.push(path.join(hooklens_models::sae::SAE_CFG_FILE));
+                files.push(path.join(hooklens_models::sae::SAE_WEIGHTS_FILE));
+            } else if let Some((repo, folder)) = hub_spec(spec) {
+                let hub = HubOptions::from_env().offline(true);
+                files.extend(Sae::pretrained_files(repo, folder, &hub).unwrap_or_default());
+            }
+        }
+        files
     }
 
     /// The SAEs as a set to splice in, with or without their error terms.
@@ -70,13 +74,19 @@ fn load_one(spec: &str, device: &candle_core::Device) -> CliResult<Sae> {
              or REPO_ID:FOLDER on the Hugging Face hub (e.g. jbloom/GPT2-Small-SAEs-Reformatted:blocks.0.hook_resid_pre)"
         )));
     }
-    match spec.split_once(':') {
-        Some((repo, folder)) if !repo.is_empty() && !spec.starts_with(['.', '/', '~']) => {
-            Ok(Sae::from_pretrained(repo, folder, &HubOptions::from_env(), device)?)
-        }
-        _ => Err(CliError(format!(
+    match hub_spec(spec) {
+        Some((repo, folder)) => Ok(Sae::from_pretrained(repo, folder, &HubOptions::from_env(), device)?),
+        None => Err(CliError(format!(
             "--sae {spec}: no such directory (an SAE is a folder holding cfg.json and sae_weights.safetensors, \
              or REPO_ID:FOLDER on the Hugging Face hub)"
         ))),
     }
+}
+
+/// `(REPO_ID, FOLDER)` of an `--sae` value that names no folder here and is no URL.
+fn hub_spec(spec: &str) -> Option<(&str, &str)> {
+    if spec.contains("://") || spec.starts_with(['.', '/', '~']) {
+        return None;
+    }
+    spec.split_once(':').filter(|(repo, _)| !repo.is_empty())
 }

@@ -77,6 +77,8 @@ pub struct Transcoders {
     b_dec: Vec<Vec<f32>>,
     /// Where the weights were read from, for messages.
     source: String,
+    /// The files read (`config.yaml` first); none when built from SAEs already loaded.
+    files: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Transcoders {
@@ -156,7 +158,9 @@ impl Transcoders {
                 groups
             }
         };
-        Self::from_files(cfg, &files, &dir.display().to_string())
+        let mut made = Self::from_files(cfg, &files, &dir.display().to_string())?;
+        made.files.insert(0, dir.join("config.yaml"));
+        Ok(made)
     }
 
     /// Reads the transcoders of the Hugging Face repository `repo` (`config.yaml` at
@@ -222,7 +226,9 @@ impl Transcoders {
             .iter()
             .map(|group| group.iter().map(|_| paths.next().expect("one path per name")).collect())
             .collect();
-        Self::from_files(cfg, &files, repo)
+        let mut made = Self::from_files(cfg, &files, repo)?;
+        made.files.insert(0, cfg_path);
+        Ok(made)
     }
 
     /// A transcoder set from SAELens transcoders already loaded: layer `i`'s is
@@ -462,6 +468,7 @@ impl Transcoders {
             decoders,
             b_dec,
             source,
+            files: Vec::new(),
         })
     }
 
@@ -623,7 +630,15 @@ impl Transcoders {
             decoders,
             b_dec,
             source: source.to_string(),
+            files: files.iter().flatten().cloned().collect(),
         })
+    }
+
+    /// The files the transcoders were read from, `config.yaml` first (from the Hugging
+    /// Face cache for [`Transcoders::from_pretrained`]): what no output may replace.
+    /// Empty when they were built from SAEs already loaded.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// Set or cross-layer.

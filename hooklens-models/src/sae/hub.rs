@@ -15,6 +15,15 @@ impl Sae {
     /// it, unless `hub.offline` (`HF_HUB_OFFLINE`). Named releases of SAELens's
     /// `pretrained_saes.yaml` are not resolved: give their repository and folder.
     pub fn from_pretrained(repo_id: &str, path: &str, hub: &HubOptions, device: &Device) -> Result<Self> {
+        let found = Self::pretrained_files(repo_id, path, hub)?;
+        Self::from_files(&found[0], &found[1], device)
+    }
+
+    /// The local files (`cfg.json`, `sae_weights.safetensors`) that
+    /// [`Sae::from_pretrained`] reads for the same arguments: from the cache, else
+    /// downloaded into it unless `hub.offline`. With `hub.offline`, it tells which cached
+    /// files an SAE given by repository was read from (what no output may replace).
+    pub fn pretrained_files(repo_id: &str, path: &str, hub: &HubOptions) -> Result<Vec<std::path::PathBuf>> {
         let folder = path.trim_matches('/');
         let in_repo = |file: &str| {
             if folder.is_empty() {
@@ -24,7 +33,6 @@ impl Sae {
             }
         };
         let files = [in_repo(SAE_CFG_FILE), in_repo(SAE_WEIGHTS_FILE)];
-        let found = repo_files(repo_id, &files, hub, &format!("SAE `{repo_id}` folder `{folder}`"))?;
-        Self::from_files(&found[0], &found[1], device)
+        repo_files(repo_id, &files, hub, &format!("SAE `{repo_id}` folder `{folder}`"))
     }
 }

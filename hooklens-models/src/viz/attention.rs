@@ -73,7 +73,8 @@ pub fn attention_patterns(model: &HookedGpt2, tokens: &Tensor, layers: Option<&[
 /// head of `view`: a thumbnail per head, and the selected head as a large heatmap with
 /// the query tokens down the side and the key tokens along the top; hovering a cell
 /// shows both tokens and the weight. A layer/head selector and clicks on thumbnails
-/// choose the head. Patterns must be `[n_heads, pos, pos]` with `pos` tokens.
+/// choose the head. Token text is isolated (`<bdi>`), so bidirectional controls in one
+/// token cannot reorder the others. Patterns must be `[n_heads, pos, pos]` with `pos` tokens.
 pub fn attention_html(view: &AttentionView) -> Result<String> {
     let pos = view.tokens.len();
     let mut layers = Vec::with_capacity(view.layers.len());
@@ -297,14 +298,24 @@ canvas.thumb { image-rendering: pixelated; border: 1px solid #ccc; }
   select.addEventListener("change", function () { choose(Number(select.value)); });
 
   var tip = document.getElementById("tooltip");
+  // Token text in a <bdi>, so a right-to-left override in one token reorders nothing
+  // outside it (on the canvas each label is drawn on its own, isolated already).
+  function bdi(t) {
+    var b = document.createElement("bdi");
+    b.textContent = t;
+    return b;
+  }
   main.addEventListener("mousemove", function (ev) {
     var r = main.getBoundingClientRect();
     var k = Math.floor((ev.clientX - r.left - x0) / cell);
     var q = Math.floor((ev.clientY - r.top - y0) / cell);
     if (q < 0 || k < 0 || q >= n || k >= n) { tip.style.display = "none"; return; }
     var w = weight(entries[current].pattern, q, k);
-    tip.textContent = entries[current].label + "\nquery " + q + " " + JSON.stringify(tokens[q]) +
-      "\nkey   " + k + " " + JSON.stringify(tokens[k]) + "\nweight " + w.toFixed(3);
+    tip.textContent = entries[current].label + "\nquery " + q + " ";
+    tip.appendChild(bdi(JSON.stringify(tokens[q])));
+    tip.appendChild(document.createTextNode("\nkey   " + k + " "));
+    tip.appendChild(bdi(JSON.stringify(tokens[k])));
+    tip.appendChild(document.createTextNode("\nweight " + w.toFixed(3)));
     tip.style.left = (ev.clientX + 14) + "px";
     tip.style.top = (ev.clientY + 14) + "px";
     tip.style.display = "block";

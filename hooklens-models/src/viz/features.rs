@@ -88,7 +88,8 @@ pub fn feature_activations(
 /// One self-contained HTML page of `view`: the prompt with each token shaded by the
 /// chosen feature's activation (a colour scale from 0 to its largest value beside it;
 /// leading and other spaces shown as `␣`), a selector over the features that appear,
-/// and a token's top features on hover.
+/// and a token's top features on hover. Each token's text is isolated (`<bdi>`), so
+/// bidirectional controls in one (a right-to-left override) cannot reorder the others.
 pub fn features_html(view: &FeatureView) -> String {
     let columns: serde_json::Map<String, serde_json::Value> = view
         .columns
@@ -153,8 +154,15 @@ h1 { font-size: 18px; margin: 0 0 8px; }
   });
   var prompt = document.getElementById("prompt");
   var tip = document.getElementById("tooltip");
+  // Token text in a <bdi>: a right-to-left override (U+202E) in a token then reorders
+  // nothing outside it.
+  function bdi(t) {
+    var b = document.createElement("bdi");
+    b.textContent = t;
+    return b;
+  }
   var spans = data.tokens.map(function (t, i) {
-    var span = document.createElement("span");
+    var span = document.createElement("bdi");
     span.className = "tok";
     // Spaces made visible, so " the" and "the" differ on the page.
     t.split(/( )/).forEach(function (part) {
@@ -170,8 +178,10 @@ h1 { font-size: 18px; margin: 0 0 8px; }
     span.setAttribute("data-pos", String(i));
     span.addEventListener("mousemove", function (ev) {
       var f = Number(select.value);
-      tip.textContent = i + " " + JSON.stringify(t) + "\nfeature " + f + ": " + data.columns[f][i] + "\n" +
-        (data.top[i].length ? data.top[i].map(function (e) { return "f" + e[0] + "  " + e[1]; }).join("\n") : "no feature active");
+      tip.textContent = i + " ";
+      tip.appendChild(bdi(JSON.stringify(t)));
+      tip.appendChild(document.createTextNode("\nfeature " + f + ": " + data.columns[f][i] + "\n" +
+        (data.top[i].length ? data.top[i].map(function (e) { return "f" + e[0] + "  " + e[1]; }).join("\n") : "no feature active")));
       tip.style.left = (ev.clientX + 14) + "px";
       tip.style.top = (ev.clientY + 14) + "px";
       tip.style.display = "block";

@@ -47,7 +47,14 @@
     }
     return s;
   }
-  function label(n) { return describe(n).textContent; }
+  // The same as plain text (for a tooltip), each token between U+2068 and U+2069, the
+  // plain-text form of <bdi>.
+  function iso(t) { return "\u2068" + t + "\u2069"; }
+  function label(n) {
+    var s = "";
+    describe(n).childNodes.forEach(function (c) { s += c.nodeName === "BDI" ? iso(c.textContent) : c.textContent; });
+    return s;
+  }
 
   // The header: title, metadata, prompt, legend.
   document.getElementById("title").textContent = data.title;
@@ -162,7 +169,7 @@
     var cell = el("div", "tok");
     cell.style.left = colX[q] + "px";
     cell.style.width = colW[q] + "px";
-    cell.title = q + ": " + JSON.stringify(t);
+    cell.title = q + ": " + iso(JSON.stringify(t));
     cell.appendChild(el("div", "hint", String(q)));
     cell.appendChild(bdi(t));
     tokens.appendChild(cell);

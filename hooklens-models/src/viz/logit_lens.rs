@@ -81,7 +81,8 @@ fn top_k(x: &Tensor, k: usize) -> Result<TopK> {
 
 /// One self-contained HTML page of `lens`: a table with a row per residual stream and a
 /// column per position, each cell the top token, shaded by its probability; hovering a
-/// cell shows the top tokens with their probabilities.
+/// cell shows the top tokens with their probabilities. Each token's text is isolated
+/// (`<bdi>`), so bidirectional controls in one cannot reorder the others.
 pub fn logit_lens_html(lens: &LogitLens, title: &str) -> String {
     let top: Vec<Vec<Vec<serde_json::Value>>> = lens
         .top
@@ -138,6 +139,14 @@ th.row { text-align: right; }
     var s = t.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r");
     return s.length > 14 ? s.slice(0, 13) + "\u2026" : s;
   }
+  // Token text in a <bdi> (and between U+2068 and U+2069 in plain text such as a
+  // title), so a right-to-left override in one token reorders nothing outside it.
+  function bdi(t) {
+    var b = document.createElement("bdi");
+    b.textContent = t;
+    return b;
+  }
+  function iso(t) { return "\u2068" + t + "\u2069"; }
   var table = document.getElementById("lens");
   var head = document.createElement("tr");
   var corner = document.createElement("th");
@@ -145,8 +154,8 @@ th.row { text-align: right; }
   head.appendChild(corner);
   data.tokens.forEach(function (t, i) {
     var th = document.createElement("th");
-    th.textContent = show(t);
-    th.title = i + " " + JSON.stringify(t);
+    th.appendChild(bdi(show(t)));
+    th.title = i + " " + iso(JSON.stringify(t));
     head.appendChild(th);
   });
   table.appendChild(head);
@@ -161,14 +170,18 @@ th.row { text-align: right; }
     data.top[r].forEach(function (entries, i) {
       var td = document.createElement("td");
       var best = entries[0];
-      td.textContent = show(best[1]);
+      td.appendChild(bdi(show(best[1])));
       var p = best[2];
       td.style.background = "rgba(40, 90, 200, " + (0.08 + 0.8 * p).toFixed(3) + ")";
       if (p > 0.55) { td.style.color = "#fff"; }
       var label = data.labels[r];
       td.addEventListener("mousemove", function (ev) {
-        tip.textContent = label + " at " + i + " " + JSON.stringify(data.tokens[i]) + "\n" +
-          entries.map(function (e) { return (e[2] * 100).toFixed(1) + "%  " + JSON.stringify(e[1]); }).join("\n");
+        tip.textContent = label + " at " + i + " ";
+        tip.appendChild(bdi(JSON.stringify(data.tokens[i])));
+        entries.forEach(function (e) {
+          tip.appendChild(document.createTextNode("\n" + (e[2] * 100).toFixed(1) + "%  "));
+          tip.appendChild(bdi(JSON.stringify(e[1])));
+        });
         tip.style.left = (ev.clientX + 14) + "px";
         tip.style.top = (ev.clientY + 14) + "px";
         tip.style.display = "block";

@@ -111,4 +111,76 @@ mod tests {
     fn html_escaping() {
         assert_eq!(escape_html("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
     }
+
+    /// The lines of `page`'s scripts that put text into the DOM as plain text (a
+    /// `textContent` or a `title`) built from a token: there must be none, as a token's
+    /// right-to-left override would reorder whatever follows it (issue 27, 21). Token
+    /// text goes into a `<bdi>`, or between U+2068 and U+2069 (`iso(...)`) in a title.
+    fn unisolated_token_text(page: &str) -> Vec<String> {
+        let token = ["JSON.stringify(", "show(", "shown(", "tokens[", "best["];
+        page.lines()
+            .filter(|l| l.contains("textContent =") || l.contains(".title ="))
+            .filter(|l| token.iter().any(|t| l.contains(t)) && !l.contains("iso("))
+            // The graph's prompt element is a <bdi> itself.
+            .filter(|l| !l.contains("getElementById(\"prompt\")"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_page_isolates_token_text() {
+        use candle_core::{Device, Tensor};
+        let tokens = vec!["a".to_string(), "\u{202E}b".to_string(), "c".to_string()];
+        let attention = attention_html(&AttentionView {
+            title: "t".into(),
+            tokens: tokens.clone(),
+            layers: vec![(
+                0,
+                Tensor::ones((1, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            )],
+            selected: None,
+        })
+        .unwrap();
+        let features = features_html(&FeatureView {
+            title: "t".into(),
+            tokens: tokens.clone(),
+            top: vec![vec![(0, 1.0)], vec![], vec![]],
+            columns: [(0, vec![1.0, 0.0, 0.0])].into_iter().collect(),
+            feature: 0,
+        });
+        let lens = logit_lens_html(
+            &LogitLens {
+                tokens,
+                labels: vec!["final_post".into()],
+                top: vec![vec![vec![(1, "\u{202E}x".into(), 0.5)]; 3]],
+            },
+            "t",
+        );
+        let graph = graph_file_html(
+            &GraphFile::from_json(
+                &std::fs::read_to_string(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../testdata/circuits/graph_files/public.json"
+                ))
+                .unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for (name, page) in [
+            ("attention", &attention),
+            ("features", &features),
+            ("logit lens", &lens),
+            ("graph", &graph),
+        ] {
+            assert!(
+                page.contains("createElement(\"bdi\")") || page.contains("el(\"bdi\""),
+                "{name}: no <bdi>"
+            );
+            let bad = unisolated_token_text(page);
+            assert!(bad.is_empty(), "{name}: token text not isolated: {bad:#?}");
+            assert!(!page.contains('\u{202E}'), "{name}: a bidi override is written raw");
+        }
+        assert!(graph.contains("<bdi id=\"prompt\">"));
+    }
 }
