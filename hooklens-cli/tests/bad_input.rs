@@ -773,3 +773,151 @@ fn a_fifo_or_device_shard_is_named_as_such() {
         );
     }
 }
+
+/// A copy of the Llama fixture (vocabulary 512) whose config claims `n_ctx` positions.
+fn long_context_llama(tmp: &TempDir, n_ctx: u64) -> std::path::PathBuf {
+    let dir = tmp.path("long-llama");
+    std::fs::create_dir_all(&dir).unwrap();
+    for e in std::fs::read_dir(root().join("testdata/llama/model")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = n_ctx.into();
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    dir
+}
+
+/// A tokens file of zeros, `[batch, pos]`.
+fn zero_tokens(path: &std::path::Path, batch: usize, pos: usize) {
+    Tensor::zeros((batch, pos), DType::I64, &Device::Cpu)
+        .unwrap()
+        .save_safetensors("tokens", path)
+        .unwrap();
+}
+
+/// `hooklens` with `args` under `avail` bytes of available memory: a clean error
+/// (exit 1, no panic, no abort) holding every one of `needles`.
+fn fails_for_memory(args: &[String], avail: u64, needles: &[&str]) {
+    let o = offline_command(args)
+        .env(hooklens::__internal::AVAILABLE_MEMORY_ENV, avail.to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{args:?}: not a clean error: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Issue 27, point 14: `run` and `logit-lens` had no memory check (tokens [1, 40000]
+/// aborted under 4 GB where `cache` said how much it needed): the same check now.
+#[test]
+fn run_and_logit_lens_check_memory_before_running() {
+    let tmp = TempDir::new("run-memory");
+    let model = long_context_llama(&tmp, 4096);
+    let tokens = tmp.path("long.safetensors");
+    zero_tokens(&tokens, 1, 2000);
+    let (m, t) = (
+        model.to_string_lossy().into_owned(),
+        tokens.to_string_lossy().into_owned(),
+    );
+    // 50 MiB: the model loads; 2000 positions' attention does not fit.
+    for cmd in ["run", "logit-lens"] {
+        let args: Vec<String> = [cmd, "--model", &m, "--tokens", &t]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        fails_for_memory(
+            &args,
+            50 << 20,
+            &[
+                "tokens [1, 2000]",
+                "needs about",
+                "is available: give fewer or shorter prompts",
+            ],
+        );
+    }
+}
+
+/// An SAE folder of zeros at `blocks.0.hook_resid_pre` of a d_model 64 model.
+fn zero_sae(dir: &std::path::Path, d_sae: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("testdata/saes/saes/standard/cfg.json")).unwrap())
+            .unwrap();
+    cfg["d_sae"] = d_sae.into();
+    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+    let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+    let t = std::collections::HashMap::from([
+        ("W_enc".to_string(), z(&[64, d_sae])),
+        ("W_dec".to_string(), z(&[d_sae, 64])),
+        ("b_enc".to_string(), z(&[d_sae])),
+        ("b_dec".to_string(), z(&[64])),
+    ]);
+    candle_core::safetensors::save(&t, dir.join("sae_weights.safetensors")).unwrap();
+}
+
+/// Issue 27, point 15: the memory checks of `cache` and `harvest` left out a spliced
+/// SAE's activations (d_sae 2^19 aborted): they count now. Here d_sae 16384 over 256
+/// positions (about 16 MiB per activation) under 40 MiB.
+#[test]
+fn memory_checks_count_a_spliced_sae() {
+    let tmp = TempDir::new("sae-memory");
+    let sae = tmp.path("sae");
+    zero_sae(&sae, 16384);
+    let tokens = tmp.path("tokens.safetensors");
+    zero_tokens(&tokens, 4, 64);
+    let m = tiny_model().to_string_lossy().into_owned();
+    let s = sae.to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "cache",
+        "--model",
+        &m,
+        "--tokens",
+        &tokens.to_string_lossy(),
+        "--sae",
+        &s,
+        "--out",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([tmp.s("c.safetensors")])
+    .collect();
+    fails_for_memory(&args, 40 << 20, &["caching tokens [4, 64]", "needs about", "1 SAE"]);
+    assert!(!tmp.path("c.safetensors").exists());
+
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog sat on the log\n".repeat(40),
+    )
+    .unwrap();
+    let args: Vec<String> = [
+        "harvest",
+        "--model",
+        &m,
+        "--input",
+        &corpus.to_string_lossy(),
+        "--sae",
+        &s,
+        "--names",
+        "blocks.0.hook_resid_pre.hook_sae_acts_post",
+        "--context-size",
+        "64",
+        "--batch-size",
+        "4",
+        "--shard-size-mb",
+        "1",
+        "--quiet",
+        "--out",
+        &tmp.s("acts"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    fails_for_memory(&args, 40 << 20, &["needs about", "1 SAE"]);
+    assert!(!tmp.path("acts").exists(), "nothing written");
+}

@@ -315,3 +315,63 @@ fn features_out_is_checked_before_the_model_runs() {
     ok_stderr(features_to(&page));
     assert!(std::fs::read_to_string(&page).unwrap().contains("<html"));
 }
+
+/// Runs `hooklens` with `args`, killed after `secs` seconds: `None` when it had to be.
+fn within(args: &[String], secs: u64) -> Option<Output> {
+    let mut child = offline_command(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+/// Issue 27, point 10: the harvest's lock file was opened whatever it was: a FIFO of
+/// its name hung the harvest, a dangling link of its name created a file outside
+/// --out. Only a regular file (or none) is taken, and a link is never followed.
+#[test]
+fn the_harvest_lock_file_is_a_regular_file_or_nothing() {
+    let tmp = TempDir::new("lock-kinds");
+    let model = tiny_model();
+    let corpus = tmp.path("c.txt");
+    std::fs::write(&corpus, "a b c\n").unwrap();
+    let lock = "00000-of-00001.lock";
+
+    let out = tmp.path("fifo-out");
+    std::fs::create_dir_all(&out).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(out.join(lock))
+        .status()
+        .unwrap()
+        .success());
+    let o = within(&harvest_to(&model, &corpus, &out), 60).expect("the harvest hung on a FIFO lock file");
+    fails(o, "is a FIFO, not a regular file");
+
+    let out = tmp.path("link-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let outside = tmp.path("outside.lock");
+    std::os::unix::fs::symlink(&outside, out.join(lock)).unwrap();
+    let o = within(&harvest_to(&model, &corpus, &out), 60).expect("the harvest hung");
+    fails(o, "is a symbolic link, not a regular file");
+    assert!(!outside.exists(), "a file was created outside --out");
+    // A link to a regular file is refused too: it is not this directory's lock.
+    std::fs::write(&outside, "").unwrap();
+    let o = within(&harvest_to(&model, &corpus, &out), 60).expect("the harvest hung");
+    fails(o, "is a symbolic link, not a regular file");
+
+    // A regular lock file left by an earlier run is taken.
+    let out = tmp.path("file-out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(lock), "").unwrap();
+    let o = within(&harvest_to(&model, &corpus, &out), 120).expect("the harvest hung");
+    ok_stderr(o);
+}

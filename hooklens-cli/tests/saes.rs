@@ -370,6 +370,136 @@ fn cache_out_onto_an_sae_file_is_refused() {
     assert_eq!(std::fs::read(&weights).unwrap(), before, "the SAE is untouched");
 }
 
+/// Issue 27, point 8: an SAE read from the Hugging Face cache is an input too: `--out`
+/// onto its cached weights (a snapshot link to a blob, as the hub lays them out) is
+/// refused before anything runs, and the file is intact.
+#[test]
+fn cache_out_onto_a_hub_sae_file_is_refused() {
+    let tmp = TempDir::new("hub-sae-out-input");
+    let hub = tmp.path("hub");
+    let repo = hub.join("models--org--sae");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(commit).join("blocks.0");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    for (i, f) in ["cfg.json", "sae_weights.safetensors"].into_iter().enumerate() {
+        let blob = repo.join("blobs").join(format!("blob{i}"));
+        std::fs::copy(saes_root().join("saes/standard").join(f), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snap.join(f)).unwrap();
+    }
+    let weights = snap.join("sae_weights.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let run = |out: &Path| {
+        let mut a = args(&["cache", "--no-processing", "--model"]);
+        a.push(tiny_model().display().to_string());
+        a.extend(["--tokens".to_string(), tiny_tokens().display().to_string()]);
+        a.extend(["--sae".to_string(), "org/sae:blocks.0".to_string()]);
+        a.extend(["--out".to_string(), out.display().to_string()]);
+        offline_command(&a).env("HF_HUB_CACHE", &hub).output().unwrap()
+    };
+    // The SAE loads from the cache: a run to another file works.
+    let fine = run(&tmp.path("acts.safetensors"));
+    assert!(fine.status.success(), "{}", String::from_utf8_lossy(&fine.stderr));
+    for out in [weights.clone(), repo.join("blobs/blob1"), snap.join("cfg.json")] {
+        let o = run(&out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--out {} was written", out.display());
+        assert!(err.contains("writing it would destroy the input"), "{err}");
+    }
+    assert_eq!(std::fs::read(&weights).unwrap(), before, "the cached SAE is untouched");
+}
+
+/// Writes a standard SAE (`d_in` 32, `d_sae` 24, at `blocks.0.hook_resid_pre`) whose
+/// weights follow `seed`: `cfg.json` to `cfg`, `sae_weights.safetensors` to `weights`.
+fn write_small_sae(cfg: &Path, weights: &Path, seed: f32) {
+    let (d_in, d_sae) = (32, 24);
+    std::fs::write(
+        cfg,
+        format!(
+            r#"{{"architecture": "standard", "d_in": {d_in}, "d_sae": {d_sae}, "apply_b_dec_to_input": false,
+                "metadata": {{"sae_lens_version": "6.54.12", "hook_name": "blocks.0.hook_resid_pre"}}}}"#
+        ),
+    )
+    .unwrap();
+    let wave = |n: usize, k: f32| {
+        Tensor::from_vec(
+            (0..n).map(|i| (i as f32 * k + seed).sin() * 0.3).collect::<Vec<f32>>(),
+            n,
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let mut t = HashMap::new();
+    t.insert(
+        "W_enc".to_string(),
+        wave(d_in * d_sae, 0.7).reshape((d_in, d_sae)).unwrap(),
+    );
+    t.insert("b_enc".to_string(), wave(d_sae, 1.3).abs().unwrap());
+    t.insert(
+        "W_dec".to_string(),
+        wave(d_sae * d_in, 0.9).reshape((d_sae, d_in)).unwrap(),
+    );
+    t.insert("b_dec".to_string(), wave(d_in, 0.4));
+    candle_core::safetensors::save(&t, weights).unwrap();
+}
+
+/// Issue 27, point 19: a harvest's manifest fingerprints an SAE read from the Hugging
+/// Face cache by its content, as it does a folder's: other weights under the same
+/// `REPO:FOLDER` are refused on resume.
+#[test]
+fn harvest_resume_refuses_a_changed_hub_sae() {
+    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+    let tmp = TempDir::new("harvest-hub-sae");
+    let cfg = hooklens_models::Gpt2Config::new(2, 32, 4, 50257, 64);
+    let model = tmp.path("model");
+    save_hf_checkpoint(&model, &cfg, &random_weights(&cfg, 3).unwrap(), DType::F32).unwrap();
+    let hub = tmp.path("hub");
+    let repo = hub.join("models--org--sae");
+    let commit = "89abcdef0123456789abcdef0123456789abcdef";
+    let snap = repo.join("snapshots").join(commit).join("blocks.0");
+    for d in [snap.clone(), repo.join("blobs"), repo.join("refs")] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let (cfg_blob, weights_blob) = (repo.join("blobs/cfg"), repo.join("blobs/weights"));
+    write_small_sae(&cfg_blob, &weights_blob, 0.0);
+    std::os::unix::fs::symlink(&cfg_blob, snap.join("cfg.json")).unwrap();
+    std::os::unix::fs::symlink(&weights_blob, snap.join("sae_weights.safetensors")).unwrap();
+    let corpus = tmp.path("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat\nand the dog lay on the rug\n".repeat(8),
+    )
+    .unwrap();
+    let mut a = args(&["harvest", "--model"]);
+    a.push(model.display().to_string());
+    a.extend(["--input".to_string(), corpus.display().to_string()]);
+    a.extend(args(&[
+        "--names",
+        "blocks.0.hook_resid_post",
+        "--context-size",
+        "16",
+        "--batch-size",
+        "2",
+    ]));
+    a.extend(args(&["--sae", "org/sae:blocks.0", "--sae-top-k", "4", "--out"]));
+    a.push(tmp.s("out"));
+    let run = || offline_command(&a).env("HF_HUB_CACHE", &hub).output().unwrap();
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let again = run();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success() && err.contains("nothing to do"), "{err}");
+    // The same repository and folder, other weights of the same shapes.
+    write_small_sae(&cfg_blob, &weights_blob, 1.0);
+    let changed = run();
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(!changed.status.success(), "a changed SAE was accepted: {err}");
+    assert!(err.contains("sae_sha256"), "{err}");
+}
+
 /// Runs `hooklens` with `args`, killed after `secs` seconds: `None` when it had to be.
 fn within(args: &[String], secs: u64) -> Option<std::process::Output> {
     use std::process::Stdio;

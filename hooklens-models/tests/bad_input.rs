@@ -287,6 +287,113 @@ fn generation_with_bad_tokens_or_options_is_an_error() {
     }
 }
 
+/// A hole of `len` bytes at `path`: a large file that takes no disk.
+fn sparse(path: &Path, len: u64) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(len).unwrap();
+}
+
+/// A `config.json` far too large is refused unread, naming the file and the limit
+/// (parsed, it would take many times its size in memory).
+#[test]
+fn an_oversized_config_is_refused_unread() {
+    let dir = TempDir::new("oversized-config");
+    std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    sparse(&dir.join("config.json"), 100 << 20);
+    let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json") && err.contains("4 MiB"), "{err}");
+}
+
+/// So is a shard index far too large.
+#[test]
+fn an_oversized_shard_index_is_refused_unread() {
+    let dir = TempDir::new("oversized-index");
+    std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
+    sparse(&dir.join("model.safetensors.index.json"), 100 << 20);
+    let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors.index.json") && err.contains("64 MiB"),
+        "{err}"
+    );
+}
+
+/// A safetensors header whose `__metadata__` holds a non-string is refused, as
+/// safetensors refuses it; strings are fine.
+#[test]
+fn safetensors_metadata_must_hold_strings() {
+    let dir = TempDir::new("metadata-number");
+    std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
+    let bytes = std::fs::read(model_dir().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    for (meta, ok) in [(r#"{"format": "pt"}"#, true), (r#"{"format": 1}"#, false)] {
+        header.insert("__metadata__".into(), serde_json::from_str(meta).unwrap());
+        let text = serde_json::to_vec(&header).unwrap();
+        let mut file = (text.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(&text);
+        file.extend_from_slice(&bytes[8 + n..]);
+        std::fs::write(dir.join("model.safetensors"), &file).unwrap();
+        match (ok, HookedGpt2::from_dir(&dir, &LoadOptions::default())) {
+            (true, r) => assert!(r.is_ok(), "{meta}: {}", r.err().unwrap()),
+            (false, Ok(_)) => panic!("{meta} was accepted"),
+            (false, Err(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("model.safetensors") && e.contains("__metadata__.format") && e.contains("string"),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+/// An f32 weight beyond f16's range, loaded as f16, is an error naming the tensor
+/// rather than an inf that surfaces later as non-finite results.
+#[test]
+fn weights_that_overflow_f16_are_named() {
+    let dir = TempDir::new("f16-overflow");
+    std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
+    let mut tensors = hooklens_testutil::load_tensors(model_dir().join("model.safetensors"));
+    let name = "transformer.h.0.mlp.c_fc.weight";
+    let big = (tensors[name].to_dtype(DType::F32).unwrap() * 1e6).unwrap();
+    tensors.insert(name.into(), big);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    HookedGpt2::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F32)).unwrap();
+    let err = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F16))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(name) && err.contains("f16") && err.contains("bf16"),
+        "{err}"
+    );
+}
+
+/// Greedy generation on NaN logits (a NaN in the final norm's weight) is an error
+/// naming the position, as sampling's is, not token 0.
+#[test]
+fn greedy_generation_refuses_non_finite_logits() {
+    let dir = TempDir::new("nan-logits");
+    std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
+    let mut tensors = hooklens_testutil::load_tensors(model_dir().join("model.safetensors"));
+    let w = &tensors["transformer.ln_f.weight"];
+    let nan = (w.ones_like().unwrap() * f64::NAN).unwrap();
+    tensors.insert("transformer.ln_f.weight".into(), nan);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+    let prompt = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    for cache in [true, false] {
+        let mut opts = GenerateOptions::greedy(2);
+        opts.use_kv_cache = cache;
+        let err = model.generate(&prompt, &opts).unwrap_err().to_string();
+        assert!(err.contains("position 2") && err.contains("not finite"), "{err}");
+    }
+}
+
 /// Hooks on GPT-2: unknown names with suggestions, wrong shapes and dtypes named, and
 /// a pos_slice that does not fit a head-shaped activation named with its hook.
 #[test]

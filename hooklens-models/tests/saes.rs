@@ -761,3 +761,39 @@ fn a_run_can_splice_over_a_model_state_sae() {
         .unwrap();
     assert!(max_diff(&out, &plain_after_reset) < 1e-5);
 }
+
+/// A NaN in the weights would vanish through relu (no feature ever fires): it is
+/// refused at load, naming the tensor and the file.
+#[test]
+fn non_finite_sae_weights_are_refused_at_load() {
+    let tmp = hooklens_testutil::TempDir::new("sae-nan");
+    let dir = edited_copy(&tmp.join("nan"), |_| {});
+    let file = dir.join("sae_weights.safetensors");
+    let mut w = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let enc = &w["W_enc"];
+    let mut v = enc.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    v[7] = f32::NAN;
+    let enc = Tensor::from_vec(v, enc.dims(), &Device::Cpu).unwrap();
+    w.insert("W_enc".into(), enc.clone());
+    candle_core::safetensors::save(&w, &file).unwrap();
+    let msg = Sae::from_dir(&dir, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        msg.contains("W_enc") && msg.contains("sae_weights.safetensors") && msg.contains("finite"),
+        "{msg}"
+    );
+}
+
+/// A `cfg.json` far larger than any config is refused before it is read.
+#[test]
+fn an_oversized_sae_config_is_refused_unread() {
+    let tmp = hooklens_testutil::TempDir::new("sae-big-cfg");
+    let dir = edited_copy(&tmp.join("big"), |_| {});
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cfg.json"))
+        .unwrap();
+    f.set_len(256 << 20).unwrap(); // sparse: no disk used
+    drop(f);
+    let msg = Sae::from_dir(&dir, &Device::Cpu).err().unwrap().to_string();
+    assert!(msg.contains("cfg.json") && msg.contains("MiB"), "{msg}");
+}

@@ -175,7 +175,7 @@ fn family_of_config(cfg: &TransformerConfig) -> Result<&'static Family> {
 /// file and the field.
 pub fn config_from_hf_json(path: impl AsRef<Path>) -> Result<TransformerConfig> {
     let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let text = crate::loading::read_bounded(path, crate::loading::MAX_CONFIG_BYTES)?;
     config_from_hf_str(&text, path)
 }
 

@@ -124,16 +124,19 @@ impl SafetensorsFile {
         }
         let mut header = vec![0u8; header_len as usize];
         read_exact_at(&file, &mut header, 8).map_err(|e| Error::io(path, e))?;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("header is not JSON: {e}")))?;
+        let header: Header = serde_json::from_slice(&header).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => bad(format!("bad header: {e}")),
+            _ => bad(format!("header is not JSON: {e}")),
+        })?;
         let data_start = 8 + header_len;
-        let mut tensors = std::collections::HashMap::with_capacity(header.len());
-        let mut ranges = Vec::with_capacity(header.len());
-        for (name, entry) in header {
-            if name == "__metadata__" {
-                continue;
-            }
-            let (dtype, shape, (a, b)) = parse_entry(&entry).ok_or_else(|| bad(format!("bad entry for `{name}`")))?;
+        let mut tensors = std::collections::HashMap::with_capacity(header.0.len());
+        let mut ranges = Vec::with_capacity(header.0.len());
+        for (name, entry) in header.0 {
+            let HeaderEntry {
+                dtype,
+                shape,
+                data_offsets: (a, b),
+            } = entry;
             let size = dtype_size(&dtype).ok_or_else(|| bad(format!("tensor `{name}` has unknown dtype {dtype}")))?;
             let numel = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
             if b < a || numel.and_then(|n| n.checked_mul(size)) != Some(b - a) {
@@ -258,21 +261,74 @@ impl SafetensorsFile {
     }
 }
 
-/// `(dtype, shape, data_offsets)` of one header entry.
-fn parse_entry(v: &serde_json::Value) -> Option<(String, Vec<usize>, (usize, usize))> {
-    let dtype = v.get("dtype")?.as_str()?.to_string();
-    let shape = v
-        .get("shape")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-        .collect::<Option<Vec<_>>>()?;
-    let offsets = v.get("data_offsets")?.as_array()?;
-    let off = |i: usize| offsets.get(i)?.as_u64().and_then(|o| usize::try_from(o).ok());
-    if offsets.len() != 2 {
-        return None;
+/// A safetensors header, typed as safetensors reads it: `__metadata__` is a map of
+/// strings (any other value is refused, as safetensors refuses it) and is not kept;
+/// every other key is a tensor's entry, in file order.
+struct Header(Vec<(String, HeaderEntry)>);
+
+/// One tensor's entry in the header.
+#[derive(serde::Deserialize)]
+struct HeaderEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (usize, usize),
+}
+
+impl<'de> serde::Deserialize<'de> for Header {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Header;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of tensor entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<Header, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "__metadata__" {
+                        // Checked, then dropped: a map of strings only.
+                        map.next_value::<MetadataStrings>()?;
+                    } else {
+                        let entry = map
+                            .next_value::<HeaderEntry>()
+                            .map_err(|e| serde::de::Error::custom(format_args!("tensor `{name}`: {e}")))?;
+                        entries.push((name, entry));
+                    }
+                }
+                Ok(Header(entries))
+            }
+        }
+        d.deserialize_map(Visit)
     }
-    Some((dtype, shape, (off(0)?, off(1)?)))
+}
+
+/// `__metadata__`, read only to check that every value is a string.
+struct MetadataStrings;
+
+impl<'de> serde::Deserialize<'de> for MetadataStrings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MetadataStrings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`__metadata__` as a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<MetadataStrings, A::Error> {
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    map.next_value::<std::borrow::Cow<'de, str>>().map_err(|e| {
+                        serde::de::Error::custom(format_args!(
+                            "`__metadata__.{key}` must be a string, as safetensors requires: {e}"
+                        ))
+                    })?;
+                }
+                Ok(MetadataStrings)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Bytes per element of a safetensors dtype name.
@@ -417,7 +473,24 @@ impl TensorSource for SafetensorsFile {
             (from, to) => {
                 let mut bytes = vec![0u8; entry.len];
                 read_exact_at(&self.file, &mut bytes, entry.start).map_err(cannot_read)?;
-                Tensor::from_raw_buffer(&bytes, from, shape, &Device::Cpu)?.to_dtype(to)?
+                let src = Tensor::from_raw_buffer(&bytes, from, shape, &Device::Cpu)?;
+                if to == DType::F16 && from != DType::F16 {
+                    // A finite value beyond f16's range would become inf, and the model
+                    // would later give non-finite results with no word of why.
+                    let max = src
+                        .abs()?
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .max(0)?
+                        .to_scalar::<f32>()?;
+                    if max.is_finite() && half::f16::from_f32(max).is_infinite() {
+                        return Err(self.bad(format!(
+                            "tensor `{name}` holds {max:e}, which does not fit in f16 (largest {}): use bf16 or f32",
+                            half::f16::MAX
+                        )));
+                    }
+                }
+                src.to_dtype(to)?
             }
         };
         Ok(t.to_device(&self.device)?)

@@ -1,7 +1,7 @@
 //! Sharded checkpoints: `model.safetensors.index.json` names the shard file of every
 //! tensor (`weight_map`); each shard is a safetensors file read tensor by tensor.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -27,6 +27,13 @@ pub(crate) struct ShardIndex {
     pub(crate) shard_of: HashMap<String, usize>,
 }
 
+/// The part of a `model.safetensors.index.json` that is read.
+#[derive(serde::Deserialize)]
+struct RawIndex {
+    /// Tensor name -> shard file (in name order, as before: a `BTreeMap`).
+    weight_map: Option<BTreeMap<String, String>>,
+}
+
 impl ShardIndex {
     /// Reads the index at `index`. A file name that leaves the index's folder, or an
     /// index that is not one, is an error naming the file.
@@ -35,18 +42,19 @@ impl ShardIndex {
             path: index.to_path_buf(),
             reason,
         };
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        let map = json
-            .get("weight_map")
-            .and_then(|m| m.as_object())
+        let text = super::read_bounded(index, super::MAX_SHARD_INDEX_BYTES)?;
+        // Typed: the rest of the file (`metadata`, ...) is skipped, not kept as values.
+        let raw: RawIndex = serde_json::from_str(&text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => bad(format!("not a safetensors index: {e}")),
+            _ => bad(format!("not valid JSON: {e}")),
+        })?;
+        let map = raw
+            .weight_map
             .ok_or_else(|| bad("no `weight_map` object: not a safetensors index".into()))?;
         let mut files: Vec<String> = Vec::new();
         let mut shard_of = HashMap::with_capacity(map.len());
         for (name, file) in map {
-            let file = file
-                .as_str()
-                .ok_or_else(|| bad(format!("`weight_map.{name}` is {file}: expected a file name")))?;
+            let file = file.as_str();
             let plain = Path::new(file)
                 .components()
                 .all(|c| matches!(c, std::path::Component::Normal(_)));
@@ -62,7 +70,7 @@ impl ShardIndex {
                     files.len() - 1
                 }
             };
-            shard_of.insert(name.clone(), i);
+            shard_of.insert(name, i);
         }
         Ok(ShardIndex { files, shard_of })
     }

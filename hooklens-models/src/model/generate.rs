@@ -105,10 +105,15 @@ fn argmax(xs: &[f32]) -> u32 {
     best as u32
 }
 
+/// Whether the next token is the argmax rather than a sample.
+fn is_greedy(opts: &GenerateOptions) -> bool {
+    !opts.do_sample || opts.temperature == 0.0
+}
+
 /// TransformerLens's `sample_logits` on one row of logits; `history` is the sequence
 /// so far (for the frequency penalty).
 fn sample_row(logits: &[f32], history: &[u32], opts: &GenerateOptions, rng: &mut Rng) -> Result<u32> {
-    if !opts.do_sample || opts.temperature == 0.0 {
+    if is_greedy(opts) {
         return Ok(argmax(logits));
     }
     let mut l: Vec<f64> = logits.iter().map(|&x| x as f64 / opts.temperature).collect();
@@ -276,6 +281,17 @@ impl HookedGpt2 {
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
             for (i, row) in last.iter().enumerate() {
+                // Sampling refuses non-finite logits; the argmax would pick token 0.
+                if is_greedy(opts) {
+                    if let Some(t) = row.iter().position(|x| !x.is_finite()) {
+                        return Err(Error::invalid(format!(
+                            "generate: the logits at position {} (batch row {i}, new token {step}) are not \
+                             finite ({} for token {t}): cannot choose the next token",
+                            seqs[i].len() - 1,
+                            row[t]
+                        )));
+                    }
+                }
                 let mut next = sample_row(row, &seqs[i], opts, &mut rng)?;
                 if opts.stop_at_eos {
                     let eos = eos.unwrap_or(0);

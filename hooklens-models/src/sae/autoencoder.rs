@@ -161,10 +161,18 @@ impl Sae {
                 reason: other.to_string(),
             },
         })?;
+        // A NaN or inf would vanish through relu (no feature fires) rather than fail.
+        if let Err(reason) = check_finite(&w) {
+            return Err(Error::BadFile {
+                path: weights.to_path_buf(),
+                reason,
+            });
+        }
         Self::new(cfg, w)
     }
 
-    /// An SAE from a config and weights already in memory (shapes are checked).
+    /// An SAE from a config and weights already in memory (shapes are checked; values
+    /// are not: what uses them may check, as a transcoder set does).
     pub fn new(cfg: SaeConfig, w: SaeWeights) -> Result<Self> {
         check_shapes(&cfg, &w)?;
         let derived = Derived {
@@ -545,6 +553,42 @@ fn read_weights(cfg: &SaeConfig, src: &dyn TensorSource) -> Result<SaeWeights> {
         }
     }
     Ok(w)
+}
+
+/// The SAE's parameters with their SAELens names.
+fn named(w: &SaeWeights) -> Vec<(&'static str, &Tensor)> {
+    let mut all = vec![("W_enc", &w.w_enc), ("W_dec", &w.w_dec), ("b_dec", &w.b_dec)];
+    if let Some(b) = &w.b_enc {
+        all.push(("b_enc", b));
+    }
+    if let Some(t) = &w.threshold {
+        all.push(("threshold", t));
+    }
+    if let Some(g) = &w.gated {
+        all.extend([("b_gate", &g.b_gate), ("r_mag", &g.r_mag), ("b_mag", &g.b_mag)]);
+    }
+    if let Some(s) = &w.w_skip {
+        all.push(("W_skip", s));
+    }
+    all
+}
+
+/// Whether every parameter is finite; else which one is not, and where.
+fn check_finite(w: &SaeWeights) -> std::result::Result<(), String> {
+    for (name, t) in named(w) {
+        let values = t
+            .flatten_all()
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| format!("tensor `{name}` cannot be read: {e}"))?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(format!(
+                "tensor `{name}` holds a non-finite value ({}) at element {i}: the SAE's weights must be finite",
+                values[i]
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_shapes(cfg: &SaeConfig, w: &SaeWeights) -> Result<()> {
