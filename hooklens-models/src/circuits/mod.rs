@@ -32,6 +32,7 @@ mod graph_files;
 mod intervention;
 mod prune;
 mod replacement;
+mod replacement_model;
 mod rows;
 mod targets;
 mod transcoder_config;
@@ -44,6 +45,7 @@ pub use graph_files::{graph_file, graph_file_from, write_graph_files, GraphFileO
 pub use intervention::{feature_intervention, FeatureIntervention};
 pub use prune::{node_influence, prune, Pruned};
 pub use replacement::{replacement_run, ActiveFeatures, ReplacementRun};
+pub use replacement_model::{ReplacementBlock, ReplacementModel, TranscoderPoints};
 pub use rows::Adjacency;
 pub use targets::{CustomTarget, LogitTarget, Targets};
 pub use transcoder_config::{TranscoderConfig, TranscoderKind};
