@@ -516,6 +516,22 @@ fn non_finite_weights_and_too_little_memory_are_errors() {
     let o = hooklens(&["run", "--model", m, "--prompt", "the model reads"]);
     assert_ne!(o.status.code(), Some(0));
     fails(o, "first non-finite activation at `blocks.0.attn.");
+    // `cache` too: an error naming the point, and no file.
+    let cached = tmp.path("nan-cache.safetensors");
+    let err = fails(
+        hooklens(&[
+            "cache",
+            "--model",
+            m,
+            "--prompt",
+            "the model reads",
+            "--out",
+            cached.to_str().unwrap(),
+        ]),
+        "first non-finite activation at `blocks.0.attn.",
+    );
+    assert!(err.contains("nothing written"), "{err}");
+    assert!(!cached.exists(), "a cache of NaNs was written");
 
     let model = small_model(&tmp);
     // 20 MiB: the checkpoint (13 MiB) loads, a shard of 100 MiB does not fit.

@@ -119,6 +119,14 @@ pub fn run(args: Args) -> CliResult<()> {
         .ok_or_else(|| CliError::msg("the model returned no loss"))?
         .detach();
     let loss = mean_loss(&per_token, input.mask.as_ref())?;
+    // NaN weights (or an overflow) would write non-finite activations and a NaN loss
+    // and exit 0: say where the first non-finite value appears, and write nothing.
+    if !super::common::all_finite(&loss)? || !super::common::all_finite(&logits)? {
+        let first = super::common::first_non_finite_point(&model, &input.tokens, input.mask.as_ref())?;
+        return Err(CliError(format!(
+            "the model's output is not finite: {first} (are the weights finite?); nothing written"
+        )));
+    }
     for name in ["logits", "loss", "loss_per_token", "tokens", "attention_mask"] {
         if cache.contains(name) {
             return Err(CliError(format!(
