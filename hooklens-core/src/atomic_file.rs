@@ -31,6 +31,8 @@ const NAME_MAX: usize = 255;
 
 /// Set (to anything) in tests only: every write pauses forever halfway, after some
 /// bytes are on disk, so that a test can kill the writer mid-write deterministically.
+/// Read only in debug builds (`debug_assertions`, which tests use): a release build
+/// ignores it, so a user who sets it never gets a writer that stops mid-write.
 pub const PAUSE_MID_WRITE_ENV: &str = "HOOKLENS_TEST_PAUSE_MID_WRITE";
 
 /// Writes `path` as the module says: temporary sibling, fsync, rename, fsync of the
@@ -71,6 +73,9 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result
 
 /// Called by a writer halfway through its content: with [`PAUSE_MID_WRITE_ENV`] set,
 /// flushes what is written so far and never returns (a test kills the process).
+/// Compiled only into debug builds: in a release build it does nothing, whatever the
+/// environment says.
+#[cfg(debug_assertions)]
 pub fn pause_point(w: &mut dyn Write) {
     if std::env::var_os(PAUSE_MID_WRITE_ENV).is_some() {
         let _ = w.flush();
@@ -79,6 +84,12 @@ pub fn pause_point(w: &mut dyn Write) {
         }
     }
 }
+
+/// Called by a writer halfway through its content. This is a release build: it does
+/// nothing, and [`PAUSE_MID_WRITE_ENV`] is ignored.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub fn pause_point(_w: &mut dyn Write) {}
 
 /// Fsyncs the directory holding `path`, so that a rename into it survives a crash.
 /// Best effort: some systems cannot open a directory for syncing, and the file's own
@@ -246,6 +257,30 @@ mod tests {
         assert!(!is_temporary("cache.safetensors"));
         assert!(!is_temporary(".tmp-notes"));
         assert!(!is_temporary(".a.tmp-hooklens--1-2"));
+    }
+
+    /// Without [`PAUSE_MID_WRITE_ENV`] (and, in a release build, whatever it says),
+    /// `pause_point` returns at once and leaves what is written alone.
+    #[test]
+    fn pause_point_is_a_no_op_without_the_variable() {
+        if cfg!(debug_assertions) {
+            // Setting the variable would pause this test forever; only its absence can be
+            // checked here (the killed-writer tests check that it pauses when set).
+            assert!(
+                std::env::var_os(PAUSE_MID_WRITE_ENV).is_none(),
+                "{PAUSE_MID_WRITE_ENV} is set in the test environment"
+            );
+        } else {
+            std::env::set_var(PAUSE_MID_WRITE_ENV, "1");
+        }
+        let mut written = Vec::new();
+        written.extend_from_slice(b"half");
+        pause_point(&mut written);
+        written.extend_from_slice(b" done");
+        assert_eq!(written, b"half done");
+        if !cfg!(debug_assertions) {
+            std::env::remove_var(PAUSE_MID_WRITE_ENV);
+        }
     }
 
     /// A PID that no process can have on Linux (above `PID_MAX_LIMIT`, 2^22).
