@@ -17,11 +17,14 @@
 //! per-layer set (ReLU), the same with skip connections (`W_skip`), and a cross-layer
 //! transcoder (JumpReLU, `W_enc_{i}` / `W_dec_{i}.safetensors`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::variant;
 use hooklens_core::__internal::save_safetensors;
 use hooklens_core::{CacheOptions, HookSet, HookedModel, NamesFilter, Result};
 use hooklens_models::circuits::{attribute, replacement_run, AttributionOptions, Graph, ReplacementRun, Transcoders};
@@ -29,7 +32,7 @@ use hooklens_models::convert::{synthetic_checkpoint, write_checkpoint};
 use hooklens_models::gpt2::{NormKind, SeededRng};
 use hooklens_models::{HookedTransformer, LoadOptions};
 use hooklens_testutil::TempDir;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Features per layer.
 const F: usize = 40;
@@ -44,21 +47,6 @@ enum Kind {
     Skip,
     /// A cross-layer transcoder, JumpReLU.
     Clt,
-}
-
-/// A reference config of `family` (`testdata/{family}/model/config.json`) with
-/// `changes` applied (a `null` removes a key).
-fn variant(family: &str, changes: Value) -> String {
-    let path = format!("{}/../testdata/{family}/model/config.json", env!("CARGO_MANIFEST_DIR"));
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for (k, v) in changes.as_object().unwrap() {
-        if v.is_null() {
-            cfg.as_object_mut().unwrap().remove(k);
-        } else {
-            cfg[k] = v.clone();
-        }
-    }
-    cfg.to_string()
 }
 
 /// The random transcoders of one case, as written to disk.

@@ -8,25 +8,11 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, TempDir};
+use common::{max_abs_diff, variant, TempDir};
 use hooklens_models::config::ActFn;
 use hooklens_models::convert::{config_from_hf_str, synthetic_checkpoint, write_checkpoint};
 use hooklens_models::{HookedTransformer, LoadOptions, TransformerConfig};
 use serde_json::{json, Value};
-
-/// The reference config of `family` with `changes` applied (a `null` removes a key).
-fn variant(family: &str, changes: Value) -> String {
-    let path = format!("{}/../testdata/{family}/model/config.json", env!("CARGO_MANIFEST_DIR"));
-    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    for (k, v) in changes.as_object().unwrap() {
-        if v.is_null() {
-            cfg.as_object_mut().unwrap().remove(k);
-        } else {
-            cfg[k] = v.clone();
-        }
-    }
-    cfg.to_string()
-}
 
 fn parse(config: &str) -> hooklens_core::Result<TransformerConfig> {
     config_from_hf_str(config, "config.json")

@@ -94,3 +94,17 @@ pub fn without_mlp_io(names: &[String]) -> Vec<String> {
     assert_eq!(kept.len(), names.len() - 2 * n_layers, "exactly one of each per block");
     kept
 }
+
+/// The reference config of `family` with `changes` applied (a `null` removes a key).
+pub fn variant(family: &str, changes: serde_json::Value) -> String {
+    let path = format!("{}/../testdata/{family}/model/config.json", env!("CARGO_MANIFEST_DIR"));
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    for (k, v) in changes.as_object().unwrap() {
+        if v.is_null() {
+            cfg.as_object_mut().unwrap().remove(k);
+        } else {
+            cfg[k] = v.clone();
+        }
+    }
+    cfg.to_string()
+}
