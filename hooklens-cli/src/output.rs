@@ -27,25 +27,7 @@ fn identity(path: &Path) -> Option<PathBuf> {
 
 /// What kind of thing `meta` is, for a message.
 pub(crate) fn kind(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if t.is_dir() {
-        "a directory"
-    } else {
-        "not a regular file"
-    }
+    hooklens::__internal::file_kind(meta)
 }
 
 /// Checks that the output file `path` (given with `flag`) can be replaced: it is new

@@ -7,6 +7,7 @@ mod activation_cache;
 mod atomic_file;
 mod cache_options;
 mod error;
+mod file_kind;
 mod freed_memory;
 mod grad_hook_op;
 mod hook;
@@ -55,6 +56,7 @@ pub use splice::Splice;
 pub mod __internal {
     pub use crate::atomic_file::{is_temporary, pause_point, write_atomically, PAUSE_MID_WRITE_ENV};
     pub use crate::error::nearest_names;
+    pub use crate::file_kind::file_kind;
     pub use crate::memory::{available_memory, check_memory, human, AVAILABLE_MEMORY_ENV};
     pub use crate::names_filter::{glob_match, is_glob};
     pub use crate::safetensors_writer::save_safetensors;

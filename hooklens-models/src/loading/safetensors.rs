@@ -59,29 +59,6 @@ pub(crate) struct SafetensorsFile {
     dtype: DType,
 }
 
-/// What kind of thing `meta` is, for an error: a FIFO, a device, a directory, ...
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    let t = meta.file_type();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        if t.is_fifo() {
-            return "a FIFO";
-        }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    if t.is_dir() {
-        "a directory"
-    } else {
-        "something else"
-    }
-}
-
 /// safetensors' own bound on the header (100 MB): a longer one is a corrupt length.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
@@ -98,7 +75,10 @@ impl SafetensorsFile {
                     path,
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
-                        format!("{}, not a regular file", file_kind(&meta)),
+                        match hooklens_core::__internal::file_kind(&meta) {
+                            "not a regular file" => "not a regular file".to_string(),
+                            kind => format!("{kind}, not a regular file"),
+                        },
                     ),
                 ))
             }
