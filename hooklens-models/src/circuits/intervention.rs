@@ -12,9 +12,8 @@ use hooklens_core::{CacheOptions, Error, HookSet, HookedModel, Result};
 
 use super::frozen::to_vec;
 use super::replacement::check_fit;
-use super::transcoders::{apply_activation, Transcoders};
+use super::transcoders::{apply_activation, encode, Transcoders};
 use crate::model::HookedTransformer;
-use crate::ops::slice_gemm::{gemm, View};
 
 /// Set feature `feature` of layer `layer` at position `pos` to `value`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -104,14 +103,7 @@ pub fn feature_intervention(
         let n_out = transcoders.n_out(l);
         hooks = hooks.fwd(transcoders.input_hook(l), move |x: &Tensor, _hp| {
             let x = to_vec(&x.i(0)?)?;
-            let mut acts: Vec<f32> = (0..n_pos).flat_map(|_| enc.b_enc.iter().copied()).collect();
-            gemm(
-                View::row_major(&x, n_pos, d),
-                View::row_major(&enc.w_enc, f, d).t(),
-                1.0,
-                &mut acts,
-                f,
-            );
+            let mut acts = encode(&enc.w_enc, &enc.b_enc, &x, d);
             apply_activation(&activation, threshold.as_deref(), &mut acts, f);
             // circuit-tracer zeroes position 0's activations.
             acts[..f].iter_mut().for_each(|v| *v = 0.0);

@@ -31,6 +31,7 @@ mod graph_file;
 mod graph_files;
 mod intervention;
 mod prune;
+mod reconstruction;
 mod replacement;
 mod replacement_model;
 mod rows;

@@ -10,6 +10,7 @@ use candle_core::{IndexOp, Tensor};
 use hooklens_core::{CacheOptions, Error, HookedModel, NamesFilter, Result};
 
 use super::frozen::{frozen_point_names, to_vec, FrozenModel, ReadPoint, WritePoint};
+use super::reconstruction::Reconstruction;
 use super::transcoders::Transcoders;
 use crate::model::HookedTransformer;
 
@@ -183,58 +184,24 @@ pub fn replacement_run(model: &HookedTransformer, transcoders: &Transcoders, tok
 
     // Encode every layer; position 0 is zeroed (circuit-tracer's `zero_positions`).
     let mut active = ActiveFeatures::default();
-    let mut reconstruction = vec![0.0f32; n_layers * n_pos * d];
-    for l in 0..n_layers {
-        for p in 0..n_pos {
-            reconstruction[(l * n_pos + p) * d..(l * n_pos + p + 1) * d].copy_from_slice(transcoders.b_dec(l));
-        }
-    }
+    let mut recon = Reconstruction::new(transcoders, n_pos);
     let f = transcoders.d_transcoder();
     for l in 0..n_layers {
         let x = &feature_input[l * n_pos * d..(l + 1) * n_pos * d];
         let mut acts = transcoders.pre_activations(l, x);
         transcoders.activate(l, &mut acts);
         acts[..f].iter_mut().for_each(|v| *v = 0.0);
-        let mut feats = Vec::new();
-        let mut poss = Vec::new();
-        for p in 0..n_pos {
-            for (j, &v) in acts[p * f..(p + 1) * f].iter().enumerate() {
-                if v != 0.0 {
-                    active.layer.push(l);
-                    active.pos.push(p);
-                    active.feature.push(j);
-                    active.value.push(v);
-                    feats.push(j);
-                    poss.push(p);
-                }
+        for (i, &v) in acts.iter().enumerate() {
+            if v != 0.0 {
+                active.layer.push(l);
+                active.pos.push(i / f);
+                active.feature.push(i % f);
+                active.value.push(v);
             }
         }
-        // Each active feature's decoder vectors, scaled by its activation, into the
-        // reconstruction of every layer it writes to.
-        let n_out = transcoders.n_out(l);
-        let rows = transcoders.decoder_rows(l, &feats)?;
-        let start = active.len() - feats.len();
-        for (i, (&p, v)) in poss.iter().zip(&active.value[start..]).enumerate() {
-            for o in 0..n_out {
-                let src = &rows[(i * n_out + o) * d..(i * n_out + o + 1) * d];
-                let dst = &mut reconstruction[((l + o) * n_pos + p) * d..((l + o) * n_pos + p + 1) * d];
-                dst.iter_mut().zip(src).for_each(|(r, s)| *r += v * s);
-            }
-        }
+        recon.add_layer(transcoders, l, &acts, x)?;
     }
-    for l in 0..n_layers {
-        if let Some(s) = transcoders.skip(l) {
-            let x = &feature_input[l * n_pos * d..(l + 1) * n_pos * d];
-            use crate::ops::slice_gemm::{gemm, View};
-            gemm(
-                View::row_major(x, n_pos, d),
-                View::row_major(s, d, d),
-                1.0,
-                &mut reconstruction[l * n_pos * d..(l + 1) * n_pos * d],
-                d,
-            );
-        }
-    }
+    let reconstruction = recon.into_flat();
     let mut error: Vec<f32> = feature_output.iter().zip(&reconstruction).map(|(o, r)| o - r).collect();
     for l in 0..n_layers {
         error[l * n_pos * d..(l * n_pos + 1) * d]

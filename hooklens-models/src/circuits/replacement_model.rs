@@ -6,13 +6,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use hooklens_core::{CacheOptions, Error, HookPoint, HookSet, HookedModel, NamesFilter, Result};
 
+use super::frozen::to_vec;
+use super::reconstruction::Reconstruction;
 use super::replacement::check_fit;
 use super::transcoders::Transcoders;
 use crate::model::HookedTransformer;
-use crate::ops::slice_gemm::{gemm, View};
 
 /// The hook points of one layer's transcoder.
 #[derive(Debug, hooklens_derive::Hooked)]
@@ -65,12 +66,6 @@ pub struct ReplacementModel {
     transcoders: Arc<Transcoders>,
     /// One per layer.
     pub blocks: Vec<ReplacementBlock>,
-}
-
-/// Values one forward hands from the hooks at the MLP inputs to those at the outputs.
-struct Pending {
-    /// Per output layer, the reconstruction so far `[rows, d_model]`.
-    recons: Vec<Option<Vec<f32>>>,
 }
 
 impl ReplacementModel {
@@ -132,29 +127,24 @@ impl ReplacementModel {
             .run_with_cache(CacheOptions::new().names(NamesFilter::Names(names)), |m| {
                 m.forward(&tokens)
             })?;
-        let f32s = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?) };
         // The frozen errors: true output minus the reconstruction of the clean inputs.
-        let mut errors = Vec::with_capacity(n_layers);
         let rows = tokens.elem_count();
-        let mut clean_recons: Vec<Vec<f32>> = (0..n_layers).map(|o| base_recon(tc, o, rows)).collect();
+        let mut clean_recon = Reconstruction::new(tc, rows);
         for l in 0..n_layers {
-            let x = f32s(clean.try_get(&tc.input_hook(l))?)?;
+            let x = to_vec(clean.try_get(&tc.input_hook(l))?)?;
             let mut acts = tc.pre_activations(l, &x);
             tc.activate(l, &mut acts);
-            add_decoded(tc, l, &acts, rows, &mut clean_recons)?;
-            if let Some(s) = tc.skip(l) {
-                gemm(
-                    View::row_major(&x, rows, d),
-                    View::row_major(s, d, d),
-                    1.0,
-                    &mut clean_recons[l],
-                    d,
-                );
-            }
+            clean_recon.add_layer(tc, l, &acts, &x)?;
         }
-        for (l, recon) in clean_recons.iter().enumerate() {
-            let out = f32s(clean.try_get(&tc.output_hook(l))?)?;
-            errors.push(out.iter().zip(recon).map(|(o, r)| o - r).collect::<Vec<f32>>());
+        let mut errors = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let out = to_vec(clean.try_get(&tc.output_hook(l))?)?;
+            errors.push(
+                out.iter()
+                    .zip(clean_recon.layer(l))
+                    .map(|(o, r)| o - r)
+                    .collect::<Vec<f32>>(),
+            );
         }
         drop(clean);
 
@@ -162,25 +152,22 @@ impl ReplacementModel {
         let (b, p) = (dims[0], dims[1]);
         let device = self.model.device().clone();
         let dtype = self.model.dtype();
-        let pending = Arc::new(Mutex::new(Pending {
-            recons: (0..n_layers).map(|o| Some(base_recon(tc, o, rows))).collect(),
-        }));
+        // Filled at each MLP input, read at the outputs.
+        let pending = Arc::new(Mutex::new(Reconstruction::new(tc, rows)));
+        let poisoned = || Error::invalid("replacement state poisoned");
         let mut hooks = HookSet::new();
-        for l in 0..n_layers {
+        for (l, error) in errors.into_iter().enumerate() {
             let points = &self.blocks[l].transcoder;
             let (pre_point, acts_point) = (points.hook_pre.handle(), points.hook_acts.handle());
             let tcs = self.transcoders.clone();
             let state = pending.clone();
             let device_in = device.clone();
             hooks = hooks.fwd(tc.input_hook(l), move |x: &Tensor, _hp| {
-                let xv = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let pre = tcs.pre_activations(l, &xv);
-                let pre_t = Tensor::from_vec(pre, (b, p, f), &device_in)?;
-                let pre_t = pre_point.forward(&pre_t)?;
-                let mut acts = pre_t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let xv = to_vec(x)?;
+                let pre = pre_point.forward(&Tensor::from_vec(tcs.pre_activations(l, &xv), (b, p, f), &device_in)?)?;
+                let mut acts = to_vec(&pre)?;
                 tcs.activate(l, &mut acts);
-                let acts_t = acts_point.forward(&Tensor::from_vec(acts, (b, p, f), &device_in)?)?;
-                let acts = acts_t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let acts = to_vec(&acts_point.forward(&Tensor::from_vec(acts, (b, p, f), &device_in)?)?)?;
                 if acts.len() != b * p * f {
                     return Err(Error::invalid(format!(
                         "a hook on `{}` returned {} values, expected [{b}, {p}, {f}]",
@@ -188,32 +175,14 @@ impl ReplacementModel {
                         acts.len()
                     )));
                 }
-                let mut st = state.lock().map_err(|_| Error::invalid("replacement state poisoned"))?;
-                let mut recons: Vec<Vec<f32>> = st.recons.iter_mut().map(|r| r.take().unwrap_or_default()).collect();
-                add_decoded(&tcs, l, &acts, b * p, &mut recons)?;
-                if let Some(s) = tcs.skip(l) {
-                    gemm(
-                        View::row_major(&xv, b * p, d),
-                        View::row_major(s, d, d),
-                        1.0,
-                        &mut recons[l],
-                        d,
-                    );
-                }
-                st.recons = recons.into_iter().map(Some).collect();
+                state.lock().map_err(|_| poisoned())?.add_layer(&tcs, l, &acts, &xv)?;
                 Ok(None)
             });
             let (recons_point, error_point) = (points.hook_recons.handle(), points.hook_error.handle());
             let state = pending.clone();
-            let error = errors[l].clone();
             let device_out = device.clone();
             hooks = hooks.fwd(tc.output_hook(l), move |_x: &Tensor, _hp| {
-                let recon = state
-                    .lock()
-                    .map_err(|_| Error::invalid("replacement state poisoned"))?
-                    .recons[l]
-                    .clone()
-                    .unwrap_or_default();
+                let recon = state.lock().map_err(|_| poisoned())?.layer(l).to_vec();
                 let recon = recons_point.forward(&Tensor::from_vec(recon, (b, p, d), &device_out)?)?;
                 let err = error_point.forward(&Tensor::from_vec(error.clone(), (b, p, d), &device_out)?)?;
                 Ok(Some((recon + err)?.to_dtype(dtype)?))
@@ -221,37 +190,4 @@ impl ReplacementModel {
         }
         self.model.run_with_hooks(hooks, |m| m.forward(&tokens))
     }
-}
-
-/// `b_dec` of output layer `o` on every row: `[rows, d_model]`.
-fn base_recon(tc: &Transcoders, o: usize, rows: usize) -> Vec<f32> {
-    (0..rows).flat_map(|_| tc.b_dec(o).iter().copied()).collect()
-}
-
-/// Adds the decoder vectors of the non-zero activations of layer `l` (`acts`
-/// `[rows, d_transcoder]`) into the reconstructions of every layer they write to.
-fn add_decoded(tc: &Transcoders, l: usize, acts: &[f32], rows: usize, recons: &mut [Vec<f32>]) -> Result<()> {
-    let (d, f) = (tc.d_model(), tc.d_transcoder());
-    let n_out = tc.n_out(l);
-    let mut feats: Vec<usize> = (0..rows * f).filter(|&i| acts[i] != 0.0).map(|i| i % f).collect();
-    feats.sort_unstable();
-    feats.dedup();
-    if feats.is_empty() {
-        return Ok(());
-    }
-    let dec = tc.decoder_rows(l, &feats)?;
-    for r in 0..rows {
-        for (k, &j) in feats.iter().enumerate() {
-            let a = acts[r * f + j];
-            if a == 0.0 {
-                continue;
-            }
-            for o in 0..n_out {
-                let src = &dec[(k * n_out + o) * d..(k * n_out + o + 1) * d];
-                let dst = &mut recons[l + o][r * d..(r + 1) * d];
-                dst.iter_mut().zip(src).for_each(|(x, s)| *x += a * s);
-            }
-        }
-    }
-    Ok(())
 }

@@ -717,19 +717,8 @@ impl Transcoders {
 
     /// Pre-activations of `layer` for `x` `[rows, d_model]` (row-major): `[rows, d_transcoder]`.
     pub fn pre_activations(&self, layer: usize, x: &[f32]) -> Vec<f32> {
-        let (d, f) = (self.d_model, self.d_transcoder);
-        let rows = x.len() / d;
         let enc = &self.encoders[layer];
-        let mut out: Vec<f32> = (0..rows).flat_map(|_| enc.b_enc.iter().copied()).collect();
-        use crate::ops::slice_gemm::{gemm, View};
-        gemm(
-            View::row_major(x, rows, d),
-            View::row_major(&enc.w_enc, f, d).t(),
-            1.0,
-            &mut out,
-            f,
-        );
-        out
+        encode(&enc.w_enc, &enc.b_enc, x, self.d_model)
     }
 
     /// The activation function of `layer` applied to pre-activations `[rows, d_transcoder]`, in place.
@@ -825,6 +814,22 @@ pub(crate) fn apply_activation(activation: &Activation, threshold: Option<&[f32]
             }
         }
     }
+}
+
+/// `x @ W_enc.T + b_enc`: `x` `[rows, d_model]`, `w_enc` `[d_transcoder, d_model]` ->
+/// `[rows, d_transcoder]`.
+pub(crate) fn encode(w_enc: &[f32], b_enc: &[f32], x: &[f32], d_model: usize) -> Vec<f32> {
+    use crate::ops::slice_gemm::{gemm, View};
+    let (f, rows) = (b_enc.len(), x.len() / d_model);
+    let mut out: Vec<f32> = (0..rows).flat_map(|_| b_enc.iter().copied()).collect();
+    gemm(
+        View::row_major(x, rows, d_model),
+        View::row_major(w_enc, f, d_model).t(),
+        1.0,
+        &mut out,
+        f,
+    );
+    out
 }
 
 /// An error naming the tensor and file when `values` holds a NaN or an infinity: a
