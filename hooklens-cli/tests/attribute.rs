@@ -7,43 +7,36 @@ mod common;
 use common::*;
 use hooklens_testutil::TempDir;
 
-fn case(name: &str) -> std::path::PathBuf {
-    root().join("testdata").join(name)
-}
-
 #[test]
 fn attribute_writes_circuit_tracers_graph_file() {
     let tmp = TempDir::new("attribute");
     for name in ["circuits", "circuits-clt"] {
-        let dir = case(name);
+        let dir = circuit_case(name);
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("graph_meta.json")).unwrap()).unwrap();
         let slug = meta["case"].as_str().unwrap();
         let out = tmp.path(&format!("{name}.json"));
         let html = tmp.path(&format!("{name}.html"));
         let saved = tmp.path(&format!("{name}.safetensors"));
-        let stdout = ok_stdout(hooklens(&[
-            "attribute".as_ref(),
-            "--model".as_ref(),
-            dir.join("model").as_os_str(),
-            "--transcoders".as_ref(),
-            dir.join("transcoders").as_os_str(),
-            "--tokens".as_ref(),
-            dir.join("tokens.safetensors").as_os_str(),
-            "--max-n-logits".as_ref(),
-            "5".as_ref(),
-            "--batch-size".as_ref(),
-            "16".as_ref(),
-            "--slug".as_ref(),
-            slug.as_ref(),
-            "--quiet".as_ref(),
-            "--out".as_ref(),
-            out.as_os_str(),
-            "--html".as_ref(),
-            html.as_os_str(),
-            "--save-graph".as_ref(),
-            saved.as_os_str(),
-        ]));
+        let stdout = ok_stdout(hooklens(&attribute_args(
+            &dir,
+            dir.join("transcoders"),
+            &[
+                "--max-n-logits".as_ref(),
+                "5".as_ref(),
+                "--batch-size".as_ref(),
+                "16".as_ref(),
+                "--slug".as_ref(),
+                slug.as_ref(),
+                "--quiet".as_ref(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--html".as_ref(),
+                html.as_os_str(),
+                "--save-graph".as_ref(),
+                saved.as_os_str(),
+            ],
+        )));
         assert!(
             stdout.contains(&format!("{} logit targets", meta["n_logits"])),
             "{stdout}"
@@ -104,51 +97,25 @@ fn attribute_writes_circuit_tracers_graph_file() {
 
 #[test]
 fn attribute_refuses_bad_input_before_any_work() {
-    let dir = case("circuits");
+    let dir = circuit_case("circuits");
     let model = dir.join("model");
     let tokens = dir.join("tokens.safetensors");
     let tc = dir.join("transcoders");
-    let run = |extra: &[&std::ffi::OsStr]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "attribute".as_ref(),
-            "--model".as_ref(),
-            model.as_os_str(),
-            "--tokens".as_ref(),
-            tokens.as_os_str(),
-            "--quiet".as_ref(),
-        ];
-        args.extend_from_slice(extra);
-        hooklens(&args)
+    let run = |transcoders: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        hooklens(&attribute_args(
+            &dir,
+            transcoders,
+            &[&["--quiet".as_ref()], extra].concat(),
+        ))
     };
     // A folder that is not a transcoder set, a bad threshold, an output onto an input.
-    fails(run(&["--transcoders".as_ref(), model.as_os_str()]), "config.yaml");
+    fails(run(&model, &[]), "config.yaml");
     fails(
-        run(&[
-            "--transcoders".as_ref(),
-            tc.as_os_str(),
-            "--node-threshold".as_ref(),
-            "1.5".as_ref(),
-        ]),
+        run(&tc, &["--node-threshold".as_ref(), "1.5".as_ref()]),
         "--node-threshold",
     );
-    fails(
-        run(&[
-            "--transcoders".as_ref(),
-            tc.as_os_str(),
-            "--out".as_ref(),
-            tokens.as_os_str(),
-        ]),
-        "--out",
-    );
-    fails(
-        run(&[
-            "--transcoders".as_ref(),
-            tc.as_os_str(),
-            "--target-id".as_ref(),
-            "100000".as_ref(),
-        ]),
-        "100000",
-    );
+    fails(run(&tc, &["--out".as_ref(), tokens.as_os_str()]), "--out");
+    fails(run(&tc, &["--target-id".as_ref(), "100000".as_ref()]), "100000");
 }
 
 /// Issue 27, point 8: the transcoders' files are inputs too: an output onto one of them
@@ -156,7 +123,7 @@ fn attribute_refuses_bad_input_before_any_work() {
 #[test]
 fn attribute_refuses_an_output_onto_a_transcoder_file() {
     let tmp = TempDir::new("attribute-out-transcoder");
-    let dir = case("circuits");
+    let dir = circuit_case("circuits");
     let tc = tmp.path("tc");
     std::fs::create_dir_all(&tc).unwrap();
     for f in ["config.yaml", "layer_0.safetensors", "layer_1.safetensors"] {
@@ -169,18 +136,11 @@ fn attribute_refuses_an_output_onto_a_transcoder_file() {
     ] {
         let target = tc.join(file);
         let before = std::fs::read(&target).unwrap();
-        let out = hooklens(&[
-            "attribute".as_ref(),
-            "--model".as_ref(),
-            dir.join("model").as_os_str(),
-            "--tokens".as_ref(),
-            dir.join("tokens.safetensors").as_os_str(),
-            "--transcoders".as_ref(),
-            tc.as_os_str(),
-            "--quiet".as_ref(),
-            flag.as_ref(),
-            target.as_os_str(),
-        ]);
+        let out = hooklens(&attribute_args(
+            &dir,
+            &tc,
+            &["--quiet".as_ref(), flag.as_ref(), target.as_os_str()],
+        ));
         fails(out, "writing it would destroy the input");
         assert_eq!(std::fs::read(&target).unwrap(), before, "{flag} {file} was written");
     }
@@ -189,18 +149,11 @@ fn attribute_refuses_an_output_onto_a_transcoder_file() {
 #[test]
 fn attribute_past_the_memory_budget_writes_the_same_graph() {
     let tmp = TempDir::new("attribute-spill");
-    let dir = case("circuits-clt");
+    let dir = circuit_case("circuits-clt");
     let spill = tmp.path("spill");
     std::fs::create_dir_all(&spill).unwrap();
     let run = |out: &std::path::Path, extra: &[&std::ffi::OsStr]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "attribute".as_ref(),
-            "--model".as_ref(),
-            dir.join("model").into_os_string().leak(),
-            "--transcoders".as_ref(),
-            dir.join("transcoders").into_os_string().leak(),
-            "--tokens".as_ref(),
-            dir.join("tokens.safetensors").into_os_string().leak(),
+        let base: [&std::ffi::OsStr; 7] = [
             "--max-n-logits".as_ref(),
             "5".as_ref(),
             "--quiet".as_ref(),
@@ -209,8 +162,11 @@ fn attribute_past_the_memory_budget_writes_the_same_graph() {
             "--out".as_ref(),
             out.as_os_str(),
         ];
-        args.extend_from_slice(extra);
-        ok_stdout(hooklens(&args))
+        ok_stdout(hooklens(&attribute_args(
+            &dir,
+            dir.join("transcoders"),
+            &[&base[..], extra].concat(),
+        )))
     };
     let (a, b) = (tmp.path("a.json"), tmp.path("b.json"));
     let mem = run(&a, &[]);
@@ -234,16 +190,10 @@ fn attribute_past_the_memory_budget_writes_the_same_graph() {
         "nothing left in the spill folder"
     );
     let bad = tmp.path("no-such-dir");
-    let out = hooklens(&[
-        "attribute".as_ref(),
-        "--model".as_ref(),
-        dir.join("model").as_os_str(),
-        "--transcoders".as_ref(),
-        dir.join("transcoders").as_os_str(),
-        "--tokens".as_ref(),
-        dir.join("tokens.safetensors").as_os_str(),
-        "--spill-dir".as_ref(),
-        bad.as_os_str(),
-    ]);
+    let out = hooklens(&attribute_args(
+        &dir,
+        dir.join("transcoders"),
+        &["--spill-dir".as_ref(), bad.as_os_str()],
+    ));
     fails(out, "--spill-dir");
 }

@@ -5,37 +5,30 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::*;
 use hooklens_testutil::hub_standin::{cache_repo, files_of, StandIn, COMMIT, PROXY_VARS};
 
-fn case(name: &str) -> PathBuf {
-    root().join("testdata").join(name)
-}
-
 /// `hooklens attribute` on reference case `name` with `--transcoders transcoders`,
 /// writing the graph file to `out`; the Hugging Face cache is `cache`, offline unless
 /// `endpoint` is given (then downloading from it, past any proxy of the environment).
 fn attribute(name: &str, transcoders: &str, out: &Path, cache: &Path, endpoint: Option<&str>) -> Output {
-    let dir = case(name);
-    let mut cmd = offline_command(&[
-        "attribute".as_ref(),
-        "--model".as_ref(),
-        dir.join("model").as_os_str(),
-        "--tokens".as_ref(),
-        dir.join("tokens.safetensors").as_os_str(),
-        "--transcoders".as_ref(),
-        transcoders.as_ref(),
-        "--max-n-logits".as_ref(),
-        "5".as_ref(),
-        "--slug".as_ref(),
-        "hub".as_ref(),
-        "--quiet".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let dir = circuit_case(name);
+    let mut cmd = offline_command(&attribute_args(
+        &dir,
+        transcoders,
+        &[
+            "--max-n-logits".as_ref(),
+            "5".as_ref(),
+            "--slug".as_ref(),
+            "hub".as_ref(),
+            "--quiet".as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ],
+    ));
     cmd.env("HF_HUB_CACHE", cache).env_remove("HF_TOKEN");
     if let Some(endpoint) = endpoint {
         cmd.env_remove("HF_HUB_OFFLINE").env("HF_ENDPOINT", endpoint);
@@ -54,18 +47,18 @@ fn json(path: &Path) -> serde_json::Value {
 fn transcoders_from_a_prepared_cache_give_the_folders_graph() {
     let tmp = TempDir::new("attribute-hub-cache");
     let cache = tmp.path("cache");
-    cache_repo(&cache, "org/plt", &files_of(&case("circuits/transcoders"), ""));
+    cache_repo(&cache, "org/plt", &files_of(&circuit_case("circuits/transcoders"), ""));
     cache_repo(
         &cache,
         "org/many",
-        &files_of(&case("circuits-clt/transcoders"), "sets/clt/"),
+        &files_of(&circuit_case("circuits-clt/transcoders"), "sets/clt/"),
     );
     for (name, spec) in [("circuits", "org/plt"), ("circuits-clt", "org/many:sets/clt")] {
         let from_hub = tmp.path(&format!("{name}-hub.json"));
         let stdout = ok_stdout(attribute(name, spec, &from_hub, &cache, None));
         assert!(stdout.contains("5 logit targets"), "{spec}: {stdout}");
         let from_dir = tmp.path(&format!("{name}-dir.json"));
-        let folder = case(name).join("transcoders");
+        let folder = circuit_case(name).join("transcoders");
         ok_stdout(attribute(name, folder.to_str().unwrap(), &from_dir, &cache, None));
         assert_eq!(json(&from_hub), json(&from_dir), "{spec}");
     }
@@ -87,7 +80,7 @@ fn transcoders_from_a_prepared_cache_give_the_folders_graph() {
 fn transcoders_download_from_the_hub_then_work_offline() {
     let tmp = TempDir::new("attribute-hub-download");
     let cache = tmp.path("cache");
-    let server = StandIn::serve(files_of(&case("circuits/transcoders"), "tc/"));
+    let server = StandIn::serve(files_of(&circuit_case("circuits/transcoders"), "tc/"));
     let out = tmp.path("hub.json");
     let got = attribute("circuits", "org/plt:tc", &out, &cache, Some(&server.endpoint));
     let asked = server.finish();

@@ -82,3 +82,29 @@ pub fn hidden_files(dir: &Path) -> std::io::Result<Vec<String>> {
         .filter(|n| n.starts_with('.'))
         .collect())
 }
+
+/// The reference attribution case `name`: `testdata/<name>` with `model/`, `transcoders/`
+/// and `tokens.safetensors`.
+pub fn circuit_case(name: &str) -> PathBuf {
+    root().join("testdata").join(name)
+}
+
+/// `attribute --model <case>/model --tokens <case>/tokens.safetensors --transcoders
+/// <transcoders>`, then `extra`.
+pub fn attribute_args<S: AsRef<std::ffi::OsStr>>(
+    case: &Path,
+    transcoders: impl AsRef<std::ffi::OsStr>,
+    extra: &[S],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "attribute".into(),
+        "--model".into(),
+        case.join("model").into(),
+        "--tokens".into(),
+        case.join("tokens.safetensors").into(),
+        "--transcoders".into(),
+        transcoders.as_ref().into(),
+    ];
+    args.extend(extra.iter().map(|a| a.as_ref().to_os_string()));
+    args
+}
