@@ -7,7 +7,7 @@ use hooklens_core::Result;
 use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout};
+use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
@@ -18,6 +18,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "Gemma",
     model_types: &["gemma"],
     classes: &["GemmaForCausalLM"],
+    fields: &[LLAMA_FIELDS],
     config,
     weights,
 };

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::gemma::gemma_common;
 use super::hf_config::HfConfig;
-use super::llama::{llama_config, read_llama_layout, LlamaLayout};
+use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::Family;
 use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
@@ -20,9 +20,19 @@ pub(crate) const FAMILY: Family = Family {
     name: "Gemma 2",
     model_types: &["gemma2"],
     classes: &["Gemma2ForCausalLM"],
+    fields: &[LLAMA_FIELDS, GEMMA2_FIELDS],
     config,
     weights,
 };
+
+/// The fields Gemma 2 reads beyond the Llama config's.
+const GEMMA2_FIELDS: &[&str] = &[
+    "hidden_activation",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "final_logit_softcapping",
+    "attn_logit_softcapping",
+];
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     // Gemma2Config's defaults (a null keeps its meaning: no cap, no window).

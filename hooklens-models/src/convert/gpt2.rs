@@ -19,9 +19,28 @@ pub(crate) const FAMILY: Family = Family {
     name: "GPT-2",
     model_types: &["gpt2"],
     classes: &["GPT2LMHeadModel", "GPT2Model"],
+    fields: &[GPT2_FIELDS],
     config,
     weights,
 };
+
+/// The fields GPT-2 reads.
+const GPT2_FIELDS: &[&str] = &[
+    "n_layer",
+    "n_embd",
+    "n_head",
+    "vocab_size",
+    "n_positions",
+    "scale_attn_weights",
+    "scale_attn_by_inverse_layer_idx",
+    "reorder_and_upcast_attn",
+    "add_cross_attention",
+    "n_inner",
+    "layer_norm_epsilon",
+    "activation_function",
+    "bos_token_id",
+    "eos_token_id",
+];
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_layers = hf.usize("n_layer")?;

@@ -1,6 +1,10 @@
 //! Reading the fields of a Hugging Face `config.json`, with errors that name the file
 //! and the field. Both styles of rotary settings are read: `rope_theta` +
 //! `rope_scaling` (transformers 4) and `rope_parameters` (transformers 5).
+//!
+//! Only the fields some family reads are parsed (this file's [`COMMON_FIELDS`] and each
+//! family's `fields`); the rest of the file is skipped unparsed, so that a config full
+//! of other data costs no more memory than its text.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +12,17 @@ use hooklens_core::{Error, Result};
 use serde_json::{Map, Value};
 
 use crate::config::{AttnType, NtkByPartsRope};
+use crate::loading::KnownFields;
+
+/// The fields the readers of this file look up themselves, whatever the family.
+pub(super) const COMMON_FIELDS: &[&str] = &[
+    "model_type",
+    "architectures",
+    "rope_parameters",
+    "rope_scaling",
+    "partial_rotary_factor",
+    "layer_types",
+];
 
 /// A parsed `config.json` and where it came from.
 pub(crate) struct HfConfig {
@@ -22,13 +37,17 @@ impl HfConfig {
             path: path.to_path_buf(),
             reason,
         };
-        let json: Value = serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-        match json {
-            Value::Object(obj) => Ok(HfConfig {
+        let keep = |k: &str| super::is_known_field(k);
+        let known = KnownFields {
+            keep: &keep,
+            nested: &[],
+        };
+        match known.parse(text).map_err(|e| bad(format!("not valid JSON: {e}")))? {
+            Some(obj) => Ok(HfConfig {
                 path: path.to_path_buf(),
                 obj,
             }),
-            _ => Err(bad("expected a JSON object at the top level".into())),
+            None => Err(bad("expected a JSON object at the top level".into())),
         }
     }
 
@@ -39,6 +58,7 @@ impl HfConfig {
     pub(crate) fn with_absent(&self, defaults: &[(&str, Value)]) -> HfConfig {
         let mut obj = self.obj.clone();
         for (k, v) in defaults {
+            debug_assert!(super::is_known_field(k), "`{k}` is listed in no family's `fields`");
             obj.entry(k.to_string()).or_insert_with(|| v.clone());
         }
         HfConfig {
@@ -55,8 +75,13 @@ impl HfConfig {
         }
     }
 
-    /// The raw value of `field`, `None` when absent or null.
+    /// The raw value of `field`, `None` when absent or null. `field` must be one a
+    /// family lists (else it was not kept when parsing).
     pub(crate) fn get(&self, field: &str) -> Option<&Value> {
+        debug_assert!(
+            super::is_known_field(field),
+            "`{field}` is read from config.json but listed in no family's `fields`: it is never parsed"
+        );
         self.obj.get(field).filter(|v| !v.is_null())
     }
 
@@ -304,5 +329,36 @@ fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_fields_a_family_reads_are_held() {
+        // Megabytes of data no family reads: skipped unparsed, not held as values.
+        let junk: String = (0..100_000).map(|i| format!("\"k{i}\": [{i}, {{}}],")).collect();
+        let text = format!(
+            r#"{{"model_type": "llama", "junk": {{{junk} "end": 0}}, "hidden_size": 64,
+                "id2label": {{"0": "a"}}, "rope_theta": 5e5, "torch_dtype": "float32"}}"#
+        );
+        let hf = HfConfig::parse(&text, Path::new("config.json")).unwrap();
+        let mut kept: Vec<&str> = hf.obj.keys().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(kept, ["hidden_size", "model_type", "rope_theta"]);
+        assert_eq!(hf.usize("hidden_size").unwrap(), 64);
+        // Skipped fields are still checked for being JSON.
+        let bad = HfConfig::parse(r#"{"hidden_size": 64, "junk": [1, 2,]}"#, Path::new("c.json"));
+        let msg = bad
+            .err()
+            .expect("malformed JSON in a skipped field is refused")
+            .to_string();
+        assert!(msg.contains("c.json") && msg.contains("not valid JSON"), "{msg}");
+        let top = HfConfig::parse("[1]", Path::new("c.json"))
+            .err()
+            .expect("a list is not a config");
+        assert!(top.to_string().contains("top level"), "{top}");
     }
 }

@@ -18,9 +18,32 @@ pub(crate) const FAMILY: Family = Family {
     name: "Llama",
     model_types: &["llama"],
     classes: &["LlamaForCausalLM"],
+    fields: &[LLAMA_FIELDS, &["mlp_bias"]],
     config,
     weights,
 };
+
+/// The fields [`llama_config`] reads.
+pub(super) const LLAMA_FIELDS: &[&str] = &[
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "head_dim",
+    "num_key_value_heads",
+    "rope_theta",
+    "intermediate_size",
+    "rms_norm_eps",
+    "hidden_act",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
+    "attention_bias",
+];
+
+/// The fields [`sliding_windows`] reads.
+pub(super) const SLIDING_FIELDS: &[&str] = &["sliding_window", "use_sliding_window"];
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let mut cfg = llama_config(hf, false, "hidden_act", ActFn::Silu)?;

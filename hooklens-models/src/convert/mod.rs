@@ -65,6 +65,9 @@ pub(crate) struct Family {
     pub(crate) model_types: &'static [&'static str],
     /// Hugging Face classes (`architectures`); the first is the one recorded in the config.
     pub(crate) classes: &'static [&'static str],
+    /// The `config.json` fields `config` reads (lists shared with other families
+    /// included): only these are parsed.
+    pub(crate) fields: &'static [&'static [&'static str]],
     /// `config.json` -> the model's config.
     pub(crate) config: fn(&HfConfig) -> Result<TransformerConfig>,
     /// Checkpoint tensors -> the model's weights; `origin` names the source in errors.
@@ -83,6 +86,23 @@ const FAMILIES: &[Family] = &[
     gemma2::FAMILY,
     phi3::FAMILY,
 ];
+
+/// Whether some family (or the shared readers) reads the `config.json` field `name`.
+fn is_known_field(name: &str) -> bool {
+    use std::collections::HashSet;
+    use std::sync::OnceLock;
+    static KNOWN: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    KNOWN
+        .get_or_init(|| {
+            let lists = FAMILIES.iter().flat_map(|f| f.fields.iter());
+            hf_config::COMMON_FIELDS
+                .iter()
+                .chain(lists.flat_map(|l| l.iter()))
+                .copied()
+                .collect()
+        })
+        .contains(name)
+}
 
 /// The Hugging Face classes hooklens can load, one family after another.
 pub fn supported_architectures() -> Vec<&'static str> {

@@ -18,9 +18,29 @@ pub(crate) const FAMILY: Family = Family {
     name: "GPT-NeoX",
     model_types: &["gpt_neox"],
     classes: &["GPTNeoXForCausalLM"],
+    fields: &[NEOX_FIELDS],
     config,
     weights,
 };
+
+/// The fields GPT-NeoX reads.
+const NEOX_FIELDS: &[&str] = &[
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "vocab_size",
+    "max_position_embeddings",
+    "rotary_pct",
+    "rotary_emb_base",
+    "intermediate_size",
+    "layer_norm_eps",
+    "hidden_act",
+    "bos_token_id",
+    "eos_token_id",
+    "use_parallel_residual",
+    "tie_word_embeddings",
+    "attention_bias",
+];
 
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_layers = hf.usize("num_hidden_layers")?;

@@ -9,7 +9,7 @@ use hooklens_core::Result;
 use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
+use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout, LLAMA_FIELDS, SLIDING_FIELDS};
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
@@ -20,6 +20,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "Phi-3",
     model_types: &["phi3"],
     classes: &["Phi3ForCausalLM"],
+    fields: &[LLAMA_FIELDS, SLIDING_FIELDS],
     config,
     weights,
 };

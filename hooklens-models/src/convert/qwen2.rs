@@ -6,7 +6,7 @@ use hooklens_core::Result;
 use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout};
+use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout, LLAMA_FIELDS, SLIDING_FIELDS};
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
@@ -17,6 +17,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "Qwen 2",
     model_types: &["qwen2"],
     classes: &["Qwen2ForCausalLM"],
+    fields: &[LLAMA_FIELDS, SLIDING_FIELDS, QWEN_FIELDS],
     config,
     weights,
 };
@@ -28,6 +29,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     cfg.attention_bias = Some(true);
     Ok(cfg)
 }
+
+/// The fields [`qwen_config`] reads beyond the Llama config's.
+pub(super) const QWEN_FIELDS: &[&str] = &["max_window_layers"];
 
 /// What Qwen 2 and Qwen 3 share beyond the Llama config: no BOS by default, and
 /// sliding windows only with `use_sliding_window`, from `max_window_layers` on.

@@ -6,8 +6,8 @@ use hooklens_core::Result;
 use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{attention_bias, read_llama_layout, LlamaLayout};
-use super::qwen2::qwen_config;
+use super::llama::{attention_bias, read_llama_layout, LlamaLayout, LLAMA_FIELDS, SLIDING_FIELDS};
+use super::qwen2::{qwen_config, QWEN_FIELDS};
 use super::Family;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
@@ -18,6 +18,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "Qwen 3",
     model_types: &["qwen3"],
     classes: &["Qwen3ForCausalLM"],
+    fields: &[LLAMA_FIELDS, SLIDING_FIELDS, QWEN_FIELDS],
     config,
     weights,
 };

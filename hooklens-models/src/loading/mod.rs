@@ -3,6 +3,7 @@
 //! and the Hugging Face hub.
 
 pub mod hub;
+mod known_fields;
 mod load_options;
 mod safetensors;
 mod sharded;
@@ -13,6 +14,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use hooklens_core::{Error, Result};
 
+pub(crate) use known_fields::KnownFields;
 pub use load_options::LoadOptions;
 pub(crate) use safetensors::{SafetensorsFile, TensorSource};
 pub(crate) use sharded::{ShardIndex, ShardedSafetensors};

@@ -6,6 +6,8 @@ use std::path::Path;
 use hooklens_core::{Error, Result};
 use serde_json::{Map, Value};
 
+use crate::loading::KnownFields;
+
 /// How an SAE turns its pre-activations into feature activations (SAELens's
 /// `architecture`, grouped by the math: a BatchTopK SAE is saved for inference as
 /// `jumprelu`).
@@ -99,9 +101,14 @@ impl SaeConfig {
             path: path.to_path_buf(),
             reason,
         };
-        let obj = match serde_json::from_str::<KnownFields>(text) {
-            Ok(KnownFields(Some(obj))) => obj,
-            Ok(KnownFields(None)) => return Err(bad("expected a JSON object at the top level".into())),
+        let keep = |k: &str| FIELDS.contains(&k);
+        let known = KnownFields {
+            keep: &keep,
+            nested: &["metadata"],
+        };
+        let obj = match known.parse(text) {
+            Ok(Some(obj)) => obj,
+            Ok(None) => return Err(bad("expected a JSON object at the top level".into())),
             Err(e) => return Err(bad(format!("not valid JSON: {e}"))),
         };
         parse(&obj).map_err(|e| match e {
@@ -146,61 +153,6 @@ const FIELDS: &[&str] = &[
     "rescale_acts_by_decoder_norm",
     "sae_lens_version",
 ];
-
-/// A JSON object with only the fields in [`FIELDS`] kept (`metadata` filtered the
-/// same way): the rest is skipped unparsed rather than held as values, which take
-/// many times their text's size. `None` for a value that is not an object.
-struct KnownFields(Option<Map<String, Value>>);
-
-impl<'de> serde::Deserialize<'de> for KnownFields {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = KnownFields;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON value")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<KnownFields, A::Error> {
-                let mut obj = Map::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "metadata" {
-                        let meta = map.next_value::<KnownFields>()?.0;
-                        obj.insert(key, meta.map_or(Value::Null, Value::Object));
-                    } else if FIELDS.contains(&key.as_str()) {
-                        let v = map.next_value::<Value>()?;
-                        obj.insert(key, v);
-                    } else {
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                }
-                Ok(KnownFields(Some(obj)))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<KnownFields, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(KnownFields(None))
-            }
-            fn visit_bool<E>(self, _: bool) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-            fn visit_str<E>(self, _: &str) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-            fn visit_unit<E>(self) -> std::result::Result<KnownFields, E> {
-                Ok(KnownFields(None))
-            }
-        }
-        d.deserialize_any(Visit)
-    }
-}
 
 /// The architectures [`SaeConfig`] reads.
 const SUPPORTED: &[&str] = &[
