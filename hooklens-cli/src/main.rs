@@ -41,6 +41,7 @@ enum Command {
     Harvest(cmd::harvest::Args),
     Features(cmd::features::Args),
     Attribute(cmd::attribute::Args),
+    Saes(cmd::saes::Args),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -56,6 +57,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Command::Harvest(args) => cmd::harvest::run(args),
         Command::Features(args) => cmd::features::run(args),
         Command::Attribute(args) => cmd::attribute::run(args),
+        Command::Saes(args) => cmd::saes::run(args),
     }
 }
 

@@ -12,4 +12,5 @@ pub mod hooks;
 pub mod logit_lens;
 pub mod run;
 pub mod sae_args;
+pub mod saes;
 pub mod tokenize;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use hooklens_models::sae::{Sae, SaeSet};
+use hooklens_models::sae::{releases, Sae, SaeSet};
 use hooklens_models::HubOptions;
 
 use crate::error::{CliError, CliResult};
@@ -11,11 +11,14 @@ use crate::error::{CliError, CliResult};
 #[derive(clap::Args, Debug, Default)]
 pub struct SaeArgs {
     /// An SAE or transcoder to splice in: a SAELens folder (cfg.json and
-    /// sae_weights.safetensors) or `REPO_ID:FOLDER` on the Hugging Face hub (cached as
-    /// models are; HF_HUB_OFFLINE=1 never downloads). Repeat for several, one per hook
-    /// point. It replaces its hook point (`cfg.json`'s hook_name; a transcoder's
-    /// hook_name_out), whose place its own points take: `<hook>.hook_sae_acts_post`, ...
-    #[arg(long = "sae", value_name = "DIR|REPO:FOLDER")]
+    /// sae_weights.safetensors), `RELEASE/SAE_ID` for a release of SAELens's directory
+    /// (`gpt2-small-res-jb/blocks.8.hook_resid_pre`; `hooklens saes` lists them), or
+    /// `REPO_ID:FOLDER` on the Hugging Face hub; hub files are cached as models are
+    /// (HF_HUB_OFFLINE=1 never downloads). A folder that exists wins over a release of
+    /// the same name. Repeat for several, one per hook point. It replaces its hook point
+    /// (`cfg.json`'s hook_name; a transcoder's hook_name_out), whose place its own points
+    /// take: `<hook>.hook_sae_acts_post`, ...
+    #[arg(long = "sae", value_name = "DIR|RELEASE/SAE_ID|REPO:FOLDER")]
     pub saes: Vec<String>,
     /// Splice the SAEs with their error term (SAELens's use_error_term): the model's
     /// output is unchanged, and `<hook>.hook_sae_error` holds what each reconstruction misses.
@@ -43,6 +46,11 @@ impl SaeArgs {
             } else if let Some((repo, folder)) = hub_spec(spec) {
                 let hub = HubOptions::from_env().offline(true);
                 files.extend(Sae::pretrained_files(repo, folder, &hub).unwrap_or_default());
+            } else if let Some((release, sae_id)) = release_spec(spec) {
+                if let Ok(found) = releases::resolve(release, sae_id) {
+                    let hub = HubOptions::from_env().offline(true);
+                    files.extend(Sae::pretrained_files(&found.repo_id, &found.folder, &hub).unwrap_or_default());
+                }
             }
         }
         files
@@ -74,13 +82,26 @@ fn load_one(spec: &str, device: &candle_core::Device) -> CliResult<Sae> {
              or REPO_ID:FOLDER on the Hugging Face hub (e.g. jbloom/GPT2-Small-SAEs-Reformatted:blocks.0.hook_resid_pre)"
         )));
     }
-    match hub_spec(spec) {
-        Some((repo, folder)) => Ok(Sae::from_pretrained(repo, folder, &HubOptions::from_env(), device)?),
+    if let Some((repo, folder)) = hub_spec(spec) {
+        return Ok(Sae::from_pretrained(repo, folder, &HubOptions::from_env(), device)?);
+    }
+    match release_spec(spec) {
+        Some((release, sae_id)) => Sae::from_release(release, sae_id, &HubOptions::from_env(), device)
+            .map_err(|e| CliError(format!("--sae {spec}: {e}"))),
         None => Err(CliError(format!(
-            "--sae {spec}: no such directory (an SAE is a folder holding cfg.json and sae_weights.safetensors, \
-             or REPO_ID:FOLDER on the Hugging Face hub)"
+            "--sae {spec}: no such directory, and `{}` is not a release of SAELens's directory \
+             (an SAE is a folder holding cfg.json and sae_weights.safetensors, RELEASE/SAE_ID for a \
+             release `hooklens saes` lists, or REPO_ID:FOLDER on the Hugging Face hub)",
+            spec.split('/').next().unwrap_or(spec)
         ))),
     }
+}
+
+/// `(RELEASE, SAE_ID)` of an `--sae` value whose first `/`-separated part is a release
+/// of SAELens's directory (release names have no `/`; SAE ids may).
+fn release_spec(spec: &str) -> Option<(&str, &str)> {
+    let (release, sae_id) = spec.split_once('/')?;
+    (releases::release(release).is_some() && !sae_id.is_empty()).then_some((release, sae_id))
 }
 
 /// `(REPO_ID, FOLDER)` of an `--sae` value that names no folder here and is no URL.

@@ -152,7 +152,11 @@ impl Sae {
 
     /// Loads an SAE from its config and weights files.
     pub fn from_files(cfg: &Path, weights: &Path, device: &Device) -> Result<Self> {
-        let cfg = SaeConfig::from_file(cfg)?;
+        Self::from_config_and_weights(SaeConfig::from_file(cfg)?, weights, device)
+    }
+
+    /// Loads an SAE's weights file for a config already read.
+    pub(crate) fn from_config_and_weights(cfg: SaeConfig, weights: &Path, device: &Device) -> Result<Self> {
         let source = open_checkpoint_file(weights, device, DType::F32)?;
         let w = read_weights(&cfg, &*source).map_err(|e| match e {
             Error::BadFile { .. } | Error::Io { .. } => e,

@@ -97,6 +97,12 @@ impl SaeConfig {
     /// Parses a `cfg.json`'s text; `path` names the file in errors. Both SAELens 6
     /// configs and older flat ones are read.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        Self::from_json_str_with(text, path, None)
+    }
+
+    /// [`SaeConfig::from_json_str`] with `overrides` set over the file's top-level
+    /// fields first, as SAELens applies a release's `config_overrides`.
+    pub(crate) fn from_json_str_with(text: &str, path: &Path, overrides: Option<&Map<String, Value>>) -> Result<Self> {
         let bad = |reason: String| Error::BadFile {
             path: path.to_path_buf(),
             reason,
@@ -106,11 +112,14 @@ impl SaeConfig {
             keep: &keep,
             nested: &["metadata"],
         };
-        let obj = match known.parse(text) {
+        let mut obj = match known.parse(text) {
             Ok(Some(obj)) => obj,
             Ok(None) => return Err(bad("expected a JSON object at the top level".into())),
             Err(e) => return Err(bad(format!("not valid JSON: {e}"))),
         };
+        for (k, v) in overrides.into_iter().flatten() {
+            obj.insert(k.clone(), v.clone());
+        }
         parse(&obj).map_err(|e| match e {
             ParseError::Bad(reason) => bad(reason),
             ParseError::Unsupported(name, reason) => Error::UnsupportedArchitecture {

@@ -8,6 +8,7 @@
 //!   SAELens computes, firing its hook points.
 //! - [`SaeModel`] splices SAEs into a model per run, for a scope or as model state, with
 //!   or without the error term ([`SaeSet`]).
+//! - [`releases`] is SAELens's directory of named releases ([`Sae::from_release`]).
 //! - [`features`] has the interventions (zero, clamp, steer) and feature attribution.
 
 mod autoencoder;
@@ -15,6 +16,7 @@ mod config;
 pub mod features;
 #[cfg(feature = "hub")]
 mod hub;
+pub mod releases;
 mod sparse;
 mod splice;
 
