@@ -23,8 +23,16 @@ impl CliError {
 }
 
 impl From<hooklens::Error> for CliError {
+    /// The library's message, except where the command line has its own flag for the
+    /// fix: a switched-off hook point names `--all-hooks`, not the config field.
     fn from(e: hooklens::Error) -> Self {
-        CliError(e.to_string())
+        match e {
+            hooklens::Error::DisabledHook { name, flag } => CliError(format!(
+                "hook point `{name}` is off unless asked for (TransformerLens's `{flag}`): pass --all-hooks \
+                 to switch on every optional hook point"
+            )),
+            other => CliError(other.to_string()),
+        }
     }
 }
 
@@ -32,7 +40,7 @@ impl From<candle_core::Error> for CliError {
     /// Through hooklens's error, so that a hooklens error carried inside a candle
     /// error is shown as itself.
     fn from(e: candle_core::Error) -> Self {
-        CliError(hooklens::Error::from(e).to_string())
+        hooklens::Error::from(e).into()
     }
 }
 

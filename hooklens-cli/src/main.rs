@@ -3,6 +3,7 @@
 //! lens, harvest activations of a corpus.
 
 mod cmd;
+mod columns;
 mod error;
 mod output;
 

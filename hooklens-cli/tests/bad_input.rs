@@ -262,7 +262,7 @@ fn generate_flags_with_bad_values() {
             (&[], "--max-new-tokens"),
             (&["--max-new-tokens", "-1"], "invalid value '-1' for '--max-new-tokens"),
             (&["--max-new-tokens", "many"], "invalid digit"),
-            (&["--max-new-tokens", "1000"], "n_ctx"),
+            (&["--max-new-tokens", "1000"], "give --max-new-tokens 55 or less"),
             (&["--max-new-tokens", "99999999999999999999999"], "--max-new-tokens"),
             (&["--max-new-tokens", "2", "--temperature", "-1"], "temperature"),
             (&["--max-new-tokens", "2", "--temperature", "NaN"], "temperature"),

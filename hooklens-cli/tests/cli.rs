@@ -323,12 +323,20 @@ fn bad_flag_values_are_readable_errors() {
 
 #[test]
 fn tokenize_prints_json() {
+    // BOS first by default, as TransformerLens's `to_tokens` for GPT-2; --no-bos leaves it off.
     let ids: Vec<u32> = serde_json::from_str(&ok(hooklens(&["tokenize", "Hello world"]))).unwrap();
+    assert_eq!(ids, [50256, 15496, 995]);
+    let ids: Vec<u32> = serde_json::from_str(&ok(hooklens(&["tokenize", "--no-bos", "Hello world"]))).unwrap();
     assert_eq!(ids, [15496, 995]);
     let ids: Vec<u32> =
         serde_json::from_str(&ok(hooklens(&["tokenize", "--prepend-bos", "<|endoftext|> the"]))).unwrap();
     assert_eq!(ids, [50256, 50256, 262]);
-    let strs: Vec<String> = serde_json::from_str(&ok(hooklens(&["tokenize", "--str-tokens", "I'm  here\n"]))).unwrap();
+    fails(
+        hooklens(&["tokenize", "--prepend-bos", "--no-bos", "x"]),
+        "cannot be used with",
+    );
+    let strs: Vec<String> =
+        serde_json::from_str(&ok(hooklens(&["tokenize", "--no-bos", "--str-tokens", "I'm  here\n"]))).unwrap();
     assert_eq!(strs, ["I", "'m", " ", " here", "\n"]);
 
     let tmp = TempDir::new("tokenize");
@@ -342,6 +350,37 @@ fn tokenize_prints_json() {
     ])))
     .unwrap();
     assert_eq!(ids, [511, 39, 68, 75, 363, 338, 266, 75, 67]);
+    // Qwen 3: TransformerLens puts no BOS by default; --prepend-bos puts the config's.
+    let qwen = tmp.path("qwen3");
+    std::fs::create_dir_all(&qwen).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root().join("testdata/qwen3/model").join(f), qwen.join(f)).unwrap();
+    }
+    std::fs::copy(model.join("tokenizer.json"), qwen.join("tokenizer.json")).unwrap();
+    let plain: Vec<u32> = serde_json::from_str(&ok(hooklens(&["tokenize", "--model", s(&qwen), "Hello"]))).unwrap();
+    let bos: Vec<u32> = serde_json::from_str(&ok(hooklens(&[
+        "tokenize",
+        "--model",
+        s(&qwen),
+        "--prepend-bos",
+        "Hello",
+    ])))
+    .unwrap();
+    assert_eq!(bos[0], 510);
+    assert_eq!(bos[1..], plain[..]);
+    // The same two flags on a subcommand that runs the model: the losses differ.
+    let loss = |extra: &str| -> String {
+        let out = ok(hooklens(&[
+            "run",
+            "--model",
+            s(&qwen),
+            "--prompt",
+            "Hello world",
+            extra,
+        ]));
+        out.lines().find(|l| l.contains("loss")).unwrap().to_string()
+    };
+    assert_ne!(loss("--prepend-bos"), loss("--no-bos"));
     let bare = tmp.path("bare");
     std::fs::create_dir_all(&bare).unwrap();
     for f in ["config.json", "model.safetensors"] {

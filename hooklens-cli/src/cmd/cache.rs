@@ -30,9 +30,9 @@ pub struct Args {
     pub input: InputArgs,
     #[command(flatten)]
     pub saes: SaeArgs,
-    /// Cache only hook points matching this name or glob (`blocks.*.attn.hook_pattern`);
-    /// repeat for several. Each must match a hook point.
-    #[arg(long = "names", value_name = "PATTERN")]
+    /// Cache only hook points matching these names or globs (`blocks.*.attn.hook_pattern`):
+    /// repeat the flag, or separate them by commas or spaces. Each must match a hook point.
+    #[arg(long = "names", value_name = "PATTERN", num_args = 1.., value_delimiter = ',')]
     pub names: Vec<String>,
     /// Drop the batch axis of every activation (needs a batch of one).
     #[arg(long)]
@@ -58,6 +58,7 @@ pub fn run(args: Args) -> CliResult<()> {
     let model = args.model.load()?;
     let saes = args.saes.set(model.device())?;
     let splices = saes.hooks()?;
+    super::sae_args::check_names_against_saes(&saes, &args.names)?;
     check_out(&args.out, &args.model, Some(&args.input), false)?;
     crate::output::check_output_file("--out", &args.out, &args.saes.files())?;
     let input = args.input.read(&model, PaddingSide::Right)?;

@@ -151,9 +151,12 @@ pub struct InputArgs {
     pub tokens: Option<PathBuf>,
     /// Do not put BOS before each prompt. By default BOS goes first where the model's
     /// family has TransformerLens prepend it (`default_prepend_bos`: every family but
-    /// Qwen 2 / Qwen 3).
-    #[arg(long)]
+    /// Qwen 2 / Qwen 3 and BLOOM).
+    #[arg(long, conflicts_with = "prepend_bos")]
     pub no_bos: bool,
+    /// Put BOS before each prompt even where the model's family does not by default.
+    #[arg(long)]
+    pub prepend_bos: bool,
 }
 
 /// Tokens `[batch, pos]` (u32) and, when prompts had to be padded, their attention
@@ -167,7 +170,18 @@ pub struct Input {
     pub prepended_bos: bool,
 }
 
+/// Whether BOS goes first: `--prepend-bos` / `--no-bos`, else `default` (the model's
+/// `default_prepend_bos`), as TransformerLens's `to_tokens` decides.
+pub fn prepend_bos(prepend: bool, no_bos: bool, default: bool) -> bool {
+    prepend || (!no_bos && default)
+}
+
 impl InputArgs {
+    /// Whether BOS goes before each prompt.
+    pub fn bos(&self, model: &HookedGpt2) -> bool {
+        prepend_bos(self.prepend_bos, self.no_bos, model.cfg().default_prepend_bos)
+    }
+
     /// The input files (the tokens file, if any): what no output may overwrite.
     pub fn files(&self) -> Vec<PathBuf> {
         self.tokens.iter().cloned().collect()
@@ -184,7 +198,15 @@ impl InputArgs {
             });
         }
         let prompts: Vec<&str> = self.prompt.iter().map(String::as_str).collect();
-        let bos = !self.no_bos && model.cfg().default_prepend_bos;
+        if model.tokenizer().is_err() {
+            return Err(CliError(format!(
+                "--prompt: this {} model has no tokenizer (no tokenizer.json beside its config.json): \
+                 put its tokenizer.json there, or give token ids with --tokens FILE (a safetensors file \
+                 holding an integer tensor `tokens` [batch, pos])",
+                model.cfg().original_architecture
+            )));
+        }
+        let bos = self.bos(model);
         let (tokens, mask) = model.to_tokens_with_mask(prompts, bos, side)?;
         let padded = mask.min_all()?.to_scalar::<u32>()? == 0;
         Ok(Input {

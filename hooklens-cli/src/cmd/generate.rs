@@ -75,7 +75,22 @@ pub fn run(args: Args) -> CliResult<()> {
         attention_mask: input.mask.clone(),
         ..GenerateOptions::default()
     };
-    let out = model.generate(&input.tokens, &opts)?;
+    let prompt_len = input.tokens.dim(1)?;
+    let out = model.generate(&input.tokens, &opts).map_err(|e| match e {
+        hooklens::Error::ContextTooLong { n_ctx, .. } => {
+            let room = (n_ctx + 1).saturating_sub(prompt_len);
+            let fix = if room == 0 {
+                "shorten the prompt".to_string()
+            } else {
+                format!("give --max-new-tokens {room} or less, or shorten the prompt")
+            };
+            CliError(format!(
+                "--max-new-tokens {}: {prompt_len} prompt positions + {} new tokens exceed the model's context of {n_ctx} positions: {fix}",
+                args.max_new_tokens, args.max_new_tokens
+            ))
+        }
+        other => other.into(),
+    })?;
     if let Some(path) = &args.out {
         write_safetensors(path, vec![("tokens", &tokens_i64(&out)?)])?;
     }
@@ -89,7 +104,6 @@ pub fn run(args: Args) -> CliResult<()> {
         None => vec![0; rows.len()],
     };
     let skip_bos = usize::from(input.prepended_bos);
-    let prompt_len = input.tokens.dim(1)?;
     // A finished sequence is filled with EOS up to the batch's length: show the text
     // up to its first generated EOS (the --out file keeps every token).
     let eos = model.cfg().eos_token_id.filter(|_| !args.ignore_eos);

@@ -55,34 +55,39 @@ pub fn run(args: Args) -> CliResult<()> {
         "give fewer or shorter prompts, or a smaller --dtype",
     )?;
     let lens = logit_lens(&model, &tokens, args.top)?;
-    let quote = |s: &str| serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
-    let cell = |s: &str, p: f32| {
-        let q = quote(s);
-        let q = if q.chars().count() > 14 {
-            format!("{}…", q.chars().take(13).collect::<String>())
-        } else {
-            q
-        };
-        format!("{q} {:>3.0}%", p * 100.0)
+    use crate::columns::{display_width, pad, percent, truncate};
+    // Quoted, so that whitespace-only tokens show; bidirectional controls escaped too,
+    // so that a right-to-left override in one token reorders nothing after it.
+    let quote = |s: &str| {
+        let q = serde_json::to_string(s).unwrap_or_else(|_| s.to_string());
+        q.chars()
+            .map(|c| match c {
+                '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' => {
+                    format!("\\u{:04x}", c as u32)
+                }
+                c => c.to_string(),
+            })
+            .collect::<String>()
     };
+    let cell = |s: &str, p: f32| format!("{} {:>7}", pad(&truncate(&quote(s), 14), 14), percent(p));
     let tok_w = lens
         .tokens
         .iter()
-        .map(|t| quote(t).chars().count().min(16))
+        .map(|t| display_width(&truncate(&quote(t), 16)))
         .max()
         .unwrap_or(5)
         .max(5);
-    let mut header = format!("{:>4}  {:<tok_w$}", "pos", "token");
+    let cell_w = 22;
+    let mut header = format!("{:>4}  {}", "pos", pad("token", tok_w));
     for label in &lens.labels {
-        header.push_str(&format!("  {label:<20}"));
+        header.push_str(&format!("  {}", pad(label, cell_w)));
     }
     crate::outln!("{}", header.trim_end());
     for (p, token) in lens.tokens.iter().enumerate() {
-        let t: String = quote(token).chars().take(16).collect();
-        let mut line = format!("{p:>4}  {t:<tok_w$}");
+        let mut line = format!("{p:>4}  {}", pad(&truncate(&quote(token), 16), tok_w));
         for row in &lens.top {
             let (_, text, prob) = &row[p][0];
-            line.push_str(&format!("  {:<20}", cell(text, *prob)));
+            line.push_str(&format!("  {}", pad(&cell(text, *prob), cell_w)));
         }
         crate::outln!("{}", line.trim_end());
     }

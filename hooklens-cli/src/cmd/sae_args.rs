@@ -63,6 +63,24 @@ impl SaeArgs {
     }
 }
 
+/// A `--names` pattern that names the point a spliced SAE replaces: that point neither
+/// fires nor is cached while the SAE is there, so the error names the SAE's own points.
+pub fn check_names_against_saes(saes: &SaeSet, patterns: &[String]) -> CliResult<()> {
+    for p in patterns {
+        if let Some((sae, error_term)) = saes.iter().find(|(sae, _)| sae.cfg().spliced_at() == p) {
+            let error = if error_term { ", `.hook_sae_error`" } else { "" };
+            return Err(CliError(format!(
+                "--names {p}: the SAE spliced at this hook point (--sae, hook_name `{}`) replaces it: the point \
+                 neither fires nor is cached while the SAE is there. Its own points are `{p}.hook_sae_input`, \
+                 `.hook_sae_acts_pre`, `.hook_sae_acts_post`, `.hook_sae_recons`{error}, `.hook_sae_output`: \
+                 give --names '{p}.hook_sae_*' (the model's value there is `{p}.hook_sae_input`)",
+                sae.cfg().hook_name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// One `--sae` value: a directory, else `REPO_ID:FOLDER`. A folder's files are checked
 /// before they are read: regular files (a FIFO would hang the read, a device would be
 /// read until memory runs out), and a `cfg.json` of a config's size.

@@ -5,7 +5,8 @@ use hooklens_models::{Gpt2Config, Tokenizer};
 
 use crate::error::{CliError, CliResult};
 
-/// Print the token ids (or string tokens) of a text as a JSON list.
+/// Print the token ids (or string tokens) of a text as a JSON list, BOS first where
+/// TransformerLens's `to_tokens` puts it (--prepend-bos / --no-bos decide otherwise).
 ///
 /// The model's tokenizer.json when it has one, GPT-2's BPE otherwise (the built-in
 /// model's, the default: no download); every id must fit the model's vocabulary.
@@ -14,10 +15,15 @@ pub struct Args {
     /// `builtin`, a model directory or a Hugging Face id whose tokenizer to use.
     #[arg(long, value_name = "MODEL", default_value = "builtin")]
     pub model: String,
-    /// Put the BOS token (`<|endoftext|>` for GPT-2) first, as TransformerLens's
-    /// `to_tokens` does by default.
+    /// Put the BOS token (`<|endoftext|>` for GPT-2) first even where the model's family
+    /// does not by default. By default BOS goes first as TransformerLens's `to_tokens`
+    /// puts it for the model (`default_prepend_bos`: every family but Qwen 2 / Qwen 3
+    /// and BLOOM).
     #[arg(long)]
     pub prepend_bos: bool,
+    /// Do not put BOS first.
+    #[arg(long, conflicts_with = "prepend_bos")]
+    pub no_bos: bool,
     /// Print the text of each token instead of its id.
     #[arg(long)]
     pub str_tokens: bool,
@@ -44,7 +50,7 @@ pub fn run(args: Args) -> CliResult<()> {
         (files.tokenizer()?, config)
     };
     let mut ids = Vec::new();
-    if args.prepend_bos {
+    if super::common::prepend_bos(args.prepend_bos, args.no_bos, config.default_prepend_bos) {
         let bos = config
             .bos_token_id
             .or(tokenizer.bos_token_id())

@@ -92,7 +92,7 @@ pub fn logit_lens_html(lens: &LogitLens, title: &str) -> String {
                 .map(|entries| {
                     entries
                         .iter()
-                        .map(|(id, text, p)| serde_json::json!([id, text, super::round4(*p)]))
+                        .map(|(id, text, p)| serde_json::json!([id, text, super::round_sig4(*p)]))
                         .collect()
                 })
                 .collect()
@@ -135,9 +135,19 @@ th.row { text-align: right; }
   window.addEventListener("error", function (e) { document.body.setAttribute("data-errors", String(e.message)); });
   var data = JSON.parse(document.getElementById("lens-data").textContent);
   document.getElementById("title").textContent = data.title;
+  // Spaces, newlines and tabs made visible (" the" and "the" differ), as on the
+  // other pages; long tokens cut.
   function show(t) {
-    var s = t.replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r");
+    var s = t.replace(/ /g, "\u2423").replace(/\n/g, "\\n").replace(/\t/g, "\\t").replace(/\r/g, "\\r");
     return s.length > 14 ? s.slice(0, 13) + "\u2026" : s;
+  }
+  // Enough digits to tell small probabilities apart.
+  function pct(p) {
+    var v = p * 100;
+    if (v >= 9.95) { return v.toFixed(0) + "%"; }
+    if (v >= 0.995) { return v.toFixed(1) + "%"; }
+    if (v >= 0.01) { return v.toFixed(2) + "%"; }
+    return v > 0 ? v.toExponential(1) + "%" : "0%";
   }
   // Token text in a <bdi> (and between U+2068 and U+2069 in plain text such as a
   // title), so a right-to-left override in one token reorders nothing outside it.
@@ -179,7 +189,7 @@ th.row { text-align: right; }
         tip.textContent = label + " at " + i + " ";
         tip.appendChild(bdi(JSON.stringify(data.tokens[i])));
         entries.forEach(function (e) {
-          tip.appendChild(document.createTextNode("\n" + (e[2] * 100).toFixed(1) + "%  "));
+          tip.appendChild(document.createTextNode("\n" + pct(e[2]) + "  "));
           tip.appendChild(bdi(JSON.stringify(e[1])));
         });
         tip.style.left = (ev.clientX + 14) + "px";

@@ -92,9 +92,26 @@ fn round4(x: f32) -> f64 {
     (f64::from(x) * 1e4).round() / 1e4
 }
 
+/// `x` to 4 significant digits: probabilities far below 1e-4 keep their size.
+fn round_sig4(x: f32) -> f64 {
+    let x = f64::from(x);
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(3 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probabilities_keep_four_significant_digits() {
+        assert_eq!(round_sig4(0.123456), 0.1235);
+        assert!((round_sig4(2.345678e-6) - 2.346e-6).abs() < 1e-12);
+        assert_eq!(round_sig4(0.0), 0.0);
+    }
 
     #[test]
     fn script_json_cannot_close_the_element() {

@@ -93,9 +93,9 @@ pub struct Args {
     /// The field holding the document in JSON lines.
     #[arg(long, value_name = "FIELD", default_value = "text")]
     pub text_field: String,
-    /// Hook points to save: names or globs (`blocks.*.hook_resid_post`); several allowed.
-    /// Each must match a hook point.
-    #[arg(long = "names", value_name = "PATTERN", num_args = 1.., required = true)]
+    /// Hook points to save: names or globs (`blocks.*.hook_resid_post`): repeat the flag,
+    /// or separate them by commas or spaces. Each must match a hook point.
+    #[arg(long = "names", value_name = "PATTERN", num_args = 1.., value_delimiter = ',', required = true)]
     pub names: Vec<String>,
     /// Tokens per sequence, BOS included (at most the model's n_ctx; n_ctx by default).
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
@@ -225,9 +225,9 @@ pub fn run(args: Args) -> CliResult<()> {
             )));
         }
     }
-    let splices = hooklens_models::sae::SaeSet::from(&saes)
-        .use_error_term(args.saes.sae_error_term)
-        .hooks()?;
+    let set = hooklens_models::sae::SaeSet::from(&saes).use_error_term(args.saes.sae_error_term);
+    crate::cmd::sae_args::check_names_against_saes(&set, &args.names)?;
+    let splices = set.hooks()?;
     let model_files = args.model.files()?;
     let n_ctx = model.cfg().n_ctx;
     let ctx = args.context_size.unwrap_or(n_ctx);
