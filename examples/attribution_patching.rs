@@ -10,15 +10,15 @@
 //! clean activation patched in. Attribution patching approximates all of them from one
 //! clean run and one corrupted forward+backward: `(clean - corrupted) . d metric / d act`.
 
-use candle_core::{DType, IndexOp, Tensor};
-use hooklens::{CacheOptions, HookPoint, HookSet, HookedGpt2, HookedModel, LoadOptions};
+use hooklens::candle_core::{DType, IndexOp, Tensor};
+use hooklens::{CacheOptions, HookPoint, HookSet, HookedModel, HookedTransformer, LoadOptions};
 
-fn metric(logits: &Tensor, good: u32, bad: u32) -> candle_core::Result<Tensor> {
+fn metric(logits: &Tensor, good: u32, bad: u32) -> hooklens::candle_core::Result<Tensor> {
     let last = logits.i((0, logits.dim(1)? - 1))?;
     last.i(good as usize)? - last.i(bad as usize)?
 }
 
-fn argmax_last(logits: &Tensor) -> candle_core::Result<u32> {
+fn argmax_last(logits: &Tensor) -> hooklens::candle_core::Result<u32> {
     logits.i((0, logits.dim(1)? - 1))?.argmax(0)?.to_scalar::<u32>()
 }
 
@@ -51,7 +51,7 @@ fn main() -> hooklens::Result<()> {
     let name = std::env::args()
         .nth(1)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-gpt2/model").to_string());
-    let model = HookedGpt2::from_pretrained(&name, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&name, &LoadOptions::default())?;
     let n_layers = model.cfg().n_layers;
 
     // Two prompts of one length: the fixture's token rows, or two sentences for GPT-2.
@@ -60,17 +60,17 @@ fn main() -> hooklens::Result<()> {
             model.to_tokens(
                 "When Mary and John went to the store, John gave a drink to",
                 true,
-                hooklens::models::gpt2::PaddingSide::Right,
+                hooklens::models::model::PaddingSide::Right,
             )?,
             model.to_tokens(
                 "When Mary and John went to the store, Mary gave a drink to",
                 true,
-                hooklens::models::gpt2::PaddingSide::Right,
+                hooklens::models::model::PaddingSide::Right,
             )?,
         )
     } else {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-gpt2/tokens.safetensors");
-        let tokens = candle_core::safetensors::load(path, model.device())?
+        let tokens = hooklens::candle_core::safetensors::load(path, model.device())?
             .remove("tokens")
             .ok_or_else(|| hooklens::Error::invalid("no `tokens` in the fixture"))?;
         (tokens.i(0..1)?, tokens.i(1..2)?)

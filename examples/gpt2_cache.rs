@@ -7,9 +7,9 @@
 //! `testdata/tiny-gpt2/model`, so it runs offline. The tiny checkpoint has random
 //! weights and a 512-token vocabulary, so it runs on fixed token ids instead of text.
 
-use candle_core::Tensor;
-use hooklens::models::gpt2::PaddingSide;
-use hooklens::{CacheOptions, ForwardOptions, HookSet, HookedGpt2, HookedModel, LoadOptions, ReturnType};
+use hooklens::candle_core::Tensor;
+use hooklens::models::model::PaddingSide;
+use hooklens::{CacheOptions, ForwardOptions, HookSet, HookedModel, HookedTransformer, LoadOptions, ReturnType};
 
 const PROMPT: &str = "When Mary and John went to the store, John gave a drink to";
 /// GPT-2's vocabulary size: below it, the model cannot read GPT-2 BPE ids.
@@ -19,7 +19,7 @@ fn main() -> hooklens::Result<()> {
     let name = std::env::args()
         .nth(1)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-gpt2/model").to_string());
-    let model = HookedGpt2::from_pretrained(&name, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&name, &LoadOptions::default())?;
     let cfg = model.cfg();
     println!(
         "{name}: {} layers, d_model {}, {} heads, vocabulary {}, {} hook points",

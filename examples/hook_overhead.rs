@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor};
+use hooklens::candle_core::{Device, Tensor};
 use hooklens::{HookPoint, Hooked, HookedModel};
 
 #[derive(Hooked)]
@@ -26,7 +26,7 @@ struct Model {
 }
 
 impl Model {
-    fn new(n_layers: usize, d: usize) -> candle_core::Result<Self> {
+    fn new(n_layers: usize, d: usize) -> hooklens::candle_core::Result<Self> {
         let dev = Device::Cpu;
         let blocks = (0..n_layers)
             .map(|_| {
@@ -36,12 +36,12 @@ impl Model {
                     w_out: (Tensor::randn(0f32, 1.0, (4 * d, d), &dev)? * 0.02)?,
                 })
             })
-            .collect::<candle_core::Result<_>>()?;
+            .collect::<hooklens::candle_core::Result<_>>()?;
         Ok(Model { blocks })
     }
 
     /// `[rows, d]` -> `[rows, d]`; with `hooked`, every intermediate goes through a hook point.
-    fn forward(&self, x: &Tensor, hooked: bool) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, hooked: bool) -> hooklens::candle_core::Result<Tensor> {
         let hp = |p: &HookPoint, t: Tensor| if hooked { p.forward(&t) } else { Ok(t) };
         let mut resid = x.clone();
         for l in &self.blocks {

@@ -12,11 +12,11 @@
 //! `testdata/tiny-gpt2/model` (random weights, 512-token vocabulary), on token ids with
 //! the same structure, so the numbers only show the machinery.
 
-use candle_core::{DType, IndexOp, Tensor};
+use hooklens::candle_core::{DType, IndexOp, Tensor};
 use hooklens::models::analysis::patching::{stderr_progress, Patching};
 use hooklens::models::analysis::{Analysis, LogitAttrs, StackHeads};
-use hooklens::models::gpt2::PaddingSide;
-use hooklens::{CacheOptions, HookedGpt2, HookedModel, LoadOptions, Slice};
+use hooklens::models::model::PaddingSide;
+use hooklens::{CacheOptions, HookedModel, HookedTransformer, LoadOptions, Slice};
 
 /// GPT-2's vocabulary size: below it, the model cannot read GPT-2 BPE ids.
 const GPT2_VOCAB: usize = 50257;
@@ -43,7 +43,7 @@ struct Task {
     labels: Vec<String>,
 }
 
-fn text_task(model: &HookedGpt2) -> hooklens::Result<Task> {
+fn text_task(model: &HookedTransformer) -> hooklens::Result<Task> {
     let mut clean = Vec::new();
     let mut corrupted = Vec::new();
     let (mut good, mut bad) = (Vec::new(), Vec::new());
@@ -66,7 +66,7 @@ fn text_task(model: &HookedGpt2) -> hooklens::Result<Task> {
 }
 
 /// The same structure on token ids: names 10 and 20, the subject repeated at position 5.
-fn token_task(model: &HookedGpt2) -> hooklens::Result<Task> {
+fn token_task(model: &HookedTransformer) -> hooklens::Result<Task> {
     let bos = model.cfg().bos_token_id.unwrap_or(0);
     let device = model.device();
     let clean = Tensor::new(&[[bos, 1, 10, 2, 20, 10, 3, 4], [bos, 1, 30, 2, 40, 30, 3, 4]], device)?;
@@ -115,7 +115,7 @@ fn main() -> hooklens::Result<()> {
     let name = std::env::args()
         .nth(1)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/tiny-gpt2/model").to_string());
-    let model = HookedGpt2::from_pretrained(&name, &LoadOptions::default())?;
+    let model = HookedTransformer::from_pretrained(&name, &LoadOptions::default())?;
     let cfg = model.cfg();
     let task = if cfg.d_vocab >= GPT2_VOCAB {
         text_task(&model)?

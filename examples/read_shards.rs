@@ -11,8 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, D};
+use hooklens::candle_core::safetensors::MmapedSafetensors;
+use hooklens::candle_core::{DType, Device, D};
 
 fn shards(dir: &Path) -> hooklens::Result<Vec<PathBuf>> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
