@@ -31,11 +31,13 @@
 
 mod gemma;
 mod gemma2;
+mod gemma3;
 mod gpt2;
 mod hf_config;
 mod llama;
 mod mistral;
 mod neox;
+mod olmo2;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -81,7 +83,9 @@ const FAMILIES: &[Family] = &[
     qwen3::FAMILY,
     gemma::FAMILY,
     gemma2::FAMILY,
+    gemma3::FAMILY,
     phi3::FAMILY,
+    olmo2::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.

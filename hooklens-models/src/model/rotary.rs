@@ -2,7 +2,9 @@
 //! families (`rotary_adjacent_pairs: false`): the first `rotary_dim` dimensions of
 //! each head are rotated in pairs `(i, i + rotary_dim/2)` by the angle
 //! `position * inv_freq[i]`, `inv_freq[i] = base^(-2i/rotary_dim)` (Llama 3.1's
-//! NTK-by-parts rescales them); the rest of the head passes through.
+//! NTK-by-parts rescales them, linear scaling divides them by a factor); the rest of
+//! the head passes through. Gemma 3's sliding-window layers have a base of their own
+//! ([`Rotary::local`]), unscaled.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -44,13 +46,30 @@ impl Rotary {
         let inv_freq = (0..half)
             .map(|i| {
                 let f = 1.0 / cfg.rotary_base.powf(2.0 * i as f64 / rotary_dim as f64);
-                match &cfg.ntk_by_parts_rope {
+                let f = match &cfg.ntk_by_parts_rope {
                     Some(n) => ntk_by_parts(f, n),
+                    None => f,
+                };
+                match cfg.rotary_linear_factor {
+                    Some(factor) => f / factor,
                     None => f,
                 }
             })
             .collect();
         Some(Rotary { inv_freq, rotary_dim })
+    }
+
+    /// The rotary of `cfg`'s sliding-window layers when they have a base of their own
+    /// (`rotary_base_local`, never scaled, as Hugging Face's Gemma 3), else `None`:
+    /// those layers then use [`Rotary::new`]'s.
+    pub(crate) fn local(cfg: &TransformerConfig) -> Option<Self> {
+        let base = cfg.rotary_base_local?;
+        Rotary::new(&TransformerConfig {
+            rotary_base: base,
+            ntk_by_parts_rope: None,
+            rotary_linear_factor: None,
+            ..cfg.clone()
+        })
     }
 
     /// The tables for `rows` of positions (one row for all sequences, or one per
