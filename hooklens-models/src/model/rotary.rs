@@ -166,4 +166,34 @@ mod tests {
         let tail = (out.narrow(3, 8, 8).unwrap() - q.narrow(3, 8, 8).unwrap()).unwrap();
         assert_eq!(tail.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
     }
+
+    /// Linear scaling by `f` turns position `f * p` into position `p`; the local
+    /// rotary has its own base and is never scaled.
+    #[test]
+    fn linear_scaling_interpolates_positions_and_local_layers_keep_their_base() {
+        let mut cfg = TransformerConfig::new(1, 32, 2, 16, 64);
+        cfg.positional_embedding_type = crate::config::PositionalEmbeddingType::Rotary;
+        cfg.rotary_dim = Some(16);
+        cfg.rotary_base = 1e6;
+        let dev = Device::Cpu;
+        let table = |rot: &Rotary, p: u32| -> Vec<f32> {
+            let t = rot.tables(&[vec![p]], DType::F32, &dev).unwrap();
+            t.cos.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let plain = Rotary::new(&cfg).unwrap();
+        assert!(Rotary::local(&cfg).is_none(), "no local base: one table");
+        cfg.rotary_linear_factor = Some(4.0);
+        cfg.rotary_base_local = Some(1e4);
+        let scaled = Rotary::new(&cfg).unwrap();
+        for p in [1, 3, 7] {
+            let (a, b) = (table(&scaled, 4 * p), table(&plain, p));
+            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff < 1e-5, "position {p}: {diff}");
+        }
+        let local = Rotary::local(&cfg).unwrap();
+        cfg.rotary_base = 1e4;
+        cfg.rotary_linear_factor = None;
+        assert_eq!(table(&local, 5), table(&Rotary::new(&cfg).unwrap(), 5));
+        assert_ne!(table(&local, 5), table(&scaled, 5));
+    }
 }
