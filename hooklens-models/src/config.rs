@@ -145,7 +145,8 @@ pub struct TransformerConfig {
     /// Attention and MLP read the same residual (GPT-NeoX): no `hook_resid_mid`.
     #[serde(default)]
     pub parallel_attn_mlp: bool,
-    /// RMSNorm over each head's queries and keys before rotary (Qwen 3).
+    /// RMSNorm over each head's queries and keys before rotary (Qwen 3, Gemma 3; over
+    /// the whole projection with `qk_norm_over`, OLMo 2).
     #[serde(default)]
     pub use_qk_norm: bool,
     /// Norms after attention and after the MLP too (`ln1_post`, `ln2_post`; Gemma 2).

@@ -228,3 +228,147 @@ fn processing_keeps_log_probs() {
         );
     }
 }
+
+/// The reference `config.json` of `family` as JSON.
+fn config_json(family: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir(family).join("model/config.json")).unwrap()).unwrap()
+}
+
+/// Gemma 3's rotary settings as transformers 4 writes them (`rope_theta`,
+/// `rope_local_base_freq`, `rope_scaling`, `sliding_window_pattern`) and as
+/// transformers 5 does (`rope_parameters` per layer type, `layer_types`) read the same.
+#[test]
+fn gemma3_configs_of_both_transformers_versions_agree() {
+    use hooklens_models::config::AttnType;
+    let mut legacy = config_json("gemma3");
+    legacy["num_hidden_layers"] = serde_json::json!(6);
+    legacy["sliding_window_pattern"] = serde_json::json!(3);
+    legacy["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 8.0});
+    let mut v5 = legacy.clone();
+    let obj = v5.as_object_mut().unwrap();
+    for k in [
+        "rope_theta",
+        "rope_local_base_freq",
+        "rope_scaling",
+        "sliding_window_pattern",
+    ] {
+        obj.remove(k);
+    }
+    obj.insert(
+        "rope_parameters".into(),
+        serde_json::json!({
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}),
+    );
+    let types: Vec<&str> = (0..6)
+        .map(|i| {
+            if (i + 1) % 3 != 0 {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            }
+        })
+        .collect();
+    obj.insert("layer_types".into(), serde_json::json!(types));
+    let read =
+        |v: &serde_json::Value| hooklens_models::TransformerConfig::from_hf_str(&v.to_string(), "config.json").unwrap();
+    let (a, b) = (read(&legacy), read(&v5));
+    assert_eq!(a, b);
+    assert_eq!(a.rotary_base, 1e6);
+    assert_eq!(a.rotary_base_local, Some(1e4));
+    assert_eq!(a.rotary_linear_factor, Some(8.0));
+    assert_eq!((a.window_size, a.attn_scale), (Some(4), Some(32f64.sqrt())));
+    let local: Vec<bool> = a.attn_types.unwrap().iter().map(|t| *t == AttnType::Local).collect();
+    assert_eq!(local, [true, true, false, true, true, false]);
+    assert!(a.use_qk_norm && a.use_normalization_before_and_after && a.use_normalization_before);
+    assert_eq!((a.attn_scores_soft_cap, a.output_logits_soft_cap), (None, None));
+
+    let olmo = read(&config_json("olmo2"));
+    assert!(!olmo.use_normalization_before && olmo.use_normalization_before_and_after && olmo.use_qk_norm);
+    assert_eq!(olmo.qk_norm_over, hooklens_models::config::QkNormOver::Projection);
+}
+
+#[test]
+fn unsupported_gemma3_and_rope_settings_are_clear_errors() {
+    let err = |changes: serde_json::Value| -> String {
+        let mut v = config_json("gemma3");
+        for (k, x) in changes.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        hooklens_models::TransformerConfig::from_hf_str(&v.to_string(), "config.json")
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err(serde_json::json!({"use_bidirectional_attention": true}));
+    assert!(e.contains("use_bidirectional_attention"), "{e}");
+    let e = err(serde_json::json!({"rope_scaling": {"rope_type": "linear"}}));
+    assert!(e.contains("linear") && e.contains("factor"), "{e}");
+    let e = err(serde_json::json!({"rope_scaling": {"rope_type": "yarn", "factor": 2.0}}));
+    assert!(e.contains("`yarn` is not supported"), "{e}");
+    let e = err(serde_json::json!({"rope_parameters": {
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}}));
+    assert!(e.contains("sliding_attention"), "{e}");
+    let e = err(serde_json::json!({"rope_parameters": {"sliding_attention": {"rope_theta": 10000.0}}}));
+    assert!(e.contains("full_attention"), "{e}");
+}
+
+/// A multimodal Gemma 3 checkpoint (`Gemma3ForConditionalGeneration`) made of the
+/// reference's language model and a stand-in vision tower loads as that language
+/// model, in both tensor layouts; tensors outside the vision tower are still reported.
+#[test]
+fn gemma3_multimodal_checkpoint_loads_its_language_model() {
+    use candle_core::{DType, Device};
+    use hooklens_models::convert::write_checkpoint;
+    let mut text = config_json("gemma3");
+    text["model_type"] = serde_json::json!("gemma3_text");
+    let bos = text["bos_token_id"].clone();
+    for k in ["architectures", "bos_token_id", "eos_token_id", "tie_word_embeddings"] {
+        text.as_object_mut().unwrap().remove(k);
+    }
+    let config = serde_json::json!({
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+        "bos_token_id": bos, "eos_token_id": [1, 106], "image_token_index": 262144,
+        "text_config": text, "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 8}})
+    .to_string();
+    let weights = hooklens_testutil::load_tensors(dir("gemma3").join("model/model.safetensors"));
+    let want = model("gemma3", &LoadOptions::no_processing())
+        .forward(&tokens("gemma3"))
+        .unwrap();
+    let root = hooklens_testutil::TempDir::new("gemma3-multimodal");
+    let vision = Tensor::zeros((4, 3, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    for (layout, prefix, vision_prefix) in [
+        ("published", "language_model.model.", "vision_tower.vision_model."),
+        (
+            "transformers-4.52",
+            "model.language_model.",
+            "model.vision_tower.vision_model.",
+        ),
+    ] {
+        let mut tensors: HashMap<String, Tensor> = weights
+            .iter()
+            .map(|(k, t)| (format!("{prefix}{}", k.strip_prefix("model.").unwrap()), t.clone()))
+            .collect();
+        tensors.insert(
+            format!("{vision_prefix}embeddings.patch_embedding.weight"),
+            vision.clone(),
+        );
+        let path = root.join(layout);
+        write_checkpoint(&path, &config, &tensors, DType::F32, 2).unwrap();
+        let m = HookedTransformer::from_dir(&path, &LoadOptions::no_processing()).unwrap();
+        assert_eq!(m.cfg().original_architecture, "Gemma3ForConditionalGeneration");
+        assert_eq!(
+            m.cfg().eos_token_id,
+            Some(1),
+            "{layout}: the top level's end of sequence"
+        );
+        let got = m.forward(&tokens("gemma3")).unwrap();
+        assert_eq!(common::max_abs_diff(&got, &want), 0.0, "{layout}");
+
+        tensors.insert(format!("{prefix}layers.7.extra.weight"), vision.clone());
+        let path = root.join(format!("{layout}-extra"));
+        write_checkpoint(&path, &config, &tensors, DType::F32, 1).unwrap();
+        let e = HookedTransformer::from_dir(&path, &LoadOptions::no_processing()).unwrap_err();
+        assert!(e.to_string().contains("layers.7.extra.weight"), "{layout}: {e}");
+    }
+}

@@ -10,6 +10,11 @@
 //! transformers 5 writes the rotary settings per layer type instead:
 //! `rope_parameters: {"sliding_attention": {..}, "full_attention": {..}}`; both forms
 //! are read.
+//!
+//! The multimodal checkpoints (`Gemma3ForConditionalGeneration`, `model_type: "gemma3"`,
+//! the 4B-27B releases) load as their language model: the config is `text_config`, the
+//! tensors are under `language_model.model.` (as published) or `model.language_model.`
+//! (as transformers 4.52+ saves them), and the vision tower and projector stay unread.
 
 use hooklens_core::Result;
 use serde_json::json;
@@ -29,6 +34,15 @@ pub(crate) const FAMILY: Family = Family {
     classes: &["Gemma3ForCausalLM"],
     config,
     weights,
+};
+
+/// A multimodal Gemma 3 checkpoint, read as its language model.
+pub(crate) const MULTIMODAL: Family = Family {
+    name: "Gemma 3 (multimodal checkpoint: its language model)",
+    model_types: &["gemma3"],
+    classes: &["Gemma3ForConditionalGeneration"],
+    config: multimodal_config,
+    weights: multimodal_weights,
 };
 
 /// Gemma3TextConfig's `sliding_window_pattern` default: five local layers, then a
@@ -131,4 +145,88 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Res
         ..LlamaLayout::default()
     };
     read_llama_layout(src, cfg, origin, &layout)
+}
+
+/// The language model's config: `text_config`, with the top level's token ids and
+/// tying where it leaves them out (Gemma3Config ties the language model's head to its
+/// embedding).
+fn multimodal_config(hf: &HfConfig) -> Result<TransformerConfig> {
+    let text = hf.nested("text_config", &["bos_token_id", "eos_token_id", "tie_word_embeddings"])?;
+    match text.model_type() {
+        None | Some("gemma3_text") => config(&text),
+        Some(other) => Err(hf.bad(format!(
+            "field `text_config.model_type` is \"{other}\": a Gemma 3 multimodal config holds a \"gemma3_text\" one"
+        ))),
+    }
+}
+
+/// The top-level prefixes of a multimodal checkpoint's image side, in both layouts.
+const VISION_PREFIXES: [&str; 4] = [
+    "vision_tower.",
+    "multi_modal_projector.",
+    "model.vision_tower.",
+    "model.multi_modal_projector.",
+];
+
+fn multimodal_weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Result<TransformerWeights> {
+    // As published (transformers 4.50): `language_model.model.*`, `language_model.lm_head`;
+    // saved by transformers 4.52 and later: `model.language_model.*`, `lm_head`.
+    let published = src.contains("language_model.model.embed_tokens.weight");
+    let renamed = LanguageModel {
+        src,
+        prefix: if published {
+            "language_model.model."
+        } else {
+            "model.language_model."
+        },
+        head: if published {
+            "language_model.lm_head.weight"
+        } else {
+            "lm_head.weight"
+        },
+    };
+    for p in VISION_PREFIXES {
+        src.allow_unread(p);
+    }
+    weights(&renamed, cfg, origin)
+}
+
+/// A multimodal checkpoint seen under Gemma3ForCausalLM's names: `model.X` is
+/// `prefix + X`, `lm_head.weight` is `head`.
+struct LanguageModel<'a> {
+    src: &'a dyn TensorSource,
+    prefix: &'static str,
+    head: &'static str,
+}
+
+impl LanguageModel<'_> {
+    fn map(&self, name: &str) -> String {
+        match name.strip_prefix("model.") {
+            Some(rest) => format!("{}{rest}", self.prefix),
+            None if name == "lm_head.weight" => self.head.to_string(),
+            None => name.to_string(),
+        }
+    }
+}
+
+impl TensorSource for LanguageModel<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.src.contains(&self.map(name))
+    }
+
+    fn get(&self, name: &str, shape: &[usize]) -> Result<candle_core::Tensor> {
+        self.src.get(&self.map(name), shape)
+    }
+
+    fn dtype(&self) -> candle_core::DType {
+        self.src.dtype()
+    }
+
+    fn fresh(&self) -> bool {
+        self.src.fresh()
+    }
+
+    fn allow_unread(&self, prefix: &str) {
+        self.src.allow_unread(prefix)
+    }
 }

@@ -232,6 +232,24 @@ impl HfConfig {
         }
     }
 
+    /// The object `field` (a multimodal config's `text_config`) as a config of its own,
+    /// from the same file, with the top level's `inherit` fields where it lacks them.
+    pub(crate) fn nested(&self, field: &str, inherit: &[&str]) -> Result<HfConfig> {
+        let mut obj = self
+            .object(field)?
+            .ok_or_else(|| self.bad(format!("field `{field}` is missing")))?
+            .clone();
+        for k in inherit {
+            if let Some(v) = self.obj.get(*k) {
+                obj.entry(k.to_string()).or_insert_with(|| v.clone());
+            }
+        }
+        Ok(HfConfig {
+            path: self.path.clone(),
+            obj,
+        })
+    }
+
     /// For a `rope_parameters` keyed by layer type (transformers 5 writes Gemma 3's as
     /// `{"sliding_attention": {..}, "full_attention": {..}}`): this config with
     /// `rope_parameters` replaced by the entry of `layer_type` and no legacy

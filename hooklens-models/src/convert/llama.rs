@@ -1,5 +1,5 @@
 //! Llama 2 / 3.x (`LlamaForCausalLM`), and the Llama layout that Mistral, Qwen 2/3,
-//! Gemma 1/2 and (with fused projections) Phi-3 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//! Gemma 1/2/3, OLMo 2 and (with fused projections) Phi-3 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
 //! `mlp.{gate,up,down}_proj`, RMSNorms, rotary on `(i, i + d_head/2)` pairs, and
 //! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
 //! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.

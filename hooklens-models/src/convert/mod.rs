@@ -84,6 +84,7 @@ const FAMILIES: &[Family] = &[
     gemma::FAMILY,
     gemma2::FAMILY,
     gemma3::FAMILY,
+    gemma3::MULTIMODAL,
     phi3::FAMILY,
     olmo2::FAMILY,
 ];

@@ -10,8 +10,9 @@ use super::norm::Norm;
 /// A transformer block. Sequential: `resid_mid = resid_pre + attn(ln1(resid_pre))`,
 /// `resid_post = resid_mid + mlp(ln2(resid_mid))`; parallel (GPT-NeoX):
 /// `resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))`, with no
-/// `hook_resid_mid`. With `ln1_post` / `ln2_post` (Gemma 2) the attention and MLP
-/// outputs are normalised again before their hooks. Field order is TransformerLens's
+/// `hook_resid_mid`. With `ln1_post` / `ln2_post` (Gemma 2 / 3, OLMo 2) the attention
+/// and MLP outputs are normalised again before their hooks; without `ln1` / `ln2`
+/// (OLMo 2) attention and MLP read the residual stream itself. Field order is TransformerLens's
 /// registration order, which the hook dictionary follows.
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core")]

@@ -22,7 +22,7 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2, Phi-3) with every activation hooked under its
+/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2) with every activation hooked under its
 /// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
@@ -198,8 +198,8 @@ impl HookedTransformer {
             NormKind::Layer
         };
         let norm = |p: Option<NormParams>| Norm::with_kind(kind, p, cfg.eps);
-        // Norms after attention / MLP are never folded, and are RMSNorms in the one
-        // family that has them, as TransformerLens's `normalization_layer_after`.
+        // Norms after attention / MLP are never folded, and are RMSNorms in the families
+        // that have them (Gemma 2 / 3, OLMo 2), as TransformerLens's `normalization_layer_after`.
         let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
         // A block that only normalises after attention and the MLP (OLMo 2) has no
         // norm before them, folded or not.
