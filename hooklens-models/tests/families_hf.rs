@@ -372,3 +372,35 @@ fn gemma3_multimodal_checkpoint_loads_its_language_model() {
         assert!(e.to_string().contains("layers.7.extra.weight"), "{layout}: {e}");
     }
 }
+
+/// `apply_ln_to_stack` at the input of an OLMo 2 block divides by nothing: the block
+/// has no norm before attention or the MLP (cached or recomputed alike); at the
+/// unembedding it divides by `ln_final`'s scale.
+#[test]
+fn olmo2_apply_ln_at_a_block_input_is_the_identity() {
+    use hooklens_models::analysis::{Analysis, LnOptions};
+    let m = model("olmo2", &LoadOptions::default());
+    let (_, cache) = m
+        .run_with_cache(CacheOptions::new(), |m| m.forward(&tokens("olmo2")))
+        .unwrap();
+    let stack = cache["blocks.1.hook_resid_pre"].unsqueeze(0).unwrap();
+    let a = Analysis::new(&m, cache.clone());
+    for recompute in [false, true] {
+        for mlp_input in [false, true] {
+            let opts = LnOptions::new()
+                .layer(Some(1))
+                .mlp_input(mlp_input)
+                .recompute_ln(recompute);
+            let got = a.apply_ln_to_stack(&stack, &opts).unwrap();
+            assert_eq!(
+                common::max_abs_diff(&got, &stack),
+                0.0,
+                "recompute {recompute}, mlp {mlp_input}"
+            );
+        }
+    }
+    let last = cache["blocks.1.hook_resid_post"].unsqueeze(0).unwrap();
+    let got = a.apply_ln_to_stack(&last, &LnOptions::new().layer(None)).unwrap();
+    let want = cache["ln_final.hook_normalized"].unsqueeze(0).unwrap();
+    assert_close("olmo2: final norm", &got, &want, 1e-5);
+}
