@@ -123,6 +123,12 @@ impl Analysis<'_> {
         } else {
             (format!("blocks.{layer}.ln1.hook_scale"), ("resid_pre", layer))
         };
+        if layer < n && !self.model.cfg().use_normalization_before {
+            // No norm before attention or the MLP (OLMo 2): the block reads the residual
+            // stream as it is, a scale of 1.
+            let x = self.at(resid.0, resid.1)?;
+            return Ok(x.narrow(D::Minus1, 0, 1)?.ones_like()?);
+        }
         if !recompute {
             return self.cache.try_get(&scale_name).cloned().map_err(|e| {
                 Error::invalid(format!(

@@ -31,11 +31,13 @@
 
 mod gemma;
 mod gemma2;
+mod gemma3;
 mod gpt2;
 mod hf_config;
 mod llama;
 mod mistral;
 mod neox;
+mod olmo2;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -84,7 +86,10 @@ const FAMILIES: &[Family] = &[
     qwen3::FAMILY,
     gemma::FAMILY,
     gemma2::FAMILY,
+    gemma3::FAMILY,
+    gemma3::MULTIMODAL,
     phi3::FAMILY,
+    olmo2::FAMILY,
 ];
 
 /// Whether some family (or the shared readers) reads the `config.json` field `name`.
