@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::gemma::gemma_common;
 use super::hf_config::HfConfig;
-use super::llama::{llama_config, read_llama_layout, LlamaLayout};
+use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::Family;
 use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
@@ -32,6 +32,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "Gemma 3",
     model_types: &["gemma3_text"],
     classes: &["Gemma3ForCausalLM"],
+    fields: &[LLAMA_FIELDS, GEMMA3_FIELDS],
     config,
     weights,
 };
@@ -41,9 +42,23 @@ pub(crate) const MULTIMODAL: Family = Family {
     name: "Gemma 3 (multimodal checkpoint: its language model)",
     model_types: &["gemma3"],
     classes: &["Gemma3ForConditionalGeneration"],
+    fields: &[LLAMA_FIELDS, GEMMA3_FIELDS, &["text_config"]],
     config: multimodal_config,
     weights: multimodal_weights,
 };
+
+/// The fields Gemma 3 reads beyond the Llama config's (a multimodal checkpoint's
+/// inside its `text_config`).
+const GEMMA3_FIELDS: &[&str] = &[
+    "hidden_activation",
+    "query_pre_attn_scalar",
+    "sliding_window",
+    "sliding_window_pattern",
+    "rope_local_base_freq",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "use_bidirectional_attention",
+];
 
 /// Gemma3TextConfig's `sliding_window_pattern` default: five local layers, then a
 /// global one.

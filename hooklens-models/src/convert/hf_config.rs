@@ -38,9 +38,10 @@ impl HfConfig {
             reason,
         };
         let keep = |k: &str| super::is_known_field(k);
+        // A multimodal checkpoint's language model is configured in `text_config`.
         let known = KnownFields {
             keep: &keep,
-            nested: &[],
+            nested: &["text_config"],
         };
         match known.parse(text).map_err(|e| bad(format!("not valid JSON: {e}")))? {
             Some(obj) => Ok(HfConfig {

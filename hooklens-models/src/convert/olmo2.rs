@@ -9,7 +9,7 @@ use hooklens_core::Result;
 use serde_json::json;
 
 use super::hf_config::HfConfig;
-use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout};
+use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::Family;
 use crate::config::{ActFn, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
@@ -20,6 +20,7 @@ pub(crate) const FAMILY: Family = Family {
     name: "OLMo 2",
     model_types: &["olmo2"],
     classes: &["Olmo2ForCausalLM"],
+    fields: &[LLAMA_FIELDS],
     config,
     weights,
 };
