@@ -32,6 +32,7 @@
 mod gemma;
 mod gemma2;
 mod gpt2;
+mod gpt_neo;
 mod hf_config;
 mod llama;
 mod mistral;
@@ -82,6 +83,7 @@ const FAMILIES: &[Family] = &[
     gemma::FAMILY,
     gemma2::FAMILY,
     phi3::FAMILY,
+    gpt_neo::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.
