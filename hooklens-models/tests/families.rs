@@ -14,13 +14,13 @@ use hooklens_core::{CacheOptions, HookSet, HookedModel};
 use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 
 const FAMILIES: &[&str] = &[
-    "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo",
+    "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
 ];
 
 /// The families whose reference folder has no `tl_generate.safetensors` (the classic
 /// families' references were made without a generation run): their greedy generation
 /// is checked with and without the KV cache against each other instead.
-const NO_GENERATION_REFERENCE: &[&str] = &["gpt_neo"];
+const NO_GENERATION_REFERENCE: &[&str] = &["gpt_neo", "opt", "phi", "gptj", "bloom"];
 
 fn dir(family: &str) -> PathBuf {
     hooklens_testutil::testdata().join(family)

@@ -228,12 +228,12 @@ pub(super) fn read_llama_layout(
             w_qkv,
             b_qkv,
             q_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.q_norm"), dh)?.0)
+                Some(norm(&format!("{p}.self_attn.q_norm"), dh)?)
             } else {
                 None
             },
             k_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.k_norm"), dh)?.0)
+                Some(norm(&format!("{p}.self_attn.k_norm"), dh)?)
             } else {
                 None
             },

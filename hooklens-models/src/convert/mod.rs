@@ -29,14 +29,18 @@
 //! # Ok::<(), hooklens_core::Error>(())
 //! ```
 
+mod bloom;
 mod gemma;
 mod gemma2;
 mod gpt2;
 mod gpt_neo;
+mod gptj;
 mod hf_config;
 mod llama;
 mod mistral;
 mod neox;
+mod opt;
+mod phi;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -84,6 +88,10 @@ const FAMILIES: &[Family] = &[
     gemma2::FAMILY,
     phi3::FAMILY,
     gpt_neo::FAMILY,
+    opt::FAMILY,
+    phi::FAMILY,
+    gptj::FAMILY,
+    bloom::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.
@@ -257,6 +265,7 @@ pub(super) fn finish(
     Ok(TransformerWeights {
         w_e,
         w_pos,
+        embed_ln: None,
         layers,
         ln_final,
         w_u,

@@ -183,6 +183,9 @@ impl HookedTransformer {
                 if let Some(w) = norm.as_ref().and_then(|n| n.weight()) {
                     push(&format!("attn.{name}.w"), w.clone());
                 }
+                if let Some((_, b)) = norm.as_ref().and_then(|n| n.params()) {
+                    push(&format!("attn.{name}.b"), b.clone());
+                }
             }
             let kv = if grouped { "_" } else { "" };
             push("attn.W_Q", a.w_head(0)?);
