@@ -259,7 +259,10 @@ fn greedy_generation_with_and_without_kv_cache_agree() {
             .to_vec1()
             .unwrap();
         let got_first: Vec<i64> = runs[0].iter().map(|r| r[p]).collect();
-        assert_eq!(got_first, first_new, "{family}: the first new tokens are TransformerLens's argmax");
+        assert_eq!(
+            got_first, first_new,
+            "{family}: the first new tokens are TransformerLens's argmax"
+        );
     }
 }
 

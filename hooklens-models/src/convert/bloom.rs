@@ -157,6 +157,9 @@ mod tests {
         assert!(c.post_embedding_ln && !c.default_prepend_bos && c.tie_word_embeddings);
         let post = TINY.replace("layernorm\": false", "layernorm\": true");
         let e = config_from_hf_str(&post, "c.json").unwrap_err();
-        assert!(e.to_string().contains("apply_residual_connection_post_layernorm"), "{e}");
+        assert!(
+            e.to_string().contains("apply_residual_connection_post_layernorm"),
+            "{e}"
+        );
     }
 }

@@ -49,9 +49,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         ));
     }
     if hf.bool_or("_remove_final_layer_norm", false)? {
-        return Err(hf.bad(
-            "field `_remove_final_layer_norm` is true: an OPT without its final LayerNorm is not supported",
-        ));
+        return Err(
+            hf.bad("field `_remove_final_layer_norm` is true: an OPT without its final LayerNorm is not supported")
+        );
     }
     if let Some(w) = hf.opt_usize("word_embed_proj_dim")? {
         if w != d_model {

@@ -189,7 +189,13 @@ mod tests {
         let t = Tensor::from_vec(x.clone(), (1, 1, 2, 8), &dev).unwrap();
         let pos = 5u32;
         let tables = rot.tables(&[vec![pos]], DType::F32, &dev).unwrap();
-        let out = rot.apply(&t, &tables).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let out = rot
+            .apply(&t, &tables)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for head in 0..2 {
             let x = &x[head * 8..head * 8 + 8];
             let o = &out[head * 8..head * 8 + 8];
