@@ -166,10 +166,10 @@ mod tests {
     #[test]
     fn reads_partial_rotary_groups_and_qk_layernorm() {
         let c = config_from_hf_str(TINY, "config.json").unwrap();
-        // int(0.4 * 16) = 6.
+        // int(0.4 * 16) = 6; int(0.35 * 16) = 5 is odd.
         assert_eq!((c.rotary_dim, c.n_kv_heads(), c.use_qk_norm), (Some(6), 2, true));
         assert!(c.parallel_attn_mlp && !c.tie_word_embeddings);
-        let odd = TINY.replace("0.4", "0.3");
+        let odd = TINY.replace("0.4", "0.35");
         let e = config_from_hf_str(&odd, "c.json").unwrap_err();
         assert!(e.to_string().contains("partial_rotary_factor"), "{e}");
     }
