@@ -505,12 +505,12 @@ fn phi_qk_layernorm_matches_a_hand_computation() {
     close("hook_rot_k", &cache["blocks.0.attn.hook_rot_k"], k.concat().concat());
     let mut scores = Vec::new();
     for h in 0..n_heads {
-        for i in 0..p {
-            for j in 0..p {
+        for (i, q_i) in q.iter().enumerate() {
+            for (j, k_j) in k.iter().enumerate() {
                 scores.push(if j > i {
                     f32::NEG_INFINITY
                 } else {
-                    q[i][h].iter().zip(&k[j][h / 3]).map(|(a, b)| a * b).sum::<f32>() / (dh as f32).sqrt()
+                    q_i[h].iter().zip(&k_j[h / 3]).map(|(a, b)| a * b).sum::<f32>() / (dh as f32).sqrt()
                 });
             }
         }

@@ -96,32 +96,32 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     let embed_ln = ln("word_embeddings_layernorm")?;
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("{prefix}h.{i}");
-        let qkv = src.get(&format!("{p}.self_attention.query_key_value.weight"), &[3 * d, d])?;
+        let p = format!("h.{i}");
+        let linear = |name: &str, out: usize, inp: usize| linear_weight(src, &format!("{prefix}{p}.{name}"), out, inp);
+        let qkv = get(&format!("{p}.self_attention.query_key_value.weight"), &[3 * d, d])?;
         let w_qkv = crate::ops::transposed(&per_head_to_stacked(&qkv, h, dh)?)?;
         drop(qkv);
         let b_qkv = per_head_to_stacked(
-            &src.get(&format!("{p}.self_attention.query_key_value.bias"), &[3 * d])?,
+            &get(&format!("{p}.self_attention.query_key_value.bias"), &[3 * d])?,
             h,
             dh,
         )?;
-        let p_ = format!("h.{i}");
         layers.push(LayerWeights {
-            ln1: Some(ln(&format!("{p_}.input_layernorm"))?),
+            ln1: Some(ln(&format!("{p}.input_layernorm"))?),
             ln1_post: None,
-            ln2: Some(ln(&format!("{p_}.post_attention_layernorm"))?),
+            ln2: Some(ln(&format!("{p}.post_attention_layernorm"))?),
             ln2_post: None,
             w_qkv,
             b_qkv,
             q_norm: None,
             k_norm: None,
-            w_o: linear_weight(src, &format!("{p}.self_attention.dense.weight"), d, d)?,
-            b_o: src.get(&format!("{p}.self_attention.dense.bias"), &[d])?,
+            w_o: linear("self_attention.dense.weight", d, d)?,
+            b_o: get(&format!("{p}.self_attention.dense.bias"), &[d])?,
             w_gate: None,
-            w_in: linear_weight(src, &format!("{p}.mlp.dense_h_to_4h.weight"), mlp, d)?,
-            b_in: src.get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[mlp])?,
-            w_out: linear_weight(src, &format!("{p}.mlp.dense_4h_to_h.weight"), d, mlp)?,
-            b_out: src.get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[d])?,
+            w_in: linear("mlp.dense_h_to_4h.weight", mlp, d)?,
+            b_in: get(&format!("{p}.mlp.dense_h_to_4h.bias"), &[mlp])?,
+            w_out: linear("mlp.dense_4h_to_h.weight", d, mlp)?,
+            b_out: get(&format!("{p}.mlp.dense_4h_to_h.bias"), &[d])?,
         });
     }
     let ln_final = Some(ln("ln_f")?);

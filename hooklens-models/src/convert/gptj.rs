@@ -11,6 +11,7 @@
 
 use candle_core::Tensor;
 use hooklens_core::Result;
+use serde_json::json;
 
 use super::hf_config::HfConfig;
 use super::{finish, linear_weight, Family};
@@ -39,10 +40,10 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         )));
     }
     let d_head = d_model / n_heads;
-    // GPTJAttention rotates `rotary_dim` dimensions; without it Hugging Face builds
-    // tables `n_embd` wide that do not fit a head, so it is required here.
-    let rotary_dim = hf.usize("rotary_dim")?;
-    if rotary_dim % 2 != 0 || rotary_dim > d_head {
+    // GPTJConfig's default `rotary_dim` is 64; set to null, Hugging Face builds
+    // tables `n_embd` wide that do not fit a head, so null is refused here.
+    let rotary_dim = hf.with_absent(&[("rotary_dim", json!(64))]).usize("rotary_dim")?;
+    if !rotary_dim.is_multiple_of(2) || rotary_dim > d_head {
         return Err(hf.bad(format!(
             "field `rotary_dim` is {rotary_dim}: expected an even number of at most the head width {d_head}"
         )));
@@ -142,5 +143,10 @@ mod tests {
         assert_eq!(c.d_mlp, 100);
         let e = config_from_hf_str(&TINY.replace("\"rotary_dim\": 4", "\"rotary_dim\": 5"), "c.json").unwrap_err();
         assert!(e.to_string().contains("rotary_dim"), "{e}");
+        let e = config_from_hf_str(&TINY.replace("\"rotary_dim\": 4", "\"rotary_dim\": null"), "c.json").unwrap_err();
+        assert!(e.to_string().contains("rotary_dim"), "{e}");
+        // Absent: GPTJConfig's default, 64 (wider than these 16-wide heads).
+        let e = config_from_hf_str(&TINY.replace("\"rotary_dim\": 4,", ""), "c.json").unwrap_err();
+        assert!(e.to_string().contains("rotary_dim` is 64"), "{e}");
     }
 }

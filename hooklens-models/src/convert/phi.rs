@@ -51,7 +51,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     // every published Phi).
     let fraction = hf.rotary_fraction(None, 0.5)?;
     let rotary_dim = (fraction * d_head as f64) as usize;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 {
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
         return Err(hf.bad(format!(
             "field `partial_rotary_factor` ({fraction}) gives {rotary_dim} rotary dimensions of a {d_head}-wide head: \
              rotary needs an even, positive number"

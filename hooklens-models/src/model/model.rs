@@ -22,11 +22,12 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2, Phi-3) with every activation hooked under its
-/// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
+/// Qwen 2 / 3, Gemma 1 / 2, Phi-3, GPT-Neo, OPT, Phi, GPT-J, BLOOM) with every
+/// activation hooked under its TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
-/// only with learned positions, `attn.hook_rot_q` / `hook_rot_k` only with rotary,
+/// only with learned positions and ALiBi (where it never fires), `attn.hook_rot_q` /
+/// `hook_rot_k` only with rotary, `embed.ln.*` with a norm after the embedding,
 /// no `hook_resid_mid` in a parallel block, `mlp.hook_pre_linear` in a gated MLP,
 /// `ln1_post` / `ln2_post` with norms after attention and MLP, `attn.q_norm` /
 /// `k_norm` with per-head q/k norms). Every MLP also has `mlp.hook_in` and
