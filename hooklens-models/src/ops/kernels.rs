@@ -778,7 +778,8 @@ pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor
 }
 
 /// Adds an additive attention mask in place: `scores` `[batch, head, query, key]`
-/// (contiguous), `mask` `[query, key]` or `[batch, 1, query, key]`.
+/// (contiguous), `mask` `[query, key]`, `[batch, 1, query, key]` (padding), or
+/// `[1, head, query, key]` / `[batch, head, query, key]` (ALiBi biases in it).
 struct AddMask;
 
 impl InplaceOp2 for AddMask {
@@ -1208,5 +1209,24 @@ mod tests {
         softmax_row_impl::<false>(&mut row);
         softmax_row(&mut row2);
         assert_eq!(row, row2);
+    }
+
+    /// The in-place mask addition equals candle's broadcast addition for every mask
+    /// shape it takes: shared, per sequence, per head and per sequence and head.
+    #[test]
+    fn add_mask_in_place_equals_broadcast_add() {
+        let dev = Device::Cpu;
+        let (b, h, q, k) = (3, 5, 4, 6);
+        let scores = Tensor::randn(0f32, 1.0, (b, h, q, k), &dev).unwrap();
+        for shape in [vec![q, k], vec![b, 1, q, k], vec![1, h, q, k], vec![b, h, q, k]] {
+            let mask = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+            let want = scores.broadcast_add(&mask).unwrap();
+            let got = add_mask_owned(scores.copy().unwrap(), &mask).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{shape:?}");
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{shape:?}");
+        }
+        // A mask that fits none of them is refused.
+        let bad = Tensor::zeros((2, h, q, k), DType::F32, &dev).unwrap();
+        assert!(add_mask_owned(scores.copy().unwrap(), &bad).is_err());
     }
 }
