@@ -533,3 +533,36 @@ fn phi_qk_layernorm_matches_a_hand_computation() {
         ) > 1e-2
     );
 }
+
+/// Published checkpoints of the classic families come with their causal-LM class's
+/// prefix (`transformer.`, `model.`) or without it (the base model's names, as some
+/// on the Hub are saved): the reference checkpoint with the prefix taken off loads to
+/// the same model.
+#[test]
+fn classic_checkpoints_load_with_or_without_their_prefix() {
+    for (family, prefix) in [
+        ("gpt_neo", "transformer."),
+        ("gptj", "transformer."),
+        ("opt", "model."),
+        ("bloom", "transformer."),
+    ] {
+        let dir = hooklens_testutil::testdata().join(family).join("model");
+        let tensors = hooklens_testutil::load_tensors(dir.join("model.safetensors"));
+        let stripped: std::collections::HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(k, t)| (k.strip_prefix(prefix).unwrap_or(k).to_string(), t.clone()))
+            .collect();
+        assert!(stripped.keys().all(|k| !k.starts_with(prefix)), "{family}");
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let tmp = TempDir::new(&format!("unprefixed-{family}"));
+        write_checkpoint(&tmp, &config, &stripped, DType::F32, 1).unwrap();
+        let want = load(&dir, &LoadOptions::default());
+        let got = load(&tmp, &LoadOptions::default());
+        let tokens = prompt(&want, 2, 8, 5);
+        assert_eq!(
+            max_abs_diff(&got.forward(&tokens).unwrap(), &want.forward(&tokens).unwrap()),
+            0.0,
+            "{family}"
+        );
+    }
+}

@@ -3,6 +3,8 @@
 //! (`[out, in]`, not GPT-2's Conv1D), q/k/v projections without biases, **no**
 //! `1/sqrt(d_head)` scaling of the attention scores, and layers that alternate
 //! between global and local (sliding-window) attention as `attention_layers` says.
+//! Names with the `transformer.` prefix (`GPTNeoForCausalLM`) or without (`GPTNeoModel`)
+//! are read.
 
 use candle_core::Tensor;
 use hooklens_core::Result;
@@ -120,11 +122,17 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             Some(src.get(&format!("{name}.bias"), &[d])?),
         )))
     };
-    let w_e = src.get("transformer.wte.weight", &[v, d])?;
-    let w_pos = src.get("transformer.wpe.weight", &[n_ctx, d])?;
+    // `*ForCausalLM` weights have the `transformer.` prefix, the base model's none.
+    let pre = if src.contains("wte.weight") && !src.contains("transformer.wte.weight") {
+        ""
+    } else {
+        "transformer."
+    };
+    let w_e = src.get(&format!("{pre}wte.weight"), &[v, d])?;
+    let w_pos = src.get(&format!("{pre}wpe.weight"), &[n_ctx, d])?;
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("transformer.h.{i}");
+        let p = format!("{pre}h.{i}");
         let a = format!("{p}.attn.attention");
         let q = linear_weight(src, &format!("{a}.q_proj.weight"), d, d)?;
         let k = linear_weight(src, &format!("{a}.k_proj.weight"), d, d)?;
@@ -148,7 +156,7 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             b_out: src.get(&format!("{p}.mlp.c_proj.bias"), &[d])?,
         });
     }
-    let ln_final = ln("transformer.ln_f")?;
+    let ln_final = ln(&format!("{pre}ln_f"))?;
     finish(
         src,
         cfg,

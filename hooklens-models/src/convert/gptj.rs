@@ -3,7 +3,8 @@
 //! the copy folds into `W_in`), rotary on the first `rotary_dim` dimensions of each
 //! head with **adjacent** pairs `(2i, 2i + 1)` (`rotate_every_two`; base 10000, which
 //! the config does not name), q/k/v/out projections without biases, gelu_new, and an
-//! untied `lm_head` with a bias (`b_U`).
+//! untied `lm_head` with a bias (`b_U`). Names with or without the `transformer.`
+//! prefix are read (`lm_head` never has it).
 //!
 //! `n_inner` sets the MLP width as in Hugging Face (`n_inner if not None else 4 *
 //! n_embd`); TransformerLens 2.16.1 always takes `4 * n_embd` and cannot load a
@@ -82,11 +83,17 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             Some(src.get(&format!("{name}.bias"), &[d])?),
         ))
     };
-    let w_e = src.get("transformer.wte.weight", &[v, d])?;
+    // `*ForCausalLM` weights have the `transformer.` prefix, the base model's none.
+    let pre = if src.contains("wte.weight") && !src.contains("transformer.wte.weight") {
+        ""
+    } else {
+        "transformer."
+    };
+    let w_e = src.get(&format!("{pre}wte.weight"), &[v, d])?;
     let zeros = |n: usize| Tensor::zeros(n, src.dtype(), w_e.device());
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("transformer.h.{i}");
+        let p = format!("{pre}h.{i}");
         let q = linear_weight(src, &format!("{p}.attn.q_proj.weight"), d, d)?;
         let k = linear_weight(src, &format!("{p}.attn.k_proj.weight"), d, d)?;
         let vv = linear_weight(src, &format!("{p}.attn.v_proj.weight"), d, d)?;
@@ -110,7 +117,7 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             b_out: src.get(&format!("{p}.mlp.fc_out.bias"), &[d])?,
         });
     }
-    let ln_final = Some(ln("transformer.ln_f")?);
+    let ln_final = Some(ln(&format!("{pre}ln_f"))?);
     let mut w = finish(
         src,
         cfg,

@@ -1,7 +1,8 @@
 //! OPT (`OPTForCausalLM`): learned positions whose table is offset by two (position
 //! `p` is row `p + 2` of `embed_positions`; `W_pos` is rows 2 and on), sequential
 //! pre-LN blocks (`self_attn_layer_norm` before attention, the layer's
-//! `final_layer_norm` before the MLP), biases everywhere, relu, tied embeddings.
+//! `final_layer_norm` before the MLP), biases everywhere, relu, tied embeddings. Names
+//! with the `model.` prefix (`OPTForCausalLM`) or without (`OPTModel`) are read.
 //!
 //! Two variants are refused with an error naming the field (TransformerLens 2.16.1
 //! cannot load them either; the one published OPT that has them, facebook/opt-350m,
@@ -91,7 +92,13 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             Some(src.get(&format!("{name}.bias"), &[d])?),
         )))
     };
-    let w_e = src.get("model.decoder.embed_tokens.weight", &[v, d])?;
+    // `OPTForCausalLM` weights have the `model.` prefix, `OPTModel`'s none.
+    let pre = if src.contains("decoder.embed_tokens.weight") && !src.contains("model.decoder.embed_tokens.weight") {
+        ""
+    } else {
+        "model."
+    };
+    let w_e = src.get(&format!("{pre}decoder.embed_tokens.weight"), &[v, d])?;
     let device = w_e.device().clone();
     let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
     let get_bias = |name: &str, n: usize| -> Result<Tensor> {
@@ -102,12 +109,15 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
         }
     };
     let w_pos = src
-        .get("model.decoder.embed_positions.weight", &[n_ctx + POSITION_OFFSET, d])?
+        .get(
+            &format!("{pre}decoder.embed_positions.weight"),
+            &[n_ctx + POSITION_OFFSET, d],
+        )?
         .narrow(0, POSITION_OFFSET, n_ctx)?
         .contiguous()?;
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("model.decoder.layers.{i}");
+        let p = format!("{pre}decoder.layers.{i}");
         let a = format!("{p}.self_attn");
         let q = linear_weight(src, &format!("{a}.q_proj.weight"), d, d)?;
         let k = linear_weight(src, &format!("{a}.k_proj.weight"), d, d)?;
@@ -143,7 +153,7 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             b_out: get_bias(&format!("{p}.fc2.bias"), d)?,
         });
     }
-    let ln_final = ln("model.decoder.final_layer_norm")?;
+    let ln_final = ln(&format!("{pre}decoder.final_layer_norm"))?;
     finish(
         src,
         cfg,
