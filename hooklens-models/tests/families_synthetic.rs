@@ -566,3 +566,35 @@ fn classic_checkpoints_load_with_or_without_their_prefix() {
         );
     }
 }
+
+/// The classic families' parameters in `state_dict` under TransformerLens's names:
+/// BLOOM's `embed.ln.w` / `embed.ln.b` (kept by processing), GPT-J's and Phi's `b_U`
+/// (`lm_head.bias`, centred by processing), a parallel block's `ln2` equal to `ln1`.
+#[test]
+fn state_dict_has_the_classic_families_parameters() {
+    let dir = |family: &str| hooklens_testutil::testdata().join(family).join("model");
+    let sd = |family: &str, opts: &LoadOptions| -> std::collections::HashMap<String, Tensor> {
+        load(&dir(family), opts).state_dict().unwrap().into_iter().collect()
+    };
+    let bloom = hooklens_testutil::load_tensors(dir("bloom").join("model.safetensors"));
+    for opts in [LoadOptions::no_processing(), LoadOptions::default()] {
+        let got = sd("bloom", &opts);
+        for (ours, theirs) in [("embed.ln.w", "weight"), ("embed.ln.b", "bias")] {
+            let want = &bloom[&format!("transformer.word_embeddings_layernorm.{theirs}")];
+            assert_eq!(max_abs_diff(&got[ours], want), 0.0, "bloom: {ours}");
+        }
+    }
+    for family in ["gptj", "phi"] {
+        let b_u = &hooklens_testutil::load_tensors(dir(family).join("model.safetensors"))["lm_head.bias"];
+        let raw = sd(family, &LoadOptions::no_processing());
+        assert_eq!(max_abs_diff(&raw["unembed.b_U"], b_u), 0.0, "{family}: b_U");
+        assert_eq!(
+            max_abs_diff(&raw["blocks.0.ln2.w"], &raw["blocks.0.ln1.w"]),
+            0.0,
+            "{family}: ln2 is ln1"
+        );
+        let processed = sd(family, &LoadOptions::default());
+        let mean = processed["unembed.b_U"].mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(mean.abs() < 1e-6, "{family}: b_U centred");
+    }
+}
