@@ -12,7 +12,9 @@ use candle_core::Tensor;
 use common::*;
 use hooklens_testutil::assert_close;
 
-const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
+const FAMILIES: &[&str] = &[
+    "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
+];
 
 fn run(family: &str, extra: &[&str], out: &Path) -> HashMap<String, Tensor> {
     let dir = root().join("testdata").join(family);
@@ -132,7 +134,7 @@ fn prompts_use_the_models_tokenizer_and_bos_convention() {
 #[test]
 fn views_and_harvest_run_on_other_families() {
     let tmp = TempDir::new("families-views");
-    for family in ["neox", "gemma2", "qwen3"] {
+    for family in ["neox", "gemma2", "qwen3", "bloom", "gptj"] {
         let dir = with_tokenizer(&tmp, family);
         let model = dir.to_str().unwrap();
         let html = tmp.path(&format!("{family}-attn.html"));

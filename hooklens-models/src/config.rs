@@ -68,6 +68,9 @@ pub enum PositionalEmbeddingType {
     Standard,
     /// Rotary embeddings applied to queries and keys (`attn.hook_rot_q`, `attn.hook_rot_k`).
     Rotary,
+    /// ALiBi (BLOOM): no position embedding; head `h` adds `m_h * (j - i)` to the
+    /// scaled score of query `i` and key `j` (`hook_pos_embed` is registered, never fires).
+    Alibi,
 }
 
 /// Whether a layer attends to every earlier position or to a sliding window of them.
@@ -145,8 +148,9 @@ pub struct TransformerConfig {
     /// Attention and MLP read the same residual (GPT-NeoX): no `hook_resid_mid`.
     #[serde(default)]
     pub parallel_attn_mlp: bool,
-    /// RMSNorm over each head's queries and keys before rotary (Qwen 3, Gemma 3; over
-    /// the whole projection with `qk_norm_over`, OLMo 2).
+    /// A norm over each head's queries and keys before rotary, of the model's kind:
+    /// RMSNorm (Qwen 3, Gemma 3; over the whole projection with `qk_norm_over`, OLMo 2)
+    /// or LayerNorm with a bias (Phi's `qk_layernorm`).
     #[serde(default)]
     pub use_qk_norm: bool,
     /// Norms after attention and after the MLP too (`ln1_post`, `ln2_post`; Gemma 2).
@@ -228,6 +232,14 @@ pub struct TransformerConfig {
     /// the whole projection of a position, every head together (OLMo 2).
     #[serde(default)]
     pub qk_norm_over: QkNormOver,
+    /// Rotary embeddings rotate adjacent pairs `(2i, 2i + 1)` of the first `rotary_dim`
+    /// dimensions (GPT-J's `rotate_every_two`) instead of `(i, i + rotary_dim/2)`.
+    #[serde(default)]
+    pub rotary_adjacent_pairs: bool,
+    /// A LayerNorm with parameters right after the token embedding, inside `embed`
+    /// (`embed.ln`, BLOOM's `word_embeddings_layernorm`); weight processing never folds it.
+    #[serde(default)]
+    pub post_embedding_ln: bool,
 }
 
 /// The rows of a q/k norm (`use_qk_norm`).
@@ -315,6 +327,8 @@ impl TransformerConfig {
             rotary_linear_factor: None,
             use_normalization_before: true,
             qk_norm_over: QkNormOver::Heads,
+            rotary_adjacent_pairs: false,
+            post_embedding_ln: false,
         }
     }
 
@@ -362,6 +376,11 @@ impl TransformerConfig {
     /// Whether positions enter through rotary embeddings (no `W_pos`, no `hook_pos_embed`).
     pub fn is_rotary(&self) -> bool {
         self.positional_embedding_type == PositionalEmbeddingType::Rotary
+    }
+
+    /// Whether positions enter as ALiBi biases on the attention scores (no `W_pos`).
+    pub fn is_alibi(&self) -> bool {
+        self.positional_embedding_type == PositionalEmbeddingType::Alibi
     }
 
     /// This config with every optional hook point switched on.

@@ -1,6 +1,6 @@
 //! Hooked transformer models for hooklens: one config-driven [`HookedTransformer`]
 //! for every bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen 2 and 3,
-//! Gemma 1 and 2, Phi-3), hooked exactly as TransformerLens's `HookedTransformer`:
+//! Gemma 1 and 2, Phi-3, GPT-Neo, OPT, Phi 1 / 1.5 / 2, GPT-J, BLOOM), hooked exactly as TransformerLens's `HookedTransformer`:
 //! same hook names, shapes, order and values, from Hugging Face checkpoints.
 
 pub mod analysis;

@@ -586,6 +586,47 @@ fn cases() -> Vec<Case> {
             20,
         )
         .at("hook_mlp_in", "mlp.hook_out"),
+        case(
+            "bloom: embedding LayerNorm, ALiBi with 6 heads",
+            variant("bloom", json!({"hidden_size": 48, "n_head": 6})),
+            Kind::Set,
+            21,
+        ),
+        case(
+            "gptj: parallel block with one norm, adjacent rotary pairs, b_U, skip connections",
+            variant("gptj", json!({"n_embd": 48, "n_head": 6, "rotary_dim": 6})),
+            Kind::Skip,
+            22,
+        ),
+        case(
+            "gpt_neo: unscaled attention, local window 3, cross-layer transcoder",
+            variant(
+                "gpt_neo",
+                json!({"window_size": 3, "attention_layers": ["local", "global", "local"], "attention_types": null,
+                       "num_layers": 3, "hidden_size": 48, "num_heads": 3}),
+            ),
+            Kind::Clt,
+            23,
+        ),
+        case(
+            "phi: qk_layernorm, 6 heads over 2 kv heads",
+            variant(
+                "phi",
+                json!({"hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 2,
+                       "partial_rotary_factor": 0.5, "qk_layernorm": true}),
+            ),
+            Kind::Set,
+            24,
+        ),
+        case(
+            "opt: learned positions offset by 2, relu",
+            variant(
+                "opt",
+                json!({"hidden_size": 48, "word_embed_proj_dim": 48, "num_attention_heads": 6}),
+            ),
+            Kind::Set,
+            25,
+        ),
     ]
 }
 

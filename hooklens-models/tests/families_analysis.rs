@@ -21,7 +21,9 @@ use hooklens_models::analysis::{
 };
 use hooklens_models::{HookedTransformer, LoadOptions};
 
-const FAMILIES: &[&str] = &["neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3"];
+const FAMILIES: &[&str] = &[
+    "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
+];
 
 fn model(family: &str) -> HookedTransformer {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -187,11 +187,17 @@ impl Sources {
         }
         let ids = candle_core::Tensor::new(run.tokens.as_slice(), model.embed.w_e.device())?;
         // What `hook_embed` holds: `W_E` rows times the family's embedding scale
-        // (Gemma's sqrt(d_model), which TransformerLens folds into its `W_E`).
-        let mut tokens = to_vec(&model.embed.w_e.index_select(&ids, 0)?)?;
-        if let Some(s) = model.embed.scale {
-            tokens.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
-        }
+        // (Gemma's sqrt(d_model), which TransformerLens folds into its `W_E`), then the
+        // embedding's LayerNorm where the family has one (BLOOM).
+        let tokens = if model.embed.ln.is_some() {
+            to_vec(&model.embed.forward(&ids.unsqueeze(0)?)?.squeeze(0)?)?
+        } else {
+            let mut tokens = to_vec(&model.embed.w_e.index_select(&ids, 0)?)?;
+            if let Some(s) = model.embed.scale {
+                tokens.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
+            }
+            tokens
+        };
         Ok(Sources {
             width: a.len() + (l_n + 1) * p_n,
             n_active: a.len(),

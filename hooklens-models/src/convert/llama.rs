@@ -276,12 +276,12 @@ pub(super) fn read_llama_layout(
             w_qkv,
             b_qkv,
             q_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.q_norm"), q_norm_len)?.0)
+                Some(norm(&format!("{p}.self_attn.q_norm"), q_norm_len)?)
             } else {
                 None
             },
             k_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.k_norm"), k_norm_len)?.0)
+                Some(norm(&format!("{p}.self_attn.k_norm"), k_norm_len)?)
             } else {
                 None
             },

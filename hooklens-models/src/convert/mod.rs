@@ -29,15 +29,20 @@
 //! # Ok::<(), hooklens_core::Error>(())
 //! ```
 
+mod bloom;
 mod gemma;
 mod gemma2;
 mod gemma3;
 mod gpt2;
+mod gpt_neo;
+mod gptj;
 mod hf_config;
 mod llama;
 mod mistral;
 mod neox;
 mod olmo2;
+mod opt;
+mod phi;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -90,6 +95,11 @@ const FAMILIES: &[Family] = &[
     gemma3::MULTIMODAL,
     phi3::FAMILY,
     olmo2::FAMILY,
+    gpt_neo::FAMILY,
+    opt::FAMILY,
+    phi::FAMILY,
+    gptj::FAMILY,
+    bloom::FAMILY,
 ];
 
 /// Whether some family (or the shared readers) reads the `config.json` field `name`.
@@ -280,6 +290,7 @@ pub(super) fn finish(
     Ok(TransformerWeights {
         w_e,
         w_pos,
+        embed_ln: None,
         layers,
         ln_final,
         w_u,

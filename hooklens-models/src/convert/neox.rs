@@ -87,7 +87,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
 }
 
 /// `[3 * n_heads * d_head, ..]` rows ordered (head, q/k/v, d_head) -> (q/k/v, head, d_head).
-fn per_head_to_stacked(t: &Tensor, n_heads: usize, d_head: usize) -> candle_core::Result<Tensor> {
+pub(super) fn per_head_to_stacked(t: &Tensor, n_heads: usize, d_head: usize) -> candle_core::Result<Tensor> {
     let rest: Vec<usize> = t.dims()[1..].to_vec();
     let mut shape = vec![n_heads, 3, d_head];
     shape.extend(&rest);

@@ -34,6 +34,10 @@ impl TensorSource for Recorder {
 
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let mut rng = self.rng.borrow_mut();
+        // Every family's norm names: `*norm*` (`input_layernorm`, OPT's
+        // `self_attn_layer_norm` / `final_layer_norm`, BLOOM's `word_embeddings_layernorm`,
+        // Phi's `final_layernorm` and `q_layernorm`, ...) and GPT-2's, GPT-Neo's and
+        // GPT-J's `ln_1` / `ln_2` / `ln_f`.
         let is_norm = name.contains("norm") || name.contains(".ln_") || name.starts_with("ln_f");
         let t = if is_norm && name.ends_with("weight") {
             (rng.normal_tensor(shape, 0.3)? + self.gain_mean)?

@@ -82,7 +82,8 @@ pub(crate) enum AttnInput<'a> {
 }
 
 /// The additive mask for one forward pass: 0 where a query may attend a key, `-inf`
-/// elsewhere; `[query, key]`, or `[batch, 1, query, key]` with padding.
+/// elsewhere; `[query, key]`, or `[batch, 1, query, key]` with padding. ALiBi models
+/// carry their biases in it instead of 0: `[1 or batch, head, query, key]`.
 pub(crate) struct AttnMask {
     pub(crate) additive: Tensor,
     /// With padding, a query row can have every key masked; softmax then gives NaN,

@@ -2,12 +2,19 @@
 
 use candle_core::{DType, Tensor};
 
+use super::norm::Norm;
+
 /// The token embedding `W_E` `[d_vocab, d_model]` (TransformerLens's `Embed`), times
-/// `scale` where the family scales it (Gemma: `sqrt(d_model)`).
-#[derive(Debug)]
+/// `scale` where the family scales it (Gemma: `sqrt(d_model)`), then the LayerNorm
+/// `ln` where the family has one (BLOOM's `word_embeddings_layernorm`: hooks
+/// `embed.ln.hook_scale` / `embed.ln.hook_normalized`, before `hook_embed`).
+#[derive(Debug, hooklens_derive::Hooked)]
+#[hooked(crate = "hooklens_core")]
 pub struct Embed {
     pub(crate) w_e: Tensor,
     pub(crate) scale: Option<f64>,
+    /// The LayerNorm after the embedding (`post_embedding_ln`), with its parameters.
+    pub ln: Option<Norm>,
 }
 
 impl Embed {
@@ -17,9 +24,13 @@ impl Embed {
         let (b, p) = tokens.dims2()?;
         let d = self.w_e.dim(1)?;
         let e = self.w_e.index_select(&tokens.flatten_all()?, 0)?.reshape((b, p, d))?;
-        match self.scale {
+        let e = match self.scale {
             // In the activation dtype, as Hugging Face's Gemma does.
-            Some(s) => e * s,
+            Some(s) => (e * s)?,
+            None => e,
+        };
+        match &self.ln {
+            Some(ln) => ln.forward(&e),
             None => Ok(e),
         }
     }

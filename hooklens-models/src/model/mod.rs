@@ -5,6 +5,7 @@
 //! text, weight views and processing. What a family changes is its config
 //! ([`crate::config::TransformerConfig`]) and its converter (`crate::convert`).
 
+mod alibi;
 mod attention;
 mod block;
 mod embed;

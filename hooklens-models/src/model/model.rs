@@ -22,11 +22,12 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2) with every activation hooked under its
-/// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
+/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM) with
+/// every activation hooked under its TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
-/// only with learned positions, `attn.hook_rot_q` / `hook_rot_k` only with rotary,
+/// only with learned positions and ALiBi (where it never fires), `attn.hook_rot_q` /
+/// `hook_rot_k` only with rotary, `embed.ln.*` with a norm after the embedding,
 /// no `hook_resid_mid` in a parallel block, `mlp.hook_pre_linear` in a gated MLP,
 /// `ln1_post` / `ln2_post` with norms after attention and MLP, `attn.q_norm` /
 /// `k_norm` with per-head q/k norms). Every MLP also has `mlp.hook_in` and
@@ -208,8 +209,10 @@ impl HookedTransformer {
         let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
         for l in w.layers {
-            let head_norm = |g: Option<Tensor>| {
-                g.map(|g| Norm::rms(Some(g), cfg.eps).map(Norm::rows_without_positions))
+            // Per-head q/k norms are of the model's kind (Qwen 3's RMSNorm, Phi's
+            // LayerNorm with a bias) and are never folded.
+            let head_norm = |p: Option<NormParams>| {
+                p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps).map(Norm::rows_without_positions))
                     .transpose()
             };
             blocks.push(Block {
@@ -273,9 +276,15 @@ impl HookedTransformer {
             embed: Embed {
                 w_e: w.w_e,
                 scale: cfg.embed_scale,
+                // Never folded: a LayerNorm with its parameters whatever the blocks' are.
+                ln: w
+                    .embed_ln
+                    .map(|p| Norm::with_kind(NormKind::Layer, Some(p), cfg.eps))
+                    .transpose()?,
             },
             hook_embed: HookPoint::new(),
-            hook_pos_embed: opt(w.w_pos.is_some()),
+            // TransformerLens registers `hook_pos_embed` for ALiBi models too (it never fires).
+            hook_pos_embed: opt(w.w_pos.is_some() || cfg.is_alibi()),
             pos_embed: w.w_pos.map(|w_pos| PosEmbed { w_pos }),
             hook_tokens: cfg
                 .use_hook_tokens
@@ -637,26 +646,34 @@ impl HookedTransformer {
             }
         };
 
-        let global = self.attn_mask(b, p, offset, full_rows.as_deref(), None)?;
-        let local = match self.cfg.window_size {
+        let mut global = self.attn_mask(b, p, offset, full_rows.as_deref(), None)?;
+        let mut local = match self.cfg.window_size {
             Some(w) if self.cfg.attn_types.is_some() => {
                 Some(self.attn_mask(b, p, offset, full_rows.as_deref(), Some(w))?)
             }
             _ => None,
         };
+        if self.cfg.is_alibi() {
+            // ALiBi is part of the additive mask (-inf stays -inf): computed once per
+            // forward, for every layer, from the real-token positions of each row.
+            let k_rows = self.key_positions(full_rows.as_deref(), offset + p);
+            let bias = super::alibi::alibi_bias(
+                &super::alibi::alibi_slopes(self.cfg.n_heads),
+                &k_rows,
+                offset,
+                p,
+                self.device(),
+            )?;
+            for mask in std::iter::once(&mut global).chain(local.as_mut()) {
+                mask.additive = mask.additive.broadcast_add(&bias)?;
+            }
+        }
         // Rotary angles for every key so far, shared by all layers, from the mask's
         // real-token positions as TransformerLens does; the new queries' are the last `p`.
         let rot = match &self.rotary {
             None => None,
             Some(rot) => {
-                let k_rows: Vec<Vec<u32>> = match &full_rows {
-                    None => vec![(0..offset + p).map(|i| i as u32).collect()],
-                    Some(rows) => positions_from_mask(rows, 0, offset + p)
-                        .0
-                        .chunks(offset + p)
-                        .map(|c| c.to_vec())
-                        .collect(),
-                };
+                let k_rows = self.key_positions(full_rows.as_deref(), offset + p);
                 let keys = rot.tables(&k_rows, self.dtype(), self.device())?;
                 // Sliding-window layers with a base of their own (Gemma 3): a second
                 // table, the same positions.
@@ -737,6 +754,19 @@ impl HookedTransformer {
             loss,
             residual: None,
         })
+    }
+
+    /// The position of every key so far (`k` of them): `0..k` in one row without a
+    /// mask, else per sequence from the mask's real tokens, as TransformerLens does.
+    fn key_positions(&self, rows: Option<&[Vec<u8>]>, k: usize) -> Vec<Vec<u32>> {
+        match rows {
+            None => vec![(0..k).map(|i| i as u32).collect()],
+            Some(rows) => positions_from_mask(rows, 0, k)
+                .0
+                .chunks(k)
+                .map(|c| c.to_vec())
+                .collect(),
+        }
     }
 
     /// The additive attention mask (0 / -inf) for `p` new queries after `offset` cached

@@ -24,10 +24,11 @@ pub(crate) struct LayerWeights {
     pub(crate) w_qkv: Tensor,
     /// `[(n_heads + 2 n_kv) * d_head]`: `b_Q | b_K | b_V` (zeros where the family has none).
     pub(crate) b_qkv: Tensor,
-    /// RMSNorm gains `[d_head]` over each query and key head (`use_qk_norm`).
-    pub(crate) q_norm: Option<Tensor>,
+    /// Norm parameters `[d_head]` over each query and key head (`use_qk_norm`): an
+    /// RMSNorm gain (Qwen 3) or a LayerNorm gain and bias (Phi), the model's kind of norm.
+    pub(crate) q_norm: Option<NormParams>,
     /// See `q_norm`.
-    pub(crate) k_norm: Option<Tensor>,
+    pub(crate) k_norm: Option<NormParams>,
     /// `[n_heads * d_head, d_model]`: TransformerLens's `W_O` flattened over heads.
     pub(crate) w_o: Tensor,
     /// `[d_model]`.
@@ -51,6 +52,8 @@ pub(crate) struct TransformerWeights {
     pub(crate) w_e: Tensor,
     /// `[n_ctx, d_model]`, for learned positions only.
     pub(crate) w_pos: Option<Tensor>,
+    /// The LayerNorm right after the embedding (`post_embedding_ln`, BLOOM); never folded.
+    pub(crate) embed_ln: Option<NormParams>,
     pub(crate) layers: Vec<LayerWeights>,
     pub(crate) ln_final: Option<NormParams>,
     /// `[d_model, d_vocab]`: the base of `W_U` (see [`UnembedFactors`]); `W_E`
@@ -84,8 +87,8 @@ impl LayerWeights {
             ln2_post: norm_to(&self.ln2_post, dtype)?,
             w_qkv: c(&self.w_qkv)?,
             b_qkv: c(&self.b_qkv)?,
-            q_norm: o(&self.q_norm)?,
-            k_norm: o(&self.k_norm)?,
+            q_norm: norm_to(&self.q_norm, dtype)?,
+            k_norm: norm_to(&self.k_norm, dtype)?,
             w_o: c(&self.w_o)?,
             b_o: c(&self.b_o)?,
             w_gate: o(&self.w_gate)?,
@@ -103,6 +106,7 @@ impl TransformerWeights {
         let w_e = self.w_e.to_dtype(dtype)?;
         Ok(TransformerWeights {
             w_pos: self.w_pos.as_ref().map(|t| t.to_dtype(dtype)).transpose()?,
+            embed_ln: norm_to(&self.embed_ln, dtype)?,
             layers: self
                 .layers
                 .iter()

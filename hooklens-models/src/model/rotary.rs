@@ -4,7 +4,8 @@
 //! `position * inv_freq[i]`, `inv_freq[i] = base^(-2i/rotary_dim)` (Llama 3.1's
 //! NTK-by-parts rescales them, linear scaling divides them by a factor); the rest of
 //! the head passes through. Gemma 3's sliding-window layers have a base of their own
-//! ([`Rotary::local`]), unscaled.
+//! ([`Rotary::local`]), unscaled. GPT-J's variant (`rotary_adjacent_pairs`) rotates the
+//! adjacent pairs `(2i, 2i + 1)` by the same angles instead.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -15,10 +16,13 @@ use crate::config::{NtkByPartsRope, TransformerConfig};
 pub(crate) struct Rotary {
     inv_freq: Vec<f64>,
     rotary_dim: usize,
+    /// Pairs `(2i, 2i + 1)` (GPT-J) instead of `(i, i + rotary_dim/2)`.
+    adjacent: bool,
 }
 
 /// cos and sin of the angles at some positions, `[1 or batch, pos, 1, rotary_dim]`,
-/// each half repeated (`(2 d)`), ready to broadcast over heads.
+/// each half repeated (`(2 d)`), or each angle twice in a row for adjacent pairs
+/// (`(d 2)`), ready to broadcast over heads.
 #[derive(Clone, Debug)]
 pub(crate) struct RotaryTables {
     pub(crate) cos: Tensor,
@@ -56,7 +60,11 @@ impl Rotary {
                 }
             })
             .collect();
-        Some(Rotary { inv_freq, rotary_dim })
+        Some(Rotary {
+            inv_freq,
+            rotary_dim,
+            adjacent: cfg.rotary_adjacent_pairs,
+        })
     }
 
     /// The rotary of `cfg`'s sliding-window layers when they have a base of their own
@@ -85,6 +93,15 @@ impl Rotary {
         let freq: Vec<f32> = self.inv_freq.iter().map(|f| (1.0 / f) as f32).collect();
         for row in rows {
             for &p in row {
+                if self.adjacent {
+                    // `(d 2)`: each angle for both members of its pair.
+                    for f in &freq {
+                        let angle = p as f32 / f;
+                        cos.extend([angle.cos(); 2]);
+                        sin.extend([angle.sin(); 2]);
+                    }
+                    continue;
+                }
                 let start = cos.len();
                 for f in &freq {
                     let angle = p as f32 / f;
@@ -109,9 +126,18 @@ impl Rotary {
         let r = self.rotary_dim;
         let half = r / 2;
         let x_rot = x.narrow(3, 0, r)?;
-        let x1 = x_rot.narrow(3, 0, half)?;
-        let x2 = x_rot.narrow(3, half, half)?;
-        let flipped = Tensor::cat(&[&x2.neg()?, &x1], 3)?;
+        let flipped = if self.adjacent {
+            // GPT-J's `rotate_every_two`: (x0, x1, x2, x3, ..) -> (-x1, x0, -x3, x2, ..).
+            let (b, p, h, _) = x.dims4()?;
+            let pairs = x_rot.contiguous()?.reshape((b, p, h, half, 2))?;
+            let even = pairs.narrow(4, 0, 1)?;
+            let odd = pairs.narrow(4, 1, 1)?;
+            Tensor::cat(&[&odd.neg()?, &even], 4)?.reshape((b, p, h, r))?
+        } else {
+            let x1 = x_rot.narrow(3, 0, half)?;
+            let x2 = x_rot.narrow(3, half, half)?;
+            Tensor::cat(&[&x2.neg()?, &x1], 3)?
+        };
         let rotated = (x_rot.broadcast_mul(&t.cos)? + flipped.broadcast_mul(&t.sin)?)?;
         if r == d_head {
             Ok(rotated)
@@ -195,5 +221,40 @@ mod tests {
         cfg.rotary_linear_factor = None;
         assert_eq!(table(&local, 5), table(&Rotary::new(&cfg).unwrap(), 5));
         assert_ne!(table(&local, 5), table(&scaled, 5));
+    }
+
+    /// Adjacent pairs (GPT-J's `rotate_every_two`) by hand: pair `(2i, 2i + 1)` turns
+    /// by `p * base^(-2i / rotary_dim)`; dimensions past `rotary_dim` pass through.
+    #[test]
+    fn adjacent_pairs_rotate_as_gptj() {
+        let mut cfg = TransformerConfig::new(1, 16, 2, 16, 64);
+        cfg.positional_embedding_type = crate::config::PositionalEmbeddingType::Rotary;
+        cfg.rotary_dim = Some(4);
+        cfg.rotary_adjacent_pairs = true;
+        let rot = Rotary::new(&cfg).unwrap();
+        let dev = Device::Cpu;
+        let x: Vec<f32> = (0..16).map(|i| (i as f32 * 0.37).sin()).collect();
+        let t = Tensor::from_vec(x.clone(), (1, 1, 2, 8), &dev).unwrap();
+        let pos = 5u32;
+        let tables = rot.tables(&[vec![pos]], DType::F32, &dev).unwrap();
+        let out = rot
+            .apply(&t, &tables)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for head in 0..2 {
+            let x = &x[head * 8..head * 8 + 8];
+            let o = &out[head * 8..head * 8 + 8];
+            for i in 0..2 {
+                let angle = pos as f64 * 10000f64.powf(-(2.0 * i as f64) / 4.0);
+                let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+                let (a, b) = (x[2 * i], x[2 * i + 1]);
+                assert!((o[2 * i] - (a * c - b * s)).abs() < 1e-5, "head {head} pair {i}");
+                assert!((o[2 * i + 1] - (b * c + a * s)).abs() < 1e-5, "head {head} pair {i}");
+            }
+            assert_eq!(&o[4..], &x[4..], "head {head}: the rest passes through");
+        }
     }
 }

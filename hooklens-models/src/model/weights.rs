@@ -155,9 +155,15 @@ impl HookedTransformer {
     /// (`embed.W_E`, `blocks.0.attn.W_Q` `[n_heads, d_model, d_head]`, `blocks.0.ln1.w`,
     /// ..., `unembed.b_U`), in TransformerLens's order. Grouped-query models give
     /// `attn._W_K` / `_W_V` / `_b_K` / `_b_V` with their key/value heads, as
-    /// TransformerLens; norm parameters are absent once folded (`LNPre`, `RMSPre`).
+    /// TransformerLens; norm parameters are absent once folded (`LNPre`, `RMSPre`),
+    /// except BLOOM's `embed.ln.w` / `embed.ln.b`, which are never folded.
     pub fn state_dict(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out = vec![("embed.W_E".to_string(), self.w_e_scaled()?)];
+        // BLOOM's embedding LayerNorm (never folded), as TransformerLens's `embed.ln`.
+        if let Some((w, b)) = self.embed.ln.as_ref().and_then(|n| n.params()) {
+            out.push(("embed.ln.w".to_string(), w.clone()));
+            out.push(("embed.ln.b".to_string(), b.clone()));
+        }
         if let Some(w_pos) = self.w_pos() {
             out.push(("pos_embed.W_pos".to_string(), w_pos.clone()));
         }
@@ -182,6 +188,9 @@ impl HookedTransformer {
             for (name, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
                 if let Some(w) = norm.as_ref().and_then(|n| n.weight()) {
                     push(&format!("attn.{name}.w"), w.clone());
+                }
+                if let Some((_, b)) = norm.as_ref().and_then(|n| n.params()) {
+                    push(&format!("attn.{name}.b"), b.clone());
                 }
             }
             let kv = if grouped { "_" } else { "" };

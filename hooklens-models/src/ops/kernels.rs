@@ -778,7 +778,8 @@ pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor
 }
 
 /// Adds an additive attention mask in place: `scores` `[batch, head, query, key]`
-/// (contiguous), `mask` `[query, key]` or `[batch, 1, query, key]`.
+/// (contiguous), `mask` `[query, key]`, `[batch, 1, query, key]` (padding), or
+/// `[1, head, query, key]` / `[batch, head, query, key]` (ALiBi biases in it).
 struct AddMask;
 
 impl InplaceOp2 for AddMask {
@@ -794,20 +795,26 @@ impl InplaceOp2 for AddMask {
             _ => candle_core::bail!("add-mask: scores must be [batch, head, query, key], got {dims:?}"),
         };
         let block = q * k;
-        let per_batch = match l2.dims() {
-            [mq, mk] if *mq == q && *mk == k => false,
-            [mb, 1, mq, mk] if *mb == b && *mq == q && *mk == k => true,
+        // Which mask block goes with the scores' block `batch * h + head`: one for all,
+        // one per sequence (padding), one per head or per sequence and head (ALiBi).
+        let (per_batch, per_head) = match l2.dims() {
+            [mq, mk] if *mq == q && *mk == k => (false, false),
+            [mb, 1, mq, mk] if *mb == b && *mq == q && *mk == k => (true, false),
+            [1, mh, mq, mk] if *mh == h && *mq == q && *mk == k => (false, true),
+            [mb, mh, mq, mk] if *mb == b && *mh == h && *mq == q && *mk == k => (true, true),
             other => candle_core::bail!("add-mask: mask {other:?} does not fit scores {dims:?}"),
         };
         let data = contiguous_f32_mut(s1, l1, "add-mask: scores")?;
         let add = |first_block: usize, chunk: &mut [f32]| {
             for (i, blk) in chunk.chunks_mut(block).enumerate() {
-                let bi = (first_block + i) / h;
-                let m = if per_batch {
-                    &mask[bi * block..(bi + 1) * block]
-                } else {
-                    mask
+                let idx = first_block + i;
+                let m_block = match (per_batch, per_head) {
+                    (false, false) => 0,
+                    (true, false) => idx / h,
+                    (false, true) => idx % h,
+                    (true, true) => idx,
                 };
+                let m = &mask[m_block * block..(m_block + 1) * block];
                 for (x, m) in blk.iter_mut().zip(m) {
                     *x += m;
                 }
@@ -820,7 +827,8 @@ impl InplaceOp2 for AddMask {
 }
 
 /// `scores + mask` for fresh matmul output `scores` `[batch, head, query, key]` and an
-/// additive mask `[query, key]` or `[batch, 1, query, key]`; in place on the fast path.
+/// additive mask `[query, key]`, `[batch, 1, query, key]`, `[1, head, query, key]` or
+/// `[batch, head, query, key]`; in place on the fast path.
 pub(crate) fn add_mask_owned(scores: Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
     if fast_path(&scores) && scores.is_contiguous() && mask.dtype() == DType::F32 {
         scores.inplace_op2(&mask.contiguous()?, &AddMask)?;
@@ -1201,5 +1209,24 @@ mod tests {
         softmax_row_impl::<false>(&mut row);
         softmax_row(&mut row2);
         assert_eq!(row, row2);
+    }
+
+    /// The in-place mask addition equals candle's broadcast addition for every mask
+    /// shape it takes: shared, per sequence, per head and per sequence and head.
+    #[test]
+    fn add_mask_in_place_equals_broadcast_add() {
+        let dev = Device::Cpu;
+        let (b, h, q, k) = (3, 5, 4, 6);
+        let scores = Tensor::randn(0f32, 1.0, (b, h, q, k), &dev).unwrap();
+        for shape in [vec![q, k], vec![b, 1, q, k], vec![1, h, q, k], vec![b, h, q, k]] {
+            let mask = Tensor::randn(0f32, 1.0, shape.as_slice(), &dev).unwrap();
+            let want = scores.broadcast_add(&mask).unwrap();
+            let got = add_mask_owned(scores.copy().unwrap(), &mask).unwrap();
+            assert_eq!(got.dims(), want.dims(), "{shape:?}");
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{shape:?}");
+        }
+        // A mask that fits none of them is refused.
+        let bad = Tensor::zeros((2, h, q, k), DType::F32, &dev).unwrap();
+        assert!(add_mask_owned(scores.copy().unwrap(), &bad).is_err());
     }
 }
