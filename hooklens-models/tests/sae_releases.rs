@@ -107,10 +107,10 @@ fn releases_in_other_formats_and_unknown_ids_are_errors_before_any_request() {
         Ok(_) => panic!("{release} {id}: loaded"),
         Err(e) => e.to_string(),
     };
-    // Gemma Scope's params.npz is another format.
-    let err = refused("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical");
+    // Goodfire's .pth is a format hooklens does not read (tests/sae_formats.rs reads those it does).
+    let err = refused("goodfire-llama-3.1-8b-instruct", "layer_19");
     assert!(
-        err.contains("`gemma_2`") && err.contains("gemma-scope-2b-pt-res-canonical"),
+        err.contains("`goodfire`") && err.contains("goodfire-llama-3.1-8b-instruct"),
         "{err}"
     );
     let err = refused("gpt2-small-res-jb", "blocks.99.hook_resid_pre");

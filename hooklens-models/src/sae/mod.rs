@@ -15,6 +15,8 @@ mod autoencoder;
 mod config;
 pub mod features;
 #[cfg(feature = "hub")]
+mod formats;
+#[cfg(feature = "hub")]
 mod hub;
 pub mod releases;
 mod sparse;
