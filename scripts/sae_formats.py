@@ -14,6 +14,8 @@ is redirected to the local `repo/` folder. Real releases fix d_in/d_sae by name 
 Gemma Scope 1 (gemma_2, gemma_2_transcoder); those cases pass small d_in/d_sae as extra
 config overrides, which the Rust test passes the same way.
 
+and bad/ holds malformed inputs the Rust tests expect clear errors for.
+
 Run with SAELens 6.54.12:  python scripts/sae_formats.py
 """
 
@@ -378,6 +380,10 @@ def mntss(repo, folder):
 
 
 case("mntss_clt_layer_transcoder", "mntss-gemma-2-2b-2.5m-clt-as-per-layer", "layer_0", mntss)
+
+# --- bad inputs: a compressed .npz (np.savez_compressed), which hooklens refuses ------
+(OUT / "bad").mkdir(exist_ok=True)
+np.savez_compressed(OUT / "bad" / "compressed.npz", W_enc=randn(16, 32).numpy())
 
 total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
 print(f"{total / 1024:.0f} KiB in {OUT}", file=sys.stderr)

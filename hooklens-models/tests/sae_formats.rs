@@ -52,13 +52,17 @@ fn field<'a>(cfg: &'a Value, key: &str) -> &'a Value {
     }
 }
 
-/// Loads case `name` through the stand-in and checks it against SAELens's.
-fn check(name: &str) {
-    if skipped_for_proxy() {
-        return;
-    }
+/// Case `name`'s `case.json`.
+fn case_of(name: &str) -> Value {
+    let text = std::fs::read_to_string(testdata().join("sae-formats").join(name).join("case.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Loads case `name`'s release through the stand-in serving its `repo/`, with
+/// `replaced` files (path in the repository, source) served instead of the case's.
+fn load_case(name: &str, replaced: &[(&str, PathBuf)]) -> hooklens_core::Result<Sae> {
     let dir = testdata().join("sae-formats").join(name);
-    let case: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+    let case = case_of(name);
     let (release, sae_id) = (case["release"].as_str().unwrap(), case["sae_id"].as_str().unwrap());
     let entry = releases::release(release).expect("a release of the shipped directory");
     assert_eq!(entry.repo_id, case["repo_id"].as_str().unwrap());
@@ -67,6 +71,10 @@ fn check(name: &str) {
 
     let mut files = Vec::new();
     files_under(&dir.join("repo"), "", &mut files);
+    for (path, source) in replaced {
+        files.retain(|(p, _)| p != path);
+        files.push((path.to_string(), source.clone()));
+    }
     let tmp = TempDir::new(&format!("sae-format-{name}"));
     let server = StandIn::serve(files);
     let extra: Map<String, Value> = case["extra_overrides"].as_object().cloned().unwrap_or_default();
@@ -78,9 +86,19 @@ fn check(name: &str) {
         &Device::Cpu,
     );
     let asked = server.finish();
-    let sae = got.unwrap_or_else(|e| panic!("{name}: {e}"));
     let prefix = format!("/{}/resolve/main/", entry.repo_id);
     assert!(asked.iter().all(|p| p.starts_with(&prefix)), "{asked:?}");
+    got
+}
+
+/// Loads case `name` through the stand-in and checks it against SAELens's.
+fn check(name: &str) {
+    if skipped_for_proxy() {
+        return;
+    }
+    let dir = testdata().join("sae-formats").join(name);
+    let case = case_of(name);
+    let sae = load_case(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
 
     // The config, as SAELens's SAE has it.
     let want = &case["sae_cfg"];
@@ -249,5 +267,73 @@ fn an_unread_format_names_its_conversion_function() {
     assert!(
         err.contains(&format!("`{func}`")) && err.contains(&unread.name),
         "{err}"
+    );
+}
+
+/// Malformed files are errors naming the file and what is wrong with it.
+#[test]
+fn bad_files_are_errors_naming_the_file() {
+    if skipped_for_proxy() {
+        return;
+    }
+    let tmp = TempDir::new("sae-format-bad");
+    let bad = testdata().join("sae-formats/bad");
+    let folder = |name: &str| case_of(name)["folder"].as_str().unwrap().to_string();
+    let err = |name: &str, path: String, source: PathBuf| {
+        load_case(name, &[(path.as_str(), source)])
+            .err()
+            .expect("refused")
+            .to_string()
+    };
+
+    // np.savez_compressed's deflated entries.
+    let npz = format!("{}/params.npz", folder("gemma_2"));
+    let e = err("gemma_2", npz, bad.join("compressed.npz"));
+    assert!(
+        e.contains("params.npz") && e.contains("W_enc.npy") && e.contains("compressed"),
+        "{e}"
+    );
+
+    // Not a zip at all.
+    let junk = tmp.path("junk");
+    std::fs::write(&junk, b"not an archive").unwrap();
+    let npz = format!("{}/params.npz", folder("gemma_2_transcoder"));
+    let e = err("gemma_2_transcoder", npz, junk.clone());
+    assert!(e.contains("params.npz") && e.contains("not a .npz"), "{e}");
+
+    // A PyTorch file that is not one.
+    let pt = format!("{}/ae.pt", folder("dictionary_learning_topk"));
+    let e = err("dictionary_learning_topk", pt, junk);
+    assert!(e.contains("ae.pt") && e.contains("PyTorch"), "{e}");
+
+    // Llama Scope's hyperparameters without the threshold.
+    let hyper = tmp.path("hyperparams.json");
+    std::fs::write(&hyper, r#"{"d_model": 16, "d_sae": 32, "hook_point_in": "blocks.0.hook_resid_post", "dataset_average_activation_norm": {"in": 2.5}}"#).unwrap();
+    let e = err(
+        "llama_scope",
+        format!("{}/hyperparams.json", folder("llama_scope")),
+        hyper,
+    );
+    assert!(
+        e.contains("hyperparams.json") && e.contains("jump_relu_threshold"),
+        "{e}"
+    );
+
+    // wandb's config without d_feature.
+    let wandb = tmp.path("wandb-config.yaml");
+    std::fs::write(&wandb, "batch_size:\n  value: 8\nd_model:\n  value: 16\n").unwrap();
+    let e = err("mwhanna_transcoder", "wandb-config.yaml".into(), wandb);
+    assert!(e.contains("wandb-config.yaml") && e.contains("d_feature"), "{e}");
+
+    // Gemma Scope 2 weights with a tensor missing.
+    let params = tmp.path("params.safetensors");
+    let mut t = load_tensors(testdata().join("sae-formats/gemma_3/expected.safetensors"));
+    t.retain(|k, _| ["W_enc", "W_dec", "b_enc", "b_dec"].contains(&k.as_str()));
+    let lower: std::collections::HashMap<String, Tensor> = t.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
+    candle_core::safetensors::save(&lower, &params).unwrap();
+    let e = err("gemma_3", format!("{}/params.safetensors", folder("gemma_3")), params);
+    assert!(
+        e.contains("params.safetensors") && e.contains("no tensor `threshold`"),
+        "{e}"
     );
 }
