@@ -261,8 +261,7 @@ fn an_unread_format_names_its_conversion_function() {
     let tmp = TempDir::new("sae-format-unread");
     let hub = HubOptions::from_env().cache_dir(tmp.path("cache")).offline(true);
     let err = Sae::from_release(&unread.name, &unread.saes[0].id, &hub, &Device::Cpu)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(
         err.contains(&format!("`{func}`")) && err.contains(&unread.name),
@@ -281,8 +280,7 @@ fn bad_files_are_errors_naming_the_file() {
     let folder = |name: &str| case_of(name)["folder"].as_str().unwrap().to_string();
     let err = |name: &str, path: String, source: PathBuf| {
         load_case(name, &[(path.as_str(), source)])
-            .err()
-            .expect("refused")
+            .expect_err("refused")
             .to_string()
     };
 

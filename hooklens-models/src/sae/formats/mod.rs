@@ -359,7 +359,7 @@ mod tests {
                 hub: &hub,
                 device: &Device::Cpu,
             };
-            let err = load(func, &src).err().expect("nothing is cached").to_string();
+            let err = load(func, &src).expect_err("nothing is cached").to_string();
             if func == "goodfire" {
                 assert!(err.contains("`goodfire`") && err.contains("does not read"), "{err}");
             } else {

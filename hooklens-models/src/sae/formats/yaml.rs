@@ -10,8 +10,11 @@ use hooklens_core::{Error, Result};
 /// A YAML file's top-level mapping: each key's inline scalar (empty for a block) and
 /// the `key: scalar` lines of its block's first level.
 pub(crate) struct Yaml {
-    entries: Vec<(String, String, Vec<(String, String)>)>,
+    entries: Vec<Entry>,
 }
+
+/// A top-level key, its inline scalar, and its block's first-level `key: scalar` lines.
+type Entry = (String, String, Vec<(String, String)>);
 
 /// The most such a file may hold: real ones are a few KiB.
 const MAX_YAML_BYTES: u64 = 4 << 20;
@@ -28,7 +31,7 @@ impl Yaml {
     }
 
     fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut entries: Vec<(String, String, Vec<(String, String)>)> = Vec::new();
+        let mut entries: Vec<Entry> = Vec::new();
         let mut child_indent = None;
         for (n, line) in text.lines().enumerate() {
             let trimmed = line.trim_end();
