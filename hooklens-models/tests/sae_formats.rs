@@ -12,8 +12,13 @@ use candle_core::{Device, Tensor};
 use hooklens_models::sae::{releases, Architecture, Normalization, Sae};
 use hooklens_models::HubOptions;
 use hooklens_testutil::hub_standin::{skipped_for_proxy, StandIn};
-use hooklens_testutil::{assert_close, load_tensors, testdata, TempDir};
+use hooklens_testutil::{assert_close, load_tensors, TempDir};
 use serde_json::{Map, Value};
+
+/// The cases: `testdata/sae-formats/`, beside this crate.
+fn cases() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/sae-formats")
+}
 
 /// SAELens computes in f32 as hooklens does; only summation order differs.
 const TOLERANCE: f32 = 1e-5;
@@ -54,14 +59,14 @@ fn field<'a>(cfg: &'a Value, key: &str) -> &'a Value {
 
 /// Case `name`'s `case.json`.
 fn case_of(name: &str) -> Value {
-    let text = std::fs::read_to_string(testdata().join("sae-formats").join(name).join("case.json")).unwrap();
+    let text = std::fs::read_to_string(cases().join(name).join("case.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
 /// Loads case `name`'s release through the stand-in serving its `repo/`, with
 /// `replaced` files (path in the repository, source) served instead of the case's.
 fn load_case(name: &str, replaced: &[(&str, PathBuf)]) -> hooklens_core::Result<Sae> {
-    let dir = testdata().join("sae-formats").join(name);
+    let dir = cases().join(name);
     let case = case_of(name);
     let (release, sae_id) = (case["release"].as_str().unwrap(), case["sae_id"].as_str().unwrap());
     let entry = releases::release(release).expect("a release of the shipped directory");
@@ -76,7 +81,7 @@ fn load_case(name: &str, replaced: &[(&str, PathBuf)]) -> hooklens_core::Result<
         files.push((path.to_string(), source.clone()));
     }
     let tmp = TempDir::new(&format!("sae-format-{name}"));
-    let server = StandIn::serve(files);
+    let server = StandIn::serve(files.clone());
     let extra: Map<String, Value> = case["extra_overrides"].as_object().cloned().unwrap_or_default();
     let got = Sae::from_release_with(
         release,
@@ -88,7 +93,28 @@ fn load_case(name: &str, replaced: &[(&str, PathBuf)]) -> hooklens_core::Result<
     let asked = server.finish();
     let prefix = format!("/{}/resolve/main/", entry.repo_id);
     assert!(asked.iter().all(|p| p.starts_with(&prefix)), "{asked:?}");
+    if got.is_ok() {
+        // Every file read is one release_files names (what outputs must not replace).
+        let offline = hub(&tmp.path("cache"), &server_gone()).offline(true);
+        let listed = Sae::release_files(release, sae_id, &offline).unwrap();
+        for (path, _) in files
+            .iter()
+            .filter(|(p, _)| asked.iter().any(|a| a.ends_with(&format!("/{p}"))))
+        {
+            assert!(
+                listed
+                    .iter()
+                    .any(|l| l.to_string_lossy().ends_with(&format!("/{path}"))),
+                "{name}: {path} read but not in release_files {listed:?}"
+            );
+        }
+    }
     got
+}
+
+/// An endpoint nothing answers (release_files never downloads).
+fn server_gone() -> String {
+    hooklens_testutil::hub_standin::refused_endpoint()
 }
 
 /// Loads case `name` through the stand-in and checks it against SAELens's.
@@ -96,7 +122,7 @@ fn check(name: &str) {
     if skipped_for_proxy() {
         return;
     }
-    let dir = testdata().join("sae-formats").join(name);
+    let dir = cases().join(name);
     let case = case_of(name);
     let sae = load_case(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
 
@@ -276,7 +302,7 @@ fn bad_files_are_errors_naming_the_file() {
         return;
     }
     let tmp = TempDir::new("sae-format-bad");
-    let bad = testdata().join("sae-formats/bad");
+    let bad = cases().join("bad");
     let folder = |name: &str| case_of(name)["folder"].as_str().unwrap().to_string();
     let err = |name: &str, path: String, source: PathBuf| {
         load_case(name, &[(path.as_str(), source)])
@@ -325,7 +351,7 @@ fn bad_files_are_errors_naming_the_file() {
 
     // Gemma Scope 2 weights with a tensor missing.
     let params = tmp.path("params.safetensors");
-    let mut t = load_tensors(testdata().join("sae-formats/gemma_3/expected.safetensors"));
+    let mut t = load_tensors(cases().join("gemma_3/expected.safetensors"));
     t.retain(|k, _| ["W_enc", "W_dec", "b_enc", "b_dec"].contains(&k.as_str()));
     let lower: std::collections::HashMap<String, Tensor> = t.into_iter().map(|(k, v)| (k.to_lowercase(), v)).collect();
     candle_core::safetensors::save(&lower, &params).unwrap();

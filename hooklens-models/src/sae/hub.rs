@@ -39,6 +39,24 @@ impl Sae {
         repo_files(repo_id, &files, hub, &format!("SAE `{repo_id}` folder `{folder}`"))
     }
 
+    /// The local files [`Sae::from_release`] reads for the same release and id, looked up
+    /// in the cache only (never downloaded; files not cached are left out): SAELens's
+    /// `cfg.json` and `sae_weights.safetensors`, or the files of the release's converted
+    /// format. It tells which cached files no output may replace.
+    pub fn release_files(release: &str, sae_id: &str, hub: &HubOptions) -> Result<Vec<std::path::PathBuf>> {
+        let found = releases::resolve(release, sae_id)?;
+        let offline = hub.clone().offline(true);
+        let Some(func) = found.conversion_func() else {
+            return Ok(Self::pretrained_files(&found.repo_id, &found.folder, &offline).unwrap_or_default());
+        };
+        let what = format!("SAE `{}` folder `{}`", found.repo_id, found.folder);
+        Ok(formats::repo_paths(func, &found.folder)
+            .into_iter()
+            .filter_map(|p| repo_files(&found.repo_id, &[p], &offline, &what).ok())
+            .flatten()
+            .collect())
+    }
+
     /// Loads SAE `sae_id` of SAELens release `release` (SAELens's
     /// `SAE.from_pretrained(release=.., sae_id=..)`): a release of SAELens's directory
     /// ([`releases`](super::releases)) maps the id to its repository and folder and sets

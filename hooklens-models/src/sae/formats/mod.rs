@@ -100,6 +100,35 @@ pub(crate) fn load(func: &str, src: &Source) -> Result<Sae> {
     converted.into_sae(src.norm_scaling_factor)
 }
 
+/// The paths inside the repository that the reader for `func` may read for the SAE at
+/// `folder` (optional files included; none for a function with no reader): what a
+/// caller must not overwrite once they are cached.
+pub(crate) fn repo_paths(func: &str, folder: &str) -> Vec<String> {
+    let folder = folder.trim_matches('/');
+    let inside = |name: &str| {
+        if folder.is_empty() {
+            name.to_string()
+        } else {
+            format!("{folder}/{name}")
+        }
+    };
+    match func {
+        "gemma_2" | "gemma_2_transcoder" => vec![inside("params.npz")],
+        "gemma_3" => vec![inside("config.json"), inside("params.safetensors")],
+        "llama_scope" => vec![inside("hyperparams.json"), inside("checkpoints/final.safetensors")],
+        "dictionary_learning_1" => vec![inside("config.json"), inside("ae.pt")],
+        "mwhanna_transcoder" => ["wandb-config.yaml", "wanb-config.yaml", "config.yaml", folder]
+            .map(String::from)
+            .to_vec(),
+        "mntss_clt_layer_transcoder" => vec![
+            "config.yaml".to_string(),
+            format!("W_enc_{folder}.safetensors"),
+            format!("W_dec_{folder}.safetensors"),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// What a conversion function returns: SAELens's config dict and state dict.
 pub(crate) struct Converted {
     /// The config dict, with SAELens's keys (read as a `cfg.json` is, so the legacy
