@@ -20,7 +20,12 @@ fn saes_lists_releases_by_model_and_one_releases_ids() {
         .iter()
         .find(|r| r.starts_with("gemma-scope-2b-pt-res-canonical\t"))
         .unwrap();
-    assert!(scope.contains("gemma_2 (not read yet)"), "{scope}");
+    assert!(scope.contains("\tgemma_2 (read)\t"), "{scope}");
+    let goodfire = rows
+        .iter()
+        .find(|r| r.starts_with("goodfire-llama-3.1-8b-instruct\t"))
+        .unwrap();
+    assert!(goodfire.contains("goodfire (not read yet)"), "{goodfire}");
 
     let gpt2 = ok_stdout(hooklens(&["saes", "--model", "gpt2-small"]));
     let n = gpt2.lines().skip(2).count();
@@ -98,12 +103,9 @@ fn sae_given_as_release_and_id_splices_the_releases_folder() {
         cache_args("not-a-release/blocks.8", &tmp.path("y.safetensors")),
         "`not-a-release` is not a release",
     );
-    // Another format than SAELens's: named, before any download.
+    // A format hooklens does not read: named, before any download.
     fails(
-        cache_args(
-            "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical",
-            &tmp.path("z.safetensors"),
-        ),
-        "`gemma_2`",
+        cache_args("goodfire-llama-3.1-8b-instruct/layer_19", &tmp.path("z.safetensors")),
+        "`goodfire`",
     );
 }

@@ -107,13 +107,65 @@ fn releases_in_other_formats_and_unknown_ids_are_errors_before_any_request() {
         Ok(_) => panic!("{release} {id}: loaded"),
         Err(e) => e.to_string(),
     };
-    // Gemma Scope's params.npz is another format.
-    let err = refused("gemma-scope-2b-pt-res-canonical", "layer_12/width_16k/canonical");
+    // Goodfire's .pth is a format hooklens does not read (tests/sae_formats.rs reads those it does).
+    let err = refused("goodfire-llama-3.1-8b-instruct", "layer_19");
     assert!(
-        err.contains("`gemma_2`") && err.contains("gemma-scope-2b-pt-res-canonical"),
+        err.contains("`goodfire`") && err.contains("goodfire-llama-3.1-8b-instruct"),
         "{err}"
     );
     let err = refused("gpt2-small-res-jb", "blocks.99.hook_resid_pre");
     assert!(err.contains("not in release `gpt2-small-res-jb`"), "{err}");
     assert!(err.contains("blocks.") && err.contains("hook_resid_pre"), "{err}");
+}
+
+#[test]
+fn a_release_norm_scaling_factor_is_folded_when_the_config_expects_average_norm() {
+    if skipped_for_proxy() {
+        return;
+    }
+    // SAELens folds the release's norm_scaling_factor into any SAE whose config says
+    // `expected_average_only_in`, SAELens's own format included: W_enc * s, W_dec / s,
+    // b_dec / s. `gpt2-small-mlp-tm` records one per SAE.
+    let release = releases::release("gpt2-small-mlp-tm").unwrap();
+    let entry = release.sae("blocks.1.hook_mlp_out").unwrap();
+    let s = entry.norm_scaling_factor.expect("a norm_scaling_factor") as f32;
+    let tmp = TempDir::new("sae-release-fold");
+    let plain = Sae::from_dir(standard_sae(), &Device::Cpu).unwrap();
+    let cfg = std::fs::read_to_string(standard_sae().join("cfg.json")).unwrap();
+    for (norm, folded) in [("expected_average_only_in", true), ("none", false)] {
+        let dir = tmp.path(norm);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = cfg.replace(
+            "\"normalize_activations\": \"none\"",
+            &format!("\"normalize_activations\": \"{norm}\""),
+        );
+        assert!(text.contains(norm));
+        std::fs::write(dir.join("cfg.json"), text).unwrap();
+        std::fs::copy(
+            standard_sae().join("sae_weights.safetensors"),
+            dir.join("sae_weights.safetensors"),
+        )
+        .unwrap();
+        let server = StandIn::serve(files_of(&dir, &format!("{}/", entry.path)));
+        let got = Sae::from_release(
+            &release.name,
+            &entry.id,
+            &hub(&tmp.path(&format!("cache-{norm}")), &server.endpoint),
+            &Device::Cpu,
+        );
+        server.finish();
+        let got = got.unwrap();
+        assert_eq!(got.cfg().normalize_activations, Normalization::None);
+        let k = if folded { s } else { 1.0 };
+        let (g, p) = (got.weights(), plain.weights());
+        let diff = |a: &Tensor, b: &Tensor| hooklens_testutil::max_abs_diff(a, b);
+        assert!(diff(&g.w_enc, &(&p.w_enc * k as f64).unwrap()) < 1e-5, "{norm}: W_enc");
+        assert!(diff(&g.w_dec, &(&p.w_dec / k as f64).unwrap()) < 1e-5, "{norm}: W_dec");
+        assert!(diff(&g.b_dec, &(&p.b_dec / k as f64).unwrap()) < 1e-5, "{norm}: b_dec");
+        assert_eq!(
+            diff(g.b_enc.as_ref().unwrap(), p.b_enc.as_ref().unwrap()),
+            0.0,
+            "{norm}: b_enc"
+        );
+    }
 }

@@ -34,8 +34,9 @@ impl SaeArgs {
 
     /// The files the SAEs are read from, which an output must not replace: a folder's
     /// `cfg.json` and `sae_weights.safetensors`, and for `REPO_ID:FOLDER` the same files
-    /// in the Hugging Face cache (looked up there only, never downloaded: call after
-    /// [`SaeArgs::load`], which has put them there).
+    /// in the Hugging Face cache, for `RELEASE/SAE_ID` those of the release's format
+    /// (looked up there only, never downloaded: call after [`SaeArgs::load`], which has
+    /// put them there).
     pub fn files(&self) -> Vec<std::path::PathBuf> {
         let mut files = Vec::new();
         for spec in &self.saes {
@@ -47,10 +48,8 @@ impl SaeArgs {
                 let hub = HubOptions::from_env().offline(true);
                 files.extend(Sae::pretrained_files(repo, folder, &hub).unwrap_or_default());
             } else if let Some((release, sae_id)) = release_spec(spec) {
-                if let Ok(found) = releases::resolve(release, sae_id) {
-                    let hub = HubOptions::from_env().offline(true);
-                    files.extend(Sae::pretrained_files(&found.repo_id, &found.folder, &hub).unwrap_or_default());
-                }
+                let hub = HubOptions::from_env().offline(true);
+                files.extend(Sae::release_files(release, sae_id, &hub).unwrap_or_default());
             }
         }
         files

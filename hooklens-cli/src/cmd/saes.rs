@@ -23,10 +23,12 @@ pub fn run(args: Args) -> CliResult<()> {
     Ok(())
 }
 
-/// Whether hooklens reads a release's files: SAELens's own format.
+/// A release's file format and whether hooklens reads it: SAELens's own, or the
+/// conversion function SAELens reads it with, marked read or not.
 fn format_of(r: &Release) -> String {
     match &r.conversion_func {
         None => "SAELens".to_string(),
+        Some(f) if releases::format_supported(f) => format!("{f} (read)"),
         Some(f) => format!("{f} (not read yet)"),
     }
 }

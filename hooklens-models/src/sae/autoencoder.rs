@@ -578,7 +578,7 @@ fn named(w: &SaeWeights) -> Vec<(&'static str, &Tensor)> {
 }
 
 /// Whether every parameter is finite; else which one is not, and where.
-fn check_finite(w: &SaeWeights) -> std::result::Result<(), String> {
+pub(super) fn check_finite(w: &SaeWeights) -> std::result::Result<(), String> {
     for (name, t) in named(w) {
         let values = t
             .flatten_all()

@@ -6,8 +6,9 @@ use hooklens_core::{Error, Result};
 
 use super::autoencoder::{Sae, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 use super::config::SaeConfig;
-use super::releases;
+use super::{formats, releases};
 use crate::loading::hub::{repo_files, HubOptions};
+use serde_json::{Map, Value};
 
 impl Sae {
     /// Loads the SAE in folder `path` of the Hugging Face repository `repo_id` (SAELens's
@@ -38,13 +39,36 @@ impl Sae {
         repo_files(repo_id, &files, hub, &format!("SAE `{repo_id}` folder `{folder}`"))
     }
 
+    /// The local files [`Sae::from_release`] reads for the same release and id, looked up
+    /// in the cache only (never downloaded; files not cached are left out): SAELens's
+    /// `cfg.json` and `sae_weights.safetensors`, or the files of the release's converted
+    /// format. It tells which cached files no output may replace.
+    pub fn release_files(release: &str, sae_id: &str, hub: &HubOptions) -> Result<Vec<std::path::PathBuf>> {
+        let found = releases::resolve(release, sae_id)?;
+        let offline = hub.clone().offline(true);
+        let Some(func) = found.conversion_func() else {
+            return Ok(Self::pretrained_files(&found.repo_id, &found.folder, &offline).unwrap_or_default());
+        };
+        let what = format!("SAE `{}` folder `{}`", found.repo_id, found.folder);
+        Ok(formats::repo_paths(func, &found.folder)
+            .into_iter()
+            .filter_map(|p| repo_files(&found.repo_id, &[p], &offline, &what).ok())
+            .flatten()
+            .collect())
+    }
+
     /// Loads SAE `sae_id` of SAELens release `release` (SAELens's
     /// `SAE.from_pretrained(release=.., sae_id=..)`): a release of SAELens's directory
     /// ([`releases`](super::releases)) maps the id to its repository and folder and sets
     /// the release's `config_overrides` over the SAE's `cfg.json`; any other release
     /// name is a repository id, with `sae_id` as the folder. Files come through the
-    /// Hugging Face cache as for [`Sae::from_pretrained`]. A release published in another
-    /// format than SAELens's (a `conversion_func`) is an error naming the function.
+    /// Hugging Face cache as for [`Sae::from_pretrained`]. Releases published in another
+    /// format than SAELens's are read as SAELens's conversion function (the release's
+    /// `conversion_func`) reads them, for the formats
+    /// [`releases::format_supported`](super::releases::format_supported) names; any
+    /// other is an error naming the function. As in SAELens, an SAE whose config asks for
+    /// `expected_average_only_in` normalisation gets the release's `norm_scaling_factor`
+    /// folded into its weights.
     ///
     /// ```no_run
     /// # fn main() -> hooklens_core::Result<()> {
@@ -59,17 +83,57 @@ impl Sae {
     /// # Ok(()) }
     /// ```
     pub fn from_release(release: &str, sae_id: &str, hub: &HubOptions, device: &Device) -> Result<Self> {
+        Self::from_release_with(release, sae_id, None, hub, device)
+    }
+
+    /// [`Sae::from_release`] with `overrides` set over the SAE's config after the
+    /// release's own `config_overrides`, as SAELens passes its loaders their
+    /// `cfg_overrides` (a config getter that infers sizes from names, as Gemma Scope's
+    /// does, takes `d_in` / `d_sae` from them too).
+    pub fn from_release_with(
+        release: &str,
+        sae_id: &str,
+        overrides: Option<&Map<String, Value>>,
+        hub: &HubOptions,
+        device: &Device,
+    ) -> Result<Self> {
         let found = releases::resolve(release, sae_id)?;
+        let mut all = found
+            .release
+            .and_then(|r| r.config_overrides.clone())
+            .unwrap_or_default();
+        all.extend(overrides.into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
+        let norm_scaling_factor = found.sae.and_then(|s| s.norm_scaling_factor);
         if let Some(func) = found.conversion_func() {
-            return Err(Error::invalid(format!(
-                "release `{release}` is published in another format than SAELens's (SAELens converts it with `{func}`), \
-                 which hooklens does not read yet; releases in SAELens's own format load (`hooklens saes` marks them)"
-            )));
+            let src = formats::Source {
+                repo_id: &found.repo_id,
+                folder: &found.folder,
+                overrides: &all,
+                norm_scaling_factor,
+                hub,
+                device,
+            };
+            return formats::load(func, &src).map_err(|e| match e {
+                Error::Invalid(msg) => Error::invalid(format!("release `{release}` SAE `{sae_id}`: {msg}")),
+                other => other,
+            });
         }
         let files = Self::pretrained_files(&found.repo_id, &found.folder, hub)?;
-        let overrides = found.release.and_then(|r| r.config_overrides.as_ref());
         let text = crate::loading::read_bounded(&files[0], crate::loading::MAX_CONFIG_BYTES)?;
-        let cfg = SaeConfig::from_json_str_with(&text, &files[0], overrides)?;
-        Self::from_config_and_weights(cfg, &files[1], device)
+        let cfg = SaeConfig::from_json_str_with(&text, &files[0], Some(&all))?;
+        let sae = Self::from_config_and_weights(cfg, &files[1], device)?;
+        // SAELens folds the release's norm_scaling_factor into any SAE whose config asks
+        // for `expected_average_only_in` (parsed again: SaeConfig reads that as none).
+        let asks = match serde_json::from_str::<Value>(&text) {
+            Ok(Value::Object(mut obj)) => {
+                obj.extend(all);
+                formats::expects_norm_folding(&obj)
+            }
+            _ => false,
+        };
+        match norm_scaling_factor {
+            Some(s) if asks => formats::fold_norm_scaling(&sae, s),
+            _ => Ok(sae),
+        }
     }
 }

@@ -8,12 +8,17 @@
 //!   SAELens computes, firing its hook points.
 //! - [`SaeModel`] splices SAEs into a model per run, for a scope or as model state, with
 //!   or without the error term ([`SaeSet`]).
-//! - [`releases`] is SAELens's directory of named releases ([`Sae::from_release`]).
+//! - [`releases`] is SAELens's directory of named releases ([`Sae::from_release`]),
+//!   read in SAELens's format or, for Gemma Scope 1 and 2, Llama Scope,
+//!   dictionary_learning and circuit-tracer's transcoders, converted from their own
+//!   files as SAELens converts them.
 //! - [`features`] has the interventions (zero, clamp, steer) and feature attribution.
 
 mod autoencoder;
 mod config;
 pub mod features;
+#[cfg(feature = "hub")]
+mod formats;
 #[cfg(feature = "hub")]
 mod hub;
 pub mod releases;

@@ -103,6 +103,26 @@ fn directory() -> &'static (String, Vec<Release>) {
     })
 }
 
+/// The conversion functions (a release's `conversion_func`) whose file formats
+/// [`Sae::from_release`](super::Sae::from_release) reads, besides SAELens's own format:
+/// Gemma Scope (`gemma_2`, `gemma_2_transcoder`), Gemma Scope 2 (`gemma_3`), Llama Scope,
+/// dictionary_learning's `ae.pt`, and circuit-tracer's transcoders.
+pub const CONVERTED_FORMATS: &[&str] = &[
+    "gemma_2",
+    "gemma_3",
+    "llama_scope",
+    "dictionary_learning_1",
+    "mwhanna_transcoder",
+    "gemma_2_transcoder",
+    "mntss_clt_layer_transcoder",
+];
+
+/// Whether releases converted with SAELens's `conversion_func` are read (SAELens's own
+/// format, `sae_lens`, always is).
+pub fn format_supported(conversion_func: &str) -> bool {
+    conversion_func == "sae_lens" || CONVERTED_FORMATS.contains(&conversion_func)
+}
+
 /// The `sae-lens` version whose directory is shipped.
 pub fn sae_lens_version() -> &'static str {
     &directory().0
