@@ -208,6 +208,20 @@ pub struct TransformerConfig {
     /// Hook the input tokens (`hook_tokens`, `[batch,pos]`).
     #[serde(default)]
     pub use_hook_tokens: bool,
+    /// Experts per MoE layer (TransformerLens's `num_experts`; Mixtral, Qwen3-MoE,
+    /// OLMoE). `Some`: every block's MLP is a sparse mixture of `d_mlp`-wide gated
+    /// experts (see [`crate::model::Moe`]); `None`: dense MLPs.
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    /// Experts each token is routed to (TransformerLens's `experts_per_token`, Hugging
+    /// Face's `num_experts_per_tok`); set with `num_experts`.
+    #[serde(default)]
+    pub experts_per_token: Option<usize>,
+    /// Whether the mixing weights, the top-k router probabilities, are divided by their
+    /// sum (Hugging Face's `norm_topk_prob`: Mixtral and Qwen3-MoE yes, OLMoE no). Only
+    /// read with `num_experts`.
+    #[serde(default = "default_true")]
+    pub norm_topk_prob: bool,
 }
 
 /// The GPT-2 name of [`TransformerConfig`]: a GPT-2 is one way to fill it.
@@ -260,6 +274,9 @@ impl TransformerConfig {
             use_attn_in: false,
             use_hook_mlp_in: false,
             use_hook_tokens: false,
+            num_experts: None,
+            experts_per_token: None,
+            norm_topk_prob: true,
             n_key_value_heads: None,
             positional_embedding_type: PositionalEmbeddingType::Standard,
             rotary_dim: None,
@@ -393,6 +410,20 @@ impl TransformerConfig {
                 if !(c > 0.0 && c.is_finite()) {
                     return Err(Error::invalid(format!("config: {what} = {c} must be positive")));
                 }
+            }
+        }
+        match (self.num_experts, self.experts_per_token) {
+            (None, None) => {}
+            (Some(e), Some(k)) if e > 0 && (1..=e).contains(&k) => {}
+            (Some(e), Some(k)) => {
+                return Err(Error::invalid(format!(
+                    "config: experts_per_token = {k} must be between 1 and num_experts = {e}"
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "config: num_experts and experts_per_token are set together (a mixture of experts) or not at all",
+                ))
             }
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {

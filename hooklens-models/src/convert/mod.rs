@@ -35,10 +35,13 @@ mod gpt2;
 mod hf_config;
 mod llama;
 mod mistral;
+mod mixtral;
+mod moe;
 mod neox;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3_moe;
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod synthetic;
 
@@ -82,6 +85,8 @@ const FAMILIES: &[Family] = &[
     gemma::FAMILY,
     gemma2::FAMILY,
     phi3::FAMILY,
+    mixtral::FAMILY,
+    qwen3_moe::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.
@@ -262,5 +267,6 @@ pub(super) fn finish(
         tied,
         b_u,
         exclusive: src.fresh(),
+        moe: Vec::new(),
     })
 }

@@ -14,6 +14,7 @@ mod kv_cache;
 mod mlp;
 #[allow(clippy::module_inception)]
 mod model;
+mod moe;
 mod norm;
 pub(crate) mod params;
 mod processing;
@@ -41,6 +42,7 @@ pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
 pub use mlp::Mlp;
 pub use model::{HookedGpt2, HookedTransformer};
+pub use moe::{Expert, Moe};
 #[allow(unused_imports)]
 pub(crate) use norm::{normalize_composite, rms_scale_composite, scale_composite};
 pub use norm::{LayerNorm, Norm, NormKind};

@@ -201,6 +201,7 @@ impl HookedTransformer {
         let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
         let rotary = Rotary::new(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
+        let mut moes = super::moe::Moe::from_weights(&cfg, w.moe, w.layers.len())?.into_iter();
         for l in w.layers {
             let head_norm = |g: Option<Tensor>| {
                 g.map(|g| Norm::rms(Some(g), cfg.eps).map(Norm::rows_without_positions))
@@ -249,6 +250,7 @@ impl HookedTransformer {
                     hook_pre: HookPoint::new(),
                     hook_post: HookPoint::new(),
                     hook_out: HookPoint::new(),
+                    moe: moes.next().flatten(),
                 },
                 hook_attn_in: opt_per_head(cfg.use_attn_in),
                 hook_q_input: opt_per_head(cfg.use_split_qkv_input),
@@ -766,6 +768,10 @@ impl HookedTransformer {
 fn nonzero(b: &Tensor) -> Result<bool> {
     if b.is_variable() || b.track_op() {
         return Ok(true);
+    }
+    // A sparse (MoE) layer's dense MLP has no hidden units: nothing to add.
+    if b.elem_count() == 0 {
+        return Ok(false);
     }
     Ok(b.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? != 0.0)
 }

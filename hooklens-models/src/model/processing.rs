@@ -19,6 +19,13 @@
 //! per-head q/k norms keep their gains. `center_unembed` is skipped where the logits
 //! are soft-capped (the cap is not shift-invariant).
 //!
+//! Mixture-of-experts models (`num_experts`) keep their norms, as TransformerLens
+//! ("the layer norm weights can't be folded" into experts behind a router, which reads
+//! the normalised stream too): `fold_ln` is skipped and the norms stay `RMS` with their
+//! gains, so the default processing of Mixtral, Qwen3-MoE or OLMoE only centres the
+//! unembedding, which changes the logits and not the log-probs (TransformerLens's
+//! `from_pretrained(.., fold_ln=False)`; its default would drop the gains instead).
+//!
 //! `W_U` is not rewritten: the folded gain, the means removed and the mean centring
 //! took out of the tied `W_E` are kept as factors of it (see [`super::Unembed`]), so a
 //! processed model holds no second `[d_model, d_vocab]` matrix.
@@ -244,7 +251,10 @@ fn fold_gain(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
 /// Applies `opts` to `w` in place, in TransformerLens's order, and updates `cfg`
 /// (`normalization_type` becomes `LNPre` / `RMSPre` after `fold_ln`).
 pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, opts: &ProcessingOptions) -> Result<()> {
-    if opts.fold_ln && cfg.normalization_type.has_params() {
+    // An MoE's router and experts all read ln2's output: folding the gain into each
+    // is possible, but TransformerLens does not, and neither do we (see the module
+    // documentation).
+    if opts.fold_ln && cfg.normalization_type.has_params() && cfg.num_experts.is_none() {
         // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
         // bias goes through the weights and their input dimension is centred; an
         // RMSNorm has neither bias nor centring, only its gain.
