@@ -179,6 +179,27 @@ fn mixtral_hook_names_and_order_equal_transformer_lens() {
     assert!(m.hook_point("blocks.0.mlp.hook_pre").is_err());
 }
 
+/// The state dict has TransformerLens's MoE names and `nn.Linear` layouts: the router
+/// `mlp.W_gate.weight` `[n_experts, d_model]`, per expert `W_in` (w3), `W_gate` (w1),
+/// `W_out` (w2), equal to the checkpoint's tensors.
+#[test]
+fn mixtral_state_dict_has_transformer_lens_moe_names() {
+    let m = model("mixtral", &LoadOptions::no_processing());
+    let w = hooklens_testutil::load_tensors(dir("mixtral").join("model/model.safetensors"));
+    let sd: HashMap<String, Tensor> = m.state_dict().unwrap().into_iter().collect();
+    assert!(!sd.contains_key("blocks.0.mlp.W_in"), "no dense MLP");
+    let hf = |n: &str| &w[&format!("model.layers.1.block_sparse_moe.{n}")];
+    for (ours, theirs) in [
+        ("mlp.W_gate.weight", "gate.weight"),
+        ("mlp.experts.2.W_in.weight", "experts.2.w3.weight"),
+        ("mlp.experts.2.W_gate.weight", "experts.2.w1.weight"),
+        ("mlp.experts.2.W_out.weight", "experts.2.w2.weight"),
+    ] {
+        let got = &sd[&format!("blocks.1.{ours}")];
+        assert_eq!(max_abs_diff(got, hf(theirs)), 0.0, "{ours}");
+    }
+}
+
 /// The gradient of the loss at every hook within 1e-3 of TransformerLens's (at the scale
 /// of the layer's `hook_resid_pre` gradient where TransformerLens's own is a
 /// cancellation residue, as in `families.rs`).
