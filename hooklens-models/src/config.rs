@@ -145,7 +145,8 @@ pub struct TransformerConfig {
     /// Attention and MLP read the same residual (GPT-NeoX): no `hook_resid_mid`.
     #[serde(default)]
     pub parallel_attn_mlp: bool,
-    /// RMSNorm over each head's queries and keys before rotary (Qwen 3).
+    /// RMSNorm over each head's queries and keys before rotary (Qwen 3, Gemma 3; over
+    /// the whole projection with `qk_norm_over`, OLMo 2).
     #[serde(default)]
     pub use_qk_norm: bool,
     /// Norms after attention and after the MLP too (`ln1_post`, `ln2_post`; Gemma 2).
@@ -208,6 +209,25 @@ pub struct TransformerConfig {
     /// Hook the input tokens (`hook_tokens`, `[batch,pos]`).
     #[serde(default)]
     pub use_hook_tokens: bool,
+    /// The rotary base of the sliding-window (local) layers, when it differs from
+    /// `rotary_base` (Gemma 3's `rope_local_base_freq`; TransformerLens's
+    /// `rotary_base_local`). Local layers are never scaled: `rotary_linear_factor` and
+    /// `ntk_by_parts_rope` apply to the `rotary_base` layers only.
+    #[serde(default)]
+    pub rotary_base_local: Option<f64>,
+    /// Linear rotary scaling (Hugging Face `rope_type: "linear"`): the inverse
+    /// frequencies of `rotary_base` are divided by this factor (positions interpolated).
+    #[serde(default)]
+    pub rotary_linear_factor: Option<f64>,
+    /// Norms before attention and the MLP (`ln1`, `ln2`). False for OLMo 2, whose
+    /// blocks only normalise the attention and MLP outputs (`ln1_post`, `ln2_post`, with
+    /// `use_normalization_before_and_after`): its blocks have no `ln1` / `ln2` hooks.
+    #[serde(default = "default_true")]
+    pub use_normalization_before: bool,
+    /// What the q/k norms (`use_qk_norm`) normalise: each head (Qwen 3, Gemma 3), or
+    /// the whole projection of a position, every head together (OLMo 2).
+    #[serde(default)]
+    pub qk_norm_over: QkNormOver,
     /// Experts per MoE layer (TransformerLens's `num_experts`; Mixtral, Qwen3-MoE,
     /// OLMoE). `Some`: every block's MLP is a sparse mixture of `d_mlp`-wide gated
     /// experts (see [`crate::model::Moe`]); `None`: dense MLPs.
@@ -222,6 +242,18 @@ pub struct TransformerConfig {
     /// read with `num_experts`.
     #[serde(default = "default_true")]
     pub norm_topk_prob: bool,
+}
+
+/// The rows of a q/k norm (`use_qk_norm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNormOver {
+    /// One RMS per head: gains `[d_head]`, rows `[batch*pos*heads, d_head]`.
+    #[default]
+    Heads,
+    /// One RMS over all heads of a position, before the split into heads: gains
+    /// `[heads*d_head]`, rows `[batch*pos, heads*d_head]` (OLMo 2).
+    Projection,
 }
 
 /// The GPT-2 name of [`TransformerConfig`]: a GPT-2 is one way to fill it.
@@ -296,6 +328,10 @@ impl TransformerConfig {
             embed_scale: None,
             original_architecture: "GPT2LMHeadModel".to_string(),
             default_prepend_bos: true,
+            rotary_base_local: None,
+            rotary_linear_factor: None,
+            use_normalization_before: true,
+            qk_norm_over: QkNormOver::Heads,
         }
     }
 
@@ -402,6 +438,8 @@ impl TransformerConfig {
             }
         }
         for (what, cap) in [
+            ("rotary_base_local", self.rotary_base_local),
+            ("rotary_linear_factor", self.rotary_linear_factor),
             ("attn_scores_soft_cap", self.attn_scores_soft_cap),
             ("output_logits_soft_cap", self.output_logits_soft_cap),
             ("attn_scale", self.attn_scale),

@@ -2,7 +2,8 @@
 //! synthetic checkpoints (seeded random weights under each family's names) with
 //! grouped heads of other ratios, `head_dim` apart from `d_model / n_heads`, partial
 //! rotary, Llama 3.1 rotary scaling, sliding windows shorter than the input, sequential
-//! NeoX blocks and attention biases. Each is checked for what must hold whatever the
+//! NeoX blocks and attention biases; Gemma 3's local/global patterns with two rotary
+//! bases and linear scaling, OLMo 2's post-norm blocks with grouped heads. Each is checked for what must hold whatever the
 //! weights: sharded and bf16 files load to the same model, processing keeps
 //! log-probabilities, the KV cache equals recomputing the prefix (with and without
 //! left padding), greedy generation is the same with and without the cache, and the
@@ -85,6 +86,35 @@ fn variants() -> Vec<(&'static str, String)> {
         (
             "phi3: half rotary, window 5",
             variant("phi3", json!({"partial_rotary_factor": 0.5, "sliding_window": 5})),
+        ),
+        (
+            "gemma3: 4 layers in a pattern of 3, window 3, linear rope scaling 4 on global layers",
+            variant(
+                "gemma3",
+                json!({"num_hidden_layers": 4, "sliding_window_pattern": 3, "sliding_window": 3,
+                       "rope_scaling": {"rope_type": "linear", "factor": 4.0}}),
+            ),
+        ),
+        (
+            "gemma3: transformers-5 keys, 6 heads over 3 kv heads of 8, scaling on global layers",
+            variant(
+                "gemma3",
+                json!({"num_hidden_layers": 3, "num_attention_heads": 6, "num_key_value_heads": 3, "head_dim": 8,
+                       "layer_types": ["full_attention", "sliding_attention", "sliding_attention"],
+                       "sliding_window_pattern": null, "sliding_window": 5, "rope_theta": null,
+                       "rope_local_base_freq": null, "rope_scaling": null,
+                       "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 500.0},
+                                           "full_attention": {"rope_type": "linear", "factor": 2.0,
+                                                              "rope_theta": 20000.0}}}),
+            ),
+        ),
+        (
+            "olmo2: 6 heads over 2 kv heads, head_dim 12 with d_model 48, linear rope scaling 3",
+            variant(
+                "olmo2",
+                json!({"hidden_size": 48, "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 12,
+                       "num_hidden_layers": 3, "rope_scaling": {"rope_type": "linear", "factor": 3.0}}),
+            ),
         ),
     ]
 }

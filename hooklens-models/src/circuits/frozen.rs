@@ -171,9 +171,10 @@ impl WritePoint {
 
 /// One block, frozen.
 struct FrozenBlock {
-    ln1: FrozenNorm,
+    /// `None` in a block without norms before attention and the MLP (OLMo 2).
+    ln1: Option<FrozenNorm>,
     ln1_post: Option<FrozenNorm>,
-    ln2: FrozenNorm,
+    ln2: Option<FrozenNorm>,
     ln2_post: Option<FrozenNorm>,
     attn: FrozenAttention,
 }
@@ -204,8 +205,12 @@ pub(crate) struct Injection<'a> {
 pub(crate) fn frozen_point_names(model: &HookedTransformer) -> Vec<String> {
     let mut names = Vec::new();
     for (l, b) in model.blocks.iter().enumerate() {
-        names.push(format!("blocks.{l}.ln1.hook_scale"));
-        names.push(format!("blocks.{l}.ln2.hook_scale"));
+        if b.ln1.is_some() {
+            names.push(format!("blocks.{l}.ln1.hook_scale"));
+        }
+        if b.ln2.is_some() {
+            names.push(format!("blocks.{l}.ln2.hook_scale"));
+        }
         if b.ln1_post.is_some() {
             names.push(format!("blocks.{l}.ln1_post.hook_scale"));
         }
@@ -236,19 +241,27 @@ impl FrozenModel {
         let mut blocks = Vec::with_capacity(model.blocks.len());
         for (l, b) in model.blocks.iter().enumerate() {
             let scale = |n: &str| cache.try_get(&format!("blocks.{l}.{n}.hook_scale"));
+            // Any norm a block may lack (pre-norms in OLMo 2, post-norms but in Gemma 2 / 3
+            // and OLMo 2).
             let post = |norm: &Option<Norm>, n: &str| -> Result<Option<FrozenNorm>> {
                 match norm {
                     Some(norm) => Ok(Some(FrozenNorm::new(norm, scale(n)?)?)),
                     None => Ok(None),
                 }
             };
+            if b.ln2.is_none() && read == ReadPoint::Ln2Normalized {
+                return Err(hooklens_core::Error::invalid(format!(
+                    "transcoders read blocks.{l}.ln2.hook_normalized, but the model has no norm before its MLPs: \
+                     read mlp.hook_in or hook_resid_mid instead"
+                )));
+            }
             let a = &b.attn;
             let (h, kv, dh) = (a.n_heads, a.n_kv_heads, a.d_head);
             let w_v = a.w_qkv.narrow(1, (h + kv) * dh, kv * dh)?;
             blocks.push(FrozenBlock {
-                ln1: FrozenNorm::new(&b.ln1, scale("ln1")?)?,
+                ln1: post(&b.ln1, "ln1")?,
                 ln1_post: post(&b.ln1_post, "ln1_post")?,
-                ln2: FrozenNorm::new(&b.ln2, scale("ln2")?)?,
+                ln2: post(&b.ln2, "ln2")?,
                 ln2_post: post(&b.ln2_post, "ln2_post")?,
                 attn: FrozenAttention {
                     n_heads: h,
@@ -335,10 +348,12 @@ impl FrozenModel {
                 any = true;
             }
             if any {
-                match self.read {
-                    ReadPoint::MlpIn => block.ln2.backward(&mut g_in, p, d),
-                    ReadPoint::Ln2Normalized => block.ln2.backward_from(&mut g_in, p, d, block.ln2.centre),
-                    ReadPoint::Residual => {}
+                // Without ln2 the MLP reads the residual stream itself (`new` refuses
+                // to read ln2's normalised output then).
+                match (self.read, &block.ln2) {
+                    (ReadPoint::MlpIn, Some(ln2)) => ln2.backward(&mut g_in, p, d),
+                    (ReadPoint::Ln2Normalized, Some(ln2)) => ln2.backward_from(&mut g_in, p, d, ln2.centre),
+                    _ => {}
                 }
             }
             let attn_back = |g_at_out: &[f32]| {
@@ -347,7 +362,9 @@ impl FrozenModel {
                     n.backward(&mut a, p, d);
                 }
                 let mut a = block.attn.backward(&a, rows, p, d, self.n_pos);
-                block.ln1.backward(&mut a, p, d);
+                if let Some(ln1) = &block.ln1 {
+                    ln1.backward(&mut a, p, d);
+                }
                 a
             };
             if self.parallel {

@@ -151,11 +151,11 @@ impl HfConfig {
         Ok(default)
     }
 
-    /// The rotary base and Llama 3.1 scaling, from `rope_theta` / `rope_scaling` or
-    /// from `rope_parameters`. Scalings no bundled family implements are errors that
-    /// name them (a silently unscaled rotary would give wrong numbers past the
-    /// original context).
-    pub(crate) fn rope(&self, base_field: &str, default_base: f64) -> Result<(f64, Option<NtkByPartsRope>)> {
+    /// The rotary base and its scaling (Llama 3.1's, or linear), from `rope_theta` /
+    /// `rope_scaling` or from `rope_parameters`. Scalings no bundled family implements
+    /// are errors that name them (a silently unscaled rotary would give wrong numbers
+    /// past the original context).
+    pub(crate) fn rope(&self, base_field: &str, default_base: f64) -> Result<RopeSettings> {
         // Hugging Face reads both as dicts (`rope_scaling.get(..)`, `rope_parameters.setdefault(..)`)
         // and refuses a config where either is anything else.
         let params = self.object("rope_parameters")?;
@@ -177,12 +177,34 @@ impl HfConfig {
         } else {
             (legacy, "rope_scaling")
         };
+        let unscaled = RopeSettings {
+            base,
+            ntk_by_parts: None,
+            linear_factor: None,
+        };
         let Some(s) = scaling else {
-            return Ok((base, None));
+            return Ok(unscaled);
         };
         let kind = self.rope_kind(s, field)?;
         match kind {
-            "default" => Ok((base, None)),
+            "default" => Ok(unscaled),
+            // Hugging Face's `_compute_linear_scaling_rope_parameters`: the default
+            // inverse frequencies divided by `factor`.
+            "linear" => {
+                let factor = s
+                    .get("factor")
+                    .and_then(|v| v.as_f64())
+                    .filter(|x| *x > 0.0 && x.is_finite())
+                    .ok_or_else(|| {
+                        self.bad(format!(
+                            "field `{field}`: rope scaling `linear` needs a positive `factor`"
+                        ))
+                    })?;
+                Ok(RopeSettings {
+                    linear_factor: Some(factor),
+                    ..unscaled
+                })
+            }
             "llama3" => {
                 let num = |k: &str| -> Result<f64> {
                     s.get(k)
@@ -199,12 +221,64 @@ impl HfConfig {
                 if rope.high_freq_factor <= rope.low_freq_factor {
                     return Err(self.bad("rope scaling `llama3`: high_freq_factor must exceed low_freq_factor"));
                 }
-                Ok((base, Some(rope)))
+                Ok(RopeSettings {
+                    ntk_by_parts: Some(rope),
+                    ..unscaled
+                })
             }
             other => Err(self.bad(format!(
-                "rope scaling `{other}` is not supported (supported: none, \"default\", \"llama3\")"
+                "rope scaling `{other}` is not supported (supported: none, \"default\", \"linear\", \"llama3\")"
             ))),
         }
+    }
+
+    /// The object `field` (a multimodal config's `text_config`) as a config of its own,
+    /// from the same file, with the top level's `inherit` fields where it lacks them.
+    pub(crate) fn nested(&self, field: &str, inherit: &[&str]) -> Result<HfConfig> {
+        let mut obj = self
+            .object(field)?
+            .ok_or_else(|| self.bad(format!("field `{field}` is missing")))?
+            .clone();
+        for k in inherit {
+            if let Some(v) = self.obj.get(*k) {
+                obj.entry(k.to_string()).or_insert_with(|| v.clone());
+            }
+        }
+        Ok(HfConfig {
+            path: self.path.clone(),
+            obj,
+        })
+    }
+
+    /// For a `rope_parameters` keyed by layer type (transformers 5 writes Gemma 3's as
+    /// `{"sliding_attention": {..}, "full_attention": {..}}`): this config with
+    /// `rope_parameters` replaced by the entry of `layer_type` and no legacy
+    /// `rope_scaling`, so that [`HfConfig::rope`] reads that layer type's settings.
+    /// `None` when `rope_parameters` is absent or not keyed by layer type.
+    pub(crate) fn rope_parameters_of(&self, layer_type: &str) -> Result<Option<HfConfig>> {
+        let Some(params) = self.object("rope_parameters")? else {
+            return Ok(None);
+        };
+        if !params.contains_key("full_attention") && !params.contains_key("sliding_attention") {
+            return Ok(None);
+        }
+        let entry = match params.get(layer_type) {
+            Some(Value::Object(o)) => o.clone(),
+            Some(v) => {
+                return Err(self.bad(format!(
+                    "field `rope_parameters.{layer_type}` is {} {v}: expected an object",
+                    json_type(v)
+                )))
+            }
+            None => return Err(self.bad(format!("field `rope_parameters` has no `{layer_type}` entry"))),
+        };
+        let mut obj = self.obj.clone();
+        obj.insert("rope_parameters".into(), Value::Object(entry));
+        obj.remove("rope_scaling");
+        Ok(Some(HfConfig {
+            path: self.path.clone(),
+            obj,
+        }))
     }
 
     /// The JSON object `field`, `None` when absent or null; any other type is an error
@@ -293,6 +367,17 @@ impl HfConfig {
             .collect::<Result<Vec<_>>>()
             .map(Some)
     }
+}
+
+/// The rotary settings of a `config.json` (see [`HfConfig::rope`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RopeSettings {
+    /// `rope_theta` (or the family's base field).
+    pub(crate) base: f64,
+    /// Llama 3.1's scaling (`rope_type: "llama3"`).
+    pub(crate) ntk_by_parts: Option<NtkByPartsRope>,
+    /// Linear scaling (`rope_type: "linear"`): inverse frequencies divided by this.
+    pub(crate) linear_factor: Option<f64>,
 }
 
 /// The JSON type of `v`, for messages ("a string", "a list", ...).

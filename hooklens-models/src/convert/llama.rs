@@ -1,5 +1,5 @@
 //! Llama 2 / 3.x (`LlamaForCausalLM`), and the Llama layout that Mistral, Qwen 2/3,
-//! Gemma 1/2 and (with fused projections) Phi-3 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//! Gemma 1/2/3, OLMo 2 and (with fused projections) Phi-3 share: `model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
 //! `mlp.{gate,up,down}_proj`, RMSNorms, rotary on `(i, i + d_head/2)` pairs, and
 //! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
 //! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.
@@ -9,7 +9,7 @@ use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
 use super::{finish, linear_weight, Family};
-use crate::config::{ActFn, AttnType, NormalizationType, PositionalEmbeddingType, TransformerConfig};
+use crate::config::{ActFn, AttnType, NormalizationType, PositionalEmbeddingType, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
 
@@ -77,7 +77,7 @@ pub(super) fn llama_config(
             "field `num_attention_heads` ({n_heads}) is not a multiple of field `num_key_value_heads` ({n_kv})"
         )));
     }
-    let (rotary_base, ntk) = hf.rope("rope_theta", 10000.0)?;
+    let rope = hf.rope("rope_theta", 10000.0)?;
     Ok(TransformerConfig {
         d_head,
         d_mlp: hf.usize("intermediate_size")?,
@@ -89,8 +89,9 @@ pub(super) fn llama_config(
         n_key_value_heads: Some(n_kv),
         positional_embedding_type: PositionalEmbeddingType::Rotary,
         rotary_dim: Some(d_head),
-        rotary_base,
-        ntk_by_parts_rope: ntk,
+        rotary_base: rope.base,
+        ntk_by_parts_rope: rope.ntk_by_parts,
+        rotary_linear_factor: rope.linear_factor,
         gated_mlp: true,
         tie_word_embeddings: hf.bool_or("tie_word_embeddings", tied_default)?,
         ..TransformerConfig::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
@@ -139,6 +140,11 @@ pub(super) struct LlamaLayout {
     /// Gemma 2's four norms: `post_attention_layernorm` is the norm *after* attention,
     /// `pre_feedforward_layernorm` / `post_feedforward_layernorm` surround the MLP.
     pub(super) sandwich_norms: bool,
+    /// OLMo 2's two norms: `post_attention_layernorm` after attention and
+    /// `post_feedforward_layernorm` after the MLP, none before either
+    /// (`use_normalization_before: false`). The q/k norms' length follows
+    /// `qk_norm_over` (a whole projection's for OLMo 2).
+    pub(super) post_norms_only: bool,
     /// Phi-3's fused projections: `self_attn.qkv_proj` stacks all query heads, then all
     /// key heads, then all value heads; `mlp.gate_up_proj` the gate over the up projection.
     pub(super) fused_projections: bool,
@@ -216,29 +222,48 @@ pub(super) fn read_llama_layout(
         } else {
             zeros((h + 2 * kv) * dh)?
         };
-        let (ln2_name, ln1_post, ln2_post) = if layout.sandwich_norms {
+        let (ln1, ln1_post, ln2, ln2_post) = if layout.post_norms_only {
             (
-                format!("{p}.pre_feedforward_layernorm"),
+                None,
                 Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                None,
+                Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
+            )
+        } else if layout.sandwich_norms {
+            (
+                Some(norm(&format!("{p}.input_layernorm"), d)?),
+                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm(&format!("{p}.pre_feedforward_layernorm"), d)?),
                 Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
             )
         } else {
-            (format!("{p}.post_attention_layernorm"), None, None)
+            (
+                Some(norm(&format!("{p}.input_layernorm"), d)?),
+                None,
+                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                None,
+            )
+        };
+        // Per-head q/k norms have `head_dim` gains, whole-projection ones (OLMo 2) a
+        // gain per column of the projection.
+        let (q_norm_len, k_norm_len) = match cfg.qk_norm_over {
+            QkNormOver::Heads => (dh, dh),
+            QkNormOver::Projection => (h * dh, kv * dh),
         };
         layers.push(LayerWeights {
-            ln1: Some(norm(&format!("{p}.input_layernorm"), d)?),
+            ln1,
             ln1_post,
-            ln2: Some(norm(&ln2_name, d)?),
+            ln2,
             ln2_post,
             w_qkv,
             b_qkv,
             q_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.q_norm"), dh)?.0)
+                Some(norm(&format!("{p}.self_attn.q_norm"), q_norm_len)?.0)
             } else {
                 None
             },
             k_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.k_norm"), dh)?.0)
+                Some(norm(&format!("{p}.self_attn.k_norm"), k_norm_len)?.0)
             } else {
                 None
             },

@@ -31,6 +31,7 @@
 
 mod gemma;
 mod gemma2;
+mod gemma3;
 mod gpt2;
 mod hf_config;
 mod llama;
@@ -38,6 +39,7 @@ mod mistral;
 mod mixtral;
 mod moe;
 mod neox;
+mod olmo2;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -84,7 +86,10 @@ const FAMILIES: &[Family] = &[
     qwen3::FAMILY,
     gemma::FAMILY,
     gemma2::FAMILY,
+    gemma3::FAMILY,
+    gemma3::MULTIMODAL,
     phi3::FAMILY,
+    olmo2::FAMILY,
     mixtral::FAMILY,
     qwen3_moe::FAMILY,
 ];

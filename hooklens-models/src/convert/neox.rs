@@ -38,7 +38,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     // (GPTNeoXConfig: `rotary_pct=0.25`; transformers 5: `kwargs.pop("rotary_pct", 0.25)`).
     let pct = hf.rotary_fraction(Some("rotary_pct"), 0.25)?;
     let rotary_dim = ((pct * d_head as f64) as usize).max(2) & !1;
-    let (rotary_base, ntk) = hf.rope("rotary_emb_base", 10000.0)?;
+    let rope = hf.rope("rotary_emb_base", 10000.0)?;
     let d_mlp = match hf.opt_usize("intermediate_size")? {
         Some(n) => n,
         None => d_model
@@ -55,8 +55,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         eos_token_id: hf.token("eos_token_id", d_vocab)?,
         positional_embedding_type: PositionalEmbeddingType::Rotary,
         rotary_dim: Some(rotary_dim),
-        rotary_base,
-        ntk_by_parts_rope: ntk,
+        rotary_base: rope.base,
+        ntk_by_parts_rope: rope.ntk_by_parts,
+        rotary_linear_factor: rope.linear_factor,
         parallel_attn_mlp: hf.bool_or("use_parallel_residual", true)?,
         tie_word_embeddings: hf.bool_or("tie_word_embeddings", false)?,
         // GPTNeoXAttention: `query_key_value` and `dense` have `bias=config.attention_bias`.

@@ -31,6 +31,10 @@ pub(crate) trait TensorSource {
     fn load_bytes(&self) -> u64 {
         0
     }
+    /// Declares the tensors whose names start with `prefix` no part of the model (a
+    /// multimodal checkpoint's vision tower), so that a load leaves them unread without
+    /// reporting them unused. Only the source that records reads keeps it.
+    fn allow_unread(&self, _prefix: &str) {}
 }
 
 /// One tensor's entry in a safetensors header.

@@ -24,6 +24,8 @@ const NEVER_READ: [&str; 4] = [
 pub(crate) struct UsedTensors<'a> {
     src: &'a dyn TensorSource,
     used: RefCell<BTreeSet<String>>,
+    /// Prefixes of tensors the family declared no part of the model (`allow_unread`).
+    unread_ok: RefCell<Vec<String>>,
 }
 
 impl<'a> UsedTensors<'a> {
@@ -31,6 +33,7 @@ impl<'a> UsedTensors<'a> {
         UsedTensors {
             src,
             used: RefCell::default(),
+            unread_ok: RefCell::default(),
         }
     }
 
@@ -41,11 +44,16 @@ impl<'a> UsedTensors<'a> {
             return Ok(());
         }
         let used = self.used.borrow();
+        let unread_ok = self.unread_ok.borrow();
         let unused: Vec<String> = self
             .src
             .names()
             .into_iter()
-            .filter(|n| !used.contains(n) && !NEVER_READ.iter().any(|s| n.ends_with(s)))
+            .filter(|n| {
+                !used.contains(n)
+                    && !NEVER_READ.iter().any(|s| n.ends_with(s))
+                    && !unread_ok.iter().any(|p| n.starts_with(p.as_str()))
+            })
             .collect();
         if unused.is_empty() {
             return Ok(());
@@ -84,5 +92,9 @@ impl TensorSource for UsedTensors<'_> {
 
     fn names(&self) -> Vec<String> {
         self.src.names()
+    }
+
+    fn allow_unread(&self, prefix: &str) {
+        self.unread_ok.borrow_mut().push(prefix.to_string());
     }
 }

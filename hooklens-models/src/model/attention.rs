@@ -8,6 +8,7 @@ use hooklens_core::HookPoint;
 use super::norm::Norm;
 use super::rotary::{Rotary, RotaryTables};
 use super::{kernels, linear};
+use crate::config::QkNormOver;
 use crate::ops::attention_products;
 
 /// Causal self-attention. The weights are kept in the layout that is fastest here:
@@ -38,10 +39,14 @@ pub struct Attention {
     pub(crate) soft_cap: Option<f64>,
     /// The rotary embedding, for rotary models.
     pub(crate) rotary: Option<Rotary>,
+    /// Whether `q_norm` / `k_norm` normalise each head or a position's whole projection.
+    pub(crate) qk_norm_over: QkNormOver,
     /// RMSNorm over each query head (`use_qk_norm`); its hooks see
-    /// `[batch*pos*n_heads, d_head]` rows, as TransformerLens's.
+    /// `[batch*pos*n_heads, d_head]` rows, as TransformerLens's (over the whole
+    /// projection, `qk_norm_over`: `[batch*pos, n_heads*d_head]`).
     pub q_norm: Option<Norm>,
-    /// RMSNorm over each key head (`use_qk_norm`), `[batch*pos*n_kv_heads, d_head]` rows.
+    /// RMSNorm over each key head (`use_qk_norm`), `[batch*pos*n_kv_heads, d_head]` rows
+    /// (over the whole projection: `[batch*pos, n_kv_heads*d_head]`).
     pub k_norm: Option<Norm>,
     /// Keys `[batch, pos, kv_head, d_head]`.
     pub hook_k: HookPoint,
@@ -186,13 +191,16 @@ impl Attention {
         self.w_o.reshape((self.n_heads, self.d_head, d_model))
     }
 
-    /// A q/k norm over each head: `x` `[batch, pos, heads, d_head]` flattened to rows
-    /// as TransformerLens does, normalised, and shaped back.
-    fn head_norm(norm: &Norm, x: &Tensor) -> candle_core::Result<Tensor> {
+    /// A q/k norm: `x` `[batch, pos, heads, d_head]` flattened to rows as
+    /// TransformerLens does (one per head, or one per position over every head with
+    /// `QkNormOver::Projection`), normalised, and shaped back.
+    fn head_norm(&self, norm: &Norm, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
-        let d_head = dims[3];
-        let rows = dims[0] * dims[1] * dims[2];
-        norm.forward(&x.reshape((rows, d_head))?)?.reshape(dims)
+        let (rows, width) = match self.qk_norm_over {
+            QkNormOver::Heads => (dims[0] * dims[1] * dims[2], dims[3]),
+            QkNormOver::Projection => (dims[0] * dims[1], dims[2] * dims[3]),
+        };
+        norm.forward(&x.reshape((rows, width))?)?.reshape(dims)
     }
 
     /// Attention output `[batch, pos, d_model]`, and the keys (before rotary) and
@@ -232,7 +240,7 @@ impl Attention {
         let k = self.hook_k.forward(&k)?;
         let v = self.hook_v.forward(&v)?;
         let (q, k) = match (&self.q_norm, &self.k_norm) {
-            (Some(qn), Some(kn)) => (Self::head_norm(qn, &q)?, Self::head_norm(kn, &k)?),
+            (Some(qn), Some(kn)) => (self.head_norm(qn, &q)?, self.head_norm(kn, &k)?),
             _ => (q, k),
         };
         let (b, p, _, _) = q.dims4()?;

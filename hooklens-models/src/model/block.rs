@@ -10,18 +10,20 @@ use super::norm::Norm;
 /// A transformer block. Sequential: `resid_mid = resid_pre + attn(ln1(resid_pre))`,
 /// `resid_post = resid_mid + mlp(ln2(resid_mid))`; parallel (GPT-NeoX):
 /// `resid_post = resid_pre + attn(ln1(resid_pre)) + mlp(ln2(resid_pre))`, with no
-/// `hook_resid_mid`. With `ln1_post` / `ln2_post` (Gemma 2) the attention and MLP
-/// outputs are normalised again before their hooks. Field order is TransformerLens's
+/// `hook_resid_mid`. With `ln1_post` / `ln2_post` (Gemma 2 / 3, OLMo 2) the attention
+/// and MLP outputs are normalised again before their hooks; without `ln1` / `ln2`
+/// (OLMo 2) attention and MLP read the residual stream itself. Field order is TransformerLens's
 /// registration order, which the hook dictionary follows.
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core")]
 pub struct Block {
-    /// The norm before attention.
-    pub ln1: Norm,
+    /// The norm before attention; none in a block that only normalises after
+    /// (`use_normalization_before: false`, OLMo 2).
+    pub ln1: Option<Norm>,
     /// The norm after attention (`use_normalization_before_and_after`).
     pub ln1_post: Option<Norm>,
-    /// The norm before the MLP.
-    pub ln2: Norm,
+    /// The norm before the MLP; none as for `ln1`.
+    pub ln2: Option<Norm>,
     /// The norm after the MLP (`use_normalization_before_and_after`).
     pub ln2_post: Option<Norm>,
     /// Self-attention.
@@ -53,6 +55,14 @@ pub struct Block {
 }
 
 impl Block {
+    /// `x` through `ln1`, or `x` itself (a clone of the handle) without one.
+    fn pre_attn(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.ln1 {
+            Some(n) => n.forward(x),
+            None => Ok(x.clone()),
+        }
+    }
+
     /// `[batch, pos, d_model]` -> `[batch, pos, d_model]`, plus the keys and values of
     /// every position so far (for a KV cache).
     pub(crate) fn forward(
@@ -94,19 +104,19 @@ impl Block {
             };
             // TransformerLens normalises each of the three inputs separately, so ln1's
             // hooks fire three times here (also on the differentiable path below; once on the fast path).
-            let input = AttnInput::PerHead(self.ln1.forward(&qi)?, self.ln1.forward(&ki)?, self.ln1.forward(&vi)?);
+            let input = AttnInput::PerHead(self.pre_attn(&qi)?, self.pre_attn(&ki)?, self.pre_attn(&vi)?);
             self.attn.forward(input, ctx, past)?
         } else if hooklens_core::grad_mode() {
             // As TransformerLens: ln1 runs once per input, so that each of its
             // gradients is the one TransformerLens reports.
             let input = AttnInput::Separate(
-                self.ln1.forward(&resid_pre)?,
-                self.ln1.forward(&resid_pre)?,
-                self.ln1.forward(&resid_pre)?,
+                self.pre_attn(&resid_pre)?,
+                self.pre_attn(&resid_pre)?,
+                self.pre_attn(&resid_pre)?,
             );
             self.attn.forward(input, ctx, past)?
         } else {
-            let x = self.ln1.forward(&resid_pre)?;
+            let x = self.pre_attn(&resid_pre)?;
             self.attn.forward(AttnInput::Shared(&x), ctx, past)?
         };
         let attn_out = match &self.ln1_post {
@@ -124,7 +134,10 @@ impl Block {
             Some(hp) => hp.forward(&mlp_base.copy()?)?,
             None => mlp_base.clone(),
         };
-        let mlp_out = self.mlp.forward(&self.ln2.forward(&mlp_in)?)?;
+        let mlp_out = match &self.ln2 {
+            Some(n) => self.mlp.forward(&n.forward(&mlp_in)?)?,
+            None => self.mlp.forward(&mlp_in)?,
+        };
         let mlp_out = match &self.ln2_post {
             Some(n) => n.forward(&mlp_out)?,
             None => mlp_out,

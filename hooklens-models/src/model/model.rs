@@ -22,7 +22,7 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2, Phi-3) with every activation hooked under its
+/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2) with every activation hooked under its
 /// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
@@ -92,6 +92,8 @@ pub struct HookedTransformer {
     pub unembed: Unembed,
     /// The rotary embedding's frequencies, for rotary models.
     pub(crate) rotary: Option<Rotary>,
+    /// The sliding-window layers' own frequencies (`rotary_base_local`, Gemma 3), if any.
+    pub(crate) rotary_local: Option<Rotary>,
 }
 
 /// The GPT-2 name of [`HookedTransformer`]: a GPT-2 is one configuration of it.
@@ -196,10 +198,14 @@ impl HookedTransformer {
             NormKind::Layer
         };
         let norm = |p: Option<NormParams>| Norm::with_kind(kind, p, cfg.eps);
-        // Norms after attention / MLP are never folded, and are RMSNorms in the one
-        // family that has them, as TransformerLens's `normalization_layer_after`.
+        // Norms after attention / MLP are never folded, and are RMSNorms in the families
+        // that have them (Gemma 2 / 3, OLMo 2), as TransformerLens's `normalization_layer_after`.
         let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
+        // A block that only normalises after attention and the MLP (OLMo 2) has no
+        // norm before them, folded or not.
+        let pre_norm = |p: Option<NormParams>| cfg.use_normalization_before.then(|| norm(p)).transpose();
         let rotary = Rotary::new(&cfg);
+        let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
         let mut moes = super::moe::Moe::from_weights(&cfg, w.moe, w.layers.len())?.into_iter();
         for l in w.layers {
@@ -208,9 +214,9 @@ impl HookedTransformer {
                     .transpose()
             };
             blocks.push(Block {
-                ln1: norm(l.ln1)?,
+                ln1: pre_norm(l.ln1)?,
                 ln1_post: post_norm(l.ln1_post)?,
-                ln2: norm(l.ln2)?,
+                ln2: pre_norm(l.ln2)?,
                 ln2_post: post_norm(l.ln2_post)?,
                 attn: Attention {
                     biases_used: (nonzero(&l.b_qkv)?, nonzero(&l.b_o)?),
@@ -224,6 +230,7 @@ impl HookedTransformer {
                     scale: 1.0 / cfg.attn_scale(),
                     soft_cap: cfg.attn_scores_soft_cap,
                     rotary: rotary.clone(),
+                    qk_norm_over: cfg.qk_norm_over,
                     q_norm: head_norm(l.q_norm)?,
                     k_norm: head_norm(l.k_norm)?,
                     hook_k: per_head(),
@@ -279,6 +286,7 @@ impl HookedTransformer {
             ln_final: norm(w.ln_final)?,
             unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,
             rotary,
+            rotary_local,
             cfg,
             tokenizer: None,
         };
@@ -652,7 +660,16 @@ impl HookedTransformer {
                         .collect(),
                 };
                 let keys = rot.tables(&k_rows, self.dtype(), self.device())?;
-                Some((keys.narrow(offset, p)?, keys))
+                // Sliding-window layers with a base of their own (Gemma 3): a second
+                // table, the same positions.
+                let local = match &self.rotary_local {
+                    Some(local) => {
+                        let keys = local.tables(&k_rows, self.dtype(), self.device())?;
+                        Some((keys.narrow(offset, p)?, keys))
+                    }
+                    None => None,
+                };
+                Some(((keys.narrow(offset, p)?, keys), local))
             }
         };
         let first = start.unwrap_or(0);
@@ -663,10 +680,15 @@ impl HookedTransformer {
                 (Some(l), Some(_)) => l,
                 _ => &global,
             };
+            let tables = match (&rot, self.cfg.window_of(i)) {
+                (Some((_, Some(local))), Some(_)) => Some(local),
+                (Some((global, _)), _) => Some(global),
+                (None, _) => None,
+            };
             let ctx = AttnContext {
                 mask,
-                rot_q: rot.as_ref().map(|(q, _)| q),
-                rot_k: rot.as_ref().map(|(_, k)| k),
+                rot_q: tables.map(|(q, _)| q),
+                rot_k: tables.map(|(_, k)| k),
             };
             let (out, layer_kv) = block.forward(&residual, &ctx, past)?;
             residual = out;

@@ -2,7 +2,9 @@
 //! families (`rotary_adjacent_pairs: false`): the first `rotary_dim` dimensions of
 //! each head are rotated in pairs `(i, i + rotary_dim/2)` by the angle
 //! `position * inv_freq[i]`, `inv_freq[i] = base^(-2i/rotary_dim)` (Llama 3.1's
-//! NTK-by-parts rescales them); the rest of the head passes through.
+//! NTK-by-parts rescales them, linear scaling divides them by a factor); the rest of
+//! the head passes through. Gemma 3's sliding-window layers have a base of their own
+//! ([`Rotary::local`]), unscaled.
 
 use candle_core::{DType, Device, Tensor};
 
@@ -44,13 +46,30 @@ impl Rotary {
         let inv_freq = (0..half)
             .map(|i| {
                 let f = 1.0 / cfg.rotary_base.powf(2.0 * i as f64 / rotary_dim as f64);
-                match &cfg.ntk_by_parts_rope {
+                let f = match &cfg.ntk_by_parts_rope {
                     Some(n) => ntk_by_parts(f, n),
+                    None => f,
+                };
+                match cfg.rotary_linear_factor {
+                    Some(factor) => f / factor,
                     None => f,
                 }
             })
             .collect();
         Some(Rotary { inv_freq, rotary_dim })
+    }
+
+    /// The rotary of `cfg`'s sliding-window layers when they have a base of their own
+    /// (`rotary_base_local`, never scaled, as Hugging Face's Gemma 3), else `None`:
+    /// those layers then use [`Rotary::new`]'s.
+    pub(crate) fn local(cfg: &TransformerConfig) -> Option<Self> {
+        let base = cfg.rotary_base_local?;
+        Rotary::new(&TransformerConfig {
+            rotary_base: base,
+            ntk_by_parts_rope: None,
+            rotary_linear_factor: None,
+            ..cfg.clone()
+        })
     }
 
     /// The tables for `rows` of positions (one row for all sequences, or one per
@@ -146,5 +165,35 @@ mod tests {
         let out = rot.apply(&q, &t).unwrap();
         let tail = (out.narrow(3, 8, 8).unwrap() - q.narrow(3, 8, 8).unwrap()).unwrap();
         assert_eq!(tail.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+
+    /// Linear scaling by `f` turns position `f * p` into position `p`; the local
+    /// rotary has its own base and is never scaled.
+    #[test]
+    fn linear_scaling_interpolates_positions_and_local_layers_keep_their_base() {
+        let mut cfg = TransformerConfig::new(1, 32, 2, 16, 64);
+        cfg.positional_embedding_type = crate::config::PositionalEmbeddingType::Rotary;
+        cfg.rotary_dim = Some(16);
+        cfg.rotary_base = 1e6;
+        let dev = Device::Cpu;
+        let table = |rot: &Rotary, p: u32| -> Vec<f32> {
+            let t = rot.tables(&[vec![p]], DType::F32, &dev).unwrap();
+            t.cos.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        let plain = Rotary::new(&cfg).unwrap();
+        assert!(Rotary::local(&cfg).is_none(), "no local base: one table");
+        cfg.rotary_linear_factor = Some(4.0);
+        cfg.rotary_base_local = Some(1e4);
+        let scaled = Rotary::new(&cfg).unwrap();
+        for p in [1, 3, 7] {
+            let (a, b) = (table(&scaled, 4 * p), table(&plain, p));
+            let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff < 1e-5, "position {p}: {diff}");
+        }
+        let local = Rotary::local(&cfg).unwrap();
+        cfg.rotary_base = 1e4;
+        cfg.rotary_linear_factor = None;
+        assert_eq!(table(&local, 5), table(&Rotary::new(&cfg).unwrap(), 5));
+        assert_ne!(table(&local, 5), table(&scaled, 5));
     }
 }

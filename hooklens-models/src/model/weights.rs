@@ -178,9 +178,9 @@ impl HookedTransformer {
         for (l, block) in self.blocks.iter().enumerate() {
             let mut push = |name: &str, t: Tensor| out.push((format!("blocks.{l}.{name}"), t));
             for (name, norm) in [
-                ("ln1", Some(&block.ln1)),
+                ("ln1", block.ln1.as_ref()),
                 ("ln1_post", block.ln1_post.as_ref()),
-                ("ln2", Some(&block.ln2)),
+                ("ln2", block.ln2.as_ref()),
                 ("ln2_post", block.ln2_post.as_ref()),
             ] {
                 let Some(norm) = norm else { continue };
