@@ -19,7 +19,7 @@ use hooklens_models::{ForwardOptions, GenerateOptions, HookedTransformer, KvCach
 use serde_json::json;
 
 /// The families checked against Hugging Face's activations (`hf_*.safetensors`).
-const HF_FAMILIES: &[&str] = &["qwen3_moe"];
+const HF_FAMILIES: &[&str] = &["qwen3_moe", "olmoe"];
 
 /// This checkout's `testdata/<family>` (by this crate's path, which a test binary is
 /// always rebuilt with).
@@ -434,17 +434,19 @@ fn an_out_of_range_expert_index_is_an_error() {
 }
 
 #[test]
-fn configs_with_dense_layers_are_refused() {
-    for (changes, field) in [
-        (json!({"mlp_only_layers": [1]}), "mlp_only_layers"),
-        (json!({"decoder_sparse_step": 2}), "decoder_sparse_step"),
-        (json!({"num_experts_per_tok": 5}), "num_experts_per_tok"),
+fn configs_with_dense_layers_or_clipping_are_refused() {
+    for (family, changes, field) in [
+        ("qwen3_moe", json!({"mlp_only_layers": [1]}), "mlp_only_layers"),
+        ("qwen3_moe", json!({"decoder_sparse_step": 2}), "decoder_sparse_step"),
+        ("qwen3_moe", json!({"num_experts_per_tok": 5}), "num_experts_per_tok"),
+        ("olmoe", json!({"clip_qkv": 8.0}), "clip_qkv"),
+        ("mixtral", json!({"num_experts_per_tok": 0}), "num_experts_per_tok"),
     ] {
-        let config = variant("qwen3_moe", changes);
+        let config = variant(family, changes);
         let err = hooklens_models::TransformerConfig::from_hf_str(&config, "config.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains(field), "{field}: {err}");
+        assert!(err.contains(field), "{family}: {field}: {err}");
     }
 }
 
@@ -480,6 +482,21 @@ fn variants() -> Vec<(&'static str, String)> {
             variant(
                 "qwen3_moe",
                 json!({"num_experts": 6, "num_experts_per_tok": 4, "norm_topk_prob": false}),
+            ),
+        ),
+        (
+            "olmoe: 5 experts top-3, 4 heads over 2 kv heads, renormalised",
+            variant(
+                "olmoe",
+                json!({"num_experts": 5, "num_experts_per_tok": 3, "num_key_value_heads": 2,
+                       "norm_topk_prob": true, "num_hidden_layers": 3}),
+            ),
+        ),
+        (
+            "olmoe: 3 experts top-1",
+            variant(
+                "olmoe",
+                json!({"num_experts": 3, "num_experts_per_tok": 1, "intermediate_size": 24}),
             ),
         ),
     ]

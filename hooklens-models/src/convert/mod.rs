@@ -40,6 +40,7 @@ mod mixtral;
 mod moe;
 mod neox;
 mod olmo2;
+mod olmoe;
 mod phi3;
 mod qwen2;
 mod qwen3;
@@ -92,6 +93,7 @@ const FAMILIES: &[Family] = &[
     olmo2::FAMILY,
     mixtral::FAMILY,
     qwen3_moe::FAMILY,
+    olmoe::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.

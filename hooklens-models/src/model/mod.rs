@@ -1,7 +1,8 @@
 //! The one hooked transformer, [`HookedTransformer`], for every bundled family: embed,
 //! blocks (sequential or parallel attention and MLP, norms before and optionally
 //! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, q/k
-//! norms), MLP (plain or gated), unembed, KV cache, forward options, generation,
+//! norms), MLP (plain, gated, or a sparse mixture of gated experts), unembed, KV
+//! cache, forward options, generation,
 //! text, weight views and processing. What a family changes is its config
 //! ([`crate::config::TransformerConfig`]) and its converter (`crate::convert`).
 

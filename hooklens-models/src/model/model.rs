@@ -22,7 +22,8 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2) with every activation hooked under its
+/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, and the mixtures of experts Mixtral,
+/// Qwen3-MoE and OLMoE) with every activation hooked under its
 /// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
