@@ -10,7 +10,9 @@
 //! Prints the forward (no hook attached) at batch 1 x 64 and 4 x 256 for both, and
 //! their ratio (MoE / dense; the goal is at most 1.25): what the routing, the gather
 //! of each expert's rows, the per-expert products and the scatter back cost beyond
-//! the same products done densely.
+//! the same products done densely. Then the memory floor of each: the seconds to read
+//! every weight of a forward once (a forward at few tokens, when every expert gets
+//! some, reads all experts: four times the dense MLP's bytes here).
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::models::convert::{synthetic_checkpoint, write_checkpoint};
@@ -18,7 +20,7 @@ use hooklens::{HookedTransformer, LoadOptions};
 
 #[path = "common/bench.rs"]
 mod bench_common;
-use bench_common::{median_f64, paired_ratio, time_rounds};
+use bench_common::{median_f64, paired_ratio, stream_once, time_rounds};
 
 /// Layers, d_model, heads, key/value heads, expert width, experts, experts per token,
 /// vocabulary.
@@ -89,5 +91,35 @@ fn main() -> hooklens::Result<()> {
             paired_ratio(&times[0], &times[1])
         );
     }
+    println!();
+    println!("| read every weight once | dense | MoE | MoE / dense |");
+    println!("|---|---|---|---|");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let weights = |m: &HookedTransformer| {
+        let (layers, w_u) = m.product_weights();
+        // Contiguous copies (the unembedding is held transposed): the same bytes.
+        layers
+            .into_iter()
+            .flatten()
+            .chain([w_u])
+            .map(|t| t.contiguous())
+            .collect::<candle_core::Result<Vec<Tensor>>>()
+    };
+    let (wd, wm) = (weights(&dense)?, weights(&moe)?);
+    let bytes = |w: &[Tensor]| w.iter().map(|t| t.elem_count() * 4).sum::<usize>() as f64;
+    let times = time_rounds(
+        rounds,
+        &mut [&mut || stream_once(&wd, threads).map(drop), &mut || {
+            stream_once(&wm, threads).map(drop)
+        }],
+    )?;
+    println!(
+        "| {:.0} MB / {:.0} MB | {:.1} ms | {:.1} ms | {:.2} |",
+        bytes(&wd) / 1e6,
+        bytes(&wm) / 1e6,
+        median_f64(times[0].clone()) * 1e3,
+        median_f64(times[1].clone()) * 1e3,
+        paired_ratio(&times[0], &times[1])
+    );
     Ok(())
 }

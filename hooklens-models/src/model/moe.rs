@@ -93,6 +93,21 @@ impl Expert {
         }
     }
 
+    /// The gate `W_gate` `[d_model, d_mlp]` (Mixtral's `w1` transposed).
+    pub fn w_gate(&self) -> &Tensor {
+        &self.w_gate
+    }
+
+    /// The up projection `W_in` `[d_model, d_mlp]` (Mixtral's `w3` transposed).
+    pub fn w_in(&self) -> &Tensor {
+        &self.w_in
+    }
+
+    /// The down projection `W_out` `[d_mlp, d_model]` (Mixtral's `w2` transposed).
+    pub fn w_out(&self) -> &Tensor {
+        &self.w_out
+    }
+
     /// `[n, d_model]` -> `[n, d_model]`; `n` may be 0 (the hooks still fire, with
     /// `[0, d_mlp]`).
     fn forward(&self, x: &Tensor, act_fn: ActFn) -> candle_core::Result<Tensor> {
@@ -199,6 +214,11 @@ impl Moe {
                 }))
             })
             .collect()
+    }
+
+    /// The router `[d_model, n_experts]`: `hook_router_logits` is `x @ w_router`.
+    pub fn w_router(&self) -> &Tensor {
+        &self.w_router
     }
 
     /// The number of experts.
