@@ -46,6 +46,8 @@ use crate::ops::kernels::{constant_cpu_f32, contiguous_f32};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessingOptions {
     /// Fold LayerNorm parameters into the following weights (LNs become LNPre).
+    /// Skipped for mixture-of-experts models, as TransformerLens does: their norms keep
+    /// their gains.
     pub fold_ln: bool,
     /// Remove the `d_model` mean of the weights that write to the residual stream.
     pub center_writing_weights: bool,
