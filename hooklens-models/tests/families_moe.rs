@@ -1,8 +1,8 @@
 //! The mixture-of-experts families: Mixtral against TransformerLens 2.16.1
 //! (`testdata/mixtral/`: every hook unprocessed and processed, hook names and order,
-//! every gradient), Qwen3-MoE and OLMoE against Hugging Face transformers
-//! (`testdata/qwen3_moe/`, `testdata/olmoe/`: activations, gradients of the residual
-//! stream, greedy generation), interventions on the routing through its hooks, and
+//! every gradient), Qwen3-MoE, OLMoE and gpt-oss against Hugging Face transformers
+//! (`testdata/qwen3_moe/`, `testdata/olmoe/`, `testdata/gpt_oss/`: activations,
+//! gradients of the residual stream, greedy generation), interventions on the routing through its hooks, and
 //! synthetic checkpoints of other sizes, expert counts and top-k (sharded, bf16, KV
 //! cache).
 
@@ -19,7 +19,7 @@ use hooklens_models::{ForwardOptions, GenerateOptions, HookedTransformer, KvCach
 use serde_json::json;
 
 /// The families checked against Hugging Face's activations (`hf_*.safetensors`).
-const HF_FAMILIES: &[&str] = &["qwen3_moe", "olmoe"];
+const HF_FAMILIES: &[&str] = &["qwen3_moe", "olmoe", "gpt_oss"];
 
 /// This checkout's `testdata/<family>` (by this crate's path, which a test binary is
 /// always rebuilt with).
@@ -332,6 +332,44 @@ fn reference_expert(w: &HashMap<String, Tensor>, l: usize, e: usize, x: &Tensor)
         .unwrap()
 }
 
+/// gpt-oss's fused, interleaved experts are split into TransformerLens's per-expert
+/// names: `W_gate` the even columns of `gate_up_proj[e]`, `W_in` the odd ones (as
+/// `nn.Linear` weights `[out, in]`), with their biases; the sinks are `attn.attn_sinks`.
+#[test]
+fn gpt_oss_state_dict_splits_the_interleaved_experts() {
+    let m = model("gpt_oss", &LoadOptions::no_processing());
+    let w = hooklens_testutil::load_tensors(dir("gpt_oss").join("model/model.safetensors"));
+    let sd: HashMap<String, Tensor> = m.state_dict().unwrap().into_iter().collect();
+    let gate_up = w["model.layers.1.mlp.experts.gate_up_proj"].get(2).unwrap(); // [d, 2 m]
+    let bias = w["model.layers.1.mlp.experts.gate_up_proj_bias"].get(2).unwrap(); // [2 m]
+    let (d, m2) = gate_up.dims2().unwrap();
+    let pairs = gate_up.reshape((d, m2 / 2, 2)).unwrap();
+    let column = |t: &Tensor, parity: usize| t.narrow(2, parity, 1).unwrap().squeeze(2).unwrap();
+    let bias_pairs = bias.reshape((1, m2 / 2, 2)).unwrap();
+    for (name, parity) in [("W_gate", 0), ("W_in", 1)] {
+        let want = column(&pairs, parity).t().unwrap();
+        assert_eq!(
+            max_abs_diff(&sd[&format!("blocks.1.mlp.experts.2.{name}.weight")], &want),
+            0.0,
+            "{name}"
+        );
+        let want = column(&bias_pairs, parity).squeeze(0).unwrap();
+        assert_eq!(
+            max_abs_diff(&sd[&format!("blocks.1.mlp.experts.2.{name}.bias")], &want),
+            0.0,
+            "{name} bias"
+        );
+    }
+    let sinks = &w["model.layers.0.self_attn.sinks"];
+    assert_eq!(max_abs_diff(&sd["blocks.0.attn.attn_sinks"], sinks), 0.0);
+    // The sink takes part of every softmax: pattern rows sum to less than 1.
+    let tokens = tokens("gpt_oss");
+    let (_, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+    let sums = cache["blocks.0.attn.hook_pattern"].sum(D::Minus1).unwrap();
+    let max = sums.flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert!(max < 1.0, "{max}");
+}
+
 /// A hook that replaces `hook_expert_indices` sends the tokens where it says: all to
 /// expert 0 (twice, with weights summing to 1), so each MLP output is expert 0 of the
 /// MLP's input, computed here from the checkpoint.
@@ -440,6 +478,11 @@ fn configs_with_dense_layers_or_clipping_are_refused() {
         ("qwen3_moe", json!({"decoder_sparse_step": 2}), "decoder_sparse_step"),
         ("qwen3_moe", json!({"num_experts_per_tok": 5}), "num_experts_per_tok"),
         ("olmoe", json!({"clip_qkv": 8.0}), "clip_qkv"),
+        (
+            "gpt_oss",
+            json!({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+            "rope_scaling",
+        ),
         ("mixtral", json!({"num_experts_per_tok": 0}), "num_experts_per_tok"),
     ] {
         let config = variant(family, changes);
@@ -497,6 +540,25 @@ fn variants() -> Vec<(&'static str, String)> {
             variant(
                 "olmoe",
                 json!({"num_experts": 3, "num_experts_per_tok": 1, "intermediate_size": 24}),
+            ),
+        ),
+        (
+            "gpt_oss: 5 experts top-3, 3 layers alternating by default, window 3",
+            variant(
+                "gpt_oss",
+                json!({"num_local_experts": 5, "num_experts_per_tok": 3, "num_hidden_layers": 3,
+                       "layer_types": null, "sliding_window": 3}),
+            ),
+        ),
+        (
+            "gpt_oss: YaRN in transformers-5 keys (truncated), 6 heads over 3 kv heads",
+            variant(
+                "gpt_oss",
+                json!({"rope_scaling": null, "rope_theta": null, "num_attention_heads": 6,
+                       "num_key_value_heads": 3, "head_dim": 8,
+                       "rope_parameters": {"rope_type": "yarn", "factor": 8.0, "beta_fast": 16.0,
+                                           "beta_slow": 1.0, "original_max_position_embeddings": 16,
+                                           "rope_theta": 10000.0}}),
             ),
         ),
     ]

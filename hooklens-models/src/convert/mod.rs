@@ -33,6 +33,7 @@ mod gemma;
 mod gemma2;
 mod gemma3;
 mod gpt2;
+mod gpt_oss;
 mod hf_config;
 mod llama;
 mod mistral;
@@ -94,6 +95,7 @@ const FAMILIES: &[Family] = &[
     mixtral::FAMILY,
     qwen3_moe::FAMILY,
     olmoe::FAMILY,
+    gpt_oss::FAMILY,
 ];
 
 /// The Hugging Face classes hooklens can load, one family after another.
@@ -275,5 +277,6 @@ pub(super) fn finish(
         b_u,
         exclusive: src.fresh(),
         moe: Vec::new(),
+        attn_sinks: Vec::new(),
     })
 }

@@ -76,10 +76,17 @@ pub(super) fn read_experts(
                         w_gate: linear_weight(src, &format!("{q}.{}.weight", names.gate), m, d)?,
                         w_in: linear_weight(src, &format!("{q}.{}.weight", names.up), m, d)?,
                         w_out: linear_weight(src, &format!("{q}.{}.weight", names.down), d, m)?,
+                        b_gate: None,
+                        b_in: None,
+                        b_out: None,
                     })
                 })
                 .collect::<Result<_>>()?;
-            Ok(MoeWeights { w_router, experts })
+            Ok(MoeWeights {
+                w_router,
+                b_router: None,
+                experts,
+            })
         })
         .collect()
 }

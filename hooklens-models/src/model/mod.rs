@@ -1,6 +1,6 @@
 //! The one hooked transformer, [`HookedTransformer`], for every bundled family: embed,
 //! blocks (sequential or parallel attention and MLP, norms before and optionally
-//! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, q/k
+//! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, sinks, q/k
 //! norms), MLP (plain, gated, or a sparse mixture of gated experts), unembed, KV
 //! cache, forward options, generation,
 //! text, weight views and processing. What a family changes is its config

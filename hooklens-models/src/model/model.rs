@@ -23,7 +23,7 @@ use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOpti
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
 /// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, and the mixtures of experts Mixtral,
-/// Qwen3-MoE and OLMoE) with every activation hooked under its
+/// Qwen3-MoE, OLMoE and gpt-oss) with every activation hooked under its
 /// TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
@@ -209,6 +209,7 @@ impl HookedTransformer {
         let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
         let mut moes = super::moe::Moe::from_weights(&cfg, w.moe, w.layers.len())?.into_iter();
+        let mut sinks = w.attn_sinks.into_iter();
         for l in w.layers {
             let head_norm = |g: Option<Tensor>| {
                 g.map(|g| Norm::rms(Some(g), cfg.eps).map(Norm::rows_without_positions))
@@ -234,6 +235,7 @@ impl HookedTransformer {
                     qk_norm_over: cfg.qk_norm_over,
                     q_norm: head_norm(l.q_norm)?,
                     k_norm: head_norm(l.k_norm)?,
+                    sinks: sinks.next(),
                     hook_k: per_head(),
                     hook_q: per_head(),
                     hook_v: per_head(),

@@ -18,7 +18,7 @@ use hooklens_core::HookPoint;
 use super::kernels;
 use super::mlp::activate;
 use super::params::MoeWeights;
-use crate::config::{ActFn, TransformerConfig};
+use crate::config::{ActFn, ClampedSwiglu, TransformerConfig};
 
 /// One expert: a gated MLP over the rows routed to it, with TransformerLens's Mixtral
 /// hook points. Every point is `[n_e, d_mlp]`, `n_e` the number of (token, slot) pairs
@@ -34,7 +34,11 @@ pub struct Expert {
     pub(crate) w_in: Tensor,
     /// `[d_mlp, d_model]`: the down projection (Mixtral's `w2`, `down_proj`).
     pub(crate) w_out: Tensor,
-    /// `x @ W_gate`, before the activation, `[n_e, d_mlp]`.
+    /// `[d_mlp]`, `[d_mlp]`, `[d_model]`: biases of the gate, up and down projections
+    /// (gpt-oss).
+    pub(crate) biases: Option<(Tensor, Tensor, Tensor)>,
+    /// `x @ W_gate`, before the activation, `[n_e, d_mlp]` (with its bias where there
+    /// is one).
     pub hook_gate: HookPoint,
     /// `x @ W_in`, the linear branch, `[n_e, d_mlp]` (the reverse of the dense gated MLP,
     /// where `hook_pre` is the gate: TransformerLens's Mixtral names).
@@ -58,6 +62,13 @@ pub struct Expert {
 pub struct Moe {
     /// `[d_model, n_experts]`.
     pub(crate) w_router: Tensor,
+    /// `[n_experts]` (gpt-oss).
+    pub(crate) b_router: Option<Tensor>,
+    /// The top-k of the logits, then a softmax over those k (gpt-oss), instead of a
+    /// softmax over all experts before the top-k.
+    pub(crate) softmax_after_topk: bool,
+    /// gpt-oss's clamped SwiGLU.
+    pub(crate) swiglu: Option<ClampedSwiglu>,
     /// Experts per token.
     pub(crate) k: usize,
     /// Whether the top-k probabilities are divided by their sum.
@@ -69,7 +80,9 @@ pub struct Moe {
     pub hook_router_logits: HookPoint,
     /// The experts, in index order.
     pub experts: Vec<Expert>,
-    /// The router's softmax over all experts, f32, `[batch*pos, n_experts]`.
+    /// The router's softmax over all experts, f32, `[batch*pos, n_experts]`; with
+    /// `moe_softmax_after_topk` (gpt-oss) its softmax over the k chosen logits, the
+    /// mixing weights, `[batch*pos, k]`.
     pub hook_expert_weights: HookPoint,
     /// The chosen experts, largest probability first, int64 `[batch*pos, k]`.
     pub hook_expert_indices: HookPoint,
@@ -82,11 +95,12 @@ pub(crate) fn row_point() -> HookPoint {
 
 impl Expert {
     /// A new expert from its weights, hooks unnamed until the model names them.
-    pub(crate) fn new(w_gate: Tensor, w_in: Tensor, w_out: Tensor) -> Self {
+    pub(crate) fn new(w_gate: Tensor, w_in: Tensor, w_out: Tensor, biases: Option<(Tensor, Tensor, Tensor)>) -> Self {
         Expert {
             w_gate,
             w_in,
             w_out,
+            biases,
             hook_gate: row_point(),
             hook_pre: row_point(),
             hook_post: row_point(),
@@ -110,7 +124,7 @@ impl Expert {
 
     /// `[n, d_model]` -> `[n, d_model]`; `n` may be 0 (the hooks still fire, with
     /// `[0, d_mlp]`).
-    fn forward(&self, x: &Tensor, act_fn: ActFn) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, act_fn: ActFn, swiglu: Option<ClampedSwiglu>) -> candle_core::Result<Tensor> {
         let n = x.dim(0)?;
         let d_mlp = self.w_in.dim(1)?;
         if n == 0 {
@@ -119,6 +133,18 @@ impl Expert {
             self.hook_pre.forward(&empty)?;
             self.hook_post.forward(&empty)?;
             return Tensor::zeros((0, self.w_out.dim(1)?), x.dtype(), x.device());
+        }
+        if let (Some(ClampedSwiglu { limit, alpha }), Some((b_gate, b_in, b_out))) = (swiglu, &self.biases) {
+            // gpt-oss: `(clamp(up, -l, l) + 1) * g * sigmoid(alpha g)`, `g = min(gate, l)`.
+            let gate = crate::ops::matmul(x, &self.w_gate)?.broadcast_add(b_gate)?;
+            let gate = self.hook_gate.forward(&gate)?;
+            let up = crate::ops::matmul(x, &self.w_in)?.broadcast_add(b_in)?;
+            let up = self.hook_pre.forward(&up)?;
+            let g = gate.minimum(limit)?;
+            let glu = (&g * candle_nn::ops::sigmoid(&(&g * alpha)?)?)?;
+            let post = ((up.clamp(-limit, limit)? + 1.0)? * glu)?;
+            let post = self.hook_post.forward(&post)?;
+            return crate::ops::matmul(&post, &self.w_out)?.broadcast_add(b_out);
         }
         let gate = self.hook_gate.forward(&crate::ops::matmul(x, &self.w_gate)?)?;
         let fresh = crate::ops::matmul(x, &self.w_in)?;
@@ -198,8 +224,16 @@ impl Moe {
                         cfg.d_model
                     )));
                 }
+                if cfg.moe_clamped_swiglu.is_some() && m.experts.iter().any(|e| e.b_gate.is_none()) {
+                    return Err(hooklens_core::Error::invalid(
+                        "weights: moe_clamped_swiglu (gpt-oss's experts) needs the experts' biases",
+                    ));
+                }
                 Ok(Some(Moe {
                     w_router: m.w_router,
+                    b_router: m.b_router,
+                    softmax_after_topk: cfg.moe_softmax_after_topk,
+                    swiglu: cfg.moe_clamped_swiglu,
                     k,
                     norm_topk_prob: cfg.norm_topk_prob,
                     act_fn: cfg.act_fn,
@@ -207,7 +241,13 @@ impl Moe {
                     experts: m
                         .experts
                         .into_iter()
-                        .map(|e| Expert::new(e.w_gate, e.w_in, e.w_out))
+                        .map(|e| {
+                            let biases = match (e.b_gate, e.b_in, e.b_out) {
+                                (Some(g), Some(i), Some(o)) => Some((g, i, o)),
+                                _ => None,
+                            };
+                            Expert::new(e.w_gate, e.w_in, e.w_out, biases)
+                        })
                         .collect(),
                     hook_expert_weights: row_point(),
                     hook_expert_indices: row_point(),
@@ -238,21 +278,38 @@ impl Moe {
         let x = x.reshape(((), d_model))?;
         let n = x.dim(0)?;
         let (n_experts, k) = (self.experts.len(), self.k);
-        let logits = self
-            .hook_router_logits
-            .forward(&crate::ops::matmul(&x, &self.w_router)?)?;
+        let logits = crate::ops::matmul(&x, &self.w_router)?;
+        let logits = match &self.b_router {
+            Some(b) => logits.broadcast_add(b)?,
+            None => logits,
+        };
+        let logits = self.hook_router_logits.forward(&logits)?;
         // The routing is in f32 whatever the model's dtype, as in TransformerLens and
         // Hugging Face (`softmax(.., dtype=torch.float)`).
-        let probs = kernels::softmax_last_dim(&logits.to_dtype(DType::F32)?, false)?;
-        let probs = self.hook_expert_weights.forward(&probs)?;
-        let host = probs.flatten_all()?.to_vec1::<f32>()?;
-        let chosen = top_k(&host, n_experts, k);
+        let (chosen, mix) = if self.softmax_after_topk {
+            // gpt-oss: the k largest logits, and their softmax as the mixing weights.
+            let logits = logits.to_dtype(DType::F32)?.contiguous()?;
+            let chosen = top_k(&logits.flatten_all()?.to_vec1::<f32>()?, n_experts, k);
+            let chosen_t = Tensor::from_slice(&chosen, (n, k), x.device())?;
+            let top = logits.gather(&chosen_t, 1)?;
+            let mix = self
+                .hook_expert_weights
+                .forward(&kernels::softmax_last_dim(&top, false)?)?;
+            (chosen, mix)
+        } else {
+            let probs = kernels::softmax_last_dim(&logits.to_dtype(DType::F32)?, false)?;
+            let probs = self.hook_expert_weights.forward(&probs)?;
+            let host = probs.flatten_all()?.to_vec1::<f32>()?;
+            let chosen = top_k(&host, n_experts, k);
+            let chosen_t = Tensor::from_slice(&chosen, (n, k), x.device())?;
+            // Mixing weights: the chosen probabilities, each in its slot.
+            let mut mix = probs.contiguous()?.gather(&chosen_t, 1)?;
+            if self.norm_topk_prob {
+                mix = mix.broadcast_div(&mix.sum_keepdim(1)?)?;
+            }
+            (chosen, mix)
+        };
         let chosen_t = Tensor::from_slice(&chosen, (n, k), x.device())?;
-        // Mixing weights: the chosen probabilities, each in its slot.
-        let mut mix = probs.contiguous()?.gather(&chosen_t, 1)?;
-        if self.norm_topk_prob {
-            mix = mix.broadcast_div(&mix.sum_keepdim(1)?)?;
-        }
         let indices = self.hook_expert_indices.forward(&chosen_t.to_dtype(DType::I64)?)?;
         // Where tokens go: the chosen experts, or what a hook put in their place.
         let routed: Vec<u32> = if self.hook_expert_indices.is_idle() {
@@ -292,7 +349,7 @@ impl Moe {
         let mut start = 0;
         for (expert, bucket) in self.experts.iter().zip(&buckets) {
             let rows = gathered.narrow(0, start, bucket.len())?;
-            let out = expert.forward(&rows, self.act_fn)?;
+            let out = expert.forward(&rows, self.act_fn, self.swiglu)?;
             if !bucket.is_empty() {
                 outs.push(out);
             }

@@ -348,7 +348,9 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
         // `b_U` is small, and may be the zeros every load starts from.
         w.b_u = center_last(&w.b_u, false)?;
     }
-    if opts.fold_value_biases {
+    // With attention sinks a pattern row sums to less than 1: b_V does not reach the
+    // output whole, and stays where it is.
+    if opts.fold_value_biases && w.attn_sinks.is_empty() {
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
         let (q_len, v_start, v_len) = (h * dh, (h + kv) * dh, kv * dh);
         for l in &mut w.layers {

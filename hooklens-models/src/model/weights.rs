@@ -206,14 +206,25 @@ impl HookedTransformer {
             push(&format!("attn.{kv}b_K"), a.b_head_stored(1)?);
             push(&format!("attn.{kv}b_V"), a.b_head_stored(2)?);
             push("attn.b_O", a.b_o.clone());
+            if let Some(sinks) = &a.sinks {
+                push("attn.attn_sinks", sinks.clone());
+            }
             let m = &block.mlp;
             if let Some(moe) = &m.moe {
                 // TransformerLens's MoE names and `nn.Linear` layouts `[out, in]`.
                 push("mlp.W_gate.weight", moe.w_router.t()?);
+                if let Some(b) = &moe.b_router {
+                    push("mlp.W_gate.bias", b.clone());
+                }
                 for (e, x) in moe.experts.iter().enumerate() {
                     push(&format!("mlp.experts.{e}.W_in.weight"), x.w_in.t()?);
                     push(&format!("mlp.experts.{e}.W_gate.weight"), x.w_gate.t()?);
                     push(&format!("mlp.experts.{e}.W_out.weight"), x.w_out.t()?);
+                    if let Some((b_gate, b_in, b_out)) = &x.biases {
+                        push(&format!("mlp.experts.{e}.W_in.bias"), b_in.clone());
+                        push(&format!("mlp.experts.{e}.W_gate.bias"), b_gate.clone());
+                        push(&format!("mlp.experts.{e}.W_out.bias"), b_out.clone());
+                    }
                 }
                 continue;
             }
