@@ -57,6 +57,9 @@ pub struct Expert {
 /// taken of (so a zeroed column ablates that expert: its tokens go to their next
 /// choices), and what `hook_expert_indices` returns is where each token is sent, with
 /// the mixing weights of the original choices' slots, as TransformerLens computes it.
+/// With `moe_softmax_after_topk` (gpt-oss) `hook_expert_weights` holds the mixing
+/// weights of the chosen experts themselves: zeroing one removes that expert's share
+/// without sending the token elsewhere.
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core")]
 pub struct Moe {
