@@ -240,6 +240,61 @@ pub struct TransformerConfig {
     /// (`embed.ln`, BLOOM's `word_embeddings_layernorm`); weight processing never folds it.
     #[serde(default)]
     pub post_embedding_ln: bool,
+    /// Experts per MoE layer (TransformerLens's `num_experts`; Mixtral, Qwen3-MoE,
+    /// OLMoE). `Some`: every block's MLP is a sparse mixture of `d_mlp`-wide gated
+    /// experts (see [`crate::model::Moe`]); `None`: dense MLPs.
+    #[serde(default)]
+    pub num_experts: Option<usize>,
+    /// Experts each token is routed to (TransformerLens's `experts_per_token`, Hugging
+    /// Face's `num_experts_per_tok`); set with `num_experts`.
+    #[serde(default)]
+    pub experts_per_token: Option<usize>,
+    /// Whether the mixing weights, the top-k router probabilities, are divided by their
+    /// sum (Hugging Face's `norm_topk_prob`: Mixtral and Qwen3-MoE yes, OLMoE no). Only
+    /// read with `num_experts`.
+    #[serde(default = "default_true")]
+    pub norm_topk_prob: bool,
+    /// YaRN rotary scaling (Hugging Face `rope_type: "yarn"`; gpt-oss): inverse
+    /// frequencies blended between the base's and those divided by `factor`, and cos /
+    /// sin multiplied by `attention_factor`.
+    #[serde(default)]
+    pub yarn_rope: Option<YarnRope>,
+    /// The router takes the top-k of its logits and its softmax is over those k only
+    /// (gpt-oss): `hook_expert_weights` is then `[batch*pos, k]`, the mixing weights.
+    /// Otherwise the softmax is over all experts before the top-k (Mixtral's).
+    #[serde(default)]
+    pub moe_softmax_after_topk: bool,
+    /// gpt-oss's expert activation (`swiglu_limit`, `swiglu_alpha`); `None`:
+    /// `act_fn(gate) * up`.
+    #[serde(default)]
+    pub moe_clamped_swiglu: Option<ClampedSwiglu>,
+}
+
+/// gpt-oss's expert activation: `g = min(gate, limit)`, `u = clamp(up, -limit, limit)`,
+/// `(u + 1) * g * sigmoid(alpha * g)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClampedSwiglu {
+    /// `swiglu_limit` (7 in gpt-oss).
+    pub limit: f64,
+    /// `swiglu_alpha` (1.702 in gpt-oss).
+    pub alpha: f64,
+}
+
+/// YaRN rotary scaling, as Hugging Face's `_compute_yarn_parameters` reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct YarnRope {
+    /// How much the context is extended.
+    pub factor: f64,
+    /// `beta_fast` (32 by default): rotations above which frequencies are kept.
+    pub beta_fast: f64,
+    /// `beta_slow` (1 by default): rotations below which frequencies are divided by `factor`.
+    pub beta_slow: f64,
+    /// `original_max_position_embeddings`.
+    pub original_ctx_len: f64,
+    /// Whether the correction range is rounded outwards to whole dimensions.
+    pub truncate: bool,
+    /// cos and sin are multiplied by this (`0.1 ln(factor) + 1` unless the config says).
+    pub attention_factor: f64,
 }
 
 /// The rows of a q/k norm (`use_qk_norm`).
@@ -304,6 +359,12 @@ impl TransformerConfig {
             use_attn_in: false,
             use_hook_mlp_in: false,
             use_hook_tokens: false,
+            num_experts: None,
+            experts_per_token: None,
+            norm_topk_prob: true,
+            yarn_rope: None,
+            moe_softmax_after_topk: false,
+            moe_clamped_swiglu: None,
             n_key_value_heads: None,
             positional_embedding_type: PositionalEmbeddingType::Standard,
             rotary_dim: None,
@@ -450,6 +511,20 @@ impl TransformerConfig {
                 if !(c > 0.0 && c.is_finite()) {
                     return Err(Error::invalid(format!("config: {what} = {c} must be positive")));
                 }
+            }
+        }
+        match (self.num_experts, self.experts_per_token) {
+            (None, None) => {}
+            (Some(e), Some(k)) if e > 0 && (1..=e).contains(&k) => {}
+            (Some(e), Some(k)) => {
+                return Err(Error::invalid(format!(
+                    "config: experts_per_token = {k} must be between 1 and num_experts = {e}"
+                )))
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "config: num_experts and experts_per_token are set together (a mixture of experts) or not at all",
+                ))
             }
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {

@@ -276,6 +276,19 @@ impl HfConfig {
         })
     }
 
+    /// This config without `fields` (as if the file left them out), for a family that
+    /// reads them itself (gpt-oss's YaRN rotary, which the shared readers refuse).
+    pub(crate) fn without(&self, fields: &[&str]) -> HfConfig {
+        let mut obj = self.obj.clone();
+        for f in fields {
+            obj.remove(*f);
+        }
+        HfConfig {
+            path: self.path.clone(),
+            obj,
+        }
+    }
+
     /// For a `rope_parameters` keyed by layer type (transformers 5 writes Gemma 3's as
     /// `{"sliding_attention": {..}, "full_attention": {..}}`): this config with
     /// `rope_parameters` replaced by the entry of `layer_type` and no legacy

@@ -171,6 +171,9 @@ pub(super) struct LlamaLayout {
     /// Phi-3's fused projections: `self_attn.qkv_proj` stacks all query heads, then all
     /// key heads, then all value heads; `mlp.gate_up_proj` the gate over the up projection.
     pub(super) fused_projections: bool,
+    /// No dense MLP: the family's mixture of experts is read by its converter (the
+    /// layers' dense MLP tensors are left empty, `d_mlp` 0 columns).
+    pub(super) sparse_mlp: bool,
 }
 
 /// Reads a Llama-layout checkpoint.
@@ -208,7 +211,9 @@ pub(super) fn read_llama_layout(
             let vv = linear_weight(src, &format!("{p}.self_attn.v_proj.weight"), kv * dh, d)?;
             Tensor::cat(&[&q, &k, &vv], 1)?
         };
-        let (w_gate, w_in) = if layout.fused_projections {
+        let (w_gate, w_in) = if layout.sparse_mlp {
+            (zeros(0)?.reshape((d, 0))?, zeros(0)?.reshape((d, 0))?)
+        } else if layout.fused_projections {
             // [gate; up] rows: once transposed, the gate's columns then the up projection's.
             let gate_up = linear_weight(src, &format!("{p}.mlp.gate_up_proj.weight"), 2 * mlp, d)?;
             (
@@ -294,10 +299,14 @@ pub(super) fn read_llama_layout(
             } else {
                 zeros(d)?
             },
-            w_gate: Some(w_gate),
+            w_gate: (!layout.sparse_mlp).then_some(w_gate),
             w_in,
-            b_in: zeros(mlp)?,
-            w_out: linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?,
+            b_in: zeros(if layout.sparse_mlp { 0 } else { mlp })?,
+            w_out: if layout.sparse_mlp {
+                zeros(0)?.reshape((0, d))?
+            } else {
+                linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?
+            },
             b_out: zeros(d)?,
         });
     }

@@ -35,17 +35,22 @@ mod gemma2;
 mod gemma3;
 mod gpt2;
 mod gpt_neo;
+mod gpt_oss;
 mod gptj;
 mod hf_config;
 mod llama;
 mod mistral;
+mod mixtral;
+mod moe;
 mod neox;
 mod olmo2;
+mod olmoe;
 mod opt;
 mod phi;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen3_moe;
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod synthetic;
 
@@ -100,6 +105,10 @@ const FAMILIES: &[Family] = &[
     phi::FAMILY,
     gptj::FAMILY,
     bloom::FAMILY,
+    mixtral::FAMILY,
+    qwen3_moe::FAMILY,
+    olmoe::FAMILY,
+    gpt_oss::FAMILY,
 ];
 
 /// Whether some family (or the shared readers) reads the `config.json` field `name`.
@@ -298,5 +307,7 @@ pub(super) fn finish(
         tied,
         b_u,
         exclusive: src.fresh(),
+        moe: Vec::new(),
+        attn_sinks: Vec::new(),
     })
 }

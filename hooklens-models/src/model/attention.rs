@@ -48,6 +48,9 @@ pub struct Attention {
     /// RMSNorm over each key head (`use_qk_norm`), `[batch*pos*n_kv_heads, d_head]` rows
     /// (over the whole projection: `[batch*pos, n_kv_heads*d_head]`).
     pub k_norm: Option<Norm>,
+    /// Per-head sink logits `[n_heads]` (gpt-oss): each joins its head's softmax as an
+    /// extra key column that is then dropped, so pattern rows sum to less than 1.
+    pub(crate) sinks: Option<Tensor>,
     /// Keys `[batch, pos, kv_head, d_head]`.
     pub hook_k: HookPoint,
     /// Queries `[batch, pos, head, d_head]`.
@@ -311,7 +314,20 @@ impl Attention {
         };
         let mask = ctx.mask;
         let scores = kernels::add_mask_owned(raw_scores, &mask.additive.to_dtype(score_dtype)?)?;
-        let pattern = if self.hook_attn_scores.is_idle() {
+        let pattern = if let Some(sinks) = &self.sinks {
+            // `hook_attn_scores` has the real keys only; the sink column is added for
+            // the softmax and dropped after it.
+            let scores = self.hook_attn_scores.forward(&scores)?;
+            let (b, h, q, k) = scores.dims4()?;
+            let sink = sinks
+                .to_dtype(scores.dtype())?
+                .reshape((1, h, 1, 1))?
+                .broadcast_as((b, h, q, 1))?;
+            let with_sink = Tensor::cat(&[&scores, &sink.contiguous()?], 3)?;
+            candle_nn::ops::softmax(&with_sink, candle_core::D::Minus1)?
+                .narrow(3, 0, k)?
+                .contiguous()?
+        } else if self.hook_attn_scores.is_idle() {
             // Nothing can have kept the fresh scores: the pattern overwrites them.
             kernels::softmax_last_dim_owned(scores, mask.may_have_empty_rows)?
         } else {

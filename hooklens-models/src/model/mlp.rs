@@ -3,6 +3,7 @@
 use candle_core::Tensor;
 use hooklens_core::HookPoint;
 
+use super::moe::Moe;
 use super::{kernels, linear};
 use crate::config::ActFn;
 
@@ -14,8 +15,14 @@ use crate::config::ActFn;
 /// `hook_in` and `hook_out` around the whole MLP are circuit-tracer's names (SAELens's
 /// `HookedSAETransformer` adds `hook_in` too), not TransformerLens 2.x's: they are where
 /// transcoders read and write.
-#[derive(Debug, hooklens_derive::Hooked)]
-#[hooked(crate = "hooklens_core")]
+///
+/// With `num_experts` in the config the MLP is a sparse mixture of experts (`moe`):
+/// then its points are `hook_in`, the [`Moe`]'s (`hook_router_logits`,
+/// `experts.{e}.hook_gate / hook_pre / hook_post`, `hook_expert_weights`,
+/// `hook_expert_indices`) and `hook_out`; the dense points (`hook_pre`,
+/// `hook_pre_linear`, `hook_post`) are not registered and never fire, and the dense
+/// weights are empty (`d_mlp` 0 columns).
+#[derive(Debug)]
 pub struct Mlp {
     /// `[d_model, d_mlp]`: the gate of a gated MLP.
     pub(crate) w_gate: Option<Tensor>,
@@ -48,10 +55,46 @@ pub struct Mlp {
     /// TransformerLens 2.x point: circuit-tracer's name, where its transcoders write
     /// (`hook_name_out: blocks.L.mlp.hook_out`).
     pub hook_out: HookPoint,
+    /// The mixture of experts that replaces the dense MLP (`num_experts`).
+    pub moe: Option<Moe>,
+}
+
+/// By hand rather than derived: a sparse MLP's points sit directly under `mlp.` (as
+/// TransformerLens names them, `blocks.L.mlp.experts.E.hook_gate`), in place of the
+/// dense ones.
+impl hooklens_core::Hooked for Mlp {
+    fn visit_hook_points<'a>(
+        &'a self,
+        path: &mut hooklens_core::HookPath,
+        visitor: &mut dyn FnMut(&str, &'a HookPoint),
+    ) {
+        fn point<'a>(
+            path: &mut hooklens_core::HookPath,
+            name: &str,
+            p: &'a HookPoint,
+            visitor: &mut dyn FnMut(&str, &'a HookPoint),
+        ) {
+            path.push(name);
+            visitor(path.as_str(), p);
+            path.pop();
+        }
+        point(path, "hook_in", &self.hook_in, visitor);
+        match &self.moe {
+            Some(moe) => hooklens_core::Hooked::visit_hook_points(moe, path, visitor),
+            None => {
+                point(path, "hook_pre", &self.hook_pre, visitor);
+                if let Some(p) = &self.hook_pre_linear {
+                    point(path, "hook_pre_linear", p, visitor);
+                }
+                point(path, "hook_post", &self.hook_post, visitor);
+            }
+        }
+        point(path, "hook_out", &self.hook_out, visitor);
+    }
 }
 
 /// `act(x)`, a new tensor.
-fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
+pub(super) fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
     match act_fn {
         ActFn::GeluNew => kernels::gelu_new(pre),
         ActFn::Gelu => pre.gelu_erf(),
@@ -65,6 +108,9 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         // An idle point hands `x` back (a reference count, no copy).
         let x = &self.hook_in.forward(x)?;
+        if let Some(moe) = &self.moe {
+            return self.hook_out.forward(&moe.forward(x)?);
+        }
         let post = match &self.w_gate {
             None => {
                 let pre = linear(x, &self.w_in, self.b_in_used.then_some(&self.b_in))?;

@@ -1,7 +1,8 @@
 //! The one hooked transformer, [`HookedTransformer`], for every bundled family: embed,
 //! blocks (sequential or parallel attention and MLP, norms before and optionally
-//! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, q/k
-//! norms), MLP (plain or gated), unembed, KV cache, forward options, generation,
+//! after), attention (MHA / GQA / MQA, rotary, sliding windows, soft caps, sinks, q/k
+//! norms), MLP (plain, gated, or a sparse mixture of gated experts), unembed, KV
+//! cache, forward options, generation,
 //! text, weight views and processing. What a family changes is its config
 //! ([`crate::config::TransformerConfig`]) and its converter (`crate::convert`).
 
@@ -15,6 +16,7 @@ mod kv_cache;
 mod mlp;
 #[allow(clippy::module_inception)]
 mod model;
+mod moe;
 mod norm;
 pub(crate) mod params;
 mod processing;
@@ -42,6 +44,7 @@ pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
 pub use mlp::Mlp;
 pub use model::{HookedGpt2, HookedTransformer};
+pub use moe::{Expert, Moe};
 #[allow(unused_imports)]
 pub(crate) use norm::{normalize_composite, rms_scale_composite, scale_composite};
 pub use norm::{LayerNorm, Norm, NormKind};

@@ -22,8 +22,9 @@ use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
-/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM) with
-/// every activation hooked under its TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
+/// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM, and the
+/// mixtures of experts Mixtral, Qwen3-MoE, OLMoE and gpt-oss) with every activation
+/// hooked under its TransformerLens name (`blocks.3.attn.hook_pattern`, ...), in TransformerLens's
 /// registration order. The family's differences are all in its
 /// [`TransformerConfig`]: which hook points exist follows from it (`hook_pos_embed`
 /// only with learned positions and ALiBi (where it never fires), `attn.hook_rot_q` /
@@ -208,6 +209,8 @@ impl HookedTransformer {
         let rotary = Rotary::new(&cfg);
         let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
+        let mut moes = super::moe::Moe::from_weights(&cfg, w.moe, w.layers.len())?.into_iter();
+        let mut sinks = w.attn_sinks.into_iter();
         for l in w.layers {
             // Per-head q/k norms are of the model's kind (Qwen 3's RMSNorm, Phi's
             // LayerNorm with a bias) and are never folded.
@@ -235,6 +238,7 @@ impl HookedTransformer {
                     qk_norm_over: cfg.qk_norm_over,
                     q_norm: head_norm(l.q_norm)?,
                     k_norm: head_norm(l.k_norm)?,
+                    sinks: sinks.next(),
                     hook_k: per_head(),
                     hook_q: per_head(),
                     hook_v: per_head(),
@@ -259,6 +263,7 @@ impl HookedTransformer {
                     hook_pre: HookPoint::new(),
                     hook_post: HookPoint::new(),
                     hook_out: HookPoint::new(),
+                    moe: moes.next().flatten(),
                 },
                 hook_attn_in: opt_per_head(cfg.use_attn_in),
                 hook_q_input: opt_per_head(cfg.use_split_qkv_input),
@@ -818,6 +823,10 @@ impl HookedTransformer {
 fn nonzero(b: &Tensor) -> Result<bool> {
     if b.is_variable() || b.track_op() {
         return Ok(true);
+    }
+    // A sparse (MoE) layer's dense MLP has no hidden units: nothing to add.
+    if b.elem_count() == 0 {
+        return Ok(false);
     }
     Ok(b.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? != 0.0)
 }

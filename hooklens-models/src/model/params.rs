@@ -45,6 +45,59 @@ pub(crate) struct LayerWeights {
     pub(crate) b_out: Tensor,
 }
 
+/// The weights of one expert of a mixture-of-experts MLP: a gated MLP
+/// `W_out · (act(x · W_gate) * (x · W_in))`, products `x @ w` with `w` `[in, out]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ExpertWeights {
+    /// `[d_model, d_mlp]`: the gate (Mixtral's `w1`, `gate_proj`).
+    pub(crate) w_gate: Tensor,
+    /// `[d_model, d_mlp]`: the up projection (Mixtral's `w3`, `up_proj`).
+    pub(crate) w_in: Tensor,
+    /// `[d_mlp, d_model]`: the down projection (Mixtral's `w2`, `down_proj`).
+    pub(crate) w_out: Tensor,
+    /// `[d_mlp]`: the gate's bias (gpt-oss).
+    pub(crate) b_gate: Option<Tensor>,
+    /// `[d_mlp]`: the up projection's bias (gpt-oss).
+    pub(crate) b_in: Option<Tensor>,
+    /// `[d_model]`: the down projection's bias (gpt-oss).
+    pub(crate) b_out: Option<Tensor>,
+}
+
+/// The sparse MLP of one block (`num_experts`): a router and its experts.
+#[derive(Clone, Debug)]
+pub(crate) struct MoeWeights {
+    /// `[d_model, n_experts]`: the router (`block_sparse_moe.gate`, `mlp.gate`).
+    pub(crate) w_router: Tensor,
+    /// `[n_experts]`: the router's bias (gpt-oss).
+    pub(crate) b_router: Option<Tensor>,
+    /// The experts, in index order.
+    pub(crate) experts: Vec<ExpertWeights>,
+}
+
+impl MoeWeights {
+    fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
+        let o = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
+        Ok(MoeWeights {
+            w_router: self.w_router.to_dtype(dtype)?,
+            b_router: o(&self.b_router)?,
+            experts: self
+                .experts
+                .iter()
+                .map(|e| {
+                    Ok(ExpertWeights {
+                        w_gate: e.w_gate.to_dtype(dtype)?,
+                        w_in: e.w_in.to_dtype(dtype)?,
+                        w_out: e.w_out.to_dtype(dtype)?,
+                        b_gate: o(&e.b_gate)?,
+                        b_in: o(&e.b_in)?,
+                        b_out: o(&e.b_out)?,
+                    })
+                })
+                .collect::<candle_core::Result<_>>()?,
+        })
+    }
+}
+
 /// All weights of a model.
 #[derive(Clone, Debug)]
 pub(crate) struct TransformerWeights {
@@ -68,6 +121,12 @@ pub(crate) struct TransformerWeights {
     /// into fresh buffers), so that processing may edit it in place instead of holding
     /// a second copy of the largest tensors. `w_u` may still be a view of `w_e`.
     pub(crate) exclusive: bool,
+    /// Per layer, its mixture of experts: empty for a dense model, else one entry per
+    /// layer. A sparse layer's dense MLP tensors in `layers` are empty (`d_mlp` 0
+    /// columns): the experts replace them.
+    pub(crate) moe: Vec<MoeWeights>,
+    /// Per layer, the attention's sink logits `[n_heads]` (gpt-oss); empty: no sinks.
+    pub(crate) attn_sinks: Vec<Tensor>,
 }
 
 fn norm_to(p: &Option<NormParams>, dtype: DType) -> candle_core::Result<Option<NormParams>> {
@@ -121,6 +180,16 @@ impl TransformerWeights {
             w_e,
             // A conversion to the same dtype shares storage.
             exclusive: false,
+            moe: self
+                .moe
+                .iter()
+                .map(|m| m.to_dtype(dtype))
+                .collect::<candle_core::Result<_>>()?,
+            attn_sinks: self
+                .attn_sinks
+                .iter()
+                .map(|t| t.to_dtype(dtype))
+                .collect::<candle_core::Result<_>>()?,
         })
     }
 }

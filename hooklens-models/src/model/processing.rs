@@ -19,6 +19,13 @@
 //! per-head q/k norms keep their gains. `center_unembed` is skipped where the logits
 //! are soft-capped (the cap is not shift-invariant).
 //!
+//! Mixture-of-experts models (`num_experts`) keep their norms, as TransformerLens
+//! ("the layer norm weights can't be folded" into experts behind a router, which reads
+//! the normalised stream too): `fold_ln` is skipped and the norms stay `RMS` with their
+//! gains, so the default processing of Mixtral, Qwen3-MoE or OLMoE only centres the
+//! unembedding, which changes the logits and not the log-probs (TransformerLens's
+//! `from_pretrained(.., fold_ln=False)`; its default would drop the gains instead).
+//!
 //! `W_U` is not rewritten: the folded gain, the means removed and the mean centring
 //! took out of the tied `W_E` are kept as factors of it (see [`super::Unembed`]), so a
 //! processed model holds no second `[d_model, d_vocab]` matrix.
@@ -39,6 +46,8 @@ use crate::ops::kernels::{constant_cpu_f32, contiguous_f32};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessingOptions {
     /// Fold LayerNorm parameters into the following weights (LNs become LNPre).
+    /// Skipped for mixture-of-experts models, as TransformerLens does: their norms keep
+    /// their gains.
     pub fold_ln: bool,
     /// Remove the `d_model` mean of the weights that write to the residual stream.
     pub center_writing_weights: bool,
@@ -244,7 +253,10 @@ fn fold_gain(w: &Tensor, g: &Tensor) -> candle_core::Result<Tensor> {
 /// Applies `opts` to `w` in place, in TransformerLens's order, and updates `cfg`
 /// (`normalization_type` becomes `LNPre` / `RMSPre` after `fold_ln`).
 pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, opts: &ProcessingOptions) -> Result<()> {
-    if opts.fold_ln && cfg.normalization_type.has_params() {
+    // An MoE's router and experts all read ln2's output: folding the gain into each
+    // is possible, but TransformerLens does not, and neither do we (see the module
+    // documentation).
+    if opts.fold_ln && cfg.normalization_type.has_params() && cfg.num_experts.is_none() {
         // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
         // bias goes through the weights and their input dimension is centred; an
         // RMSNorm has neither bias nor centring, only its gain.
@@ -336,7 +348,9 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
         // `b_U` is small, and may be the zeros every load starts from.
         w.b_u = center_last(&w.b_u, false)?;
     }
-    if opts.fold_value_biases {
+    // With attention sinks a pattern row sums to less than 1: b_V does not reach the
+    // output whole, and stays where it is.
+    if opts.fold_value_biases && w.attn_sinks.is_empty() {
         let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
         let (q_len, v_start, v_len) = (h * dh, (h + kv) * dh, kv * dh);
         for l in &mut w.layers {

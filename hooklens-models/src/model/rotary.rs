@@ -18,6 +18,8 @@ pub(crate) struct Rotary {
     rotary_dim: usize,
     /// Pairs `(2i, 2i + 1)` (GPT-J) instead of `(i, i + rotary_dim/2)`.
     adjacent: bool,
+    /// cos and sin are multiplied by this (YaRN's `attention_factor`; else 1).
+    mscale: f64,
 }
 
 /// cos and sin of the angles at some positions, `[1 or batch, pos, 1, rotary_dim]`,
@@ -47,6 +49,15 @@ impl Rotary {
         }
         let rotary_dim = cfg.rotary_dim?;
         let half = rotary_dim / 2;
+        if let Some(y) = &cfg.yarn_rope {
+            let inv_freq = (0..half).map(|i| yarn(cfg.rotary_base, i, rotary_dim, y)).collect();
+            return Some(Rotary {
+                inv_freq,
+                rotary_dim,
+                adjacent: cfg.rotary_adjacent_pairs,
+                mscale: y.attention_factor,
+            });
+        }
         let inv_freq = (0..half)
             .map(|i| {
                 let f = 1.0 / cfg.rotary_base.powf(2.0 * i as f64 / rotary_dim as f64);
@@ -64,6 +75,7 @@ impl Rotary {
             inv_freq,
             rotary_dim,
             adjacent: cfg.rotary_adjacent_pairs,
+            mscale: 1.0,
         })
     }
 
@@ -76,6 +88,7 @@ impl Rotary {
             rotary_base: base,
             ntk_by_parts_rope: None,
             rotary_linear_factor: None,
+            yarn_rope: None,
             ..cfg.clone()
         })
     }
@@ -103,10 +116,11 @@ impl Rotary {
                     continue;
                 }
                 let start = cos.len();
+                let m = self.mscale as f32;
                 for f in &freq {
                     let angle = p as f32 / f;
-                    cos.push(angle.cos());
-                    sin.push(angle.sin());
+                    cos.push(angle.cos() * m);
+                    sin.push(angle.sin() * m);
                 }
                 // `(2 d)`: the first half repeated.
                 cos.extend_from_within(start..start + half);
@@ -145,6 +159,29 @@ impl Rotary {
             Tensor::cat(&[&rotated, &x.narrow(3, r, d_head - r)?], 3)
         }
     }
+}
+
+/// YaRN's inverse frequency `i` of `dim` (Hugging Face's `_compute_yarn_parameters`):
+/// `base^(-2i/dim)` where a pair turns more than `beta_fast` times over the original
+/// context, that divided by `factor` where less than `beta_slow`, linear in between.
+fn yarn(base: f64, i: usize, dim: usize, y: &crate::config::YarnRope) -> f64 {
+    let d = dim as f64;
+    let correction =
+        |rotations: f64| d * (y.original_ctx_len / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln());
+    let (mut low, mut high) = (correction(y.beta_fast), correction(y.beta_slow));
+    if y.truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(d - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    // Hugging Face computes the ramp in f32.
+    let ramp = (((i as f32 - low as f32) / (high - low) as f32).clamp(0.0, 1.0)) as f64;
+    let extrapolation = 1.0 - ramp;
+    let pos_freq = base.powf(2.0 * i as f64 / d);
+    let (kept, divided) = (1.0 / pos_freq, 1.0 / (y.factor * pos_freq));
+    divided * (1.0 - extrapolation) + kept * extrapolation
 }
 
 /// Llama 3.1's rescaling of one inverse frequency (Hugging Face's `rope_type: llama3`).
@@ -255,6 +292,34 @@ mod tests {
                 assert!((o[2 * i + 1] - (b * c + a * s)).abs() < 1e-5, "head {head} pair {i}");
             }
             assert_eq!(&o[4..], &x[4..], "head {head}: the rest passes through");
+        }
+    }
+
+    /// gpt-oss's YaRN table (factor 32, beta 32 / 1, original context 4096, no
+    /// truncation, base 150000, head 16) as transformers computes it.
+    #[test]
+    fn yarn_matches_transformers() {
+        let y = crate::config::YarnRope {
+            factor: 32.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            original_ctx_len: 4096.0,
+            truncate: false,
+            attention_factor: 0.1 * 32f64.ln() + 1.0,
+        };
+        let want = [
+            1.0,
+            0.225418001,
+            0.0508132726,
+            0.00679495931,
+            0.000456483918,
+            1.8188337e-05,
+            4.09997847e-06,
+            9.24208962e-07,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            let got = super::yarn(150000.0, i, 16, &y);
+            assert!((got - w).abs() <= 1e-6 * w, "{i}: {got} vs {w}");
         }
     }
 }

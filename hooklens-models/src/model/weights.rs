@@ -111,7 +111,9 @@ impl HookedTransformer {
         per_layer.map(|l| Ok(Tensor::stack(&l, 0)?)).transpose()
     }
 
-    /// TransformerLens's `W_in`: `[n_layers, d_model, d_mlp]`.
+    /// TransformerLens's `W_in`: `[n_layers, d_model, d_mlp]` (a mixture-of-experts
+    /// model has no dense MLP: `d_mlp` 0 here; its experts are in
+    /// [`HookedTransformer::state_dict`] and `blocks[l].mlp.moe`).
     pub fn w_in(&self) -> Result<Tensor> {
         self.stack_mlp(|m| &m.w_in)
     }
@@ -133,7 +135,8 @@ impl HookedTransformer {
 
     /// The matrices a forward multiplies by, in the model's own layouts (`[in, out]`):
     /// per block `W_qkv` `[d_model, (n_heads + 2 n_kv) d_head]`, `W_O`, `W_gate` (gated
-    /// MLPs), `W_in`, `W_out`; then the unembedding's base `[d_model, d_vocab]`. The
+    /// MLPs), `W_in`, `W_out` (a mixture of experts: the router, then each expert's
+    /// `W_gate`, `W_in`, `W_out`); then the unembedding's base `[d_model, d_vocab]`. The
     /// model's own storage, not copies. For benchmarks that time the products alone.
     #[doc(hidden)]
     pub fn product_weights(&self) -> (Vec<Vec<Tensor>>, Tensor) {
@@ -142,9 +145,19 @@ impl HookedTransformer {
             .iter()
             .map(|b| {
                 let mut w = vec![b.attn.w_qkv.clone(), b.attn.w_o.clone()];
-                w.extend(b.mlp.w_gate.clone());
-                w.push(b.mlp.w_in.clone());
-                w.push(b.mlp.w_out.clone());
+                match &b.mlp.moe {
+                    Some(moe) => {
+                        w.push(moe.w_router.clone());
+                        for x in &moe.experts {
+                            w.extend([x.w_gate.clone(), x.w_in.clone(), x.w_out.clone()]);
+                        }
+                    }
+                    None => {
+                        w.extend(b.mlp.w_gate.clone());
+                        w.push(b.mlp.w_in.clone());
+                        w.push(b.mlp.w_out.clone());
+                    }
+                }
                 w
             })
             .collect();
@@ -202,7 +215,28 @@ impl HookedTransformer {
             push(&format!("attn.{kv}b_K"), a.b_head_stored(1)?);
             push(&format!("attn.{kv}b_V"), a.b_head_stored(2)?);
             push("attn.b_O", a.b_o.clone());
+            if let Some(sinks) = &a.sinks {
+                push("attn.attn_sinks", sinks.clone());
+            }
             let m = &block.mlp;
+            if let Some(moe) = &m.moe {
+                // TransformerLens's MoE names and `nn.Linear` layouts `[out, in]`.
+                push("mlp.W_gate.weight", moe.w_router.t()?);
+                if let Some(b) = &moe.b_router {
+                    push("mlp.W_gate.bias", b.clone());
+                }
+                for (e, x) in moe.experts.iter().enumerate() {
+                    push(&format!("mlp.experts.{e}.W_in.weight"), x.w_in.t()?);
+                    push(&format!("mlp.experts.{e}.W_gate.weight"), x.w_gate.t()?);
+                    push(&format!("mlp.experts.{e}.W_out.weight"), x.w_out.t()?);
+                    if let Some((b_gate, b_in, b_out)) = &x.biases {
+                        push(&format!("mlp.experts.{e}.W_in.bias"), b_in.clone());
+                        push(&format!("mlp.experts.{e}.W_gate.bias"), b_gate.clone());
+                        push(&format!("mlp.experts.{e}.W_out.bias"), b_out.clone());
+                    }
+                }
+                continue;
+            }
             if let Some(w_gate) = &m.w_gate {
                 push("mlp.W_gate", w_gate.clone());
             }
