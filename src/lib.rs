@@ -68,7 +68,8 @@ pub use hooklens_core::*;
 pub use hooklens_derive::Hooked;
 
 /// Hooked models (the `models` feature, on by default): one `HookedTransformer` for every bundled family (GPT-2, GPT-NeoX,
-/// Llama, Mistral, Qwen 2 / 3, Gemma 1 / 2, Phi-3, GPT-Neo, OPT, Phi, GPT-J, BLOOM) with TransformerLens's hook names,
+/// Llama, Mistral, Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM,
+/// Mixtral, Qwen3-MoE, OLMoE, gpt-oss) with TransformerLens's hook names,
 /// loading, text and generation.
 #[cfg(feature = "models")]
 pub use hooklens_models as models;

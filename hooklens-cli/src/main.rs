@@ -1,6 +1,7 @@
-//! `hooklens`: run a hooked GPT-2 from the command line: the built-in demo, cache
-//! activations, generate, tokenize, list hook points, draw attention and the logit
-//! lens, harvest activations of a corpus.
+//! `hooklens`: run a hooked transformer of any bundled family from the command line:
+//! the built-in demo, cache activations, generate, tokenize, list hook points, draw
+//! attention and the logit lens, harvest activations of a corpus, splice SAEs, trace
+//! attribution graphs.
 
 mod cmd;
 mod columns;
@@ -13,12 +14,14 @@ use clap::{Parser, Subcommand};
 
 use crate::error::CliResult;
 
-/// Mechanistic interpretability on candle: every activation of a GPT-2, by its
+/// Mechanistic interpretability on candle: every activation of a transformer (GPT-2,
+/// Pythia, Llama, Mistral, Qwen, Gemma, Phi, OLMo, Mixtral, gpt-oss, ...), by its
 /// TransformerLens name.
 ///
 /// MODEL is `builtin` (the default: a small GPT-2 trained to have induction heads,
 /// shipped inside hooklens, no download), a directory holding config.json and
-/// model.safetensors (and optionally tokenizer.json), or a Hugging Face id such as `gpt2` or `openai-community/gpt2-medium`,
+/// model.safetensors (and optionally tokenizer.json), or a Hugging Face id such as `gpt2`,
+/// `EleutherAI/pythia-160m` or `Qwen/Qwen3-0.6B`,
 /// read from the local Hugging Face cache (HF_HUB_CACHE / HF_HOME) or downloaded into it.
 /// Set HF_HUB_OFFLINE=1 to never use the network.
 #[derive(Parser, Debug)]

@@ -1,6 +1,7 @@
 //! Hooked transformer models for hooklens: one config-driven [`HookedTransformer`]
 //! for every bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral, Qwen 2 and 3,
-//! Gemma 1 and 2, Phi-3, GPT-Neo, OPT, Phi 1 / 1.5 / 2, GPT-J, BLOOM), hooked exactly as TransformerLens's `HookedTransformer`:
+//! Gemma 1, 2 and 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi 1 / 1.5 / 2, GPT-J, BLOOM, and the
+//! mixtures of experts Mixtral, Qwen3-MoE, OLMoE and gpt-oss), hooked exactly as TransformerLens's `HookedTransformer`:
 //! same hook names, shapes, order and values, from Hugging Face checkpoints.
 
 pub mod analysis;

@@ -36,8 +36,9 @@ impl DTypeArg {
 #[derive(clap::Args, Debug)]
 pub struct ModelArgs {
     /// `builtin` (the small trained model shipped inside hooklens, no download), a model
-    /// directory (config.json, model.safetensors, optional tokenizer.json) or a Hugging
-    /// Face id (gpt2, gpt2-medium, openai-community/gpt2-large, distilgpt2, ...).
+    /// directory (config.json, model.safetensors or its shards, optional tokenizer.json) of
+    /// any supported family, or a Hugging Face id (gpt2, EleutherAI/pythia-160m,
+    /// meta-llama/Llama-3.2-1B, Qwen/Qwen3-0.6B, google/gemma-2-2b, ...).
     #[arg(long, value_name = "MODEL", default_value = "builtin")]
     pub model: String,
     /// Load the weights as stored (TransformerLens's from_pretrained_no_processing)
