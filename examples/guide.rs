@@ -11,7 +11,9 @@
 use hooklens::candle_core::{IndexOp, Tensor};
 use hooklens::models::analysis::patching::Patching;
 use hooklens::models::analysis::{AccumulatedResid, Analysis, DecomposeResid, LogitAttrs, StackHeads};
-use hooklens::{interventions, CacheOptions, HookSet, HookedModel, HookedTransformer, LoadOptions, Slice};
+use hooklens::{
+    interventions, CacheOptions, GenerateOptions, HookSet, HookedModel, HookedTransformer, LoadOptions, Slice,
+};
 // end
 
 fn main() -> hooklens::Result<()> {
@@ -133,6 +135,21 @@ fn main() -> hooklens::Result<()> {
         logit_diff(&patched_at_10)?
     );
     println!("resid_pre patched, by layer and position:\n{grid}");
+
+    // guide: generate
+    // TransformerLens's `model.generate(tokens, max_new_tokens=8, do_sample=False)`:
+    // greedy, with a KV cache (`use_kv_cache: false` recomputes every position).
+    let continued = model.generate(&clean, &GenerateOptions::greedy(8))?; // [batch, pos + 8]
+    println!("{}", model.to_string(&continued)?);
+    // With hooks, as TransformerLens's `with model.hooks(...)`: they run at every step.
+    let ablated_text = model.run_with_hooks(interventions::zero_ablate_head("blocks.1.attn.hook_z", 3), |m| {
+        m.generate(&clean, &GenerateOptions::greedy(8))
+    })?;
+    // The weights under TransformerLens's names: `model.state_dict()["embed.W_E"]`.
+    let state: std::collections::HashMap<String, Tensor> = model.state_dict()?.into_iter().collect();
+    let w_e = &state["embed.W_E"]; // [d_vocab, d_model]
+                                   // end
+    println!("{} | {:?}", model.to_string(&ablated_text)?, w_e.dims());
     Ok(())
 }
 

@@ -47,6 +47,7 @@ fn every_guide_block_is_in_the_readme_as_written() {
             "decompose",
             "attribute",
             "sweep",
+            "generate",
             "load"
         ]
     );
