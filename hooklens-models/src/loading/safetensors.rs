@@ -14,6 +14,15 @@ pub(crate) trait TensorSource {
     /// The tensor `name`, which must have `shape` and a float dtype, in the source's
     /// load dtype (see [`TensorSource::dtype`]).
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// The raw bytes of the `U8` tensor `name`, which must have `shape` (packed
+    /// quantised weights: MXFP4 blocks and scales). Sources that only hold float
+    /// tensors refuse it.
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let _ = shape;
+        Err(Error::invalid(format!(
+            "checkpoint tensor `{name}`: this source cannot read u8 (quantised) tensors"
+        )))
+    }
     /// The dtype `get` returns: the one the model is loaded in, or f32 when the
     /// checkpoint's values are upcast (half-precision files read into f32 models).
     fn dtype(&self) -> DType {
@@ -395,6 +404,26 @@ fn read_exact_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::
 impl TensorSource for SafetensorsFile {
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+    }
+
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing (expected u8 {shape:?})")))?;
+        if entry.dtype != "U8" {
+            return Err(self.bad(format!("tensor `{name}` has dtype {}, expected U8", entry.dtype)));
+        }
+        if entry.shape != shape {
+            return Err(self.bad(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                entry.shape
+            )));
+        }
+        let mut bytes = vec![0u8; entry.len];
+        read_exact_at(&self.file, &mut bytes, entry.start)
+            .map_err(|e| self.bad(format!("tensor `{name}` cannot be read: {e}")))?;
+        Ok(bytes)
     }
 
     fn fresh(&self) -> bool {

@@ -1,0 +1,233 @@
+//! MXFP4 expert weights, as the published gpt-oss checkpoints store them, dequantised
+//! on load exactly as Hugging Face's `convert_moe_packed_tensors`
+//! (`transformers/integrations/mxfp4.py`) does.
+//!
+//! A weight `w` `[E, in, out]` (gpt-oss's `x @ w[e]` layout) is stored transposed and
+//! packed as two `U8` tensors:
+//! - `{w}_blocks` `[E, out, in / 32, 16]`: each byte holds two FP4 (E2M1) codes, the
+//!   **low nibble first** (input index `2 j`), the high nibble second (`2 j + 1`);
+//! - `{w}_scales` `[E, out, in / 32]`: one E8M0 exponent per block of 32 inputs, the
+//!   block's values being `fp4 * 2^(scale - 127)`.
+//!
+//! The FP4 codes `0..16` are `±{0, 0.5, 1, 1.5, 2, 3, 4, 6}` (bit 3 the sign). Every
+//! decoded value has at most two significant bits, so it is exact in f32 and bf16 alike
+//! (and in f16 within f16's range): no rounding happens here.
+
+use candle_core::{DType, Device, Tensor};
+use hooklens_core::{Error, Result};
+
+use crate::loading::TensorSource;
+
+/// Values per MXFP4 block (one scale each).
+pub(crate) const BLOCK: usize = 32;
+
+/// The FP4 (E2M1) code -> value table, as in `transformers`' `FP4_VALUES`.
+pub(crate) const FP4_VALUES: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
+/// `2^(scale - 127)` for an E8M0 `scale` byte; `None` for 255, which E8M0 reserves for
+/// NaN (transformers' `ldexp` would make every value of the block non-finite).
+pub(crate) fn e8m0(scale: u8) -> Option<f32> {
+    match scale {
+        255 => None,
+        // 2^-127 is below f32's normal range: the subnormal with only bit 22 set.
+        0 => Some(f32::from_bits(1 << 22)),
+        s => Some(f32::from_bits(u32::from(s) << 23)),
+    }
+}
+
+/// Dequantises `blocks` `[experts, rows, groups, 16]` and `scales`
+/// `[experts, rows, groups]` (both flattened, row-major) into f32
+/// `[experts, groups * 32, rows]`: what `convert_moe_packed_tensors` returns (it
+/// decodes `[experts, rows, groups * 32]` and transposes the last two axes).
+///
+/// Errors (lengths that do not match the shape, a scale of 255, a block whose values
+/// overflow f32) are messages for the caller to prefix with the tensor's name.
+pub(crate) fn dequantize(
+    blocks: &[u8],
+    scales: &[u8],
+    experts: usize,
+    rows: usize,
+    groups: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    let n_scales = experts * rows * groups;
+    if scales.len() != n_scales || blocks.len() != n_scales * (BLOCK / 2) {
+        return Err(format!(
+            "{} block bytes and {} scales do not make [{experts}, {rows}, {groups}] blocks of {BLOCK}",
+            blocks.len(),
+            scales.len()
+        ));
+    }
+    let cols = groups * BLOCK;
+    let mut out = vec![0f32; experts * cols * rows];
+    let mut table = [0f32; 16];
+    for (i, (&scale, block)) in scales.iter().zip(blocks.chunks_exact(BLOCK / 2)).enumerate() {
+        let (er, g) = (i / groups, i % groups);
+        let (e, r) = (er / rows, er % rows);
+        let where_ = || format!("block [{e}, {r}, {g}]");
+        let mult = e8m0(scale).ok_or_else(|| format!("{} has scale 255, which E8M0 reserves for NaN", where_()))?;
+        for (t, v) in table.iter_mut().zip(FP4_VALUES) {
+            *t = v * mult;
+        }
+        // Only the scales 253 and 254 can overflow, and only with large codes.
+        if !table[7].is_finite() {
+            let big = block
+                .iter()
+                .flat_map(|b| [b & 0x0f, b >> 4])
+                .find(|&c| !table[c as usize].is_finite());
+            if let Some(c) = big {
+                return Err(format!(
+                    "{} has scale {scale} and code {c} ({} * 2^{}): beyond f32's range",
+                    where_(),
+                    FP4_VALUES[c as usize],
+                    i32::from(scale) - 127
+                ));
+            }
+        }
+        // Output `[e, k, r]` with input index `k = 32 g + 2 j (+ 1 for the high nibble)`.
+        let base = e * cols * rows + g * BLOCK * rows + r;
+        for (j, &b) in block.iter().enumerate() {
+            out[base + 2 * j * rows] = table[(b & 0x0f) as usize];
+            out[base + (2 * j + 1) * rows] = table[(b >> 4) as usize];
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `src` holds the MXFP4 form of the weight `name` (its `_blocks` or its
+/// `_scales`) and not the dense tensor itself.
+pub(crate) fn is_packed(src: &dyn TensorSource, name: &str) -> bool {
+    !src.contains(name) && (src.contains(&format!("{name}_blocks")) || src.contains(&format!("{name}_scales")))
+}
+
+/// The expert weight `name` `[experts, inputs, outputs]`, read from its MXFP4
+/// `{name}_blocks` `[experts, outputs, inputs / 32, 16]` and `{name}_scales`
+/// `[experts, outputs, inputs / 32]`, in the source's load dtype on `device`. Errors
+/// name the tensor: one of the pair missing, `inputs` not a multiple of 32, wrong
+/// shapes or dtypes, scales out of range, values beyond f16 when loading in f16.
+pub(crate) fn read_packed(
+    src: &dyn TensorSource,
+    name: &str,
+    experts: usize,
+    inputs: usize,
+    outputs: usize,
+    device: &Device,
+) -> Result<Tensor> {
+    let (blocks_name, scales_name) = (format!("{name}_blocks"), format!("{name}_scales"));
+    for (have, missing) in [(&blocks_name, &scales_name), (&scales_name, &blocks_name)] {
+        if src.contains(have) && !src.contains(missing) {
+            return Err(Error::invalid(format!(
+                "checkpoint tensor `{have}` (MXFP4) has no `{missing}` beside it"
+            )));
+        }
+    }
+    if inputs % BLOCK != 0 {
+        return Err(Error::invalid(format!(
+            "checkpoint tensor `{blocks_name}`: MXFP4 packs {BLOCK} inputs per block, but the weight has {inputs} inputs"
+        )));
+    }
+    let groups = inputs / BLOCK;
+    let blocks = src.get_u8(&blocks_name, &[experts, outputs, groups, BLOCK / 2])?;
+    let scales = src.get_u8(&scales_name, &[experts, outputs, groups])?;
+    let values = dequantize(&blocks, &scales, experts, outputs, groups)
+        .map_err(|e| Error::invalid(format!("checkpoint tensors `{blocks_name}` / `{scales_name}`: {e}")))?;
+    drop(blocks);
+    let dtype = src.dtype();
+    if dtype == DType::F16 {
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if half::f16::from_f32(max).is_infinite() {
+            return Err(Error::invalid(format!(
+                "checkpoint tensor `{blocks_name}` holds {max:e}, which does not fit in f16 (largest {}): use bf16 or f32",
+                half::f16::MAX
+            )));
+        }
+    }
+    let t = Tensor::from_vec(values, (experts, inputs, outputs), &Device::Cpu)?;
+    Ok(t.to_dtype(dtype)?.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_fp4_code_and_scales_from_2_pow_minus_3_to_3() {
+        // Hand-computed: E2M1 with bias 1; code 1 is the subnormal 0.5; bit 3 the sign.
+        let want = [
+            0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+        ];
+        // Block of 32: bytes 0..8 hold codes (2 b, 2 b + 1) as (low, high); bytes
+        // 8..16 hold them swapped (high, low), so both nibble positions see every code.
+        let mut block = Vec::new();
+        for b in 0..8u8 {
+            block.push((2 * b) | ((2 * b + 1) << 4));
+        }
+        for b in 0..8u8 {
+            block.push((2 * b + 1) | ((2 * b) << 4));
+        }
+        for (scale, factor) in [
+            (124u8, 0.125f32),
+            (125, 0.25),
+            (126, 0.5),
+            (127, 1.0),
+            (128, 2.0),
+            (129, 4.0),
+            (130, 8.0),
+        ] {
+            assert_eq!(e8m0(scale), Some(factor));
+            // One expert, one row: the output is [1, 32, 1], i.e. the block in order.
+            let got = dequantize(&block, &[scale], 1, 1, 1).unwrap();
+            for k in 0..16 {
+                assert_eq!(got[k], want[k] * factor, "scale {scale}, input {k}");
+                // The second half: low nibble `2 b + 1` first.
+                let code = if k % 2 == 0 { k + 1 } else { k - 1 };
+                assert_eq!(got[16 + k], want[code] * factor, "scale {scale}, input {}", 16 + k);
+            }
+            assert!(got[8].is_sign_negative() && got[8] == 0.0, "code 8 is -0");
+        }
+        assert_eq!(e8m0(0), Some(2f32.powi(-127)));
+        assert_eq!(e8m0(254), Some(2f32.powi(127)));
+        assert_eq!(e8m0(255), None);
+    }
+
+    #[test]
+    fn output_is_transposed_to_experts_inputs_outputs() {
+        // 2 experts, 3 rows (outputs), 2 groups (64 inputs): value code 2 (= 1.0)
+        // everywhere, scales `2^(e + 2 r + 4 g - 8)`, so each output names its block.
+        let (e, r, g) = (2, 3, 2);
+        let blocks = vec![0x22u8; e * r * g * 16];
+        let scales: Vec<u8> = (0..e * r * g)
+            .map(|i| {
+                let (er, gi) = (i / g, i % g);
+                (127 + er / r + 2 * (er % r) + 4 * gi - 8) as u8
+            })
+            .collect();
+        let out = dequantize(&blocks, &scales, e, r, g).unwrap();
+        assert_eq!(out.len(), e * 64 * r);
+        for ei in 0..e {
+            for k in 0..64 {
+                for ri in 0..r {
+                    let want = 2f32.powi((ei + 2 * ri + 4 * (k / 32)) as i32 - 8);
+                    assert_eq!(out[(ei * 64 + k) * r + ri], want, "[{ei}, {k}, {ri}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_scales_and_lengths_are_errors() {
+        let block = [0x77u8; 16];
+        let err = dequantize(&block, &[255], 1, 1, 1).unwrap_err();
+        assert!(err.contains("255") && err.contains("NaN"), "{err}");
+        // 6 * 2^126 overflows; 0.5 * 2^126 does not.
+        let err = dequantize(&block, &[253], 1, 1, 1).unwrap_err();
+        assert!(err.contains("scale 253") && err.contains("code 7"), "{err}");
+        assert_eq!(
+            dequantize(&[0x11u8; 16], &[253], 1, 1, 1).unwrap()[0],
+            0.5 * 2f32.powi(126)
+        );
+        let err = dequantize(&block, &[127, 127], 1, 1, 1).unwrap_err();
+        assert!(err.contains("do not make"), "{err}");
+    }
+}
