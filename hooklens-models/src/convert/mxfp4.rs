@@ -230,4 +230,27 @@ mod tests {
         let err = dequantize(&block, &[127, 127], 1, 1, 1).unwrap_err();
         assert!(err.contains("do not make"), "{err}");
     }
+
+    /// transformers' own `convert_moe_packed_tensors` on random blocks and scales
+    /// (`scripts/mxfp4_fixture.py`), subnormal (scale 0) and near-overflow (252) ones
+    /// included.
+    #[test]
+    fn equals_transformers_convert_moe_packed_tensors() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/mxfp4/convert_moe_packed_tensors.safetensors");
+        let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let (e, r, g, _) = t["blocks"].dims4().unwrap();
+        let bytes = |name: &str| t[name].flatten_all().unwrap().to_vec1::<u8>().unwrap();
+        let got = dequantize(&bytes("blocks"), &bytes("scales"), e, r, g).unwrap();
+        let want = t["dequantized"].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(t["dequantized"].dims(), &[e, g * BLOCK, r]);
+        assert_eq!(got.len(), want.len());
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "element {i}: {a:e} vs transformers' {b:e}");
+        }
+        assert!(
+            want.iter().any(|&x| x != 0.0 && x.abs() < f32::MIN_POSITIVE),
+            "has subnormals"
+        );
+    }
 }
