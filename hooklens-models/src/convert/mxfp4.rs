@@ -253,4 +253,38 @@ mod tests {
             "has subnormals"
         );
     }
+
+    /// The memory check counts `_blocks` as the values they dequantise to (two per
+    /// byte) and other u8 tensors (scales) as nothing.
+    #[test]
+    fn load_bytes_counts_blocks_as_their_values() {
+        use crate::loading::SafetensorsFile;
+        let dir = std::env::temp_dir().join(format!("hooklens-mxfp4-load-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("model.safetensors");
+        let dev = &Device::Cpu;
+        let tensors = std::collections::HashMap::from([
+            (
+                "w_blocks".to_string(),
+                Tensor::zeros((2, 3, 1, 16), DType::U8, dev).unwrap(),
+            ),
+            (
+                "w_scales".to_string(),
+                Tensor::zeros((2, 3, 1), DType::U8, dev).unwrap(),
+            ),
+            ("b".to_string(), Tensor::zeros(5, DType::F32, dev).unwrap()),
+        ]);
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        for (dtype, size) in [(DType::F32, 4), (DType::BF16, 2)] {
+            let f = SafetensorsFile::open(&path, dev, dtype).unwrap();
+            assert_eq!(f.load_bytes(), (2 * 3 * 32 + 5) * size, "{dtype:?}");
+            // The packed bytes come back as they are; a float read of them is refused.
+            assert_eq!(f.get_u8("w_scales", &[2, 3, 1]).unwrap(), vec![0u8; 6]);
+            let err = f.get("w_blocks", &[2, 3, 1, 16]).unwrap_err().to_string();
+            assert!(err.contains("w_blocks") && err.contains("U8"), "{err}");
+            let err = f.get_u8("b", &[5]).unwrap_err().to_string();
+            assert!(err.contains("`b`") && err.contains("expected U8"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

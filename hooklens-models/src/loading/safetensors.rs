@@ -36,7 +36,8 @@ pub(crate) trait TensorSource {
     fn names(&self) -> Vec<String> {
         Vec::new()
     }
-    /// The bytes reading every float tensor in the load dtype takes; 0 when unknown.
+    /// The bytes reading every float tensor in the load dtype takes (MXFP4 `_blocks`
+    /// counted as the values they dequantise to); 0 when unknown.
     fn load_bytes(&self) -> u64 {
         0
     }
@@ -443,9 +444,16 @@ impl TensorSource for SafetensorsFile {
     fn load_bytes(&self) -> u64 {
         let size = self.dtype.size_in_bytes() as u64;
         self.tensors
-            .values()
-            .filter(|e| float_dtype(&e.dtype).is_some())
-            .map(|e| e.shape.iter().fold(size, |n, &d| n.saturating_mul(d as u64)))
+            .iter()
+            .filter_map(|(name, e)| {
+                // MXFP4 blocks are dequantised on load: two values per byte.
+                let per_element = match float_dtype(&e.dtype) {
+                    Some(_) => size,
+                    None if e.dtype == "U8" && name.ends_with("_blocks") => 2 * size,
+                    None => return None,
+                };
+                Some(e.shape.iter().fold(per_element, |n, &d| n.saturating_mul(d as u64)))
+            })
             .fold(0, u64::saturating_add)
     }
 
