@@ -122,7 +122,7 @@ pub(crate) fn read_packed(
             )));
         }
     }
-    if inputs % BLOCK != 0 {
+    if !inputs.is_multiple_of(BLOCK) {
         return Err(Error::invalid(format!(
             "checkpoint tensor `{blocks_name}`: MXFP4 packs {BLOCK} inputs per block, but the weight has {inputs} inputs"
         )));
