@@ -157,8 +157,9 @@ fn mxfp4_experts_load_as_their_dequantised_dense_weights() {
         let got = load(&sharded, &opts).forward(&tokens).unwrap();
         assert_eq!(max_abs_diff(&got, &want), 0.0, "sharded packed vs dense");
     }
-    // The weights themselves, in f32 and in bf16 (every MXFP4 value is exact in both).
-    for dtype in [DType::F32, DType::BF16] {
+    // The weights themselves, in each load dtype (every MXFP4 value is exact in f32
+    // and bf16, and these in f16 too).
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
         let opts = LoadOptions::no_processing().with_dtype(dtype);
         let a: HashMap<String, Tensor> = load(&root.join("dense"), &opts)
             .state_dict()
@@ -217,6 +218,24 @@ fn bad_mxfp4_checkpoints_are_errors_naming_the_tensor() {
     );
     let e = err("nan-scales", &config("mxfp4"), &t);
     assert!(e.contains(blocks) && e.contains("255"), "{e}");
+
+    // 6 * 2^16 is beyond f16: refused in f16, read in f32.
+    let mut t = packed.clone();
+    t.insert(
+        scales.into(),
+        Tensor::full(143u8, t[scales].shape(), &Device::Cpu).unwrap(),
+    );
+    let dir = root.join("beyond-f16");
+    write_packed(&dir, &config("mxfp4"), &t);
+    HookedTransformer::from_dir(&dir, &opts).unwrap();
+    let e = HookedTransformer::from_dir(&dir, &opts.clone().with_dtype(DType::F16))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains(blocks) && e.contains("f16") && e.contains("scale 143"),
+        "{e}"
+    );
 
     let e = err("gptq", &config("gptq"), &packed);
     assert!(e.contains("quant_method") && e.contains("gptq"), "{e}");
