@@ -7,8 +7,10 @@
 //! the bf16 layout transformers writes: `self_attn.sinks`, `mlp.router.{weight,bias}`,
 //! `mlp.experts.gate_up_proj` `[E, d_model, 2 d_mlp]` (gate and up **interleaved** by
 //! column: gate = even columns), `gate_up_proj_bias` `[E, 2 d_mlp]`, `down_proj`
-//! `[E, d_mlp, d_model]`, `down_proj_bias` `[E, d_model]`. The published MXFP4 blocks
-//! and scales are not read.
+//! `[E, d_mlp, d_model]`, `down_proj_bias` `[E, d_model]`. The published checkpoints'
+//! MXFP4 experts (`gate_up_proj_blocks` / `_scales`, `down_proj_blocks` / `_scales`,
+//! `quantization_config.quant_method: "mxfp4"`) are dequantised on load exactly as
+//! transformers dequantises them (see `mxfp4.rs`), into the load dtype.
 
 use candle_core::{IndexOp, Tensor};
 use hooklens_core::Result;
@@ -17,6 +19,7 @@ use serde_json::{json, Map, Value};
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::moe::{set_experts, MOE_FIELDS};
+use super::mxfp4;
 use super::{linear_weight, Family};
 use crate::config::{ActFn, AttnType, ClampedSwiglu, TransformerConfig, YarnRope};
 use crate::loading::TensorSource;
@@ -30,7 +33,7 @@ pub(crate) const FAMILY: Family = Family {
     fields: &[
         LLAMA_FIELDS,
         MOE_FIELDS,
-        &["sliding_window", "swiglu_alpha", "swiglu_limit"],
+        &["sliding_window", "swiglu_alpha", "swiglu_limit", "quantization_config"],
     ],
     config,
     weights,
@@ -110,6 +113,21 @@ fn rope(hf: &HfConfig) -> Result<(f64, Option<YarnRope>)> {
     ))
 }
 
+/// Refuses a `quantization_config` other than MXFP4 (the only one whose tensors are
+/// read: `weights` dequantises them); none means a dense checkpoint.
+fn quantization(hf: &HfConfig) -> Result<()> {
+    let Some(q) = hf.object("quantization_config")? else {
+        return Ok(());
+    };
+    match q.get("quant_method") {
+        Some(Value::String(m)) if m == "mxfp4" => Ok(()),
+        other => Err(hf.bad(format!(
+            "field `quantization_config.quant_method` is {}: only \"mxfp4\" quantised gpt-oss checkpoints are read",
+            other.map_or("missing".to_string(), Value::to_string)
+        ))),
+    }
+}
+
 fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     // GptOssConfig's defaults where they differ from the Llama readers'.
     let hf = &hf.with_absent(&[
@@ -119,6 +137,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         ("sliding_window", json!(128)),
         ("attention_bias", json!(true)),
     ]);
+    quantization(hf)?;
     let (base, yarn) = rope(hf)?;
     // The shared readers refuse YaRN: they get the base alone.
     let plain = hf
@@ -171,9 +190,18 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, origin: &str) -> Res
     for i in 0..cfg.n_layers {
         let p = format!("model.layers.{i}");
         w.attn_sinks.push(src.get(&format!("{p}.self_attn.sinks"), &[h])?);
-        let gate_up = src.get(&format!("{p}.mlp.experts.gate_up_proj"), &[n_experts, d, 2 * m])?;
         let gate_up_bias = src.get(&format!("{p}.mlp.experts.gate_up_proj_bias"), &[n_experts, 2 * m])?;
-        let down = src.get(&format!("{p}.mlp.experts.down_proj"), &[n_experts, m, d])?;
+        // Dense, or MXFP4 blocks and scales dequantised here (onto the device the
+        // source put the bias on: the source does not name its device).
+        let expert_weight = |name: String, inputs: usize, outputs: usize| -> Result<Tensor> {
+            if mxfp4::is_packed(src, &name) {
+                mxfp4::read_packed(src, &name, n_experts, inputs, outputs, gate_up_bias.device())
+            } else {
+                src.get(&name, &[n_experts, inputs, outputs])
+            }
+        };
+        let gate_up = expert_weight(format!("{p}.mlp.experts.gate_up_proj"), d, 2 * m)?;
+        let down = expert_weight(format!("{p}.mlp.experts.down_proj"), m, d)?;
         let down_bias = src.get(&format!("{p}.mlp.experts.down_proj_bias"), &[n_experts, d])?;
         let experts = (0..n_experts)
             .map(|e| {

@@ -42,6 +42,7 @@ mod llama;
 mod mistral;
 mod mixtral;
 mod moe;
+mod mxfp4;
 mod neox;
 mod olmo2;
 mod olmoe;

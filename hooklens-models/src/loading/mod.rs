@@ -1,5 +1,6 @@
 //! Loading checkpoints: safetensors files read tensor by tensor (one file, or the
-//! shards of a `model.safetensors.index.json`; f32, f16 or bf16), the load options,
+//! shards of a `model.safetensors.index.json`; f32, f16 or bf16, and u8 for packed
+//! quantised weights), the load options,
 //! and the Hugging Face hub.
 
 pub mod hub;

@@ -14,6 +14,15 @@ pub(crate) trait TensorSource {
     /// The tensor `name`, which must have `shape` and a float dtype, in the source's
     /// load dtype (see [`TensorSource::dtype`]).
     fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// The raw bytes of the `U8` tensor `name`, which must have `shape` (packed
+    /// quantised weights: MXFP4 blocks and scales). Sources that only hold float
+    /// tensors refuse it.
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let _ = shape;
+        Err(Error::invalid(format!(
+            "checkpoint tensor `{name}`: this source cannot read u8 (quantised) tensors"
+        )))
+    }
     /// The dtype `get` returns: the one the model is loaded in, or f32 when the
     /// checkpoint's values are upcast (half-precision files read into f32 models).
     fn dtype(&self) -> DType {
@@ -27,7 +36,8 @@ pub(crate) trait TensorSource {
     fn names(&self) -> Vec<String> {
         Vec::new()
     }
-    /// The bytes reading every float tensor in the load dtype takes; 0 when unknown.
+    /// The bytes reading every float tensor in the load dtype takes (MXFP4 `_blocks`
+    /// counted as the values they dequantise to); 0 when unknown.
     fn load_bytes(&self) -> u64 {
         0
     }
@@ -397,6 +407,26 @@ impl TensorSource for SafetensorsFile {
         self.tensors.contains_key(name)
     }
 
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        let entry = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing (expected u8 {shape:?})")))?;
+        if entry.dtype != "U8" {
+            return Err(self.bad(format!("tensor `{name}` has dtype {}, expected U8", entry.dtype)));
+        }
+        if entry.shape != shape {
+            return Err(self.bad(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                entry.shape
+            )));
+        }
+        let mut bytes = vec![0u8; entry.len];
+        read_exact_at(&self.file, &mut bytes, entry.start)
+            .map_err(|e| self.bad(format!("tensor `{name}` cannot be read: {e}")))?;
+        Ok(bytes)
+    }
+
     fn fresh(&self) -> bool {
         // Each tensor is read into a new buffer (and converted if it was not in the
         // load dtype).
@@ -414,9 +444,16 @@ impl TensorSource for SafetensorsFile {
     fn load_bytes(&self) -> u64 {
         let size = self.dtype.size_in_bytes() as u64;
         self.tensors
-            .values()
-            .filter(|e| float_dtype(&e.dtype).is_some())
-            .map(|e| e.shape.iter().fold(size, |n, &d| n.saturating_mul(d as u64)))
+            .iter()
+            .filter_map(|(name, e)| {
+                // MXFP4 blocks are dequantised on load: two values per byte.
+                let per_element = match float_dtype(&e.dtype) {
+                    Some(_) => size,
+                    None if e.dtype == "U8" && name.ends_with("_blocks") => 2 * size,
+                    None => return None,
+                };
+                Some(e.shape.iter().fold(per_element, |n, &d| n.saturating_mul(d as u64)))
+            })
             .fold(0, u64::saturating_add)
     }
 

@@ -118,6 +118,16 @@ impl TensorSource for ShardedSafetensors {
         }
     }
 
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        match self.shard_of.get(name) {
+            Some(&i) => self.shards[i].get_u8(name, shape),
+            None => Err(Error::BadFile {
+                path: self.index.clone(),
+                reason: format!("tensor `{name}` is missing (expected u8 {shape:?})"),
+            }),
+        }
+    }
+
     fn fresh(&self) -> bool {
         true
     }

@@ -82,6 +82,11 @@ impl TensorSource for UsedTensors<'_> {
         self.src.get(name, shape)
     }
 
+    fn get_u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>> {
+        self.used.borrow_mut().insert(name.to_string());
+        self.src.get_u8(name, shape)
+    }
+
     fn dtype(&self) -> DType {
         self.src.dtype()
     }
