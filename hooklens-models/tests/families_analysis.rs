@@ -7,6 +7,11 @@
 //! - the OV and QK circuits of a grouped-query model read each query head's key/value
 //!   head; composition scores are finite and shaped `[L, H, L, H]`;
 //! - activation patching from the clean run into the clean run changes nothing.
+//!
+//! A mixture-of-experts model keeps `ln_final`'s gain when processed (TransformerLens
+//! folds no norm of an MoE model), and `logit_attrs` / `apply_ln` apply only the
+//! final norm's scale, as TransformerLens's: there the identities hold with the gain
+//! applied to the stack, which is what the test does.
 
 mod common;
 
@@ -23,6 +28,7 @@ use hooklens_models::{HookedTransformer, LoadOptions};
 
 const FAMILIES: &[&str] = &[
     "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
+    "gemma3", "olmo2", "mixtral", "qwen3_moe", "olmoe", "gpt_oss",
 ];
 
 fn model(family: &str) -> HookedTransformer {
@@ -72,10 +78,17 @@ fn residual_decompositions_and_logit_attribution_add_up() {
                 ..DecomposeResid::default()
             })
             .unwrap();
+        // The gain a processed MoE model keeps (`None` where fold_ln folded it).
+        let gain = m.ln_final.weight().cloned();
+        assert_eq!(gain.is_some(), m.cfg().num_experts.is_some(), "{family}: ln_final's gain");
+        let with_gain = |t: &Tensor| match &gain {
+            Some(g) => t.broadcast_mul(g).unwrap(),
+            None => t.clone(),
+        };
         let tok = token_tensor(&[5, 5]).unwrap();
         let attrs = a
             .logit_attrs(
-                &parts_last.stack,
+                &with_gain(&parts_last.stack),
                 &tok,
                 &LogitAttrs {
                     pos_slice: pos.clone(),
@@ -101,7 +114,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
                     ..AccumulatedResid::default()
                 })
                 .unwrap();
-            let final_post = lens.stack.get(lens.stack.dim(0).unwrap() - 1).unwrap();
+            let final_post = with_gain(&lens.stack.get(lens.stack.dim(0).unwrap() - 1).unwrap());
             let unembedded = m
                 .unembed
                 .forward(&final_post.unsqueeze(1).unwrap())
