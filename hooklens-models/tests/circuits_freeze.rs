@@ -627,6 +627,64 @@ fn cases() -> Vec<Case> {
             Kind::Set,
             25,
         ),
+        case(
+            "gemma3: q/k norms, local and global rotary bases, skip connections through the post-MLP norm",
+            variant("gemma3", json!({"hidden_size": 48})),
+            Kind::Skip,
+            26,
+        ),
+        case(
+            "gemma3: mlp.hook_in -> hook_mlp_out (after the post-MLP norm), cross-layer transcoder",
+            variant("gemma3", json!({"hidden_size": 48})),
+            Kind::Clt,
+            27,
+        )
+        .at("mlp.hook_in", "hook_mlp_out"),
+        case(
+            "olmo2: no pre-norms (mlp.hook_in is hook_resid_mid), q/k norms over the projection",
+            variant("olmo2", json!({"hidden_size": 48})),
+            Kind::Set,
+            28,
+        ),
+        case(
+            "olmo2: hook_resid_mid -> hook_mlp_out (after the post-MLP norm), skip connections",
+            variant("olmo2", json!({"hidden_size": 48})),
+            Kind::Skip,
+            29,
+        )
+        .at("hook_resid_mid", "hook_mlp_out"),
+        case(
+            "mixtral: the whole mixture of experts replaced, mlp.hook_in -> mlp.hook_out",
+            variant("mixtral", json!({"hidden_size": 48})),
+            Kind::Set,
+            30,
+        ),
+        case(
+            "qwen3_moe: ln2.hook_normalized -> mlp.hook_out, cross-layer transcoder",
+            variant("qwen3_moe", json!({"hidden_size": 48})),
+            Kind::Clt,
+            31,
+        )
+        .at("ln2.hook_normalized", "mlp.hook_out"),
+        case(
+            "olmoe: q/k norms over the projection, skip connections",
+            variant("olmoe", json!({"hidden_size": 48})),
+            Kind::Skip,
+            32,
+        ),
+        case(
+            "gpt_oss: attention sinks, YaRN rotary, biased experts",
+            variant("gpt_oss", json!({"hidden_size": 48})),
+            Kind::Set,
+            33,
+        ),
+        case(
+            "gpt_oss: hook_resid_mid -> hook_mlp_out, cross-layer transcoder",
+            variant("gpt_oss", json!({"hidden_size": 48})),
+            Kind::Clt,
+            34,
+        )
+        .at("hook_resid_mid", "hook_mlp_out"),
     ]
 }
 
