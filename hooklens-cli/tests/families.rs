@@ -1,7 +1,8 @@
 //! `hooklens cache` on every family's TransformerLens reference (`testdata/<family>/`):
 //! the file it writes holds every activation TransformerLens cached, under the same
 //! name and shape, with the same values, unprocessed and processed, and every hook's
-//! gradient with `--grads`.
+//! gradient with `--grads`. The families TransformerLens cannot load are compared the
+//! same way with their Hugging Face reference (`hf_activations` / `hf_grads`).
 
 mod common;
 
@@ -14,7 +15,12 @@ use hooklens_testutil::assert_close;
 
 const FAMILIES: &[&str] = &[
     "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
+    "mixtral",
 ];
+
+/// The families with a Hugging Face reference instead (`hf_activations.safetensors`,
+/// `hf_grads.safetensors`, the saved names in `hook_names.json`).
+const HF_FAMILIES: &[&str] = &["gemma3", "olmo2", "qwen3_moe", "olmoe", "gpt_oss"];
 
 fn run(family: &str, extra: &[&str], out: &Path) -> HashMap<String, Tensor> {
     let dir = root().join("testdata").join(family);
@@ -77,6 +83,32 @@ fn cache_grads_match_transformer_lens_on_every_family() {
     }
 }
 
+#[test]
+fn cache_matches_hugging_face_on_the_new_families() {
+    let tmp = TempDir::new("families-cache-hf");
+    for family in HF_FAMILIES {
+        let dir = root().join("testdata").join(family);
+        let out = tmp.path(&format!("{family}.safetensors"));
+        let got = run(family, &["--no-processing", "--grads"], &out);
+        let want = load(dir.join("hf_activations.safetensors"));
+        let names: Vec<String> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("hook_names.json")).unwrap()).unwrap();
+        assert!(!names.is_empty(), "{family}: no saved names");
+        for name in &names {
+            let g = got.get(name).unwrap_or_else(|| panic!("{family}: no {name}"));
+            assert_close(&format!("{family} {name}"), g, &want[name], 1e-4);
+        }
+        let grads = load(dir.join("hf_grads.safetensors"));
+        assert!(!grads.is_empty(), "{family}: no reference gradients");
+        for (name, w) in &grads {
+            let g = got.get(name).unwrap_or_else(|| panic!("{family}: no {name}"));
+            let d = max_abs_diff(g, w);
+            let scale = max_abs_diff(w, &w.zeros_like().unwrap());
+            assert!(d <= 1e-3 * scale, "{family} {name}: {d} > 1e-3 * {scale}");
+        }
+    }
+}
+
 /// A family's model folder with the tiny byte-level tokenizer (512 ids) beside it.
 fn with_tokenizer(tmp: &TempDir, family: &str) -> std::path::PathBuf {
     let dir = tmp.path(family);
@@ -134,7 +166,19 @@ fn prompts_use_the_models_tokenizer_and_bos_convention() {
 #[test]
 fn views_and_harvest_run_on_other_families() {
     let tmp = TempDir::new("families-views");
-    for family in ["neox", "gemma2", "qwen3", "bloom", "gptj"] {
+    for family in [
+        "neox",
+        "gemma2",
+        "qwen3",
+        "bloom",
+        "gptj",
+        "gemma3",
+        "olmo2",
+        "mixtral",
+        "qwen3_moe",
+        "olmoe",
+        "gpt_oss",
+    ] {
         let dir = with_tokenizer(&tmp, family);
         let model = dir.to_str().unwrap();
         let html = tmp.path(&format!("{family}-attn.html"));

@@ -122,6 +122,12 @@ fn cache_with_saes_of_other_sizes_on_other_families() {
         ("qwen2", "blocks.0.attn.hook_z", "topk", "z"),
         ("gemma2", "blocks.1.hook_resid_post", "jumprelu", "d_model"),
         ("neox", "blocks.0.hook_resid_post", "standard", "d_model"),
+        ("gemma3", "blocks.1.hook_resid_mid", "standard", "d_model"),
+        ("olmo2", "blocks.0.attn.hook_z", "topk", "z"),
+        ("mixtral", "blocks.1.hook_mlp_out", "jumprelu", "d_model"),
+        ("qwen3_moe", "blocks.0.mlp.hook_in", "gated", "d_model"),
+        ("olmoe", "blocks.1.hook_resid_post", "standard", "d_model"),
+        ("gpt_oss", "blocks.0.attn.hook_z", "topk", "z"),
     ] {
         let what = format!("{family} {arch} at {hook}");
         let dir = root().join("testdata").join(family);
