@@ -22,7 +22,7 @@ use common::max_abs_diff;
 use hooklens_core::{CacheOptions, HookedModel, Slice};
 use hooklens_models::analysis::patching::Patching;
 use hooklens_models::analysis::{
-    token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeResid, LogitAttrs, StackHeads,
+    token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeResid, LogitAttrs, StackHeads, StackNeurons,
 };
 use hooklens_models::{HookedTransformer, LoadOptions};
 
@@ -232,5 +232,42 @@ fn patching_the_clean_run_into_itself_changes_nothing() {
         }
         let heads = p.get_act_patch_attn_head_out_all_pos(&metric).unwrap();
         assert_eq!(heads.dims(), [m.cfg().n_layers, m.cfg().n_heads], "{family}");
+    }
+}
+
+/// Per-neuron results need a dense MLP's `hook_post` and `W_out`: on a dense family
+/// they sum (with `b_out`) to `hook_mlp_out` where no norm follows the MLP; on a
+/// mixture of experts they are an error that names the layer, the architecture and
+/// why.
+#[test]
+fn neuron_results_add_up_or_are_refused_on_mixtures_of_experts() {
+    for family in FAMILIES {
+        let m = model(family);
+        let tokens = tokens(family);
+        let (_, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+        let a = Analysis::new(&m, cache);
+        let got = a.get_neuron_results(0, &Slice::All, &Slice::All);
+        if m.cfg().num_experts.is_some() {
+            let err = got.unwrap_err().to_string();
+            let arch = &m.cfg().original_architecture;
+            assert!(
+                err.contains("mixture of experts") && err.contains("layer 0") && err.contains(arch.as_str()),
+                "{family}: {err}"
+            );
+            let err = a.stack_neuron_results(&StackNeurons::default()).unwrap_err().to_string();
+            assert!(err.contains("mixture of experts"), "{family}: {err}");
+            continue;
+        }
+        let per_neuron = got.unwrap_or_else(|e| panic!("{family}: {e}"));
+        if m.cfg().use_normalization_before_and_after {
+            continue;
+        }
+        let b_out = m.b_out().unwrap().get(0).unwrap();
+        let sum = per_neuron.sum(D::Minus2).unwrap().broadcast_add(&b_out).unwrap();
+        let want = a.get_by_name("blocks.0.hook_mlp_out").unwrap();
+        assert!(
+            max_abs_diff(&sum, want) < 1e-4 * scale_of(want),
+            "{family}: neurons of layer 0 sum to hook_mlp_out"
+        );
     }
 }
