@@ -1002,3 +1002,47 @@ fn unsupported_read_or_write_points_are_refused_by_name() {
         assert!(e.contains(bad), "{hooks:?}: {e}");
     }
 }
+
+/// OLMo 2 has no norm before its MLPs: transcoders reading `ln2.hook_normalized` are
+/// an error that names the point and says what to read instead, from `attribute` and
+/// `replacement_run` (the same transcoders at `mlp.hook_in` work: see the cases above).
+#[test]
+fn ln2_reads_are_refused_on_a_model_without_pre_norms() {
+    let config = variant("olmo2", json!({"hidden_size": 48}));
+    let root = TempDir::new("circuits-freeze-olmo2-ln2");
+    let weights = synthetic_checkpoint(&config, 41).unwrap();
+    write_checkpoint(root.join("model"), &config, &weights, DType::F32, 1).unwrap();
+    let model = HookedTransformer::from_dir(root.join("model"), &LoadOptions::no_processing()).unwrap();
+    assert!(model.blocks.iter().all(|b| b.ln2.is_none()), "OLMo 2 has no ln2");
+    let (n_layers, d) = (model.cfg().n_layers, model.cfg().d_model);
+    let ids: Vec<u32> = (0..N_POS as u32).map(|i| i * 5 + 2).collect();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&t)).unwrap();
+    let layer_vecs = |hook: &str| -> Vec<Vec<f32>> {
+        (0..n_layers)
+            .map(|l| to_vec(&cache[&format!("blocks.{l}.{hook}")]))
+            .collect()
+    };
+    let (x, y) = (layer_vecs("mlp.hook_in"), layer_vecs("mlp.hook_out"));
+    let dir = root.join("tc");
+    make_transcoders(&dir, Kind::Set, ("ln2.hook_normalized", "mlp.hook_out"), d, &x, &y, 2100);
+    let transcoders = Transcoders::from_dir(&dir).unwrap();
+    let e = attribute(&model, &transcoders, &ids, &AttributionOptions::new())
+        .err()
+        .expect("attribute succeeded")
+        .to_string();
+    assert!(
+        e.contains("ln2.hook_normalized")
+            && e.contains("no norm before its MLPs")
+            && e.contains(model.cfg().original_architecture.as_str()),
+        "attribute: {e}"
+    );
+    let e = replacement_run(&model, &transcoders, &ids)
+        .err()
+        .expect("replacement_run succeeded")
+        .to_string();
+    assert!(
+        e.contains("ln2.hook_normalized") && e.contains("no norm before its MLPs"),
+        "replacement_run: {e}"
+    );
+}
