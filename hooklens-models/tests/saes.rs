@@ -814,3 +814,35 @@ fn an_oversized_sae_config_is_refused_unread() {
     let msg = Sae::from_dir(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(msg.contains("cfg.json") && msg.contains("MiB"), "{msg}");
 }
+
+/// An SAE at a point a family lacks is an error naming the point, before any run: a
+/// mixture of experts has no dense `mlp.hook_post` (its experts have theirs), OLMo 2
+/// no `ln2` (its norms follow the MLP).
+#[test]
+fn saes_at_points_a_family_lacks_are_refused_by_name() {
+    for (family, point) in [
+        ("mixtral", "blocks.0.mlp.hook_post"),
+        ("gpt_oss", "blocks.1.mlp.hook_pre"),
+        ("olmo2", "blocks.0.ln2.hook_normalized"),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(family)
+            .join("model");
+        let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+        assert!(!model.hook_names().iter().any(|n| n == point), "{family} has {point}");
+        let d = model.cfg().d_model;
+        let cfg = format!(
+            r#"{{"architecture": "standard", "d_in": {d}, "d_sae": 16, "apply_b_dec_to_input": false,
+                "metadata": {{"sae_lens_version": "6.54.12", "hook_name": "{point}"}}}}"#
+        );
+        let sae = random_sae(&cfg, 5);
+        let tokens = hooklens_testutil::reference_tokens(family);
+        let e = model
+            .run_with_saes(&sae, |m| m.forward(&tokens))
+            .err()
+            .unwrap_or_else(|| panic!("{family}: an SAE at {point} was spliced"))
+            .to_string();
+        assert!(e.contains(point), "{family}: {e}");
+    }
+}
