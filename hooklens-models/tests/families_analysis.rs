@@ -22,7 +22,8 @@ use common::max_abs_diff;
 use hooklens_core::{CacheOptions, HookedModel, Slice};
 use hooklens_models::analysis::patching::Patching;
 use hooklens_models::analysis::{
-    token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeResid, LogitAttrs, StackHeads, StackNeurons,
+    token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeResid, FullDecomposition, LogitAttrs,
+    StackHeads, StackNeurons,
 };
 use hooklens_models::{HookedTransformer, LoadOptions};
 
@@ -269,5 +270,45 @@ fn neuron_results_add_up_or_are_refused_on_mixtures_of_experts() {
             max_abs_diff(&sum, want) < 1e-4 * scale_of(want),
             "{family}: neurons of layer 0 sum to hook_mlp_out"
         );
+    }
+}
+
+/// `get_full_resid_decomposition` (heads, MLPs or neurons, embeddings, biases) sums to
+/// the final residual where no norm follows attention or the MLP; with
+/// `expand_neurons` a mixture of experts is the neuron results' error, without it the
+/// MoE block is one component per layer.
+#[test]
+fn full_decomposition_sums_to_the_residual_on_every_family() {
+    for family in FAMILIES {
+        let mut m = model(family);
+        m.set_use_attn_result(true);
+        let tokens = tokens(family);
+        let (_, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens)).unwrap();
+        let moe = m.cfg().num_experts.is_some();
+        let post_norms = m.cfg().use_normalization_before_and_after;
+        let a = Analysis::new(&m, cache);
+        let n = m.cfg().n_layers;
+        let final_resid = a.get_by_name(&format!("blocks.{}.hook_resid_post", n - 1)).unwrap();
+        for expand_neurons in [false, true] {
+            let opts = FullDecomposition {
+                expand_neurons,
+                ..FullDecomposition::default()
+            };
+            let got = a.get_full_resid_decomposition(&opts);
+            if moe && expand_neurons {
+                let err = got.unwrap_err().to_string();
+                assert!(err.contains("mixture of experts") && err.contains("expand_neurons"), "{family}: {err}");
+                continue;
+            }
+            let parts = got.unwrap_or_else(|e| panic!("{family} (expand_neurons {expand_neurons}): {e}"));
+            assert_eq!(parts.stack.dim(0).unwrap(), parts.labels.len(), "{family}");
+            if !post_norms {
+                let total = parts.stack.sum(0).unwrap();
+                assert!(
+                    max_abs_diff(&total, final_resid) < 1e-4 * scale_of(final_resid),
+                    "{family} (expand_neurons {expand_neurons}): the components sum to the residual"
+                );
+            }
+        }
     }
 }

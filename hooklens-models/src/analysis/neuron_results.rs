@@ -59,7 +59,8 @@ impl Analysis<'_> {
             return Err(Error::invalid(format!(
                 "neuron results: the MLP of layer {layer} of this {} model is a mixture of experts, with no \
                  dense mlp.hook_post / W_out: its neurons are per expert (blocks.{layer}.mlp.experts.E.hook_post), \
-                 mixed by the router's weights; decompose by hook_mlp_out instead",
+                 mixed by the router's weights; use each layer's hook_mlp_out instead (decompose_resid, or \
+                 get_full_resid_decomposition with expand_neurons: false)",
                 self.model.cfg().original_architecture
             )));
         }
