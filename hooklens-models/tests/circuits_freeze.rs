@@ -1025,7 +1025,15 @@ fn ln2_reads_are_refused_on_a_model_without_pre_norms() {
     };
     let (x, y) = (layer_vecs("mlp.hook_in"), layer_vecs("mlp.hook_out"));
     let dir = root.join("tc");
-    make_transcoders(&dir, Kind::Set, ("ln2.hook_normalized", "mlp.hook_out"), d, &x, &y, 2100);
+    make_transcoders(
+        &dir,
+        Kind::Set,
+        ("ln2.hook_normalized", "mlp.hook_out"),
+        d,
+        &x,
+        &y,
+        2100,
+    );
     let transcoders = Transcoders::from_dir(&dir).unwrap();
     let e = attribute(&model, &transcoders, &ids, &AttributionOptions::new())
         .err()

@@ -28,8 +28,25 @@ use hooklens_models::analysis::{
 use hooklens_models::{HookedTransformer, LoadOptions};
 
 const FAMILIES: &[&str] = &[
-    "neox", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "gpt_neo", "opt", "phi", "gptj", "bloom",
-    "gemma3", "olmo2", "mixtral", "qwen3_moe", "olmoe", "gpt_oss",
+    "neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "gpt_neo",
+    "opt",
+    "phi",
+    "gptj",
+    "bloom",
+    "gemma3",
+    "olmo2",
+    "mixtral",
+    "qwen3_moe",
+    "olmoe",
+    "gpt_oss",
 ];
 
 fn model(family: &str) -> HookedTransformer {
@@ -81,7 +98,11 @@ fn residual_decompositions_and_logit_attribution_add_up() {
             .unwrap();
         // The gain a processed MoE model keeps (`None` where fold_ln folded it).
         let gain = m.ln_final.weight().cloned();
-        assert_eq!(gain.is_some(), m.cfg().num_experts.is_some(), "{family}: ln_final's gain");
+        assert_eq!(
+            gain.is_some(),
+            m.cfg().num_experts.is_some(),
+            "{family}: ln_final's gain"
+        );
         let with_gain = |t: &Tensor| match &gain {
             Some(g) => t.broadcast_mul(g).unwrap(),
             None => t.clone(),
@@ -233,6 +254,32 @@ fn patching_the_clean_run_into_itself_changes_nothing() {
         }
         let heads = p.get_act_patch_attn_head_out_all_pos(&metric).unwrap();
         assert_eq!(heads.dims(), [m.cfg().n_layers, m.cfg().n_heads], "{family}");
+        // Every head's q, k, v and pattern (gpt-oss's rows sum below 1: the sink's
+        // share), and the blocks' attention and MLP (MoE) outputs: patched into the
+        // run they came from, they change nothing either.
+        let every = [
+            p.get_act_patch_attn_head_all_pos_every(&metric).unwrap(),
+            p.get_act_patch_block_every(&metric).unwrap(),
+        ];
+        assert_eq!(every[0].dims(), [5, m.cfg().n_layers, m.cfg().n_heads], "{family}");
+        assert_eq!(
+            every[1].dims(),
+            [3, m.cfg().n_layers, tokens.dim(1).unwrap()],
+            "{family}"
+        );
+        for v in every.iter().flat_map(|t| {
+            t.flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        }) {
+            assert!(
+                (v - clean).abs() < 1e-4 * clean.abs().max(1.0),
+                "{family}: {v} vs {clean}"
+            );
+        }
     }
 }
 
@@ -255,7 +302,10 @@ fn neuron_results_add_up_or_are_refused_on_mixtures_of_experts() {
                 err.contains("mixture of experts") && err.contains("layer 0") && err.contains(arch.as_str()),
                 "{family}: {err}"
             );
-            let err = a.stack_neuron_results(&StackNeurons::default()).unwrap_err().to_string();
+            let err = a
+                .stack_neuron_results(&StackNeurons::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("mixture of experts"), "{family}: {err}");
             continue;
         }
@@ -297,7 +347,10 @@ fn full_decomposition_sums_to_the_residual_on_every_family() {
             let got = a.get_full_resid_decomposition(&opts);
             if moe && expand_neurons {
                 let err = got.unwrap_err().to_string();
-                assert!(err.contains("mixture of experts") && err.contains("expand_neurons"), "{family}: {err}");
+                assert!(
+                    err.contains("mixture of experts") && err.contains("expand_neurons"),
+                    "{family}: {err}"
+                );
                 continue;
             }
             let parts = got.unwrap_or_else(|e| panic!("{family} (expand_neurons {expand_neurons}): {e}"));
@@ -310,5 +363,75 @@ fn full_decomposition_sums_to_the_residual_on_every_family() {
                 );
             }
         }
+    }
+}
+
+/// Patching keys or values of a grouped-query model: the cache holds `n_kv_heads` of
+/// them; each query head's entry is the patch of the key/value head it reads (once per
+/// group), the same as patching that head by hand.
+#[test]
+fn key_value_patching_follows_the_grouped_query_heads() {
+    use hooklens_models::analysis::patching::{PatchIndex, PatchSetter};
+    for family in ["mistral", "gemma3", "mixtral", "gpt_oss"] {
+        let m = model(family);
+        let (h, kv) = (m.cfg().n_heads, m.cfg().n_kv_heads());
+        assert!(kv < h, "{family}: grouped-query");
+        let group = h / kv;
+        let clean = tokens(family);
+        let (_, cache) = m.run_with_cache(CacheOptions::new(), |m| m.forward(&clean)).unwrap();
+        // Another prompt: the clean one with its tokens after the first reversed.
+        let rest = clean
+            .narrow(1, 1, clean.dim(1).unwrap() - 1)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let idx: Vec<u32> = (0..rest.dim(1).unwrap() as u32).rev().collect();
+        let rest = rest
+            .index_select(&Tensor::new(idx.as_slice(), rest.device()).unwrap(), 1)
+            .unwrap();
+        let corrupted = Tensor::cat(&[&clean.narrow(1, 0, 1).unwrap(), &rest], 1).unwrap();
+        let metric = |l: &Tensor| -> hooklens_core::Result<f64> {
+            let last = l.i((.., l.dim(1)? - 1))?;
+            Ok(candle_nn::ops::log_softmax(&last, D::Minus1)?
+                .i((.., 7))?
+                .mean_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        };
+        let p = Patching::transformer(&m, &corrupted, &cache).unwrap();
+        for (name, all_pos) in [
+            ("k", p.get_act_patch_attn_head_k_all_pos(&metric).unwrap()),
+            ("v", p.get_act_patch_attn_head_v_all_pos(&metric).unwrap()),
+        ] {
+            assert_eq!(all_pos.dims(), [m.cfg().n_layers, h], "{family} {name}");
+            let got = all_pos.to_vec2::<f32>().unwrap();
+            let rows: Vec<Vec<usize>> = (0..m.cfg().n_layers)
+                .flat_map(|l| (0..kv).map(move |g| vec![l, g]))
+                .collect();
+            let by_hand = p
+                .generic_activation_patch(&metric, &PatchSetter::LayerHeadVector, name, &PatchIndex::Rows(rows))
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let corrupt = metric(&m.forward(&corrupted).unwrap()).unwrap() as f32;
+            let mut moved = false;
+            for (l, row) in got.iter().enumerate() {
+                for (head, v) in row.iter().enumerate() {
+                    let want = by_hand[l * kv + head / group];
+                    assert!(
+                        (v - want).abs() <= 1e-5 * want.abs().max(1.0),
+                        "{family} {name} {l} {head}"
+                    );
+                    moved |= (v - corrupt).abs() > 1e-4;
+                }
+            }
+            assert!(moved, "{family} {name}: some patch changes the metric");
+        }
+        let by_pos = p.get_act_patch_attn_head_k_by_pos(&metric).unwrap();
+        assert_eq!(
+            by_pos.dims(),
+            [m.cfg().n_layers, corrupted.dim(1).unwrap(), h],
+            "{family}"
+        );
     }
 }

@@ -628,7 +628,16 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
 /// (router and experts), which the transcoder replaces.
 #[test]
 fn a_transcoder_splices_at_mlp_hook_in_and_hook_out() {
-    for family in ["llama", "gemma2", "gemma3", "olmo2", "mixtral", "qwen3_moe", "olmoe", "gpt_oss"] {
+    for family in [
+        "llama",
+        "gemma2",
+        "gemma3",
+        "olmo2",
+        "mixtral",
+        "qwen3_moe",
+        "olmoe",
+        "gpt_oss",
+    ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../testdata")
             .join(family)
