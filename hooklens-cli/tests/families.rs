@@ -330,14 +330,22 @@ fn hooks_run_generate_and_attribute_on_the_new_families() {
 
         let o = offline_command(&["hooks", "--model", m]).output().unwrap();
         let listed = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{family} hooks: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{family} hooks: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         for point in ["blocks.1.mlp.hook_in", "blocks.1.mlp.hook_out", "blocks.1.hook_mlp_out"] {
             assert!(listed.contains(point), "{family} hooks: no {point} in\n{listed}");
         }
 
         let o = offline_command(&["run", "--model", m, "--tokens", t]).output().unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
-        assert!(o.status.success(), "{family} run: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{family} run: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert!(out.contains("loss:"), "{family} run: {out}");
 
         let gen = tmp.path(&format!("{family}-gen.safetensors"));
@@ -355,7 +363,11 @@ fn hooks_run_generate_and_attribute_on_the_new_families() {
         ])
         .output()
         .unwrap();
-        assert!(o.status.success(), "{family} generate: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{family} generate: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         assert_eq!(load(&gen)["tokens"].dims(), [1, n_pos + 3], "{family} generate");
 
         // Random transcoders in circuit-tracer's format (per layer W_enc, W_dec
@@ -377,10 +389,19 @@ fn hooks_run_generate_and_attribute_on_the_new_families() {
         for l in 0..n_layers {
             let std = 1.0 / (d as f64).sqrt();
             let layer = HashMap::from([
-                ("W_enc".to_string(), Tensor::randn(0f32, std as f32, (f, d), &cpu).unwrap()),
+                (
+                    "W_enc".to_string(),
+                    Tensor::randn(0f32, std as f32, (f, d), &cpu).unwrap(),
+                ),
                 ("W_dec".to_string(), Tensor::randn(0f32, 0.1, (f, d), &cpu).unwrap()),
-                ("b_enc".to_string(), Tensor::zeros(f, candle_core::DType::F32, &cpu).unwrap()),
-                ("b_dec".to_string(), Tensor::zeros(d, candle_core::DType::F32, &cpu).unwrap()),
+                (
+                    "b_enc".to_string(),
+                    Tensor::zeros(f, candle_core::DType::F32, &cpu).unwrap(),
+                ),
+                (
+                    "b_dec".to_string(),
+                    Tensor::zeros(d, candle_core::DType::F32, &cpu).unwrap(),
+                ),
             ]);
             candle_core::safetensors::save(&layer, tc.join(format!("layer_{l}.safetensors"))).unwrap();
         }
@@ -406,7 +427,11 @@ fn hooks_run_generate_and_attribute_on_the_new_families() {
         ])
         .output()
         .unwrap();
-        assert!(o.status.success(), "{family} attribute: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{family} attribute: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let g: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&graph).unwrap()).unwrap();
         let kinds: Vec<&str> = g["nodes"]
             .as_array()
@@ -414,7 +439,12 @@ fn hooks_run_generate_and_attribute_on_the_new_families() {
             .iter()
             .map(|n| n["feature_type"].as_str().unwrap())
             .collect();
-        for kind in ["cross layer transcoder", "mlp reconstruction error", "embedding", "logit"] {
+        for kind in [
+            "cross layer transcoder",
+            "mlp reconstruction error",
+            "embedding",
+            "logit",
+        ] {
             assert!(kinds.contains(&kind), "{family} attribute: no {kind} node in {kinds:?}");
         }
     }
