@@ -1037,7 +1037,7 @@ fn ln2_reads_are_refused_on_a_model_without_pre_norms() {
     let transcoders = Transcoders::from_dir(&dir).unwrap();
     let e = attribute(&model, &transcoders, &ids, &AttributionOptions::new())
         .err()
-        .expect("attribute succeeded")
+        .unwrap_or_else(|| panic!("attribute succeeded"))
         .to_string();
     assert!(
         e.contains("ln2.hook_normalized")
@@ -1047,7 +1047,7 @@ fn ln2_reads_are_refused_on_a_model_without_pre_norms() {
     );
     let e = replacement_run(&model, &transcoders, &ids)
         .err()
-        .expect("replacement_run succeeded")
+        .unwrap_or_else(|| panic!("replacement_run succeeded"))
         .to_string();
     assert!(
         e.contains("ln2.hook_normalized") && e.contains("no norm before its MLPs"),

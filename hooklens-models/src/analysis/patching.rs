@@ -485,7 +485,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
             Some(t) if t.rank() == 4 => t.dim(2)?,
             _ => n_heads,
         };
-        if n_kv == n_heads || n_kv == 0 || n_heads % n_kv != 0 {
+        if n_kv == n_heads || n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
             return self.sweep(metric, setter, name, axes);
         }
         // Every index of the swept axes, with the head axis (last) over key/value heads.
