@@ -122,6 +122,12 @@ fn cache_with_saes_of_other_sizes_on_other_families() {
         ("qwen2", "blocks.0.attn.hook_z", "topk", "z"),
         ("gemma2", "blocks.1.hook_resid_post", "jumprelu", "d_model"),
         ("neox", "blocks.0.hook_resid_post", "standard", "d_model"),
+        ("gemma3", "blocks.1.hook_resid_mid", "standard", "d_model"),
+        ("olmo2", "blocks.0.attn.hook_z", "topk", "z"),
+        ("mixtral", "blocks.1.hook_mlp_out", "jumprelu", "d_model"),
+        ("qwen3_moe", "blocks.0.mlp.hook_in", "gated", "d_model"),
+        ("olmoe", "blocks.1.hook_resid_post", "standard", "d_model"),
+        ("gpt_oss", "blocks.0.attn.hook_z", "topk", "z"),
     ] {
         let what = format!("{family} {arch} at {hook}");
         let dir = root().join("testdata").join(family);
@@ -183,6 +189,36 @@ fn cache_with_saes_of_other_sizes_on_other_families() {
             &(&plain[hook] - recons).unwrap(),
             1e-4,
         );
+        // `features` with the same SAE: a header and one line per token of the row. It
+        // shows the tokens, so the model gets the tiny byte-level tokenizer (512 ids).
+        let with_tok = tmp.path(&format!("{family}-model"));
+        std::fs::create_dir_all(&with_tok).unwrap();
+        for file in ["config.json", "model.safetensors"] {
+            std::fs::copy(dir.join("model").join(file), with_tok.join(file)).unwrap();
+        }
+        std::fs::copy(
+            root().join("testdata/tiny-tokenizer/tokenizer.json"),
+            with_tok.join("tokenizer.json"),
+        )
+        .unwrap();
+        let page = tmp.path(&format!("{family}-features.html"));
+        let mut f = args(&["features", "--no-processing", "--model"]);
+        f.push(with_tok.display().to_string());
+        f.extend([
+            "--tokens".to_string(),
+            dir.join("tokens.safetensors").display().to_string(),
+            "--row".into(),
+            "1".into(),
+            "--sae".into(),
+            sae_dir.display().to_string(),
+            "--top".into(),
+            "3".into(),
+            "--out".into(),
+            page.display().to_string(),
+        ]);
+        let table = hooklens_ok(&f);
+        let n_pos = plain["logits"].dim(1).unwrap();
+        assert_eq!(table.lines().count(), n_pos + 1, "{what}: features\n{table}");
     }
 }
 

@@ -627,6 +627,64 @@ fn cases() -> Vec<Case> {
             Kind::Set,
             25,
         ),
+        case(
+            "gemma3: q/k norms, local and global rotary bases, skip connections through the post-MLP norm",
+            variant("gemma3", json!({"hidden_size": 48})),
+            Kind::Skip,
+            26,
+        ),
+        case(
+            "gemma3: mlp.hook_in -> hook_mlp_out (after the post-MLP norm), cross-layer transcoder",
+            variant("gemma3", json!({"hidden_size": 48})),
+            Kind::Clt,
+            27,
+        )
+        .at("mlp.hook_in", "hook_mlp_out"),
+        case(
+            "olmo2: no pre-norms (mlp.hook_in is hook_resid_mid), q/k norms over the projection",
+            variant("olmo2", json!({"hidden_size": 48})),
+            Kind::Set,
+            28,
+        ),
+        case(
+            "olmo2: hook_resid_mid -> hook_mlp_out (after the post-MLP norm), skip connections",
+            variant("olmo2", json!({"hidden_size": 48})),
+            Kind::Skip,
+            29,
+        )
+        .at("hook_resid_mid", "hook_mlp_out"),
+        case(
+            "mixtral: the whole mixture of experts replaced, mlp.hook_in -> mlp.hook_out",
+            variant("mixtral", json!({"hidden_size": 48})),
+            Kind::Set,
+            30,
+        ),
+        case(
+            "qwen3_moe: ln2.hook_normalized -> mlp.hook_out, cross-layer transcoder",
+            variant("qwen3_moe", json!({"hidden_size": 48})),
+            Kind::Clt,
+            31,
+        )
+        .at("ln2.hook_normalized", "mlp.hook_out"),
+        case(
+            "olmoe: q/k norms over the projection, skip connections",
+            variant("olmoe", json!({"hidden_size": 48})),
+            Kind::Skip,
+            32,
+        ),
+        case(
+            "gpt_oss: attention sinks, YaRN rotary, biased experts",
+            variant("gpt_oss", json!({"hidden_size": 48})),
+            Kind::Set,
+            33,
+        ),
+        case(
+            "gpt_oss: hook_resid_mid -> hook_mlp_out, cross-layer transcoder",
+            variant("gpt_oss", json!({"hidden_size": 48})),
+            Kind::Clt,
+            34,
+        )
+        .at("hook_resid_mid", "hook_mlp_out"),
     ]
 }
 
@@ -943,4 +1001,56 @@ fn unsupported_read_or_write_points_are_refused_by_name() {
             .to_string();
         assert!(e.contains(bad), "{hooks:?}: {e}");
     }
+}
+
+/// OLMo 2 has no norm before its MLPs: transcoders reading `ln2.hook_normalized` are
+/// an error that names the point and says what to read instead, from `attribute` and
+/// `replacement_run` (the same transcoders at `mlp.hook_in` work: see the cases above).
+#[test]
+fn ln2_reads_are_refused_on_a_model_without_pre_norms() {
+    let config = variant("olmo2", json!({"hidden_size": 48}));
+    let root = TempDir::new("circuits-freeze-olmo2-ln2");
+    let weights = synthetic_checkpoint(&config, 41).unwrap();
+    write_checkpoint(root.join("model"), &config, &weights, DType::F32, 1).unwrap();
+    let model = HookedTransformer::from_dir(root.join("model"), &LoadOptions::no_processing()).unwrap();
+    assert!(model.blocks.iter().all(|b| b.ln2.is_none()), "OLMo 2 has no ln2");
+    let (n_layers, d) = (model.cfg().n_layers, model.cfg().d_model);
+    let ids: Vec<u32> = (0..N_POS as u32).map(|i| i * 5 + 2).collect();
+    let t = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+    let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&t)).unwrap();
+    let layer_vecs = |hook: &str| -> Vec<Vec<f32>> {
+        (0..n_layers)
+            .map(|l| to_vec(&cache[&format!("blocks.{l}.{hook}")]))
+            .collect()
+    };
+    let (x, y) = (layer_vecs("mlp.hook_in"), layer_vecs("mlp.hook_out"));
+    let dir = root.join("tc");
+    make_transcoders(
+        &dir,
+        Kind::Set,
+        ("ln2.hook_normalized", "mlp.hook_out"),
+        d,
+        &x,
+        &y,
+        2100,
+    );
+    let transcoders = Transcoders::from_dir(&dir).unwrap();
+    let e = attribute(&model, &transcoders, &ids, &AttributionOptions::new())
+        .err()
+        .unwrap_or_else(|| panic!("attribute succeeded"))
+        .to_string();
+    assert!(
+        e.contains("ln2.hook_normalized")
+            && e.contains("no norm before its MLPs")
+            && e.contains(model.cfg().original_architecture.as_str()),
+        "attribute: {e}"
+    );
+    let e = replacement_run(&model, &transcoders, &ids)
+        .err()
+        .unwrap_or_else(|| panic!("replacement_run succeeded"))
+        .to_string();
+    assert!(
+        e.contains("ln2.hook_normalized") && e.contains("no norm before its MLPs"),
+        "replacement_run: {e}"
+    );
 }

@@ -466,7 +466,18 @@ fn sparse_code(pre: &Tensor, keep: impl Fn(&[f32]) -> Vec<bool>) -> Tensor {
 
 #[test]
 fn saes_of_other_sizes_match_their_math_on_every_family() {
-    for family in ["llama", "gemma2", "neox", "qwen3"] {
+    for family in [
+        "llama",
+        "gemma2",
+        "neox",
+        "qwen3",
+        "gemma3",
+        "olmo2",
+        "mixtral",
+        "qwen3_moe",
+        "olmoe",
+        "gpt_oss",
+    ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../testdata")
             .join(family)
@@ -486,6 +497,13 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
             "blocks.1.hook_resid_mid"
         };
         let (d_model, z_width) = (c.d_model, c.n_heads * c.d_head);
+        // The transcoder reads ln2's output; OLMo 2 has no norm before its MLP, so there
+        // it reads the MLP's input.
+        let tc_in = if model.hook_names().iter().any(|n| n == "blocks.0.ln2.hook_normalized") {
+            "blocks.0.ln2.hook_normalized"
+        } else {
+            "blocks.0.mlp.hook_in"
+        };
         let meta = |hook: &str, out: &str| {
             format!(r#""metadata": {{"sae_lens_version": "6.54.12", "hook_name": "{hook}"{out}}}"#)
         };
@@ -512,12 +530,9 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
                 "jumprelu transcoder",
                 format!(
                     r#"{{"architecture": "jumprelu_transcoder", "d_in": {d_model}, "d_out": {d_model}, "d_sae": 56, "apply_b_dec_to_input": false, {}}}"#,
-                    meta(
-                        "blocks.0.ln2.hook_normalized",
-                        r#", "hook_name_out": "blocks.0.hook_mlp_out""#
-                    )
+                    meta(tc_in, r#", "hook_name_out": "blocks.0.hook_mlp_out""#)
                 ),
-                "blocks.0.ln2.hook_normalized".to_string(),
+                tc_in.to_string(),
                 "blocks.0.hook_mlp_out".to_string(),
             ),
         ];
@@ -608,10 +623,21 @@ fn saes_of_other_sizes_match_their_math_on_every_family() {
 
 /// A transcoder in circuit-tracer's / SAELens's places, `blocks.L.mlp.hook_in` ->
 /// `blocks.L.mlp.hook_out`: it reads the MLP's input (ln2's output after its gain) and
-/// replaces the MLP's output, which then goes on through Gemma 2's post-MLP norm.
+/// replaces the MLP's output, which then goes on through a post-MLP norm (Gemma 2 and
+/// 3, OLMo 2). In a mixture-of-experts model the two points enclose the whole MoE block
+/// (router and experts), which the transcoder replaces.
 #[test]
 fn a_transcoder_splices_at_mlp_hook_in_and_hook_out() {
-    for family in ["llama", "gemma2"] {
+    for family in [
+        "llama",
+        "gemma2",
+        "gemma3",
+        "olmo2",
+        "mixtral",
+        "qwen3_moe",
+        "olmoe",
+        "gpt_oss",
+    ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../testdata")
             .join(family)
@@ -677,7 +703,7 @@ fn a_transcoder_splices_at_mlp_hook_in_and_hook_out() {
         let mlp_out = "blocks.1.hook_mlp_out";
         assert_close(&format!("{family}: {mlp_out}"), &sc[mlp_out], &hc[mlp_out], 1e-5);
         let post_norm = max_diff(&sc[mlp_out], &manual);
-        if family == "gemma2" {
+        if model.cfg().use_normalization_before_and_after {
             assert!(
                 post_norm > 1e-2,
                 "{family}: ln2_post normalises the transcoder's output"
@@ -796,4 +822,36 @@ fn an_oversized_sae_config_is_refused_unread() {
     drop(f);
     let msg = Sae::from_dir(&dir, &Device::Cpu).err().unwrap().to_string();
     assert!(msg.contains("cfg.json") && msg.contains("MiB"), "{msg}");
+}
+
+/// An SAE at a point a family lacks is an error naming the point, before any run: a
+/// mixture of experts has no dense `mlp.hook_post` (its experts have theirs), OLMo 2
+/// no `ln2` (its norms follow the MLP).
+#[test]
+fn saes_at_points_a_family_lacks_are_refused_by_name() {
+    for (family, point) in [
+        ("mixtral", "blocks.0.mlp.hook_post"),
+        ("gpt_oss", "blocks.1.mlp.hook_pre"),
+        ("olmo2", "blocks.0.ln2.hook_normalized"),
+    ] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata")
+            .join(family)
+            .join("model");
+        let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+        assert!(!model.hook_names().iter().any(|n| n == point), "{family} has {point}");
+        let d = model.cfg().d_model;
+        let cfg = format!(
+            r#"{{"architecture": "standard", "d_in": {d}, "d_sae": 16, "apply_b_dec_to_input": false,
+                "metadata": {{"sae_lens_version": "6.54.12", "hook_name": "{point}"}}}}"#
+        );
+        let sae = random_sae(&cfg, 5);
+        let tokens = hooklens_testutil::reference_tokens(family);
+        let e = model
+            .run_with_saes(&sae, |m| m.forward(&tokens))
+            .err()
+            .unwrap_or_else(|| panic!("{family}: an SAE at {point} was spliced"))
+            .to_string();
+        assert!(e.contains(point), "{family}: {e}");
+    }
 }

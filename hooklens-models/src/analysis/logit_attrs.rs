@@ -73,6 +73,10 @@ impl Analysis<'_> {
     /// Token and incorrect-token shapes that differ, or a stack that does not fit the
     /// directions, are errors. As in TransformerLens, only `ln_final`'s centring and scale
     /// are applied: use a processed model (`fold_ln`), where that is all `ln_final` does.
+    /// A mixture-of-experts model keeps its norms' gains even when processed (as in
+    /// TransformerLens, see `ProcessingOptions::fold_ln`): multiply the stack by
+    /// `ln_final`'s gain (`model.ln_final.weight()`) first for attributions that sum to
+    /// the logits.
     pub fn logit_attrs(&self, residual_stack: &Tensor, tokens: &Tensor, opts: &LogitAttrs) -> Result<Tensor> {
         let mut directions = self.model.tokens_to_residual_directions(tokens)?;
         if let Some(incorrect) = &opts.incorrect_tokens {

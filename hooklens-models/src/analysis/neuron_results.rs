@@ -53,6 +53,17 @@ impl Analysis<'_> {
             .blocks
             .get(layer)
             .ok_or_else(|| Error::invalid(format!("layer {layer} is out of range")))?;
+        // A mixture of experts has no dense MLP whose neurons these would be: each
+        // expert has its own (`mlp.experts.E.hook_post`), weighted per token by the router.
+        if block.mlp.moe.is_some() {
+            return Err(Error::invalid(format!(
+                "neuron results: the MLP of layer {layer} of this {} model is a mixture of experts, with no \
+                 dense mlp.hook_post / W_out: its neurons are per expert (blocks.{layer}.mlp.experts.E.hook_post), \
+                 mixed by the router's weights; use each layer's hook_mlp_out instead (decompose_resid, or \
+                 get_full_resid_decomposition with expand_neurons: false)",
+                self.model.cfg().original_architecture
+            )));
+        }
         let acts = apply_slice(pos_slice, self.at("post", layer)?, -2)?;
         let acts = apply_slice(neuron_slice, &acts, -1)?;
         let w_out = apply_slice(neuron_slice, &block.mlp.w_out, 0)?.to_dtype(acts.dtype())?;

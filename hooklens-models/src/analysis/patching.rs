@@ -472,6 +472,48 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         self.generic_activation_patch(metric, &setter, name, &PatchIndex::Axes(axes.to_vec()))
     }
 
+    /// [`Patching::sweep`] of keys or values (`name` `"k"` / `"v"`, head last in `axes`).
+    /// A grouped-query model caches `n_kv_heads` of them, each read by a group of query
+    /// heads: each key/value head is patched once, and every query head gets the result
+    /// of the head it reads, so the output keeps its `n_heads` axis. Otherwise a sweep.
+    fn sweep_kv<F>(&self, metric: &F, setter: PatchSetter, name: &str, axes: &[Axis]) -> Result<Tensor>
+    where
+        F: Fn(&Tensor) -> Result<f64> + Sync,
+    {
+        let n_heads = self.dims.n_heads;
+        let n_kv = match self.clean_cache.get(&act_name(name, Some(0), None)?) {
+            Some(t) if t.rank() == 4 => t.dim(2)?,
+            _ => n_heads,
+        };
+        if n_kv == n_heads || n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
+            return self.sweep(metric, setter, name, axes);
+        }
+        // Every index of the swept axes, with the head axis (last) over key/value heads.
+        let lens: Vec<usize> = axes
+            .iter()
+            .map(|&a| if a == Axis::Head { n_kv } else { self.axis_len(a) })
+            .collect();
+        let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
+        for &len in &lens {
+            rows = rows
+                .into_iter()
+                .flat_map(|r| {
+                    (0..len).map(move |i| {
+                        let mut r = r.clone();
+                        r.push(i);
+                        r
+                    })
+                })
+                .collect();
+        }
+        let flat = self.generic_activation_patch(metric, &setter, name, &PatchIndex::Rows(rows))?;
+        let per_kv = flat.reshape(lens.as_slice())?;
+        let group = n_heads / n_kv;
+        let reads: Vec<u32> = (0..n_heads).map(|h| (h / group) as u32).collect();
+        let reads = Tensor::new(reads.as_slice(), per_kv.device())?;
+        Ok(per_kv.index_select(&reads, lens.len() - 1)?)
+    }
+
     /// Patches the residual stream entering each block, one position at a time: `[n_layers, pos]`.
     pub fn get_act_patch_resid_pre<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
         self.sweep(metric, PatchSetter::LayerPos, "resid_pre", &[Axis::Layer, Axis::Pos])
@@ -515,9 +557,10 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         )
     }
 
-    /// Patches each head's keys, by position: `[n_layers, pos, n_heads]`.
+    /// Patches each head's keys, by position: `[n_layers, pos, n_heads]` (grouped-query:
+    /// the key head it reads, patched once per group).
     pub fn get_act_patch_attn_head_k_by_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
-        self.sweep(
+        self.sweep_kv(
             metric,
             PatchSetter::LayerPosHeadVector,
             "k",
@@ -525,9 +568,10 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         )
     }
 
-    /// Patches each head's values, by position: `[n_layers, pos, n_heads]`.
+    /// Patches each head's values, by position: `[n_layers, pos, n_heads]` (grouped-query:
+    /// the value head it reads, patched once per group).
     pub fn get_act_patch_attn_head_v_by_pos<F: Fn(&Tensor) -> Result<f64> + Sync>(&self, metric: &F) -> Result<Tensor> {
-        self.sweep(
+        self.sweep_kv(
             metric,
             PatchSetter::LayerPosHeadVector,
             "v",
@@ -584,7 +628,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         &self,
         metric: &F,
     ) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerHeadVector, "k", &[Axis::Layer, Axis::Head])
+        self.sweep_kv(metric, PatchSetter::LayerHeadVector, "k", &[Axis::Layer, Axis::Head])
     }
 
     /// Patches each head's values at every position: `[n_layers, n_heads]`.
@@ -592,7 +636,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         &self,
         metric: &F,
     ) -> Result<Tensor> {
-        self.sweep(metric, PatchSetter::LayerHeadVector, "v", &[Axis::Layer, Axis::Head])
+        self.sweep_kv(metric, PatchSetter::LayerHeadVector, "v", &[Axis::Layer, Axis::Head])
     }
 
     /// Patches each head's whole attention pattern: `[n_layers, n_heads]`.

@@ -118,7 +118,16 @@ pub(crate) fn check_fit(model: &HookedTransformer, transcoders: &Transcoders) ->
             cfg.d_model
         )));
     }
-    points(transcoders)?;
+    let (read, _) = points(transcoders)?;
+    // OLMo 2 has no norm before its MLPs: say so, rather than the unknown-hook error
+    // below, whose nearest names are the post-MLP norm's (another point).
+    if read == ReadPoint::Ln2Normalized && model.blocks.iter().any(|b| b.ln2.is_none()) {
+        return Err(Error::invalid(format!(
+            "transcoders read ln2.hook_normalized, but this {} model has no norm before its MLPs \
+             (only after them): read mlp.hook_in or hook_resid_mid instead",
+            cfg.original_architecture
+        )));
+    }
     let names: std::collections::HashSet<String> = model.hook_names().into_iter().collect();
     for l in [0, cfg.n_layers - 1] {
         for name in [transcoders.input_hook(l), transcoders.output_hook(l)] {
