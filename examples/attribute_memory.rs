@@ -18,7 +18,7 @@ use hooklens::candle_core::{DType, Device, Tensor};
 use hooklens::{CacheOptions, HookedModel, HookedTransformer, LoadOptions};
 use hooklens_models::circuits::{attribute, graph_file_from, prune, AttributionOptions, GraphFileOptions, Transcoders};
 use hooklens_models::convert::{synthetic_checkpoint, write_checkpoint};
-use hooklens_models::gpt2::SeededRng;
+use hooklens_models::model::SeededRng;
 
 /// The process's peak and current resident memory in MiB (`VmHWM`, `VmRSS`).
 fn rss_mib() -> (f64, f64) {

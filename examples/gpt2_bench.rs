@@ -6,7 +6,7 @@
 //! In one run it measures:
 //! 1. the matmul floor: the f32 matrix products at the forward's exact shapes, alone
 //!    (the model's own weights, in its layouts), computed as the model computes them
-//!    (`gpt2::matmul`) and, for comparison, all with candle's `matmul`;
+//!    (`products::matmul`) and, for comparison, all with candle's `matmul`;
 //! 2. the forward with no hook attached, batch 1 x 64 and 8 x 128, in ms and GFLOP/s;
 //! 3. the same with `run_with_cache` of every hook, and with one patching hook;
 //! 4. forward + backward with the gradient cached at every hook, against a plain
@@ -41,13 +41,14 @@ use bench_common::{median_f64, paired_ratio, stream_once, time, time_interleaved
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use hooklens::models::gpt2::{self, random_weights, save_hf_checkpoint, SeededRng};
+use hooklens::models::model::{self as products, random_weights, save_hf_checkpoint, SeededRng};
 use hooklens::ReturnType;
 use hooklens::{
-    CacheOptions, ForwardOptions, GenerateOptions, Gpt2Config, HookPoint, HookSet, HookedGpt2, HookedModel,
+    CacheOptions, ForwardOptions, GenerateOptions, HookPoint, HookSet, HookedModel, HookedTransformer,
+    TransformerConfig,
 };
 
-fn forward_flops(cfg: &Gpt2Config, b: usize, p: usize) -> f64 {
+fn forward_flops(cfg: &TransformerConfig, b: usize, p: usize) -> f64 {
     let (n, d, h, dh, m, v) = (
         (b * p) as f64,
         cfg.d_model as f64,
@@ -81,7 +82,7 @@ struct Floor {
 
 impl Floor {
     fn new(
-        cfg: &Gpt2Config,
+        cfg: &TransformerConfig,
         weights: &std::collections::HashMap<String, Tensor>,
         b: usize,
         p: usize,
@@ -120,20 +121,20 @@ impl Floor {
 
     /// Every product of one forward: per layer q|k|v, scores, pattern . v, W_O, MLP in
     /// and out; then the unembedding. `ours`: the weight products as the model computes
-    /// them ([`hooklens::models::gpt2::matmul`], and the attention's two products with
-    /// [`gpt2::attention_scores`] and [`gpt2::attention_z`] on views of one q|k|v
+    /// them ([`hooklens::models::model::matmul`], and the attention's two products with
+    /// [`products::attention_scores`] and [`products::attention_z`] on views of one q|k|v
     /// tensor), else all with candle's `matmul` on contiguous operands.
     fn run(&self, ours: bool) -> hooklens::Result<Tensor> {
         let mm = |x: &Tensor, w: &Tensor| -> hooklens::Result<Tensor> {
-            Ok(if ours { gpt2::matmul(x, w)? } else { x.matmul(w)? })
+            Ok(if ours { products::matmul(x, w)? } else { x.matmul(w)? })
         };
         let part = |i: usize| self.qkv.narrow(2, i, 1).and_then(|t| t.squeeze(2));
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         for [w_qkv, w_o, w_in, w_out] in &self.layers {
             let _ = mm(&self.x, w_qkv)?;
             if ours {
-                let _ = gpt2::attention_scores(&q, &k, 0.125)?;
-                let _ = gpt2::attention_z(&self.pat, &v)?;
+                let _ = products::attention_scores(&q, &k, 0.125)?;
+                let _ = products::attention_z(&self.pat, &v)?;
             } else {
                 let _ = self.q.matmul(&self.kt)?;
                 let _ = self.pat.matmul(&self.v)?;
@@ -162,11 +163,11 @@ fn main() -> hooklens::Result<()> {
         device => return gpu_table(&device, reps),
     }
 
-    let cfg = Gpt2Config::gpt2_small();
+    let cfg = TransformerConfig::gpt2_small();
     let weights = random_weights(&cfg, 0)?;
     let n_params: usize = weights.values().map(|t| t.elem_count()).sum();
     let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
-    let model = HookedGpt2::load(vb, &cfg)?;
+    let model = HookedTransformer::load(vb, &cfg)?;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("GPT-2-small shape, seeded random weights, f32, CPU, {threads} threads, {n_params} parameters");
     println!(
@@ -216,7 +217,7 @@ fn main() -> hooklens::Result<()> {
     // Gradients at 1 x 64.
     let ids: Vec<u32> = (0..64).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
     let tokens = Tensor::from_vec(ids, (1, 64), &Device::Cpu)?;
-    let loss_of = |m: &HookedGpt2| -> hooklens::Result<Tensor> {
+    let loss_of = |m: &HookedTransformer| -> hooklens::Result<Tensor> {
         let out = m.forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
         out.loss.ok_or_else(|| hooklens::Error::invalid("no loss"))
     };
@@ -319,11 +320,11 @@ fn device_arg(args: &[String]) -> hooklens::Result<Device> {
 
 /// The benchmark on a GPU: the same GPT-2-small-shaped model, f32, on `device`.
 fn gpu_table(device: &Device, reps: impl Fn(usize) -> usize) -> hooklens::Result<()> {
-    let cfg = Gpt2Config::gpt2_small();
+    let cfg = TransformerConfig::gpt2_small();
     let weights = random_weights(&cfg, 0)?;
     let n_params: usize = weights.values().map(|t| t.elem_count()).sum();
     let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    let model = HookedGpt2::load(vb, &cfg)?;
+    let model = HookedTransformer::load(vb, &cfg)?;
     // GPU calls return once their kernels are queued: waiting for the device inside the
     // timed call is what makes the time that of the work.
     let sync = || -> hooklens::Result<()> { Ok(device.synchronize()?) };
@@ -372,7 +373,7 @@ fn gpu_table(device: &Device, reps: impl Fn(usize) -> usize) -> hooklens::Result
     }
 
     let tokens = random_tokens(1, 64)?;
-    let loss_of = |m: &HookedGpt2| -> hooklens::Result<Tensor> {
+    let loss_of = |m: &HookedTransformer| -> hooklens::Result<Tensor> {
         let out = m.forward_with(&tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
         out.loss.ok_or_else(|| hooklens::Error::invalid("no loss"))
     };

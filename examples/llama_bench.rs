@@ -8,7 +8,7 @@
 //! In one run it measures:
 //! 1. the forward (no hook attached) at batch 1 x 64 and 4 x 256 against its own
 //!    matmul floor: the same products at the forward's shapes with the model's own
-//!    weights, through the same kernels (`gpt2::matmul`, `attention_scores`,
+//!    weights, through the same kernels (`products::matmul`, `attention_scores`,
 //!    `attention_z`), alone; and `run_with_cache` of every hook against the forward;
 //! 2. greedy decoding with the KV cache (32 new tokens after 16): tokens per second
 //!    against the bound memory bandwidth sets (a step reads every weight once; the
@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::models::convert::{synthetic_checkpoint, write_checkpoint};
-use hooklens::models::gpt2::{self, SeededRng};
+use hooklens::models::model::{self as products, SeededRng};
 use hooklens::{CacheOptions, GenerateOptions, HookedModel, HookedTransformer, LoadOptions};
 
 #[path = "common/bench.rs"]
@@ -94,16 +94,16 @@ impl Floor {
 
     fn run(&self) -> hooklens::Result<()> {
         for w in &self.layers {
-            std::hint::black_box(gpt2::matmul(&self.x, &w[0])?);
-            std::hint::black_box(gpt2::attention_scores(&self.q, &self.k, self.scale)?);
-            std::hint::black_box(gpt2::attention_z(&self.pattern, &self.k)?);
-            std::hint::black_box(gpt2::matmul(&self.z, &w[1])?);
+            std::hint::black_box(products::matmul(&self.x, &w[0])?);
+            std::hint::black_box(products::attention_scores(&self.q, &self.k, self.scale)?);
+            std::hint::black_box(products::attention_z(&self.pattern, &self.k)?);
+            std::hint::black_box(products::matmul(&self.z, &w[1])?);
             for m in &w[2..w.len() - 1] {
-                std::hint::black_box(gpt2::matmul(&self.x, m)?);
+                std::hint::black_box(products::matmul(&self.x, m)?);
             }
-            std::hint::black_box(gpt2::matmul(&self.hid, &w[w.len() - 1])?);
+            std::hint::black_box(products::matmul(&self.hid, &w[w.len() - 1])?);
         }
-        std::hint::black_box(gpt2::matmul(&self.x, &self.w_u)?);
+        std::hint::black_box(products::matmul(&self.x, &self.w_u)?);
         Ok(())
     }
 }

@@ -17,9 +17,9 @@ use bench_common::{median_f64, time_rounds};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use hooklens::models::gpt2::{random_weights, SeededRng};
+use hooklens::models::model::{random_weights, SeededRng};
 use hooklens::models::sae::{Sae, SaeConfig, SaeModel, SaeSet, SaeWeights};
-use hooklens::{Gpt2Config, HookedGpt2};
+use hooklens::{HookedTransformer, TransformerConfig};
 
 const D_SAE: usize = 24576;
 const HOOK: &str = "blocks.6.hook_resid_pre";
@@ -33,9 +33,9 @@ fn random(rng: &mut SeededRng, shape: &[usize], scale: f32) -> hooklens::Result<
 fn main() -> hooklens::Result<()> {
     hooklens::retain_freed_memory();
     let quick = std::env::args().any(|a| a == "--quick");
-    let cfg = Gpt2Config::gpt2_small();
+    let cfg = TransformerConfig::gpt2_small();
     let vb = VarBuilder::from_tensors(random_weights(&cfg, 0)?, DType::F32, &Device::Cpu);
-    let model = HookedGpt2::load(vb, &cfg)?;
+    let model = HookedTransformer::load(vb, &cfg)?;
     let d = cfg.d_model;
     let sae_cfg = SaeConfig::from_json_str(
         &format!(

@@ -16,8 +16,8 @@ use std::time::Instant;
 use candle_core::DType;
 use hooklens::models::builtin::{builtin_config, half_losses, induction_scores, repeated_tokens, train_induction};
 use hooklens::models::builtin::{TrainOptions, TrainStep};
-use hooklens::models::gpt2::{save_hf_checkpoint, SeededRng};
-use hooklens::{HookedGpt2, LoadOptions};
+use hooklens::models::model::{save_hf_checkpoint, SeededRng};
+use hooklens::{HookedTransformer, LoadOptions};
 
 fn arg<T: std::str::FromStr>(args: &[String], flag: &str) -> hooklens::Result<Option<T>> {
     match args.iter().position(|a| a == flag) {
@@ -131,7 +131,7 @@ fn main() -> hooklens::Result<()> {
     println!("\nsaved to {out}");
 
     // Check what was saved, as it will be loaded.
-    let model = HookedGpt2::from_dir(&out, &LoadOptions::no_processing())?;
+    let model = HookedTransformer::from_dir(&out, &LoadOptions::no_processing())?;
     let mut rng = SeededRng::new(12345);
     // Within the trained lengths (1 + prefix + window <= 57 positions).
     let half = 20;

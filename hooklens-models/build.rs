@@ -1,7 +1,7 @@
 //! Tells the library whether the built-in model's files (`builtin/config.json` and
 //! `builtin/model.safetensors`, written by `examples/train_builtin`) are there to be
 //! compiled in, as `cfg(hooklens_builtin)`. Without them the library still builds and
-//! `HookedGpt2::builtin()` returns an error saying what is missing, so a checkout
+//! `HookedTransformer::builtin()` returns an error saying what is missing, so a checkout
 //! without the weights (mid-training, say) is not a compile error.
 
 use std::path::Path;

@@ -96,9 +96,12 @@ pub use hooklens_models::sae::{Sae, SaeModel, SaeSet};
 /// The model types most programs start from (with the `models` feature).
 #[cfg(feature = "models")]
 pub use hooklens_models::{
-    ForwardOptions, GenerateOptions, Gpt2Config, HookedGpt2, HookedTransformer, LoadOptions, ReturnType, Tokenizer,
-    TransformerConfig,
+    ForwardOptions, GenerateOptions, HookedTransformer, LoadOptions, ReturnType, Tokenizer, TransformerConfig,
 };
+/// The GPT-2-era names of [`HookedTransformer`] and [`TransformerConfig`], deprecated.
+#[cfg(feature = "models")]
+#[allow(deprecated)]
+pub use hooklens_models::{Gpt2Config, HookedGpt2};
 
 /// What `#[derive(Hooked)]` expands to refers to these. Not public API.
 #[doc(hidden)]

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
 use hooklens_core::ActivationCache;
-use hooklens_models::{Gpt2Config, HookedGpt2, LoadOptions};
+use hooklens_models::{TransformerConfig, HookedTransformer, LoadOptions};
 use libfuzzer_sys::fuzz_target;
 
 /// One directory per fuzzing process: libFuzzer runs inputs one at a time in a process,
@@ -31,7 +31,7 @@ fn work_dir() -> &'static PathBuf {
     })
 }
 
-fn forward_once(model: &HookedGpt2) {
+fn forward_once(model: &HookedTransformer) {
     let tokens = Tensor::new(&[[0u32]], &Device::Cpu).expect("a tensor");
     // A loaded model may still fail at run time (e.g. a huge n_ctx cannot be masked),
     // but only with an error.
@@ -51,16 +51,16 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&weights_path, weights).expect("write weights");
 
     for opts in [LoadOptions::no_processing(), LoadOptions::default()] {
-        if let Ok(model) = HookedGpt2::from_files(&config_path, &weights_path, &opts) {
+        if let Ok(model) = HookedTransformer::from_files(&config_path, &weights_path, &opts) {
             forward_once(&model);
         }
     }
     // The in-memory path: a VarBuilder over the same bytes.
     if let Ok(text) = std::str::from_utf8(config) {
-        if let Ok(cfg) = Gpt2Config::from_hf_str(text, "config.json") {
+        if let Ok(cfg) = TransformerConfig::from_hf_str(text, "config.json") {
             if let Ok(vb) = candle_nn::VarBuilder::from_buffered_safetensors(weights.to_vec(), DType::F32, &Device::Cpu)
             {
-                if let Ok(model) = HookedGpt2::load(vb, &cfg) {
+                if let Ok(model) = HookedTransformer::load(vb, &cfg) {
                     forward_once(&model);
                 }
             }

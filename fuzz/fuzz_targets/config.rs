@@ -2,14 +2,14 @@
 //! config that parses is one every loader accepts (`validate` passes).
 #![no_main]
 
-use hooklens_models::Gpt2Config;
+use hooklens_models::TransformerConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(cfg) = Gpt2Config::from_hf_str(text, "config.json") else {
+    let Ok(cfg) = TransformerConfig::from_hf_str(text, "config.json") else {
         return;
     };
     if let Err(e) = cfg.validate() {

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use hooklens_core::{CacheOptions, HookedModel, NamesFilter};
 use hooklens_core::__internal::{glob_match, is_glob, nearest_names};
-use hooklens_models::{HookedGpt2, LoadOptions};
+use hooklens_models::{HookedTransformer, LoadOptions};
 use libfuzzer_sys::fuzz_target;
 
 /// The obvious definition: `*` any run of characters, `?` one, others themselves.
@@ -24,11 +24,11 @@ fn reference(p: &[char], n: &[char]) -> bool {
     }
 }
 
-fn model() -> &'static HookedGpt2 {
-    static MODEL: OnceLock<HookedGpt2> = OnceLock::new();
+fn model() -> &'static HookedTransformer {
+    static MODEL: OnceLock<HookedTransformer> = OnceLock::new();
     MODEL.get_or_init(|| {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
-        HookedGpt2::from_dir(dir, &LoadOptions::no_processing()).expect("the fixture model")
+        HookedTransformer::from_dir(dir, &LoadOptions::no_processing()).expect("the fixture model")
     })
 }
 

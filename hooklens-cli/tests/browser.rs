@@ -129,8 +129,8 @@ fn hooklens(args: &[&str]) {
 /// A small random model (2 layers, 4 heads) with GPT-2's vocabulary, so prompts go
 /// through GPT-2's BPE.
 fn small_model(dir: &Path) -> PathBuf {
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-    let cfg = hooklens_models::Gpt2Config::new(2, 32, 4, 50257, 64);
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::TransformerConfig::new(2, 32, 4, 50257, 64);
     let path = dir.join("model");
     save_hf_checkpoint(&path, &cfg, &random_weights(&cfg, 3).unwrap(), candle_core::DType::F32).unwrap();
     path

@@ -557,8 +557,8 @@ fn every_subcommand_has_help() {
 /// A small random model with GPT-2's real vocabulary, so that text goes through
 /// GPT-2's built-in BPE end to end.
 fn small_gpt2_vocab(tmp: &TempDir) -> PathBuf {
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-    let cfg = hooklens_models::Gpt2Config::new(1, 32, 2, 50257, 32);
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::TransformerConfig::new(1, 32, 2, 50257, 32);
     let dir = tmp.path("gpt2-vocab");
     save_hf_checkpoint(&dir, &cfg, &random_weights(&cfg, 1).unwrap(), DType::F32).unwrap();
     dir

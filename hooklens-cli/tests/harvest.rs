@@ -15,8 +15,8 @@ use hooklens::{CacheOptions, HookedModel};
 
 /// A small random model with GPT-2's vocabulary (2 layers, d_model 64, n_ctx 64).
 fn small_model(tmp: &TempDir) -> PathBuf {
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-    let cfg = hooklens_models::Gpt2Config::new(2, 64, 4, 50257, 64);
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::TransformerConfig::new(2, 64, 4, 50257, 64);
     let dir = tmp.path("model");
     save_hf_checkpoint(&dir, &cfg, &random_weights(&cfg, 5).unwrap(), DType::F32).unwrap();
     dir
@@ -202,7 +202,8 @@ fn shards_hold_the_model_activations_and_workers_split_the_input() {
     ok_stderr(hooklens(&harvest_args(m, t, o)));
 
     // What the shards hold: BOS-first sequences and the activations of those tokens.
-    let model = hooklens_models::HookedGpt2::from_pretrained(m, &hooklens_models::LoadOptions::default()).unwrap();
+    let model =
+        hooklens_models::HookedTransformer::from_pretrained(m, &hooklens_models::LoadOptions::default()).unwrap();
     let shard = load(out.join("00000-of-00001-shard-000000.safetensors"));
     let tokens = &shard["tokens"];
     assert_eq!(tokens.dtype(), DType::I64);
@@ -355,8 +356,8 @@ fn resume_proves_the_same_corpus_and_model_whatever_the_paths() {
     std::fs::write(tmp.path("corpus.txt"), &text).unwrap();
     // Other weights of the same shapes: refused, naming the model.
     {
-        use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-        let cfg = hooklens_models::Gpt2Config::new(2, 64, 4, 50257, 64);
+        use hooklens_models::model::{random_weights, save_hf_checkpoint};
+        let cfg = hooklens_models::TransformerConfig::new(2, 64, 4, 50257, 64);
         save_hf_checkpoint(&model, &cfg, &random_weights(&cfg, 6).unwrap(), DType::F32).unwrap();
     }
     fails(
@@ -497,8 +498,8 @@ fn input_lines_bom_surrogates_and_endless_lines() {
 #[test]
 fn non_finite_weights_and_too_little_memory_are_errors() {
     let tmp = TempDir::new("nan");
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-    let cfg = hooklens_models::Gpt2Config::new(2, 64, 4, 50257, 64);
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::TransformerConfig::new(2, 64, 4, 50257, 64);
     let mut w = random_weights(&cfg, 5).unwrap();
     // Layer 0's attention: every saved hook point after it is NaN.
     let fc = w.get_mut("h.0.attn.c_attn.weight").unwrap();

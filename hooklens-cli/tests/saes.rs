@@ -92,7 +92,7 @@ fn write_sae(dir: &Path, cfg: &Value, seed: u64) {
     let (d_in, d_sae) = (n("d_in"), n("d_sae"));
     let d_out = cfg.get("d_out").and_then(Value::as_u64).map_or(d_in, |v| v as usize);
     // The project's seeded generator (normal, the spread of a uniform in [-s, s)).
-    let rng = std::cell::RefCell::new(hooklens_models::gpt2::SeededRng::new(seed));
+    let rng = std::cell::RefCell::new(hooklens_models::model::SeededRng::new(seed));
     let r = |shape: &[usize], s: f32| rng.borrow_mut().normal_tensor(shape, s as f64 / 3f64.sqrt()).unwrap();
     let mut t: HashMap<String, Tensor> = HashMap::new();
     t.insert("W_enc".into(), r(&[d_in, d_sae], 0.5));
@@ -486,9 +486,9 @@ fn write_small_sae(cfg: &Path, weights: &Path, seed: f32) {
 /// `REPO:FOLDER` are refused on resume.
 #[test]
 fn harvest_resume_refuses_a_changed_hub_sae() {
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
     let tmp = TempDir::new("harvest-hub-sae");
-    let cfg = hooklens_models::Gpt2Config::new(2, 32, 4, 50257, 64);
+    let cfg = hooklens_models::TransformerConfig::new(2, 32, 4, 50257, 64);
     let model = tmp.path("model");
     save_hf_checkpoint(&model, &cfg, &random_weights(&cfg, 3).unwrap(), DType::F32).unwrap();
     let hub = tmp.path("hub");

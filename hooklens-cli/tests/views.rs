@@ -8,8 +8,8 @@ use common::*;
 use std::path::{Path, PathBuf};
 
 fn small_model(dir: &Path) -> PathBuf {
-    use hooklens_models::gpt2::{random_weights, save_hf_checkpoint};
-    let cfg = hooklens_models::Gpt2Config::new(2, 32, 4, 50257, 32);
+    use hooklens_models::model::{random_weights, save_hf_checkpoint};
+    let cfg = hooklens_models::TransformerConfig::new(2, 32, 4, 50257, 32);
     let path = dir.join("model");
     save_hf_checkpoint(&path, &cfg, &random_weights(&cfg, 9).unwrap(), candle_core::DType::F32).unwrap();
     path

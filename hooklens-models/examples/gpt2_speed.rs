@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use hooklens_models::{Gpt2Config, HookedGpt2, ProcessingOptions};
+use hooklens_models::{HookedTransformer, ProcessingOptions, TransformerConfig};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -24,7 +24,7 @@ fn main() -> hooklens_core::Result<()> {
         *args.get(1).unwrap_or(&128),
         *args.get(2).unwrap_or(&12),
     );
-    let mut cfg = Gpt2Config::gpt2_small();
+    let mut cfg = TransformerConfig::gpt2_small();
     cfg.n_layers = layers;
     let (d, v, mlp, h) = (cfg.d_model, cfg.d_vocab, cfg.d_mlp, cfg.n_heads);
     let dev = Device::Cpu;
@@ -50,7 +50,7 @@ fn main() -> hooklens_core::Result<()> {
     t.insert("ln_f.bias".into(), r(&[d])?);
     let weights = t.clone();
     let vb = VarBuilder::from_tensors(t, DType::F32, &dev);
-    let model = HookedGpt2::load_with(vb, &cfg, &ProcessingOptions::default())?;
+    let model = HookedTransformer::load_with(vb, &cfg, &ProcessingOptions::default())?;
 
     let tokens = Tensor::rand(0f32, (v - 1) as f32, (batch, pos), &dev)?.to_dtype(DType::U32)?;
     let n = batch * pos;

@@ -1,6 +1,6 @@
 //! `TransformerConfig`: the hyperparameters of every bundled model family, under
 //! TransformerLens's `HookedTransformerConfig` names. A GPT-2 is one way to fill it
-//! ([`Gpt2Config`] is the same type); each family's converter in `convert/` fills it
+//! ([`TransformerConfig`] is the same type); each family's converter in `convert/` fills it
 //! from a Hugging Face `config.json`.
 
 use hooklens_core::{Error, Result};
@@ -310,6 +310,7 @@ pub enum QkNormOver {
 }
 
 /// The GPT-2 name of [`TransformerConfig`]: a GPT-2 is one way to fill it.
+#[deprecated(since = "0.2.0", note = "one config describes every family: use `TransformerConfig`")]
 pub type Gpt2Config = TransformerConfig;
 
 fn default_rotary_base() -> f64 {

@@ -18,17 +18,23 @@ pub mod tokenizer;
 pub mod viz;
 
 /// The GPT-2 names of the model's items (`gpt2::HookedGpt2`, ...): the same types as
-/// [`model`], kept so that code written for the GPT-2-only releases still compiles.
+/// [`model`], kept (deprecated) so that code written for the GPT-2-only releases still
+/// compiles; new code uses [`model`] and [`HookedTransformer`].
+#[deprecated(since = "0.2.0", note = "use `hooklens_models::model` (the same items)")]
 pub mod gpt2 {
     pub use crate::model::*;
 }
 
-pub use config::{Gpt2Config, TransformerConfig};
+#[allow(deprecated)]
+pub use config::Gpt2Config;
+pub use config::TransformerConfig;
 pub use convert::{config_from_hf_json, supported_architectures};
 pub use loading::hub;
 pub use loading::hub::{HubOptions, ModelFiles, ModelSource, TextFiles};
+#[allow(deprecated)]
+pub use model::HookedGpt2;
 pub use model::{
-    ForwardOptions, ForwardOutput, GenerateOptions, HookedGpt2, HookedTransformer, KvCache, LoadOptions,
-    ProcessingOptions, ReturnType,
+    ForwardOptions, ForwardOutput, GenerateOptions, HookedTransformer, KvCache, LoadOptions, ProcessingOptions,
+    ReturnType,
 };
 pub use tokenizer::Tokenizer;

@@ -302,7 +302,7 @@ mod tests {
     fn tokenizer_is_send_and_sync() {
         fn shared<T: Send + Sync>() {}
         shared::<Tokenizer>();
-        shared::<crate::HookedGpt2>();
+        shared::<crate::HookedTransformer>();
     }
 
     #[test]

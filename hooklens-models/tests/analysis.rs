@@ -11,9 +11,9 @@ use hooklens_models::analysis::{
     act_name, token_tensor, AccumulatedResid, Analysis, CompositionMode, DecomposeMode, DecomposeResid,
     FullDecomposition, LnOptions, LogitAttrs, StackHeads, StackNeurons,
 };
-use hooklens_models::HookedGpt2;
+use hooklens_models::HookedTransformer;
 
-fn run(model: &HookedGpt2, tokens: &Tensor) -> (Tensor, ActivationCache) {
+fn run(model: &HookedTransformer, tokens: &Tensor) -> (Tensor, ActivationCache) {
     model
         .run_with_cache(CacheOptions::new(), |m| m.forward(tokens))
         .unwrap()
@@ -34,7 +34,7 @@ fn answers() -> (Tensor, Tensor) {
 }
 
 struct Fixture {
-    model: HookedGpt2,
+    model: HookedTransformer,
     logits: Tensor,
     cache: ActivationCache,
 }

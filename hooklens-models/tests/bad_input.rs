@@ -25,11 +25,11 @@ use candle_core::{DType, Device, Tensor};
 use common::*;
 use hooklens_core::{CacheOptions, Error, HookPoint, HookSet, HookedModel, Slice};
 use hooklens_models::analysis::patching::{PatchIndex, PatchSetter, Patching};
-use hooklens_models::gpt2::PaddingSide;
-use hooklens_models::{GenerateOptions, Gpt2Config, HookedGpt2, LoadOptions, Tokenizer};
+use hooklens_models::model::PaddingSide;
+use hooklens_models::{GenerateOptions, HookedTransformer, LoadOptions, Tokenizer, TransformerConfig};
 
 /// The fixture with its matching 512-token BPE, so text entry points can be reached.
-fn model_with_tokenizer() -> HookedGpt2 {
+fn model_with_tokenizer() -> HookedTransformer {
     let tok = Tokenizer::from_file(Path::new(FIXTURE).join("../tiny-tokenizer/tokenizer.json")).unwrap();
     raw_model().with_tokenizer(tok)
 }
@@ -85,7 +85,7 @@ fn config_fields_with_nonsense_values_are_named() {
     ];
     for (field, value) in cases {
         let text = config_with(field, *value);
-        let err = Gpt2Config::from_hf_str(&text, "dir/config.json")
+        let err = TransformerConfig::from_hf_str(&text, "dir/config.json")
             .unwrap_err()
             .to_string();
         assert!(
@@ -94,7 +94,7 @@ fn config_fields_with_nonsense_values_are_named() {
         );
     }
     for text in ["", "[]", "null", "42", "{", "{\"model_type\": \"gpt2\"}"] {
-        let err = Gpt2Config::from_hf_str(text, "dir/config.json")
+        let err = TransformerConfig::from_hf_str(text, "dir/config.json")
             .unwrap_err()
             .to_string();
         assert!(err.contains("dir/config.json"), "{text:?}: {err}");
@@ -116,7 +116,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
         if field == "n_embd" {
             text = text.replace("\"n_head\":4", "\"n_head\":1");
         }
-        let err = match Gpt2Config::from_hf_str(&text, "config.json") {
+        let err = match TransformerConfig::from_hf_str(&text, "config.json") {
             Err(e) => e.to_string(),
             Ok(cfg) => {
                 // Parsing may accept it; loading the fixture's tensors with it must not.
@@ -124,7 +124,7 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
                 std::fs::write(dir.join("config.json"), &text).unwrap();
                 std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
                 let _ = cfg;
-                HookedGpt2::from_dir(&dir, &LoadOptions::no_processing())
+                HookedTransformer::from_dir(&dir, &LoadOptions::no_processing())
                     .unwrap_err()
                     .to_string()
             }
@@ -139,17 +139,17 @@ fn absurdly_large_sizes_are_errors_not_overflows() {
     let dir = TempDir::new("huge-n-layer");
     std::fs::write(dir.join("config.json"), config_with("n_layer", Some("1000000000000"))).unwrap();
     std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let err = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing())
+    let err = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing())
         .unwrap_err()
         .to_string();
     assert!(err.contains("transformer.h.2."), "{err}");
     // The same sizes given in code, through a VarBuilder.
-    let mut cfg = Gpt2Config::new(2, 64, 4, 512, 64);
+    let mut cfg = TransformerConfig::new(2, 64, 4, 512, 64);
     cfg.d_mlp = usize::MAX;
     assert!(cfg.validate().is_err());
     let weights = hooklens_testutil::load_tensors(model_dir().join("model.safetensors"));
     let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    assert!(HookedGpt2::load(vb, &cfg).is_err());
+    assert!(HookedTransformer::load(vb, &cfg).is_err());
 }
 
 /// safetensors files broken in the ways a download or a disk breaks them.
@@ -176,7 +176,7 @@ fn malformed_checkpoints_are_errors_naming_the_file() {
     for (what, data) in cases {
         std::fs::write(dir.join("model.safetensors"), &data).unwrap();
         for opts in [LoadOptions::no_processing(), LoadOptions::default()] {
-            let err = HookedGpt2::from_dir(&dir, &opts).unwrap_err().to_string();
+            let err = HookedTransformer::from_dir(&dir, &opts).unwrap_err().to_string();
             assert!(err.contains("model.safetensors"), "{what}: {err}");
         }
     }
@@ -187,7 +187,7 @@ fn malformed_checkpoints_are_errors_naming_the_file() {
         let w = t["transformer.h.1.ln_2.bias"].to_dtype(dtype).unwrap();
         t.insert("transformer.h.1.ln_2.bias".into(), w);
         candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
-        let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+        let err = HookedTransformer::from_dir(&dir, &LoadOptions::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -197,17 +197,17 @@ fn malformed_checkpoints_are_errors_naming_the_file() {
     }
     tensors.retain(|k, _| !k.contains("wte"));
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+    let err = HookedTransformer::from_dir(&dir, &LoadOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("not a GPT-2 checkpoint"), "{err}");
     // A model directory that is a file; a weights path that is a directory.
-    let err = HookedGpt2::from_dir(dir.join("config.json"), &LoadOptions::default()).unwrap_err();
+    let err = HookedTransformer::from_dir(dir.join("config.json"), &LoadOptions::default()).unwrap_err();
     assert!(err.to_string().contains("config.json"), "{err}");
-    let err = HookedGpt2::from_files(dir.join("config.json"), &*dir, &LoadOptions::default()).unwrap_err();
+    let err = HookedTransformer::from_files(dir.join("config.json"), &*dir, &LoadOptions::default()).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     // A dtype a model cannot be loaded in.
-    let err = HookedGpt2::from_dir(model_dir(), &LoadOptions::default().with_dtype(DType::U32)).unwrap_err();
+    let err = HookedTransformer::from_dir(model_dir(), &LoadOptions::default().with_dtype(DType::U32)).unwrap_err();
     assert!(err.to_string().contains("U32"), "{err}");
 }
 
@@ -300,7 +300,7 @@ fn an_oversized_config_is_refused_unread() {
     let dir = TempDir::new("oversized-config");
     std::fs::copy(model_dir().join("model.safetensors"), dir.join("model.safetensors")).unwrap();
     sparse(&dir.join("config.json"), 100 << 20);
-    let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+    let err = HookedTransformer::from_dir(&dir, &LoadOptions::default())
         .unwrap_err()
         .to_string();
     assert!(err.contains("config.json") && err.contains("4 MiB"), "{err}");
@@ -312,7 +312,7 @@ fn an_oversized_shard_index_is_refused_unread() {
     let dir = TempDir::new("oversized-index");
     std::fs::write(dir.join("config.json"), fixture_config()).unwrap();
     sparse(&dir.join("model.safetensors.index.json"), 100 << 20);
-    let err = HookedGpt2::from_dir(&dir, &LoadOptions::default())
+    let err = HookedTransformer::from_dir(&dir, &LoadOptions::default())
         .unwrap_err()
         .to_string();
     assert!(
@@ -337,7 +337,7 @@ fn safetensors_metadata_must_hold_strings() {
         file.extend_from_slice(&text);
         file.extend_from_slice(&bytes[8 + n..]);
         std::fs::write(dir.join("model.safetensors"), &file).unwrap();
-        match (ok, HookedGpt2::from_dir(&dir, &LoadOptions::default())) {
+        match (ok, HookedTransformer::from_dir(&dir, &LoadOptions::default())) {
             (true, r) => assert!(r.is_ok(), "{meta}: {}", r.err().unwrap()),
             (false, Ok(_)) => panic!("{meta} was accepted"),
             (false, Err(e)) => {
@@ -362,8 +362,8 @@ fn weights_that_overflow_f16_are_named() {
     let big = (tensors[name].to_dtype(DType::F32).unwrap() * 1e6).unwrap();
     tensors.insert(name.into(), big);
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    HookedGpt2::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F32)).unwrap();
-    let err = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F16))
+    HookedTransformer::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F32)).unwrap();
+    let err = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing().with_dtype(DType::F16))
         .err()
         .unwrap()
         .to_string();
@@ -384,7 +384,7 @@ fn greedy_generation_refuses_non_finite_logits() {
     let nan = (w.ones_like().unwrap() * f64::NAN).unwrap();
     tensors.insert("transformer.ln_f.weight".into(), nan);
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+    let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
     let prompt = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
     for cache in [true, false] {
         let mut opts = GenerateOptions::greedy(2);
@@ -490,9 +490,9 @@ fn saving_a_checkpoint_to_an_unwritable_path_is_an_error() {
     let dir = TempDir::new("unwritable-checkpoint");
     let file = dir.join("file");
     std::fs::write(&file, b"x").unwrap();
-    let cfg = Gpt2Config::new(1, 8, 2, 16, 4);
-    let weights = hooklens_models::gpt2::random_weights(&cfg, 0).unwrap();
-    let err = hooklens_models::gpt2::save_hf_checkpoint(file.join("sub"), &cfg, &weights, DType::F32)
+    let cfg = TransformerConfig::new(1, 8, 2, 16, 4);
+    let weights = hooklens_models::model::random_weights(&cfg, 0).unwrap();
+    let err = hooklens_models::model::save_hf_checkpoint(file.join("sub"), &cfg, &weights, DType::F32)
         .unwrap_err()
         .to_string();
     assert!(err.contains("file"), "{err}");

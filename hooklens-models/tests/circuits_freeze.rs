@@ -29,7 +29,7 @@ use hooklens_core::__internal::save_safetensors;
 use hooklens_core::{CacheOptions, HookSet, HookedModel, NamesFilter, Result};
 use hooklens_models::circuits::{attribute, replacement_run, AttributionOptions, Graph, ReplacementRun, Transcoders};
 use hooklens_models::convert::{synthetic_checkpoint, write_checkpoint};
-use hooklens_models::gpt2::{NormKind, SeededRng};
+use hooklens_models::model::{NormKind, SeededRng};
 use hooklens_models::{HookedTransformer, LoadOptions};
 use hooklens_testutil::TempDir;
 use serde_json::json;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use candle_core::{Device, Tensor};
 use common::*;
 use hooklens_core::{ActivationCache, CacheOptions, Direction, HookPoint, HookSet, HookedModel, RemoveOptions};
-use hooklens_models::HookedGpt2;
+use hooklens_models::HookedTransformer;
 
 const THREADS: usize = 8;
 const RUNS: usize = 200;
@@ -44,7 +44,7 @@ fn input_of(t: usize, run: usize) -> Tensor {
 
 type Run = (Tensor, Vec<(String, Tensor)>);
 
-fn run_once(model: &HookedGpt2, t: usize, run: usize) -> Run {
+fn run_once(model: &HookedTransformer, t: usize, run: usize) -> Run {
     let input = input_of(t, run);
     let (logits, cache) = model
         .run_with_cache_and_hooks(

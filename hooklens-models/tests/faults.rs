@@ -9,7 +9,7 @@ use candle_core::Tensor;
 use common::*;
 use hooklens_core::{CacheOptions, Direction, Error, HookPoint, HookSet, HookedModel, RemoveOptions};
 use hooklens_models::analysis::patching::{PatchIndex, PatchSetter, Patching};
-use hooklens_models::{GenerateOptions, HookedGpt2};
+use hooklens_models::{GenerateOptions, HookedTransformer};
 
 const POINT: &str = "blocks.1.attn.hook_z";
 
@@ -20,7 +20,7 @@ struct Baseline {
     generated: Tensor,
 }
 
-fn baseline(model: &HookedGpt2) -> Baseline {
+fn baseline(model: &HookedTransformer) -> Baseline {
     let toks = tokens();
     let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&toks)).unwrap();
     let generated = model
@@ -34,7 +34,7 @@ fn baseline(model: &HookedGpt2) -> Baseline {
 }
 
 /// Nothing attached, and the very same numbers as `before`, bit for bit.
-fn assert_healthy(model: &HookedGpt2, before: &Baseline, after_what: &str) {
+fn assert_healthy(model: &HookedTransformer, before: &Baseline, after_what: &str) {
     assert!(
         model.list_hooks().is_empty(),
         "{after_what}: hooks left {:?}",

@@ -5,7 +5,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use hooklens_core::{CacheOptions, HookSet, HookedModel};
-use hooklens_models::{ForwardOptions, GenerateOptions, HookedGpt2, KvCache, ReturnType};
+use hooklens_models::{ForwardOptions, GenerateOptions, HookedTransformer, KvCache, ReturnType};
 
 fn ids(v: &[u32]) -> Tensor {
     Tensor::new(v, &Device::Cpu).unwrap().unsqueeze(0).unwrap()
@@ -380,7 +380,7 @@ fn generation_stops_at_eos_and_hooks_apply() {
 
 #[test]
 fn bad_inputs_are_errors_not_panics() {
-    let model: HookedGpt2 = raw_model();
+    let model: HookedTransformer = raw_model();
     let e = model.forward(&ids(&[1, 512])).unwrap_err().to_string();
     assert!(e.contains("512") && e.contains("vocabulary"), "{e}");
     let neg = Tensor::new(&[[1i64, -1]], &Device::Cpu).unwrap();

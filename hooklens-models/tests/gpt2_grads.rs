@@ -6,9 +6,9 @@ mod common;
 use candle_core::Tensor;
 use common::*;
 use hooklens_core::{CacheOptions, HookPoint, HookSet, HookedModel};
-use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
+use hooklens_models::{ForwardOptions, HookedTransformer, ReturnType};
 
-fn loss(m: &HookedGpt2, tokens: &Tensor) -> hooklens_core::Result<Tensor> {
+fn loss(m: &HookedTransformer, tokens: &Tensor) -> hooklens_core::Result<Tensor> {
     let out = m.forward_with(tokens, &ForwardOptions::new().return_type(ReturnType::Loss))?;
     Ok(out.loss.expect("a loss was asked for"))
 }

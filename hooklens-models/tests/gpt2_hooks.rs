@@ -5,7 +5,7 @@ mod common;
 use candle_core::Tensor;
 use common::*;
 use hooklens_core::{CacheOptions, Error, HookOptions, HookPoint, HookSet, HookedModel, ResetOptions};
-use hooklens_models::HookedGpt2;
+use hooklens_models::HookedTransformer;
 
 fn reference_names() -> Vec<String> {
     let text = std::fs::read_to_string(format!("{FIXTURE}/hook_names.json")).unwrap();
@@ -240,7 +240,7 @@ fn hook_tokens_can_replace_the_input() {
 #[test]
 fn run_with_cache_on_the_model_input() {
     use hooklens_core::HookedForward;
-    let model: HookedGpt2 = processed_model();
+    let model: HookedTransformer = processed_model();
     let (logits, cache) = model
         .run_with_cache_on(&tokens(), CacheOptions::new().names("blocks.*.attn.hook_pattern"))
         .unwrap();
@@ -252,7 +252,7 @@ fn run_with_cache_on_the_model_input() {
 #[test]
 fn the_model_is_shared_across_threads() {
     fn send_sync<T: Send + Sync>() {}
-    send_sync::<HookedGpt2>();
+    send_sync::<HookedTransformer>();
     let model = std::sync::Arc::new(raw_model());
     let want = model.forward(&tokens()).unwrap();
     let handles: Vec<_> = (0..2)
@@ -269,7 +269,7 @@ fn the_model_is_shared_across_threads() {
 /// How many times `blocks.0.ln1.hook_normalized` fires in one forward of `model`: once on
 /// the fast path, three times (once for each of q, k and v, as TransformerLens runs it) on
 /// the differentiable path that `grad_mode` selects.
-fn ln1_calls(model: &HookedGpt2) -> usize {
+fn ln1_calls(model: &HookedTransformer) -> usize {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let calls = Arc::new(AtomicUsize::new(0));

@@ -9,7 +9,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::*;
-use hooklens_models::{Gpt2Config, HookedGpt2, LoadOptions, ProcessingOptions};
+use hooklens_models::{HookedTransformer, LoadOptions, ProcessingOptions, TransformerConfig};
 
 fn fixture_tensors() -> HashMap<String, Tensor> {
     hooklens_testutil::load_tensors(model_dir().join("model.safetensors"))
@@ -24,7 +24,7 @@ fn write_checkpoint(name: &str, tensors: &HashMap<String, Tensor>) -> TempDir {
 }
 
 fn load_err(dir: &Path) -> String {
-    HookedGpt2::from_dir(dir, &LoadOptions::no_processing())
+    HookedTransformer::from_dir(dir, &LoadOptions::no_processing())
         .unwrap_err()
         .to_string()
 }
@@ -45,14 +45,14 @@ fn published_layout_without_prefix_and_with_mask_buffers_loads() {
     }
     let dir = write_checkpoint("published-layout", &tensors);
     let reference = load_ref("tl_unprocessed.safetensors");
-    let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+    let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
     assert_close(
         "unprefixed logits",
         &model.forward(&tokens()).unwrap(),
         &reference["logits"],
         1e-4,
     );
-    let processed = HookedGpt2::from_dir(&dir, &LoadOptions::default()).unwrap();
+    let processed = HookedTransformer::from_dir(&dir, &LoadOptions::default()).unwrap();
     let reference = load_ref("tl_processed.safetensors");
     assert_close(
         "unprefixed processed logits",
@@ -68,7 +68,7 @@ fn untied_lm_head_is_used_when_present() {
     let wte = tensors["transformer.wte.weight"].clone();
     tensors.insert("lm_head.weight".into(), (wte * 2.0).unwrap());
     let dir = write_checkpoint("lm-head", &tensors);
-    let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+    let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
     let tied = raw_model();
     let want = (tied.forward(&tokens()).unwrap() * 2.0).unwrap();
     assert!(max_abs_diff(&model.forward(&tokens()).unwrap(), &want) < 1e-4);
@@ -77,7 +77,7 @@ fn untied_lm_head_is_used_when_present() {
 #[test]
 fn from_files_and_var_builder_load_the_same_model() {
     let reference = load_ref("tl_unprocessed.safetensors");
-    let m = HookedGpt2::from_files(
+    let m = HookedTransformer::from_files(
         model_dir().join("config.json"),
         model_dir().join("model.safetensors"),
         &LoadOptions::no_processing(),
@@ -85,19 +85,19 @@ fn from_files_and_var_builder_load_the_same_model() {
     .unwrap();
     assert_close("from_files", &m.forward(&tokens()).unwrap(), &reference["logits"], 1e-4);
 
-    let cfg = Gpt2Config::from_hf_json(model_dir().join("config.json")).unwrap();
+    let cfg = TransformerConfig::from_hf_json(model_dir().join("config.json")).unwrap();
     // SAFETY: the fixture is only read while mapped: no test writes it.
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&[model_dir().join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
     };
-    let m = HookedGpt2::load(vb, &cfg).unwrap();
+    let m = HookedTransformer::load(vb, &cfg).unwrap();
     assert_close("VarBuilder", &m.forward(&tokens()).unwrap(), &reference["logits"], 1e-4);
 }
 
 #[test]
 fn processing_steps_are_switchable_and_keep_log_probs() {
     let raw = raw_model();
-    let lp = |m: &HookedGpt2| candle_nn::ops::log_softmax(&m.forward(&tokens()).unwrap(), 2).unwrap();
+    let lp = |m: &HookedTransformer| candle_nn::ops::log_softmax(&m.forward(&tokens()).unwrap(), 2).unwrap();
     let want = lp(&raw);
     for (i, opts) in [
         ProcessingOptions {
@@ -121,7 +121,7 @@ fn processing_steps_are_switchable_and_keep_log_probs() {
     .into_iter()
     .enumerate()
     {
-        let m = HookedGpt2::from_dir(model_dir(), &LoadOptions::default().with_processing(opts)).unwrap();
+        let m = HookedTransformer::from_dir(model_dir(), &LoadOptions::default().with_processing(opts)).unwrap();
         assert!(max_abs_diff(&lp(&m), &want) < 1e-4, "case {i}");
     }
     let processed = processed_model();
@@ -190,7 +190,7 @@ fn weight_views_have_transformer_lens_shapes() {
 fn half_precision_loads_on_request() {
     let reference = load_ref("tl_unprocessed.safetensors");
     for dtype in [DType::F16, DType::BF16] {
-        let m = HookedGpt2::from_dir(model_dir(), &LoadOptions::no_processing().with_dtype(dtype)).unwrap();
+        let m = HookedTransformer::from_dir(model_dir(), &LoadOptions::no_processing().with_dtype(dtype)).unwrap();
         assert_eq!(m.dtype(), dtype);
         let logits = m.forward(&tokens()).unwrap();
         assert_eq!(logits.dtype(), dtype);
@@ -275,5 +275,5 @@ fn bad_or_missing_config_is_an_error_naming_the_field() {
     // A config that disagrees with the tensors names the tensor.
     std::fs::write(dir.join("config.json"), cfg.replace("\"n_layer\": 2", "\"n_layer\": 3")).unwrap();
     assert!(load_err(&dir).contains("transformer.h.2."));
-    assert!(HookedGpt2::from_dir(TempDir::new("nothing-here").join("nope"), &LoadOptions::default()).is_err());
+    assert!(HookedTransformer::from_dir(TempDir::new("nothing-here").join("nope"), &LoadOptions::default()).is_err());
 }

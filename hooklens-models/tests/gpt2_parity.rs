@@ -6,14 +6,14 @@ mod common;
 
 use common::*;
 use hooklens_core::{CacheOptions, HookedModel};
-use hooklens_models::{ForwardOptions, HookedGpt2, LoadOptions, ReturnType};
+use hooklens_models::{ForwardOptions, HookedTransformer, LoadOptions, ReturnType};
 
 /// The fixture model loaded with `opts` on the test device.
-fn model(opts: LoadOptions) -> HookedGpt2 {
-    HookedGpt2::from_dir(model_dir(), &on_test_device(opts)).unwrap()
+fn model(opts: LoadOptions) -> HookedTransformer {
+    HookedTransformer::from_dir(model_dir(), &on_test_device(opts)).unwrap()
 }
 
-fn check_against(model: &HookedGpt2, file: &str) {
+fn check_against(model: &HookedTransformer, file: &str) {
     let tol = parity_tol(1e-4);
     let reference = load_ref(file);
     let tokens = tokens();
@@ -94,7 +94,7 @@ fn processed_matches_transformer_lens() {
     let model = model(LoadOptions::default());
     assert_eq!(
         model.cfg().normalization_type,
-        hooklens_models::gpt2::NormalizationType::LNPre
+        hooklens_models::model::NormalizationType::LNPre
     );
     check_against(&model, "tl_processed.safetensors");
 }

@@ -10,7 +10,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use common::*;
 use hooklens_core::{ActivationCache, CacheOptions, HookedModel};
 use hooklens_models::analysis::patching::{PatchIndex, PatchSetter, Patching, Progress};
-use hooklens_models::HookedGpt2;
+use hooklens_models::HookedTransformer;
 
 /// Mean logit difference between tokens 7 and 42 at the last position.
 fn metric(logits: &Tensor) -> hooklens_core::Result<f64> {
@@ -30,7 +30,7 @@ fn inputs() -> (Tensor, Tensor) {
     (clean, corrupted)
 }
 
-fn cache_of(model: &HookedGpt2, tokens: &Tensor) -> (Tensor, ActivationCache) {
+fn cache_of(model: &HookedTransformer, tokens: &Tensor) -> (Tensor, ActivationCache) {
     model
         .run_with_cache(CacheOptions::new(), |m| m.forward(tokens))
         .unwrap()

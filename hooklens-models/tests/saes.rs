@@ -434,7 +434,7 @@ fn random_sae(cfg: &str, seed: u64) -> Sae {
     let cfg = SaeConfig::from_json_str(cfg, Path::new("synthetic/cfg.json")).unwrap();
     let (d_in, d_sae, d_out) = (cfg.d_in, cfg.d_sae, cfg.output_width());
     // The project's seeded generator: candle's CPU device cannot be seeded.
-    let rng = std::cell::RefCell::new(hooklens_models::gpt2::SeededRng::new(seed));
+    let rng = std::cell::RefCell::new(hooklens_models::model::SeededRng::new(seed));
     let r = |shape: &[usize], s: f64| rng.borrow_mut().normal_tensor(shape, s).unwrap();
     let w = SaeWeights {
         w_enc: r(&[d_in, d_sae], 0.3),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use hooklens_models::circuits::{
     attribute, graph_file_from, prune, AttributionOptions, GraphFileOptions, Targets, Transcoders,
 };
-use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::model::PaddingSide;
 use hooklens_models::HubOptions;
 
 use super::common::{write_text_file, InputArgs, ModelArgs};

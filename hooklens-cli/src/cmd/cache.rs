@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 
 use hooklens::{CacheOptions, HookedModel, NamesFilter, Slice};
-use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::model::PaddingSide;
 use hooklens_models::{ForwardOptions, ReturnType};
 
 use super::common::{check_out, tokens_i64, InputArgs, ModelArgs};
@@ -157,7 +157,7 @@ pub fn run(args: Args) -> CliResult<()> {
 /// SAEs spliced in) cannot fit in the memory available: allocating them would abort
 /// the process halfway instead.
 fn check_cache_fits(
-    model: &hooklens_models::HookedGpt2,
+    model: &hooklens_models::HookedTransformer,
     batch: usize,
     pos: usize,
     all: bool,

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use hooklens_models::gpt2::PaddingSide;
-use hooklens_models::{HookedGpt2, HubOptions, LoadOptions, ProcessingOptions};
+use hooklens_models::model::PaddingSide;
+use hooklens_models::{HookedTransformer, HubOptions, LoadOptions, ProcessingOptions};
 
 use crate::error::{CliError, CliResult};
 
@@ -123,7 +123,7 @@ impl ModelArgs {
     }
 
     /// Loads the model on its device, with its tokenizer.
-    pub fn load(&self) -> CliResult<HookedGpt2> {
+    pub fn load(&self) -> CliResult<HookedTransformer> {
         let mut opts = LoadOptions::default()
             .with_dtype(self.dtype.dtype())
             .with_device(self.device.device()?)
@@ -132,7 +132,7 @@ impl ModelArgs {
             opts = opts.with_processing(ProcessingOptions::none());
         }
         let hub = HubOptions::from_env().revision(self.revision.clone());
-        let mut model = HookedGpt2::from_pretrained_with(&self.model, &opts, &hub)?;
+        let mut model = HookedTransformer::from_pretrained_with(&self.model, &opts, &hub)?;
         if self.all_hooks {
             model.set_all_optional_hooks(true);
         }
@@ -179,7 +179,7 @@ pub fn prepend_bos(prepend: bool, no_bos: bool, default: bool) -> bool {
 
 impl InputArgs {
     /// Whether BOS goes before each prompt.
-    pub fn bos(&self, model: &HookedGpt2) -> bool {
+    pub fn bos(&self, model: &HookedTransformer) -> bool {
         prepend_bos(self.prepend_bos, self.no_bos, model.cfg().default_prepend_bos)
     }
 
@@ -189,7 +189,7 @@ impl InputArgs {
     }
 
     /// The tokens of the prompts (padded on `side`) or of the tokens file.
-    pub fn read(&self, model: &HookedGpt2, side: PaddingSide) -> CliResult<Input> {
+    pub fn read(&self, model: &HookedTransformer, side: PaddingSide) -> CliResult<Input> {
         if let Some(path) = &self.tokens {
             let tokens = read_tokens(path, model.cfg().d_vocab, model.device())?;
             return Ok(Input {
@@ -441,7 +441,7 @@ pub fn all_finite(t: &Tensor) -> CliResult<bool> {
 
 /// Runs `tokens` again with a check at every hook point and says where the first NaN
 /// or infinity appeared (or that none did before the output).
-pub fn first_non_finite_point(model: &HookedGpt2, tokens: &Tensor, mask: Option<&Tensor>) -> CliResult<String> {
+pub fn first_non_finite_point(model: &HookedTransformer, tokens: &Tensor, mask: Option<&Tensor>) -> CliResult<String> {
     let mut fwd = hooklens_models::ForwardOptions::new().return_type(hooklens_models::ReturnType::Logits);
     if let Some(mask) = mask {
         fwd = fwd.attention_mask(mask.clone());
@@ -474,7 +474,7 @@ pub fn sae_bytes_per_pos<'a>(saes: impl IntoIterator<Item = &'a hooklens_models:
 /// neighbours, the MLP's hidden layer, the attention scores and pattern; and
 /// `sae_per_pos` bytes ([`sae_bytes_per_pos`]) per position.
 pub fn forward_need(
-    model: &HookedGpt2,
+    model: &HookedTransformer,
     batch: usize,
     pos: usize,
     logit_copies: u64,
@@ -500,7 +500,7 @@ pub fn forward_need(
 /// allocating it would abort the process halfway instead. `doing` says what runs
 /// (`running`), `hint` what makes it smaller.
 pub fn check_forward_fits(
-    model: &HookedGpt2,
+    model: &HookedTransformer,
     doing: &str,
     batch: usize,
     pos: usize,

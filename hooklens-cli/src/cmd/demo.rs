@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use hooklens::{HookSet, HookedModel};
 use hooklens_models::builtin::{half_losses, induction_scores, previous_token_scores, repeated_tokens};
-use hooklens_models::gpt2::SeededRng;
+use hooklens_models::model::SeededRng;
 use hooklens_models::viz::{attention_html, attention_patterns};
-use hooklens_models::{GenerateOptions, HookedGpt2};
+use hooklens_models::{GenerateOptions, HookedTransformer};
 
 use super::common::{check_out, write_text_file, ModelArgs};
 use crate::error::{CliError, CliResult};
@@ -206,7 +206,13 @@ pub fn run(args: Args) -> CliResult<()> {
 }
 
 /// The half losses with head `h` of layer `l` zeroed through a per-run hook.
-fn ablated_losses(model: &HookedGpt2, tokens: &Tensor, half: usize, l: usize, h: usize) -> CliResult<(f32, f32)> {
+fn ablated_losses(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    half: usize,
+    l: usize,
+    h: usize,
+) -> CliResult<(f32, f32)> {
     let n_heads = model.cfg().n_heads;
     let keep: Vec<f32> = (0..n_heads).map(|i| if i == h { 0.0 } else { 1.0 }).collect();
     // [1, 1, head, 1]: broadcasts over batch, position and d_head of hook_z.
@@ -306,7 +312,7 @@ struct PhraseCheck {
 }
 
 impl PhraseCheck {
-    fn prepare(model: &HookedGpt2, phrase: &str) -> CliResult<Self> {
+    fn prepare(model: &HookedTransformer, phrase: &str) -> CliResult<Self> {
         let ids = model.tokenizer()?.encode(phrase)?;
         if ids.len() < 4 {
             return Err(CliError(format!(
@@ -329,7 +335,7 @@ impl PhraseCheck {
     }
 
     /// Lets the model continue greedily and prints how much of the rest it reproduced.
-    fn run(&self, model: &HookedGpt2) -> CliResult<()> {
+    fn run(&self, model: &HookedTransformer) -> CliResult<()> {
         let (ids, shown) = (&self.ids, self.shown);
         let rest = &ids[shown..];
         let mut prompt = vec![model.bos_token_id()?];

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::model::PaddingSide;
 use hooklens_models::viz::{feature_activations, features_html};
 
 use super::common::{check_out, write_text_file, InputArgs, ModelArgs};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::model::PaddingSide;
 use hooklens_models::GenerateOptions;
 
 use super::common::{check_out, tokens_i64, write_safetensors, InputArgs, ModelArgs};

@@ -1,7 +1,7 @@
 //! `hooklens run`: the loss of a prompt and its most likely next tokens.
 
 use candle_core::{DType, D};
-use hooklens_models::gpt2::PaddingSide;
+use hooklens_models::model::PaddingSide;
 use hooklens_models::{ForwardOptions, ReturnType};
 
 use super::common::{InputArgs, ModelArgs};

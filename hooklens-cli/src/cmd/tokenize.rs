@@ -1,7 +1,7 @@
 //! `hooklens tokenize`: text to ids (or string tokens), as JSON.
 
 use hooklens_models::{builtin, hub};
-use hooklens_models::{Gpt2Config, Tokenizer};
+use hooklens_models::{Tokenizer, TransformerConfig};
 
 use crate::error::{CliError, CliResult};
 
@@ -38,7 +38,7 @@ pub fn run(args: Args) -> CliResult<()> {
         (Tokenizer::gpt2()?, builtin::builtin_stored_config()?)
     } else {
         let files = hub::resolve_text_with(&args.model, &hub::HubOptions::from_env())?;
-        let config = Gpt2Config::from_hf_json(&files.config)?;
+        let config = TransformerConfig::from_hf_json(&files.config)?;
         // GPT-2's BPE stands in only for a GPT-2 whose vocabulary it fits.
         if files.tokenizer.is_none() && !(config.is_gpt2() && config.d_vocab >= 50257) {
             return Err(CliError(format!(

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use hooklens_core::{ActivationCache, Error, Result, Slice};
 
 use super::act_name::{act_name, act_name_in};
-use crate::HookedGpt2;
+use crate::HookedTransformer;
 
 /// A model and a cache of its activations: TransformerLens's `ActivationCache` with its
 /// `model` (lookups by `(name, layer)`, residual decompositions, logit attribution).
@@ -23,7 +23,7 @@ use crate::HookedGpt2;
 /// The cache is held by value: cloning an [`ActivationCache`] shares its tensors.
 #[derive(Clone, Debug)]
 pub struct Analysis<'a> {
-    pub(crate) model: &'a HookedGpt2,
+    pub(crate) model: &'a HookedTransformer,
     pub(crate) cache: ActivationCache,
 }
 
@@ -39,12 +39,12 @@ pub struct LabeledStack {
 impl<'a> Analysis<'a> {
     /// The analysis of `cache`, recorded from `model` (TransformerLens's
     /// `ActivationCache(cache_dict, model)`).
-    pub fn new(model: &'a HookedGpt2, cache: ActivationCache) -> Self {
+    pub fn new(model: &'a HookedTransformer, cache: ActivationCache) -> Self {
         Analysis { model, cache }
     }
 
     /// The model.
-    pub fn model(&self) -> &'a HookedGpt2 {
+    pub fn model(&self) -> &'a HookedTransformer {
         self.model
     }
 

@@ -6,9 +6,9 @@ use hooklens_core::{Error, Result};
 
 use super::cache_view::token_ids;
 use super::factored_matrix::{composition_scores, FactoredMatrix};
-use crate::HookedGpt2;
+use crate::HookedTransformer;
 
-/// Which composition [`HookedGpt2::all_composition_scores`] measures: how an earlier
+/// Which composition [`HookedTransformer::all_composition_scores`] measures: how an earlier
 /// head's OV output feeds a later head's query (`Q`), key (`K`) or value (`V`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompositionMode {
@@ -20,7 +20,7 @@ pub enum CompositionMode {
     V,
 }
 
-impl HookedGpt2 {
+impl HookedTransformer {
     /// TransformerLens's `tokens_to_residual_directions`: the unembedding column of each
     /// token, `tokens` `[...]` (any integer dtype, a scalar included) -> `[..., d_model]`.
     /// The dot product of a final residual (after `ln_final`) with it is that token's
@@ -108,7 +108,7 @@ impl HookedGpt2 {
     }
 }
 
-/// Token ids as a tensor for [`HookedGpt2::tokens_to_residual_directions`] and
+/// Token ids as a tensor for [`HookedTransformer::tokens_to_residual_directions`] and
 /// `logit_attrs`: `[n]` u32 on the CPU.
 pub fn token_tensor(ids: &[u32]) -> Result<Tensor> {
     Ok(Tensor::new(ids, &candle_core::Device::Cpu)?.to_dtype(DType::U32)?)

@@ -5,10 +5,10 @@
 //!
 //! ```no_run
 //! # use hooklens_core::{CacheOptions, HookedModel, Slice};
-//! # use hooklens_models::{HookedGpt2, LoadOptions};
+//! # use hooklens_models::{HookedTransformer, LoadOptions};
 //! # use hooklens_models::analysis::{Analysis, AccumulatedResid};
 //! # fn main() -> hooklens_core::Result<()> {
-//! # let model = HookedGpt2::from_dir("testdata/tiny-gpt2/model", &LoadOptions::default())?;
+//! # let model = HookedTransformer::from_dir("testdata/tiny-gpt2/model", &LoadOptions::default())?;
 //! # let tokens = candle_core::Tensor::zeros((1, 4), candle_core::DType::U32, &candle_core::Device::Cpu)?;
 //! let (_, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
 //! let analysis = Analysis::new(&model, cache);

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 use hooklens_core::{position_axis, ActivationCache, Error, HookSet, HookedModel, Result};
 
 use super::act_name::act_name;
-use crate::HookedGpt2;
+use crate::HookedTransformer;
 
 /// An axis a sweep iterates over (TransformerLens's `index_axis_names`). The first axis
 /// of every sweep is [`Axis::Layer`]: it picks the hook name.
@@ -185,11 +185,11 @@ pub struct PatchDims {
 /// (TransformerLens's `patching.get_act_patch_*(model, corrupted_tokens, clean_cache, metric)`).
 ///
 /// ```no_run
-/// # use hooklens_models::{HookedGpt2, LoadOptions};
+/// # use hooklens_models::{HookedTransformer, LoadOptions};
 /// # use hooklens_models::analysis::patching::Patching;
 /// # use hooklens_core::{CacheOptions, HookedModel};
 /// # fn main() -> hooklens_core::Result<()> {
-/// # let model = HookedGpt2::from_dir("testdata/tiny-gpt2/model", &LoadOptions::default())?;
+/// # let model = HookedTransformer::from_dir("testdata/tiny-gpt2/model", &LoadOptions::default())?;
 /// # let (clean, corrupted) = (candle_core::Tensor::zeros((1, 4), candle_core::DType::U32, &candle_core::Device::Cpu)?, candle_core::Tensor::ones((1, 4), candle_core::DType::U32, &candle_core::Device::Cpu)?);
 /// let (_, clean_cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&clean))?;
 /// let patching = Patching::gpt2(&model, &corrupted, &clean_cache)?;
@@ -208,9 +208,13 @@ pub struct Patching<'a, M: HookedModel + Sync> {
     progress: Option<ProgressFn>,
 }
 
-impl<'a> Patching<'a, HookedGpt2> {
+impl<'a> Patching<'a, HookedTransformer> {
     /// [`Patching::transformer`], under its name from the GPT-2-only releases.
-    pub fn gpt2(model: &'a HookedGpt2, corrupted_tokens: &'a Tensor, clean_cache: &'a ActivationCache) -> Result<Self> {
+    pub fn gpt2(
+        model: &'a HookedTransformer,
+        corrupted_tokens: &'a Tensor,
+        clean_cache: &'a ActivationCache,
+    ) -> Result<Self> {
         Self::transformer(model, corrupted_tokens, clean_cache)
     }
 
@@ -218,7 +222,7 @@ impl<'a> Patching<'a, HookedGpt2> {
     /// `[batch, pos]` against `clean_cache` (a full `run_with_cache` of the clean input,
     /// with its batch axis). The metric sees logits `[batch, pos, d_vocab]`.
     pub fn transformer(
-        model: &'a HookedGpt2,
+        model: &'a HookedTransformer,
         corrupted_tokens: &'a Tensor,
         clean_cache: &'a ActivationCache,
     ) -> Result<Self> {
@@ -241,7 +245,7 @@ impl<'a> Patching<'a, HookedGpt2> {
         Patching::new(
             model,
             dims,
-            Box::new(move |m: &HookedGpt2| m.forward(corrupted_tokens)),
+            Box::new(move |m: &HookedTransformer| m.forward(corrupted_tokens)),
             clean_cache,
         )
     }

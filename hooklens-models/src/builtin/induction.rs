@@ -4,7 +4,7 @@
 use candle_core::{Device, IndexOp, Tensor};
 use hooklens_core::{CacheOptions, HookedModel, Result};
 
-use crate::gpt2::{HookedGpt2, SeededRng};
+use crate::model::{HookedTransformer, SeededRng};
 
 /// Draws a token id for random sequences: skewed towards low ids, which in GPT-2's
 /// BPE are the earlier, more frequent merges, so common tokens get trained more often;
@@ -65,7 +65,7 @@ pub fn repeated_tokens(rng: &mut SeededRng, batch: usize, half: usize, d_vocab: 
 /// `half` random tokens, then the same `half` again (TransformerLens's repeated tokens):
 /// the mean attention from each position of the repeat to the
 /// token right after its earlier occurrence, where an induction head looks.
-pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<Tensor> {
+pub fn induction_scores(model: &HookedTransformer, tokens: &Tensor, half: usize) -> Result<Tensor> {
     // The earlier occurrence of token q is at q - half; induction attends one after it.
     mean_attention(model, tokens, (1 + half)..(1 + 2 * half), |q| q - half + 1)
 }
@@ -73,7 +73,7 @@ pub fn induction_scores(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Res
 /// Per-head previous-token scores `[n_layers, n_heads]` on any `tokens` `[batch, len]`
 /// (len >= 2): the mean attention from each position after the first to the one just
 /// before it, where the heads that induction heads compose with look.
-pub fn previous_token_scores(model: &HookedGpt2, tokens: &Tensor) -> Result<Tensor> {
+pub fn previous_token_scores(model: &HookedTransformer, tokens: &Tensor) -> Result<Tensor> {
     let len = tokens.dim(1)?;
     if len < 2 {
         return Err(hooklens_core::Error::invalid(format!(
@@ -86,7 +86,7 @@ pub fn previous_token_scores(model: &HookedGpt2, tokens: &Tensor) -> Result<Tens
 /// `[n_layers, n_heads]`: each head's attention from query `q` to key `key_of(q)`,
 /// averaged over the batch and `queries`.
 fn mean_attention(
-    model: &HookedGpt2,
+    model: &HookedTransformer,
     tokens: &Tensor,
     queries: std::ops::Range<usize>,
     key_of: impl Fn(usize) -> usize,
@@ -111,8 +111,8 @@ fn mean_attention(
 
 /// Mean next-token loss over the first and the second (repeated) half of repeated tokens
 /// `[batch, 1 + 2*half]` (as `repeated_tokens` makes them): `(first, second)`.
-pub fn half_losses(model: &HookedGpt2, tokens: &Tensor, half: usize) -> Result<(f32, f32)> {
-    use crate::gpt2::{ForwardOptions, ReturnType};
+pub fn half_losses(model: &HookedTransformer, tokens: &Tensor, half: usize) -> Result<(f32, f32)> {
+    use crate::model::{ForwardOptions, ReturnType};
     let out = model.forward_with(
         tokens,
         &ForwardOptions::new().return_type(ReturnType::Loss).loss_per_token(true),

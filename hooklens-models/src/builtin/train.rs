@@ -8,14 +8,16 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
-use crate::gpt2::{cross_entropy_per_row, random_weights, ForwardOptions, Gpt2Config, HookedGpt2, SeededRng};
+use crate::model::{
+    cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer, SeededRng, TransformerConfig,
+};
 use crate::ops::kernels::matmul_constant_rhs;
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
 /// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,
 /// small enough to ship in f16 under 8 MB.
-pub fn builtin_config() -> Gpt2Config {
-    Gpt2Config::new(2, 64, 4, 50257, 57)
+pub fn builtin_config() -> TransformerConfig {
+    TransformerConfig::new(2, 64, 4, 50257, 57)
 }
 
 /// How to train.
@@ -105,7 +107,7 @@ pub struct TrainStep {
 /// copying the previous-token head's output) that the induction score does not see.
 pub fn train_induction(
     opts: &TrainOptions,
-    mut progress: impl FnMut(&TrainStep, &HookedGpt2) -> Result<()>,
+    mut progress: impl FnMut(&TrainStep, &HookedTransformer) -> Result<()>,
 ) -> Result<HashMap<String, Tensor>> {
     let cfg = builtin_config();
     let (p, r) = (opts.prefix_len, opts.repeat_len);
@@ -153,7 +155,7 @@ pub fn train_induction(
             vars.insert(k, v);
         }
     }
-    let model = HookedGpt2::load(
+    let model = HookedTransformer::load(
         VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu),
         &cfg,
     )?;
@@ -189,7 +191,7 @@ pub fn train_induction(
 /// prefix is unpredictable noise), plus `previous_token_weight` times the mean
 /// `-log` attention of the taught heads of layer 0 to the previous token.
 fn step_loss(
-    model: &HookedGpt2,
+    model: &HookedTransformer,
     tokens: &Tensor,
     start: usize,
     n: usize,
@@ -223,7 +225,13 @@ fn step_loss(
 /// than all 50257 ("in-batch negatives", a sampled softmax): a step then costs a few
 /// hundred columns of logits, not 50257, and the trained model is still evaluated
 /// with the full softmax.
-fn repeat_loss(model: &HookedGpt2, tokens: &Tensor, start: usize, n: usize, full_softmax: bool) -> Result<Tensor> {
+fn repeat_loss(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    start: usize,
+    n: usize,
+    full_softmax: bool,
+) -> Result<Tensor> {
     let b = tokens.dim(0)?;
     // The final norm below runs outside `forward_with`: still this model's forward.
     let _forward = model.hook_embed.model_forward();
@@ -285,11 +293,11 @@ fn schedule(step: usize, opts: &TrainOptions) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt2::SeededRng;
+    use crate::model::SeededRng;
     use candle_core::IndexOp;
 
     /// Mean attention of each head of layer 0 to the previous token, `[n_heads]`.
-    fn previous_token_attention(model: &HookedGpt2, tokens: &Tensor) -> Vec<f32> {
+    fn previous_token_attention(model: &HookedTransformer, tokens: &Tensor) -> Vec<f32> {
         let (_, cache) = model
             .run_with_cache(CacheOptions::new().names("blocks.0.attn.hook_pattern"), |m| {
                 m.forward(tokens)
@@ -331,7 +339,7 @@ mod tests {
             "{losses:?}"
         );
         let vb = candle_nn::VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-        let model = HookedGpt2::load(vb, &builtin_config()).unwrap();
+        let model = HookedTransformer::load(vb, &builtin_config()).unwrap();
         let tokens = windowed_repeats(&mut SeededRng::new(9), 4, 12, 6, 50257, 50256).unwrap();
         let prev = previous_token_attention(&model, &tokens);
         assert!(prev[0] > 0.5 && prev[1] > 0.5, "taught heads: {prev:?}");

@@ -4,11 +4,11 @@
 use candle_nn::VarBuilder;
 use hooklens_core::{Error, Result};
 
-use crate::gpt2::{Gpt2Config, HookedGpt2, LoadOptions};
+use crate::model::{HookedTransformer, LoadOptions, TransformerConfig};
 use crate::Tokenizer;
 
 /// The name that selects the built-in model wherever a model is named (`--model
-/// builtin`, [`HookedGpt2::from_pretrained`]). It takes precedence over a directory of
+/// builtin`, [`HookedTransformer::from_pretrained`]). It takes precedence over a directory of
 /// the same name; write `./builtin` for that.
 pub const BUILTIN: &str = "builtin";
 
@@ -42,14 +42,14 @@ pub fn builtin_files() -> Result<(&'static str, &'static [u8])> {
 /// The built-in model's configuration as stored (before processing). Without the
 /// files, the shape it is trained with ([`super::builtin_config`]), which is all that
 /// tokenizing needs.
-pub fn builtin_stored_config() -> Result<Gpt2Config> {
+pub fn builtin_stored_config() -> Result<TransformerConfig> {
     match FILES {
-        Some((config, _)) => Gpt2Config::from_hf_str(config, "<builtin>/config.json"),
+        Some((config, _)) => TransformerConfig::from_hf_str(config, "<builtin>/config.json"),
         None => Ok(super::builtin_config()),
     }
 }
 
-impl HookedGpt2 {
+impl HookedTransformer {
     /// The built-in model (a two-layer GPT-2 trained in this repository to have
     /// induction heads; see [`crate::builtin`]) with TransformerLens's default weight
     /// processing, f32 on the CPU, and GPT-2's tokenizer: what `--model builtin` loads.
@@ -57,13 +57,13 @@ impl HookedGpt2 {
         Self::builtin_with(&LoadOptions::default())
     }
 
-    /// [`HookedGpt2::builtin`] with `opts`' dtype, device and processing. The weights are
+    /// [`HookedTransformer::builtin`] with `opts`' dtype, device and processing. The weights are
     /// stored in f16 and computed with in `opts.dtype` (f32 by default); processing
     /// (folding LayerNorms, centring) is done in f32 first, as for any checkpoint, so
     /// analyses behave as on a model loaded with `from_pretrained`.
     pub fn builtin_with(opts: &LoadOptions) -> Result<Self> {
         let (config, weights) = builtin_files()?;
-        let cfg = Gpt2Config::from_hf_str(config, "<builtin>/config.json")?;
+        let cfg = TransformerConfig::from_hf_str(config, "<builtin>/config.json")?;
         let tensors = candle_core::safetensors::load_buffer(weights, &opts.device)?;
         let vb = VarBuilder::from_tensors(tensors, opts.dtype, &opts.device);
         Ok(Self::load_with(vb, &cfg, &opts.processing)?.with_tokenizer(Tokenizer::gpt2()?))
@@ -73,7 +73,7 @@ impl HookedGpt2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt2::ProcessingOptions;
+    use crate::model::ProcessingOptions;
 
     /// The weights ship with the repository (`builtin/`): a build without them is a
     /// test failure, not a skip, so that losing them cannot go unnoticed.
@@ -84,23 +84,25 @@ mod tests {
     #[test]
     fn builtin_loads_processed_and_as_stored() {
         assert_weights_compiled_in();
-        let m = HookedGpt2::builtin().unwrap();
+        let m = HookedTransformer::builtin().unwrap();
         let want = super::super::builtin_config();
         let got = m.cfg();
         assert_eq!(
             (got.n_layers, got.d_model, got.n_heads, got.d_vocab, got.n_ctx),
             (want.n_layers, want.d_model, want.n_heads, want.d_vocab, want.n_ctx)
         );
-        assert_eq!(got.normalization_type, crate::gpt2::NormalizationType::LNPre);
+        assert_eq!(got.normalization_type, crate::model::NormalizationType::LNPre);
         assert_eq!(m.dtype(), candle_core::DType::F32);
         assert_eq!(m.tokenizer().unwrap().vocab_size(), 50257);
-        let raw = HookedGpt2::builtin_with(&LoadOptions::default().with_processing(ProcessingOptions::none())).unwrap();
-        assert_eq!(raw.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
+        let raw = HookedTransformer::builtin_with(&LoadOptions::default().with_processing(ProcessingOptions::none()))
+            .unwrap();
+        assert_eq!(raw.cfg().normalization_type, crate::model::NormalizationType::LN);
         // Processing changes the weights, not what the model computes.
         let tokens = m
-            .to_tokens("The cat sat on the mat.", true, crate::gpt2::PaddingSide::Right)
+            .to_tokens("The cat sat on the mat.", true, crate::model::PaddingSide::Right)
             .unwrap();
-        let lp = |m: &HookedGpt2| candle_nn::ops::log_softmax(&m.forward(&tokens).unwrap(), candle_core::D::Minus1);
+        let lp =
+            |m: &HookedTransformer| candle_nn::ops::log_softmax(&m.forward(&tokens).unwrap(), candle_core::D::Minus1);
         let diff = (lp(&m).unwrap() - lp(&raw).unwrap()).unwrap();
         let diff = diff.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-3, "processed and unprocessed log-probs differ by {diff}");
@@ -109,8 +111,8 @@ mod tests {
     #[test]
     fn builtin_has_induction_heads() {
         assert_weights_compiled_in();
-        let m = HookedGpt2::builtin().unwrap();
-        let mut rng = crate::gpt2::SeededRng::new(0);
+        let m = HookedTransformer::builtin().unwrap();
+        let mut rng = crate::model::SeededRng::new(0);
         let tokens = super::super::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
         let scores = super::super::induction_scores(&m, &tokens, 25).unwrap();
         let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -128,7 +130,7 @@ mod tests {
     #[test]
     fn builtin_context_is_what_it_was_trained_on() {
         assert_weights_compiled_in();
-        let m = HookedGpt2::builtin().unwrap();
+        let m = HookedTransformer::builtin().unwrap();
         let o = super::super::TrainOptions::default();
         assert_eq!(m.cfg().n_ctx, 1 + o.prefix_len.1 + o.repeat_len.1);
         assert_eq!(super::super::builtin_config().n_ctx, m.cfg().n_ctx);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use hooklens_core::{Error, Result};
 
-use crate::{HookedGpt2, LoadOptions, ProcessingOptions, Tokenizer};
+use crate::{HookedTransformer, LoadOptions, ProcessingOptions, Tokenizer};
 
 // The cache and the network: compiled with the `hub` feature only.
 #[cfg(feature = "hub")]
@@ -254,7 +254,7 @@ fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
     if crate::builtin::is_builtin(name) {
         return Err(Error::invalid(format!(
             "model `{name}` is compiled into hooklens-models and has no files: load it with \
-             HookedGpt2::builtin() or from_pretrained(\"{name}\") (a directory of that name is `./{name}`)"
+             HookedTransformer::builtin() or from_pretrained(\"{name}\") (a directory of that name is `./{name}`)"
         )));
     }
     let path = Path::new(name);
@@ -380,9 +380,9 @@ impl ModelFiles {
     }
 }
 
-impl HookedGpt2 {
+impl HookedTransformer {
     /// TransformerLens's `from_pretrained`: loads `name` (`builtin` for the built-in
-    /// model, see [`HookedGpt2::builtin`]; a model directory or a Hugging Face id, see
+    /// model, see [`HookedTransformer::builtin`]; a model directory or a Hugging Face id, see
     /// [`resolve_with`]) with `opts` (weight processing as TransformerLens does by
     /// default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
     /// text methods. The Hugging Face cache and offline mode come from the environment
@@ -391,14 +391,14 @@ impl HookedGpt2 {
         Self::from_pretrained_with(name, opts, &HubOptions::from_env())
     }
 
-    /// TransformerLens's `from_pretrained_no_processing`: [`HookedGpt2::from_pretrained`]
+    /// TransformerLens's `from_pretrained_no_processing`: [`HookedTransformer::from_pretrained`]
     /// with the weights as stored, whatever `opts.processing` says.
     pub fn from_pretrained_no_processing(name: &str, opts: &LoadOptions) -> Result<Self> {
         let opts = opts.clone().with_processing(ProcessingOptions::none());
         Self::from_pretrained(name, &opts)
     }
 
-    /// [`HookedGpt2::from_pretrained`] with explicit hub options (cache directory,
+    /// [`HookedTransformer::from_pretrained`] with explicit hub options (cache directory,
     /// offline mode, revision).
     pub fn from_pretrained_with(name: &str, opts: &LoadOptions, hub: &HubOptions) -> Result<Self> {
         if crate::builtin::is_builtin(name) {
@@ -540,18 +540,18 @@ mod tests {
         fake_cache(&tmp, "gpt2", true);
         let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
         let opts = LoadOptions::default();
-        let plain = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
+        let plain = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
         assert_eq!(plain.cfg().d_vocab, 512);
         // GPT-2's BPE does not fit a 512-token vocabulary: no silent stand-in.
         let err = plain.tokenizer().unwrap_err().to_string();
         assert!(err.contains("tokenizer.json") && err.contains("512"), "{err}");
         let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
         std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
-        let m = HookedGpt2::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
+        let m = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
         assert_eq!(m.tokenizer().unwrap().vocab_size(), 512);
-        let tokens = m.to_tokens("Hello", true, crate::gpt2::PaddingSide::Right).unwrap();
+        let tokens = m.to_tokens("Hello", true, crate::model::PaddingSide::Right).unwrap();
         assert_eq!(m.forward(&tokens).unwrap().dims(), &[1, 5, 512]);
-        let err = HookedGpt2::from_pretrained_with("gpt2-large", &opts, &offline(&tmp))
+        let err = HookedTransformer::from_pretrained_with("gpt2-large", &opts, &offline(&tmp))
             .unwrap_err()
             .to_string();
         assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
@@ -562,20 +562,21 @@ mod tests {
         let opts = offline(Path::new("/nonexistent"));
         let err = resolve_with("builtin", &opts).unwrap_err().to_string();
         assert!(err.contains("compiled into hooklens-models"), "{err}");
-        let m = HookedGpt2::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap();
+        let m = HookedTransformer::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap();
         assert_eq!(m.cfg().d_model, crate::builtin::builtin_config().d_model);
-        assert_eq!(m.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
-        let raw = HookedGpt2::from_pretrained_no_processing("builtin", &LoadOptions::default()).unwrap();
-        assert_eq!(raw.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
+        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LNPre);
+        let raw = HookedTransformer::from_pretrained_no_processing("builtin", &LoadOptions::default()).unwrap();
+        assert_eq!(raw.cfg().normalization_type, crate::model::NormalizationType::LN);
     }
 
     #[test]
     fn from_pretrained_no_processing_reads_a_directory_as_stored() {
         let dir = tiny_model_dir();
-        let m = HookedGpt2::from_pretrained_no_processing(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(m.cfg().normalization_type, crate::gpt2::NormalizationType::LN);
-        let p = HookedGpt2::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(p.cfg().normalization_type, crate::gpt2::NormalizationType::LNPre);
+        let m =
+            HookedTransformer::from_pretrained_no_processing(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LN);
+        let p = HookedTransformer::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
+        assert_eq!(p.cfg().normalization_type, crate::model::NormalizationType::LNPre);
     }
 
     #[test]
@@ -628,16 +629,16 @@ mod tests {
         let cache = tmp.join("cache");
         let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
         opts.endpoint = Some(server.endpoint.clone());
-        let got = HookedGpt2::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
+        let got = HookedTransformer::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
         server.finish();
         let got = got.unwrap();
-        let local = HookedGpt2::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
+        let local = HookedTransformer::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
         let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
         let diff = hooklens_testutil::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
         assert_eq!(diff, 0.0);
         // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
         let err = got
-            .to_tokens("hi", true, crate::gpt2::PaddingSide::Right)
+            .to_tokens("hi", true, crate::model::PaddingSide::Right)
             .unwrap_err()
             .to_string();
         assert!(err.contains("tokenizer.json"), "{err}");

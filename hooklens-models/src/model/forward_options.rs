@@ -1,4 +1,4 @@
-//! Options and output of `HookedGpt2::forward_with`, after TransformerLens's `forward`.
+//! Options and output of `HookedTransformer::forward_with`, after TransformerLens's `forward`.
 
 use candle_core::Tensor;
 
@@ -16,7 +16,7 @@ pub enum ReturnType {
     None,
 }
 
-/// The options of [`crate::gpt2::HookedGpt2::forward_with`].
+/// The options of [`crate::model::HookedTransformer::forward_with`].
 #[derive(Clone, Debug, Default)]
 pub struct ForwardOptions {
     /// What to return.

@@ -5,9 +5,9 @@ use hooklens_core::{Error, Result};
 
 use super::forward_options::ForwardOptions;
 use super::kv_cache::KvCache;
-use super::model::HookedGpt2;
+use super::model::HookedTransformer;
 
-/// The options of [`HookedGpt2::generate`] (TransformerLens's `generate` arguments).
+/// The options of [`HookedTransformer::generate`] (TransformerLens's `generate` arguments).
 /// The default samples 10 tokens at temperature 1 with seed 0, stopping at EOS, with a
 /// KV cache.
 #[derive(Clone, Debug)]
@@ -179,7 +179,7 @@ fn softmax(xs: &[f64]) -> Vec<f64> {
     e.into_iter().map(|x| x / s).collect()
 }
 
-impl HookedGpt2 {
+impl HookedTransformer {
     /// Extends `tokens` `[batch, pos]` by up to `opts.max_new_tokens` tokens and returns
     /// `[batch, pos + n]` in the input's dtype. Hooks apply on every forward pass; with
     /// the KV cache each pass after the first runs only the newest position.

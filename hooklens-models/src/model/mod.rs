@@ -27,8 +27,10 @@ mod text;
 pub(crate) mod unembed;
 mod weights;
 
+#[allow(deprecated)]
+pub use crate::config::Gpt2Config;
 pub use crate::config::{
-    ActFn, AttnType, Gpt2Config, NormalizationType, NtkByPartsRope, PositionalEmbeddingType, TransformerConfig,
+    ActFn, AttnType, NormalizationType, NtkByPartsRope, PositionalEmbeddingType, TransformerConfig,
 };
 pub use crate::loading::LoadOptions;
 pub use crate::ops::cross_entropy_per_row;
@@ -43,7 +45,9 @@ pub use forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
 pub use mlp::Mlp;
-pub use model::{HookedGpt2, HookedTransformer};
+#[allow(deprecated)]
+pub use model::HookedGpt2;
+pub use model::HookedTransformer;
 pub use moe::{Expert, Moe};
 #[allow(unused_imports)]
 pub(crate) use norm::{normalize_composite, rms_scale_composite, scale_composite};

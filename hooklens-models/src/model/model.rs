@@ -54,10 +54,10 @@ use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOpti
 /// ```
 /// use candle_core::Tensor;
 /// use hooklens_core::{CacheOptions, HookSet, HookedModel};
-/// use hooklens_models::{HookedGpt2, LoadOptions};
+/// use hooklens_models::{HookedTransformer, LoadOptions};
 ///
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
-/// let model = HookedGpt2::from_dir(dir, &LoadOptions::default())?;
+/// let model = HookedTransformer::from_dir(dir, &LoadOptions::default())?;
 /// let tokens = Tensor::new(&[[511u32, 17, 301, 42]], model.device())?;
 /// let (logits, cache) = model.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
 /// assert_eq!(logits.dims(), [1, 4, 512]);
@@ -99,6 +99,7 @@ pub struct HookedTransformer {
 }
 
 /// The GPT-2 name of [`HookedTransformer`]: a GPT-2 is one configuration of it.
+#[deprecated(since = "0.2.0", note = "one model runs every family: use `HookedTransformer`")]
 pub type HookedGpt2 = HookedTransformer;
 
 /// `unknown_hook_hint` of the model: names of optional points that are switched off
@@ -399,7 +400,7 @@ impl HookedTransformer {
         self.run(input, opts, None, false)
     }
 
-    /// [`HookedGpt2::forward_with`] on new tokens `[batch, new_pos]` after those already
+    /// [`HookedTransformer::forward_with`] on new tokens `[batch, new_pos]` after those already
     /// in `cache`, whose keys and values are reused and extended; positions continue
     /// from the cache. `opts.attention_mask`, if given, is `[batch, new_pos]` and
     /// extends the cache's mask. `start_at_layer` / `stop_at_layer` are not allowed here.
@@ -485,7 +486,7 @@ impl HookedTransformer {
     }
 
     /// Logits `[batch, 1, d_vocab]` of the last position only, for generation (with
-    /// the KV cache or without): every hook runs as in [`HookedGpt2::forward_with`],
+    /// the KV cache or without): every hook runs as in [`HookedTransformer::forward_with`],
     /// but the unembedding, the largest product of a prompt's forward, is applied to
     /// the one position whose logits are sampled.
     pub(crate) fn last_logits(
@@ -893,11 +894,11 @@ pub(crate) fn lm_cross_entropy(
     }
 }
 
-impl HookedForward for HookedGpt2 {
+impl HookedForward for HookedTransformer {
     type Input = Tensor;
     type Output = Tensor;
 
-    /// [`HookedGpt2::forward`]: tokens `[batch, pos]` -> logits `[batch, pos, d_vocab]`.
+    /// [`HookedTransformer::forward`]: tokens `[batch, pos]` -> logits `[batch, pos, d_vocab]`.
     fn forward_hooked(&self, input: &Tensor) -> Result<Tensor> {
         self.forward(input)
     }

@@ -373,7 +373,7 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HookedGpt2, LoadOptions};
+    use crate::{HookedTransformer, LoadOptions};
     use candle_core::{DType, Device};
 
     /// Loading from a file processes in place; from a `VarBuilder` (whose tensors the
@@ -381,10 +381,10 @@ mod tests {
     /// combination of steps (W_U is still a view of W_E when fold_ln is off).
     #[test]
     fn in_place_processing_equals_copying_processing() {
-        use crate::config::Gpt2Config;
+        use crate::config::TransformerConfig;
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
         let path = format!("{dir}/model.safetensors");
-        let cfg = Gpt2Config::from_hf_json(format!("{dir}/config.json")).unwrap();
+        let cfg = TransformerConfig::from_hf_json(format!("{dir}/config.json")).unwrap();
         let tokens = Tensor::new(&[[5u32, 17, 301, 42, 7]], &Device::Cpu).unwrap();
         for bits in 0..16u8 {
             let opts = ProcessingOptions {
@@ -393,11 +393,11 @@ mod tests {
                 center_unembed: bits & 4 != 0,
                 fold_value_biases: bits & 8 != 0,
             };
-            let from_file = HookedGpt2::from_dir(dir, &LoadOptions::default().with_processing(opts)).unwrap();
+            let from_file = HookedTransformer::from_dir(dir, &LoadOptions::default().with_processing(opts)).unwrap();
             let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
             let before: Vec<(String, Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v.copy().unwrap())).collect();
             let vb = candle_nn::VarBuilder::from_tensors(tensors.clone(), DType::F32, &Device::Cpu);
-            let from_vb = HookedGpt2::load_with(vb, &cfg, &opts).unwrap();
+            let from_vb = HookedTransformer::load_with(vb, &cfg, &opts).unwrap();
             let a = from_file.forward(&tokens).unwrap();
             let b = from_vb.forward(&tokens).unwrap();
             let d = hooklens_testutil::max_abs_diff(&a, &b);

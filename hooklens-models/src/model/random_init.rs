@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use hooklens_core::__internal::save_safetensors;
 use hooklens_core::{Error, Result};
 
-use crate::config::{ActFn, Gpt2Config};
+use crate::config::{ActFn, TransformerConfig};
 
 /// A small deterministic generator (SplitMix64) with Box-Muller normals.
 #[derive(Clone, Debug)]
@@ -74,7 +74,7 @@ impl SeededRng {
 /// `transformer.` prefix, no `lm_head`: tied to `wte`), f32 on the CPU.
 /// Shapes: `wte` `[d_vocab, d_model]`, `wpe` `[n_ctx, d_model]`, `h.{i}.attn.c_attn.weight`
 /// `[d_model, 3*d_model]`, `h.{i}.mlp.c_fc.weight` `[d_model, d_mlp]`, ...
-pub fn random_weights(cfg: &Gpt2Config, seed: u64) -> Result<HashMap<String, Tensor>> {
+pub fn random_weights(cfg: &TransformerConfig, seed: u64) -> Result<HashMap<String, Tensor>> {
     let (d, m) = (cfg.d_model, cfg.d_mlp);
     let mut rng = SeededRng::new(seed);
     let mut w = HashMap::new();
@@ -103,7 +103,7 @@ pub fn random_weights(cfg: &Gpt2Config, seed: u64) -> Result<HashMap<String, Ten
 }
 
 /// The Hugging Face `config.json` text for `cfg`.
-pub fn hf_config_json(cfg: &Gpt2Config) -> String {
+pub fn hf_config_json(cfg: &TransformerConfig) -> String {
     let act = match cfg.act_fn {
         ActFn::GeluNew => "gelu_new",
         ActFn::Gelu => "gelu",
@@ -129,11 +129,11 @@ pub fn hf_config_json(cfg: &Gpt2Config) -> String {
 }
 
 /// Writes `weights` (Hugging Face names) as `dir/model.safetensors` in `dtype`, and
-/// `dir/config.json` for `cfg`: a directory `HookedGpt2::from_dir` loads. Both files
+/// `dir/config.json` for `cfg`: a directory `HookedTransformer::from_dir` loads. Both files
 /// are written to temporary names and renamed when complete.
 pub fn save_hf_checkpoint(
     dir: impl AsRef<Path>,
-    cfg: &Gpt2Config,
+    cfg: &TransformerConfig,
     weights: &HashMap<String, Tensor>,
     dtype: DType,
 ) -> Result<()> {
@@ -156,11 +156,11 @@ pub fn save_hf_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HookedGpt2, LoadOptions};
+    use crate::{HookedTransformer, LoadOptions};
 
     #[test]
     fn same_seed_same_weights_and_they_load() {
-        let cfg = Gpt2Config::new(2, 32, 4, 100, 16);
+        let cfg = TransformerConfig::new(2, 32, 4, 100, 16);
         let a = random_weights(&cfg, 7).unwrap();
         let b = random_weights(&cfg, 7).unwrap();
         let c = random_weights(&cfg, 8).unwrap();
@@ -169,7 +169,7 @@ mod tests {
         assert!(same(&a["wte.weight"], &c["wte.weight"]) > 0.0);
         let dir = std::env::temp_dir().join(format!("hooklens-random-init-{}", std::process::id()));
         save_hf_checkpoint(&dir, &cfg, &a, DType::F16).unwrap();
-        let model = HookedGpt2::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
+        let model = HookedTransformer::from_dir(&dir, &LoadOptions::no_processing()).unwrap();
         assert_eq!(model.cfg().n_layers, 2);
         assert_eq!(model.cfg().d_vocab, 100);
         let tokens = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();

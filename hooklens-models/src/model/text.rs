@@ -1,4 +1,4 @@
-//! Text in and out of `HookedGpt2`, as TransformerLens's `to_tokens`, `to_string`,
+//! Text in and out of `HookedTransformer`, as TransformerLens's `to_tokens`, `to_string`,
 //! `to_str_tokens`, `to_single_token` and `get_token_position`.
 
 use std::sync::{Arc, OnceLock};
@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{DType, Tensor};
 use hooklens_core::{Error, Result};
 
-use super::model::HookedGpt2;
+use super::model::HookedTransformer;
 use crate::Tokenizer;
 
 /// Where padding goes when prompts of different lengths share a batch.
@@ -20,7 +20,7 @@ pub enum PaddingSide {
     Left,
 }
 
-/// One prompt or several, for [`HookedGpt2::to_tokens`].
+/// One prompt or several, for [`HookedTransformer::to_tokens`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prompts<'a>(pub Vec<&'a str>);
 
@@ -129,7 +129,7 @@ impl<'a> From<&'a str> for SingleToken<'a> {
     }
 }
 
-/// Which occurrence [`HookedGpt2::get_token_position`] returns.
+/// Which occurrence [`HookedTransformer::get_token_position`] returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Occurrence {
     /// The first (TransformerLens's `mode="first"`).
@@ -191,7 +191,7 @@ fn single_row(t: &Tensor, what: &str) -> Result<Vec<u32>> {
     Ok(rows.remove(0))
 }
 
-impl HookedGpt2 {
+impl HookedTransformer {
     /// This model with `tokenizer` for its text methods (`to_tokens`, ...).
     pub fn with_tokenizer(mut self, tokenizer: Tokenizer) -> Self {
         self.tokenizer = Some(Arc::new(tokenizer));
@@ -205,7 +205,7 @@ impl HookedGpt2 {
     }
 
     /// The tokenizer of the text methods: the one given by `from_pretrained` (the
-    /// model's `tokenizer.json`) or [`HookedGpt2::with_tokenizer`], else GPT-2's BPE
+    /// model's `tokenizer.json`) or [`HookedTransformer::with_tokenizer`], else GPT-2's BPE
     /// for a GPT-2 whose vocabulary holds GPT-2's 50257 tokens. Any other model without
     /// one is an error naming the missing `tokenizer.json` (GPT-2's BPE would give ids
     /// outside its vocabulary).
@@ -294,7 +294,7 @@ impl HookedGpt2 {
     /// TransformerLens's `to_tokens`: tokens `[batch, pos]` (u32, on the model's
     /// device) of one prompt or several, BOS first if `prepend_bos` (TransformerLens's
     /// default). Prompts of different lengths are padded on `padding_side` with the
-    /// padding token; [`HookedGpt2::to_tokens_with_mask`] also gives the mask to pass
+    /// padding token; [`HookedTransformer::to_tokens_with_mask`] also gives the mask to pass
     /// as `ForwardOptions::attention_mask`.
     pub fn to_tokens<'a>(
         &self,
@@ -305,7 +305,7 @@ impl HookedGpt2 {
         Ok(self.to_tokens_with_mask(input, prepend_bos, padding_side)?.0)
     }
 
-    /// [`HookedGpt2::to_tokens`] and the attention mask: `([batch, pos], [batch, pos])`,
+    /// [`HookedTransformer::to_tokens`] and the attention mask: `([batch, pos], [batch, pos])`,
     /// both u32, the mask 1 at real tokens (BOS included) and 0 at padding.
     pub fn to_tokens_with_mask<'a>(
         &self,
@@ -352,7 +352,7 @@ impl HookedGpt2 {
     }
 
     /// TransformerLens's `to_string` on one sequence: the text of tokens `[pos]` or
-    /// `[1, pos]`. Use [`HookedGpt2::to_strings`] for a batch.
+    /// `[1, pos]`. Use [`HookedTransformer::to_strings`] for a batch.
     pub fn to_string(&self, tokens: &Tensor) -> Result<String> {
         self.tokenizer()?.decode(&single_row(tokens, "to_string")?)
     }
@@ -453,8 +453,9 @@ mod tests {
     }
 
     /// The tiny reference model with the tiny byte-level BPE (512 ids, EOS 511).
-    fn tiny() -> HookedGpt2 {
-        let model = HookedGpt2::from_dir(testdata().join("tiny-gpt2/model"), &LoadOptions::no_processing()).unwrap();
+    fn tiny() -> HookedTransformer {
+        let model =
+            HookedTransformer::from_dir(testdata().join("tiny-gpt2/model"), &LoadOptions::no_processing()).unwrap();
         let tok = Tokenizer::from_file(testdata().join("tiny-tokenizer/tokenizer.json")).unwrap();
         model.with_tokenizer(tok)
     }

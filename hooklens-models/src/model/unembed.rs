@@ -211,14 +211,14 @@ impl Unembed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpt2::{random_weights, Gpt2Config, ProcessingOptions};
-    use crate::{HookedGpt2, LoadOptions};
+    use crate::model::{random_weights, ProcessingOptions, TransformerConfig};
+    use crate::{HookedTransformer, LoadOptions};
     use candle_core::Device;
     use hooklens_testutil::max_abs_diff;
 
-    fn fixture(opts: ProcessingOptions) -> HookedGpt2 {
+    fn fixture(opts: ProcessingOptions) -> HookedTransformer {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tiny-gpt2/model");
-        HookedGpt2::from_dir(dir, &LoadOptions::default().with_processing(opts)).unwrap()
+        HookedTransformer::from_dir(dir, &LoadOptions::default().with_processing(opts)).unwrap()
     }
 
     /// TransformerLens's processed `W_U`, computed as it does, as a matrix: the
@@ -265,19 +265,19 @@ mod tests {
     /// and processing still leaves the log-probabilities unchanged.
     #[test]
     fn an_untied_lm_head_is_processed_as_factors() {
-        let cfg = Gpt2Config::new(2, 32, 4, 300, 16);
+        let cfg = TransformerConfig::new(2, 32, 4, 300, 16);
         let mut w = random_weights(&cfg, 3).unwrap();
         let head = Tensor::randn(0f32, 0.1, (300, 32), &Device::Cpu).unwrap();
         w.insert("lm_head.weight".to_string(), head.clone());
         let load = |opts: ProcessingOptions| {
             let vb = candle_nn::VarBuilder::from_tensors(w.clone(), DType::F32, &Device::Cpu);
-            HookedGpt2::load_with(vb, &cfg, &opts).unwrap()
+            HookedTransformer::load_with(vb, &cfg, &opts).unwrap()
         };
         let raw = load(ProcessingOptions::none());
         let processed = load(ProcessingOptions::default());
         assert_eq!(max_abs_diff(&raw.w_u().unwrap(), &head.t().unwrap()), 0.0);
         let tokens = Tensor::new(&[[1u32, 20, 299, 5, 5, 100]], &Device::Cpu).unwrap();
-        let lp = |m: &HookedGpt2| candle_nn::ops::log_softmax(&m.forward(&tokens).unwrap(), D::Minus1).unwrap();
+        let lp = |m: &HookedTransformer| candle_nn::ops::log_softmax(&m.forward(&tokens).unwrap(), D::Minus1).unwrap();
         let d = max_abs_diff(&lp(&raw), &lp(&processed));
         assert!(d < 1e-4, "log-probs differ by {d}");
     }

@@ -53,7 +53,7 @@ impl HookedTransformer {
 
     /// TransformerLens's `W_U`: the unembedding `[d_model, d_vocab]`. With weight
     /// processing the model holds it as factors of the tied `W_E` (see
-    /// [`crate::gpt2::Unembed`]), so this computes a new matrix on each call; for a few
+    /// [`crate::model::Unembed`]), so this computes a new matrix on each call; for a few
     /// tokens' columns, [`HookedTransformer::tokens_to_residual_directions`] computes only those.
     pub fn w_u(&self) -> Result<Tensor> {
         Ok(self.unembed.w_u()?)

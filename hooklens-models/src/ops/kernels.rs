@@ -1080,12 +1080,12 @@ mod tests {
 
     #[test]
     fn kv_decoding_on_the_small_matmul_path_equals_a_full_recompute() {
-        use crate::gpt2::{random_weights, Gpt2Config};
-        use crate::{HookedGpt2, KvCache};
+        use crate::model::{random_weights, TransformerConfig};
+        use crate::{HookedTransformer, KvCache};
         // Wide enough (256 x 768 weights) for the small-matmul path.
-        let cfg = Gpt2Config::new(2, 256, 4, 1000, 32);
+        let cfg = TransformerConfig::new(2, 256, 4, 1000, 32);
         let vb = candle_nn::VarBuilder::from_tensors(random_weights(&cfg, 5).unwrap(), DType::F32, &Device::Cpu);
-        let model = HookedGpt2::load(vb, &cfg).unwrap();
+        let model = HookedTransformer::load(vb, &cfg).unwrap();
         let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 1000) as u32).collect();
         let tokens = Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap();
         let full = model.forward(&tokens).unwrap();

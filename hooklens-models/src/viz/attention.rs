@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use hooklens_core::{CacheOptions, Error, HookedModel, NamesFilter, Result};
 
-use crate::gpt2::{ForwardOptions, HookedGpt2, ReturnType};
+use crate::model::{ForwardOptions, HookedTransformer, ReturnType};
 
 /// The attention patterns of one prompt, ready to draw: what [`attention_html`] shows.
 #[derive(Clone, Debug)]
@@ -23,7 +23,11 @@ pub struct AttentionView {
 /// of `layers` (all layers when `None`), stopping the forward after the last of them.
 /// Token texts come from the model's tokenizer. Out-of-range or repeated layers are
 /// errors.
-pub fn attention_patterns(model: &HookedGpt2, tokens: &Tensor, layers: Option<&[usize]>) -> Result<AttentionView> {
+pub fn attention_patterns(
+    model: &HookedTransformer,
+    tokens: &Tensor,
+    layers: Option<&[usize]>,
+) -> Result<AttentionView> {
     let (tokens, _pos) = super::one_prompt(tokens, "the attention view")?;
     let n_layers = model.cfg().n_layers;
     let layers: Vec<usize> = match layers {

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use hooklens_core::{CacheOptions, Error, HookedModel, NamesFilter, Result};
 
-use crate::gpt2::{ForwardOptions, HookedGpt2, ReturnType};
+use crate::model::{ForwardOptions, HookedTransformer, ReturnType};
 
 /// The top tokens predicted from the residual stream entering each layer and from the
 /// final one, at each position of one prompt.
@@ -24,7 +24,7 @@ pub struct LogitLens {
 /// `ln_final` (its own normalisation, as the model would if the later blocks added
 /// nothing) and the unembedding, and the `k` most likely tokens are kept. The
 /// `"final_post"` row is the model's own prediction.
-pub fn logit_lens(model: &HookedGpt2, tokens: &Tensor, k: usize) -> Result<LogitLens> {
+pub fn logit_lens(model: &HookedTransformer, tokens: &Tensor, k: usize) -> Result<LogitLens> {
     if k == 0 {
         return Err(Error::invalid("the logit lens needs k >= 1 top tokens"));
     }

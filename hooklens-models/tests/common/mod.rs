@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use hooklens_models::{HookedGpt2, LoadOptions};
+use hooklens_models::{HookedTransformer, LoadOptions};
 pub use hooklens_testutil::{assert_close, max_abs_diff, test_device, tolerance_on, TempDir};
 
 pub mod circuits;
@@ -30,13 +30,13 @@ pub fn tokens() -> Tensor {
 }
 
 /// The fixture model, unprocessed.
-pub fn raw_model() -> HookedGpt2 {
-    HookedGpt2::from_dir(model_dir(), &LoadOptions::no_processing()).unwrap()
+pub fn raw_model() -> HookedTransformer {
+    HookedTransformer::from_dir(model_dir(), &LoadOptions::no_processing()).unwrap()
 }
 
 /// The fixture model with TransformerLens's default processing.
-pub fn processed_model() -> HookedGpt2 {
-    HookedGpt2::from_dir(model_dir(), &LoadOptions::default()).unwrap()
+pub fn processed_model() -> HookedTransformer {
+    HookedTransformer::from_dir(model_dir(), &LoadOptions::default()).unwrap()
 }
 
 /// `opts` on the device the parity tests run on (`HOOKLENS_TEST_DEVICE`, the CPU unless

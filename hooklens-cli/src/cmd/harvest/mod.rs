@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::{CacheOptions, HookedModel, NamesFilter};
-use hooklens_models::{ForwardOptions, HookedGpt2, ReturnType};
+use hooklens_models::{ForwardOptions, HookedTransformer, ReturnType};
 use serde_json::{json, Value};
 
 use self::manifest::{shard_file, Manifest, ShardEntry, FORMAT};
@@ -489,7 +489,7 @@ pub fn run(args: Args) -> CliResult<()> {
 /// About what one sequence's forward holds at its peak, in bytes: the probe's saved
 /// activations are not all of it, so a generous multiple of the residual stream per
 /// layer and of the attention pattern.
-fn forward_bytes(model: &HookedGpt2, ctx: usize) -> u64 {
+fn forward_bytes(model: &HookedTransformer, ctx: usize) -> u64 {
     let cfg = model.cfg();
     let per_pos = 16 * cfg.d_model as u64 + 4 * cfg.d_mlp as u64 + 4 * (cfg.n_heads * ctx) as u64;
     per_pos
@@ -575,7 +575,7 @@ fn stop_layer(names: &[String], n_layers: usize) -> Option<usize> {
 
 /// The tensors `plan` stores for `tokens` `[batch, ctx]`, on the CPU, in
 /// [`Plan::stored_names`]' order.
-fn forward(model: &HookedGpt2, plan: &Plan, stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
+fn forward(model: &HookedTransformer, plan: &Plan, stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
     let mut fwd = ForwardOptions::new().return_type(ReturnType::None);
     if let Some(stop) = stop {
         fwd = fwd.stop_at_layer(stop as isize);
@@ -619,7 +619,7 @@ impl ShardBuffer {
 /// sequence (from 1), for the error when the model's output is not finite: a NaN
 /// harvest would be written and resumed as if it were data.
 fn run_batch(
-    model: &HookedGpt2,
+    model: &HookedTransformer,
     plan: &Plan,
     stop: Option<usize>,
     batch: &mut Vec<Vec<u32>>,
