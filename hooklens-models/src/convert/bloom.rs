@@ -64,11 +64,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         None => hf.usize("n_embed")?,
     };
     let d_vocab = hf.usize("vocab_size")?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `hidden_size` ({d_model}) is not a multiple of field `n_head` ({n_heads})"
-        )));
-    }
+    let d_head = hf.d_head(d_model, "hidden_size", n_heads, "n_head")?;
     if hf.bool_or("apply_residual_connection_post_layernorm", false)? {
         return Err(hf.bad(
             "field `apply_residual_connection_post_layernorm` is true: BLOOM with residuals after the norms is not supported",
@@ -78,7 +74,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         .checked_mul(4)
         .ok_or_else(|| hf.bad(format!("field `hidden_size` is too large: {d_model}")))?;
     Ok(TransformerConfig {
-        d_head: d_model / n_heads,
+        d_head,
         d_mlp,
         eps: hf.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
         // `bloom_gelu_forward`: the tanh approximation (TransformerLens `gelu_fast`).

@@ -61,11 +61,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
             )));
         }
     }
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `n_embd` ({d_model}) is not a multiple of field `n_head` ({n_heads})"
-        )));
-    }
+    let d_head = hf.d_head(d_model, "n_embd", n_heads, "n_head")?;
     let d_mlp = match hf.opt_usize("n_inner")? {
         // Checked: a nonsense `n_embd` must be an error, not an overflow.
         None => d_model
@@ -74,7 +70,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         Some(n) => n,
     };
     Ok(TransformerConfig {
-        d_head: d_model / n_heads,
+        d_head,
         d_mlp,
         eps: hf.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
         act_fn: hf.act_fn(&["activation_function"], ActFn::GeluNew)?,

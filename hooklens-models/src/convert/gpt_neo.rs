@@ -96,11 +96,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_heads = hf.usize("num_heads")?;
     let d_vocab = hf.usize("vocab_size")?;
     let n_ctx = hf.usize("max_position_embeddings")?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `hidden_size` ({d_model}) is not a multiple of field `num_heads` ({n_heads})"
-        )));
-    }
+    let d_head = hf.d_head(d_model, "hidden_size", n_heads, "num_heads")?;
     // GPTNeoMLP: `intermediate_size if not None else 4 * hidden_size` (TransformerLens
     // always takes 4 * d_model and cannot load a checkpoint that sets it).
     let d_mlp = match hf.opt_usize("intermediate_size")? {
@@ -112,7 +108,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let types = attention_layers(hf, n_layers)?;
     let any_local = types.contains(&AttnType::Local);
     Ok(TransformerConfig {
-        d_head: d_model / n_heads,
+        d_head,
         d_mlp,
         eps: hf.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
         act_fn: hf.act_fn(&["activation_function"], ActFn::GeluNew)?,

@@ -52,12 +52,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_heads = hf.usize("n_head")?;
     let d_vocab = hf.usize("vocab_size")?;
     let n_ctx = hf.usize("n_positions")?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `n_embd` ({d_model}) is not a multiple of field `n_head` ({n_heads})"
-        )));
-    }
-    let d_head = d_model / n_heads;
+    let d_head = hf.d_head(d_model, "n_embd", n_heads, "n_head")?;
     // GPTJConfig's default `rotary_dim` is 64; set to null, Hugging Face builds
     // tables `n_embd` wide that do not fit a head, so null is refused here.
     let rotary_dim = hf.with_absent(&[("rotary_dim", json!(64))]).usize("rotary_dim")?;

@@ -105,6 +105,17 @@ impl HfConfig {
             .ok_or_else(|| self.bad(format!("field `{field}` is missing")))
     }
 
+    /// `d_model / n_heads`, the width of a head where the config has no `head_dim`; an
+    /// error naming both fields (`model_field`, `heads_field`) when it does not divide.
+    pub(crate) fn d_head(&self, d_model: usize, model_field: &str, n_heads: usize, heads_field: &str) -> Result<usize> {
+        if !d_model.is_multiple_of(n_heads) {
+            return Err(self.bad(format!(
+                "field `{model_field}` ({d_model}) is not a multiple of field `{heads_field}` ({n_heads})"
+            )));
+        }
+        Ok(d_model / n_heads)
+    }
+
     /// An optional positive integer.
     pub(crate) fn opt_usize(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {

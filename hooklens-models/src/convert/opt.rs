@@ -58,11 +58,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_heads = hf.usize("num_attention_heads")?;
     let d_vocab = hf.usize("vocab_size")?;
     let n_ctx = hf.usize("max_position_embeddings")?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `hidden_size` ({d_model}) is not a multiple of field `num_attention_heads` ({n_heads})"
-        )));
-    }
+    let d_head = hf.d_head(d_model, "hidden_size", n_heads, "num_attention_heads")?;
     if !hf.bool_or("do_layer_norm_before", true)? {
         return Err(hf.bad(
             "field `do_layer_norm_before` is false: post-LN OPT (facebook/opt-350m) is not supported \
@@ -88,7 +84,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         ));
     }
     Ok(TransformerConfig {
-        d_head: d_model / n_heads,
+        d_head,
         d_mlp: hf.usize("ffn_dim")?,
         // OPT's LayerNorms are `nn.LayerNorm(..)` with torch's default eps.
         eps: 1e-5,

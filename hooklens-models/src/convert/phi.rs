@@ -53,12 +53,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let n_heads = hf.usize("num_attention_heads")?;
     let d_vocab = hf.usize("vocab_size")?;
     let n_ctx = hf.usize("max_position_embeddings")?;
-    if !d_model.is_multiple_of(n_heads) {
-        return Err(hf.bad(format!(
-            "field `hidden_size` ({d_model}) is not a multiple of field `num_attention_heads` ({n_heads})"
-        )));
-    }
-    let d_head = d_model / n_heads;
+    let d_head = hf.d_head(d_model, "hidden_size", n_heads, "num_attention_heads")?;
     let n_kv = hf.opt_usize("num_key_value_heads")?.unwrap_or(n_heads);
     if !n_heads.is_multiple_of(n_kv) {
         return Err(hf.bad(format!(
