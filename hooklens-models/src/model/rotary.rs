@@ -104,19 +104,20 @@ impl Rotary {
         let mut sin = Vec::with_capacity(n_rows * pos * r);
         // f32 angles `position / freq`, as TransformerLens computes them.
         let freq: Vec<f32> = self.inv_freq.iter().map(|f| (1.0 / f) as f32).collect();
+        // YaRN's cos/sin scale applies to either pairing of the dimensions.
+        let m = self.mscale as f32;
         for row in rows {
             for &p in row {
                 if self.adjacent {
                     // `(d 2)`: each angle for both members of its pair.
                     for f in &freq {
                         let angle = p as f32 / f;
-                        cos.extend([angle.cos(); 2]);
-                        sin.extend([angle.sin(); 2]);
+                        cos.extend([angle.cos() * m; 2]);
+                        sin.extend([angle.sin() * m; 2]);
                     }
                     continue;
                 }
                 let start = cos.len();
-                let m = self.mscale as f32;
                 for f in &freq {
                     let angle = p as f32 / f;
                     cos.push(angle.cos() * m);
