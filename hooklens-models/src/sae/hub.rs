@@ -123,17 +123,27 @@ impl Sae {
         let cfg = SaeConfig::from_json_str_with(&text, &files[0], Some(&all))?;
         let sae = Self::from_config_and_weights(cfg, &files[1], device)?;
         // SAELens folds the release's norm_scaling_factor into any SAE whose config asks
-        // for `expected_average_only_in` (parsed again: SaeConfig reads that as none).
-        let asks = match serde_json::from_str::<Value>(&text) {
-            Ok(Value::Object(mut obj)) => {
+        // for `expected_average_only_in` (SaeConfig reads that as none): only then is the
+        // one field looked up again, without holding the rest of the file.
+        let Some(s) = norm_scaling_factor else {
+            return Ok(sae);
+        };
+        let keep = |k: &str| k == "normalize_activations";
+        let known = crate::loading::KnownFields {
+            keep: &keep,
+            nested: &[],
+        };
+        let asks = match known.parse(&text) {
+            Ok(Some(mut obj)) => {
                 obj.extend(all);
                 formats::expects_norm_folding(&obj)
             }
             _ => false,
         };
-        match norm_scaling_factor {
-            Some(s) if asks => formats::fold_norm_scaling(&sae, s),
-            _ => Ok(sae),
+        if asks {
+            formats::fold_norm_scaling(&sae, s)
+        } else {
+            Ok(sae)
         }
     }
 }
