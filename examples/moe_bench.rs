@@ -7,6 +7,12 @@
 //!
 //! `cargo run --release --example moe_bench` (`-- --quick` for fewer rounds)
 //!
+//! Side by side with TransformerLens: `python scripts/tl_moe_bench.py --json tl.json` times
+//! TransformerLens 2.16.1 on the same two shapes (its own random weights), then
+//! `cargo run --release --example moe_bench -- --tl tl.json` adds its times and
+//! hooklens / TransformerLens for each model and size. Run the two one after the other on
+//! a quiet machine: they are two processes, not one run.
+//!
 //! Prints the forward (no hook attached) at batch 1 x 64 and 4 x 256 for both, and
 //! their ratio (MoE / dense; the goal is at most 1.25): what the routing, the gather
 //! of each expert's rows, the per-expert products and the scatter back cost beyond
@@ -54,7 +60,14 @@ fn config_json(experts: Option<usize>, mlp: usize) -> String {
 }
 
 fn main() -> hooklens::Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let tl = match args.iter().position(|a| a == "--tl") {
+        Some(i) => Some(read_tl(args.get(i + 1).ok_or_else(|| {
+            hooklens::Error::invalid("--tl needs the JSON file scripts/tl_moe_bench.py wrote")
+        })?)?),
+        None => None,
+    };
     let rounds = if quick { 3 } else { 11 };
     let tmp = std::env::temp_dir().join(format!("hooklens-moe-bench-{}", std::process::id()));
     let load = |name: &str, config: &str| -> hooklens::Result<HookedTransformer> {
@@ -74,6 +87,7 @@ fn main() -> hooklens::Result<()> {
     println!();
     println!("| forward | dense | MoE | MoE / dense |");
     println!("|---|---|---|---|");
+    let mut medians = Vec::new();
     for (b, p) in [(1, 64), (4, 256)] {
         let ids: Vec<u32> = (0..b * p).map(|i| ((i * 7919 + 13) % VOCAB) as u32).collect();
         let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
@@ -84,12 +98,29 @@ fn main() -> hooklens::Result<()> {
             }],
         )?;
         let (d, m) = (median_f64(times[0].clone()), median_f64(times[1].clone()));
+        medians.push((format!("{b}x{p}"), d * 1e3, m * 1e3));
         println!(
             "| {b} x {p} | {:.1} ms | {:.1} ms | {:.2} |",
             d * 1e3,
             m * 1e3,
             paired_ratio(&times[0], &times[1])
         );
+    }
+    if let Some(tl) = &tl {
+        println!();
+        println!("| forward | model | hooklens | TransformerLens | hooklens / TL |");
+        println!("|---|---|---|---|---|");
+        for (shape, d, m) in &medians {
+            for (model, ours) in [("dense", d), ("moe", m)] {
+                match tl.iter().find(|(mm, s, _)| mm == model && s == shape) {
+                    Some((_, _, theirs)) => println!(
+                        "| {shape} | {model} | {ours:.1} ms | {theirs:.1} ms | {:.2} |",
+                        ours / theirs
+                    ),
+                    None => println!("| {shape} | {model} | {ours:.1} ms | (not in the file) | |"),
+                }
+            }
+        }
     }
     println!();
     println!("| read every weight once | dense | MoE | MoE / dense |");
@@ -122,4 +153,21 @@ fn main() -> hooklens::Result<()> {
         paired_ratio(&times[0], &times[1])
     );
     Ok(())
+}
+
+/// `(model, shape, median ms)` of each case in the JSON file `scripts/tl_moe_bench.py` wrote.
+fn read_tl(path: &str) -> hooklens::Result<Vec<(String, String, f64)>> {
+    let bad = |why: String| hooklens::Error::invalid(format!("--tl {path}: {why}"));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let cases = json["results"]
+        .as_array()
+        .ok_or_else(|| bad("no `results` list (not written by scripts/tl_moe_bench.py?)".into()))?;
+    cases
+        .iter()
+        .map(|c| match (c["model"].as_str(), c["shape"].as_str(), c["median_ms"].as_f64()) {
+            (Some(m), Some(s), Some(t)) => Ok((m.to_string(), s.to_string(), t)),
+            _ => Err(bad(format!("a case without model, shape and median_ms: {c}"))),
+        })
+        .collect()
 }

@@ -359,15 +359,8 @@ impl Moe {
             start += bucket.len();
         }
         let outs = Tensor::cat(&outs, 0)?;
-        let weights = mix
-            .flatten_all()?
-            .index_select(&slots_t, 0)?
-            .to_dtype(outs.dtype())?
-            .unsqueeze(1)?;
-        let weighted = outs.broadcast_mul(&weights)?;
-        let out =
-            Tensor::zeros((n, d_model), weighted.dtype(), weighted.device())?.index_add(&tokens_t, &weighted, 0)?;
-        out.reshape(dims)
+        let weights = mix.flatten_all()?.index_select(&slots_t, 0)?.to_dtype(outs.dtype())?;
+        crate::ops::weighted_scatter_add(&outs, &weights, &tokens_t, n)?.reshape(dims)
     }
 }
 

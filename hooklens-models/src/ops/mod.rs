@@ -9,9 +9,11 @@ mod shared_out;
 pub(crate) mod slice_gemm;
 mod streamed_gemm;
 mod transpose;
+mod weighted_scatter;
 
 pub use cross_entropy::cross_entropy_per_row;
 pub(crate) use transpose::transposed;
+pub(crate) use weighted_scatter::weighted_scatter_add;
 
 use candle_core::Tensor;
 
