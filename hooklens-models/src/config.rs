@@ -185,6 +185,12 @@ pub struct TransformerConfig {
     /// (GPT-2, configs saved before this field): read where the checkpoint has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_bias: Option<bool>,
+    /// The width of the checkpoint's token embedding where it differs from `d_model`
+    /// (OPT's `word_embed_proj_dim`, facebook/opt-350m: the bias-free `project_in` /
+    /// `project_out` around the blocks). Read by the converter only, which folds the
+    /// projections into `W_E` and `W_U`: the model itself is `d_model` wide throughout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_embed_proj_dim: Option<usize>,
     /// The embedding is multiplied by this (Gemma's `sqrt(d_model)`; TransformerLens
     /// stores `W_E` already scaled, hooklens keeps the checkpoint's `W_E` so that a tied
     /// `W_U` stays a view of it: `hook_embed` holds the same values).
@@ -236,6 +242,20 @@ pub struct TransformerConfig {
     /// dimensions (GPT-J's `rotate_every_two`) instead of `(i, i + rotary_dim/2)`.
     #[serde(default)]
     pub rotary_adjacent_pairs: bool,
+    /// Post-LN blocks (OPT with `do_layer_norm_before: false`, facebook/opt-350m; the
+    /// layout of TransformerLens's `BertBlock`): attention reads `hook_resid_pre` as it
+    /// is, `ln1` normalises `hook_resid_mid` and that normalised stream is both the MLP's
+    /// input and what the MLP's output is added to (`hook_resid_post`), and the block
+    /// returns `ln2(hook_resid_post)` (`hook_normalized_resid_post`). The norms sit on the
+    /// residual path itself, so `fold_ln` and `center_writing_weights` are skipped.
+    #[serde(default)]
+    pub normalization_after_residual: bool,
+    /// A norm between the last block and the unembedding (`ln_final`). False where the
+    /// blocks' output goes to the unembedding as it is: post-LN OPT (whose blocks end
+    /// with a norm) and OPT with `_remove_final_layer_norm`; such a model has no
+    /// `ln_final.*` hooks.
+    #[serde(default = "default_true")]
+    pub final_norm: bool,
     /// A LayerNorm with parameters right after the token embedding, inside `embed`
     /// (`embed.ln`, BLOOM's `word_embeddings_layernorm`); weight processing never folds it.
     #[serde(default)]
@@ -382,6 +402,7 @@ impl TransformerConfig {
             window_size: None,
             tie_word_embeddings: true,
             attention_bias: None,
+            word_embed_proj_dim: None,
             embed_scale: None,
             original_architecture: "GPT2LMHeadModel".to_string(),
             default_prepend_bos: true,
@@ -391,6 +412,8 @@ impl TransformerConfig {
             qk_norm_over: QkNormOver::Heads,
             rotary_adjacent_pairs: false,
             post_embedding_ln: false,
+            normalization_after_residual: false,
+            final_norm: true,
         }
     }
 
@@ -469,6 +492,9 @@ impl TransformerConfig {
         if let Some((name, _)) = fields.iter().find(|(_, v)| *v == 0) {
             return Err(Error::invalid(format!("config: `{name}` must be positive")));
         }
+        if self.word_embed_proj_dim == Some(0) {
+            return Err(Error::invalid("config: `word_embed_proj_dim` must be positive"));
+        }
         let kv = self.n_kv_heads();
         if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return Err(Error::invalid(format!(
@@ -528,6 +554,15 @@ impl TransformerConfig {
                 ))
             }
         }
+        if self.normalization_after_residual
+            && (self.parallel_attn_mlp || !self.use_normalization_before || self.use_normalization_before_and_after)
+        {
+            return Err(Error::invalid(
+                "config: normalization_after_residual (post-LN blocks) needs sequential blocks with ln1 and ln2 \
+                 only (parallel_attn_mlp false, use_normalization_before true, \
+                 use_normalization_before_and_after false)",
+            ));
+        }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return Err(Error::invalid(format!("config: eps = {} must be positive", self.eps)));
         }
@@ -537,6 +572,11 @@ impl TransformerConfig {
         let limit = isize::MAX as usize / 8;
         for (what, a, b) in [
             ("d_vocab * d_model", self.d_vocab, self.d_model),
+            (
+                "d_vocab * word_embed_proj_dim",
+                self.d_vocab,
+                self.word_embed_proj_dim.unwrap_or(0),
+            ),
             ("n_ctx * d_model", self.n_ctx, self.d_model),
             ("d_mlp * d_model", self.d_mlp, self.d_model),
             (

@@ -341,8 +341,9 @@ fn frozen_run(
         .collect();
     let mut y = to_vec(&cache["ln_final.hook_normalized"].i((0, N_POS - 1))?);
     // An RMSNorm's `hook_normalized` is before its gain.
-    if model.ln_final.kind() == NormKind::Rms {
-        if let Some(w) = model.ln_final.weight() {
+    let ln_final = model.ln_final.as_ref().expect("these models have a final norm");
+    if ln_final.kind() == NormKind::Rms {
+        if let Some(w) = ln_final.weight() {
             y.iter_mut().zip(to_vec(w)).for_each(|(v, w)| *v *= w);
         }
     }

@@ -97,7 +97,7 @@ fn residual_decompositions_and_logit_attribution_add_up() {
             })
             .unwrap();
         // The gain a processed MoE model keeps (`None` where fold_ln folded it).
-        let gain = m.ln_final.weight().cloned();
+        let gain = m.ln_final.as_ref().and_then(|n| n.weight()).cloned();
         assert_eq!(
             gain.is_some(),
             m.cfg().num_experts.is_some(),

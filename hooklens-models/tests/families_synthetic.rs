@@ -3,7 +3,8 @@
 //! grouped heads of other ratios, `head_dim` apart from `d_model / n_heads`, partial
 //! rotary, Llama 3.1 rotary scaling, sliding windows shorter than the input, sequential
 //! NeoX blocks and attention biases; Gemma 3's local/global patterns with two rotary
-//! bases and linear scaling, OLMo 2's post-norm blocks with grouped heads. Each is checked for what must hold whatever the
+//! bases and linear scaling, OLMo 2's post-norm blocks with grouped heads, OPT's post-LN
+//! blocks, embedding projections and missing final norm. Each is checked for what must hold whatever the
 //! weights: sharded and bf16 files load to the same model, processing keeps
 //! log-probabilities, the KV cache equals recomputing the prefix (with and without
 //! left padding), greedy generation is the same with and without the cache, and the
@@ -136,6 +137,21 @@ fn variants() -> Vec<(&'static str, String)> {
         (
             "opt: no biases (enable_bias false)",
             variant("opt", json!({"enable_bias": false})),
+        ),
+        (
+            "opt: post-LN with project_in / project_out (opt-350m's layout), 3 layers",
+            variant(
+                "opt",
+                json!({"do_layer_norm_before": false, "word_embed_proj_dim": 32, "num_hidden_layers": 3}),
+            ),
+        ),
+        (
+            "opt: pre-LN with projections to 48, untied lm_head",
+            variant("opt", json!({"word_embed_proj_dim": 48, "tie_word_embeddings": false})),
+        ),
+        (
+            "opt: pre-LN without its final norm (_remove_final_layer_norm)",
+            variant("opt", json!({"_remove_final_layer_norm": true})),
         ),
         (
             "phi: qk_layernorm, 6 heads over 2 kv heads, half rotary, tied",

@@ -107,12 +107,36 @@ impl Analysis<'_> {
 
     /// The scale `[..., pos, 1]` of the LayerNorm reading the input of `layer`
     /// (`0..=n_layers`), cached or recomputed from the residual stream.
+    ///
+    /// A post-LN model (`normalization_after_residual`, OPT-350m) is an error: its
+    /// blocks normalise the residual stream itself, so the components of one residual
+    /// stream are not what a later norm reads and no cached scale applies to them. So is
+    /// the unembedding's input in a model without a final norm (`final_norm: false`),
+    /// which the unembedding reads as it is.
     pub(crate) fn ln_scale(&self, layer: usize, mlp_input: bool, recompute: bool) -> Result<Tensor> {
         let n = self.n_layers();
         if layer == n && mlp_input {
             return Err(Error::invalid(
                 "mlp_input with layer n_layers: the unembedding's input has no MLP (use mlp_input = false)",
             ));
+        }
+        let cfg = self.model.cfg();
+        if cfg.normalization_after_residual {
+            return Err(Error::invalid(format!(
+                "apply_ln on a post-LN model ({}, normalization_after_residual: OPT-350m's layout) is not supported: \
+                 its blocks normalise the residual stream itself (ln1 after attention, ln2 after the MLP), so \
+                 residual components do not add up to what a later layer or the unembedding reads and no cached \
+                 LayerNorm scale applies to them; leave apply_ln off",
+                cfg.original_architecture
+            )));
+        }
+        if layer == n && self.model.ln_final.is_none() {
+            return Err(Error::invalid(format!(
+                "apply_ln at the unembedding: this {} model has no final norm (final_norm: false, \
+                 `_remove_final_layer_norm`), the unembedding reads the last residual stream as it is; \
+                 leave apply_ln off",
+                cfg.original_architecture
+            )));
         }
         let (scale_name, resid) = if layer == n {
             ("ln_final.hook_scale".to_string(), ("resid_post", n - 1))

@@ -76,7 +76,12 @@ impl Analysis<'_> {
     /// A mixture-of-experts model keeps its norms' gains even when processed (as in
     /// TransformerLens, see `ProcessingOptions::fold_ln`): multiply the stack by
     /// `ln_final`'s gain (`model.ln_final.weight()`) first for attributions that sum to
-    /// the logits.
+    /// the logits. A model without a final norm (`final_norm: false`: post-LN OPT-350m,
+    /// `_remove_final_layer_norm`) unembeds its last residual stream as it is: the stack
+    /// is dotted with the directions unscaled, which sums to the logits for a stack that
+    /// sums to that residual. In a post-LN model that is the last block's output
+    /// (`hook_normalized_resid_post`), which the outputs of the earlier sublayers do not
+    /// sum to (each block normalises the stream).
     pub fn logit_attrs(&self, residual_stack: &Tensor, tokens: &Tensor, opts: &LogitAttrs) -> Result<Tensor> {
         let mut directions = self.model.tokens_to_residual_directions(tokens)?;
         if let Some(incorrect) = &opts.incorrect_tokens {
@@ -97,7 +102,23 @@ impl Analysis<'_> {
             has_batch_dim: opts.has_batch_dim,
             recompute_ln: false,
         };
-        let scaled = self.apply_ln_to_stack(residual_stack, &ln)?;
+        let scaled = if self.model.ln_final.is_none() {
+            // Nothing between the residual stream and the unembedding: only the batch
+            // slice applies.
+            if residual_stack.rank() < 2 {
+                return Err(Error::invalid(format!(
+                    "logit_attrs needs [components, ..., d_model], got shape {:?}",
+                    residual_stack.shape()
+                )));
+            }
+            if opts.has_batch_dim {
+                super::cache_view::apply_slice(&opts.batch_slice, residual_stack, 1)?
+            } else {
+                residual_stack.clone()
+            }
+        } else {
+            self.apply_ln_to_stack(residual_stack, &ln)?
+        };
         let directions = directions.to_dtype(scaled.dtype())?.to_device(scaled.device())?;
         let prod = scaled.broadcast_mul(&directions).map_err(|e| {
             Error::invalid(format!(

@@ -241,7 +241,12 @@ fn repeat_loss(
     )?;
     let resid = out.residual.ok_or_else(|| Error::invalid("no residual"))?;
     let resid = resid.narrow(1, start, n)?;
-    let normalized = model.ln_final.forward(&resid)?;
+    // The built-in model's config has a final norm; a model without one is not one
+    // this trains.
+    let ln_final = model.ln_final.as_ref().ok_or_else(|| {
+        Error::invalid("training the built-in model: the model has no final norm (ln_final), not the built-in layout")
+    })?;
+    let normalized = ln_final.forward(&resid)?;
     let d_model = normalized.dim(2)?;
     if full_softmax {
         let targets = tokens.narrow(1, start + 1, n)?.contiguous()?.flatten_all()?;

@@ -219,7 +219,10 @@ pub(crate) fn frozen_point_names(model: &HookedTransformer) -> Vec<String> {
         }
         names.push(format!("blocks.{l}.attn.hook_pattern"));
     }
-    names.push("ln_final.hook_scale".into());
+    // A model without a final norm is refused before this is read (`check_fit`).
+    if model.ln_final.is_some() {
+        names.push("ln_final.hook_scale".into());
+    }
     names
 }
 
@@ -280,7 +283,14 @@ impl FrozenModel {
             n_pos,
             parallel: model.cfg().parallel_attn_mlp,
             blocks,
-            ln_final: FrozenNorm::new(&model.ln_final, cache.try_get("ln_final.hook_scale")?)?,
+            ln_final: FrozenNorm::new(
+                model.ln_final.as_ref().ok_or_else(|| {
+                    hooklens_core::Error::invalid(
+                        "attribution needs a final norm (ln_final), and this model has none (final_norm: false)",
+                    )
+                })?,
+                cache.try_get("ln_final.hook_scale")?,
+            )?,
         })
     }
 

@@ -102,6 +102,23 @@ fn points(transcoders: &Transcoders) -> Result<(ReadPoint, WritePoint)> {
 /// Checks that `transcoders` fit `model` for attribution.
 pub(crate) fn check_fit(model: &HookedTransformer, transcoders: &Transcoders) -> Result<()> {
     let cfg = model.cfg();
+    // The frozen backward pass follows pre-LN blocks (norms before attention and the
+    // MLP, off the residual path) and a final norm.
+    if cfg.normalization_after_residual {
+        return Err(Error::invalid(format!(
+            "attribution graphs and replacement models of a post-LN model ({}, normalization_after_residual: \
+             OPT-350m's layout) are not supported: its norms sit on the residual path itself, which the frozen \
+             linear backward pass does not model",
+            cfg.original_architecture
+        )));
+    }
+    if model.ln_final.is_none() {
+        return Err(Error::invalid(format!(
+            "attribution graphs and replacement models need a final norm (ln_final); this {} model has none \
+             (final_norm: false, `_remove_final_layer_norm`): not supported",
+            cfg.original_architecture
+        )));
+    }
     if !cfg.normalization_type.has_params() {
         return Err(Error::invalid(
             "the model's norms were folded into its weights (fold_ln), so the transcoders' inputs \

@@ -274,28 +274,48 @@ pub(super) fn finish(
     lm_head: &str,
     tied: bool,
 ) -> Result<TransformerWeights> {
-    let (d, v) = (cfg.d_model, cfg.d_vocab);
-    let mut tied = tied;
-    let w_u = if tied {
-        if src.contains(lm_head) {
-            let head = src.get(lm_head, &[v, d])?;
-            let differing = head
-                .ne(&w_e)?
-                .to_dtype(candle_core::DType::F32)?
-                .sum_all()?
-                .to_scalar::<f32>()?;
-            if differing > 0.0 {
-                tied = false;
-                head.t()?
-            } else {
-                w_e.t()?
-            }
-        } else {
-            w_e.t()?
-        }
-    } else {
-        src.get(lm_head, &[v, d])?.t()?
+    let (w_u, tied) = match untied_head(src, lm_head, &w_e, tied)? {
+        Some(head) => (head.t()?, false),
+        None => (w_e.t()?, true),
     };
+    with_unembed(src, cfg, w_e, w_pos, layers, ln_final, w_u, tied)
+}
+
+/// The `lm_head` `[d_vocab, width]` (`width` that of `w_e`, `[d_vocab, width]`) the
+/// unembedding must use instead of the embedding: the checkpoint's when `tied` is false
+/// (it must be there), or when it is there and differs from `w_e` (see [`finish`]);
+/// `None`: the unembedding is the embedding's.
+pub(super) fn untied_head(src: &dyn TensorSource, lm_head: &str, w_e: &Tensor, tied: bool) -> Result<Option<Tensor>> {
+    let shape = w_e.dims().to_vec();
+    if !tied {
+        return Ok(Some(src.get(lm_head, &shape)?));
+    }
+    if !src.contains(lm_head) {
+        return Ok(None);
+    }
+    let head = src.get(lm_head, &shape)?;
+    let differing = head
+        .ne(w_e)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok((differing > 0.0).then_some(head))
+}
+
+/// The weights with the unembedding `w_u` `[d_model, d_vocab]` given (`tied`: a view
+/// of `w_e`'s storage); `b_U` is zero.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn with_unembed(
+    src: &dyn TensorSource,
+    cfg: &TransformerConfig,
+    w_e: Tensor,
+    w_pos: Option<Tensor>,
+    layers: Vec<LayerWeights>,
+    ln_final: Option<NormParams>,
+    w_u: Tensor,
+    tied: bool,
+) -> Result<TransformerWeights> {
+    let v = cfg.d_vocab;
     let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
     Ok(TransformerWeights {
         w_e,

@@ -1,21 +1,35 @@
 //! OPT (`OPTForCausalLM`): learned positions whose table is offset by two (position
 //! `p` is row `p + 2` of `embed_positions`; `W_pos` is rows 2 and on), sequential
-//! pre-LN blocks (`self_attn_layer_norm` before attention, the layer's
-//! `final_layer_norm` before the MLP), biases everywhere, relu, tied embeddings. Names
-//! with the `model.` prefix (`OPTForCausalLM`) or without (`OPTModel`) are read.
+//! blocks, biases everywhere, relu, tied embeddings. Names with the `model.` prefix
+//! (`OPTForCausalLM`) or without (`OPTModel`) are read.
 //!
-//! Two variants are refused with an error naming the field (TransformerLens 2.16.1
-//! cannot load them either; the one published OPT that has them, facebook/opt-350m,
-//! has both): post-LN blocks (`do_layer_norm_before: false`: each block normalises
-//! after its residual additions and there is no final norm, which the shared block
-//! does not do) and `word_embed_proj_dim` different from `hidden_size` (`project_in` /
-//! `project_out` around the blocks).
+//! Both layouts of the published checkpoints load (TransformerLens 2.16.1 reads only
+//! the first):
+//! - pre-LN (`do_layer_norm_before: true`, every size but 350m): `self_attn_layer_norm`
+//!   before attention (`ln1`), the layer's `final_layer_norm` before the MLP (`ln2`), and
+//!   `decoder.final_layer_norm` before the unembedding (`ln_final`; none with
+//!   `_remove_final_layer_norm`).
+//! - post-LN (`do_layer_norm_before: false`, facebook/opt-350m): each block normalises
+//!   after its residual additions, `self_attn_layer_norm` after attention (`ln1`) and the
+//!   layer's `final_layer_norm` after the MLP (`ln2`), and there is no final norm
+//!   (`TransformerConfig::normalization_after_residual`, `final_norm: false`).
+//!
+//! `word_embed_proj_dim` apart from `hidden_size` (facebook/opt-350m: 512 and 1024)
+//! puts bias-free linear maps around the decoder: `project_in` `[d_model, proj]` after
+//! the token embedding (before the positions are added) and `project_out` `[proj,
+//! d_model]` after the last block (after the final norm, if any), before the
+//! unembedding, which is tied to the `[d_vocab, proj]` embedding. Both are folded here,
+//! so that the model is `d_model` wide throughout: `W_E = embed_tokens @ project_in^T`
+//! (a lookup followed by a linear map is a lookup in the product) and `W_U =
+//! project_out^T @ lm_head^T` (nothing nonlinear lies between them). `hook_embed` is
+//! therefore the embedding after `project_in`, and `W_U` is a matrix of its own (not a
+//! view of `W_E`). The products are computed in f32 whatever the load dtype.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::{finish, linear_weight, Family};
+use super::{finish, linear_weight, untied_head, with_unembed, Family};
 use crate::config::{ActFn, NormalizationType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
@@ -59,25 +73,17 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
     let d_vocab = hf.usize("vocab_size")?;
     let n_ctx = hf.usize("max_position_embeddings")?;
     let d_head = hf.d_head(d_model, "hidden_size", n_heads, "num_attention_heads")?;
-    if !hf.bool_or("do_layer_norm_before", true)? {
-        return Err(hf.bad(
-            "field `do_layer_norm_before` is false: post-LN OPT (facebook/opt-350m) is not supported \
-             (its blocks normalise after the residual additions, which the shared block does not do)",
-        ));
-    }
-    if hf.bool_or("_remove_final_layer_norm", false)? {
-        return Err(
-            hf.bad("field `_remove_final_layer_norm` is true: an OPT without its final LayerNorm is not supported")
-        );
-    }
-    if let Some(w) = hf.opt_usize("word_embed_proj_dim")? {
-        if w != d_model {
-            return Err(hf.bad(format!(
-                "field `word_embed_proj_dim` is {w}, not `hidden_size` ({d_model}): OPT with \
-                 `project_in` / `project_out` (facebook/opt-350m) is not supported"
-            )));
-        }
-    }
+    let pre_ln = hf.bool_or("do_layer_norm_before", true)?;
+    // Hugging Face builds the final norm only for pre-LN blocks, and not then with
+    // `_remove_final_layer_norm` (kept for old checkpoints).
+    let final_norm = pre_ln && !hf.bool_or("_remove_final_layer_norm", false)?;
+    // `OPTConfig`: `word_embed_proj_dim` is `hidden_size` when absent or null, and the
+    // projections exist only when it differs.
+    let word_embed_proj_dim = match hf.opt_usize("word_embed_proj_dim")? {
+        Some(0) => return Err(hf.bad("field `word_embed_proj_dim` is 0: it must be positive")),
+        Some(w) if w != d_model => Some(w),
+        _ => None,
+    };
     if !hf.bool_or("layer_norm_elementwise_affine", true)? {
         return Err(hf.bad(
             "field `layer_norm_elementwise_affine` is false: OPT LayerNorms without parameters are not supported",
@@ -95,6 +101,9 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
         // OPTAttention / OPTDecoderLayer: `bias=config.enable_bias` on every linear layer.
         attention_bias: Some(hf.bool_or("enable_bias", true)?),
         tie_word_embeddings: hf.bool_or("tie_word_embeddings", true)?,
+        normalization_after_residual: !pre_ln,
+        final_norm,
+        word_embed_proj_dim,
         ..TransformerConfig::new(n_layers, d_model, n_heads, d_vocab, n_ctx)
     })
 }
@@ -114,7 +123,8 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     } else {
         "model."
     };
-    let w_e = src.get(&format!("{pre}decoder.embed_tokens.weight"), &[v, d])?;
+    let proj = cfg.word_embed_proj_dim.filter(|&p| p != d);
+    let w_e = src.get(&format!("{pre}decoder.embed_tokens.weight"), &[v, proj.unwrap_or(d)])?;
     let device = w_e.device().clone();
     let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
     let get_bias = |name: &str, n: usize| -> Result<Tensor> {
@@ -151,9 +161,12 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             zeros(3 * d)?
         };
         layers.push(LayerWeights {
+            // Pre-LN: the norms before attention and before the MLP; post-LN: after
+            // attention and after the MLP, on the residual stream (the block puts them
+            // there). Either way `self_attn_layer_norm` is the first and the layer's
+            // `final_layer_norm` the second.
             ln1: ln(&format!("{p}.self_attn_layer_norm"))?,
             ln1_post: None,
-            // The layer's `final_layer_norm` is the norm before its MLP.
             ln2: ln(&format!("{p}.final_layer_norm"))?,
             ln2_post: None,
             w_qkv: Tensor::cat(&[&q, &k, &vv], 1)?,
@@ -169,23 +182,46 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
             b_out: get_bias(&format!("{p}.fc2.bias"), d)?,
         });
     }
-    let ln_final = ln(&format!("{pre}decoder.final_layer_norm"))?;
-    finish(
-        src,
-        cfg,
-        w_e,
-        Some(w_pos),
-        layers,
-        ln_final,
-        "lm_head.weight",
-        cfg.tie_word_embeddings,
-    )
+    let ln_final = if cfg.final_norm {
+        ln(&format!("{pre}decoder.final_layer_norm"))?
+    } else {
+        None
+    };
+    let Some(proj) = proj else {
+        return finish(
+            src,
+            cfg,
+            w_e,
+            Some(w_pos),
+            layers,
+            ln_final,
+            "lm_head.weight",
+            cfg.tie_word_embeddings,
+        );
+    };
+    // `project_in` / `project_out` folded into W_E and W_U (see the module documentation).
+    let project_in = src.get(&format!("{pre}decoder.project_in.weight"), &[d, proj])?;
+    let project_out = src.get(&format!("{pre}decoder.project_out.weight"), &[proj, d])?;
+    // `lm_head` `[d_vocab, proj]`: the embedding's unless the checkpoint has its own.
+    let head = untied_head(src, "lm_head.weight", &w_e, cfg.tie_word_embeddings)?.unwrap_or_else(|| w_e.clone());
+    // `[d_vocab, d_model]`, transposed to a view `[d_model, d_vocab]` as other untied
+    // unembeddings are.
+    let w_u = product_f32(&head, &project_out)?.t()?;
+    let w_e = product_f32(&w_e, &project_in.t()?)?;
+    with_unembed(src, cfg, w_e, Some(w_pos), layers, ln_final, w_u, false)
+}
+
+/// `a @ b` computed in f32 (half-precision checkpoints too: the sums run over
+/// `word_embed_proj_dim` terms), in `a`'s dtype, contiguous.
+fn product_f32(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    Ok(f32(a)?.matmul(&f32(b)?)?.to_dtype(a.dtype())?.contiguous()?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::config_from_hf_str;
-    use crate::config::ActFn;
+    use crate::config::{ActFn, TransformerConfig};
 
     const TINY: &str = r#"{"model_type": "opt", "architectures": ["OPTForCausalLM"],
         "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 128,
@@ -193,18 +229,63 @@ mod tests {
         "word_embed_proj_dim": 64, "activation_function": "relu"}"#;
 
     #[test]
-    fn reads_hf_names_and_refuses_post_ln() {
+    fn reads_hf_names_pre_ln() {
         let c = config_from_hf_str(TINY, "config.json").unwrap();
         assert_eq!((c.d_mlp, c.act_fn, c.eps), (128, ActFn::Relu, 1e-5));
         assert!(c.tie_word_embeddings);
-        let post = TINY.replace("\"do_layer_norm_before\": true", "\"do_layer_norm_before\": false");
-        let e = config_from_hf_str(&post, "c.json").unwrap_err();
+        // A projection width equal to hidden_size is no projection.
+        assert_eq!(c.word_embed_proj_dim, None);
+        assert!(!c.normalization_after_residual && c.final_norm);
+    }
+
+    /// facebook/opt-350m's layout: post-LN blocks, no final norm, a narrower embedding.
+    #[test]
+    fn post_ln_and_projections_are_read() {
+        let post = TINY
+            .replace("\"do_layer_norm_before\": true", "\"do_layer_norm_before\": false")
+            .replace("\"word_embed_proj_dim\": 64", "\"word_embed_proj_dim\": 32");
+        let c = config_from_hf_str(&post, "c.json").unwrap();
+        assert!(c.normalization_after_residual && !c.final_norm);
+        assert_eq!((c.word_embed_proj_dim, c.d_model), (Some(32), 64));
+        // Pre-LN with `_remove_final_layer_norm`: the blocks stay pre-LN, no final norm.
+        let removed = TINY.replace("\"word_embed_proj_dim\": 64", "\"_remove_final_layer_norm\": true");
+        let c = config_from_hf_str(&removed, "c.json").unwrap();
+        assert!(!c.normalization_after_residual && !c.final_norm);
+        // Absent or null: hidden_size, as `OPTConfig` has it.
+        let null = TINY.replace("\"word_embed_proj_dim\": 64", "\"word_embed_proj_dim\": null");
+        assert_eq!(config_from_hf_str(&null, "c.json").unwrap().word_embed_proj_dim, None);
+        let zero = TINY.replace("\"word_embed_proj_dim\": 64", "\"word_embed_proj_dim\": 0");
+        let e = config_from_hf_str(&zero, "c.json").unwrap_err();
         assert!(
-            e.to_string().contains("do_layer_norm_before") && e.to_string().contains("c.json"),
+            e.to_string().contains("word_embed_proj_dim") && e.to_string().contains("c.json"),
             "{e}"
         );
-        let projected = TINY.replace("\"word_embed_proj_dim\": 64", "\"word_embed_proj_dim\": 32");
-        let e = config_from_hf_str(&projected, "c.json").unwrap_err();
-        assert!(e.to_string().contains("word_embed_proj_dim"), "{e}");
+    }
+
+    /// The new fields default for configs saved before them, and round-trip.
+    #[test]
+    fn post_ln_fields_default_and_round_trip() {
+        let c = config_from_hf_str(TINY, "config.json").unwrap();
+        let mut json: serde_json::Value = serde_json::to_value(&c).unwrap();
+        let obj = json.as_object_mut().unwrap();
+        assert!(!obj.contains_key("word_embed_proj_dim"), "skipped when None");
+        obj.remove("normalization_after_residual");
+        obj.remove("final_norm");
+        let old: TransformerConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old, c);
+        let post = TINY
+            .replace("\"do_layer_norm_before\": true", "\"do_layer_norm_before\": false")
+            .replace("\"word_embed_proj_dim\": 64", "\"word_embed_proj_dim\": 32");
+        let c = config_from_hf_str(&post, "c.json").unwrap();
+        let back: TransformerConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        // Post-LN blocks need both norms of a sequential block.
+        let mut bad = c.clone();
+        bad.parallel_attn_mlp = true;
+        let e = bad.validate().unwrap_err();
+        assert!(e.to_string().contains("normalization_after_residual"), "{e}");
+        let mut bad = c;
+        bad.word_embed_proj_dim = Some(0);
+        assert!(bad.validate().unwrap_err().to_string().contains("word_embed_proj_dim"));
     }
 }

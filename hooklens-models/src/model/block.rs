@@ -14,6 +14,14 @@ use super::norm::Norm;
 /// and MLP outputs are normalised again before their hooks; without `ln1` / `ln2`
 /// (OLMo 2) attention and MLP read the residual stream itself. Field order is TransformerLens's
 /// registration order, which the hook dictionary follows.
+///
+/// Post-LN (`normalization_after_residual`, OPT-350m; TransformerLens's `BertBlock`):
+/// `resid_mid = resid_pre + attn(resid_pre)`, `normalized_mid = ln1(resid_mid)`,
+/// `resid_post = normalized_mid + mlp(normalized_mid)`, and the block returns
+/// `ln2(resid_post)` through `hook_normalized_resid_post`, so the next block's
+/// `hook_resid_pre` is already normalised. The hooks fire in `BertBlock`'s order;
+/// registered, `ln1` / `ln2` stay first (`BertBlock` registers them after `attn` and
+/// `mlp`).
 #[derive(Debug, hooklens_derive::Hooked)]
 #[hooked(crate = "hooklens_core")]
 pub struct Block {
@@ -50,14 +58,30 @@ pub struct Block {
     /// The residual stream after attention, `[batch, pos, d_model]`; not in a
     /// parallel block.
     pub hook_resid_mid: Option<HookPoint>,
-    /// The residual stream leaving the block, `[batch, pos, d_model]`.
+    /// The residual stream after the MLP, `[batch, pos, d_model]`: what leaves the
+    /// block, except in a post-LN block, which returns it through `ln2`.
     pub hook_resid_post: HookPoint,
+    /// What a post-LN block returns, `ln2(resid_post)`, `[batch, pos, d_model]`
+    /// (TransformerLens's `BertBlock`); only in post-LN blocks.
+    pub hook_normalized_resid_post: Option<HookPoint>,
+    /// Post-LN (`normalization_after_residual`): `ln1` and `ln2` normalise the residual
+    /// stream after attention and after the MLP instead of the inputs of both.
+    pub(crate) post_ln: bool,
 }
 
 impl Block {
-    /// `x` through `ln1`, or `x` itself (a clone of the handle) without one.
+    /// `x` through `ln1`, or `x` itself (a clone of the handle) without one or in a
+    /// post-LN block (whose attention reads the residual stream as it is).
     fn pre_attn(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.ln1 {
+            Some(n) if !self.post_ln => n.forward(x),
+            _ => Ok(x.clone()),
+        }
+    }
+
+    /// `x` through `norm`, or `x` itself without one.
+    fn norm_or_same(norm: &Option<Norm>, x: &Tensor) -> candle_core::Result<Tensor> {
+        match norm {
             Some(n) => n.forward(x),
             None => Ok(x.clone()),
         }
@@ -124,6 +148,9 @@ impl Block {
             None => attn_out,
         };
         let attn_out = self.hook_attn_out.forward(&attn_out)?;
+        if self.post_ln {
+            return Ok((self.post_ln_rest(&resid_pre, &attn_out)?, kv));
+        }
         let resid_mid = match &self.hook_resid_mid {
             Some(hp) => Some(hp.forward(&(&resid_pre + &attn_out)?)?),
             None => None,
@@ -149,5 +176,30 @@ impl Block {
         };
         let resid_post = self.hook_resid_post.forward(&resid_post)?;
         Ok((resid_post, kv))
+    }
+
+    /// The rest of a post-LN block after its attention output (see [`Block`]), in
+    /// `BertBlock`'s order: `hook_resid_mid`, `hook_mlp_in`, `ln1`, the MLP,
+    /// `hook_mlp_out`, `hook_resid_post`, `ln2`, `hook_normalized_resid_post`.
+    fn post_ln_rest(&self, resid_pre: &Tensor, attn_out: &Tensor) -> candle_core::Result<Tensor> {
+        let resid_mid = (resid_pre + attn_out)?;
+        let resid_mid = match &self.hook_resid_mid {
+            Some(hp) => hp.forward(&resid_mid)?,
+            None => resid_mid,
+        };
+        let mlp_in = match &self.hook_mlp_in {
+            Some(hp) => hp.forward(&resid_mid.copy()?)?,
+            None => resid_mid,
+        };
+        // The normalised stream is both the MLP's input and the residual it adds to.
+        let normalized_mid = Self::norm_or_same(&self.ln1, &mlp_in)?;
+        let mlp_out = self.mlp.forward(&normalized_mid)?;
+        let mlp_out = self.hook_mlp_out.forward(&mlp_out)?;
+        let resid_post = self.hook_resid_post.forward(&(&normalized_mid + &mlp_out)?)?;
+        let out = Self::norm_or_same(&self.ln2, &resid_post)?;
+        match &self.hook_normalized_resid_post {
+            Some(hp) => hp.forward(&out),
+            None => Ok(out),
+        }
     }
 }

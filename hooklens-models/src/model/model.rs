@@ -31,7 +31,8 @@ use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOpti
 /// `hook_rot_k` only with rotary, `embed.ln.*` with a norm after the embedding,
 /// no `hook_resid_mid` in a parallel block, `mlp.hook_pre_linear` in a gated MLP,
 /// `ln1_post` / `ln2_post` with norms after attention and MLP, `attn.q_norm` /
-/// `k_norm` with per-head q/k norms). Every MLP also has `mlp.hook_in` and
+/// `k_norm` with per-head q/k norms, `hook_normalized_resid_post` in post-LN blocks
+/// and no `ln_final.*` without a final norm). Every MLP also has `mlp.hook_in` and
 /// `mlp.hook_out` (its input and output), circuit-tracer's and SAELens's names for
 /// where transcoders read and write, which TransformerLens 2.x lacks.
 ///
@@ -88,8 +89,10 @@ pub struct HookedTransformer {
     pub hook_tokens: Option<HookPoint>,
     /// The transformer blocks.
     pub blocks: Vec<Block>,
-    /// The final norm.
-    pub ln_final: Norm,
+    /// The final norm; none where the last block's output is unembedded as it is
+    /// (`final_norm: false`: post-LN OPT, facebook/opt-350m, whose blocks end with a
+    /// norm; OPT with `_remove_final_layer_norm`).
+    pub ln_final: Option<Norm>,
     /// The unembedding.
     pub unembed: Unembed,
     /// The rotary embedding's frequencies, for rotary models.
@@ -185,6 +188,11 @@ impl HookedTransformer {
                 "cannot load a model in {dtype:?}: use f32, f16, bf16 or f64"
             )));
         }
+        // Without a final norm the last residual stream is unembedded as it is, whatever
+        // norm a checkpoint may hold: none is folded into W_U either.
+        if !cfg.final_norm {
+            w.ln_final = None;
+        }
         process(&mut w, &mut cfg, processing)?;
         let w = if dtype == DType::F32 { w } else { w.to_dtype(dtype)? };
         Self::from_weights(cfg, w)
@@ -206,7 +214,12 @@ impl HookedTransformer {
         let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
         // A block that only normalises after attention and the MLP (OLMo 2) has no
         // norm before them, folded or not.
-        let pre_norm = |p: Option<NormParams>| cfg.use_normalization_before.then(|| norm(p)).transpose();
+        // A post-LN block (OPT-350m) has both, after attention and after the MLP.
+        let pre_norm = |p: Option<NormParams>| {
+            (cfg.use_normalization_before || cfg.normalization_after_residual)
+                .then(|| norm(p))
+                .transpose()
+        };
         let rotary = Rotary::new(&cfg);
         let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
@@ -276,6 +289,8 @@ impl HookedTransformer {
                 hook_resid_pre: HookPoint::new(),
                 hook_resid_mid: opt(!cfg.parallel_attn_mlp),
                 hook_resid_post: HookPoint::new(),
+                hook_normalized_resid_post: opt(cfg.normalization_after_residual),
+                post_ln: cfg.normalization_after_residual,
             });
         }
         let model = HookedTransformer {
@@ -296,7 +311,7 @@ impl HookedTransformer {
                 .use_hook_tokens
                 .then(|| HookPoint::new().with_position_axis(Some(-1))),
             blocks,
-            ln_final: norm(w.ln_final)?,
+            ln_final: cfg.final_norm.then(|| norm(w.ln_final)).transpose()?,
             unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,
             rotary,
             rotary_local,
@@ -730,7 +745,10 @@ impl HookedTransformer {
                 ..Default::default()
             });
         }
-        let residual = self.ln_final.forward(&residual)?;
+        let residual = match &self.ln_final {
+            Some(n) => n.forward(&residual)?,
+            None => residual,
+        };
         if opts.return_type == ReturnType::None {
             return Ok(ForwardOutput::default());
         }

@@ -26,6 +26,19 @@
 //! unembedding, which changes the logits and not the log-probs (TransformerLens's
 //! `from_pretrained(.., fold_ln=False)`; its default would drop the gains instead).
 //!
+//! Post-LN models (`normalization_after_residual`, OPT-350m) keep their norms too: each
+//! sits on the residual stream itself (its output is the residual that later layers add
+//! to), so its gain and bias are not a linear map into one reader that could absorb
+//! them, and `fold_ln` is skipped (the norms stay `LN` with their parameters).
+//! `center_writing_weights` is skipped as well, for them and for any model without a
+//! final norm (`final_norm: false`): removing the mean of what is written to the
+//! residual stream changes nothing only where every reader of it is a LayerNorm, and
+//! there block 0's attention reads the embedding as it is (post-LN) or the unembedding
+//! reads the last residual as it is. `center_unembed` (softmax is shift-invariant) and
+//! `fold_value_biases` (a pattern row sums to 1, wherever the norms are) still apply,
+//! so the default processing of such a model centres the unembedding and moves `b_V`
+//! into `b_O`; its log-probabilities stay.
+//!
 //! `W_U` is not rewritten: the folded gain, the means removed and the mean centring
 //! took out of the tied `W_E` are kept as factors of it (see [`super::Unembed`]), so a
 //! processed model holds no second `[d_model, d_vocab]` matrix.
@@ -46,10 +59,13 @@ use crate::ops::kernels::{constant_cpu_f32, contiguous_f32};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessingOptions {
     /// Fold LayerNorm parameters into the following weights (LNs become LNPre).
-    /// Skipped for mixture-of-experts models, as TransformerLens does: their norms keep
+    /// Skipped for mixture-of-experts models, as TransformerLens does, and for post-LN
+    /// models (OPT-350m), whose norms are on the residual stream: their norms keep
     /// their gains.
     pub fold_ln: bool,
     /// Remove the `d_model` mean of the weights that write to the residual stream.
+    /// Skipped for RMSNorm, post-LN and final-norm-free models (see the module
+    /// documentation).
     pub center_writing_weights: bool,
     /// Remove the vocabulary mean of `W_U` and `b_U`.
     pub center_unembed: bool,
@@ -256,7 +272,13 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
     // An MoE's router and experts all read ln2's output: folding the gain into each
     // is possible, but TransformerLens does not, and neither do we (see the module
     // documentation).
-    if opts.fold_ln && cfg.normalization_type.has_params() && cfg.num_experts.is_none() {
+    // A post-LN model's norms are on the residual stream itself: nothing reads their
+    // output alone, so there is nowhere to fold them (see the module documentation).
+    if opts.fold_ln
+        && cfg.normalization_type.has_params()
+        && cfg.num_experts.is_none()
+        && !cfg.normalization_after_residual
+    {
         // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
         // bias goes through the weights and their input dimension is centred; an
         // RMSNorm has neither bias nor centring, only its gain.
@@ -308,8 +330,11 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
     // In place only where the storage is ours alone: `exclusive` weights came from a
     // file into fresh buffers.
     let own = w.exclusive;
-    // Only a LayerNorm removes the mean that centring takes out.
-    if opts.center_writing_weights && !cfg.normalization_type.is_rms() {
+    // Only a LayerNorm removes the mean that centring takes out, and only where every
+    // reader of the residual stream is one: not in a post-LN block's attention, nor in
+    // an unembedding without a final norm.
+    let every_reader_normalised = !cfg.normalization_after_residual && cfg.final_norm;
+    if opts.center_writing_weights && !cfg.normalization_type.is_rms() && every_reader_normalised {
         if w.tied {
             // W_U's base is W_E: what centring takes out of each row of W_E is given
             // back to W_U as a factor, and the base follows W_E wherever it now is.

@@ -226,7 +226,7 @@ mod tests {
     #[test]
     fn the_factors_make_transformer_lens_processed_w_u() {
         let raw = fixture(ProcessingOptions::none());
-        let (g, _) = raw.ln_final.params().unwrap();
+        let (g, _) = raw.ln_final.as_ref().unwrap().params().unwrap();
         let w = raw.w_u().unwrap().broadcast_mul(&g.unsqueeze(1).unwrap()).unwrap();
         let w = w.broadcast_sub(&w.mean_keepdim(0).unwrap()).unwrap();
         let want = w.broadcast_sub(&w.mean_keepdim(1).unwrap()).unwrap();

@@ -245,10 +245,10 @@ impl HookedTransformer {
             push("mlp.W_out", m.w_out.clone());
             push("mlp.b_out", m.b_out.clone());
         }
-        if let Some(w) = self.ln_final.weight() {
+        if let Some(w) = self.ln_final.as_ref().and_then(|n| n.weight()) {
             out.push(("ln_final.w".to_string(), w.clone()));
         }
-        if let Some((_, b)) = self.ln_final.params() {
+        if let Some((_, b)) = self.ln_final.as_ref().and_then(|n| n.params()) {
             out.push(("ln_final.b".to_string(), b.clone()));
         }
         out.push(("unembed.W_U".to_string(), self.unembed.w_u()?));

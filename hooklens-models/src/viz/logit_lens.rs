@@ -24,6 +24,13 @@ pub struct LogitLens {
 /// `ln_final` (its own normalisation, as the model would if the later blocks added
 /// nothing) and the unembedding, and the `k` most likely tokens are kept. The
 /// `"final_post"` row is the model's own prediction.
+///
+/// A model without a final norm unembeds each stream as it is, as the model does its
+/// last one. In a post-LN model (OPT-350m) the stream between blocks is already
+/// normalised (each block returns `ln2` of its `resid_post`): row `L > 0` is exactly
+/// what block `L` reads, unembedded as if the blocks from `L` on were skipped; row 0 is
+/// the raw embedding; `"final_post"` is the last block's output
+/// (`hook_normalized_resid_post`), the model's prediction.
 pub fn logit_lens(model: &HookedTransformer, tokens: &Tensor, k: usize) -> Result<LogitLens> {
     if k == 0 {
         return Err(Error::invalid("the logit lens needs k >= 1 top tokens"));
@@ -31,7 +38,13 @@ pub fn logit_lens(model: &HookedTransformer, tokens: &Tensor, k: usize) -> Resul
     let (tokens, pos) = super::one_prompt(tokens, "the logit lens")?;
     let n = model.cfg().n_layers;
     let mut names: Vec<String> = (0..n).map(|l| format!("blocks.{l}.hook_resid_pre")).collect();
-    names.push(format!("blocks.{}.hook_resid_post", n - 1));
+    // What the unembedding reads (through ln_final, if any): a post-LN block's output
+    // is its resid_post normalised.
+    names.push(if model.cfg().normalization_after_residual {
+        format!("blocks.{}.hook_normalized_resid_post", n - 1)
+    } else {
+        format!("blocks.{}.hook_resid_post", n - 1)
+    });
     let opts = CacheOptions::new().names(NamesFilter::Names(names.clone()));
     let fwd = ForwardOptions::new().return_type(ReturnType::None);
     let (_, cache) = model.run_with_cache(opts, |m| m.forward_with(&tokens, &fwd))?;
@@ -45,7 +58,10 @@ pub fn logit_lens(model: &HookedTransformer, tokens: &Tensor, k: usize) -> Resul
     let _forward = model.hook_embed.model_forward();
     for name in &names {
         let resid = cache.try_get(name)?;
-        let logits = model.unembed.forward(&model.ln_final.forward(resid)?)?;
+        let logits = match &model.ln_final {
+            Some(n) => model.unembed.forward(&n.forward(resid)?)?,
+            None => model.unembed.forward(resid)?,
+        };
         let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?
             .i(0)?
             .to_device(&Device::Cpu)?;
