@@ -165,9 +165,11 @@ fn read_tl(path: &str) -> hooklens::Result<Vec<(String, String, f64)>> {
         .ok_or_else(|| bad("no `results` list (not written by scripts/tl_moe_bench.py?)".into()))?;
     cases
         .iter()
-        .map(|c| match (c["model"].as_str(), c["shape"].as_str(), c["median_ms"].as_f64()) {
-            (Some(m), Some(s), Some(t)) => Ok((m.to_string(), s.to_string(), t)),
-            _ => Err(bad(format!("a case without model, shape and median_ms: {c}"))),
-        })
+        .map(
+            |c| match (c["model"].as_str(), c["shape"].as_str(), c["median_ms"].as_f64()) {
+                (Some(m), Some(s), Some(t)) => Ok((m.to_string(), s.to_string(), t)),
+                _ => Err(bad(format!("a case without model, shape and median_ms: {c}"))),
+            },
+        )
         .collect()
 }

@@ -13,8 +13,9 @@ use crate::error::{CliError, CliResult};
 /// The residual stream entering each block, and the final one, is put through ln_final
 /// and the unembedding (TransformerLens's accumulated_resid, labels `0_pre`, `1_pre`,
 /// ..., `final_post`); a model without a final norm (post-LN OPT-350m, whose blocks
-/// already return a normalised stream) unembeds each stream as it is. The terminal shows one line per position with the top token of
-/// each layer and its probability; --out also writes the table as an HTML heatmap.
+/// already return a normalised stream) unembeds each stream as it is. The terminal
+/// shows one line per position with the top token of each layer and its probability;
+/// --out also writes the table as an HTML heatmap.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]

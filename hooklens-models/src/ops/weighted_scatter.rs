@@ -54,7 +54,12 @@ impl CustomOp1 for WeightedScatter {
 /// added into row `targets[i]` (`weights` and `targets` `[m]`; targets may repeat). On
 /// the CPU in f32 with no gradient tracked a loop on this thread; elsewhere candle's
 /// `broadcast_mul` and `index_add`.
-pub(crate) fn weighted_scatter_add(rows: &Tensor, weights: &Tensor, targets: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn weighted_scatter_add(
+    rows: &Tensor,
+    weights: &Tensor,
+    targets: &Tensor,
+    n: usize,
+) -> candle_core::Result<Tensor> {
     if fast_path(rows) && fast_path(weights) {
         let op = WeightedScatter {
             weights: weights.flatten_all()?.to_vec1::<f32>()?,
@@ -83,10 +88,21 @@ mod tests {
         let got = super::weighted_scatter_add(&rows, &weights, &targets, n).unwrap();
         let want = Tensor::zeros((n, d), candle_core::DType::F32, &dev)
             .unwrap()
-            .index_add(&targets, &rows.broadcast_mul(&weights.unsqueeze(1).unwrap()).unwrap(), 0)
+            .index_add(
+                &targets,
+                &rows.broadcast_mul(&weights.unsqueeze(1).unwrap()).unwrap(),
+                0,
+            )
             .unwrap();
         assert_eq!(got.dims(), [n, d]);
-        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "{diff}");
         // A target past the output is an error, not a write out of bounds.
         let bad = Tensor::from_vec(vec![n as u32; m], m, &dev).unwrap();

@@ -141,7 +141,7 @@ th.row { text-align: right; }
 </head>
 <body>
 <h1 id="title"></h1>
-<div class="hint">Each row is the residual stream entering a layer (and the final one) read through ln_final and the unembedding; each cell is its most likely next token, darker when more probable. Hover for the top tokens.</div>
+<div class="hint">Each row is the residual stream entering a layer (and the final one) read through the final norm, where the model has one, and the unembedding; each cell is its most likely next token, darker when more probable. Hover for the top tokens.</div>
 <div style="overflow:auto"><table id="lens"></table></div>
 <div id="tooltip"></div>
 <script type="application/json" id="lens-data">{{DATA}}</script>
