@@ -126,7 +126,7 @@ impl SaeTrainer {
             )));
         }
         // SAELens resets the firing frequencies at the start of each sampling window.
-        if self.n_training_steps > 0 && self.n_training_steps % self.opts.feature_sampling_window == 0 {
+        if self.n_training_steps > 0 && self.n_training_steps.is_multiple_of(self.opts.feature_sampling_window) {
             self.act_freq_scores.iter_mut().for_each(|v| *v = 0.0);
             self.n_frac_active_samples = 0;
         }
@@ -190,7 +190,7 @@ impl SaeTrainer {
         self.n_training_steps += 1;
         self.n_training_samples += b as u64;
 
-        let report = self.n_training_steps % self.opts.metrics_every_steps == 0
+        let report = self.n_training_steps.is_multiple_of(self.opts.metrics_every_steps)
             || self.n_training_samples >= self.opts.training_tokens;
         if !report {
             return Ok(None);
