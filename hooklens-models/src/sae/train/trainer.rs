@@ -67,6 +67,47 @@ impl SaeTrainer {
         })
     }
 
+    /// A trainer starting from given parameters instead of a fresh initialisation (to
+    /// continue training a saved SAE, or to start from the same weights as another
+    /// implementation): `w_enc` `[d_in, d_sae]`, `b_enc` `[d_sae]`, `w_dec` `[d_sae,
+    /// d_in]`, `b_dec` `[d_in]`, read as the training-time parameters (for TopK, not
+    /// folded: ranked after scaling by the decoder norms).
+    pub fn from_weights(opts: TrainOptions, weights: &SaeWeights, hook: &str) -> Result<Self> {
+        let (d_in, d_sae) = weights.w_enc.dims2()?;
+        if d_sae != opts.d_sae {
+            return Err(Error::invalid(format!(
+                "the weights have {d_sae} features, the options d_sae = {}",
+                opts.d_sae
+            )));
+        }
+        let b_enc = weights
+            .b_enc
+            .clone()
+            .ok_or_else(|| Error::invalid("the weights have no b_enc"))?;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous();
+        let params = Params {
+            w_enc: f32(&weights.w_enc)?,
+            b_enc: f32(&b_enc)?,
+            w_dec: f32(&weights.w_dec)?,
+            b_dec: f32(&weights.b_dec)?,
+        };
+        let shapes = [
+            (params.b_enc.dims(), vec![d_sae]),
+            (params.w_dec.dims(), vec![d_sae, d_in]),
+            (params.b_dec.dims(), vec![d_in]),
+        ];
+        for (got, want) in shapes {
+            if got != want.as_slice() {
+                return Err(Error::invalid(format!(
+                    "weights of shape {got:?} where {want:?} was expected (W_enc is [{d_in}, {d_sae}])"
+                )));
+            }
+        }
+        let mut t = SaeTrainer::new(opts, d_in, hook)?;
+        t.params = params;
+        Ok(t)
+    }
+
     /// The options.
     pub fn options(&self) -> &TrainOptions {
         &self.opts

@@ -1,0 +1,164 @@
+"""Checks hooklens's SAE trainer against SAELens: same initial weights, same batches,
+same settings; one training step per batch in each; then compares the saved SAEs and
+has SAELens load hooklens's folder.
+
+Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR]
+  Needs SAELens (6.54) and torch; builds and runs the example
+  hooklens-models/examples/sae_train_steps.rs with cargo (release). Exits non-zero on a
+  mismatch. For each of standard and topk:
+  - SAELens's side is TrainingSAE.training_forward_pass with SAETrainer._train_step's
+    bookkeeping: dead-feature counters (dead_feature_window), L1 coefficient warm-up
+    (CoefficientScheduler), clip_grad_norm_(1.0), torch.optim.Adam, get_lr_scheduler;
+    then save_inference_model.
+  - The two sae_weights.safetensors must agree to a relative 1e-4 (float32 round-off
+    only; 40 steps agree to about 1e-7), and SAE.load_from_disk(hooklens's folder).encode
+    must equal hooklens's own encode of the first batch to 1e-4.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from sae_lens import SAE
+from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def saelens_train(arch, opts, init, xs, out):
+    meta = SAEMetadata(hook_name="blocks.0.hook_resid_post")
+    if arch == "topk":
+        cfg = TopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta)
+        sae = TopKTrainingSAE(cfg)
+    else:
+        cfg = StandardTrainingSAEConfig(
+            d_in=xs.shape[-1],
+            d_sae=opts["d_sae"],
+            l1_coefficient=opts["l1_coefficient"],
+            l1_warm_up_steps=opts["l1_warm_up_steps"],
+            metadata=meta,
+        )
+        sae = StandardTrainingSAE(cfg)
+    sae.load_state_dict({k: v.clone() for k, v in init.items()})
+    optimizer = torch.optim.Adam(sae.parameters(), lr=opts["lr"], betas=(0.9, 0.999))
+    total_steps = opts["training_tokens"] // opts["train_batch_size_tokens"]
+    scheduler = get_lr_scheduler(
+        "constant",
+        optimizer=optimizer,
+        training_steps=total_steps,
+        lr=opts["lr"],
+        warm_up_steps=opts["lr_warm_up_steps"],
+        decay_steps=opts["lr_decay_steps"],
+        lr_end=opts["lr"] / 10,
+        num_cycles=1,
+    )
+    coefs = {
+        name: CoefficientScheduler(warm_up_steps=c.warm_up_steps, final_value=c.value)
+        for name, c in ((n, c) for n, c in sae.get_coefficients().items())
+    }
+    since_fired = torch.zeros(opts["d_sae"])
+    for step, x in enumerate(xs):
+        out_step = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x,
+                dead_neuron_mask=(since_fired > opts["dead_feature_window"]).bool(),
+                coefficients={n: s.value for n, s in coefs.items()},
+                n_training_steps=step,
+                is_logging_step=False,
+            )
+        )
+        with torch.no_grad():
+            did_fire = out_step.feature_acts.bool().float().sum(-2).bool()
+            since_fired += 1
+            since_fired[did_fire] = 0
+        out_step.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+        for s in coefs.values():
+            s.step()
+    sae.save_inference_model(out)
+    return int((since_fired > opts["dead_feature_window"]).sum())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--keep", type=Path)
+    args = ap.parse_args()
+    subprocess.run(
+        ["cargo", "build", "--release", "-q", "-p", "hooklens-models", "--example", "sae_train_steps"],
+        cwd=ROOT,
+        check=True,
+    )
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    exe = target / "release" / "examples" / "sae_train_steps"
+    base = args.keep or Path(tempfile.mkdtemp(prefix="hooklens-sae-train-"))
+    torch.manual_seed(0)
+    d_in, d_sae, batch = 16, 48, 128
+    # Sparse data: each row a sum of 1-3 of 24 unit directions.
+    dirs = torch.nn.functional.normalize(torch.randn(24, d_in), dim=-1)
+    xs = torch.zeros(args.steps, batch, d_in)
+    for s in range(args.steps):
+        for b in range(batch):
+            for j in torch.randint(0, 24, (int(torch.randint(1, 4, ())),)):
+                xs[s, b] += (1 + torch.rand(())) * dirs[j]
+    failed = False
+    for arch in ["standard", "topk"]:
+        d = base / arch
+        d.mkdir(parents=True, exist_ok=True)
+        opts = {
+            "architecture": arch,
+            "d_sae": d_sae,
+            "k": 4,
+            "lr": 3e-3,
+            "l1_coefficient": 5e-3,
+            "l1_warm_up_steps": 10,
+            "lr_warm_up_steps": 5,
+            "lr_decay_steps": 10,
+            "dead_feature_window": 3,
+            "train_batch_size_tokens": batch,
+            "training_tokens": batch * args.steps,
+        }
+        (d / "opts.json").write_text(json.dumps(opts))
+        # SAELens's own initialisation (kaiming-uniform, decoder rows at norm 0.1).
+        cls = TopKTrainingSAE if arch == "topk" else StandardTrainingSAE
+        cfg_cls = TopKTrainingSAEConfig if arch == "topk" else StandardTrainingSAEConfig
+        init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
+        init = {k: v.detach().clone().contiguous() for k, v in init_sae.state_dict().items()}
+        save_file(init, d / "init.safetensors")
+        save_file({"x": xs.contiguous()}, d / "batches.safetensors")
+        subprocess.run([str(exe), str(d)], check=True, stdout=subprocess.DEVNULL)
+        dead = saelens_train(arch, opts, init, xs, d / "saelens")
+        print(f"{arch}: {args.steps} steps, {dead} dead features at the end")
+        ours = load_file(d / "hooklens" / "sae_weights.safetensors")
+        theirs = load_file(d / "saelens" / "sae_weights.safetensors")
+        for name in ["W_enc", "b_enc", "W_dec", "b_dec"]:
+            diff = (ours[name] - theirs[name]).abs().max().item()
+            scale = theirs[name].abs().max().item()
+            ok = diff <= 1e-4 * max(scale, 1e-3)
+            failed |= not ok
+            print(f"{arch} {name}: max |hooklens - SAELens| = {diff:.3e} (max |SAELens| {scale:.3e}) {'ok' if ok else 'MISMATCH'}")
+        loaded = SAE.load_from_disk(str(d / "hooklens"), device="cpu")
+        enc = loaded.encode(xs[0])
+        ours_enc = load_file(d / "hooklens_encode.safetensors")["acts"]
+        diff = (enc - ours_enc).abs().max().item()
+        ok = diff <= 1e-4 * max(ours_enc.abs().max().item(), 1.0)
+        failed |= not ok
+        print(f"{arch}: SAE.load_from_disk(hooklens folder).encode vs hooklens: max diff {diff:.3e} {'ok' if ok else 'MISMATCH'}")
+    print(f"files in {base}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
