@@ -5,7 +5,7 @@ has SAELens load hooklens's folder.
 Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR]
   Needs SAELens (6.54) and torch; builds and runs the example
   hooklens-models/examples/sae_train_steps.rs with cargo (release). Exits non-zero on a
-  mismatch. For each of standard and topk:
+  mismatch. For each of standard, topk and batchtopk (saved as jumprelu):
   - SAELens's side is TrainingSAE.training_forward_pass with SAETrainer._train_step's
     bookkeeping: dead-feature counters (dead_feature_window), L1 coefficient warm-up
     (CoefficientScheduler), clip_grad_norm_(1.0), torch.optim.Adam, get_lr_scheduler;
@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
@@ -39,6 +40,9 @@ def saelens_train(arch, opts, init, xs, out):
     if arch == "topk":
         cfg = TopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta)
         sae = TopKTrainingSAE(cfg)
+    elif arch == "batchtopk":
+        cfg = BatchTopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta)
+        sae = BatchTopKTrainingSAE(cfg)
     else:
         cfg = StandardTrainingSAEConfig(
             d_in=xs.shape[-1],
@@ -114,7 +118,7 @@ def main():
             for j in torch.randint(0, 24, (int(torch.randint(1, 4, ())),)):
                 xs[s, b] += (1 + torch.rand(())) * dirs[j]
     failed = False
-    for arch in ["standard", "topk"]:
+    for arch in ["standard", "topk", "batchtopk"]:
         d = base / arch
         d.mkdir(parents=True, exist_ok=True)
         opts = {
@@ -132,8 +136,11 @@ def main():
         }
         (d / "opts.json").write_text(json.dumps(opts))
         # SAELens's own initialisation (kaiming-uniform, decoder rows at norm 0.1).
-        cls = TopKTrainingSAE if arch == "topk" else StandardTrainingSAE
-        cfg_cls = TopKTrainingSAEConfig if arch == "topk" else StandardTrainingSAEConfig
+        cls, cfg_cls = {
+            "standard": (StandardTrainingSAE, StandardTrainingSAEConfig),
+            "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
+            "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
+        }[arch]
         init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
         init = {k: v.detach().clone().contiguous() for k, v in init_sae.state_dict().items()}
         save_file(init, d / "init.safetensors")
@@ -143,7 +150,8 @@ def main():
         print(f"{arch}: {args.steps} steps, {dead} dead features at the end")
         ours = load_file(d / "hooklens" / "sae_weights.safetensors")
         theirs = load_file(d / "saelens" / "sae_weights.safetensors")
-        for name in ["W_enc", "b_enc", "W_dec", "b_dec"]:
+        names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "batchtopk" else [])
+        for name in names:
             diff = (ours[name] - theirs[name]).abs().max().item()
             scale = theirs[name].abs().max().item()
             ok = diff <= 1e-4 * max(scale, 1e-3)

@@ -143,6 +143,17 @@ fn trains_an_sae_that_features_and_run_use() {
         ],
     )));
     ok_stdout(hooklens(&["features", "--sae", &std_out, "--prompt", "the cat sat"]));
+
+    // BatchTopK is saved as JumpReLU.
+    let btk_out = tmp.s("sae-batchtopk");
+    ok_stderr(hooklens(&train_args(
+        &acts,
+        &btk_out,
+        &["--architecture", "batchtopk", "--k", "8", "--lr", "1e-3"],
+    )));
+    let cfg = std::fs::read_to_string(tmp.path("sae-batchtopk").join("cfg.json")).unwrap();
+    assert!(cfg.contains("\"architecture\": \"jumprelu\""), "{cfg}");
+    ok_stdout(hooklens(&["features", "--sae", &btk_out, "--prompt", "the cat sat"]));
 }
 
 #[test]
@@ -156,10 +167,13 @@ fn bad_settings_are_errors_before_any_work() {
         (&["--architecture", "topk", "--k", "8", "--lr", "0"], "lr is 0"),
         (&["--architecture", "topk", "--k", "8", "--lr", "-1"], "lr is -1"),
         (
-            &["--architecture", "batchtopk"],
-            "`batchtopk`: training is not implemented yet",
+            &["--architecture", "jumprelu"],
+            "`jumprelu`: training is not implemented yet",
         ),
-        (&["--architecture", "jumprelu"], "implemented: standard, topk"),
+        (
+            &["--architecture", "matryoshka-batchtopk"],
+            "implemented: standard, topk, batchtopk",
+        ),
         (
             &["--architecture", "standard", "--hook-out", "blocks.0.hook_mlp_out"],
             "transcoders are not implemented",
@@ -176,5 +190,5 @@ fn bad_settings_are_errors_before_any_work() {
     fails(hooklens(&args), "d_sae must be at least 1");
     assert!(!tmp.path("sae").exists());
     let help = ok_stdout(hooklens(&["train-sae", "--help"]));
-    assert!(help.contains("[possible values: standard, topk]"), "{help}");
+    assert!(help.contains("[possible values: standard, topk, batchtopk]"), "{help}");
 }

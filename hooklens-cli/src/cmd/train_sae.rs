@@ -40,7 +40,8 @@ pub struct Args {
     /// Number of features.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub d_sae: usize,
-    /// TopK: features firing per token.
+    /// TopK: features firing per token; BatchTopK: per token on average (the batch keeps
+    /// its k * batch largest activations; saved as JumpReLU with the learnt threshold).
     #[arg(long, value_name = "K", default_value_t = 100, allow_negative_numbers = true)]
     pub k: usize,
     /// Adam's learning rate.
@@ -119,9 +120,13 @@ impl TypedValueParser for ArchitectureParser {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
-            [TrainArchitecture::Standard, TrainArchitecture::TopK]
-                .into_iter()
-                .map(|a| PossibleValue::new(a.name())),
+            [
+                TrainArchitecture::Standard,
+                TrainArchitecture::TopK,
+                TrainArchitecture::BatchTopK,
+            ]
+            .into_iter()
+            .map(|a| PossibleValue::new(a.name())),
         ))
     }
 }

@@ -52,9 +52,11 @@ pub(crate) struct Forward {
 pub(crate) enum Objective<'a> {
     /// The L1 coefficient this step (after its warm-up).
     Standard { l1_coefficient: f64 },
-    /// `k`, the aux-k coefficient and the dead features (`true` = dead), if any.
+    /// `k`, the aux-k coefficient and the dead features (`true` = dead), if any;
+    /// `batch`: BatchTopK (the `k * batch` largest over the batch, not `k` per token).
     TopK {
         k: usize,
+        batch: bool,
         aux_loss_coefficient: f64,
         dead: Option<&'a [bool]>,
     },
@@ -95,8 +97,9 @@ impl Params {
         Ok(self.w_dec.sqr()?.sum(1)?.sqrt()?)
     }
 
-    /// Feature activations of `x` `[batch, d_in]`: `[batch, d_sae]`.
-    pub(crate) fn encode(&self, arch: TrainArchitecture, k: usize, x: &Tensor) -> Result<Tensor> {
+    /// Feature activations of `x` `[batch, d_in]`: `[batch, d_sae]`. BatchTopK encodes as
+    /// the JumpReLU it is saved as: pre-activations above `threshold`.
+    pub(crate) fn encode(&self, arch: TrainArchitecture, k: usize, threshold: f64, x: &Tensor) -> Result<Tensor> {
         let h0 = x
             .broadcast_sub(&self.b_dec)?
             .matmul(&self.w_enc)?
@@ -108,6 +111,11 @@ impl Params {
                 let mask = top_k_mask(&hp, k, true, None)?;
                 Ok((hp * mask)?)
             }
+            TrainArchitecture::BatchTopK => {
+                let hp = h0.broadcast_mul(&self.dec_norms()?)?;
+                let open = hp.gt(threshold)?.to_dtype(DType::F32)?;
+                Ok((hp.relu()? * open)?)
+            }
         }
     }
 
@@ -117,7 +125,7 @@ impl Params {
             TrainArchitecture::Standard => acts.clone(),
             // TopK ranks and returns activations scaled by the decoder norms
             // (`rescale_acts_by_decoder_norm`); the decoder divides them back out.
-            TrainArchitecture::TopK => acts.broadcast_div(&self.dec_norms()?)?,
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => acts.broadcast_div(&self.dec_norms()?)?,
         };
         Ok(acts.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
@@ -147,6 +155,25 @@ pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed
                 }
             }
         });
+    }
+    Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
+}
+
+/// A `[rows, cols]` 0/1 mask of the `n` largest positive entries of all of `values`
+/// (BatchTopK's `topk(relu(x).flatten(), n)`).
+pub(crate) fn batch_top_k_mask(values: &Tensor, n: usize) -> Result<Tensor> {
+    let (rows, cols) = values.dims2()?;
+    let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
+    let mut mask = vec![0f32; rows * cols];
+    let n = n.min(v.len());
+    if n > 0 {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.select_nth_unstable_by(n - 1, |&a, &b| v[b].total_cmp(&v[a]));
+        for &i in &idx[..n] {
+            if v[i] > 0.0 {
+                mask[i] = 1.0;
+            }
+        }
     }
     Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
 }
@@ -192,11 +219,16 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
         }
         Objective::TopK {
             k,
+            batch: per_batch,
             aux_loss_coefficient,
             dead,
         } => {
             let hp = h0.broadcast_mul(&norms)?;
-            let mask = top_k_mask(&hp, *k, true, None)?;
+            let mask = if *per_batch {
+                batch_top_k_mask(&hp, k * batch)?
+            } else {
+                top_k_mask(&hp, *k, true, None)?
+            };
             let acts = (&hp * &mask)?;
             // (acts / norms) is h0 where the mask is set: the decoder norms cancel, and
             // so does their gradient, which is why none flows into W_dec through them.
@@ -361,11 +393,16 @@ mod tests {
             }
             Objective::TopK {
                 k,
+                batch: per_batch,
                 aux_loss_coefficient,
                 ..
             } => {
                 let hp = pre.broadcast_mul(&norms).unwrap();
-                let mask = top_k_mask(&hp.detach(), k, false, None).unwrap();
+                let mask = if per_batch {
+                    batch_top_k_mask(&hp.detach(), k * batch).unwrap()
+                } else {
+                    top_k_mask(&hp.detach(), k, false, None).unwrap()
+                };
                 let acts = (hp.relu().unwrap() * mask).unwrap();
                 let out = acts
                     .broadcast_mul(&norms.recip().unwrap())
@@ -435,13 +472,16 @@ mod tests {
     #[test]
     fn topk_gradients_match_autograd_with_aux_loss() {
         let dead: Vec<bool> = (0..12).map(|f| f % 3 != 0).collect();
-        check(
-            Objective::TopK {
-                k: 3,
-                aux_loss_coefficient: 0.5,
-                dead: Some(&dead),
-            },
-            Some(&dead),
-        );
+        for batch in [false, true] {
+            check(
+                Objective::TopK {
+                    k: 3,
+                    batch,
+                    aux_loss_coefficient: 0.5,
+                    dead: Some(&dead),
+                },
+                Some(&dead),
+            );
+        }
     }
 }

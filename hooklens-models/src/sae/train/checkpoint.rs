@@ -66,6 +66,7 @@ pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
         "n_training_samples": t.n_training_samples,
         "n_frac_active_samples": t.n_frac_active_samples,
         "scaling_factor": t.scaling_factor,
+        "topk_threshold": t.topk_threshold,
     });
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&tmp.join(STATE_JSON), text.as_bytes())?;
@@ -142,6 +143,9 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
     t.n_training_samples = uint("n_training_samples")?;
     t.n_frac_active_samples = uint("n_frac_active_samples")?;
     t.scaling_factor = state["scaling_factor"].as_f64();
+    t.topk_threshold = state["topk_threshold"]
+        .as_f64()
+        .ok_or_else(|| bad("no `topk_threshold`".into()))?;
     let file = dir.join(STATE_TENSORS);
     let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)
         .map_err(|e| Error::invalid(format!("{}: not a readable checkpoint: {e}", file.display())))?;

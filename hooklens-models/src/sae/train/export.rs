@@ -55,6 +55,19 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
             "use_sparse_activations": false,
             "aux_loss_coefficient": opts.aux_loss_coefficient,
         }),
+        TrainArchitecture::BatchTopK => json!({
+            "decoder_init_norm": opts.decoder_init_norm,
+            "k": opts.k,
+            "use_sparse_activations": false,
+            "aux_loss_coefficient": opts.aux_loss_coefficient,
+            "rescale_acts_by_decoder_norm": true,
+            "topk_threshold_lr": opts.topk_threshold_lr,
+        }),
+    };
+    // SAELens saves a BatchTopK SAE for inference as JumpReLU.
+    let inference_architecture = match opts.architecture {
+        TrainArchitecture::BatchTopK => "jumprelu",
+        other => other.name(),
     };
     let mut cfg = json!({
         "reshape_activations": "none",
@@ -72,7 +85,7 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
             "trained_with": concat!("hooklens ", env!("CARGO_PKG_VERSION")),
         },
         "dtype": "float32",
-        "architecture": opts.architecture.name(),
+        "architecture": inference_architecture,
     });
     if opts.architecture == TrainArchitecture::TopK {
         cfg["k"] = json!(opts.k);

@@ -15,6 +15,11 @@ pub enum TrainArchitecture {
     /// rows' norms, with the auxiliary loss on dead features (SAELens's
     /// `TopKTrainingSAE`, `rescale_acts_by_decoder_norm = true`).
     TopK,
+    /// `k * batch` activations kept across the whole batch (so `k` per token on average)
+    /// while training, with a threshold tracked as a moving average of the smallest kept
+    /// activation; saved as a JumpReLU SAE with that threshold (SAELens's
+    /// `BatchTopKTrainingSAE`).
+    BatchTopK,
 }
 
 impl TrainArchitecture {
@@ -23,6 +28,7 @@ impl TrainArchitecture {
         match self {
             TrainArchitecture::Standard => "standard",
             TrainArchitecture::TopK => "topk",
+            TrainArchitecture::BatchTopK => "batchtopk",
         }
     }
 
@@ -32,13 +38,12 @@ impl TrainArchitecture {
         match name {
             "standard" => Ok(TrainArchitecture::Standard),
             "topk" => Ok(TrainArchitecture::TopK),
-            "batchtopk" | "jumprelu" | "matryoshka-batchtopk" | "matryoshka_batchtopk" | "gated" => {
-                Err(Error::invalid(format!(
-                    "architecture `{name}`: training is not implemented yet (implemented: standard, topk)"
-                )))
-            }
+            "batchtopk" => Ok(TrainArchitecture::BatchTopK),
+            "jumprelu" | "matryoshka-batchtopk" | "matryoshka_batchtopk" | "gated" => Err(Error::invalid(format!(
+                "architecture `{name}`: training is not implemented yet (implemented: standard, topk, batchtopk)"
+            ))),
             other => Err(Error::invalid(format!(
-                "unknown architecture `{other}` (implemented: standard, topk)"
+                "unknown architecture `{other}` (implemented: standard, topk, batchtopk)"
             ))),
         }
     }
@@ -96,8 +101,12 @@ pub struct TrainOptions {
     pub architecture: TrainArchitecture,
     /// Number of features.
     pub d_sae: usize,
-    /// TopK: features firing per token (SAELens's default 100; ignored by `standard`).
+    /// TopK: features firing per token; BatchTopK: on average (SAELens's default 100;
+    /// ignored by `standard`).
     pub k: usize,
+    /// BatchTopK: the weight of each step's smallest kept activation in the threshold's
+    /// moving average (0.01).
+    pub topk_threshold_lr: f64,
     /// Adam's learning rate (3e-4).
     pub lr: f64,
     /// Adam's beta1 (0.9).
@@ -151,6 +160,7 @@ impl TrainOptions {
             architecture,
             d_sae,
             k: 100,
+            topk_threshold_lr: 0.01,
             lr: 3e-4,
             adam_beta1: 0.9,
             adam_beta2: 0.999,
@@ -186,7 +196,7 @@ impl TrainOptions {
         if self.d_sae == 0 {
             return bad("d_sae must be at least 1".into());
         }
-        if self.architecture == TrainArchitecture::TopK && (self.k == 0 || self.k > self.d_sae) {
+        if self.architecture != TrainArchitecture::Standard && (self.k == 0 || self.k > self.d_sae) {
             return bad(format!(
                 "k is {}: it must be between 1 and d_sae ({})",
                 self.k, self.d_sae
@@ -214,6 +224,12 @@ impl TrainOptions {
         }
         if self.lp_norm != 1.0 {
             return bad(format!("lp_norm is {}: only 1 is implemented", self.lp_norm));
+        }
+        if !(0.0..=1.0).contains(&self.topk_threshold_lr) {
+            return bad(format!(
+                "topk_threshold_lr is {}: it must be in [0, 1]",
+                self.topk_threshold_lr
+            ));
         }
         if let Some(n) = self.decoder_init_norm {
             if !(n > 0.0 && n.is_finite()) {
@@ -257,7 +273,8 @@ impl TrainOptions {
         json!({
             "architecture": self.architecture.name(),
             "d_sae": self.d_sae,
-            "k": if self.architecture == TrainArchitecture::TopK { Some(self.k) } else { None },
+            "k": (self.architecture != TrainArchitecture::Standard).then_some(self.k),
+            "topk_threshold_lr": (self.architecture == TrainArchitecture::BatchTopK).then_some(self.topk_threshold_lr),
             "lr": self.lr,
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,

@@ -76,15 +76,27 @@ fn run(src: &HarvestActivations, o: &TrainOptions, out: &Path) -> TrainReport {
 }
 
 #[test]
-fn topk_learns_sparse_data() {
+fn topk_and_batchtopk_learn_sparse_data() {
     let tmp = TempDir::new("train-topk");
     write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 1), 16);
     let src = HarvestActivations::open(&tmp.0, "h").unwrap();
-    let report = run(&src, &opts(TrainArchitecture::TopK), &tmp.path("out"));
-    let m = report.last_metrics.unwrap();
-    assert!(m.explained_variance > 0.9, "{m}");
-    assert!((m.l0 - 3.0).abs() < 1e-9, "{m}");
-    assert_eq!(report.tokens, 256 * 300);
+    for arch in [TrainArchitecture::TopK, TrainArchitecture::BatchTopK] {
+        let out = tmp.path(arch.name());
+        let report = run(&src, &opts(arch), &out);
+        let m = report.last_metrics.unwrap();
+        assert!(m.explained_variance > 0.9, "{arch:?}: {m}");
+        // TopK: exactly k per token; BatchTopK: k * batch in the batch, k on average.
+        assert!((m.l0 - 3.0).abs() < 1e-6, "{arch:?}: {m}");
+        assert_eq!(report.tokens, 256 * 300);
+        if arch == TrainArchitecture::BatchTopK {
+            // Saved as JumpReLU: the threshold keeps about k features per token.
+            let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+            assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
+            let x = src.batches(256, 4, 9).next_batch().unwrap();
+            let l0 = super::architecture::l0(&sae.encode(&x).unwrap()).unwrap();
+            assert!((1.5..6.0).contains(&l0), "{l0}");
+        }
+    }
 }
 
 #[test]
@@ -120,7 +132,11 @@ fn same_seed_same_weights_and_resume_is_exact() {
     let tmp = TempDir::new("train-resume");
     write_harvest(&tmp.0, &sparse_data(2048, 16, 24, 3), 16);
     let src = HarvestActivations::open(&tmp.0, "h").unwrap();
-    for arch in [TrainArchitecture::TopK, TrainArchitecture::Standard] {
+    for arch in [
+        TrainArchitecture::TopK,
+        TrainArchitecture::Standard,
+        TrainArchitecture::BatchTopK,
+    ] {
         let full = TrainOptions {
             training_tokens: 256 * 40,
             normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
@@ -187,6 +203,11 @@ fn saved_folder_loads_and_encodes_as_the_trainer() {
         (TrainArchitecture::TopK, NormalizeActivations::None),
         (TrainArchitecture::TopK, NormalizeActivations::ExpectedAverageOnlyIn),
         (TrainArchitecture::Standard, NormalizeActivations::ExpectedAverageOnlyIn),
+        (TrainArchitecture::BatchTopK, NormalizeActivations::None),
+        (
+            TrainArchitecture::BatchTopK,
+            NormalizeActivations::ExpectedAverageOnlyIn,
+        ),
     ] {
         let o = TrainOptions {
             training_tokens: 256 * 20,

@@ -38,6 +38,8 @@ pub struct SaeTrainer {
     pub(crate) n_frac_active_samples: u64,
     /// `expected_average_only_in`'s factor, once estimated.
     pub(crate) scaling_factor: Option<f64>,
+    /// BatchTopK's threshold (in the scaled space), a double as SAELens keeps it.
+    pub(crate) topk_threshold: f64,
 }
 
 impl SaeTrainer {
@@ -64,6 +66,7 @@ impl SaeTrainer {
             act_freq_scores: vec![0.0; d_sae],
             n_frac_active_samples: 0,
             scaling_factor: None,
+            topk_threshold: 0.0,
         })
     }
 
@@ -180,13 +183,24 @@ impl SaeTrainer {
         );
         let obj = match self.opts.architecture {
             TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
-            TrainArchitecture::TopK => Objective::TopK {
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => Objective::TopK {
                 k: self.opts.k,
+                batch: self.opts.architecture == TrainArchitecture::BatchTopK,
                 aux_loss_coefficient: self.opts.aux_loss_coefficient,
                 dead: Some(&dead),
             },
         };
         let (fwd, grads) = loss_and_grads(&self.params, &x, &obj)?;
+        if self.opts.architecture == TrainArchitecture::BatchTopK {
+            // SAELens's update_topk_threshold: a moving average of the smallest
+            // activation kept, computed in f64.
+            let acts: Vec<f32> = fwd.feature_acts.flatten_all()?.to_vec1()?;
+            let min_positive = acts.iter().copied().filter(|&a| a > 0.0).reduce(f32::min);
+            if let Some(m) = min_positive {
+                let lr = self.opts.topk_threshold_lr;
+                self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * m as f64;
+            }
+        }
         let fired: Vec<f32> = fwd.feature_acts.ne(0.0)?.to_dtype(DType::F32)?.sum(0)?.to_vec1()?;
         for ((since, freq), f) in self
             .n_forward_passes_since_fired
@@ -254,12 +268,13 @@ impl SaeTrainer {
     /// the saved SAE computes them (the input scale and, for TopK, the decoder norms
     /// accounted for).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let arch = self.opts.architecture;
         let acts = self
             .params
-            .encode(self.opts.architecture, self.opts.k, &self.scaled(x)?)?;
-        Ok(match (self.opts.architecture, self.scaling_factor) {
+            .encode(arch, self.opts.k, self.topk_threshold, &self.scaled(x)?)?;
+        Ok(match self.scaling_factor {
             // Folding the scale into a TopK SAE's decoder norms scales its activations.
-            (TrainArchitecture::TopK, Some(s)) => (acts / s)?,
+            Some(s) if arch != TrainArchitecture::Standard => (acts / s)?,
             _ => acts,
         })
     }
@@ -268,8 +283,9 @@ impl SaeTrainer {
     /// `[batch, d_sae]`.
     pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
         let (acts, s) = match (self.opts.architecture, self.scaling_factor) {
-            (TrainArchitecture::TopK, Some(s)) => ((acts * s)?, s),
-            (_, s) => (acts.clone(), s.unwrap_or(1.0)),
+            (TrainArchitecture::Standard, s) => (acts.clone(), s.unwrap_or(1.0)),
+            (_, Some(s)) => ((acts * s)?, s),
+            (_, None) => (acts.clone(), 1.0),
         };
         let out = self.params.decode(self.opts.architecture, &acts)?;
         Ok(if s == 1.0 { out } else { (out / s)? })
@@ -287,18 +303,27 @@ impl SaeTrainer {
             w_dec = (w_dec / s)?;
             b_dec = (b_dec / s)?;
         }
-        if self.opts.architecture == TrainArchitecture::TopK {
+        if self.opts.architecture != TrainArchitecture::Standard {
             let norms = w_dec.sqr()?.sum(1)?.sqrt()?;
             b_enc = (b_enc * &norms)?;
             w_dec = w_dec.broadcast_div(&norms.unsqueeze(1)?)?;
             w_enc = w_enc.broadcast_mul(&norms.unsqueeze(0)?)?;
         }
+        // BatchTopK is saved as JumpReLU, its threshold for every feature (SAELens
+        // divides it by the input scale when folding that in).
+        let threshold = match self.opts.architecture {
+            TrainArchitecture::BatchTopK => {
+                let t = self.topk_threshold / self.scaling_factor.unwrap_or(1.0);
+                Some(Tensor::full(t as f32, self.opts.d_sae, &Device::Cpu)?)
+            }
+            _ => None,
+        };
         Ok(SaeWeights {
             w_enc,
             b_enc: Some(b_enc),
             w_dec,
             b_dec,
-            threshold: None,
+            threshold,
             gated: None,
             w_skip: None,
         })
@@ -328,14 +353,18 @@ impl SaeTrainer {
     pub fn save_sae(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let w = self.inference_weights()?;
-        let b_enc = w.b_enc.clone().unwrap_or(self.params.b_enc.clone());
-        let tensors: HashMap<String, Tensor> = [
+        let mut tensors: HashMap<String, Tensor> = [
             ("W_enc".to_string(), w.w_enc),
-            ("b_enc".to_string(), b_enc),
             ("W_dec".to_string(), w.w_dec),
             ("b_dec".to_string(), w.b_dec),
         ]
         .into();
+        if let Some(b) = w.b_enc {
+            tensors.insert("b_enc".into(), b);
+        }
+        if let Some(t) = w.threshold {
+            tensors.insert("threshold".into(), t);
+        }
         save_tensors_atomic(&dir.join(SAE_WEIGHTS_FILE), &tensors)?;
         let sparsity: HashMap<String, Tensor> = [("sparsity".to_string(), self.log_feature_sparsity()?)].into();
         save_tensors_atomic(&dir.join(SPARSITY_FILE), &sparsity)?;
