@@ -13,7 +13,8 @@
 //!   dictionary_learning and circuit-tracer's transcoders, converted from their own
 //!   files as SAELens converts them.
 //! - [`features`] has the interventions (zero, clamp, steer) and feature attribution.
-//! - [`train`] trains standard and TopK SAEs on harvested activations, as SAELens does.
+//! - [`train`] trains standard, TopK and BatchTopK SAEs on harvested activations, as
+//!   SAELens does.
 
 mod autoencoder;
 mod config;

@@ -2,13 +2,14 @@
 //! setting names, written as a SAELens folder that [`Sae::from_dir`](crate::sae::Sae::from_dir)
 //! (and SAELens's `SAE.load_from_disk`) loads.
 //!
-//! Implemented: the `standard` (L1) and `topk` architectures, as SAELens 6.54's
-//! `StandardTrainingSAE` and `TopKTrainingSAE` train them:
+//! Implemented: the `standard` (L1), `topk` and `batchtopk` architectures, as SAELens
+//! 6.54's `StandardTrainingSAE`, `TopKTrainingSAE` and `BatchTopKTrainingSAE` train them
+//! (a BatchTopK SAE is saved as JumpReLU, as SAELens saves it):
 //! - initialisation: kaiming-uniform `W_dec` with rows rescaled to
 //!   `decoder_init_norm` (0.1), `W_enc = W_dec^T`, zero biases;
 //! - losses: `sum((out - x)^2, -1).mean()`, plus for `standard` the L1 of the feature
-//!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` the
-//!   auxiliary loss on the top `d_in / 2` dead features;
+//!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` and
+//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features;
 //! - every step: gradients (written by hand, checked against autograd), gradient-norm
 //!   clipping to 1, torch's Adam, SAELens's learning-rate schedule;
 //! - dead features (`dead_feature_window`) and firing frequencies
