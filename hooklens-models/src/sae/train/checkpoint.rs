@@ -81,6 +81,21 @@ fn vec_tensor(v: &[f32]) -> Result<Tensor> {
     Ok(Tensor::new(v, &Device::Cpu)?)
 }
 
+/// Removes the temporary folders a killed run left under `root` (a checkpoint being
+/// written; never a finished one, which has its final name).
+pub(crate) fn remove_leftovers(root: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") && e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
 /// The newest complete checkpoint under `root` (the most tokens), if any.
 pub(crate) fn newest(root: &Path) -> Result<Option<PathBuf>> {
     let entries = match std::fs::read_dir(root) {

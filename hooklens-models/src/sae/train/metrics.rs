@@ -65,6 +65,31 @@ impl std::fmt::Display for StepMetrics {
     }
 }
 
+/// Drops the lines of `path` after step `steps` (those of a run killed after its last
+/// checkpoint, which the resumed run writes again), so that a resumed run's file is the
+/// uninterrupted run's.
+pub(crate) fn truncate_after(path: &Path, steps: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["step"].as_u64())
+                .is_some_and(|s| s <= steps as u64)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.len() != text.len() {
+        super::export::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
+}
+
 /// Appends `m` as one line to `path`.
 pub(crate) fn append_jsonl(path: &Path, m: &StepMetrics) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()

@@ -126,6 +126,7 @@ pub fn train(
     opts.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_root = out.join(checkpoint::CHECKPOINTS_DIR);
+    checkpoint::remove_leftovers(&ckpt_root)?;
     let (mut trainer, resumed_from) = match checkpoint::newest(&ckpt_root)? {
         Some(dir) => {
             let t = checkpoint::load(&dir, opts, src.hook(), src.d_in())?;
@@ -157,6 +158,7 @@ pub fn train(
         batches.next_batch()?;
     }
     let metrics_path = out.join(METRICS_FILE);
+    metrics::truncate_after(&metrics_path, trainer.steps())?;
     let mut last_metrics = None;
     let mut last_saved = resumed_from;
     while trainer.tokens() < opts.training_tokens {

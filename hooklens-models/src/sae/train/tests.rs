@@ -146,6 +146,7 @@ fn same_seed_same_weights_and_resume_is_exact() {
             lr_decay_steps: 10,
             dead_feature_window: 5,
             feature_sampling_window: 15,
+            metrics_every_steps: 7,
             ..opts(arch)
         };
         let a = tmp.path(&format!("{}-a", arch.name()));
@@ -170,9 +171,15 @@ fn same_seed_same_weights_and_resume_is_exact() {
         // Remove the final checkpoint so only the one at 20 steps is left, as if the run
         // had died there.
         std::fs::remove_dir_all(c.join("checkpoints").join((256 * 40).to_string())).unwrap();
+        // A checkpoint half written when the run died is removed on resuming.
+        std::fs::create_dir_all(c.join("checkpoints").join(".10240.tmp-1")).unwrap();
         let resumed = run(&src, &full, &c);
         assert_eq!(resumed.resumed_from, Some(256 * 20));
+        assert!(!c.join("checkpoints").join(".10240.tmp-1").exists());
         assert_eq!(weights(&a), weights(&c), "{arch:?}: resumed run differs");
+        let metrics = |d: &Path| std::fs::read_to_string(d.join(METRICS_FILE)).unwrap();
+        assert_eq!(metrics(&a), metrics(&c), "{arch:?}: resumed run's metrics differ");
+        assert_eq!(metrics(&a).lines().count(), 6);
 
         let other = TrainOptions { lr: 2e-2, ..full };
         let err = train(&src, &other, &c, &mut |_| {}).unwrap_err().to_string();
