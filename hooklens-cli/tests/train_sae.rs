@@ -71,7 +71,7 @@ fn weights(dir: &Path) -> Vec<u8> {
 }
 
 #[test]
-fn trains_an_sae_that_features_and_run_use() {
+fn trains_an_sae_that_features_uses() {
     let tmp = TempDir::new("train-sae");
     let acts = harvest(&tmp);
     let out = tmp.s("sae");
@@ -167,6 +167,19 @@ fn bad_settings_are_errors_before_any_work() {
         (&["--architecture", "topk", "--k", "8", "--lr", "0"], "lr is 0"),
         (&["--architecture", "topk", "--k", "8", "--lr", "-1"], "lr is -1"),
         (
+            &[
+                "--architecture",
+                "topk",
+                "--k",
+                "8",
+                "--lr-warm-up-steps",
+                "18446744073709551615",
+                "--lr-decay-steps",
+                "9",
+            ],
+            "exceed the run's",
+        ),
+        (
             &["--architecture", "jumprelu"],
             "`jumprelu`: training is not implemented yet",
         ),
@@ -188,6 +201,12 @@ fn bad_settings_are_errors_before_any_work() {
     let mut args = train_args(&acts, &out, &["--architecture", "topk", "--k", "8", "--lr", "1e-3"]);
     args[6] = "0";
     fails(hooklens(&args), "d_sae must be at least 1");
+    args[6] = "18446744073709551615";
+    fails(hooklens(&args), "too large");
+    let mut args = train_args(&acts, &out, &["--architecture", "topk", "--k", "8"]);
+    assert_eq!(args[9], "--batch-size");
+    args[10] = "18446744073709551615";
+    fails(hooklens(&args), "too large");
     assert!(!tmp.path("sae").exists());
     let help = ok_stdout(hooklens(&["train-sae", "--help"]));
     assert!(help.contains("[possible values: standard, topk, batchtopk]"), "{help}");

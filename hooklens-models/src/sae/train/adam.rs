@@ -33,8 +33,9 @@ pub(crate) const ADAM_EPS: f32 = 1e-8;
 /// Updates `param` in place with `grad`, in the order and precision torch does: the bias
 /// corrections in f64 (Python floats), the element-wise work in f32.
 pub(crate) fn adam_update(param: &mut [f32], grad: &[f32], state: &mut AdamState, s: AdamStep) {
-    let bias_correction1 = 1.0 - s.beta1.powi(s.step as i32);
-    let bias_correction2 = 1.0 - s.beta2.powi(s.step as i32);
+    // powf is C's pow, what Python's `beta ** step` calls.
+    let bias_correction1 = 1.0 - s.beta1.powf(s.step as f64);
+    let bias_correction2 = 1.0 - s.beta2.powf(s.step as f64);
     let step_size = (s.lr / bias_correction1) as f32;
     let bc2_sqrt = bias_correction2.sqrt() as f32;
     let w1 = (1.0 - s.beta1) as f32;

@@ -82,6 +82,10 @@ impl NormalizeActivations {
     }
 }
 
+/// The most elements one tensor of the trainer may have (a batch's feature activations,
+/// a weight matrix): 2^36, 256 GiB of f32, beyond any machine the trainer runs on.
+pub(crate) const MAX_ELEMENTS: usize = 1 << 36;
+
 /// The settings of a training run. Field names are SAELens's; defaults (from
 /// [`TrainOptions::new`]) are SAELens 6.54's.
 ///
@@ -242,8 +246,19 @@ impl TrainOptions {
         if self.training_tokens == 0 {
             return bad("training_tokens must be at least 1".into());
         }
+        // The batch's activations and the shuffling buffer are allocated whole.
+        let per_step = self
+            .train_batch_size_tokens
+            .checked_mul(self.d_sae.max(self.n_batches_in_buffer))
+            .filter(|&n| n <= MAX_ELEMENTS);
+        if per_step.is_none() {
+            return bad(format!(
+                "train_batch_size_tokens ({}) is too large for d_sae {} and n_batches_in_buffer {}",
+                self.train_batch_size_tokens, self.d_sae, self.n_batches_in_buffer
+            ));
+        }
         let steps = self.total_training_steps();
-        if self.lr_warm_up_steps + self.lr_decay_steps > steps {
+        if self.lr_warm_up_steps.saturating_add(self.lr_decay_steps) > steps {
             return bad(format!(
                 "lr_warm_up_steps ({}) + lr_decay_steps ({}) exceed the run's {steps} steps",
                 self.lr_warm_up_steps, self.lr_decay_steps

@@ -50,6 +50,19 @@ impl SaeTrainer {
         if d_in == 0 {
             return Err(Error::invalid("d_in must be at least 1"));
         }
+        let weights = d_in
+            .checked_mul(opts.d_sae)
+            .filter(|&n| n <= super::options::MAX_ELEMENTS);
+        let batch = d_in
+            .checked_mul(opts.train_batch_size_tokens)
+            .and_then(|n| n.checked_mul(opts.n_batches_in_buffer))
+            .filter(|&n| n <= super::options::MAX_ELEMENTS);
+        if weights.is_none() || batch.is_none() {
+            return Err(Error::invalid(format!(
+                "d_in {d_in} with d_sae {} and train_batch_size_tokens {} is too large to allocate",
+                opts.d_sae, opts.train_batch_size_tokens
+            )));
+        }
         let mut rng = Rng::new(opts.seed);
         let params = Params::init(d_in, &opts, &mut rng)?;
         let d_sae = opts.d_sae;
