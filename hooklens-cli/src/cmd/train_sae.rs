@@ -160,8 +160,8 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     // Every setting is checked before the shards are opened, and they before training.
     opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
-    let src = HarvestActivations::open(&args.activations, &args.hook)
-        .map_err(|e| CliError(format!("--activations {}: {e}", args.activations.display())))?;
+    let src =
+        HarvestActivations::open(&args.activations, &args.hook).map_err(|e| CliError(format!("--activations: {e}")))?;
     eprintln!(
         "training a {} SAE ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
         args.architecture.name(),
