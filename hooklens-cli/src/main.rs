@@ -1,6 +1,6 @@
 //! `hooklens`: run a hooked transformer of any bundled family from the command line:
 //! the built-in demo, cache activations, generate, tokenize, list hook points, draw
-//! attention and the logit lens, harvest activations of a corpus, splice SAEs, trace
+//! attention and the logit lens, harvest activations of a corpus, train and splice SAEs, trace
 //! attribution graphs.
 
 mod cmd;
@@ -46,6 +46,7 @@ enum Command {
     Features(cmd::features::Args),
     Attribute(cmd::attribute::Args),
     Saes(cmd::saes::Args),
+    TrainSae(cmd::train_sae::Args),
 }
 
 fn run(cli: Cli) -> CliResult<()> {
@@ -62,6 +63,7 @@ fn run(cli: Cli) -> CliResult<()> {
         Command::Features(args) => cmd::features::run(args),
         Command::Attribute(args) => cmd::attribute::run(args),
         Command::Saes(args) => cmd::saes::run(args),
+        Command::TrainSae(args) => cmd::train_sae::run(args),
     }
 }
 

@@ -14,3 +14,4 @@ pub mod run;
 pub mod sae_args;
 pub mod saes;
 pub mod tokenize;
+pub mod train_sae;

@@ -13,6 +13,8 @@
 //!   dictionary_learning and circuit-tracer's transcoders, converted from their own
 //!   files as SAELens converts them.
 //! - [`features`] has the interventions (zero, clamp, steer) and feature attribution.
+//! - [`train`] trains standard, TopK and BatchTopK SAEs on harvested activations, as
+//!   SAELens does.
 
 mod autoencoder;
 mod config;
@@ -24,6 +26,7 @@ mod hub;
 pub mod releases;
 mod sparse;
 mod splice;
+pub mod train;
 
 pub use autoencoder::{GatedWeights, InputNorm, Sae, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 pub use config::{Architecture, Normalization, SaeConfig};

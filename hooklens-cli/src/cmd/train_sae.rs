@@ -1,0 +1,225 @@
+//! `hooklens train-sae`: train a sparse autoencoder on a harvest's activations, with
+//! SAELens's semantics and setting names, resuming from the last checkpoint.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::builder::{PossibleValue, TypedValueParser};
+use hooklens_models::sae::train::{
+    train, HarvestActivations, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
+};
+
+use crate::error::{CliError, CliResult};
+
+/// Train a sparse autoencoder on activations saved by `hooklens harvest`.
+///
+/// Reads the harvest's shards in --activations (the tensor named --hook), shuffles
+/// them through a seeded buffer, and trains as SAELens 6.54 does (same
+/// initialisation, losses, gradient clipping, Adam and schedules; option names follow
+/// SAELens's LanguageModelSAERunnerConfig). Writes a SAELens folder to --out (cfg.json,
+/// sae_weights.safetensors, sparsity.safetensors) that `--sae OUT` of the other commands
+/// and SAELens's SAE.load_from_disk read, checkpoints in OUT/checkpoints/ (every
+/// --checkpoint-every-tokens and at the end) and metrics in OUT/metrics.jsonl.
+///
+/// Rerunning the same command resumes from the newest checkpoint and ends with the
+/// weights an uninterrupted run would have; changed settings are an error.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The harvest's output folder (its `*-shard-*.safetensors` files).
+    #[arg(long, value_name = "HARVEST_DIR")]
+    pub activations: PathBuf,
+    /// The hook point whose activations are trained on (a tensor of the shards).
+    #[arg(long, value_name = "NAME")]
+    pub hook: String,
+    /// A transcoder's output hook point (transcoders are not implemented yet).
+    #[arg(long, value_name = "NAME")]
+    pub hook_out: Option<String>,
+    /// The architecture (SAELens's name).
+    #[arg(long, value_name = "ARCH", value_parser = ArchitectureParser)]
+    pub architecture: TrainArchitecture,
+    /// Number of features.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub d_sae: usize,
+    /// TopK: features firing per token; BatchTopK: per token on average (the batch keeps
+    /// its k * batch largest activations; saved as JumpReLU with the learnt threshold).
+    #[arg(long, value_name = "K", default_value_t = 100, allow_negative_numbers = true)]
+    pub k: usize,
+    /// Adam's learning rate.
+    #[arg(long, value_name = "F", default_value_t = 3e-4, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Standard: the L1 penalty's coefficient.
+    #[arg(long, value_name = "F", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub l1_coefficient: f64,
+    /// Standard: steps over which the L1 coefficient rises linearly from 0.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub l1_warm_up_steps: usize,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lr_warm_up_steps: usize,
+    /// Final steps of linear learning-rate decay to 0.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub lr_decay_steps: usize,
+    /// Adam's beta1.
+    #[arg(long, value_name = "F", default_value_t = 0.9, allow_negative_numbers = true)]
+    pub adam_beta1: f64,
+    /// Adam's beta2.
+    #[arg(long, value_name = "F", default_value_t = 0.999, allow_negative_numbers = true)]
+    pub adam_beta2: f64,
+    /// Tokens to train on (the harvest is read again from the start if it holds fewer).
+    #[arg(long, value_name = "N", default_value_t = 2_000_000)]
+    pub training_tokens: u64,
+    /// Tokens per step (SAELens's train_batch_size_tokens).
+    #[arg(long, value_name = "N", default_value_t = 4096, allow_negative_numbers = true)]
+    pub batch_size: usize,
+    /// Input scaling: `none`, or `expected_average_only_in` (scaled to mean norm
+    /// sqrt(d_in) while training, folded into the saved weights).
+    #[arg(long, value_name = "MODE", default_value = "none", value_parser = ["none", "expected_average_only_in"])]
+    pub normalize_activations: String,
+    /// A feature not fired for more than this many steps is dead (TopK's auxiliary loss
+    /// trains dead features).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub dead_feature_window: usize,
+    /// Steps over which firing frequencies (sparsity.safetensors) are accumulated.
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    pub feature_sampling_window: usize,
+    /// Seeds the initialisation and the shuffling.
+    #[arg(long, value_name = "S", default_value_t = 42)]
+    pub seed: u64,
+    /// Writes a checkpoint every N tokens (besides the one at the end).
+    #[arg(long, value_name = "N")]
+    pub checkpoint_every_tokens: Option<u64>,
+    /// Prints and logs metrics every N steps.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub metrics_every: usize,
+    /// The output folder (created if missing; resumed from if it holds checkpoints).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// No progress bar and no metric lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Parses `--architecture`, listing only the implemented architectures in `--help`
+/// and naming SAELens's others as not implemented yet.
+#[derive(Clone)]
+struct ArchitectureParser;
+
+impl TypedValueParser for ArchitectureParser {
+    type Value = TrainArchitecture;
+
+    fn parse_ref(
+        &self,
+        _cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let name = value.to_string_lossy();
+        TrainArchitecture::from_name(&name)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("--architecture: {e}\n")))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            [
+                TrainArchitecture::Standard,
+                TrainArchitecture::TopK,
+                TrainArchitecture::BatchTopK,
+            ]
+            .into_iter()
+            .map(|a| PossibleValue::new(a.name())),
+        ))
+    }
+}
+
+/// Runs the subcommand.
+pub fn run(args: Args) -> CliResult<()> {
+    if let Some(out) = &args.hook_out {
+        return Err(CliError(format!(
+            "--hook-out {out}: transcoders are not implemented yet; train an SAE on --hook alone"
+        )));
+    }
+    crate::output::check_output_dir("--out", &args.out)?;
+    let opts = TrainOptions {
+        k: args.k,
+        lr: args.lr,
+        l1_coefficient: args.l1_coefficient,
+        l1_warm_up_steps: args.l1_warm_up_steps,
+        lr_warm_up_steps: args.lr_warm_up_steps,
+        lr_decay_steps: args.lr_decay_steps,
+        adam_beta1: args.adam_beta1,
+        adam_beta2: args.adam_beta2,
+        training_tokens: args.training_tokens,
+        train_batch_size_tokens: args.batch_size,
+        normalize_activations: NormalizeActivations::from_name(&args.normalize_activations)?,
+        dead_feature_window: args.dead_feature_window,
+        feature_sampling_window: args.feature_sampling_window,
+        seed: args.seed,
+        checkpoint_every_tokens: args.checkpoint_every_tokens,
+        metrics_every_steps: args.metrics_every,
+        ..TrainOptions::new(args.architecture, args.d_sae)
+    };
+    // Every setting is checked before the shards are opened, and they before training.
+    opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
+    let src =
+        HarvestActivations::open(&args.activations, &args.hook).map_err(|e| CliError(format!("--activations: {e}")))?;
+    eprintln!(
+        "training a {} SAE ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
+        args.architecture.name(),
+        opts.d_sae,
+        src.hook(),
+        src.d_in(),
+        src.tokens(),
+        opts.training_tokens
+    );
+    let bar = progress_bar(opts.training_tokens, args.quiet);
+    let started = Instant::now();
+    let mut start_tokens = 0u64;
+    let quiet = args.quiet;
+    let report = train(&src, &opts, &args.out, &mut |event| match event {
+        TrainEvent::Resumed { tokens, checkpoint } => {
+            start_tokens = tokens;
+            bar.set_position(tokens);
+            if !quiet {
+                bar.suspend(|| eprintln!("resuming from {} ({tokens} tokens)", checkpoint.display()));
+            }
+        }
+        TrainEvent::ScalingFactor(f) if !quiet => {
+            bar.suspend(|| eprintln!("expected_average_only_in: scaling activations by {f:.6}"));
+        }
+        TrainEvent::Step { tokens, .. } => {
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(tokens);
+            bar.set_message(format!("{:.0} tok/s", (tokens - start_tokens) as f64 / secs));
+        }
+        TrainEvent::Metrics(m) if !quiet => bar.suspend(|| eprintln!("{m}")),
+        _ => {}
+    })?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let trained = report.tokens - report.resumed_from.unwrap_or(0);
+    eprintln!(
+        "wrote the SAE to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        report.sae_dir.display(),
+        report.tokens,
+        report.steps,
+        trained as f64 / secs
+    );
+    Ok(())
+}
+
+fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    // Drawn on stderr only when it is a terminal (indicatif hides it otherwise), as
+    // harvest's, so that logs of batch jobs stay clean.
+    let bar = indicatif::ProgressBar::new(total);
+    let style = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {human_pos}/{human_len} tokens, ETA {eta}  {msg}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar
+}

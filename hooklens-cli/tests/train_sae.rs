@@ -1,0 +1,213 @@
+//! `hooklens train-sae` as a user runs it: harvest activations of the built-in model,
+//! train an SAE on them, resume a finished run, and use the SAE with `features`; bad settings are readable errors before any work.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Harvests `blocks.0.hook_resid_post` of the built-in model on a small corpus into
+/// `tmp/acts`.
+fn harvest(tmp: &TempDir) -> String {
+    let words = [
+        "when", "the", "cat", "sat", "on", "a", "mat", "it", "was", "happy", "and", "then", "left",
+    ];
+    let mut text = String::new();
+    let mut state = 7u64;
+    for _ in 0..60 {
+        let line: Vec<&str> = (0..12)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                words[(state >> 33) as usize % words.len()]
+            })
+            .collect();
+        text.push_str(&line.join(" "));
+        text.push('\n');
+    }
+    std::fs::write(tmp.path("corpus.txt"), text).unwrap();
+    let acts = tmp.s("acts");
+    ok_stderr(hooklens(&[
+        "harvest",
+        "--input",
+        &tmp.s("corpus.txt"),
+        "--names",
+        "blocks.0.hook_resid_post",
+        "--context-size",
+        "16",
+        "--out",
+        &acts,
+        "--quiet",
+    ]));
+    acts
+}
+
+fn train_args<'a>(acts: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "train-sae",
+        "--activations",
+        acts,
+        "--hook",
+        "blocks.0.hook_resid_post",
+        "--d-sae",
+        "64",
+        "--training-tokens",
+        "4096",
+        "--batch-size",
+        "256",
+        "--metrics-every",
+        "4",
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn weights(dir: &Path) -> Vec<u8> {
+    std::fs::read(dir.join("sae_weights.safetensors")).unwrap()
+}
+
+#[test]
+fn trains_an_sae_that_features_uses() {
+    let tmp = TempDir::new("train-sae");
+    let acts = harvest(&tmp);
+    let out = tmp.s("sae");
+    let err = ok_stderr(hooklens(&train_args(
+        &acts,
+        &out,
+        &["--architecture", "topk", "--k", "8", "--lr", "1e-3"],
+    )));
+    assert!(
+        err.contains("explained variance") && err.contains("wrote the SAE to"),
+        "{err}"
+    );
+    let cfg = std::fs::read_to_string(tmp.path("sae").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"topk\"") && cfg.contains("\"k\": 8"),
+        "{cfg}"
+    );
+    let metrics = std::fs::read_to_string(tmp.path("sae").join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    let first = weights(&tmp.path("sae"));
+
+    // Rerun: resumes from the final checkpoint, trains nothing, writes the same SAE.
+    let err = ok_stderr(hooklens(&train_args(
+        &acts,
+        &out,
+        &["--architecture", "topk", "--k", "8", "--lr", "1e-3"],
+    )));
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(weights(&tmp.path("sae")), first);
+    // Changed settings are refused, naming them.
+    fails(
+        hooklens(&train_args(
+            &acts,
+            &out,
+            &["--architecture", "topk", "--k", "8", "--lr", "1e-3", "--seed", "1"],
+        )),
+        "seed: checkpoint 42, now 1",
+    );
+
+    // At most k = 8 features fire per token; --top 10 shows them all.
+    let table = ok_stdout(hooklens(&[
+        "features",
+        "--sae",
+        &out,
+        "--prompt",
+        "the cat sat on the mat",
+        "--top",
+        "10",
+    ]));
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(rows.len() >= 6, "{table}");
+    for row in rows {
+        let fired = row.split_whitespace().filter(|w| w.contains(':')).count();
+        assert!((1..=8).contains(&fired), "{table}");
+    }
+
+    // A standard SAE, with the norm scaling folded in, loads as well.
+    let std_out = tmp.s("sae-standard");
+    ok_stderr(hooklens(&train_args(
+        &acts,
+        &std_out,
+        &[
+            "--architecture",
+            "standard",
+            "--l1-coefficient",
+            "1e-3",
+            "--normalize-activations",
+            "expected_average_only_in",
+        ],
+    )));
+    ok_stdout(hooklens(&["features", "--sae", &std_out, "--prompt", "the cat sat"]));
+
+    // BatchTopK is saved as JumpReLU.
+    let btk_out = tmp.s("sae-batchtopk");
+    ok_stderr(hooklens(&train_args(
+        &acts,
+        &btk_out,
+        &["--architecture", "batchtopk", "--k", "8", "--lr", "1e-3"],
+    )));
+    let cfg = std::fs::read_to_string(tmp.path("sae-batchtopk").join("cfg.json")).unwrap();
+    assert!(cfg.contains("\"architecture\": \"jumprelu\""), "{cfg}");
+    ok_stdout(hooklens(&["features", "--sae", &btk_out, "--prompt", "the cat sat"]));
+}
+
+#[test]
+fn bad_settings_are_errors_before_any_work() {
+    let tmp = TempDir::new("train-sae-bad");
+    let acts = harvest(&tmp);
+    let out = tmp.s("sae");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--architecture", "topk", "--k", "65"], "k is 65"),
+        (&["--architecture", "topk", "--k", "0"], "k is 0"),
+        (&["--architecture", "topk", "--k", "8", "--lr", "0"], "lr is 0"),
+        (&["--architecture", "topk", "--k", "8", "--lr", "-1"], "lr is -1"),
+        (
+            &[
+                "--architecture",
+                "topk",
+                "--k",
+                "8",
+                "--lr-warm-up-steps",
+                "18446744073709551615",
+                "--lr-decay-steps",
+                "9",
+            ],
+            "exceed the run's",
+        ),
+        (
+            &["--architecture", "jumprelu"],
+            "`jumprelu`: training is not implemented yet",
+        ),
+        (
+            &["--architecture", "matryoshka-batchtopk"],
+            "implemented: standard, topk, batchtopk",
+        ),
+        (
+            &["--architecture", "standard", "--hook-out", "blocks.0.hook_mlp_out"],
+            "transcoders are not implemented",
+        ),
+    ];
+    for (extra, needle) in cases {
+        fails(hooklens(&train_args(&acts, &out, extra)), needle);
+    }
+    let mut args = train_args(&acts, &out, &["--architecture", "topk", "--k", "8", "--lr", "1e-3"]);
+    args[4] = "blocks.1.hook_resid_post";
+    fails(hooklens(&args), "no activations for hook `blocks.1.hook_resid_post`");
+    let mut args = train_args(&acts, &out, &["--architecture", "topk", "--k", "8", "--lr", "1e-3"]);
+    args[6] = "0";
+    fails(hooklens(&args), "d_sae must be at least 1");
+    args[6] = "18446744073709551615";
+    fails(hooklens(&args), "too large");
+    let mut args = train_args(&acts, &out, &["--architecture", "topk", "--k", "8"]);
+    assert_eq!(args[9], "--batch-size");
+    args[10] = "18446744073709551615";
+    fails(hooklens(&args), "too large");
+    assert!(!tmp.path("sae").exists());
+    let help = ok_stdout(hooklens(&["train-sae", "--help"]));
+    assert!(help.contains("[possible values: standard, topk, batchtopk]"), "{help}");
+}

@@ -1,0 +1,487 @@
+//! The trained SAEs' forward passes, losses and hand-written backward passes, as
+//! SAELens's `StandardTrainingSAE` and `TopKTrainingSAE` compute them.
+//!
+//! The gradients are written out rather than taken from candle's autograd: they are a
+//! few matmuls, and building no graph saves its memory and bookkeeping on every step.
+//! A test checks them against autograd.
+
+use candle_core::{DType, Device, Tensor, D};
+use hooklens_core::Result;
+use rayon::prelude::*;
+
+use super::options::{TrainArchitecture, TrainOptions};
+use super::rng::Rng;
+
+/// The parameters being trained (SAELens's names and `x @ W` layout), f32.
+#[derive(Clone, Debug)]
+pub(crate) struct Params {
+    /// `[d_in, d_sae]`.
+    pub(crate) w_enc: Tensor,
+    /// `[d_sae]`.
+    pub(crate) b_enc: Tensor,
+    /// `[d_sae, d_in]`.
+    pub(crate) w_dec: Tensor,
+    /// `[d_in]`.
+    pub(crate) b_dec: Tensor,
+}
+
+/// The gradients of the loss, shaped as [`Params`].
+#[derive(Clone, Debug)]
+pub(crate) struct Grads {
+    pub(crate) w_enc: Tensor,
+    pub(crate) b_enc: Tensor,
+    pub(crate) w_dec: Tensor,
+    pub(crate) b_dec: Tensor,
+}
+
+/// What one step's forward computed.
+#[derive(Clone, Debug)]
+pub(crate) struct Forward {
+    /// `[batch, d_sae]`, what the saved SAE's `encode` returns.
+    pub(crate) feature_acts: Tensor,
+    /// `[batch, d_in]`.
+    pub(crate) sae_out: Tensor,
+    /// `sum((sae_out - x)^2, -1).mean()`.
+    pub(crate) mse_loss: f32,
+    /// Standard: the weighted L1 term; TopK: the auxiliary reconstruction loss.
+    pub(crate) aux_loss: f32,
+}
+
+/// The per-step inputs of the loss besides the batch.
+#[derive(Clone, Debug)]
+pub(crate) enum Objective<'a> {
+    /// The L1 coefficient this step (after its warm-up).
+    Standard { l1_coefficient: f64 },
+    /// `k`, the aux-k coefficient and the dead features (`true` = dead), if any;
+    /// `batch`: BatchTopK (the `k * batch` largest over the batch, not `k` per token).
+    TopK {
+        k: usize,
+        batch: bool,
+        aux_loss_coefficient: f64,
+        dead: Option<&'a [bool]>,
+    },
+}
+
+impl Params {
+    /// SAELens's `TrainingSAE.initialize_weights`: `W_dec` kaiming-uniform (bound
+    /// `sqrt(6 / d_in)`, torch's default gain for `[d_sae, d_in]`), its rows rescaled to
+    /// `decoder_init_norm`, `W_enc = W_dec^T`, biases zero. Seeded, so a seed gives the
+    /// same weights everywhere (not torch's numbers: its generator differs).
+    pub(crate) fn init(d_in: usize, opts: &TrainOptions, rng: &mut Rng) -> Result<Self> {
+        let d_sae = opts.d_sae;
+        let bound = (6.0 / d_in as f64).sqrt();
+        let mut w: Vec<f32> = (0..d_sae * d_in)
+            .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+            .collect();
+        if let Some(norm) = opts.decoder_init_norm {
+            for row in w.chunks_mut(d_in) {
+                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+                if n > 0.0 {
+                    for v in row.iter_mut() {
+                        *v = *v / n * norm as f32;
+                    }
+                }
+            }
+        }
+        let w_dec = Tensor::from_vec(w, (d_sae, d_in), &Device::Cpu)?;
+        Ok(Params {
+            w_enc: w_dec.t()?.contiguous()?,
+            b_enc: Tensor::zeros(d_sae, DType::F32, &Device::Cpu)?,
+            w_dec,
+            b_dec: Tensor::zeros(d_in, DType::F32, &Device::Cpu)?,
+        })
+    }
+
+    /// The decoder rows' L2 norms `[d_sae]`.
+    pub(crate) fn dec_norms(&self) -> Result<Tensor> {
+        Ok(self.w_dec.sqr()?.sum(1)?.sqrt()?)
+    }
+
+    /// Feature activations of `x` `[batch, d_in]`: `[batch, d_sae]`. BatchTopK encodes as
+    /// the JumpReLU it is saved as: pre-activations above `threshold`.
+    pub(crate) fn encode(&self, arch: TrainArchitecture, k: usize, threshold: f64, x: &Tensor) -> Result<Tensor> {
+        let h0 = x
+            .broadcast_sub(&self.b_dec)?
+            .matmul(&self.w_enc)?
+            .broadcast_add(&self.b_enc)?;
+        match arch {
+            TrainArchitecture::Standard => Ok(h0.relu()?),
+            TrainArchitecture::TopK => {
+                let hp = h0.broadcast_mul(&self.dec_norms()?)?;
+                let mask = top_k_mask(&hp, k, true, None)?;
+                Ok((hp * mask)?)
+            }
+            TrainArchitecture::BatchTopK => {
+                let hp = h0.broadcast_mul(&self.dec_norms()?)?;
+                let open = hp.gt(threshold)?.to_dtype(DType::F32)?;
+                Ok((hp.relu()? * open)?)
+            }
+        }
+    }
+
+    /// Reconstruction `[batch, d_in]` of feature activations `[batch, d_sae]`.
+    pub(crate) fn decode(&self, arch: TrainArchitecture, acts: &Tensor) -> Result<Tensor> {
+        let acts = match arch {
+            TrainArchitecture::Standard => acts.clone(),
+            // TopK ranks and returns activations scaled by the decoder norms
+            // (`rescale_acts_by_decoder_norm`); the decoder divides them back out.
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => acts.broadcast_div(&self.dec_norms()?)?,
+        };
+        Ok(acts.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
+    }
+}
+
+/// A `[rows, cols]` 0/1 mask of each row's `k` largest entries of `values` (only among
+/// `allowed` columns when given; only positive ones with `positive_only`, which is
+/// `relu` after the top-k).
+pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed: Option<&[bool]>) -> Result<Tensor> {
+    let (rows, cols) = values.dims2()?;
+    let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
+    let candidates: Vec<usize> = match allowed {
+        Some(a) => (0..cols).filter(|&c| a[c]).collect(),
+        None => (0..cols).collect(),
+    };
+    let k = k.min(candidates.len());
+    let mut mask = vec![0f32; rows * cols];
+    if k > 0 {
+        mask.par_chunks_mut(cols).enumerate().for_each(|(r, out)| {
+            let row = &v[r * cols..(r + 1) * cols];
+            let mut idx = candidates.clone();
+            // Largest first; total_cmp so a NaN cannot make the selection panic.
+            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            for &c in &idx[..k] {
+                if !positive_only || row[c] > 0.0 {
+                    out[c] = 1.0;
+                }
+            }
+        });
+    }
+    Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
+}
+
+/// A `[rows, cols]` 0/1 mask of the `n` largest positive entries of all of `values`
+/// (BatchTopK's `topk(relu(x).flatten(), n)`).
+pub(crate) fn batch_top_k_mask(values: &Tensor, n: usize) -> Result<Tensor> {
+    let (rows, cols) = values.dims2()?;
+    let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
+    let mut mask = vec![0f32; rows * cols];
+    let n = n.min(v.len());
+    if n > 0 {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.select_nth_unstable_by(n - 1, |&a, &b| v[b].total_cmp(&v[a]));
+        for &i in &idx[..n] {
+            if v[i] > 0.0 {
+                mask[i] = 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
+}
+
+/// The loss of `x` `[batch, d_in]` and its gradients with respect to every parameter.
+///
+/// Standard: `mse + l1 * mean_b sum_f acts[b, f] * ||W_dec[f]||`. TopK: `mse +
+/// aux_coef * scale * mean_b ||W_dec-reconstruction of the top dead pre-activations -
+/// residual||^2` (SAELens's `calculate_topk_aux_loss`: `k_aux = min(d_in / 2,
+/// n_dead)`, `scale = min(n_dead / (d_in / 2), 1)`, residual detached).
+pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<(Forward, Grads)> {
+    let (batch, d_in) = x.dims2()?;
+    let inv_b = 1.0 / batch as f64;
+    let xc = x.broadcast_sub(&p.b_dec)?;
+    let h0 = xc.matmul(&p.w_enc)?.broadcast_add(&p.b_enc)?;
+    let norms = p.dec_norms()?;
+    match obj {
+        Objective::Standard { l1_coefficient } => {
+            let acts = h0.relu()?;
+            let out = acts.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+            let err = (&out - x)?;
+            let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+            let l1_sum = acts.broadcast_mul(&norms)?.sum_all()?.to_scalar::<f32>()? as f64;
+            let l1 = (l1_coefficient * l1_sum * inv_b) as f32;
+            let g_out = (&err * (2.0 * inv_b))?;
+            let c = l1_coefficient * inv_b;
+            // d(l1)/d(acts) = c * ||W_dec[f]|| (acts >= 0, so |acts| is acts where the
+            // relu lets a gradient through), and d(l1)/d(||W_dec[f]||) = c * sum_b acts.
+            let g_acts = g_out.matmul(&p.w_dec.t()?)?.broadcast_add(&(&norms * c)?)?;
+            let g_pre = (g_acts * h0.gt(0.0)?.to_dtype(DType::F32)?)?;
+            let g_norm = (acts.sum(0)? * c)?;
+            let w_dec_grad = (acts.t()?.matmul(&g_out)? + p.w_dec.broadcast_mul(&(g_norm / &norms)?.unsqueeze(1)?)?)?;
+            let grads = encoder_grads(p, &xc, &g_pre, &g_out, w_dec_grad)?;
+            Ok((
+                Forward {
+                    feature_acts: acts,
+                    sae_out: out,
+                    mse_loss: mse,
+                    aux_loss: l1,
+                },
+                grads,
+            ))
+        }
+        Objective::TopK {
+            k,
+            batch: per_batch,
+            aux_loss_coefficient,
+            dead,
+        } => {
+            let hp = h0.broadcast_mul(&norms)?;
+            let mask = if *per_batch {
+                batch_top_k_mask(&hp, k * batch)?
+            } else {
+                top_k_mask(&hp, *k, true, None)?
+            };
+            let acts = (&hp * &mask)?;
+            // (acts / norms) is h0 where the mask is set: the decoder norms cancel, and
+            // so does their gradient, which is why none flows into W_dec through them.
+            let u = acts.broadcast_div(&norms)?;
+            let out = u.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+            let err = (&out - x)?;
+            let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+            let g_out = (&err * (2.0 * inv_b))?;
+            let mut g_h0 = (g_out.matmul(&p.w_dec.t()?)? * &mask)?;
+            let mut w_dec_grad = u.t()?.matmul(&g_out)?;
+            let mut aux = 0f32;
+            let n_dead = dead.map_or(0, |d| d.iter().filter(|&&b| b).count());
+            let half = d_in / 2;
+            if let (Some(dead), true) = (dead, n_dead > 0 && half > 0) {
+                let scale = (n_dead as f64 / half as f64).min(1.0);
+                let k_aux = half.min(n_dead);
+                let aux_mask = top_k_mask(&hp, k_aux, false, Some(dead))?;
+                let v = (&hp * &aux_mask)?.broadcast_div(&norms)?;
+                let recons = v.matmul(&p.w_dec)?;
+                // The residual is detached in SAELens: x - sae_out.
+                let diff = (&recons + &err)?;
+                let c = aux_loss_coefficient * scale;
+                aux = (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+                let g_rec = (&diff * (2.0 * c * inv_b))?;
+                w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
+                g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
+            }
+            let grads = encoder_grads(p, &xc, &g_h0, &g_out, w_dec_grad)?;
+            Ok((
+                Forward {
+                    feature_acts: acts,
+                    sae_out: out,
+                    mse_loss: mse,
+                    aux_loss: aux,
+                },
+                grads,
+            ))
+        }
+    }
+}
+
+/// The gradients upstream of the pre-activations' gradient `g_pre` `[batch, d_sae]`:
+/// `b_dec` gets the output's gradient `g_out` and minus what flows into `x - b_dec`.
+fn encoder_grads(p: &Params, xc: &Tensor, g_pre: &Tensor, g_out: &Tensor, w_dec: Tensor) -> Result<Grads> {
+    let w_enc = xc.t()?.matmul(g_pre)?;
+    let b_enc = g_pre.sum(0)?;
+    let g_xc = g_pre.matmul(&p.w_enc.t()?)?;
+    let b_dec = (g_out.sum(0)? - g_xc.sum(0)?)?;
+    Ok(Grads {
+        w_enc,
+        b_enc,
+        w_dec,
+        b_dec,
+    })
+}
+
+/// `torch.nn.utils.clip_grad_norm_(params, 1.0)`, as SAELens calls it every step: the
+/// gradients scaled by `min(1, 1 / (total_norm + 1e-6))`.
+pub(crate) fn clip_grad_norm(g: Grads, max_norm: f64) -> Result<Grads> {
+    let sq = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64) };
+    let total = (sq(&g.w_enc)? + sq(&g.b_enc)? + sq(&g.w_dec)? + sq(&g.b_dec)?).sqrt();
+    let coef = (max_norm / (total + 1e-6)).min(1.0);
+    if coef >= 1.0 {
+        return Ok(g);
+    }
+    Ok(Grads {
+        w_enc: (g.w_enc * coef)?,
+        b_enc: (g.b_enc * coef)?,
+        w_dec: (g.w_dec * coef)?,
+        b_dec: (g.b_dec * coef)?,
+    })
+}
+
+/// Per-token squared error and variance, for the explained variance SAELens logs:
+/// `1 - mean_b ||out - x||^2 / mean_b ||x - mean(x)||^2`.
+pub(crate) fn explained_variance(x: &Tensor, out: &Tensor) -> Result<f64> {
+    let err = (out - x)?.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    let centred = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let var = centred.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+    Ok(if var > 0.0 { 1.0 - err / var } else { f64::NAN })
+}
+
+/// Mean number of non-zero activations per token of `acts` `[batch, d_sae]`.
+pub(crate) fn l0(acts: &Tensor) -> Result<f64> {
+    let fired = acts.ne(0.0)?.to_dtype(DType::F32)?.sum(D::Minus1)?;
+    Ok(fired.mean_all()?.to_scalar::<f32>()? as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::*;
+
+    fn random(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| ((2.0 * rng.uniform() - 1.0) * scale) as f32).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn params(rng: &mut Rng, d_in: usize, d_sae: usize) -> Params {
+        Params {
+            w_enc: random(rng, &[d_in, d_sae], 0.5),
+            b_enc: random(rng, &[d_sae], 0.1),
+            w_dec: random(rng, &[d_sae, d_in], 0.5),
+            b_dec: random(rng, &[d_in], 0.1),
+        }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Builds SAELens's loss with autograd (the top-k masks, which have no gradient,
+    /// taken from the hand-written forward) and compares every gradient.
+    fn check(obj: Objective, dead: Option<&[bool]>) {
+        let (batch, d_in, d_sae) = (7, 6, 12);
+        let mut rng = Rng::new(3);
+        let p = params(&mut rng, d_in, d_sae);
+        let x = random(&mut rng, &[batch, d_in], 1.0);
+        let (fwd, g) = loss_and_grads(&p, &x, &obj).unwrap();
+
+        let w_enc = Var::from_tensor(&p.w_enc).unwrap();
+        let b_enc = Var::from_tensor(&p.b_enc).unwrap();
+        let w_dec = Var::from_tensor(&p.w_dec).unwrap();
+        let b_dec = Var::from_tensor(&p.b_dec).unwrap();
+        let xc = x.broadcast_sub(b_dec.as_tensor()).unwrap();
+        let pre = xc
+            .matmul(w_enc.as_tensor())
+            .unwrap()
+            .broadcast_add(b_enc.as_tensor())
+            .unwrap();
+        let norms = w_dec.as_tensor().sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+        let loss = match obj {
+            Objective::Standard { l1_coefficient } => {
+                let acts = pre.relu().unwrap();
+                let out = acts
+                    .matmul(w_dec.as_tensor())
+                    .unwrap()
+                    .broadcast_add(b_dec.as_tensor())
+                    .unwrap();
+                let mse = (out - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
+                let l1 = (acts
+                    .broadcast_mul(&norms)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .sum(1)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    * l1_coefficient)
+                    .unwrap();
+                (mse + l1).unwrap()
+            }
+            Objective::TopK {
+                k,
+                batch: per_batch,
+                aux_loss_coefficient,
+                ..
+            } => {
+                let hp = pre.broadcast_mul(&norms).unwrap();
+                let mask = if per_batch {
+                    batch_top_k_mask(&hp.detach(), k * batch).unwrap()
+                } else {
+                    top_k_mask(&hp.detach(), k, false, None).unwrap()
+                };
+                let acts = (hp.relu().unwrap() * mask).unwrap();
+                let out = acts
+                    .broadcast_mul(&norms.recip().unwrap())
+                    .unwrap()
+                    .matmul(w_dec.as_tensor())
+                    .unwrap()
+                    .broadcast_add(b_dec.as_tensor())
+                    .unwrap();
+                let mse = (&out - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
+                let dead = dead.unwrap();
+                let n_dead = dead.iter().filter(|&&d| d).count();
+                let half = d_in / 2;
+                let aux_mask = top_k_mask(&hp.detach(), half.min(n_dead), false, Some(dead)).unwrap();
+                let recons = (&hp * aux_mask)
+                    .unwrap()
+                    .broadcast_mul(&norms.recip().unwrap())
+                    .unwrap()
+                    .matmul(w_dec.as_tensor())
+                    .unwrap();
+                let residual = (&x - &out).unwrap().detach();
+                let scale = (n_dead as f64 / half as f64).min(1.0);
+                let aux = ((recons - residual)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum(1)
+                    .unwrap()
+                    .mean_all()
+                    .unwrap()
+                    * (aux_loss_coefficient * scale))
+                    .unwrap();
+                assert!((aux.to_scalar::<f32>().unwrap() - fwd.aux_loss).abs() < 1e-4);
+                (mse + aux).unwrap()
+            }
+        };
+        let auto = loss.backward().unwrap();
+        let want = [
+            (&g.w_enc, &w_enc),
+            (&g.b_enc, &b_enc),
+            (&g.w_dec, &w_dec),
+            (&g.b_dec, &b_dec),
+        ];
+        for (i, (hand, var)) in want.into_iter().enumerate() {
+            let a = auto.get(var.as_tensor()).unwrap();
+            let scale = a
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .max(1e-3);
+            let d = max_diff(hand, a);
+            assert!(
+                d / scale < 1e-4,
+                "parameter {i}: hand vs autograd differ by {d} (scale {scale})"
+            );
+        }
+        assert!(fwd.mse_loss > 0.0);
+    }
+
+    #[test]
+    fn standard_gradients_match_autograd() {
+        check(Objective::Standard { l1_coefficient: 0.7 }, None);
+    }
+
+    #[test]
+    fn topk_gradients_match_autograd_with_aux_loss() {
+        let dead: Vec<bool> = (0..12).map(|f| f % 3 != 0).collect();
+        for batch in [false, true] {
+            check(
+                Objective::TopK {
+                    k: 3,
+                    batch,
+                    aux_loss_coefficient: 0.5,
+                    dead: Some(&dead),
+                },
+                Some(&dead),
+            );
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Checkpoints of a run: everything a resumed run needs to end with the same weights,
+//! bit for bit, as an uninterrupted one.
+//!
+//! `OUT/checkpoints/N/` (N: tokens trained on) holds `trainer_state.safetensors` (the
+//! training-time parameters, Adam's moments, the firing counters) and
+//! `trainer_state.json` (the options, step counts, the input scale). A checkpoint is
+//! written in a hidden temporary folder and renamed into place, so a folder with a
+//! final name is always complete.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use hooklens_core::{Error, Result};
+use serde_json::{json, Value};
+
+use super::adam::AdamState;
+use super::architecture::Params;
+use super::export::write_atomic;
+use super::options::TrainOptions;
+use super::trainer::SaeTrainer;
+
+/// The checkpoints' folder in an output folder.
+pub(crate) const CHECKPOINTS_DIR: &str = "checkpoints";
+const STATE_TENSORS: &str = "trainer_state.safetensors";
+const STATE_JSON: &str = "trainer_state.json";
+const FORMAT: u64 = 1;
+
+const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
+
+/// Writes `t`'s state to `root/N`, replacing a checkpoint of the same N.
+pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+    let name = t.n_training_samples.to_string();
+    let dir = root.join(&name);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let p = &t.params;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for ((name, param), state) in PARAM_NAMES
+        .iter()
+        .zip([&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec])
+        .zip(&t.adam)
+    {
+        tensors.insert(name.to_string(), param.clone());
+        tensors.insert(format!("{name}.exp_avg"), vec_tensor(&state.exp_avg)?);
+        tensors.insert(format!("{name}.exp_avg_sq"), vec_tensor(&state.exp_avg_sq)?);
+    }
+    tensors.insert("act_freq_scores".into(), vec_tensor(&t.act_freq_scores)?);
+    tensors.insert(
+        "n_forward_passes_since_fired".into(),
+        vec_tensor(&t.n_forward_passes_since_fired)?,
+    );
+    let file = tmp.join(STATE_TENSORS);
+    candle_core::safetensors::save(&tensors, &file)
+        .map_err(|e| Error::invalid(format!("{}: writing safetensors: {e}", file.display())))?;
+    let state = json!({
+        "format": FORMAT,
+        "hook": t.hook,
+        "d_in": t.d_in,
+        "options": t.opts.to_json(),
+        "n_training_steps": t.n_training_steps,
+        "n_training_samples": t.n_training_samples,
+        "n_frac_active_samples": t.n_frac_active_samples,
+        "scaling_factor": t.scaling_factor,
+        "topk_threshold": t.topk_threshold,
+    });
+    let text = serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
+    write_atomic(&tmp.join(STATE_JSON), text.as_bytes())?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    Ok(dir)
+}
+
+fn vec_tensor(v: &[f32]) -> Result<Tensor> {
+    Ok(Tensor::new(v, &Device::Cpu)?)
+}
+
+/// Removes the temporary folders a killed run left under `root` (a checkpoint being
+/// written; never a finished one, which has its final name).
+pub(crate) fn remove_leftovers(root: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Ok(());
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") && e.path().is_dir() {
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        }
+    }
+    Ok(())
+}
+
+/// The newest complete checkpoint under `root` (the most tokens), if any.
+pub(crate) fn newest(root: &Path) -> Result<Option<PathBuf>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    let best = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n: u64 = e.file_name().to_str()?.parse().ok()?;
+            e.path().join(STATE_JSON).is_file().then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    Ok(best.map(|(_, p)| p))
+}
+
+/// Loads the checkpoint in `dir` for a run with `opts` on `hook` `d_in` wide; any
+/// difference from the checkpoint's settings is an error naming it.
+pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> Result<SaeTrainer> {
+    let state_path = dir.join(STATE_JSON);
+    let bad = |reason: String| Error::BadFile {
+        path: state_path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let state: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if state["format"].as_u64() != Some(FORMAT) {
+        return Err(bad(format!(
+            "checkpoint format {} (this hooklens writes {FORMAT})",
+            state["format"]
+        )));
+    }
+    let mut differ = Vec::new();
+    if state["hook"].as_str() != Some(hook) {
+        differ.push(format!("hook: checkpoint {}, now `{hook}`", state["hook"]));
+    }
+    if state["d_in"].as_u64() != Some(d_in as u64) {
+        differ.push(format!("d_in: checkpoint {}, now {d_in}", state["d_in"]));
+    }
+    let now = opts.to_json();
+    if let (Some(saved), Some(now)) = (state["options"].as_object(), now.as_object()) {
+        for (k, v) in now {
+            let was = saved.get(k).unwrap_or(&Value::Null);
+            if was != v {
+                differ.push(format!("{k}: checkpoint {was}, now {v}"));
+            }
+        }
+    }
+    if !differ.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} was written with other settings ({}); use the same settings to resume, or another --out",
+            dir.display(),
+            differ.join("; ")
+        )));
+    }
+    let uint = |k: &str| state[k].as_u64().ok_or_else(|| bad(format!("no `{k}`")));
+    let mut t = SaeTrainer::new(opts.clone(), d_in, hook)?;
+    t.n_training_steps = uint("n_training_steps")? as usize;
+    t.n_training_samples = uint("n_training_samples")?;
+    t.n_frac_active_samples = uint("n_frac_active_samples")?;
+    t.scaling_factor = state["scaling_factor"].as_f64();
+    t.topk_threshold = state["topk_threshold"]
+        .as_f64()
+        .ok_or_else(|| bad("no `topk_threshold`".into()))?;
+    let file = dir.join(STATE_TENSORS);
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .map_err(|e| Error::invalid(format!("{}: not a readable checkpoint: {e}", file.display())))?;
+    let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let t = tensors.remove(name).ok_or_else(|| Error::BadFile {
+            path: file.clone(),
+            reason: format!("no tensor `{name}`"),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::BadFile {
+                path: file.clone(),
+                reason: format!("`{name}` is {:?}, expected {shape:?}", t.dims()),
+            });
+        }
+        Ok(t)
+    };
+    let d_sae = opts.d_sae;
+    let shapes: [&[usize]; 4] = [&[d_in, d_sae], &[d_sae], &[d_sae, d_in], &[d_in]];
+    let mut params = Vec::with_capacity(4);
+    for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+        params.push(take(name, shape)?);
+        let n: usize = shape.iter().product();
+        t.adam[i] = AdamState {
+            exp_avg: take(&format!("{name}.exp_avg"), &[n])?.to_vec1()?,
+            exp_avg_sq: take(&format!("{name}.exp_avg_sq"), &[n])?.to_vec1()?,
+        };
+    }
+    let mut it = params.into_iter();
+    let mut next = || it.next().expect("four parameters pushed above");
+    t.params = Params {
+        w_enc: next(),
+        b_enc: next(),
+        w_dec: next(),
+        b_dec: next(),
+    };
+    t.act_freq_scores = take("act_freq_scores", &[d_sae])?.to_vec1()?;
+    t.n_forward_passes_since_fired = take("n_forward_passes_since_fired", &[d_sae])?.to_vec1()?;
+    Ok(t)
+}

@@ -1,0 +1,359 @@
+//! `TrainOptions`: the settings of one SAE training run, named as SAELens's
+//! `LanguageModelSAERunnerConfig` (and its SAE configs) name them, with SAELens 6.54's
+//! defaults.
+
+use hooklens_core::{Error, Result};
+use serde_json::{json, Value};
+
+/// The SAE architectures the trainer implements (SAELens's `architecture` names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrainArchitecture {
+    /// `relu(W_enc (x - b_dec) + b_enc)` with an L1 penalty on the feature activations
+    /// weighted by the decoder rows' norms (SAELens's `StandardTrainingSAE`).
+    Standard,
+    /// The `k` largest pre-activations through relu, ranked after scaling by the decoder
+    /// rows' norms, with the auxiliary loss on dead features (SAELens's
+    /// `TopKTrainingSAE`, `rescale_acts_by_decoder_norm = true`).
+    TopK,
+    /// `k * batch` activations kept across the whole batch (so `k` per token on average)
+    /// while training, with a threshold tracked as a moving average of the smallest kept
+    /// activation; saved as a JumpReLU SAE with that threshold (SAELens's
+    /// `BatchTopKTrainingSAE`).
+    BatchTopK,
+}
+
+impl TrainArchitecture {
+    /// SAELens's name for it (`standard`, `topk`).
+    pub fn name(self) -> &'static str {
+        match self {
+            TrainArchitecture::Standard => "standard",
+            TrainArchitecture::TopK => "topk",
+            TrainArchitecture::BatchTopK => "batchtopk",
+        }
+    }
+
+    /// Parses a SAELens architecture name; the ones SAELens has that the trainer does not
+    /// implement yet are an error naming what is implemented.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "standard" => Ok(TrainArchitecture::Standard),
+            "topk" => Ok(TrainArchitecture::TopK),
+            "batchtopk" => Ok(TrainArchitecture::BatchTopK),
+            "jumprelu" | "matryoshka-batchtopk" | "matryoshka_batchtopk" | "gated" => Err(Error::invalid(format!(
+                "architecture `{name}`: training is not implemented yet (implemented: standard, topk, batchtopk)"
+            ))),
+            other => Err(Error::invalid(format!(
+                "unknown architecture `{other}` (implemented: standard, topk, batchtopk)"
+            ))),
+        }
+    }
+}
+
+/// How activations are scaled before training (SAELens's `normalize_activations`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormalizeActivations {
+    /// As read (`none`).
+    None,
+    /// Multiplied by one constant, `sqrt(d_in) / mean ||x||` estimated over
+    /// `n_batches_for_norm_estimate` batches, so that the mean norm is `sqrt(d_in)`; the
+    /// constant is folded into the weights at the end, so the saved SAE reads raw
+    /// activations (`expected_average_only_in`).
+    ExpectedAverageOnlyIn,
+}
+
+impl NormalizeActivations {
+    /// SAELens's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NormalizeActivations::None => "none",
+            NormalizeActivations::ExpectedAverageOnlyIn => "expected_average_only_in",
+        }
+    }
+
+    /// Parses SAELens's name; the normalisations not implemented are an error.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "none" => Ok(NormalizeActivations::None),
+            "expected_average_only_in" => Ok(NormalizeActivations::ExpectedAverageOnlyIn),
+            other => Err(Error::invalid(format!(
+                "normalize_activations `{other}` is not implemented (implemented: none, expected_average_only_in)"
+            ))),
+        }
+    }
+}
+
+/// The most elements one tensor of the trainer may have (a batch's feature activations,
+/// a weight matrix): 2^36, 256 GiB of f32, beyond any machine the trainer runs on.
+pub(crate) const MAX_ELEMENTS: usize = 1 << 36;
+
+/// The settings of a training run. Field names are SAELens's; defaults (from
+/// [`TrainOptions::new`]) are SAELens 6.54's.
+///
+/// ```
+/// use hooklens_models::sae::train::{TrainArchitecture, TrainOptions};
+/// let opts = TrainOptions {
+///     k: 32,
+///     lr: 1e-3,
+///     training_tokens: 1_000_000,
+///     ..TrainOptions::new(TrainArchitecture::TopK, 4096)
+/// };
+/// assert!(opts.validate().is_ok());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// The architecture.
+    pub architecture: TrainArchitecture,
+    /// Number of features.
+    pub d_sae: usize,
+    /// TopK: features firing per token; BatchTopK: on average (SAELens's default 100;
+    /// ignored by `standard`).
+    pub k: usize,
+    /// BatchTopK: the weight of each step's smallest kept activation in the threshold's
+    /// moving average (0.01).
+    pub topk_threshold_lr: f64,
+    /// Adam's learning rate (3e-4).
+    pub lr: f64,
+    /// Adam's beta1 (0.9).
+    pub adam_beta1: f64,
+    /// Adam's beta2 (0.999).
+    pub adam_beta2: f64,
+    /// Steps of linear learning-rate warm-up from `lr / lr_warm_up_steps` (0).
+    pub lr_warm_up_steps: usize,
+    /// Final steps of linear decay to 0 (0).
+    pub lr_decay_steps: usize,
+    /// Standard: the L1 penalty's coefficient (1.0).
+    pub l1_coefficient: f64,
+    /// Standard: steps over which the L1 coefficient rises linearly from 0 (0).
+    pub l1_warm_up_steps: usize,
+    /// Standard: the p of the sparsity penalty's p-norm (1.0; only 1 is implemented).
+    pub lp_norm: f64,
+    /// TopK: the auxiliary (dead-feature) loss's coefficient (1.0).
+    pub aux_loss_coefficient: f64,
+    /// The decoder rows' norm at initialisation (0.1, Anthropic's heuristic); `None`
+    /// keeps kaiming-uniform rows.
+    pub decoder_init_norm: Option<f64>,
+    /// Tokens to train on (2,000,000); the run takes `training_tokens /
+    /// train_batch_size_tokens` steps, rounded up.
+    pub training_tokens: u64,
+    /// Tokens per step (4096).
+    pub train_batch_size_tokens: usize,
+    /// Input scaling.
+    pub normalize_activations: NormalizeActivations,
+    /// Batches read to estimate the norm for `expected_average_only_in` (1000).
+    pub n_batches_for_norm_estimate: usize,
+    /// A feature that has not fired for more than this many steps is dead (1000).
+    pub dead_feature_window: usize,
+    /// Steps over which feature firing frequencies are accumulated before being reset
+    /// (2000); the saved `sparsity.safetensors` holds the last window's.
+    pub feature_sampling_window: usize,
+    /// The shuffling buffer holds this many batches; half of it is served after each
+    /// shuffle (20).
+    pub n_batches_in_buffer: usize,
+    /// Seeds the initialisation and the shuffling (42).
+    pub seed: u64,
+    /// Writes a checkpoint every this many tokens (`None`: at the end only).
+    pub checkpoint_every_tokens: Option<u64>,
+    /// Computes and reports metrics every this many steps (100).
+    pub metrics_every_steps: usize,
+}
+
+impl TrainOptions {
+    /// SAELens's defaults for `architecture` with `d_sae` features.
+    pub fn new(architecture: TrainArchitecture, d_sae: usize) -> Self {
+        TrainOptions {
+            architecture,
+            d_sae,
+            k: 100,
+            topk_threshold_lr: 0.01,
+            lr: 3e-4,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            lr_warm_up_steps: 0,
+            lr_decay_steps: 0,
+            l1_coefficient: 1.0,
+            l1_warm_up_steps: 0,
+            lp_norm: 1.0,
+            aux_loss_coefficient: 1.0,
+            decoder_init_norm: Some(0.1),
+            training_tokens: 2_000_000,
+            train_batch_size_tokens: 4096,
+            normalize_activations: NormalizeActivations::None,
+            n_batches_for_norm_estimate: 1000,
+            dead_feature_window: 1000,
+            feature_sampling_window: 2000,
+            n_batches_in_buffer: 20,
+            seed: 42,
+            checkpoint_every_tokens: None,
+            metrics_every_steps: 100,
+        }
+    }
+
+    /// SAELens's `total_training_steps`: `training_tokens / train_batch_size_tokens`,
+    /// what the learning-rate schedule spans.
+    pub fn total_training_steps(&self) -> usize {
+        (self.training_tokens / self.train_batch_size_tokens.max(1) as u64) as usize
+    }
+
+    /// Checks the settings, naming the first bad one; run before any work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::invalid(m));
+        if self.d_sae == 0 {
+            return bad("d_sae must be at least 1".into());
+        }
+        if self.architecture != TrainArchitecture::Standard && (self.k == 0 || self.k > self.d_sae) {
+            return bad(format!(
+                "k is {}: it must be between 1 and d_sae ({})",
+                self.k, self.d_sae
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("lr is {}: it must be a positive number", self.lr));
+        }
+        for (name, b) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(format!("{name} is {b}: it must be in [0, 1)"));
+            }
+        }
+        if !(self.l1_coefficient >= 0.0 && self.l1_coefficient.is_finite()) {
+            return bad(format!(
+                "l1_coefficient is {}: it must be a non-negative number",
+                self.l1_coefficient
+            ));
+        }
+        if !(self.aux_loss_coefficient >= 0.0 && self.aux_loss_coefficient.is_finite()) {
+            return bad(format!(
+                "aux_loss_coefficient is {}: it must be a non-negative number",
+                self.aux_loss_coefficient
+            ));
+        }
+        if self.lp_norm != 1.0 {
+            return bad(format!("lp_norm is {}: only 1 is implemented", self.lp_norm));
+        }
+        if !(0.0..=1.0).contains(&self.topk_threshold_lr) {
+            return bad(format!(
+                "topk_threshold_lr is {}: it must be in [0, 1]",
+                self.topk_threshold_lr
+            ));
+        }
+        if let Some(n) = self.decoder_init_norm {
+            if !(n > 0.0 && n.is_finite()) {
+                return bad(format!("decoder_init_norm is {n}: it must be a positive number"));
+            }
+        }
+        if self.train_batch_size_tokens == 0 {
+            return bad("train_batch_size_tokens must be at least 1".into());
+        }
+        if self.training_tokens == 0 {
+            return bad("training_tokens must be at least 1".into());
+        }
+        // The batch's activations and the shuffling buffer are allocated whole.
+        let per_step = self
+            .train_batch_size_tokens
+            .checked_mul(self.d_sae.max(self.n_batches_in_buffer))
+            .filter(|&n| n <= MAX_ELEMENTS);
+        if per_step.is_none() {
+            return bad(format!(
+                "train_batch_size_tokens ({}) is too large for d_sae {} and n_batches_in_buffer {}",
+                self.train_batch_size_tokens, self.d_sae, self.n_batches_in_buffer
+            ));
+        }
+        let steps = self.total_training_steps();
+        if self.lr_warm_up_steps.saturating_add(self.lr_decay_steps) > steps {
+            return bad(format!(
+                "lr_warm_up_steps ({}) + lr_decay_steps ({}) exceed the run's {steps} steps",
+                self.lr_warm_up_steps, self.lr_decay_steps
+            ));
+        }
+        if self.feature_sampling_window == 0 || self.metrics_every_steps == 0 || self.n_batches_in_buffer < 2 {
+            return bad(
+                "feature_sampling_window and metrics_every_steps must be at least 1, n_batches_in_buffer at least 2"
+                    .into(),
+            );
+        }
+        if self.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn
+            && self.n_batches_for_norm_estimate == 0
+        {
+            return bad("n_batches_for_norm_estimate must be at least 1".into());
+        }
+        if self.checkpoint_every_tokens == Some(0) {
+            return bad("checkpoint_every_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The settings that decide the trained weights, as JSON (SAELens's names): a
+    /// checkpoint stores them and a resumed run must match them. How often checkpoints
+    /// and metrics are written is left out: changing it does not change the weights.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "architecture": self.architecture.name(),
+            "d_sae": self.d_sae,
+            "k": (self.architecture != TrainArchitecture::Standard).then_some(self.k),
+            "topk_threshold_lr": (self.architecture == TrainArchitecture::BatchTopK).then_some(self.topk_threshold_lr),
+            "lr": self.lr,
+            "adam_beta1": self.adam_beta1,
+            "adam_beta2": self.adam_beta2,
+            "lr_warm_up_steps": self.lr_warm_up_steps,
+            "lr_decay_steps": self.lr_decay_steps,
+            "l1_coefficient": self.l1_coefficient,
+            "l1_warm_up_steps": self.l1_warm_up_steps,
+            "lp_norm": self.lp_norm,
+            "aux_loss_coefficient": self.aux_loss_coefficient,
+            "decoder_init_norm": self.decoder_init_norm,
+            "training_tokens": self.training_tokens,
+            "train_batch_size_tokens": self.train_batch_size_tokens,
+            "normalize_activations": self.normalize_activations.name(),
+            "n_batches_for_norm_estimate": self.n_batches_for_norm_estimate,
+            "dead_feature_window": self.dead_feature_window,
+            "feature_sampling_window": self.feature_sampling_window,
+            "n_batches_in_buffer": self.n_batches_in_buffer,
+            "seed": self.seed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_settings_are_named() {
+        let topk = TrainOptions {
+            k: 4,
+            ..TrainOptions::new(TrainArchitecture::TopK, 16)
+        };
+        let cases = [
+            (TrainOptions { k: 17, ..topk.clone() }, "k is 17"),
+            (TrainOptions { k: 0, ..topk.clone() }, "k is 0"),
+            (
+                TrainOptions {
+                    lr: 0.0,
+                    ..topk.clone()
+                },
+                "lr is 0",
+            ),
+            (
+                TrainOptions {
+                    lr: -1.0,
+                    ..topk.clone()
+                },
+                "lr is -1",
+            ),
+            (
+                TrainOptions {
+                    d_sae: 0,
+                    ..topk.clone()
+                },
+                "d_sae must be",
+            ),
+        ];
+        for (opts, want) in cases {
+            let err = opts.validate().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        assert!(TrainArchitecture::from_name("jumprelu")
+            .unwrap_err()
+            .to_string()
+            .contains("not implemented"));
+    }
+}

@@ -1,0 +1,281 @@
+//! End-to-end checks of the trainer: it learns truly sparse data, is deterministic,
+//! resumes exactly, and writes a folder `Sae::from_dir` loads.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use hooklens_testutil::TempDir;
+
+use super::rng::Rng;
+use super::*;
+use crate::sae::Sae;
+
+/// `rows` activations, each a sum of 1 to 3 of `n_dirs` random unit directions in
+/// `d` dimensions with coefficients in [1, 2): a dictionary an SAE can recover.
+fn sparse_data(rows: usize, d: usize, n_dirs: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    let dirs: Vec<Vec<f32>> = (0..n_dirs)
+        .map(|_| {
+            let v: Vec<f32> = (0..d).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let mut out = vec![0f32; rows * d];
+    for row in out.chunks_mut(d) {
+        for _ in 0..1 + rng.below(3) {
+            let dir = &dirs[rng.below(n_dirs)];
+            let c = (1.0 + rng.uniform()) as f32;
+            for (o, v) in row.iter_mut().zip(dir) {
+                *o += c * v;
+            }
+        }
+    }
+    out
+}
+
+/// Writes `data` (`d` wide) as two harvest shards of hook `h` in `dir`.
+fn write_harvest(dir: &Path, data: &[f32], d: usize) {
+    let rows = data.len() / d;
+    let half = rows / 2;
+    for (i, part) in [&data[..half * d], &data[half * d..]].into_iter().enumerate() {
+        let n = part.len() / d;
+        let t = Tensor::from_vec(part.to_vec(), (n / 4, 4, d), &Device::Cpu).unwrap();
+        let tokens = Tensor::zeros((n / 4, 4), DType::I64, &Device::Cpu).unwrap();
+        let map: HashMap<String, Tensor> = [("h".to_string(), t), ("tokens".to_string(), tokens)].into();
+        candle_core::safetensors::save(&map, dir.join(format!("00000-of-00001-shard-{i:06}.safetensors"))).unwrap();
+    }
+}
+
+fn opts(arch: TrainArchitecture) -> TrainOptions {
+    TrainOptions {
+        k: 3,
+        lr: 1e-2,
+        l1_coefficient: 1e-3,
+        training_tokens: 256 * 300,
+        train_batch_size_tokens: 256,
+        n_batches_in_buffer: 4,
+        dead_feature_window: 50,
+        feature_sampling_window: 100,
+        metrics_every_steps: 50,
+        ..TrainOptions::new(arch, 48)
+    }
+}
+
+fn weights(dir: &Path) -> HashMap<String, Vec<f32>> {
+    candle_core::safetensors::load(dir.join(crate::sae::SAE_WEIGHTS_FILE), &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect()
+}
+
+fn run(src: &HarvestActivations, o: &TrainOptions, out: &Path) -> TrainReport {
+    train(src, o, out, &mut |_| {}).unwrap()
+}
+
+#[test]
+fn topk_and_batchtopk_learn_sparse_data() {
+    let tmp = TempDir::new("train-topk");
+    write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 1), 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    for arch in [TrainArchitecture::TopK, TrainArchitecture::BatchTopK] {
+        let out = tmp.path(arch.name());
+        let report = run(&src, &opts(arch), &out);
+        let m = report.last_metrics.unwrap();
+        assert!(m.explained_variance > 0.9, "{arch:?}: {m}");
+        // TopK: exactly k per token; BatchTopK: k * batch in the batch, k on average.
+        assert!((m.l0 - 3.0).abs() < 1e-6, "{arch:?}: {m}");
+        assert_eq!(report.tokens, 256 * 300);
+        if arch == TrainArchitecture::BatchTopK {
+            // Saved as JumpReLU: the threshold keeps about k features per token.
+            let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+            assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
+            let x = src.batches(256, 4, 9).next_batch().unwrap();
+            let l0 = super::architecture::l0(&sae.encode(&x).unwrap()).unwrap();
+            assert!((1.5..6.0).contains(&l0), "{l0}");
+        }
+    }
+}
+
+#[test]
+fn standard_loss_decreases() {
+    let tmp = TempDir::new("train-standard");
+    write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 2), 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    let o = TrainOptions {
+        training_tokens: 256 * 200,
+        l1_warm_up_steps: 20,
+        ..opts(TrainArchitecture::Standard)
+    };
+    let mut seen = Vec::new();
+    train(&src, &o, &tmp.path("out"), &mut |e| {
+        if let TrainEvent::Metrics(m) = e {
+            seen.push(m.clone());
+        }
+    })
+    .unwrap();
+    let lines = std::fs::read_to_string(tmp.path("out").join(METRICS_FILE)).unwrap();
+    assert_eq!(lines.lines().count(), seen.len());
+    let (first, last) = (&seen[0], seen.last().unwrap());
+    assert!(
+        last.mse_loss + last.aux_loss < 0.5 * (first.mse_loss + first.aux_loss),
+        "{first}\n{last}"
+    );
+    assert!(last.explained_variance > 0.8, "{last}");
+    assert_eq!(last.l1_coefficient, Some(1e-3));
+}
+
+#[test]
+fn same_seed_same_weights_and_resume_is_exact() {
+    let tmp = TempDir::new("train-resume");
+    write_harvest(&tmp.0, &sparse_data(2048, 16, 24, 3), 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    for arch in [
+        TrainArchitecture::TopK,
+        TrainArchitecture::Standard,
+        TrainArchitecture::BatchTopK,
+    ] {
+        let full = TrainOptions {
+            training_tokens: 256 * 40,
+            normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
+            n_batches_for_norm_estimate: 4,
+            l1_warm_up_steps: 10,
+            lr_warm_up_steps: 5,
+            lr_decay_steps: 10,
+            dead_feature_window: 5,
+            feature_sampling_window: 15,
+            metrics_every_steps: 7,
+            ..opts(arch)
+        };
+        let a = tmp.path(&format!("{}-a", arch.name()));
+        let b = tmp.path(&format!("{}-b", arch.name()));
+        let c = tmp.path(&format!("{}-c", arch.name()));
+        run(&src, &full, &a);
+        run(&src, &full, &b);
+        assert_eq!(weights(&a), weights(&b), "{arch:?}: two runs with one seed differ");
+
+        // Stop after 20 steps (a run that is killed leaves its checkpoints); resume.
+        let checkpointed = TrainOptions {
+            checkpoint_every_tokens: Some(256 * 20),
+            ..full.clone()
+        };
+        let mut steps = 0;
+        let stopped = train(&src, &checkpointed, &c, &mut |e| {
+            if let TrainEvent::Checkpoint(_) = e {
+                steps += 1;
+            }
+        });
+        assert!(stopped.is_ok() && steps == 2);
+        // Remove the final checkpoint so only the one at 20 steps is left, as if the run
+        // had died there.
+        std::fs::remove_dir_all(c.join("checkpoints").join((256 * 40).to_string())).unwrap();
+        // A checkpoint half written when the run died is removed on resuming.
+        std::fs::create_dir_all(c.join("checkpoints").join(".10240.tmp-1")).unwrap();
+        let resumed = run(&src, &full, &c);
+        assert_eq!(resumed.resumed_from, Some(256 * 20));
+        assert!(!c.join("checkpoints").join(".10240.tmp-1").exists());
+        assert_eq!(weights(&a), weights(&c), "{arch:?}: resumed run differs");
+        let metrics = |d: &Path| std::fs::read_to_string(d.join(METRICS_FILE)).unwrap();
+        assert_eq!(metrics(&a), metrics(&c), "{arch:?}: resumed run's metrics differ");
+        assert_eq!(metrics(&a).lines().count(), 6);
+
+        let other = TrainOptions { lr: 2e-2, ..full };
+        let err = train(&src, &other, &c, &mut |_| {}).unwrap_err().to_string();
+        assert!(err.contains("lr: checkpoint 0.01, now 0.02"), "{err}");
+    }
+    let seeds = |seed| {
+        let o = TrainOptions {
+            training_tokens: 256 * 5,
+            seed,
+            ..opts(TrainArchitecture::TopK)
+        };
+        let out = tmp.path(&format!("seed-{seed}"));
+        run(&src, &o, &out);
+        weights(&out)
+    };
+    assert_ne!(seeds(1), seeds(2));
+}
+
+#[test]
+fn saved_folder_loads_and_encodes_as_the_trainer() {
+    let tmp = TempDir::new("train-load");
+    let data = sparse_data(1024, 16, 24, 4);
+    write_harvest(&tmp.0, &data, 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    let x = Tensor::from_vec(data[..64 * 16].to_vec(), (64, 16), &Device::Cpu).unwrap();
+    for (arch, norm) in [
+        (TrainArchitecture::Standard, NormalizeActivations::None),
+        (TrainArchitecture::TopK, NormalizeActivations::None),
+        (TrainArchitecture::TopK, NormalizeActivations::ExpectedAverageOnlyIn),
+        (TrainArchitecture::Standard, NormalizeActivations::ExpectedAverageOnlyIn),
+        (TrainArchitecture::BatchTopK, NormalizeActivations::None),
+        (
+            TrainArchitecture::BatchTopK,
+            NormalizeActivations::ExpectedAverageOnlyIn,
+        ),
+    ] {
+        let o = TrainOptions {
+            training_tokens: 256 * 20,
+            normalize_activations: norm,
+            n_batches_for_norm_estimate: 2,
+            ..opts(arch)
+        };
+        let mut trainer = SaeTrainer::new(o.clone(), 16, "h").unwrap();
+        if norm != NormalizeActivations::None {
+            trainer.set_scaling_factor(0.37).unwrap();
+        }
+        let mut batches = src.batches(256, 4, 0);
+        for _ in 0..20 {
+            trainer.step(&batches.next_batch().unwrap()).unwrap();
+        }
+        let out = tmp.path(&format!("{}-{}", arch.name(), norm.name()));
+        trainer.save_sae(&out).unwrap();
+        let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+        assert_eq!(sae.cfg().hook_name, "h");
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(
+                d <= 1e-4 * s.max(1.0),
+                "{arch:?} {norm:?} {what}: differ by {d} (scale {s})"
+            );
+        };
+        let acts = trainer.encode(&x).unwrap();
+        close(&sae.encode(&x).unwrap(), &acts, "encode");
+        close(&sae.decode(&acts).unwrap(), &trainer.decode(&acts).unwrap(), "decode");
+        let sparsity = candle_core::safetensors::load(out.join(SPARSITY_FILE), &Device::Cpu).unwrap();
+        assert_eq!(sparsity["sparsity"].dims(), &[48]);
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_before_training() {
+    let tmp = TempDir::new("train-bad");
+    write_harvest(&tmp.0, &sparse_data(64, 16, 4, 5), 16);
+    let err = HarvestActivations::open(&tmp.0, "blocks.0.hook_resid_post")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no activations for hook `blocks.0.hook_resid_post`"),
+        "{err}"
+    );
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    let bad = TrainOptions {
+        k: 49,
+        ..opts(TrainArchitecture::TopK)
+    };
+    let err = train(&src, &bad, &tmp.path("out"), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("k is 49"), "{err}");
+    assert!(!tmp.path("out").exists());
+}

@@ -1,0 +1,387 @@
+//! `SaeTrainer`: one SAE's parameters, Adam state and firing statistics, stepped as
+//! SAELens's `SAETrainer._train_step` steps them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use hooklens_core::{Error, Result};
+
+use super::adam::{adam_update, AdamState, AdamStep};
+use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Objective, Params};
+use super::export::{cfg_json, save_tensors_atomic, write_atomic};
+use super::metrics::StepMetrics;
+use super::options::{TrainArchitecture, TrainOptions};
+use super::rng::Rng;
+use super::schedule::{l1_coefficient, lr_factor};
+use crate::sae::{Sae, SaeConfig, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
+
+/// SAELens's file of log10 feature firing frequencies.
+pub const SPARSITY_FILE: &str = "sparsity.safetensors";
+
+/// An SAE being trained. [`SaeTrainer::step`] takes one batch of activations; the
+/// trained SAE is read with [`SaeTrainer::to_sae`] or written with
+/// [`SaeTrainer::save_sae`]. [`train`](super::train) drives it over a harvest with
+/// checkpoints.
+#[derive(Clone, Debug)]
+pub struct SaeTrainer {
+    pub(crate) opts: TrainOptions,
+    pub(crate) d_in: usize,
+    pub(crate) hook: String,
+    pub(crate) params: Params,
+    /// W_enc, b_enc, W_dec, b_dec.
+    pub(crate) adam: [AdamState; 4],
+    pub(crate) n_training_steps: usize,
+    pub(crate) n_training_samples: u64,
+    pub(crate) n_forward_passes_since_fired: Vec<f32>,
+    pub(crate) act_freq_scores: Vec<f32>,
+    pub(crate) n_frac_active_samples: u64,
+    /// `expected_average_only_in`'s factor, once estimated.
+    pub(crate) scaling_factor: Option<f64>,
+    /// BatchTopK's threshold (in the scaled space), a double as SAELens keeps it.
+    pub(crate) topk_threshold: f64,
+}
+
+impl SaeTrainer {
+    /// A fresh SAE for `d_in`-wide activations at `hook`, initialised from
+    /// `opts.seed` as SAELens initialises it.
+    pub fn new(opts: TrainOptions, d_in: usize, hook: &str) -> Result<Self> {
+        opts.validate()?;
+        if d_in == 0 {
+            return Err(Error::invalid("d_in must be at least 1"));
+        }
+        let weights = d_in
+            .checked_mul(opts.d_sae)
+            .filter(|&n| n <= super::options::MAX_ELEMENTS);
+        let batch = d_in
+            .checked_mul(opts.train_batch_size_tokens)
+            .and_then(|n| n.checked_mul(opts.n_batches_in_buffer))
+            .filter(|&n| n <= super::options::MAX_ELEMENTS);
+        if weights.is_none() || batch.is_none() {
+            return Err(Error::invalid(format!(
+                "d_in {d_in} with d_sae {} and train_batch_size_tokens {} is too large to allocate",
+                opts.d_sae, opts.train_batch_size_tokens
+            )));
+        }
+        let mut rng = Rng::new(opts.seed);
+        let params = Params::init(d_in, &opts, &mut rng)?;
+        let d_sae = opts.d_sae;
+        let sizes = [d_in * d_sae, d_sae, d_sae * d_in, d_in];
+        Ok(SaeTrainer {
+            opts,
+            d_in,
+            hook: hook.to_string(),
+            params,
+            adam: sizes.map(AdamState::zeros),
+            n_training_steps: 0,
+            n_training_samples: 0,
+            n_forward_passes_since_fired: vec![0.0; d_sae],
+            act_freq_scores: vec![0.0; d_sae],
+            n_frac_active_samples: 0,
+            scaling_factor: None,
+            topk_threshold: 0.0,
+        })
+    }
+
+    /// A trainer starting from given parameters instead of a fresh initialisation (to
+    /// continue training a saved SAE, or to start from the same weights as another
+    /// implementation): `w_enc` `[d_in, d_sae]`, `b_enc` `[d_sae]`, `w_dec` `[d_sae,
+    /// d_in]`, `b_dec` `[d_in]`, read as the training-time parameters (for TopK, not
+    /// folded: ranked after scaling by the decoder norms).
+    pub fn from_weights(opts: TrainOptions, weights: &SaeWeights, hook: &str) -> Result<Self> {
+        let (d_in, d_sae) = weights.w_enc.dims2()?;
+        if d_sae != opts.d_sae {
+            return Err(Error::invalid(format!(
+                "the weights have {d_sae} features, the options d_sae = {}",
+                opts.d_sae
+            )));
+        }
+        let b_enc = weights
+            .b_enc
+            .clone()
+            .ok_or_else(|| Error::invalid("the weights have no b_enc"))?;
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous();
+        let params = Params {
+            w_enc: f32(&weights.w_enc)?,
+            b_enc: f32(&b_enc)?,
+            w_dec: f32(&weights.w_dec)?,
+            b_dec: f32(&weights.b_dec)?,
+        };
+        let shapes = [
+            (params.b_enc.dims(), vec![d_sae]),
+            (params.w_dec.dims(), vec![d_sae, d_in]),
+            (params.b_dec.dims(), vec![d_in]),
+        ];
+        for (got, want) in shapes {
+            if got != want.as_slice() {
+                return Err(Error::invalid(format!(
+                    "weights of shape {got:?} where {want:?} was expected (W_enc is [{d_in}, {d_sae}])"
+                )));
+            }
+        }
+        let mut t = SaeTrainer::new(opts, d_in, hook)?;
+        t.params = params;
+        Ok(t)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TrainOptions {
+        &self.opts
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> usize {
+        self.n_training_steps
+    }
+
+    /// Tokens trained on (SAELens's `n_training_samples`).
+    pub fn tokens(&self) -> u64 {
+        self.n_training_samples
+    }
+
+    /// `expected_average_only_in`'s input scale, once set.
+    pub fn scaling_factor(&self) -> Option<f64> {
+        self.scaling_factor
+    }
+
+    /// Sets the input scale (`sqrt(d_in) / mean ||x||`) applied to every batch and
+    /// folded into the saved weights.
+    pub fn set_scaling_factor(&mut self, factor: f64) -> Result<()> {
+        if !(factor > 0.0 && factor.is_finite()) {
+            return Err(Error::invalid(format!(
+                "the activation scaling factor is {factor}: the activations' mean norm must be positive and finite"
+            )));
+        }
+        self.scaling_factor = Some(factor);
+        Ok(())
+    }
+
+    /// Which features are dead: not fired for more than `dead_feature_window` steps.
+    pub fn dead_features(&self) -> Vec<bool> {
+        let window = self.opts.dead_feature_window as f32;
+        self.n_forward_passes_since_fired.iter().map(|&n| n > window).collect()
+    }
+
+    fn scaled(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(DType::F32)?;
+        Ok(match self.scaling_factor {
+            Some(s) => (x * s)?,
+            None => x,
+        })
+    }
+
+    /// One training step on `batch` `[batch, d_in]`: loss, hand-written gradients,
+    /// gradient-norm clipping to 1, Adam. Returns the step's metrics when this step is
+    /// one to report (every `metrics_every_steps` steps).
+    pub fn step(&mut self, batch: &Tensor) -> Result<Option<StepMetrics>> {
+        let (b, d) = batch.dims2()?;
+        if d != self.d_in || b == 0 {
+            return Err(Error::invalid(format!(
+                "a training batch must be [batch > 0, d_in = {}], got {:?}",
+                self.d_in,
+                batch.dims()
+            )));
+        }
+        // SAELens resets the firing frequencies at the start of each sampling window.
+        if self.n_training_steps > 0 && self.n_training_steps.is_multiple_of(self.opts.feature_sampling_window) {
+            self.act_freq_scores.iter_mut().for_each(|v| *v = 0.0);
+            self.n_frac_active_samples = 0;
+        }
+        let x = self.scaled(batch)?;
+        let dead = self.dead_features();
+        let l1 = l1_coefficient(
+            self.n_training_steps,
+            self.opts.l1_coefficient,
+            self.opts.l1_warm_up_steps,
+        );
+        let obj = match self.opts.architecture {
+            TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => Objective::TopK {
+                k: self.opts.k,
+                batch: self.opts.architecture == TrainArchitecture::BatchTopK,
+                aux_loss_coefficient: self.opts.aux_loss_coefficient,
+                dead: Some(&dead),
+            },
+        };
+        let (fwd, grads) = loss_and_grads(&self.params, &x, &obj)?;
+        if self.opts.architecture == TrainArchitecture::BatchTopK {
+            // SAELens's update_topk_threshold: a moving average of the smallest
+            // activation kept, computed in f64.
+            let acts: Vec<f32> = fwd.feature_acts.flatten_all()?.to_vec1()?;
+            let min_positive = acts.iter().copied().filter(|&a| a > 0.0).reduce(f32::min);
+            if let Some(m) = min_positive {
+                let lr = self.opts.topk_threshold_lr;
+                self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * m as f64;
+            }
+        }
+        let fired: Vec<f32> = fwd.feature_acts.ne(0.0)?.to_dtype(DType::F32)?.sum(0)?.to_vec1()?;
+        for ((since, freq), f) in self
+            .n_forward_passes_since_fired
+            .iter_mut()
+            .zip(self.act_freq_scores.iter_mut())
+            .zip(&fired)
+        {
+            *since = if *f > 0.0 { 0.0 } else { *since + 1.0 };
+            *freq += f;
+        }
+        self.n_frac_active_samples += b as u64;
+
+        let grads = clip_grad_norm(grads, 1.0)?;
+        let total = self.opts.total_training_steps();
+        let lr = self.opts.lr
+            * lr_factor(
+                self.n_training_steps,
+                total,
+                self.opts.lr_warm_up_steps,
+                self.opts.lr_decay_steps,
+            );
+        let adam = AdamStep {
+            lr,
+            beta1: self.opts.adam_beta1,
+            beta2: self.opts.adam_beta2,
+            step: self.n_training_steps as u64 + 1,
+        };
+        let p = &mut self.params;
+        let pairs = [
+            (&mut p.w_enc, &grads.w_enc),
+            (&mut p.b_enc, &grads.b_enc),
+            (&mut p.w_dec, &grads.w_dec),
+            (&mut p.b_dec, &grads.b_dec),
+        ];
+        for ((param, grad), state) in pairs.into_iter().zip(self.adam.iter_mut()) {
+            let shape = param.shape().clone();
+            let mut v: Vec<f32> = param.flatten_all()?.to_vec1()?;
+            let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+            adam_update(&mut v, &g, state, adam);
+            *param = Tensor::from_vec(v, shape, &Device::Cpu)?;
+        }
+        self.n_training_steps += 1;
+        self.n_training_samples += b as u64;
+
+        let report = self.n_training_steps.is_multiple_of(self.opts.metrics_every_steps)
+            || self.n_training_samples >= self.opts.training_tokens;
+        if !report {
+            return Ok(None);
+        }
+        let n_dead = self.dead_features().iter().filter(|&&d| d).count();
+        Ok(Some(StepMetrics {
+            step: self.n_training_steps,
+            tokens: self.n_training_samples,
+            mse_loss: fwd.mse_loss as f64,
+            aux_loss: fwd.aux_loss as f64,
+            explained_variance: explained_variance(&x, &fwd.sae_out)?,
+            l0: l0(&fwd.feature_acts)?,
+            dead_fraction: n_dead as f64 / self.opts.d_sae as f64,
+            lr,
+            l1_coefficient: (self.opts.architecture == TrainArchitecture::Standard).then_some(l1),
+        }))
+    }
+
+    /// Feature activations `[batch, d_sae]` of raw activations `x` `[batch, d_in]`, as
+    /// the saved SAE computes them (the input scale and, for TopK, the decoder norms
+    /// accounted for).
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        let arch = self.opts.architecture;
+        let acts = self
+            .params
+            .encode(arch, self.opts.k, self.topk_threshold, &self.scaled(x)?)?;
+        Ok(match self.scaling_factor {
+            // Folding the scale into a TopK SAE's decoder norms scales its activations.
+            Some(s) if arch != TrainArchitecture::Standard => (acts / s)?,
+            _ => acts,
+        })
+    }
+
+    /// Reconstruction `[batch, d_in]` (raw scale) of [`SaeTrainer::encode`]'s output
+    /// `[batch, d_sae]`.
+    pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
+        let (acts, s) = match (self.opts.architecture, self.scaling_factor) {
+            (TrainArchitecture::Standard, s) => (acts.clone(), s.unwrap_or(1.0)),
+            (_, Some(s)) => ((acts * s)?, s),
+            (_, None) => (acts.clone(), 1.0),
+        };
+        let out = self.params.decode(self.opts.architecture, &acts)?;
+        Ok(if s == 1.0 { out } else { (out / s)? })
+    }
+
+    /// The inference weights: the input scale folded in (SAELens's
+    /// `fold_activation_norm_scaling_factor`) and, for TopK, the decoder norms
+    /// (`_fold_norm_topk`: unit decoder rows).
+    fn inference_weights(&self) -> Result<SaeWeights> {
+        let p = &self.params;
+        let (mut w_enc, mut w_dec, mut b_dec) = (p.w_enc.clone(), p.w_dec.clone(), p.b_dec.clone());
+        let mut b_enc = p.b_enc.clone();
+        if let Some(s) = self.scaling_factor {
+            w_enc = (w_enc * s)?;
+            w_dec = (w_dec / s)?;
+            b_dec = (b_dec / s)?;
+        }
+        if self.opts.architecture != TrainArchitecture::Standard {
+            let norms = w_dec.sqr()?.sum(1)?.sqrt()?;
+            b_enc = (b_enc * &norms)?;
+            w_dec = w_dec.broadcast_div(&norms.unsqueeze(1)?)?;
+            w_enc = w_enc.broadcast_mul(&norms.unsqueeze(0)?)?;
+        }
+        // BatchTopK is saved as JumpReLU, its threshold for every feature (SAELens
+        // divides it by the input scale when folding that in).
+        let threshold = match self.opts.architecture {
+            TrainArchitecture::BatchTopK => {
+                let t = self.topk_threshold / self.scaling_factor.unwrap_or(1.0);
+                Some(Tensor::full(t as f32, self.opts.d_sae, &Device::Cpu)?)
+            }
+            _ => None,
+        };
+        Ok(SaeWeights {
+            w_enc,
+            b_enc: Some(b_enc),
+            w_dec,
+            b_dec,
+            threshold,
+            gated: None,
+            w_skip: None,
+        })
+    }
+
+    /// SAELens 6's `cfg.json` for the trained SAE.
+    pub fn cfg_json(&self) -> serde_json::Value {
+        cfg_json(&self.opts, self.d_in, &self.hook)
+    }
+
+    /// The trained SAE, as [`Sae::from_dir`] would load it from [`SaeTrainer::save_sae`].
+    pub fn to_sae(&self) -> Result<Sae> {
+        let cfg = SaeConfig::from_json_str(&self.cfg_json().to_string(), Path::new(SAE_CFG_FILE))?;
+        Sae::new(cfg, self.inference_weights()?)
+    }
+
+    /// SAELens's `log10(firing frequency + 1e-10)` of each feature over the current
+    /// sampling window `[d_sae]`.
+    pub fn log_feature_sparsity(&self) -> Result<Tensor> {
+        let n = self.n_frac_active_samples.max(1) as f32;
+        let v: Vec<f32> = self.act_freq_scores.iter().map(|f| (f / n + 1e-10).log10()).collect();
+        Ok(Tensor::new(v, &Device::Cpu)?)
+    }
+
+    /// Writes the SAE as a SAELens folder in `dir` (created if missing): `cfg.json`,
+    /// `sae_weights.safetensors` and `sparsity.safetensors`, each atomically.
+    pub fn save_sae(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let w = self.inference_weights()?;
+        let mut tensors: HashMap<String, Tensor> = [
+            ("W_enc".to_string(), w.w_enc),
+            ("W_dec".to_string(), w.w_dec),
+            ("b_dec".to_string(), w.b_dec),
+        ]
+        .into();
+        if let Some(b) = w.b_enc {
+            tensors.insert("b_enc".into(), b);
+        }
+        if let Some(t) = w.threshold {
+            tensors.insert("threshold".into(), t);
+        }
+        save_tensors_atomic(&dir.join(SAE_WEIGHTS_FILE), &tensors)?;
+        let sparsity: HashMap<String, Tensor> = [("sparsity".to_string(), self.log_feature_sparsity()?)].into();
+        save_tensors_atomic(&dir.join(SPARSITY_FILE), &sparsity)?;
+        let cfg = serde_json::to_string_pretty(&self.cfg_json()).map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&dir.join(SAE_CFG_FILE), cfg.as_bytes())
+    }
+}
