@@ -215,8 +215,42 @@ impl Attention {
         ctx: &AttnContext<'_>,
         past: Option<&PastKv>,
     ) -> candle_core::Result<(Tensor, PastKv)> {
+        let (q, k, v) = self.project(input)?;
+        let q = self.hook_q.forward(&q)?;
+        let k = self.hook_k.forward(&k)?;
+        let v = self.hook_v.forward(&v)?;
+        let (q, k) = match (&self.q_norm, &self.k_norm) {
+            (Some(qn), Some(kn)) => (self.head_norm(qn, &q)?, self.head_norm(kn, &k)?),
+            _ => (q, k),
+        };
+        let (b, p, _, _) = q.dims4()?;
+        // The cache holds keys before rotary: every key is rotated again below, as
+        // TransformerLens does (so `hook_rot_k` sees every key so far).
+        let (k_all, v_all) = with_past(past, k, v)?;
+        let new_past = (k_all.clone(), v_all.clone());
+        let (q, k_all) = self.rotate(q, k_all, ctx)?;
+        // [batch, keys, kv_head, d_head] -> [batch, keys, head, d_head].
+        let k_all = self.repeat_heads(k_all, 2)?;
+        let v_all = self.repeat_heads(v_all, 2)?;
+        let dtype = q.dtype();
+        // TransformerLens computes scores in f32 for half-precision models.
+        let score_dtype = match dtype {
+            DType::F16 | DType::BF16 => DType::F32,
+            d => d,
+        };
+        let raw_scores = self.raw_scores(&q, &k_all, &v_all, score_dtype)?;
+        let pattern = self.pattern(raw_scores, ctx.mask, score_dtype)?;
+        let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
+        let z = self.weigh_values(&pattern, &v_all, b, p)?;
+        let z = self.hook_z.forward(&z)?;
+        let out = self.output(&z, b, p)?;
+        Ok((out, new_past))
+    }
+
+    /// Queries, keys and values `[batch, pos, heads, d_head]` of `input`.
+    fn project(&self, input: AttnInput<'_>) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
         let (h, kv, dh) = (self.n_heads, self.n_kv_heads, self.d_head);
-        let (q, k, v) = match input {
+        Ok(match input {
             AttnInput::Shared(x) => {
                 let (b, p, _) = x.dims3()?;
                 // One product; q, k and v are views of it.
@@ -239,28 +273,12 @@ impl Attention {
                 per_head_linear(&ki, &self.w_head_stored(1)?, &self.b_head_stored(1)?)?,
                 per_head_linear(&vi, &self.w_head_stored(2)?, &self.b_head_stored(2)?)?,
             ),
-        };
-        let q = self.hook_q.forward(&q)?;
-        let k = self.hook_k.forward(&k)?;
-        let v = self.hook_v.forward(&v)?;
-        let (q, k) = match (&self.q_norm, &self.k_norm) {
-            (Some(qn), Some(kn)) => (self.head_norm(qn, &q)?, self.head_norm(kn, &k)?),
-            _ => (q, k),
-        };
-        let (b, p, _, _) = q.dims4()?;
-        // The cache holds keys before rotary: every key is rotated again below, as
-        // TransformerLens does (so `hook_rot_k` sees every key so far).
-        // Contiguous pieces: candle concatenates those with block copies, anything else
-        // element by element into a transposed result that every later step copies again.
-        let (k_all, v_all) = match past {
-            Some((pk, pv)) => (
-                Tensor::cat(&[&pk.contiguous()?, &k.contiguous()?], 1)?,
-                Tensor::cat(&[&pv.contiguous()?, &v.contiguous()?], 1)?,
-            ),
-            None => (k, v),
-        };
-        let new_past = (k_all.clone(), v_all.clone());
-        let (q, k_all) = match (&self.rotary, ctx.rot_q, ctx.rot_k) {
+        })
+    }
+
+    /// Queries and keys after rotary (and their hooks), for rotary models; else as they are.
+    fn rotate(&self, q: Tensor, k_all: Tensor, ctx: &AttnContext<'_>) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok(match (&self.rotary, ctx.rot_q, ctx.rot_k) {
             (Some(rot), Some(tq), Some(tk)) => {
                 let q = rot.apply(&q, tq)?;
                 let k = rot.apply(&k_all, tk)?;
@@ -275,26 +293,30 @@ impl Attention {
                 (q, k)
             }
             _ => (q, k_all),
-        };
-        // [batch, keys, kv_head, d_head] -> [batch, keys, head, d_head].
-        let k_all = self.repeat_heads(k_all, 2)?;
-        let v_all = self.repeat_heads(v_all, 2)?;
-        let dtype = q.dtype();
-        // TransformerLens computes scores in f32 for half-precision models.
-        let score_dtype = match dtype {
-            DType::F16 | DType::BF16 => DType::F32,
-            d => d,
-        };
+        })
+    }
+
+    /// Scaled (and soft-capped) scores `[batch, head, query, key]` in `score_dtype`,
+    /// before the mask.
+    fn raw_scores(
+        &self,
+        q: &Tensor,
+        k_all: &Tensor,
+        v_all: &Tensor,
+        score_dtype: DType,
+    ) -> candle_core::Result<Tensor> {
+        let (b, p, _, _) = q.dims4()?;
+        let h = self.n_heads;
         let scale = self.scale;
         // On the CPU in f32 without gradients, the two products read q, k and v where
         // they are and write z in its own layout (see `attention_products`).
         let strided = p > 1
-            && dtype == DType::F32
-            && kernels::fast_path(&q)
-            && kernels::fast_path(&k_all)
-            && kernels::fast_path(&v_all);
+            && q.dtype() == DType::F32
+            && kernels::fast_path(q)
+            && kernels::fast_path(k_all)
+            && kernels::fast_path(v_all);
         let raw_scores = if strided {
-            crate::ops::attention_scores(&q, &k_all, scale as f32)?
+            crate::ops::attention_scores(q, k_all, scale as f32)?
         } else {
             let q_ = (q.transpose(1, 2)?.to_dtype(score_dtype)? * scale)?;
             let k_ = k_all.transpose(1, 2)?.to_dtype(score_dtype)?.contiguous()?;
@@ -308,13 +330,17 @@ impl Attention {
                 q_.matmul(&k_.t()?)?
             }
         };
-        let raw_scores = match self.soft_cap {
+        Ok(match self.soft_cap {
             Some(cap) => ((raw_scores / cap)?.tanh()? * cap)?,
             None => raw_scores,
-        };
-        let mask = ctx.mask;
+        })
+    }
+
+    /// The attention pattern of `raw_scores`: masked, through `hook_attn_scores`, and
+    /// softmaxed with any sinks.
+    fn pattern(&self, raw_scores: Tensor, mask: &AttnMask, score_dtype: DType) -> candle_core::Result<Tensor> {
         let scores = kernels::add_mask_owned(raw_scores, &mask.additive.to_dtype(score_dtype)?)?;
-        let pattern = if let Some(sinks) = &self.sinks {
+        if let Some(sinks) = &self.sinks {
             // `hook_attn_scores` has the real keys only; the sink column is added for
             // the softmax and dropped after it.
             let scores = self.hook_attn_scores.forward(&scores)?;
@@ -326,21 +352,25 @@ impl Attention {
             let with_sink = Tensor::cat(&[&scores, &sink.contiguous()?], 3)?;
             candle_nn::ops::softmax(&with_sink, candle_core::D::Minus1)?
                 .narrow(3, 0, k)?
-                .contiguous()?
+                .contiguous()
         } else if self.hook_attn_scores.is_idle() {
             // Nothing can have kept the fresh scores: the pattern overwrites them.
-            kernels::softmax_last_dim_owned(scores, mask.may_have_empty_rows)?
+            kernels::softmax_last_dim_owned(scores, mask.may_have_empty_rows)
         } else {
             let hooked_scores = self.hook_attn_scores.forward(&scores)?;
             // Rows whose keys are all masked (padding, or a hook's edit) give 0, not
             // NaN, as in TransformerLens.
             let may_have_empty_rows = mask.may_have_empty_rows || hooked_scores.id() != scores.id();
-            kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)?
-        };
-        let pattern = self.hook_pattern.forward(&pattern)?.to_dtype(dtype)?;
-        let z = match attention_products::pattern_times_v(&pattern, &v_all) {
+            kernels::softmax_last_dim(&hooked_scores, may_have_empty_rows)
+        }
+    }
+
+    /// `z` `[batch, pos, head, d_head]`: the values weighted by the pattern.
+    fn weigh_values(&self, pattern: &Tensor, v_all: &Tensor, b: usize, p: usize) -> candle_core::Result<Tensor> {
+        let (h, dh) = (self.n_heads, self.d_head);
+        Ok(match attention_products::pattern_times_v(pattern, v_all) {
             Some(z) => z?,
-            None if p == 1 && kernels::fast_path(&v_all) => {
+            None if p == 1 && kernels::fast_path(v_all) => {
                 // [b, h, 1, L] -> [b, h, L, 1] times [b, h, L, dh], summed over L -> [b, 1, h, dh].
                 let v_ = v_all.transpose(1, 2)?.contiguous()?;
                 let l = v_.dim(2)?;
@@ -352,10 +382,15 @@ impl Attention {
                 .matmul(&v_all.transpose(1, 2)?.contiguous()?)?
                 .transpose(1, 2)?
                 .contiguous()?,
-        };
-        let z = self.hook_z.forward(&z)?;
+        })
+    }
+
+    /// The output `[batch, pos, d_model]` of `z`, through `hook_result` per head when
+    /// it exists.
+    fn output(&self, z: &Tensor, b: usize, p: usize) -> candle_core::Result<Tensor> {
+        let (h, dh) = (self.n_heads, self.d_head);
         let d_model = self.w_o.dim(1)?;
-        let out = match &self.hook_result {
+        match &self.hook_result {
             Some(hook_result) => {
                 let n = b * p;
                 let zt = z.permute((2, 0, 1, 3))?.contiguous()?.reshape((h, n, dh))?;
@@ -364,16 +399,28 @@ impl Attention {
                     .reshape((h, b, p, d_model))?
                     .permute((1, 2, 0, 3))?;
                 let result = hook_result.forward(&result)?;
-                result.sum(2)?.broadcast_add(&self.b_o)?
+                result.sum(2)?.broadcast_add(&self.b_o)
             }
             None => linear(
                 &z.reshape((b, p, h * dh))?,
                 &self.w_o,
                 self.biases_used.1.then_some(&self.b_o),
-            )?,
-        };
-        Ok((out, new_past))
+            ),
+        }
     }
+}
+
+/// The keys and values of every position so far: `past`'s followed by `k` and `v`.
+fn with_past(past: Option<&PastKv>, k: Tensor, v: Tensor) -> candle_core::Result<PastKv> {
+    // Contiguous pieces: candle concatenates those with block copies, anything else
+    // element by element into a transposed result that every later step copies again.
+    Ok(match past {
+        Some((pk, pv)) => (
+            Tensor::cat(&[&pk.contiguous()?, &k.contiguous()?], 1)?,
+            Tensor::cat(&[&pv.contiguous()?, &v.contiguous()?], 1)?,
+        ),
+        None => (k, v),
+    })
 }
 
 /// TransformerLens's `complex_attn_linear`: `x` `[batch, pos, head, d_model]`, `w`

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use hooklens_core::{Error, HookPoint, HookedForward, Result};
 
-use super::attention::{Attention, AttnContext, AttnMask};
+use super::attention::{Attention, AttnContext, AttnMask, PastKv};
 use super::block::Block;
 use super::embed::{is_integer, Embed, PosEmbed};
 use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
@@ -16,7 +16,7 @@ use super::mlp::Mlp;
 use super::norm::{Norm, NormKind};
 use super::params::{NormParams, TransformerWeights};
 use super::processing::{process, ProcessingOptions};
-use super::rotary::Rotary;
+use super::rotary::{Rotary, RotaryTables};
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
@@ -525,6 +525,51 @@ impl HookedTransformer {
         // `grad_mode` in the blocks and kernels below then counts this model's backward
         // hooks only: another model's leave this one on its fast path.
         let _forward = self.hook_embed.model_forward();
+        let (start, stop) = self.layer_range(opts)?;
+        let offset = kv.as_ref().map_or(0, |c| c.len);
+        // Tokens (for the embedding or the loss) and the residual stream to start from.
+        let (mut tokens, residual) = self.split_input(input, opts, start)?;
+        let (b, p) = self.input_shape(residual.as_ref(), tokens.as_ref(), offset, kv.as_deref())?;
+        // The attention mask over every position so far (cached and new), if any.
+        let full_rows = self.full_mask_rows(opts, kv.as_deref(), b, p, offset)?;
+        let residual = match residual {
+            Some(r) => r,
+            None => self.embed_tokens(&mut tokens, full_rows.as_deref(), b, p, offset)?,
+        };
+        let shared = self.layer_shared(b, p, offset, full_rows.as_deref())?;
+        let (residual, new_kv) = self.run_blocks(residual, start.unwrap_or(0)..stop, &shared, kv.as_deref())?;
+        if let Some(c) = kv.as_mut() {
+            self.update_kv_cache(c, new_kv, full_rows.as_deref(), b, p, offset)?;
+        }
+        if opts.stop_at_layer.is_some() {
+            return Ok(ForwardOutput {
+                residual: Some(residual),
+                ..Default::default()
+            });
+        }
+        let residual = match &self.ln_final {
+            Some(n) => n.forward(&residual)?,
+            None => residual,
+        };
+        if opts.return_type == ReturnType::None {
+            return Ok(ForwardOutput::default());
+        }
+        let logits = self.logits(&residual, p, last_only && opts.return_type == ReturnType::Logits)?;
+        let loss = match opts.return_type {
+            ReturnType::Loss | ReturnType::Both => {
+                Some(self.loss(&logits, tokens.as_ref(), full_rows.as_deref(), offset, opts)?)
+            }
+            _ => None,
+        };
+        Ok(ForwardOutput {
+            logits: matches!(opts.return_type, ReturnType::Logits | ReturnType::Both).then_some(logits),
+            loss,
+            residual: None,
+        })
+    }
+
+    /// The first block to run (`None`: from the embedding) and the block to stop before.
+    fn layer_range(&self, opts: &ForwardOptions) -> Result<(Option<usize>, usize)> {
         let start = opts
             .start_at_layer
             .map(|l| self.resolve_layer(l, "start_at_layer"))
@@ -540,37 +585,54 @@ impl HookedTransformer {
                 start.unwrap_or(0)
             )));
         }
-        let offset = kv.as_ref().map_or(0, |c| c.len);
+        Ok((start, stop))
+    }
 
-        // Tokens (for the embedding or the loss) and the residual stream to start from.
-        let (mut tokens, residual) = match start {
-            None => (Some(self.check_tokens(input)?), None),
-            Some(_) => {
-                let (b, p, d) = input.dims3().map_err(|_| {
-                    Error::invalid(format!(
-                        "with start_at_layer the input is a residual stream [batch, pos, d_model], got shape {:?}",
-                        input.dims()
-                    ))
-                })?;
-                if d != self.cfg.d_model || b == 0 || p == 0 || input.dtype() != self.dtype() {
-                    return Err(Error::ShapeMismatch {
-                        what: "residual input".into(),
-                        expected: format!("[batch, pos, {}]", self.cfg.d_model),
-                        got: input.dims().to_vec(),
-                        message: format!(
-                            "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
-                            input.dims(),
-                            input.dtype(),
-                            self.cfg.d_model,
-                            self.dtype()
-                        ),
-                    });
-                }
-                let tokens = opts.tokens.as_ref().map(|t| self.check_tokens(t)).transpose()?;
-                (tokens, Some(input.clone()))
-            }
-        };
-        let (b, p) = match (&residual, &tokens) {
+    /// `input` as tokens to embed, or (with `start_at_layer`) as a residual stream with
+    /// the tokens `opts` gives for the loss.
+    fn split_input(
+        &self,
+        input: &Tensor,
+        opts: &ForwardOptions,
+        start: Option<usize>,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if start.is_none() {
+            return Ok((Some(self.check_tokens(input)?), None));
+        }
+        let (b, p, d) = input.dims3().map_err(|_| {
+            Error::invalid(format!(
+                "with start_at_layer the input is a residual stream [batch, pos, d_model], got shape {:?}",
+                input.dims()
+            ))
+        })?;
+        if d != self.cfg.d_model || b == 0 || p == 0 || input.dtype() != self.dtype() {
+            return Err(Error::ShapeMismatch {
+                what: "residual input".into(),
+                expected: format!("[batch, pos, {}]", self.cfg.d_model),
+                got: input.dims().to_vec(),
+                message: format!(
+                    "residual input has shape {:?} and dtype {:?}, expected [batch, pos, {}] and {:?}",
+                    input.dims(),
+                    input.dtype(),
+                    self.cfg.d_model,
+                    self.dtype()
+                ),
+            });
+        }
+        let tokens = opts.tokens.as_ref().map(|t| self.check_tokens(t)).transpose()?;
+        Ok((tokens, Some(input.clone())))
+    }
+
+    /// The batch size and number of new positions, checked against the tokens, the
+    /// context length and the KV cache.
+    fn input_shape(
+        &self,
+        residual: Option<&Tensor>,
+        tokens: Option<&Tensor>,
+        offset: usize,
+        kv: Option<&KvCache>,
+    ) -> Result<(usize, usize)> {
+        let (b, p) = match (residual, tokens) {
             (Some(r), _) => {
                 let (b, p, _) = r.dims3()?;
                 (b, p)
@@ -578,7 +640,7 @@ impl HookedTransformer {
             (None, Some(t)) => t.dims2()?,
             (None, None) => return Err(Error::invalid("forward: neither tokens nor a residual input")),
         };
-        if let (Some(_), Some(t)) = (&residual, &tokens) {
+        if let (Some(_), Some(t)) = (residual, tokens) {
             if t.dims2()? != (b, p) {
                 return Err(Error::invalid(format!(
                     "tokens have shape {:?} but the residual input is [{b}, {p}, ..]",
@@ -601,7 +663,7 @@ impl HookedTransformer {
                 ),
             });
         }
-        if let Some(c) = kv.as_ref() {
+        if let Some(c) = kv {
             if !c.is_empty() && c.batch != b {
                 return Err(Error::invalid(format!(
                     "batch size {b} differs from the KV cache's {}",
@@ -609,19 +671,29 @@ impl HookedTransformer {
                 )));
             }
         }
+        Ok((b, p))
+    }
 
-        // The attention mask over every position so far (cached and new), if any.
+    /// The rows of the attention mask over the cached and the new positions, `None`
+    /// when neither the cache nor `opts` has a mask.
+    fn full_mask_rows(
+        &self,
+        opts: &ForwardOptions,
+        kv: Option<&KvCache>,
+        b: usize,
+        p: usize,
+        offset: usize,
+    ) -> Result<Option<Vec<Vec<u8>>>> {
         let new_rows = opts
             .attention_mask
             .as_ref()
             .map(|m| self.mask_rows(m, b, p))
             .transpose()?;
         let cached_rows = kv
-            .as_ref()
             .and_then(|c| c.mask.as_ref())
             .map(|m| self.mask_rows(m, b, offset))
             .transpose()?;
-        let full_rows: Option<Vec<Vec<u8>>> = match (cached_rows, new_rows) {
+        Ok(match (cached_rows, new_rows) {
             (None, None) => None,
             (c, n) => Some(
                 (0..b)
@@ -632,52 +704,59 @@ impl HookedTransformer {
                     })
                     .collect(),
             ),
-        };
+        })
+    }
 
-        let mut residual = match residual {
-            Some(r) => r,
-            None => {
-                let mut toks = tokens
-                    .clone()
-                    .ok_or_else(|| Error::invalid("forward: no tokens to embed"))?;
-                if let Some(hp) = &self.hook_tokens {
-                    let hooked = hp.forward(&toks)?;
-                    if hooked.id() != toks.id() {
-                        toks = self.check_tokens(&hooked)?;
-                        tokens = Some(toks.clone());
-                    }
-                }
-                let embed = self.hook_embed.forward(&self.embed.forward(&toks)?)?;
-                match (&self.pos_embed, &self.hook_pos_embed) {
-                    (Some(pos), Some(hook)) => {
-                        let pos_embed = match &full_rows {
-                            None => pos.forward(b, p, offset, None)?,
-                            Some(rows) => {
-                                let (ids, keep) = positions_from_mask(rows, offset, p);
-                                let ids = Tensor::from_vec(ids, (b, p), self.device())?;
-                                let keep = Tensor::from_vec(keep, (b, p), self.device())?;
-                                pos.forward(b, p, offset, Some((&ids, &keep)))?
-                            }
-                        };
-                        let pos_embed = hook.forward(&pos_embed)?;
-                        (embed + pos_embed)?
-                    }
-                    _ => embed,
-                }
+    /// The residual stream at the first block: `hook_tokens`, the token embedding and
+    /// any learned positional embedding. `tokens` becomes what `hook_tokens` returned.
+    fn embed_tokens(
+        &self,
+        tokens: &mut Option<Tensor>,
+        full_rows: Option<&[Vec<u8>]>,
+        b: usize,
+        p: usize,
+        offset: usize,
+    ) -> Result<Tensor> {
+        let mut toks = tokens
+            .clone()
+            .ok_or_else(|| Error::invalid("forward: no tokens to embed"))?;
+        if let Some(hp) = &self.hook_tokens {
+            let hooked = hp.forward(&toks)?;
+            if hooked.id() != toks.id() {
+                toks = self.check_tokens(&hooked)?;
+                *tokens = Some(toks.clone());
             }
-        };
+        }
+        let embed = self.hook_embed.forward(&self.embed.forward(&toks)?)?;
+        Ok(match (&self.pos_embed, &self.hook_pos_embed) {
+            (Some(pos), Some(hook)) => {
+                let pos_embed = match full_rows {
+                    None => pos.forward(b, p, offset, None)?,
+                    Some(rows) => {
+                        let (ids, keep) = positions_from_mask(rows, offset, p);
+                        let ids = Tensor::from_vec(ids, (b, p), self.device())?;
+                        let keep = Tensor::from_vec(keep, (b, p), self.device())?;
+                        pos.forward(b, p, offset, Some((&ids, &keep)))?
+                    }
+                };
+                let pos_embed = hook.forward(&pos_embed)?;
+                (embed + pos_embed)?
+            }
+            _ => embed,
+        })
+    }
 
-        let mut global = self.attn_mask(b, p, offset, full_rows.as_deref(), None)?;
+    /// The masks (with any ALiBi biases) and rotary tables every layer of this forward reads.
+    fn layer_shared(&self, b: usize, p: usize, offset: usize, full_rows: Option<&[Vec<u8>]>) -> Result<LayerShared> {
+        let mut global = self.attn_mask(b, p, offset, full_rows, None)?;
         let mut local = match self.cfg.window_size {
-            Some(w) if self.cfg.attn_types.is_some() => {
-                Some(self.attn_mask(b, p, offset, full_rows.as_deref(), Some(w))?)
-            }
+            Some(w) if self.cfg.attn_types.is_some() => Some(self.attn_mask(b, p, offset, full_rows, Some(w))?),
             _ => None,
         };
         if self.cfg.is_alibi() {
             // ALiBi is part of the additive mask (-inf stays -inf): computed once per
             // forward, for every layer, from the real-token positions of each row.
-            let k_rows = self.key_positions(full_rows.as_deref(), offset + p);
+            let k_rows = self.key_positions(full_rows, offset + p);
             let bias = super::alibi::alibi_bias(
                 &super::alibi::alibi_slopes(self.cfg.n_heads),
                 &k_rows,
@@ -689,95 +768,101 @@ impl HookedTransformer {
                 mask.additive = mask.additive.broadcast_add(&bias)?;
             }
         }
-        // Rotary angles for every key so far, shared by all layers, from the mask's
-        // real-token positions as TransformerLens does; the new queries' are the last `p`.
-        let rot = match &self.rotary {
-            None => None,
-            Some(rot) => {
-                let k_rows = self.key_positions(full_rows.as_deref(), offset + p);
-                let keys = rot.tables(&k_rows, self.dtype(), self.device())?;
-                // Sliding-window layers with a base of their own (Gemma 3): a second
-                // table, the same positions.
-                let local = match &self.rotary_local {
-                    Some(local) => {
-                        let keys = local.tables(&k_rows, self.dtype(), self.device())?;
-                        Some((keys.narrow(offset, p)?, keys))
-                    }
-                    None => None,
-                };
-                Some(((keys.narrow(offset, p)?, keys), local))
-            }
+        let rot = self.rotary_tables(full_rows, offset, p)?;
+        Ok(LayerShared { global, local, rot })
+    }
+
+    /// Rotary angles for every key so far, shared by all layers, from the mask's
+    /// real-token positions as TransformerLens does; the new queries' are the last `p`.
+    fn rotary_tables(
+        &self,
+        full_rows: Option<&[Vec<u8>]>,
+        offset: usize,
+        p: usize,
+    ) -> Result<Option<(QkTables, Option<QkTables>)>> {
+        let Some(rot) = &self.rotary else {
+            return Ok(None);
         };
-        let first = start.unwrap_or(0);
-        let mut new_kv = Vec::with_capacity(stop - first);
-        for (i, block) in self.blocks.iter().enumerate().take(stop).skip(first) {
-            let past = kv.as_ref().and_then(|c| c.layers.get(i)).and_then(|l| l.as_ref());
-            let mask = match (&local, self.cfg.window_of(i)) {
-                (Some(l), Some(_)) => l,
-                _ => &global,
-            };
-            let tables = match (&rot, self.cfg.window_of(i)) {
-                (Some((_, Some(local))), Some(_)) => Some(local),
-                (Some((global, _)), _) => Some(global),
-                (None, _) => None,
-            };
-            let ctx = AttnContext {
-                mask,
-                rot_q: tables.map(|(q, _)| q),
-                rot_k: tables.map(|(_, k)| k),
-            };
+        let k_rows = self.key_positions(full_rows, offset + p);
+        let keys = rot.tables(&k_rows, self.dtype(), self.device())?;
+        // Sliding-window layers with a base of their own (Gemma 3): a second
+        // table, the same positions.
+        let local = match &self.rotary_local {
+            Some(local) => {
+                let keys = local.tables(&k_rows, self.dtype(), self.device())?;
+                Some((keys.narrow(offset, p)?, keys))
+            }
+            None => None,
+        };
+        Ok(Some(((keys.narrow(offset, p)?, keys), local)))
+    }
+
+    /// The residual stream after the blocks in `layers`, and their keys and values.
+    fn run_blocks(
+        &self,
+        mut residual: Tensor,
+        layers: std::ops::Range<usize>,
+        shared: &LayerShared,
+        kv: Option<&KvCache>,
+    ) -> Result<(Tensor, Vec<PastKv>)> {
+        let mut new_kv = Vec::with_capacity(layers.len());
+        for (i, block) in self.blocks.iter().enumerate().take(layers.end).skip(layers.start) {
+            let past = kv.and_then(|c| c.layers.get(i)).and_then(|l| l.as_ref());
+            let ctx = shared.context(self.cfg.window_of(i));
             let (out, layer_kv) = block.forward(&residual, &ctx, past)?;
             residual = out;
             new_kv.push(layer_kv);
         }
-        if let Some(c) = kv.as_mut() {
-            c.layers = new_kv.into_iter().map(Some).collect();
-            c.len = offset + p;
-            c.batch = b;
-            c.mask = match &full_rows {
-                Some(rows) => Some(Tensor::from_vec(rows.concat(), (b, offset + p), self.device())?),
-                None => None,
-            };
-        }
-        if opts.stop_at_layer.is_some() {
-            return Ok(ForwardOutput {
-                residual: Some(residual),
-                ..Default::default()
-            });
-        }
-        let residual = match &self.ln_final {
-            Some(n) => n.forward(&residual)?,
-            None => residual,
+        Ok((residual, new_kv))
+    }
+
+    /// Stores this forward's keys, values and mask rows in the cache.
+    fn update_kv_cache(
+        &self,
+        c: &mut KvCache,
+        new_kv: Vec<PastKv>,
+        full_rows: Option<&[Vec<u8>]>,
+        b: usize,
+        p: usize,
+        offset: usize,
+    ) -> Result<()> {
+        c.layers = new_kv.into_iter().map(Some).collect();
+        c.len = offset + p;
+        c.batch = b;
+        c.mask = match full_rows {
+            Some(rows) => Some(Tensor::from_vec(rows.concat(), (b, offset + p), self.device())?),
+            None => None,
         };
-        if opts.return_type == ReturnType::None {
-            return Ok(ForwardOutput::default());
-        }
-        let logits = if last_only && opts.return_type == ReturnType::Logits {
+        Ok(())
+    }
+
+    /// Logits of the final residual stream's `p` positions (of the last only with
+    /// `last_only`), soft-capped where the config says.
+    fn logits(&self, residual: &Tensor, p: usize, last_only: bool) -> Result<Tensor> {
+        let logits = if last_only {
             self.unembed.forward(&residual.narrow(1, p - 1, 1)?)?
         } else {
-            self.unembed.forward(&residual)?
+            self.unembed.forward(residual)?
         };
-        let logits = match self.cfg.output_logits_soft_cap {
+        Ok(match self.cfg.output_logits_soft_cap {
             Some(cap) => ((logits / cap)?.tanh()? * cap)?,
             None => logits,
-        };
-        let loss = match opts.return_type {
-            ReturnType::Loss | ReturnType::Both => {
-                let tokens = tokens.as_ref().ok_or_else(|| {
-                    Error::invalid("the loss needs tokens: pass ForwardOptions::tokens with start_at_layer")
-                })?;
-                let keep = full_rows
-                    .as_ref()
-                    .map(|rows| rows.iter().map(|r| r[offset..].to_vec()).collect::<Vec<_>>());
-                Some(lm_cross_entropy(&logits, tokens, keep.as_deref(), opts.loss_per_token)?)
-            }
-            _ => None,
-        };
-        Ok(ForwardOutput {
-            logits: matches!(opts.return_type, ReturnType::Logits | ReturnType::Both).then_some(logits),
-            loss,
-            residual: None,
         })
+    }
+
+    /// The next-token loss of `logits` on `tokens`, padding left out.
+    fn loss(
+        &self,
+        logits: &Tensor,
+        tokens: Option<&Tensor>,
+        full_rows: Option<&[Vec<u8>]>,
+        offset: usize,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let tokens = tokens
+            .ok_or_else(|| Error::invalid("the loss needs tokens: pass ForwardOptions::tokens with start_at_layer"))?;
+        let keep = full_rows.map(|rows| rows.iter().map(|r| r[offset..].to_vec()).collect::<Vec<_>>());
+        lm_cross_entropy(logits, tokens, keep.as_deref(), opts.loss_per_token)
     }
 
     /// The position of every key so far (`k` of them): `0..k` in one row without a
@@ -834,6 +919,39 @@ impl HookedTransformer {
             additive: Tensor::from_vec(data, shape, self.device())?,
             may_have_empty_rows: rows.is_some(),
         })
+    }
+}
+
+/// Rotary tables for the new queries and for every key so far.
+type QkTables = (RotaryTables, RotaryTables);
+
+/// What every layer of one forward reads besides the residual stream: the attention
+/// masks and rotary tables, global and for sliding-window layers.
+struct LayerShared {
+    global: AttnMask,
+    /// The sliding-window mask, where the config has local layers.
+    local: Option<AttnMask>,
+    /// Global tables, and local ones where sliding-window layers have a base of their own.
+    rot: Option<(QkTables, Option<QkTables>)>,
+}
+
+impl LayerShared {
+    /// The context of a layer with sliding window `window` (`None`: a global layer).
+    fn context(&self, window: Option<usize>) -> AttnContext<'_> {
+        let mask = match (&self.local, window) {
+            (Some(l), Some(_)) => l,
+            _ => &self.global,
+        };
+        let tables = match (&self.rot, window) {
+            (Some((_, Some(local))), Some(_)) => Some(local),
+            (Some((global, _)), _) => Some(global),
+            (None, _) => None,
+        };
+        AttnContext {
+            mask,
+            rot_q: tables.map(|(q, _)| q),
+            rot_k: tables.map(|(_, k)| k),
+        }
     }
 }
 

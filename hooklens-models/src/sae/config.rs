@@ -208,60 +208,144 @@ fn parse(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, ParseError>
     parse_fields(obj).map_err(ParseError::Bad)
 }
 
-fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, String> {
-    let legacy = version(obj).is_none_or(|(major, _)| major < 6);
-    let meta = obj.get("metadata").and_then(Value::as_object);
-    // A v6 config keeps the hook and model in `metadata`; a legacy one at the top.
-    let field = |name: &str| -> Option<&Value> {
-        meta.and_then(|m| m.get(name))
-            .filter(|v| !v.is_null())
-            .or_else(|| obj.get(name).filter(|v| !v.is_null()))
-    };
-    let field_any = |names: &[&str]| names.iter().find_map(|n| field(n));
-    let uint = |name: &str, v: &Value| -> std::result::Result<usize, String> {
-        v.as_u64()
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| format!("`{name}` must be a non-negative integer, got {v}"))
-    };
-    let boolean = |name: &str, v: &Value| {
-        v.as_bool()
-            .ok_or_else(|| format!("`{name}` must be true or false, got {v}"))
-    };
-    let string = |name: &str, v: &Value| {
-        v.as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("`{name}` must be a string, got {v}"))
-    };
+/// A config's fields, read where its version keeps them.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    meta: Option<&'a Map<String, Value>>,
+    /// Written by SAELens before 6.0 (or with no version): flat, with older names and defaults.
+    legacy: bool,
+}
 
-    let d_in = uint("d_in", field("d_in").ok_or("no `d_in`")?)?;
-    let d_sae = uint("d_sae", field("d_sae").ok_or("no `d_sae`")?)?;
+impl<'a> Fields<'a> {
+    fn new(obj: &'a Map<String, Value>) -> Self {
+        Fields {
+            obj,
+            meta: obj.get("metadata").and_then(Value::as_object),
+            legacy: version(obj).is_none_or(|(major, _)| major < 6),
+        }
+    }
+
+    /// A field that is not null, from `metadata` first: a v6 config keeps the hook and
+    /// model in `metadata`; a legacy one at the top.
+    fn get(&self, name: &str) -> Option<&'a Value> {
+        self.meta
+            .and_then(|m| m.get(name))
+            .filter(|v| !v.is_null())
+            .or_else(|| self.obj.get(name).filter(|v| !v.is_null()))
+    }
+
+    fn get_any(&self, names: &[&str]) -> Option<&'a Value> {
+        names.iter().find_map(|n| self.get(n))
+    }
+}
+
+fn uint(name: &str, v: &Value) -> std::result::Result<usize, String> {
+    v.as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| format!("`{name}` must be a non-negative integer, got {v}"))
+}
+
+fn boolean(name: &str, v: &Value) -> std::result::Result<bool, String> {
+    v.as_bool()
+        .ok_or_else(|| format!("`{name}` must be true or false, got {v}"))
+}
+
+fn string(name: &str, v: &Value) -> std::result::Result<String, String> {
+    v.as_str()
+        .map(str::to_string)
+        .ok_or_else(|| format!("`{name}` must be a string, got {v}"))
+}
+
+/// The hook points the SAE reads and replaces, and the head it reads.
+struct Hooks {
+    name: String,
+    name_out: Option<String>,
+    head_index: Option<usize>,
+}
+
+/// The architecture's name as written, with the `k` and rescaling a top-k one needs.
+struct ArchitectureName {
+    name: String,
+    k: Option<usize>,
+    rescale: Option<bool>,
+}
+
+fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, String> {
+    let f = Fields::new(obj);
+    let (d_in, d_sae) = read_widths(&f)?;
+    let hooks = read_hooks(&f)?;
+    let named = read_architecture_name(&f)?;
+    let (architecture, transcoder, skip) = architecture_of(&named, d_sae)?;
+    let d_out = read_d_out(&f, transcoder, &hooks)?;
+    let apply_b_dec_to_input = read_apply_b_dec_to_input(&f, transcoder)?;
+    let normalize_activations = read_normalization(&f)?;
+    let reshape_hook_z = read_reshape_hook_z(&f, &hooks.name, transcoder)?;
+    Ok(SaeConfig {
+        architecture_name: named.name,
+        architecture,
+        d_in,
+        d_sae,
+        d_out,
+        apply_b_dec_to_input,
+        normalize_activations,
+        reshape_hook_z,
+        hook_name: hooks.name,
+        hook_name_out: hooks.name_out,
+        hook_head_index: hooks.head_index,
+        model_name: f.get("model_name").and_then(Value::as_str).map(str::to_string),
+        prepend_bos: f.get("prepend_bos").and_then(Value::as_bool),
+        context_size: f.get("context_size").and_then(Value::as_u64).map(|n| n as usize),
+        skip,
+    })
+}
+
+/// `d_in` and `d_sae`, both positive.
+fn read_widths(f: &Fields<'_>) -> std::result::Result<(usize, usize), String> {
+    let d_in = uint("d_in", f.get("d_in").ok_or("no `d_in`")?)?;
+    let d_sae = uint("d_sae", f.get("d_sae").ok_or("no `d_sae`")?)?;
     if d_in == 0 || d_sae == 0 {
         return Err(format!("`d_in` ({d_in}) and `d_sae` ({d_sae}) must be positive"));
     }
-    let hook_name = string(
+    Ok((d_in, d_sae))
+}
+
+fn read_hooks(f: &Fields<'_>) -> std::result::Result<Hooks, String> {
+    let name = string(
         "hook_name",
-        field_any(&["hook_name", "hook_point"]).ok_or("no `hook_name` (nor legacy `hook_point`)")?,
+        f.get_any(&["hook_name", "hook_point"])
+            .ok_or("no `hook_name` (nor legacy `hook_point`)")?,
     )?;
-    let hook_name_out = field("hook_name_out").map(|v| string("hook_name_out", v)).transpose()?;
-    let hook_head_index = field_any(&["hook_head_index", "hook_point_head_index"])
+    let name_out = f.get("hook_name_out").map(|v| string("hook_name_out", v)).transpose()?;
+    let head_index = f
+        .get_any(&["hook_head_index", "hook_point_head_index"])
         .map(|v| uint("hook_head_index", v))
         .transpose()?;
+    Ok(Hooks {
+        name,
+        name_out,
+        head_index,
+    })
+}
 
-    let mut architecture_name = match field("architecture") {
+fn read_architecture_name(f: &Fields<'_>) -> std::result::Result<ArchitectureName, String> {
+    let mut name = match f.get("architecture") {
         Some(v) => string("architecture", v)?,
-        None if legacy => "standard".to_string(),
+        None if f.legacy => "standard".to_string(),
         None => return Err("no `architecture`".into()),
     };
-    let mut k = field("k").map(|v| uint("k", v)).transpose()?;
-    let mut rescale = field("rescale_acts_by_decoder_norm")
+    let mut k = f.get("k").map(|v| uint("k", v)).transpose()?;
+    let mut rescale = f
+        .get("rescale_acts_by_decoder_norm")
         .map(|v| boolean("rescale_acts_by_decoder_norm", v))
         .transpose()?;
-    if legacy {
+    if f.legacy {
         // SAELens < 6 named top-k SAEs by their activation function.
-        let act = field_any(&["activation_fn", "activation_fn_str"]).and_then(Value::as_str);
+        let act = f
+            .get_any(&["activation_fn", "activation_fn_str"])
+            .and_then(Value::as_str);
         if act == Some("topk") {
-            architecture_name = "topk".into();
-            let kwargs_k = field("activation_fn_kwargs").and_then(|kw| kw.get("k"));
+            name = "topk".into();
+            let kwargs_k = f.get("activation_fn_kwargs").and_then(|kw| kw.get("k"));
             k = Some(uint(
                 "activation_fn_kwargs.k",
                 kwargs_k.ok_or("a topk activation without `activation_fn_kwargs.k`")?,
@@ -269,17 +353,21 @@ fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, Stri
             rescale = Some(false);
         }
     }
+    Ok(ArchitectureName { name, k, rescale })
+}
 
-    let (architecture, transcoder, skip) = match architecture_name.as_str() {
+/// The architecture `named` runs, whether it is a transcoder, and whether it has a skip term.
+fn architecture_of(named: &ArchitectureName, d_sae: usize) -> std::result::Result<(Architecture, bool, bool), String> {
+    Ok(match named.name.as_str() {
         "standard" => (Architecture::Standard, false, false),
         "jumprelu" => (Architecture::JumpRelu, false, false),
         "gated" => (Architecture::Gated, false, false),
         "topk" => {
-            let k = k.ok_or("a topk SAE needs `k`")?;
+            let k = named.k.ok_or("a topk SAE needs `k`")?;
             if k == 0 || k > d_sae {
                 return Err(format!("`k` is {k}: it must be between 1 and d_sae ({d_sae})"));
             }
-            let rescale_acts_by_decoder_norm = rescale.unwrap_or(false);
+            let rescale_acts_by_decoder_norm = named.rescale.unwrap_or(false);
             (
                 Architecture::TopK {
                     k,
@@ -299,24 +387,35 @@ fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, Stri
                 SUPPORTED.join(", ")
             ))
         }
-    };
+    })
+}
 
+/// A transcoder's output width; it must also name the point it replaces.
+fn read_d_out(f: &Fields<'_>, transcoder: bool, hooks: &Hooks) -> std::result::Result<Option<usize>, String> {
     let d_out = if transcoder {
-        Some(uint("d_out", field("d_out").ok_or("a transcoder needs `d_out`")?)?)
+        Some(uint("d_out", f.get("d_out").ok_or("a transcoder needs `d_out`")?)?)
     } else {
         None
     };
-    if transcoder && hook_name_out.is_none() {
+    if transcoder && hooks.name_out.is_none() {
         return Err("a transcoder needs `hook_name_out` (the point it replaces)".into());
     }
-    let apply_b_dec_to_input = match field("apply_b_dec_to_input") {
+    Ok(d_out)
+}
+
+fn read_apply_b_dec_to_input(f: &Fields<'_>, transcoder: bool) -> std::result::Result<bool, String> {
+    let apply_b_dec_to_input = match f.get("apply_b_dec_to_input") {
         Some(v) => boolean("apply_b_dec_to_input", v)?,
-        None => !transcoder && legacy,
+        None => !transcoder && f.legacy,
     };
     if transcoder && apply_b_dec_to_input {
         return Err("`apply_b_dec_to_input` is true, which transcoders do not support (as in SAELens)".into());
     }
-    let normalize_activations = match field("normalize_activations") {
+    Ok(apply_b_dec_to_input)
+}
+
+fn read_normalization(f: &Fields<'_>) -> std::result::Result<Normalization, String> {
+    Ok(match f.get("normalize_activations") {
         None | Some(Value::Bool(false)) => Normalization::None,
         Some(Value::Bool(true)) => Normalization::None, // expected_average_only_in
         Some(Value::String(s)) => match s.as_str() {
@@ -331,35 +430,22 @@ fn parse_fields(obj: &Map<String, Value>) -> std::result::Result<SaeConfig, Stri
             }
         },
         Some(v) => return Err(format!("`normalize_activations` must be a string, got {v}")),
-    };
-    let reshape_hook_z = match field("reshape_activations") {
+    })
+}
+
+fn read_reshape_hook_z(f: &Fields<'_>, hook_name: &str, transcoder: bool) -> std::result::Result<bool, String> {
+    let reshape_hook_z = match f.get("reshape_activations") {
         Some(v) => match string("reshape_activations", v)?.as_str() {
             "none" => false,
             "hook_z" => true,
             other => return Err(format!("`reshape_activations` `{other}` is not `none` or `hook_z`")),
         },
-        None => legacy && hook_name.contains("hook_z"),
+        None => f.legacy && hook_name.contains("hook_z"),
     };
     if reshape_hook_z && transcoder {
         return Err("`reshape_activations: hook_z` is for SAEs, not transcoders".into());
     }
-    Ok(SaeConfig {
-        architecture_name,
-        architecture,
-        d_in,
-        d_sae,
-        d_out,
-        apply_b_dec_to_input,
-        normalize_activations,
-        reshape_hook_z,
-        hook_name,
-        hook_name_out,
-        hook_head_index,
-        model_name: field("model_name").and_then(Value::as_str).map(str::to_string),
-        prepend_bos: field("prepend_bos").and_then(Value::as_bool),
-        context_size: field("context_size").and_then(Value::as_u64).map(|n| n as usize),
-        skip,
-    })
+    Ok(reshape_hook_z)
 }
 
 #[cfg(test)]

@@ -164,6 +164,117 @@ fn settings(
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
+    let input = check_args(&args)?;
+    let setup = Setup::load(&args)?;
+    let stored = setup.plan.stored_names();
+    let Sizing {
+        bos,
+        eos,
+        rows_per_shard,
+        per_row_shapes,
+    } = size_shards(&args, &setup, &stored)?;
+
+    let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
+    let manifest_path = args.out.join(format!("{prefix}-manifest.json"));
+    // Checked before anything is written: no file this worker writes is an input.
+    let mut inputs = setup.model_files.clone();
+    inputs.push(args.input.clone());
+    inputs.extend(args.saes.files());
+    crate::output::check_output_file("--out", &manifest_path, &inputs)?;
+    crate::output::check_output_file("--out", &args.out.join(shard_file(&prefix, 0)), &inputs)?;
+
+    let fingerprints = Fingerprints::compute(&args, &setup.model_files)?;
+    let settings = settings(
+        &args,
+        &fingerprints.input,
+        &fingerprints.model,
+        &fingerprints.sae,
+        &setup.plan.names,
+        input.fmt,
+        setup.ctx,
+        rows_per_shard,
+        setup.model.dtype(),
+    );
+    let (_lock, manifest) = open_manifest(&args, &prefix, &manifest_path, settings, per_row_shapes, rows_per_shard)?;
+    if manifest.complete {
+        eprintln!(
+            "{} is complete ({} shards, {} sequences): nothing to do",
+            manifest_path.display(),
+            manifest.shards.len(),
+            manifest.rows()
+        );
+        return Ok(());
+    }
+    let skip_rows = manifest.rows();
+    if skip_rows > 0 {
+        // A resumed worker says where it picks up, so a log shows what this run added.
+        eprintln!(
+            "resuming {}: {} shards ({skip_rows} sequences) already written and verified; continuing from \
+             sequence {} of the same input and model",
+            manifest_path.display(),
+            manifest.shards.len(),
+            skip_rows + 1
+        );
+    }
+
+    let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
+    // Hashed as it is read: a corpus rewritten in place during the run is caught at the
+    // end (its shards would hold two corpora under the first one's fingerprint).
+    let mut reader = BufReader::new(fingerprint::HashingReader::new(file, input.len));
+    let mut worker = Worker {
+        args: &args,
+        setup: &setup,
+        fmt: input.fmt,
+        tokenizer: setup.model.tokenizer()?,
+        bos,
+        eos,
+        rows_per_shard,
+        skip_rows,
+        prefix: &prefix,
+        stored: &stored,
+        manifest,
+        bar: progress_bar(input.len, args.quiet),
+        started: Instant::now(),
+        line_no: 0,
+        bytes_read: 0,
+        pending: TokenQueue::default(),
+        row_index: 0,
+        batch: Vec::new(),
+        shard: ShardBuffer::new(stored.len()),
+        new_tokens: 0,
+    };
+    worker.read_input(&mut reader, input.max_line)?;
+    check_input_unchanged(&args.input, &fingerprints.input, &reader.get_ref().sha256())?;
+    worker.finish()
+}
+
+/// Refuses an input whose bytes as read (`read_sha256`) are not the ones fingerprinted
+/// when the harvest started (`input_sha256`).
+fn check_input_unchanged(input: &Path, input_sha256: &str, read_sha256: &str) -> CliResult<()> {
+    if read_sha256 != input_sha256 {
+        return Err(CliError(format!(
+            "--input {} changed while it was read: it had SHA-256 {input_sha256} when the harvest \
+             started, what was read has {read_sha256}; the shards written so far may mix two corpora: \
+             delete this worker's files in --out (or use another --out) and harvest again from a \
+             file that stays as it is",
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What the checks of the arguments read from the input and its name.
+struct InputInfo {
+    /// The longest line, in bytes.
+    max_line: u64,
+    /// The input's length, in bytes.
+    len: u64,
+    /// The input's format, `auto` resolved.
+    fmt: InputFormat,
+}
+
+/// Refuses arguments that cannot make a harvest, before anything is loaded.
+fn check_args(args: &Args) -> CliResult<InputInfo> {
     if args.num_shards == 0 {
         return Err(CliError::msg("--num-shards must be at least 1"));
     }
@@ -194,7 +305,7 @@ pub fn run(args: Args) -> CliResult<()> {
             args.input.display()
         )));
     }
-    let input_len = input_meta.len();
+    let len = input_meta.len();
     crate::output::check_output_dir("--out", &args.out)?;
     let fmt = match args.input_format {
         InputFormat::Auto => {
@@ -211,55 +322,103 @@ pub fn run(args: Args) -> CliResult<()> {
     if args.sae_top_k == 0 {
         return Err(CliError::msg("--sae-top-k must be at least 1"));
     }
-    let model = args.model.load()?;
-    let saes = args.saes.load(model.device())?;
-    // More than an SAE has would be padded (and a huge K overflows or aborts): refused
-    // before anything runs.
-    if let Some(small) = saes.iter().min_by_key(|s| s.cfg().d_sae) {
-        let d_sae = small.cfg().d_sae;
-        if args.sae_top_k > d_sae {
+    Ok(InputInfo { max_line, len, fmt })
+}
+
+/// The model with its SAEs and what each forward harvests.
+struct Setup {
+    model: HookedTransformer,
+    plan: Plan,
+    /// The block to stop before (see [`stop_layer`]).
+    stop: Option<usize>,
+    /// Tokens per sequence.
+    ctx: usize,
+    /// The model's files (none for a built-in model).
+    model_files: Vec<PathBuf>,
+    /// The SAEs' activations, per position of a forward.
+    sae_per_pos: u64,
+    /// " with N SAEs" for the memory checks' messages.
+    sae_note: String,
+}
+
+impl Setup {
+    fn load(args: &Args) -> CliResult<Self> {
+        let model = args.model.load()?;
+        let saes = args.saes.load(model.device())?;
+        // More than an SAE has would be padded (and a huge K overflows or aborts): refused
+        // before anything runs.
+        if let Some(small) = saes.iter().min_by_key(|s| s.cfg().d_sae) {
+            let d_sae = small.cfg().d_sae;
+            if args.sae_top_k > d_sae {
+                return Err(CliError(format!(
+                    "--sae-top-k {}: more than the {d_sae} features of the SAE at {} (d_sae); give at most {d_sae}",
+                    args.sae_top_k,
+                    small.cfg().hook_name
+                )));
+            }
+        }
+        let set = hooklens_models::sae::SaeSet::from(&saes).use_error_term(args.saes.sae_error_term);
+        crate::cmd::sae_args::check_names_against_saes(&set, &args.names)?;
+        let splices = set.hooks()?;
+        let model_files = args.model.files()?;
+        let n_ctx = model.cfg().n_ctx;
+        let ctx = args.context_size.unwrap_or(n_ctx);
+        if ctx < 2 || ctx > n_ctx {
             return Err(CliError(format!(
-                "--sae-top-k {}: more than the {d_sae} features of the SAE at {} (d_sae); give at most {d_sae}",
-                args.sae_top_k,
-                small.cfg().hook_name
+                "--context-size {ctx} must be between 2 and the model's n_ctx = {n_ctx}"
             )));
         }
+        // With SAEs spliced in, their points are hook points too.
+        let all_names = model.run_with_hooks(splices.clone(), |m| Ok::<_, hooklens::Error>(m.hook_names()))?;
+        let names = resolve_names(&all_names, &args.names)?;
+        let stop = stop_layer(&names, model.cfg().n_layers);
+        let plan = Plan {
+            names,
+            splices,
+            top_k: (!args.saes.saes.is_empty()).then_some(args.sae_top_k),
+        };
+        let sae_per_pos = super::common::sae_bytes_per_pos(&saes, model.dtype().size_in_bytes() as u64);
+        let sae_note = match saes.len() {
+            0 => String::new(),
+            1 => " with 1 SAE".to_string(),
+            n => format!(" with {n} SAEs"),
+        };
+        Ok(Setup {
+            model,
+            plan,
+            stop,
+            ctx,
+            model_files,
+            sae_per_pos,
+            sae_note,
+        })
     }
-    let set = hooklens_models::sae::SaeSet::from(&saes).use_error_term(args.saes.sae_error_term);
-    crate::cmd::sae_args::check_names_against_saes(&set, &args.names)?;
-    let splices = set.hooks()?;
-    let model_files = args.model.files()?;
-    let n_ctx = model.cfg().n_ctx;
-    let ctx = args.context_size.unwrap_or(n_ctx);
-    if ctx < 2 || ctx > n_ctx {
-        return Err(CliError(format!(
-            "--context-size {ctx} must be between 2 and the model's n_ctx = {n_ctx}"
-        )));
-    }
-    // With SAEs spliced in, their points are hook points too.
-    let all_names = model.run_with_hooks(splices.clone(), |m| Ok::<_, hooklens::Error>(m.hook_names()))?;
-    let names = resolve_names(&all_names, &args.names)?;
-    let stop = stop_layer(&names, model.cfg().n_layers);
-    let plan = Plan {
-        names: names.clone(),
-        splices,
-        top_k: (!args.saes.saes.is_empty()).then_some(args.sae_top_k),
-    };
-    let stored = plan.stored_names();
 
-    // The SAEs' activations, per position of a forward.
-    let sae_per_pos = super::common::sae_bytes_per_pos(&saes, model.dtype().size_in_bytes() as u64);
-    let sae_note = match saes.len() {
-        0 => String::new(),
-        1 => " with 1 SAE".to_string(),
-        n => format!(" with {n} SAEs"),
-    };
+    /// About what one sequence's forward holds at its peak with the SAEs, in bytes.
+    fn bytes_per_sequence(&self) -> u64 {
+        forward_bytes(&self.model, self.ctx).saturating_add((self.ctx as u64).saturating_mul(self.sae_per_pos))
+    }
+}
+
+/// How the sequences are made and cut into shards.
+struct Sizing {
+    bos: u32,
+    eos: u32,
+    rows_per_shard: usize,
+    /// Each stored tensor's shape and dtype per sequence, for the manifest.
+    per_row_shapes: BTreeMap<String, Value>,
+}
+
+/// The rows per shard that keep a shard within --shard-size-mb, from one probe
+/// sequence, after checking that the probe, a shard and a batch fit in memory.
+fn size_shards(args: &Args, setup: &Setup, stored: &[String]) -> CliResult<Sizing> {
+    let (model, ctx, sae_note) = (&setup.model, setup.ctx, &setup.sae_note);
     let hint = "give a smaller --shard-size-mb or --batch-size, fewer --names, or a shorter --context-size";
     // The probe below is one sequence of the full context (n_ctx by default, 131072
     // for some models): checked before it runs, or it aborts.
     hooklens::__internal::check_memory(
         &format!("one sequence of {ctx} tokens{sae_note} (the probe that sizes the shards)"),
-        forward_bytes(&model, ctx).saturating_add((ctx as u64).saturating_mul(sae_per_pos)),
+        setup.bytes_per_sequence(),
         hint,
     )?;
 
@@ -267,7 +426,7 @@ pub fn run(args: Args) -> CliResult<()> {
     let bos = model.bos_token_id()?;
     let eos = model.cfg().eos_token_id.unwrap_or(bos);
     let probe = Tensor::from_vec(vec![bos; ctx], (1, ctx), model.device())?;
-    let probe_acts = forward(&model, &plan, stop, &probe)?;
+    let probe_acts = forward(model, &setup.plan, setup.stop, &probe)?;
     let mut bytes_per_row = ctx * 8; // tokens, i64
     let mut per_row_shapes = BTreeMap::new();
     for (name, t) in stored.iter().zip(&probe_acts) {
@@ -282,7 +441,7 @@ pub fn run(args: Args) -> CliResult<()> {
     // A shard is held, then copied once into its file's tensors; a batch's forward
     // holds its activations (the probe's, times the batch) several times over.
     let shard_bytes = (rows_per_shard as u64).saturating_mul(bytes_per_row as u64);
-    let per_seq = forward_bytes(&model, ctx).saturating_add((ctx as u64).saturating_mul(sae_per_pos));
+    let per_seq = setup.bytes_per_sequence();
     let batch_bytes = (args.batch_size.min(rows_per_shard) as u64).saturating_mul(per_seq);
     hooklens::__internal::check_memory(
         &format!(
@@ -292,198 +451,257 @@ pub fn run(args: Args) -> CliResult<()> {
         shard_bytes.saturating_mul(2).saturating_add(batch_bytes),
         hint,
     )?;
-
-    let prefix = format!("{:05}-of-{:05}", args.shard_index, args.num_shards);
-    let manifest_path = args.out.join(format!("{prefix}-manifest.json"));
-    // Checked before anything is written: no file this worker writes is an input.
-    let mut inputs = model_files.clone();
-    inputs.push(args.input.clone());
-    inputs.extend(args.saes.files());
-    crate::output::check_output_file("--out", &manifest_path, &inputs)?;
-    crate::output::check_output_file("--out", &args.out.join(shard_file(&prefix, 0)), &inputs)?;
-
-    let input_sha256 = fingerprint::file_sha256("--input", &args.input)?;
-    let model_sha256 = if model_files.is_empty() {
-        let (config, weights) = hooklens_models::builtin::builtin_files()?;
-        fingerprint::bytes_sha256(&[config.as_bytes(), weights].concat())
-    } else {
-        fingerprint::files_sha256("--model", &model_files)?
-    };
-    let sae_files = args.saes.files();
-    let sae_sha256 = if sae_files.is_empty() {
-        String::new()
-    } else {
-        fingerprint::files_sha256("--sae", &sae_files)?
-    };
-    let settings = settings(
-        &args,
-        &input_sha256,
-        &model_sha256,
-        &sae_sha256,
-        &names,
-        fmt,
-        ctx,
+    Ok(Sizing {
+        bos,
+        eos,
         rows_per_shard,
-        model.dtype(),
-    );
+        per_row_shapes,
+    })
+}
+
+/// SHA-256 fingerprints of the input, the model's files and the SAEs' files.
+struct Fingerprints {
+    input: String,
+    model: String,
+    /// Empty without SAE folders.
+    sae: String,
+}
+
+impl Fingerprints {
+    fn compute(args: &Args, model_files: &[PathBuf]) -> CliResult<Self> {
+        let input = fingerprint::file_sha256("--input", &args.input)?;
+        let model = if model_files.is_empty() {
+            let (config, weights) = hooklens_models::builtin::builtin_files()?;
+            fingerprint::bytes_sha256(&[config.as_bytes(), weights].concat())
+        } else {
+            fingerprint::files_sha256("--model", model_files)?
+        };
+        let sae_files = args.saes.files();
+        let sae = if sae_files.is_empty() {
+            String::new()
+        } else {
+            fingerprint::files_sha256("--sae", &sae_files)?
+        };
+        Ok(Fingerprints { input, model, sae })
+    }
+}
+
+/// This worker's manifest, checked against `settings` and the other workers', opened
+/// with the worker's lock held (to be kept for the rest of the run) and this worker's
+/// stale temporary files removed.
+fn open_manifest(
+    args: &Args,
+    prefix: &str,
+    manifest_path: &Path,
+    settings: Value,
+    per_row_shapes: BTreeMap<String, Value>,
+    rows_per_shard: usize,
+) -> CliResult<(WorkerLock, Manifest)> {
     let about = json!({
         "model": args.model.model,
         "input": std::fs::canonicalize(&args.input).unwrap_or_else(|_| args.input.clone()),
     });
 
     std::fs::create_dir_all(&args.out).map_err(|e| CliError(format!("--out {}: {e}", args.out.display())))?;
-    let _lock = WorkerLock::acquire(&args.out, &prefix)?;
-    manifest::check_same_harvest(&args.out, &manifest_path, &settings)?;
-    remove_stale_temporaries(&args.out, &prefix)?;
-    let mut manifest = Manifest::open(&manifest_path, &prefix, settings, about, per_row_shapes, rows_per_shard)?;
-    if manifest.complete {
-        eprintln!(
-            "{} is complete ({} shards, {} sequences): nothing to do",
-            manifest_path.display(),
-            manifest.shards.len(),
-            manifest.rows()
-        );
-        return Ok(());
-    }
-    let skip_rows = manifest.rows();
-    if skip_rows > 0 {
-        // A resumed worker says where it picks up, so a log shows what this run added.
-        eprintln!(
-            "resuming {}: {} shards ({skip_rows} sequences) already written and verified; continuing from \
-             sequence {} of the same input and model",
-            manifest_path.display(),
-            manifest.shards.len(),
-            skip_rows + 1
-        );
-    }
+    let lock = WorkerLock::acquire(&args.out, prefix)?;
+    manifest::check_same_harvest(&args.out, manifest_path, &settings)?;
+    remove_stale_temporaries(&args.out, prefix)?;
+    let manifest = Manifest::open(manifest_path, prefix, settings, about, per_row_shapes, rows_per_shard)?;
+    Ok((lock, manifest))
+}
 
-    let file = File::open(&args.input).map_err(|e| CliError(format!("--input {}: {e}", args.input.display())))?;
-    // Hashed as it is read: a corpus rewritten in place during the run is caught at the
-    // end (its shards would hold two corpora under the first one's fingerprint).
-    let mut reader = BufReader::new(fingerprint::HashingReader::new(file, input_len));
-    let mut line_bytes: Vec<u8> = Vec::new();
-    let tokenizer = model.tokenizer()?;
-    let bar = progress_bar(input_len, args.quiet);
-    let started = Instant::now();
-    let mut line = String::new();
-    let mut line_no = 0usize;
-    let mut bytes_read = 0u64;
+/// The worker loop and its state: it reads this worker's lines, cuts their tokens into
+/// sequences and runs them, a batch at a time, into shards.
+struct Worker<'a> {
+    args: &'a Args,
+    setup: &'a Setup,
+    fmt: InputFormat,
+    tokenizer: &'a hooklens_models::Tokenizer,
+    bos: u32,
+    eos: u32,
+    rows_per_shard: usize,
+    /// Sequences in the shards a previous run finished.
+    skip_rows: usize,
+    prefix: &'a str,
+    stored: &'a [String],
+    manifest: Manifest,
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    line_no: usize,
+    bytes_read: u64,
     // Tokens waiting to fill a sequence: at most one document's plus one sequence.
-    let mut pending = TokenQueue::default();
-    let mut row_index = 0usize; // sequences made so far, finished shards included
-    let mut batch: Vec<Vec<u32>> = Vec::new();
-    let mut shard = ShardBuffer::new(stored.len());
-    let mut new_tokens = 0usize;
+    pending: TokenQueue,
+    row_index: usize, // sequences made so far, finished shards included
+    batch: Vec<Vec<u32>>,
+    shard: ShardBuffer,
+    new_tokens: usize,
+}
 
-    loop {
-        let at = || format!("--input {} line {}", args.input.display(), line_no + 1);
-        line_bytes.clear();
-        let n = (&mut reader)
-            .take(max_line.saturating_add(1))
-            .read_until(b'\n', &mut line_bytes)
-            .map_err(|e| CliError(format!("{}: {e}", at())))?;
-        if n == 0 {
-            break;
-        }
-        if n as u64 > max_line {
-            return Err(CliError(format!(
-                "{}: longer than --max-line-mb {} MiB (a file with no line ends?); raise --max-line-mb \
-                 if the document is meant to be that long",
-                at(),
-                args.max_line_mb
-            )));
-        }
-        bytes_read += n as u64;
-        let this_line = line_no;
-        line_no += 1;
-        if this_line % args.num_shards != args.shard_index {
-            continue;
-        }
-        line.clear();
-        line.push_str(std::str::from_utf8(&line_bytes).map_err(|e| {
-            CliError(format!(
-                "--input {} line {}: not UTF-8 text: {e}",
-                args.input.display(),
-                this_line + 1
-            ))
-        })?);
-        if this_line == 0 {
-            // A byte-order mark starts the file, not the first document.
-            if let Some(rest) = line.strip_prefix('\u{feff}') {
-                line = rest.to_string();
+impl Worker<'_> {
+    /// Reads the input to its end, harvesting this worker's lines.
+    fn read_input(&mut self, reader: &mut BufReader<fingerprint::HashingReader<File>>, max_line: u64) -> CliResult<()> {
+        let mut line_bytes: Vec<u8> = Vec::new();
+        let mut line = String::new();
+        loop {
+            let n = read_line(reader, &mut line_bytes, max_line, self.args, self.line_no)?;
+            if n == 0 {
+                break;
             }
+            self.bytes_read += n as u64;
+            let this_line = self.line_no;
+            self.line_no += 1;
+            if this_line % self.args.num_shards != self.args.shard_index {
+                continue;
+            }
+            line.clear();
+            line.push_str(std::str::from_utf8(&line_bytes).map_err(|e| {
+                CliError(format!(
+                    "--input {} line {}: not UTF-8 text: {e}",
+                    self.args.input.display(),
+                    this_line + 1
+                ))
+            })?);
+            if this_line == 0 {
+                // A byte-order mark starts the file, not the first document.
+                if let Some(rest) = line.strip_prefix('\u{feff}') {
+                    line = rest.to_string();
+                }
+            }
+            let Some(text) = document(&line, self.fmt, &self.args.text_field, this_line + 1, &self.args.input)? else {
+                continue;
+            };
+            let mut doc = self.tokenizer.encode(&text)?;
+            doc.push(self.eos);
+            self.pending.extend(doc);
+            self.take_sequences()?;
+            self.bar.set_position(self.bytes_read);
         }
-        let Some(text) = document(&line, fmt, &args.text_field, this_line + 1, &args.input)? else {
-            continue;
-        };
-        let mut doc = tokenizer.encode(&text)?;
-        doc.push(eos);
-        pending.extend(doc);
-        while pending.len() >= ctx - 1 {
+        Ok(())
+    }
+
+    /// Cuts the pending tokens into sequences, running each full batch into the shard
+    /// and writing each full shard.
+    fn take_sequences(&mut self) -> CliResult<()> {
+        let (ctx, skip_rows) = (self.setup.ctx, self.skip_rows);
+        while self.pending.len() >= ctx - 1 {
             let mut seq = Vec::with_capacity(ctx);
-            seq.push(bos);
-            pending.take_into(ctx - 1, &mut seq);
-            row_index += 1;
-            if row_index <= skip_rows {
+            seq.push(self.bos);
+            self.pending.take_into(ctx - 1, &mut seq);
+            self.row_index += 1;
+            if self.row_index <= skip_rows {
                 continue; // in a finished shard
             }
-            if row_index == skip_rows + 1 && skip_rows > 0 {
+            if self.row_index == skip_rows + 1 && skip_rows > 0 {
                 // Skipping finished shards was fast: estimate from here on.
-                bar.reset_eta();
+                self.bar.reset_eta();
             }
-            batch.push(seq);
+            self.batch.push(seq);
             // A batch never straddles two shards, so resuming at a shard boundary
             // batches every later sequence exactly as an uninterrupted run does.
-            let room = rows_per_shard - shard.rows;
-            if batch.len() == args.batch_size.min(room) {
-                run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx, row_index)?;
-                new_tokens += shard_tokens_added(args.batch_size.min(room), ctx);
-                if shard.rows == rows_per_shard {
-                    finish_shard(&args.out, &prefix, &stored, &mut shard, &mut manifest)?;
+            let room = self.rows_per_shard - self.shard.rows;
+            if self.batch.len() == self.args.batch_size.min(room) {
+                self.run_batch()?;
+                self.new_tokens += shard_tokens_added(self.args.batch_size.min(room), ctx);
+                if self.shard.rows == self.rows_per_shard {
+                    self.finish_shard()?;
                 }
-                update_bar(&bar, bytes_read, &manifest, shard.rows, new_tokens, &started);
+                update_bar(
+                    &self.bar,
+                    self.bytes_read,
+                    &self.manifest,
+                    self.shard.rows,
+                    self.new_tokens,
+                    &self.started,
+                );
             }
         }
-        bar.set_position(bytes_read);
+        Ok(())
     }
-    let read_sha256 = reader.get_ref().sha256();
-    if read_sha256 != input_sha256 {
+
+    fn run_batch(&mut self) -> CliResult<()> {
+        let Setup {
+            model, plan, stop, ctx, ..
+        } = self.setup;
+        run_batch(
+            model,
+            plan,
+            *stop,
+            &mut self.batch,
+            &mut self.shard,
+            *ctx,
+            self.row_index,
+        )
+    }
+
+    fn finish_shard(&mut self) -> CliResult<()> {
+        finish_shard(
+            &self.args.out,
+            self.prefix,
+            self.stored,
+            &mut self.shard,
+            &mut self.manifest,
+        )
+    }
+
+    /// Runs the last batch, writes the last shard, marks the manifest complete and
+    /// says what was written.
+    fn finish(mut self) -> CliResult<()> {
+        let ctx = self.setup.ctx;
+        if !self.batch.is_empty() {
+            let rows = self.batch.len();
+            self.run_batch()?;
+            self.new_tokens += shard_tokens_added(rows, ctx);
+        }
+        if self.shard.rows > 0 {
+            self.finish_shard()?;
+        }
+        self.manifest.complete = true;
+        self.manifest.extra = json!({
+            "lines": self.line_no,
+            "sequences": self.row_index,
+            "tokens": self.row_index * ctx,
+            "dropped_tail_tokens": self.pending.len(),
+        });
+        self.manifest.save()?;
+        self.bar.finish_and_clear();
+        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
+        eprintln!(
+            "wrote {} shards ({} sequences of {ctx} tokens, {} of them now at {:.0} tokens/s) to {}; manifest {}",
+            self.manifest.shards.len(),
+            self.row_index,
+            self.row_index.saturating_sub(self.skip_rows),
+            self.new_tokens as f64 / secs,
+            self.args.out.display(),
+            self.manifest.path().display()
+        );
+        Ok(())
+    }
+}
+
+/// Reads input line `line_no` (from 0) into `buf`, its end included; 0 at the end of
+/// the input. A line longer than `max_line` bytes is an error.
+fn read_line(
+    reader: &mut BufReader<fingerprint::HashingReader<File>>,
+    buf: &mut Vec<u8>,
+    max_line: u64,
+    args: &Args,
+    line_no: usize,
+) -> CliResult<usize> {
+    let at = || format!("--input {} line {}", args.input.display(), line_no + 1);
+    buf.clear();
+    let n = reader
+        .take(max_line.saturating_add(1))
+        .read_until(b'\n', buf)
+        .map_err(|e| CliError(format!("{}: {e}", at())))?;
+    if n as u64 > max_line {
         return Err(CliError(format!(
-            "--input {} changed while it was read: it had SHA-256 {input_sha256} when the harvest \
-             started, what was read has {read_sha256}; the shards written so far may mix two corpora: \
-             delete this worker's files in --out (or use another --out) and harvest again from a \
-             file that stays as it is",
-            args.input.display()
+            "{}: longer than --max-line-mb {} MiB (a file with no line ends?); raise --max-line-mb \
+             if the document is meant to be that long",
+            at(),
+            args.max_line_mb
         )));
     }
-    if !batch.is_empty() {
-        let rows = batch.len();
-        run_batch(&model, &plan, stop, &mut batch, &mut shard, ctx, row_index)?;
-        new_tokens += shard_tokens_added(rows, ctx);
-    }
-    if shard.rows > 0 {
-        finish_shard(&args.out, &prefix, &stored, &mut shard, &mut manifest)?;
-    }
-    manifest.complete = true;
-    manifest.extra = json!({
-        "lines": line_no,
-        "sequences": row_index,
-        "tokens": row_index * ctx,
-        "dropped_tail_tokens": pending.len(),
-    });
-    manifest.save()?;
-    bar.finish_and_clear();
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    eprintln!(
-        "wrote {} shards ({} sequences of {ctx} tokens, {} of them now at {:.0} tokens/s) to {}; manifest {}",
-        manifest.shards.len(),
-        row_index,
-        row_index.saturating_sub(skip_rows),
-        new_tokens as f64 / secs,
-        args.out.display(),
-        manifest.path().display()
-    );
-    Ok(())
+    Ok(n)
 }
 
 /// About what one sequence's forward holds at its peak, in bytes: the probe's saved
