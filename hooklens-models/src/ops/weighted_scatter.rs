@@ -95,14 +95,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(got.dims(), [n, d]);
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = hooklens_testutil::max_abs_diff(&got, &want);
         assert!(diff < 1e-5, "{diff}");
         // A target past the output is an error, not a write out of bounds.
         let bad = Tensor::from_vec(vec![n as u32; m], m, &dev).unwrap();

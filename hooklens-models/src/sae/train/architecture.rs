@@ -25,14 +25,8 @@ pub(crate) struct Params {
     pub(crate) b_dec: Tensor,
 }
 
-/// The gradients of the loss, shaped as [`Params`].
-#[derive(Clone, Debug)]
-pub(crate) struct Grads {
-    pub(crate) w_enc: Tensor,
-    pub(crate) b_enc: Tensor,
-    pub(crate) w_dec: Tensor,
-    pub(crate) b_dec: Tensor,
-}
+/// The gradients of the loss: one per parameter, shaped as it is.
+pub(crate) type Grads = Params;
 
 /// What one step's forward computed.
 #[derive(Clone, Debug)]
