@@ -9,27 +9,11 @@
 //! (`IIIII-of-KKKKK-shard-NNNNNN.safetensors`); one being written is a hidden
 //! temporary file, so listing the directory never sees half a shard.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hooklens::candle_core::safetensors::MmapedSafetensors;
 use hooklens::candle_core::{DType, Device, D};
-
-fn shards(dir: &Path) -> hooklens::Result<Vec<PathBuf>> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| hooklens::Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            name.contains("-shard-") && name.ends_with(".safetensors") && !name.starts_with('.')
-        })
-        .collect();
-    // Names sort as worker, then shard number: the order of the input.
-    found.sort();
-    Ok(found)
-}
+use hooklens::models::sae::train::harvest_shards;
 
 fn main() -> hooklens::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -37,7 +21,7 @@ fn main() -> hooklens::Result<()> {
         eprintln!("usage: read_shards DIR [HOOK_NAME]   (DIR: the --out of `hooklens harvest`)");
         std::process::exit(2);
     };
-    let files = shards(Path::new(dir))?;
+    let files = harvest_shards(Path::new(dir))?;
     if files.is_empty() {
         return Err(hooklens::Error::invalid(format!(
             "{dir}: no *-shard-*.safetensors files"

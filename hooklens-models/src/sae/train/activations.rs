@@ -9,6 +9,25 @@ use hooklens_core::{Error, Result};
 
 use super::rng::Rng;
 
+/// The finished shards `hooklens harvest` wrote into `dir` (`*-shard-*.safetensors`), in
+/// the order of the input (names sort as worker, then shard number); possibly none. A
+/// shard being written is a hidden temporary file and is not listed.
+pub fn harvest_shards(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.contains("-shard-") && name.ends_with(".safetensors") && !name.starts_with('.')
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A harvest's activations at one hook point: every finished shard in `dir`
 /// (`*-shard-*.safetensors`, in name order: worker, then shard), each holding a tensor
 /// named as the hook point, `[rows, context, d_in]`.
@@ -24,19 +43,7 @@ impl HarvestActivations {
     /// only the headers are read.
     pub fn open(dir: impl AsRef<Path>, hook: &str) -> Result<Self> {
         let dir = dir.as_ref();
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| Error::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                name.contains("-shard-") && name.ends_with(".safetensors") && !name.starts_with('.')
-            })
-            .collect();
-        // Names sort as worker, then shard number: the order of the input.
-        files.sort();
+        let files = harvest_shards(dir)?;
         if files.is_empty() {
             return Err(Error::invalid(format!(
                 "{}: no harvest shards (*-shard-*.safetensors) in it",

@@ -60,7 +60,7 @@ use std::path::{Path, PathBuf};
 
 use hooklens_core::{Error, Result};
 
-pub use activations::HarvestActivations;
+pub use activations::{harvest_shards, HarvestActivations};
 pub use metrics::StepMetrics;
 pub use options::{NormalizeActivations, TrainArchitecture, TrainOptions};
 pub use trainer::{SaeTrainer, SPARSITY_FILE};
