@@ -547,6 +547,11 @@ enum SgemmOut<'a> {
     Accumulate(&'a mut [f32]),
 }
 
+/// From this many rows on, weight products go through [`super::packed_gemm`] (where the
+/// CPU has AVX-512F): with fewer, copying the weight into its panels costs more than the
+/// streamed kernel's overlap.
+const PACKED_MIN_ROWS: usize = 64;
+
 /// `y = x @ w` or `y += x @ w` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
 /// row-major, `w` `[d_in, d_out]` with any strides inside `w_storage`, `y`
 /// `[rows, d_out]` row-major.
@@ -595,9 +600,31 @@ fn sgemm_into(
     // 0.90-0.95 / 0.95-0.98 / 1.00 the time of sgemm's (timed in turn, this 2-core
     // machine). The tied unembedding (a transposed weight) and accumulating products
     // stay with sgemm.
-    let streamed = beta == 0.0 && cs == 1 && super::streamed_gemm::available();
+    let packed = rows >= PACKED_MIN_ROWS && super::packed_gemm::available();
+    let streamed = !packed && beta == 0.0 && cs == 1 && super::streamed_gemm::available();
     let block = |j0: usize| {
         let n = width.min(d_out - j0);
+        if packed {
+            // SAFETY: as below; the packing reads w through its strides (checked above
+            // to stay inside the storage), y may be uninitialised unless accumulating,
+            // and avx512f is available.
+            unsafe {
+                super::packed_gemm::gemm(
+                    x.as_ptr(),
+                    rows,
+                    d_in,
+                    w.as_ptr(),
+                    rs,
+                    cs,
+                    y_out.get(),
+                    d_out,
+                    j0,
+                    j0 + n,
+                    beta != 0.0,
+                );
+            }
+            return;
+        }
         if streamed {
             // SAFETY: as below; the weight is row-major (column stride 1) with row
             // stride rs, and avx512f is available.

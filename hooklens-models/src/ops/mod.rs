@@ -5,6 +5,7 @@
 pub(crate) mod attention_products;
 mod cross_entropy;
 pub(crate) mod kernels;
+mod packed_gemm;
 mod shared_out;
 pub(crate) mod slice_gemm;
 mod streamed_gemm;

@@ -1,0 +1,211 @@
+//! The weight products of a Llama-3.2-1B forward, in GFLOP/s, through each gemm this
+//! workspace can use, beside this machine's FMA peak (`examples/fma_peak.rs`) and torch's
+//! rate on the same shapes (`scripts/torch_gemm_bench.py --json FILE`, passed as `--torch
+//! FILE`).
+//!
+//! `cargo run --release -p hooklens-models --example gemm_bench [-- --torch torch.json]
+//! [--rounds N] [--quick]`
+//!
+//! Shapes are `x [M, K] @ w [K, N]` with `w` row-major, as the model stores its weights:
+//! the fused q|k|v projection (2048 -> 3072), the output projection (2048 -> 2048), gate
+//! and up (2048 -> 8192), down (8192 -> 2048) and the unembedding (2048 -> 128256), at
+//! M = 64, 256 and 1024 rows (1 x 64 and 4 x 256 tokens; 256 for one prompt of 256).
+//! Implementations are timed in turn within each round; the table gives each one's
+//! median.
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+
+/// `(name, K, N)` of the forward's weight products.
+const SHAPES: [(&str, usize, usize); 5] = [
+    ("qkv", 2048, 3072),
+    ("o", 2048, 2048),
+    ("gate/up", 2048, 8192),
+    ("down", 8192, 2048),
+    ("unembed", 2048, 128256),
+];
+
+fn main() -> candle_core::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let rounds: usize = flag("--rounds").and_then(|s| s.parse().ok()).unwrap_or(5);
+    let quick = args.iter().any(|a| a == "--quick");
+    let torch = flag("--torch").map(|p| read_torch(&p)).transpose()?;
+    if let Some(shape) = flag("--profile") {
+        return profile(&shape, rounds);
+    }
+    let threads = rayon::current_num_threads();
+    println!("weight products, f32, {threads} threads, median of {rounds} rounds (GFLOP/s)");
+    println!("| M | product | K x N | hooklens | gemm 0.19 | matrixmultiply | torch | hooklens / torch |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
+    for &m in rows {
+        for &(name, k, n) in &SHAPES {
+            // The unembedding at 1024 rows is half a TFLOP a call: fewer rounds.
+            let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
+            let rates = time_shape(m, k, n, r)?;
+            let t = torch
+                .as_ref()
+                .and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)).map(|e| e.1));
+            let (t_s, ratio) = match t {
+                Some(t) => (format!("{t:.1}"), format!("{:.2}", rates[0] / t)),
+                None => ("-".into(), "-".into()),
+            };
+            println!(
+                "| {m} | {name} | {k} x {n} | {:.1} | {:.1} | {:.1} | {t_s} | {ratio} |",
+                rates[0], rates[1], rates[2]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--profile M,K,N`: hooklens's product alone at one shape, `rounds` times, for
+/// `perf stat` (FLOP per cycle counts only the cycles this process ran, so it holds on a
+/// busy machine where wall-clock rates do not).
+fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
+    let d: Vec<usize> = shape.split(',').filter_map(|s| s.parse().ok()).collect();
+    let [m, k, n] = d[..] else {
+        candle_core::bail!("--profile M,K,N: got {shape:?}")
+    };
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
+    for _ in 0..rounds {
+        std::hint::black_box(hooklens_models::model::matmul(&x, &w)?);
+    }
+    println!("{} GFLOP", 2.0 * (m * k * n * rounds) as f64 / 1e9);
+    Ok(())
+}
+
+/// Median GFLOP/s of hooklens's `model::matmul` (its `ops::matmul`), the `gemm` crate and `matrixmultiply` at
+/// `[m, k] @ [k, n]`.
+fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<[f64; 3]> {
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let ws = w.flatten_all()?.to_vec1::<f32>()?;
+    let mut y = vec![0f32; m * n];
+    let flops = 2.0 * (m * k * n) as f64;
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..=rounds {
+        let t = [
+            timed(|| {
+                std::hint::black_box(hooklens_models::model::matmul(&x, &w).expect("matmul"));
+            }),
+            timed(|| gemm_crate(&xs, &ws, &mut y, m, k, n)),
+            timed(|| matrixmultiply_blocks(&xs, &ws, &mut y, m, k, n)),
+        ];
+        // Round 0 warms caches and thread pools.
+        if round > 0 {
+            for (all, t) in times.iter_mut().zip(t) {
+                all.push(t);
+            }
+        }
+    }
+    Ok(times.map(|mut t| {
+        t.sort_by(f64::total_cmp);
+        flops / t[t.len() / 2] / 1e9
+    }))
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+/// `y = x @ w` through the `gemm` crate (candle's CPU matmul) on rayon's threads.
+fn gemm_crate(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: x is [m, k], w [k, n] and y [m, n], all row-major and of those lengths.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// `y = x @ w` through `matrixmultiply`'s sgemm, one column block per thread (as
+/// hooklens ran it before its own kernels).
+fn matrixmultiply_blocks(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let width = n.div_ceil(threads).div_ceil(32) * 32;
+    let y_addr = y.as_mut_ptr() as usize;
+    (0..n)
+        .step_by(width)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(|j0| {
+            let cols = width.min(n - j0);
+            // SAFETY: each block writes only its own columns j0..j0 + cols of y [m, n]; x
+            // [m, k] and w [k, n] are row-major and of those lengths.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    cols,
+                    1.0,
+                    x.as_ptr(),
+                    k as isize,
+                    1,
+                    w.as_ptr().add(j0),
+                    n as isize,
+                    1,
+                    0.0,
+                    (y_addr as *mut f32).add(j0),
+                    n as isize,
+                    1,
+                )
+            }
+        });
+}
+
+/// `((m, k, n), GFLOP/s)` of one shape torch timed.
+type TorchRate = ((usize, usize, usize), f64);
+
+/// The rates from the JSON `scripts/torch_gemm_bench.py` writes.
+fn read_torch(path: &str) -> candle_core::Result<Vec<TorchRate>> {
+    let text = std::fs::read_to_string(path).map_err(|e| candle_core::Error::Msg(format!("--torch {path}: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| candle_core::Error::Msg(format!("--torch {path}: {e}")))?;
+    let rows = v["rows"]
+        .as_array()
+        .ok_or_else(|| candle_core::Error::Msg(format!("--torch {path}: no \"rows\"")))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let d = |key: &str| r[key].as_u64().map(|x| x as usize);
+            Some(((d("m")?, d("k")?, d("n")?), r["gflops"].as_f64()?))
+        })
+        .collect())
+}

@@ -1,0 +1,374 @@
+//! `y (+)= x @ w` with both operands packed, for products with many rows (AVX-512F).
+//!
+//! The layout of a BLIS-style sgemm: a block of `w` (`KC` rows by `NC` columns, 512
+//! KiB) is copied into the micro-kernel's order, 32 columns a panel, and stays in the L2
+//! cache; a block of `x` (`MC` rows by `KC`) is copied 12 rows a panel, and each panel
+//! (12 KiB) stays in the L1 cache while the micro-kernel runs it against every panel of
+//! `w`'s block. The micro-kernel keeps a 12 x 32 tile of `y` in 24 of the 32 zmm
+//! registers and reads its operands in order, one 128-byte row of the `w` panel and 12
+//! broadcasts a step. With many rows every packed value is used hundreds of times, so
+//! the copies cost little; with few rows ([`super::streamed_gemm`]) the copy of `w` is
+//! the whole cost and that kernel overlaps it with the arithmetic instead.
+//!
+//! `w` may have any strides (the tied unembedding reads `W_E` transposed): only the
+//! packing reads it.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Rows of a register tile (and of an `x` panel).
+const MR: usize = 12;
+/// Columns of a register tile (and of a `w` panel): two zmm registers.
+const NR: usize = 32;
+/// Rows of `w` (columns of `x`) per packed block: a `w` panel of `KC x NR` is 32 KiB,
+/// an `x` panel `MR x KC` 12 KiB.
+const KC: usize = 256;
+/// Columns of `w` per packed block: `KC x NC` values are 512 KiB, half the L2 cache.
+const NC: usize = 512;
+/// Rows of `x` per packed block: 120 KiB beside `w`'s block in the L2 cache.
+const MC: usize = 10 * MR;
+
+/// Whether [`gemm`] runs on this CPU.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A packing buffer, 64-byte aligned for whole-register loads.
+struct Aligned {
+    /// Backing store; `start` is its first 64-byte-aligned value.
+    buf: Vec<f32>,
+    start: usize,
+}
+
+impl Aligned {
+    fn new(len: usize) -> Self {
+        let buf = vec![0.0f32; len + 16];
+        let start = buf.as_ptr().align_offset(64).min(16);
+        Aligned { buf, start }
+    }
+
+    fn ptr(&mut self) -> *mut f32 {
+        // The offset stays inside the buffer: `start` <= 16 and the buffer has 16 spare.
+        self.buf[self.start..].as_mut_ptr()
+    }
+}
+
+/// `y[:, j0..j1] = x @ w[:, j0..j1]`, or `+=` with `accumulate`, for `x` `[m, k]`
+/// row-major, `w` `[k, ..]` with row stride `rs` and column stride `cs`, and `y` `[m,
+/// ldy]` row-major, `y` and `w` seen from their first column.
+///
+/// # Safety
+/// [`available`] is true; `x` holds `m * k` values; `w` reaches `(k - 1) * rs +
+/// (j1 - 1) * cs` values; `y` reaches `(m - 1) * ldy + j1` values, which may be
+/// uninitialised unless `accumulate` (then every value of `y[:, j0..j1]` is written
+/// before it is read), and no other thread writes those columns.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    x: *const f32,
+    m: usize,
+    k: usize,
+    w: *const f32,
+    rs: usize,
+    cs: usize,
+    y: *mut f32,
+    ldy: usize,
+    j0: usize,
+    j1: usize,
+    accumulate: bool,
+) {
+    let mut b_pack = Aligned::new(KC * NC);
+    let mut a_pack = Aligned::new(MC * KC);
+    let (bp, ap) = (b_pack.ptr(), a_pack.ptr());
+    // SAFETY: the caller upholds this function's contract; each block below stays inside
+    // x's m x k values, w's k x (j0..j1) view, y's columns j0..j1 of m rows and the two
+    // packing buffers (sized for the largest blocks), and avx512f is available.
+    unsafe {
+        let mut jc = j0;
+        while jc < j1 {
+            let nc = NC.min(j1 - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = KC.min(k - pc);
+                pack_w(w.add(pc * rs + jc * cs), rs, cs, kc, nc, bp);
+                let overwrite = pc == 0 && !accumulate;
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC.min(m - ic);
+                    pack_x(x.add(ic * k + pc), k, mc, kc, ap);
+                    let mut ir = 0;
+                    while ir < mc {
+                        let rows = MR.min(mc - ir);
+                        let a = ap.add(ir * kc);
+                        let mut jr = 0;
+                        while jr < nc {
+                            let masks = column_masks(NR.min(nc - jr));
+                            let (b, out) = (bp.add(jr * kc), y.add((ic + ir) * ldy + jc + jr));
+                            micro(rows, a, b, kc, out, ldy, masks, overwrite);
+                            jr += NR;
+                        }
+                        ir += MR;
+                    }
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm(
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *const f32,
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: bool,
+) {
+    unreachable!("packed_gemm::available() is false off x86-64");
+}
+
+/// Copies `w[0..kc, 0..nc]` (strides `rs`, `cs`) into panels of `NR` columns, each
+/// `kc` rows of `NR` values, zero past column `nc`.
+///
+/// # Safety
+/// `w` reaches `(kc - 1) * rs + (nc - 1) * cs`; `dst` holds `kc * nc.div_ceil(NR) * NR`.
+unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut f32) {
+    // SAFETY: every read is w[p * rs + j * cs] with p < kc and j < nc, and every write
+    // lies in panel j / NR, row p, of dst's size (see the contract).
+    unsafe {
+        for (panel, j) in (0..nc).step_by(NR).enumerate() {
+            let cols = NR.min(nc - j);
+            let out = dst.add(panel * kc * NR);
+            if cs == 1 {
+                for p in 0..kc {
+                    let (src, row) = (w.add(p * rs + j), out.add(p * NR));
+                    std::ptr::copy_nonoverlapping(src, row, cols);
+                    std::ptr::write_bytes(row.add(cols), 0, NR - cols);
+                }
+            } else {
+                // A transposed weight: read along its rows (w's columns), which are
+                // contiguous when rs == 1.
+                for c in 0..NR {
+                    for p in 0..kc {
+                        *out.add(p * NR + c) = if c < cols { *w.add(p * rs + (j + c) * cs) } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Copies `x[0..mc, 0..kc]` (row stride `k`) into panels of `MR` rows: panel `i`, step
+/// `p` holds `x[i * MR + r, p]` for its `r < rows` at `p * rows + r`, where `rows` is
+/// the panel's row count (`MR`, or fewer in the last), so each panel is `rows * kc`
+/// values from `i * MR * kc`.
+///
+/// # Safety
+/// `x` holds `mc` rows of stride `k` from which `kc` values are read; `dst` holds
+/// `mc * kc`.
+unsafe fn pack_x(x: *const f32, k: usize, mc: usize, kc: usize, dst: *mut f32) {
+    // SAFETY: reads x[r * k + p] for r < mc, p < kc; writes inside dst's mc * kc.
+    unsafe {
+        for i0 in (0..mc).step_by(MR) {
+            let rows = MR.min(mc - i0);
+            let out = dst.add(i0 * kc);
+            for r in 0..rows {
+                let src = x.add((i0 + r) * k);
+                for p in 0..kc {
+                    *out.add(p * rows + r) = *src.add(p);
+                }
+            }
+        }
+    }
+}
+
+/// Lane masks of the two 16-column halves of a tile of `cols` (1..=32) columns.
+#[cfg(target_arch = "x86_64")]
+fn column_masks(cols: usize) -> (__mmask16, __mmask16) {
+    let lanes = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xFFFF
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    };
+    (lanes(cols), lanes(cols.saturating_sub(16)))
+}
+
+/// The micro-kernel for a tile of `rows` (1..=`MR`) rows.
+///
+/// # Safety
+/// As [`tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn micro(
+    rows: usize,
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    masks: (__mmask16, __mmask16),
+    overwrite: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match rows {
+            12 => tile::<12>(a, b, kc, y, ldy, masks, overwrite),
+            11 => tile::<11>(a, b, kc, y, ldy, masks, overwrite),
+            10 => tile::<10>(a, b, kc, y, ldy, masks, overwrite),
+            9 => tile::<9>(a, b, kc, y, ldy, masks, overwrite),
+            8 => tile::<8>(a, b, kc, y, ldy, masks, overwrite),
+            7 => tile::<7>(a, b, kc, y, ldy, masks, overwrite),
+            6 => tile::<6>(a, b, kc, y, ldy, masks, overwrite),
+            5 => tile::<5>(a, b, kc, y, ldy, masks, overwrite),
+            4 => tile::<4>(a, b, kc, y, ldy, masks, overwrite),
+            3 => tile::<3>(a, b, kc, y, ldy, masks, overwrite),
+            2 => tile::<2>(a, b, kc, y, ldy, masks, overwrite),
+            _ => tile::<1>(a, b, kc, y, ldy, masks, overwrite),
+        }
+    }
+}
+
+/// `y[0..R, 0..32] (+)= a @ b`: `a` a packed `x` panel (`kc` steps of `R` values), `b`
+/// a packed `w` panel (`kc` rows of 32, 64-byte aligned); `overwrite` stores the
+/// product, otherwise it is added to `y`. Columns past the masks are neither read nor
+/// written.
+///
+/// # Safety
+/// `a` holds `R * kc` values, `b` `32 * kc` (aligned), `y` `R` rows of stride `ldy`
+/// whose masked columns only this call writes; avx512f is available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn tile<const R: usize>(
+    a: *const f32,
+    b: *const f32,
+    kc: usize,
+    y: *mut f32,
+    ldy: usize,
+    (m0, m1): (__mmask16, __mmask16),
+    overwrite: bool,
+) {
+    // SAFETY: see the contract; every offset stays inside a, b and y's R rows.
+    unsafe {
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        for p in 0..kc {
+            let b0 = _mm512_load_ps(b.add(p * NR));
+            let b1 = _mm512_load_ps(b.add(p * NR + 16));
+            let ap = a.add(p * R);
+            for r in 0..R {
+                let av = _mm512_set1_ps(*ap.add(r));
+                acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+                acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+            }
+        }
+        for r in 0..R {
+            let out = y.add(r * ldy);
+            if !overwrite {
+                acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out));
+                acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out.add(16)));
+            }
+            _mm512_mask_storeu_ps(out, m0, acc0[r]);
+            _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every row remainder of a tile (1..=12), column remainders of a panel and of a
+    /// block (`NC`), several `KC` blocks of `k` and a short last one, several `MC`
+    /// blocks of rows, a column range inside a wider weight, a transposed weight and
+    /// accumulation: against a plain triple loop in f64.
+    #[test]
+    fn equals_a_plain_product_at_every_edge() {
+        if !available() {
+            return;
+        }
+        let cases = [
+            (1, 7, 40),
+            (7, 300, 33),
+            (13, 37, 95),
+            (63, 513, 70),
+            (65, 256, 600),
+            (131, 600, 1100),
+        ];
+        for (m, k, width) in cases {
+            for (j0, j1) in [(0, width), (3, width.min(50)), (width - 1, width)] {
+                for transposed in [false, true] {
+                    for accumulate in [false, true] {
+                        check(m, k, width, j0, j1, transposed, accumulate);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(m: usize, k: usize, width: usize, j0: usize, j1: usize, transposed: bool, accumulate: bool) {
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let w: Vec<f32> = (0..k * width).map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0).collect();
+        // w[p, j] at p * rs + j * cs.
+        let (rs, cs) = if transposed { (1, k) } else { (width, 1) };
+        let sentinel = -12345.0f32;
+        let start = |i: usize, j: usize| if accumulate { ((i + 2 * j) % 7) as f32 } else { sentinel };
+        let mut y: Vec<f32> = (0..m * width).map(|v| start(v / width, v % width)).collect();
+        // SAFETY: sizes as documented; nothing else touches y.
+        unsafe {
+            gemm(
+                x.as_ptr(),
+                m,
+                k,
+                w.as_ptr(),
+                rs,
+                cs,
+                y.as_mut_ptr(),
+                width,
+                j0,
+                j1,
+                accumulate,
+            )
+        };
+        for i in 0..m {
+            for j in 0..width {
+                let got = y[i * width + j];
+                if (j0..j1).contains(&j) {
+                    let base = if accumulate { start(i, j) as f64 } else { 0.0 };
+                    let want: f64 = base
+                        + (0..k)
+                            .map(|p| x[i * k + p] as f64 * w[p * rs + j * cs] as f64)
+                            .sum::<f64>();
+                    assert!(
+                        (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "m {m} k {k} cols {j0}..{j1} transposed {transposed} acc {accumulate}: y[{i}, {j}] = {got}, want {want}"
+                    );
+                } else {
+                    assert_eq!(got, start(i, j), "m {m} k {k} cols {j0}..{j1}: y[{i}, {j}] written");
+                }
+            }
+        }
+    }
+}
