@@ -11,11 +11,11 @@
 //! and up (2048 -> 8192), down (8192 -> 2048) and the unembedding (2048 -> 128256), at
 //! M = 64, 256 and 1024 rows (1 x 64 and 4 x 256 tokens; 256 for one prompt of 256).
 //! Implementations are timed in turn within each round; the table gives each one's
-//! median.
+//! median, and the bf16 product (x and w in bf16, sums in f32) beside torch's.
 
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// `(name, K, N)` of the forward's weight products.
 const SHAPES: [(&str, usize, usize); 5] = [
@@ -42,8 +42,8 @@ fn main() -> candle_core::Result<()> {
     }
     let threads = rayon::current_num_threads();
     println!("weight products, f32, {threads} threads, median of {rounds} rounds (GFLOP/s)");
-    println!("| M | product | K x N | hooklens | gemm 0.19 | matrixmultiply | torch | hooklens / torch |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| M | product | K x N | hooklens | gemm 0.19 | matrixmultiply | torch | hooklens / torch | hooklens bf16 | torch bf16 |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
     for &m in rows {
         for &(name, k, n) in &SHAPES {
@@ -66,7 +66,7 @@ fn main() -> candle_core::Result<()> {
     Ok(())
 }
 
-/// `--profile M,K,N`: hooklens's product alone at one shape, `rounds` times, for
+/// `--profile M,K,N [--bf16]`: hooklens's product alone at one shape, `rounds` times, for
 /// `perf stat` (FLOP per cycle counts only the cycles this process ran, so it holds on a
 /// busy machine where wall-clock rates do not).
 fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
@@ -74,8 +74,13 @@ fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
     let [m, k, n] = d[..] else {
         candle_core::bail!("--profile M,K,N: got {shape:?}")
     };
-    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
+    let dtype = if std::env::args().any(|a| a == "--bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.to_dtype(dtype)?;
+    let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?.to_dtype(dtype)?;
     for _ in 0..rounds {
         std::hint::black_box(hooklens_models::model::matmul(&x, &w)?);
     }
@@ -83,16 +88,17 @@ fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
     Ok(())
 }
 
-/// Median GFLOP/s of hooklens's `model::matmul` (its `ops::matmul`), the `gemm` crate and `matrixmultiply` at
-/// `[m, k] @ [k, n]`.
-fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<[f64; 3]> {
+/// Median GFLOP/s of hooklens's `model::matmul` (its `ops::matmul`), the `gemm` crate,
+/// `matrixmultiply` and hooklens's bf16 product at `[m, k] @ [k, n]`.
+fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<[f64; 4]> {
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let ws = w.flatten_all()?.to_vec1::<f32>()?;
     let mut y = vec![0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
-    let mut times: [Vec<f64>; 3] = Default::default();
+    let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
+    let mut times: [Vec<f64>; 4] = Default::default();
     for round in 0..=rounds {
         let t = [
             timed(|| {
@@ -100,6 +106,9 @@ fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Resul
             }),
             timed(|| gemm_crate(&xs, &ws, &mut y, m, k, n)),
             timed(|| matrixmultiply_blocks(&xs, &ws, &mut y, m, k, n)),
+            timed(|| {
+                std::hint::black_box(hooklens_models::model::matmul(&xb, &wb).expect("bf16 matmul"));
+            }),
         ];
         // Round 0 warms caches and thread pools.
         if round > 0 {
@@ -190,8 +199,8 @@ fn matrixmultiply_blocks(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize
         });
 }
 
-/// `((m, k, n), GFLOP/s)` of one shape torch timed.
-type TorchRate = ((usize, usize, usize), f64);
+/// `((m, k, n), f32 GFLOP/s, bf16 GFLOP/s)` of one shape torch timed.
+type TorchRate = ((usize, usize, usize), f64, f64);
 
 /// The rates from the JSON `scripts/torch_gemm_bench.py` writes.
 fn read_torch(path: &str) -> candle_core::Result<Vec<TorchRate>> {
@@ -205,7 +214,11 @@ fn read_torch(path: &str) -> candle_core::Result<Vec<TorchRate>> {
         .iter()
         .filter_map(|r| {
             let d = |key: &str| r[key].as_u64().map(|x| x as usize);
-            Some(((d("m")?, d("k")?, d("n")?), r["gflops"].as_f64()?))
+            Some((
+                (d("m")?, d("k")?, d("n")?),
+                r["gflops"].as_f64()?,
+                r["gflops_bf16"].as_f64().unwrap_or(f64::NAN),
+            ))
         })
         .collect())
 }

@@ -3,6 +3,7 @@
 //! (f32 on the CPU with no gradient tracked) and falls back to candle's ops elsewhere.
 
 pub(crate) mod attention_products;
+mod bf16_products;
 mod cross_entropy;
 pub(crate) mod kernels;
 mod packed_gemm;
@@ -25,9 +26,14 @@ use candle_core::Tensor;
 /// that streams the weight once (decoding is bound by memory), and more through
 /// `matrixmultiply`'s sgemm in column blocks over rayon's threads, which on the 2-core
 /// machine it was measured on beats candle's gemm at every shape of GPT-2's forward;
-/// anything else (gradients, other devices and dtypes) is candle's `matmul`.
+/// bf16 on the CPU goes through `bf16_products` (sums in f32, AVX512-BF16's dot
+/// products where the CPU has them); anything else (gradients, other devices and
+/// dtypes) is candle's `matmul`.
 pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
-    match kernels::small_matmul(x, w).or_else(|| kernels::sgemm(x, w)) {
+    match kernels::small_matmul(x, w)
+        .or_else(|| kernels::sgemm(x, w))
+        .or_else(|| bf16_products::matmul(x, w))
+    {
         Some(y) => y,
         None => x.matmul(w),
     }

@@ -16,6 +16,8 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use half::bf16;
+
 /// Rows of a register tile (and of an `x` panel).
 const MR: usize = 12;
 /// Columns of a register tile (and of a `w` panel): two zmm registers.
@@ -60,6 +62,114 @@ impl Aligned {
     }
 }
 
+/// How one element type is packed and multiplied: the loops of [`blocked`] are the
+/// same for f32 and bf16, the panels' layout and the micro-kernel are not.
+trait Kernel {
+    /// The element of `x` and `w`.
+    type Elem: Copy;
+    /// The element of the packed panels.
+    type Packed: Copy;
+    /// Columns of `x` (rows of `w`) per packed block; a multiple of 2.
+    const KC: usize;
+    /// The packed length of `kc` steps of one panel row (bf16 pairs round up).
+    fn padded(kc: usize) -> usize;
+    /// Copies `w[0..kc, 0..nc]` (strides `rs`, `cs`) into panels of `NR` columns.
+    ///
+    /// # Safety
+    /// `w` reaches `(kc - 1) * rs + (nc - 1) * cs`; `dst` holds `padded(kc) * nc.div_ceil(NR) * NR`.
+    unsafe fn pack_w(w: *const Self::Elem, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut Self::Packed);
+    /// Copies `x[0..mc, 0..kc]` (row stride `k`) into panels of `MR` rows, panel `i`
+    /// from `i * MR * padded(kc)`.
+    ///
+    /// # Safety
+    /// `x` holds `mc` rows of stride `k` from which `kc` values are read; `dst` holds
+    /// `mc * padded(kc)`.
+    unsafe fn pack_x(x: *const Self::Elem, k: usize, mc: usize, kc: usize, dst: *mut Self::Packed);
+    /// `y[0..rows, 0..32] (+)= a @ b` for one `x` panel and one `w` panel.
+    ///
+    /// # Safety
+    /// `a` and `b` are panels packed by this kernel for `kc`; `y` has `rows` rows of
+    /// stride `ldy` whose masked columns only this call writes; the CPU has the
+    /// kernel's features.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro(
+        rows: usize,
+        a: *const Self::Packed,
+        b: *const Self::Packed,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        masks: Masks,
+        overwrite: bool,
+    );
+}
+
+/// Lane masks of the two 16-column halves of a tile (`__mmask16` is a `u16`).
+type Masks = (u16, u16);
+
+/// `y[:, j0..j1] (+)= x @ w[:, j0..j1]` in f32 through kernel `K`'s panels (see
+/// [`gemm`] for the contract, with `y` always f32).
+///
+/// # Safety
+/// As [`gemm`], and the CPU has `K`'s features.
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked<K: Kernel>(
+    x: *const K::Elem,
+    m: usize,
+    k: usize,
+    w: *const K::Elem,
+    rs: usize,
+    cs: usize,
+    y: *mut f32,
+    ldy: usize,
+    j0: usize,
+    j1: usize,
+    accumulate: bool,
+) {
+    // Both buffers in f32 units; a packed bf16 block takes no more bytes than an f32
+    // one (KC is twice as large, the values half the size).
+    let mut b_pack = Aligned::new(K::padded(K::KC) * NC * size_of::<K::Packed>() / 4);
+    let mut a_pack = Aligned::new(MC * K::padded(K::KC) * size_of::<K::Packed>() / 4);
+    let (bp, ap) = (b_pack.ptr().cast::<K::Packed>(), a_pack.ptr().cast::<K::Packed>());
+    // SAFETY: the caller upholds this function's contract; each block below stays inside
+    // x's m x k values, w's k x (j0..j1) view, y's columns j0..j1 of m rows and the two
+    // packing buffers (sized for the largest blocks).
+    unsafe {
+        let mut jc = j0;
+        while jc < j1 {
+            let nc = NC.min(j1 - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = K::KC.min(k - pc);
+                let kp = K::padded(kc);
+                K::pack_w(w.add(pc * rs + jc * cs), rs, cs, kc, nc, bp);
+                let overwrite = pc == 0 && !accumulate;
+                let mut ic = 0;
+                while ic < m {
+                    let mc = MC.min(m - ic);
+                    K::pack_x(x.add(ic * k + pc), k, mc, kc, ap);
+                    let mut ir = 0;
+                    while ir < mc {
+                        let rows = MR.min(mc - ir);
+                        let a = ap.add(ir * kp);
+                        let mut jr = 0;
+                        while jr < nc {
+                            let masks = column_masks(NR.min(nc - jr));
+                            let (b, out) = (bp.add(jr * kp), y.add((ic + ir) * ldy + jc + jr));
+                            K::micro(rows, a, b, kc, out, ldy, masks, overwrite);
+                            jr += NR;
+                        }
+                        ir += MR;
+                    }
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    }
+}
+
 /// `y[:, j0..j1] = x @ w[:, j0..j1]`, or `+=` with `accumulate`, for `x` `[m, k]`
 /// row-major, `w` `[k, ..]` with row stride `rs` and column stride `cs`, and `y` `[m,
 /// ldy]` row-major, `y` and `w` seen from their first column.
@@ -69,8 +179,6 @@ impl Aligned {
 /// (j1 - 1) * cs` values; `y` reaches `(m - 1) * ldy + j1` values, which may be
 /// uninitialised unless `accumulate` (then every value of `y[:, j0..j1]` is written
 /// before it is read), and no other thread writes those columns.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm(
     x: *const f32,
@@ -85,72 +193,68 @@ pub(crate) unsafe fn gemm(
     j1: usize,
     accumulate: bool,
 ) {
-    let mut b_pack = Aligned::new(KC * NC);
-    let mut a_pack = Aligned::new(MC * KC);
-    let (bp, ap) = (b_pack.ptr(), a_pack.ptr());
-    // SAFETY: the caller upholds this function's contract; each block below stays inside
-    // x's m x k values, w's k x (j0..j1) view, y's columns j0..j1 of m rows and the two
-    // packing buffers (sized for the largest blocks), and avx512f is available.
-    unsafe {
-        let mut jc = j0;
-        while jc < j1 {
-            let nc = NC.min(j1 - jc);
-            let mut pc = 0;
-            while pc < k {
-                let kc = KC.min(k - pc);
-                pack_w(w.add(pc * rs + jc * cs), rs, cs, kc, nc, bp);
-                let overwrite = pc == 0 && !accumulate;
-                let mut ic = 0;
-                while ic < m {
-                    let mc = MC.min(m - ic);
-                    pack_x(x.add(ic * k + pc), k, mc, kc, ap);
-                    let mut ir = 0;
-                    while ir < mc {
-                        let rows = MR.min(mc - ir);
-                        let a = ap.add(ir * kc);
-                        let mut jr = 0;
-                        while jr < nc {
-                            let masks = column_masks(NR.min(nc - jr));
-                            let (b, out) = (bp.add(jr * kc), y.add((ic + ir) * ldy + jc + jr));
-                            micro(rows, a, b, kc, out, ldy, masks, overwrite);
-                            jr += NR;
-                        }
-                        ir += MR;
-                    }
-                    ic += mc;
-                }
-                pc += kc;
-            }
-            jc += nc;
+    // SAFETY: forwarded contract; `available` is true, F32's only feature.
+    unsafe { blocked::<F32>(x, m, k, w, rs, cs, y, ldy, j0, j1, accumulate) }
+}
+
+/// The f32 panels and micro-kernel (AVX-512F).
+struct F32;
+
+impl Kernel for F32 {
+    type Elem = f32;
+    type Packed = f32;
+    const KC: usize = KC;
+
+    fn padded(kc: usize) -> usize {
+        kc
+    }
+
+    unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut f32) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_w_f32(w, rs, cs, kc, nc, dst, |v| v) }
+    }
+
+    unsafe fn pack_x(x: *const f32, k: usize, mc: usize, kc: usize, dst: *mut f32) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_x_f32(x, k, mc, kc, dst, |v| v) }
+    }
+
+    unsafe fn micro(
+        rows: usize,
+        a: *const f32,
+        b: *const f32,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        masks: Masks,
+        overwrite: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded contract (avx512f is F32's feature).
+        unsafe {
+            micro_f32(rows, a, b, kc, y, ldy, masks, overwrite)
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!(
+            "packed_gemm::available() is false off x86-64: {rows} {a:?} {b:?} {kc} {y:?} {ldy} {masks:?} {overwrite}"
+        );
     }
 }
 
-/// Never called: [`available`] is false off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm(
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-    _: usize,
-    _: usize,
-    _: bool,
-) {
-    unreachable!("packed_gemm::available() is false off x86-64");
-}
-
-/// Copies `w[0..kc, 0..nc]` (strides `rs`, `cs`) into panels of `NR` columns, each
-/// `kc` rows of `NR` values, zero past column `nc`.
+/// Copies `w[0..kc, 0..nc]` (strides `rs`, `cs`) into f32 panels of `NR` columns, each
+/// `kc` rows of `NR` values, zero past column `nc`, each value through `f`.
 ///
 /// # Safety
-/// `w` reaches `(kc - 1) * rs + (nc - 1) * cs`; `dst` holds `kc * nc.div_ceil(NR) * NR`.
-unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut f32) {
+/// As [`Kernel::pack_w`].
+unsafe fn pack_w_f32<E: Copy>(
+    w: *const E,
+    rs: usize,
+    cs: usize,
+    kc: usize,
+    nc: usize,
+    dst: *mut f32,
+    f: impl Fn(E) -> f32,
+) {
     // SAFETY: every read is w[p * rs + j * cs] with p < kc and j < nc, and every write
     // lies in panel j / NR, row p, of dst's size (see the contract).
     unsafe {
@@ -160,7 +264,9 @@ unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst:
             if cs == 1 {
                 for p in 0..kc {
                     let (src, row) = (w.add(p * rs + j), out.add(p * NR));
-                    std::ptr::copy_nonoverlapping(src, row, cols);
+                    for c in 0..cols {
+                        *row.add(c) = f(*src.add(c));
+                    }
                     std::ptr::write_bytes(row.add(cols), 0, NR - cols);
                 }
             } else {
@@ -168,7 +274,11 @@ unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst:
                 // contiguous when rs == 1.
                 for c in 0..NR {
                     for p in 0..kc {
-                        *out.add(p * NR + c) = if c < cols { *w.add(p * rs + (j + c) * cs) } else { 0.0 };
+                        *out.add(p * NR + c) = if c < cols {
+                            f(*w.add(p * rs + (j + c) * cs))
+                        } else {
+                            0.0
+                        };
                     }
                 }
             }
@@ -176,15 +286,13 @@ unsafe fn pack_w(w: *const f32, rs: usize, cs: usize, kc: usize, nc: usize, dst:
     }
 }
 
-/// Copies `x[0..mc, 0..kc]` (row stride `k`) into panels of `MR` rows: panel `i`, step
-/// `p` holds `x[i * MR + r, p]` for its `r < rows` at `p * rows + r`, where `rows` is
-/// the panel's row count (`MR`, or fewer in the last), so each panel is `rows * kc`
-/// values from `i * MR * kc`.
+/// Copies `x[0..mc, 0..kc]` (row stride `k`) into f32 panels of `MR` rows: panel `i`,
+/// step `p` holds `x[i * MR + r, p]` for its `r < rows` at `p * rows + r`, where `rows`
+/// is the panel's row count (`MR`, or fewer in the last), each value through `f`.
 ///
 /// # Safety
-/// `x` holds `mc` rows of stride `k` from which `kc` values are read; `dst` holds
-/// `mc * kc`.
-unsafe fn pack_x(x: *const f32, k: usize, mc: usize, kc: usize, dst: *mut f32) {
+/// As [`Kernel::pack_x`].
+unsafe fn pack_x_f32<E: Copy>(x: *const E, k: usize, mc: usize, kc: usize, dst: *mut f32, f: impl Fn(E) -> f32) {
     // SAFETY: reads x[r * k + p] for r < mc, p < kc; writes inside dst's mc * kc.
     unsafe {
         for i0 in (0..mc).step_by(MR) {
@@ -193,42 +301,311 @@ unsafe fn pack_x(x: *const f32, k: usize, mc: usize, kc: usize, dst: *mut f32) {
             for r in 0..rows {
                 let src = x.add((i0 + r) * k);
                 for p in 0..kc {
-                    *out.add(p * rows + r) = *src.add(p);
+                    *out.add(p * rows + r) = f(*src.add(p));
                 }
             }
         }
     }
 }
 
-/// Lane masks of the two 16-column halves of a tile of `cols` (1..=32) columns.
+/// Whether [`gemm_bf16`] runs on this CPU, and whether with the bf16 dot products
+/// (`vdpbf16ps`) rather than panels converted to f32.
+pub(crate) fn bf16_support() -> Option<bool> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(std::arch::is_x86_feature_detected!("avx512bf16"));
+        }
+    }
+    None
+}
+
+/// `y[:, j0..j1] = x @ w[:, j0..j1]` for bf16 `x` `[m, k]` row-major, `w` `[k, ..]`
+/// with strides `rs`, `cs` and `y` `[m, ldy]` row-major: products and sums in f32 (as
+/// torch's bf16 gemm), rounded to bf16 once at the end. With `dot`, AVX512-BF16's
+/// `vdpbf16ps` multiplies pairs of bf16 values straight from the packed panels (two
+/// products per lane and instruction, twice the f32 rate); without, the panels are
+/// converted to f32 as they are packed and the f32 micro-kernel runs.
+///
+/// # Safety
+/// [`bf16_support`] is `Some(true)` with `dot`, `Some(_)` without; the operands as in
+/// [`gemm`] (`y` may be uninitialised); no other thread writes `y[:, j0..j1]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bf16(
+    x: *const bf16,
+    m: usize,
+    k: usize,
+    w: *const bf16,
+    rs: usize,
+    cs: usize,
+    y: *mut bf16,
+    ldy: usize,
+    (j0, j1): (usize, usize),
+    dot: bool,
+) {
+    // One block of NC columns at a time in f32, rounded when its whole sum is done.
+    let mut scratch = vec![0f32; m * NC.min(j1 - j0)];
+    let mut jc = j0;
+    while jc < j1 {
+        let nc = NC.min(j1 - jc);
+        let (wj, acc) = (w.wrapping_add(jc * cs), scratch.as_mut_ptr());
+        // SAFETY: the caller's contract; the scratch holds m rows of nc values.
+        unsafe {
+            if dot {
+                blocked::<Bf16Dot>(x, m, k, wj, rs, cs, acc, nc, 0, nc, false);
+            } else {
+                blocked::<Bf16ViaF32>(x, m, k, wj, rs, cs, acc, nc, 0, nc, false);
+            }
+            for i in 0..m {
+                let (src, dst) = (&scratch[i * nc..(i + 1) * nc], y.add(i * ldy + jc));
+                for (c, v) in src.iter().enumerate() {
+                    *dst.add(c) = bf16::from_f32(*v);
+                }
+            }
+        }
+        jc += nc;
+    }
+}
+
+/// bf16 panels of pairs and AVX512-BF16's dot-product micro-kernel: a `w` panel holds,
+/// for each pair of rows `(2q, 2q + 1)`, the 32 columns' two values side by side (128
+/// bytes); an `x` panel the rows' pairs of values, broadcast as one 32-bit lane.
+struct Bf16Dot;
+
+impl Kernel for Bf16Dot {
+    type Elem = bf16;
+    type Packed = bf16;
+    const KC: usize = 2 * KC;
+
+    fn padded(kc: usize) -> usize {
+        kc.next_multiple_of(2)
+    }
+
+    unsafe fn pack_w(w: *const bf16, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut bf16) {
+        let kp = Self::padded(kc);
+        // SAFETY: reads w[p * rs + j * cs] for p < kc, j < nc; writes panel j / NR,
+        // pair q, column c, half t, inside dst's kp * NR per panel.
+        unsafe {
+            for (panel, j) in (0..nc).step_by(NR).enumerate() {
+                let cols = NR.min(nc - j);
+                let out = dst.add(panel * kp * NR);
+                if cs == 1 && cols == NR {
+                    // The common case, a whole panel of a row-major weight: two rows'
+                    // contiguous runs interleaved (odd kc: the last pair's second row
+                    // is zero).
+                    for q in 0..kp / 2 {
+                        let (row0, o) = (w.add(2 * q * rs + j), out.add(q * NR * 2));
+                        let second = 2 * q + 1 < kc;
+                        for c in 0..NR {
+                            *o.add(2 * c) = *row0.add(c);
+                            *o.add(2 * c + 1) = if second { *row0.add(rs + c) } else { bf16::ZERO };
+                        }
+                    }
+                    continue;
+                }
+                for p in 0..kp {
+                    let (q, t) = (p / 2, p % 2);
+                    for c in 0..NR {
+                        let v = if p < kc && c < cols {
+                            *w.add(p * rs + (j + c) * cs)
+                        } else {
+                            bf16::ZERO
+                        };
+                        *out.add((q * NR + c) * 2 + t) = v;
+                    }
+                }
+            }
+        }
+    }
+
+    unsafe fn pack_x(x: *const bf16, k: usize, mc: usize, kc: usize, dst: *mut bf16) {
+        let kp = Self::padded(kc);
+        // SAFETY: reads x[r * k + p] for r < mc, p < kc; writes inside dst's mc * kp.
+        unsafe {
+            for i0 in (0..mc).step_by(MR) {
+                let rows = MR.min(mc - i0);
+                let out = dst.add(i0 * kp);
+                for r in 0..rows {
+                    let src = x.add((i0 + r) * k);
+                    for p in 0..kp {
+                        let v = if p < kc { *src.add(p) } else { bf16::ZERO };
+                        *out.add(((p / 2) * rows + r) * 2 + p % 2) = v;
+                    }
+                }
+            }
+        }
+    }
+
+    unsafe fn micro(
+        rows: usize,
+        a: *const bf16,
+        b: *const bf16,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        masks: Masks,
+        overwrite: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded contract (avx512f and avx512bf16 are Bf16Dot's features).
+        unsafe {
+            micro_bf16(rows, a, b, Self::padded(kc) / 2, y, ldy, masks, overwrite)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("bf16_support() is None off x86-64: {rows} {a:?} {b:?} {kc} {y:?} {ldy} {masks:?} {overwrite}");
+    }
+}
+
+/// bf16 operands converted to f32 as they are packed, for CPUs with AVX-512F but not
+/// AVX512-BF16.
+struct Bf16ViaF32;
+
+impl Kernel for Bf16ViaF32 {
+    type Elem = bf16;
+    type Packed = f32;
+    const KC: usize = KC;
+
+    fn padded(kc: usize) -> usize {
+        kc
+    }
+
+    unsafe fn pack_w(w: *const bf16, rs: usize, cs: usize, kc: usize, nc: usize, dst: *mut f32) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_w_f32(w, rs, cs, kc, nc, dst, bf16::to_f32) }
+    }
+
+    unsafe fn pack_x(x: *const bf16, k: usize, mc: usize, kc: usize, dst: *mut f32) {
+        // SAFETY: forwarded contract.
+        unsafe { pack_x_f32(x, k, mc, kc, dst, bf16::to_f32) }
+    }
+
+    unsafe fn micro(
+        rows: usize,
+        a: *const f32,
+        b: *const f32,
+        kc: usize,
+        y: *mut f32,
+        ldy: usize,
+        masks: Masks,
+        overwrite: bool,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { F32::micro(rows, a, b, kc, y, ldy, masks, overwrite) }
+    }
+}
+
+/// The bf16 dot-product micro-kernel for a tile of `rows` (1..=`MR`) rows over `pairs`
+/// pairs of steps.
+///
+/// # Safety
+/// As [`tile_bf16`].
 #[cfg(target_arch = "x86_64")]
-fn column_masks(cols: usize) -> (__mmask16, __mmask16) {
-    let lanes = |n: usize| -> __mmask16 {
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_bf16(
+    rows: usize,
+    a: *const bf16,
+    b: *const bf16,
+    pairs: usize,
+    y: *mut f32,
+    ldy: usize,
+    masks: Masks,
+    overwrite: bool,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match rows {
+            12 => tile_bf16::<12>(a, b, pairs, y, ldy, masks, overwrite),
+            11 => tile_bf16::<11>(a, b, pairs, y, ldy, masks, overwrite),
+            10 => tile_bf16::<10>(a, b, pairs, y, ldy, masks, overwrite),
+            9 => tile_bf16::<9>(a, b, pairs, y, ldy, masks, overwrite),
+            8 => tile_bf16::<8>(a, b, pairs, y, ldy, masks, overwrite),
+            7 => tile_bf16::<7>(a, b, pairs, y, ldy, masks, overwrite),
+            6 => tile_bf16::<6>(a, b, pairs, y, ldy, masks, overwrite),
+            5 => tile_bf16::<5>(a, b, pairs, y, ldy, masks, overwrite),
+            4 => tile_bf16::<4>(a, b, pairs, y, ldy, masks, overwrite),
+            3 => tile_bf16::<3>(a, b, pairs, y, ldy, masks, overwrite),
+            2 => tile_bf16::<2>(a, b, pairs, y, ldy, masks, overwrite),
+            _ => tile_bf16::<1>(a, b, pairs, y, ldy, masks, overwrite),
+        }
+    }
+}
+
+/// `y[0..R, 0..32] (+)= a @ b` in f32 from bf16 pair panels: `a` `pairs` steps of `R`
+/// pairs, `b` `pairs` steps of 32 pairs (64-byte aligned).
+///
+/// # Safety
+/// `a` holds `2 * R * pairs` values, `b` `64 * pairs` (aligned), `y` `R` rows of stride
+/// `ldy` whose masked columns only this call writes; avx512f and avx512bf16 are
+/// available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn tile_bf16<const R: usize>(
+    a: *const bf16,
+    b: *const bf16,
+    pairs: usize,
+    y: *mut f32,
+    ldy: usize,
+    (m0, m1): Masks,
+    overwrite: bool,
+) {
+    // SAFETY: see the contract; every offset stays inside a, b and y's R rows. The
+    // transmutes reinterpret 512 bits as 32 bf16 values, as vdpbf16ps reads them.
+    unsafe {
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        let a = a.cast::<i32>();
+        let b = b.cast::<f32>();
+        for q in 0..pairs {
+            let b0: __m512bh = std::mem::transmute(_mm512_load_ps(b.add(q * NR)));
+            let b1: __m512bh = std::mem::transmute(_mm512_load_ps(b.add(q * NR + 16)));
+            let aq = a.add(q * R);
+            for r in 0..R {
+                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*aq.add(r)));
+                acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+                acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+            }
+        }
+        for r in 0..R {
+            let out = y.add(r * ldy);
+            if !overwrite {
+                acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out));
+                acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out.add(16)));
+            }
+            _mm512_mask_storeu_ps(out, m0, acc0[r]);
+            _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
+        }
+    }
+}
+
+/// Lane masks of the two 16-column halves of a tile of `cols` (1..=32) columns.
+fn column_masks(cols: usize) -> Masks {
+    let lanes = |n: usize| -> u16 {
         if n >= 16 {
             0xFFFF
         } else {
-            ((1u32 << n) - 1) as __mmask16
+            ((1u32 << n) - 1) as u16
         }
     };
     (lanes(cols), lanes(cols.saturating_sub(16)))
 }
 
-/// The micro-kernel for a tile of `rows` (1..=`MR`) rows.
+/// The f32 micro-kernel for a tile of `rows` (1..=`MR`) rows.
 ///
 /// # Safety
 /// As [`tile`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-#[inline]
-unsafe fn micro(
+unsafe fn micro_f32(
     rows: usize,
     a: *const f32,
     b: *const f32,
     kc: usize,
     y: *mut f32,
     ldy: usize,
-    masks: (__mmask16, __mmask16),
+    masks: Masks,
     overwrite: bool,
 ) {
     // SAFETY: forwarded contract.
