@@ -1,12 +1,14 @@
 //! The model's weight products in bf16 on the CPU: `x @ w` for a bf16 `x` and weight,
 //! summed in f32 through [`super::packed_gemm::gemm_bf16`] (AVX512-BF16's dot products
-//! where the CPU has them), in column blocks over rayon's threads. candle's own bf16
+//! where the CPU has them), in column blocks over rayon's threads; a few rows (a
+//! decoding step) stream the weight once through the f32 kernels' row form instead. candle's own bf16
 //! product on the CPU is several times slower than its f32 one; this is faster than
 //! the f32 product where the CPU has the bf16 units.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 use half::bf16;
 
+use super::kernels::{SmallMatmul, SMALL_MATMUL_ROWS};
 use super::packed_gemm;
 use super::shared_out::SharedOut;
 
@@ -63,6 +65,14 @@ impl CustomOp2 for Bf16Matmul {
             );
         }
         let w = &w[start..];
+        if rows <= SMALL_MATMUL_ROWS && cs == 1 && rs == d_out {
+            // Decoding: the weight is read once, widened as it streams in (half the
+            // bytes of an f32 weight), no packing.
+            let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+            let y = SmallMatmul::rows_form(&xf, rows, d_in, &w[..d_in * d_out], d_out);
+            let y = y.into_iter().map(bf16::from_f32).collect();
+            return Ok((CpuStorage::BF16(y), Shape::from((rows, d_out))));
+        }
         let n = rows * d_out;
         let mut y: Vec<bf16> = Vec::with_capacity(n);
         let out = SharedOut::new(y.as_mut_ptr().cast::<f32>());

@@ -363,7 +363,7 @@ pub(crate) const SMALL_MATMUL_ROWS: usize = 4;
 /// `x` `[rows, in]` (contiguous) times `w` `[in, out]`, for few rows. `w` is either
 /// contiguous (the Conv1D layout of every block weight) or the transpose of a
 /// contiguous `[out, in]` (the unembedding tied to `W_E`); it is read exactly once.
-struct SmallMatmul;
+pub(crate) struct SmallMatmul;
 
 impl SmallMatmul {
     /// `y[r, c] = sum_i x[r, i] w[i, c]`, `w` row-major `[in, out]`: the sum of the
@@ -371,7 +371,7 @@ impl SmallMatmul {
     /// so that every thread streams one contiguous stretch of memory (the prefetcher's
     /// best case: this product is bound by memory bandwidth), into its own partial sum
     /// of `rows * out` floats; the partial sums are added at the end.
-    fn rows_form(x: &[f32], rows: usize, d_in: usize, w: &[f32], d_out: usize) -> Vec<f32> {
+    pub(crate) fn rows_form<W: WeightValue>(x: &[f32], rows: usize, d_in: usize, w: &[W], d_out: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let tasks = rayon::current_num_threads().clamp(1, d_in);
         let band = d_in.div_ceil(tasks);
@@ -382,7 +382,7 @@ impl SmallMatmul {
                 let mut acc = vec![0f32; rows * d_out];
                 for r in 0..rows {
                     let xr = &x[r * d_in + i0..r * d_in + i1];
-                    accumulate_rows(&mut acc[r * d_out..(r + 1) * d_out], xr, &w[i0 * d_out..i1 * d_out]);
+                    W::accumulate_rows(&mut acc[r * d_out..(r + 1) * d_out], xr, &w[i0 * d_out..i1 * d_out]);
                 }
                 acc
             })
@@ -421,13 +421,53 @@ impl SmallMatmul {
     }
 }
 
+/// A weight's element type as [`SmallMatmul::rows_form`] reads it: f32, or bf16
+/// widened to f32 as it streams in (the product is bound by the weight's bytes, which
+/// bf16 halves).
+pub(crate) trait WeightValue: Copy + Send + Sync {
+    /// The value in f32.
+    fn f32(self) -> f32;
+    /// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of
+    /// `acc.len()`), compiled for the CPU's widest vectors.
+    fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[Self]);
+}
+
+impl WeightValue for f32 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        self
+    }
+
+    fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) {
+        accumulate_rows(acc, x, w)
+    }
+}
+
+impl WeightValue for half::bf16 {
+    #[inline(always)]
+    fn f32(self) -> f32 {
+        // bf16 is f32's top half: widening is a shift, which vectorises (half's own
+        // conversion checks for NaN first).
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+
+    fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[half::bf16]) {
+        accumulate_rows_bf16(acc, x, w)
+    }
+}
+
 dispatched! {
     /// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of `acc.len()`).
     fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) => accumulate_rows_impl
 }
 
+dispatched! {
+    /// [`accumulate_rows`] for a bf16 `w`.
+    fn accumulate_rows_bf16(acc: &mut [f32], x: &[f32], w: &[half::bf16]) => accumulate_rows_impl
+}
+
 #[inline(always)]
-fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) {
+fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[impl WeightValue]) {
     let n = acc.len();
     // Two weight rows per pass over `acc`: half the accumulator loads and stores.
     let mut pairs = x.chunks_exact(2).zip(w.chunks_exact(2 * n));
@@ -435,6 +475,7 @@ fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) 
         let (w0, w1) = ws.split_at(n);
         let (a, b) = (xs[0], xs[1]);
         for ((o, &u), &v) in acc.iter_mut().zip(w0).zip(w1) {
+            let (u, v) = (u.f32(), v.f32());
             *o = if FMA {
                 v.mul_add(b, u.mul_add(a, *o))
             } else {
@@ -445,6 +486,7 @@ fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[f32]) 
     if x.len() % 2 == 1 {
         let a = x[x.len() - 1];
         for (o, &u) in acc.iter_mut().zip(&w[(x.len() - 1) * n..]) {
+            let u = u.f32();
             *o = if FMA { u.mul_add(a, *o) } else { *o + a * u };
         }
     }
