@@ -236,6 +236,22 @@ pub fn config_from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<Transfor
     Ok(cfg)
 }
 
+/// The Hugging Face readers as constructors of the config; they live here, with the
+/// converters they call, so that the config imports nothing above it.
+impl TransformerConfig {
+    /// Reads a Hugging Face `config.json` of any supported family (see
+    /// [`config_from_hf_json`]).
+    pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self> {
+        config_from_hf_json(path)
+    }
+
+    /// [`TransformerConfig::from_hf_json`] on the text of a `config.json`; `path` names
+    /// it in errors.
+    pub fn from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<Self> {
+        config_from_hf_str(text, path)
+    }
+}
+
 /// Reads every tensor of `cfg`'s family from `src` into the model's layout.
 /// Every tensor of `src` must be read, unless `allow_unused`.
 pub(crate) fn read_weights(
