@@ -6,6 +6,7 @@
 //! text, weight views and processing. What a family changes is its config
 //! ([`crate::config::TransformerConfig`]) and its converter (`crate::convert`).
 
+mod activation;
 mod alibi;
 mod attention;
 mod block;

@@ -15,8 +15,8 @@
 use candle_core::{DType, Tensor};
 use hooklens_core::HookPoint;
 
+use super::activation::activate;
 use super::kernels;
-use super::mlp::activate;
 use super::params::MoeWeights;
 use crate::config::{ActFn, ClampedSwiglu, TransformerConfig};
 
