@@ -12,6 +12,7 @@ pub mod convert;
 pub mod loading;
 pub mod model;
 pub(crate) mod ops;
+pub(crate) mod params;
 pub mod sae;
 pub mod tokenizer;
 #[cfg(feature = "viz")]

@@ -18,7 +18,7 @@ use super::neox::per_head_to_stacked;
 use super::{finish, linear_weight, Family};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The BLOOM family.
 pub(crate) const FAMILY: Family = Family {

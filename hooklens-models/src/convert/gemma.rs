@@ -11,7 +11,7 @@ use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout,
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Gemma family.
 pub(crate) const FAMILY: Family = Family {

@@ -25,7 +25,7 @@ use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::Family;
 use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Gemma 3 (text) family.
 pub(crate) const FAMILY: Family = Family {

@@ -12,7 +12,7 @@ use super::hf_config::HfConfig;
 use super::{finish, Family};
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, TransformerWeights};
+use crate::params::{LayerWeights, TransformerWeights};
 
 /// The GPT-2 family.
 pub(crate) const FAMILY: Family = Family {

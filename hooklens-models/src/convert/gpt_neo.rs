@@ -14,7 +14,7 @@ use super::hf_config::HfConfig;
 use super::{finish, linear_weight, Family};
 use crate::config::{ActFn, AttnType, NormalizationType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The GPT-Neo family.
 pub(crate) const FAMILY: Family = Family {

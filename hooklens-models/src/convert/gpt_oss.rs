@@ -23,7 +23,7 @@ use super::mxfp4;
 use super::{linear_weight, Family};
 use crate::config::{ActFn, AttnType, ClampedSwiglu, TransformerConfig, YarnRope};
 use crate::loading::TensorSource;
-use crate::model::params::{ExpertWeights, MoeWeights, TransformerWeights};
+use crate::params::{ExpertWeights, MoeWeights, TransformerWeights};
 
 /// The gpt-oss family.
 pub(crate) const FAMILY: Family = Family {

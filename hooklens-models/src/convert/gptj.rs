@@ -18,7 +18,7 @@ use super::hf_config::HfConfig;
 use super::{finish, linear_weight, Family};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The GPT-J family.
 pub(crate) const FAMILY: Family = Family {

@@ -62,8 +62,8 @@ use hooklens_core::{Error, Result};
 
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
-use crate::model::unembed::UnembedFactors;
+use crate::params::UnembedFactors;
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 use hf_config::HfConfig;
 /// Random checkpoints of any family from a `config.json`, for the tests (feature
 /// `bench-internals`; not API).

@@ -11,7 +11,7 @@ use super::Family;
 use super::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The GPT-NeoX family.
 pub(crate) const FAMILY: Family = Family {

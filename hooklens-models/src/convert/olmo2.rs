@@ -13,7 +13,7 @@ use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout,
 use super::Family;
 use crate::config::{ActFn, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The OLMo 2 family.
 pub(crate) const FAMILY: Family = Family {

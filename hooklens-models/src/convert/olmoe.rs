@@ -16,7 +16,7 @@ use super::qwen3_moe::MLP_EXPERTS;
 use super::Family;
 use crate::config::{ActFn, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The OLMoE family.
 pub(crate) const FAMILY: Family = Family {

@@ -32,7 +32,7 @@ use super::hf_config::HfConfig;
 use super::{finish, linear_weight, untied_head, with_unembed, Family};
 use crate::config::{ActFn, NormalizationType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The OPT family.
 pub(crate) const FAMILY: Family = Family {

@@ -13,7 +13,7 @@ use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Phi-3 family.
 pub(crate) const FAMILY: Family = Family {

@@ -10,7 +10,7 @@ use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Qwen 2 family.
 pub(crate) const FAMILY: Family = Family {

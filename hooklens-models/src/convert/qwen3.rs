@@ -11,7 +11,7 @@ use super::qwen2::{qwen_config, QWEN_FIELDS};
 use super::Family;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Qwen 3 family.
 pub(crate) const FAMILY: Family = Family {

@@ -17,7 +17,7 @@ use super::moe::{read_experts, set_experts, ExpertNames, MOE_FIELDS};
 use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Qwen3-MoE family.
 pub(crate) const FAMILY: Family = Family {

@@ -19,13 +19,12 @@ mod mlp;
 mod model;
 mod moe;
 mod norm;
-pub(crate) mod params;
 mod processing;
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod random_init;
 mod rotary;
 mod text;
-pub(crate) mod unembed;
+mod unembed;
 mod weights;
 
 #[allow(deprecated)]

@@ -14,12 +14,12 @@ use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 use super::kv_cache::KvCache;
 use super::mlp::Mlp;
 use super::norm::{Norm, NormKind};
-use super::params::{NormParams, TransformerWeights};
 use super::processing::{process, ProcessingOptions};
 use super::rotary::{Rotary, RotaryTables};
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
+use crate::params::{NormParams, TransformerWeights};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
 /// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM, and the

@@ -17,8 +17,8 @@ use hooklens_core::HookPoint;
 
 use super::activation::activate;
 use super::kernels;
-use super::params::MoeWeights;
 use crate::config::{ActFn, ClampedSwiglu, TransformerConfig};
+use crate::params::MoeWeights;
 
 /// One expert: a gated MLP over the rows routed to it, with TransformerLens's Mixtral
 /// hook points. Every point is `[n_e, d_mlp]`, `n_e` the number of (token, slot) pairs
