@@ -8,10 +8,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
-use crate::model::{
-    cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer, SeededRng, TransformerConfig,
-};
+use crate::model::{cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer, TransformerConfig};
 use crate::ops::kernels::matmul_constant_rhs;
+use crate::ops::SeededRng;
 
 /// The built-in model's shape: two layers (the fewest that can form an induction
 /// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,
@@ -298,7 +297,7 @@ fn schedule(step: usize, opts: &TrainOptions) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SeededRng;
+    use crate::ops::SeededRng;
     use candle_core::IndexOp;
 
     /// Mean attention of each head of layer 0 to the previous token, `[n_heads]`.

@@ -112,7 +112,7 @@ mod tests {
     fn builtin_has_induction_heads() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let mut rng = crate::model::SeededRng::new(0);
+        let mut rng = crate::ops::SeededRng::new(0);
         let tokens = super::super::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
         let scores = super::super::induction_scores(&m, &tokens, 25).unwrap();
         let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();

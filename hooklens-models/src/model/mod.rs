@@ -53,14 +53,17 @@ pub use moe::{Expert, Moe};
 pub(crate) use norm::{normalize_composite, rms_scale_composite, scale_composite};
 pub use norm::{LayerNorm, Norm, NormKind};
 pub use processing::ProcessingOptions;
+#[cfg(not(feature = "bench-internals"))]
+#[allow(unused_imports)]
+pub(crate) use random_init::{hf_config_json, random_weights, save_hf_checkpoint};
+pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
+pub use unembed::Unembed;
 /// Seeded random weights and checkpoints, for the tests, benchmarks and the command
 /// line's demo (feature `bench-internals`; not API).
 #[cfg(feature = "bench-internals")]
-pub use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
-#[cfg(not(feature = "bench-internals"))]
-#[allow(unused_imports)]
-pub(crate) use random_init::{hf_config_json, random_weights, save_hf_checkpoint, SeededRng};
-pub use text::{Occurrence, PaddingSide, Prompts, SingleToken, TextOrTokens};
-pub use unembed::Unembed;
+pub use {
+    crate::ops::SeededRng,
+    random_init::{hf_config_json, random_weights, save_hf_checkpoint},
+};
 
 pub(crate) use crate::ops::{kernels, linear};

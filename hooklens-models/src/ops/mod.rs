@@ -5,6 +5,8 @@
 pub(crate) mod attention_products;
 mod cross_entropy;
 pub(crate) mod kernels;
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
+mod seeded_rng;
 mod shared_out;
 pub(crate) mod slice_gemm;
 mod streamed_gemm;
@@ -12,6 +14,7 @@ mod transpose;
 mod weighted_scatter;
 
 pub use cross_entropy::cross_entropy_per_row;
+pub use seeded_rng::SeededRng;
 pub(crate) use transpose::transposed;
 pub(crate) use weighted_scatter::weighted_scatter_add;
 
