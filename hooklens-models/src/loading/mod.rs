@@ -1,11 +1,9 @@
 //! Loading checkpoints: safetensors files read tensor by tensor (one file, or the
 //! shards of a `model.safetensors.index.json`; f32, f16 or bf16, and u8 for packed
-//! quantised weights), the load options,
-//! and the Hugging Face hub.
+//! quantised weights), and the Hugging Face hub.
 
 pub mod hub;
 mod known_fields;
-mod load_options;
 mod safetensors;
 mod sharded;
 mod used_tensors;
@@ -16,7 +14,6 @@ use candle_core::{DType, Device};
 use hooklens_core::{Error, Result};
 
 pub(crate) use known_fields::KnownFields;
-pub use load_options::LoadOptions;
 pub(crate) use safetensors::{SafetensorsFile, TensorSource};
 pub(crate) use sharded::{ShardIndex, ShardedSafetensors};
 pub(crate) use used_tensors::UsedTensors;

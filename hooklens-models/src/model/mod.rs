@@ -14,6 +14,7 @@ mod embed;
 mod forward_options;
 mod generate;
 mod kv_cache;
+mod load_options;
 mod mlp;
 #[allow(clippy::module_inception)]
 mod model;
@@ -32,7 +33,6 @@ pub use crate::config::Gpt2Config;
 pub use crate::config::{
     ActFn, AttnType, NormalizationType, NtkByPartsRope, PositionalEmbeddingType, TransformerConfig,
 };
-pub use crate::loading::LoadOptions;
 pub use crate::ops::cross_entropy_per_row;
 /// The attention and weight products on their own, for the benchmarks (feature
 /// `bench-internals`; not API).
@@ -44,6 +44,7 @@ pub use embed::{Embed, PosEmbed};
 pub use forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 pub use generate::GenerateOptions;
 pub use kv_cache::KvCache;
+pub use load_options::LoadOptions;
 pub use mlp::Mlp;
 #[allow(deprecated)]
 pub use model::HookedGpt2;

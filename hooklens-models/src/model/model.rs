@@ -12,13 +12,14 @@ use super::block::Block;
 use super::embed::{is_integer, Embed, PosEmbed};
 use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 use super::kv_cache::KvCache;
+use super::load_options::LoadOptions;
 use super::mlp::Mlp;
 use super::norm::{Norm, NormKind};
 use super::processing::{process, ProcessingOptions};
 use super::rotary::{Rotary, RotaryTables};
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
-use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
+use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype};
 use crate::params::{NormParams, TransformerWeights};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
