@@ -7,11 +7,6 @@ use hooklens_core::{Error, Result};
 use crate::model::{HookedTransformer, LoadOptions, TransformerConfig};
 use crate::Tokenizer;
 
-/// The name that selects the built-in model wherever a model is named (`--model
-/// builtin`, [`HookedTransformer::from_pretrained`]). It takes precedence over a directory of
-/// the same name; write `./builtin` for that.
-pub const BUILTIN: &str = "builtin";
-
 /// `config.json` and `model.safetensors` (f16) of the built-in model, when they were
 /// present at build time (see `build.rs`).
 #[cfg(hooklens_builtin)]
@@ -21,11 +16,6 @@ const FILES: Option<(&str, &[u8])> = Some((
 ));
 #[cfg(not(hooklens_builtin))]
 const FILES: Option<(&str, &[u8])> = None;
-
-/// Whether `name` selects the built-in model.
-pub fn is_builtin(name: &str) -> bool {
-    name == BUILTIN
-}
 
 /// The built-in model's `config.json` text and `model.safetensors` bytes, or an error
 /// when this build was compiled without them.

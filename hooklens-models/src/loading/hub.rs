@@ -9,15 +9,20 @@ use std::path::{Path, PathBuf};
 
 use hooklens_core::{Error, Result};
 
-use crate::{HookedTransformer, LoadOptions, ProcessingOptions, Tokenizer};
+use crate::Tokenizer;
 
 // The cache and the network: compiled with the `hub` feature only.
+pub(crate) mod builtin_name;
 #[cfg(feature = "hub")]
 mod remote;
 #[cfg(feature = "hub")]
 pub(crate) use remote::repo_files;
 #[cfg(feature = "hub")]
 use remote::{download, from_cache, not_cached};
+#[cfg(all(test, feature = "hub"))]
+pub(crate) mod test_cache;
+
+use builtin_name::is_builtin;
 
 /// The configuration file of a model.
 pub const CONFIG_FILE: &str = "config.json";
@@ -31,7 +36,7 @@ pub const SHARD_INDEX_FILE: &str = super::SHARD_INDEX;
 /// The shard files a `model.safetensors.index.json` names, each once; an unreadable
 /// index, or one naming a file outside its folder, is an error naming it.
 #[cfg(feature = "hub")]
-fn shard_files(index: &Path) -> Result<Vec<String>> {
+pub(crate) fn shard_files(index: &Path) -> Result<Vec<String>> {
     Ok(super::ShardIndex::read(index)?.files)
 }
 
@@ -251,7 +256,7 @@ fn required(with_weights: bool) -> &'static [&'static str] {
 }
 
 fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
-    if crate::builtin::is_builtin(name) {
+    if is_builtin(name) {
         return Err(Error::invalid(format!(
             "model `{name}` is compiled into hooklens-models and has no files: load it with \
              HookedTransformer::builtin() or from_pretrained(\"{name}\") (a directory of that name is `./{name}`)"
@@ -380,69 +385,12 @@ impl ModelFiles {
     }
 }
 
-impl HookedTransformer {
-    /// TransformerLens's `from_pretrained`: loads `name` (`builtin` for the built-in
-    /// model, see [`HookedTransformer::builtin`]; a model directory or a Hugging Face id, see
-    /// [`resolve_with`]) with `opts` (weight processing as TransformerLens does by
-    /// default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
-    /// text methods. The Hugging Face cache and offline mode come from the environment
-    /// ([`HubOptions::from_env`]).
-    pub fn from_pretrained(name: &str, opts: &LoadOptions) -> Result<Self> {
-        Self::from_pretrained_with(name, opts, &HubOptions::from_env())
-    }
-
-    /// TransformerLens's `from_pretrained_no_processing`: [`HookedTransformer::from_pretrained`]
-    /// with the weights as stored, whatever `opts.processing` says.
-    pub fn from_pretrained_no_processing(name: &str, opts: &LoadOptions) -> Result<Self> {
-        let opts = opts.clone().with_processing(ProcessingOptions::none());
-        Self::from_pretrained(name, &opts)
-    }
-
-    /// [`HookedTransformer::from_pretrained`] with explicit hub options (cache directory,
-    /// offline mode, revision).
-    pub fn from_pretrained_with(name: &str, opts: &LoadOptions, hub: &HubOptions) -> Result<Self> {
-        if crate::builtin::is_builtin(name) {
-            return Self::builtin_with(opts);
-        }
-        let files = resolve_with(name, hub)?;
-        let model = Self::from_files(&files.config, &files.weights, opts)?;
-        // GPT-2's BPE stands in for a missing tokenizer.json of a GPT-2 whose
-        // vocabulary it fits; `tokenizer()` says what is missing for any other.
-        if files.tokenizer.is_none() && !(model.cfg().is_gpt2() && model.cfg().d_vocab >= 50257) {
-            return Ok(model);
-        }
-        let tokenizer = files.tokenizer()?;
-        Ok(model.with_tokenizer(tokenizer))
-    }
-}
-
 #[cfg(all(test, feature = "hub"))]
 mod tests {
+    use super::test_cache::{fake_cache, named, offline, tiny_model_dir};
     use super::*;
-    use hooklens_testutil::hub_standin::{cache_repo, refused_endpoint, repo_dir, skipped_for_proxy, StandIn, COMMIT};
+    use hooklens_testutil::hub_standin::{refused_endpoint, skipped_for_proxy, StandIn, COMMIT};
     use hooklens_testutil::TempDir;
-
-    fn tiny_model_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2/model")
-    }
-
-    /// `names` of `dir`, as `(prefix + name, path)`: what a stand-in serves or a cache holds.
-    fn named(dir: &Path, names: &[&str], prefix: &str) -> Vec<(String, PathBuf)> {
-        names.iter().map(|n| (format!("{prefix}{n}"), dir.join(n))).collect()
-    }
-
-    /// Lays out the tiny model as Python's `huggingface_hub` caches `repo`, with or
-    /// without `refs/main`.
-    fn fake_cache(cache: &Path, repo: &str, with_ref: bool) {
-        cache_repo(cache, repo, &named(&tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], ""));
-        if !with_ref {
-            std::fs::remove_dir_all(repo_dir(cache, repo).join("refs")).unwrap();
-        }
-    }
-
-    fn offline(cache: &Path) -> HubOptions {
-        HubOptions::from_vars(|_| None).cache_dir(cache).offline(true)
-    }
 
     #[test]
     fn resolves_a_cached_id_offline() {
@@ -535,48 +483,10 @@ mod tests {
     }
 
     #[test]
-    fn from_pretrained_loads_from_the_cache_with_its_tokenizer() {
-        let tmp = TempDir::new("pretrained");
-        fake_cache(&tmp, "gpt2", true);
-        let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
-        let opts = LoadOptions::default();
-        let plain = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
-        assert_eq!(plain.cfg().d_vocab, 512);
-        // GPT-2's BPE does not fit a 512-token vocabulary: no silent stand-in.
-        let err = plain.tokenizer().unwrap_err().to_string();
-        assert!(err.contains("tokenizer.json") && err.contains("512"), "{err}");
-        let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
-        std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
-        let m = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
-        assert_eq!(m.tokenizer().unwrap().vocab_size(), 512);
-        let tokens = m.to_tokens("Hello", true, crate::model::PaddingSide::Right).unwrap();
-        assert_eq!(m.forward(&tokens).unwrap().dims(), &[1, 5, 512]);
-        let err = HookedTransformer::from_pretrained_with("gpt2-large", &opts, &offline(&tmp))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
-    }
-
-    #[test]
     fn builtin_is_a_name_not_files() {
         let opts = offline(Path::new("/nonexistent"));
         let err = resolve_with("builtin", &opts).unwrap_err().to_string();
         assert!(err.contains("compiled into hooklens-models"), "{err}");
-        let m = HookedTransformer::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap();
-        assert_eq!(m.cfg().d_model, crate::builtin::builtin_config().d_model);
-        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LNPre);
-        let raw = HookedTransformer::from_pretrained_no_processing("builtin", &LoadOptions::default()).unwrap();
-        assert_eq!(raw.cfg().normalization_type, crate::model::NormalizationType::LN);
-    }
-
-    #[test]
-    fn from_pretrained_no_processing_reads_a_directory_as_stored() {
-        let dir = tiny_model_dir();
-        let m =
-            HookedTransformer::from_pretrained_no_processing(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LN);
-        let p = HookedTransformer::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(p.cfg().normalization_type, crate::model::NormalizationType::LNPre);
     }
 
     #[test]
@@ -607,44 +517,6 @@ mod tests {
         assert_eq!(served, 5);
         let again = resolve_with("gpt2", &offline(&tmp)).unwrap();
         assert_eq!(again.weights, files.weights);
-    }
-
-    #[test]
-    fn sharded_checkpoints_download_every_shard() {
-        if skipped_for_proxy() {
-            return;
-        }
-        let tmp = TempDir::new("download-shards");
-        let config =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/llama/model/config.json"))
-                .unwrap();
-        let weights = crate::convert::synthetic_checkpoint(&config, 4).unwrap();
-        let served_dir = tmp.join("served");
-        crate::convert::write_checkpoint(&served_dir, &config, &weights, candle_core::DType::F32, 3).unwrap();
-        let mut files = vec![CONFIG_FILE.to_string(), SHARD_INDEX_FILE.to_string()];
-        files.extend(shard_files(&served_dir.join(SHARD_INDEX_FILE)).unwrap());
-        assert_eq!(files.len(), 5);
-        let names: Vec<&str> = files.iter().map(String::as_str).collect();
-        let server = StandIn::serve(named(&served_dir, &names, ""));
-        let cache = tmp.join("cache");
-        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
-        opts.endpoint = Some(server.endpoint.clone());
-        let got = HookedTransformer::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
-        server.finish();
-        let got = got.unwrap();
-        let local = HookedTransformer::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
-        let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
-        let diff = hooklens_testutil::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
-        assert_eq!(diff, 0.0);
-        // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
-        let err = got
-            .to_tokens("hi", true, crate::model::PaddingSide::Right)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tokenizer.json"), "{err}");
-        // Every shard is in the cache now: offline works.
-        let again = resolve_with("org/tiny-llama", &offline(&cache)).unwrap();
-        assert!(again.weights.ends_with(SHARD_INDEX_FILE));
     }
 
     #[test]
@@ -689,59 +561,5 @@ mod tests {
         assert!(env(&[("HF_HUB_OFFLINE", "true")]).offline);
         assert!(!env(&[("HF_HUB_OFFLINE", "0")]).offline);
         assert!(!env(&[]).offline);
-    }
-
-    #[test]
-    fn saes_download_by_repo_and_folder_then_work_offline() {
-        if skipped_for_proxy() {
-            return;
-        }
-        let sae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes/saes/topk");
-        let tmp = TempDir::new("sae-download");
-        let files = ["cfg.json", "sae_weights.safetensors"];
-        let server = StandIn::serve(named(&sae_dir, &files, "blocks.1.attn.hook_z/"));
-        let mut opts = HubOptions::from_vars(|_| None)
-            .cache_dir(tmp.path("").as_path())
-            .progress(false);
-        opts.endpoint = Some(server.endpoint.clone());
-        let dev = candle_core::Device::Cpu;
-        let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
-        let served = server.finish().len();
-        let got = got.unwrap();
-        assert_eq!(served, 4, "metadata and body of both files");
-        let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();
-        assert_eq!(got.cfg(), local.cfg());
-        let diff = hooklens_testutil::max_abs_diff(got.w_dec(), local.w_dec());
-        assert_eq!(diff, 0.0);
-        let snap = tmp
-            .path("")
-            .join("models--org--tiny-saes/snapshots")
-            .join(COMMIT)
-            .join("blocks.1.attn.hook_z");
-        assert!(snap.join("cfg.json").is_file() && snap.join("sae_weights.safetensors").is_file());
-        // Cached now: offline works, and another folder offline is an error naming it.
-        let again = crate::sae::Sae::from_pretrained(
-            "org/tiny-saes",
-            "/blocks.1.attn.hook_z/",
-            &offline(tmp.path("").as_path()),
-            &dev,
-        );
-        assert_eq!(again.unwrap().cfg(), local.cfg());
-        let err = crate::sae::Sae::from_pretrained(
-            "org/tiny-saes",
-            "blocks.0.hook_resid_pre",
-            &offline(tmp.path("").as_path()),
-            &dev,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("blocks.0.hook_resid_pre/cfg.json") && err.contains("HF_HUB_OFFLINE"),
-            "{err}"
-        );
-        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(tmp.path("").as_path()), &dev)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a path inside"), "{err}");
     }
 }
