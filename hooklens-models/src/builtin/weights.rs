@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use hooklens_core::{Error, Result};
 
 use crate::model::{HookedTransformer, LoadOptions, TransformerConfig};
-use crate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// `config.json` and `model.safetensors` (f16) of the built-in model, when they were
 /// present at build time (see `build.rs`).

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use hooklens_core::{Error, Result};
 
-use crate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 // The cache and the network: compiled with the `hub` feature only.
 pub(crate) mod builtin_name;

@@ -77,7 +77,7 @@ pub struct HookedTransformer {
     cfg: TransformerConfig,
     /// The tokenizer of the text methods (`to_tokens`, ...); GPT-2's BPE when `None`.
     /// Set by `from_pretrained` and `with_tokenizer` (see `text.rs`).
-    pub(super) tokenizer: Option<std::sync::Arc<crate::Tokenizer>>,
+    pub(super) tokenizer: Option<std::sync::Arc<crate::tokenizer::Tokenizer>>,
     /// Token embedding.
     pub embed: Embed,
     /// Token embeddings `[batch, pos, d_model]`.

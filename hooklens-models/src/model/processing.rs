@@ -398,7 +398,7 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HookedTransformer, LoadOptions};
+    use crate::model::{HookedTransformer, LoadOptions};
     use candle_core::{DType, Device};
 
     /// Loading from a file processes in place; from a `VarBuilder` (whose tensors the

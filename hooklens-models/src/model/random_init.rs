@@ -101,7 +101,7 @@ pub fn save_hf_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HookedTransformer, LoadOptions};
+    use crate::model::{HookedTransformer, LoadOptions};
 
     #[test]
     fn same_seed_same_weights_and_they_load() {

@@ -156,7 +156,7 @@ impl Unembed {
 mod tests {
     use super::*;
     use crate::model::{random_weights, ProcessingOptions, TransformerConfig};
-    use crate::{HookedTransformer, LoadOptions};
+    use crate::model::{HookedTransformer, LoadOptions};
     use candle_core::Device;
     use hooklens_testutil::max_abs_diff;
 
