@@ -8,16 +8,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
-use crate::model::{cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer, TransformerConfig};
+use super::shape::builtin_config;
+use crate::model::{cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer};
 use crate::ops::kernels::matmul_constant_rhs;
 use crate::ops::SeededRng;
-
-/// The built-in model's shape: two layers (the fewest that can form an induction
-/// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,
-/// small enough to ship in f16 under 8 MB.
-pub fn builtin_config() -> TransformerConfig {
-    TransformerConfig::new(2, 64, 4, 50257, 57)
-}
 
 /// How to train.
 #[derive(Clone, Debug)]
