@@ -30,12 +30,12 @@ pub fn builtin_files() -> Result<(&'static str, &'static [u8])> {
 }
 
 /// The built-in model's configuration as stored (before processing). Without the
-/// files, the shape it is trained with ([`super::builtin_config`]), which is all that
+/// files, the shape it is trained with ([`crate::builtin::builtin_config`]), which is all that
 /// tokenizing needs.
 pub fn builtin_stored_config() -> Result<TransformerConfig> {
     match FILES {
         Some((config, _)) => TransformerConfig::from_hf_str(config, "<builtin>/config.json"),
-        None => Ok(super::builtin_config()),
+        None => Ok(super::shape::builtin_config()),
     }
 }
 
@@ -75,7 +75,7 @@ mod tests {
     fn builtin_loads_processed_and_as_stored() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let want = super::super::builtin_config();
+        let want = super::super::shape::builtin_config();
         let got = m.cfg();
         assert_eq!(
             (got.n_layers, got.d_model, got.n_heads, got.d_vocab, got.n_ctx),
@@ -103,11 +103,11 @@ mod tests {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
         let mut rng = crate::ops::SeededRng::new(0);
-        let tokens = super::super::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
-        let scores = super::super::induction_scores(&m, &tokens, 25).unwrap();
+        let tokens = super::super::induction::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
+        let scores = super::super::induction::induction_scores(&m, &tokens, 25).unwrap();
         let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(best >= 0.5, "the strongest induction score is {best}");
-        let (first, second) = super::super::half_losses(&m, &tokens, 25).unwrap();
+        let (first, second) = super::super::induction::half_losses(&m, &tokens, 25).unwrap();
         assert!(
             second < first / 2.0,
             "loss {first} on the first half, {second} on the repeat"
@@ -121,8 +121,8 @@ mod tests {
     fn builtin_context_is_what_it_was_trained_on() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let o = super::super::TrainOptions::default();
+        let o = super::super::train::TrainOptions::default();
         assert_eq!(m.cfg().n_ctx, 1 + o.prefix_len.1 + o.repeat_len.1);
-        assert_eq!(super::super::builtin_config().n_ctx, m.cfg().n_ctx);
+        assert_eq!(super::super::shape::builtin_config().n_ctx, m.cfg().n_ctx);
     }
 }

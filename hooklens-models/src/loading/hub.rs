@@ -31,13 +31,13 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The optional tokenizer file of a model.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 /// The index of a sharded checkpoint, used when there is no [`WEIGHTS_FILE`].
-pub const SHARD_INDEX_FILE: &str = super::SHARD_INDEX;
+pub const SHARD_INDEX_FILE: &str = super::checkpoint::SHARD_INDEX;
 
 /// The shard files a `model.safetensors.index.json` names, each once; an unreadable
 /// index, or one naming a file outside its folder, is an error naming it.
 #[cfg(feature = "hub")]
 pub(crate) fn shard_files(index: &Path) -> Result<Vec<String>> {
-    Ok(super::ShardIndex::read(index)?.files)
+    Ok(super::sharded::ShardIndex::read(index)?.files)
 }
 
 /// TransformerLens's names for models that are not Hugging Face ids.
@@ -377,7 +377,7 @@ impl ModelFiles {
         let mut files = vec![self.config.clone(), self.weights.clone()];
         if self.weights.to_string_lossy().ends_with(".index.json") {
             let dir = self.weights.parent().unwrap_or(Path::new("."));
-            let index = crate::loading::ShardIndex::read(&self.weights)?;
+            let index = super::sharded::ShardIndex::read(&self.weights)?;
             files.extend(index.files.iter().map(|f| dir.join(f)));
         }
         files.extend(self.tokenizer.clone());
