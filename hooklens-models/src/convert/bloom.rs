@@ -13,9 +13,10 @@
 
 use hooklens_core::Result;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::neox::per_head_to_stacked;
-use super::{finish, linear_weight, Family};
+use super::weights::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::params::{LayerWeights, NormParams, TransformerWeights};

@@ -19,10 +19,10 @@
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::gemma::gemma_common;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
-use super::Family;
 use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::params::TransformerWeights;

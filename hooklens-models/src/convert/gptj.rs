@@ -14,8 +14,9 @@ use candle_core::Tensor;
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
-use super::{finish, linear_weight, Family};
+use super::weights::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
 use crate::params::{LayerWeights, NormParams, TransformerWeights};

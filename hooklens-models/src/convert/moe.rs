@@ -6,7 +6,7 @@
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::linear_weight;
+use super::weights::linear_weight;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
 use crate::params::{ExpertWeights, MoeWeights};
