@@ -2,8 +2,8 @@
 
 use candle_core::Tensor;
 
-use super::kernels;
 use crate::config::ActFn;
+use crate::ops::kernels;
 
 /// `act(x)`, a new tensor.
 pub(super) fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {

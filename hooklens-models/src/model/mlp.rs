@@ -5,8 +5,8 @@ use hooklens_core::HookPoint;
 
 use super::activation::activate;
 use super::moe::Moe;
-use super::{kernels, linear};
 use crate::config::ActFn;
+use crate::ops::{kernels, linear};
 
 /// Plain: `W_out · act(W_in · x + b_in) + b_out`, with `hook_pre` / `hook_post` around
 /// the activation. Gated (Llama's SwiGLU, Gemma's GeGLU): `hook_pre` = `x @ W_gate`,

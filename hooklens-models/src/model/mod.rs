@@ -66,5 +66,3 @@ pub use {
     crate::ops::SeededRng,
     random_init::{hf_config_json, random_weights, save_hf_checkpoint},
 };
-
-pub(crate) use crate::ops::{kernels, linear};

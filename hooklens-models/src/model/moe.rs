@@ -16,8 +16,8 @@ use candle_core::{DType, Tensor};
 use hooklens_core::HookPoint;
 
 use super::activation::activate;
-use super::kernels;
 use crate::config::{ActFn, ClampedSwiglu, TransformerConfig};
+use crate::ops::kernels;
 use crate::params::MoeWeights;
 
 /// One expert: a gated MLP over the rows routed to it, with TransformerLens's Mixtral

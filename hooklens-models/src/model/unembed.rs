@@ -17,8 +17,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::kernels;
-use crate::ops::matmul;
+use crate::ops::{kernels, matmul};
 use crate::params::UnembedFactors;
 
 /// The unembedding `W_U` `[d_model, d_vocab]` and `b_U` `[d_vocab]`, with `W_U` held as
