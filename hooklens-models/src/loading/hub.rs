@@ -5,183 +5,31 @@
 //! `snapshots/<commit>/...`), so a model Python already downloaded is found without
 //! network, and the other way round.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hooklens_core::{Error, Result};
 
-use crate::tokenizer::Tokenizer;
-
-// The cache and the network: compiled with the `hub` feature only.
 pub(crate) mod builtin_name;
+mod files;
+mod names;
+mod options;
+// The cache and the network: compiled with the `hub` feature only.
 #[cfg(feature = "hub")]
 mod remote;
-#[cfg(feature = "hub")]
-pub(crate) use remote::repo_files;
-#[cfg(feature = "hub")]
-use remote::{download, from_cache, not_cached};
 #[cfg(all(test, feature = "hub"))]
 pub(crate) mod test_cache;
 
 use builtin_name::is_builtin;
-
-/// The configuration file of a model.
-pub const CONFIG_FILE: &str = "config.json";
-/// The weights file of a model.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The optional tokenizer file of a model.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// The index of a sharded checkpoint, used when there is no [`WEIGHTS_FILE`].
-pub const SHARD_INDEX_FILE: &str = super::checkpoint::SHARD_INDEX;
-
-/// The shard files a `model.safetensors.index.json` names, each once; an unreadable
-/// index, or one naming a file outside its folder, is an error naming it.
+#[cfg(all(test, feature = "hub"))]
+pub(crate) use files::shard_files;
+use files::Found;
+pub use files::{ModelFiles, ModelSource, TextFiles, CONFIG_FILE, SHARD_INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use names::{check_repo_id, looks_like_path, ALIASES};
+pub use options::HubOptions;
 #[cfg(feature = "hub")]
-pub(crate) fn shard_files(index: &Path) -> Result<Vec<String>> {
-    Ok(super::sharded::ShardIndex::read(index)?.files)
-}
-
-/// TransformerLens's names for models that are not Hugging Face ids.
-const ALIASES: &[(&str, &str)] = &[("gpt2-small", "gpt2")];
-
-/// Ids that Hugging Face moved under an organisation and still serves by both names;
-/// Python's cache keeps each under the name it was asked for, so a cached copy may sit
-/// under either.
+pub(crate) use remote::repo_files;
 #[cfg(feature = "hub")]
-const SAME_REPO: &[(&str, &str)] = &[
-    ("gpt2", "openai-community/gpt2"),
-    ("gpt2-medium", "openai-community/gpt2-medium"),
-    ("gpt2-large", "openai-community/gpt2-large"),
-    ("gpt2-xl", "openai-community/gpt2-xl"),
-    ("distilgpt2", "distilbert/distilgpt2"),
-];
-
-/// Where a model's files were found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A local directory given by path.
-    Directory(PathBuf),
-    /// A Hugging Face repository, found in (or downloaded into) a cache.
-    Hub {
-        /// The repository id the files were found under.
-        repo: String,
-        /// The revision asked for (branch, tag or commit).
-        revision: String,
-        /// The Hugging Face cache directory (the `hub` folder).
-        cache_dir: PathBuf,
-    },
-}
-
-impl std::fmt::Display for ModelSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelSource::Directory(dir) => write!(f, "{}", dir.display()),
-            ModelSource::Hub { repo, revision, .. } if revision == "main" => write!(f, "{repo}"),
-            ModelSource::Hub { repo, revision, .. } => write!(f, "{repo}@{revision}"),
-        }
-    }
-}
-
-/// The files of one model, all local.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelFiles {
-    /// `config.json` (Hugging Face GPT-2 config).
-    pub config: PathBuf,
-    /// `model.safetensors`.
-    pub weights: PathBuf,
-    /// `tokenizer.json`, when the model has one.
-    pub tokenizer: Option<PathBuf>,
-    /// Where they came from.
-    pub source: ModelSource,
-}
-
-/// How Hugging Face ids are resolved. [`HubOptions::from_env`] reads the variables
-/// Python's `huggingface_hub` reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HubOptions {
-    /// The cache directory (the `hub` folder holding `models--*`).
-    pub cache_dir: PathBuf,
-    /// Never use the network: only the cache (`HF_HUB_OFFLINE=1`).
-    pub offline: bool,
-    /// Branch, tag or commit hash (default `main`).
-    pub revision: String,
-    /// Show a progress bar while downloading.
-    pub progress: bool,
-    /// The hub's address (`HF_ENDPOINT`), when not the default.
-    pub endpoint: Option<String>,
-    /// An access token (`HF_TOKEN`); without one, the cache's `token` file is used.
-    pub token: Option<String>,
-}
-
-impl Default for HubOptions {
-    fn default() -> Self {
-        Self::from_env()
-    }
-}
-
-impl HubOptions {
-    /// Options from the environment: `HF_HUB_CACHE` (or the older
-    /// `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
-    /// else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE`; `HF_ENDPOINT`; `HF_TOKEN`.
-    pub fn from_env() -> Self {
-        Self::from_vars(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
-    }
-
-    /// [`HubOptions::from_env`] with the variables read through `var`, so tests need
-    /// not touch the process environment.
-    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        HubOptions {
-            cache_dir: cache_dir_from(&var),
-            offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v)),
-            revision: "main".into(),
-            progress: true,
-            endpoint: var("HF_ENDPOINT"),
-            token: var("HF_TOKEN"),
-        }
-    }
-
-    /// Uses `dir` as the cache directory.
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self
-    }
-
-    /// Forbids (or allows) the network.
-    pub fn offline(mut self, yes: bool) -> Self {
-        self.offline = yes;
-        self
-    }
-
-    /// Resolves this branch, tag or commit instead of `main`.
-    pub fn revision(mut self, revision: impl Into<String>) -> Self {
-        self.revision = revision.into();
-        self
-    }
-
-    /// Shows (or hides) the download progress bar.
-    pub fn progress(mut self, yes: bool) -> Self {
-        self.progress = yes;
-        self
-    }
-}
-
-/// `huggingface_hub`'s reading of boolean variables.
-fn is_truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
-}
-
-fn cache_dir_from(var: &impl Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
-        return PathBuf::from(dir);
-    }
-    if let Some(home) = var("HF_HOME") {
-        return PathBuf::from(home).join("hub");
-    }
-    let cache = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("huggingface").join("hub")
-}
+use remote::{download, from_cache, not_cached};
 
 /// Finds the files of `name` with options from the environment; see [`resolve_with`].
 pub fn resolve(name: &str) -> Result<ModelFiles> {
@@ -208,25 +56,6 @@ pub fn resolve_with(name: &str, opts: &HubOptions) -> Result<ModelFiles> {
     })
 }
 
-/// What text needs of a model, without its weights: the config (for the vocabulary
-/// size and BOS) and the tokenizer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextFiles {
-    /// `config.json`.
-    pub config: PathBuf,
-    /// `tokenizer.json`, when the model has one.
-    pub tokenizer: Option<PathBuf>,
-    /// Where they came from.
-    pub source: ModelSource,
-}
-
-impl TextFiles {
-    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        tokenizer_of(self.tokenizer.as_deref())
-    }
-}
-
 /// [`resolve_with`] for `config.json` and `tokenizer.json` only, so that tokenizing
 /// with a model never downloads its weights.
 pub fn resolve_text_with(name: &str, opts: &HubOptions) -> Result<TextFiles> {
@@ -236,14 +65,6 @@ pub fn resolve_text_with(name: &str, opts: &HubOptions) -> Result<TextFiles> {
         tokenizer: found.tokenizer,
         source: found.source,
     })
-}
-
-/// Files found for a model; `weights` is `None` only when they were not asked for.
-struct Found {
-    config: PathBuf,
-    weights: Option<PathBuf>,
-    tokenizer: Option<PathBuf>,
-    source: ModelSource,
 }
 
 /// The files that must be there: config, and weights if `with_weights`.
@@ -332,57 +153,6 @@ fn from_directory(dir: &Path, with_weights: bool) -> Result<Found> {
         tokenizer: Some(dir.join(TOKENIZER_FILE)).filter(|p| p.is_file()),
         source: ModelSource::Directory(dir.to_path_buf()),
     })
-}
-
-/// Whether `name` can only be meant as a path: Hugging Face ids have at most one `/`
-/// and never start with `.`, `/` or `~`.
-fn looks_like_path(name: &str) -> bool {
-    name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\')
-}
-
-fn check_repo_id(id: &str) -> Result<()> {
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !p.starts_with(['-', '.'])
-            && !p.contains("..")
-    };
-    if id.split('/').count() <= 2 && id.split('/').all(ok_part) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "model `{id}`: neither a directory nor a valid Hugging Face id (`name` or `org/name`)"
-        )))
-    }
-}
-
-fn tokenizer_of(file: Option<&Path>) -> Result<Tokenizer> {
-    match file {
-        Some(file) => Tokenizer::from_file(file),
-        None => Tokenizer::gpt2(),
-    }
-}
-
-impl ModelFiles {
-    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        tokenizer_of(self.tokenizer.as_deref())
-    }
-
-    /// Every file a load reads: the config, the checkpoint (a sharded one's index and
-    /// each shard it names) and the tokenizer, when there is one. What an output must
-    /// never overwrite, and what identifies the model's content.
-    pub fn all_files(&self) -> Result<Vec<PathBuf>> {
-        let mut files = vec![self.config.clone(), self.weights.clone()];
-        if self.weights.to_string_lossy().ends_with(".index.json") {
-            let dir = self.weights.parent().unwrap_or(Path::new("."));
-            let index = super::sharded::ShardIndex::read(&self.weights)?;
-            files.extend(index.files.iter().map(|f| dir.join(f)));
-        }
-        files.extend(self.tokenizer.clone());
-        Ok(files)
-    }
 }
 
 #[cfg(all(test, feature = "hub"))]
@@ -537,29 +307,5 @@ mod tests {
             "{err}"
         );
         assert!(err.contains(&tmp.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn environment_is_read_as_huggingface_hub_reads_it() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            HubOptions::from_vars(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
-        };
-        assert_eq!(
-            env(&[("HOME", "/home/u")]).cache_dir,
-            PathBuf::from("/home/u/.cache/huggingface/hub")
-        );
-        assert_eq!(
-            env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")]).cache_dir,
-            PathBuf::from("/xdg/huggingface/hub")
-        );
-        assert_eq!(env(&[("HF_HOME", "/hf")]).cache_dir, PathBuf::from("/hf/hub"));
-        assert_eq!(
-            env(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c")]).cache_dir,
-            PathBuf::from("/c")
-        );
-        assert!(env(&[("HF_HUB_OFFLINE", "1")]).offline);
-        assert!(env(&[("HF_HUB_OFFLINE", "true")]).offline);
-        assert!(!env(&[("HF_HUB_OFFLINE", "0")]).offline);
-        assert!(!env(&[]).offline);
     }
 }

@@ -14,4 +14,5 @@ pub(crate) use bounded::{read_bounded, MAX_CONFIG_BYTES};
 pub(crate) use checkpoint::{open_checkpoint, open_checkpoint_file, read_dtype, SHARD_INDEX};
 pub(crate) use known_fields::KnownFields;
 pub(crate) use safetensors::{SafetensorsFile, TensorSource};
+pub(crate) use sharded::ShardIndex;
 pub(crate) use used_tensors::UsedTensors;

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use hooklens_testutil::hub_standin::{cache_repo, repo_dir};
 
-use super::{HubOptions, CONFIG_FILE, WEIGHTS_FILE};
+use super::files::{CONFIG_FILE, WEIGHTS_FILE};
+use super::options::HubOptions;
 
 /// The tiny GPT-2 of the test data: `config.json` and `model.safetensors`.
 pub(crate) fn tiny_model_dir() -> PathBuf {
