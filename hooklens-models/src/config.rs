@@ -417,18 +417,6 @@ impl TransformerConfig {
         }
     }
 
-    /// Reads a Hugging Face `config.json` of any supported family (see
-    /// [`crate::convert::config_from_hf_json`]).
-    pub fn from_hf_json(path: impl AsRef<std::path::Path>) -> Result<Self> {
-        crate::convert::config_from_hf_json(path)
-    }
-
-    /// [`TransformerConfig::from_hf_json`] on the text of a `config.json`; `path` names
-    /// it in errors.
-    pub fn from_hf_str(text: &str, path: impl AsRef<std::path::Path>) -> Result<Self> {
-        crate::convert::config_from_hf_str(text, path)
-    }
-
     /// The number of key/value heads: `n_key_value_heads`, or `n_heads`.
     pub fn n_kv_heads(&self) -> usize {
         self.n_key_value_heads.unwrap_or(self.n_heads)

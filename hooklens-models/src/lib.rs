@@ -12,6 +12,8 @@ pub mod convert;
 pub mod loading;
 pub mod model;
 pub(crate) mod ops;
+pub(crate) mod params;
+mod pretrained;
 pub mod sae;
 pub mod tokenizer;
 #[cfg(feature = "viz")]

@@ -4,7 +4,8 @@
 use candle_core::{Device, IndexOp, Tensor};
 use hooklens_core::{CacheOptions, HookedModel, Result};
 
-use crate::model::{HookedTransformer, SeededRng};
+use crate::model::HookedTransformer;
+use crate::ops::SeededRng;
 
 /// Draws a token id for random sequences: skewed towards low ids, which in GPT-2's
 /// BPE are the earlier, more frequent merges, so common tokens get trained more often;

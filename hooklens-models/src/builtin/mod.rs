@@ -3,13 +3,15 @@
 
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod induction;
+mod shape;
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod train;
 mod weights;
 
+pub use crate::loading::hub::builtin_name::{is_builtin, BUILTIN};
 pub use induction::{induction_scores, previous_token_scores};
-pub use train::builtin_config;
-pub use weights::{builtin_files, builtin_stored_config, is_builtin, BUILTIN};
+pub use shape::builtin_config;
+pub use weights::{builtin_files, builtin_stored_config};
 /// Random induction data and the training that made the built-in weights, for the
 /// command line's demo and `examples/train_builtin.rs` (feature `bench-internals`; not API).
 #[cfg(feature = "bench-internals")]

@@ -8,17 +8,10 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder};
 use hooklens_core::{with_grad_mode, CacheOptions, Error, HookedModel, Result};
 
 use super::induction::windowed_repeats;
-use crate::model::{
-    cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer, SeededRng, TransformerConfig,
-};
+use super::shape::builtin_config;
+use crate::model::{cross_entropy_per_row, random_weights, ForwardOptions, HookedTransformer};
 use crate::ops::kernels::matmul_constant_rhs;
-
-/// The built-in model's shape: two layers (the fewest that can form an induction
-/// circuit: a previous-token head feeding an induction head), GPT-2's vocabulary,
-/// small enough to ship in f16 under 8 MB.
-pub fn builtin_config() -> TransformerConfig {
-    TransformerConfig::new(2, 64, 4, 50257, 57)
-}
+use crate::ops::SeededRng;
 
 /// How to train.
 #[derive(Clone, Debug)]
@@ -298,7 +291,7 @@ fn schedule(step: usize, opts: &TrainOptions) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::SeededRng;
+    use crate::ops::SeededRng;
     use candle_core::IndexOp;
 
     /// Mean attention of each head of layer 0 to the previous token, `[n_heads]`.

@@ -5,12 +5,7 @@ use candle_nn::VarBuilder;
 use hooklens_core::{Error, Result};
 
 use crate::model::{HookedTransformer, LoadOptions, TransformerConfig};
-use crate::Tokenizer;
-
-/// The name that selects the built-in model wherever a model is named (`--model
-/// builtin`, [`HookedTransformer::from_pretrained`]). It takes precedence over a directory of
-/// the same name; write `./builtin` for that.
-pub const BUILTIN: &str = "builtin";
+use crate::tokenizer::Tokenizer;
 
 /// `config.json` and `model.safetensors` (f16) of the built-in model, when they were
 /// present at build time (see `build.rs`).
@@ -21,11 +16,6 @@ const FILES: Option<(&str, &[u8])> = Some((
 ));
 #[cfg(not(hooklens_builtin))]
 const FILES: Option<(&str, &[u8])> = None;
-
-/// Whether `name` selects the built-in model.
-pub fn is_builtin(name: &str) -> bool {
-    name == BUILTIN
-}
 
 /// The built-in model's `config.json` text and `model.safetensors` bytes, or an error
 /// when this build was compiled without them.
@@ -40,12 +30,12 @@ pub fn builtin_files() -> Result<(&'static str, &'static [u8])> {
 }
 
 /// The built-in model's configuration as stored (before processing). Without the
-/// files, the shape it is trained with ([`super::builtin_config`]), which is all that
+/// files, the shape it is trained with ([`crate::builtin::builtin_config`]), which is all that
 /// tokenizing needs.
 pub fn builtin_stored_config() -> Result<TransformerConfig> {
     match FILES {
         Some((config, _)) => TransformerConfig::from_hf_str(config, "<builtin>/config.json"),
-        None => Ok(super::builtin_config()),
+        None => Ok(super::shape::builtin_config()),
     }
 }
 
@@ -85,7 +75,7 @@ mod tests {
     fn builtin_loads_processed_and_as_stored() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let want = super::super::builtin_config();
+        let want = super::super::shape::builtin_config();
         let got = m.cfg();
         assert_eq!(
             (got.n_layers, got.d_model, got.n_heads, got.d_vocab, got.n_ctx),
@@ -112,12 +102,12 @@ mod tests {
     fn builtin_has_induction_heads() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let mut rng = crate::model::SeededRng::new(0);
-        let tokens = super::super::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
-        let scores = super::super::induction_scores(&m, &tokens, 25).unwrap();
+        let mut rng = crate::ops::SeededRng::new(0);
+        let tokens = super::super::induction::repeated_tokens(&mut rng, 4, 25, m.cfg().d_vocab, 50256).unwrap();
+        let scores = super::super::induction::induction_scores(&m, &tokens, 25).unwrap();
         let best = scores.max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(best >= 0.5, "the strongest induction score is {best}");
-        let (first, second) = super::super::half_losses(&m, &tokens, 25).unwrap();
+        let (first, second) = super::super::induction::half_losses(&m, &tokens, 25).unwrap();
         assert!(
             second < first / 2.0,
             "loss {first} on the first half, {second} on the repeat"
@@ -131,8 +121,8 @@ mod tests {
     fn builtin_context_is_what_it_was_trained_on() {
         assert_weights_compiled_in();
         let m = HookedTransformer::builtin().unwrap();
-        let o = super::super::TrainOptions::default();
+        let o = super::super::train::TrainOptions::default();
         assert_eq!(m.cfg().n_ctx, 1 + o.prefix_len.1 + o.repeat_len.1);
-        assert_eq!(super::super::builtin_config().n_ctx, m.cfg().n_ctx);
+        assert_eq!(super::super::shape::builtin_config().n_ctx, m.cfg().n_ctx);
     }
 }

@@ -13,12 +13,13 @@
 
 use hooklens_core::Result;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::neox::per_head_to_stacked;
-use super::{finish, linear_weight, Family};
+use super::weights::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The BLOOM family.
 pub(crate) const FAMILY: Family = Family {

@@ -19,13 +19,13 @@
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::gemma::gemma_common;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
-use super::Family;
 use crate::config::{ActFn, AttnType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Gemma 3 (text) family.
 pub(crate) const FAMILY: Family = Family {

@@ -8,11 +8,12 @@
 use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 
+use super::family::Family;
 use super::hf_config::HfConfig;
-use super::{finish, Family};
+use super::weights::finish;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, TransformerWeights};
+use crate::params::{LayerWeights, TransformerWeights};
 
 /// The GPT-2 family.
 pub(crate) const FAMILY: Family = Family {

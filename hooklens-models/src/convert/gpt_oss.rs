@@ -16,14 +16,15 @@ use candle_core::{IndexOp, Tensor};
 use hooklens_core::Result;
 use serde_json::{json, Map, Value};
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::moe::{set_experts, MOE_FIELDS};
 use super::mxfp4;
-use super::{linear_weight, Family};
+use super::weights::linear_weight;
 use crate::config::{ActFn, AttnType, ClampedSwiglu, TransformerConfig, YarnRope};
 use crate::loading::TensorSource;
-use crate::model::params::{ExpertWeights, MoeWeights, TransformerWeights};
+use crate::params::{ExpertWeights, MoeWeights, TransformerWeights};
 
 /// The gpt-oss family.
 pub(crate) const FAMILY: Family = Family {

@@ -14,11 +14,12 @@ use candle_core::Tensor;
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
-use super::{finish, linear_weight, Family};
+use super::weights::{finish, linear_weight};
 use crate::config::{ActFn, NormalizationType, PositionalEmbeddingType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The GPT-J family.
 pub(crate) const FAMILY: Family = Family {

@@ -8,13 +8,13 @@
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::llama::{llama_config, read_llama_layout, sliding_windows, LlamaLayout, LLAMA_FIELDS, SLIDING_FIELDS};
 use super::moe::{read_experts, set_experts, ExpertNames, MOE_FIELDS};
-use super::Family;
 use crate::config::{ActFn, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Mixtral family.
 pub(crate) const FAMILY: Family = Family {

@@ -30,6 +30,7 @@
 //! ```
 
 mod bloom;
+mod family;
 mod gemma;
 mod gemma2;
 mod gemma3;
@@ -54,38 +55,21 @@ mod qwen3;
 mod qwen3_moe;
 #[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
 mod synthetic;
+mod weights;
 
 use std::path::Path;
 
-use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
-use crate::model::unembed::UnembedFactors;
+use crate::params::TransformerWeights;
+use family::Family;
 use hf_config::HfConfig;
 /// Random checkpoints of any family from a `config.json`, for the tests (feature
 /// `bench-internals`; not API).
 #[cfg(feature = "bench-internals")]
 pub use synthetic::{synthetic_checkpoint, write_checkpoint};
-
-/// A model family: how to recognise its `config.json`, and its two conversions.
-pub(crate) struct Family {
-    /// The family's name in messages and the README.
-    pub(crate) name: &'static str,
-    /// Hugging Face `model_type` values.
-    pub(crate) model_types: &'static [&'static str],
-    /// Hugging Face classes (`architectures`); the first is the one recorded in the config.
-    pub(crate) classes: &'static [&'static str],
-    /// The `config.json` fields `config` reads (lists shared with other families
-    /// included): only these are parsed.
-    pub(crate) fields: &'static [&'static [&'static str]],
-    /// `config.json` -> the model's config.
-    pub(crate) config: fn(&HfConfig) -> Result<TransformerConfig>,
-    /// Checkpoint tensors -> the model's weights; `origin` names the source in errors.
-    pub(crate) weights: fn(&dyn TensorSource, &TransformerConfig, &str) -> Result<TransformerWeights>,
-}
 
 /// Every bundled family, GPT-2 first.
 const FAMILIES: &[Family] = &[
@@ -236,6 +220,22 @@ pub fn config_from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<Transfor
     Ok(cfg)
 }
 
+/// The Hugging Face readers as constructors of the config; they live here, with the
+/// converters they call, so that the config imports nothing above it.
+impl TransformerConfig {
+    /// Reads a Hugging Face `config.json` of any supported family (see
+    /// [`config_from_hf_json`]).
+    pub fn from_hf_json(path: impl AsRef<Path>) -> Result<Self> {
+        config_from_hf_json(path)
+    }
+
+    /// [`TransformerConfig::from_hf_json`] on the text of a `config.json`; `path` names
+    /// it in errors.
+    pub fn from_hf_str(text: &str, path: impl AsRef<Path>) -> Result<Self> {
+        config_from_hf_str(text, path)
+    }
+}
+
 /// Reads every tensor of `cfg`'s family from `src` into the model's layout.
 /// Every tensor of `src` must be read, unless `allow_unused`.
 pub(crate) fn read_weights(
@@ -250,85 +250,4 @@ pub(crate) fn read_weights(
     let w = (family.weights)(&recorded, cfg, origin)?;
     recorded.check_all_used(origin, allow_unused)?;
     Ok(w)
-}
-
-/// A Hugging Face `Linear` weight `[out, in]` as the model's `[in, out]`, contiguous.
-pub(super) fn linear_weight(src: &dyn TensorSource, name: &str, out: usize, inp: usize) -> Result<Tensor> {
-    Ok(crate::ops::transposed(&src.get(name, &[out, inp])?)?)
-}
-
-/// The weights with the unembedding: `W_U` is `W_E` transposed (a view) when `tied`,
-/// else the tensor `lm_head` `[d_vocab, d_model]` transposed; `b_U` is zero. A tied
-/// config whose checkpoint holds an `lm_head` that differs from the embedding is
-/// untied, as Hugging Face does (transformers 5 `tie_weights`: "both are present in
-/// the checkpoints with different values, so we will NOT tie them"); an `lm_head` equal
-/// to the embedding (torch `.bin` files hold both) stays tied.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn finish(
-    src: &dyn TensorSource,
-    cfg: &TransformerConfig,
-    w_e: Tensor,
-    w_pos: Option<Tensor>,
-    layers: Vec<LayerWeights>,
-    ln_final: Option<NormParams>,
-    lm_head: &str,
-    tied: bool,
-) -> Result<TransformerWeights> {
-    let (w_u, tied) = match untied_head(src, lm_head, &w_e, tied)? {
-        Some(head) => (head.t()?, false),
-        None => (w_e.t()?, true),
-    };
-    with_unembed(src, cfg, w_e, w_pos, layers, ln_final, w_u, tied)
-}
-
-/// The `lm_head` `[d_vocab, width]` (`width` that of `w_e`, `[d_vocab, width]`) the
-/// unembedding must use instead of the embedding: the checkpoint's when `tied` is false
-/// (it must be there), or when it is there and differs from `w_e` (see [`finish`]);
-/// `None`: the unembedding is the embedding's.
-pub(super) fn untied_head(src: &dyn TensorSource, lm_head: &str, w_e: &Tensor, tied: bool) -> Result<Option<Tensor>> {
-    let shape = w_e.dims().to_vec();
-    if !tied {
-        return Ok(Some(src.get(lm_head, &shape)?));
-    }
-    if !src.contains(lm_head) {
-        return Ok(None);
-    }
-    let head = src.get(lm_head, &shape)?;
-    let differing = head
-        .ne(w_e)?
-        .to_dtype(candle_core::DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok((differing > 0.0).then_some(head))
-}
-
-/// The weights with the unembedding `w_u` `[d_model, d_vocab]` given (`tied`: a view
-/// of `w_e`'s storage); `b_U` is zero.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn with_unembed(
-    src: &dyn TensorSource,
-    cfg: &TransformerConfig,
-    w_e: Tensor,
-    w_pos: Option<Tensor>,
-    layers: Vec<LayerWeights>,
-    ln_final: Option<NormParams>,
-    w_u: Tensor,
-    tied: bool,
-) -> Result<TransformerWeights> {
-    let v = cfg.d_vocab;
-    let b_u = Tensor::zeros(v, w_e.dtype(), w_e.device())?;
-    Ok(TransformerWeights {
-        w_e,
-        w_pos,
-        embed_ln: None,
-        layers,
-        ln_final,
-        w_u,
-        unembed_factors: UnembedFactors::default(),
-        tied,
-        b_u,
-        exclusive: src.fresh(),
-        moe: Vec::new(),
-        attn_sinks: Vec::new(),
-    })
 }

@@ -6,10 +6,10 @@
 use hooklens_core::Result;
 
 use super::hf_config::HfConfig;
-use super::linear_weight;
+use super::weights::linear_weight;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::{ExpertWeights, MoeWeights};
+use crate::params::{ExpertWeights, MoeWeights};
 
 /// The fields every mixture-of-experts family reads about its experts (each names
 /// its expert count one way or the other).

@@ -8,12 +8,12 @@
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
-use super::Family;
 use crate::config::{ActFn, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The OLMo 2 family.
 pub(crate) const FAMILY: Family = Family {

@@ -9,14 +9,14 @@
 use hooklens_core::Result;
 use serde_json::{json, Value};
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::llama::{attention_bias, llama_config, read_llama_layout, LlamaLayout, LLAMA_FIELDS};
 use super::moe::{read_experts, set_experts, MOE_FIELDS};
 use super::qwen3_moe::MLP_EXPERTS;
-use super::Family;
 use crate::config::{ActFn, QkNormOver, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The OLMoE family.
 pub(crate) const FAMILY: Family = Family {

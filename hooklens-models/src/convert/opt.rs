@@ -28,11 +28,12 @@
 use candle_core::{DType, Tensor};
 use hooklens_core::Result;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
-use super::{finish, linear_weight, untied_head, with_unembed, Family};
+use super::weights::{finish, linear_weight, untied_head, with_unembed};
 use crate::config::{ActFn, NormalizationType, TransformerConfig};
 use crate::loading::TensorSource;
-use crate::model::params::{LayerWeights, NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// The OPT family.
 pub(crate) const FAMILY: Family = Family {

@@ -5,13 +5,13 @@
 use hooklens_core::Result;
 use serde_json::json;
 
+use super::family::Family;
 use super::hf_config::HfConfig;
 use super::llama::{attention_bias, read_llama_layout, LlamaLayout, LLAMA_FIELDS, SLIDING_FIELDS};
 use super::qwen2::{qwen_config, QWEN_FIELDS};
-use super::Family;
 use crate::config::TransformerConfig;
 use crate::loading::TensorSource;
-use crate::model::params::TransformerWeights;
+use crate::params::TransformerWeights;
 
 /// The Qwen 3 family.
 pub(crate) const FAMILY: Family = Family {

@@ -14,7 +14,7 @@ use hooklens_core::{Error, Result};
 
 use super::{family_of, hf_config::HfConfig};
 use crate::loading::TensorSource;
-use crate::model::SeededRng;
+use crate::ops::SeededRng;
 
 /// Hands out a random tensor for every name the converter asks for, and keeps it.
 struct Recorder {

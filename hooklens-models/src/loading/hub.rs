@@ -5,178 +5,31 @@
 //! `snapshots/<commit>/...`), so a model Python already downloaded is found without
 //! network, and the other way round.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hooklens_core::{Error, Result};
 
-use crate::{HookedTransformer, LoadOptions, ProcessingOptions, Tokenizer};
-
+pub(crate) mod builtin_name;
+mod files;
+mod names;
+mod options;
 // The cache and the network: compiled with the `hub` feature only.
 #[cfg(feature = "hub")]
 mod remote;
+#[cfg(all(test, feature = "hub"))]
+pub(crate) mod test_cache;
+
+use builtin_name::is_builtin;
+#[cfg(all(test, feature = "hub"))]
+pub(crate) use files::shard_files;
+use files::Found;
+pub use files::{ModelFiles, ModelSource, TextFiles, CONFIG_FILE, SHARD_INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use names::{check_repo_id, looks_like_path, ALIASES};
+pub use options::HubOptions;
 #[cfg(feature = "hub")]
 pub(crate) use remote::repo_files;
 #[cfg(feature = "hub")]
 use remote::{download, from_cache, not_cached};
-
-/// The configuration file of a model.
-pub const CONFIG_FILE: &str = "config.json";
-/// The weights file of a model.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// The optional tokenizer file of a model.
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-/// The index of a sharded checkpoint, used when there is no [`WEIGHTS_FILE`].
-pub const SHARD_INDEX_FILE: &str = super::SHARD_INDEX;
-
-/// The shard files a `model.safetensors.index.json` names, each once; an unreadable
-/// index, or one naming a file outside its folder, is an error naming it.
-#[cfg(feature = "hub")]
-fn shard_files(index: &Path) -> Result<Vec<String>> {
-    Ok(super::ShardIndex::read(index)?.files)
-}
-
-/// TransformerLens's names for models that are not Hugging Face ids.
-const ALIASES: &[(&str, &str)] = &[("gpt2-small", "gpt2")];
-
-/// Ids that Hugging Face moved under an organisation and still serves by both names;
-/// Python's cache keeps each under the name it was asked for, so a cached copy may sit
-/// under either.
-#[cfg(feature = "hub")]
-const SAME_REPO: &[(&str, &str)] = &[
-    ("gpt2", "openai-community/gpt2"),
-    ("gpt2-medium", "openai-community/gpt2-medium"),
-    ("gpt2-large", "openai-community/gpt2-large"),
-    ("gpt2-xl", "openai-community/gpt2-xl"),
-    ("distilgpt2", "distilbert/distilgpt2"),
-];
-
-/// Where a model's files were found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ModelSource {
-    /// A local directory given by path.
-    Directory(PathBuf),
-    /// A Hugging Face repository, found in (or downloaded into) a cache.
-    Hub {
-        /// The repository id the files were found under.
-        repo: String,
-        /// The revision asked for (branch, tag or commit).
-        revision: String,
-        /// The Hugging Face cache directory (the `hub` folder).
-        cache_dir: PathBuf,
-    },
-}
-
-impl std::fmt::Display for ModelSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ModelSource::Directory(dir) => write!(f, "{}", dir.display()),
-            ModelSource::Hub { repo, revision, .. } if revision == "main" => write!(f, "{repo}"),
-            ModelSource::Hub { repo, revision, .. } => write!(f, "{repo}@{revision}"),
-        }
-    }
-}
-
-/// The files of one model, all local.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ModelFiles {
-    /// `config.json` (Hugging Face GPT-2 config).
-    pub config: PathBuf,
-    /// `model.safetensors`.
-    pub weights: PathBuf,
-    /// `tokenizer.json`, when the model has one.
-    pub tokenizer: Option<PathBuf>,
-    /// Where they came from.
-    pub source: ModelSource,
-}
-
-/// How Hugging Face ids are resolved. [`HubOptions::from_env`] reads the variables
-/// Python's `huggingface_hub` reads.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HubOptions {
-    /// The cache directory (the `hub` folder holding `models--*`).
-    pub cache_dir: PathBuf,
-    /// Never use the network: only the cache (`HF_HUB_OFFLINE=1`).
-    pub offline: bool,
-    /// Branch, tag or commit hash (default `main`).
-    pub revision: String,
-    /// Show a progress bar while downloading.
-    pub progress: bool,
-    /// The hub's address (`HF_ENDPOINT`), when not the default.
-    pub endpoint: Option<String>,
-    /// An access token (`HF_TOKEN`); without one, the cache's `token` file is used.
-    pub token: Option<String>,
-}
-
-impl Default for HubOptions {
-    fn default() -> Self {
-        Self::from_env()
-    }
-}
-
-impl HubOptions {
-    /// Options from the environment: `HF_HUB_CACHE` (or the older
-    /// `HUGGINGFACE_HUB_CACHE`), else `HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`,
-    /// else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE`; `HF_ENDPOINT`; `HF_TOKEN`.
-    pub fn from_env() -> Self {
-        Self::from_vars(|key| std::env::var(key).ok().filter(|v| !v.is_empty()))
-    }
-
-    /// [`HubOptions::from_env`] with the variables read through `var`, so tests need
-    /// not touch the process environment.
-    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
-        HubOptions {
-            cache_dir: cache_dir_from(&var),
-            offline: var("HF_HUB_OFFLINE").is_some_and(|v| is_truthy(&v)),
-            revision: "main".into(),
-            progress: true,
-            endpoint: var("HF_ENDPOINT"),
-            token: var("HF_TOKEN"),
-        }
-    }
-
-    /// Uses `dir` as the cache directory.
-    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.cache_dir = dir.into();
-        self
-    }
-
-    /// Forbids (or allows) the network.
-    pub fn offline(mut self, yes: bool) -> Self {
-        self.offline = yes;
-        self
-    }
-
-    /// Resolves this branch, tag or commit instead of `main`.
-    pub fn revision(mut self, revision: impl Into<String>) -> Self {
-        self.revision = revision.into();
-        self
-    }
-
-    /// Shows (or hides) the download progress bar.
-    pub fn progress(mut self, yes: bool) -> Self {
-        self.progress = yes;
-        self
-    }
-}
-
-/// `huggingface_hub`'s reading of boolean variables.
-fn is_truthy(v: &str) -> bool {
-    matches!(v.trim().to_ascii_uppercase().as_str(), "1" | "ON" | "YES" | "TRUE")
-}
-
-fn cache_dir_from(var: &impl Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
-        return PathBuf::from(dir);
-    }
-    if let Some(home) = var("HF_HOME") {
-        return PathBuf::from(home).join("hub");
-    }
-    let cache = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("huggingface").join("hub")
-}
 
 /// Finds the files of `name` with options from the environment; see [`resolve_with`].
 pub fn resolve(name: &str) -> Result<ModelFiles> {
@@ -203,25 +56,6 @@ pub fn resolve_with(name: &str, opts: &HubOptions) -> Result<ModelFiles> {
     })
 }
 
-/// What text needs of a model, without its weights: the config (for the vocabulary
-/// size and BOS) and the tokenizer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TextFiles {
-    /// `config.json`.
-    pub config: PathBuf,
-    /// `tokenizer.json`, when the model has one.
-    pub tokenizer: Option<PathBuf>,
-    /// Where they came from.
-    pub source: ModelSource,
-}
-
-impl TextFiles {
-    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        tokenizer_of(self.tokenizer.as_deref())
-    }
-}
-
 /// [`resolve_with`] for `config.json` and `tokenizer.json` only, so that tokenizing
 /// with a model never downloads its weights.
 pub fn resolve_text_with(name: &str, opts: &HubOptions) -> Result<TextFiles> {
@@ -231,14 +65,6 @@ pub fn resolve_text_with(name: &str, opts: &HubOptions) -> Result<TextFiles> {
         tokenizer: found.tokenizer,
         source: found.source,
     })
-}
-
-/// Files found for a model; `weights` is `None` only when they were not asked for.
-struct Found {
-    config: PathBuf,
-    weights: Option<PathBuf>,
-    tokenizer: Option<PathBuf>,
-    source: ModelSource,
 }
 
 /// The files that must be there: config, and weights if `with_weights`.
@@ -251,7 +77,7 @@ fn required(with_weights: bool) -> &'static [&'static str] {
 }
 
 fn locate(name: &str, opts: &HubOptions, with_weights: bool) -> Result<Found> {
-    if crate::builtin::is_builtin(name) {
+    if is_builtin(name) {
         return Err(Error::invalid(format!(
             "model `{name}` is compiled into hooklens-models and has no files: load it with \
              HookedTransformer::builtin() or from_pretrained(\"{name}\") (a directory of that name is `./{name}`)"
@@ -329,120 +155,12 @@ fn from_directory(dir: &Path, with_weights: bool) -> Result<Found> {
     })
 }
 
-/// Whether `name` can only be meant as a path: Hugging Face ids have at most one `/`
-/// and never start with `.`, `/` or `~`.
-fn looks_like_path(name: &str) -> bool {
-    name.starts_with(['.', '/', '~']) || name.matches('/').count() > 1 || name.contains('\\')
-}
-
-fn check_repo_id(id: &str) -> Result<()> {
-    let ok_part = |p: &str| {
-        !p.is_empty()
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && !p.starts_with(['-', '.'])
-            && !p.contains("..")
-    };
-    if id.split('/').count() <= 2 && id.split('/').all(ok_part) {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "model `{id}`: neither a directory nor a valid Hugging Face id (`name` or `org/name`)"
-        )))
-    }
-}
-
-fn tokenizer_of(file: Option<&Path>) -> Result<Tokenizer> {
-    match file {
-        Some(file) => Tokenizer::from_file(file),
-        None => Tokenizer::gpt2(),
-    }
-}
-
-impl ModelFiles {
-    /// The tokenizer of these files: their `tokenizer.json`, else GPT-2's BPE.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        tokenizer_of(self.tokenizer.as_deref())
-    }
-
-    /// Every file a load reads: the config, the checkpoint (a sharded one's index and
-    /// each shard it names) and the tokenizer, when there is one. What an output must
-    /// never overwrite, and what identifies the model's content.
-    pub fn all_files(&self) -> Result<Vec<PathBuf>> {
-        let mut files = vec![self.config.clone(), self.weights.clone()];
-        if self.weights.to_string_lossy().ends_with(".index.json") {
-            let dir = self.weights.parent().unwrap_or(Path::new("."));
-            let index = crate::loading::ShardIndex::read(&self.weights)?;
-            files.extend(index.files.iter().map(|f| dir.join(f)));
-        }
-        files.extend(self.tokenizer.clone());
-        Ok(files)
-    }
-}
-
-impl HookedTransformer {
-    /// TransformerLens's `from_pretrained`: loads `name` (`builtin` for the built-in
-    /// model, see [`HookedTransformer::builtin`]; a model directory or a Hugging Face id, see
-    /// [`resolve_with`]) with `opts` (weight processing as TransformerLens does by
-    /// default), with its `tokenizer.json` (GPT-2's BPE when it has none) for the
-    /// text methods. The Hugging Face cache and offline mode come from the environment
-    /// ([`HubOptions::from_env`]).
-    pub fn from_pretrained(name: &str, opts: &LoadOptions) -> Result<Self> {
-        Self::from_pretrained_with(name, opts, &HubOptions::from_env())
-    }
-
-    /// TransformerLens's `from_pretrained_no_processing`: [`HookedTransformer::from_pretrained`]
-    /// with the weights as stored, whatever `opts.processing` says.
-    pub fn from_pretrained_no_processing(name: &str, opts: &LoadOptions) -> Result<Self> {
-        let opts = opts.clone().with_processing(ProcessingOptions::none());
-        Self::from_pretrained(name, &opts)
-    }
-
-    /// [`HookedTransformer::from_pretrained`] with explicit hub options (cache directory,
-    /// offline mode, revision).
-    pub fn from_pretrained_with(name: &str, opts: &LoadOptions, hub: &HubOptions) -> Result<Self> {
-        if crate::builtin::is_builtin(name) {
-            return Self::builtin_with(opts);
-        }
-        let files = resolve_with(name, hub)?;
-        let model = Self::from_files(&files.config, &files.weights, opts)?;
-        // GPT-2's BPE stands in for a missing tokenizer.json of a GPT-2 whose
-        // vocabulary it fits; `tokenizer()` says what is missing for any other.
-        if files.tokenizer.is_none() && !(model.cfg().is_gpt2() && model.cfg().d_vocab >= 50257) {
-            return Ok(model);
-        }
-        let tokenizer = files.tokenizer()?;
-        Ok(model.with_tokenizer(tokenizer))
-    }
-}
-
 #[cfg(all(test, feature = "hub"))]
 mod tests {
+    use super::test_cache::{fake_cache, named, offline, tiny_model_dir};
     use super::*;
-    use hooklens_testutil::hub_standin::{cache_repo, refused_endpoint, repo_dir, skipped_for_proxy, StandIn, COMMIT};
+    use hooklens_testutil::hub_standin::{refused_endpoint, skipped_for_proxy, StandIn, COMMIT};
     use hooklens_testutil::TempDir;
-
-    fn tiny_model_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-gpt2/model")
-    }
-
-    /// `names` of `dir`, as `(prefix + name, path)`: what a stand-in serves or a cache holds.
-    fn named(dir: &Path, names: &[&str], prefix: &str) -> Vec<(String, PathBuf)> {
-        names.iter().map(|n| (format!("{prefix}{n}"), dir.join(n))).collect()
-    }
-
-    /// Lays out the tiny model as Python's `huggingface_hub` caches `repo`, with or
-    /// without `refs/main`.
-    fn fake_cache(cache: &Path, repo: &str, with_ref: bool) {
-        cache_repo(cache, repo, &named(&tiny_model_dir(), &[CONFIG_FILE, WEIGHTS_FILE], ""));
-        if !with_ref {
-            std::fs::remove_dir_all(repo_dir(cache, repo).join("refs")).unwrap();
-        }
-    }
-
-    fn offline(cache: &Path) -> HubOptions {
-        HubOptions::from_vars(|_| None).cache_dir(cache).offline(true)
-    }
 
     #[test]
     fn resolves_a_cached_id_offline() {
@@ -535,48 +253,10 @@ mod tests {
     }
 
     #[test]
-    fn from_pretrained_loads_from_the_cache_with_its_tokenizer() {
-        let tmp = TempDir::new("pretrained");
-        fake_cache(&tmp, "gpt2", true);
-        let snap = tmp.join("models--gpt2/snapshots").join(COMMIT);
-        let opts = LoadOptions::default();
-        let plain = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
-        assert_eq!(plain.cfg().d_vocab, 512);
-        // GPT-2's BPE does not fit a 512-token vocabulary: no silent stand-in.
-        let err = plain.tokenizer().unwrap_err().to_string();
-        assert!(err.contains("tokenizer.json") && err.contains("512"), "{err}");
-        let tiny_tok = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tiny-tokenizer/tokenizer.json");
-        std::fs::copy(tiny_tok, snap.join(TOKENIZER_FILE)).unwrap();
-        let m = HookedTransformer::from_pretrained_with("gpt2", &opts, &offline(&tmp)).unwrap();
-        assert_eq!(m.tokenizer().unwrap().vocab_size(), 512);
-        let tokens = m.to_tokens("Hello", true, crate::model::PaddingSide::Right).unwrap();
-        assert_eq!(m.forward(&tokens).unwrap().dims(), &[1, 5, 512]);
-        let err = HookedTransformer::from_pretrained_with("gpt2-large", &opts, &offline(&tmp))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("gpt2-large") && err.contains("HF_HUB_OFFLINE"), "{err}");
-    }
-
-    #[test]
     fn builtin_is_a_name_not_files() {
         let opts = offline(Path::new("/nonexistent"));
         let err = resolve_with("builtin", &opts).unwrap_err().to_string();
         assert!(err.contains("compiled into hooklens-models"), "{err}");
-        let m = HookedTransformer::from_pretrained_with("builtin", &LoadOptions::default(), &opts).unwrap();
-        assert_eq!(m.cfg().d_model, crate::builtin::builtin_config().d_model);
-        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LNPre);
-        let raw = HookedTransformer::from_pretrained_no_processing("builtin", &LoadOptions::default()).unwrap();
-        assert_eq!(raw.cfg().normalization_type, crate::model::NormalizationType::LN);
-    }
-
-    #[test]
-    fn from_pretrained_no_processing_reads_a_directory_as_stored() {
-        let dir = tiny_model_dir();
-        let m =
-            HookedTransformer::from_pretrained_no_processing(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(m.cfg().normalization_type, crate::model::NormalizationType::LN);
-        let p = HookedTransformer::from_pretrained(dir.to_str().unwrap(), &LoadOptions::default()).unwrap();
-        assert_eq!(p.cfg().normalization_type, crate::model::NormalizationType::LNPre);
     }
 
     #[test]
@@ -610,44 +290,6 @@ mod tests {
     }
 
     #[test]
-    fn sharded_checkpoints_download_every_shard() {
-        if skipped_for_proxy() {
-            return;
-        }
-        let tmp = TempDir::new("download-shards");
-        let config =
-            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/llama/model/config.json"))
-                .unwrap();
-        let weights = crate::convert::synthetic_checkpoint(&config, 4).unwrap();
-        let served_dir = tmp.join("served");
-        crate::convert::write_checkpoint(&served_dir, &config, &weights, candle_core::DType::F32, 3).unwrap();
-        let mut files = vec![CONFIG_FILE.to_string(), SHARD_INDEX_FILE.to_string()];
-        files.extend(shard_files(&served_dir.join(SHARD_INDEX_FILE)).unwrap());
-        assert_eq!(files.len(), 5);
-        let names: Vec<&str> = files.iter().map(String::as_str).collect();
-        let server = StandIn::serve(named(&served_dir, &names, ""));
-        let cache = tmp.join("cache");
-        let mut opts = HubOptions::from_vars(|_| None).cache_dir(&cache).progress(false);
-        opts.endpoint = Some(server.endpoint.clone());
-        let got = HookedTransformer::from_pretrained_with("org/tiny-llama", &LoadOptions::no_processing(), &opts);
-        server.finish();
-        let got = got.unwrap();
-        let local = HookedTransformer::from_dir(&served_dir, &LoadOptions::no_processing()).unwrap();
-        let tokens = candle_core::Tensor::new(&[[1u32, 5, 9, 300]], &candle_core::Device::Cpu).unwrap();
-        let diff = hooklens_testutil::max_abs_diff(&got.forward(&tokens).unwrap(), &local.forward(&tokens).unwrap());
-        assert_eq!(diff, 0.0);
-        // A Llama without tokenizer.json gets no GPT-2 BPE: text is a clear error.
-        let err = got
-            .to_tokens("hi", true, crate::model::PaddingSide::Right)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("tokenizer.json"), "{err}");
-        // Every shard is in the cache now: offline works.
-        let again = resolve_with("org/tiny-llama", &offline(&cache)).unwrap();
-        assert!(again.weights.ends_with(SHARD_INDEX_FILE));
-    }
-
-    #[test]
     fn no_network_says_what_and_where() {
         if skipped_for_proxy() {
             return;
@@ -665,83 +307,5 @@ mod tests {
             "{err}"
         );
         assert!(err.contains(&tmp.display().to_string()), "{err}");
-    }
-
-    #[test]
-    fn environment_is_read_as_huggingface_hub_reads_it() {
-        let env = |pairs: &'static [(&'static str, &'static str)]| {
-            HubOptions::from_vars(move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string()))
-        };
-        assert_eq!(
-            env(&[("HOME", "/home/u")]).cache_dir,
-            PathBuf::from("/home/u/.cache/huggingface/hub")
-        );
-        assert_eq!(
-            env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")]).cache_dir,
-            PathBuf::from("/xdg/huggingface/hub")
-        );
-        assert_eq!(env(&[("HF_HOME", "/hf")]).cache_dir, PathBuf::from("/hf/hub"));
-        assert_eq!(
-            env(&[("HF_HOME", "/hf"), ("HF_HUB_CACHE", "/c")]).cache_dir,
-            PathBuf::from("/c")
-        );
-        assert!(env(&[("HF_HUB_OFFLINE", "1")]).offline);
-        assert!(env(&[("HF_HUB_OFFLINE", "true")]).offline);
-        assert!(!env(&[("HF_HUB_OFFLINE", "0")]).offline);
-        assert!(!env(&[]).offline);
-    }
-
-    #[test]
-    fn saes_download_by_repo_and_folder_then_work_offline() {
-        if skipped_for_proxy() {
-            return;
-        }
-        let sae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes/saes/topk");
-        let tmp = TempDir::new("sae-download");
-        let files = ["cfg.json", "sae_weights.safetensors"];
-        let server = StandIn::serve(named(&sae_dir, &files, "blocks.1.attn.hook_z/"));
-        let mut opts = HubOptions::from_vars(|_| None)
-            .cache_dir(tmp.path("").as_path())
-            .progress(false);
-        opts.endpoint = Some(server.endpoint.clone());
-        let dev = candle_core::Device::Cpu;
-        let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
-        let served = server.finish().len();
-        let got = got.unwrap();
-        assert_eq!(served, 4, "metadata and body of both files");
-        let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();
-        assert_eq!(got.cfg(), local.cfg());
-        let diff = hooklens_testutil::max_abs_diff(got.w_dec(), local.w_dec());
-        assert_eq!(diff, 0.0);
-        let snap = tmp
-            .path("")
-            .join("models--org--tiny-saes/snapshots")
-            .join(COMMIT)
-            .join("blocks.1.attn.hook_z");
-        assert!(snap.join("cfg.json").is_file() && snap.join("sae_weights.safetensors").is_file());
-        // Cached now: offline works, and another folder offline is an error naming it.
-        let again = crate::sae::Sae::from_pretrained(
-            "org/tiny-saes",
-            "/blocks.1.attn.hook_z/",
-            &offline(tmp.path("").as_path()),
-            &dev,
-        );
-        assert_eq!(again.unwrap().cfg(), local.cfg());
-        let err = crate::sae::Sae::from_pretrained(
-            "org/tiny-saes",
-            "blocks.0.hook_resid_pre",
-            &offline(tmp.path("").as_path()),
-            &dev,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("blocks.0.hook_resid_pre/cfg.json") && err.contains("HF_HUB_OFFLINE"),
-            "{err}"
-        );
-        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(tmp.path("").as_path()), &dev)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("not a path inside"), "{err}");
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use hooklens_core::{Error, Result};
 
+use super::bounded::{read_bounded, MAX_SHARD_INDEX_BYTES};
 use super::safetensors::{SafetensorsFile, TensorSource};
 
 /// The shards of one checkpoint, opened (headers read) up front so that a missing or
@@ -42,7 +43,7 @@ impl ShardIndex {
             path: index.to_path_buf(),
             reason,
         };
-        let text = super::read_bounded(index, super::MAX_SHARD_INDEX_BYTES)?;
+        let text = read_bounded(index, MAX_SHARD_INDEX_BYTES)?;
         // Typed: the rest of the file (`metadata`, ...) is skipped, not kept as values.
         let raw: RawIndex = serde_json::from_str(&text).map_err(|e| match e.classify() {
             serde_json::error::Category::Data => bad(format!("not a safetensors index: {e}")),

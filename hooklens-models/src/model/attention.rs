@@ -7,9 +7,8 @@ use hooklens_core::HookPoint;
 
 use super::norm::Norm;
 use super::rotary::{Rotary, RotaryTables};
-use super::{kernels, linear};
 use crate::config::QkNormOver;
-use crate::ops::attention_products;
+use crate::ops::{attention_products, kernels, linear};
 
 /// Causal self-attention. The weights are kept in the layout that is fastest here:
 /// q, k and v come out of one `[d_model, (n_heads + 2 n_kv) * d_head]` matmul.

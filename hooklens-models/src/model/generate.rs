@@ -357,4 +357,32 @@ mod tests {
             assert_eq!(sample_row(&logits, &[0, 0], &opts, &mut rng).unwrap(), 1);
         }
     }
+
+    #[test]
+    fn kv_decoding_on_the_small_matmul_path_equals_a_full_recompute() {
+        use candle_core::{DType, Device, Tensor};
+        use hooklens_testutil::max_abs_diff;
+
+        use crate::model::{random_weights, ForwardOptions, HookedTransformer, KvCache, TransformerConfig};
+        // Wide enough (256 x 768 weights) for the small-matmul path.
+        let cfg = TransformerConfig::new(2, 256, 4, 1000, 32);
+        let vb = candle_nn::VarBuilder::from_tensors(random_weights(&cfg, 5).unwrap(), DType::F32, &Device::Cpu);
+        let model = HookedTransformer::load(vb, &cfg).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 37 % 1000) as u32).collect();
+        let tokens = Tensor::from_vec(ids, (1, 12), &Device::Cpu).unwrap();
+        let full = model.forward(&tokens).unwrap();
+        let mut cache = KvCache::new();
+        let opts = ForwardOptions::new();
+        let mut parts = vec![model
+            .forward_with_kv(&tokens.narrow(1, 0, 8).unwrap(), &opts, &mut cache)
+            .unwrap()
+            .logits
+            .unwrap()];
+        for i in 8..12 {
+            let step = model.forward_with_kv(&tokens.narrow(1, i, 1).unwrap(), &opts, &mut cache);
+            parts.push(step.unwrap().logits.unwrap());
+        }
+        let cached = Tensor::cat(&parts, 1).unwrap();
+        assert!(max_abs_diff(&cached, &full) < 1e-4, "{}", max_abs_diff(&cached, &full));
+    }
 }

@@ -3,9 +3,10 @@
 use candle_core::Tensor;
 use hooklens_core::HookPoint;
 
+use super::activation::activate;
 use super::moe::Moe;
-use super::{kernels, linear};
 use crate::config::ActFn;
+use crate::ops::{kernels, linear};
 
 /// Plain: `W_out · act(W_in · x + b_in) + b_out`, with `hook_pre` / `hook_post` around
 /// the activation. Gated (Llama's SwiGLU, Gemma's GeGLU): `hook_pre` = `x @ W_gate`,
@@ -90,16 +91,6 @@ impl hooklens_core::Hooked for Mlp {
             }
         }
         point(path, "hook_out", &self.hook_out, visitor);
-    }
-}
-
-/// `act(x)`, a new tensor.
-pub(super) fn activate(act_fn: ActFn, pre: &Tensor) -> candle_core::Result<Tensor> {
-    match act_fn {
-        ActFn::GeluNew => kernels::gelu_new(pre),
-        ActFn::Gelu => pre.gelu_erf(),
-        ActFn::Relu => pre.relu(),
-        ActFn::Silu => pre.silu(),
     }
 }
 

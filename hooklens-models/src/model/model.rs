@@ -12,14 +12,15 @@ use super::block::Block;
 use super::embed::{is_integer, Embed, PosEmbed};
 use super::forward_options::{ForwardOptions, ForwardOutput, ReturnType};
 use super::kv_cache::KvCache;
+use super::load_options::LoadOptions;
 use super::mlp::Mlp;
 use super::norm::{Norm, NormKind};
-use super::params::{NormParams, TransformerWeights};
 use super::processing::{process, ProcessingOptions};
 use super::rotary::{Rotary, RotaryTables};
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
-use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype, LoadOptions};
+use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype};
+use crate::params::{NormParams, TransformerWeights};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
 /// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM, and the
@@ -76,7 +77,7 @@ pub struct HookedTransformer {
     cfg: TransformerConfig,
     /// The tokenizer of the text methods (`to_tokens`, ...); GPT-2's BPE when `None`.
     /// Set by `from_pretrained` and `with_tokenizer` (see `text.rs`).
-    pub(super) tokenizer: Option<std::sync::Arc<crate::Tokenizer>>,
+    pub(super) tokenizer: Option<std::sync::Arc<crate::tokenizer::Tokenizer>>,
     /// Token embedding.
     pub embed: Embed,
     /// Token embeddings `[batch, pos, d_model]`.

@@ -15,10 +15,10 @@
 use candle_core::{DType, Tensor};
 use hooklens_core::HookPoint;
 
-use super::kernels;
-use super::mlp::activate;
-use super::params::MoeWeights;
+use super::activation::activate;
 use crate::config::{ActFn, ClampedSwiglu, TransformerConfig};
+use crate::ops::kernels;
+use crate::params::MoeWeights;
 
 /// One expert: a gated MLP over the rows routed to it, with TransformerLens's Mixtral
 /// hook points. Every point is `[n_e, d_mlp]`, `n_e` the number of (token, slot) pairs

@@ -50,9 +50,9 @@ use candle_core::{CpuStorage, CustomOp2, DType, InplaceOp1, Layout, Shape, Tenso
 use hooklens_core::Result;
 use serde::{Deserialize, Serialize};
 
-use super::params::TransformerWeights;
 use crate::config::{NormalizationType, TransformerConfig};
 use crate::ops::kernels::{constant_cpu_f32, contiguous_f32};
+use crate::params::TransformerWeights;
 
 /// Which processing steps to apply at load time (TransformerLens's `from_pretrained`
 /// arguments). The default applies all four, as `from_pretrained` does.
@@ -398,7 +398,7 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{HookedTransformer, LoadOptions};
+    use crate::model::{HookedTransformer, LoadOptions};
     use candle_core::{DType, Device};
 
     /// Loading from a file processes in place; from a `VarBuilder` (whose tensors the

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor};
 use hooklens_core::{Error, Result};
 
 use super::model::HookedTransformer;
-use crate::Tokenizer;
+use crate::tokenizer::Tokenizer;
 
 /// Where padding goes when prompts of different lengths share a batch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -446,7 +446,14 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
-    use crate::LoadOptions;
+    use crate::model::LoadOptions;
+
+    /// Models holding a tokenizer are shared across threads.
+    #[test]
+    fn model_with_a_tokenizer_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<HookedTransformer>();
+    }
 
     fn testdata() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
@@ -496,7 +503,7 @@ mod tests {
         let (t, mask) = m
             .to_tokens_with_mask(["ma", "Hello world"], true, PaddingSide::Left)
             .unwrap();
-        let opts = crate::ForwardOptions::new().attention_mask(mask);
+        let opts = crate::model::ForwardOptions::new().attention_mask(mask);
         let batch = m.forward_with(&t, &opts).unwrap().logits.unwrap();
         let alone = m.forward(&m.to_tokens("ma", true, PaddingSide::Left).unwrap()).unwrap();
         let last_batch = batch.get(0).unwrap().get(8).unwrap();

@@ -17,65 +17,8 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::kernels;
-use crate::ops::matmul;
-
-/// The factors that turn the base matrix into `W_U` (see the module's documentation);
-/// each is absent where the step that makes it was not applied.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct UnembedFactors {
-    /// `[d_model]`: the folded `ln_final` gain.
-    pub(crate) gain: Option<Tensor>,
-    /// `[d_vocab]`: added back to every column of the base.
-    pub(crate) base_shift: Option<Tensor>,
-    /// `[d_vocab]`: the per-token mean over `d_model` removed by `fold_ln`.
-    pub(crate) input_center: Option<Tensor>,
-    /// `[d_model]`: the per-row mean over the vocabulary removed by `center_unembed`.
-    pub(crate) vocab_center: Option<Tensor>,
-}
-
-impl UnembedFactors {
-    /// Whether `W_U` is the base itself.
-    pub(crate) fn is_identity(&self) -> bool {
-        self.gain.is_none() && self.base_shift.is_none() && self.input_center.is_none() && self.vocab_center.is_none()
-    }
-
-    /// Every factor converted to `dtype`.
-    pub(crate) fn to_dtype(&self, dtype: DType) -> candle_core::Result<Self> {
-        let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.to_dtype(dtype)).transpose();
-        Ok(UnembedFactors {
-            gain: c(&self.gain)?,
-            base_shift: c(&self.base_shift)?,
-            input_center: c(&self.input_center)?,
-            vocab_center: c(&self.vocab_center)?,
-        })
-    }
-
-    /// `W_U`'s columns for the base's columns `cols` `[d_model, n]` (`ids` `[n]` u32
-    /// their token ids) -> `[d_model, n]`.
-    pub(crate) fn apply(&self, cols: &Tensor, ids: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let per_token = |t: &Tensor| -> candle_core::Result<Tensor> {
-            match ids {
-                Some(ids) => t.index_select(ids, 0)?.unsqueeze(0),
-                None => t.unsqueeze(0),
-            }
-        };
-        let mut w = cols.clone();
-        if let Some(m) = &self.base_shift {
-            w = w.broadcast_add(&per_token(m)?)?;
-        }
-        if let Some(g) = &self.gain {
-            w = w.broadcast_mul(&g.unsqueeze(1)?)?;
-        }
-        if let Some(k) = &self.input_center {
-            w = w.broadcast_sub(&per_token(k)?)?;
-        }
-        if let Some(c) = &self.vocab_center {
-            w = w.broadcast_sub(&c.unsqueeze(1)?)?;
-        }
-        Ok(w)
-    }
-}
+use crate::ops::{kernels, matmul};
+use crate::params::UnembedFactors;
 
 /// The unembedding `W_U` `[d_model, d_vocab]` and `b_U` `[d_vocab]`, with `W_U` held as
 /// factors of a base matrix (see the module's documentation).
@@ -212,7 +155,7 @@ impl Unembed {
 mod tests {
     use super::*;
     use crate::model::{random_weights, ProcessingOptions, TransformerConfig};
-    use crate::{HookedTransformer, LoadOptions};
+    use crate::model::{HookedTransformer, LoadOptions};
     use candle_core::Device;
     use hooklens_testutil::max_abs_diff;
 

@@ -7,6 +7,8 @@ mod bf16_products;
 mod cross_entropy;
 pub(crate) mod kernels;
 mod packed_gemm;
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
+mod seeded_rng;
 mod shared_out;
 pub(crate) mod slice_gemm;
 mod streamed_gemm;
@@ -14,6 +16,7 @@ mod transpose;
 mod weighted_scatter;
 
 pub use cross_entropy::cross_entropy_per_row;
+pub use seeded_rng::SeededRng;
 pub(crate) use transpose::transposed;
 pub(crate) use weighted_scatter::weighted_scatter_add;
 

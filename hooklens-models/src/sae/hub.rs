@@ -147,3 +147,68 @@ impl Sae {
         }
     }
 }
+
+#[cfg(all(test, feature = "hub"))]
+mod tests {
+    use std::path::Path;
+
+    use hooklens_testutil::hub_standin::{skipped_for_proxy, StandIn, COMMIT};
+    use hooklens_testutil::TempDir;
+
+    use super::*;
+    use crate::loading::hub::test_cache::{named, offline};
+
+    #[test]
+    fn saes_download_by_repo_and_folder_then_work_offline() {
+        if skipped_for_proxy() {
+            return;
+        }
+        let sae_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/saes/saes/topk");
+        let tmp = TempDir::new("sae-download");
+        let files = ["cfg.json", "sae_weights.safetensors"];
+        let server = StandIn::serve(named(&sae_dir, &files, "blocks.1.attn.hook_z/"));
+        let mut opts = HubOptions::from_vars(|_| None)
+            .cache_dir(tmp.path("").as_path())
+            .progress(false);
+        opts.endpoint = Some(server.endpoint.clone());
+        let dev = candle_core::Device::Cpu;
+        let got = crate::sae::Sae::from_pretrained("org/tiny-saes", "blocks.1.attn.hook_z", &opts, &dev);
+        let served = server.finish().len();
+        let got = got.unwrap();
+        assert_eq!(served, 4, "metadata and body of both files");
+        let local = crate::sae::Sae::from_dir(&sae_dir, &dev).unwrap();
+        assert_eq!(got.cfg(), local.cfg());
+        let diff = hooklens_testutil::max_abs_diff(got.w_dec(), local.w_dec());
+        assert_eq!(diff, 0.0);
+        let snap = tmp
+            .path("")
+            .join("models--org--tiny-saes/snapshots")
+            .join(COMMIT)
+            .join("blocks.1.attn.hook_z");
+        assert!(snap.join("cfg.json").is_file() && snap.join("sae_weights.safetensors").is_file());
+        // Cached now: offline works, and another folder offline is an error naming it.
+        let again = crate::sae::Sae::from_pretrained(
+            "org/tiny-saes",
+            "/blocks.1.attn.hook_z/",
+            &offline(tmp.path("").as_path()),
+            &dev,
+        );
+        assert_eq!(again.unwrap().cfg(), local.cfg());
+        let err = crate::sae::Sae::from_pretrained(
+            "org/tiny-saes",
+            "blocks.0.hook_resid_pre",
+            &offline(tmp.path("").as_path()),
+            &dev,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("blocks.0.hook_resid_pre/cfg.json") && err.contains("HF_HUB_OFFLINE"),
+            "{err}"
+        );
+        let err = crate::sae::Sae::from_pretrained("org/tiny-saes", "../x", &offline(tmp.path("").as_path()), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a path inside"), "{err}");
+    }
+}

@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use hf_hub::{Cache, Repo, RepoType};
 use hooklens_core::{Error, Result};
 
-use super::{
-    check_repo_id, shard_files, Found, HubOptions, ModelSource, CONFIG_FILE, SAME_REPO, SHARD_INDEX_FILE,
-    TOKENIZER_FILE, WEIGHTS_FILE,
-};
+use super::files::{shard_files, Found, ModelSource, CONFIG_FILE, SHARD_INDEX_FILE, TOKENIZER_FILE, WEIGHTS_FILE};
+use super::names::{check_repo_id, SAME_REPO};
+use super::options::HubOptions;
 
 /// The same repository under its other name (`gpt2` <-> `openai-community/gpt2`).
 fn other_name(id: &str) -> Option<&'static str> {

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 
-use crate::model::ProcessingOptions;
+use super::processing::ProcessingOptions;
 
 /// How to load a checkpoint: dtype, device and weight processing.
 #[derive(Clone, Debug)]

@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Tensor};
 
-use super::unembed::UnembedFactors;
+mod unembed_factors;
+
+pub(crate) use unembed_factors::UnembedFactors;
 
 /// A norm's gain `[d_model]` and, for LayerNorm, its bias `[d_model]`.
 pub(crate) type NormParams = (Tensor, Option<Tensor>);
