@@ -137,7 +137,14 @@ mod tests {
         };
         let paths: &[bool] = if has_dot { &[true, false] } else { &[false] };
         for &dot in paths {
-            for (m, k, n) in [(1, 7, 33), (7, 1, 5), (13, 513, 95), (63, 1100, 70), (65, 300, 600)] {
+            for (m, k, n) in [
+                (1, 7, 33),
+                (7, 1, 5),
+                (13, 513, 95),
+                (63, 1100, 70),
+                (65, 300, 600),
+                (1023, 29, 37),
+            ] {
                 for transposed in [false, true] {
                     let x: Vec<bf16> = (0..m * k)
                         .map(|i| bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 25.0))
