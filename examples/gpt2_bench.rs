@@ -183,7 +183,7 @@ fn main() -> hooklens::Result<()> {
         let ids: Vec<u32> = (0..b * p).map(|_| rng.below(cfg.d_vocab as u64) as u32).collect();
         let tokens = Tensor::from_vec(ids, (b, p), &Device::Cpu)?;
         let floor_inputs = Floor::new(&cfg, &weights, b, p)?;
-        let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
+        let patch = HookSet::new().fwd("blocks.5.attn.hook_z", |x: &Tensor, _: &HookPoint| {
             Ok(Some(x.zeros_like()?))
         });
         let t = time_rounds(
@@ -340,7 +340,7 @@ fn gpu_table(device: &Device, reps: impl Fn(usize) -> usize) -> hooklens::Result
     };
     for (b, p, n) in [(1usize, 64usize, 30usize), (8, 128, 20), (32, 512, 10)] {
         let tokens = random_tokens(b, p)?;
-        let patch = HookSet::new().fwd("blocks.6.hook_resid_pre", |x: &Tensor, _: &HookPoint| {
+        let patch = HookSet::new().fwd("blocks.5.attn.hook_z", |x: &Tensor, _: &HookPoint| {
             Ok(Some(x.zeros_like()?))
         });
         let t = time_rounds(

@@ -3,7 +3,8 @@
 //! vocabulary 128256, untied unembedding as TransformerLens keeps it) with seeded
 //! random weights, written to disk as a checkpoint and loaded as a user would.
 //!
-//! `cargo run --release --example llama_bench` (`-- --quick` for one timed round)
+//! `cargo run --release --example llama_bench` (`-- --quick` for one timed round,
+//! `--rounds N`, `--no-load` to leave out the loading rows)
 //!
 //! In one run it measures:
 //! 1. the forward (no hook attached) at batch 1 x 64 and 4 x 256 against its own
@@ -13,7 +14,9 @@
 //! 2. greedy decoding with the KV cache (32 new tokens after 16): tokens per second
 //!    against the bound memory bandwidth sets (a step reads every weight once; the
 //!    bound is timed by reading the same bytes alone, in turn with decoding);
-//! 3. the forward in bf16 at 1 x 64 (weights read from a bf16 checkpoint in bf16);
+//! 3. the forward in bf16 at 1 x 64 and 4 x 256 (weights read from a bf16 checkpoint in
+//!    bf16) against the f32 forward, bf16 decoding against f32 decoding, and how far
+//!    the bf16 logits are from the f32 ones;
 //! 4. loading the f32 and the bf16 checkpoints in a child process, without and with
 //!    the default processing: time and peak resident memory against the parameters.
 //!
@@ -152,6 +155,33 @@ fn write_8b(dir: &Path) -> hooklens::Result<usize> {
     Ok(n_params)
 }
 
+/// Seconds per greedy decoding step with the KV cache: 32 new tokens after `prompt`
+/// less one new token (the prompt's own forward), over the 31 steps between.
+fn decode_step(m: &HookedTransformer, prompt: &Tensor) -> hooklens::Result<f64> {
+    let mut opts = GenerateOptions::greedy(32);
+    opts.stop_at_eos = false;
+    let t = Instant::now();
+    m.generate(prompt, &opts)?;
+    let total = t.elapsed().as_secs_f64();
+    let mut one = GenerateOptions::greedy(1);
+    one.stop_at_eos = false;
+    let t = Instant::now();
+    m.generate(prompt, &one)?;
+    Ok((total - t.elapsed().as_secs_f64()) / 31.0)
+}
+
+/// The fraction of positions where `got` (any dtype) and `want` `[batch, pos, vocab]`
+/// pick the same top token.
+fn got_argmax_agreement(got: &Tensor, want: &Tensor) -> hooklens::Result<f64> {
+    let a = got
+        .to_dtype(DType::F32)?
+        .argmax(candle_core::D::Minus1)?
+        .flatten_all()?
+        .to_vec1::<u32>()?;
+    let b = want.argmax(candle_core::D::Minus1)?.flatten_all()?.to_vec1::<u32>()?;
+    Ok(a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64)
+}
+
 fn main() -> hooklens::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // A child measuring a load, before the allocator settings below, as it ran so far.
@@ -204,7 +234,11 @@ fn main() -> hooklens::Result<()> {
         return Ok(());
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let rounds = if quick { 1 } else { 3 };
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let rounds = flag("--rounds")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if quick { 1 } else { 3 });
+    let loading = !args.iter().any(|a| a == "--no-load");
     let config = config_json(16, 2048, 32, 8, 8192, 128256);
 
     // The checkpoint, f32 and bf16, as a user would have it.
@@ -234,8 +268,14 @@ fn main() -> hooklens::Result<()> {
     };
     println!("| f32, forward | forward | own matmul floor | forward / floor | run_with_cache (every hook) | cache / forward |");
     println!("|---|---|---|---|---|---|");
+    // The f32 forward's medians and 1 x 64 logits, for the bf16 rows below.
+    let mut f32_forward = Vec::new();
+    let mut f32_logits = None;
     for (b, p) in [(1, 64), (4, 256)] {
         let tokens = ids(&mut rng, b, p)?;
+        if b == 1 {
+            f32_logits = Some((tokens.clone(), m.forward(&tokens)?));
+        }
         let floor = Floor::new(&m, b, p)?;
         let mut fwd = || m.forward(&tokens).map(|_| ());
         let mut cached = || {
@@ -244,6 +284,7 @@ fn main() -> hooklens::Result<()> {
         };
         let mut products = || floor.run();
         let t = time_rounds(rounds, &mut [&mut fwd, &mut cached, &mut products])?;
+        f32_forward.push(median_f64(t[0].clone()));
         println!(
             "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} | {:.0} ms | {:.3} |",
             median_f64(t[0].clone()) * 1e3,
@@ -263,17 +304,7 @@ fn main() -> hooklens::Result<()> {
     let mut gen_times = Vec::new();
     let mut stream_times = Vec::new();
     for _ in 0..=rounds {
-        let mut opts = GenerateOptions::greedy(32);
-        opts.stop_at_eos = false;
-        let t = Instant::now();
-        m.generate(&prompt, &opts.clone())?;
-        let total = t.elapsed().as_secs_f64();
-        let mut one = GenerateOptions::greedy(1);
-        one.stop_at_eos = false;
-        let t = Instant::now();
-        m.generate(&prompt, &one)?;
-        let first = t.elapsed().as_secs_f64();
-        gen_times.push((total - first) / 31.0);
+        gen_times.push(decode_step(&m, &prompt)?);
         stream_times.push(stream_once(&all, threads())?);
     }
     gen_times.remove(0);
@@ -298,22 +329,53 @@ fn main() -> hooklens::Result<()> {
     drop(m);
 
     let bf16 = HookedTransformer::from_dir(&bf16_dir, &LoadOptions::default().with_dtype(DType::BF16))?;
-    println!("\n| bf16, forward | forward | own matmul floor (candle's bf16 products) | forward / floor |");
+    println!("\n| bf16, forward | forward | own matmul floor (bf16 products) | forward / floor | bf16 / f32 forward |");
+    println!("|---|---|---|---|---|");
+    for (i, (b, p)) in [(1, 64), (4, 256)].into_iter().enumerate() {
+        let tokens = ids(&mut rng, b, p)?;
+        let floor = Floor::new(&bf16, b, p)?;
+        let mut fwd = || bf16.forward(&tokens).map(|_| ());
+        let mut products = || floor.run();
+        let t = time_rounds(rounds, &mut [&mut fwd, &mut products])?;
+        println!(
+            "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} | {:.3} |",
+            median_f64(t[0].clone()) * 1e3,
+            median_f64(t[1].clone()) * 1e3,
+            paired_ratio(&t[1], &t[0]),
+            median_f64(t[0].clone()) / f32_forward[i],
+        );
+    }
+    let mut bf16_steps = Vec::new();
+    for _ in 0..=rounds {
+        bf16_steps.push(decode_step(&bf16, &prompt)?);
+    }
+    bf16_steps.remove(0);
+    let bf16_step = median_f64(bf16_steps);
+    println!("\n| bf16, decoding (KV cache, batch 1, 32 new after 16) | tokens/s | f32 tokens/s | bf16 / f32 |");
     println!("|---|---|---|---|");
-    let (b, p) = (1, 64);
-    let tokens = ids(&mut rng, b, p)?;
-    let floor = Floor::new(&bf16, b, p)?;
-    let mut fwd = || bf16.forward(&tokens).map(|_| ());
-    let mut products = || floor.run();
-    let t = time_rounds(rounds, &mut [&mut fwd, &mut products])?;
     println!(
-        "| {b} x {p} | {:.0} ms | {:.0} ms | {:.3} |",
-        median_f64(t[0].clone()) * 1e3,
-        median_f64(t[1].clone()) * 1e3,
-        paired_ratio(&t[1], &t[0]),
+        "| 32 new after 16 | {:.2} | {:.2} | {:.2} |",
+        1.0 / bf16_step,
+        1.0 / step,
+        step / bf16_step
     );
+    if let Some((tokens, want)) = f32_logits {
+        let got = bf16.forward(&tokens)?.to_dtype(DType::F32)?;
+        let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let agree = got_argmax_agreement(&bf16.forward(&tokens)?, &want)?;
+        println!(
+            "\nbf16 logits against f32 at 1 x 64: largest difference {diff:.4} ({:.2}% of the largest logit {scale:.3}); top-1 token equal at {:.1}% of positions",
+            100.0 * diff / scale,
+            100.0 * agree
+        );
+    }
     drop(bf16);
 
+    if !loading {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
     println!("\n| loading (child process) | time | peak RSS | parameters | peak / parameters |");
     println!("|---|---|---|---|---|");
     for (dir, dtype, bytes) in [(&f32_dir, "f32", 4.0), (&bf16_dir, "bf16", 2.0)] {

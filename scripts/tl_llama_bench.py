@@ -1,7 +1,7 @@
 """CPU timings of TransformerLens 2.16.1 on a Llama-3.2-1B-shaped HookedTransformer, the Python
 side of a comparison with hooklens.
 
-Usage: python scripts/tl_llama_bench.py [--quick] [--bf16] [--threads N] [--rounds N] [--json FILE]
+Usage: python scripts/tl_llama_bench.py [--shape llama|gpt2] [--quick] [--bf16] [--threads N] [--rounds N] [--json FILE]
 Needs: transformer-lens==2.16.1, torch (CPU is enough), transformers; about 12 GB of free memory
 (16 GB with --bf16). Weights are random (HookedTransformer's own seeded init): no download.
 The full run takes about 10-15 minutes on 2 cores; --quick does one timed round per case after a
@@ -17,7 +17,7 @@ Measured in one process, under torch.no_grad(), with torch.set_num_threads(--thr
   generate       model.generate greedy with the KV cache (use_past_kv_cache=True), batch 1,
                  16-token prompt, 32 new tokens, no EOS stop: total ms, new tokens per second,
                  and ms per decode step = (t(32 new) - t(1 new)) / 31
-  bf16 forward   (--bf16) a bfloat16 copy of the model, forward at 1x64
+  bf16 forward   (--bf16) a bfloat16 copy of the model, forward at 1x64 and 4x256
 Each case: warm-up run(s), then the median (and min) of several rounds, in milliseconds.
 """
 import argparse, importlib.metadata, json, os, platform, statistics, time
@@ -35,6 +35,14 @@ LLAMA_3_2_1B = dict(
     final_rms=True, eps=1e-5, positional_embedding_type="rotary", rotary_dim=64,
     rotary_base=500000, rotary_adjacent_pairs=False, original_architecture="LlamaForCausalLM",
     default_prepend_bos=False, init_weights=True, seed=0, dtype=torch.float32, device="cpu")
+
+
+# GPT-2 small's shape (the `--shape gpt2` run, beside `cargo run --release --example gpt2_bench`).
+GPT2_SMALL = dict(
+    n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024,
+    act_fn="gelu_new", normalization_type="LN", positional_embedding_type="standard",
+    original_architecture="GPT2LMHeadModel", default_prepend_bos=False, init_weights=True, seed=0,
+    dtype=torch.float32, device="cpu")
 
 
 def attach_tokenizer(model):
@@ -65,10 +73,12 @@ def timed(fn, warmup, rounds):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 round per case, one 1x64 warm-up")
-    ap.add_argument("--bf16", action="store_true", help="also time a bfloat16 forward at 1x64")
+    ap.add_argument("--bf16", action="store_true", help="also time a bfloat16 forward at 1x64 and 4x256")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; 1 with --quick)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--shape", choices=["llama", "gpt2"], default="llama",
+                    help="gpt2: GPT-2 small at 1x64 and 8x128, with one hook replacing blocks.5.attn.hook_z")
     args = ap.parse_args()
     rounds = args.rounds or (1 if args.quick else 5)
     warmup = 0 if args.quick else 1  # per case; --quick only warms up once, at 1x64, below
@@ -85,7 +95,9 @@ def main():
         print(f"{case:16s} {shape:>7s} {med:11.1f} {mn:11.1f}{more}", flush=True)
 
     t0 = time.perf_counter()
-    model = HookedTransformer(HookedTransformerConfig(**LLAMA_3_2_1B))
+    shape = GPT2_SMALL if args.shape == "gpt2" else LLAMA_3_2_1B
+    sizes = [(1, 64), (8, 128)] if args.shape == "gpt2" else [(1, 64), (4, 256)]
+    model = HookedTransformer(HookedTransformerConfig(**shape))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -98,16 +110,20 @@ def main():
           f"rounds {rounds}, warm-up {warmup if not args.quick else 'one 1x64 forward'}")
 
     def toks(b, p):
-        return torch.randint(0, LLAMA_3_2_1B["d_vocab"], (b, p), generator=g)
+        return torch.randint(0, shape["d_vocab"], (b, p), generator=g)
 
     if args.quick:
         model(toks(1, 64))
 
     print(f"{'case':16s} {'shape':>7s} {'median ms':>11s} {'min ms':>11s}")
-    for b, p in [(1, 64), (4, 256)]:
+    for b, p in sizes:
         x = toks(b, p)
         record("forward", f"{b}x{p}", *timed(lambda: model(x), warmup, rounds))
-    for b, p in [(1, 64), (4, 256)]:
+        if args.shape == "gpt2":
+            hooks = [("blocks.5.attn.hook_z", lambda z, hook: torch.zeros_like(z))]
+            record("hook_z replaced", f"{b}x{p}",
+                   *timed(lambda: model.run_with_hooks(x, fwd_hooks=hooks), warmup, rounds))
+    for b, p in sizes:
         x = toks(b, p)
         n_cached = []
 
@@ -132,8 +148,9 @@ def main():
     if args.bf16:
         model = model.to(torch.bfloat16)  # in place: no second f32 copy stays alive
         model.cfg.dtype = torch.bfloat16
-        x = toks(1, 64)
-        record("forward bf16", "1x64", *timed(lambda: model(x), 1, rounds))
+        for b, p in [(1, 64), (4, 256)]:
+            x = toks(b, p)
+            record("forward bf16", f"{b}x{p}", *timed(lambda: model(x), 1, rounds))
 
     if args.json:
         with open(args.json, "w") as f:
