@@ -155,6 +155,15 @@ fn write_8b(dir: &Path) -> hooklens::Result<usize> {
     Ok(n_params)
 }
 
+/// This process's minor page faults so far (`/proc/self/stat`, field 10; 0 where
+/// there is no such file).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// Seconds per greedy decoding step with the KV cache: 32 new tokens after `prompt`
 /// less one new token (the prompt's own forward), over the 31 steps between.
 fn decode_step(m: &HookedTransformer, prompt: &Tensor) -> hooklens::Result<f64> {
@@ -215,7 +224,7 @@ fn main() -> hooklens::Result<()> {
     }
     if let Some(i) = args.iter().position(|a| a == "--profile-cache") {
         // For a profiler: the forward and the cached forward at 4 x 256, alone, a few
-        // times (`-- --profile-cache N_LAYERS`).
+        // times (`-- --profile-cache N_LAYERS [fwd|cached]`).
         let layers: usize = args.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(16);
         let config = config_json(layers, 2048, 32, 8, 8192, 128256);
         let dir = tmp.join("profile");
@@ -223,13 +232,24 @@ fn main() -> hooklens::Result<()> {
         let m = HookedTransformer::from_dir(&dir, &LoadOptions::default())?;
         let _ = std::fs::remove_dir_all(&tmp);
         let tokens = Tensor::zeros((4, 256), DType::U32, &Device::Cpu)?;
+        // `-- --profile-cache N fwd` (or `cached`): that run alone, for `perf stat`.
+        let only = args.get(i + 2).map(String::as_str);
         for _ in 0..3 {
+            let (t, f0) = (Instant::now(), minor_faults());
+            if only != Some("cached") {
+                m.forward(&tokens)?;
+            }
+            let (fwd, f1) = (t.elapsed().as_secs_f64(), minor_faults());
             let t = Instant::now();
-            m.forward(&tokens)?;
-            let fwd = t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
-            println!("forward {fwd:.2} s, cached {:.2} s", t.elapsed().as_secs_f64());
+            if only != Some("fwd") {
+                m.run_with_cache(CacheOptions::new(), |m| m.forward(&tokens))?;
+            }
+            println!(
+                "forward {fwd:.2} s ({} page faults), cached {:.2} s ({} page faults)",
+                f1 - f0,
+                t.elapsed().as_secs_f64(),
+                minor_faults() - f1
+            );
         }
         return Ok(());
     }
