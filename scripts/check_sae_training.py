@@ -6,7 +6,9 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
            [--d-in N --d-sae N --batch N --k K]
   Needs SAELens (6.54) and torch; builds and runs the example
   hooklens-models/examples/sae_train_steps.rs with cargo (release). Exits non-zero on a
-  mismatch. For each of standard, topk and batchtopk (saved as jumprelu):
+  mismatch. For each of standard, topk, batchtopk (saved as jumprelu), jumprelu (SAELens's
+  defaults: the step L0 loss) and jumprelu-tanh (tanh loss, jumprelu_ste_to_input, the
+  pre-activation loss on dead features):
   - SAELens's side is TrainingSAE.training_forward_pass with SAETrainer._train_step's
     bookkeeping: dead-feature counters (dead_feature_window), L1 coefficient warm-up
     (CoefficientScheduler), clip_grad_norm_(1.0), torch.optim.Adam, get_lr_scheduler;
@@ -22,6 +24,14 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
     moves activations across it): at that size it agrees to 1e-6 up to 12 steps; at 16
     steps both float32 runs jump to 2e-3 from float64; at 20 steps hooklens jumps (1e-2)
     where SAELens float32 does not, so the check fails there by the luck of the round-off.
+  - JumpReLU (40 steps at the default size): every tensor, the threshold included, within
+    3e-8 of SAELens float32 and 1e-7 to 2e-7 (relative L2) of float64, as close as SAELens
+    float32 is, for both variants; jumprelu-tanh starts its thresholds at 0.3 so that all
+    48 features are dead for a while and the pre-activation loss is exercised. Like
+    BatchTopK it has cut-offs (the jump, the rectangle kernel's edges) that round-off can
+    move a pre-activation across: one such run, with the threshold starting at 0.01, had
+    both float32 runs 1e-5 from float64 after 40 steps, and hooklens 5e-5, though they
+    agreed to 1e-7 up to 20 steps.
   - SAE.load_from_disk(hooklens's folder).encode must equal hooklens's own encode of the
     first batch to 1e-4.
 """
@@ -40,11 +50,31 @@ from safetensors.torch import load_file, save_file
 from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 from sae_lens.training.optim import CoefficientScheduler, get_lr_scheduler
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The JumpReLU variants checked: SAELens's defaults (the `step` L0 loss, the estimators
+# reaching the threshold only), and Anthropic's setup (`tanh`, the estimators reaching
+# the encoder too, the pre-activation loss on dead features).
+JUMPRELU = {
+    "jumprelu": {"jumprelu_sparsity_loss_mode": "step"},
+    "jumprelu-tanh": {
+        "jumprelu_sparsity_loss_mode": "tanh",
+        "jumprelu_ste_to_input": True,
+        "pre_act_loss_coefficient": 1e-2,
+        "jumprelu_init_threshold": 0.3,
+    },
+}
+JUMPRELU_COMMON = {"l0_coefficient": 1e-2, "l0_warm_up_steps": 10, "jumprelu_bandwidth": 0.05, "jumprelu_init_threshold": 0.01}
+
+
+def jumprelu_cfg(arch, d_in, d_sae, meta, dtype="float32", l0_warm_up_steps=10):
+    extra = {**JUMPRELU_COMMON, "l0_warm_up_steps": l0_warm_up_steps, **JUMPRELU[arch]}
+    return JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta, dtype=dtype, **extra)
 
 
 def saelens_train(arch, opts, init, xs, out, dtype="float32"):
@@ -52,6 +82,9 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32"):
     if arch == "topk":
         cfg = TopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta, dtype=dtype)
         sae = TopKTrainingSAE(cfg)
+    elif arch in JUMPRELU:
+        cfg = jumprelu_cfg(arch, xs.shape[-1], opts["d_sae"], meta, dtype, opts["l0_warm_up_steps"])
+        sae = JumpReLUTrainingSAE(cfg)
     elif arch == "batchtopk":
         cfg = BatchTopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta, dtype=dtype)
         sae = BatchTopKTrainingSAE(cfg)
@@ -83,6 +116,7 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32"):
         for name, c in ((n, c) for n, c in sae.get_coefficients().items())
     }
     since_fired = torch.zeros(opts["d_sae"])
+    most_dead = 0
     for step, x in enumerate(xs):
         out_step = sae.training_forward_pass(
             TrainStepInput(
@@ -97,6 +131,7 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32"):
             did_fire = out_step.feature_acts.bool().float().sum(-2).bool()
             since_fired += 1
             since_fired[did_fire] = 0
+            most_dead = max(most_dead, int((since_fired > opts["dead_feature_window"]).sum()))
         out_step.loss.backward()
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         optimizer.step()
@@ -105,7 +140,7 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32"):
         for s in coefs.values():
             s.step()
     sae.save_inference_model(out)
-    return int((since_fired > opts["dead_feature_window"]).sum())
+    return int((since_fired > opts["dead_feature_window"]).sum()), most_dead
 
 
 def main():
@@ -116,7 +151,7 @@ def main():
     ap.add_argument("--d-sae", type=int, default=48)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--arch", action="append", help="standard, topk, batchtopk (default: all)")
+    ap.add_argument("--arch", action="append", help="standard, topk, batchtopk, jumprelu, jumprelu-tanh (default: all)")
     ap.add_argument(
         "--tolerance",
         type=float,
@@ -143,11 +178,11 @@ def main():
         coef.scatter_add_(-1, idx, val.float())
     xs = coef @ dirs
     failed = False
-    for arch in args.arch or ["standard", "topk", "batchtopk"]:
+    for arch in args.arch or ["standard", "topk", "batchtopk", *JUMPRELU]:
         d = base / arch
         d.mkdir(parents=True, exist_ok=True)
         opts = {
-            "architecture": arch,
+            "architecture": "jumprelu" if arch in JUMPRELU else arch,
             "d_sae": d_sae,
             "k": args.k,
             "lr": 3e-3,
@@ -159,14 +194,19 @@ def main():
             "train_batch_size_tokens": batch,
             "training_tokens": batch * args.steps,
         }
+        if arch in JUMPRELU:
+            opts.update({**JUMPRELU_COMMON, "l0_warm_up_steps": min(10, args.steps // 4), **JUMPRELU[arch]})
         (d / "opts.json").write_text(json.dumps(opts))
         # SAELens's own initialisation (kaiming-uniform, decoder rows at norm 0.1).
-        cls, cfg_cls = {
-            "standard": (StandardTrainingSAE, StandardTrainingSAEConfig),
-            "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
-            "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
-        }[arch]
-        init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
+        if arch in JUMPRELU:
+            init_sae = JumpReLUTrainingSAE(jumprelu_cfg(arch, d_in, d_sae, SAEMetadata(hook_name="h")))
+        else:
+            cls, cfg_cls = {
+                "standard": (StandardTrainingSAE, StandardTrainingSAEConfig),
+                "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
+                "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
+            }[arch]
+            init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
         init = {k: v.detach().clone().contiguous() for k, v in init_sae.state_dict().items()}
         save_file(init, d / "init.safetensors")
         save_file({"x": xs.contiguous()}, d / "batches.safetensors")
@@ -174,7 +214,7 @@ def main():
         subprocess.run([str(exe), str(d)], check=True, stdout=subprocess.DEVNULL)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
-        dead = saelens_train(arch, opts, init, xs, d / "saelens")
+        dead, most_dead = saelens_train(arch, opts, init, xs, d / "saelens")
         t_theirs = time.perf_counter() - t0
         # The float64 reference: what both float32 runs approximate.
         init64 = {k: v.double() for k, v in init.items()}
@@ -182,13 +222,13 @@ def main():
         ref = load_file(d / "saelens64" / "sae_weights.safetensors")
         tokens = args.steps * batch
         print(
-            f"{arch}: {args.steps} steps, {dead} dead features at the end; "
+            f"{arch}: {args.steps} steps, {dead} dead features at the end ({most_dead} at most); "
             f"hooklens {tokens / t_ours:.0f} tok/s (process, with loading and saving), "
             f"SAELens {tokens / t_theirs:.0f} tok/s (torch threads: {torch.get_num_threads()})"
         )
         ours = load_file(d / "hooklens" / "sae_weights.safetensors")
         theirs = load_file(d / "saelens" / "sae_weights.safetensors")
-        names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "batchtopk" else [])
+        names = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if "threshold" in theirs else [])
         for name in names:
             diff = (ours[name] - theirs[name]).abs().max().item()
             scale = theirs[name].abs().max().item()

@@ -1,5 +1,6 @@
 //! The trained SAEs' forward passes, losses and hand-written backward passes, as
-//! SAELens's `StandardTrainingSAE` and `TopKTrainingSAE` compute them.
+//! SAELens's `StandardTrainingSAE`, `TopKTrainingSAE`, `BatchTopKTrainingSAE` and
+//! `JumpReLUTrainingSAE` compute them.
 //!
 //! The gradients are written out rather than taken from candle's autograd: they are a
 //! few matmuls, and building no graph saves its memory and bookkeeping on every step.
@@ -9,7 +10,7 @@ use candle_core::{DType, Device, Tensor, D};
 use hooklens_core::Result;
 use rayon::prelude::*;
 
-use super::options::{TrainArchitecture, TrainOptions};
+use super::options::{JumpReluSparsityLoss, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
 
 /// The parameters being trained (SAELens's names and `x @ W` layout), f32.
@@ -23,6 +24,9 @@ pub(crate) struct Params {
     pub(crate) w_dec: Tensor,
     /// `[d_in]`.
     pub(crate) b_dec: Tensor,
+    /// JumpReLU: the thresholds `[d_sae]` (SAELens 6.54 trains the threshold itself,
+    /// not its log); `None` for the other architectures.
+    pub(crate) threshold: Option<Tensor>,
 }
 
 /// The gradients of the loss: one per parameter, shaped as it is.
@@ -46,6 +50,13 @@ pub(crate) struct Forward {
 pub(crate) enum Objective<'a> {
     /// The L1 coefficient this step (after its warm-up).
     Standard { l1_coefficient: f64 },
+    /// JumpReLU: the sparsity coefficient this step (after its warm-up) and the dead
+    /// features (`true` = dead), for the pre-activation loss.
+    JumpRelu {
+        l0_coefficient: f64,
+        opts: &'a TrainOptions,
+        dead: Option<&'a [bool]>,
+    },
     /// `k`, the aux-k coefficient and the dead features (`true` = dead), if any;
     /// `batch`: BatchTopK (the `k * batch` largest over the batch, not `k` per token).
     TopK {
@@ -78,11 +89,18 @@ impl Params {
             }
         }
         let w_dec = Tensor::from_vec(w, (d_sae, d_in), &Device::Cpu)?;
+        let threshold = match opts.architecture {
+            TrainArchitecture::JumpRelu => {
+                Some(Tensor::full(opts.jumprelu_init_threshold as f32, d_sae, &Device::Cpu)?)
+            }
+            _ => None,
+        };
         Ok(Params {
             w_enc: w_dec.t()?.contiguous()?,
             b_enc: Tensor::zeros(d_sae, DType::F32, &Device::Cpu)?,
             w_dec,
             b_dec: Tensor::zeros(d_in, DType::F32, &Device::Cpu)?,
+            threshold,
         })
     }
 
@@ -92,7 +110,8 @@ impl Params {
     }
 
     /// Feature activations of `x` `[batch, d_in]`: `[batch, d_sae]`. BatchTopK encodes as
-    /// the JumpReLU it is saved as: pre-activations above `threshold`.
+    /// the JumpReLU it is saved as: pre-activations above `threshold`; JumpReLU as its
+    /// saved SAE does, `relu(pre) * (pre > threshold[f])`.
     pub(crate) fn encode(&self, arch: TrainArchitecture, k: usize, threshold: f64, x: &Tensor) -> Result<Tensor> {
         let h0 = x
             .broadcast_sub(&self.b_dec)?
@@ -110,13 +129,49 @@ impl Params {
                 let open = hp.gt(threshold)?.to_dtype(DType::F32)?;
                 Ok((hp.relu()? * open)?)
             }
+            TrainArchitecture::JumpRelu => {
+                let t = self.threshold()?;
+                let open = h0.broadcast_gt(t)?.to_dtype(DType::F32)?;
+                Ok((h0.relu()? * open)?)
+            }
         }
+    }
+
+    /// JumpReLU's thresholds `[d_sae]`; an error for the other architectures.
+    pub(crate) fn threshold(&self) -> Result<&Tensor> {
+        self.threshold
+            .as_ref()
+            .ok_or_else(|| hooklens_core::Error::invalid("a JumpReLU SAE being trained has no threshold"))
+    }
+
+    /// The parameters in SAELens's order with their names: `W_enc`, `b_enc`, `W_dec`,
+    /// `b_dec`, then JumpReLU's `threshold`.
+    pub(crate) fn named(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut v = vec![
+            ("W_enc", &self.w_enc),
+            ("b_enc", &self.b_enc),
+            ("W_dec", &self.w_dec),
+            ("b_dec", &self.b_dec),
+        ];
+        if let Some(t) = &self.threshold {
+            v.push(("threshold", t));
+        }
+        v
+    }
+
+    /// [`Params::named`]'s tensors, mutable, in the same order.
+    pub(crate) fn tensors_mut(&mut self) -> Vec<&mut Tensor> {
+        let mut v = vec![&mut self.w_enc, &mut self.b_enc, &mut self.w_dec, &mut self.b_dec];
+        if let Some(t) = &mut self.threshold {
+            v.push(t);
+        }
+        v
     }
 
     /// Reconstruction `[batch, d_in]` of feature activations `[batch, d_sae]`.
     pub(crate) fn decode(&self, arch: TrainArchitecture, acts: &Tensor) -> Result<Tensor> {
         let acts = match arch {
-            TrainArchitecture::Standard => acts.clone(),
+            TrainArchitecture::Standard | TrainArchitecture::JumpRelu => acts.clone(),
             // TopK ranks and returns activations scaled by the decoder norms
             // (`rescale_acts_by_decoder_norm`); the decoder divides them back out.
             TrainArchitecture::TopK | TrainArchitecture::BatchTopK => acts.broadcast_div(&self.dec_norms()?)?,
@@ -211,6 +266,11 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
                 grads,
             ))
         }
+        Objective::JumpRelu {
+            l0_coefficient,
+            opts,
+            dead,
+        } => jumprelu_loss_and_grads(p, x, &xc, &h0, &norms, *l0_coefficient, opts, *dead),
         Objective::TopK {
             k,
             batch: per_batch,
@@ -264,6 +324,123 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
     }
 }
 
+/// The rectangle kernel of SAELens's straight-through estimators at `(pre -
+/// threshold) / bw`: 1 where it is in (-1/2, 1/2), else 0; `pre` `[batch, d_sae]`,
+/// `threshold` `[d_sae]`, the result `[batch, d_sae]`.
+fn rectangle(h0: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> {
+    let z = (h0.broadcast_sub(threshold)? / bandwidth)?;
+    Ok((z.gt(-0.5)?.to_dtype(DType::F32)? * z.lt(0.5)?.to_dtype(DType::F32)?)?)
+}
+
+/// JumpReLU's loss and gradients (SAELens 6.54's `JumpReLUTrainingSAE`), `x` `[batch,
+/// d_in]`, `xc = x - b_dec`, `h0` the pre-activations `[batch, d_sae]`, `norms` the
+/// decoder rows' norms `[d_sae]`:
+///
+/// - `acts = pre * (pre > t)`; `JumpReLU.backward`: `pre` gets `(pre > t) * g`, `t` gets
+///   `-sum_b (t / bw) * rect((pre - t) / bw) * g` (and `pre` that too with
+///   `jumprelu_ste_to_input`);
+/// - `step`: `l0 * mean_b sum_f step(pre - t)`, whose `Step.backward` gives `t`
+///   `-sum_b (1 / bw) * rect(...) * g`; `tanh`: `l0 * mean_b sum_f tanh(s * acts *
+///   ||W_dec[f]||)`, through `acts` and the norms;
+/// - with `pre_act_loss_coefficient` c and dead features: `c * mean_b sum_f relu(t -
+///   pre) * dead[f] * ||W_dec[f]||`.
+#[allow(clippy::too_many_arguments)]
+fn jumprelu_loss_and_grads(
+    p: &Params,
+    x: &Tensor,
+    xc: &Tensor,
+    h0: &Tensor,
+    norms: &Tensor,
+    l0_coefficient: f64,
+    opts: &TrainOptions,
+    dead: Option<&[bool]>,
+) -> Result<(Forward, Grads)> {
+    let batch = x.dim(0)?;
+    let inv_b = 1.0 / batch as f64;
+    let bw = opts.jumprelu_bandwidth;
+    let t = p.threshold()?;
+    let open = h0.broadcast_gt(t)?.to_dtype(DType::F32)?;
+    let acts = (h0 * &open)?;
+    let out = acts.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+    let err = (&out - x)?;
+    let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+    let g_out = (&err * (2.0 * inv_b))?;
+    let rect = rectangle(h0, t, bw)?;
+    let c = l0_coefficient * inv_b;
+    let mut g_acts = g_out.matmul(&p.w_dec.t()?)?;
+    // The gradient reaching the decoder norms (from tanh and the pre-activation loss).
+    let mut g_norm: Option<Tensor> = None;
+    // What reaches the Step's output (`step`), per element.
+    let mut sparsity = match opts.jumprelu_sparsity_loss_mode {
+        JumpReluSparsityLoss::Step => {
+            let l0_sum = open.sum_all()?.to_scalar::<f32>()? as f64;
+            (c * l0_sum) as f32
+        }
+        JumpReluSparsityLoss::Tanh => {
+            let s = opts.jumprelu_tanh_scale;
+            let u = (acts.broadcast_mul(norms)? * s)?;
+            let th = u.tanh()?;
+            let total = th.sum_all()?.to_scalar::<f32>()? as f64;
+            // d tanh(u) = (1 - tanh(u)^2) du, du = s * (n d acts + acts d n).
+            let d = ((1.0 - th.sqr()?)? * (c * s))?;
+            g_acts = (g_acts + d.broadcast_mul(norms)?)?;
+            g_norm = Some((&d * &acts)?.sum(0)?);
+            (c * total) as f32
+        }
+    };
+    // JumpReLU.backward.
+    let ste = (rect.broadcast_mul(&(t / bw)?)? * &g_acts)?;
+    let mut g_t = ste.sum(0)?.neg()?;
+    let mut g_h0 = (&g_acts * &open)?;
+    if opts.jumprelu_ste_to_input {
+        g_h0 = (g_h0 + &ste)?;
+    }
+    if opts.jumprelu_sparsity_loss_mode == JumpReluSparsityLoss::Step {
+        // Step.backward with grad_output c everywhere.
+        let step_ste = ((&rect * (1.0 / bw))? * c)?;
+        g_t = (g_t - step_ste.sum(0)?)?;
+        if opts.jumprelu_ste_to_input {
+            g_h0 = (g_h0 + step_ste)?;
+        }
+    }
+    let n_dead = dead.map_or(0, |d| d.iter().filter(|&&b| b).count());
+    if let (Some(pc), Some(dead), true) = (opts.pre_act_loss_coefficient, dead, n_dead > 0) {
+        let dead_t = Tensor::from_vec(
+            dead.iter().map(|&b| if b { 1f32 } else { 0.0 }).collect::<Vec<f32>>(),
+            dead.len(),
+            &Device::Cpu,
+        )?;
+        let gap = t.broadcast_sub(h0)?;
+        let below = gap.gt(0.0)?.to_dtype(DType::F32)?.broadcast_mul(&dead_t)?;
+        let relu_gap = (gap.relu()?.broadcast_mul(&dead_t))?;
+        let loss = relu_gap.broadcast_mul(norms)?.sum_all()?.to_scalar::<f32>()? as f64;
+        sparsity += (pc * inv_b * loss) as f32;
+        let g = (below.broadcast_mul(norms)? * (pc * inv_b))?;
+        g_t = (g_t + g.sum(0)?)?;
+        g_h0 = (g_h0 - g)?;
+        let gn = (relu_gap.sum(0)? * (pc * inv_b))?;
+        g_norm = Some(match g_norm {
+            Some(n) => (n + gn)?,
+            None => gn,
+        });
+    }
+    let mut w_dec_grad = acts.t()?.matmul(&g_out)?;
+    if let Some(gn) = g_norm {
+        w_dec_grad = (w_dec_grad + p.w_dec.broadcast_mul(&(gn / norms)?.unsqueeze(1)?)?)?;
+    }
+    let mut grads = encoder_grads(p, xc, &g_h0, &g_out, w_dec_grad)?;
+    grads.threshold = Some(g_t);
+    Ok((
+        Forward {
+            feature_acts: acts,
+            sae_out: out,
+            mse_loss: mse,
+            aux_loss: sparsity,
+        },
+        grads,
+    ))
+}
+
 /// The gradients upstream of the pre-activations' gradient `g_pre` `[batch, d_sae]`:
 /// `b_dec` gets the output's gradient `g_out` and minus what flows into `x - b_dec`.
 fn encoder_grads(p: &Params, xc: &Tensor, g_pre: &Tensor, g_out: &Tensor, w_dec: Tensor) -> Result<Grads> {
@@ -276,6 +453,7 @@ fn encoder_grads(p: &Params, xc: &Tensor, g_pre: &Tensor, g_out: &Tensor, w_dec:
         b_enc,
         w_dec,
         b_dec,
+        threshold: None,
     })
 }
 
@@ -283,7 +461,11 @@ fn encoder_grads(p: &Params, xc: &Tensor, g_pre: &Tensor, g_out: &Tensor, w_dec:
 /// gradients scaled by `min(1, 1 / (total_norm + 1e-6))`.
 pub(crate) fn clip_grad_norm(g: Grads, max_norm: f64) -> Result<Grads> {
     let sq = |t: &Tensor| -> Result<f64> { Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64) };
-    let total = (sq(&g.w_enc)? + sq(&g.b_enc)? + sq(&g.w_dec)? + sq(&g.b_dec)?).sqrt();
+    let mut total = sq(&g.w_enc)? + sq(&g.b_enc)? + sq(&g.w_dec)? + sq(&g.b_dec)?;
+    if let Some(t) = &g.threshold {
+        total += sq(t)?;
+    }
+    let total = total.sqrt();
     let coef = (max_norm / (total + 1e-6)).min(1.0);
     if coef >= 1.0 {
         return Ok(g);
@@ -293,6 +475,7 @@ pub(crate) fn clip_grad_norm(g: Grads, max_norm: f64) -> Result<Grads> {
         b_enc: (g.b_enc * coef)?,
         w_dec: (g.w_dec * coef)?,
         b_dec: (g.b_dec * coef)?,
+        threshold: g.threshold.map(|t| t * coef).transpose()?,
     })
 }
 
@@ -329,6 +512,7 @@ mod tests {
             b_enc: random(rng, &[d_sae], 0.1),
             w_dec: random(rng, &[d_sae, d_in], 0.5),
             b_dec: random(rng, &[d_in], 0.1),
+            threshold: None,
         }
     }
 
@@ -348,7 +532,11 @@ mod tests {
     fn check(obj: Objective, dead: Option<&[bool]>) {
         let (batch, d_in, d_sae) = (7, 6, 12);
         let mut rng = Rng::new(3);
-        let p = params(&mut rng, d_in, d_sae);
+        let mut p = params(&mut rng, d_in, d_sae);
+        if matches!(obj, Objective::JumpRelu { .. }) {
+            let t: Vec<f32> = (0..d_sae).map(|_| (rng.uniform() * 0.3) as f32).collect();
+            p.threshold = Some(Tensor::new(t, &Device::Cpu).unwrap());
+        }
         let x = random(&mut rng, &[batch, d_in], 1.0);
         let (fwd, g) = loss_and_grads(&p, &x, &obj).unwrap();
 
@@ -363,7 +551,78 @@ mod tests {
             .broadcast_add(b_enc.as_tensor())
             .unwrap();
         let norms = w_dec.as_tensor().sqr().unwrap().sum(1).unwrap().sqrt().unwrap();
+        let thr = Var::from_tensor(p.threshold.as_ref().unwrap_or(&p.b_enc)).unwrap();
         let loss = match obj {
+            Objective::JumpRelu {
+                l0_coefficient,
+                opts,
+                dead,
+            } => {
+                // The straight-through estimators as zero-valued terms whose gradients
+                // are SAELens's `JumpReLU.backward` and `Step.backward`:
+                // `k * (t - t.detach())` has value 0 and gradient `k` with respect to t.
+                let t = thr.as_tensor();
+                let bw = opts.jumprelu_bandwidth;
+                let zero_t = (t - t.detach()).unwrap();
+                let zero_h = (&pre - pre.detach()).unwrap();
+                let rect = rectangle(&pre.detach(), &t.detach(), bw).unwrap();
+                let open = pre
+                    .detach()
+                    .broadcast_gt(&t.detach())
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                let jump_k = rect.broadcast_mul(&(t.detach() / bw).unwrap()).unwrap();
+                let mut acts = ((&pre * &open).unwrap() - jump_k.broadcast_mul(&zero_t).unwrap()).unwrap();
+                let step_k = (&rect * (1.0 / bw)).unwrap();
+                let mut step = (open.clone() - step_k.broadcast_mul(&zero_t).unwrap()).unwrap();
+                if opts.jumprelu_ste_to_input {
+                    acts = (acts + (&jump_k * &zero_h).unwrap()).unwrap();
+                    step = (step + (&step_k * &zero_h).unwrap()).unwrap();
+                }
+                let out = acts
+                    .matmul(w_dec.as_tensor())
+                    .unwrap()
+                    .broadcast_add(b_dec.as_tensor())
+                    .unwrap();
+                let mse = (out - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
+                let per_item = match opts.jumprelu_sparsity_loss_mode {
+                    JumpReluSparsityLoss::Step => step.sum(1).unwrap(),
+                    JumpReluSparsityLoss::Tanh => ((acts.broadcast_mul(&norms).unwrap() * opts.jumprelu_tanh_scale)
+                        .unwrap()
+                        .tanh()
+                        .unwrap())
+                    .sum(1)
+                    .unwrap(),
+                };
+                let mut loss = (mse + (per_item * l0_coefficient).unwrap().mean_all().unwrap()).unwrap();
+                if let (Some(pc), Some(dead)) = (opts.pre_act_loss_coefficient, dead) {
+                    let mask: Vec<f32> = dead.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
+                    let mask = Tensor::new(mask, &Device::Cpu).unwrap();
+                    let pa = t
+                        .broadcast_sub(&pre)
+                        .unwrap()
+                        .relu()
+                        .unwrap()
+                        .broadcast_mul(&mask)
+                        .unwrap()
+                        .broadcast_mul(&norms)
+                        .unwrap()
+                        .sum(1)
+                        .unwrap()
+                        .mean_all()
+                        .unwrap();
+                    loss = (loss + (pa * pc).unwrap()).unwrap();
+                }
+                let want = loss.to_scalar::<f32>().unwrap();
+                assert!(
+                    (want - fwd.mse_loss - fwd.aux_loss).abs() < 1e-4 * want.abs().max(1.0),
+                    "loss {want} vs {} + {}",
+                    fwd.mse_loss,
+                    fwd.aux_loss
+                );
+                loss
+            }
             Objective::Standard { l1_coefficient } => {
                 let acts = pre.relu().unwrap();
                 let out = acts
@@ -433,12 +692,15 @@ mod tests {
             }
         };
         let auto = loss.backward().unwrap();
-        let want = [
+        let mut want = vec![
             (&g.w_enc, &w_enc),
             (&g.b_enc, &b_enc),
             (&g.w_dec, &w_dec),
             (&g.b_dec, &b_dec),
         ];
+        if let Some(t) = &g.threshold {
+            want.push((t, &thr));
+        }
         for (i, (hand, var)) in want.into_iter().enumerate() {
             let a = auto.get(var.as_tensor()).unwrap();
             let scale = a
@@ -461,6 +723,76 @@ mod tests {
     #[test]
     fn standard_gradients_match_autograd() {
         check(Objective::Standard { l1_coefficient: 0.7 }, None);
+    }
+
+    #[test]
+    fn jumprelu_gradients_match_autograd_of_the_straight_through_estimators() {
+        let dead: Vec<bool> = (0..12).map(|f| f % 3 == 1).collect();
+        for mode in [JumpReluSparsityLoss::Step, JumpReluSparsityLoss::Tanh] {
+            for ste_to_input in [false, true] {
+                for pre_act in [None, Some(0.3)] {
+                    let opts = TrainOptions {
+                        jumprelu_bandwidth: 0.5,
+                        jumprelu_sparsity_loss_mode: mode,
+                        jumprelu_ste_to_input: ste_to_input,
+                        pre_act_loss_coefficient: pre_act,
+                        ..TrainOptions::new(TrainArchitecture::JumpRelu, 12)
+                    };
+                    let obj = Objective::JumpRelu {
+                        l0_coefficient: 0.7,
+                        opts: &opts,
+                        dead: Some(&dead),
+                    };
+                    check(obj, Some(&dead));
+                }
+            }
+        }
+    }
+
+    /// Away from the jumps the loss is smooth in the weights, so with the estimators
+    /// off the encoder and decoder (`jumprelu_ste_to_input` false) the hand-written
+    /// gradients of `W_dec` and `b_dec` are the finite differences of the loss.
+    #[test]
+    fn jumprelu_decoder_gradients_match_finite_differences() {
+        let (batch, d_in, d_sae) = (5, 4, 6);
+        let mut rng = Rng::new(11);
+        let mut p = params(&mut rng, d_in, d_sae);
+        p.threshold = Some(Tensor::full(0.1f32, d_sae, &Device::Cpu).unwrap());
+        let x = random(&mut rng, &[batch, d_in], 1.0);
+        let opts = TrainOptions {
+            jumprelu_sparsity_loss_mode: JumpReluSparsityLoss::Tanh,
+            ..TrainOptions::new(TrainArchitecture::JumpRelu, d_sae)
+        };
+        let obj = Objective::JumpRelu {
+            l0_coefficient: 0.5,
+            opts: &opts,
+            dead: None,
+        };
+        let loss = |p: &Params| {
+            let (f, _) = loss_and_grads(p, &x, &obj).unwrap();
+            f.mse_loss as f64 + f.aux_loss as f64
+        };
+        let (_, g) = loss_and_grads(&p, &x, &obj).unwrap();
+        let eps = 1e-2f32;
+        let analytic: Vec<f32> = g.w_dec.flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = p.w_dec.flatten_all().unwrap().to_vec1().unwrap();
+        for i in 0..w.len() {
+            let at = |d: f32| {
+                let mut v = w.clone();
+                v[i] += d;
+                let q = Params {
+                    w_dec: Tensor::from_vec(v, (d_sae, d_in), &Device::Cpu).unwrap(),
+                    ..p.clone()
+                };
+                loss(&q)
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            assert!(
+                (fd - analytic[i] as f64).abs() < 2e-3 * fd.abs().max(1.0),
+                "W_dec[{i}]: finite difference {fd}, hand-written {}",
+                analytic[i]
+            );
+        }
     }
 
     #[test]

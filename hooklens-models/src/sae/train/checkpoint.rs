@@ -26,8 +26,6 @@ const STATE_TENSORS: &str = "trainer_state.safetensors";
 const STATE_JSON: &str = "trainer_state.json";
 const FORMAT: u64 = 1;
 
-const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
-
 /// Writes `t`'s state to `root/N`, replacing a checkpoint of the same N.
 pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
@@ -38,13 +36,8 @@ pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let p = &t.params;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for ((name, param), state) in PARAM_NAMES
-        .iter()
-        .zip([&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec])
-        .zip(&t.adam)
-    {
+    for ((name, param), state) in t.params.named().into_iter().zip(&t.adam) {
         tensors.insert(name.to_string(), param.clone());
         tensors.insert(format!("{name}.exp_avg"), vec_tensor(&state.exp_avg)?);
         tensors.insert(format!("{name}.exp_avg_sq"), vec_tensor(&state.exp_avg_sq)?);
@@ -177,10 +170,16 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         }
         Ok(t)
     };
+    // The fresh trainer's parameters name what the checkpoint must hold, and shape it.
     let d_sae = opts.d_sae;
-    let shapes: [&[usize]; 4] = [&[d_in, d_sae], &[d_sae], &[d_sae, d_in], &[d_in]];
-    let mut params = Vec::with_capacity(4);
-    for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+    let wanted: Vec<(&'static str, Vec<usize>)> = t
+        .params
+        .named()
+        .into_iter()
+        .map(|(name, p)| (name, p.dims().to_vec()))
+        .collect();
+    let mut params = Vec::with_capacity(wanted.len());
+    for (i, (name, shape)) in wanted.iter().enumerate() {
         params.push(take(name, shape)?);
         let n: usize = shape.iter().product();
         t.adam[i] = AdamState {
@@ -189,12 +188,13 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         };
     }
     let mut it = params.into_iter();
-    let mut next = || it.next().expect("four parameters pushed above");
+    let mut next = || it.next().expect("the parameters pushed above");
     t.params = Params {
         w_enc: next(),
         b_enc: next(),
         w_dec: next(),
         b_dec: next(),
+        threshold: t.params.threshold.is_some().then(&mut next),
     };
     t.act_freq_scores = take("act_freq_scores", &[d_sae])?.to_vec1()?;
     t.n_forward_passes_since_fired = take("n_forward_passes_since_fired", &[d_sae])?.to_vec1()?;

@@ -63,6 +63,18 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
             "rescale_acts_by_decoder_norm": true,
             "topk_threshold_lr": opts.topk_threshold_lr,
         }),
+        TrainArchitecture::JumpRelu => json!({
+            "decoder_init_norm": opts.decoder_init_norm,
+            "jumprelu_init_threshold": opts.jumprelu_init_threshold,
+            "jumprelu_bandwidth": opts.jumprelu_bandwidth,
+            "jumprelu_sparsity_loss_mode": opts.jumprelu_sparsity_loss_mode.name(),
+            "l0_coefficient": opts.l0_coefficient,
+            "l0_warm_up_steps": opts.l0_warm_up_steps,
+            "pre_act_loss_coefficient": opts.pre_act_loss_coefficient,
+            "jumprelu_tanh_scale": opts.jumprelu_tanh_scale,
+            "jumprelu_ste_to_input": opts.jumprelu_ste_to_input,
+            "target_l0": null,
+        }),
     };
     // SAELens saves a BatchTopK SAE for inference as JumpReLU.
     let inference_architecture = match opts.architecture {

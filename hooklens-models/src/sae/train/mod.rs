@@ -2,14 +2,19 @@
 //! setting names, written as a SAELens folder that [`Sae::from_dir`](crate::sae::Sae::from_dir)
 //! (and SAELens's `SAE.load_from_disk`) loads.
 //!
-//! Implemented: the `standard` (L1), `topk` and `batchtopk` architectures, as SAELens
-//! 6.54's `StandardTrainingSAE`, `TopKTrainingSAE` and `BatchTopKTrainingSAE` train them
-//! (a BatchTopK SAE is saved as JumpReLU, as SAELens saves it):
+//! Implemented: the `standard` (L1), `topk`, `batchtopk` and `jumprelu` architectures, as
+//! SAELens 6.54's `StandardTrainingSAE`, `TopKTrainingSAE`, `BatchTopKTrainingSAE` and
+//! `JumpReLUTrainingSAE` train them (a BatchTopK SAE is saved as JumpReLU, as SAELens
+//! saves it):
 //! - initialisation: kaiming-uniform `W_dec` with rows rescaled to
 //!   `decoder_init_norm` (0.1), `W_enc = W_dec^T`, zero biases;
 //! - losses: `sum((out - x)^2, -1).mean()`, plus for `standard` the L1 of the feature
 //!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` and
-//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features;
+//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features, for `jumprelu`
+//!   the `step` or `tanh` sparsity loss (with its warm-up) and optionally the
+//!   pre-activation loss on dead features, its threshold (trained directly, as 6.54
+//!   does, not as a log; clamped at 0 before each step) reached through the
+//!   straight-through estimators with a rectangle kernel of width `jumprelu_bandwidth`;
 //! - every step: gradients (written by hand, checked against autograd), gradient-norm
 //!   clipping to 1, torch's Adam, SAELens's learning-rate schedule;
 //! - dead features (`dead_feature_window`) and firing frequencies
@@ -62,7 +67,7 @@ use hooklens_core::{Error, Result};
 
 pub use activations::{harvest_shards, HarvestActivations};
 pub use metrics::StepMetrics;
-pub use options::{NormalizeActivations, TrainArchitecture, TrainOptions};
+pub use options::{JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainOptions};
 pub use trainer::{SaeTrainer, SPARSITY_FILE};
 
 /// The metrics file [`train`] appends to in its output folder.

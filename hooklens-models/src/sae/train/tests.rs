@@ -53,6 +53,7 @@ fn opts(arch: TrainArchitecture) -> TrainOptions {
         k: 3,
         lr: 1e-2,
         l1_coefficient: 1e-3,
+        l0_coefficient: 1e-3,
         training_tokens: 256 * 300,
         train_batch_size_tokens: 256,
         n_batches_in_buffer: 4,
@@ -128,6 +129,48 @@ fn standard_loss_decreases() {
 }
 
 #[test]
+fn jumprelu_learns_sparse_data_and_saves_its_thresholds() {
+    let tmp = TempDir::new("train-jumprelu");
+    write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 6), 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    for mode in [JumpReluSparsityLoss::Step, JumpReluSparsityLoss::Tanh] {
+        let o = TrainOptions {
+            jumprelu_sparsity_loss_mode: mode,
+            l0_coefficient: 3e-2,
+            jumprelu_init_threshold: 0.1,
+            ..opts(TrainArchitecture::JumpRelu)
+        };
+        let out = tmp.path(mode.name());
+        let mut seen = Vec::new();
+        train(&src, &o, &out, &mut |e| {
+            if let TrainEvent::Metrics(m) = e {
+                seen.push(m.clone());
+            }
+        })
+        .unwrap();
+        let (first, last) = (&seen[0], seen.last().unwrap());
+        assert!(last.explained_variance > 0.8, "{mode:?}: {last}");
+        assert!(last.mse_loss < 0.5 * first.mse_loss, "{mode:?}: {first}\n{last}");
+        assert!(last.l0 < 0.5 * 48.0, "{mode:?}: {last}");
+        assert_eq!(last.l0_coefficient, Some(3e-2));
+        let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+        assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
+        let w = weights(&out);
+        // Thresholds moved from their start, one per feature, none negative.
+        let t = &w["threshold"];
+        assert_eq!(t.len(), 48);
+        assert!(t.iter().any(|&v| (v - 0.1).abs() > 1e-3), "{t:?}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(crate::sae::SAE_CFG_FILE)).unwrap()).unwrap();
+        assert_eq!(cfg["architecture"], "jumprelu");
+        assert_eq!(
+            cfg["metadata"]["training_architecture_details"]["jumprelu_sparsity_loss_mode"],
+            mode.name()
+        );
+    }
+}
+
+#[test]
 fn same_seed_same_weights_and_resume_is_exact() {
     let tmp = TempDir::new("train-resume");
     write_harvest(&tmp.0, &sparse_data(2048, 16, 24, 3), 16);
@@ -136,12 +179,15 @@ fn same_seed_same_weights_and_resume_is_exact() {
         TrainArchitecture::TopK,
         TrainArchitecture::Standard,
         TrainArchitecture::BatchTopK,
+        TrainArchitecture::JumpRelu,
     ] {
         let full = TrainOptions {
             training_tokens: 256 * 40,
             normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
             n_batches_for_norm_estimate: 4,
             l1_warm_up_steps: 10,
+            l0_warm_up_steps: 10,
+            pre_act_loss_coefficient: Some(1e-3),
             lr_warm_up_steps: 5,
             lr_decay_steps: 10,
             dead_feature_window: 5,
@@ -215,6 +261,8 @@ fn saved_folder_loads_and_encodes_as_the_trainer() {
             TrainArchitecture::BatchTopK,
             NormalizeActivations::ExpectedAverageOnlyIn,
         ),
+        (TrainArchitecture::JumpRelu, NormalizeActivations::None),
+        (TrainArchitecture::JumpRelu, NormalizeActivations::ExpectedAverageOnlyIn),
     ] {
         let o = TrainOptions {
             training_tokens: 256 * 20,

@@ -29,8 +29,8 @@ pub struct SaeTrainer {
     pub(crate) d_in: usize,
     pub(crate) hook: String,
     pub(crate) params: Params,
-    /// W_enc, b_enc, W_dec, b_dec.
-    pub(crate) adam: [AdamState; 4],
+    /// W_enc, b_enc, W_dec, b_dec, and JumpReLU's threshold (as `Params::named`).
+    pub(crate) adam: Vec<AdamState>,
     pub(crate) n_training_steps: usize,
     pub(crate) n_training_samples: u64,
     pub(crate) n_forward_passes_since_fired: Vec<f32>,
@@ -66,13 +66,17 @@ impl SaeTrainer {
         let mut rng = Rng::new(opts.seed);
         let params = Params::init(d_in, &opts, &mut rng)?;
         let d_sae = opts.d_sae;
-        let sizes = [d_in * d_sae, d_sae, d_sae * d_in, d_in];
+        let adam = params
+            .named()
+            .iter()
+            .map(|(_, t)| AdamState::zeros(t.elem_count()))
+            .collect();
         Ok(SaeTrainer {
             opts,
             d_in,
             hook: hook.to_string(),
             params,
-            adam: sizes.map(AdamState::zeros),
+            adam,
             n_training_steps: 0,
             n_training_samples: 0,
             n_forward_passes_since_fired: vec![0.0; d_sae],
@@ -87,7 +91,8 @@ impl SaeTrainer {
     /// continue training a saved SAE, or to start from the same weights as another
     /// implementation): `w_enc` `[d_in, d_sae]`, `b_enc` `[d_sae]`, `w_dec` `[d_sae,
     /// d_in]`, `b_dec` `[d_in]`, read as the training-time parameters (for TopK, not
-    /// folded: ranked after scaling by the decoder norms).
+    /// folded: ranked after scaling by the decoder norms); for JumpReLU `threshold`
+    /// `[d_sae]` when given, else `jumprelu_init_threshold` everywhere.
     pub fn from_weights(opts: TrainOptions, weights: &SaeWeights, hook: &str) -> Result<Self> {
         let (d_in, d_sae) = weights.w_enc.dims2()?;
         if d_sae != opts.d_sae {
@@ -101,17 +106,28 @@ impl SaeTrainer {
             .clone()
             .ok_or_else(|| Error::invalid("the weights have no b_enc"))?;
         let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous();
+        let threshold = match (opts.architecture, &weights.threshold) {
+            (TrainArchitecture::JumpRelu, Some(t)) => Some(f32(t)?),
+            (TrainArchitecture::JumpRelu, None) => {
+                Some(Tensor::full(opts.jumprelu_init_threshold as f32, d_sae, &Device::Cpu)?)
+            }
+            _ => None,
+        };
         let params = Params {
             w_enc: f32(&weights.w_enc)?,
             b_enc: f32(&b_enc)?,
             w_dec: f32(&weights.w_dec)?,
             b_dec: f32(&weights.b_dec)?,
+            threshold,
         };
-        let shapes = [
+        let mut shapes = vec![
             (params.b_enc.dims(), vec![d_sae]),
             (params.w_dec.dims(), vec![d_sae, d_in]),
             (params.b_dec.dims(), vec![d_in]),
         ];
+        if let Some(t) = &params.threshold {
+            shapes.push((t.dims(), vec![d_sae]));
+        }
         for (got, want) in shapes {
             if got != want.as_slice() {
                 return Err(Error::invalid(format!(
@@ -187,6 +203,11 @@ impl SaeTrainer {
             self.act_freq_scores.iter_mut().for_each(|v| *v = 0.0);
             self.n_frac_active_samples = 0;
         }
+        if let Some(t) = &mut self.params.threshold {
+            // JumpReLUTrainingSAE.training_forward_pass keeps the threshold non-negative
+            // by clamping it before each step (not in the graph).
+            *t = t.clamp(0f32, f32::INFINITY)?;
+        }
         let x = self.scaled(batch)?;
         let dead = self.dead_features();
         let l1 = l1_coefficient(
@@ -194,8 +215,18 @@ impl SaeTrainer {
             self.opts.l1_coefficient,
             self.opts.l1_warm_up_steps,
         );
+        let l0_coef = l1_coefficient(
+            self.n_training_steps,
+            self.opts.l0_coefficient,
+            self.opts.l0_warm_up_steps,
+        );
         let obj = match self.opts.architecture {
             TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
+            TrainArchitecture::JumpRelu => Objective::JumpRelu {
+                l0_coefficient: l0_coef,
+                opts: &self.opts,
+                dead: Some(&dead),
+            },
             TrainArchitecture::TopK | TrainArchitecture::BatchTopK => Objective::TopK {
                 k: self.opts.k,
                 batch: self.opts.architecture == TrainArchitecture::BatchTopK,
@@ -241,14 +272,12 @@ impl SaeTrainer {
             beta2: self.opts.adam_beta2,
             step: self.n_training_steps as u64 + 1,
         };
-        let p = &mut self.params;
-        let pairs = [
-            (&mut p.w_enc, &grads.w_enc),
-            (&mut p.b_enc, &grads.b_enc),
-            (&mut p.w_dec, &grads.w_dec),
-            (&mut p.b_dec, &grads.b_dec),
-        ];
-        for ((param, grad), state) in pairs.into_iter().zip(self.adam.iter_mut()) {
+        let grad_list: Vec<&Tensor> = grads.named().into_iter().map(|(_, g)| g).collect();
+        let params = self.params.tensors_mut();
+        if params.len() != grad_list.len() {
+            return Err(Error::invalid("the gradients do not match the parameters"));
+        }
+        for ((param, grad), state) in params.into_iter().zip(grad_list).zip(self.adam.iter_mut()) {
             let shape = param.shape().clone();
             let mut v: Vec<f32> = param.flatten_all()?.to_vec1()?;
             let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
@@ -274,6 +303,7 @@ impl SaeTrainer {
             dead_fraction: n_dead as f64 / self.opts.d_sae as f64,
             lr,
             l1_coefficient: (self.opts.architecture == TrainArchitecture::Standard).then_some(l1),
+            l0_coefficient: (self.opts.architecture == TrainArchitecture::JumpRelu).then_some(l0_coef),
         }))
     }
 
@@ -287,7 +317,7 @@ impl SaeTrainer {
             .encode(arch, self.opts.k, self.topk_threshold, &self.scaled(x)?)?;
         Ok(match self.scaling_factor {
             // Folding the scale into a TopK SAE's decoder norms scales its activations.
-            Some(s) if arch != TrainArchitecture::Standard => (acts / s)?,
+            Some(s) if arch.uses_k() => (acts / s)?,
             _ => acts,
         })
     }
@@ -296,7 +326,7 @@ impl SaeTrainer {
     /// `[batch, d_sae]`.
     pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
         let (acts, s) = match (self.opts.architecture, self.scaling_factor) {
-            (TrainArchitecture::Standard, s) => (acts.clone(), s.unwrap_or(1.0)),
+            (TrainArchitecture::Standard | TrainArchitecture::JumpRelu, s) => (acts.clone(), s.unwrap_or(1.0)),
             (_, Some(s)) => ((acts * s)?, s),
             (_, None) => (acts.clone(), 1.0),
         };
@@ -316,19 +346,21 @@ impl SaeTrainer {
             w_dec = (w_dec / s)?;
             b_dec = (b_dec / s)?;
         }
-        if self.opts.architecture != TrainArchitecture::Standard {
+        if self.opts.architecture.uses_k() {
             let norms = w_dec.sqr()?.sum(1)?.sqrt()?;
             b_enc = (b_enc * &norms)?;
             w_dec = w_dec.broadcast_div(&norms.unsqueeze(1)?)?;
             w_enc = w_enc.broadcast_mul(&norms.unsqueeze(0)?)?;
         }
         // BatchTopK is saved as JumpReLU, its threshold for every feature (SAELens
-        // divides it by the input scale when folding that in).
+        // divides it by the input scale when folding that in). JumpReLU's threshold
+        // compares pre-activations, which folding the input scale leaves unchanged.
         let threshold = match self.opts.architecture {
             TrainArchitecture::BatchTopK => {
                 let t = self.topk_threshold / self.scaling_factor.unwrap_or(1.0);
                 Some(Tensor::full(t as f32, self.opts.d_sae, &Device::Cpu)?)
             }
+            TrainArchitecture::JumpRelu => Some(p.threshold()?.clone()),
             _ => None,
         };
         Ok(SaeWeights {
