@@ -154,6 +154,34 @@ fn trains_an_sae_that_features_uses() {
     let cfg = std::fs::read_to_string(tmp.path("sae-batchtopk").join("cfg.json")).unwrap();
     assert!(cfg.contains("\"architecture\": \"jumprelu\""), "{cfg}");
     ok_stdout(hooklens(&["features", "--sae", &btk_out, "--prompt", "the cat sat"]));
+
+    // JumpReLU, with its threshold saved and read back by `features`.
+    let jr_out = tmp.s("sae-jumprelu");
+    let err = ok_stderr(hooklens(&train_args(
+        &acts,
+        &jr_out,
+        &[
+            "--architecture",
+            "jumprelu",
+            "--lr",
+            "1e-3",
+            "--l0-coefficient",
+            "1e-3",
+            "--jumprelu-sparsity-loss-mode",
+            "tanh",
+            "--pre-act-loss-coefficient",
+            "1e-4",
+        ],
+    )));
+    assert!(err.contains("training a jumprelu SAE"), "{err}");
+    let cfg = std::fs::read_to_string(tmp.path("sae-jumprelu").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu\"") && cfg.contains("\"jumprelu_sparsity_loss_mode\": \"tanh\""),
+        "{cfg}"
+    );
+    let st = std::fs::read(tmp.path("sae-jumprelu").join("sae_weights.safetensors")).unwrap();
+    assert!(String::from_utf8_lossy(&st[..st.len().min(2000)]).contains("\"threshold\""));
+    ok_stdout(hooklens(&["features", "--sae", &jr_out, "--prompt", "the cat sat"]));
 }
 
 #[test]
@@ -180,12 +208,33 @@ fn bad_settings_are_errors_before_any_work() {
             "exceed the run's",
         ),
         (
-            &["--architecture", "jumprelu"],
-            "`jumprelu`: training is not implemented yet",
+            &["--architecture", "jumprelu", "--k", "8"],
+            "--k is a setting of topk and batchtopk, not of --architecture jumprelu",
+        ),
+        (
+            &["--architecture", "topk", "--k", "8", "--l0-coefficient", "1"],
+            "--l0-coefficient is a setting of jumprelu, not of --architecture topk",
+        ),
+        (
+            &["--architecture", "jumprelu", "--jumprelu-bandwidth", "0"],
+            "jumprelu_bandwidth is 0",
+        ),
+        (
+            &["--architecture", "jumprelu", "--l0-coefficient", "-1"],
+            "l0_coefficient is -1",
+        ),
+        (
+            &[
+                "--architecture",
+                "jumprelu",
+                "--jumprelu-sparsity-loss-mode",
+                "quadratic",
+            ],
+            "quadratic",
         ),
         (
             &["--architecture", "matryoshka-batchtopk"],
-            "implemented: standard, topk, batchtopk",
+            "implemented: standard, topk, batchtopk, jumprelu",
         ),
         (
             &["--architecture", "standard", "--hook-out", "blocks.0.hook_mlp_out"],
@@ -209,5 +258,8 @@ fn bad_settings_are_errors_before_any_work() {
     fails(hooklens(&args), "too large");
     assert!(!tmp.path("sae").exists());
     let help = ok_stdout(hooklens(&["train-sae", "--help"]));
-    assert!(help.contains("[possible values: standard, topk, batchtopk]"), "{help}");
+    assert!(
+        help.contains("[possible values: standard, topk, batchtopk, jumprelu]"),
+        "{help}"
+    );
 }

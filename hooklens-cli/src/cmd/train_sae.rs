@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use hooklens_models::sae::train::{
-    train, HarvestActivations, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
+    train, HarvestActivations, JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
 };
 
 use crate::error::{CliError, CliResult};
@@ -42,8 +42,9 @@ pub struct Args {
     pub d_sae: usize,
     /// TopK: features firing per token; BatchTopK: per token on average (the batch keeps
     /// its k * batch largest activations; saved as JumpReLU with the learnt threshold).
-    #[arg(long, value_name = "K", default_value_t = 100, allow_negative_numbers = true)]
-    pub k: usize,
+    /// Default 100; an error with the other architectures.
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    pub k: Option<usize>,
     /// Adam's learning rate.
     #[arg(long, value_name = "F", default_value_t = 3e-4, allow_negative_numbers = true)]
     pub lr: f64,
@@ -53,6 +54,35 @@ pub struct Args {
     /// Standard: steps over which the L1 coefficient rises linearly from 0.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub l1_warm_up_steps: usize,
+    /// JumpReLU: the sparsity loss's coefficient (default 1.0).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub l0_coefficient: Option<f64>,
+    /// JumpReLU: steps over which the sparsity coefficient rises linearly from 0
+    /// (default 0).
+    #[arg(long, value_name = "N")]
+    pub l0_warm_up_steps: Option<usize>,
+    /// JumpReLU: the sparsity loss, `step` (DeepMind's L0; default) or `tanh`
+    /// (Anthropic's).
+    #[arg(long, value_name = "MODE", value_parser = ["step", "tanh"])]
+    pub jumprelu_sparsity_loss_mode: Option<String>,
+    /// JumpReLU: the width of the straight-through estimators' rectangle kernel
+    /// (default 0.05).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_bandwidth: Option<f64>,
+    /// JumpReLU: every feature's threshold at initialisation (default 0.01).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_init_threshold: Option<f64>,
+    /// JumpReLU: the scale inside the `tanh` sparsity loss (default 4.0).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_tanh_scale: Option<f64>,
+    /// JumpReLU: the straight-through estimators also pass their gradient to the encoder,
+    /// not only to the threshold (Anthropic's setup).
+    #[arg(long)]
+    pub jumprelu_ste_to_input: bool,
+    /// JumpReLU: the coefficient of the pre-activation loss on dead features (off by
+    /// default; Anthropic's is 3e-6).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub pre_act_loss_coefficient: Option<f64>,
     /// Steps of linear learning-rate warm-up.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lr_warm_up_steps: usize,
@@ -120,13 +150,7 @@ impl TypedValueParser for ArchitectureParser {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
-            [
-                TrainArchitecture::Standard,
-                TrainArchitecture::TopK,
-                TrainArchitecture::BatchTopK,
-            ]
-            .into_iter()
-            .map(|a| PossibleValue::new(a.name())),
+            TrainArchitecture::ALL.into_iter().map(|a| PossibleValue::new(a.name())),
         ))
     }
 }
@@ -139,8 +163,49 @@ pub fn run(args: Args) -> CliResult<()> {
         )));
     }
     crate::output::check_output_dir("--out", &args.out)?;
+    let arch = args.architecture;
+    if args.k.is_some() && !arch.uses_k() {
+        return Err(CliError(format!(
+            "--k is a setting of topk and batchtopk, not of --architecture {}",
+            arch.name()
+        )));
+    }
+    let jumprelu_flags = [
+        ("--l0-coefficient", args.l0_coefficient.is_some()),
+        ("--l0-warm-up-steps", args.l0_warm_up_steps.is_some()),
+        (
+            "--jumprelu-sparsity-loss-mode",
+            args.jumprelu_sparsity_loss_mode.is_some(),
+        ),
+        ("--jumprelu-bandwidth", args.jumprelu_bandwidth.is_some()),
+        ("--jumprelu-init-threshold", args.jumprelu_init_threshold.is_some()),
+        ("--jumprelu-tanh-scale", args.jumprelu_tanh_scale.is_some()),
+        ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
+        ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
+    ];
+    if arch != TrainArchitecture::JumpRelu {
+        if let Some((flag, _)) = jumprelu_flags.iter().find(|(_, given)| *given) {
+            return Err(CliError(format!(
+                "{flag} is a setting of jumprelu, not of --architecture {}",
+                arch.name()
+            )));
+        }
+    }
+    let defaults = TrainOptions::new(arch, args.d_sae);
+    let sparsity_mode = match &args.jumprelu_sparsity_loss_mode {
+        Some(m) => JumpReluSparsityLoss::from_name(m)?,
+        None => defaults.jumprelu_sparsity_loss_mode,
+    };
     let opts = TrainOptions {
-        k: args.k,
+        k: args.k.unwrap_or(defaults.k),
+        l0_coefficient: args.l0_coefficient.unwrap_or(defaults.l0_coefficient),
+        l0_warm_up_steps: args.l0_warm_up_steps.unwrap_or(defaults.l0_warm_up_steps),
+        jumprelu_sparsity_loss_mode: sparsity_mode,
+        jumprelu_bandwidth: args.jumprelu_bandwidth.unwrap_or(defaults.jumprelu_bandwidth),
+        jumprelu_init_threshold: args.jumprelu_init_threshold.unwrap_or(defaults.jumprelu_init_threshold),
+        jumprelu_tanh_scale: args.jumprelu_tanh_scale.unwrap_or(defaults.jumprelu_tanh_scale),
+        jumprelu_ste_to_input: args.jumprelu_ste_to_input,
+        pre_act_loss_coefficient: args.pre_act_loss_coefficient,
         lr: args.lr,
         l1_coefficient: args.l1_coefficient,
         l1_warm_up_steps: args.l1_warm_up_steps,
@@ -156,7 +221,7 @@ pub fn run(args: Args) -> CliResult<()> {
         seed: args.seed,
         checkpoint_every_tokens: args.checkpoint_every_tokens,
         metrics_every_steps: args.metrics_every,
-        ..TrainOptions::new(args.architecture, args.d_sae)
+        ..defaults
     };
     // Every setting is checked before the shards are opened, and they before training.
     opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
