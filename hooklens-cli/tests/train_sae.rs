@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::*;
 
-/// Harvests `blocks.0.hook_resid_post` of the built-in model on a small corpus into
-/// `tmp/acts`.
+/// Harvests `blocks.0.hook_resid_post`, `blocks.0.mlp.hook_in` and
+/// `blocks.0.hook_mlp_out` of the built-in model on a small corpus into `tmp/acts`.
 fn harvest(tmp: &TempDir) -> String {
     let words = [
         "when", "the", "cat", "sat", "on", "a", "mat", "it", "was", "happy", "and", "then", "left",
@@ -34,7 +34,7 @@ fn harvest(tmp: &TempDir) -> String {
         "--input",
         &tmp.s("corpus.txt"),
         "--names",
-        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_post,blocks.0.mlp.hook_in,blocks.0.hook_mlp_out",
         "--context-size",
         "16",
         "--out",
@@ -182,6 +182,36 @@ fn trains_an_sae_that_features_uses() {
     let st = std::fs::read(tmp.path("sae-jumprelu").join("sae_weights.safetensors")).unwrap();
     assert!(String::from_utf8_lossy(&st[..st.len().min(2000)]).contains("\"threshold\""));
     ok_stdout(hooklens(&["features", "--sae", &jr_out, "--prompt", "the cat sat"]));
+
+    // A JumpReLU transcoder from mlp.hook_in to hook_mlp_out of the same harvest.
+    let tc_out = tmp.s("transcoder");
+    let mut args = train_args(
+        &acts,
+        &tc_out,
+        &[
+            "--architecture",
+            "jumprelu",
+            "--lr",
+            "1e-3",
+            "--l0-coefficient",
+            "1e-3",
+            "--hook-out",
+            "blocks.0.hook_mlp_out",
+        ],
+    );
+    args[4] = "blocks.0.mlp.hook_in";
+    let err = ok_stderr(hooklens(&args));
+    assert!(
+        err.contains("transcoder to `blocks.0.hook_mlp_out`") && err.contains("wrote the transcoder to"),
+        "{err}"
+    );
+    let cfg = std::fs::read_to_string(tmp.path("transcoder").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu_transcoder\"")
+            && cfg.contains("\"hook_name_out\": \"blocks.0.hook_mlp_out\""),
+        "{cfg}"
+    );
+    ok_stdout(hooklens(&["features", "--sae", &tc_out, "--prompt", "the cat sat"]));
 }
 
 #[test]
@@ -237,8 +267,23 @@ fn bad_settings_are_errors_before_any_work() {
             "implemented: standard, topk, batchtopk, jumprelu",
         ),
         (
-            &["--architecture", "standard", "--hook-out", "blocks.0.hook_mlp_out"],
-            "transcoders are not implemented",
+            &["--architecture", "topk", "--hook-out", "blocks.0.hook_mlp_out"],
+            "transcoders are implemented for standard and jumprelu, not topk",
+        ),
+        (
+            &["--architecture", "standard", "--hook-out", "blocks.0.hook_resid_pre"],
+            "no activations for hook `blocks.0.hook_resid_pre`",
+        ),
+        (
+            &[
+                "--architecture",
+                "standard",
+                "--hook-out",
+                "blocks.0.hook_mlp_out",
+                "--normalize-activations",
+                "expected_average_only_in",
+            ],
+            "--normalize-activations must be none for a transcoder",
         ),
     ];
     for (extra, needle) in cases {

@@ -31,7 +31,9 @@ pub struct Args {
     /// The hook point whose activations are trained on (a tensor of the shards).
     #[arg(long, value_name = "NAME")]
     pub hook: String,
-    /// A transcoder's output hook point (transcoders are not implemented yet).
+    /// Trains a transcoder: reads --hook and reconstructs this hook point of the same
+    /// harvest (standard and jumprelu; saved as SAELens's `transcoder` /
+    /// `jumprelu_transcoder`).
     #[arg(long, value_name = "NAME")]
     pub hook_out: Option<String>,
     /// The architecture (SAELens's name).
@@ -157,13 +159,22 @@ impl TypedValueParser for ArchitectureParser {
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
-    if let Some(out) = &args.hook_out {
-        return Err(CliError(format!(
-            "--hook-out {out}: transcoders are not implemented yet; train an SAE on --hook alone"
-        )));
-    }
     crate::output::check_output_dir("--out", &args.out)?;
     let arch = args.architecture;
+    if let Some(out) = &args.hook_out {
+        if !matches!(arch, TrainArchitecture::Standard | TrainArchitecture::JumpRelu) {
+            return Err(CliError(format!(
+                "--hook-out {out}: transcoders are implemented for standard and jumprelu, not {} \
+                 (SAELens has no {0} transcoder format)",
+                arch.name()
+            )));
+        }
+        if args.normalize_activations != "none" {
+            return Err(CliError(format!(
+                "--hook-out {out}: --normalize-activations must be none for a transcoder"
+            )));
+        }
+    }
     if args.k.is_some() && !arch.uses_k() {
         return Err(CliError(format!(
             "--k is a setting of topk and batchtopk, not of --architecture {}",
@@ -225,10 +236,17 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     // Every setting is checked before the shards are opened, and they before training.
     opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
-    let src =
-        HarvestActivations::open(&args.activations, &args.hook).map_err(|e| CliError(format!("--activations: {e}")))?;
+    let src = match &args.hook_out {
+        Some(out) => HarvestActivations::open_transcoder(&args.activations, &args.hook, out),
+        None => HarvestActivations::open(&args.activations, &args.hook),
+    }
+    .map_err(|e| CliError(format!("--activations: {e}")))?;
+    let target = match src.hook_out() {
+        Some((h, d)) => format!(" transcoder to `{h}` ({d} wide)"),
+        None => " SAE".to_string(),
+    };
     eprintln!(
-        "training a {} SAE ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
+        "training a {}{target} ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
         args.architecture.name(),
         opts.d_sae,
         src.hook(),
@@ -263,7 +281,8 @@ pub fn run(args: Args) -> CliResult<()> {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let trained = report.tokens - report.resumed_from.unwrap_or(0);
     eprintln!(
-        "wrote the SAE to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        "wrote the {} to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        if src.hook_out().is_some() { "transcoder" } else { "SAE" },
         report.sae_dir.display(),
         report.tokens,
         report.steps,

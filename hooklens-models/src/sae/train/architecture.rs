@@ -72,23 +72,32 @@ impl Params {
     /// `sqrt(6 / d_in)`, torch's default gain for `[d_sae, d_in]`), its rows rescaled to
     /// `decoder_init_norm`, `W_enc = W_dec^T`, biases zero. Seeded, so a seed gives the
     /// same weights everywhere (not torch's numbers: its generator differs).
-    pub(crate) fn init(d_in: usize, opts: &TrainOptions, rng: &mut Rng) -> Result<Self> {
+    ///
+    /// A transcoder (`d_out` given: `W_dec` is `[d_sae, d_out]`, `b_dec` `[d_out]`) cannot
+    /// take `W_enc = W_dec^T`: its `W_enc` `[d_in, d_sae]` is kaiming-uniform on its own
+    /// (bound `sqrt(6 / d_sae)`, as SAELens's `Transcoder.initialize_weights`), then each
+    /// feature's column rescaled to `decoder_init_norm` as the transpose would have it.
+    pub(crate) fn init(d_in: usize, d_out: Option<usize>, opts: &TrainOptions, rng: &mut Rng) -> Result<Self> {
         let d_sae = opts.d_sae;
-        let bound = (6.0 / d_in as f64).sqrt();
-        let mut w: Vec<f32> = (0..d_sae * d_in)
-            .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
-            .collect();
+        let d_dec = d_out.unwrap_or(d_in);
+        let mut w = kaiming_uniform(d_sae, d_dec, rng);
         if let Some(norm) = opts.decoder_init_norm {
-            for row in w.chunks_mut(d_in) {
-                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-                if n > 0.0 {
-                    for v in row.iter_mut() {
-                        *v = *v / n * norm as f32;
-                    }
-                }
-            }
+            rescale_rows(&mut w, d_dec, norm);
         }
-        let w_dec = Tensor::from_vec(w, (d_sae, d_in), &Device::Cpu)?;
+        let w_dec = Tensor::from_vec(w, (d_sae, d_dec), &Device::Cpu)?;
+        let w_enc = match d_out {
+            None => w_dec.t()?.contiguous()?,
+            Some(_) => {
+                // Rows of W_enc^T [d_sae, d_in] are W_enc's columns.
+                let mut w = kaiming_uniform(d_sae, d_in, rng);
+                let bound = (6.0 / d_sae as f64).sqrt() / (6.0 / d_in as f64).sqrt();
+                w.iter_mut().for_each(|v| *v *= bound as f32);
+                if let Some(norm) = opts.decoder_init_norm {
+                    rescale_rows(&mut w, d_in, norm);
+                }
+                Tensor::from_vec(w, (d_sae, d_in), &Device::Cpu)?.t()?.contiguous()?
+            }
+        };
         let threshold = match opts.architecture {
             TrainArchitecture::JumpRelu => {
                 Some(Tensor::full(opts.jumprelu_init_threshold as f32, d_sae, &Device::Cpu)?)
@@ -96,10 +105,10 @@ impl Params {
             _ => None,
         };
         Ok(Params {
-            w_enc: w_dec.t()?.contiguous()?,
+            w_enc,
             b_enc: Tensor::zeros(d_sae, DType::F32, &Device::Cpu)?,
             w_dec,
-            b_dec: Tensor::zeros(d_in, DType::F32, &Device::Cpu)?,
+            b_dec: Tensor::zeros(d_dec, DType::F32, &Device::Cpu)?,
             threshold,
         })
     }
@@ -112,11 +121,21 @@ impl Params {
     /// Feature activations of `x` `[batch, d_in]`: `[batch, d_sae]`. BatchTopK encodes as
     /// the JumpReLU it is saved as: pre-activations above `threshold`; JumpReLU as its
     /// saved SAE does, `relu(pre) * (pre > threshold[f])`.
-    pub(crate) fn encode(&self, arch: TrainArchitecture, k: usize, threshold: f64, x: &Tensor) -> Result<Tensor> {
-        let h0 = x
-            .broadcast_sub(&self.b_dec)?
-            .matmul(&self.w_enc)?
-            .broadcast_add(&self.b_enc)?;
+    /// A transcoder (`apply_b_dec` false) reads `x` as it is, not `x - b_dec`.
+    pub(crate) fn encode(
+        &self,
+        arch: TrainArchitecture,
+        k: usize,
+        threshold: f64,
+        apply_b_dec: bool,
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let xc = if apply_b_dec {
+            x.broadcast_sub(&self.b_dec)?
+        } else {
+            x.clone()
+        };
+        let h0 = xc.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?;
         match arch {
             TrainArchitecture::Standard => Ok(h0.relu()?),
             TrainArchitecture::TopK => {
@@ -180,6 +199,27 @@ impl Params {
     }
 }
 
+/// `rows * cols` values uniform in `±sqrt(6 / cols)` (torch's `kaiming_uniform_` of a
+/// `[rows, cols]` tensor), row after row.
+fn kaiming_uniform(rows: usize, cols: usize, rng: &mut Rng) -> Vec<f32> {
+    let bound = (6.0 / cols as f64).sqrt();
+    (0..rows * cols)
+        .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+        .collect()
+}
+
+/// Rescales each `cols`-long row of `w` to L2 norm `norm` (zero rows stay zero).
+fn rescale_rows(w: &mut [f32], cols: usize, norm: f64) {
+    for row in w.chunks_mut(cols) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n > 0.0 {
+            for v in row.iter_mut() {
+                *v = *v / n * norm as f32;
+            }
+        }
+    }
+}
+
 /// A `[rows, cols]` 0/1 mask of each row's `k` largest entries of `values` (only among
 /// `allowed` columns when given; only positive ones with `positive_only`, which is
 /// `relu` after the top-k).
@@ -233,10 +273,27 @@ pub(crate) fn batch_top_k_mask(values: &Tensor, n: usize) -> Result<Tensor> {
 /// aux_coef * scale * mean_b ||W_dec-reconstruction of the top dead pre-activations -
 /// residual||^2` (SAELens's `calculate_topk_aux_loss`: `k_aux = min(d_in / 2,
 /// n_dead)`, `scale = min(n_dead / (d_in / 2), 1)`, residual detached).
-pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<(Forward, Grads)> {
-    let (batch, d_in) = x.dims2()?;
+///
+/// `target` `[batch, d_out]`: a transcoder's, which reconstructs it from `x` read as it
+/// is (SAELens's transcoders have `apply_b_dec_to_input = false`); `None`: an SAE, which
+/// reconstructs `x` from `x - b_dec`.
+pub(crate) fn loss_and_grads(
+    p: &Params,
+    x: &Tensor,
+    target: Option<&Tensor>,
+    obj: &Objective,
+) -> Result<(Forward, Grads)> {
+    let (batch, _) = x.dims2()?;
+    // The aux-k loss's `d_in / 2` is the reconstructed width (the SAE's d_in).
+    let d_in = p.b_dec.dim(0)?;
     let inv_b = 1.0 / batch as f64;
-    let xc = x.broadcast_sub(&p.b_dec)?;
+    let apply_b_dec = target.is_none();
+    let xc = if apply_b_dec {
+        x.broadcast_sub(&p.b_dec)?
+    } else {
+        x.clone()
+    };
+    let x = target.unwrap_or(x);
     let h0 = xc.matmul(&p.w_enc)?.broadcast_add(&p.b_enc)?;
     let norms = p.dec_norms()?;
     match obj {
@@ -255,7 +312,7 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
             let g_pre = (g_acts * h0.gt(0.0)?.to_dtype(DType::F32)?)?;
             let g_norm = (acts.sum(0)? * c)?;
             let w_dec_grad = (acts.t()?.matmul(&g_out)? + p.w_dec.broadcast_mul(&(g_norm / &norms)?.unsqueeze(1)?)?)?;
-            let grads = encoder_grads(p, &xc, &g_pre, &g_out, w_dec_grad)?;
+            let grads = encoder_grads(p, &xc, &g_pre, &g_out, w_dec_grad, apply_b_dec)?;
             Ok((
                 Forward {
                     feature_acts: acts,
@@ -270,7 +327,7 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
             l0_coefficient,
             opts,
             dead,
-        } => jumprelu_loss_and_grads(p, x, &xc, &h0, &norms, *l0_coefficient, opts, *dead),
+        } => jumprelu_loss_and_grads(p, x, &xc, &h0, &norms, *l0_coefficient, opts, *dead, apply_b_dec),
         Objective::TopK {
             k,
             batch: per_batch,
@@ -310,7 +367,7 @@ pub(crate) fn loss_and_grads(p: &Params, x: &Tensor, obj: &Objective) -> Result<
                 w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
                 g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
             }
-            let grads = encoder_grads(p, &xc, &g_h0, &g_out, w_dec_grad)?;
+            let grads = encoder_grads(p, &xc, &g_h0, &g_out, w_dec_grad, apply_b_dec)?;
             Ok((
                 Forward {
                     feature_acts: acts,
@@ -332,8 +389,9 @@ fn rectangle(h0: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> 
     Ok((z.gt(-0.5)?.to_dtype(DType::F32)? * z.lt(0.5)?.to_dtype(DType::F32)?)?)
 }
 
-/// JumpReLU's loss and gradients (SAELens 6.54's `JumpReLUTrainingSAE`), `x` `[batch,
-/// d_in]`, `xc = x - b_dec`, `h0` the pre-activations `[batch, d_sae]`, `norms` the
+/// JumpReLU's loss and gradients (SAELens 6.54's `JumpReLUTrainingSAE`), `x` the
+/// reconstruction's target `[batch, d_out]`, `xc` the encoder's input (`x - b_dec`, or a
+/// transcoder's input `[batch, d_in]` with `apply_b_dec` false), `h0` the pre-activations `[batch, d_sae]`, `norms` the
 /// decoder rows' norms `[d_sae]`:
 ///
 /// - `acts = pre * (pre > t)`; `JumpReLU.backward`: `pre` gets `(pre > t) * g`, `t` gets
@@ -354,6 +412,7 @@ fn jumprelu_loss_and_grads(
     l0_coefficient: f64,
     opts: &TrainOptions,
     dead: Option<&[bool]>,
+    apply_b_dec: bool,
 ) -> Result<(Forward, Grads)> {
     let batch = x.dim(0)?;
     let inv_b = 1.0 / batch as f64;
@@ -428,7 +487,7 @@ fn jumprelu_loss_and_grads(
     if let Some(gn) = g_norm {
         w_dec_grad = (w_dec_grad + p.w_dec.broadcast_mul(&(gn / norms)?.unsqueeze(1)?)?)?;
     }
-    let mut grads = encoder_grads(p, xc, &g_h0, &g_out, w_dec_grad)?;
+    let mut grads = encoder_grads(p, xc, &g_h0, &g_out, w_dec_grad, apply_b_dec)?;
     grads.threshold = Some(g_t);
     Ok((
         Forward {
@@ -442,12 +501,24 @@ fn jumprelu_loss_and_grads(
 }
 
 /// The gradients upstream of the pre-activations' gradient `g_pre` `[batch, d_sae]`:
-/// `b_dec` gets the output's gradient `g_out` and minus what flows into `x - b_dec`.
-fn encoder_grads(p: &Params, xc: &Tensor, g_pre: &Tensor, g_out: &Tensor, w_dec: Tensor) -> Result<Grads> {
+/// `b_dec` gets the output's gradient `g_out` and (with `apply_b_dec`) minus what flows
+/// into `x - b_dec`.
+fn encoder_grads(
+    p: &Params,
+    xc: &Tensor,
+    g_pre: &Tensor,
+    g_out: &Tensor,
+    w_dec: Tensor,
+    apply_b_dec: bool,
+) -> Result<Grads> {
     let w_enc = xc.t()?.matmul(g_pre)?;
     let b_enc = g_pre.sum(0)?;
-    let g_xc = g_pre.matmul(&p.w_enc.t()?)?;
-    let b_dec = (g_out.sum(0)? - g_xc.sum(0)?)?;
+    let b_dec = if apply_b_dec {
+        let g_xc = g_pre.matmul(&p.w_enc.t()?)?;
+        (g_out.sum(0)? - g_xc.sum(0)?)?
+    } else {
+        g_out.sum(0)?
+    };
     Ok(Grads {
         w_enc,
         b_enc,
@@ -538,7 +609,7 @@ mod tests {
             p.threshold = Some(Tensor::new(t, &Device::Cpu).unwrap());
         }
         let x = random(&mut rng, &[batch, d_in], 1.0);
-        let (fwd, g) = loss_and_grads(&p, &x, &obj).unwrap();
+        let (fwd, g) = loss_and_grads(&p, &x, None, &obj).unwrap();
 
         let w_enc = Var::from_tensor(&p.w_enc).unwrap();
         let b_enc = Var::from_tensor(&p.b_enc).unwrap();
@@ -769,10 +840,10 @@ mod tests {
             dead: None,
         };
         let loss = |p: &Params| {
-            let (f, _) = loss_and_grads(p, &x, &obj).unwrap();
+            let (f, _) = loss_and_grads(p, &x, None, &obj).unwrap();
             f.mse_loss as f64 + f.aux_loss as f64
         };
-        let (_, g) = loss_and_grads(&p, &x, &obj).unwrap();
+        let (_, g) = loss_and_grads(&p, &x, None, &obj).unwrap();
         let eps = 1e-2f32;
         let analytic: Vec<f32> = g.w_dec.flatten_all().unwrap().to_vec1().unwrap();
         let w: Vec<f32> = p.w_dec.flatten_all().unwrap().to_vec1().unwrap();

@@ -60,6 +60,8 @@ pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
         "n_frac_active_samples": t.n_frac_active_samples,
         "scaling_factor": t.scaling_factor,
         "topk_threshold": t.topk_threshold,
+        "hook_out": t.out.as_ref().map(|(h, _)| h),
+        "d_out": t.out.as_ref().map(|(_, d)| d),
     });
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&tmp.join(STATE_JSON), text.as_bytes())?;
@@ -106,9 +108,16 @@ pub(crate) fn newest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// Loads the checkpoint in `dir` for a run with `opts` on `hook` `d_in` wide; any
-/// difference from the checkpoint's settings is an error naming it.
-pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> Result<SaeTrainer> {
+/// Loads the checkpoint in `dir` for a run with `opts` on `hook` `d_in` wide (a
+/// transcoder's: to `out`, its output hook and width); any difference from the
+/// checkpoint's settings is an error naming it.
+pub(crate) fn load(
+    dir: &Path,
+    opts: &TrainOptions,
+    hook: &str,
+    d_in: usize,
+    out: Option<(&str, usize)>,
+) -> Result<SaeTrainer> {
     let state_path = dir.join(STATE_JSON);
     let bad = |reason: String| Error::BadFile {
         path: state_path.clone(),
@@ -129,6 +138,13 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
     if state["d_in"].as_u64() != Some(d_in as u64) {
         differ.push(format!("d_in: checkpoint {}, now {d_in}", state["d_in"]));
     }
+    let (hook_out, d_out) = (out.map(|(h, _)| h), out.map(|(_, d)| d as u64));
+    if state["hook_out"].as_str() != hook_out || state["d_out"].as_u64() != d_out {
+        differ.push(format!(
+            "hook_out: checkpoint {} ({} wide), now {hook_out:?} ({d_out:?} wide)",
+            state["hook_out"], state["d_out"]
+        ));
+    }
     let now = opts.to_json();
     if let (Some(saved), Some(now)) = (state["options"].as_object(), now.as_object()) {
         for (k, v) in now {
@@ -146,7 +162,10 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         )));
     }
     let uint = |k: &str| state[k].as_u64().ok_or_else(|| bad(format!("no `{k}`")));
-    let mut t = SaeTrainer::new(opts.clone(), d_in, hook)?;
+    let mut t = match out {
+        Some((hook_out, d_out)) => SaeTrainer::new_transcoder(opts.clone(), d_in, hook, d_out, hook_out)?,
+        None => SaeTrainer::new(opts.clone(), d_in, hook)?,
+    };
     t.n_training_steps = uint("n_training_steps")? as usize;
     t.n_training_samples = uint("n_training_samples")?;
     t.n_frac_active_samples = uint("n_frac_active_samples")?;

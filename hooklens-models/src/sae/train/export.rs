@@ -41,8 +41,10 @@ pub(crate) fn save_tensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>
 }
 
 /// SAELens 6's inference `cfg.json` for an SAE trained with `opts` on `hook` (after the
-/// normalisation is folded in, so `normalize_activations` is `none`).
-pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
+/// normalisation is folded in, so `normalize_activations` is `none`); for a transcoder
+/// (`out`: its output hook and width) SAELens's `transcoder` / `jumprelu_transcoder`
+/// config: `d_out`, `apply_b_dec_to_input` false, `hook_name_out` in the metadata.
+pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option<(&str, usize)>) -> Value {
     let details = match opts.architecture {
         TrainArchitecture::Standard => json!({
             "decoder_init_norm": opts.decoder_init_norm,
@@ -99,6 +101,18 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
         "dtype": "float32",
         "architecture": inference_architecture,
     });
+    if let Some((hook_out, d_out)) = out {
+        cfg["architecture"] = json!(format!(
+            "{}transcoder",
+            match inference_architecture {
+                "jumprelu" => "jumprelu_",
+                _ => "",
+            }
+        ));
+        cfg["apply_b_dec_to_input"] = json!(false);
+        cfg["d_out"] = json!(d_out);
+        cfg["metadata"]["hook_name_out"] = json!(hook_out);
+    }
     if opts.architecture == TrainArchitecture::TopK {
         cfg["k"] = json!(opts.k);
         // The saved weights have the decoder norms folded in (unit rows), so ranking by

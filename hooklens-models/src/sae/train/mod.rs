@@ -113,7 +113,8 @@ pub struct TrainReport {
     pub sae_dir: PathBuf,
 }
 
-/// Trains an SAE on `src` with `opts` and writes it to `out` as a SAELens folder
+/// Trains an SAE (a transcoder where `src` was opened with
+/// [`HarvestActivations::open_transcoder`]) on `src` with `opts` and writes it to `out` as a SAELens folder
 /// (`cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`), with checkpoints in
 /// `out/checkpoints/` (every `checkpoint_every_tokens` and at the end) and metrics in
 /// `out/metrics.jsonl`.
@@ -134,7 +135,7 @@ pub fn train(
     checkpoint::remove_leftovers(&ckpt_root)?;
     let (mut trainer, resumed_from) = match checkpoint::newest(&ckpt_root)? {
         Some(dir) => {
-            let t = checkpoint::load(&dir, opts, src.hook(), src.d_in())?;
+            let t = checkpoint::load(&dir, opts, src.hook(), src.d_in(), src.hook_out())?;
             on_event(TrainEvent::Resumed {
                 tokens: t.tokens(),
                 checkpoint: &dir,
@@ -142,7 +143,13 @@ pub fn train(
             let tokens = t.tokens();
             (t, Some(tokens))
         }
-        None => (SaeTrainer::new(opts.clone(), src.d_in(), src.hook())?, None),
+        None => match src.hook_out() {
+            Some((hook_out, d_out)) => (
+                SaeTrainer::new_transcoder(opts.clone(), src.d_in(), src.hook(), d_out, hook_out)?,
+                None,
+            ),
+            None => (SaeTrainer::new(opts.clone(), src.d_in(), src.hook())?, None),
+        },
     };
     let batch = opts.train_batch_size_tokens;
     if opts.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn && trainer.scaling_factor().is_none() {
@@ -168,7 +175,17 @@ pub fn train(
     let mut last_saved = resumed_from;
     while trainer.tokens() < opts.training_tokens {
         let before = trainer.tokens();
-        let metrics = trainer.step(&batches.next_batch()?)?;
+        let batch = batches.next_batch()?;
+        let metrics = match src.hook_out() {
+            Some((_, d_out)) => {
+                let d_in = src.d_in();
+                trainer.step_transcoder(
+                    &batch.narrow(1, 0, d_in)?.contiguous()?,
+                    &batch.narrow(1, d_in, d_out)?.contiguous()?,
+                )?
+            }
+            None => trainer.step(&batch)?,
+        };
         on_event(TrainEvent::Step {
             tokens: trainer.tokens(),
             total: opts.training_tokens,

@@ -11,7 +11,7 @@ use super::adam::{adam_update, AdamState, AdamStep};
 use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Objective, Params};
 use super::export::{cfg_json, save_tensors_atomic, write_atomic};
 use super::metrics::StepMetrics;
-use super::options::{TrainArchitecture, TrainOptions};
+use super::options::{NormalizeActivations, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
 use super::schedule::{l1_coefficient, lr_factor};
 use crate::sae::{Sae, SaeConfig, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
@@ -40,20 +40,55 @@ pub struct SaeTrainer {
     pub(crate) scaling_factor: Option<f64>,
     /// BatchTopK's threshold (in the scaled space), a double as SAELens keeps it.
     pub(crate) topk_threshold: f64,
+    /// A transcoder's output hook point and width (`None`: an SAE).
+    pub(crate) out: Option<(String, usize)>,
 }
 
 impl SaeTrainer {
     /// A fresh SAE for `d_in`-wide activations at `hook`, initialised from
     /// `opts.seed` as SAELens initialises it.
     pub fn new(opts: TrainOptions, d_in: usize, hook: &str) -> Result<Self> {
+        Self::create(opts, d_in, hook, None)
+    }
+
+    /// A fresh transcoder reading `d_in`-wide activations at `hook` and reconstructing
+    /// the `d_out`-wide ones at `hook_out` (SAELens's inference `transcoder`, or
+    /// `jumprelu_transcoder` for JumpReLU; SAELens 6.54 has no transcoder trainer, so the
+    /// training is this trainer's, the loss `sum((out - target)^2, -1).mean()` with the
+    /// architecture's own terms). Implemented for `standard` and `jumprelu` (SAELens has
+    /// no TopK transcoder format), without input normalisation.
+    pub fn new_transcoder(opts: TrainOptions, d_in: usize, hook: &str, d_out: usize, hook_out: &str) -> Result<Self> {
+        if !matches!(
+            opts.architecture,
+            TrainArchitecture::Standard | TrainArchitecture::JumpRelu
+        ) {
+            return Err(Error::invalid(format!(
+                "transcoders are implemented for standard and jumprelu, not {} (SAELens has no {0} transcoder format)",
+                opts.architecture.name()
+            )));
+        }
+        if opts.normalize_activations != NormalizeActivations::None {
+            return Err(Error::invalid(
+                "normalize_activations must be none for a transcoder (scaling its input and target is not implemented)",
+            ));
+        }
+        if d_out == 0 {
+            return Err(Error::invalid("d_out must be at least 1"));
+        }
+        Self::create(opts, d_in, hook, Some((hook_out.to_string(), d_out)))
+    }
+
+    fn create(opts: TrainOptions, d_in: usize, hook: &str, out: Option<(String, usize)>) -> Result<Self> {
         opts.validate()?;
         if d_in == 0 {
             return Err(Error::invalid("d_in must be at least 1"));
         }
+        let d_out = out.as_ref().map(|(_, d)| *d);
         let weights = d_in
+            .max(d_out.unwrap_or(0))
             .checked_mul(opts.d_sae)
             .filter(|&n| n <= super::options::MAX_ELEMENTS);
-        let batch = d_in
+        let batch = (d_in + d_out.unwrap_or(0))
             .checked_mul(opts.train_batch_size_tokens)
             .and_then(|n| n.checked_mul(opts.n_batches_in_buffer))
             .filter(|&n| n <= super::options::MAX_ELEMENTS);
@@ -64,7 +99,7 @@ impl SaeTrainer {
             )));
         }
         let mut rng = Rng::new(opts.seed);
-        let params = Params::init(d_in, &opts, &mut rng)?;
+        let params = Params::init(d_in, d_out, &opts, &mut rng)?;
         let d_sae = opts.d_sae;
         let adam = params
             .named()
@@ -84,6 +119,7 @@ impl SaeTrainer {
             n_frac_active_samples: 0,
             scaling_factor: None,
             topk_threshold: 0.0,
+            out,
         })
     }
 
@@ -190,6 +226,37 @@ impl SaeTrainer {
     /// gradient-norm clipping to 1, Adam. Returns the step's metrics when this step is
     /// one to report (every `metrics_every_steps` steps).
     pub fn step(&mut self, batch: &Tensor) -> Result<Option<StepMetrics>> {
+        if self.out.is_some() {
+            return Err(Error::invalid(
+                "a transcoder trains on pairs: use step_transcoder(input, target)",
+            ));
+        }
+        self.step_on(batch, None)
+    }
+
+    /// One training step of a transcoder on `input` `[batch, d_in]` and `target` `[batch,
+    /// d_out]`, as [`SaeTrainer::step`].
+    pub fn step_transcoder(&mut self, input: &Tensor, target: &Tensor) -> Result<Option<StepMetrics>> {
+        let Some((_, d_out)) = self.out else {
+            return Err(Error::invalid("step_transcoder on an SAE: use step(batch)"));
+        };
+        let (b, d) = target.dims2()?;
+        if d != d_out || b != input.dim(0)? {
+            return Err(Error::invalid(format!(
+                "a transcoder's target must be [batch = {}, d_out = {d_out}], got {:?}",
+                input.dim(0)?,
+                target.dims()
+            )));
+        }
+        self.step_on(input, Some(&target.to_dtype(DType::F32)?))
+    }
+
+    /// The transcoder's output hook point and width, if it is one.
+    pub fn transcoder_out(&self) -> Option<(&str, usize)> {
+        self.out.as_ref().map(|(h, d)| (h.as_str(), *d))
+    }
+
+    fn step_on(&mut self, batch: &Tensor, target: Option<&Tensor>) -> Result<Option<StepMetrics>> {
         let (b, d) = batch.dims2()?;
         if d != self.d_in || b == 0 {
             return Err(Error::invalid(format!(
@@ -234,7 +301,7 @@ impl SaeTrainer {
                 dead: Some(&dead),
             },
         };
-        let (fwd, grads) = loss_and_grads(&self.params, &x, &obj)?;
+        let (fwd, grads) = loss_and_grads(&self.params, &x, target, &obj)?;
         if self.opts.architecture == TrainArchitecture::BatchTopK {
             // SAELens's update_topk_threshold: a moving average of the smallest
             // activation kept, computed in f64.
@@ -298,7 +365,7 @@ impl SaeTrainer {
             tokens: self.n_training_samples,
             mse_loss: fwd.mse_loss as f64,
             aux_loss: fwd.aux_loss as f64,
-            explained_variance: explained_variance(&x, &fwd.sae_out)?,
+            explained_variance: explained_variance(target.unwrap_or(&x), &fwd.sae_out)?,
             l0: l0(&fwd.feature_acts)?,
             dead_fraction: n_dead as f64 / self.opts.d_sae as f64,
             lr,
@@ -312,9 +379,13 @@ impl SaeTrainer {
     /// accounted for).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let arch = self.opts.architecture;
-        let acts = self
-            .params
-            .encode(arch, self.opts.k, self.topk_threshold, &self.scaled(x)?)?;
+        let acts = self.params.encode(
+            arch,
+            self.opts.k,
+            self.topk_threshold,
+            self.out.is_none(),
+            &self.scaled(x)?,
+        )?;
         Ok(match self.scaling_factor {
             // Folding the scale into a TopK SAE's decoder norms scales its activations.
             Some(s) if arch.uses_k() => (acts / s)?,
@@ -376,7 +447,7 @@ impl SaeTrainer {
 
     /// SAELens 6's `cfg.json` for the trained SAE.
     pub fn cfg_json(&self) -> serde_json::Value {
-        cfg_json(&self.opts, self.d_in, &self.hook)
+        cfg_json(&self.opts, self.d_in, &self.hook, self.transcoder_out())
     }
 
     /// The trained SAE, as [`Sae::from_dir`] would load it from [`SaeTrainer::save_sae`].
