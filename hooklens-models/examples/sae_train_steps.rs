@@ -11,7 +11,9 @@
 //! jumprelu_sparsity_loss_mode, jumprelu_tanh_scale, jumprelu_ste_to_input,
 //! pre_act_loss_coefficient, and `threshold` in init.safetensors); takes one
 //! step per batch; writes the SAE folder to `DIR/hooklens/` and the encoding of the
-//! first batch to `DIR/hooklens_encode.safetensors`.
+//! first batch to `DIR/hooklens_encode.safetensors`. With `hook_out` in opts.json and
+//! `y` (`[steps, batch, d_out]`) in batches.safetensors it trains a transcoder from `x`
+//! to `y`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -72,13 +74,21 @@ fn main() -> Result<()> {
         gated: None,
         w_skip: None,
     };
-    let mut trainer = SaeTrainer::from_weights(opts, &weights, "blocks.0.hook_resid_post")?;
+    let hook = "blocks.0.hook_resid_post";
+    let mut trainer = match o["hook_out"].as_str() {
+        Some(out) => SaeTrainer::transcoder_from_weights(opts, &weights, hook, out)?,
+        None => SaeTrainer::from_weights(opts, &weights, hook)?,
+    };
     let batches = candle_core::safetensors::load(dir.join("batches.safetensors"), &Device::Cpu)?;
     let x = batches
         .get("x")
         .ok_or_else(|| Error::invalid("batches.safetensors: no `x`"))?;
     for s in 0..x.dim(0)? {
-        if let Some(m) = trainer.step(&x.i(s)?)? {
+        let m = match batches.get("y") {
+            Some(y) => trainer.step_transcoder(&x.i(s)?, &y.i(s)?)?,
+            None => trainer.step(&x.i(s)?)?,
+        };
+        if let Some(m) = m {
             println!("{m}");
         }
     }

@@ -130,7 +130,26 @@ impl SaeTrainer {
     /// folded: ranked after scaling by the decoder norms); for JumpReLU `threshold`
     /// `[d_sae]` when given, else `jumprelu_init_threshold` everywhere.
     pub fn from_weights(opts: TrainOptions, weights: &SaeWeights, hook: &str) -> Result<Self> {
+        Self::from_weights_to(opts, weights, hook, None)
+    }
+
+    /// [`SaeTrainer::from_weights`] for a transcoder to `hook_out`: `w_dec` `[d_sae,
+    /// d_out]`, `b_dec` `[d_out]`.
+    pub fn transcoder_from_weights(
+        opts: TrainOptions,
+        weights: &SaeWeights,
+        hook: &str,
+        hook_out: &str,
+    ) -> Result<Self> {
+        Self::from_weights_to(opts, weights, hook, Some(hook_out))
+    }
+
+    fn from_weights_to(opts: TrainOptions, weights: &SaeWeights, hook: &str, hook_out: Option<&str>) -> Result<Self> {
         let (d_in, d_sae) = weights.w_enc.dims2()?;
+        let d_dec = match hook_out {
+            Some(_) => weights.w_dec.dims2()?.1,
+            None => d_in,
+        };
         if d_sae != opts.d_sae {
             return Err(Error::invalid(format!(
                 "the weights have {d_sae} features, the options d_sae = {}",
@@ -158,8 +177,8 @@ impl SaeTrainer {
         };
         let mut shapes = vec![
             (params.b_enc.dims(), vec![d_sae]),
-            (params.w_dec.dims(), vec![d_sae, d_in]),
-            (params.b_dec.dims(), vec![d_in]),
+            (params.w_dec.dims(), vec![d_sae, d_dec]),
+            (params.b_dec.dims(), vec![d_dec]),
         ];
         if let Some(t) = &params.threshold {
             shapes.push((t.dims(), vec![d_sae]));
@@ -171,7 +190,10 @@ impl SaeTrainer {
                 )));
             }
         }
-        let mut t = SaeTrainer::new(opts, d_in, hook)?;
+        let mut t = match hook_out {
+            Some(h) => SaeTrainer::new_transcoder(opts, d_in, hook, d_dec, h)?,
+            None => SaeTrainer::new(opts, d_in, hook)?,
+        };
         t.params = params;
         Ok(t)
     }
