@@ -25,13 +25,15 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
     steps both float32 runs jump to 2e-3 from float64; at 20 steps hooklens jumps (1e-2)
     where SAELens float32 does not, so the check fails there by the luck of the round-off.
   - JumpReLU (40 steps at the default size): every tensor, the threshold included, within
-    3e-8 of SAELens float32 and 1e-7 to 2e-7 (relative L2) of float64, as close as SAELens
+    6e-8 of SAELens float32 and 1e-7 to 2e-7 (relative L2) of float64, as close as SAELens
     float32 is, for both variants; jumprelu-tanh starts its thresholds at 0.3 so that all
     48 features are dead for a while and the pre-activation loss is exercised. Like
     BatchTopK it has cut-offs (the jump, the rectangle kernel's edges) that round-off can
     move a pre-activation across: one such run, with the threshold starting at 0.01, had
     both float32 runs 1e-5 from float64 after 40 steps, and hooklens 5e-5, though they
     agreed to 1e-7 up to 20 steps.
+  - Matryoshka BatchTopK (levels d_sae/6, d_sae/2, d_sae; SAELens's default
+    use_matryoshka_aux_loss false): as BatchTopK, saved as JumpReLU.
   - Transcoders (transcoder: standard; jumprelu-transcoder): SAELens 6.54 has no
     transcoder trainer, so its StandardTrainingSAE / JumpReLUTrainingSAE are run as one:
     W_dec [d_sae, 12], Transcoder.process_sae_in (no b_dec on the input), the MSE against
@@ -57,6 +59,10 @@ from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata, TrainStepInput
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.jumprelu_sae import JumpReLUTrainingSAE, JumpReLUTrainingSAEConfig
+from sae_lens.saes.matryoshka_batchtopk_sae import (
+    MatryoshkaBatchTopKTrainingSAE,
+    MatryoshkaBatchTopKTrainingSAEConfig,
+)
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 from sae_lens.saes.transcoder import Transcoder
 from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
@@ -118,6 +124,16 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32", ys=None):
     elif arch in JUMPRELU:
         cfg = jumprelu_cfg(arch, xs.shape[-1], opts["d_sae"], meta, dtype, opts["l0_warm_up_steps"])
         sae = JumpReLUTrainingSAE(cfg)
+    elif arch == "matryoshka_batchtopk":
+        cfg = MatryoshkaBatchTopKTrainingSAEConfig(
+            d_in=xs.shape[-1],
+            d_sae=opts["d_sae"],
+            k=opts["k"],
+            matryoshka_widths=list(opts["matryoshka_widths"]),
+            metadata=meta,
+            dtype=dtype,
+        )
+        sae = MatryoshkaBatchTopKTrainingSAE(cfg)
     elif arch == "batchtopk":
         cfg = BatchTopKTrainingSAEConfig(d_in=xs.shape[-1], d_sae=opts["d_sae"], k=opts["k"], metadata=meta, dtype=dtype)
         sae = BatchTopKTrainingSAE(cfg)
@@ -197,7 +213,12 @@ def main():
     ap.add_argument("--d-sae", type=int, default=48)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--arch", action="append", help="standard, topk, batchtopk, jumprelu, jumprelu-tanh (default: all)")
+    ap.add_argument(
+        "--arch",
+        action="append",
+        help="standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, jumprelu-tanh, transcoder, "
+        "jumprelu-transcoder (default: all)",
+    )
     ap.add_argument(
         "--tolerance",
         type=float,
@@ -226,7 +247,8 @@ def main():
     failed = False
     # Transcoder targets: a fixed map of the inputs, through relu.
     ys = torch.relu(xs @ torch.randn(d_in, D_OUT))
-    for arch in args.arch or ["standard", "topk", "batchtopk", *JUMPRELU, *TRANSCODERS]:
+    all_archs = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", *JUMPRELU, *TRANSCODERS]
+    for arch in args.arch or all_archs:
         d = base / arch
         d.mkdir(parents=True, exist_ok=True)
         opts = {
@@ -244,6 +266,8 @@ def main():
         }
         if arch in TRANSCODERS:
             opts["hook_out"] = "blocks.0.hook_mlp_out"
+        if arch == "matryoshka_batchtopk":
+            opts["matryoshka_widths"] = [d_sae // 6, d_sae // 2, d_sae]
         if arch in JUMPRELU or TRANSCODERS.get(arch) == "jumprelu":
             opts.update({**JUMPRELU_COMMON, "l0_warm_up_steps": min(10, args.steps // 4), **JUMPRELU.get(arch, JUMPRELU["jumprelu"])})
         (d / "opts.json").write_text(json.dumps(opts))
@@ -258,6 +282,7 @@ def main():
                 "transcoder": (StandardTrainingSAE, StandardTrainingSAEConfig),
                 "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
                 "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
+                "matryoshka_batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
             }[arch]
             init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
         init = {k: v.detach().clone().contiguous() for k, v in init_sae.state_dict().items()}

@@ -183,6 +183,30 @@ fn trains_an_sae_that_features_uses() {
     assert!(String::from_utf8_lossy(&st[..st.len().min(2000)]).contains("\"threshold\""));
     ok_stdout(hooklens(&["features", "--sae", &jr_out, "--prompt", "the cat sat"]));
 
+    // Matryoshka BatchTopK, saved as JumpReLU.
+    let mat_out = tmp.s("sae-matryoshka");
+    ok_stderr(hooklens(&train_args(
+        &acts,
+        &mat_out,
+        &[
+            "--architecture",
+            "matryoshka-batchtopk",
+            "--k",
+            "8",
+            "--lr",
+            "1e-3",
+            "--matryoshka-widths",
+            "8,32",
+        ],
+    )));
+    let cfg = std::fs::read_to_string(tmp.path("sae-matryoshka").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu\"")
+            && cfg.contains("\"training_architecture\": \"matryoshka_batchtopk\""),
+        "{cfg}"
+    );
+    ok_stdout(hooklens(&["features", "--sae", &mat_out, "--prompt", "the cat sat"]));
+
     // A JumpReLU transcoder from mlp.hook_in to hook_mlp_out of the same harvest.
     let tc_out = tmp.s("transcoder");
     let mut args = train_args(
@@ -239,7 +263,7 @@ fn bad_settings_are_errors_before_any_work() {
         ),
         (
             &["--architecture", "jumprelu", "--k", "8"],
-            "--k is a setting of topk and batchtopk, not of --architecture jumprelu",
+            "--k is a setting of topk, batchtopk and matryoshka_batchtopk, not of --architecture jumprelu",
         ),
         (
             &["--architecture", "topk", "--k", "8", "--l0-coefficient", "1"],
@@ -263,7 +287,33 @@ fn bad_settings_are_errors_before_any_work() {
             "quadratic",
         ),
         (
-            &["--architecture", "matryoshka-batchtopk"],
+            &["--architecture", "matryoshka-batchtopk", "--k", "8"],
+            "matryoshka_widths must not be empty",
+        ),
+        (
+            &[
+                "--architecture",
+                "matryoshka-batchtopk",
+                "--k",
+                "8",
+                "--matryoshka-widths",
+                "32,16",
+            ],
+            "strictly increasing",
+        ),
+        (
+            &[
+                "--architecture",
+                "batchtopk",
+                "--k",
+                "8",
+                "--matryoshka-widths",
+                "16,32",
+            ],
+            "--matryoshka-widths is a setting of matryoshka_batchtopk, not of --architecture batchtopk",
+        ),
+        (
+            &["--architecture", "gated"],
             "implemented: standard, topk, batchtopk, jumprelu",
         ),
         (
@@ -304,7 +354,7 @@ fn bad_settings_are_errors_before_any_work() {
     assert!(!tmp.path("sae").exists());
     let help = ok_stdout(hooklens(&["train-sae", "--help"]));
     assert!(
-        help.contains("[possible values: standard, topk, batchtopk, jumprelu]"),
+        help.contains("[possible values: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk]"),
         "{help}"
     );
 }

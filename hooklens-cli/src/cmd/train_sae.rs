@@ -42,8 +42,9 @@ pub struct Args {
     /// Number of features.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub d_sae: usize,
-    /// TopK: features firing per token; BatchTopK: per token on average (the batch keeps
-    /// its k * batch largest activations; saved as JumpReLU with the learnt threshold).
+    /// TopK: features firing per token; (Matryoshka) BatchTopK: per token on average (the
+    /// batch keeps its k * batch largest activations; saved as JumpReLU with the learnt
+    /// threshold).
     /// Default 100; an error with the other architectures.
     #[arg(long, value_name = "K", allow_negative_numbers = true)]
     pub k: Option<usize>,
@@ -56,6 +57,11 @@ pub struct Args {
     /// Standard: steps over which the L1 coefficient rises linearly from 0.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub l1_warm_up_steps: usize,
+    /// Matryoshka BatchTopK: the nested levels' widths, strictly increasing, separated by
+    /// commas (`--matryoshka-widths 128,512,2048`); d_sae is added as the last level if
+    /// missing.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', num_args = 1..)]
+    pub matryoshka_widths: Vec<usize>,
     /// JumpReLU: the sparsity loss's coefficient (default 1.0).
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     pub l0_coefficient: Option<f64>,
@@ -177,7 +183,7 @@ pub fn run(args: Args) -> CliResult<()> {
     }
     if args.k.is_some() && !arch.uses_k() {
         return Err(CliError(format!(
-            "--k is a setting of topk and batchtopk, not of --architecture {}",
+            "--k is a setting of topk, batchtopk and matryoshka_batchtopk, not of --architecture {}",
             arch.name()
         )));
     }
@@ -194,6 +200,12 @@ pub fn run(args: Args) -> CliResult<()> {
         ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
         ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
     ];
+    if !args.matryoshka_widths.is_empty() && arch != TrainArchitecture::MatryoshkaBatchTopK {
+        return Err(CliError(format!(
+            "--matryoshka-widths is a setting of matryoshka_batchtopk, not of --architecture {}",
+            arch.name()
+        )));
+    }
     if arch != TrainArchitecture::JumpRelu {
         if let Some((flag, _)) = jumprelu_flags.iter().find(|(_, given)| *given) {
             return Err(CliError(format!(
@@ -209,6 +221,7 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     let opts = TrainOptions {
         k: args.k.unwrap_or(defaults.k),
+        matryoshka_widths: args.matryoshka_widths.clone(),
         l0_coefficient: args.l0_coefficient.unwrap_or(defaults.l0_coefficient),
         l0_warm_up_steps: args.l0_warm_up_steps.unwrap_or(defaults.l0_warm_up_steps),
         jumprelu_sparsity_loss_mode: sparsity_mode,

@@ -59,11 +59,15 @@ pub(crate) enum Objective<'a> {
     },
     /// `k`, the aux-k coefficient and the dead features (`true` = dead), if any;
     /// `batch`: BatchTopK (the `k * batch` largest over the batch, not `k` per token).
+    ///
+    /// `inner_widths`: Matryoshka's levels but the last (each adds the MSE of the
+    /// reconstruction from the features before it); empty otherwise.
     TopK {
         k: usize,
         batch: bool,
         aux_loss_coefficient: f64,
         dead: Option<&'a [bool]>,
+        inner_widths: &'a [usize],
     },
 }
 
@@ -143,7 +147,7 @@ impl Params {
                 let mask = top_k_mask(&hp, k, true, None)?;
                 Ok((hp * mask)?)
             }
-            TrainArchitecture::BatchTopK => {
+            TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
                 let hp = h0.broadcast_mul(&self.dec_norms()?)?;
                 let open = hp.gt(threshold)?.to_dtype(DType::F32)?;
                 Ok((hp.relu()? * open)?)
@@ -193,7 +197,9 @@ impl Params {
             TrainArchitecture::Standard | TrainArchitecture::JumpRelu => acts.clone(),
             // TopK ranks and returns activations scaled by the decoder norms
             // (`rescale_acts_by_decoder_norm`); the decoder divides them back out.
-            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => acts.broadcast_div(&self.dec_norms()?)?,
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
+                acts.broadcast_div(&self.dec_norms()?)?
+            }
         };
         Ok(acts.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
@@ -333,6 +339,7 @@ pub(crate) fn loss_and_grads(
             batch: per_batch,
             aux_loss_coefficient,
             dead,
+            inner_widths,
         } => {
             let hp = h0.broadcast_mul(&norms)?;
             let mask = if *per_batch {
@@ -367,7 +374,23 @@ pub(crate) fn loss_and_grads(
                 w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
                 g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
             }
-            let grads = encoder_grads(p, &xc, &g_h0, &g_out, w_dec_grad, apply_b_dec)?;
+            // Matryoshka: each inner level's reconstruction from the features before its
+            // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`.
+            let mut g_b_dec = g_out.clone();
+            let d_sae = p.w_dec.dim(0)?;
+            for &w in inner_widths.iter() {
+                let cols: Vec<f32> = (0..d_sae).map(|f| if f < w { 1.0 } else { 0.0 }).collect();
+                let cols = Tensor::from_vec(cols, d_sae, &Device::Cpu)?;
+                let u_w = u.broadcast_mul(&cols)?;
+                let inner = u_w.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+                let e = (inner - x)?;
+                aux += (e.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+                let g = (&e * (2.0 * inv_b))?;
+                w_dec_grad = (w_dec_grad + u_w.t()?.matmul(&g)?)?;
+                g_h0 = (g_h0 + (g.matmul(&p.w_dec.t()?)? * &mask)?.broadcast_mul(&cols)?)?;
+                g_b_dec = (g_b_dec + g)?;
+            }
+            let grads = encoder_grads(p, &xc, &g_h0, &g_b_dec, w_dec_grad, apply_b_dec)?;
             Ok((
                 Forward {
                     feature_acts: acts,
@@ -719,6 +742,7 @@ mod tests {
                 k,
                 batch: per_batch,
                 aux_loss_coefficient,
+                inner_widths,
                 ..
             } => {
                 let hp = pre.broadcast_mul(&norms).unwrap();
@@ -758,6 +782,19 @@ mod tests {
                     .unwrap()
                     * (aux_loss_coefficient * scale))
                     .unwrap();
+                let u = acts.broadcast_mul(&norms.recip().unwrap()).unwrap();
+                let mut aux = aux;
+                for &w in inner_widths {
+                    let inner = u
+                        .narrow(1, 0, w)
+                        .unwrap()
+                        .matmul(&w_dec.as_tensor().narrow(0, 0, w).unwrap())
+                        .unwrap()
+                        .broadcast_add(b_dec.as_tensor())
+                        .unwrap();
+                    let l = (inner - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
+                    aux = (aux + l).unwrap();
+                }
                 assert!((aux.to_scalar::<f32>().unwrap() - fwd.aux_loss).abs() < 1e-4);
                 (mse + aux).unwrap()
             }
@@ -876,9 +913,25 @@ mod tests {
                     batch,
                     aux_loss_coefficient: 0.5,
                     dead: Some(&dead),
+                    inner_widths: &[],
                 },
                 Some(&dead),
             );
         }
+    }
+
+    #[test]
+    fn matryoshka_gradients_match_autograd_with_inner_losses() {
+        let dead: Vec<bool> = (0..12).map(|f| f % 4 == 1).collect();
+        check(
+            Objective::TopK {
+                k: 3,
+                batch: true,
+                aux_loss_coefficient: 0.5,
+                dead: Some(&dead),
+                inner_widths: &[2, 5, 9],
+            },
+            Some(&dead),
+        );
     }
 }

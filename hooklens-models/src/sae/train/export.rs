@@ -65,6 +65,16 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option
             "rescale_acts_by_decoder_norm": true,
             "topk_threshold_lr": opts.topk_threshold_lr,
         }),
+        TrainArchitecture::MatryoshkaBatchTopK => json!({
+            "decoder_init_norm": opts.decoder_init_norm,
+            "k": opts.k,
+            "use_sparse_activations": false,
+            "aux_loss_coefficient": opts.aux_loss_coefficient,
+            "rescale_acts_by_decoder_norm": true,
+            "topk_threshold_lr": opts.topk_threshold_lr,
+            "matryoshka_widths": opts.matryoshka_levels(),
+            "use_matryoshka_aux_loss": false,
+        }),
         TrainArchitecture::JumpRelu => json!({
             "decoder_init_norm": opts.decoder_init_norm,
             "jumprelu_init_threshold": opts.jumprelu_init_threshold,
@@ -78,9 +88,9 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option
             "target_l0": null,
         }),
     };
-    // SAELens saves a BatchTopK SAE for inference as JumpReLU.
+    // SAELens saves a (Matryoshka) BatchTopK SAE for inference as JumpReLU.
     let inference_architecture = match opts.architecture {
-        TrainArchitecture::BatchTopK => "jumprelu",
+        TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => "jumprelu",
         other => other.name(),
     };
     let mut cfg = json!({

@@ -17,7 +17,8 @@ pub struct StepMetrics {
     /// `sum((sae_out - x)^2, -1).mean()` on this step's batch (in the scaled space).
     pub mse_loss: f64,
     /// Standard: the weighted L1 term (`l1_loss`); TopK: the auxiliary loss
-    /// (`auxiliary_reconstruction_loss`); JumpReLU: the sparsity loss (`l0_loss`) plus
+    /// (`auxiliary_reconstruction_loss`), plus for Matryoshka the inner levels' MSEs
+    /// (`inner_mse_loss_W`); JumpReLU: the sparsity loss (`l0_loss`) plus
     /// the pre-activation loss (`pre_act_loss`) if on.
     pub aux_loss: f64,
     /// `1 - mean ||sae_out - x||^2 / mean ||x - mean(x)||^2` on this batch.

@@ -2,15 +2,19 @@
 //! setting names, written as a SAELens folder that [`Sae::from_dir`](crate::sae::Sae::from_dir)
 //! (and SAELens's `SAE.load_from_disk`) loads.
 //!
-//! Implemented: the `standard` (L1), `topk`, `batchtopk` and `jumprelu` architectures, as
-//! SAELens 6.54's `StandardTrainingSAE`, `TopKTrainingSAE`, `BatchTopKTrainingSAE` and
-//! `JumpReLUTrainingSAE` train them (a BatchTopK SAE is saved as JumpReLU, as SAELens
-//! saves it):
+//! Implemented: the `standard` (L1), `topk`, `batchtopk`, `jumprelu` and
+//! `matryoshka_batchtopk` architectures, as SAELens 6.54's `StandardTrainingSAE`,
+//! `TopKTrainingSAE`, `BatchTopKTrainingSAE`, `JumpReLUTrainingSAE` and
+//! `MatryoshkaBatchTopKTrainingSAE` train them (a (Matryoshka) BatchTopK SAE is saved as
+//! JumpReLU, as SAELens saves it), and transcoders (standard and jumprelu, from one hook
+//! of a harvest to another; SAELens 6.54 has no transcoder trainer, so the training is
+//! this one with the output hook as the target, saved in SAELens's transcoder format):
 //! - initialisation: kaiming-uniform `W_dec` with rows rescaled to
 //!   `decoder_init_norm` (0.1), `W_enc = W_dec^T`, zero biases;
 //! - losses: `sum((out - x)^2, -1).mean()`, plus for `standard` the L1 of the feature
 //!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` and
-//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features, for `jumprelu`
+//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features (and for
+//!   `matryoshka_batchtopk` one MSE per inner level), for `jumprelu`
 //!   the `step` or `tanh` sparsity loss (with its warm-up) and optionally the
 //!   pre-activation loss on dead features, its threshold (trained directly, as 6.54
 //!   does, not as a log; clamped at 0 before each step) reached through the

@@ -25,15 +25,20 @@ pub enum TrainArchitecture {
     /// with an L0 sparsity loss (`step` or `tanh`) and optionally the pre-activation loss
     /// on dead features (SAELens 6.54's `JumpReLUTrainingSAE`).
     JumpRelu,
+    /// BatchTopK with nested reconstruction losses: besides the whole SAE's, one per
+    /// prefix of the features ending at each of `matryoshka_widths` but the last (SAELens
+    /// 6.54's `MatryoshkaBatchTopKTrainingSAE`); saved as JumpReLU.
+    MatryoshkaBatchTopK,
 }
 
 impl TrainArchitecture {
     /// The architectures the trainer implements.
-    pub const ALL: [TrainArchitecture; 4] = [
+    pub const ALL: [TrainArchitecture; 5] = [
         TrainArchitecture::Standard,
         TrainArchitecture::TopK,
         TrainArchitecture::BatchTopK,
         TrainArchitecture::JumpRelu,
+        TrainArchitecture::MatryoshkaBatchTopK,
     ];
 
     /// SAELens's name for it (`standard`, `topk`, `batchtopk`, `jumprelu`).
@@ -43,12 +48,25 @@ impl TrainArchitecture {
             TrainArchitecture::TopK => "topk",
             TrainArchitecture::BatchTopK => "batchtopk",
             TrainArchitecture::JumpRelu => "jumprelu",
+            TrainArchitecture::MatryoshkaBatchTopK => "matryoshka_batchtopk",
         }
     }
 
-    /// Whether `k` is one of its settings (TopK and BatchTopK).
+    /// Whether `k` is one of its settings (TopK, BatchTopK, Matryoshka BatchTopK).
     pub fn uses_k(self) -> bool {
-        matches!(self, TrainArchitecture::TopK | TrainArchitecture::BatchTopK)
+        matches!(
+            self,
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK
+        )
+    }
+
+    /// Whether it keeps the `k * batch` largest activations of a batch and is saved as
+    /// JumpReLU with the learnt threshold (BatchTopK, Matryoshka BatchTopK).
+    pub fn is_batch_topk(self) -> bool {
+        matches!(
+            self,
+            TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK
+        )
     }
 
     /// Parses a SAELens architecture name; the ones SAELens has that the trainer does not
@@ -59,11 +77,13 @@ impl TrainArchitecture {
             "topk" => Ok(TrainArchitecture::TopK),
             "batchtopk" => Ok(TrainArchitecture::BatchTopK),
             "jumprelu" => Ok(TrainArchitecture::JumpRelu),
-            "matryoshka-batchtopk" | "matryoshka_batchtopk" | "gated" => Err(Error::invalid(format!(
-                "architecture `{name}`: training is not implemented yet (implemented: standard, topk, batchtopk, jumprelu)"
+            "matryoshka-batchtopk" | "matryoshka_batchtopk" => Ok(TrainArchitecture::MatryoshkaBatchTopK),
+            "gated" => Err(Error::invalid(format!(
+                "architecture `{name}`: training is not implemented yet \
+                 (implemented: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk)"
             ))),
             other => Err(Error::invalid(format!(
-                "unknown architecture `{other}` (implemented: standard, topk, batchtopk, jumprelu)"
+                "unknown architecture `{other}` (implemented: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk)"
             ))),
         }
     }
@@ -182,6 +202,10 @@ pub struct TrainOptions {
     pub lp_norm: f64,
     /// TopK: the auxiliary (dead-feature) loss's coefficient (1.0).
     pub aux_loss_coefficient: f64,
+    /// Matryoshka BatchTopK: the nested levels' widths, strictly increasing (SAELens's
+    /// `matryoshka_widths`, which must not be empty); `d_sae` is added as the last level
+    /// when it is not there, as SAELens adds it.
+    pub matryoshka_widths: Vec<usize>,
     /// JumpReLU: every feature's threshold at initialisation (0.01).
     pub jumprelu_init_threshold: f64,
     /// JumpReLU: the width of the straight-through estimators' rectangle kernel (0.05).
@@ -246,6 +270,7 @@ impl TrainOptions {
             l1_warm_up_steps: 0,
             lp_norm: 1.0,
             aux_loss_coefficient: 1.0,
+            matryoshka_widths: Vec::new(),
             jumprelu_init_threshold: 0.01,
             jumprelu_bandwidth: 0.05,
             jumprelu_sparsity_loss_mode: JumpReluSparsityLoss::Step,
@@ -274,6 +299,19 @@ impl TrainOptions {
         (self.training_tokens / self.train_batch_size_tokens.max(1) as u64) as usize
     }
 
+    /// Matryoshka BatchTopK's levels, `d_sae` last (added when missing, as SAELens adds
+    /// it); empty for the other architectures.
+    pub fn matryoshka_levels(&self) -> Vec<usize> {
+        if self.architecture != TrainArchitecture::MatryoshkaBatchTopK {
+            return Vec::new();
+        }
+        let mut w = self.matryoshka_widths.clone();
+        if w.last() != Some(&self.d_sae) {
+            w.push(self.d_sae);
+        }
+        w
+    }
+
     /// Checks the settings, naming the first bad one; run before any work.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
@@ -284,6 +322,23 @@ impl TrainOptions {
             return bad(format!(
                 "k is {}: it must be between 1 and d_sae ({})",
                 self.k, self.d_sae
+            ));
+        }
+        if self.architecture == TrainArchitecture::MatryoshkaBatchTopK {
+            let w = &self.matryoshka_widths;
+            if w.is_empty() {
+                return bad("matryoshka_widths must not be empty".into());
+            }
+            if w.contains(&0) || w.windows(2).any(|p| p[0] >= p[1]) || w.last().is_some_and(|&l| l > self.d_sae) {
+                return bad(format!(
+                    "matryoshka_widths are {w:?}: they must be positive, strictly increasing and at most d_sae ({})",
+                    self.d_sae
+                ));
+            }
+        } else if !self.matryoshka_widths.is_empty() {
+            return bad(format!(
+                "matryoshka_widths is a setting of matryoshka_batchtopk, not of {}",
+                self.architecture.name()
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -387,7 +442,8 @@ impl TrainOptions {
             "architecture": self.architecture.name(),
             "d_sae": self.d_sae,
             "k": self.architecture.uses_k().then_some(self.k),
-            "topk_threshold_lr": (self.architecture == TrainArchitecture::BatchTopK).then_some(self.topk_threshold_lr),
+            "topk_threshold_lr": self.architecture.is_batch_topk().then_some(self.topk_threshold_lr),
+            "matryoshka_widths": (self.architecture == TrainArchitecture::MatryoshkaBatchTopK).then(|| self.matryoshka_levels()),
             "lr": self.lr,
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,
@@ -458,6 +514,17 @@ mod tests {
             let err = opts.validate().unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
+        let m = TrainOptions {
+            matryoshka_widths: vec![8, 8],
+            k: 4,
+            ..TrainOptions::new(TrainArchitecture::MatryoshkaBatchTopK, 16)
+        };
+        assert!(m.validate().unwrap_err().to_string().contains("strictly increasing"));
+        let m = TrainOptions {
+            matryoshka_widths: vec![4, 8],
+            ..m
+        };
+        assert_eq!(m.matryoshka_levels(), vec![4, 8, 16]);
         assert!(TrainArchitecture::from_name("gated")
             .unwrap_err()
             .to_string()

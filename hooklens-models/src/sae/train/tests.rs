@@ -81,15 +81,27 @@ fn topk_and_batchtopk_learn_sparse_data() {
     let tmp = TempDir::new("train-topk");
     write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 1), 16);
     let src = HarvestActivations::open(&tmp.0, "h").unwrap();
-    for arch in [TrainArchitecture::TopK, TrainArchitecture::BatchTopK] {
+    for arch in [
+        TrainArchitecture::TopK,
+        TrainArchitecture::BatchTopK,
+        TrainArchitecture::MatryoshkaBatchTopK,
+    ] {
         let out = tmp.path(arch.name());
-        let report = run(&src, &opts(arch), &out);
+        let o = TrainOptions {
+            matryoshka_widths: if arch == TrainArchitecture::MatryoshkaBatchTopK {
+                vec![8, 24]
+            } else {
+                Vec::new()
+            },
+            ..opts(arch)
+        };
+        let report = run(&src, &o, &out);
         let m = report.last_metrics.unwrap();
         assert!(m.explained_variance > 0.9, "{arch:?}: {m}");
         // TopK: exactly k per token; BatchTopK: k * batch in the batch, k on average.
         assert!((m.l0 - 3.0).abs() < 1e-6, "{arch:?}: {m}");
         assert_eq!(report.tokens, 256 * 300);
-        if arch == TrainArchitecture::BatchTopK {
+        if arch.is_batch_topk() {
             // Saved as JumpReLU: the threshold keeps about k features per token.
             let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
             assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
@@ -180,8 +192,14 @@ fn same_seed_same_weights_and_resume_is_exact() {
         TrainArchitecture::Standard,
         TrainArchitecture::BatchTopK,
         TrainArchitecture::JumpRelu,
+        TrainArchitecture::MatryoshkaBatchTopK,
     ] {
         let full = TrainOptions {
+            matryoshka_widths: if arch == TrainArchitecture::MatryoshkaBatchTopK {
+                vec![6, 20, 48]
+            } else {
+                Vec::new()
+            },
             training_tokens: 256 * 40,
             normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
             n_batches_for_norm_estimate: 4,

@@ -309,6 +309,10 @@ impl SaeTrainer {
             self.opts.l0_coefficient,
             self.opts.l0_warm_up_steps,
         );
+        let inner_widths = match self.opts.matryoshka_levels().split_last() {
+            Some((_, inner)) => inner.to_vec(),
+            None => Vec::new(),
+        };
         let obj = match self.opts.architecture {
             TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
             TrainArchitecture::JumpRelu => Objective::JumpRelu {
@@ -316,15 +320,18 @@ impl SaeTrainer {
                 opts: &self.opts,
                 dead: Some(&dead),
             },
-            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => Objective::TopK {
-                k: self.opts.k,
-                batch: self.opts.architecture == TrainArchitecture::BatchTopK,
-                aux_loss_coefficient: self.opts.aux_loss_coefficient,
-                dead: Some(&dead),
-            },
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
+                Objective::TopK {
+                    k: self.opts.k,
+                    batch: self.opts.architecture.is_batch_topk(),
+                    aux_loss_coefficient: self.opts.aux_loss_coefficient,
+                    dead: Some(&dead),
+                    inner_widths: &inner_widths,
+                }
+            }
         };
         let (fwd, grads) = loss_and_grads(&self.params, &x, target, &obj)?;
-        if self.opts.architecture == TrainArchitecture::BatchTopK {
+        if self.opts.architecture.is_batch_topk() {
             // SAELens's update_topk_threshold: a moving average of the smallest
             // activation kept, computed in f64.
             let acts: Vec<f32> = fwd.feature_acts.flatten_all()?.to_vec1()?;
@@ -449,7 +456,7 @@ impl SaeTrainer {
         // divides it by the input scale when folding that in). JumpReLU's threshold
         // compares pre-activations, which folding the input scale leaves unchanged.
         let threshold = match self.opts.architecture {
-            TrainArchitecture::BatchTopK => {
+            TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
                 let t = self.topk_threshold / self.scaling_factor.unwrap_or(1.0);
                 Some(Tensor::full(t as f32, self.opts.d_sae, &Device::Cpu)?)
             }
