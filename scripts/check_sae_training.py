@@ -7,8 +7,8 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
   Needs SAELens (6.54) and torch; builds and runs the example
   hooklens-models/examples/sae_train_steps.rs with cargo (release). Exits non-zero on a
   mismatch. For each of standard, topk, batchtopk (saved as jumprelu), jumprelu (SAELens's
-  defaults: the step L0 loss) and jumprelu-tanh (tanh loss, jumprelu_ste_to_input, the
-  pre-activation loss on dead features):
+  defaults: the step L0 loss), jumprelu-tanh (tanh loss, jumprelu_ste_to_input, the
+  pre-activation loss on dead features) and jumprelu-quadratic (target_l0 4):
   - SAELens's side is TrainingSAE.training_forward_pass with SAETrainer._train_step's
     bookkeeping: dead-feature counters (dead_feature_window), L1 coefficient warm-up
     (CoefficientScheduler), clip_grad_norm_(1.0), torch.optim.Adam, get_lr_scheduler;
@@ -81,6 +81,7 @@ JUMPRELU = {
         "pre_act_loss_coefficient": 1e-2,
         "jumprelu_init_threshold": 0.3,
     },
+    "jumprelu-quadratic": {"jumprelu_sparsity_loss_mode": "quadratic", "target_l0": 4.0},
 }
 JUMPRELU_COMMON = {"l0_coefficient": 1e-2, "l0_warm_up_steps": 10, "jumprelu_bandwidth": 0.05, "jumprelu_init_threshold": 0.01}
 
@@ -216,7 +217,7 @@ def main():
     ap.add_argument(
         "--arch",
         action="append",
-        help="standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, jumprelu-tanh, transcoder, "
+        help="standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, jumprelu-tanh, jumprelu-quadratic, transcoder, "
         "jumprelu-transcoder (default: all)",
     )
     ap.add_argument(

@@ -9,7 +9,7 @@
 //! lr_warm_up_steps, lr_decay_steps, dead_feature_window, training_tokens; for jumprelu
 //! also l0_coefficient, l0_warm_up_steps, jumprelu_bandwidth, jumprelu_init_threshold,
 //! jumprelu_sparsity_loss_mode, jumprelu_tanh_scale, jumprelu_ste_to_input,
-//! pre_act_loss_coefficient, and `threshold` in init.safetensors; for
+//! pre_act_loss_coefficient, target_l0, and `threshold` in init.safetensors; for
 //! matryoshka_batchtopk matryoshka_widths); takes one
 //! step per batch; writes the SAE folder to `DIR/hooklens/` and the encoding of the
 //! first batch to `DIR/hooklens_encode.safetensors`. With `hook_out` in opts.json and
@@ -50,6 +50,7 @@ fn main() -> Result<()> {
         )?,
         jumprelu_ste_to_input: o["jumprelu_ste_to_input"].as_bool().unwrap_or(false),
         pre_act_loss_coefficient: o["pre_act_loss_coefficient"].as_f64(),
+        target_l0: o["target_l0"].as_f64(),
         matryoshka_widths: o["matryoshka_widths"]
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as usize).collect())

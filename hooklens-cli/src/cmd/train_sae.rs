@@ -69,10 +69,13 @@ pub struct Args {
     /// (default 0).
     #[arg(long, value_name = "N")]
     pub l0_warm_up_steps: Option<usize>,
-    /// JumpReLU: the sparsity loss, `step` (DeepMind's L0; default) or `tanh`
-    /// (Anthropic's).
-    #[arg(long, value_name = "MODE", value_parser = ["step", "tanh"])]
+    /// JumpReLU: the sparsity loss, `step` (DeepMind's L0; default), `tanh` (Anthropic's)
+    /// or `quadratic` (Gemma Scope 2's penalty around --target-l0).
+    #[arg(long, value_name = "MODE", value_parser = ["step", "tanh", "quadratic"])]
     pub jumprelu_sparsity_loss_mode: Option<String>,
+    /// JumpReLU: the target L0 of the `quadratic` sparsity loss (required by it).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub target_l0: Option<f64>,
     /// JumpReLU: the width of the straight-through estimators' rectangle kernel
     /// (default 0.05).
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
@@ -197,6 +200,7 @@ pub fn run(args: Args) -> CliResult<()> {
         ("--jumprelu-bandwidth", args.jumprelu_bandwidth.is_some()),
         ("--jumprelu-init-threshold", args.jumprelu_init_threshold.is_some()),
         ("--jumprelu-tanh-scale", args.jumprelu_tanh_scale.is_some()),
+        ("--target-l0", args.target_l0.is_some()),
         ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
         ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
     ];
@@ -229,6 +233,7 @@ pub fn run(args: Args) -> CliResult<()> {
         jumprelu_init_threshold: args.jumprelu_init_threshold.unwrap_or(defaults.jumprelu_init_threshold),
         jumprelu_tanh_scale: args.jumprelu_tanh_scale.unwrap_or(defaults.jumprelu_tanh_scale),
         jumprelu_ste_to_input: args.jumprelu_ste_to_input,
+        target_l0: args.target_l0,
         pre_act_loss_coefficient: args.pre_act_loss_coefficient,
         lr: args.lr,
         l1_coefficient: args.l1_coefficient,

@@ -421,7 +421,8 @@ fn rectangle(h0: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> 
 ///   `-sum_b (t / bw) * rect((pre - t) / bw) * g` (and `pre` that too with
 ///   `jumprelu_ste_to_input`);
 /// - `step`: `l0 * mean_b sum_f step(pre - t)`, whose `Step.backward` gives `t`
-///   `-sum_b (1 / bw) * rect(...) * g`; `tanh`: `l0 * mean_b sum_f tanh(s * acts *
+///   `-sum_b (1 / bw) * rect(...) * g`; `quadratic`: `l0 * mean_b 2 / target_l0 * (sum_f
+///   step(pre - t) - target_l0)^2`, through the same `Step.backward`; `tanh`: `l0 * mean_b sum_f tanh(s * acts *
 ///   ||W_dec[f]||)`, through `acts` and the norms;
 /// - with `pre_act_loss_coefficient` c and dead features: `c * mean_b sum_f relu(t -
 ///   pre) * dead[f] * ||W_dec[f]||`.
@@ -453,10 +454,21 @@ fn jumprelu_loss_and_grads(
     // The gradient reaching the decoder norms (from tanh and the pre-activation loss).
     let mut g_norm: Option<Tensor> = None;
     // What reaches the Step's output (`step`), per element.
+    // The gradient reaching the Step's output (`step`, `quadratic`), per token `[batch, 1]`.
+    let mut step_grad: Option<Tensor> = None;
     let mut sparsity = match opts.jumprelu_sparsity_loss_mode {
         JumpReluSparsityLoss::Step => {
             let l0_sum = open.sum_all()?.to_scalar::<f32>()? as f64;
+            step_grad = Some(Tensor::full(c as f32, (batch, 1), &Device::Cpu)?);
             (c * l0_sum) as f32
+        }
+        JumpReluSparsityLoss::Quadratic => {
+            // Gemma Scope 2: `2 / target * (l0 - target)^2` per token.
+            let target = opts.target_l0.unwrap_or(1.0);
+            let gap = (open.sum_keepdim(1)? - target)?;
+            let total = gap.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            step_grad = Some((gap * (c * 4.0 / target))?);
+            (c * 2.0 / target * total) as f32
         }
         JumpReluSparsityLoss::Tanh => {
             let s = opts.jumprelu_tanh_scale;
@@ -477,9 +489,9 @@ fn jumprelu_loss_and_grads(
     if opts.jumprelu_ste_to_input {
         g_h0 = (g_h0 + &ste)?;
     }
-    if opts.jumprelu_sparsity_loss_mode == JumpReluSparsityLoss::Step {
-        // Step.backward with grad_output c everywhere.
-        let step_ste = ((&rect * (1.0 / bw))? * c)?;
+    if let Some(g) = step_grad {
+        // Step.backward with grad_output `g` (one value per token).
+        let step_ste = (&rect * (1.0 / bw))?.broadcast_mul(&g)?;
         g_t = (g_t - step_ste.sum(0)?)?;
         if opts.jumprelu_ste_to_input {
             g_h0 = (g_h0 + step_ste)?;
@@ -682,6 +694,10 @@ mod tests {
                 let mse = (out - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
                 let per_item = match opts.jumprelu_sparsity_loss_mode {
                     JumpReluSparsityLoss::Step => step.sum(1).unwrap(),
+                    JumpReluSparsityLoss::Quadratic => {
+                        let target = opts.target_l0.unwrap();
+                        ((step.sum(1).unwrap() - target).unwrap().sqr().unwrap() * (2.0 / target)).unwrap()
+                    }
                     JumpReluSparsityLoss::Tanh => ((acts.broadcast_mul(&norms).unwrap() * opts.jumprelu_tanh_scale)
                         .unwrap()
                         .tanh()
@@ -836,10 +852,16 @@ mod tests {
     #[test]
     fn jumprelu_gradients_match_autograd_of_the_straight_through_estimators() {
         let dead: Vec<bool> = (0..12).map(|f| f % 3 == 1).collect();
-        for mode in [JumpReluSparsityLoss::Step, JumpReluSparsityLoss::Tanh] {
+        let modes = [
+            JumpReluSparsityLoss::Step,
+            JumpReluSparsityLoss::Tanh,
+            JumpReluSparsityLoss::Quadratic,
+        ];
+        for mode in modes {
             for ste_to_input in [false, true] {
                 for pre_act in [None, Some(0.3)] {
                     let opts = TrainOptions {
+                        target_l0: Some(2.5),
                         jumprelu_bandwidth: 0.5,
                         jumprelu_sparsity_loss_mode: mode,
                         jumprelu_ste_to_input: ste_to_input,

@@ -85,7 +85,7 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option
             "pre_act_loss_coefficient": opts.pre_act_loss_coefficient,
             "jumprelu_tanh_scale": opts.jumprelu_tanh_scale,
             "jumprelu_ste_to_input": opts.jumprelu_ste_to_input,
-            "target_l0": null,
+            "target_l0": opts.target_l0,
         }),
     };
     // SAELens saves a (Matryoshka) BatchTopK SAE for inference as JumpReLU.

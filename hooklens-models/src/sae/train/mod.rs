@@ -15,7 +15,7 @@
 //!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` and
 //!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features (and for
 //!   `matryoshka_batchtopk` one MSE per inner level), for `jumprelu`
-//!   the `step` or `tanh` sparsity loss (with its warm-up) and optionally the
+//!   the `step`, `tanh` or `quadratic` sparsity loss (with its warm-up) and optionally the
 //!   pre-activation loss on dead features, its threshold (trained directly, as 6.54
 //!   does, not as a log; clamped at 0 before each step) reached through the
 //!   straight-through estimators with a rectangle kernel of width `jumprelu_bandwidth`;

@@ -99,6 +99,10 @@ pub enum JumpReluSparsityLoss {
     /// `l0_coefficient * mean_b sum_f tanh(jumprelu_tanh_scale * acts * ||W_dec[f]||)`
     /// (Anthropic's, `tanh`).
     Tanh,
+    /// `l0_coefficient * mean_b 2 / target_l0 * (sum_f step(pre - threshold) -
+    /// target_l0)^2`, a penalty around a target L0 through the same estimator (Gemma
+    /// Scope 2's, `quadratic`; needs `target_l0`).
+    Quadratic,
 }
 
 impl JumpReluSparsityLoss {
@@ -107,16 +111,18 @@ impl JumpReluSparsityLoss {
         match self {
             JumpReluSparsityLoss::Step => "step",
             JumpReluSparsityLoss::Tanh => "tanh",
+            JumpReluSparsityLoss::Quadratic => "quadratic",
         }
     }
 
-    /// Parses SAELens's name; `quadratic` (not implemented yet) and others are errors.
+    /// Parses SAELens's name (`step`, `tanh`, `quadratic`).
     pub fn from_name(name: &str) -> Result<Self> {
         match name {
             "step" => Ok(JumpReluSparsityLoss::Step),
             "tanh" => Ok(JumpReluSparsityLoss::Tanh),
+            "quadratic" => Ok(JumpReluSparsityLoss::Quadratic),
             other => Err(Error::invalid(format!(
-                "jumprelu_sparsity_loss_mode `{other}` is not implemented (implemented: step, tanh)"
+                "jumprelu_sparsity_loss_mode `{other}` is not one of step, tanh, quadratic"
             ))),
         }
     }
@@ -212,6 +218,9 @@ pub struct TrainOptions {
     pub jumprelu_bandwidth: f64,
     /// JumpReLU: the sparsity loss (`step`).
     pub jumprelu_sparsity_loss_mode: JumpReluSparsityLoss,
+    /// JumpReLU: the target L0 of the `quadratic` sparsity loss (required by it, in (0,
+    /// d_sae]; ignored by the others).
+    pub target_l0: Option<f64>,
     /// JumpReLU: the scale inside the `tanh` sparsity loss (4.0).
     pub jumprelu_tanh_scale: f64,
     /// JumpReLU: whether the straight-through estimators also pass their gradient to the
@@ -275,6 +284,7 @@ impl TrainOptions {
             jumprelu_bandwidth: 0.05,
             jumprelu_sparsity_loss_mode: JumpReluSparsityLoss::Step,
             jumprelu_tanh_scale: 4.0,
+            target_l0: None,
             jumprelu_ste_to_input: false,
             l0_coefficient: 1.0,
             l0_warm_up_steps: 0,
@@ -372,6 +382,17 @@ impl TrainOptions {
                 return bad(format!("{name} is {v}: it must be a non-negative number"));
             }
         }
+        if self.architecture == TrainArchitecture::JumpRelu
+            && self.jumprelu_sparsity_loss_mode == JumpReluSparsityLoss::Quadratic
+        {
+            match self.target_l0 {
+                None => return bad("target_l0 must be set for the quadratic sparsity loss".into()),
+                Some(t) if !(t > 0.0 && t <= self.d_sae as f64) => {
+                    return bad(format!("target_l0 is {t}: it must be in (0, d_sae = {}]", self.d_sae))
+                }
+                Some(_) => {}
+            }
+        }
         if !(self.jumprelu_bandwidth > 0.0 && self.jumprelu_bandwidth.is_finite()) {
             return bad(format!(
                 "jumprelu_bandwidth is {}: it must be a positive number",
@@ -459,6 +480,7 @@ impl TrainOptions {
             "jumprelu_bandwidth": jumprelu.then_some(self.jumprelu_bandwidth),
             "jumprelu_sparsity_loss_mode": jumprelu.then_some(self.jumprelu_sparsity_loss_mode.name()),
             "jumprelu_tanh_scale": jumprelu.then_some(self.jumprelu_tanh_scale),
+            "target_l0": jumprelu.then_some(self.target_l0).flatten(),
             "jumprelu_ste_to_input": jumprelu.then_some(self.jumprelu_ste_to_input),
             "l0_coefficient": jumprelu.then_some(self.l0_coefficient),
             "l0_warm_up_steps": jumprelu.then_some(self.l0_warm_up_steps),
