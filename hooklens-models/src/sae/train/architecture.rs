@@ -375,20 +375,54 @@ pub(crate) fn loss_and_grads(
                 g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
             }
             // Matryoshka: each inner level's reconstruction from the features before its
-            // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`.
+            // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`, built up block
+            // by block as SAELens's `_iterable_decode` does. Block j (features between
+            // two widths) takes the gradients of every level from j on.
             let mut g_b_dec = g_out.clone();
-            let d_sae = p.w_dec.dim(0)?;
-            for &w in inner_widths.iter() {
-                let cols: Vec<f32> = (0..d_sae).map(|f| if f < w { 1.0 } else { 0.0 }).collect();
-                let cols = Tensor::from_vec(cols, d_sae, &Device::Cpu)?;
-                let u_w = u.broadcast_mul(&cols)?;
-                let inner = u_w.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
-                let e = (inner - x)?;
-                aux += (e.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-                let g = (&e * (2.0 * inv_b))?;
-                w_dec_grad = (w_dec_grad + u_w.t()?.matmul(&g)?)?;
-                g_h0 = (g_h0 + (g.matmul(&p.w_dec.t()?)? * &mask)?.broadcast_mul(&cols)?)?;
-                g_b_dec = (g_b_dec + g)?;
+            if !inner_widths.is_empty() {
+                let d_sae = p.w_dec.dim(0)?;
+                let mut bounds = vec![0];
+                bounds.extend_from_slice(inner_widths);
+                let levels = inner_widths.len();
+                let block = |t: &Tensor, dim: usize, j: usize| -> Result<Tensor> {
+                    Ok(t.narrow(dim, bounds[j], bounds[j + 1] - bounds[j])?.contiguous()?)
+                };
+                let mut running: Option<Tensor> = None;
+                let mut level_grads = Vec::with_capacity(levels);
+                for j in 0..levels {
+                    let part = block(&u, 1, j)?.matmul(&block(&p.w_dec, 0, j)?)?;
+                    let decoded = match running {
+                        None => part.broadcast_add(&p.b_dec)?,
+                        Some(r) => (r + part)?,
+                    };
+                    let e = (&decoded - x)?;
+                    aux += (e.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+                    level_grads.push((&e * (2.0 * inv_b))?);
+                    running = Some(decoded);
+                }
+                // suffix[j] = the sum of the gradients of levels j.. .
+                let mut suffix: Vec<Tensor> = Vec::with_capacity(levels);
+                for g in level_grads.iter().rev() {
+                    let next = match suffix.last() {
+                        Some(acc) => (acc + g)?,
+                        None => g.clone(),
+                    };
+                    suffix.push(next);
+                }
+                suffix.reverse();
+                let mut w_parts = Vec::with_capacity(levels + 1);
+                let mut h_parts = Vec::with_capacity(levels + 1);
+                for (j, s) in suffix.iter().enumerate() {
+                    w_parts.push(block(&u, 1, j)?.t()?.matmul(s)?);
+                    h_parts.push((s.matmul(&block(&p.w_dec, 0, j)?.t()?)? * block(&mask, 1, j)?)?);
+                }
+                // The outer block is in no inner level.
+                let rest = d_sae - bounds[levels];
+                w_parts.push(Tensor::zeros((rest, d_in), DType::F32, &Device::Cpu)?);
+                h_parts.push(Tensor::zeros((batch, rest), DType::F32, &Device::Cpu)?);
+                w_dec_grad = (w_dec_grad + Tensor::cat(&w_parts, 0)?)?;
+                g_h0 = (g_h0 + Tensor::cat(&h_parts, 1)?)?;
+                g_b_dec = (g_b_dec + &suffix[0])?;
             }
             let grads = encoder_grads(p, &xc, &g_h0, &g_b_dec, w_dec_grad, apply_b_dec)?;
             Ok((
