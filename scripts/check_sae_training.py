@@ -33,7 +33,8 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
     both float32 runs 1e-5 from float64 after 40 steps, and hooklens 5e-5, though they
     agreed to 1e-7 up to 20 steps.
   - Matryoshka BatchTopK (levels d_sae/6, d_sae/2, d_sae; SAELens's default
-    use_matryoshka_aux_loss false): as BatchTopK, saved as JumpReLU.
+    use_matryoshka_aux_loss false, and matryoshka_batchtopk-aux with it true): as
+    BatchTopK, saved as JumpReLU.
   - Transcoders (transcoder: standard; jumprelu-transcoder): SAELens 6.54 has no
     transcoder trainer, so its StandardTrainingSAE / JumpReLUTrainingSAE are run as one:
     W_dec [d_sae, 12], Transcoder.process_sae_in (no b_dec on the input), the MSE against
@@ -91,6 +92,9 @@ def jumprelu_cfg(arch, d_in, d_sae, meta, dtype="float32", l0_warm_up_steps=10):
     return JumpReLUTrainingSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta, dtype=dtype, **extra)
 
 
+# Matryoshka BatchTopK with SAELens's default aux loss, and with use_matryoshka_aux_loss.
+MATRYOSHKA = {"matryoshka_batchtopk": False, "matryoshka_batchtopk-aux": True}
+
 # Transcoders: SAELens 6.54 has no transcoder trainer; its training SAEs are run with
 # apply_b_dec_to_input = False, W_dec [d_sae, d_out] and the MSE taken against the
 # target (its mse_loss_fn swapped per batch), which is what hooklens's transcoder
@@ -125,12 +129,13 @@ def saelens_train(arch, opts, init, xs, out, dtype="float32", ys=None):
     elif arch in JUMPRELU:
         cfg = jumprelu_cfg(arch, xs.shape[-1], opts["d_sae"], meta, dtype, opts["l0_warm_up_steps"])
         sae = JumpReLUTrainingSAE(cfg)
-    elif arch == "matryoshka_batchtopk":
+    elif arch in MATRYOSHKA:
         cfg = MatryoshkaBatchTopKTrainingSAEConfig(
             d_in=xs.shape[-1],
             d_sae=opts["d_sae"],
             k=opts["k"],
             matryoshka_widths=list(opts["matryoshka_widths"]),
+            use_matryoshka_aux_loss=opts["use_matryoshka_aux_loss"],
             metadata=meta,
             dtype=dtype,
         )
@@ -217,7 +222,7 @@ def main():
     ap.add_argument(
         "--arch",
         action="append",
-        help="standard, topk, batchtopk, matryoshka_batchtopk, jumprelu, jumprelu-tanh, jumprelu-quadratic, transcoder, "
+        help="standard, topk, batchtopk, matryoshka_batchtopk, matryoshka_batchtopk-aux, jumprelu, jumprelu-tanh, jumprelu-quadratic, transcoder, "
         "jumprelu-transcoder (default: all)",
     )
     ap.add_argument(
@@ -248,12 +253,16 @@ def main():
     failed = False
     # Transcoder targets: a fixed map of the inputs, through relu.
     ys = torch.relu(xs @ torch.randn(d_in, D_OUT))
-    all_archs = ["standard", "topk", "batchtopk", "matryoshka_batchtopk", *JUMPRELU, *TRANSCODERS]
+    all_archs = ["standard", "topk", "batchtopk", *MATRYOSHKA, *JUMPRELU, *TRANSCODERS]
     for arch in args.arch or all_archs:
         d = base / arch
         d.mkdir(parents=True, exist_ok=True)
         opts = {
-            "architecture": "jumprelu" if arch in JUMPRELU else TRANSCODERS.get(arch, arch),
+            "architecture": "jumprelu"
+            if arch in JUMPRELU
+            else "matryoshka_batchtopk"
+            if arch in MATRYOSHKA
+            else TRANSCODERS.get(arch, arch),
             "d_sae": d_sae,
             "k": args.k,
             "lr": 3e-3,
@@ -267,8 +276,9 @@ def main():
         }
         if arch in TRANSCODERS:
             opts["hook_out"] = "blocks.0.hook_mlp_out"
-        if arch == "matryoshka_batchtopk":
+        if arch in MATRYOSHKA:
             opts["matryoshka_widths"] = [d_sae // 6, d_sae // 2, d_sae]
+            opts["use_matryoshka_aux_loss"] = MATRYOSHKA[arch]
         if arch in JUMPRELU or TRANSCODERS.get(arch) == "jumprelu":
             opts.update({**JUMPRELU_COMMON, "l0_warm_up_steps": min(10, args.steps // 4), **JUMPRELU.get(arch, JUMPRELU["jumprelu"])})
         (d / "opts.json").write_text(json.dumps(opts))
@@ -284,6 +294,7 @@ def main():
                 "topk": (TopKTrainingSAE, TopKTrainingSAEConfig),
                 "batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
                 "matryoshka_batchtopk": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
+                "matryoshka_batchtopk-aux": (BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig),
             }[arch]
             init_sae = cls(cfg_cls(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(hook_name="h")))
         init = {k: v.detach().clone().contiguous() for k, v in init_sae.state_dict().items()}

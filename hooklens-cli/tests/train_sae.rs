@@ -197,6 +197,7 @@ fn trains_an_sae_that_features_uses() {
             "1e-3",
             "--matryoshka-widths",
             "8,32",
+            "--use-matryoshka-aux-loss",
         ],
     )));
     let cfg = std::fs::read_to_string(tmp.path("sae-matryoshka").join("cfg.json")).unwrap();

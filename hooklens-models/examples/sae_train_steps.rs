@@ -10,7 +10,7 @@
 //! also l0_coefficient, l0_warm_up_steps, jumprelu_bandwidth, jumprelu_init_threshold,
 //! jumprelu_sparsity_loss_mode, jumprelu_tanh_scale, jumprelu_ste_to_input,
 //! pre_act_loss_coefficient, target_l0, and `threshold` in init.safetensors; for
-//! matryoshka_batchtopk matryoshka_widths); takes one
+//! matryoshka_batchtopk matryoshka_widths and use_matryoshka_aux_loss); takes one
 //! step per batch; writes the SAE folder to `DIR/hooklens/` and the encoding of the
 //! first batch to `DIR/hooklens_encode.safetensors`. With `hook_out` in opts.json and
 //! `y` (`[steps, batch, d_out]`) in batches.safetensors it trains a transcoder from `x`
@@ -55,6 +55,7 @@ fn main() -> Result<()> {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as usize).collect())
             .unwrap_or_default(),
+        use_matryoshka_aux_loss: o["use_matryoshka_aux_loss"].as_bool().unwrap_or(false),
         k: num("k")? as usize,
         lr: num("lr")?,
         l1_coefficient: num("l1_coefficient")?,

@@ -62,6 +62,10 @@ pub struct Args {
     /// missing.
     #[arg(long, value_name = "N,N,...", value_delimiter = ',', num_args = 1..)]
     pub matryoshka_widths: Vec<usize>,
+    /// Matryoshka BatchTopK: one auxiliary loss per level (its dead features reconstruct
+    /// the residual of the reconstruction up to it) instead of one for the whole SAE.
+    #[arg(long)]
+    pub use_matryoshka_aux_loss: bool,
     /// JumpReLU: the sparsity loss's coefficient (default 1.0).
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     pub l0_coefficient: Option<f64>,
@@ -204,11 +208,20 @@ pub fn run(args: Args) -> CliResult<()> {
         ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
         ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
     ];
-    if !args.matryoshka_widths.is_empty() && arch != TrainArchitecture::MatryoshkaBatchTopK {
-        return Err(CliError(format!(
-            "--matryoshka-widths is a setting of matryoshka_batchtopk, not of --architecture {}",
-            arch.name()
-        )));
+    if arch != TrainArchitecture::MatryoshkaBatchTopK {
+        let flag = if !args.matryoshka_widths.is_empty() {
+            Some("--matryoshka-widths")
+        } else if args.use_matryoshka_aux_loss {
+            Some("--use-matryoshka-aux-loss")
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            return Err(CliError(format!(
+                "{flag} is a setting of matryoshka_batchtopk, not of --architecture {}",
+                arch.name()
+            )));
+        }
     }
     if arch != TrainArchitecture::JumpRelu {
         if let Some((flag, _)) = jumprelu_flags.iter().find(|(_, given)| *given) {
@@ -226,6 +239,7 @@ pub fn run(args: Args) -> CliResult<()> {
     let opts = TrainOptions {
         k: args.k.unwrap_or(defaults.k),
         matryoshka_widths: args.matryoshka_widths.clone(),
+        use_matryoshka_aux_loss: args.use_matryoshka_aux_loss,
         l0_coefficient: args.l0_coefficient.unwrap_or(defaults.l0_coefficient),
         l0_warm_up_steps: args.l0_warm_up_steps.unwrap_or(defaults.l0_warm_up_steps),
         jumprelu_sparsity_loss_mode: sparsity_mode,

@@ -62,12 +62,14 @@ pub(crate) enum Objective<'a> {
     ///
     /// `inner_widths`: Matryoshka's levels but the last (each adds the MSE of the
     /// reconstruction from the features before it); empty otherwise.
+    /// `matryoshka_aux`: SAELens's `use_matryoshka_aux_loss`, one auxiliary loss per level.
     TopK {
         k: usize,
         batch: bool,
         aux_loss_coefficient: f64,
         dead: Option<&'a [bool]>,
         inner_widths: &'a [usize],
+        matryoshka_aux: bool,
     },
 }
 
@@ -340,6 +342,7 @@ pub(crate) fn loss_and_grads(
             aux_loss_coefficient,
             dead,
             inner_widths,
+            matryoshka_aux,
         } => {
             let hp = h0.broadcast_mul(&norms)?;
             let mask = if *per_batch {
@@ -358,27 +361,13 @@ pub(crate) fn loss_and_grads(
             let mut g_h0 = (g_out.matmul(&p.w_dec.t()?)? * &mask)?;
             let mut w_dec_grad = u.t()?.matmul(&g_out)?;
             let mut aux = 0f32;
-            let n_dead = dead.map_or(0, |d| d.iter().filter(|&&b| b).count());
-            let half = d_in / 2;
-            if let (Some(dead), true) = (dead, n_dead > 0 && half > 0) {
-                let scale = (n_dead as f64 / half as f64).min(1.0);
-                let k_aux = half.min(n_dead);
-                let aux_mask = top_k_mask(&hp, k_aux, false, Some(dead))?;
-                let v = (&hp * &aux_mask)?.broadcast_div(&norms)?;
-                let recons = v.matmul(&p.w_dec)?;
-                // The residual is detached in SAELens: x - sae_out.
-                let diff = (&recons + &err)?;
-                let c = aux_loss_coefficient * scale;
-                aux = (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-                let g_rec = (&diff * (2.0 * c * inv_b))?;
-                w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
-                g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
-            }
             // Matryoshka: each inner level's reconstruction from the features before its
             // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`, built up block
             // by block as SAELens's `_iterable_decode` does. Block j (features between
             // two widths) takes the gradients of every level from j on.
             let mut g_b_dec = g_out.clone();
+            // Each inner level's `decoded - x`.
+            let mut level_errors: Vec<Tensor> = Vec::new();
             if !inner_widths.is_empty() {
                 let d_sae = p.w_dec.dim(0)?;
                 let mut bounds = vec![0];
@@ -398,6 +387,7 @@ pub(crate) fn loss_and_grads(
                     let e = (&decoded - x)?;
                     aux += (e.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
                     level_grads.push((&e * (2.0 * inv_b))?);
+                    level_errors.push(e);
                     running = Some(decoded);
                 }
                 // suffix[j] = the sum of the gradients of levels j.. .
@@ -423,6 +413,46 @@ pub(crate) fn loss_and_grads(
                 w_dec_grad = (w_dec_grad + Tensor::cat(&w_parts, 0)?)?;
                 g_h0 = (g_h0 + Tensor::cat(&h_parts, 1)?)?;
                 g_b_dec = (g_b_dec + &suffix[0])?;
+            }
+            // The auxiliary loss: the top `d_in / 2` dead pre-activations reconstruct the
+            // detached residual `x - sae_out`; with `matryoshka_aux`, once per level, the
+            // level's dead features and the residual of the reconstruction up to it.
+            let d_sae = p.w_dec.dim(0)?;
+            let half = d_in / 2;
+            let groups: Vec<(Vec<bool>, &Tensor)> = match dead {
+                Some(dead) if *matryoshka_aux && !inner_widths.is_empty() => {
+                    let mut bounds = vec![0];
+                    bounds.extend_from_slice(inner_widths);
+                    bounds.push(d_sae);
+                    (0..bounds.len() - 1)
+                        .map(|j| {
+                            let part = (0..d_sae)
+                                .map(|f| dead[f] && (bounds[j]..bounds[j + 1]).contains(&f))
+                                .collect();
+                            (part, level_errors.get(j).unwrap_or(&err))
+                        })
+                        .collect()
+                }
+                Some(dead) => vec![(dead.to_vec(), &err)],
+                None => Vec::new(),
+            };
+            for (dead, level_err) in &groups {
+                let n_dead = dead.iter().filter(|&&b| b).count();
+                if n_dead == 0 || half == 0 {
+                    continue;
+                }
+                let scale = (n_dead as f64 / half as f64).min(1.0);
+                let k_aux = half.min(n_dead);
+                let aux_mask = top_k_mask(&hp, k_aux, false, Some(dead))?;
+                let v = (&hp * &aux_mask)?.broadcast_div(&norms)?;
+                let recons = v.matmul(&p.w_dec)?;
+                // The residual is detached in SAELens: x - sae_out.
+                let diff = (&recons + *level_err)?;
+                let c = aux_loss_coefficient * scale;
+                aux += (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+                let g_rec = (&diff * (2.0 * c * inv_b))?;
+                w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
+                g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
             }
             let grads = encoder_grads(p, &xc, &g_h0, &g_b_dec, w_dec_grad, apply_b_dec)?;
             Ok((
@@ -793,6 +823,7 @@ mod tests {
                 batch: per_batch,
                 aux_loss_coefficient,
                 inner_widths,
+                matryoshka_aux,
                 ..
             } => {
                 let hp = pre.broadcast_mul(&norms).unwrap();
@@ -811,38 +842,65 @@ mod tests {
                     .unwrap();
                 let mse = (&out - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
                 let dead = dead.unwrap();
-                let n_dead = dead.iter().filter(|&&d| d).count();
                 let half = d_in / 2;
-                let aux_mask = top_k_mask(&hp.detach(), half.min(n_dead), false, Some(dead)).unwrap();
-                let recons = (&hp * aux_mask)
-                    .unwrap()
-                    .broadcast_mul(&norms.recip().unwrap())
-                    .unwrap()
-                    .matmul(w_dec.as_tensor())
-                    .unwrap();
-                let residual = (&x - &out).unwrap().detach();
-                let scale = (n_dead as f64 / half as f64).min(1.0);
-                let aux = ((recons - residual)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .sum(1)
-                    .unwrap()
-                    .mean_all()
-                    .unwrap()
-                    * (aux_loss_coefficient * scale))
-                    .unwrap();
-                let u = acts.broadcast_mul(&norms.recip().unwrap()).unwrap();
-                let mut aux = aux;
-                for &w in inner_widths {
-                    let inner = u
-                        .narrow(1, 0, w)
+                // One auxiliary term: `dead` features reconstruct the detached `residual`.
+                let aux_term = |dead: &[bool], residual: &Tensor| -> Option<Tensor> {
+                    let n_dead = dead.iter().filter(|&&d| d).count();
+                    if n_dead == 0 {
+                        return None;
+                    }
+                    let aux_mask = top_k_mask(&hp.detach(), half.min(n_dead), false, Some(dead)).unwrap();
+                    let recons = (&hp * aux_mask)
                         .unwrap()
-                        .matmul(&w_dec.as_tensor().narrow(0, 0, w).unwrap())
+                        .broadcast_mul(&norms.recip().unwrap())
                         .unwrap()
-                        .broadcast_add(b_dec.as_tensor())
+                        .matmul(w_dec.as_tensor())
                         .unwrap();
-                    let l = (inner - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
+                    let scale = (n_dead as f64 / half as f64).min(1.0);
+                    Some(
+                        ((recons - residual.detach())
+                            .unwrap()
+                            .sqr()
+                            .unwrap()
+                            .sum(1)
+                            .unwrap()
+                            .mean_all()
+                            .unwrap()
+                            * (aux_loss_coefficient * scale))
+                            .unwrap(),
+                    )
+                };
+                let u = acts.broadcast_mul(&norms.recip().unwrap()).unwrap();
+                let inner: Vec<Tensor> = inner_widths
+                    .iter()
+                    .map(|&w| {
+                        u.narrow(1, 0, w)
+                            .unwrap()
+                            .matmul(&w_dec.as_tensor().narrow(0, 0, w).unwrap())
+                            .unwrap()
+                            .broadcast_add(b_dec.as_tensor())
+                            .unwrap()
+                    })
+                    .collect();
+                let mut aux = Tensor::zeros((), DType::F32, &Device::Cpu).unwrap();
+                if matryoshka_aux {
+                    let mut bounds = vec![0];
+                    bounds.extend_from_slice(inner_widths);
+                    bounds.push(dead.len());
+                    for j in 0..bounds.len() - 1 {
+                        let part: Vec<bool> = (0..dead.len())
+                            .map(|f| dead[f] && (bounds[j]..bounds[j + 1]).contains(&f))
+                            .collect();
+                        let level_out = inner.get(j).unwrap_or(&out);
+                        if let Some(t) = aux_term(&part, &(&x - level_out).unwrap()) {
+                            aux = (aux + t).unwrap();
+                        }
+                    }
+                } else if let Some(t) = aux_term(dead, &(&x - &out).unwrap()) {
+                    aux = (aux + t).unwrap();
+                }
+                for level in &inner {
+                    let l = (level - &x).unwrap().sqr().unwrap().sum(1).unwrap().mean_all().unwrap();
                     aux = (aux + l).unwrap();
                 }
                 assert!((aux.to_scalar::<f32>().unwrap() - fwd.aux_loss).abs() < 1e-4);
@@ -970,6 +1028,7 @@ mod tests {
                     aux_loss_coefficient: 0.5,
                     dead: Some(&dead),
                     inner_widths: &[],
+                    matryoshka_aux: false,
                 },
                 Some(&dead),
             );
@@ -979,15 +1038,18 @@ mod tests {
     #[test]
     fn matryoshka_gradients_match_autograd_with_inner_losses() {
         let dead: Vec<bool> = (0..12).map(|f| f % 4 == 1).collect();
-        check(
-            Objective::TopK {
-                k: 3,
-                batch: true,
-                aux_loss_coefficient: 0.5,
-                dead: Some(&dead),
-                inner_widths: &[2, 5, 9],
-            },
-            Some(&dead),
-        );
+        for matryoshka_aux in [false, true] {
+            check(
+                Objective::TopK {
+                    k: 3,
+                    batch: true,
+                    aux_loss_coefficient: 0.5,
+                    dead: Some(&dead),
+                    inner_widths: &[2, 5, 9],
+                    matryoshka_aux,
+                },
+                Some(&dead),
+            );
+        }
     }
 }

@@ -73,7 +73,7 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option
             "rescale_acts_by_decoder_norm": true,
             "topk_threshold_lr": opts.topk_threshold_lr,
             "matryoshka_widths": opts.matryoshka_levels(),
-            "use_matryoshka_aux_loss": false,
+            "use_matryoshka_aux_loss": opts.use_matryoshka_aux_loss,
         }),
         TrainArchitecture::JumpRelu => json!({
             "decoder_init_norm": opts.decoder_init_norm,

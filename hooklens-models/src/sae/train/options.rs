@@ -212,6 +212,10 @@ pub struct TrainOptions {
     /// `matryoshka_widths`, which must not be empty); `d_sae` is added as the last level
     /// when it is not there, as SAELens adds it.
     pub matryoshka_widths: Vec<usize>,
+    /// Matryoshka BatchTopK: one auxiliary loss per level, its dead features
+    /// reconstructing the residual of the reconstruction up to it, instead of one over
+    /// the whole SAE (false).
+    pub use_matryoshka_aux_loss: bool,
     /// JumpReLU: every feature's threshold at initialisation (0.01).
     pub jumprelu_init_threshold: f64,
     /// JumpReLU: the width of the straight-through estimators' rectangle kernel (0.05).
@@ -280,6 +284,7 @@ impl TrainOptions {
             lp_norm: 1.0,
             aux_loss_coefficient: 1.0,
             matryoshka_widths: Vec::new(),
+            use_matryoshka_aux_loss: false,
             jumprelu_init_threshold: 0.01,
             jumprelu_bandwidth: 0.05,
             jumprelu_sparsity_loss_mode: JumpReluSparsityLoss::Step,
@@ -345,9 +350,9 @@ impl TrainOptions {
                     self.d_sae
                 ));
             }
-        } else if !self.matryoshka_widths.is_empty() {
+        } else if !self.matryoshka_widths.is_empty() || self.use_matryoshka_aux_loss {
             return bad(format!(
-                "matryoshka_widths is a setting of matryoshka_batchtopk, not of {}",
+                "matryoshka_widths and use_matryoshka_aux_loss are settings of matryoshka_batchtopk, not of {}",
                 self.architecture.name()
             ));
         }
@@ -465,6 +470,7 @@ impl TrainOptions {
             "k": self.architecture.uses_k().then_some(self.k),
             "topk_threshold_lr": self.architecture.is_batch_topk().then_some(self.topk_threshold_lr),
             "matryoshka_widths": (self.architecture == TrainArchitecture::MatryoshkaBatchTopK).then(|| self.matryoshka_levels()),
+            "use_matryoshka_aux_loss": (self.architecture == TrainArchitecture::MatryoshkaBatchTopK).then_some(self.use_matryoshka_aux_loss),
             "lr": self.lr,
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,

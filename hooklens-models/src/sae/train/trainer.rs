@@ -327,6 +327,7 @@ impl SaeTrainer {
                     aux_loss_coefficient: self.opts.aux_loss_coefficient,
                     dead: Some(&dead),
                     inner_widths: &inner_widths,
+                    matryoshka_aux: self.opts.use_matryoshka_aux_loss,
                 }
             }
         };
