@@ -51,12 +51,13 @@ pub struct Args {
     /// Adam's learning rate.
     #[arg(long, value_name = "F", default_value_t = 3e-4, allow_negative_numbers = true)]
     pub lr: f64,
-    /// Standard: the L1 penalty's coefficient.
-    #[arg(long, value_name = "F", default_value_t = 1.0, allow_negative_numbers = true)]
-    pub l1_coefficient: f64,
-    /// Standard: steps over which the L1 coefficient rises linearly from 0.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub l1_warm_up_steps: usize,
+    /// Standard: the L1 penalty's coefficient (default 1.0; an error with the other
+    /// architectures).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub l1_coefficient: Option<f64>,
+    /// Standard: steps over which the L1 coefficient rises linearly from 0 (default 0).
+    #[arg(long, value_name = "N")]
+    pub l1_warm_up_steps: Option<usize>,
     /// Matryoshka BatchTopK: the nested levels' widths, strictly increasing, separated by
     /// commas (`--matryoshka-widths 128,512,2048`); d_sae is added as the last level if
     /// missing.
@@ -208,6 +209,18 @@ pub fn run(args: Args) -> CliResult<()> {
         ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
         ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
     ];
+    if arch != TrainArchitecture::Standard {
+        let given = [
+            ("--l1-coefficient", args.l1_coefficient.is_some()),
+            ("--l1-warm-up-steps", args.l1_warm_up_steps.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(CliError(format!(
+                "{flag} is a setting of standard, not of --architecture {}",
+                arch.name()
+            )));
+        }
+    }
     if arch != TrainArchitecture::MatryoshkaBatchTopK {
         let flag = if !args.matryoshka_widths.is_empty() {
             Some("--matryoshka-widths")
@@ -250,8 +263,8 @@ pub fn run(args: Args) -> CliResult<()> {
         target_l0: args.target_l0,
         pre_act_loss_coefficient: args.pre_act_loss_coefficient,
         lr: args.lr,
-        l1_coefficient: args.l1_coefficient,
-        l1_warm_up_steps: args.l1_warm_up_steps,
+        l1_coefficient: args.l1_coefficient.unwrap_or(defaults.l1_coefficient),
+        l1_warm_up_steps: args.l1_warm_up_steps.unwrap_or(defaults.l1_warm_up_steps),
         lr_warm_up_steps: args.lr_warm_up_steps,
         lr_decay_steps: args.lr_decay_steps,
         adam_beta1: args.adam_beta1,
