@@ -7,8 +7,8 @@ use std::path::Path;
 
 use common::*;
 
-/// Harvests `blocks.0.hook_resid_post` of the built-in model on a small corpus into
-/// `tmp/acts`.
+/// Harvests `blocks.0.hook_resid_post`, `blocks.0.mlp.hook_in` and
+/// `blocks.0.hook_mlp_out` of the built-in model on a small corpus into `tmp/acts`.
 fn harvest(tmp: &TempDir) -> String {
     let words = [
         "when", "the", "cat", "sat", "on", "a", "mat", "it", "was", "happy", "and", "then", "left",
@@ -34,7 +34,7 @@ fn harvest(tmp: &TempDir) -> String {
         "--input",
         &tmp.s("corpus.txt"),
         "--names",
-        "blocks.0.hook_resid_post",
+        "blocks.0.hook_resid_post,blocks.0.mlp.hook_in,blocks.0.hook_mlp_out",
         "--context-size",
         "16",
         "--out",
@@ -154,6 +154,89 @@ fn trains_an_sae_that_features_uses() {
     let cfg = std::fs::read_to_string(tmp.path("sae-batchtopk").join("cfg.json")).unwrap();
     assert!(cfg.contains("\"architecture\": \"jumprelu\""), "{cfg}");
     ok_stdout(hooklens(&["features", "--sae", &btk_out, "--prompt", "the cat sat"]));
+
+    // JumpReLU, with its threshold saved and read back by `features`.
+    let jr_out = tmp.s("sae-jumprelu");
+    let err = ok_stderr(hooklens(&train_args(
+        &acts,
+        &jr_out,
+        &[
+            "--architecture",
+            "jumprelu",
+            "--lr",
+            "1e-3",
+            "--l0-coefficient",
+            "1e-3",
+            "--jumprelu-sparsity-loss-mode",
+            "tanh",
+            "--pre-act-loss-coefficient",
+            "1e-4",
+        ],
+    )));
+    assert!(err.contains("training a jumprelu SAE"), "{err}");
+    let cfg = std::fs::read_to_string(tmp.path("sae-jumprelu").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu\"") && cfg.contains("\"jumprelu_sparsity_loss_mode\": \"tanh\""),
+        "{cfg}"
+    );
+    let st = std::fs::read(tmp.path("sae-jumprelu").join("sae_weights.safetensors")).unwrap();
+    assert!(String::from_utf8_lossy(&st[..st.len().min(2000)]).contains("\"threshold\""));
+    ok_stdout(hooklens(&["features", "--sae", &jr_out, "--prompt", "the cat sat"]));
+
+    // Matryoshka BatchTopK, saved as JumpReLU.
+    let mat_out = tmp.s("sae-matryoshka");
+    ok_stderr(hooklens(&train_args(
+        &acts,
+        &mat_out,
+        &[
+            "--architecture",
+            "matryoshka-batchtopk",
+            "--k",
+            "8",
+            "--lr",
+            "1e-3",
+            "--matryoshka-widths",
+            "8,32",
+            "--use-matryoshka-aux-loss",
+        ],
+    )));
+    let cfg = std::fs::read_to_string(tmp.path("sae-matryoshka").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu\"")
+            && cfg.contains("\"training_architecture\": \"matryoshka_batchtopk\""),
+        "{cfg}"
+    );
+    ok_stdout(hooklens(&["features", "--sae", &mat_out, "--prompt", "the cat sat"]));
+
+    // A JumpReLU transcoder from mlp.hook_in to hook_mlp_out of the same harvest.
+    let tc_out = tmp.s("transcoder");
+    let mut args = train_args(
+        &acts,
+        &tc_out,
+        &[
+            "--architecture",
+            "jumprelu",
+            "--lr",
+            "1e-3",
+            "--l0-coefficient",
+            "1e-3",
+            "--hook-out",
+            "blocks.0.hook_mlp_out",
+        ],
+    );
+    args[4] = "blocks.0.mlp.hook_in";
+    let err = ok_stderr(hooklens(&args));
+    assert!(
+        err.contains("transcoder to `blocks.0.hook_mlp_out`") && err.contains("wrote the transcoder to"),
+        "{err}"
+    );
+    let cfg = std::fs::read_to_string(tmp.path("transcoder").join("cfg.json")).unwrap();
+    assert!(
+        cfg.contains("\"architecture\": \"jumprelu_transcoder\"")
+            && cfg.contains("\"hook_name_out\": \"blocks.0.hook_mlp_out\""),
+        "{cfg}"
+    );
+    ok_stdout(hooklens(&["features", "--sae", &tc_out, "--prompt", "the cat sat"]));
 }
 
 #[test]
@@ -180,16 +263,78 @@ fn bad_settings_are_errors_before_any_work() {
             "exceed the run's",
         ),
         (
-            &["--architecture", "jumprelu"],
-            "`jumprelu`: training is not implemented yet",
+            &["--architecture", "jumprelu", "--k", "8"],
+            "--k is a setting of topk, batchtopk and matryoshka_batchtopk, not of --architecture jumprelu",
         ),
         (
-            &["--architecture", "matryoshka-batchtopk"],
-            "implemented: standard, topk, batchtopk",
+            &["--architecture", "topk", "--k", "8", "--l0-coefficient", "1"],
+            "--l0-coefficient is a setting of jumprelu, not of --architecture topk",
         ),
         (
-            &["--architecture", "standard", "--hook-out", "blocks.0.hook_mlp_out"],
-            "transcoders are not implemented",
+            &["--architecture", "jumprelu", "--jumprelu-bandwidth", "0"],
+            "jumprelu_bandwidth is 0",
+        ),
+        (
+            &["--architecture", "jumprelu", "--l0-coefficient", "-1"],
+            "l0_coefficient is -1",
+        ),
+        (
+            &[
+                "--architecture",
+                "jumprelu",
+                "--jumprelu-sparsity-loss-mode",
+                "quadratic",
+            ],
+            "quadratic",
+        ),
+        (
+            &["--architecture", "matryoshka-batchtopk", "--k", "8"],
+            "matryoshka_widths must not be empty",
+        ),
+        (
+            &[
+                "--architecture",
+                "matryoshka-batchtopk",
+                "--k",
+                "8",
+                "--matryoshka-widths",
+                "32,16",
+            ],
+            "strictly increasing",
+        ),
+        (
+            &[
+                "--architecture",
+                "batchtopk",
+                "--k",
+                "8",
+                "--matryoshka-widths",
+                "16,32",
+            ],
+            "--matryoshka-widths is a setting of matryoshka_batchtopk, not of --architecture batchtopk",
+        ),
+        (
+            &["--architecture", "gated"],
+            "implemented: standard, topk, batchtopk, jumprelu",
+        ),
+        (
+            &["--architecture", "topk", "--hook-out", "blocks.0.hook_mlp_out"],
+            "transcoders are implemented for standard and jumprelu, not topk",
+        ),
+        (
+            &["--architecture", "standard", "--hook-out", "blocks.0.hook_resid_pre"],
+            "no activations for hook `blocks.0.hook_resid_pre`",
+        ),
+        (
+            &[
+                "--architecture",
+                "standard",
+                "--hook-out",
+                "blocks.0.hook_mlp_out",
+                "--normalize-activations",
+                "expected_average_only_in",
+            ],
+            "--normalize-activations must be none for a transcoder",
         ),
     ];
     for (extra, needle) in cases {
@@ -209,5 +354,8 @@ fn bad_settings_are_errors_before_any_work() {
     fails(hooklens(&args), "too large");
     assert!(!tmp.path("sae").exists());
     let help = ok_stdout(hooklens(&["train-sae", "--help"]));
-    assert!(help.contains("[possible values: standard, topk, batchtopk]"), "{help}");
+    assert!(
+        help.contains("[possible values: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk]"),
+        "{help}"
+    );
 }

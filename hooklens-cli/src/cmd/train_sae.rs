@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use clap::builder::{PossibleValue, TypedValueParser};
 use hooklens_models::sae::train::{
-    train, HarvestActivations, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
+    train, HarvestActivations, JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
 };
 
 use crate::error::{CliError, CliResult};
@@ -31,7 +31,9 @@ pub struct Args {
     /// The hook point whose activations are trained on (a tensor of the shards).
     #[arg(long, value_name = "NAME")]
     pub hook: String,
-    /// A transcoder's output hook point (transcoders are not implemented yet).
+    /// Trains a transcoder: reads --hook and reconstructs this hook point of the same
+    /// harvest (standard and jumprelu; saved as SAELens's `transcoder` /
+    /// `jumprelu_transcoder`).
     #[arg(long, value_name = "NAME")]
     pub hook_out: Option<String>,
     /// The architecture (SAELens's name).
@@ -40,19 +42,63 @@ pub struct Args {
     /// Number of features.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub d_sae: usize,
-    /// TopK: features firing per token; BatchTopK: per token on average (the batch keeps
-    /// its k * batch largest activations; saved as JumpReLU with the learnt threshold).
-    #[arg(long, value_name = "K", default_value_t = 100, allow_negative_numbers = true)]
-    pub k: usize,
+    /// TopK: features firing per token; (Matryoshka) BatchTopK: per token on average (the
+    /// batch keeps its k * batch largest activations; saved as JumpReLU with the learnt
+    /// threshold).
+    /// Default 100; an error with the other architectures.
+    #[arg(long, value_name = "K", allow_negative_numbers = true)]
+    pub k: Option<usize>,
     /// Adam's learning rate.
     #[arg(long, value_name = "F", default_value_t = 3e-4, allow_negative_numbers = true)]
     pub lr: f64,
-    /// Standard: the L1 penalty's coefficient.
-    #[arg(long, value_name = "F", default_value_t = 1.0, allow_negative_numbers = true)]
-    pub l1_coefficient: f64,
-    /// Standard: steps over which the L1 coefficient rises linearly from 0.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub l1_warm_up_steps: usize,
+    /// Standard: the L1 penalty's coefficient (default 1.0; an error with the other
+    /// architectures).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub l1_coefficient: Option<f64>,
+    /// Standard: steps over which the L1 coefficient rises linearly from 0 (default 0).
+    #[arg(long, value_name = "N")]
+    pub l1_warm_up_steps: Option<usize>,
+    /// Matryoshka BatchTopK: the nested levels' widths, strictly increasing, separated by
+    /// commas (`--matryoshka-widths 128,512,2048`); d_sae is added as the last level if
+    /// missing.
+    #[arg(long, value_name = "N,N,...", value_delimiter = ',', num_args = 1..)]
+    pub matryoshka_widths: Vec<usize>,
+    /// Matryoshka BatchTopK: one auxiliary loss per level (its dead features reconstruct
+    /// the residual of the reconstruction up to it) instead of one for the whole SAE.
+    #[arg(long)]
+    pub use_matryoshka_aux_loss: bool,
+    /// JumpReLU: the sparsity loss's coefficient (default 1.0).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub l0_coefficient: Option<f64>,
+    /// JumpReLU: steps over which the sparsity coefficient rises linearly from 0
+    /// (default 0).
+    #[arg(long, value_name = "N")]
+    pub l0_warm_up_steps: Option<usize>,
+    /// JumpReLU: the sparsity loss, `step` (DeepMind's L0; default), `tanh` (Anthropic's)
+    /// or `quadratic` (Gemma Scope 2's penalty around --target-l0).
+    #[arg(long, value_name = "MODE", value_parser = ["step", "tanh", "quadratic"])]
+    pub jumprelu_sparsity_loss_mode: Option<String>,
+    /// JumpReLU: the target L0 of the `quadratic` sparsity loss (required by it).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub target_l0: Option<f64>,
+    /// JumpReLU: the width of the straight-through estimators' rectangle kernel
+    /// (default 0.05).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_bandwidth: Option<f64>,
+    /// JumpReLU: every feature's threshold at initialisation (default 0.01).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_init_threshold: Option<f64>,
+    /// JumpReLU: the scale inside the `tanh` sparsity loss (default 4.0).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub jumprelu_tanh_scale: Option<f64>,
+    /// JumpReLU: the straight-through estimators also pass their gradient to the encoder,
+    /// not only to the threshold (Anthropic's setup).
+    #[arg(long)]
+    pub jumprelu_ste_to_input: bool,
+    /// JumpReLU: the coefficient of the pre-activation loss on dead features (off by
+    /// default; Anthropic's is 3e-6).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub pre_act_loss_coefficient: Option<f64>,
     /// Steps of linear learning-rate warm-up.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub lr_warm_up_steps: usize,
@@ -120,30 +166,105 @@ impl TypedValueParser for ArchitectureParser {
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
         Some(Box::new(
-            [
-                TrainArchitecture::Standard,
-                TrainArchitecture::TopK,
-                TrainArchitecture::BatchTopK,
-            ]
-            .into_iter()
-            .map(|a| PossibleValue::new(a.name())),
+            TrainArchitecture::ALL.into_iter().map(|a| PossibleValue::new(a.name())),
         ))
     }
 }
 
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
+    crate::output::check_output_dir("--out", &args.out)?;
+    let arch = args.architecture;
     if let Some(out) = &args.hook_out {
+        if !matches!(arch, TrainArchitecture::Standard | TrainArchitecture::JumpRelu) {
+            return Err(CliError(format!(
+                "--hook-out {out}: transcoders are implemented for standard and jumprelu, not {} \
+                 (SAELens has no {0} transcoder format)",
+                arch.name()
+            )));
+        }
+        if args.normalize_activations != "none" {
+            return Err(CliError(format!(
+                "--hook-out {out}: --normalize-activations must be none for a transcoder"
+            )));
+        }
+    }
+    if args.k.is_some() && !arch.uses_k() {
         return Err(CliError(format!(
-            "--hook-out {out}: transcoders are not implemented yet; train an SAE on --hook alone"
+            "--k is a setting of topk, batchtopk and matryoshka_batchtopk, not of --architecture {}",
+            arch.name()
         )));
     }
-    crate::output::check_output_dir("--out", &args.out)?;
+    let jumprelu_flags = [
+        ("--l0-coefficient", args.l0_coefficient.is_some()),
+        ("--l0-warm-up-steps", args.l0_warm_up_steps.is_some()),
+        (
+            "--jumprelu-sparsity-loss-mode",
+            args.jumprelu_sparsity_loss_mode.is_some(),
+        ),
+        ("--jumprelu-bandwidth", args.jumprelu_bandwidth.is_some()),
+        ("--jumprelu-init-threshold", args.jumprelu_init_threshold.is_some()),
+        ("--jumprelu-tanh-scale", args.jumprelu_tanh_scale.is_some()),
+        ("--target-l0", args.target_l0.is_some()),
+        ("--jumprelu-ste-to-input", args.jumprelu_ste_to_input),
+        ("--pre-act-loss-coefficient", args.pre_act_loss_coefficient.is_some()),
+    ];
+    if arch != TrainArchitecture::Standard {
+        let given = [
+            ("--l1-coefficient", args.l1_coefficient.is_some()),
+            ("--l1-warm-up-steps", args.l1_warm_up_steps.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(CliError(format!(
+                "{flag} is a setting of standard, not of --architecture {}",
+                arch.name()
+            )));
+        }
+    }
+    if arch != TrainArchitecture::MatryoshkaBatchTopK {
+        let flag = if !args.matryoshka_widths.is_empty() {
+            Some("--matryoshka-widths")
+        } else if args.use_matryoshka_aux_loss {
+            Some("--use-matryoshka-aux-loss")
+        } else {
+            None
+        };
+        if let Some(flag) = flag {
+            return Err(CliError(format!(
+                "{flag} is a setting of matryoshka_batchtopk, not of --architecture {}",
+                arch.name()
+            )));
+        }
+    }
+    if arch != TrainArchitecture::JumpRelu {
+        if let Some((flag, _)) = jumprelu_flags.iter().find(|(_, given)| *given) {
+            return Err(CliError(format!(
+                "{flag} is a setting of jumprelu, not of --architecture {}",
+                arch.name()
+            )));
+        }
+    }
+    let defaults = TrainOptions::new(arch, args.d_sae);
+    let sparsity_mode = match &args.jumprelu_sparsity_loss_mode {
+        Some(m) => JumpReluSparsityLoss::from_name(m)?,
+        None => defaults.jumprelu_sparsity_loss_mode,
+    };
     let opts = TrainOptions {
-        k: args.k,
+        k: args.k.unwrap_or(defaults.k),
+        matryoshka_widths: args.matryoshka_widths.clone(),
+        use_matryoshka_aux_loss: args.use_matryoshka_aux_loss,
+        l0_coefficient: args.l0_coefficient.unwrap_or(defaults.l0_coefficient),
+        l0_warm_up_steps: args.l0_warm_up_steps.unwrap_or(defaults.l0_warm_up_steps),
+        jumprelu_sparsity_loss_mode: sparsity_mode,
+        jumprelu_bandwidth: args.jumprelu_bandwidth.unwrap_or(defaults.jumprelu_bandwidth),
+        jumprelu_init_threshold: args.jumprelu_init_threshold.unwrap_or(defaults.jumprelu_init_threshold),
+        jumprelu_tanh_scale: args.jumprelu_tanh_scale.unwrap_or(defaults.jumprelu_tanh_scale),
+        jumprelu_ste_to_input: args.jumprelu_ste_to_input,
+        target_l0: args.target_l0,
+        pre_act_loss_coefficient: args.pre_act_loss_coefficient,
         lr: args.lr,
-        l1_coefficient: args.l1_coefficient,
-        l1_warm_up_steps: args.l1_warm_up_steps,
+        l1_coefficient: args.l1_coefficient.unwrap_or(defaults.l1_coefficient),
+        l1_warm_up_steps: args.l1_warm_up_steps.unwrap_or(defaults.l1_warm_up_steps),
         lr_warm_up_steps: args.lr_warm_up_steps,
         lr_decay_steps: args.lr_decay_steps,
         adam_beta1: args.adam_beta1,
@@ -156,14 +277,21 @@ pub fn run(args: Args) -> CliResult<()> {
         seed: args.seed,
         checkpoint_every_tokens: args.checkpoint_every_tokens,
         metrics_every_steps: args.metrics_every,
-        ..TrainOptions::new(args.architecture, args.d_sae)
+        ..defaults
     };
     // Every setting is checked before the shards are opened, and they before training.
     opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
-    let src =
-        HarvestActivations::open(&args.activations, &args.hook).map_err(|e| CliError(format!("--activations: {e}")))?;
+    let src = match &args.hook_out {
+        Some(out) => HarvestActivations::open_transcoder(&args.activations, &args.hook, out),
+        None => HarvestActivations::open(&args.activations, &args.hook),
+    }
+    .map_err(|e| CliError(format!("--activations: {e}")))?;
+    let target = match src.hook_out() {
+        Some((h, d)) => format!(" transcoder to `{h}` ({d} wide)"),
+        None => " SAE".to_string(),
+    };
     eprintln!(
-        "training a {} SAE ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
+        "training a {}{target} ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
         args.architecture.name(),
         opts.d_sae,
         src.hook(),
@@ -198,7 +326,8 @@ pub fn run(args: Args) -> CliResult<()> {
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let trained = report.tokens - report.resumed_from.unwrap_or(0);
     eprintln!(
-        "wrote the SAE to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        "wrote the {} to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        if src.hook_out().is_some() { "transcoder" } else { "SAE" },
         report.sae_dir.display(),
         report.tokens,
         report.steps,

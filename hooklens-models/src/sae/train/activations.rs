@@ -28,21 +28,84 @@ pub fn harvest_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// A harvest's activations at one hook point: every finished shard in `dir`
-/// (`*-shard-*.safetensors`, in name order: worker, then shard), each holding a tensor
-/// named as the hook point, `[rows, context, d_in]`.
+/// A harvest's activations at one hook point (or, for a transcoder, at two: its input
+/// and its target, row for row): every finished shard in `dir` (`*-shard-*.safetensors`,
+/// in name order: worker, then shard), each holding a tensor named as the hook point,
+/// `[rows, context, d_in]`.
 #[derive(Clone, Debug)]
 pub struct HarvestActivations {
     hook: String,
     shards: Vec<(PathBuf, usize)>,
     d_in: usize,
+    /// A transcoder's target hook and its width.
+    out: Option<(String, usize)>,
+}
+
+/// `hook`'s rows (positions) and width in one shard, or an error naming the shard's
+/// tensors.
+fn rows_and_width(st: &MmapedSafetensors, file: &Path, hook: &str) -> Result<(usize, usize)> {
+    let tensors = st.tensors();
+    let Some((_, view)) = tensors.iter().find(|(n, _)| n == hook) else {
+        let mut names: Vec<&str> = tensors
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| *n != "tokens")
+            .collect();
+        names.sort();
+        return Err(Error::invalid(format!(
+            "{}: no activations for hook `{hook}` (the shard has {})",
+            file.display(),
+            names.join(", ")
+        )));
+    };
+    let shape = view.shape().to_vec();
+    match shape.as_slice() {
+        [rows, ctx, d] => Ok((rows * ctx, *d)),
+        [rows, d] => Ok((*rows, *d)),
+        other => Err(Error::invalid(format!(
+            "{}: `{hook}` is {other:?}; training reads [rows, context, d_in] \
+             (per-head activations such as hook_z are not supported yet)",
+            file.display()
+        ))),
+    }
+}
+
+/// Checks that `hook` is `d` wide in `file` as in the first shard.
+fn same_width(width: &mut Option<(usize, PathBuf)>, hook: &str, d: usize, file: &Path) -> Result<()> {
+    match width {
+        Some((w, first)) if *w != d => Err(Error::invalid(format!(
+            "shards disagree on the width of `{hook}`: {} has {w}, {} has {d}",
+            first.display(),
+            file.display()
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            *width = Some((d, file.to_path_buf()));
+            Ok(())
+        }
+    }
 }
 
 impl HarvestActivations {
     /// Opens the shards of `dir` and checks that each has `hook`, all of one width;
     /// only the headers are read.
     pub fn open(dir: impl AsRef<Path>, hook: &str) -> Result<Self> {
-        let dir = dir.as_ref();
+        Self::open_with(dir.as_ref(), hook, None)
+    }
+
+    /// Opens a transcoder's data: `hook` (its input) and `hook_out` (its target) of the
+    /// same harvest, which stores every hook it harvested in each shard, position for
+    /// position; each shard must hold both, with the same number of positions.
+    pub fn open_transcoder(dir: impl AsRef<Path>, hook: &str, hook_out: &str) -> Result<Self> {
+        if hook == hook_out {
+            return Err(Error::invalid(format!(
+                "a transcoder's input and output hooks are both `{hook}`; to reconstruct a hook, train an SAE"
+            )));
+        }
+        Self::open_with(dir.as_ref(), hook, Some(hook_out))
+    }
+
+    fn open_with(dir: &Path, hook: &str, hook_out: Option<&str>) -> Result<Self> {
         let files = harvest_shards(dir)?;
         if files.is_empty() {
             return Err(Error::invalid(format!(
@@ -52,49 +115,26 @@ impl HarvestActivations {
         }
         let mut shards = Vec::with_capacity(files.len());
         let mut width: Option<(usize, PathBuf)> = None;
+        let mut width_out: Option<(usize, PathBuf)> = None;
         for file in files {
             let st = map(&file)?;
-            let tensors = st.tensors();
-            let Some((_, view)) = tensors.iter().find(|(n, _)| n == hook) else {
-                let mut names: Vec<&str> = tensors
-                    .iter()
-                    .map(|(n, _)| n.as_str())
-                    .filter(|n| *n != "tokens")
-                    .collect();
-                names.sort();
-                return Err(Error::invalid(format!(
-                    "{}: no activations for hook `{hook}` (the shard has {})",
-                    file.display(),
-                    names.join(", ")
-                )));
-            };
-            let shape = view.shape().to_vec();
-            let (rows, d) = match shape.as_slice() {
-                [rows, ctx, d] => (rows * ctx, *d),
-                [rows, d] => (*rows, *d),
-                other => {
+            let (rows, d) = rows_and_width(&st, &file, hook)?;
+            same_width(&mut width, hook, d, &file)?;
+            if let Some(h) = hook_out {
+                let (rows_out, d_out) = rows_and_width(&st, &file, h)?;
+                if rows_out != rows {
                     return Err(Error::invalid(format!(
-                        "{}: `{hook}` is {other:?}; training reads [rows, context, d_in] \
-                         (per-head activations such as hook_z are not supported yet)",
+                        "{}: `{hook}` has {rows} positions and `{h}` {rows_out}; a transcoder needs them row for row",
                         file.display()
-                    )))
+                    )));
                 }
-            };
-            match &width {
-                Some((w, first)) if *w != d => {
-                    return Err(Error::invalid(format!(
-                        "shards disagree on the width of `{hook}`: {} has {w}, {} has {d}",
-                        first.display(),
-                        file.display()
-                    )))
-                }
-                Some(_) => {}
-                None => width = Some((d, file.clone())),
+                same_width(&mut width_out, h, d_out, &file)?;
             }
             shards.push((file, rows));
         }
         let d_in = width.map(|(w, _)| w).unwrap_or(0);
-        if d_in == 0 || shards.iter().all(|(_, r)| *r == 0) {
+        let d_out = width_out.map(|(w, _)| w).unwrap_or(0);
+        if d_in == 0 || (hook_out.is_some() && d_out == 0) || shards.iter().all(|(_, r)| *r == 0) {
             return Err(Error::invalid(format!(
                 "{}: `{hook}` holds no activations",
                 dir.display()
@@ -104,17 +144,29 @@ impl HarvestActivations {
             hook: hook.to_string(),
             shards,
             d_in,
+            out: hook_out.map(|h| (h.to_string(), d_out)),
         })
     }
 
-    /// The hook point.
+    /// The hook point (a transcoder's input).
     pub fn hook(&self) -> &str {
         &self.hook
     }
 
-    /// The activations' width.
+    /// The activations' width (a transcoder's input width).
     pub fn d_in(&self) -> usize {
         self.d_in
+    }
+
+    /// A transcoder's target hook point and its width.
+    pub fn hook_out(&self) -> Option<(&str, usize)> {
+        self.out.as_ref().map(|(h, d)| (h.as_str(), *d))
+    }
+
+    /// The width of one served row: `d_in`, plus `d_out` for a transcoder (its input and
+    /// target side by side).
+    fn row_width(&self) -> usize {
+        self.d_in + self.out.as_ref().map_or(0, |(_, d)| *d)
     }
 
     /// How many token activations the shards hold.
@@ -122,7 +174,8 @@ impl HarvestActivations {
         self.shards.iter().map(|(_, r)| *r as u64).sum()
     }
 
-    /// Batches of `batch_size` activations `[batch_size, d_in]` (f32), shuffled through
+    /// Batches of `batch_size` activations `[batch_size, d_in]` (f32; a transcoder's
+    /// `[batch_size, d_in + d_out]`, input then target), shuffled through
     /// a buffer of `n_batches_in_buffer` batches of which half is served after each
     /// shuffle, as SAELens's activation store mixes its buffer. The shards are read
     /// again from the start when exhausted. The sequence is fixed by `seed`.
@@ -141,13 +194,28 @@ impl HarvestActivations {
         }
     }
 
-    fn load_shard(&self, i: usize) -> Result<Vec<f32>> {
-        let (file, _) = &self.shards[i];
-        let st = map(file)?;
+    fn load_hook(&self, file: &Path, st: &MmapedSafetensors, hook: &str) -> Result<Vec<f32>> {
         let t = st
-            .load(&self.hook, &Device::Cpu)
-            .map_err(|e| Error::invalid(format!("{}: reading `{}`: {e}", file.display(), self.hook)))?;
+            .load(hook, &Device::Cpu)
+            .map_err(|e| Error::invalid(format!("{}: reading `{hook}`: {e}", file.display())))?;
         Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+    }
+
+    /// Shard `i`'s rows, `row_width` values each.
+    fn load_shard(&self, i: usize) -> Result<Vec<f32>> {
+        let (file, rows) = &self.shards[i];
+        let st = map(file)?;
+        let input = self.load_hook(file, &st, &self.hook)?;
+        let Some((hook_out, d_out)) = &self.out else {
+            return Ok(input);
+        };
+        let target = self.load_hook(file, &st, hook_out)?;
+        let mut out = Vec::with_capacity(rows * (self.d_in + d_out));
+        for (x, y) in input.chunks(self.d_in).zip(target.chunks(*d_out)) {
+            out.extend_from_slice(x);
+            out.extend_from_slice(y);
+        }
+        Ok(out)
     }
 }
 
@@ -175,9 +243,9 @@ pub(crate) struct Batches<'a> {
 }
 
 impl Batches<'_> {
-    /// The next batch `[batch_size, d_in]`.
+    /// The next batch `[batch_size, d_in]` (a transcoder's `[batch_size, d_in + d_out]`).
     pub(crate) fn next_batch(&mut self) -> Result<Tensor> {
-        let d = self.src.d_in;
+        let d = self.src.row_width();
         let want = self.batch_size * d;
         let mut out = Vec::with_capacity(want);
         while out.len() < want {
@@ -194,7 +262,7 @@ impl Batches<'_> {
     /// Fills the buffer from the shards, shuffles it and moves its first half out to be
     /// served.
     fn refill(&mut self) -> Result<()> {
-        let d = self.src.d_in;
+        let d = self.src.row_width();
         while self.buffer.len() < self.capacity * d {
             if self.cursor == self.current.len() {
                 self.current = self.src.load_shard(self.next_shard)?;

@@ -26,8 +26,6 @@ const STATE_TENSORS: &str = "trainer_state.safetensors";
 const STATE_JSON: &str = "trainer_state.json";
 const FORMAT: u64 = 1;
 
-const PARAM_NAMES: [&str; 4] = ["W_enc", "b_enc", "W_dec", "b_dec"];
-
 /// Writes `t`'s state to `root/N`, replacing a checkpoint of the same N.
 pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
@@ -38,13 +36,8 @@ pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let p = &t.params;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
-    for ((name, param), state) in PARAM_NAMES
-        .iter()
-        .zip([&p.w_enc, &p.b_enc, &p.w_dec, &p.b_dec])
-        .zip(&t.adam)
-    {
+    for ((name, param), state) in t.params.named().into_iter().zip(&t.adam) {
         tensors.insert(name.to_string(), param.clone());
         tensors.insert(format!("{name}.exp_avg"), vec_tensor(&state.exp_avg)?);
         tensors.insert(format!("{name}.exp_avg_sq"), vec_tensor(&state.exp_avg_sq)?);
@@ -67,6 +60,8 @@ pub(crate) fn save(t: &SaeTrainer, root: &Path) -> Result<PathBuf> {
         "n_frac_active_samples": t.n_frac_active_samples,
         "scaling_factor": t.scaling_factor,
         "topk_threshold": t.topk_threshold,
+        "hook_out": t.out.as_ref().map(|(h, _)| h),
+        "d_out": t.out.as_ref().map(|(_, d)| d),
     });
     let text = serde_json::to_string_pretty(&state).map_err(|e| Error::invalid(e.to_string()))?;
     write_atomic(&tmp.join(STATE_JSON), text.as_bytes())?;
@@ -113,9 +108,16 @@ pub(crate) fn newest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(best.map(|(_, p)| p))
 }
 
-/// Loads the checkpoint in `dir` for a run with `opts` on `hook` `d_in` wide; any
-/// difference from the checkpoint's settings is an error naming it.
-pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> Result<SaeTrainer> {
+/// Loads the checkpoint in `dir` for a run with `opts` on `hook` `d_in` wide (a
+/// transcoder's: to `out`, its output hook and width); any difference from the
+/// checkpoint's settings is an error naming it.
+pub(crate) fn load(
+    dir: &Path,
+    opts: &TrainOptions,
+    hook: &str,
+    d_in: usize,
+    out: Option<(&str, usize)>,
+) -> Result<SaeTrainer> {
     let state_path = dir.join(STATE_JSON);
     let bad = |reason: String| Error::BadFile {
         path: state_path.clone(),
@@ -136,6 +138,13 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
     if state["d_in"].as_u64() != Some(d_in as u64) {
         differ.push(format!("d_in: checkpoint {}, now {d_in}", state["d_in"]));
     }
+    let (hook_out, d_out) = (out.map(|(h, _)| h), out.map(|(_, d)| d as u64));
+    if state["hook_out"].as_str() != hook_out || state["d_out"].as_u64() != d_out {
+        differ.push(format!(
+            "hook_out: checkpoint {} ({} wide), now {hook_out:?} ({d_out:?} wide)",
+            state["hook_out"], state["d_out"]
+        ));
+    }
     let now = opts.to_json();
     if let (Some(saved), Some(now)) = (state["options"].as_object(), now.as_object()) {
         for (k, v) in now {
@@ -153,7 +162,10 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         )));
     }
     let uint = |k: &str| state[k].as_u64().ok_or_else(|| bad(format!("no `{k}`")));
-    let mut t = SaeTrainer::new(opts.clone(), d_in, hook)?;
+    let mut t = match out {
+        Some((hook_out, d_out)) => SaeTrainer::new_transcoder(opts.clone(), d_in, hook, d_out, hook_out)?,
+        None => SaeTrainer::new(opts.clone(), d_in, hook)?,
+    };
     t.n_training_steps = uint("n_training_steps")? as usize;
     t.n_training_samples = uint("n_training_samples")?;
     t.n_frac_active_samples = uint("n_frac_active_samples")?;
@@ -177,10 +189,16 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         }
         Ok(t)
     };
+    // The fresh trainer's parameters name what the checkpoint must hold, and shape it.
     let d_sae = opts.d_sae;
-    let shapes: [&[usize]; 4] = [&[d_in, d_sae], &[d_sae], &[d_sae, d_in], &[d_in]];
-    let mut params = Vec::with_capacity(4);
-    for (i, (name, shape)) in PARAM_NAMES.iter().zip(shapes).enumerate() {
+    let wanted: Vec<(&'static str, Vec<usize>)> = t
+        .params
+        .named()
+        .into_iter()
+        .map(|(name, p)| (name, p.dims().to_vec()))
+        .collect();
+    let mut params = Vec::with_capacity(wanted.len());
+    for (i, (name, shape)) in wanted.iter().enumerate() {
         params.push(take(name, shape)?);
         let n: usize = shape.iter().product();
         t.adam[i] = AdamState {
@@ -189,12 +207,13 @@ pub(crate) fn load(dir: &Path, opts: &TrainOptions, hook: &str, d_in: usize) -> 
         };
     }
     let mut it = params.into_iter();
-    let mut next = || it.next().expect("four parameters pushed above");
+    let mut next = || it.next().expect("the parameters pushed above");
     t.params = Params {
         w_enc: next(),
         b_enc: next(),
         w_dec: next(),
         b_dec: next(),
+        threshold: t.params.threshold.is_some().then(&mut next),
     };
     t.act_freq_scores = take("act_freq_scores", &[d_sae])?.to_vec1()?;
     t.n_forward_passes_since_fired = take("n_forward_passes_since_fired", &[d_sae])?.to_vec1()?;

@@ -41,8 +41,10 @@ pub(crate) fn save_tensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>
 }
 
 /// SAELens 6's inference `cfg.json` for an SAE trained with `opts` on `hook` (after the
-/// normalisation is folded in, so `normalize_activations` is `none`).
-pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
+/// normalisation is folded in, so `normalize_activations` is `none`); for a transcoder
+/// (`out`: its output hook and width) SAELens's `transcoder` / `jumprelu_transcoder`
+/// config: `d_out`, `apply_b_dec_to_input` false, `hook_name_out` in the metadata.
+pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str, out: Option<(&str, usize)>) -> Value {
     let details = match opts.architecture {
         TrainArchitecture::Standard => json!({
             "decoder_init_norm": opts.decoder_init_norm,
@@ -63,10 +65,32 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
             "rescale_acts_by_decoder_norm": true,
             "topk_threshold_lr": opts.topk_threshold_lr,
         }),
+        TrainArchitecture::MatryoshkaBatchTopK => json!({
+            "decoder_init_norm": opts.decoder_init_norm,
+            "k": opts.k,
+            "use_sparse_activations": false,
+            "aux_loss_coefficient": opts.aux_loss_coefficient,
+            "rescale_acts_by_decoder_norm": true,
+            "topk_threshold_lr": opts.topk_threshold_lr,
+            "matryoshka_widths": opts.matryoshka_levels(),
+            "use_matryoshka_aux_loss": opts.use_matryoshka_aux_loss,
+        }),
+        TrainArchitecture::JumpRelu => json!({
+            "decoder_init_norm": opts.decoder_init_norm,
+            "jumprelu_init_threshold": opts.jumprelu_init_threshold,
+            "jumprelu_bandwidth": opts.jumprelu_bandwidth,
+            "jumprelu_sparsity_loss_mode": opts.jumprelu_sparsity_loss_mode.name(),
+            "l0_coefficient": opts.l0_coefficient,
+            "l0_warm_up_steps": opts.l0_warm_up_steps,
+            "pre_act_loss_coefficient": opts.pre_act_loss_coefficient,
+            "jumprelu_tanh_scale": opts.jumprelu_tanh_scale,
+            "jumprelu_ste_to_input": opts.jumprelu_ste_to_input,
+            "target_l0": opts.target_l0,
+        }),
     };
-    // SAELens saves a BatchTopK SAE for inference as JumpReLU.
+    // SAELens saves a (Matryoshka) BatchTopK SAE for inference as JumpReLU.
     let inference_architecture = match opts.architecture {
-        TrainArchitecture::BatchTopK => "jumprelu",
+        TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => "jumprelu",
         other => other.name(),
     };
     let mut cfg = json!({
@@ -87,6 +111,18 @@ pub(crate) fn cfg_json(opts: &TrainOptions, d_in: usize, hook: &str) -> Value {
         "dtype": "float32",
         "architecture": inference_architecture,
     });
+    if let Some((hook_out, d_out)) = out {
+        cfg["architecture"] = json!(format!(
+            "{}transcoder",
+            match inference_architecture {
+                "jumprelu" => "jumprelu_",
+                _ => "",
+            }
+        ));
+        cfg["apply_b_dec_to_input"] = json!(false);
+        cfg["d_out"] = json!(d_out);
+        cfg["metadata"]["hook_name_out"] = json!(hook_out);
+    }
     if opts.architecture == TrainArchitecture::TopK {
         cfg["k"] = json!(opts.k);
         // The saved weights have the decoder norms folded in (unit rows), so ranking by

@@ -17,7 +17,9 @@ pub struct StepMetrics {
     /// `sum((sae_out - x)^2, -1).mean()` on this step's batch (in the scaled space).
     pub mse_loss: f64,
     /// Standard: the weighted L1 term (`l1_loss`); TopK: the auxiliary loss
-    /// (`auxiliary_reconstruction_loss`).
+    /// (`auxiliary_reconstruction_loss`), plus for Matryoshka the inner levels' MSEs
+    /// (`inner_mse_loss_W`); JumpReLU: the sparsity loss (`l0_loss`) plus
+    /// the pre-activation loss (`pre_act_loss`) if on.
     pub aux_loss: f64,
     /// `1 - mean ||sae_out - x||^2 / mean ||x - mean(x)||^2` on this batch.
     pub explained_variance: f64,
@@ -29,6 +31,8 @@ pub struct StepMetrics {
     pub lr: f64,
     /// Standard: the L1 coefficient of this step (after its warm-up).
     pub l1_coefficient: Option<f64>,
+    /// JumpReLU: the sparsity (`l0`) coefficient of this step (after its warm-up).
+    pub l0_coefficient: Option<f64>,
 }
 
 impl StepMetrics {
@@ -44,6 +48,7 @@ impl StepMetrics {
             "dead_fraction": self.dead_fraction,
             "lr": self.lr,
             "l1_coefficient": self.l1_coefficient,
+            "l0_coefficient": self.l0_coefficient,
         })
     }
 }

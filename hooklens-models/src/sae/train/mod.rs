@@ -2,14 +2,23 @@
 //! setting names, written as a SAELens folder that [`Sae::from_dir`](crate::sae::Sae::from_dir)
 //! (and SAELens's `SAE.load_from_disk`) loads.
 //!
-//! Implemented: the `standard` (L1), `topk` and `batchtopk` architectures, as SAELens
-//! 6.54's `StandardTrainingSAE`, `TopKTrainingSAE` and `BatchTopKTrainingSAE` train them
-//! (a BatchTopK SAE is saved as JumpReLU, as SAELens saves it):
+//! Implemented: the `standard` (L1), `topk`, `batchtopk`, `jumprelu` and
+//! `matryoshka_batchtopk` architectures, as SAELens 6.54's `StandardTrainingSAE`,
+//! `TopKTrainingSAE`, `BatchTopKTrainingSAE`, `JumpReLUTrainingSAE` and
+//! `MatryoshkaBatchTopKTrainingSAE` train them (a (Matryoshka) BatchTopK SAE is saved as
+//! JumpReLU, as SAELens saves it), and transcoders (standard and jumprelu, from one hook
+//! of a harvest to another; SAELens 6.54 has no transcoder trainer, so the training is
+//! this one with the output hook as the target, saved in SAELens's transcoder format):
 //! - initialisation: kaiming-uniform `W_dec` with rows rescaled to
 //!   `decoder_init_norm` (0.1), `W_enc = W_dec^T`, zero biases;
 //! - losses: `sum((out - x)^2, -1).mean()`, plus for `standard` the L1 of the feature
 //!   activations weighted by the decoder rows' norms (with its warm-up), for `topk` and
-//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features;
+//!   `batchtopk` the auxiliary loss on the top `d_in / 2` dead features (and for
+//!   `matryoshka_batchtopk` one MSE per inner level), for `jumprelu`
+//!   the `step`, `tanh` or `quadratic` sparsity loss (with its warm-up) and optionally the
+//!   pre-activation loss on dead features, its threshold (trained directly, as 6.54
+//!   does, not as a log; clamped at 0 before each step) reached through the
+//!   straight-through estimators with a rectangle kernel of width `jumprelu_bandwidth`;
 //! - every step: gradients (written by hand, checked against autograd), gradient-norm
 //!   clipping to 1, torch's Adam, SAELens's learning-rate schedule;
 //! - dead features (`dead_feature_window`) and firing frequencies
@@ -62,7 +71,7 @@ use hooklens_core::{Error, Result};
 
 pub use activations::{harvest_shards, HarvestActivations};
 pub use metrics::StepMetrics;
-pub use options::{NormalizeActivations, TrainArchitecture, TrainOptions};
+pub use options::{JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainOptions};
 pub use trainer::{SaeTrainer, SPARSITY_FILE};
 
 /// The metrics file [`train`] appends to in its output folder.
@@ -108,7 +117,8 @@ pub struct TrainReport {
     pub sae_dir: PathBuf,
 }
 
-/// Trains an SAE on `src` with `opts` and writes it to `out` as a SAELens folder
+/// Trains an SAE (a transcoder where `src` was opened with
+/// [`HarvestActivations::open_transcoder`]) on `src` with `opts` and writes it to `out` as a SAELens folder
 /// (`cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`), with checkpoints in
 /// `out/checkpoints/` (every `checkpoint_every_tokens` and at the end) and metrics in
 /// `out/metrics.jsonl`.
@@ -129,7 +139,7 @@ pub fn train(
     checkpoint::remove_leftovers(&ckpt_root)?;
     let (mut trainer, resumed_from) = match checkpoint::newest(&ckpt_root)? {
         Some(dir) => {
-            let t = checkpoint::load(&dir, opts, src.hook(), src.d_in())?;
+            let t = checkpoint::load(&dir, opts, src.hook(), src.d_in(), src.hook_out())?;
             on_event(TrainEvent::Resumed {
                 tokens: t.tokens(),
                 checkpoint: &dir,
@@ -137,7 +147,13 @@ pub fn train(
             let tokens = t.tokens();
             (t, Some(tokens))
         }
-        None => (SaeTrainer::new(opts.clone(), src.d_in(), src.hook())?, None),
+        None => match src.hook_out() {
+            Some((hook_out, d_out)) => (
+                SaeTrainer::new_transcoder(opts.clone(), src.d_in(), src.hook(), d_out, hook_out)?,
+                None,
+            ),
+            None => (SaeTrainer::new(opts.clone(), src.d_in(), src.hook())?, None),
+        },
     };
     let batch = opts.train_batch_size_tokens;
     if opts.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn && trainer.scaling_factor().is_none() {
@@ -163,7 +179,17 @@ pub fn train(
     let mut last_saved = resumed_from;
     while trainer.tokens() < opts.training_tokens {
         let before = trainer.tokens();
-        let metrics = trainer.step(&batches.next_batch()?)?;
+        let batch = batches.next_batch()?;
+        let metrics = match src.hook_out() {
+            Some((_, d_out)) => {
+                let d_in = src.d_in();
+                trainer.step_transcoder(
+                    &batch.narrow(1, 0, d_in)?.contiguous()?,
+                    &batch.narrow(1, d_in, d_out)?.contiguous()?,
+                )?
+            }
+            None => trainer.step(&batch)?,
+        };
         on_event(TrainEvent::Step {
             tokens: trainer.tokens(),
             total: opts.training_tokens,

@@ -20,16 +20,53 @@ pub enum TrainArchitecture {
     /// activation; saved as a JumpReLU SAE with that threshold (SAELens's
     /// `BatchTopKTrainingSAE`).
     BatchTopK,
+    /// `pre * (pre > threshold)` with a learnt per-feature threshold, trained through
+    /// straight-through estimators with a rectangle kernel of width `jumprelu_bandwidth`,
+    /// with an L0 sparsity loss (`step` or `tanh`) and optionally the pre-activation loss
+    /// on dead features (SAELens 6.54's `JumpReLUTrainingSAE`).
+    JumpRelu,
+    /// BatchTopK with nested reconstruction losses: besides the whole SAE's, one per
+    /// prefix of the features ending at each of `matryoshka_widths` but the last (SAELens
+    /// 6.54's `MatryoshkaBatchTopKTrainingSAE`); saved as JumpReLU.
+    MatryoshkaBatchTopK,
 }
 
 impl TrainArchitecture {
-    /// SAELens's name for it (`standard`, `topk`).
+    /// The architectures the trainer implements.
+    pub const ALL: [TrainArchitecture; 5] = [
+        TrainArchitecture::Standard,
+        TrainArchitecture::TopK,
+        TrainArchitecture::BatchTopK,
+        TrainArchitecture::JumpRelu,
+        TrainArchitecture::MatryoshkaBatchTopK,
+    ];
+
+    /// SAELens's name for it (`standard`, `topk`, `batchtopk`, `jumprelu`).
     pub fn name(self) -> &'static str {
         match self {
             TrainArchitecture::Standard => "standard",
             TrainArchitecture::TopK => "topk",
             TrainArchitecture::BatchTopK => "batchtopk",
+            TrainArchitecture::JumpRelu => "jumprelu",
+            TrainArchitecture::MatryoshkaBatchTopK => "matryoshka_batchtopk",
         }
+    }
+
+    /// Whether `k` is one of its settings (TopK, BatchTopK, Matryoshka BatchTopK).
+    pub fn uses_k(self) -> bool {
+        matches!(
+            self,
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK
+        )
+    }
+
+    /// Whether it keeps the `k * batch` largest activations of a batch and is saved as
+    /// JumpReLU with the learnt threshold (BatchTopK, Matryoshka BatchTopK).
+    pub fn is_batch_topk(self) -> bool {
+        matches!(
+            self,
+            TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK
+        )
     }
 
     /// Parses a SAELens architecture name; the ones SAELens has that the trainer does not
@@ -39,11 +76,53 @@ impl TrainArchitecture {
             "standard" => Ok(TrainArchitecture::Standard),
             "topk" => Ok(TrainArchitecture::TopK),
             "batchtopk" => Ok(TrainArchitecture::BatchTopK),
-            "jumprelu" | "matryoshka-batchtopk" | "matryoshka_batchtopk" | "gated" => Err(Error::invalid(format!(
-                "architecture `{name}`: training is not implemented yet (implemented: standard, topk, batchtopk)"
+            "jumprelu" => Ok(TrainArchitecture::JumpRelu),
+            "matryoshka-batchtopk" | "matryoshka_batchtopk" => Ok(TrainArchitecture::MatryoshkaBatchTopK),
+            "gated" => Err(Error::invalid(format!(
+                "architecture `{name}`: training is not implemented yet \
+                 (implemented: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk)"
             ))),
             other => Err(Error::invalid(format!(
-                "unknown architecture `{other}` (implemented: standard, topk, batchtopk)"
+                "unknown architecture `{other}` (implemented: standard, topk, batchtopk, jumprelu, matryoshka_batchtopk)"
+            ))),
+        }
+    }
+}
+
+/// JumpReLU's sparsity loss (SAELens's `jumprelu_sparsity_loss_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JumpReluSparsityLoss {
+    /// `l0_coefficient * mean_b sum_f step(pre - threshold)`, the step's gradient
+    /// reaching the threshold through the straight-through estimator (DeepMind's L0;
+    /// SAELens's default, `step`).
+    Step,
+    /// `l0_coefficient * mean_b sum_f tanh(jumprelu_tanh_scale * acts * ||W_dec[f]||)`
+    /// (Anthropic's, `tanh`).
+    Tanh,
+    /// `l0_coefficient * mean_b 2 / target_l0 * (sum_f step(pre - threshold) -
+    /// target_l0)^2`, a penalty around a target L0 through the same estimator (Gemma
+    /// Scope 2's, `quadratic`; needs `target_l0`).
+    Quadratic,
+}
+
+impl JumpReluSparsityLoss {
+    /// SAELens's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JumpReluSparsityLoss::Step => "step",
+            JumpReluSparsityLoss::Tanh => "tanh",
+            JumpReluSparsityLoss::Quadratic => "quadratic",
+        }
+    }
+
+    /// Parses SAELens's name (`step`, `tanh`, `quadratic`).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "step" => Ok(JumpReluSparsityLoss::Step),
+            "tanh" => Ok(JumpReluSparsityLoss::Tanh),
+            "quadratic" => Ok(JumpReluSparsityLoss::Quadratic),
+            other => Err(Error::invalid(format!(
+                "jumprelu_sparsity_loss_mode `{other}` is not one of step, tanh, quadratic"
             ))),
         }
     }
@@ -129,6 +208,36 @@ pub struct TrainOptions {
     pub lp_norm: f64,
     /// TopK: the auxiliary (dead-feature) loss's coefficient (1.0).
     pub aux_loss_coefficient: f64,
+    /// Matryoshka BatchTopK: the nested levels' widths, strictly increasing (SAELens's
+    /// `matryoshka_widths`, which must not be empty); `d_sae` is added as the last level
+    /// when it is not there, as SAELens adds it.
+    pub matryoshka_widths: Vec<usize>,
+    /// Matryoshka BatchTopK: one auxiliary loss per level, its dead features
+    /// reconstructing the residual of the reconstruction up to it, instead of one over
+    /// the whole SAE (false).
+    pub use_matryoshka_aux_loss: bool,
+    /// JumpReLU: every feature's threshold at initialisation (0.01).
+    pub jumprelu_init_threshold: f64,
+    /// JumpReLU: the width of the straight-through estimators' rectangle kernel (0.05).
+    pub jumprelu_bandwidth: f64,
+    /// JumpReLU: the sparsity loss (`step`).
+    pub jumprelu_sparsity_loss_mode: JumpReluSparsityLoss,
+    /// JumpReLU: the target L0 of the `quadratic` sparsity loss (required by it, in (0,
+    /// d_sae]; ignored by the others).
+    pub target_l0: Option<f64>,
+    /// JumpReLU: the scale inside the `tanh` sparsity loss (4.0).
+    pub jumprelu_tanh_scale: f64,
+    /// JumpReLU: whether the straight-through estimators also pass their gradient to the
+    /// pre-activations (and so the encoder), not only to the threshold (false, DeepMind's;
+    /// true is Anthropic's).
+    pub jumprelu_ste_to_input: bool,
+    /// JumpReLU: the sparsity loss's coefficient (1.0).
+    pub l0_coefficient: f64,
+    /// JumpReLU: steps over which the sparsity coefficient rises linearly from 0 (0).
+    pub l0_warm_up_steps: usize,
+    /// JumpReLU: the coefficient of Anthropic's pre-activation loss on dead features,
+    /// `mean_b sum_f relu(threshold - pre) * dead * ||W_dec[f]||` (`None`: off).
+    pub pre_act_loss_coefficient: Option<f64>,
     /// The decoder rows' norm at initialisation (0.1, Anthropic's heuristic); `None`
     /// keeps kaiming-uniform rows.
     pub decoder_init_norm: Option<f64>,
@@ -174,6 +283,17 @@ impl TrainOptions {
             l1_warm_up_steps: 0,
             lp_norm: 1.0,
             aux_loss_coefficient: 1.0,
+            matryoshka_widths: Vec::new(),
+            use_matryoshka_aux_loss: false,
+            jumprelu_init_threshold: 0.01,
+            jumprelu_bandwidth: 0.05,
+            jumprelu_sparsity_loss_mode: JumpReluSparsityLoss::Step,
+            jumprelu_tanh_scale: 4.0,
+            target_l0: None,
+            jumprelu_ste_to_input: false,
+            l0_coefficient: 1.0,
+            l0_warm_up_steps: 0,
+            pre_act_loss_coefficient: None,
             decoder_init_norm: Some(0.1),
             training_tokens: 2_000_000,
             train_batch_size_tokens: 4096,
@@ -194,16 +314,46 @@ impl TrainOptions {
         (self.training_tokens / self.train_batch_size_tokens.max(1) as u64) as usize
     }
 
+    /// Matryoshka BatchTopK's levels, `d_sae` last (added when missing, as SAELens adds
+    /// it); empty for the other architectures.
+    pub fn matryoshka_levels(&self) -> Vec<usize> {
+        if self.architecture != TrainArchitecture::MatryoshkaBatchTopK {
+            return Vec::new();
+        }
+        let mut w = self.matryoshka_widths.clone();
+        if w.last() != Some(&self.d_sae) {
+            w.push(self.d_sae);
+        }
+        w
+    }
+
     /// Checks the settings, naming the first bad one; run before any work.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if self.d_sae == 0 {
             return bad("d_sae must be at least 1".into());
         }
-        if self.architecture != TrainArchitecture::Standard && (self.k == 0 || self.k > self.d_sae) {
+        if self.architecture.uses_k() && (self.k == 0 || self.k > self.d_sae) {
             return bad(format!(
                 "k is {}: it must be between 1 and d_sae ({})",
                 self.k, self.d_sae
+            ));
+        }
+        if self.architecture == TrainArchitecture::MatryoshkaBatchTopK {
+            let w = &self.matryoshka_widths;
+            if w.is_empty() {
+                return bad("matryoshka_widths must not be empty".into());
+            }
+            if w.contains(&0) || w.windows(2).any(|p| p[0] >= p[1]) || w.last().is_some_and(|&l| l > self.d_sae) {
+                return bad(format!(
+                    "matryoshka_widths are {w:?}: they must be positive, strictly increasing and at most d_sae ({})",
+                    self.d_sae
+                ));
+            }
+        } else if !self.matryoshka_widths.is_empty() || self.use_matryoshka_aux_loss {
+            return bad(format!(
+                "matryoshka_widths and use_matryoshka_aux_loss are settings of matryoshka_batchtopk, not of {}",
+                self.architecture.name()
             ));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -224,6 +374,34 @@ impl TrainOptions {
             return bad(format!(
                 "aux_loss_coefficient is {}: it must be a non-negative number",
                 self.aux_loss_coefficient
+            ));
+        }
+        let non_negative = [
+            ("l0_coefficient", self.l0_coefficient),
+            ("jumprelu_init_threshold", self.jumprelu_init_threshold),
+            ("jumprelu_tanh_scale", self.jumprelu_tanh_scale),
+            ("pre_act_loss_coefficient", self.pre_act_loss_coefficient.unwrap_or(0.0)),
+        ];
+        for (name, v) in non_negative {
+            if !(v >= 0.0 && v.is_finite()) {
+                return bad(format!("{name} is {v}: it must be a non-negative number"));
+            }
+        }
+        if self.architecture == TrainArchitecture::JumpRelu
+            && self.jumprelu_sparsity_loss_mode == JumpReluSparsityLoss::Quadratic
+        {
+            match self.target_l0 {
+                None => return bad("target_l0 must be set for the quadratic sparsity loss".into()),
+                Some(t) if !(t > 0.0 && t <= self.d_sae as f64) => {
+                    return bad(format!("target_l0 is {t}: it must be in (0, d_sae = {}]", self.d_sae))
+                }
+                Some(_) => {}
+            }
+        }
+        if !(self.jumprelu_bandwidth > 0.0 && self.jumprelu_bandwidth.is_finite()) {
+            return bad(format!(
+                "jumprelu_bandwidth is {}: it must be a positive number",
+                self.jumprelu_bandwidth
             ));
         }
         if self.lp_norm != 1.0 {
@@ -285,11 +463,14 @@ impl TrainOptions {
     /// checkpoint stores them and a resumed run must match them. How often checkpoints
     /// and metrics are written is left out: changing it does not change the weights.
     pub fn to_json(&self) -> Value {
+        let jumprelu = self.architecture == TrainArchitecture::JumpRelu;
         json!({
             "architecture": self.architecture.name(),
             "d_sae": self.d_sae,
-            "k": (self.architecture != TrainArchitecture::Standard).then_some(self.k),
-            "topk_threshold_lr": (self.architecture == TrainArchitecture::BatchTopK).then_some(self.topk_threshold_lr),
+            "k": self.architecture.uses_k().then_some(self.k),
+            "topk_threshold_lr": self.architecture.is_batch_topk().then_some(self.topk_threshold_lr),
+            "matryoshka_widths": (self.architecture == TrainArchitecture::MatryoshkaBatchTopK).then(|| self.matryoshka_levels()),
+            "use_matryoshka_aux_loss": (self.architecture == TrainArchitecture::MatryoshkaBatchTopK).then_some(self.use_matryoshka_aux_loss),
             "lr": self.lr,
             "adam_beta1": self.adam_beta1,
             "adam_beta2": self.adam_beta2,
@@ -300,6 +481,16 @@ impl TrainOptions {
             "lp_norm": self.lp_norm,
             "aux_loss_coefficient": self.aux_loss_coefficient,
             "decoder_init_norm": self.decoder_init_norm,
+            // JumpReLU's settings only for it, so other checkpoints read as before.
+            "jumprelu_init_threshold": jumprelu.then_some(self.jumprelu_init_threshold),
+            "jumprelu_bandwidth": jumprelu.then_some(self.jumprelu_bandwidth),
+            "jumprelu_sparsity_loss_mode": jumprelu.then_some(self.jumprelu_sparsity_loss_mode.name()),
+            "jumprelu_tanh_scale": jumprelu.then_some(self.jumprelu_tanh_scale),
+            "target_l0": jumprelu.then_some(self.target_l0).flatten(),
+            "jumprelu_ste_to_input": jumprelu.then_some(self.jumprelu_ste_to_input),
+            "l0_coefficient": jumprelu.then_some(self.l0_coefficient),
+            "l0_warm_up_steps": jumprelu.then_some(self.l0_warm_up_steps),
+            "pre_act_loss_coefficient": jumprelu.then_some(self.pre_act_loss_coefficient).flatten(),
             "training_tokens": self.training_tokens,
             "train_batch_size_tokens": self.train_batch_size_tokens,
             "normalize_activations": self.normalize_activations.name(),
@@ -351,7 +542,18 @@ mod tests {
             let err = opts.validate().unwrap_err().to_string();
             assert!(err.contains(want), "{err}");
         }
-        assert!(TrainArchitecture::from_name("jumprelu")
+        let m = TrainOptions {
+            matryoshka_widths: vec![8, 8],
+            k: 4,
+            ..TrainOptions::new(TrainArchitecture::MatryoshkaBatchTopK, 16)
+        };
+        assert!(m.validate().unwrap_err().to_string().contains("strictly increasing"));
+        let m = TrainOptions {
+            matryoshka_widths: vec![4, 8],
+            ..m
+        };
+        assert_eq!(m.matryoshka_levels(), vec![4, 8, 16]);
+        assert!(TrainArchitecture::from_name("gated")
             .unwrap_err()
             .to_string()
             .contains("not implemented"));

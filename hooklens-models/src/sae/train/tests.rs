@@ -53,6 +53,7 @@ fn opts(arch: TrainArchitecture) -> TrainOptions {
         k: 3,
         lr: 1e-2,
         l1_coefficient: 1e-3,
+        l0_coefficient: 1e-3,
         training_tokens: 256 * 300,
         train_batch_size_tokens: 256,
         n_batches_in_buffer: 4,
@@ -80,15 +81,27 @@ fn topk_and_batchtopk_learn_sparse_data() {
     let tmp = TempDir::new("train-topk");
     write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 1), 16);
     let src = HarvestActivations::open(&tmp.0, "h").unwrap();
-    for arch in [TrainArchitecture::TopK, TrainArchitecture::BatchTopK] {
+    for arch in [
+        TrainArchitecture::TopK,
+        TrainArchitecture::BatchTopK,
+        TrainArchitecture::MatryoshkaBatchTopK,
+    ] {
         let out = tmp.path(arch.name());
-        let report = run(&src, &opts(arch), &out);
+        let o = TrainOptions {
+            matryoshka_widths: if arch == TrainArchitecture::MatryoshkaBatchTopK {
+                vec![8, 24]
+            } else {
+                Vec::new()
+            },
+            ..opts(arch)
+        };
+        let report = run(&src, &o, &out);
         let m = report.last_metrics.unwrap();
         assert!(m.explained_variance > 0.9, "{arch:?}: {m}");
         // TopK: exactly k per token; BatchTopK: k * batch in the batch, k on average.
         assert!((m.l0 - 3.0).abs() < 1e-6, "{arch:?}: {m}");
         assert_eq!(report.tokens, 256 * 300);
-        if arch == TrainArchitecture::BatchTopK {
+        if arch.is_batch_topk() {
             // Saved as JumpReLU: the threshold keeps about k features per token.
             let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
             assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
@@ -128,6 +141,48 @@ fn standard_loss_decreases() {
 }
 
 #[test]
+fn jumprelu_learns_sparse_data_and_saves_its_thresholds() {
+    let tmp = TempDir::new("train-jumprelu");
+    write_harvest(&tmp.0, &sparse_data(4096, 16, 24, 6), 16);
+    let src = HarvestActivations::open(&tmp.0, "h").unwrap();
+    for mode in [JumpReluSparsityLoss::Step, JumpReluSparsityLoss::Tanh] {
+        let o = TrainOptions {
+            jumprelu_sparsity_loss_mode: mode,
+            l0_coefficient: 3e-2,
+            jumprelu_init_threshold: 0.1,
+            ..opts(TrainArchitecture::JumpRelu)
+        };
+        let out = tmp.path(mode.name());
+        let mut seen = Vec::new();
+        train(&src, &o, &out, &mut |e| {
+            if let TrainEvent::Metrics(m) = e {
+                seen.push(m.clone());
+            }
+        })
+        .unwrap();
+        let (first, last) = (&seen[0], seen.last().unwrap());
+        assert!(last.explained_variance > 0.8, "{mode:?}: {last}");
+        assert!(last.mse_loss < 0.5 * first.mse_loss, "{mode:?}: {first}\n{last}");
+        assert!(last.l0 < 0.5 * 48.0, "{mode:?}: {last}");
+        assert_eq!(last.l0_coefficient, Some(3e-2));
+        let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+        assert_eq!(sae.cfg().architecture, crate::sae::Architecture::JumpRelu);
+        let w = weights(&out);
+        // Thresholds moved from their start, one per feature, none negative.
+        let t = &w["threshold"];
+        assert_eq!(t.len(), 48);
+        assert!(t.iter().any(|&v| (v - 0.1).abs() > 1e-3), "{t:?}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(crate::sae::SAE_CFG_FILE)).unwrap()).unwrap();
+        assert_eq!(cfg["architecture"], "jumprelu");
+        assert_eq!(
+            cfg["metadata"]["training_architecture_details"]["jumprelu_sparsity_loss_mode"],
+            mode.name()
+        );
+    }
+}
+
+#[test]
 fn same_seed_same_weights_and_resume_is_exact() {
     let tmp = TempDir::new("train-resume");
     write_harvest(&tmp.0, &sparse_data(2048, 16, 24, 3), 16);
@@ -136,12 +191,21 @@ fn same_seed_same_weights_and_resume_is_exact() {
         TrainArchitecture::TopK,
         TrainArchitecture::Standard,
         TrainArchitecture::BatchTopK,
+        TrainArchitecture::JumpRelu,
+        TrainArchitecture::MatryoshkaBatchTopK,
     ] {
         let full = TrainOptions {
+            matryoshka_widths: if arch == TrainArchitecture::MatryoshkaBatchTopK {
+                vec![6, 20, 48]
+            } else {
+                Vec::new()
+            },
             training_tokens: 256 * 40,
             normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
             n_batches_for_norm_estimate: 4,
             l1_warm_up_steps: 10,
+            l0_warm_up_steps: 10,
+            pre_act_loss_coefficient: Some(1e-3),
             lr_warm_up_steps: 5,
             lr_decay_steps: 10,
             dead_feature_window: 5,
@@ -215,6 +279,8 @@ fn saved_folder_loads_and_encodes_as_the_trainer() {
             TrainArchitecture::BatchTopK,
             NormalizeActivations::ExpectedAverageOnlyIn,
         ),
+        (TrainArchitecture::JumpRelu, NormalizeActivations::None),
+        (TrainArchitecture::JumpRelu, NormalizeActivations::ExpectedAverageOnlyIn),
     ] {
         let o = TrainOptions {
             training_tokens: 256 * 20,
@@ -278,4 +344,119 @@ fn bad_inputs_are_errors_before_training() {
         .to_string();
     assert!(err.contains("k is 49"), "{err}");
     assert!(!tmp.path("out").exists());
+}
+
+/// Writes a harvest with two hooks, `in` (`data`, `d` wide) and `out` (`data` mapped by a
+/// fixed random `[d, d_out]` matrix), in two shards.
+fn write_pair_harvest(dir: &Path, data: &[f32], d: usize, d_out: usize) {
+    let rows = data.len() / d;
+    let mut rng = Rng::new(77);
+    let m: Vec<f32> = (0..d * d_out).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect();
+    let m = Tensor::from_vec(m, (d, d_out), &Device::Cpu).unwrap();
+    let half = rows / 2;
+    for (i, part) in [&data[..half * d], &data[half * d..]].into_iter().enumerate() {
+        let n = part.len() / d;
+        let x = Tensor::from_vec(part.to_vec(), (n, d), &Device::Cpu).unwrap();
+        let y = x.matmul(&m).unwrap().relu().unwrap();
+        let map: HashMap<String, Tensor> = [
+            ("in".to_string(), x.reshape((n / 4, 4, d)).unwrap()),
+            ("out".to_string(), y.reshape((n / 4, 4, d_out)).unwrap()),
+            (
+                "tokens".to_string(),
+                Tensor::zeros((n / 4, 4), DType::I64, &Device::Cpu).unwrap(),
+            ),
+        ]
+        .into();
+        candle_core::safetensors::save(&map, dir.join(format!("00000-of-00001-shard-{i:06}.safetensors"))).unwrap();
+    }
+}
+
+#[test]
+fn transcoders_learn_a_map_and_save_as_saelens_transcoders() {
+    let tmp = TempDir::new("train-transcoder");
+    let data = sparse_data(4096, 16, 24, 8);
+    write_pair_harvest(&tmp.0, &data, 16, 12);
+    let src = HarvestActivations::open_transcoder(&tmp.0, "in", "out").unwrap();
+    assert_eq!(src.hook_out(), Some(("out", 12)));
+    let x = Tensor::from_vec(data[..64 * 16].to_vec(), (64, 16), &Device::Cpu).unwrap();
+    for (arch, name) in [
+        (TrainArchitecture::Standard, "transcoder"),
+        (TrainArchitecture::JumpRelu, "jumprelu_transcoder"),
+    ] {
+        let o = TrainOptions {
+            l0_coefficient: 1e-3,
+            ..opts(arch)
+        };
+        let out = tmp.path(name);
+        let report = run(&src, &o, &out);
+        let m = report.last_metrics.unwrap();
+        assert!(m.explained_variance > 0.8, "{arch:?}: {m}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join(crate::sae::SAE_CFG_FILE)).unwrap()).unwrap();
+        assert_eq!(cfg["architecture"], name);
+        assert_eq!(cfg["d_out"], 12);
+        assert_eq!(cfg["apply_b_dec_to_input"], false);
+        assert_eq!(cfg["metadata"]["hook_name_out"], "out");
+        let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
+        assert!(sae.cfg().is_transcoder());
+        assert_eq!(sae.cfg().d_out, Some(12));
+        // The loaded transcoder encodes and decodes as the trainer does: rebuild the
+        // trainer from the last checkpoint.
+        let ckpt = out.join("checkpoints").join((256 * 300).to_string());
+        let trainer = super::checkpoint::load(&ckpt, &o, "in", 16, Some(("out", 12))).unwrap();
+        let acts = trainer.encode(&x).unwrap();
+        let d = (sae.encode(&x).unwrap() - &acts)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{arch:?}: encode differs by {d}");
+        assert_eq!(sae.decode(&acts).unwrap().dims(), &[64, 12]);
+        assert_eq!(trainer.decode(&acts).unwrap().dims(), &[64, 12]);
+    }
+    // Resuming a transcoder run continues exactly; an SAE run cannot resume it.
+    let full = TrainOptions {
+        training_tokens: 256 * 20,
+        ..opts(TrainArchitecture::Standard)
+    };
+    let a = tmp.path("resume-a");
+    let c = tmp.path("resume-c");
+    run(&src, &full, &a);
+    let checkpointed = TrainOptions {
+        checkpoint_every_tokens: Some(256 * 10),
+        ..full.clone()
+    };
+    run(&src, &checkpointed, &c);
+    std::fs::remove_dir_all(c.join("checkpoints").join((256 * 20).to_string())).unwrap();
+    assert_eq!(run(&src, &full, &c).resumed_from, Some(256 * 10));
+    assert_eq!(weights(&a), weights(&c));
+    let sae_src = HarvestActivations::open(&tmp.0, "in").unwrap();
+    let err = train(&sae_src, &full, &c, &mut |_| {}).unwrap_err().to_string();
+    assert!(err.contains("hook_out: checkpoint \"out\""), "{err}");
+
+    // Bad settings: a missing output hook, an architecture without a transcoder format,
+    // normalisation.
+    let err = HarvestActivations::open_transcoder(&tmp.0, "in", "nope")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no activations for hook `nope`"), "{err}");
+    let err = HarvestActivations::open_transcoder(&tmp.0, "in", "in")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("both `in`"), "{err}");
+    let err = SaeTrainer::new_transcoder(opts(TrainArchitecture::TopK), 16, "in", 12, "out")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not topk"), "{err}");
+    let norm = TrainOptions {
+        normalize_activations: NormalizeActivations::ExpectedAverageOnlyIn,
+        ..opts(TrainArchitecture::Standard)
+    };
+    let err = SaeTrainer::new_transcoder(norm, 16, "in", 12, "out")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("normalize_activations must be none"), "{err}");
 }

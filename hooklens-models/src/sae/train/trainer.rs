@@ -11,7 +11,7 @@ use super::adam::{adam_update, AdamState, AdamStep};
 use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Objective, Params};
 use super::export::{cfg_json, save_tensors_atomic, write_atomic};
 use super::metrics::StepMetrics;
-use super::options::{TrainArchitecture, TrainOptions};
+use super::options::{NormalizeActivations, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
 use super::schedule::{l1_coefficient, lr_factor};
 use crate::sae::{Sae, SaeConfig, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
@@ -29,8 +29,8 @@ pub struct SaeTrainer {
     pub(crate) d_in: usize,
     pub(crate) hook: String,
     pub(crate) params: Params,
-    /// W_enc, b_enc, W_dec, b_dec.
-    pub(crate) adam: [AdamState; 4],
+    /// W_enc, b_enc, W_dec, b_dec, and JumpReLU's threshold (as `Params::named`).
+    pub(crate) adam: Vec<AdamState>,
     pub(crate) n_training_steps: usize,
     pub(crate) n_training_samples: u64,
     pub(crate) n_forward_passes_since_fired: Vec<f32>,
@@ -40,20 +40,55 @@ pub struct SaeTrainer {
     pub(crate) scaling_factor: Option<f64>,
     /// BatchTopK's threshold (in the scaled space), a double as SAELens keeps it.
     pub(crate) topk_threshold: f64,
+    /// A transcoder's output hook point and width (`None`: an SAE).
+    pub(crate) out: Option<(String, usize)>,
 }
 
 impl SaeTrainer {
     /// A fresh SAE for `d_in`-wide activations at `hook`, initialised from
     /// `opts.seed` as SAELens initialises it.
     pub fn new(opts: TrainOptions, d_in: usize, hook: &str) -> Result<Self> {
+        Self::create(opts, d_in, hook, None)
+    }
+
+    /// A fresh transcoder reading `d_in`-wide activations at `hook` and reconstructing
+    /// the `d_out`-wide ones at `hook_out` (SAELens's inference `transcoder`, or
+    /// `jumprelu_transcoder` for JumpReLU; SAELens 6.54 has no transcoder trainer, so the
+    /// training is this trainer's, the loss `sum((out - target)^2, -1).mean()` with the
+    /// architecture's own terms). Implemented for `standard` and `jumprelu` (SAELens has
+    /// no TopK transcoder format), without input normalisation.
+    pub fn new_transcoder(opts: TrainOptions, d_in: usize, hook: &str, d_out: usize, hook_out: &str) -> Result<Self> {
+        if !matches!(
+            opts.architecture,
+            TrainArchitecture::Standard | TrainArchitecture::JumpRelu
+        ) {
+            return Err(Error::invalid(format!(
+                "transcoders are implemented for standard and jumprelu, not {} (SAELens has no {0} transcoder format)",
+                opts.architecture.name()
+            )));
+        }
+        if opts.normalize_activations != NormalizeActivations::None {
+            return Err(Error::invalid(
+                "normalize_activations must be none for a transcoder (scaling its input and target is not implemented)",
+            ));
+        }
+        if d_out == 0 {
+            return Err(Error::invalid("d_out must be at least 1"));
+        }
+        Self::create(opts, d_in, hook, Some((hook_out.to_string(), d_out)))
+    }
+
+    fn create(opts: TrainOptions, d_in: usize, hook: &str, out: Option<(String, usize)>) -> Result<Self> {
         opts.validate()?;
         if d_in == 0 {
             return Err(Error::invalid("d_in must be at least 1"));
         }
+        let d_out = out.as_ref().map(|(_, d)| *d);
         let weights = d_in
+            .max(d_out.unwrap_or(0))
             .checked_mul(opts.d_sae)
             .filter(|&n| n <= super::options::MAX_ELEMENTS);
-        let batch = d_in
+        let batch = (d_in + d_out.unwrap_or(0))
             .checked_mul(opts.train_batch_size_tokens)
             .and_then(|n| n.checked_mul(opts.n_batches_in_buffer))
             .filter(|&n| n <= super::options::MAX_ELEMENTS);
@@ -64,15 +99,19 @@ impl SaeTrainer {
             )));
         }
         let mut rng = Rng::new(opts.seed);
-        let params = Params::init(d_in, &opts, &mut rng)?;
+        let params = Params::init(d_in, d_out, &opts, &mut rng)?;
         let d_sae = opts.d_sae;
-        let sizes = [d_in * d_sae, d_sae, d_sae * d_in, d_in];
+        let adam = params
+            .named()
+            .iter()
+            .map(|(_, t)| AdamState::zeros(t.elem_count()))
+            .collect();
         Ok(SaeTrainer {
             opts,
             d_in,
             hook: hook.to_string(),
             params,
-            adam: sizes.map(AdamState::zeros),
+            adam,
             n_training_steps: 0,
             n_training_samples: 0,
             n_forward_passes_since_fired: vec![0.0; d_sae],
@@ -80,6 +119,7 @@ impl SaeTrainer {
             n_frac_active_samples: 0,
             scaling_factor: None,
             topk_threshold: 0.0,
+            out,
         })
     }
 
@@ -87,9 +127,29 @@ impl SaeTrainer {
     /// continue training a saved SAE, or to start from the same weights as another
     /// implementation): `w_enc` `[d_in, d_sae]`, `b_enc` `[d_sae]`, `w_dec` `[d_sae,
     /// d_in]`, `b_dec` `[d_in]`, read as the training-time parameters (for TopK, not
-    /// folded: ranked after scaling by the decoder norms).
+    /// folded: ranked after scaling by the decoder norms); for JumpReLU `threshold`
+    /// `[d_sae]` when given, else `jumprelu_init_threshold` everywhere.
     pub fn from_weights(opts: TrainOptions, weights: &SaeWeights, hook: &str) -> Result<Self> {
+        Self::from_weights_to(opts, weights, hook, None)
+    }
+
+    /// [`SaeTrainer::from_weights`] for a transcoder to `hook_out`: `w_dec` `[d_sae,
+    /// d_out]`, `b_dec` `[d_out]`.
+    pub fn transcoder_from_weights(
+        opts: TrainOptions,
+        weights: &SaeWeights,
+        hook: &str,
+        hook_out: &str,
+    ) -> Result<Self> {
+        Self::from_weights_to(opts, weights, hook, Some(hook_out))
+    }
+
+    fn from_weights_to(opts: TrainOptions, weights: &SaeWeights, hook: &str, hook_out: Option<&str>) -> Result<Self> {
         let (d_in, d_sae) = weights.w_enc.dims2()?;
+        let d_dec = match hook_out {
+            Some(_) => weights.w_dec.dims2()?.1,
+            None => d_in,
+        };
         if d_sae != opts.d_sae {
             return Err(Error::invalid(format!(
                 "the weights have {d_sae} features, the options d_sae = {}",
@@ -101,17 +161,28 @@ impl SaeTrainer {
             .clone()
             .ok_or_else(|| Error::invalid("the weights have no b_enc"))?;
         let f32 = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.contiguous();
+        let threshold = match (opts.architecture, &weights.threshold) {
+            (TrainArchitecture::JumpRelu, Some(t)) => Some(f32(t)?),
+            (TrainArchitecture::JumpRelu, None) => {
+                Some(Tensor::full(opts.jumprelu_init_threshold as f32, d_sae, &Device::Cpu)?)
+            }
+            _ => None,
+        };
         let params = Params {
             w_enc: f32(&weights.w_enc)?,
             b_enc: f32(&b_enc)?,
             w_dec: f32(&weights.w_dec)?,
             b_dec: f32(&weights.b_dec)?,
+            threshold,
         };
-        let shapes = [
+        let mut shapes = vec![
             (params.b_enc.dims(), vec![d_sae]),
-            (params.w_dec.dims(), vec![d_sae, d_in]),
-            (params.b_dec.dims(), vec![d_in]),
+            (params.w_dec.dims(), vec![d_sae, d_dec]),
+            (params.b_dec.dims(), vec![d_dec]),
         ];
+        if let Some(t) = &params.threshold {
+            shapes.push((t.dims(), vec![d_sae]));
+        }
         for (got, want) in shapes {
             if got != want.as_slice() {
                 return Err(Error::invalid(format!(
@@ -119,7 +190,10 @@ impl SaeTrainer {
                 )));
             }
         }
-        let mut t = SaeTrainer::new(opts, d_in, hook)?;
+        let mut t = match hook_out {
+            Some(h) => SaeTrainer::new_transcoder(opts, d_in, hook, d_dec, h)?,
+            None => SaeTrainer::new(opts, d_in, hook)?,
+        };
         t.params = params;
         Ok(t)
     }
@@ -174,6 +248,37 @@ impl SaeTrainer {
     /// gradient-norm clipping to 1, Adam. Returns the step's metrics when this step is
     /// one to report (every `metrics_every_steps` steps).
     pub fn step(&mut self, batch: &Tensor) -> Result<Option<StepMetrics>> {
+        if self.out.is_some() {
+            return Err(Error::invalid(
+                "a transcoder trains on pairs: use step_transcoder(input, target)",
+            ));
+        }
+        self.step_on(batch, None)
+    }
+
+    /// One training step of a transcoder on `input` `[batch, d_in]` and `target` `[batch,
+    /// d_out]`, as [`SaeTrainer::step`].
+    pub fn step_transcoder(&mut self, input: &Tensor, target: &Tensor) -> Result<Option<StepMetrics>> {
+        let Some((_, d_out)) = self.out else {
+            return Err(Error::invalid("step_transcoder on an SAE: use step(batch)"));
+        };
+        let (b, d) = target.dims2()?;
+        if d != d_out || b != input.dim(0)? {
+            return Err(Error::invalid(format!(
+                "a transcoder's target must be [batch = {}, d_out = {d_out}], got {:?}",
+                input.dim(0)?,
+                target.dims()
+            )));
+        }
+        self.step_on(input, Some(&target.to_dtype(DType::F32)?))
+    }
+
+    /// The transcoder's output hook point and width, if it is one.
+    pub fn transcoder_out(&self) -> Option<(&str, usize)> {
+        self.out.as_ref().map(|(h, d)| (h.as_str(), *d))
+    }
+
+    fn step_on(&mut self, batch: &Tensor, target: Option<&Tensor>) -> Result<Option<StepMetrics>> {
         let (b, d) = batch.dims2()?;
         if d != self.d_in || b == 0 {
             return Err(Error::invalid(format!(
@@ -187,6 +292,11 @@ impl SaeTrainer {
             self.act_freq_scores.iter_mut().for_each(|v| *v = 0.0);
             self.n_frac_active_samples = 0;
         }
+        if let Some(t) = &mut self.params.threshold {
+            // JumpReLUTrainingSAE.training_forward_pass keeps the threshold non-negative
+            // by clamping it before each step (not in the graph).
+            *t = t.clamp(0f32, f32::INFINITY)?;
+        }
         let x = self.scaled(batch)?;
         let dead = self.dead_features();
         let l1 = l1_coefficient(
@@ -194,17 +304,35 @@ impl SaeTrainer {
             self.opts.l1_coefficient,
             self.opts.l1_warm_up_steps,
         );
+        let l0_coef = l1_coefficient(
+            self.n_training_steps,
+            self.opts.l0_coefficient,
+            self.opts.l0_warm_up_steps,
+        );
+        let inner_widths = match self.opts.matryoshka_levels().split_last() {
+            Some((_, inner)) => inner.to_vec(),
+            None => Vec::new(),
+        };
         let obj = match self.opts.architecture {
             TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
-            TrainArchitecture::TopK | TrainArchitecture::BatchTopK => Objective::TopK {
-                k: self.opts.k,
-                batch: self.opts.architecture == TrainArchitecture::BatchTopK,
-                aux_loss_coefficient: self.opts.aux_loss_coefficient,
+            TrainArchitecture::JumpRelu => Objective::JumpRelu {
+                l0_coefficient: l0_coef,
+                opts: &self.opts,
                 dead: Some(&dead),
             },
+            TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
+                Objective::TopK {
+                    k: self.opts.k,
+                    batch: self.opts.architecture.is_batch_topk(),
+                    aux_loss_coefficient: self.opts.aux_loss_coefficient,
+                    dead: Some(&dead),
+                    inner_widths: &inner_widths,
+                    matryoshka_aux: self.opts.use_matryoshka_aux_loss,
+                }
+            }
         };
-        let (fwd, grads) = loss_and_grads(&self.params, &x, &obj)?;
-        if self.opts.architecture == TrainArchitecture::BatchTopK {
+        let (fwd, grads) = loss_and_grads(&self.params, &x, target, &obj)?;
+        if self.opts.architecture.is_batch_topk() {
             // SAELens's update_topk_threshold: a moving average of the smallest
             // activation kept, computed in f64.
             let acts: Vec<f32> = fwd.feature_acts.flatten_all()?.to_vec1()?;
@@ -241,14 +369,12 @@ impl SaeTrainer {
             beta2: self.opts.adam_beta2,
             step: self.n_training_steps as u64 + 1,
         };
-        let p = &mut self.params;
-        let pairs = [
-            (&mut p.w_enc, &grads.w_enc),
-            (&mut p.b_enc, &grads.b_enc),
-            (&mut p.w_dec, &grads.w_dec),
-            (&mut p.b_dec, &grads.b_dec),
-        ];
-        for ((param, grad), state) in pairs.into_iter().zip(self.adam.iter_mut()) {
+        let grad_list: Vec<&Tensor> = grads.named().into_iter().map(|(_, g)| g).collect();
+        let params = self.params.tensors_mut();
+        if params.len() != grad_list.len() {
+            return Err(Error::invalid("the gradients do not match the parameters"));
+        }
+        for ((param, grad), state) in params.into_iter().zip(grad_list).zip(self.adam.iter_mut()) {
             let shape = param.shape().clone();
             let mut v: Vec<f32> = param.flatten_all()?.to_vec1()?;
             let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
@@ -269,11 +395,12 @@ impl SaeTrainer {
             tokens: self.n_training_samples,
             mse_loss: fwd.mse_loss as f64,
             aux_loss: fwd.aux_loss as f64,
-            explained_variance: explained_variance(&x, &fwd.sae_out)?,
+            explained_variance: explained_variance(target.unwrap_or(&x), &fwd.sae_out)?,
             l0: l0(&fwd.feature_acts)?,
             dead_fraction: n_dead as f64 / self.opts.d_sae as f64,
             lr,
             l1_coefficient: (self.opts.architecture == TrainArchitecture::Standard).then_some(l1),
+            l0_coefficient: (self.opts.architecture == TrainArchitecture::JumpRelu).then_some(l0_coef),
         }))
     }
 
@@ -282,12 +409,16 @@ impl SaeTrainer {
     /// accounted for).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         let arch = self.opts.architecture;
-        let acts = self
-            .params
-            .encode(arch, self.opts.k, self.topk_threshold, &self.scaled(x)?)?;
+        let acts = self.params.encode(
+            arch,
+            self.opts.k,
+            self.topk_threshold,
+            self.out.is_none(),
+            &self.scaled(x)?,
+        )?;
         Ok(match self.scaling_factor {
             // Folding the scale into a TopK SAE's decoder norms scales its activations.
-            Some(s) if arch != TrainArchitecture::Standard => (acts / s)?,
+            Some(s) if arch.uses_k() => (acts / s)?,
             _ => acts,
         })
     }
@@ -296,7 +427,7 @@ impl SaeTrainer {
     /// `[batch, d_sae]`.
     pub fn decode(&self, acts: &Tensor) -> Result<Tensor> {
         let (acts, s) = match (self.opts.architecture, self.scaling_factor) {
-            (TrainArchitecture::Standard, s) => (acts.clone(), s.unwrap_or(1.0)),
+            (TrainArchitecture::Standard | TrainArchitecture::JumpRelu, s) => (acts.clone(), s.unwrap_or(1.0)),
             (_, Some(s)) => ((acts * s)?, s),
             (_, None) => (acts.clone(), 1.0),
         };
@@ -316,19 +447,21 @@ impl SaeTrainer {
             w_dec = (w_dec / s)?;
             b_dec = (b_dec / s)?;
         }
-        if self.opts.architecture != TrainArchitecture::Standard {
+        if self.opts.architecture.uses_k() {
             let norms = w_dec.sqr()?.sum(1)?.sqrt()?;
             b_enc = (b_enc * &norms)?;
             w_dec = w_dec.broadcast_div(&norms.unsqueeze(1)?)?;
             w_enc = w_enc.broadcast_mul(&norms.unsqueeze(0)?)?;
         }
         // BatchTopK is saved as JumpReLU, its threshold for every feature (SAELens
-        // divides it by the input scale when folding that in).
+        // divides it by the input scale when folding that in). JumpReLU's threshold
+        // compares pre-activations, which folding the input scale leaves unchanged.
         let threshold = match self.opts.architecture {
-            TrainArchitecture::BatchTopK => {
+            TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
                 let t = self.topk_threshold / self.scaling_factor.unwrap_or(1.0);
                 Some(Tensor::full(t as f32, self.opts.d_sae, &Device::Cpu)?)
             }
+            TrainArchitecture::JumpRelu => Some(p.threshold()?.clone()),
             _ => None,
         };
         Ok(SaeWeights {
@@ -344,7 +477,7 @@ impl SaeTrainer {
 
     /// SAELens 6's `cfg.json` for the trained SAE.
     pub fn cfg_json(&self) -> serde_json::Value {
-        cfg_json(&self.opts, self.d_in, &self.hook)
+        cfg_json(&self.opts, self.d_in, &self.hook, self.transcoder_out())
     }
 
     /// The trained SAE, as [`Sae::from_dir`] would load it from [`SaeTrainer::save_sae`].
