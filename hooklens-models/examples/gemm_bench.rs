@@ -1,5 +1,6 @@
-//! The weight products of a Llama-3.2-1B forward, in GFLOP/s, through each gemm this
-//! workspace can use, beside this machine's FMA peak (`examples/fma_peak.rs`) and torch's
+//! The weight products of a Llama-3.2-1B forward, in GFLOP/s, through each f32 kernel
+//! hooklens can pick (`WeightGemm`: its packed and streamed AVX-512 kernels, the `gemm`
+//! crate, `matrixmultiply`) and the one it picks, and its bf16 product, beside this machine's FMA peak (`examples/fma_peak.rs`) and torch's
 //! rate on the same shapes (`scripts/torch_gemm_bench.py --json FILE`, passed as `--torch
 //! FILE`).
 //!
@@ -16,6 +17,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use hooklens_models::model::{self, WeightGemm};
 
 /// `(name, K, N)` of the forward's weight products.
 const SHAPES: [(&str, usize, usize); 5] = [
@@ -41,25 +43,30 @@ fn main() -> candle_core::Result<()> {
         return profile(&shape, rounds);
     }
     let threads = rayon::current_num_threads();
-    println!("weight products, f32, {threads} threads, median of {rounds} rounds (GFLOP/s)");
-    println!("| M | product | K x N | hooklens | gemm 0.19 | matrixmultiply | torch | hooklens / torch | hooklens bf16 | torch bf16 |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("weight products, {threads} threads, median of {rounds} rounds, GFLOP/s (FMA peak: examples/fma_peak.rs)");
+    let names: Vec<String> = WeightGemm::ALL.iter().map(|k| format!("{k:?}")).collect();
+    println!(
+        "| M | product | K x N | hooklens (picked) | {} | torch | picked / torch | hooklens bf16 | torch bf16 | bf16 / torch bf16 |",
+        names.join(" | ")
+    );
+    println!("|---|---|---|---|{}---|---|---|---|---|", "---|".repeat(names.len()));
     let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
     for &m in rows {
         for &(name, k, n) in &SHAPES {
             // The unembedding at 1024 rows is half a TFLOP a call: fewer rounds.
             let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
             let rates = time_shape(m, k, n, r)?;
-            let t = torch
-                .as_ref()
-                .and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)).map(|e| e.1));
-            let (t_s, ratio) = match t {
-                Some(t) => (format!("{t:.1}"), format!("{:.2}", rates[0] / t)),
-                None => ("-".into(), "-".into()),
-            };
+            let (picked, kernels, bf16) = (rates[0], &rates[1..rates.len() - 1], rates[rates.len() - 1]);
+            let t = torch.as_ref().and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)));
+            let cell = |v: f64| if v.is_finite() { format!("{v:.1}") } else { "-".into() };
+            let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", a / b));
             println!(
-                "| {m} | {name} | {k} x {n} | {:.1} | {:.1} | {:.1} | {t_s} | {ratio} |",
-                rates[0], rates[1], rates[2]
+                "| {m} | {name} | {k} x {n} | {picked:.1} | {} | {} | {} | {bf16:.1} | {} | {} |",
+                kernels.iter().map(|&v| cell(v)).collect::<Vec<_>>().join(" | "),
+                t.map_or("-".into(), |t| cell(t.1)),
+                ratio(picked, t.map(|t| t.1)),
+                t.map_or("-".into(), |t| cell(t.2)),
+                ratio(bf16, t.map(|t| t.2)),
             );
         }
     }
@@ -82,34 +89,28 @@ fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?.to_dtype(dtype)?;
     let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?.to_dtype(dtype)?;
     for _ in 0..rounds {
-        std::hint::black_box(hooklens_models::model::matmul(&x, &w)?);
+        std::hint::black_box(model::matmul(&x, &w)?);
     }
     println!("{} GFLOP", 2.0 * (m * k * n * rounds) as f64 / 1e9);
     Ok(())
 }
 
-/// Median GFLOP/s of hooklens's `model::matmul` (its `ops::matmul`), the `gemm` crate,
-/// `matrixmultiply` and hooklens's bf16 product at `[m, k] @ [k, n]`.
-fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<[f64; 4]> {
+/// Median GFLOP/s at `[m, k] @ [k, n]` of hooklens's `model::matmul` (the kernel it
+/// picks), of each [`WeightGemm`] kernel (NaN where one cannot run on this CPU) and of
+/// hooklens's bf16 product.
+fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<Vec<f64>> {
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
     let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let ws = w.flatten_all()?.to_vec1::<f32>()?;
-    let mut y = vec![0f32; m * n];
     let flops = 2.0 * (m * k * n) as f64;
     let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
-    let mut times: [Vec<f64>; 4] = Default::default();
+    let runs = WeightGemm::ALL.map(|kernel| model::matmul_with(&x, &w, kernel).is_ok());
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); WeightGemm::ALL.len() + 2];
     for round in 0..=rounds {
-        let t = [
-            timed(|| {
-                std::hint::black_box(hooklens_models::model::matmul(&x, &w).expect("matmul"));
-            }),
-            timed(|| gemm_crate(&xs, &ws, &mut y, m, k, n)),
-            timed(|| matrixmultiply_blocks(&xs, &ws, &mut y, m, k, n)),
-            timed(|| {
-                std::hint::black_box(hooklens_models::model::matmul(&xb, &wb).expect("bf16 matmul"));
-            }),
-        ];
+        let mut t = vec![timed(|| drop(model::matmul(&x, &w).expect("matmul")))];
+        for (kernel, runs) in WeightGemm::ALL.into_iter().zip(runs) {
+            t.push(if runs { timed(|| drop(model::matmul_with(&x, &w, kernel).expect("matmul"))) } else { f64::NAN });
+        }
+        t.push(timed(|| drop(model::matmul(&xb, &wb).expect("bf16 matmul"))));
         // Round 0 warms caches and thread pools.
         if round > 0 {
             for (all, t) in times.iter_mut().zip(t) {
@@ -117,86 +118,19 @@ fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Resul
             }
         }
     }
-    Ok(times.map(|mut t| {
-        t.sort_by(f64::total_cmp);
-        flops / t[t.len() / 2] / 1e9
-    }))
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            flops / t[t.len() / 2] / 1e9
+        })
+        .collect())
 }
 
 fn timed(f: impl FnOnce()) -> f64 {
     let start = Instant::now();
     f();
     start.elapsed().as_secs_f64()
-}
-
-/// `y = x @ w` through the `gemm` crate (candle's CPU matmul) on rayon's threads.
-fn gemm_crate(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: x is [m, k], w [k, n] and y [m, n], all row-major and of those lengths.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            par,
-        )
-    }
-}
-
-/// `y = x @ w` through `matrixmultiply`'s sgemm, one column block per thread (as
-/// hooklens ran it before its own kernels).
-fn matrixmultiply_blocks(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize) {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads();
-    let width = n.div_ceil(threads).div_ceil(32) * 32;
-    let y_addr = y.as_mut_ptr() as usize;
-    (0..n)
-        .step_by(width)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .for_each(|j0| {
-            let cols = width.min(n - j0);
-            // SAFETY: each block writes only its own columns j0..j0 + cols of y [m, n]; x
-            // [m, k] and w [k, n] are row-major and of those lengths.
-            unsafe {
-                matrixmultiply::sgemm(
-                    m,
-                    k,
-                    cols,
-                    1.0,
-                    x.as_ptr(),
-                    k as isize,
-                    1,
-                    w.as_ptr().add(j0),
-                    n as isize,
-                    1,
-                    0.0,
-                    (y_addr as *mut f32).add(j0),
-                    n as isize,
-                    1,
-                )
-            }
-        });
 }
 
 /// `((m, k, n), f32 GFLOP/s, bf16 GFLOP/s)` of one shape torch timed.

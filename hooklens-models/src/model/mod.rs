@@ -37,7 +37,7 @@ pub use crate::ops::cross_entropy_per_row;
 /// The attention and weight products on their own, for the benchmarks (feature
 /// `bench-internals`; not API).
 #[cfg(feature = "bench-internals")]
-pub use crate::ops::{attention_scores, attention_z, matmul};
+pub use crate::ops::{attention_scores, attention_z, matmul, matmul_with, WeightGemm};
 pub use attention::Attention;
 pub use block::Block;
 pub use embed::{Embed, PosEmbed};

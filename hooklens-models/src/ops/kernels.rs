@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 use super::shared_out::SharedOut;
+use super::weight_gemm::WeightGemm;
 
 /// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
 /// CPU has them (the crate is built for baseline x86-64, whose SSE2 is half as wide),
@@ -589,14 +590,9 @@ enum SgemmOut<'a> {
     Accumulate(&'a mut [f32]),
 }
 
-/// From this many rows on, weight products go through [`super::packed_gemm`] (where the
-/// CPU has AVX-512F): with fewer, copying the weight into its panels costs more than the
-/// streamed kernel's overlap.
-const PACKED_MIN_ROWS: usize = 64;
-
 /// `y = x @ w` or `y += x @ w` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
 /// row-major, `w` `[d_in, d_out]` with any strides inside `w_storage`, `y`
-/// `[rows, d_out]` row-major.
+/// `[rows, d_out]` row-major, through `kernel` (`None`: [`WeightGemm::pick`]'s).
 fn sgemm_into(
     x: &[f32],
     rows: usize,
@@ -605,6 +601,7 @@ fn sgemm_into(
     w_storage: &CpuStorage,
     l2: &Layout,
     y: SgemmOut<'_>,
+    kernel: Option<WeightGemm>,
 ) -> candle_core::Result<()> {
     let (beta, y_len, y_out) = match y {
         SgemmOut::Fresh(y) => (0.0, y.len(), SharedOut::new(y.as_mut_ptr().cast::<f32>())),
@@ -636,17 +633,46 @@ fn sgemm_into(
     // Multiples of 32 columns, so that every block fills the kernels' register tiles.
     let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
     let w = &w[start..];
-    // A row-major weight into a new buffer: streamed_gemm overlaps the weight's stream
-    // from memory with the arithmetic (see there). The 48 weight products of a GPT-2
-    // forward at 16 / 64 / 128 / 256 / 1024 / 2048 rows took 0.80 / 0.77-0.83 / 0.87 /
-    // 0.90-0.95 / 0.95-0.98 / 1.00 the time of sgemm's (timed in turn, this 2-core
-    // machine). The tied unembedding (a transposed weight) and accumulating products
-    // stay with sgemm.
-    let packed = rows >= PACKED_MIN_ROWS && super::packed_gemm::available();
-    let streamed = !packed && beta == 0.0 && cs == 1 && super::streamed_gemm::available();
+    let kernel = kernel.unwrap_or_else(|| WeightGemm::pick(rows, beta != 0.0, cs, (d_in, d_out)));
+    if !kernel.runs(beta != 0.0, cs) {
+        candle_core::bail!("sgemm: the {kernel:?} kernel cannot run this product on this CPU")
+    }
+    if kernel == WeightGemm::GemmCrate {
+        // One call on every thread: the crate splits the work itself (by rows and
+        // columns, sharing its packed blocks), which beats column blocks at many rows.
+        let par = if blocks > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
+        // to stay inside the storage above; y holds rows * d_out values, borrowed
+        // mutably here. With read_dst false the crate writes every value of y and
+        // reads none, so y may be uninitialised memory.
+        unsafe {
+            gemm::gemm(
+                rows,
+                d_out,
+                d_in,
+                y_out.get(),
+                1,
+                d_out as isize,
+                beta != 0.0,
+                x.as_ptr(),
+                1,
+                d_in as isize,
+                w.as_ptr(),
+                cs as isize,
+                rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        return Ok(());
+    }
     let block = |j0: usize| {
         let n = width.min(d_out - j0);
-        if packed {
+        if kernel == WeightGemm::Packed {
             // SAFETY: as below; the packing reads w through its strides (checked above
             // to stay inside the storage), y may be uninitialised unless accumulating,
             // and avx512f is available.
@@ -667,7 +693,7 @@ fn sgemm_into(
             }
             return;
         }
-        if streamed {
+        if kernel == WeightGemm::Streamed {
             // SAFETY: as below; the weight is row-major (column stride 1) with row
             // stride rs, and avx512f is available.
             unsafe {
@@ -738,7 +764,7 @@ impl candle_core::InplaceOp3 for SgemmAccumulate {
             )
         }
         let y = contiguous_f32_mut(s1, l1, "sgemm-accumulate: the accumulator")?;
-        sgemm_into(x, rows, d_in, d_out, s3, l3, SgemmOut::Accumulate(y))
+        sgemm_into(x, rows, d_in, d_out, s3, l3, SgemmOut::Accumulate(y), None)
     }
 }
 
@@ -761,8 +787,9 @@ pub(crate) fn sgemm_accumulate(acc: &Tensor, x: &Tensor, w: &Tensor) -> Option<c
     )
 }
 
-/// `x @ w` through `matrixmultiply`'s sgemm, for [`sgemm`].
-struct Sgemm;
+/// `x @ w` for [`sgemm`], through the given kernel (`None`: the one
+/// [`WeightGemm::pick`] picks).
+struct Sgemm(Option<WeightGemm>);
 
 impl CustomOp2 for Sgemm {
     fn name(&self) -> &'static str {
@@ -787,6 +814,7 @@ impl CustomOp2 for Sgemm {
             s2,
             l2,
             SgemmOut::Fresh(&mut y.spare_capacity_mut()[..n]),
+            self.0,
         )?;
         // SAFETY: sgemm_into returned Ok, so it wrote all n values (every column
         // block of every row).
@@ -805,7 +833,7 @@ impl CustomOp2 for Sgemm {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let w_t = w.t()?;
         let grad_x = if grad.device().is_cpu() && grad.dtype() == DType::F32 {
-            grad.contiguous()?.apply_op2_no_bwd(&w_t, &Sgemm)?
+            grad.contiguous()?.apply_op2_no_bwd(&w_t, &Sgemm(None))?
         } else {
             grad.matmul(&w_t)?
         };
@@ -823,7 +851,7 @@ impl CustomOp2 for Sgemm {
 pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let x_ok = x.device().is_cpu() && x.dtype() == DType::F32;
     if x_ok && constant_cpu_f32(w) && x.rank() == 2 && w.rank() == 2 {
-        return x.contiguous()?.apply_op2(w, Sgemm);
+        return x.contiguous()?.apply_op2(w, Sgemm(None));
     }
     x.matmul(w)
 }
@@ -838,12 +866,18 @@ pub(crate) fn matmul_constant_rhs(x: &Tensor, w: &Tensor) -> candle_core::Result
 /// the forward (`examples/gpt2_bench.rs` times both floors); it has not been measured on
 /// more cores.
 pub(crate) fn sgemm(x: &Tensor, w: &Tensor) -> Option<candle_core::Result<Tensor>> {
+    sgemm_with(x, w, None)
+}
+
+/// [`sgemm`] through `kernel` (`None`: [`WeightGemm::pick`]'s); an error where that
+/// kernel cannot run the product on this CPU.
+pub(crate) fn sgemm_with(x: &Tensor, w: &Tensor, kernel: Option<WeightGemm>) -> Option<candle_core::Result<Tensor>> {
     let (rows, _) = x.dims2().ok()?;
     let (_, _) = w.dims2().ok()?;
     if rows == 0 || !fast_path(x) || !constant_cpu_f32(w) {
         return None;
     }
-    Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &Sgemm)))
+    Some(x.contiguous().and_then(|x| x.apply_op2_no_bwd(w, &Sgemm(kernel))))
 }
 
 /// Adds an additive attention mask in place: `scores` `[batch, head, query, key]`
@@ -1132,7 +1166,7 @@ mod tests {
             let x = Tensor::randn(0f32, 1.0, (rows, d_in), &dev).unwrap();
             for w in [&w, &wt, &window] {
                 // The op itself, whatever this machine's thread count makes `sgemm` choose.
-                let got = x.apply_op2_no_bwd(w, &Sgemm).unwrap();
+                let got = x.apply_op2_no_bwd(w, &Sgemm(None)).unwrap();
                 let want = x.matmul(&w.contiguous().unwrap()).unwrap();
                 assert_eq!(got.dims(), want.dims());
                 assert!(max_abs_diff(&got, &want) < 1e-3, "{rows} rows, {:?}", w.stride());
@@ -1144,7 +1178,7 @@ mod tests {
         assert!(sgemm(&x, var.as_tensor()).is_none());
         // Shapes that do not fit are an error, not a read past the weight.
         let short = Tensor::randn(0f32, 1.0, (d_in - 1, d_out), &dev).unwrap();
-        assert!(x.apply_op2_no_bwd(&short, &Sgemm).is_err());
+        assert!(x.apply_op2_no_bwd(&short, &Sgemm(None)).is_err());
     }
 
     #[test]

@@ -13,11 +13,13 @@ mod shared_out;
 pub(crate) mod slice_gemm;
 mod streamed_gemm;
 mod transpose;
+mod weight_gemm;
 mod weighted_scatter;
 
 pub use cross_entropy::cross_entropy_per_row;
 pub use seeded_rng::SeededRng;
 pub(crate) use transpose::transposed;
+pub use weight_gemm::WeightGemm;
 pub(crate) use weighted_scatter::weighted_scatter_add;
 
 use candle_core::Tensor;
@@ -39,6 +41,17 @@ pub fn matmul(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     {
         Some(y) => y,
         None => x.matmul(w),
+    }
+}
+
+/// [`matmul`] through one given kernel (f32 on the CPU with no gradient tracked), for
+/// the benchmarks and tests that compare them; an error elsewhere, or where that
+/// kernel cannot run the product on this CPU.
+#[cfg_attr(not(feature = "bench-internals"), allow(dead_code))]
+pub fn matmul_with(x: &Tensor, w: &Tensor, kernel: WeightGemm) -> candle_core::Result<Tensor> {
+    match kernels::sgemm_with(x, w, Some(kernel)) {
+        Some(y) => y,
+        None => candle_core::bail!("matmul_with({kernel:?}): f32 CPU operands with no gradient tracked only"),
     }
 }
 

@@ -1,0 +1,109 @@
+//! Which kernel multiplies a batch of activations by a weight on the CPU in f32.
+//!
+//! Four kernels can: hooklens's packed (`packed_gemm`) and streamed (`streamed_gemm`)
+//! AVX-512F kernels, the `gemm` crate (candle's own CPU gemm, AVX-512 where the CPU has
+//! it, AVX2 + FMA, scalar) and `matrixmultiply` (AVX2 + FMA, SSE, scalar), the last two
+//! with their own run-time CPU detection. [`WeightGemm::pick`] chooses by the shape, from
+//! `hooklens-models/examples/gemm_bench.rs` on the 2-core AVX-512 machine this project is
+//! measured on (docs/performance.md, "Weight products").
+
+/// One CPU kernel for `y (+)= x @ w` (`x` `[rows, in]` row-major, `w` `[in, out]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightGemm {
+    /// hooklens's BLIS-style AVX-512F kernel, both operands packed (any weight strides).
+    Packed,
+    /// hooklens's AVX-512F kernel that streams a row-major weight once per band of rows,
+    /// overlapping its read from memory with the arithmetic (no accumulation).
+    Streamed,
+    /// The `gemm` crate, one call over every thread (any strides, accumulation).
+    GemmCrate,
+    /// `matrixmultiply`'s sgemm in column blocks over rayon's threads (any CPU).
+    MatrixMultiply,
+}
+
+impl WeightGemm {
+    /// Every kernel, for benchmarks and tests.
+    pub const ALL: [WeightGemm; 4] = [Self::Packed, Self::Streamed, Self::GemmCrate, Self::MatrixMultiply];
+
+    /// The kernel for a product of `rows` rows, adding to its output with
+    /// `accumulate`, from a `[d_in, d_out]` weight with column stride `cs` (1:
+    /// row-major).
+    pub(crate) fn pick(rows: usize, accumulate: bool, cs: usize, (d_in, d_out): (usize, usize)) -> WeightGemm {
+        if rows >= GEMM_CRATE_MIN_ROWS {
+            return Self::GemmCrate;
+        }
+        // The streamed kernel re-reads the weight once per 1 MiB band of rows, fewer
+        // rows per band the wider the input: at 64 rows it led for inputs of 2048 into
+        // up to 8192 outputs (111-123 GFLOP/s, matrixmultiply 109-116) and trailed for
+        // 8192 inputs (90 against 142) and the 128256-wide unembedding (136 against 151).
+        let streams_well = d_in < 4096 && d_out <= 8192;
+        if streams_well && Self::Streamed.runs(accumulate, cs) {
+            return Self::Streamed;
+        }
+        Self::MatrixMultiply
+    }
+
+    /// Whether this kernel can run such a product on this CPU.
+    pub(crate) fn runs(self, accumulate: bool, cs: usize) -> bool {
+        match self {
+            Self::Packed => super::packed_gemm::available(),
+            Self::Streamed => !accumulate && cs == 1 && super::streamed_gemm::available(),
+            Self::GemmCrate | Self::MatrixMultiply => true,
+        }
+    }
+}
+
+/// From this many rows on, the `gemm` crate: at 256 and 1024 rows of the Llama-3.2-1B
+/// shape's products it ran at 139-208 GFLOP/s, the packed kernel at 164-195 and
+/// `matrixmultiply` at 169-191 (2 threads; torch 134-178 on the same machine).
+const GEMM_CRATE_MIN_ROWS: usize = 256;
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::*;
+    use crate::ops::kernels::sgemm_with;
+
+    /// Every kernel this CPU can run, at row counts around the tiles and blocks (1, 7,
+    /// 63, 65, 1023), widths that are no multiple of them, with a row-major and a
+    /// transposed weight: against a plain product in f64.
+    #[test]
+    fn every_kernel_equals_a_plain_product() {
+        for kernel in WeightGemm::ALL {
+            for rows in [1, 7, 63, 65, 1023] {
+                for (d_in, d_out) in [(37, 95), (300, 33)] {
+                    for transposed in [false, true] {
+                        if !kernel.runs(false, if transposed { d_in } else { 1 }) {
+                            continue;
+                        }
+                        check(kernel, rows, d_in, d_out, transposed);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check(kernel: WeightGemm, rows: usize, d_in: usize, d_out: usize, transposed: bool) {
+        let xs: Vec<f32> = (0..rows * d_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let ws: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0).collect();
+        let x = Tensor::from_vec(xs.clone(), (rows, d_in), &Device::Cpu).unwrap();
+        // w[p, j] at p * rs + j * cs of ws.
+        let (w, rs, cs) = if transposed {
+            (Tensor::from_vec(ws.clone(), (d_out, d_in), &Device::Cpu).unwrap().t().unwrap(), 1, d_in)
+        } else {
+            (Tensor::from_vec(ws.clone(), (d_in, d_out), &Device::Cpu).unwrap(), d_out, 1)
+        };
+        let y = sgemm_with(&x, &w, Some(kernel)).expect("f32 CPU operands").unwrap();
+        let y = y.to_vec2::<f32>().unwrap();
+        for (i, row) in y.iter().enumerate() {
+            for (j, &got) in row.iter().enumerate() {
+                let want: f64 = (0..d_in).map(|p| xs[i * d_in + p] as f64 * ws[p * rs + j * cs] as f64).sum();
+                assert!(
+                    (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{kernel:?} {rows} x {d_in} x {d_out} transposed {transposed}: y[{i}, {j}] = {got}, want {want}"
+                );
+            }
+        }
+    }
+}
