@@ -84,6 +84,22 @@ mod tests {
         }
     }
 
+    /// Accumulating products (the factored unembedding's) at the row counts that pick
+    /// each kernel: the sum of the accumulator and the product.
+    #[test]
+    fn accumulation_adds_the_product() {
+        for rows in [7, 300] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 70), &Device::Cpu).unwrap();
+            let w = Tensor::randn(0f32, 1.0, (70, 45), &Device::Cpu).unwrap();
+            let acc = Tensor::randn(0f32, 1.0, (rows, 45), &Device::Cpu).unwrap();
+            let want = (acc.clone() + x.matmul(&w).unwrap()).unwrap();
+            let fresh = (acc.clone() * 1.0).unwrap();
+            let got = crate::ops::kernels::sgemm_accumulate(&fresh, &x, &w).expect("fast path").unwrap();
+            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-4, "{rows} rows: accumulated product off by {diff}");
+        }
+    }
+
     fn check(kernel: WeightGemm, rows: usize, d_in: usize, d_out: usize, transposed: bool) {
         let xs: Vec<f32> = (0..rows * d_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
         let ws: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0).collect();
