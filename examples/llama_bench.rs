@@ -161,7 +161,11 @@ fn minor_faults() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after.split_whitespace().nth(7).and_then(|v| v.parse().ok()).unwrap_or(0)
+    after
+        .split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Seconds per greedy decoding step with the KV cache: 32 new tokens after `prompt`

@@ -57,7 +57,9 @@ fn main() -> candle_core::Result<()> {
             let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
             let rates = time_shape(m, k, n, r)?;
             let (picked, kernels, bf16) = (rates[0], &rates[1..rates.len() - 1], rates[rates.len() - 1]);
-            let t = torch.as_ref().and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)));
+            let t = torch
+                .as_ref()
+                .and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)));
             let cell = |v: f64| if v.is_finite() { format!("{v:.1}") } else { "-".into() };
             let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", a / b));
             println!(
@@ -108,7 +110,11 @@ fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Resul
     for round in 0..=rounds {
         let mut t = vec![timed(|| drop(model::matmul(&x, &w).expect("matmul")))];
         for (kernel, runs) in WeightGemm::ALL.into_iter().zip(runs) {
-            t.push(if runs { timed(|| drop(model::matmul_with(&x, &w, kernel).expect("matmul"))) } else { f64::NAN });
+            t.push(if runs {
+                timed(|| drop(model::matmul_with(&x, &w, kernel).expect("matmul")))
+            } else {
+                f64::NAN
+            });
         }
         t.push(timed(|| drop(model::matmul(&xb, &wb).expect("bf16 matmul"))));
         // Round 0 warms caches and thread pools.

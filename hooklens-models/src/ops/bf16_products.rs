@@ -65,11 +65,18 @@ impl CustomOp2 for Bf16Matmul {
             );
         }
         let w = &w[start..];
-        if rows <= SMALL_MATMUL_ROWS && cs == 1 && rs == d_out {
+        let row_major = cs == 1 && rs == d_out;
+        if rows <= SMALL_MATMUL_ROWS && (row_major || (rs == 1 && cs == d_in)) {
             // Decoding: the weight is read once, widened as it streams in (half the
-            // bytes of an f32 weight), no packing.
+            // bytes of an f32 weight), no packing; a transposed weight (the tied
+            // unembedding) by dot products along its rows.
             let xf: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-            let y = SmallMatmul::rows_form(&xf, rows, d_in, &w[..d_in * d_out], d_out);
+            let w = &w[..d_in * d_out];
+            let y = if row_major {
+                SmallMatmul::rows_form(&xf, rows, d_in, w, d_out)
+            } else {
+                SmallMatmul::dot_form(&xf, rows, d_in, w, d_out)
+            };
             let y = y.into_iter().map(bf16::from_f32).collect();
             return Ok((CpuStorage::BF16(y), Shape::from((rows, d_out))));
         }

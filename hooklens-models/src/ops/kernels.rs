@@ -399,7 +399,7 @@ impl SmallMatmul {
     /// `y[r, c] = dot(x[r, :], wt[c, :])` for `wt` row-major `[out, in]` (`w`'s
     /// transpose): one dot product per output, split over blocks of outputs (each a
     /// contiguous stretch of `wt`).
-    fn dot_form(x: &[f32], rows: usize, d_in: usize, wt: &[f32], d_out: usize) -> Vec<f32> {
+    pub(crate) fn dot_form<W: WeightValue>(x: &[f32], rows: usize, d_in: usize, wt: &[W], d_out: usize) -> Vec<f32> {
         use rayon::prelude::*;
         let mut yt = vec![0f32; d_out * rows];
         // Several blocks per thread: the OS may take a core away on a shared machine.
@@ -407,7 +407,7 @@ impl SmallMatmul {
         yt.par_chunks_mut(per * rows).enumerate().for_each(|(blk, out)| {
             let c0 = blk * per;
             let n = out.len() / rows;
-            dots(out, x, rows, d_in, &wt[c0 * d_in..(c0 + n) * d_in]);
+            W::dots(out, x, rows, d_in, &wt[c0 * d_in..(c0 + n) * d_in]);
         });
         if rows == 1 {
             return yt;
@@ -431,6 +431,9 @@ pub(crate) trait WeightValue: Copy + Send + Sync {
     /// `acc += sum_i x[i] * w[i, :]` over the rows of `w` (`x.len()` rows of
     /// `acc.len()`), compiled for the CPU's widest vectors.
     fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[Self]);
+    /// `out[c * rows + r] = dot(x[r, :], wt[c, :])` for every row `c` of `wt`,
+    /// compiled for the CPU's widest vectors.
+    fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[Self]);
 }
 
 impl WeightValue for f32 {
@@ -441,6 +444,10 @@ impl WeightValue for f32 {
 
     fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[f32]) {
         accumulate_rows(acc, x, w)
+    }
+
+    fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
+        dots(out, x, rows, d_in, wt)
     }
 }
 
@@ -454,6 +461,10 @@ impl WeightValue for half::bf16 {
 
     fn accumulate_rows(acc: &mut [f32], x: &[f32], w: &[half::bf16]) {
         accumulate_rows_bf16(acc, x, w)
+    }
+
+    fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[half::bf16]) {
+        dots_bf16(out, x, rows, d_in, wt)
     }
 }
 
@@ -498,8 +509,13 @@ dispatched! {
     fn dots(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) => dots_impl
 }
 
+dispatched! {
+    /// [`dots`] for a bf16 `wt`.
+    fn dots_bf16(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[half::bf16]) => dots_impl
+}
+
 #[inline(always)]
-fn dots_impl<const FMA: bool>(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[f32]) {
+fn dots_impl<const FMA: bool>(out: &mut [f32], x: &[f32], rows: usize, d_in: usize, wt: &[impl WeightValue]) {
     for (o, w_row) in out.chunks_mut(rows).zip(wt.chunks_exact(d_in)) {
         for (r, o) in o.iter_mut().enumerate() {
             *o = dot::<FMA>(&x[r * d_in..(r + 1) * d_in], w_row);
@@ -509,16 +525,22 @@ fn dots_impl<const FMA: bool>(out: &mut [f32], x: &[f32], rows: usize, d_in: usi
 
 /// `dot(a, b)` with 16 independent accumulators, so that the loop vectorises.
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+fn dot<const FMA: bool>(a: &[f32], b: &[impl WeightValue]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y.f32())
+        .sum();
     for (x, y) in ca.zip(cb) {
         for k in 0..16 {
+            let y = y[k].f32();
             acc[k] = if FMA {
-                x[k].mul_add(y[k], acc[k])
+                x[k].mul_add(y, acc[k])
             } else {
-                acc[k] + x[k] * y[k]
+                acc[k] + x[k] * y
             };
         }
     }
@@ -640,7 +662,11 @@ fn sgemm_into(
     if kernel == WeightGemm::GemmCrate {
         // One call on every thread: the crate splits the work itself (by rows and
         // columns, sharing its packed blocks), which beats column blocks at many rows.
-        let par = if blocks > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let par = if blocks > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
         // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
         // to stay inside the storage above; y holds rows * d_out values, borrowed
         // mutably here. With read_dst false the crate writes every value of y and

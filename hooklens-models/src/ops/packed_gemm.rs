@@ -258,18 +258,25 @@ unsafe fn pack_w_f32<E: Copy>(
     // SAFETY: every read is w[p * rs + j * cs] with p < kc and j < nc, and every write
     // lies in panel j / NR, row p, of dst's size (see the contract).
     unsafe {
-        for (panel, j) in (0..nc).step_by(NR).enumerate() {
-            let cols = NR.min(nc - j);
-            let out = dst.add(panel * kc * NR);
-            if cs == 1 {
-                for p in 0..kc {
-                    let (src, row) = (w.add(p * rs + j), out.add(p * NR));
+        if cs == 1 {
+            // Row by row, each read from start to end (the order the prefetcher
+            // follows; panel by panel would jump a whole weight row every 128 bytes).
+            for p in 0..kc {
+                let src = w.add(p * rs);
+                for (panel, j) in (0..nc).step_by(NR).enumerate() {
+                    let (cols, row) = (NR.min(nc - j), dst.add(panel * kc * NR + p * NR));
                     for c in 0..cols {
-                        *row.add(c) = f(*src.add(c));
+                        *row.add(c) = f(*src.add(j + c));
                     }
                     std::ptr::write_bytes(row.add(cols), 0, NR - cols);
                 }
-            } else {
+            }
+            return;
+        }
+        for (panel, j) in (0..nc).step_by(NR).enumerate() {
+            let cols = NR.min(nc - j);
+            let out = dst.add(panel * kc * NR);
+            {
                 // A transposed weight: read along its rows (w's columns), which are
                 // contiguous when rs == 1.
                 for c in 0..NR {
@@ -314,7 +321,9 @@ pub(crate) fn bf16_support() -> Option<bool> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
-            return Some(std::arch::is_x86_feature_detected!("avx512bf16"));
+            let dot =
+                std::arch::is_x86_feature_detected!("avx512bf16") && std::arch::is_x86_feature_detected!("avx512bw");
+            return Some(dot);
         }
     }
     None
@@ -358,6 +367,11 @@ pub(crate) unsafe fn gemm_bf16(
             }
             for i in 0..m {
                 let (src, dst) = (&scratch[i * nc..(i + 1) * nc], y.add(i * ldy + jc));
+                #[cfg(target_arch = "x86_64")]
+                if dot {
+                    round_to_bf16(src, dst);
+                    continue;
+                }
                 for (c, v) in src.iter().enumerate() {
                     *dst.add(c) = bf16::from_f32(*v);
                 }
@@ -367,7 +381,8 @@ pub(crate) unsafe fn gemm_bf16(
     }
 }
 
-/// bf16 panels of pairs and AVX512-BF16's dot-product micro-kernel: a `w` panel holds,
+/// bf16 panels of pairs and AVX512-BF16's dot-product micro-kernel (with AVX512BW for
+/// the packing): a `w` panel holds,
 /// for each pair of rows `(2q, 2q + 1)`, the 32 columns' two values side by side (128
 /// bytes); an `x` panel the rows' pairs of values, broadcast as one 32-bit lane.
 struct Bf16Dot;
@@ -386,23 +401,26 @@ impl Kernel for Bf16Dot {
         // SAFETY: reads w[p * rs + j * cs] for p < kc, j < nc; writes panel j / NR,
         // pair q, column c, half t, inside dst's kp * NR per panel.
         unsafe {
-            for (panel, j) in (0..nc).step_by(NR).enumerate() {
+            // The whole panels of a row-major weight, pair of rows by pair of rows, each
+            // read from start to end (the order the prefetcher follows; panel by panel
+            // would jump a whole weight row every 64 bytes): their contiguous runs
+            // interleaved (odd kc: the last pair's second row is zero).
+            let whole = if cs == 1 { nc / NR } else { 0 };
+            for q in 0..kp / 2 {
+                let row0 = w.add(2 * q * rs);
+                let row1 = (2 * q + 1 < kc).then(|| row0.add(rs));
+                for panel in 0..whole {
+                    let o = dst.add(panel * kp * NR + q * NR * 2);
+                    #[cfg(target_arch = "x86_64")]
+                    interleave_32(row0.add(panel * NR), row1.map(|r| r.add(panel * NR)), o);
+                    #[cfg(not(target_arch = "x86_64"))]
+                    unreachable!("bf16_support() is None off x86-64: {row0:?} {row1:?} {o:?}");
+                }
+            }
+            // The rest (a last short panel, a transposed weight), value by value.
+            for (panel, j) in (0..nc).step_by(NR).enumerate().skip(whole) {
                 let cols = NR.min(nc - j);
                 let out = dst.add(panel * kp * NR);
-                if cs == 1 && cols == NR {
-                    // The common case, a whole panel of a row-major weight: two rows'
-                    // contiguous runs interleaved (odd kc: the last pair's second row
-                    // is zero).
-                    for q in 0..kp / 2 {
-                        let (row0, o) = (w.add(2 * q * rs + j), out.add(q * NR * 2));
-                        let second = 2 * q + 1 < kc;
-                        for c in 0..NR {
-                            *o.add(2 * c) = *row0.add(c);
-                            *o.add(2 * c + 1) = if second { *row0.add(rs + c) } else { bf16::ZERO };
-                        }
-                    }
-                    continue;
-                }
                 for p in 0..kp {
                     let (q, t) = (p / 2, p % 2);
                     for c in 0..NR {
@@ -447,13 +465,74 @@ impl Kernel for Bf16Dot {
         overwrite: bool,
     ) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: forwarded contract (avx512f and avx512bf16 are Bf16Dot's features).
+        // SAFETY: forwarded contract (avx512f, avx512bw and avx512bf16 are Bf16Dot's
+        // features).
         unsafe {
             micro_bf16(rows, a, b, Self::padded(kc) / 2, y, ldy, masks, overwrite)
         }
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("bf16_support() is None off x86-64: {rows} {a:?} {b:?} {kc} {y:?} {ldy} {masks:?} {overwrite}");
     }
+}
+
+/// `dst[c] = src[c]` rounded to bf16 (to nearest, ties to even, as `bf16::from_f32`
+/// for every finite value), 16 at a time with `vcvtneps2bf16`.
+///
+/// # Safety
+/// `dst` holds `src.len()` values; avx512f and avx512bf16 are available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_to_bf16(src: &[f32], dst: *mut bf16) {
+    let whole = src.len() / 16 * 16;
+    // SAFETY: see the contract; 16 values read and written at each step below `whole`.
+    unsafe {
+        for c in (0..whole).step_by(16) {
+            let v: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(src.as_ptr().add(c))));
+            _mm256_storeu_si256(dst.add(c).cast(), v);
+        }
+        for (c, v) in src.iter().enumerate().skip(whole) {
+            *dst.add(c) = bf16::from_f32(*v);
+        }
+    }
+}
+
+/// `out[2c] = row0[c]`, `out[2c + 1] = row1[c]` (0 without `row1`) for 32 columns `c`:
+/// two rows of a weight as the pairs `vdpbf16ps` reads, with two permutes.
+///
+/// # Safety
+/// `row0` (and `row1`) hold 32 values, `out` 64; avx512f and avx512bw are available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn interleave_32(row0: *const bf16, row1: Option<*const bf16>, out: *mut bf16) {
+    const LOW: [u16; 32] = pairs_index(0);
+    const HIGH: [u16; 32] = pairs_index(16);
+    // SAFETY: see the contract; unaligned loads and stores of 64 bytes each.
+    unsafe {
+        let a = _mm512_loadu_si512(row0.cast());
+        let b = match row1 {
+            Some(r) => _mm512_loadu_si512(r.cast()),
+            None => _mm512_setzero_si512(),
+        };
+        let (lo, hi) = (
+            _mm512_loadu_si512(LOW.as_ptr().cast()),
+            _mm512_loadu_si512(HIGH.as_ptr().cast()),
+        );
+        _mm512_storeu_si512(out.cast(), _mm512_permutex2var_epi16(a, lo, b));
+        _mm512_storeu_si512(out.add(32).cast(), _mm512_permutex2var_epi16(a, hi, b));
+    }
+}
+
+/// The `vpermt2w` index that takes columns `from..from + 16` of two 32-value rows `a`
+/// (indices 0..32) and `b` (32..64) as pairs `a[c], b[c]`.
+const fn pairs_index(from: u16) -> [u16; 32] {
+    let mut idx = [0u16; 32];
+    let mut c = 0;
+    while c < 16 {
+        idx[2 * c] = from + c as u16;
+        idx[2 * c + 1] = 32 + from + c as u16;
+        c += 1;
+    }
+    idx
 }
 
 /// bf16 operands converted to f32 as they are packed, for CPUs with AVX-512F but not

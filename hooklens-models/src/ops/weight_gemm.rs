@@ -94,27 +94,53 @@ mod tests {
             let acc = Tensor::randn(0f32, 1.0, (rows, 45), &Device::Cpu).unwrap();
             let want = (acc.clone() + x.matmul(&w).unwrap()).unwrap();
             let fresh = (acc.clone() * 1.0).unwrap();
-            let got = crate::ops::kernels::sgemm_accumulate(&fresh, &x, &w).expect("fast path").unwrap();
-            let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let got = crate::ops::kernels::sgemm_accumulate(&fresh, &x, &w)
+                .expect("fast path")
+                .unwrap();
+            let diff = (got - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-4, "{rows} rows: accumulated product off by {diff}");
         }
     }
 
     fn check(kernel: WeightGemm, rows: usize, d_in: usize, d_out: usize, transposed: bool) {
-        let xs: Vec<f32> = (0..rows * d_in).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-        let ws: Vec<f32> = (0..d_in * d_out).map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0).collect();
+        let xs: Vec<f32> = (0..rows * d_in)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let ws: Vec<f32> = (0..d_in * d_out)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 24.0)
+            .collect();
         let x = Tensor::from_vec(xs.clone(), (rows, d_in), &Device::Cpu).unwrap();
         // w[p, j] at p * rs + j * cs of ws.
         let (w, rs, cs) = if transposed {
-            (Tensor::from_vec(ws.clone(), (d_out, d_in), &Device::Cpu).unwrap().t().unwrap(), 1, d_in)
+            (
+                Tensor::from_vec(ws.clone(), (d_out, d_in), &Device::Cpu)
+                    .unwrap()
+                    .t()
+                    .unwrap(),
+                1,
+                d_in,
+            )
         } else {
-            (Tensor::from_vec(ws.clone(), (d_in, d_out), &Device::Cpu).unwrap(), d_out, 1)
+            (
+                Tensor::from_vec(ws.clone(), (d_in, d_out), &Device::Cpu).unwrap(),
+                d_out,
+                1,
+            )
         };
         let y = sgemm_with(&x, &w, Some(kernel)).expect("f32 CPU operands").unwrap();
         let y = y.to_vec2::<f32>().unwrap();
         for (i, row) in y.iter().enumerate() {
             for (j, &got) in row.iter().enumerate() {
-                let want: f64 = (0..d_in).map(|p| xs[i * d_in + p] as f64 * ws[p * rs + j * cs] as f64).sum();
+                let want: f64 = (0..d_in)
+                    .map(|p| xs[i * d_in + p] as f64 * ws[p * rs + j * cs] as f64)
+                    .sum();
                 assert!(
                     (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
                     "{kernel:?} {rows} x {d_in} x {d_out} transposed {transposed}: y[{i}, {j}] = {got}, want {want}"
