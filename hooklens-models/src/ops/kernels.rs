@@ -615,6 +615,7 @@ enum SgemmOut<'a> {
 /// `y = x @ w` or `y += x @ w` through `matrixmultiply`'s sgemm: `x` `[rows, d_in]`
 /// row-major, `w` `[d_in, d_out]` with any strides inside `w_storage`, `y`
 /// `[rows, d_out]` row-major, through `kernel` (`None`: [`WeightGemm::pick`]'s).
+#[allow(clippy::too_many_arguments)]
 fn sgemm_into(
     x: &[f32],
     rows: usize,
