@@ -211,18 +211,11 @@ mod tests {
             .unwrap()
             .matmul(&w.to_dtype(DType::F32).unwrap())
             .unwrap();
-        let diff = (ours - &theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = hooklens_testutil::max_abs_diff(&ours, &theirs);
         let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(
             diff <= scale / 128.0,
-            "bf16 matmul differs from the f32 product of the same values by {diff} (scale {scale})"
+            "{rows} rows, transposed {transposed}: bf16 matmul differs from the f32 product of the same values by {diff} (scale {scale})"
         );
     }
 }

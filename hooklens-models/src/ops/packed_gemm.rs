@@ -592,22 +592,7 @@ unsafe fn micro_bf16(
     overwrite: bool,
 ) {
     // SAFETY: forwarded contract.
-    unsafe {
-        match rows {
-            12 => tile_bf16::<12>(a, b, pairs, y, ldy, masks, overwrite),
-            11 => tile_bf16::<11>(a, b, pairs, y, ldy, masks, overwrite),
-            10 => tile_bf16::<10>(a, b, pairs, y, ldy, masks, overwrite),
-            9 => tile_bf16::<9>(a, b, pairs, y, ldy, masks, overwrite),
-            8 => tile_bf16::<8>(a, b, pairs, y, ldy, masks, overwrite),
-            7 => tile_bf16::<7>(a, b, pairs, y, ldy, masks, overwrite),
-            6 => tile_bf16::<6>(a, b, pairs, y, ldy, masks, overwrite),
-            5 => tile_bf16::<5>(a, b, pairs, y, ldy, masks, overwrite),
-            4 => tile_bf16::<4>(a, b, pairs, y, ldy, masks, overwrite),
-            3 => tile_bf16::<3>(a, b, pairs, y, ldy, masks, overwrite),
-            2 => tile_bf16::<2>(a, b, pairs, y, ldy, masks, overwrite),
-            _ => tile_bf16::<1>(a, b, pairs, y, ldy, masks, overwrite),
-        }
-    }
+    unsafe { by_rows!(rows, tile_bf16(a, b, pairs, y, ldy, masks, overwrite)) }
 }
 
 /// `y[0..R, 0..32] (+)= a @ b` in f32 from bf16 pair panels: `a` `pairs` steps of `R`
@@ -646,14 +631,60 @@ unsafe fn tile_bf16<const R: usize>(
                 acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
             }
         }
+        store_tile(&acc0, &acc1, y, ldy, (m0, m1), overwrite);
+    }
+}
+
+/// Calls `$tile::<R>(..)` with `R` = `$rows` (1..=`MR`): each row count compiles its
+/// own register tile.
+macro_rules! by_rows {
+    ($rows:expr, $tile:ident($($arg:expr),*)) => {
+        match $rows {
+            12 => $tile::<12>($($arg),*),
+            11 => $tile::<11>($($arg),*),
+            10 => $tile::<10>($($arg),*),
+            9 => $tile::<9>($($arg),*),
+            8 => $tile::<8>($($arg),*),
+            7 => $tile::<7>($($arg),*),
+            6 => $tile::<6>($($arg),*),
+            5 => $tile::<5>($($arg),*),
+            4 => $tile::<4>($($arg),*),
+            3 => $tile::<3>($($arg),*),
+            2 => $tile::<2>($($arg),*),
+            _ => $tile::<1>($($arg),*),
+        }
+    };
+}
+use by_rows;
+
+/// Writes a register tile `y[0..R, 0..32] (+)= (acc0 | acc1)`: stores it with
+/// `overwrite`, else adds it to what `y` holds; columns past the masks untouched.
+///
+/// # Safety
+/// `y` has `R` rows of stride `ldy` whose masked columns only this call writes;
+/// avx512f is available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile<const R: usize>(
+    acc0: &[__m512; R],
+    acc1: &[__m512; R],
+    y: *mut f32,
+    ldy: usize,
+    (m0, m1): Masks,
+    overwrite: bool,
+) {
+    // SAFETY: see the contract.
+    unsafe {
         for r in 0..R {
             let out = y.add(r * ldy);
+            let (mut a0, mut a1) = (acc0[r], acc1[r]);
             if !overwrite {
-                acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out));
-                acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out.add(16)));
+                a0 = _mm512_add_ps(a0, _mm512_maskz_loadu_ps(m0, out));
+                a1 = _mm512_add_ps(a1, _mm512_maskz_loadu_ps(m1, out.add(16)));
             }
-            _mm512_mask_storeu_ps(out, m0, acc0[r]);
-            _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
+            _mm512_mask_storeu_ps(out, m0, a0);
+            _mm512_mask_storeu_ps(out.add(16), m1, a1);
         }
     }
 }
@@ -688,22 +719,7 @@ unsafe fn micro_f32(
     overwrite: bool,
 ) {
     // SAFETY: forwarded contract.
-    unsafe {
-        match rows {
-            12 => tile::<12>(a, b, kc, y, ldy, masks, overwrite),
-            11 => tile::<11>(a, b, kc, y, ldy, masks, overwrite),
-            10 => tile::<10>(a, b, kc, y, ldy, masks, overwrite),
-            9 => tile::<9>(a, b, kc, y, ldy, masks, overwrite),
-            8 => tile::<8>(a, b, kc, y, ldy, masks, overwrite),
-            7 => tile::<7>(a, b, kc, y, ldy, masks, overwrite),
-            6 => tile::<6>(a, b, kc, y, ldy, masks, overwrite),
-            5 => tile::<5>(a, b, kc, y, ldy, masks, overwrite),
-            4 => tile::<4>(a, b, kc, y, ldy, masks, overwrite),
-            3 => tile::<3>(a, b, kc, y, ldy, masks, overwrite),
-            2 => tile::<2>(a, b, kc, y, ldy, masks, overwrite),
-            _ => tile::<1>(a, b, kc, y, ldy, masks, overwrite),
-        }
-    }
+    unsafe { by_rows!(rows, tile(a, b, kc, y, ldy, masks, overwrite)) }
 }
 
 /// `y[0..R, 0..32] (+)= a @ b`: `a` a packed `x` panel (`kc` steps of `R` values), `b`
@@ -740,15 +756,7 @@ unsafe fn tile<const R: usize>(
                 acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
             }
         }
-        for r in 0..R {
-            let out = y.add(r * ldy);
-            if !overwrite {
-                acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, out));
-                acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, out.add(16)));
-            }
-            _mm512_mask_storeu_ps(out, m0, acc0[r]);
-            _mm512_mask_storeu_ps(out.add(16), m1, acc1[r]);
-        }
+        store_tile(&acc0, &acc1, y, ldy, (m0, m1), overwrite);
     }
 }
 

@@ -97,14 +97,7 @@ mod tests {
             let got = crate::ops::kernels::sgemm_accumulate(&fresh, &x, &w)
                 .expect("fast path")
                 .unwrap();
-            let diff = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = hooklens_testutil::max_abs_diff(&got, &want);
             assert!(diff < 1e-4, "{rows} rows: accumulated product off by {diff}");
         }
     }
