@@ -187,30 +187,38 @@ mod tests {
         }
     }
 
-    /// The op through a tensor, threads and all, against candle's bf16 matmul.
+    /// The op through a tensor, threads and all, with many rows (packed) and few (the
+    /// row form; dot products for a transposed weight), against the f32 product of the
+    /// same values.
     #[test]
-    fn matmul_matches_candle() {
+    fn matmul_matches_the_f32_product() {
         if packed_gemm::bf16_support().is_none() {
             return;
         }
-        let x = Tensor::randn(0f32, 1.0, (70, 300), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
-        let w = Tensor::randn(0f32, 0.1, (300, 1000), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::BF16)
-            .unwrap();
+        for rows in [1, 3, 70] {
+            for transposed in [false, true] {
+                check_matmul(rows, transposed);
+            }
+        }
+    }
+
+    fn check_matmul(rows: usize, transposed: bool) {
+        let bf = |t: Tensor| t.to_dtype(DType::BF16).unwrap();
+        let x = bf(Tensor::randn(0f32, 1.0, (rows, 300), &Device::Cpu).unwrap());
+        let w = if transposed {
+            bf(Tensor::randn(0f32, 0.1, (1000, 300), &Device::Cpu).unwrap())
+                .t()
+                .unwrap()
+        } else {
+            bf(Tensor::randn(0f32, 0.1, (300, 1000), &Device::Cpu).unwrap())
+        };
         let ours = matmul(&x, &w)
             .expect("bf16 path")
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        let theirs = x
-            .to_dtype(DType::F32)
-            .unwrap()
-            .matmul(&w.to_dtype(DType::F32).unwrap())
-            .unwrap();
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let theirs = f32_of(&x).matmul(&f32_of(&w)).unwrap();
         let diff = hooklens_testutil::max_abs_diff(&ours, &theirs);
         let scale = theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(
