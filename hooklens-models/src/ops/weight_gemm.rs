@@ -23,6 +23,7 @@ pub enum WeightGemm {
 
 impl WeightGemm {
     /// Every kernel, for benchmarks and tests.
+    #[cfg_attr(not(any(test, feature = "bench-internals")), allow(dead_code))]
     pub const ALL: [WeightGemm; 4] = [Self::Packed, Self::Streamed, Self::GemmCrate, Self::MatrixMultiply];
 
     /// The kernel for a product of `rows` rows, adding to its output with
