@@ -28,7 +28,7 @@ pub fn attention_patterns(
     tokens: &Tensor,
     layers: Option<&[usize]>,
 ) -> Result<AttentionView> {
-    let (tokens, _pos) = super::one_prompt(tokens, "the attention view")?;
+    let (tokens, _pos) = super::page::one_prompt(tokens, "the attention view")?;
     let n_layers = model.cfg().n_layers;
     let layers: Vec<usize> = match layers {
         None => (0..n_layers).collect(),
@@ -104,7 +104,7 @@ pub fn attention_html(view: &AttentionView) -> Result<String> {
                     .enumerate()
                     .map(|(qi, row)| {
                         let keep = trim_zeros(row, qi + 1);
-                        row[..keep].iter().map(|&w| super::round4(w)).collect()
+                        row[..keep].iter().map(|&w| super::page::round4(w)).collect()
                     })
                     .collect()
             })
@@ -130,7 +130,7 @@ pub fn attention_html(view: &AttentionView) -> Result<String> {
         "layers": layers,
         "selected": view.selected.map(|(l, h)| serde_json::json!([l, h])),
     });
-    Ok(super::fill(TEMPLATE, &view.title, &data))
+    Ok(super::page::fill(TEMPLATE, &view.title, &data))
 }
 
 /// How many leading entries of `row` to keep: at least `causal`, more only if a later

@@ -39,7 +39,7 @@ pub fn feature_activations(
     if k == 0 {
         return Err(Error::invalid("the feature view needs k >= 1 features per token"));
     }
-    let (tokens, pos) = super::one_prompt(tokens, "the feature view")?;
+    let (tokens, pos) = super::page::one_prompt(tokens, "the feature view")?;
     if let Some(f) = feature {
         if f >= sae.cfg().d_sae {
             return Err(Error::invalid(format!(
@@ -94,14 +94,14 @@ pub fn features_html(view: &FeatureView) -> String {
     let columns: serde_json::Map<String, serde_json::Value> = view
         .columns
         .iter()
-        .map(|(f, v)| (f.to_string(), v.iter().map(|a| super::round4(*a)).collect()))
+        .map(|(f, v)| (f.to_string(), v.iter().map(|a| super::page::round4(*a)).collect()))
         .collect();
     let top: Vec<Vec<serde_json::Value>> = view
         .top
         .iter()
         .map(|t| {
             t.iter()
-                .map(|(f, a)| serde_json::json!([f, super::round4(*a)]))
+                .map(|(f, a)| serde_json::json!([f, super::page::round4(*a)]))
                 .collect()
         })
         .collect();
@@ -112,7 +112,7 @@ pub fn features_html(view: &FeatureView) -> String {
         "columns": columns,
         "feature": view.feature,
     });
-    super::fill(TEMPLATE, &view.title, &data)
+    super::page::fill(TEMPLATE, &view.title, &data)
 }
 
 const TEMPLATE: &str = r##"<!DOCTYPE html>

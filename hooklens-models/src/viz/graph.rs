@@ -149,7 +149,7 @@ pub fn graph_file_html(graph: &GraphFile) -> Result<String> {
         "nodes": nodes,
         "links": links,
     });
-    Ok(super::fill(TEMPLATE, &title, &data))
+    Ok(super::page::fill(TEMPLATE, &title, &data))
 }
 
 /// The page: its markup here, its style and script beside this file.

@@ -35,7 +35,7 @@ pub fn logit_lens(model: &HookedTransformer, tokens: &Tensor, k: usize) -> Resul
     if k == 0 {
         return Err(Error::invalid("the logit lens needs k >= 1 top tokens"));
     }
-    let (tokens, pos) = super::one_prompt(tokens, "the logit lens")?;
+    let (tokens, pos) = super::page::one_prompt(tokens, "the logit lens")?;
     let n = model.cfg().n_layers;
     let mut names: Vec<String> = (0..n).map(|l| format!("blocks.{l}.hook_resid_pre")).collect();
     // What the unembedding reads (through ln_final, if any): a post-LN block's output
@@ -108,7 +108,7 @@ pub fn logit_lens_html(lens: &LogitLens, title: &str) -> String {
                 .map(|entries| {
                     entries
                         .iter()
-                        .map(|(id, text, p)| serde_json::json!([id, text, super::round_sig4(*p)]))
+                        .map(|(id, text, p)| serde_json::json!([id, text, super::page::round_sig4(*p)]))
                         .collect()
                 })
                 .collect()
@@ -120,7 +120,7 @@ pub fn logit_lens_html(lens: &LogitLens, title: &str) -> String {
         "labels": lens.labels,
         "top": top,
     });
-    super::fill(TEMPLATE, title, &data)
+    super::page::fill(TEMPLATE, title, &data)
 }
 
 const TEMPLATE: &str = r##"<!DOCTYPE html>
