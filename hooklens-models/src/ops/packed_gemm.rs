@@ -25,7 +25,8 @@ const NR: usize = 32;
 /// Rows of `w` (columns of `x`) per packed block: a `w` panel of `KC x NR` is 32 KiB,
 /// an `x` panel `MR x KC` 12 KiB.
 const KC: usize = 256;
-/// Columns of `w` per packed block: `KC x NC` values are 512 KiB, half the L2 cache.
+/// Columns of `w` per packed f32 block: `KC x NC` values are 512 KiB, half the L2
+/// cache (bf16 blocks are twice as wide).
 const NC: usize = 512;
 /// Rows of `x` per packed block: 120 KiB beside `w`'s block in the L2 cache.
 const MC: usize = 10 * MR;
@@ -71,6 +72,9 @@ trait Kernel {
     type Packed: Copy;
     /// Columns of `x` (rows of `w`) per packed block; a multiple of 2.
     const KC: usize;
+    /// Columns of `w` per packed block (a `KC x NC` block of `w` is 512 KiB, half the
+    /// L2 cache). `x` is packed again for each such block, so wider is cheaper there.
+    const NC: usize;
     /// The packed length of `kc` steps of one panel row (bf16 pairs round up).
     fn padded(kc: usize) -> usize;
     /// Copies `w[0..kc, 0..nc]` (strides `rs`, `cs`) into panels of `NR` columns.
@@ -128,7 +132,7 @@ unsafe fn blocked<K: Kernel>(
 ) {
     // Both buffers in f32 units; a packed bf16 block takes no more bytes than an f32
     // one (KC is twice as large, the values half the size).
-    let mut b_pack = Aligned::new(K::padded(K::KC) * NC * size_of::<K::Packed>() / 4);
+    let mut b_pack = Aligned::new(K::padded(K::KC) * K::NC * size_of::<K::Packed>() / 4);
     let mut a_pack = Aligned::new(MC * K::padded(K::KC) * size_of::<K::Packed>() / 4);
     let (bp, ap) = (b_pack.ptr().cast::<K::Packed>(), a_pack.ptr().cast::<K::Packed>());
     // SAFETY: the caller upholds this function's contract; each block below stays inside
@@ -137,7 +141,7 @@ unsafe fn blocked<K: Kernel>(
     unsafe {
         let mut jc = j0;
         while jc < j1 {
-            let nc = NC.min(j1 - jc);
+            let nc = K::NC.min(j1 - jc);
             let mut pc = 0;
             while pc < k {
                 let kc = K::KC.min(k - pc);
@@ -204,6 +208,7 @@ impl Kernel for F32 {
     type Elem = f32;
     type Packed = f32;
     const KC: usize = KC;
+    const NC: usize = NC;
 
     fn padded(kc: usize) -> usize {
         kc
@@ -352,11 +357,12 @@ pub(crate) unsafe fn gemm_bf16(
     (j0, j1): (usize, usize),
     dot: bool,
 ) {
-    // One block of NC columns at a time in f32, rounded when its whole sum is done.
-    let mut scratch = vec![0f32; m * NC.min(j1 - j0)];
+    // One block of columns at a time in f32, rounded when its whole sum is done.
+    let block = if dot { Bf16Dot::NC } else { Bf16ViaF32::NC };
+    let mut scratch = vec![0f32; m * block.min(j1 - j0)];
     let mut jc = j0;
     while jc < j1 {
-        let nc = NC.min(j1 - jc);
+        let nc = block.min(j1 - jc);
         let (wj, acc) = (w.wrapping_add(jc * cs), scratch.as_mut_ptr());
         // SAFETY: the caller's contract; the scratch holds m rows of nc values.
         unsafe {
@@ -390,7 +396,8 @@ struct Bf16Dot;
 impl Kernel for Bf16Dot {
     type Elem = bf16;
     type Packed = bf16;
-    const KC: usize = 2 * KC;
+    const KC: usize = KC;
+    const NC: usize = 2 * NC;
 
     fn padded(kc: usize) -> usize {
         kc.next_multiple_of(2)
@@ -445,9 +452,16 @@ impl Kernel for Bf16Dot {
                 let out = dst.add(i0 * kp);
                 for r in 0..rows {
                     let src = x.add((i0 + r) * k);
-                    for p in 0..kp {
-                        let v = if p < kc { *src.add(p) } else { bf16::ZERO };
-                        *out.add(((p / 2) * rows + r) * 2 + p % 2) = v;
+                    // A pair of values is one 32-bit unit: the panel is the rows'
+                    // pairs transposed (read unaligned: k may be odd).
+                    for q in 0..kc / 2 {
+                        let pair = src.add(2 * q).cast::<u32>().read_unaligned();
+                        out.add((q * rows + r) * 2).cast::<u32>().write_unaligned(pair);
+                    }
+                    if kc % 2 == 1 {
+                        let q = kc / 2;
+                        *out.add((q * rows + r) * 2) = *src.add(kc - 1);
+                        *out.add((q * rows + r) * 2 + 1) = bf16::ZERO;
                     }
                 }
             }
@@ -543,6 +557,7 @@ impl Kernel for Bf16ViaF32 {
     type Elem = bf16;
     type Packed = f32;
     const KC: usize = KC;
+    const NC: usize = NC;
 
     fn padded(kc: usize) -> usize {
         kc
