@@ -1,6 +1,6 @@
 //! `metrics.html`: the metrics of `metrics.jsonl` as line plots against tokens, in one
 //! self-contained page (inline SVG and style, no script, no external fonts or files),
-//! as the pages of [`crate::viz`] are self-contained.
+//! as the pages of the `viz` module are self-contained.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -61,8 +61,9 @@ fn label(v: f64) -> String {
 }
 
 /// The page for the lines of a `metrics.jsonl` (`jsonl`; lines that are not JSON
-/// objects are skipped), headed with `title`: one plot per metric of [`PLOTTED`] that
-/// some line holds, its finite values against `n_training_samples`.
+/// objects are skipped), headed with `title`: one plot per metric (MSE, explained
+/// variance, L0, dead fraction, and the cross-entropy loss recovered) that some line
+/// holds, its finite values against `n_training_samples`.
 pub fn metrics_html(title: &str, jsonl: &str) -> String {
     let lines: Vec<Value> = jsonl
         .lines()
