@@ -359,3 +359,138 @@ fn bad_settings_are_errors_before_any_work() {
         "{help}"
     );
 }
+
+/// `train_args` reading the built-in model's activations over `corpus` (sequences of
+/// 16 tokens, as `harvest` cuts them) instead of a harvest.
+fn model_args<'a>(corpus: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = train_args(corpus, out, extra);
+    assert_eq!(args[1], "--activations");
+    args[1] = "--input";
+    args.extend_from_slice(&["--model", "builtin", "--context-size", "16"]);
+    args
+}
+
+/// The points of the plot of `metric` in a metrics.html.
+fn plot_points(html: &str, metric: &str) -> usize {
+    let at = html
+        .find(&format!("data-metric=\"{metric}\""))
+        .unwrap_or_else(|| panic!("no plot of {metric}: {html}"));
+    let rest = &html[at..];
+    let start = rest.find("points=\"").unwrap() + 8;
+    let end = start + rest[start..].find('"').unwrap();
+    rest[start..end].split(' ').filter(|p| !p.is_empty()).count()
+}
+
+#[test]
+fn trains_on_a_model_run_over_a_corpus_as_on_its_harvest() {
+    let tmp = TempDir::new("train-sae-model");
+    let acts = harvest(&tmp);
+    let corpus = tmp.s("corpus.txt");
+    let topk = ["--architecture", "topk", "--k", "8", "--lr", "1e-3"];
+    let from_shards = tmp.s("from-shards");
+    ok_stderr(hooklens(&train_args(&acts, &from_shards, &topk)));
+    let from_model = tmp.s("from-model");
+    let err = ok_stderr(hooklens(&model_args(&corpus, &from_model, &topk)));
+    assert!(
+        err.contains("computed by builtin over") && err.contains("in sequences of 16 tokens"),
+        "{err}"
+    );
+    // The corpus holds fewer tokens than --training-tokens: said once.
+    assert_eq!(err.matches("reading it again from the start").count(), 1, "{err}");
+    assert!(err.contains("CE loss recovered"), "{err}");
+    // The same rows in the same order as the harvest's shards: the same SAE.
+    assert_eq!(
+        weights(&tmp.path("from-model")),
+        weights(&tmp.path("from-shards")),
+        "the model source's SAE differs from the harvest's"
+    );
+    let metrics = std::fs::read_to_string(tmp.path("from-model").join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+    for line in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let score = v["ce_loss_score"].as_f64().unwrap();
+        assert!(score.is_finite(), "{line}");
+        assert!(
+            v["ce_loss_with_ablation"].as_f64().unwrap() > v["ce_loss_without_sae"].as_f64().unwrap(),
+            "{line}"
+        );
+    }
+    let shard_metrics = std::fs::read_to_string(tmp.path("from-shards").join("metrics.jsonl")).unwrap();
+    assert!(!shard_metrics.contains("ce_loss"), "{shard_metrics}");
+
+    // metrics.html: one plot per metric, a point per metrics step; CE only from a model.
+    let html = std::fs::read_to_string(tmp.path("from-model").join("metrics.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5);
+    for m in ["mse_loss", "explained_variance", "l0", "dead_fraction", "ce_loss_score"] {
+        assert_eq!(plot_points(&html, m), 4, "{m}");
+    }
+    assert!(!html.contains("<script") && !html.contains("http://fonts") && !html.contains("<link"));
+    let html = std::fs::read_to_string(tmp.path("from-shards").join("metrics.html")).unwrap();
+    assert_eq!(html.matches("<svg").count(), 4);
+
+    // Rerun: resumes from the final checkpoint and writes the same SAE.
+    let first = weights(&tmp.path("from-model"));
+    let err = ok_stderr(hooklens(&model_args(&corpus, &from_model, &topk)));
+    assert!(err.contains("resuming from"), "{err}");
+    assert_eq!(weights(&tmp.path("from-model")), first);
+
+    // A transcoder from the model, mlp.hook_in to hook_mlp_out.
+    let tc = tmp.s("transcoder");
+    let mut args = model_args(
+        &corpus,
+        &tc,
+        &[
+            "--architecture",
+            "standard",
+            "--l1-coefficient",
+            "1e-3",
+            "--hook-out",
+            "blocks.0.hook_mlp_out",
+        ],
+    );
+    args[4] = "blocks.0.hook_resid_mid";
+    let err = ok_stderr(hooklens(&args));
+    assert!(err.contains("wrote the transcoder to"), "{err}");
+}
+
+#[test]
+fn bad_sources_are_errors_naming_the_flag() {
+    let tmp = TempDir::new("train-sae-model-bad");
+    std::fs::write(
+        tmp.path("corpus.txt"),
+        "the cat sat on the mat and then it left\n".repeat(20),
+    )
+    .unwrap();
+    std::fs::write(tmp.path("short.txt"), "the cat\n").unwrap();
+    let (corpus, short, out) = (tmp.s("corpus.txt"), tmp.s("short.txt"), tmp.s("sae"));
+    let topk = ["--architecture", "topk", "--k", "8"];
+    let mut both = model_args(&corpus, &out, &topk);
+    both.extend_from_slice(&["--activations", &corpus]);
+    fails(hooklens(&both), "--activations and --input: give one");
+    let mut neither = model_args(&corpus, &out, &topk);
+    neither.drain(1..3);
+    fails(hooklens(&neither), "give --activations HARVEST_DIR");
+    let mut ctx_with_shards = train_args(&corpus, &out, &topk);
+    ctx_with_shards.extend_from_slice(&["--context-size", "16"]);
+    fails(
+        hooklens(&ctx_with_shards),
+        "--context-size is a setting of the model run over --input, not of --activations",
+    );
+    let mut args = model_args(&corpus, &out, &topk);
+    let n = args.len();
+    args[n - 1] = "1";
+    fails(
+        hooklens(&args),
+        "--context-size 1 must be between 2 and the model's n_ctx",
+    );
+    let mut args = model_args(&corpus, &out, &topk);
+    args[4] = "blocks.0.hook_resid_pots";
+    fails(
+        hooklens(&args),
+        "--hook `blocks.0.hook_resid_pots` is not a hook point of --model builtin (did you mean `blocks.0.hook_resid_post`",
+    );
+    fails(hooklens(&model_args(&short, &out, &topk)), "not one sequence of 16");
+    let missing = tmp.s("missing.txt");
+    fails(hooklens(&model_args(&missing, &out, &topk)), "--input");
+    assert!(!tmp.path("sae").exists());
+}

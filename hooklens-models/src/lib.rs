@@ -9,6 +9,7 @@ pub mod builtin;
 pub mod circuits;
 pub mod config;
 pub mod convert;
+pub mod corpus;
 pub mod loading;
 pub mod model;
 pub(crate) mod ops;

@@ -76,7 +76,7 @@ pub enum DeviceArg {
     Metal,
 }
 
-fn parse_device(s: &str) -> Result<DeviceArg, String> {
+pub(crate) fn parse_device(s: &str) -> Result<DeviceArg, String> {
     match s {
         "cpu" => Ok(DeviceArg::Cpu),
         "cuda" => Ok(DeviceArg::Cuda(0)),

@@ -5,30 +5,71 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::builder::{PossibleValue, TypedValueParser};
+use hooklens::HookedModel;
+use hooklens_models::corpus::Corpus;
 use hooklens_models::sae::train::{
-    train, HarvestActivations, JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainEvent, TrainOptions,
+    train, ActivationSource, HarvestActivations, JumpReluSparsityLoss, ModelActivations, NormalizeActivations,
+    TrainArchitecture, TrainEvent, TrainOptions, METRICS_FILE, METRICS_HTML_FILE,
 };
 
+use super::common::{DTypeArg, DeviceArg, ModelArgs};
+use super::harvest::InputFormat;
 use crate::error::{CliError, CliResult};
 
-/// Train a sparse autoencoder on activations saved by `hooklens harvest`.
+/// Train a sparse autoencoder on activations saved by `hooklens harvest`, or computed
+/// on the fly by a model run over a corpus.
 ///
-/// Reads the harvest's shards in --activations (the tensor named --hook), shuffles
-/// them through a seeded buffer, and trains as SAELens 6.54 does (same
+/// Reads the harvest's shards in --activations (the tensor named --hook), or runs
+/// --model over --input (the corpus, cut into sequences as `hooklens harvest --input`
+/// cuts it, caching only --hook and --hook-out; read again from its start when it runs
+/// out), shuffles the activations through a seeded buffer, and trains as SAELens 6.54 does (same
 /// initialisation, losses, gradient clipping, Adam and schedules; option names follow
 /// SAELens's LanguageModelSAERunnerConfig). Writes a SAELens folder to --out (cfg.json,
 /// sae_weights.safetensors, sparsity.safetensors) that `--sae OUT` of the other commands
 /// and SAELens's SAE.load_from_disk read, checkpoints in OUT/checkpoints/ (every
-/// --checkpoint-every-tokens and at the end) and metrics in OUT/metrics.jsonl.
+/// --checkpoint-every-tokens and at the end), metrics in OUT/metrics.jsonl and their
+/// plots in OUT/metrics.html. With --model, the metrics include the cross-entropy loss
+/// recovered (SAELens's ce_loss_score) on the corpus's first --store-batch-size-prompts
+/// sequences.
 ///
 /// Rerunning the same command resumes from the newest checkpoint and ends with the
 /// weights an uninterrupted run would have; changed settings are an error.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The harvest's output folder (its `*-shard-*.safetensors` files).
+    /// The harvest's output folder (its `*-shard-*.safetensors` files); or give --input.
     #[arg(long, value_name = "HARVEST_DIR")]
-    pub activations: PathBuf,
-    /// The hook point whose activations are trained on (a tensor of the shards).
+    pub activations: Option<PathBuf>,
+    /// The corpus --model runs over (as `hooklens harvest --input` reads it: text lines,
+    /// or JSON lines with a text field); in place of --activations.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// With --input: the model computing the activations (`builtin` by default, a model
+    /// directory or a Hugging Face id, as for `hooklens harvest`).
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+    /// With --input: how to read it (auto: jsonl for .jsonl, .ndjson or .json, else text).
+    #[arg(long, value_enum)]
+    pub input_format: Option<InputFormat>,
+    /// With --input: the field holding the document in JSON lines (default text).
+    #[arg(long, value_name = "FIELD")]
+    pub text_field: Option<String>,
+    /// With --input: tokens per sequence, BOS included (at most the model's n_ctx;
+    /// n_ctx by default).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub context_size: Option<usize>,
+    /// With --input: sequences per forward pass of the model (default 8, as harvest's
+    /// --batch-size); also the sequences the cross-entropy metrics are measured on.
+    #[arg(long, value_name = "B", allow_negative_numbers = true)]
+    pub store_batch_size_prompts: Option<usize>,
+    /// With --input: where the model runs: `cpu` (default), `cuda`, `cuda:N` or `metal`
+    /// (the cross-entropy metrics are measured on the CPU only).
+    #[arg(long, value_name = "DEVICE", value_parser = super::common::parse_device)]
+    pub device: Option<DeviceArg>,
+    /// With --input: load the model's weights as stored, as harvest's --no-processing.
+    #[arg(long)]
+    pub no_processing: bool,
+    /// The hook point whose activations are trained on (a tensor of the shards, or a
+    /// hook point of --model).
     #[arg(long, value_name = "NAME")]
     pub hook: String,
     /// Trains a transcoder: reads --hook and reconstructs this hook point of the same
@@ -171,8 +212,120 @@ impl TypedValueParser for ArchitectureParser {
     }
 }
 
+/// Where the activations come from, as the flags say.
+enum Source<'a> {
+    Harvest(&'a PathBuf),
+    Model(&'a PathBuf),
+}
+
+/// Exactly one of --activations and --input, and the model's flags only with --input.
+fn check_source(args: &Args) -> CliResult<Source<'_>> {
+    match (&args.activations, &args.input) {
+        (Some(_), Some(_)) => Err(CliError::msg(
+            "--activations and --input: give one (a harvest's folder, or a corpus that --model runs over), not both",
+        )),
+        (None, None) => Err(CliError::msg(
+            "give --activations HARVEST_DIR (activations saved by `hooklens harvest`) or --input CORPUS \
+             (activations computed on the fly by --model, builtin by default)",
+        )),
+        (Some(dir), None) => {
+            let model_flags = [
+                ("--model", args.model.is_some()),
+                ("--input-format", args.input_format.is_some()),
+                ("--text-field", args.text_field.is_some()),
+                ("--context-size", args.context_size.is_some()),
+                ("--store-batch-size-prompts", args.store_batch_size_prompts.is_some()),
+                ("--device", args.device.is_some()),
+                ("--no-processing", args.no_processing),
+            ];
+            match model_flags.iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(CliError(format!(
+                    "{flag} is a setting of the model run over --input, not of --activations (a harvest \
+                     holds activations already)"
+                ))),
+                None => Ok(Source::Harvest(dir)),
+            }
+        }
+        (None, Some(input)) => Ok(Source::Model(input)),
+    }
+}
+
+/// The model over the corpus, after checking the flags against the model, naming them.
+fn open_model_source(args: &Args, input: &std::path::Path) -> CliResult<ModelActivations> {
+    let meta = std::fs::metadata(input).map_err(|e| CliError(format!("--input {}: {e}", input.display())))?;
+    if !meta.is_file() {
+        return Err(CliError(format!("--input {} is not a regular file", input.display())));
+    }
+    let batch = args.store_batch_size_prompts.unwrap_or(8);
+    if batch == 0 {
+        return Err(CliError::msg("--store-batch-size-prompts must be at least 1"));
+    }
+    let model_args = ModelArgs {
+        model: args.model.clone().unwrap_or_else(|| "builtin".to_string()),
+        no_processing: args.no_processing,
+        all_hooks: false,
+        dtype: DTypeArg::F32,
+        device: args.device.unwrap_or(DeviceArg::Cpu),
+        revision: "main".to_string(),
+        allow_unused_tensors: false,
+    };
+    let model = model_args.load()?;
+    let n_ctx = model.cfg().n_ctx;
+    if let Some(ctx) = args.context_size {
+        if ctx < 2 || ctx > n_ctx {
+            return Err(CliError(format!(
+                "--context-size {ctx} must be between 2 and the model's n_ctx = {n_ctx}"
+            )));
+        }
+    }
+    if args.hook_out.as_ref() == Some(&args.hook) {
+        return Err(CliError(format!(
+            "--hook-out {0} is --hook {0}: a transcoder maps one hook point to another; to reconstruct a \
+             hook point, train an SAE (no --hook-out)",
+            args.hook
+        )));
+    }
+    let names = model.hook_names();
+    let flags = [("--hook", Some(&args.hook)), ("--hook-out", args.hook_out.as_ref())];
+    for (flag, name) in flags {
+        let Some(name) = name else { continue };
+        if !names.iter().any(|n| n == name) {
+            let near = hooklens::__internal::nearest_names(name, names.iter().map(String::as_str), 3);
+            let hint = if near.is_empty() {
+                String::new()
+            } else {
+                format!(" (did you mean `{}`?)", near.join("`, `"))
+            };
+            return Err(CliError(format!(
+                "{flag} `{name}` is not a hook point of --model {}{hint}; `hooklens hooks` lists them",
+                model_args.model
+            )));
+        }
+    }
+    let format = args
+        .input_format
+        .unwrap_or(InputFormat::Auto)
+        .resolve(input)
+        .corpus_format();
+    let corpus = Corpus {
+        path: input.to_path_buf(),
+        format,
+        text_field: args.text_field.clone().unwrap_or_else(|| "text".to_string()),
+    };
+    ModelActivations::new(
+        model,
+        corpus,
+        &args.hook,
+        args.hook_out.as_deref(),
+        args.context_size,
+        batch,
+    )
+    .map_err(|e| CliError(format!("--input: {e}")))
+}
+
 /// Runs the subcommand.
 pub fn run(args: Args) -> CliResult<()> {
+    let source = check_source(&args)?;
     crate::output::check_output_dir("--out", &args.out)?;
     let arch = args.architecture;
     if let Some(out) = &args.hook_out {
@@ -281,29 +434,46 @@ pub fn run(args: Args) -> CliResult<()> {
     };
     // Every setting is checked before the shards are opened, and they before training.
     opts.validate().map_err(|e| CliError(format!("bad settings: {e}")))?;
-    let src = match &args.hook_out {
-        Some(out) => HarvestActivations::open_transcoder(&args.activations, &args.hook, out),
-        None => HarvestActivations::open(&args.activations, &args.hook),
-    }
-    .map_err(|e| CliError(format!("--activations: {e}")))?;
+    let harvest;
+    let model;
+    let (src, whence): (ActivationSource, String) = match source {
+        Source::Harvest(dir) => {
+            harvest = match &args.hook_out {
+                Some(out) => HarvestActivations::open_transcoder(dir, &args.hook, out),
+                None => HarvestActivations::open(dir, &args.hook),
+            }
+            .map_err(|e| CliError(format!("--activations: {e}")))?;
+            let whence = format!("{} tokens harvested", harvest.tokens());
+            ((&harvest).into(), whence)
+        }
+        Source::Model(input) => {
+            model = open_model_source(&args, input)?;
+            let whence = format!(
+                "computed by {} over {} in sequences of {} tokens",
+                args.model.as_deref().unwrap_or("builtin"),
+                input.display(),
+                model.context_size()
+            );
+            ((&model).into(), whence)
+        }
+    };
     let target = match src.hook_out() {
         Some((h, d)) => format!(" transcoder to `{h}` ({d} wide)"),
         None => " SAE".to_string(),
     };
     eprintln!(
-        "training a {}{target} ({} features) on `{}` ({} wide, {} tokens harvested) for {} tokens",
+        "training a {}{target} ({} features) on `{}` ({} wide, {whence}) for {} tokens",
         args.architecture.name(),
         opts.d_sae,
         src.hook(),
         src.d_in(),
-        src.tokens(),
         opts.training_tokens
     );
     let bar = progress_bar(opts.training_tokens, args.quiet);
     let started = Instant::now();
     let mut start_tokens = 0u64;
     let quiet = args.quiet;
-    let report = train(&src, &opts, &args.out, &mut |event| match event {
+    let report = train(src, &opts, &args.out, &mut |event| match event {
         TrainEvent::Resumed { tokens, checkpoint } => {
             start_tokens = tokens;
             bar.set_position(tokens);
@@ -320,18 +490,27 @@ pub fn run(args: Args) -> CliResult<()> {
             bar.set_message(format!("{:.0} tok/s", (tokens - start_tokens) as f64 / secs));
         }
         TrainEvent::Metrics(m) if !quiet => bar.suspend(|| eprintln!("{m}")),
+        TrainEvent::CorpusRestarted { tokens_per_pass } if !quiet => bar.suspend(|| {
+            eprintln!(
+                "--input holds {tokens_per_pass} tokens in sequences, fewer than --training-tokens {}: \
+                 reading it again from the start",
+                opts.training_tokens
+            )
+        }),
         _ => {}
     })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let trained = report.tokens - report.resumed_from.unwrap_or(0);
     eprintln!(
-        "wrote the {} to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s)",
+        "wrote the {} to {} ({} tokens, {} steps; {trained} tokens this run at {:.0} tok/s); metrics in {} and {}",
         if src.hook_out().is_some() { "transcoder" } else { "SAE" },
         report.sae_dir.display(),
         report.tokens,
         report.steps,
-        trained as f64 / secs
+        trained as f64 / secs,
+        args.out.join(METRICS_FILE).display(),
+        args.out.join(METRICS_HTML_FILE).display()
     );
     Ok(())
 }

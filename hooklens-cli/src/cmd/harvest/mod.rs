@@ -19,7 +19,6 @@
 
 mod fingerprint;
 mod manifest;
-mod token_queue;
 mod worker_lock;
 
 use std::collections::BTreeMap;
@@ -30,11 +29,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use hooklens::{CacheOptions, HookedModel, NamesFilter};
+use hooklens_models::corpus::{self, stop_layer, CorpusFormat, TokenQueue};
 use hooklens_models::{ForwardOptions, HookedTransformer, ReturnType};
 use serde_json::{json, Value};
 
 use self::manifest::{shard_file, Manifest, ShardEntry, FORMAT};
-use self::token_queue::TokenQueue;
 use self::worker_lock::WorkerLock;
 use super::common::ModelArgs;
 use super::sae_args::SaeArgs;
@@ -49,6 +48,27 @@ pub enum InputFormat {
     Text,
     /// One JSON object per line, the document in a string field (--text-field).
     Jsonl,
+}
+
+impl InputFormat {
+    /// `auto` resolved for `input` ([`CorpusFormat::detect`]).
+    pub fn resolve(self, input: &Path) -> InputFormat {
+        match self {
+            InputFormat::Auto => match CorpusFormat::detect(input) {
+                CorpusFormat::Jsonl => InputFormat::Jsonl,
+                CorpusFormat::Text => InputFormat::Text,
+            },
+            f => f,
+        }
+    }
+
+    /// The library's format (`auto` resolves as text: call [`InputFormat::resolve`] first).
+    pub fn corpus_format(self) -> CorpusFormat {
+        match self {
+            InputFormat::Jsonl => CorpusFormat::Jsonl,
+            InputFormat::Auto | InputFormat::Text => CorpusFormat::Text,
+        }
+    }
 }
 
 /// Stream activations of a corpus into safetensors shards (resumable, splittable).
@@ -307,17 +327,7 @@ fn check_args(args: &Args) -> CliResult<InputInfo> {
     }
     let len = input_meta.len();
     crate::output::check_output_dir("--out", &args.out)?;
-    let fmt = match args.input_format {
-        InputFormat::Auto => {
-            let ext = args.input.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if matches!(ext, "jsonl" | "ndjson" | "json") {
-                InputFormat::Jsonl
-            } else {
-                InputFormat::Text
-            }
-        }
-        f => f,
-    };
+    let fmt = args.input_format.resolve(&args.input);
 
     if args.sae_top_k == 0 {
         return Err(CliError::msg("--sae-top-k must be at least 1"));
@@ -329,7 +339,7 @@ fn check_args(args: &Args) -> CliResult<InputInfo> {
 struct Setup {
     model: HookedTransformer,
     plan: Plan,
-    /// The block to stop before (see [`stop_layer`]).
+    /// The block to stop before (see [`corpus::stop_layer`]).
     stop: Option<usize>,
     /// Tokens per sequence.
     ctx: usize,
@@ -772,25 +782,6 @@ impl Plan {
     }
 }
 
-/// The block to stop before: one past the last block a name lives in; `None` (run
-/// everything but the unembedding) when a name is after the blocks (`ln_final.*`).
-fn stop_layer(names: &[String], n_layers: usize) -> Option<usize> {
-    let mut need = 0;
-    for name in names {
-        let layer = match name.strip_prefix("blocks.") {
-            Some(rest) => rest
-                .split('.')
-                .next()
-                .and_then(|l| l.parse::<usize>().ok())
-                .map(|l| l + 1),
-            None if name.starts_with("hook_") => Some(0),
-            None => None,
-        };
-        need = need.max(layer.unwrap_or(n_layers));
-    }
-    (need < n_layers).then_some(need)
-}
-
 /// The tensors `plan` stores for `tokens` `[batch, ctx]`, on the CPU, in
 /// [`Plan::stored_names`]' order.
 fn forward(model: &HookedTransformer, plan: &Plan, stop: Option<usize>, tokens: &Tensor) -> CliResult<Vec<Tensor>> {
@@ -925,85 +916,16 @@ fn remove_stale_temporaries(out: &Path, prefix: &str) -> CliResult<()> {
     Ok(())
 }
 
-/// The document on one input line; `None` for a blank line or a blank document.
+/// The document on one input line; `None` for a blank line or a blank document
+/// (read as `train-sae --input` reads it: [`hooklens_models::corpus::document`]).
 fn document(line: &str, fmt: InputFormat, field: &str, line_no: usize, input: &Path) -> CliResult<Option<String>> {
-    let trimmed = line.trim_end_matches(['\n', '\r']);
-    if trimmed.trim().is_empty() {
-        return Ok(None);
-    }
-    if fmt != InputFormat::Jsonl {
-        return Ok(Some(trimmed.to_string()));
-    }
-    let at = || format!("--input {} line {line_no}", input.display());
-    let value: Value =
-        serde_json::from_str(trimmed).map_err(|e| CliError(format!("{}: {}", at(), json_error(trimmed, &e))))?;
-    match value.get(field) {
-        // Blank documents are skipped as blank text lines are, so both formats agree.
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(CliError(format!(
-            "{}: field `{field}` is not a string but {}",
-            at(),
-            match other {
-                Value::Null => "null",
-                Value::Bool(_) => "a boolean",
-                Value::Number(_) => "a number",
-                Value::Array(_) => "an array",
-                Value::Object(_) => "an object",
-                Value::String(_) => "a string",
-            }
-        ))),
-        None => Err(CliError(format!(
-            "{}: no field `{field}` (--text-field names the field holding the text)",
-            at()
-        ))),
-    }
-}
-
-/// serde_json's error for one line of the file: its own "line 1" would contradict the
-/// line number in front, so only the column is kept. A lone surrogate escape (which
-/// serde_json reports as "unexpected end of hex escape") is named as such.
-fn json_error(line: &str, e: &serde_json::Error) -> String {
-    if let Some(col) = lone_surrogate(line) {
-        return format!(
-            "not valid JSON at column {col}: a \\u escape of a lone UTF-16 surrogate \
-             (\\uD800-\\uDFFF must come in a surrogate pair; alone it is no character)"
-        );
-    }
-    let msg = e.to_string();
-    let what = msg.split(" at line ").next().unwrap_or(&msg);
-    format!("not valid JSON at column {}: {what}", e.column())
-}
-
-/// The column (from 1, in characters) of the first `\uXXXX` escape in `line` that is
-/// half of a surrogate pair without its other half.
-fn lone_surrogate(line: &str) -> Option<usize> {
-    let chars: Vec<char> = line.chars().collect();
-    let escape_at = |i: usize| -> Option<u32> {
-        if chars.get(i) != Some(&'\\') || chars.get(i + 1) != Some(&'u') {
-            return None;
-        }
-        let hex: String = chars.get(i + 2..i + 6)?.iter().collect();
-        u32::from_str_radix(&hex, 16).ok()
-    };
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] != '\\' {
-            i += 1;
-            continue;
-        }
-        match escape_at(i) {
-            Some(0xD800..=0xDBFF) => match escape_at(i + 6) {
-                Some(0xDC00..=0xDFFF) => i += 12,
-                _ => return Some(i + 1),
-            },
-            Some(0xDC00..=0xDFFF) => return Some(i + 1),
-            Some(_) => i += 6,
-            // Any other escape, `\\` included: skip the escaped character.
-            None => i += 2,
-        }
-    }
-    None
+    corpus::document(line, fmt.corpus_format(), field).map_err(|e| {
+        let hint = match e {
+            corpus::DocumentError::NoField(_) => " (--text-field names the field holding the text)",
+            _ => "",
+        };
+        CliError(format!("--input {} line {line_no}: {e}{hint}", input.display()))
+    })
 }
 
 fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {

@@ -1,5 +1,6 @@
 //! The training data: activations at one hook point, read from the safetensors shards
-//! `hooklens harvest` writes, and served in batches through a seeded shuffling buffer.
+//! `hooklens harvest` writes (or computed by a model, [`ModelActivations`]), and served
+//! in batches through a seeded shuffling buffer.
 
 use std::path::{Path, PathBuf};
 
@@ -7,7 +8,9 @@ use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use hooklens_core::{Error, Result};
 
+use super::model_source::ModelActivations;
 use super::rng::Rng;
+use crate::corpus::CorpusSequences;
 
 /// The finished shards `hooklens harvest` wrote into `dir` (`*-shard-*.safetensors`), in
 /// the order of the input (names sort as worker, then shard number); possibly none. A
@@ -180,18 +183,13 @@ impl HarvestActivations {
     /// shuffle, as SAELens's activation store mixes its buffer. The shards are read
     /// again from the start when exhausted. The sequence is fixed by `seed`.
     pub(crate) fn batches(&self, batch_size: usize, n_batches_in_buffer: usize, seed: u64) -> Batches<'_> {
-        Batches {
-            src: self,
-            rng: Rng::new(seed ^ 0x5348_5546_464c_4531),
+        Batches::new(
+            Feed::Shards { src: self, next: 0 },
+            self.row_width(),
             batch_size,
-            capacity: batch_size * n_batches_in_buffer.max(2),
-            next_shard: 0,
-            current: Vec::new(),
-            cursor: 0,
-            buffer: Vec::new(),
-            ready: Vec::new(),
-            ready_pos: 0,
-        }
+            n_batches_in_buffer,
+            seed,
+        )
     }
 
     fn load_hook(&self, file: &Path, st: &MmapedSafetensors, hook: &str) -> Result<Vec<f32>> {
@@ -210,13 +208,19 @@ impl HarvestActivations {
             return Ok(input);
         };
         let target = self.load_hook(file, &st, hook_out)?;
-        let mut out = Vec::with_capacity(rows * (self.d_in + d_out));
-        for (x, y) in input.chunks(self.d_in).zip(target.chunks(*d_out)) {
-            out.extend_from_slice(x);
-            out.extend_from_slice(y);
-        }
-        Ok(out)
+        debug_assert_eq!(input.len(), rows * self.d_in);
+        Ok(side_by_side(&input, self.d_in, &target, *d_out))
     }
+}
+
+/// Rows of `input` (`d_in` wide) and `target` (`d_out` wide) side by side, row for row.
+pub(crate) fn side_by_side(input: &[f32], d_in: usize, target: &[f32], d_out: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(input.len() + target.len());
+    for (x, y) in input.chunks(d_in).zip(target.chunks(d_out)) {
+        out.extend_from_slice(x);
+        out.extend_from_slice(y);
+    }
+    out
 }
 
 fn map(file: &Path) -> Result<MmapedSafetensors> {
@@ -226,26 +230,129 @@ fn map(file: &Path) -> Result<MmapedSafetensors> {
         .map_err(|e| Error::invalid(format!("{}: not a readable safetensors file: {e}", file.display())))
 }
 
-/// The batch iterator of [`HarvestActivations::batches`].
+/// Where [`Batches`] gets its rows, a chunk at a time.
+enum Feed<'a> {
+    /// A harvest's shards, a shard at a time, from the first again after the last.
+    Shards { src: &'a HarvestActivations, next: usize },
+    /// A model over a corpus, a forward pass at a time, from the corpus's start again
+    /// after its end.
+    Model {
+        src: &'a ModelActivations,
+        seqs: Box<CorpusSequences<'a>>,
+        /// Sequences made in the current pass.
+        in_pass: usize,
+        /// Sequences in one pass, once a pass has ended.
+        per_pass: Option<usize>,
+    },
+}
+
+impl Feed<'_> {
+    /// The next rows, `row_width` values each (none for a shard without rows).
+    fn next_chunk(&mut self) -> Result<Vec<f32>> {
+        match self {
+            Feed::Shards { src, next } => {
+                let rows = src.load_shard(*next)?;
+                *next = (*next + 1) % src.shards.len();
+                Ok(rows)
+            }
+            Feed::Model {
+                src,
+                seqs,
+                in_pass,
+                per_pass,
+            } => {
+                let ctx = src.context_size();
+                let mut tokens = Vec::with_capacity(src.sequences_per_forward() * ctx);
+                while tokens.len() < src.sequences_per_forward() * ctx {
+                    match seqs.next_sequence()? {
+                        Some(s) => {
+                            tokens.extend(s);
+                            *in_pass += 1;
+                        }
+                        // A batch never straddles two passes, so every pass is batched alike.
+                        None if !tokens.is_empty() => break,
+                        None => {
+                            if *in_pass == 0 {
+                                return Err(Error::invalid(format!(
+                                    "{}: not one sequence of {ctx} tokens in it",
+                                    src.corpus().path.display()
+                                )));
+                            }
+                            if per_pass.is_none() {
+                                *per_pass = Some(*in_pass);
+                            }
+                            *in_pass = 0;
+                            seqs.restart()?;
+                        }
+                    }
+                }
+                src.rows(tokens)
+            }
+        }
+    }
+}
+
+/// The batch iterator of [`HarvestActivations::batches`] (and of a model's activations).
 pub(crate) struct Batches<'a> {
-    src: &'a HarvestActivations,
+    feed: Feed<'a>,
+    row_width: usize,
     rng: Rng,
     batch_size: usize,
     capacity: usize,
-    next_shard: usize,
     current: Vec<f32>,
     cursor: usize,
-    /// Activations waiting to be mixed, `d_in` values each.
+    /// Activations waiting to be mixed, `row_width` values each.
     buffer: Vec<f32>,
     /// Shuffled activations being served.
     ready: Vec<f32>,
     ready_pos: usize,
 }
 
-impl Batches<'_> {
+impl<'a> Batches<'a> {
+    fn new(feed: Feed<'a>, row_width: usize, batch_size: usize, n_batches_in_buffer: usize, seed: u64) -> Self {
+        Batches {
+            feed,
+            row_width,
+            rng: Rng::new(seed ^ 0x5348_5546_464c_4531),
+            batch_size,
+            capacity: batch_size * n_batches_in_buffer.max(2),
+            current: Vec::new(),
+            cursor: 0,
+            buffer: Vec::new(),
+            ready: Vec::new(),
+            ready_pos: 0,
+        }
+    }
+
+    /// Batches of `src`'s activations, shuffled as a harvest's are.
+    pub(crate) fn from_model(
+        src: &'a ModelActivations,
+        batch_size: usize,
+        n_batches_in_buffer: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let feed = Feed::Model {
+            src,
+            seqs: Box::new(src.sequences()?),
+            in_pass: 0,
+            per_pass: None,
+        };
+        let width = src.d_in() + src.hook_out().map_or(0, |(_, d)| d);
+        Ok(Batches::new(feed, width, batch_size, n_batches_in_buffer, seed))
+    }
+
+    /// With a model's activations: the tokens of one pass over the corpus, once the
+    /// corpus has been read to its end (and started again).
+    pub(crate) fn tokens_per_pass(&self) -> Option<u64> {
+        match &self.feed {
+            Feed::Model { src, per_pass, .. } => per_pass.map(|n| (n * src.context_size()) as u64),
+            Feed::Shards { .. } => None,
+        }
+    }
+
     /// The next batch `[batch_size, d_in]` (a transcoder's `[batch_size, d_in + d_out]`).
     pub(crate) fn next_batch(&mut self) -> Result<Tensor> {
-        let d = self.src.row_width();
+        let d = self.row_width;
         let want = self.batch_size * d;
         let mut out = Vec::with_capacity(want);
         while out.len() < want {
@@ -262,12 +369,11 @@ impl Batches<'_> {
     /// Fills the buffer from the shards, shuffles it and moves its first half out to be
     /// served.
     fn refill(&mut self) -> Result<()> {
-        let d = self.src.row_width();
+        let d = self.row_width;
         while self.buffer.len() < self.capacity * d {
             if self.cursor == self.current.len() {
-                self.current = self.src.load_shard(self.next_shard)?;
+                self.current = self.feed.next_chunk()?;
                 self.cursor = 0;
-                self.next_shard = (self.next_shard + 1) % self.src.shards.len();
                 continue;
             }
             let take = (self.capacity * d - self.buffer.len()).min(self.current.len() - self.cursor);

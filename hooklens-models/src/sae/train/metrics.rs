@@ -7,6 +7,8 @@ use std::path::Path;
 use hooklens_core::{Error, Result};
 use serde_json::json;
 
+use super::model_source::CeLoss;
+
 /// One step's metrics (SAELens's `metrics/...` and `losses/...` of its training log).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepMetrics {
@@ -33,12 +35,17 @@ pub struct StepMetrics {
     pub l1_coefficient: Option<f64>,
     /// JumpReLU: the sparsity (`l0`) coefficient of this step (after its warm-up).
     pub l0_coefficient: Option<f64>,
+    /// Training from a model: the cross-entropy losses with the SAE as trained so far
+    /// spliced in, without it and with its point zeroed, on the evaluation sequences.
+    pub ce_loss: Option<CeLoss>,
 }
 
 impl StepMetrics {
-    /// One JSON line.
+    /// One JSON line (the cross-entropy fields, SAELens's `ce_loss_score`,
+    /// `ce_loss_with_sae`, `ce_loss_without_sae` and `ce_loss_with_ablation`, only when
+    /// measured).
     pub fn to_json(&self) -> serde_json::Value {
-        json!({
+        let mut v = json!({
             "step": self.step,
             "n_training_samples": self.tokens,
             "mse_loss": self.mse_loss,
@@ -49,7 +56,14 @@ impl StepMetrics {
             "lr": self.lr,
             "l1_coefficient": self.l1_coefficient,
             "l0_coefficient": self.l0_coefficient,
-        })
+        });
+        if let Some(ce) = &self.ce_loss {
+            v["ce_loss_score"] = json!(ce.score());
+            v["ce_loss_with_sae"] = json!(ce.with_sae);
+            v["ce_loss_without_sae"] = json!(ce.clean);
+            v["ce_loss_with_ablation"] = json!(ce.zero_ablation);
+        }
+        v
     }
 }
 
@@ -66,7 +80,18 @@ impl std::fmt::Display for StepMetrics {
             self.l0,
             100.0 * self.dead_fraction,
             self.lr
-        )
+        )?;
+        if let Some(ce) = &self.ce_loss {
+            write!(
+                f,
+                ", CE loss recovered {:.4} (CE {:.4} with the SAE, {:.4} clean, {:.4} zero-ablated)",
+                ce.score(),
+                ce.with_sae,
+                ce.clean,
+                ce.zero_ablation
+            )?;
+        }
+        Ok(())
     }
 }
 

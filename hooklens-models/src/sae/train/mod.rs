@@ -26,9 +26,10 @@
 //! - `normalize_activations`: `none` or `expected_average_only_in` (folded into the
 //!   saved weights).
 //!
-//! [`train`] runs over a harvest's shards ([`HarvestActivations`]), writes checkpoints
-//! and resumes from the newest one in its output folder, ending with the same weights as
-//! an uninterrupted run. [`SaeTrainer`] is the step-by-step interface underneath.
+//! [`train`] runs over a harvest's shards ([`HarvestActivations`]) or a model's
+//! activations computed on the fly over a corpus ([`ModelActivations`]), writes
+//! checkpoints and resumes from the newest one in its output folder, ending with the
+//! same weights as an uninterrupted run. [`SaeTrainer`] is the step-by-step interface underneath.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -57,7 +58,9 @@ mod architecture;
 mod checkpoint;
 mod export;
 mod metrics;
+mod model_source;
 mod options;
+mod report;
 mod rng;
 mod schedule;
 mod trainer;
@@ -71,7 +74,9 @@ use hooklens_core::{Error, Result};
 
 pub use activations::{harvest_shards, HarvestActivations};
 pub use metrics::StepMetrics;
+pub use model_source::{ActivationSource, CeLoss, ModelActivations};
 pub use options::{JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainOptions};
+pub use report::{metrics_html, METRICS_HTML_FILE};
 pub use trainer::{SaeTrainer, SPARSITY_FILE};
 
 /// The metrics file [`train`] appends to in its output folder.
@@ -100,6 +105,12 @@ pub enum TrainEvent<'a> {
     Metrics(&'a StepMetrics),
     /// A checkpoint was written.
     Checkpoint(&'a Path),
+    /// A model's corpus was read to its end and is read again from its start (said
+    /// once per run).
+    CorpusRestarted {
+        /// The tokens of one pass over the corpus.
+        tokens_per_pass: u64,
+    },
 }
 
 /// What a finished [`train`] did.
@@ -118,21 +129,26 @@ pub struct TrainReport {
 }
 
 /// Trains an SAE (a transcoder where `src` was opened with
-/// [`HarvestActivations::open_transcoder`]) on `src` with `opts` and writes it to `out` as a SAELens folder
-/// (`cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`), with checkpoints in
-/// `out/checkpoints/` (every `checkpoint_every_tokens` and at the end) and metrics in
-/// `out/metrics.jsonl`.
+/// [`HarvestActivations::open_transcoder`], or made with a `hook_out`) on `src` (a
+/// harvest's shards, or a model run over a corpus: [`ModelActivations`]) with `opts` and
+/// writes it to `out` as a SAELens folder (`cfg.json`, `sae_weights.safetensors`,
+/// `sparsity.safetensors`), with checkpoints in `out/checkpoints/` (every
+/// `checkpoint_every_tokens` and at the end), metrics in `out/metrics.jsonl` and their
+/// plots in `out/metrics.html` (rewritten at each metrics step). With a model, each
+/// metrics step also measures the cross-entropy loss recovered ([`CeLoss`]) when the
+/// model is on the CPU.
 ///
 /// When `out` already holds checkpoints, the newest is resumed: the batches it had
-/// consumed are read again (not trained on) so the data order continues exactly, and
-/// the run ends with the weights an uninterrupted run would have. Settings that differ
-/// from the checkpoint's are an error naming them.
-pub fn train(
-    src: &HarvestActivations,
+/// consumed are read (or, from a model, computed) again, not trained on, so the data
+/// order continues exactly, and the run ends with the weights an uninterrupted run
+/// would have. Settings that differ from the checkpoint's are an error naming them.
+pub fn train<'a>(
+    src: impl Into<ActivationSource<'a>>,
     opts: &TrainOptions,
     out: &Path,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainReport> {
+    let src: ActivationSource<'a> = src.into();
     opts.validate()?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let ckpt_root = out.join(checkpoint::CHECKPOINTS_DIR);
@@ -158,7 +174,7 @@ pub fn train(
     let batch = opts.train_batch_size_tokens;
     if opts.normalize_activations == NormalizeActivations::ExpectedAverageOnlyIn && trainer.scaling_factor().is_none() {
         // A stream of its own, so that estimating does not move the training data.
-        let mut est = src.batches(batch, opts.n_batches_in_buffer, opts.seed.wrapping_add(1));
+        let mut est = src.batches(batch, opts.n_batches_in_buffer, opts.seed.wrapping_add(1))?;
         let (mut sum, mut count) = (0f64, 0usize);
         for _ in 0..opts.n_batches_for_norm_estimate {
             let norms: Vec<f32> = est.next_batch()?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
@@ -169,10 +185,16 @@ pub fn train(
         trainer.set_scaling_factor(factor)?;
         on_event(TrainEvent::ScalingFactor(factor));
     }
-    let mut batches = src.batches(batch, opts.n_batches_in_buffer, opts.seed);
+    let mut batches = src.batches(batch, opts.n_batches_in_buffer, opts.seed)?;
     for _ in 0..trainer.steps() {
         batches.next_batch()?;
     }
+    let mut said_restart = false;
+    say_restart(&mut said_restart, &batches, on_event);
+    let model = match src {
+        ActivationSource::Model(m) if m.model().device().is_cpu() => Some(m),
+        _ => None,
+    };
     let metrics_path = out.join(METRICS_FILE);
     metrics::truncate_after(&metrics_path, trainer.steps())?;
     let mut last_metrics = None;
@@ -180,6 +202,7 @@ pub fn train(
     while trainer.tokens() < opts.training_tokens {
         let before = trainer.tokens();
         let batch = batches.next_batch()?;
+        say_restart(&mut said_restart, &batches, on_event);
         let metrics = match src.hook_out() {
             Some((_, d_out)) => {
                 let d_in = src.d_in();
@@ -194,8 +217,12 @@ pub fn train(
             tokens: trainer.tokens(),
             total: opts.training_tokens,
         });
-        if let Some(m) = metrics {
+        if let Some(mut m) = metrics {
+            if let Some(model) = model {
+                m.ce_loss = Some(model.ce_loss(&trainer.to_sae()?)?);
+            }
             metrics::append_jsonl(&metrics_path, &m)?;
+            report::write_metrics_html(out, src.hook())?;
             on_event(TrainEvent::Metrics(&m));
             last_metrics = Some(m);
         }
@@ -212,6 +239,7 @@ pub fn train(
         on_event(TrainEvent::Checkpoint(&dir));
     }
     trainer.save_sae(out)?;
+    report::write_metrics_html(out, src.hook())?;
     Ok(TrainReport {
         tokens: trainer.tokens(),
         steps: trainer.steps(),
@@ -219,4 +247,12 @@ pub fn train(
         last_metrics,
         sae_dir: out.to_path_buf(),
     })
+}
+
+/// Says once that a model's corpus is read again from its start.
+fn say_restart(said: &mut bool, batches: &activations::Batches<'_>, on_event: &mut dyn FnMut(TrainEvent)) {
+    if let (false, Some(tokens_per_pass)) = (*said, batches.tokens_per_pass()) {
+        *said = true;
+        on_event(TrainEvent::CorpusRestarted { tokens_per_pass });
+    }
 }

@@ -460,3 +460,163 @@ fn transcoders_learn_a_map_and_save_as_saelens_transcoders() {
         .to_string();
     assert!(err.contains("normalize_activations must be none"), "{err}");
 }
+
+/// A corpus of `lines` lines of 12 words each from a small vocabulary, at `path`.
+fn write_corpus(path: &Path, lines: usize) {
+    let words = [
+        "when", "the", "cat", "sat", "on", "a", "mat", "it", "was", "happy", "and", "then", "left",
+    ];
+    let mut rng = Rng::new(7);
+    let text: String = (0..lines)
+        .map(|_| {
+            let line: Vec<&str> = (0..12).map(|_| words[rng.below(words.len())]).collect();
+            line.join(" ") + "\n"
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn model_source(corpus: &Path, hook_out: Option<&str>) -> ModelActivations {
+    let model = crate::HookedTransformer::builtin().unwrap();
+    let hook = if hook_out.is_some() {
+        "blocks.0.hook_resid_mid"
+    } else {
+        "blocks.0.hook_resid_post"
+    };
+    ModelActivations::new(model, crate::corpus::Corpus::new(corpus), hook, hook_out, Some(16), 4).unwrap()
+}
+
+#[test]
+fn a_model_source_serves_the_rows_shards_of_its_activations_would() {
+    let tmp = TempDir::new("train-model-rows");
+    write_corpus(&tmp.path("corpus.txt"), 10);
+    for hook_out in [None, Some("blocks.0.hook_mlp_out")] {
+        let src = model_source(&tmp.path("corpus.txt"), hook_out);
+        // Every sequence of the corpus, its activations written as one shard.
+        let mut seqs = src.sequences().unwrap();
+        let mut tokens = Vec::new();
+        while let Some(s) = seqs.next_sequence().unwrap() {
+            tokens.extend(s);
+        }
+        let n = tokens.len() / 16;
+        assert!(n > 4, "{n} sequences");
+        let all = Tensor::from_vec(tokens, (n, 16), &Device::Cpu).unwrap();
+        let model = src.model();
+        let names: Vec<String> = [Some(src.hook()), hook_out]
+            .into_iter()
+            .flatten()
+            .map(String::from)
+            .collect();
+        let (_, cache) = hooklens_core::HookedModel::run_with_cache(
+            model,
+            hooklens_core::CacheOptions::new().names(hooklens_core::NamesFilter::Names(names.clone())),
+            |m| m.forward(&all),
+        )
+        .unwrap();
+        let dir = tmp.path(&format!("shards-{}", hook_out.is_some()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut map: HashMap<String, Tensor> = names.iter().map(|n| (n.clone(), cache[n.as_str()].clone())).collect();
+        map.insert("tokens".into(), all.to_dtype(DType::I64).unwrap());
+        candle_core::safetensors::save(&map, dir.join("00000-of-00001-shard-000000.safetensors")).unwrap();
+        let shards = match hook_out {
+            Some(h) => HarvestActivations::open_transcoder(&dir, src.hook(), h).unwrap(),
+            None => HarvestActivations::open(&dir, src.hook()).unwrap(),
+        };
+        assert_eq!(shards.d_in(), src.d_in());
+        assert_eq!(shards.hook_out(), src.hook_out());
+        // Served through the same buffer, over several passes of the corpus.
+        let mut a = shards.batches(64, 4, 5);
+        let mut b = ActivationSource::from(&src).batches(64, 4, 5).unwrap();
+        let passes = 3 * n * 16 / 64;
+        for i in 0..passes {
+            let (x, y) = (a.next_batch().unwrap(), b.next_batch().unwrap());
+            let gap = (x - y)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(gap < 1e-4, "batch {i}: {gap}");
+        }
+        assert_eq!(b.tokens_per_pass(), Some((n * 16) as u64));
+    }
+    let corpus = crate::corpus::Corpus::new(tmp.path("corpus.txt"));
+    let model = || crate::HookedTransformer::builtin().unwrap();
+    let err = |hook: &str, ctx| {
+        ModelActivations::new(model(), corpus.clone(), hook, None, ctx, 4)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = err("blocks.0.hook_resid_pots", Some(16));
+    assert!(
+        e.contains("not a hook point") && e.contains("blocks.0.hook_resid_post"),
+        "{e}"
+    );
+    let e = err("blocks.0.hook_resid_post", Some(1));
+    assert!(e.contains("context size 1 must be between 2"), "{e}");
+    std::fs::write(tmp.path("short.txt"), "the cat\n").unwrap();
+    let e = ModelActivations::new(
+        model(),
+        crate::corpus::Corpus::new(tmp.path("short.txt")),
+        "blocks.0.hook_resid_post",
+        None,
+        Some(16),
+        4,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not one sequence of 16"), "{e}");
+}
+
+#[test]
+fn training_from_a_model_resumes_exactly_and_measures_ce_loss_recovered() {
+    let tmp = TempDir::new("train-model");
+    write_corpus(&tmp.path("corpus.txt"), 10);
+    let src = model_source(&tmp.path("corpus.txt"), None);
+    let full = TrainOptions {
+        k: 8,
+        lr: 1e-3,
+        training_tokens: 64 * 30,
+        train_batch_size_tokens: 64,
+        n_batches_in_buffer: 4,
+        metrics_every_steps: 10,
+        ..TrainOptions::new(TrainArchitecture::TopK, 64)
+    };
+    let (a, c) = (tmp.path("a"), tmp.path("c"));
+    let mut restarts = 0;
+    let mut scores = Vec::new();
+    train(&src, &full, &a, &mut |e| match e {
+        TrainEvent::CorpusRestarted { tokens_per_pass } => {
+            restarts += 1;
+            assert!(tokens_per_pass > 0 && tokens_per_pass % 16 == 0);
+        }
+        TrainEvent::Metrics(m) => scores.push(m.ce_loss.unwrap()),
+        _ => {}
+    })
+    .unwrap();
+    assert_eq!(restarts, 1, "said once");
+    assert_eq!(scores.len(), 3);
+    for ce in &scores {
+        assert!(ce.zero_ablation > ce.clean, "{ce:?}");
+        assert!(ce.score().is_finite(), "{ce:?}");
+    }
+    // The SAE learns: it recovers more of the loss at the end than at the start.
+    assert!(scores[2].score() > scores[0].score(), "{scores:?}");
+    let metrics = |d: &Path| std::fs::read_to_string(d.join(METRICS_FILE)).unwrap();
+    assert!(metrics(&a).contains("\"ce_loss_score\":"), "{}", metrics(&a));
+    let html = std::fs::read_to_string(a.join(METRICS_HTML_FILE)).unwrap();
+    assert_eq!(html.matches("<svg").count(), 5);
+
+    let checkpointed = TrainOptions {
+        checkpoint_every_tokens: Some(64 * 15),
+        ..full.clone()
+    };
+    train(&src, &checkpointed, &c, &mut |_| {}).unwrap();
+    std::fs::remove_dir_all(c.join("checkpoints").join((64 * 30).to_string())).unwrap();
+    let resumed = train(&src, &full, &c, &mut |_| {}).unwrap();
+    assert_eq!(resumed.resumed_from, Some(64 * 15));
+    assert_eq!(weights(&a), weights(&c), "resumed run differs");
+    assert_eq!(metrics(&a), metrics(&c), "resumed run's metrics differ");
+}

@@ -401,6 +401,7 @@ impl SaeTrainer {
             lr,
             l1_coefficient: (self.opts.architecture == TrainArchitecture::Standard).then_some(l1),
             l0_coefficient: (self.opts.architecture == TrainArchitecture::JumpRelu).then_some(l0_coef),
+            ce_loss: None,
         }))
     }
 

@@ -21,6 +21,11 @@ impl TokenQueue {
         self.buf.len() - self.start
     }
 
+    /// Whether no token waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Appends tokens at the back.
     pub fn extend(&mut self, tokens: impl IntoIterator<Item = u32>) {
         if self.start > 0 && self.start >= self.buf.len() / 2 {
