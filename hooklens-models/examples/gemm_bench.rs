@@ -5,7 +5,8 @@
 //! FILE`).
 //!
 //! `cargo run --release -p hooklens-models --example gemm_bench [-- --torch torch.json]
-//! [--rounds N] [--quick]`
+//! [--rounds N] [--quick] [--cold]` (`--cold`: every f32 call reads a weight the caches
+//! do not hold)
 //!
 //! Shapes are `x [M, K] @ w [K, N]` with `w` row-major, as the model stores its weights:
 //! the fused q|k|v projection (2048 -> 3072), the output projection (2048 -> 2048), gate
@@ -102,16 +103,31 @@ fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
 /// hooklens's bf16 product.
 fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Result<Vec<f64>> {
     let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
-    let w = Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)?;
+    // `--cold`: several copies of the weight, 256 MB or more in all, taken in turn, so
+    // that each call reads its weight from memory (as a forward does, whose weights
+    // never fit the caches), not from the L3 cache the previous call filled.
+    let copies = if std::env::args().any(|a| a == "--cold") { (256 << 20) / (k * n * 4) + 1 } else { 1 };
+    let ws: Vec<Tensor> =
+        (0..copies).map(|_| Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)).collect::<candle_core::Result<_>>()?;
+    let w = &ws[0];
     let flops = 2.0 * (m * k * n) as f64;
     let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);
-    let runs = WeightGemm::ALL.map(|kernel| model::matmul_with(&x, &w, kernel).is_ok());
+    let runs = WeightGemm::ALL.map(|kernel| model::matmul_with(&x, w, kernel).is_ok());
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); WeightGemm::ALL.len() + 2];
+    let mut turn = 0;
+    let mut next = || {
+        turn += 1;
+        &ws[turn % ws.len()]
+    };
     for round in 0..=rounds {
-        let mut t = vec![timed(|| drop(model::matmul(&x, &w).expect("matmul")))];
+        let mut t = vec![{
+            let w = next();
+            timed(|| drop(model::matmul(&x, w).expect("matmul")))
+        }];
         for (kernel, runs) in WeightGemm::ALL.into_iter().zip(runs) {
+            let w = next();
             t.push(if runs {
-                timed(|| drop(model::matmul_with(&x, &w, kernel).expect("matmul")))
+                timed(|| drop(model::matmul_with(&x, w, kernel).expect("matmul")))
             } else {
                 f64::NAN
             });

@@ -30,8 +30,13 @@ impl WeightGemm {
     /// `accumulate`, from a `[d_in, d_out]` weight with column stride `cs` (1:
     /// row-major).
     pub(crate) fn pick(rows: usize, accumulate: bool, cs: usize, (d_in, d_out): (usize, usize)) -> WeightGemm {
-        if rows >= GEMM_CRATE_MIN_ROWS {
-            return Self::GemmCrate;
+        if rows >= MANY_ROWS {
+            // The gemm crate led at the Llama shape's products (inputs and outputs of
+            // 2048 and more, row-major) and trailed far at GPT-2's (768 wide, the tied
+            // unembedding transposed): its 8 x 128 forward took 1.41 times as long as
+            // with the packed kernel.
+            let large = cs == 1 && d_in >= 2048 && d_out >= 2048;
+            return if large { Self::GemmCrate } else { Self::Packed.or(Self::MatrixMultiply, accumulate, cs) };
         }
         // The streamed kernel re-reads the weight once per 1 MiB band of rows, fewer
         // rows per band the wider the input: at 64 rows it led for inputs of 2048 into
@@ -44,6 +49,15 @@ impl WeightGemm {
         Self::MatrixMultiply
     }
 
+    /// This kernel where it runs on this CPU, else `other`.
+    fn or(self, other: WeightGemm, accumulate: bool, cs: usize) -> WeightGemm {
+        if self.runs(accumulate, cs) {
+            self
+        } else {
+            other
+        }
+    }
+
     /// Whether this kernel can run such a product on this CPU.
     pub(crate) fn runs(self, accumulate: bool, cs: usize) -> bool {
         match self {
@@ -54,10 +68,11 @@ impl WeightGemm {
     }
 }
 
-/// From this many rows on, the `gemm` crate: at 256 and 1024 rows of the Llama-3.2-1B
-/// shape's products it ran at 139-208 GFLOP/s, the packed kernel at 164-195 and
-/// `matrixmultiply` at 169-191 (2 threads; torch 134-178 on the same machine).
-const GEMM_CRATE_MIN_ROWS: usize = 256;
+/// From this many rows on, a kernel that packs both operands: at 256 and 1024 rows of
+/// the Llama-3.2-1B shape's products the gemm crate ran at 139-208 GFLOP/s, the packed
+/// kernel at 164-195 and `matrixmultiply` at 169-191 (2 threads; torch 134-178 on the
+/// same machine), the streamed kernel at 87-161.
+const MANY_ROWS: usize = 256;
 
 #[cfg(test)]
 mod tests {
