@@ -106,9 +106,14 @@ fn time_shape(m: usize, k: usize, n: usize, rounds: usize) -> candle_core::Resul
     // `--cold`: several copies of the weight, 256 MB or more in all, taken in turn, so
     // that each call reads its weight from memory (as a forward does, whose weights
     // never fit the caches), not from the L3 cache the previous call filled.
-    let copies = if std::env::args().any(|a| a == "--cold") { (256 << 20) / (k * n * 4) + 1 } else { 1 };
-    let ws: Vec<Tensor> =
-        (0..copies).map(|_| Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu)).collect::<candle_core::Result<_>>()?;
+    let copies = if std::env::args().any(|a| a == "--cold") {
+        (256 << 20) / (k * n * 4) + 1
+    } else {
+        1
+    };
+    let ws: Vec<Tensor> = (0..copies)
+        .map(|_| Tensor::randn(0f32, 0.02, (k, n), &Device::Cpu))
+        .collect::<candle_core::Result<_>>()?;
     let w = &ws[0];
     let flops = 2.0 * (m * k * n) as f64;
     let (xb, wb) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?);

@@ -36,7 +36,11 @@ impl WeightGemm {
             // unembedding transposed): its 8 x 128 forward took 1.41 times as long as
             // with the packed kernel.
             let large = cs == 1 && d_in >= 2048 && d_out >= 2048;
-            return if large { Self::GemmCrate } else { Self::Packed.or(Self::MatrixMultiply, accumulate, cs) };
+            return if large {
+                Self::GemmCrate
+            } else {
+                Self::Packed.or(Self::MatrixMultiply, accumulate, cs)
+            };
         }
         // The streamed kernel re-reads the weight once per 1 MiB band of rows, fewer
         // rows per band the wider the input: at 64 rows it led for inputs of 2048 into
