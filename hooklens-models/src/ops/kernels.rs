@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 use super::shared_out::SharedOut;
-use super::weight_gemm::WeightGemm;
+use super::weight_gemm::{WeightGemm, WeightProduct};
 
 /// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
 /// CPU has them (the crate is built for baseline x86-64, whose SSE2 is half as wide),
@@ -660,98 +660,27 @@ fn sgemm_into(
     if !kernel.runs(beta != 0.0, cs) {
         candle_core::bail!("sgemm: the {kernel:?} kernel cannot run this product on this CPU")
     }
+    let product = WeightProduct {
+        x,
+        rows,
+        d_in,
+        d_out,
+        w,
+        strides: (rs, cs),
+        y: y_out,
+        accumulate: beta != 0.0,
+    };
     if kernel == WeightGemm::GemmCrate {
-        // One call on every thread: the crate splits the work itself (by rows and
-        // columns, sharing its packed blocks), which beats column blocks at many rows.
-        let par = if blocks > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
-        // to stay inside the storage above; y holds rows * d_out values, borrowed
-        // mutably here. With read_dst false the crate writes every value of y and
-        // reads none, so y may be uninitialised memory.
-        unsafe {
-            gemm::gemm(
-                rows,
-                d_out,
-                d_in,
-                y_out.get(),
-                1,
-                d_out as isize,
-                beta != 0.0,
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                w.as_ptr(),
-                cs as isize,
-                rs as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        // above to stay inside its storage; y holds rows * d_out values, borrowed
+        // mutably by this call.
+        unsafe { product.gemm_crate(threads) };
         return Ok(());
     }
     let block = |j0: usize| {
-        let n = width.min(d_out - j0);
-        if kernel == WeightGemm::Packed {
-            // SAFETY: as below; the packing reads w through its strides (checked above
-            // to stay inside the storage), y may be uninitialised unless accumulating,
-            // and avx512f is available.
-            unsafe {
-                super::packed_gemm::gemm(
-                    x.as_ptr(),
-                    rows,
-                    d_in,
-                    w.as_ptr(),
-                    rs,
-                    cs,
-                    y_out.get(),
-                    d_out,
-                    j0,
-                    j0 + n,
-                    beta != 0.0,
-                );
-            }
-            return;
-        }
-        if kernel == WeightGemm::Streamed {
-            // SAFETY: as below; the weight is row-major (column stride 1) with row
-            // stride rs, and avx512f is available.
-            unsafe {
-                super::streamed_gemm::gemm(x.as_ptr(), rows, d_in, w.as_ptr(), rs, y_out.get(), d_out, j0, j0 + n);
-            }
-            return;
-        }
-        // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
-        // to stay inside the storage above, and columns j0..j0 + n of it lie inside that
-        // view; y holds rows * d_out values, borrowed mutably here, and each block
-        // writes only its own columns j0..j0 + n of every row. With beta 0 sgemm reads
-        // no value of y (matrixmultiply's kernels store alpha * AB then), so y may be
-        // uninitialised memory.
-        unsafe {
-            matrixmultiply::sgemm(
-                rows,
-                d_in,
-                n,
-                1.0,
-                x.as_ptr(),
-                d_in as isize,
-                1,
-                w.as_ptr().add(j0 * cs),
-                rs as isize,
-                cs as isize,
-                beta,
-                y_out.get().add(j0),
-                d_out as isize,
-                1,
-            );
-        }
+        // SAFETY: as above, each block writes only its own columns j0..j0 + n, and
+        // `kernel.runs` was checked.
+        unsafe { product.columns(kernel, j0, width.min(d_out - j0)) }
     };
     if blocks == 1 {
         block(0);

@@ -7,6 +7,8 @@
 //! `hooklens-models/examples/gemm_bench.rs` on the 2-core AVX-512 machine this project is
 //! measured on (docs/performance.md, "Weight products").
 
+use super::shared_out::SharedOut;
+
 /// One CPU kernel for `y (+)= x @ w` (`x` `[rows, in]` row-major, `w` `[in, out]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightGemm {
@@ -68,6 +70,103 @@ impl WeightGemm {
             Self::Packed => super::packed_gemm::available(),
             Self::Streamed => !accumulate && cs == 1 && super::streamed_gemm::available(),
             Self::GemmCrate | Self::MatrixMultiply => true,
+        }
+    }
+}
+
+/// One product `y (+)= x @ w` as the kernels take it: `x` `[rows, d_in]` row-major,
+/// `w` `[d_in, d_out]` with strides `(rs, cs)`, `y` `[rows, d_out]` row-major (which may
+/// be uninitialised unless `accumulate`).
+pub(crate) struct WeightProduct<'a> {
+    pub(crate) x: &'a [f32],
+    pub(crate) rows: usize,
+    pub(crate) d_in: usize,
+    pub(crate) d_out: usize,
+    /// The weight's storage from its first value.
+    pub(crate) w: &'a [f32],
+    pub(crate) strides: (usize, usize),
+    pub(crate) y: SharedOut,
+    pub(crate) accumulate: bool,
+}
+
+impl WeightProduct<'_> {
+    /// The whole product through the gemm crate, which splits it over `threads` itself
+    /// (by rows and columns, sharing its packed blocks).
+    ///
+    /// # Safety
+    /// `x` holds `rows * d_in` values, `w`'s strided view lies inside `w`, `y` holds
+    /// `rows * d_out` values that nothing else reads or writes during the call.
+    pub(crate) unsafe fn gemm_crate(&self, threads: usize) {
+        let (rs, cs) = self.strides;
+        let par = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: the contract above. With read_dst false the crate writes every value
+        // of y and reads none, so y may be uninitialised memory.
+        unsafe {
+            gemm::gemm(
+                self.rows,
+                self.d_out,
+                self.d_in,
+                self.y.get(),
+                1,
+                self.d_out as isize,
+                self.accumulate,
+                self.x.as_ptr(),
+                1,
+                self.d_in as isize,
+                self.w.as_ptr(),
+                cs as isize,
+                rs as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+
+    /// Columns `j0..j0 + n` of the product through `kernel` (not the gemm crate), on
+    /// this thread.
+    ///
+    /// # Safety
+    /// As [`WeightProduct::gemm_crate`], but only columns `j0..j0 + n` of `y` are this
+    /// call's; `kernel.runs(accumulate, cs)`.
+    pub(crate) unsafe fn columns(&self, kernel: WeightGemm, j0: usize, n: usize) {
+        let (rs, cs) = self.strides;
+        let (x, w, y) = (self.x.as_ptr(), self.w.as_ptr(), self.y.get());
+        let (rows, d_in, d_out) = (self.rows, self.d_in, self.d_out);
+        // SAFETY: the contract above; each kernel writes only columns j0..j0 + n of y,
+        // reads w through its strides inside its view, and the packed and streamed
+        // kernels have avx512f (`runs`). With beta 0 matrixmultiply reads no value of y
+        // (its kernels store alpha * AB then), so y may be uninitialised.
+        unsafe {
+            match kernel {
+                WeightGemm::Packed => {
+                    super::packed_gemm::gemm(x, rows, d_in, w, rs, cs, y, d_out, j0, j0 + n, self.accumulate)
+                }
+                WeightGemm::Streamed => super::streamed_gemm::gemm(x, rows, d_in, w, rs, y, d_out, j0, j0 + n),
+                WeightGemm::GemmCrate | WeightGemm::MatrixMultiply => matrixmultiply::sgemm(
+                    rows,
+                    d_in,
+                    n,
+                    1.0,
+                    x,
+                    d_in as isize,
+                    1,
+                    w.add(j0 * cs),
+                    rs as isize,
+                    cs as isize,
+                    if self.accumulate { 1.0 } else { 0.0 },
+                    y.add(j0),
+                    d_out as isize,
+                    1,
+                ),
+            }
         }
     }
 }
