@@ -10,6 +10,7 @@ pub mod circuits;
 pub mod config;
 pub mod convert;
 pub mod corpus;
+pub(crate) mod html;
 pub mod loading;
 pub mod model;
 pub(crate) mod ops;

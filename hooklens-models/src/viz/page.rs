@@ -26,22 +26,6 @@ pub(crate) fn json_for_script(value: &serde_json::Value) -> String {
     out
 }
 
-/// `text` escaped for HTML element content and double-quoted attributes.
-pub(crate) fn escape_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// `tokens` of one prompt as `[1, pos]` (from `[pos]` or `[1, pos]`) and `pos`; anything
 /// else is an error naming the view (`what`) that shows one prompt.
 pub(super) fn one_prompt(
@@ -67,7 +51,7 @@ pub(super) fn one_prompt(
 /// the script-safe JSON. The data goes in last, so nothing in it is ever substituted.
 pub(super) fn fill(template: &str, title: &str, data: &serde_json::Value) -> String {
     template
-        .replace("{{TITLE}}", &escape_html(title))
+        .replace("{{TITLE}}", &crate::html::escape_html(title))
         .replace("{{DATA}}", &json_for_script(data))
 }
 
@@ -111,7 +95,10 @@ mod tests {
 
     #[test]
     fn html_escaping() {
-        assert_eq!(escape_html("<b a=\"x\">&'"), "&lt;b a=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            crate::html::escape_html("<b a=\"x\">&'"),
+            "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     /// The lines of `page`'s scripts that put text into the DOM as plain text (a

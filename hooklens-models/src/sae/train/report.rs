@@ -31,23 +31,6 @@ const RIGHT: f64 = 20.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 40.0;
 
-/// `text` escaped for HTML element content and double-quoted attributes (as
-/// `viz`'s pages escape it).
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A number for an axis label: short, and exact enough to tell ticks apart.
 fn label(v: f64) -> String {
     let a = v.abs();
@@ -71,7 +54,7 @@ pub fn metrics_html(title: &str, jsonl: &str) -> String {
         .filter(Value::is_object)
         .collect();
     let mut html = String::new();
-    let title = escape(title);
+    let title = crate::html::escape_html(title);
     let _ = write!(
         html,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
@@ -131,15 +114,15 @@ fn plot(html: &mut String, key: &str, name: &str, points: &[(f64, f64)]) {
         "<section class=\"plot\" data-metric=\"{key}\">\n<h2>{}</h2>\n\
          <svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{HEIGHT}\" \
          viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\" aria-label=\"{} against tokens\">\n",
-        escape(name),
-        escape(name)
+        crate::html::escape_html(name),
+        crate::html::escape_html(name)
     );
     let right = WIDTH - RIGHT;
     let bottom = TOP + ph;
     for i in 0..=4 {
         let y = y0 + (y1 - y0) * i as f64 / 4.0;
         let (py, ly, lx) = (sy(y), sy(y) + 4.0, LEFT - 6.0);
-        let text = escape(&label(y));
+        let text = crate::html::escape_html(&label(y));
         let _ = writeln!(
             html,
             "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{right:.1}\" y1=\"{py:.1}\" y2=\"{py:.1}\"/>\
@@ -149,7 +132,7 @@ fn plot(html: &mut String, key: &str, name: &str, points: &[(f64, f64)]) {
     for i in 0..=2 {
         let x = x0 + (x1 - x0) * i as f64 / 2.0;
         let (px, ly) = (sx(x), bottom + 16.0);
-        let text = escape(&label(x));
+        let text = crate::html::escape_html(&label(x));
         let _ = writeln!(
             html,
             "<text x=\"{px:.1}\" y=\"{ly:.1}\" text-anchor=\"middle\">{text}</text>"
