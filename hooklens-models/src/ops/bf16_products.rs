@@ -11,6 +11,7 @@ use half::bf16;
 use super::kernels::{SmallMatmul, SMALL_MATMUL_ROWS};
 use super::packed_gemm;
 use super::shared_out::SharedOut;
+use super::weight_gemm::column_blocks;
 
 /// `x @ w` for bf16 `x` `[rows, in]` and `w` `[in, out]` (any strides) on the CPU with
 /// no gradient tracked, as bf16 `[rows, out]`; `None` elsewhere (other dtypes and
@@ -83,16 +84,8 @@ impl CustomOp2 for Bf16Matmul {
         let n = rows * d_out;
         let mut y: Vec<bf16> = Vec::with_capacity(n);
         let out = SharedOut::new(y.as_mut_ptr().cast::<f32>());
-        let threads = super::kernels::num_threads();
-        let blocks = if threads > 1 && rows * d_in * d_out >= 1 << 20 {
-            threads
-        } else {
-            1
-        };
-        // Multiples of 32 columns, so that every block fills the kernel's register tiles.
-        let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
-        let block = |j0: usize| {
-            let j1 = (j0 + width).min(d_out);
+        column_blocks(d_out, rows * d_in * d_out, |j0, cols| {
+            let j1 = j0 + cols;
             // SAFETY: x is [rows, d_in] row-major; w's strided view was checked above to
             // stay inside its storage; y has capacity rows * d_out, each block writes
             // only its own columns j0..j1 of every row (all of them, before any read),
@@ -111,17 +104,7 @@ impl CustomOp2 for Bf16Matmul {
                     self.dot,
                 )
             }
-        };
-        if blocks == 1 {
-            block(0);
-        } else {
-            use rayon::prelude::*;
-            (0..d_out)
-                .step_by(width)
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .for_each(block);
-        }
+        });
         // SAFETY: the blocks cover every column of every row, so all n values are written.
         unsafe { y.set_len(n) };
         Ok((CpuStorage::BF16(y), Shape::from((rows, d_out))))

@@ -10,7 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 use super::shared_out::SharedOut;
-use super::weight_gemm::{WeightGemm, WeightProduct};
+use super::weight_gemm::{column_blocks, WeightGemm, WeightProduct};
 
 /// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
 /// CPU has them (the crate is built for baseline x86-64, whose SSE2 is half as wide),
@@ -647,14 +647,6 @@ fn sgemm_into(
             x.len(),
         );
     }
-    // Column blocks on the threads of rayon's pool, each one single-threaded sgemm: with
-    // matrixmultiply's own thread pool beside rayon's (which the other kernels use),
-    // rayon's idle workers spin while sgemm's threads want the same cores.
-    let threads = num_threads();
-    let flops = rows * d_in * d_out;
-    let blocks = if threads > 1 && flops >= 1 << 20 { threads } else { 1 };
-    // Multiples of 32 columns, so that every block fills the kernels' register tiles.
-    let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
     let w = &w[start..];
     let kernel = kernel.unwrap_or_else(|| WeightGemm::pick(rows, beta != 0.0, cs, (d_in, d_out)));
     if !kernel.runs(beta != 0.0, cs) {
@@ -674,24 +666,14 @@ fn sgemm_into(
         // SAFETY: x holds rows * d_in values (row-major); w's strided view was checked
         // above to stay inside its storage; y holds rows * d_out values, borrowed
         // mutably by this call.
-        unsafe { product.gemm_crate(threads) };
+        unsafe { product.gemm_crate(num_threads()) };
         return Ok(());
     }
-    let block = |j0: usize| {
+    column_blocks(d_out, rows * d_in * d_out, |j0, n| {
         // SAFETY: as above, each block writes only its own columns j0..j0 + n, and
         // `kernel.runs` was checked.
-        unsafe { product.columns(kernel, j0, width.min(d_out - j0)) }
-    };
-    if blocks == 1 {
-        block(0);
-    } else {
-        use rayon::prelude::*;
-        (0..d_out)
-            .step_by(width)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .for_each(block);
-    }
+        unsafe { product.columns(kernel, j0, n) }
+    });
     Ok(())
 }
 

@@ -109,7 +109,7 @@ trait Kernel {
 }
 
 /// Lane masks of the two 16-column halves of a tile (`__mmask16` is a `u16`).
-type Masks = (u16, u16);
+pub(crate) type Masks = (u16, u16);
 
 /// `y[:, j0..j1] (+)= x @ w[:, j0..j1]` in f32 through kernel `K`'s panels (see
 /// [`gemm`] for the contract, with `y` always f32).
@@ -704,8 +704,9 @@ unsafe fn store_tile<const R: usize>(
     }
 }
 
-/// Lane masks of the two 16-column halves of a tile of `cols` (1..=32) columns.
-fn column_masks(cols: usize) -> Masks {
+/// Lane masks of the two 16-column halves of a tile of `cols` (1..=32) columns (also
+/// the streamed kernel's blocks).
+pub(crate) fn column_masks(cols: usize) -> Masks {
     let lanes = |n: usize| -> u16 {
         if n >= 16 {
             0xFFFF

@@ -16,6 +16,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::packed_gemm::column_masks;
+
 /// Rows of `x` per register tile: 8 rows x 32 columns take 16 of the 32 zmm
 /// registers as accumulators.
 const TILE_ROWS: usize = 8;
@@ -154,19 +157,6 @@ const X_BAND_BYTES: usize = 1 << 20;
 /// One chunk of a block, 64-byte aligned for whole-register loads.
 #[repr(align(64))]
 struct Chunk([f32; CHUNK_ROWS * BLOCK_COLS]);
-
-/// Lane masks of the two 16-column halves of a block of `cols` (1..=32) columns.
-#[cfg(target_arch = "x86_64")]
-fn column_masks(cols: usize) -> (__mmask16, __mmask16) {
-    let lanes = |n: usize| -> __mmask16 {
-        if n >= 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    };
-    (lanes(cols), lanes(cols.saturating_sub(16)))
-}
 
 /// `y[0..R, 0..32] (+)= x[0..R, 0..rows] @ chunk[0..rows, 0..32]`: `x` with row stride
 /// `k`, `chunk` 32 values a row; `first` overwrites `y`, otherwise adds to it. Columns

@@ -171,6 +171,28 @@ impl WeightProduct<'_> {
     }
 }
 
+/// Runs `block(j0, n)` over column blocks `j0..j0 + n` that cover `d_out` output
+/// columns, each block whole 32-column register tiles: one block per thread of rayon's
+/// pool when the product (`work` multiply-adds) is worth splitting, else one block on
+/// this thread. Column blocks on rayon's threads, each one single-threaded kernel: a
+/// kernel's own thread pool beside rayon's (which the other kernels use) would have
+/// rayon's idle workers spin while its threads want the same cores.
+pub(crate) fn column_blocks(d_out: usize, work: usize, block: impl Fn(usize, usize) + Sync + Send) {
+    let threads = super::kernels::num_threads();
+    let blocks = if threads > 1 && work >= 1 << 20 { threads } else { 1 };
+    let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
+    if blocks == 1 {
+        block(0, d_out);
+    } else {
+        use rayon::prelude::*;
+        (0..d_out)
+            .step_by(width)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .for_each(|j0| block(j0, width.min(d_out - j0)));
+    }
+}
+
 /// From this many rows on, a kernel that packs both operands: at 256 and 1024 rows of
 /// the Llama-3.2-1B shape's products the gemm crate ran at 139-208 GFLOP/s, the packed
 /// kernel at 164-195 and `matrixmultiply` at 169-191 (2 threads; torch 134-178 on the
