@@ -5,8 +5,9 @@
 //! FILE`).
 //!
 //! `cargo run --release -p hooklens-models --example gemm_bench [-- --torch torch.json]
-//! [--rounds N] [--quick] [--cold]` (`--cold`: every f32 call reads a weight the caches
-//! do not hold)
+//! [--rounds N] [--quick] [--cold] [--shapes "M,K,N M,K,N .."]` (`--cold`: every f32 call
+//! reads a weight the caches do not hold; `--shapes`: these products instead of Llama's,
+//! e.g. a mixture of experts' `"16,512,1792 16,1792,512"`)
 //!
 //! Shapes are `x [M, K] @ w [K, N]` with `w` row-major, as the model stores its weights:
 //! the fused q|k|v projection (2048 -> 3072), the output projection (2048 -> 2048), gate
@@ -52,8 +53,28 @@ fn main() -> candle_core::Result<()> {
     );
     println!("|---|---|---|---|{}---|---|---|---|---|", "---|".repeat(names.len()));
     let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
-    for &m in rows {
-        for &(name, k, n) in &SHAPES {
+    let shapes: Vec<(usize, &str, usize, usize)> = match flag("--shapes") {
+        Some(list) => list
+            .split_whitespace()
+            .map(|s| {
+                match s
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<Vec<usize>, _>>()
+                    .as_deref()
+                {
+                    Ok(&[m, k, n]) => Ok((m, "-", k, n)),
+                    _ => Err(candle_core::Error::Msg(format!("--shapes: {s:?} is not M,K,N"))),
+                }
+            })
+            .collect::<candle_core::Result<_>>()?,
+        None => rows
+            .iter()
+            .flat_map(|&m| SHAPES.iter().map(move |&(name, k, n)| (m, name, k, n)))
+            .collect(),
+    };
+    {
+        for (m, name, k, n) in shapes {
             // The unembedding at 1024 rows is half a TFLOP a call: fewer rounds.
             let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
             let rates = time_shape(m, k, n, r)?;

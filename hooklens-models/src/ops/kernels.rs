@@ -35,6 +35,7 @@ macro_rules! dispatched {
         }
     };
 }
+pub(crate) use dispatched;
 
 /// Whether `t` can go through these kernels. Besides the gradient mode, `t` itself
 /// must not be tracked by candle's autograd (a `Var`, or computed from one, as when
@@ -525,7 +526,7 @@ fn dots_impl<const FMA: bool>(out: &mut [f32], x: &[f32], rows: usize, d_in: usi
 
 /// `dot(a, b)` with 16 independent accumulators, so that the loop vectorises.
 #[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[impl WeightValue]) -> f32 {
+pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[impl WeightValue]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = ca

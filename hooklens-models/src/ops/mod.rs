@@ -11,6 +11,7 @@ mod packed_gemm;
 mod seeded_rng;
 mod shared_out;
 pub(crate) mod slice_gemm;
+pub(crate) mod sparse_rows;
 mod streamed_gemm;
 mod transpose;
 mod weight_gemm;

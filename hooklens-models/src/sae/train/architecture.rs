@@ -8,10 +8,11 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use hooklens_core::Result;
-use rayon::prelude::*;
 
 use super::options::{JumpReluSparsityLoss, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
+use super::sparse_step::{self, StepInputs};
+use crate::ops::sparse_rows::SparseRows;
 
 /// The parameters being trained (SAELens's names and `x @ W` layout), f32.
 #[derive(Clone, Debug)]
@@ -141,7 +142,7 @@ impl Params {
         } else {
             x.clone()
         };
-        let h0 = xc.matmul(&self.w_enc)?.broadcast_add(&self.b_enc)?;
+        let h0 = crate::ops::matmul(&xc, &self.w_enc)?.broadcast_add(&self.b_enc)?;
         match arch {
             TrainArchitecture::Standard => Ok(h0.relu()?),
             TrainArchitecture::TopK => {
@@ -203,7 +204,7 @@ impl Params {
                 acts.broadcast_div(&self.dec_norms()?)?
             }
         };
-        Ok(acts.matmul(&self.w_dec)?.broadcast_add(&self.b_dec)?)
+        Ok(mm(&acts, &self.w_dec)?.broadcast_add(&self.b_dec)?)
     }
 }
 
@@ -234,26 +235,7 @@ fn rescale_rows(w: &mut [f32], cols: usize, norm: f64) {
 pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed: Option<&[bool]>) -> Result<Tensor> {
     let (rows, cols) = values.dims2()?;
     let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
-    let candidates: Vec<usize> = match allowed {
-        Some(a) => (0..cols).filter(|&c| a[c]).collect(),
-        None => (0..cols).collect(),
-    };
-    let k = k.min(candidates.len());
-    let mut mask = vec![0f32; rows * cols];
-    if k > 0 {
-        mask.par_chunks_mut(cols).enumerate().for_each(|(r, out)| {
-            let row = &v[r * cols..(r + 1) * cols];
-            let mut idx = candidates.clone();
-            // Largest first; total_cmp so a NaN cannot make the selection panic.
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
-            for &c in &idx[..k] {
-                if !positive_only || row[c] > 0.0 {
-                    out[c] = 1.0;
-                }
-            }
-        });
-    }
-    Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
+    ones_at(&sparse_step::top_k_entries(&v, rows, cols, k, positive_only, allowed))
 }
 
 /// A `[rows, cols]` 0/1 mask of the `n` largest positive entries of all of `values`
@@ -261,18 +243,17 @@ pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed
 pub(crate) fn batch_top_k_mask(values: &Tensor, n: usize) -> Result<Tensor> {
     let (rows, cols) = values.dims2()?;
     let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
-    let mut mask = vec![0f32; rows * cols];
-    let n = n.min(v.len());
-    if n > 0 {
-        let mut idx: Vec<usize> = (0..v.len()).collect();
-        idx.select_nth_unstable_by(n - 1, |&a, &b| v[b].total_cmp(&v[a]));
-        for &i in &idx[..n] {
-            if v[i] > 0.0 {
-                mask[i] = 1.0;
-            }
-        }
-    }
-    Ok(Tensor::from_vec(mask, (rows, cols), &Device::Cpu)?)
+    ones_at(&sparse_step::batch_top_k_entries(&v, rows, cols, n))
+}
+
+/// 1 at the entries of `s`, 0 elsewhere.
+fn ones_at(s: &SparseRows) -> Result<Tensor> {
+    let (rows, cols) = s.dims();
+    Ok(Tensor::from_vec(
+        s.with_values(vec![1.0; s.nnz()]).to_dense(),
+        (rows, cols),
+        &Device::Cpu,
+    )?)
 }
 
 /// The loss of `x` `[batch, d_in]` and its gradients with respect to every parameter.
@@ -302,12 +283,23 @@ pub(crate) fn loss_and_grads(
         x.clone()
     };
     let x = target.unwrap_or(x);
-    let h0 = xc.matmul(&p.w_enc)?.broadcast_add(&p.b_enc)?;
+    let h0 = crate::ops::matmul(&xc, &p.w_enc)?.broadcast_add(&p.b_enc)?;
     let norms = p.dec_norms()?;
+    let inputs = StepInputs {
+        p,
+        target: x,
+        xc: &xc,
+        h0: &h0,
+        norms: &norms,
+        apply_b_dec,
+    };
     match obj {
         Objective::Standard { l1_coefficient } => {
+            if let Some(step) = sparse_step::standard(&inputs, *l1_coefficient)? {
+                return Ok(step);
+            }
             let acts = h0.relu()?;
-            let out = acts.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+            let out = mm(&acts, &p.w_dec)?.broadcast_add(&p.b_dec)?;
             let err = (&out - x)?;
             let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
             let l1_sum = acts.broadcast_mul(&norms)?.sum_all()?.to_scalar::<f32>()? as f64;
@@ -316,10 +308,10 @@ pub(crate) fn loss_and_grads(
             let c = l1_coefficient * inv_b;
             // d(l1)/d(acts) = c * ||W_dec[f]|| (acts >= 0, so |acts| is acts where the
             // relu lets a gradient through), and d(l1)/d(||W_dec[f]||) = c * sum_b acts.
-            let g_acts = g_out.matmul(&p.w_dec.t()?)?.broadcast_add(&(&norms * c)?)?;
+            let g_acts = mm(&g_out, &p.w_dec.t()?)?.broadcast_add(&(&norms * c)?)?;
             let g_pre = (g_acts * h0.gt(0.0)?.to_dtype(DType::F32)?)?;
             let g_norm = (acts.sum(0)? * c)?;
-            let w_dec_grad = (acts.t()?.matmul(&g_out)? + p.w_dec.broadcast_mul(&(g_norm / &norms)?.unsqueeze(1)?)?)?;
+            let w_dec_grad = (mm(&acts.t()?, &g_out)? + p.w_dec.broadcast_mul(&(g_norm / &norms)?.unsqueeze(1)?)?)?;
             let grads = encoder_grads(p, &xc, &g_pre, &g_out, w_dec_grad, apply_b_dec)?;
             Ok((
                 Forward {
@@ -344,6 +336,9 @@ pub(crate) fn loss_and_grads(
             inner_widths,
             matryoshka_aux,
         } => {
+            if inner_widths.is_empty() {
+                return sparse_step::topk(&inputs, *k, *per_batch, *aux_loss_coefficient, *dead);
+            }
             let hp = h0.broadcast_mul(&norms)?;
             let mask = if *per_batch {
                 batch_top_k_mask(&hp, k * batch)?
@@ -354,12 +349,12 @@ pub(crate) fn loss_and_grads(
             // (acts / norms) is h0 where the mask is set: the decoder norms cancel, and
             // so does their gradient, which is why none flows into W_dec through them.
             let u = acts.broadcast_div(&norms)?;
-            let out = u.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+            let out = mm(&u, &p.w_dec)?.broadcast_add(&p.b_dec)?;
             let err = (&out - x)?;
             let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
             let g_out = (&err * (2.0 * inv_b))?;
-            let mut g_h0 = (g_out.matmul(&p.w_dec.t()?)? * &mask)?;
-            let mut w_dec_grad = u.t()?.matmul(&g_out)?;
+            let mut g_h0 = (mm(&g_out, &p.w_dec.t()?)? * &mask)?;
+            let mut w_dec_grad = mm(&u.t()?, &g_out)?;
             let mut aux = 0f32;
             // Matryoshka: each inner level's reconstruction from the features before its
             // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`, built up block
@@ -379,7 +374,7 @@ pub(crate) fn loss_and_grads(
                 let mut running: Option<Tensor> = None;
                 let mut level_grads = Vec::with_capacity(levels);
                 for j in 0..levels {
-                    let part = block(&u, 1, j)?.matmul(&block(&p.w_dec, 0, j)?)?;
+                    let part = mm(&block(&u, 1, j)?, &block(&p.w_dec, 0, j)?)?;
                     let decoded = match running {
                         None => part.broadcast_add(&p.b_dec)?,
                         Some(r) => (r + part)?,
@@ -403,8 +398,8 @@ pub(crate) fn loss_and_grads(
                 let mut w_parts = Vec::with_capacity(levels + 1);
                 let mut h_parts = Vec::with_capacity(levels + 1);
                 for (j, s) in suffix.iter().enumerate() {
-                    w_parts.push(block(&u, 1, j)?.t()?.matmul(s)?);
-                    h_parts.push((s.matmul(&block(&p.w_dec, 0, j)?.t()?)? * block(&mask, 1, j)?)?);
+                    w_parts.push(mm(&block(&u, 1, j)?.t()?, s)?);
+                    h_parts.push((mm(s, &block(&p.w_dec, 0, j)?.t()?)? * block(&mask, 1, j)?)?);
                 }
                 // The outer block is in no inner level.
                 let rest = d_sae - bounds[levels];
@@ -445,14 +440,14 @@ pub(crate) fn loss_and_grads(
                 let k_aux = half.min(n_dead);
                 let aux_mask = top_k_mask(&hp, k_aux, false, Some(dead))?;
                 let v = (&hp * &aux_mask)?.broadcast_div(&norms)?;
-                let recons = v.matmul(&p.w_dec)?;
+                let recons = mm(&v, &p.w_dec)?;
                 // The residual is detached in SAELens: x - sae_out.
                 let diff = (&recons + *level_err)?;
                 let c = aux_loss_coefficient * scale;
                 aux += (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
                 let g_rec = (&diff * (2.0 * c * inv_b))?;
-                w_dec_grad = (w_dec_grad + v.t()?.matmul(&g_rec)?)?;
-                g_h0 = (g_h0 + (g_rec.matmul(&p.w_dec.t()?)? * &aux_mask)?)?;
+                w_dec_grad = (w_dec_grad + mm(&v.t()?, &g_rec)?)?;
+                g_h0 = (g_h0 + (mm(&g_rec, &p.w_dec.t()?)? * &aux_mask)?)?;
             }
             let grads = encoder_grads(p, &xc, &g_h0, &g_b_dec, w_dec_grad, apply_b_dec)?;
             Ok((
@@ -466,6 +461,14 @@ pub(crate) fn loss_and_grads(
             ))
         }
     }
+}
+
+/// `a @ b` through the model's products (`crate::ops::matmul`: AVX-512 kernels where
+/// the CPU has them; candle's matmul, whose CPU gemm here uses AVX2 only, otherwise).
+/// A transposed `b` (`W_dec^T`) is copied first: the copy costs a few percent of a
+/// product by it, and the fast kernels read their weight row-major.
+fn mm(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(crate::ops::matmul(a, &b.contiguous()?)?)
 }
 
 /// The rectangle kernel of SAELens's straight-through estimators at `(pre -
@@ -508,13 +511,13 @@ fn jumprelu_loss_and_grads(
     let t = p.threshold()?;
     let open = h0.broadcast_gt(t)?.to_dtype(DType::F32)?;
     let acts = (h0 * &open)?;
-    let out = acts.matmul(&p.w_dec)?.broadcast_add(&p.b_dec)?;
+    let out = mm(&acts, &p.w_dec)?.broadcast_add(&p.b_dec)?;
     let err = (&out - x)?;
     let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
     let g_out = (&err * (2.0 * inv_b))?;
     let rect = rectangle(h0, t, bw)?;
     let c = l0_coefficient * inv_b;
-    let mut g_acts = g_out.matmul(&p.w_dec.t()?)?;
+    let mut g_acts = mm(&g_out, &p.w_dec.t()?)?;
     // The gradient reaching the decoder norms (from tanh and the pre-activation loss).
     let mut g_norm: Option<Tensor> = None;
     // What reaches the Step's output (`step`), per element.
@@ -582,7 +585,7 @@ fn jumprelu_loss_and_grads(
             None => gn,
         });
     }
-    let mut w_dec_grad = acts.t()?.matmul(&g_out)?;
+    let mut w_dec_grad = mm(&acts.t()?, &g_out)?;
     if let Some(gn) = g_norm {
         w_dec_grad = (w_dec_grad + p.w_dec.broadcast_mul(&(gn / norms)?.unsqueeze(1)?)?)?;
     }
@@ -610,14 +613,9 @@ fn encoder_grads(
     w_dec: Tensor,
     apply_b_dec: bool,
 ) -> Result<Grads> {
-    let w_enc = xc.t()?.matmul(g_pre)?;
+    let w_enc = mm(&xc.t()?, g_pre)?;
     let b_enc = g_pre.sum(0)?;
-    let b_dec = if apply_b_dec {
-        let g_xc = g_pre.matmul(&p.w_enc.t()?)?;
-        (g_out.sum(0)? - g_xc.sum(0)?)?
-    } else {
-        g_out.sum(0)?
-    };
+    let b_dec = b_dec_grad(p, g_out.sum(0)?, &b_enc, apply_b_dec)?;
     Ok(Grads {
         w_enc,
         b_enc,
@@ -625,6 +623,16 @@ fn encoder_grads(
         b_dec,
         threshold: None,
     })
+}
+
+/// `b_dec`'s gradient from the output's (summed over the batch, `[d_out]`) and, with
+/// `apply_b_dec`, minus what flows into `x - b_dec`: `sum_b (g_pre @ W_enc^T)[b]`,
+/// which is `W_enc @ b_enc`'s gradient (`sum_b g_pre[b]`), one product by a vector.
+pub(crate) fn b_dec_grad(p: &Params, g_out_sum: Tensor, b_enc_grad: &Tensor, apply_b_dec: bool) -> Result<Tensor> {
+    if !apply_b_dec {
+        return Ok(g_out_sum);
+    }
+    Ok((g_out_sum - p.w_enc.matmul(&b_enc_grad.unsqueeze(1)?)?.squeeze(1)?)?)
 }
 
 /// `torch.nn.utils.clip_grad_norm_(params, 1.0)`, as SAELens calls it every step: the
@@ -700,9 +708,15 @@ mod tests {
     /// Builds SAELens's loss with autograd (the top-k masks, which have no gradient,
     /// taken from the hand-written forward) and compares every gradient.
     fn check(obj: Objective, dead: Option<&[bool]>) {
+        check_with(obj, dead, 0.0)
+    }
+
+    /// [`check`] with `b_enc` lowered by `shift`, which makes fewer features fire.
+    fn check_with(obj: Objective, dead: Option<&[bool]>, shift: f64) {
         let (batch, d_in, d_sae) = (7, 6, 12);
         let mut rng = Rng::new(3);
         let mut p = params(&mut rng, d_in, d_sae);
+        p.b_enc = (p.b_enc - shift).unwrap();
         if matches!(obj, Objective::JumpRelu { .. }) {
             let t: Vec<f32> = (0..d_sae).map(|_| (rng.uniform() * 0.3) as f32).collect();
             p.threshold = Some(Tensor::new(t, &Device::Cpu).unwrap());
@@ -939,6 +953,35 @@ mod tests {
     #[test]
     fn standard_gradients_match_autograd() {
         check(Objective::Standard { l1_coefficient: 0.7 }, None);
+    }
+
+    /// With few features firing the step goes through `sparse_step::standard`.
+    #[test]
+    fn sparse_standard_gradients_match_autograd() {
+        let mut rng = Rng::new(3);
+        let p = params(&mut rng, 6, 12);
+        let x = random(&mut rng, &[7, 6], 1.0);
+        let h0 = x
+            .broadcast_sub(&p.b_dec)
+            .unwrap()
+            .matmul(&p.w_enc)
+            .unwrap()
+            .broadcast_add(&p.b_enc)
+            .unwrap();
+        let fired = (h0 - 0.6)
+            .unwrap()
+            .gt(0.0)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let fired = fired.to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            fired > 0.0 && fired <= sparse_step::STANDARD_SPARSE_BELOW,
+            "{fired} of the features fire"
+        );
+        check_with(Objective::Standard { l1_coefficient: 0.7 }, None, 0.6);
     }
 
     #[test]

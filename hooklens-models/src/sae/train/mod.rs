@@ -63,6 +63,7 @@ mod options;
 mod report;
 mod rng;
 mod schedule;
+mod sparse_step;
 mod trainer;
 
 #[cfg(test)]
