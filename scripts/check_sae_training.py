@@ -41,7 +41,8 @@ Usage: python scripts/check_sae_training.py [--steps N] [--keep DIR] [--arch A .
     a target y = relu(x @ M). Weights within 6e-8 of SAELens after 40 steps; SAELens loads
     hooklens's folder as a Transcoder / JumpReLUTranscoder (d_out 12).
   - SAE.load_from_disk(hooklens's folder).encode must equal hooklens's own encode of the
-    first batch to 1e-4.
+    first batch to 1e-4, and its decode(encode(x)) the folder's as hooklens reads it
+    (Sae::from_dir) to 1e-4.
 """
 
 import argparse
@@ -355,6 +356,13 @@ def main():
         ok = diff <= 1e-4 * max(ours_enc.abs().max().item(), 1.0)
         failed |= not ok
         print(f"{arch}: SAE.load_from_disk(hooklens folder).encode vs hooklens: max diff {diff:.3e} {'ok' if ok else 'MISMATCH'}")
+        # The reconstruction of the same rows by the same folder, read by each library.
+        recons = loaded.decode(loaded.encode(xs[0]))
+        ours_recons = load_file(d / "hooklens_encode.safetensors")["recons"]
+        diff = (recons - ours_recons).abs().max().item()
+        ok = diff <= 1e-4 * max(ours_recons.abs().max().item(), 1.0)
+        failed |= not ok
+        print(f"{arch}: decode(encode(x)) of the folder, SAELens vs hooklens: max diff {diff:.3e} {'ok' if ok else 'MISMATCH'}")
     print(f"files in {base}")
     sys.exit(1 if failed else 0)
 

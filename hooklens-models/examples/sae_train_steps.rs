@@ -11,8 +11,10 @@
 //! jumprelu_sparsity_loss_mode, jumprelu_tanh_scale, jumprelu_ste_to_input,
 //! pre_act_loss_coefficient, target_l0, and `threshold` in init.safetensors; for
 //! matryoshka_batchtopk matryoshka_widths and use_matryoshka_aux_loss); takes one
-//! step per batch; writes the SAE folder to `DIR/hooklens/` and the encoding of the
-//! first batch to `DIR/hooklens_encode.safetensors`. With `hook_out` in opts.json and
+//! step per batch; writes the SAE folder to `DIR/hooklens/` and, to
+//! `DIR/hooklens_encode.safetensors`, the trainer's encoding of the first batch (`acts`)
+//! and the saved folder's reconstruction of it as `Sae::from_dir` reads it
+//! (`recons`: `decode(encode(x))`). With `hook_out` in opts.json and
 //! `y` (`[steps, batch, d_out]`) in batches.safetensors it trains a transcoder from `x`
 //! to `y`.
 
@@ -22,7 +24,7 @@ use std::path::Path;
 use candle_core::{Device, IndexOp, Tensor};
 use hooklens_core::{Error, Result};
 use hooklens_models::sae::train::{JumpReluSparsityLoss, SaeTrainer, TrainArchitecture, TrainOptions};
-use hooklens_models::sae::SaeWeights;
+use hooklens_models::sae::{Sae, SaeWeights};
 
 fn main() -> Result<()> {
     let Some(dir) = std::env::args().nth(1) else {
@@ -100,7 +102,13 @@ fn main() -> Result<()> {
         }
     }
     trainer.save_sae(&dir.join("hooklens"))?;
-    let acts: HashMap<String, Tensor> = [("acts".to_string(), trainer.encode(&x.i(0)?)?)].into();
+    let saved = Sae::from_dir(dir.join("hooklens"), &Device::Cpu)?;
+    let recons = saved.decode(&saved.encode(&x.i(0)?)?)?;
+    let acts: HashMap<String, Tensor> = [
+        ("acts".to_string(), trainer.encode(&x.i(0)?)?),
+        ("recons".to_string(), recons),
+    ]
+    .into();
     candle_core::safetensors::save(&acts, dir.join("hooklens_encode.safetensors"))?;
     Ok(())
 }

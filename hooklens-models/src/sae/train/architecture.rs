@@ -11,7 +11,7 @@ use hooklens_core::Result;
 
 use super::options::{JumpReluSparsityLoss, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
-use super::sparse_step::{self, StepInputs};
+use super::sparse_step;
 use crate::ops::sparse_rows::SparseRows;
 
 /// The parameters being trained (SAELens's names and `x @ W` layout), f32.
@@ -272,195 +272,288 @@ pub(crate) fn loss_and_grads(
     target: Option<&Tensor>,
     obj: &Objective,
 ) -> Result<(Forward, Grads)> {
-    let (batch, _) = x.dims2()?;
-    // The aux-k loss's `d_in / 2` is the reconstructed width (the SAE's d_in).
-    let d_in = p.b_dec.dim(0)?;
-    let inv_b = 1.0 / batch as f64;
     let apply_b_dec = target.is_none();
     let xc = if apply_b_dec {
         x.broadcast_sub(&p.b_dec)?
     } else {
         x.clone()
     };
-    let x = target.unwrap_or(x);
     let h0 = crate::ops::matmul(&xc, &p.w_enc)?.broadcast_add(&p.b_enc)?;
     let norms = p.dec_norms()?;
-    let inputs = StepInputs {
+    let s = StepInputs {
         p,
-        target: x,
+        target: target.unwrap_or(x),
         xc: &xc,
         h0: &h0,
         norms: &norms,
         apply_b_dec,
     };
     match obj {
-        Objective::Standard { l1_coefficient } => {
-            if let Some(step) = sparse_step::standard(&inputs, *l1_coefficient)? {
-                return Ok(step);
-            }
-            let acts = h0.relu()?;
-            let out = mm(&acts, &p.w_dec)?.broadcast_add(&p.b_dec)?;
-            let err = (&out - x)?;
-            let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-            let l1_sum = acts.broadcast_mul(&norms)?.sum_all()?.to_scalar::<f32>()? as f64;
-            let l1 = (l1_coefficient * l1_sum * inv_b) as f32;
-            let g_out = (&err * (2.0 * inv_b))?;
-            let c = l1_coefficient * inv_b;
-            // d(l1)/d(acts) = c * ||W_dec[f]|| (acts >= 0, so |acts| is acts where the
-            // relu lets a gradient through), and d(l1)/d(||W_dec[f]||) = c * sum_b acts.
-            let g_acts = mm(&g_out, &p.w_dec.t()?)?.broadcast_add(&(&norms * c)?)?;
-            let g_pre = (g_acts * h0.gt(0.0)?.to_dtype(DType::F32)?)?;
-            let g_norm = (acts.sum(0)? * c)?;
-            let w_dec_grad = (mm(&acts.t()?, &g_out)? + p.w_dec.broadcast_mul(&(g_norm / &norms)?.unsqueeze(1)?)?)?;
-            let grads = encoder_grads(p, &xc, &g_pre, &g_out, w_dec_grad, apply_b_dec)?;
-            Ok((
-                Forward {
-                    feature_acts: acts,
-                    sae_out: out,
-                    mse_loss: mse,
-                    aux_loss: l1,
-                },
-                grads,
-            ))
-        }
+        Objective::Standard { l1_coefficient } => match sparse_step::standard(&s, *l1_coefficient)? {
+            Some(step) => Ok(step),
+            None => standard(&s, *l1_coefficient),
+        },
         Objective::JumpRelu {
             l0_coefficient,
             opts,
             dead,
-        } => jumprelu_loss_and_grads(p, x, &xc, &h0, &norms, *l0_coefficient, opts, *dead, apply_b_dec),
+        } => jumprelu(&s, *l0_coefficient, opts, *dead),
         Objective::TopK {
             k,
-            batch: per_batch,
+            batch,
             aux_loss_coefficient,
             dead,
             inner_widths,
             matryoshka_aux,
         } => {
             if inner_widths.is_empty() {
-                return sparse_step::topk(&inputs, *k, *per_batch, *aux_loss_coefficient, *dead);
-            }
-            let hp = h0.broadcast_mul(&norms)?;
-            let mask = if *per_batch {
-                batch_top_k_mask(&hp, k * batch)?
+                sparse_step::topk(&s, *k, *batch, *aux_loss_coefficient, *dead)
             } else {
-                top_k_mask(&hp, *k, true, None)?
-            };
-            let acts = (&hp * &mask)?;
-            // (acts / norms) is h0 where the mask is set: the decoder norms cancel, and
-            // so does their gradient, which is why none flows into W_dec through them.
-            let u = acts.broadcast_div(&norms)?;
-            let out = mm(&u, &p.w_dec)?.broadcast_add(&p.b_dec)?;
-            let err = (&out - x)?;
-            let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-            let g_out = (&err * (2.0 * inv_b))?;
-            let mut g_h0 = (mm(&g_out, &p.w_dec.t()?)? * &mask)?;
-            let mut w_dec_grad = mm(&u.t()?, &g_out)?;
-            let mut aux = 0f32;
-            // Matryoshka: each inner level's reconstruction from the features before its
-            // width, `sum((b_dec + u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`, built up block
-            // by block as SAELens's `_iterable_decode` does. Block j (features between
-            // two widths) takes the gradients of every level from j on.
-            let mut g_b_dec = g_out.clone();
-            // Each inner level's `decoded - x`.
-            let mut level_errors: Vec<Tensor> = Vec::new();
-            if !inner_widths.is_empty() {
-                let d_sae = p.w_dec.dim(0)?;
-                let mut bounds = vec![0];
-                bounds.extend_from_slice(inner_widths);
-                let levels = inner_widths.len();
-                let block = |t: &Tensor, dim: usize, j: usize| -> Result<Tensor> {
-                    Ok(t.narrow(dim, bounds[j], bounds[j + 1] - bounds[j])?.contiguous()?)
+                let levels = Matryoshka {
+                    inner_widths,
+                    aux_per_level: *matryoshka_aux,
                 };
-                let mut running: Option<Tensor> = None;
-                let mut level_grads = Vec::with_capacity(levels);
-                for j in 0..levels {
-                    let part = mm(&block(&u, 1, j)?, &block(&p.w_dec, 0, j)?)?;
-                    let decoded = match running {
-                        None => part.broadcast_add(&p.b_dec)?,
-                        Some(r) => (r + part)?,
-                    };
-                    let e = (&decoded - x)?;
-                    aux += (e.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-                    level_grads.push((&e * (2.0 * inv_b))?);
-                    level_errors.push(e);
-                    running = Some(decoded);
-                }
-                // suffix[j] = the sum of the gradients of levels j.. .
-                let mut suffix: Vec<Tensor> = Vec::with_capacity(levels);
-                for g in level_grads.iter().rev() {
-                    let next = match suffix.last() {
-                        Some(acc) => (acc + g)?,
-                        None => g.clone(),
-                    };
-                    suffix.push(next);
-                }
-                suffix.reverse();
-                let mut w_parts = Vec::with_capacity(levels + 1);
-                let mut h_parts = Vec::with_capacity(levels + 1);
-                for (j, s) in suffix.iter().enumerate() {
-                    w_parts.push(mm(&block(&u, 1, j)?.t()?, s)?);
-                    h_parts.push((mm(s, &block(&p.w_dec, 0, j)?.t()?)? * block(&mask, 1, j)?)?);
-                }
-                // The outer block is in no inner level.
-                let rest = d_sae - bounds[levels];
-                w_parts.push(Tensor::zeros((rest, d_in), DType::F32, &Device::Cpu)?);
-                h_parts.push(Tensor::zeros((batch, rest), DType::F32, &Device::Cpu)?);
-                w_dec_grad = (w_dec_grad + Tensor::cat(&w_parts, 0)?)?;
-                g_h0 = (g_h0 + Tensor::cat(&h_parts, 1)?)?;
-                g_b_dec = (g_b_dec + &suffix[0])?;
+                matryoshka(&s, *k, *batch, *aux_loss_coefficient, *dead, &levels)
             }
-            // The auxiliary loss: the top `d_in / 2` dead pre-activations reconstruct the
-            // detached residual `x - sae_out`; with `matryoshka_aux`, once per level, the
-            // level's dead features and the residual of the reconstruction up to it.
-            let d_sae = p.w_dec.dim(0)?;
-            let half = d_in / 2;
-            let groups: Vec<(Vec<bool>, &Tensor)> = match dead {
-                Some(dead) if *matryoshka_aux && !inner_widths.is_empty() => {
-                    let mut bounds = vec![0];
-                    bounds.extend_from_slice(inner_widths);
-                    bounds.push(d_sae);
-                    (0..bounds.len() - 1)
-                        .map(|j| {
-                            let part = (0..d_sae)
-                                .map(|f| dead[f] && (bounds[j]..bounds[j + 1]).contains(&f))
-                                .collect();
-                            (part, level_errors.get(j).unwrap_or(&err))
-                        })
-                        .collect()
-                }
-                Some(dead) => vec![(dead.to_vec(), &err)],
-                None => Vec::new(),
-            };
-            for (dead, level_err) in &groups {
-                let n_dead = dead.iter().filter(|&&b| b).count();
-                if n_dead == 0 || half == 0 {
-                    continue;
-                }
-                let scale = (n_dead as f64 / half as f64).min(1.0);
-                let k_aux = half.min(n_dead);
-                let aux_mask = top_k_mask(&hp, k_aux, false, Some(dead))?;
-                let v = (&hp * &aux_mask)?.broadcast_div(&norms)?;
-                let recons = mm(&v, &p.w_dec)?;
-                // The residual is detached in SAELens: x - sae_out.
-                let diff = (&recons + *level_err)?;
-                let c = aux_loss_coefficient * scale;
-                aux += (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
-                let g_rec = (&diff * (2.0 * c * inv_b))?;
-                w_dec_grad = (w_dec_grad + mm(&v.t()?, &g_rec)?)?;
-                g_h0 = (g_h0 + (mm(&g_rec, &p.w_dec.t()?)? * &aux_mask)?)?;
-            }
-            let grads = encoder_grads(p, &xc, &g_h0, &g_b_dec, w_dec_grad, apply_b_dec)?;
-            Ok((
-                Forward {
-                    feature_acts: acts,
-                    sae_out: out,
-                    mse_loss: mse,
-                    aux_loss: aux,
-                },
-                grads,
-            ))
         }
     }
+}
+
+/// The inputs of a step besides the objective's settings.
+pub(crate) struct StepInputs<'a> {
+    pub(crate) p: &'a Params,
+    /// What the SAE reconstructs, `[batch, d_out]`.
+    pub(crate) target: &'a Tensor,
+    /// The encoder's input (`x - b_dec`, or `x` for a transcoder), `[batch, d_in]`.
+    pub(crate) xc: &'a Tensor,
+    /// The pre-activations `[batch, d_sae]`.
+    pub(crate) h0: &'a Tensor,
+    /// The decoder rows' norms `[d_sae]`.
+    pub(crate) norms: &'a Tensor,
+    /// Whether the encoder read `x - b_dec` (an SAE) rather than `x` (a transcoder).
+    pub(crate) apply_b_dec: bool,
+}
+
+/// `sum(t^2) / batch`.
+fn mean_sq(t: &Tensor, inv_b: f64) -> Result<f32> {
+    Ok((t.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32)
+}
+
+/// The standard SAE's dense step: `mse + l1 * mean_b sum_f acts[b, f] * ||W_dec[f]||`.
+fn standard(s: &StepInputs, l1_coefficient: f64) -> Result<(Forward, Grads)> {
+    let (p, norms) = (s.p, s.norms);
+    let inv_b = 1.0 / s.h0.dim(0)? as f64;
+    let acts = s.h0.relu()?;
+    let out = mm(&acts, &p.w_dec)?.broadcast_add(&p.b_dec)?;
+    let err = (&out - s.target)?;
+    let mse = mean_sq(&err, inv_b)?;
+    let l1_sum = acts.broadcast_mul(norms)?.sum_all()?.to_scalar::<f32>()? as f64;
+    let l1 = (l1_coefficient * l1_sum * inv_b) as f32;
+    let g_out = (&err * (2.0 * inv_b))?;
+    let c = l1_coefficient * inv_b;
+    // d(l1)/d(acts) = c * ||W_dec[f]|| (acts >= 0, so |acts| is acts where the
+    // relu lets a gradient through), and d(l1)/d(||W_dec[f]||) = c * sum_b acts.
+    let g_acts = mm(&g_out, &p.w_dec.t()?)?.broadcast_add(&(norms * c)?)?;
+    let g_pre = (g_acts * s.h0.gt(0.0)?.to_dtype(DType::F32)?)?;
+    let g_norm = (acts.sum(0)? * c)?;
+    let w_dec_grad = (mm(&acts.t()?, &g_out)? + p.w_dec.broadcast_mul(&(g_norm / norms)?.unsqueeze(1)?)?)?;
+    let grads = encoder_grads(s, &g_pre, &g_out, w_dec_grad)?;
+    let fwd = Forward {
+        feature_acts: acts,
+        sae_out: out,
+        mse_loss: mse,
+        aux_loss: l1,
+    };
+    Ok((fwd, grads))
+}
+
+/// Matryoshka's nested levels: the widths before the last (each adds the MSE of the
+/// reconstruction from the features before it) and whether the auxiliary loss is
+/// taken per level (SAELens's `use_matryoshka_aux_loss`).
+struct Matryoshka<'a> {
+    inner_widths: &'a [usize],
+    aux_per_level: bool,
+}
+
+/// What the inner levels add to a Matryoshka step.
+struct LevelTerms {
+    /// The sum of the levels' MSEs.
+    loss: f32,
+    /// Their gradient with respect to `W_dec` `[d_sae, d_out]`, to the pre-activations
+    /// `[batch, d_sae]` (at the kept features) and to `b_dec` (per token, `[batch, d_out]`).
+    w_dec: Tensor,
+    h0: Tensor,
+    b_dec: Tensor,
+    /// Each level's `decoded - x` `[batch, d_out]`.
+    errors: Vec<Tensor>,
+}
+
+/// The TopK (`per_batch`: BatchTopK) step with Matryoshka levels: the MSE of the whole
+/// reconstruction, one per inner level, and the auxiliary loss of the dead features.
+fn matryoshka(
+    s: &StepInputs,
+    k: usize,
+    per_batch: bool,
+    aux_loss_coefficient: f64,
+    dead: Option<&[bool]>,
+    levels: &Matryoshka,
+) -> Result<(Forward, Grads)> {
+    let (p, norms) = (s.p, s.norms);
+    let batch = s.h0.dim(0)?;
+    let inv_b = 1.0 / batch as f64;
+    let hp = s.h0.broadcast_mul(norms)?;
+    let mask = if per_batch {
+        batch_top_k_mask(&hp, k * batch)?
+    } else {
+        top_k_mask(&hp, k, true, None)?
+    };
+    let acts = (&hp * &mask)?;
+    // (acts / norms) is h0 where the mask is set: the decoder norms cancel, and so does
+    // their gradient, which is why none flows into W_dec through them.
+    let u = acts.broadcast_div(norms)?;
+    let out = mm(&u, &p.w_dec)?.broadcast_add(&p.b_dec)?;
+    let err = (&out - s.target)?;
+    let mse = mean_sq(&err, inv_b)?;
+    let g_out = (&err * (2.0 * inv_b))?;
+    let inner = inner_levels(s, &u, &mask, levels.inner_widths, inv_b)?;
+    let mut g_h0 = ((mm(&g_out, &p.w_dec.t()?)? * &mask)? + inner.h0)?;
+    let mut w_dec_grad = (mm(&u.t()?, &g_out)? + inner.w_dec)?;
+    let mut aux = inner.loss;
+    for (dead, level_err) in dead_groups(dead, levels, &inner.errors, &err, p.w_dec.dim(0)?) {
+        if let Some((loss, w_grad, h_grad)) = dead_aux(s, &hp, &dead, level_err, aux_loss_coefficient, inv_b)? {
+            aux += loss;
+            w_dec_grad = (w_dec_grad + w_grad)?;
+            g_h0 = (g_h0 + h_grad)?;
+        }
+    }
+    let grads = encoder_grads(s, &g_h0, &(g_out + inner.b_dec)?, w_dec_grad)?;
+    let fwd = Forward {
+        feature_acts: acts,
+        sae_out: out,
+        mse_loss: mse,
+        aux_loss: aux,
+    };
+    Ok((fwd, grads))
+}
+
+/// Each inner level's reconstruction from the features before its width, `sum((b_dec +
+/// u[:, :w] @ W_dec[:w] - x)^2, -1).mean()`, built up block by block as SAELens's
+/// `_iterable_decode` does; block j (features between two widths) takes the gradients
+/// of every level from j on. `u` `[batch, d_sae]` (the kept pre-activations), `mask`
+/// its 0/1 pattern.
+fn inner_levels(s: &StepInputs, u: &Tensor, mask: &Tensor, inner_widths: &[usize], inv_b: f64) -> Result<LevelTerms> {
+    let p = s.p;
+    let (batch, d_sae) = u.dims2()?;
+    let d_out = p.w_dec.dim(1)?;
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(inner_widths);
+    let levels = inner_widths.len();
+    let block = |t: &Tensor, dim: usize, j: usize| -> Result<Tensor> {
+        Ok(t.narrow(dim, bounds[j], bounds[j + 1] - bounds[j])?.contiguous()?)
+    };
+    let mut loss = 0f32;
+    let mut running: Option<Tensor> = None;
+    let mut level_grads = Vec::with_capacity(levels);
+    let mut errors = Vec::with_capacity(levels);
+    for j in 0..levels {
+        let part = mm(&block(u, 1, j)?, &block(&p.w_dec, 0, j)?)?;
+        let decoded = match running {
+            None => part.broadcast_add(&p.b_dec)?,
+            Some(r) => (r + part)?,
+        };
+        let e = (&decoded - s.target)?;
+        loss += mean_sq(&e, inv_b)?;
+        level_grads.push((&e * (2.0 * inv_b))?);
+        errors.push(e);
+        running = Some(decoded);
+    }
+    // suffix[j] = the sum of the gradients of levels j.. .
+    let mut suffix: Vec<Tensor> = Vec::with_capacity(levels);
+    for g in level_grads.iter().rev() {
+        let next = match suffix.last() {
+            Some(acc) => (acc + g)?,
+            None => g.clone(),
+        };
+        suffix.push(next);
+    }
+    suffix.reverse();
+    let mut w_parts = Vec::with_capacity(levels + 1);
+    let mut h_parts = Vec::with_capacity(levels + 1);
+    for (j, g) in suffix.iter().enumerate() {
+        w_parts.push(mm(&block(u, 1, j)?.t()?, g)?);
+        h_parts.push((mm(g, &block(&p.w_dec, 0, j)?.t()?)? * block(mask, 1, j)?)?);
+    }
+    // The outer block is in no inner level.
+    let rest = d_sae - bounds[levels];
+    w_parts.push(Tensor::zeros((rest, d_out), DType::F32, &Device::Cpu)?);
+    h_parts.push(Tensor::zeros((batch, rest), DType::F32, &Device::Cpu)?);
+    Ok(LevelTerms {
+        loss,
+        w_dec: Tensor::cat(&w_parts, 0)?,
+        h0: Tensor::cat(&h_parts, 1)?,
+        b_dec: suffix[0].clone(),
+        errors,
+    })
+}
+
+/// The dead features the auxiliary loss is taken over, each group with the error it
+/// reconstructs: all of them with the whole reconstruction's `err`, or with the
+/// per-level loss each level's dead features with that level's error (the outer
+/// level's: `err`). None without dead-feature tracking.
+fn dead_groups<'t>(
+    dead: Option<&[bool]>,
+    levels: &Matryoshka,
+    level_errors: &'t [Tensor],
+    err: &'t Tensor,
+    d_sae: usize,
+) -> Vec<(Vec<bool>, &'t Tensor)> {
+    match dead {
+        Some(dead) if levels.aux_per_level => {
+            let mut bounds = vec![0];
+            bounds.extend_from_slice(levels.inner_widths);
+            bounds.push(d_sae);
+            (0..bounds.len() - 1)
+                .map(|j| {
+                    let part = (0..d_sae)
+                        .map(|f| dead[f] && (bounds[j]..bounds[j + 1]).contains(&f))
+                        .collect();
+                    (part, level_errors.get(j).unwrap_or(err))
+                })
+                .collect()
+        }
+        Some(dead) => vec![(dead.to_vec(), err)],
+        None => Vec::new(),
+    }
+}
+
+/// The auxiliary loss of one group of dead features (`true` = dead): the top `d_in /
+/// 2` of their norm-scaled pre-activations `hp` reconstruct the detached residual
+/// `-level_err`. Its value and gradients with respect to `W_dec` and the
+/// pre-activations, or `None` when no feature of the group is dead.
+fn dead_aux(
+    s: &StepInputs,
+    hp: &Tensor,
+    dead: &[bool],
+    level_err: &Tensor,
+    aux_loss_coefficient: f64,
+    inv_b: f64,
+) -> Result<Option<(f32, Tensor, Tensor)>> {
+    let half = s.p.b_dec.dim(0)? / 2;
+    let n_dead = dead.iter().filter(|&&b| b).count();
+    if n_dead == 0 || half == 0 {
+        return Ok(None);
+    }
+    let scale = (n_dead as f64 / half as f64).min(1.0);
+    let aux_mask = top_k_mask(hp, half.min(n_dead), false, Some(dead))?;
+    let v = (hp * &aux_mask)?.broadcast_div(s.norms)?;
+    // The residual is detached in SAELens: x - sae_out.
+    let diff = (mm(&v, &s.p.w_dec)? + level_err)?;
+    let c = aux_loss_coefficient * scale;
+    let loss = (c * diff.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+    let g_rec = (&diff * (2.0 * c * inv_b))?;
+    let w_grad = mm(&v.t()?, &g_rec)?;
+    let h_grad = (mm(&g_rec, &s.p.w_dec.t()?)? * &aux_mask)?;
+    Ok(Some((loss, w_grad, h_grad)))
 }
 
 /// `a @ b` through the model's products (`crate::ops::matmul`: AVX-512 kernels where
@@ -479,76 +572,41 @@ fn rectangle(h0: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> 
     Ok((z.gt(-0.5)?.to_dtype(DType::F32)? * z.lt(0.5)?.to_dtype(DType::F32)?)?)
 }
 
-/// JumpReLU's loss and gradients (SAELens 6.54's `JumpReLUTrainingSAE`), `x` the
-/// reconstruction's target `[batch, d_out]`, `xc` the encoder's input (`x - b_dec`, or a
-/// transcoder's input `[batch, d_in]` with `apply_b_dec` false), `h0` the pre-activations `[batch, d_sae]`, `norms` the
-/// decoder rows' norms `[d_sae]`:
+/// JumpReLU's loss and gradients (SAELens 6.54's `JumpReLUTrainingSAE`):
 ///
 /// - `acts = pre * (pre > t)`; `JumpReLU.backward`: `pre` gets `(pre > t) * g`, `t` gets
 ///   `-sum_b (t / bw) * rect((pre - t) / bw) * g` (and `pre` that too with
 ///   `jumprelu_ste_to_input`);
 /// - `step`: `l0 * mean_b sum_f step(pre - t)`, whose `Step.backward` gives `t`
 ///   `-sum_b (1 / bw) * rect(...) * g`; `quadratic`: `l0 * mean_b 2 / target_l0 * (sum_f
-///   step(pre - t) - target_l0)^2`, through the same `Step.backward`; `tanh`: `l0 * mean_b sum_f tanh(s * acts *
-///   ||W_dec[f]||)`, through `acts` and the norms;
+///   step(pre - t) - target_l0)^2`, through the same `Step.backward`; `tanh`: `l0 *
+///   mean_b sum_f tanh(s * acts * ||W_dec[f]||)`, through `acts` and the norms;
 /// - with `pre_act_loss_coefficient` c and dead features: `c * mean_b sum_f relu(t -
 ///   pre) * dead[f] * ||W_dec[f]||`.
-#[allow(clippy::too_many_arguments)]
-fn jumprelu_loss_and_grads(
-    p: &Params,
-    x: &Tensor,
-    xc: &Tensor,
-    h0: &Tensor,
-    norms: &Tensor,
+fn jumprelu(
+    s: &StepInputs,
     l0_coefficient: f64,
     opts: &TrainOptions,
     dead: Option<&[bool]>,
-    apply_b_dec: bool,
 ) -> Result<(Forward, Grads)> {
-    let batch = x.dim(0)?;
-    let inv_b = 1.0 / batch as f64;
+    let (p, h0) = (s.p, s.h0);
+    let inv_b = 1.0 / h0.dim(0)? as f64;
     let bw = opts.jumprelu_bandwidth;
     let t = p.threshold()?;
     let open = h0.broadcast_gt(t)?.to_dtype(DType::F32)?;
     let acts = (h0 * &open)?;
     let out = mm(&acts, &p.w_dec)?.broadcast_add(&p.b_dec)?;
-    let err = (&out - x)?;
-    let mse = (err.sqr()?.sum_all()?.to_scalar::<f32>()? as f64 * inv_b) as f32;
+    let err = (&out - s.target)?;
+    let mse = mean_sq(&err, inv_b)?;
     let g_out = (&err * (2.0 * inv_b))?;
     let rect = rectangle(h0, t, bw)?;
-    let c = l0_coefficient * inv_b;
     let mut g_acts = mm(&g_out, &p.w_dec.t()?)?;
-    // The gradient reaching the decoder norms (from tanh and the pre-activation loss).
-    let mut g_norm: Option<Tensor> = None;
-    // What reaches the Step's output (`step`), per element.
-    // The gradient reaching the Step's output (`step`, `quadratic`), per token `[batch, 1]`.
-    let mut step_grad: Option<Tensor> = None;
-    let mut sparsity = match opts.jumprelu_sparsity_loss_mode {
-        JumpReluSparsityLoss::Step => {
-            let l0_sum = open.sum_all()?.to_scalar::<f32>()? as f64;
-            step_grad = Some(Tensor::full(c as f32, (batch, 1), &Device::Cpu)?);
-            (c * l0_sum) as f32
-        }
-        JumpReluSparsityLoss::Quadratic => {
-            // Gemma Scope 2: `2 / target * (l0 - target)^2` per token.
-            let target = opts.target_l0.unwrap_or(1.0);
-            let gap = (open.sum_keepdim(1)? - target)?;
-            let total = gap.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-            step_grad = Some((gap * (c * 4.0 / target))?);
-            (c * 2.0 / target * total) as f32
-        }
-        JumpReluSparsityLoss::Tanh => {
-            let s = opts.jumprelu_tanh_scale;
-            let u = (acts.broadcast_mul(norms)? * s)?;
-            let th = u.tanh()?;
-            let total = th.sum_all()?.to_scalar::<f32>()? as f64;
-            // d tanh(u) = (1 - tanh(u)^2) du, du = s * (n d acts + acts d n).
-            let d = ((1.0 - th.sqr()?)? * (c * s))?;
-            g_acts = (g_acts + d.broadcast_mul(norms)?)?;
-            g_norm = Some((&d * &acts)?.sum(0)?);
-            (c * total) as f32
-        }
-    };
+    let sp = sparsity_loss(s, &open, &acts, l0_coefficient * inv_b, opts)?;
+    let mut sparsity = sp.loss;
+    let mut g_norm = sp.norms;
+    if let Some(g) = sp.acts {
+        g_acts = (g_acts + g)?;
+    }
     // JumpReLU.backward.
     let ste = (rect.broadcast_mul(&(t / bw)?)? * &g_acts)?;
     let mut g_t = ste.sum(0)?.neg()?;
@@ -556,7 +614,7 @@ fn jumprelu_loss_and_grads(
     if opts.jumprelu_ste_to_input {
         g_h0 = (g_h0 + &ste)?;
     }
-    if let Some(g) = step_grad {
+    if let Some(g) = sp.step {
         // Step.backward with grad_output `g` (one value per token).
         let step_ste = (&rect * (1.0 / bw))?.broadcast_mul(&g)?;
         g_t = (g_t - step_ste.sum(0)?)?;
@@ -564,58 +622,124 @@ fn jumprelu_loss_and_grads(
             g_h0 = (g_h0 + step_ste)?;
         }
     }
-    let n_dead = dead.map_or(0, |d| d.iter().filter(|&&b| b).count());
-    if let (Some(pc), Some(dead), true) = (opts.pre_act_loss_coefficient, dead, n_dead > 0) {
-        let dead_t = Tensor::from_vec(
-            dead.iter().map(|&b| if b { 1f32 } else { 0.0 }).collect::<Vec<f32>>(),
-            dead.len(),
-            &Device::Cpu,
-        )?;
-        let gap = t.broadcast_sub(h0)?;
-        let below = gap.gt(0.0)?.to_dtype(DType::F32)?.broadcast_mul(&dead_t)?;
-        let relu_gap = (gap.relu()?.broadcast_mul(&dead_t))?;
-        let loss = relu_gap.broadcast_mul(norms)?.sum_all()?.to_scalar::<f32>()? as f64;
-        sparsity += (pc * inv_b * loss) as f32;
-        let g = (below.broadcast_mul(norms)? * (pc * inv_b))?;
-        g_t = (g_t + g.sum(0)?)?;
-        g_h0 = (g_h0 - g)?;
-        let gn = (relu_gap.sum(0)? * (pc * inv_b))?;
-        g_norm = Some(match g_norm {
-            Some(n) => (n + gn)?,
-            None => gn,
-        });
+    if let (Some(pc), Some(dead)) = (opts.pre_act_loss_coefficient, dead) {
+        if let Some(pre) = pre_act_loss(s, dead, pc * inv_b)? {
+            sparsity += pre.loss;
+            g_t = (g_t + pre.threshold)?;
+            g_h0 = (g_h0 - pre.h0)?;
+            g_norm = Some(match g_norm {
+                Some(n) => (n + pre.norms)?,
+                None => pre.norms,
+            });
+        }
     }
     let mut w_dec_grad = mm(&acts.t()?, &g_out)?;
     if let Some(gn) = g_norm {
-        w_dec_grad = (w_dec_grad + p.w_dec.broadcast_mul(&(gn / norms)?.unsqueeze(1)?)?)?;
+        w_dec_grad = (w_dec_grad + p.w_dec.broadcast_mul(&(gn / s.norms)?.unsqueeze(1)?)?)?;
     }
-    let mut grads = encoder_grads(p, xc, &g_h0, &g_out, w_dec_grad, apply_b_dec)?;
+    let mut grads = encoder_grads(s, &g_h0, &g_out, w_dec_grad)?;
     grads.threshold = Some(g_t);
-    Ok((
-        Forward {
-            feature_acts: acts,
-            sae_out: out,
-            mse_loss: mse,
-            aux_loss: sparsity,
-        },
-        grads,
-    ))
+    let fwd = Forward {
+        feature_acts: acts,
+        sae_out: out,
+        mse_loss: mse,
+        aux_loss: sparsity,
+    };
+    Ok((fwd, grads))
+}
+
+/// JumpReLU's sparsity loss and where its gradient goes.
+struct Sparsity {
+    loss: f32,
+    /// The gradient reaching the Step's output (`step`, `quadratic`), per token `[batch, 1]`.
+    step: Option<Tensor>,
+    /// The gradient reaching the activations `[batch, d_sae]` (`tanh`).
+    acts: Option<Tensor>,
+    /// The gradient reaching the decoder norms `[d_sae]` (`tanh`).
+    norms: Option<Tensor>,
+}
+
+/// The sparsity loss of `opts.jumprelu_sparsity_loss_mode` with coefficient `c` (the
+/// L0 coefficient over the batch size), from the open gates `open` and the
+/// activations `acts` (both `[batch, d_sae]`).
+fn sparsity_loss(s: &StepInputs, open: &Tensor, acts: &Tensor, c: f64, opts: &TrainOptions) -> Result<Sparsity> {
+    let batch = open.dim(0)?;
+    let none = |loss: f64, step: Tensor| Sparsity {
+        loss: loss as f32,
+        step: Some(step),
+        acts: None,
+        norms: None,
+    };
+    Ok(match opts.jumprelu_sparsity_loss_mode {
+        JumpReluSparsityLoss::Step => {
+            let l0_sum = open.sum_all()?.to_scalar::<f32>()? as f64;
+            none(c * l0_sum, Tensor::full(c as f32, (batch, 1), &Device::Cpu)?)
+        }
+        JumpReluSparsityLoss::Quadratic => {
+            // Gemma Scope 2: `2 / target * (l0 - target)^2` per token.
+            let target = opts.target_l0.unwrap_or(1.0);
+            let gap = (open.sum_keepdim(1)? - target)?;
+            let total = gap.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+            none(c * 2.0 / target * total, (gap * (c * 4.0 / target))?)
+        }
+        JumpReluSparsityLoss::Tanh => {
+            let sc = opts.jumprelu_tanh_scale;
+            let u = (acts.broadcast_mul(s.norms)? * sc)?;
+            let th = u.tanh()?;
+            let total = th.sum_all()?.to_scalar::<f32>()? as f64;
+            // d tanh(u) = (1 - tanh(u)^2) du, du = s * (n d acts + acts d n).
+            let d = ((1.0 - th.sqr()?)? * (c * sc))?;
+            Sparsity {
+                loss: (c * total) as f32,
+                step: None,
+                acts: Some(d.broadcast_mul(s.norms)?),
+                norms: Some((&d * acts)?.sum(0)?),
+            }
+        }
+    })
+}
+
+/// Anthropic's pre-activation loss on the dead features and its gradients.
+struct PreActLoss {
+    loss: f32,
+    /// With respect to the threshold `[d_sae]`, the pre-activations (to subtract,
+    /// `[batch, d_sae]`) and the decoder norms `[d_sae]`.
+    threshold: Tensor,
+    h0: Tensor,
+    norms: Tensor,
+}
+
+/// `c * sum_b sum_f dead[f] * relu(threshold[f] - h0[b, f]) * ||W_dec[f]||` (`c`: the
+/// coefficient over the batch size), or `None` when no feature is dead.
+fn pre_act_loss(s: &StepInputs, dead: &[bool], c: f64) -> Result<Option<PreActLoss>> {
+    if !dead.iter().any(|&b| b) {
+        return Ok(None);
+    }
+    let dead_t = Tensor::from_vec(
+        dead.iter().map(|&b| if b { 1f32 } else { 0.0 }).collect::<Vec<f32>>(),
+        dead.len(),
+        &Device::Cpu,
+    )?;
+    let gap = s.p.threshold()?.broadcast_sub(s.h0)?;
+    let below = gap.gt(0.0)?.to_dtype(DType::F32)?.broadcast_mul(&dead_t)?;
+    let relu_gap = (gap.relu()?.broadcast_mul(&dead_t))?;
+    let loss = relu_gap.broadcast_mul(s.norms)?.sum_all()?.to_scalar::<f32>()? as f64;
+    let g = (below.broadcast_mul(s.norms)? * c)?;
+    Ok(Some(PreActLoss {
+        loss: (c * loss) as f32,
+        threshold: g.sum(0)?,
+        h0: g,
+        norms: (relu_gap.sum(0)? * c)?,
+    }))
 }
 
 /// The gradients upstream of the pre-activations' gradient `g_pre` `[batch, d_sae]`:
 /// `b_dec` gets the output's gradient `g_out` and (with `apply_b_dec`) minus what flows
 /// into `x - b_dec`.
-fn encoder_grads(
-    p: &Params,
-    xc: &Tensor,
-    g_pre: &Tensor,
-    g_out: &Tensor,
-    w_dec: Tensor,
-    apply_b_dec: bool,
-) -> Result<Grads> {
-    let w_enc = mm(&xc.t()?, g_pre)?;
+fn encoder_grads(s: &StepInputs, g_pre: &Tensor, g_out: &Tensor, w_dec: Tensor) -> Result<Grads> {
+    let w_enc = mm(&s.xc.t()?, g_pre)?;
     let b_enc = g_pre.sum(0)?;
-    let b_dec = b_dec_grad(p, g_out.sum(0)?, &b_enc, apply_b_dec)?;
+    let b_dec = b_dec_grad(s.p, g_out.sum(0)?, &b_enc, s.apply_b_dec)?;
     Ok(Grads {
         w_enc,
         b_enc,

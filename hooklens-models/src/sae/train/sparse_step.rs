@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use hooklens_core::Result;
 use rayon::prelude::*;
 
-use super::architecture::{b_dec_grad, Forward, Grads, Params};
+use super::architecture::{b_dec_grad, Forward, Grads, StepInputs};
 use crate::ops::sparse_rows::SparseRows;
 
 /// A standard SAE's step goes sparse when at most this fraction of its activations is
@@ -112,21 +112,6 @@ fn divided_by_norms(acts: &SparseRows, norms: &[f32]) -> SparseRows {
         .map(|(&c, &a)| a / norms[c as usize])
         .collect();
     acts.with_values(v)
-}
-
-/// The inputs of a step besides the objective's settings.
-pub(crate) struct StepInputs<'a> {
-    pub(crate) p: &'a Params,
-    /// What the SAE reconstructs, `[batch, d_out]`.
-    pub(crate) target: &'a Tensor,
-    /// The encoder's input (`x - b_dec`, or `x` for a transcoder), `[batch, d_in]`.
-    pub(crate) xc: &'a Tensor,
-    /// The pre-activations `[batch, d_sae]`.
-    pub(crate) h0: &'a Tensor,
-    /// The decoder rows' norms `[d_sae]`.
-    pub(crate) norms: &'a Tensor,
-    /// Whether the encoder read `x - b_dec` (an SAE) rather than `x` (a transcoder).
-    pub(crate) apply_b_dec: bool,
 }
 
 /// The TopK (`per_batch`: BatchTopK) step, as `architecture::loss_and_grads` computes it
