@@ -148,8 +148,7 @@ fn bad_file(path: &Path, reason: String) -> Error {
 /// The JSON state in `state_path`, once its format is known to be this one's.
 fn read_state(state_path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(state_path).map_err(|e| Error::io(state_path, e))?;
-    let state: Value =
-        serde_json::from_str(&text).map_err(|e| bad_file(state_path, format!("not valid JSON: {e}")))?;
+    let state: Value = serde_json::from_str(&text).map_err(|e| bad_file(state_path, format!("not valid JSON: {e}")))?;
     if state["format"].as_u64() != Some(FORMAT) {
         return Err(bad_file(
             state_path,
@@ -198,7 +197,11 @@ fn setting_differences(
 /// `Ok` once `t`'s step and token counts, input scale and BatchTopK threshold are the
 /// checkpoint's `state` (read from `state_path`).
 fn restore_counters(t: &mut SaeTrainer, state: &Value, state_path: &Path) -> Result<()> {
-    let uint = |k: &str| state[k].as_u64().ok_or_else(|| bad_file(state_path, format!("no `{k}`")));
+    let uint = |k: &str| {
+        state[k]
+            .as_u64()
+            .ok_or_else(|| bad_file(state_path, format!("no `{k}`")))
+    };
     t.n_training_steps = uint("n_training_steps")? as usize;
     t.n_training_samples = uint("n_training_samples")?;
     t.n_frac_active_samples = uint("n_frac_active_samples")?;
