@@ -2,10 +2,11 @@
 //! `ae.pt`, a PyTorch state dict, per folder.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::Tensor;
 use hooklens_core::Result;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::{bad_file, json_uint, object, read_json, Converted, FileTensors, Source};
 
@@ -15,6 +16,18 @@ use super::{bad_file, json_uint, object, read_json, Converted, FileTensors, Sour
 /// JumpReLU without `b_dec` subtracted from the input; else standard), on
 /// `blocks.<layer>.hook_resid_post`.
 pub(super) fn load(src: &Source) -> Result<Converted> {
+    let (cfg, architecture) = config(src)?;
+    let (tensors, weights_file) = state_dict(src, architecture)?;
+    Ok(Converted {
+        cfg,
+        tensors,
+        weights_file,
+    })
+}
+
+/// SAELens's config dict for the folder's `config.json` (overrides applied), and the
+/// architecture it names.
+fn config(src: &Source) -> Result<(Map<String, Value>, &'static str)> {
     let cfg_path = src.file(&src.in_folder("config.json"))?;
     let config = read_json(&cfg_path)?;
     let trainer = config
@@ -49,7 +62,7 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
         "JumpReluAutoEncoder" => ("jumprelu", false),
         _ => ("standard", true),
     };
-    let mut cfg = object(json!({
+    let cfg = object(json!({
         "architecture": architecture,
         "d_in": d_in,
         "d_sae": d_sae,
@@ -67,8 +80,12 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
         "normalize_activations": "none",
     }));
     // SAELens ends this getter with the overrides spread in, like the others.
-    cfg = src.overridden(cfg);
+    Ok((src.overridden(cfg), architecture))
+}
 
+/// SAELens's state dict from the folder's `ae.pt` for an SAE of `architecture`, and
+/// that file's path.
+fn state_dict(src: &Source, architecture: &str) -> Result<(HashMap<&'static str, Tensor>, PathBuf)> {
     let path = src.file(&src.in_folder("ae.pt"))?;
     let file = FileTensors::torch(&path, src.device)?;
     let pick = |a: &str, linear: &str| -> Result<Tensor> {
@@ -76,7 +93,7 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
             file.get(a)
         } else {
             // nn.Linear's `[out, in]`, transposed to SAELens's `x @ W`.
-            Ok(file.get_rank(linear, 2)?.t()?.contiguous()?)
+            file.get_transposed(linear)
         }
     };
     let mut tensors = HashMap::new();
@@ -114,9 +131,5 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
         tensors.insert("threshold", t);
     }
     tensors.insert("W_enc", w_enc);
-    Ok(Converted {
-        cfg,
-        tensors,
-        weights_file: path,
-    })
+    Ok((tensors, path))
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use candle_core::Tensor;
 use hooklens_core::{Error, Result};
 use serde_json::{json, Map, Value};
 
@@ -12,60 +13,21 @@ use super::{number_after, object, read_json, Converted, FileTensors, Source};
 /// SAELens's `gemma_3` (`get_gemma_3_config_from_hf`, `gemma_3_sae_huggingface_loader`).
 pub(super) fn load(src: &Source) -> Result<Converted> {
     let folder = src.folder;
-    let invalid = |what: &str| Error::invalid(format!("Gemma Scope 2 SAE `{}` folder `{folder}`: {what}", src.repo_id));
     if folder.contains("clt") {
         // SAELens reads a CLT layer's `<folder>.safetensors` and sums its decoders;
         // the shipped directory has no such release.
-        return Err(invalid("cross-layer transcoder (`clt`) folders are not read"));
+        return Err(invalid(src, "cross-layer transcoder (`clt`) folders are not read"));
     }
-    let layer = number_after(folder, "layer_").ok_or_else(|| invalid("no `layer_N` in the folder name"))?;
+    let layer = number_after(folder, "layer_").ok_or_else(|| invalid(src, "no `layer_N` in the folder name"))?;
     let transcoder = folder.contains("transcoder");
-
-    // config.json when the repository has one, else what SAELens infers from the names.
-    let raw = match src.file(&src.in_folder("config.json")) {
-        Ok(path) => read_json(&path)?,
-        Err(_) => infer_raw(src, layer, transcoder).map_err(|w| invalid(&w))?,
-    };
-    if raw.get("architecture").and_then(Value::as_str) != Some("jump_relu") {
-        return Err(invalid(&format!(
-            "config.json's architecture is {}, not `jump_relu` (SAELens refuses it too)",
-            raw.get("architecture").unwrap_or(&Value::Null)
-        )));
-    }
-    let (hook_name, hook_name_out) = if folder.contains("resid_post") {
-        (format!("blocks.{layer}.hook_resid_post"), None)
-    } else if folder.contains("attn_out") {
-        (format!("blocks.{layer}.attn.hook_z"), None)
-    } else if folder.contains("mlp_out") {
-        (format!("blocks.{layer}.hook_mlp_out"), None)
-    } else if transcoder {
-        (
-            format!("blocks.{layer}.hook_mlp_in"),
-            Some(format!("blocks.{layer}.hook_mlp_out")),
-        )
-    } else {
-        return Err(invalid(
-            "no hook kind (resid_post, attn_out, mlp_out, transcoder) in the folder name",
-        ));
-    };
+    let raw = raw_config(src, layer, transcoder)?;
+    let (hook_name, hook_name_out) = hook_names(src, layer, transcoder)?;
 
     let path = src.file(&src.in_folder("params.safetensors"))?;
     let file = FileTensors::safetensors(&path, src.device)?;
     let w_enc = file.get_rank("w_enc", 2)?;
     let (d_in, d_sae) = (w_enc.dims()[0], w_enc.dims()[1]);
-    let mut model_name = raw
-        .get("model_name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid("config.json has no `model_name`"))?
-        .to_string();
-    if !model_name.contains("google") {
-        model_name = format!("google/{model_name}");
-    }
-    model_name = model_name.replace("-v3", "-3");
-    if model_name.contains("270m") {
-        // The 270m model on the hub has no `-pt` suffix.
-        model_name = model_name.replace("-pt", "");
-    }
+    let model_name = hub_model_name(src, &raw)?;
     let skip = raw.get("affine_connection").and_then(Value::as_bool).unwrap_or(false);
     let architecture = match (transcoder, skip) {
         (false, _) => "jumprelu",
@@ -95,7 +57,87 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
         cfg["d_out"] = json!(file.dims("w_dec")?.last().copied().unwrap_or(0));
     }
     let cfg = src.overridden(object(cfg));
+    Ok(Converted {
+        cfg,
+        tensors: state_dict(&file, w_enc)?,
+        weights_file: path,
+    })
+}
 
+/// The error for the SAE `src` names, saying `what` is wrong.
+fn invalid(src: &Source, what: &str) -> Error {
+    Error::invalid(format!(
+        "Gemma Scope 2 SAE `{}` folder `{}`: {what}",
+        src.repo_id, src.folder
+    ))
+}
+
+/// The raw config (`architecture`, `model_name`, ...): `config.json` when the
+/// repository has one, else what SAELens infers from the names; `jump_relu` only.
+fn raw_config(src: &Source, layer: usize, transcoder: bool) -> Result<Map<String, Value>> {
+    let raw = match src.file(&src.in_folder("config.json")) {
+        Ok(path) => read_json(&path)?,
+        Err(_) => infer_raw(src, layer, transcoder).map_err(|w| invalid(src, &w))?,
+    };
+    if raw.get("architecture").and_then(Value::as_str) != Some("jump_relu") {
+        return Err(invalid(
+            src,
+            &format!(
+                "config.json's architecture is {}, not `jump_relu` (SAELens refuses it too)",
+                raw.get("architecture").unwrap_or(&Value::Null)
+            ),
+        ));
+    }
+    Ok(raw)
+}
+
+/// The hook read and, for a transcoder, the hook written (`hook_name`,
+/// `hook_name_out`), from the folder name's hook kind.
+fn hook_names(src: &Source, layer: usize, transcoder: bool) -> Result<(String, Option<String>)> {
+    let folder = src.folder;
+    let hooks = if folder.contains("resid_post") {
+        (format!("blocks.{layer}.hook_resid_post"), None)
+    } else if folder.contains("attn_out") {
+        (format!("blocks.{layer}.attn.hook_z"), None)
+    } else if folder.contains("mlp_out") {
+        (format!("blocks.{layer}.hook_mlp_out"), None)
+    } else if transcoder {
+        (
+            format!("blocks.{layer}.hook_mlp_in"),
+            Some(format!("blocks.{layer}.hook_mlp_out")),
+        )
+    } else {
+        return Err(invalid(
+            src,
+            "no hook kind (resid_post, attn_out, mlp_out, transcoder) in the folder name",
+        ));
+    };
+    Ok(hooks)
+}
+
+/// The Hugging Face id of the model, from the raw config's `model_name` as SAELens
+/// rewrites it (`google/` prefix, `gemma-3` spelling).
+fn hub_model_name(src: &Source, raw: &Map<String, Value>) -> Result<String> {
+    let mut model_name = raw
+        .get("model_name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(src, "config.json has no `model_name`"))?
+        .to_string();
+    if !model_name.contains("google") {
+        model_name = format!("google/{model_name}");
+    }
+    model_name = model_name.replace("-v3", "-3");
+    if model_name.contains("270m") {
+        // The 270m model on the hub has no `-pt` suffix.
+        model_name = model_name.replace("-pt", "");
+    }
+    Ok(model_name)
+}
+
+/// SAELens's state dict (`W_enc` `[d_in, d_sae]`, `W_dec`, `b_enc`, `b_dec`,
+/// `threshold`, and `W_skip` `[d_out, d_in]` when stored) from `params.safetensors`'s
+/// `file`, whose `w_enc` is already read.
+fn state_dict(file: &FileTensors, w_enc: Tensor) -> Result<HashMap<&'static str, Tensor>> {
     let mut tensors = HashMap::new();
     tensors.insert("W_enc", w_enc);
     tensors.insert("W_dec", file.get("w_dec")?);
@@ -104,14 +146,9 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
     tensors.insert("threshold", file.get("threshold")?);
     if file.has("affine_skip_connection") {
         // Stored `[d_in, d_out]`; SAELens's W_skip is `[d_out, d_in]`.
-        let skip = file.get_rank("affine_skip_connection", 2)?;
-        tensors.insert("W_skip", skip.t()?.contiguous()?);
+        tensors.insert("W_skip", file.get_transposed("affine_skip_connection")?);
     }
-    Ok(Converted {
-        cfg,
-        tensors,
-        weights_file: path,
-    })
+    Ok(tensors)
 }
 
 /// SAELens's `_infer_gemma_3_raw_cfg_dict`, for folders without a `config.json`.

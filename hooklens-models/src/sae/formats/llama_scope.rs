@@ -58,8 +58,8 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
     let file = FileTensors::safetensors(&path, src.device)?;
     let mut tensors = HashMap::new();
     // nn.Linear weights are `[out, in]`: transposed to SAELens's `x @ W`.
-    tensors.insert("W_enc", file.get_rank("encoder.weight", 2)?.t()?.contiguous()?);
-    tensors.insert("W_dec", file.get_rank("decoder.weight", 2)?.t()?.contiguous()?);
+    tensors.insert("W_enc", file.get_transposed("encoder.weight")?);
+    tensors.insert("W_dec", file.get_transposed("decoder.weight")?);
     tensors.insert("b_enc", file.get("encoder.bias")?);
     tensors.insert("b_dec", file.get("decoder.bias")?);
     // The threshold is made in the config's dtype (bf16 unless overridden, and

@@ -58,7 +58,7 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
         "model_from_pretrained_kwargs": {"fold_ln": false},
     })));
     let mut tensors = HashMap::new();
-    tensors.insert("W_enc", enc.get_rank(&format!("W_enc_{layer}"), 2)?.t()?.contiguous()?);
+    tensors.insert("W_enc", enc.get_transposed(&format!("W_enc_{layer}"))?);
     tensors.insert("b_enc", b_enc);
     tensors.insert("b_dec", b_dec);
     tensors.insert("W_dec", dec.get_rank(&format!("W_dec_{layer}"), 3)?.sum(1)?);

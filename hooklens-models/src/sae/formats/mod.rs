@@ -315,6 +315,12 @@ impl FileTensors {
         }
         Ok(t)
     }
+
+    /// Matrix `name` stored `[a, b]`, returned `[b, a]` (contiguous): a PyTorch
+    /// `[out, in]` weight turned into SAELens's `x @ W` layout, or the like.
+    fn get_transposed(&self, name: &str) -> Result<Tensor> {
+        Ok(self.get_rank(name, 2)?.t()?.contiguous()?)
+    }
 }
 
 /// The JSON object in `path` (a small config file).

@@ -80,7 +80,7 @@ pub(super) fn load(src: &Source) -> Result<Converted> {
     let file = FileTensors::safetensors(&path, src.device)?;
     let mut tensors = HashMap::new();
     // Stored `[d_sae, d_in]`; SAELens transposes it and keeps the rest as saved.
-    tensors.insert("W_enc", file.get_rank("W_enc", 2)?.t()?.contiguous()?);
+    tensors.insert("W_enc", file.get_transposed("W_enc")?);
     for name in ["W_dec", "b_enc", "b_dec", "W_skip"] {
         if file.has(name) {
             tensors.insert(name, file.get(name)?);

@@ -119,18 +119,55 @@ pub(crate) fn load(
     out: Option<(&str, usize)>,
 ) -> Result<SaeTrainer> {
     let state_path = dir.join(STATE_JSON);
-    let bad = |reason: String| Error::BadFile {
-        path: state_path.clone(),
-        reason,
-    };
-    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    if state["format"].as_u64() != Some(FORMAT) {
-        return Err(bad(format!(
-            "checkpoint format {} (this hooklens writes {FORMAT})",
-            state["format"]
+    let state = read_state(&state_path)?;
+    let differ = setting_differences(&state, opts, hook, d_in, out);
+    if !differ.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} was written with other settings ({}); use the same settings to resume, or another --out",
+            dir.display(),
+            differ.join("; ")
         )));
     }
+    let mut t = match out {
+        Some((hook_out, d_out)) => SaeTrainer::new_transcoder(opts.clone(), d_in, hook, d_out, hook_out)?,
+        None => SaeTrainer::new(opts.clone(), d_in, hook)?,
+    };
+    restore_counters(&mut t, &state, &state_path)?;
+    restore_tensors(&mut t, &dir.join(STATE_TENSORS))?;
+    Ok(t)
+}
+
+/// The error for a checkpoint file at `path` that is not as written.
+fn bad_file(path: &Path, reason: String) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+/// The JSON state in `state_path`, once its format is known to be this one's.
+fn read_state(state_path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(state_path).map_err(|e| Error::io(state_path, e))?;
+    let state: Value = serde_json::from_str(&text).map_err(|e| bad_file(state_path, format!("not valid JSON: {e}")))?;
+    if state["format"].as_u64() != Some(FORMAT) {
+        return Err(bad_file(
+            state_path,
+            format!("checkpoint format {} (this hooklens writes {FORMAT})", state["format"]),
+        ));
+    }
+    Ok(state)
+}
+
+/// One line per setting that differs between the checkpoint's `state` and this run
+/// (hook, widths, then the options in `TrainOptions::to_json`'s order); empty when
+/// they all match.
+fn setting_differences(
+    state: &Value,
+    opts: &TrainOptions,
+    hook: &str,
+    d_in: usize,
+    out: Option<(&str, usize)>,
+) -> Vec<String> {
     let mut differ = Vec::new();
     if state["hook"].as_str() != Some(hook) {
         differ.push(format!("hook: checkpoint {}, now `{hook}`", state["hook"]));
@@ -154,17 +191,16 @@ pub(crate) fn load(
             }
         }
     }
-    if !differ.is_empty() {
-        return Err(Error::invalid(format!(
-            "{} was written with other settings ({}); use the same settings to resume, or another --out",
-            dir.display(),
-            differ.join("; ")
-        )));
-    }
-    let uint = |k: &str| state[k].as_u64().ok_or_else(|| bad(format!("no `{k}`")));
-    let mut t = match out {
-        Some((hook_out, d_out)) => SaeTrainer::new_transcoder(opts.clone(), d_in, hook, d_out, hook_out)?,
-        None => SaeTrainer::new(opts.clone(), d_in, hook)?,
+    differ
+}
+
+/// `Ok` once `t`'s step and token counts, input scale and BatchTopK threshold are the
+/// checkpoint's `state` (read from `state_path`).
+fn restore_counters(t: &mut SaeTrainer, state: &Value, state_path: &Path) -> Result<()> {
+    let uint = |k: &str| {
+        state[k]
+            .as_u64()
+            .ok_or_else(|| bad_file(state_path, format!("no `{k}`")))
     };
     t.n_training_steps = uint("n_training_steps")? as usize;
     t.n_training_samples = uint("n_training_samples")?;
@@ -172,25 +208,29 @@ pub(crate) fn load(
     t.scaling_factor = state["scaling_factor"].as_f64();
     t.topk_threshold = state["topk_threshold"]
         .as_f64()
-        .ok_or_else(|| bad("no `topk_threshold`".into()))?;
-    let file = dir.join(STATE_TENSORS);
-    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)
+        .ok_or_else(|| bad_file(state_path, "no `topk_threshold`".into()))?;
+    Ok(())
+}
+
+/// `Ok` once `t`'s parameters, Adam moments and firing counters are the ones in the
+/// tensors `file`, each checked against the shape `t` gives it.
+fn restore_tensors(t: &mut SaeTrainer, file: &Path) -> Result<()> {
+    let mut tensors = candle_core::safetensors::load(file, &Device::Cpu)
         .map_err(|e| Error::invalid(format!("{}: not a readable checkpoint: {e}", file.display())))?;
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> {
-        let t = tensors.remove(name).ok_or_else(|| Error::BadFile {
-            path: file.clone(),
-            reason: format!("no tensor `{name}`"),
-        })?;
+        let t = tensors
+            .remove(name)
+            .ok_or_else(|| bad_file(file, format!("no tensor `{name}`")))?;
         if t.dims() != shape {
-            return Err(Error::BadFile {
-                path: file.clone(),
-                reason: format!("`{name}` is {:?}, expected {shape:?}", t.dims()),
-            });
+            return Err(bad_file(
+                file,
+                format!("`{name}` is {:?}, expected {shape:?}", t.dims()),
+            ));
         }
         Ok(t)
     };
     // The fresh trainer's parameters name what the checkpoint must hold, and shape it.
-    let d_sae = opts.d_sae;
+    let d_sae = t.opts.d_sae;
     let wanted: Vec<(&'static str, Vec<usize>)> = t
         .params
         .named()
@@ -217,5 +257,5 @@ pub(crate) fn load(
     };
     t.act_freq_scores = take("act_freq_scores", &[d_sae])?.to_vec1()?;
     t.n_forward_passes_since_fired = take("n_forward_passes_since_fired", &[d_sae])?.to_vec1()?;
-    Ok(t)
+    Ok(())
 }

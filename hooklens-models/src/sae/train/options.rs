@@ -329,7 +329,16 @@ impl TrainOptions {
 
     /// Checks the settings, naming the first bad one; run before any work.
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::invalid(m));
+        self.validate_architecture()?;
+        self.validate_optimizer()?;
+        self.validate_losses()?;
+        self.validate_sizes()?;
+        self.validate_schedule()
+    }
+
+    /// `Ok` when `d_sae`, `k` and the Matryoshka widths fit the architecture; else the
+    /// first that does not.
+    fn validate_architecture(&self) -> Result<()> {
         if self.d_sae == 0 {
             return bad("d_sae must be at least 1".into());
         }
@@ -356,6 +365,11 @@ impl TrainOptions {
                 self.architecture.name()
             ));
         }
+        Ok(())
+    }
+
+    /// `Ok` when Adam's learning rate and betas are usable; else the first that is not.
+    fn validate_optimizer(&self) -> Result<()> {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("lr is {}: it must be a positive number", self.lr));
         }
@@ -364,6 +378,12 @@ impl TrainOptions {
                 return bad(format!("{name} is {b}: it must be in [0, 1)"));
             }
         }
+        Ok(())
+    }
+
+    /// `Ok` when the loss terms' coefficients, JumpReLU's and BatchTopK's settings and
+    /// the decoder's initial norm are in range; else the first that is not.
+    fn validate_losses(&self) -> Result<()> {
         if !(self.l1_coefficient >= 0.0 && self.l1_coefficient.is_finite()) {
             return bad(format!(
                 "l1_coefficient is {}: it must be a non-negative number",
@@ -418,6 +438,12 @@ impl TrainOptions {
                 return bad(format!("decoder_init_norm is {n}: it must be a positive number"));
             }
         }
+        Ok(())
+    }
+
+    /// `Ok` when the batch and run sizes are positive and a step's tensors can be
+    /// allocated; else the first size that is not.
+    fn validate_sizes(&self) -> Result<()> {
         if self.train_batch_size_tokens == 0 {
             return bad("train_batch_size_tokens must be at least 1".into());
         }
@@ -435,6 +461,12 @@ impl TrainOptions {
                 self.train_batch_size_tokens, self.d_sae, self.n_batches_in_buffer
             ));
         }
+        Ok(())
+    }
+
+    /// `Ok` when the learning-rate schedule fits the run and the windows, buffer, norm
+    /// estimate and checkpoint interval are usable; else the first that is not.
+    fn validate_schedule(&self) -> Result<()> {
         let steps = self.total_training_steps();
         if self.lr_warm_up_steps.saturating_add(self.lr_decay_steps) > steps {
             return bad(format!(
@@ -501,6 +533,11 @@ impl TrainOptions {
             "seed": self.seed,
         })
     }
+}
+
+/// The error for a bad setting, described by `m`.
+fn bad(m: String) -> Result<()> {
+    Err(Error::invalid(m))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use hooklens_core::{Error, Result};
 
 use super::adam::{adam_update, AdamState, AdamStep};
-use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Objective, Params};
+use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Forward, Grads, Objective, Params};
 use super::export::{cfg_json, save_tensors_atomic, write_atomic};
 use super::metrics::StepMetrics;
 use super::options::{NormalizeActivations, TrainArchitecture, TrainOptions};
@@ -287,6 +287,36 @@ impl SaeTrainer {
                 batch.dims()
             )));
         }
+        self.begin_step()?;
+        let x = self.scaled(batch)?;
+        let dead = self.dead_features();
+        let (l1, l0_coef) = self.sparsity_coefficients();
+        let inner_widths = match self.opts.matryoshka_levels().split_last() {
+            Some((_, inner)) => inner.to_vec(),
+            None => Vec::new(),
+        };
+        let obj = self.objective(l1, l0_coef, &dead, &inner_widths);
+        let (fwd, grads) = loss_and_grads(&self.params, &x, target, &obj)?;
+        if self.opts.architecture.is_batch_topk() {
+            self.update_topk_threshold(&fwd.feature_acts)?;
+        }
+        self.record_firing(&fwd.feature_acts, b)?;
+
+        let lr = self.apply_grads(grads)?;
+        self.n_training_steps += 1;
+        self.n_training_samples += b as u64;
+
+        let report = self.n_training_steps.is_multiple_of(self.opts.metrics_every_steps)
+            || self.n_training_samples >= self.opts.training_tokens;
+        if !report {
+            return Ok(None);
+        }
+        Ok(Some(self.step_metrics(&fwd, target.unwrap_or(&x), lr, l1, l0_coef)?))
+    }
+
+    /// `Ok` once the firing frequencies are reset at a sampling window's start and
+    /// JumpReLU's threshold is clamped, as SAELens prepares each step.
+    fn begin_step(&mut self) -> Result<()> {
         // SAELens resets the firing frequencies at the start of each sampling window.
         if self.n_training_steps > 0 && self.n_training_steps.is_multiple_of(self.opts.feature_sampling_window) {
             self.act_freq_scores.iter_mut().for_each(|v| *v = 0.0);
@@ -297,8 +327,11 @@ impl SaeTrainer {
             // by clamping it before each step (not in the graph).
             *t = t.clamp(0f32, f32::INFINITY)?;
         }
-        let x = self.scaled(batch)?;
-        let dead = self.dead_features();
+        Ok(())
+    }
+
+    /// The L1 and L0 sparsity coefficients of this step, after their warm-ups.
+    fn sparsity_coefficients(&self) -> (f64, f64) {
         let l1 = l1_coefficient(
             self.n_training_steps,
             self.opts.l1_coefficient,
@@ -309,40 +342,57 @@ impl SaeTrainer {
             self.opts.l0_coefficient,
             self.opts.l0_warm_up_steps,
         );
-        let inner_widths = match self.opts.matryoshka_levels().split_last() {
-            Some((_, inner)) => inner.to_vec(),
-            None => Vec::new(),
-        };
-        let obj = match self.opts.architecture {
+        (l1, l0_coef)
+    }
+
+    /// The architecture's loss terms for this step: the sparsity coefficients `l1` and
+    /// `l0_coefficient` after their warm-ups, the `dead` features `[d_sae]` and
+    /// Matryoshka's `inner_widths`.
+    fn objective<'a>(
+        &'a self,
+        l1: f64,
+        l0_coefficient: f64,
+        dead: &'a [bool],
+        inner_widths: &'a [usize],
+    ) -> Objective<'a> {
+        match self.opts.architecture {
             TrainArchitecture::Standard => Objective::Standard { l1_coefficient: l1 },
             TrainArchitecture::JumpRelu => Objective::JumpRelu {
-                l0_coefficient: l0_coef,
+                l0_coefficient,
                 opts: &self.opts,
-                dead: Some(&dead),
+                dead: Some(dead),
             },
             TrainArchitecture::TopK | TrainArchitecture::BatchTopK | TrainArchitecture::MatryoshkaBatchTopK => {
                 Objective::TopK {
                     k: self.opts.k,
                     batch: self.opts.architecture.is_batch_topk(),
                     aux_loss_coefficient: self.opts.aux_loss_coefficient,
-                    dead: Some(&dead),
-                    inner_widths: &inner_widths,
+                    dead: Some(dead),
+                    inner_widths,
                     matryoshka_aux: self.opts.use_matryoshka_aux_loss,
                 }
             }
-        };
-        let (fwd, grads) = loss_and_grads(&self.params, &x, target, &obj)?;
-        if self.opts.architecture.is_batch_topk() {
-            // SAELens's update_topk_threshold: a moving average of the smallest
-            // activation kept, computed in f64.
-            let acts: Vec<f32> = fwd.feature_acts.flatten_all()?.to_vec1()?;
-            let min_positive = acts.iter().copied().filter(|&a| a > 0.0).reduce(f32::min);
-            if let Some(m) = min_positive {
-                let lr = self.opts.topk_threshold_lr;
-                self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * m as f64;
-            }
         }
-        let fired: Vec<f32> = fwd.feature_acts.ne(0.0)?.to_dtype(DType::F32)?.sum(0)?.to_vec1()?;
+    }
+
+    /// `Ok` once BatchTopK's threshold has moved towards the smallest activation kept in
+    /// `feature_acts` `[batch, d_sae]`.
+    fn update_topk_threshold(&mut self, feature_acts: &Tensor) -> Result<()> {
+        // SAELens's update_topk_threshold: a moving average of the smallest
+        // activation kept, computed in f64.
+        let acts: Vec<f32> = feature_acts.flatten_all()?.to_vec1()?;
+        let min_positive = acts.iter().copied().filter(|&a| a > 0.0).reduce(f32::min);
+        if let Some(m) = min_positive {
+            let lr = self.opts.topk_threshold_lr;
+            self.topk_threshold = (1.0 - lr) * self.topk_threshold + lr * m as f64;
+        }
+        Ok(())
+    }
+
+    /// `Ok` once the dead-feature counters and firing frequencies count the features
+    /// that fired in `feature_acts` `[batch, d_sae]`, a batch of `b` tokens.
+    fn record_firing(&mut self, feature_acts: &Tensor, b: usize) -> Result<()> {
+        let fired: Vec<f32> = feature_acts.ne(0.0)?.to_dtype(DType::F32)?.sum(0)?.to_vec1()?;
         for ((since, freq), f) in self
             .n_forward_passes_since_fired
             .iter_mut()
@@ -353,7 +403,12 @@ impl SaeTrainer {
             *freq += f;
         }
         self.n_frac_active_samples += b as u64;
+        Ok(())
+    }
 
+    /// The step's learning rate, once `grads` (clipped to norm 1) have updated the
+    /// parameters through Adam.
+    fn apply_grads(&mut self, grads: Grads) -> Result<f64> {
         let grads = clip_grad_norm(grads, 1.0)?;
         let total = self.opts.total_training_steps();
         let lr = self.opts.lr
@@ -381,28 +436,27 @@ impl SaeTrainer {
             adam_update(&mut v, &g, state, adam);
             *param = Tensor::from_vec(v, shape, &Device::Cpu)?;
         }
-        self.n_training_steps += 1;
-        self.n_training_samples += b as u64;
+        Ok(lr)
+    }
 
-        let report = self.n_training_steps.is_multiple_of(self.opts.metrics_every_steps)
-            || self.n_training_samples >= self.opts.training_tokens;
-        if !report {
-            return Ok(None);
-        }
+    /// The metrics of the step just taken, from its forward pass `fwd`, the
+    /// reconstruction's `target` `[batch, d_out]`, and its learning rate and sparsity
+    /// coefficients.
+    fn step_metrics(&self, fwd: &Forward, target: &Tensor, lr: f64, l1: f64, l0_coef: f64) -> Result<StepMetrics> {
         let n_dead = self.dead_features().iter().filter(|&&d| d).count();
-        Ok(Some(StepMetrics {
+        Ok(StepMetrics {
             step: self.n_training_steps,
             tokens: self.n_training_samples,
             mse_loss: fwd.mse_loss as f64,
             aux_loss: fwd.aux_loss as f64,
-            explained_variance: explained_variance(target.unwrap_or(&x), &fwd.sae_out)?,
+            explained_variance: explained_variance(target, &fwd.sae_out)?,
             l0: l0(&fwd.feature_acts)?,
             dead_fraction: n_dead as f64 / self.opts.d_sae as f64,
             lr,
             l1_coefficient: (self.opts.architecture == TrainArchitecture::Standard).then_some(l1),
             l0_coefficient: (self.opts.architecture == TrainArchitecture::JumpRelu).then_some(l0_coef),
             ce_loss: None,
-        }))
+        })
     }
 
     /// Feature activations `[batch, d_sae]` of raw activations `x` `[batch, d_in]`, as
