@@ -465,7 +465,12 @@ impl Sweep<'_> {
             let n = batch_size.min(k - i);
             let layers = vec![l_n; n];
             let pos = vec![p_n - 1; n];
-            self.push(&layers, &pos, &vectors[i * d..(i + n) * d], (i..i + n).map(|j| logit_offset + j))?;
+            self.push(
+                &layers,
+                &pos,
+                &vectors[i * d..(i + n) * d],
+                (i..i + n).map(|j| logit_offset + j),
+            )?;
         }
         Ok(())
     }

@@ -125,7 +125,12 @@ impl Graph {
             feats.extend([af.layer[i] as i64, af.pos[i] as i64, af.feature[i] as i64]);
         }
         vec![
-            ("active_features", "I64", vec![af.len(), 3], i64_bytes(feats.into_iter())),
+            (
+                "active_features",
+                "I64",
+                vec![af.len(), 3],
+                i64_bytes(feats.into_iter()),
+            ),
             ("activation_values", "F32", vec![af.len()], f32_bytes(&af.value)),
             (
                 "input_tokens",
@@ -152,7 +157,12 @@ impl Graph {
                 vec![self.selected_features.len()],
                 i64_bytes(self.selected_features.iter().map(|&i| i as i64)),
             ),
-            ("vocab_size", "I64", vec![1], i64_bytes(std::iter::once(self.vocab_size as i64))),
+            (
+                "vocab_size",
+                "I64",
+                vec![1],
+                i64_bytes(std::iter::once(self.vocab_size as i64)),
+            ),
         ]
     }
 

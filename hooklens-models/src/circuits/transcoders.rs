@@ -676,7 +676,10 @@ fn finite_in(values: &[f32], name: &str, what: &str) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
         Some(i) => Err(sae_refusal(
             what,
-            format!("tensor `{name}` holds a non-finite value ({}) at element {i}", values[i]),
+            format!(
+                "tensor `{name}` holds a non-finite value ({}) at element {i}",
+                values[i]
+            ),
         )),
         None => Ok(()),
     }
@@ -957,7 +960,9 @@ fn read_encoder(
     has_thr: bool,
     (f, d): (usize, usize),
 ) -> Result<Encoder> {
-    let threshold = has_thr.then(|| read_shaped(enc_file, &names.threshold, &[f])).transpose()?;
+    let threshold = has_thr
+        .then(|| read_shaped(enc_file, &names.threshold, &[f]))
+        .transpose()?;
     let skip_file = match group.get(2) {
         Some(p) if kind == TranscoderKind::CrossLayer => Some(open(p)?),
         _ => None,
