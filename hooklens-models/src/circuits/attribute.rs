@@ -339,7 +339,7 @@ pub fn attribute_run(
     opts: &AttributionOptions,
 ) -> Result<Graph> {
     opts.check()?;
-    let (l_n, p_n, d) = (run.n_layers(), run.n_pos(), run.d_model());
+    let (l_n, p_n) = (run.n_layers(), run.n_pos());
     let last = candle_core::IndexOp::i(&run.logits, p_n - 1)?;
     let targets = resolve(model, &last, &opts.targets)?;
     let k = targets.targets.len();
@@ -350,123 +350,36 @@ pub fn attribute_run(
     let n_total = logit_offset + k;
     let max_feat = opts.max_feature_nodes.unwrap_or(n_active).min(n_active);
     let rows_total = k + max_feat;
-    // In memory when the rows and the matrix fit the budget together (the assembly
-    // holds both), else both in temporary files.
     let n_nodes_max = max_feat + (l_n + 1) * p_n + k;
-    let need = (rows_total as u64) * (width as u64) * 4 + (n_nodes_max as u64).pow(2) * 4;
-    let budget = opts
-        .memory_budget
-        .unwrap_or_else(|| hooklens_core::__internal::available_memory().map_or(u64::MAX, |m| m / 2));
-    let spill = need > budget;
+    let spill = spills(opts, rows_total, width, n_nodes_max);
     let spill_dir = opts.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let mut rows = if spill {
-        Rows::in_file(width, &spill_dir)?
-    } else {
-        Rows::in_memory(width, rows_total)
+    let mut sweep = Sweep {
+        run,
+        tc: transcoders,
+        src: &src,
+        opts,
+        rows: new_rows(spill, &spill_dir, width, rows_total)?,
+        row_node: Vec::with_capacity(rows_total),
+        rows_total,
     };
-    let mut row_node: Vec<usize> = Vec::with_capacity(rows_total);
-    let report = |done: usize| {
-        if let Some(f) = &opts.progress {
-            f(AttributionProgress {
-                rows_done: done,
-                rows_total,
-            })
-        }
-    };
-    // Logit rows: read after the final norm at the last position.
-    for i in (0..k).step_by(opts.batch_size) {
-        let n = opts.batch_size.min(k - i);
-        let layers = vec![l_n; n];
-        let pos = vec![p_n - 1; n];
-        rows.push(&compute_batch(
-            run,
-            transcoders,
-            &src,
-            &layers,
-            &pos,
-            &targets.vectors[i * d..(i + n) * d],
-        ))?;
-        row_node.extend((i..i + n).map(|j| logit_offset + j));
-        report(row_node.len());
-    }
-    // Feature rows.
-    let a = &run.active;
-    let mut visited = vec![false; n_active];
-    let mut n_visited = 0;
-    while n_visited < max_feat {
-        let pending: Vec<usize> = if max_feat == n_active {
-            (0..n_active).collect()
-        } else {
-            let inf = partial_influences(&rows, &row_node, &targets.probabilities, n_total)?;
-            let mut rank: Vec<usize> = (0..n_active).collect();
-            rank.sort_by(|&x, &y| inf[y].total_cmp(&inf[x]).then(x.cmp(&y)));
-            let queue = (opts.update_interval * opts.batch_size).min(max_feat - n_visited);
-            rank.into_iter().filter(|&i| !visited[i]).take(queue).collect()
-        };
-        for batch in pending.chunks(opts.batch_size) {
-            n_visited += batch.len();
-            let layers: Vec<usize> = batch.iter().map(|&i| a.layer[i]).collect();
-            let pos: Vec<usize> = batch.iter().map(|&i| a.pos[i]).collect();
-            let mut vecs = Vec::with_capacity(batch.len() * d);
-            for &i in batch {
-                vecs.extend_from_slice(&src.encoders[i * d..(i + 1) * d]);
-            }
-            rows.push(&compute_batch(run, transcoders, &src, &layers, &pos, &vecs))?;
-            row_node.extend_from_slice(batch);
-            for &i in batch {
-                visited[i] = true;
-            }
-            report(row_node.len());
-        }
-    }
+    sweep.logit_rows(&targets.vectors, k, logit_offset)?;
+    let visited = sweep.feature_rows(max_feat, &targets.probabilities, n_total)?;
     // Assemble the square matrix in node order.
     let selected: Vec<usize> = (0..n_active).filter(|&i| visited[i]).collect();
     let n_sel = selected.len();
     let n_nodes = n_sel + (l_n + 1) * p_n + k;
-    // Column of the matrix for each column of a row: selected features keep their
-    // rank among the selected, the rest shift down.
-    let mut col_of = vec![usize::MAX; width];
-    for (j, &f) in selected.iter().enumerate() {
-        col_of[f] = j;
-    }
-    for (c, slot) in col_of.iter_mut().enumerate().skip(n_active) {
-        *slot = n_sel + (c - n_active);
-    }
-    // The raw row of each matrix row (features by rank, then logits); the error and
-    // token rows are zero.
-    let mut raw_of = vec![usize::MAX; n_nodes];
-    let mut feat_row = vec![usize::MAX; n_active];
-    for (j, &f) in selected.iter().enumerate() {
-        feat_row[f] = j;
-    }
-    for (r, &node) in row_node.iter().enumerate() {
-        let target = if node >= logit_offset {
-            n_sel + (l_n + 1) * p_n + (node - logit_offset)
-        } else {
-            feat_row[node]
-        };
-        raw_of[target] = r;
-    }
-    let mut adjacency = if spill {
-        Rows::in_file(n_nodes, &spill_dir)?
-    } else {
-        Rows::in_memory(n_nodes, n_nodes)
-    };
-    let mut raw = vec![0.0f32; width];
-    let mut out = vec![0.0f32; n_nodes];
-    for &r in &raw_of {
-        out.iter_mut().for_each(|v| *v = 0.0);
-        if r != usize::MAX {
-            rows.read(r, &mut raw)?;
-            for (&j, &v) in col_of.iter().zip(&raw) {
-                if j != usize::MAX {
-                    out[j] = v;
-                }
-            }
-        }
-        adjacency.push(&out)?;
-    }
-    drop(rows);
+    let col_of = matrix_columns(&selected, n_active, width);
+    let raw_of = matrix_rows(
+        &selected,
+        &sweep.row_node,
+        n_active,
+        logit_offset,
+        n_sel + (l_n + 1) * p_n,
+        n_nodes,
+    );
+    let adjacency = new_rows(spill, &spill_dir, n_nodes, n_nodes)?;
+    let adjacency = copy_rows(&sweep.rows, &raw_of, &col_of, adjacency)?;
+    drop(sweep);
     let input_string = model
         .to_string(&candle_core::Tensor::new(
             run.tokens.as_slice(),
@@ -485,4 +398,178 @@ pub fn attribute_run(
         scan: transcoders.scan().map(str::to_string),
         adjacency: Adjacency { rows: adjacency },
     })
+}
+
+/// Whether the rows and the matrix go to temporary files: they stay in memory when both
+/// fit the budget together (the assembly holds both).
+fn spills(opts: &AttributionOptions, rows_total: usize, width: usize, n_nodes_max: usize) -> bool {
+    let need = (rows_total as u64) * (width as u64) * 4 + (n_nodes_max as u64).pow(2) * 4;
+    let budget = opts
+        .memory_budget
+        .unwrap_or_else(|| hooklens_core::__internal::available_memory().map_or(u64::MAX, |m| m / 2));
+    need > budget
+}
+
+/// An empty store of rows `width` wide: a temporary file in `spill_dir` when `spill`,
+/// else memory for `n_rows` rows.
+fn new_rows(spill: bool, spill_dir: &std::path::Path, width: usize, n_rows: usize) -> Result<Rows> {
+    if spill {
+        Rows::in_file(width, spill_dir)
+    } else {
+        Ok(Rows::in_memory(width, n_rows))
+    }
+}
+
+/// The rows of the attribution as they are computed, and the node each row is of.
+struct Sweep<'a> {
+    run: &'a ReplacementRun,
+    tc: &'a Transcoders,
+    src: &'a Sources,
+    opts: &'a AttributionOptions,
+    /// The rows so far, `[row_node.len(), src.width]`.
+    rows: Rows,
+    /// Each row's node: an index into `run.active`, or `logit_offset + j` for logit `j`.
+    row_node: Vec<usize>,
+    /// Rows to compute in all, for the progress reports.
+    rows_total: usize,
+}
+
+impl Sweep<'_> {
+    /// Computes and keeps the rows of one batch of targets (of nodes `nodes`), then
+    /// reports progress.
+    fn push(
+        &mut self,
+        layers: &[usize],
+        positions: &[usize],
+        vectors: &[f32],
+        nodes: impl IntoIterator<Item = usize>,
+    ) -> Result<()> {
+        self.rows
+            .push(&compute_batch(self.run, self.tc, self.src, layers, positions, vectors))?;
+        self.row_node.extend(nodes);
+        if let Some(f) = &self.opts.progress {
+            f(AttributionProgress {
+                rows_done: self.row_node.len(),
+                rows_total: self.rows_total,
+            })
+        }
+        Ok(())
+    }
+
+    /// Computes the rows of the `k` logit targets, `vectors` `[k, d_model]`.
+    fn logit_rows(&mut self, vectors: &[f32], k: usize, logit_offset: usize) -> Result<()> {
+        let (l_n, p_n, d) = (self.run.n_layers(), self.run.n_pos(), self.run.d_model());
+        let batch_size = self.opts.batch_size;
+        // Logit rows: read after the final norm at the last position.
+        for i in (0..k).step_by(batch_size) {
+            let n = batch_size.min(k - i);
+            let layers = vec![l_n; n];
+            let pos = vec![p_n - 1; n];
+            self.push(
+                &layers,
+                &pos,
+                &vectors[i * d..(i + n) * d],
+                (i..i + n).map(|j| logit_offset + j),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Computes the rows of `max_feat` active features: all of them, or else the most
+    /// influential on the logits (probabilities `logit_p`, `n_total` nodes), re-ranked
+    /// every `update_interval` batches. Which active features got a row, `[n_active]`.
+    fn feature_rows(&mut self, max_feat: usize, logit_p: &[f32], n_total: usize) -> Result<Vec<bool>> {
+        let (run, src, opts) = (self.run, self.src, self.opts);
+        let (d, n_active) = (run.d_model(), src.n_active);
+        let a = &run.active;
+        let mut visited = vec![false; n_active];
+        let mut n_visited = 0;
+        while n_visited < max_feat {
+            let pending: Vec<usize> = if max_feat == n_active {
+                (0..n_active).collect()
+            } else {
+                let inf = partial_influences(&self.rows, &self.row_node, logit_p, n_total)?;
+                let mut rank: Vec<usize> = (0..n_active).collect();
+                rank.sort_by(|&x, &y| inf[y].total_cmp(&inf[x]).then(x.cmp(&y)));
+                let queue = (opts.update_interval * opts.batch_size).min(max_feat - n_visited);
+                rank.into_iter().filter(|&i| !visited[i]).take(queue).collect()
+            };
+            for batch in pending.chunks(opts.batch_size) {
+                n_visited += batch.len();
+                let layers: Vec<usize> = batch.iter().map(|&i| a.layer[i]).collect();
+                let pos: Vec<usize> = batch.iter().map(|&i| a.pos[i]).collect();
+                let mut vecs = Vec::with_capacity(batch.len() * d);
+                for &i in batch {
+                    vecs.extend_from_slice(&src.encoders[i * d..(i + 1) * d]);
+                }
+                for &i in batch {
+                    visited[i] = true;
+                }
+                self.push(&layers, &pos, &vecs, batch.iter().copied())?;
+            }
+        }
+        Ok(visited)
+    }
+}
+
+/// The matrix column of each column of a row (`[width]`; `usize::MAX` for a feature not
+/// selected).
+fn matrix_columns(selected: &[usize], n_active: usize, width: usize) -> Vec<usize> {
+    // Selected features keep their rank among the selected, the rest shift down.
+    let n_sel = selected.len();
+    let mut col_of = vec![usize::MAX; width];
+    for (j, &f) in selected.iter().enumerate() {
+        col_of[f] = j;
+    }
+    for (c, slot) in col_of.iter_mut().enumerate().skip(n_active) {
+        *slot = n_sel + (c - n_active);
+    }
+    col_of
+}
+
+/// The computed row each matrix row copies (`[n_nodes]`: features by rank, then the
+/// logits from `first_logit_row` on); `usize::MAX` for the error and token rows, which
+/// are zero.
+fn matrix_rows(
+    selected: &[usize],
+    row_node: &[usize],
+    n_active: usize,
+    logit_offset: usize,
+    first_logit_row: usize,
+    n_nodes: usize,
+) -> Vec<usize> {
+    let mut raw_of = vec![usize::MAX; n_nodes];
+    let mut feat_row = vec![usize::MAX; n_active];
+    for (j, &f) in selected.iter().enumerate() {
+        feat_row[f] = j;
+    }
+    for (r, &node) in row_node.iter().enumerate() {
+        let target = if node >= logit_offset {
+            first_logit_row + (node - logit_offset)
+        } else {
+            feat_row[node]
+        };
+        raw_of[target] = r;
+    }
+    raw_of
+}
+
+/// `adjacency` with the square matrix pushed, `[raw_of.len(), raw_of.len()]`: row `i` is
+/// row `raw_of[i]` of `rows` with its columns moved to `col_of`, or zero.
+fn copy_rows(rows: &Rows, raw_of: &[usize], col_of: &[usize], mut adjacency: Rows) -> Result<Rows> {
+    let mut raw = vec![0.0f32; rows.width()];
+    let mut out = vec![0.0f32; raw_of.len()];
+    for &r in raw_of {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        if r != usize::MAX {
+            rows.read(r, &mut raw)?;
+            for (&j, &v) in col_of.iter().zip(&raw) {
+                if j != usize::MAX {
+                    out[j] = v;
+                }
+            }
+        }
+        adjacency.push(&out)?;
+    }
+    Ok(adjacency)
 }

@@ -94,84 +94,8 @@ impl Graph {
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let n = self.n_nodes();
-        let af = &self.active_features;
-        let i64_bytes = |v: &mut dyn Iterator<Item = i64>| v.flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-        let mut feats = Vec::with_capacity(af.len() * 3);
-        for i in 0..af.len() {
-            feats.extend([af.layer[i] as i64, af.pos[i] as i64, af.feature[i] as i64]);
-        }
-        // (name, dtype, shape, bytes); the matrix's bytes are streamed, not held.
-        let small: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = vec![
-            (
-                "active_features",
-                "I64",
-                vec![af.len(), 3],
-                i64_bytes(&mut feats.into_iter()),
-            ),
-            ("activation_values", "F32", vec![af.len()], f32_bytes(&af.value)),
-            (
-                "input_tokens",
-                "I64",
-                vec![self.n_pos()],
-                i64_bytes(&mut self.input_tokens.iter().map(|&t| t as i64)),
-            ),
-            (
-                "logit_probabilities",
-                "F32",
-                vec![self.logit_probabilities.len()],
-                f32_bytes(&self.logit_probabilities),
-            ),
-            (
-                "logit_tokens",
-                "I64",
-                vec![self.logit_targets.len()],
-                i64_bytes(&mut self.logit_targets.iter().map(|t| t.vocab_idx as i64)),
-            ),
-            (
-                "n_pos",
-                "I64",
-                vec![1],
-                i64_bytes(&mut std::iter::once(self.n_pos() as i64)),
-            ),
-            (
-                "selected_features",
-                "I64",
-                vec![self.selected_features.len()],
-                i64_bytes(&mut self.selected_features.iter().map(|&i| i as i64)),
-            ),
-            (
-                "vocab_size",
-                "I64",
-                vec![1],
-                i64_bytes(&mut std::iter::once(self.vocab_size as i64)),
-            ),
-        ];
-        let mut header = serde_json::Map::new();
-        let mut meta = serde_json::Map::new();
-        meta.insert("input_string".into(), self.input_string.clone().into());
-        if let Some(scan) = &self.scan {
-            meta.insert("scan".into(), scan.clone().into());
-        }
-        header.insert("__metadata__".into(), meta.into());
-        let adj_len = n * n * 4;
-        header.insert(
-            "adjacency_matrix".into(),
-            serde_json::json!({"dtype": "F32", "shape": [n, n], "data_offsets": [0, adj_len]}),
-        );
-        let mut at = adj_len;
-        for (name, dtype, shape, bytes) in &small {
-            header.insert(
-                (*name).into(),
-                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes.len()]}),
-            );
-            at += bytes.len();
-        }
-        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
-        // safetensors pads the header with spaces to a multiple of 8 bytes.
-        while !head.len().is_multiple_of(8) {
-            head.push(b' ');
-        }
+        let small = self.small_tensors();
+        let head = self.safetensors_header(n, &small);
         let io = |e: std::io::Error| Error::io(path, e);
         hooklens_core::__internal::write_atomically(path, |w| {
             w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
@@ -192,4 +116,98 @@ impl Graph {
             Ok(())
         })
     }
+
+    /// Every tensor of `graph.safetensors` but the matrix, in name order.
+    fn small_tensors(&self) -> Vec<SmallTensor> {
+        let af = &self.active_features;
+        let mut feats = Vec::with_capacity(af.len() * 3);
+        for i in 0..af.len() {
+            feats.extend([af.layer[i] as i64, af.pos[i] as i64, af.feature[i] as i64]);
+        }
+        vec![
+            (
+                "active_features",
+                "I64",
+                vec![af.len(), 3],
+                i64_bytes(feats.into_iter()),
+            ),
+            ("activation_values", "F32", vec![af.len()], f32_bytes(&af.value)),
+            (
+                "input_tokens",
+                "I64",
+                vec![self.n_pos()],
+                i64_bytes(self.input_tokens.iter().map(|&t| t as i64)),
+            ),
+            (
+                "logit_probabilities",
+                "F32",
+                vec![self.logit_probabilities.len()],
+                f32_bytes(&self.logit_probabilities),
+            ),
+            (
+                "logit_tokens",
+                "I64",
+                vec![self.logit_targets.len()],
+                i64_bytes(self.logit_targets.iter().map(|t| t.vocab_idx as i64)),
+            ),
+            ("n_pos", "I64", vec![1], i64_bytes(std::iter::once(self.n_pos() as i64))),
+            (
+                "selected_features",
+                "I64",
+                vec![self.selected_features.len()],
+                i64_bytes(self.selected_features.iter().map(|&i| i as i64)),
+            ),
+            (
+                "vocab_size",
+                "I64",
+                vec![1],
+                i64_bytes(std::iter::once(self.vocab_size as i64)),
+            ),
+        ]
+    }
+
+    /// The safetensors header, padded: the metadata, the `[n, n]` matrix first in the
+    /// data, then the `small` tensors in order.
+    fn safetensors_header(&self, n: usize, small: &[SmallTensor]) -> Vec<u8> {
+        let mut header = serde_json::Map::new();
+        let mut meta = serde_json::Map::new();
+        meta.insert("input_string".into(), self.input_string.clone().into());
+        if let Some(scan) = &self.scan {
+            meta.insert("scan".into(), scan.clone().into());
+        }
+        header.insert("__metadata__".into(), meta.into());
+        let adj_len = n * n * 4;
+        header.insert(
+            "adjacency_matrix".into(),
+            serde_json::json!({"dtype": "F32", "shape": [n, n], "data_offsets": [0, adj_len]}),
+        );
+        let mut at = adj_len;
+        for (name, dtype, shape, bytes) in small {
+            header.insert(
+                (*name).into(),
+                serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes.len()]}),
+            );
+            at += bytes.len();
+        }
+        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+        // safetensors pads the header with spaces to a multiple of 8 bytes.
+        while !head.len().is_multiple_of(8) {
+            head.push(b' ');
+        }
+        head
+    }
+}
+
+/// One tensor written whole: (name, dtype, shape, bytes); the matrix's bytes are
+/// streamed instead, not held.
+type SmallTensor = (&'static str, &'static str, Vec<usize>, Vec<u8>);
+
+/// `v` as little-endian bytes.
+fn i64_bytes(v: impl Iterator<Item = i64>) -> Vec<u8> {
+    v.flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// `v` as little-endian bytes.
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }

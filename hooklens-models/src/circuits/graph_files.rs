@@ -58,107 +58,14 @@ pub fn graph_file_from(
             Error::invalid("the graph has no scan identifier: give one (GraphFileOptions::scan, --scan)")
         })?;
     let n = graph.n_nodes();
-    let n_features = graph.n_features();
-    let n_pos = graph.n_pos();
-    let layers = graph.n_layers;
-    let error_end = n_features + n_pos * layers;
-    let token_end = error_end + n_pos;
     let mut nodes: Vec<Option<GraphNode>> = vec![None; n];
-    let blank = |node_id: String, feature: i64, layer: String, ctx_idx: usize, kind: &str, js: String| GraphNode {
-        node_id,
-        feature,
-        layer,
-        ctx_idx,
-        feature_type: kind.to_string(),
-        token_prob: 0.0,
-        is_target_logit: false,
-        run_idx: 0,
-        reverse_ctx_idx: 0,
-        js_node_id: js,
-        clerp: String::new(),
-        influence: None,
-        activation: None,
-    };
     for (i, slot) in nodes.iter_mut().enumerate() {
         if !pruned.node_mask[i] {
             continue;
         }
-        let influence = Some(pruned.cumulative_scores[i] as f64);
-        let node = if i < n_features {
-            let a = graph.selected_features[i];
-            let af = &graph.active_features;
-            let (layer, pos, feat) = (af.layer[a], af.pos[a], af.feature[a]);
-            let mut node = blank(
-                format!("{layer}_{feat}_{pos}"),
-                cantor(layer as i64, feat as i64),
-                layer.to_string(),
-                pos,
-                "cross layer transcoder",
-                format!("{layer}_{feat}-0"),
-            );
-            node.influence = influence;
-            node.activation = Some(af.value[a] as f64);
-            node
-        } else if i < error_end {
-            let (layer, pos) = ((i - n_features) / n_pos, (i - n_features) % n_pos);
-            let mut node = blank(
-                format!("0_{layer}_{pos}"),
-                -1,
-                layer.to_string(),
-                pos,
-                "mlp reconstruction error",
-                format!("{layer}_{pos}-0"),
-            );
-            node.influence = influence;
-            node
-        } else if i < token_end {
-            let pos = i - error_end;
-            let tok = graph.input_tokens[pos];
-            let mut node = blank(
-                format!("E_{tok}_{pos}"),
-                pos as i64,
-                "E".into(),
-                pos,
-                "embedding",
-                format!("E_{tok}-{pos}"),
-            );
-            node.influence = influence;
-            node
-        } else {
-            let k = i - token_end;
-            let target = &graph.logit_targets[k];
-            let layer = (layers + 1).to_string();
-            let pos = n_pos - 1;
-            let prob = graph.logit_probabilities[k] as f64;
-            let mut node = blank(
-                format!("{layer}_{}_{pos}", target.vocab_idx),
-                target.vocab_idx as i64,
-                layer,
-                pos,
-                "logit",
-                format!("L_{}-{pos}", target.vocab_idx),
-            );
-            node.token_prob = prob;
-            node.is_target_logit = k == 0;
-            node.clerp = format!("Output \"{}\" (p={prob:.3})", target.token);
-            node
-        };
-        *slot = Some(node);
+        *slot = Some(graph_node(graph, i, Some(pruned.cumulative_scores[i] as f64)));
     }
-    // Edges between kept nodes, row-major over [target, source].
-    let mut links = Vec::new();
-    let mut connected = vec![false; n];
-    for &(t, s, weight) in &pruned.edges {
-        if let (Some(src), Some(dst)) = (&nodes[s], &nodes[t]) {
-            links.push(GraphLink {
-                source: src.node_id.clone(),
-                target: dst.node_id.clone(),
-                weight: weight as f64,
-            });
-            connected[s] = true;
-            connected[t] = true;
-        }
-    }
+    let (links, connected) = kept_links(pruned, &nodes);
     let nodes: Vec<GraphNode> = nodes
         .into_iter()
         .enumerate()
@@ -186,6 +93,114 @@ pub fn graph_file_from(
         nodes,
         links,
     })
+}
+
+/// Node `i` of `graph` as the file describes it (a feature, an error, a token or a
+/// logit, by the graph's node order); `influence` goes on all but logits.
+fn graph_node(graph: &Graph, i: usize, influence: Option<f64>) -> GraphNode {
+    let n_features = graph.n_features();
+    let n_pos = graph.n_pos();
+    let layers = graph.n_layers;
+    let error_end = n_features + n_pos * layers;
+    let token_end = error_end + n_pos;
+    if i < n_features {
+        let a = graph.selected_features[i];
+        let af = &graph.active_features;
+        let (layer, pos, feat) = (af.layer[a], af.pos[a], af.feature[a]);
+        let mut node = blank_node(
+            format!("{layer}_{feat}_{pos}"),
+            cantor(layer as i64, feat as i64),
+            layer.to_string(),
+            pos,
+            "cross layer transcoder",
+            format!("{layer}_{feat}-0"),
+        );
+        node.influence = influence;
+        node.activation = Some(af.value[a] as f64);
+        node
+    } else if i < error_end {
+        let (layer, pos) = ((i - n_features) / n_pos, (i - n_features) % n_pos);
+        let mut node = blank_node(
+            format!("0_{layer}_{pos}"),
+            -1,
+            layer.to_string(),
+            pos,
+            "mlp reconstruction error",
+            format!("{layer}_{pos}-0"),
+        );
+        node.influence = influence;
+        node
+    } else if i < token_end {
+        let pos = i - error_end;
+        let tok = graph.input_tokens[pos];
+        let mut node = blank_node(
+            format!("E_{tok}_{pos}"),
+            pos as i64,
+            "E".into(),
+            pos,
+            "embedding",
+            format!("E_{tok}-{pos}"),
+        );
+        node.influence = influence;
+        node
+    } else {
+        let k = i - token_end;
+        let target = &graph.logit_targets[k];
+        let layer = (layers + 1).to_string();
+        let pos = n_pos - 1;
+        let prob = graph.logit_probabilities[k] as f64;
+        let mut node = blank_node(
+            format!("{layer}_{}_{pos}", target.vocab_idx),
+            target.vocab_idx as i64,
+            layer,
+            pos,
+            "logit",
+            format!("L_{}-{pos}", target.vocab_idx),
+        );
+        node.token_prob = prob;
+        node.is_target_logit = k == 0;
+        node.clerp = format!("Output \"{}\" (p={prob:.3})", target.token);
+        node
+    }
+}
+
+/// A node with these identifiers and every other field at its default.
+fn blank_node(node_id: String, feature: i64, layer: String, ctx_idx: usize, kind: &str, js: String) -> GraphNode {
+    GraphNode {
+        node_id,
+        feature,
+        layer,
+        ctx_idx,
+        feature_type: kind.to_string(),
+        token_prob: 0.0,
+        is_target_logit: false,
+        run_idx: 0,
+        reverse_ctx_idx: 0,
+        js_node_id: js,
+        clerp: String::new(),
+        influence: None,
+        activation: None,
+    }
+}
+
+/// The pruned edges between kept nodes (`nodes[i]` is `Some`), and which nodes
+/// (`[n_nodes]`) an edge of them touches.
+fn kept_links(pruned: &Pruned, nodes: &[Option<GraphNode>]) -> (Vec<GraphLink>, Vec<bool>) {
+    // Edges between kept nodes, row-major over [target, source].
+    let mut links = Vec::new();
+    let mut connected = vec![false; nodes.len()];
+    for &(t, s, weight) in &pruned.edges {
+        if let (Some(src), Some(dst)) = (&nodes[s], &nodes[t]) {
+            links.push(GraphLink {
+                source: src.node_id.clone(),
+                target: dst.node_id.clone(),
+                weight: weight as f64,
+            });
+            connected[s] = true;
+            connected[t] = true;
+        }
+    }
+    (links, connected)
 }
 
 /// Writes `file` as `<dir>/<slug>.json` and adds it to `<dir>/graph-metadata.json` (a

@@ -55,30 +55,13 @@ pub fn feature_intervention(
         transcoders.d_transcoder(),
     );
     let n_pos = tokens.len();
-    for iv in interventions {
-        if iv.layer >= n_layers || iv.pos >= n_pos || iv.feature >= f || !iv.value.is_finite() {
-            return Err(Error::invalid(format!(
-                "intervention {iv:?} is outside the prompt ({n_pos} positions), the model ({n_layers} layers) \
-                 or the transcoders ({f} features), or not finite"
-            )));
-        }
-    }
+    check_interventions(interventions, n_pos, n_layers, f)?;
     let t = Tensor::new(tokens, model.device())?.unsqueeze(0)?;
     let mut hooks = HookSet::new();
     if freeze_attention && !interventions.is_empty() {
-        let (_, cache) = model.run_with_cache(CacheOptions::new().names("blocks.*.attn.hook_pattern"), |m| {
-            m.forward(&t)
-        })?;
-        for l in 0..n_layers {
-            let frozen = cache.try_get(&format!("blocks.{l}.attn.hook_pattern"))?.clone();
-            hooks = hooks.fwd(format!("blocks.{l}.attn.hook_pattern"), move |_x: &Tensor, _hp| {
-                Ok(Some(frozen.clone()))
-            });
-        }
+        hooks = freeze_patterns(model, &t, n_layers, hooks)?;
     }
-    // Deltas per output layer `[n_pos, d_model]`, filled when an intervened layer's input
-    // is seen and added at the outputs.
-    let deltas: Arc<Mutex<Vec<Option<Vec<f32>>>>> = Arc::new(Mutex::new(vec![None; n_layers]));
+    let deltas: Deltas = Arc::new(Mutex::new(vec![None; n_layers]));
     let mut layers: Vec<usize> = interventions.iter().map(|iv| iv.layer).collect();
     layers.sort_unstable();
     layers.dedup();
@@ -123,7 +106,47 @@ pub fn feature_intervention(
             Ok(None)
         });
     }
+    hooks = add_deltas_at_outputs(hooks, transcoders, &deltas);
+    let logits = model.run_with_hooks(hooks, |m| m.forward(&t))?;
+    Ok(logits.i(0)?)
+}
+
+/// Deltas per output layer `[n_pos, d_model]`, filled when an intervened layer's input
+/// is seen and added at the outputs.
+type Deltas = Arc<Mutex<Vec<Option<Vec<f32>>>>>;
+
+/// `Ok` when every intervention is inside the prompt (`n_pos` positions), the model
+/// (`n_layers`) and the transcoders (`f` features), with a finite value.
+fn check_interventions(interventions: &[FeatureIntervention], n_pos: usize, n_layers: usize, f: usize) -> Result<()> {
+    for iv in interventions {
+        if iv.layer >= n_layers || iv.pos >= n_pos || iv.feature >= f || !iv.value.is_finite() {
+            return Err(Error::invalid(format!(
+                "intervention {iv:?} is outside the prompt ({n_pos} positions), the model ({n_layers} layers) \
+                 or the transcoders ({f} features), or not finite"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `hooks` with every layer's attention pattern replaced by its value on the clean run
+/// of `t` (`[1, n_pos]`).
+fn freeze_patterns(model: &HookedTransformer, t: &Tensor, n_layers: usize, mut hooks: HookSet) -> Result<HookSet> {
+    let (_, cache) = model.run_with_cache(CacheOptions::new().names("blocks.*.attn.hook_pattern"), |m| {
+        m.forward(t)
+    })?;
     for l in 0..n_layers {
+        let frozen = cache.try_get(&format!("blocks.{l}.attn.hook_pattern"))?.clone();
+        hooks = hooks.fwd(format!("blocks.{l}.attn.hook_pattern"), move |_x: &Tensor, _hp| {
+            Ok(Some(frozen.clone()))
+        });
+    }
+    Ok(hooks)
+}
+
+/// `hooks` with each layer's pending delta (taken from `deltas`) added at its MLP output.
+fn add_deltas_at_outputs(mut hooks: HookSet, transcoders: &Transcoders, deltas: &Deltas) -> HookSet {
+    for l in 0..transcoders.n_layers() {
         let deltas = deltas.clone();
         hooks = hooks.fwd(transcoders.output_hook(l), move |x: &Tensor, _hp| {
             let taken = deltas
@@ -139,6 +162,5 @@ pub fn feature_intervention(
             }
         });
     }
-    let logits = model.run_with_hooks(hooks, |m| m.forward(&t))?;
-    Ok(logits.i(0)?)
+    hooks
 }

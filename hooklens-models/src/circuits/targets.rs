@@ -73,55 +73,12 @@ pub(crate) fn resolve(model: &HookedTransformer, logits_last: &Tensor, spec: &Ta
     let probs = candle_nn::ops::softmax(&logits_last.to_dtype(DType::F32)?, D::Minus1)?;
     let probs_v = probs.to_vec1::<f32>()?;
     let d_vocab = probs_v.len();
-    let text = |id: usize| model.to_single_str_token(id as u32).unwrap_or_default();
     let ids: Vec<usize> = match spec {
         Targets::Salient {
             max_n_logits,
             desired_logit_prob,
-        } => {
-            if *max_n_logits == 0 {
-                return Err(Error::invalid("max_n_logits must be at least 1"));
-            }
-            if !(desired_logit_prob.is_finite() && *desired_logit_prob > 0.0 && *desired_logit_prob <= 1.0) {
-                return Err(Error::invalid(format!(
-                    "desired_logit_prob must be in (0, 1], got {desired_logit_prob}"
-                )));
-            }
-            if probs_v.iter().any(|p| !p.is_finite()) {
-                return Err(Error::invalid(
-                    "the model's last-position logits are not finite: no logit targets can be chosen",
-                ));
-            }
-            let mut order: Vec<usize> = (0..d_vocab).collect();
-            // torch.topk: larger first; ties to the lower index.
-            order.sort_by(|&a, &b| probs_v[b].total_cmp(&probs_v[a]).then(a.cmp(&b)));
-            order.truncate((*max_n_logits).min(d_vocab));
-            let mut cum = 0.0f32;
-            let mut cut = order.len();
-            for (i, &id) in order.iter().enumerate() {
-                cum += probs_v[id];
-                if cum >= *desired_logit_prob {
-                    cut = i + 1;
-                    break;
-                }
-            }
-            order.truncate(cut);
-            order
-        }
-        Targets::TokenIds(ids) => {
-            let mut out = Vec::with_capacity(ids.len());
-            for &id in ids {
-                if id as usize >= d_vocab {
-                    return Err(Error::TokenOutOfVocab {
-                        id: id as i64,
-                        d_vocab,
-                        message: format!("attribution target token id {id} is outside the vocabulary of {d_vocab}"),
-                    });
-                }
-                out.push(id as usize);
-            }
-            out
-        }
+        } => salient_ids(&probs_v, *max_n_logits, *desired_logit_prob)?,
+        Targets::TokenIds(ids) => checked_ids(ids, d_vocab)?,
         Targets::Strings(strings) => {
             let mut out = Vec::with_capacity(strings.len());
             for s in strings {
@@ -129,39 +86,100 @@ pub(crate) fn resolve(model: &HookedTransformer, logits_last: &Tensor, spec: &Ta
             }
             out
         }
-        Targets::Custom(custom) => {
-            let d = model.cfg().d_model;
-            let mut vectors = Vec::with_capacity(custom.len() * d);
-            for c in custom {
-                if c.direction.len() != d {
-                    return Err(Error::invalid(format!(
-                        "custom target `{}` has a direction of {} values; the model's d_model is {d}",
-                        c.label,
-                        c.direction.len()
-                    )));
-                }
-                if !c.probability.is_finite() || c.direction.iter().any(|v| !v.is_finite()) {
-                    return Err(Error::invalid(format!("custom target `{}` is not finite", c.label)));
-                }
-                vectors.extend_from_slice(&c.direction);
-            }
-            return Ok(ResolvedTargets {
-                targets: custom
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| LogitTarget {
-                        token: c.label.clone(),
-                        vocab_idx: d_vocab + i,
-                    })
-                    .collect(),
-                probabilities: custom.iter().map(|c| c.probability).collect(),
-                vectors,
-            });
-        }
+        Targets::Custom(custom) => return custom_targets(custom, model.cfg().d_model, d_vocab),
     };
     if ids.is_empty() {
         return Err(Error::invalid("no attribution targets: give at least one token"));
     }
+    token_targets(model, &probs, &ids)
+}
+
+/// circuit-tracer's salient logits: the most probable token ids of `probs` (`[d_vocab]`),
+/// at most `max_n_logits`, up to the first whose cumulative probability reaches
+/// `desired_logit_prob`.
+fn salient_ids(probs: &[f32], max_n_logits: usize, desired_logit_prob: f32) -> Result<Vec<usize>> {
+    if max_n_logits == 0 {
+        return Err(Error::invalid("max_n_logits must be at least 1"));
+    }
+    if !(desired_logit_prob.is_finite() && desired_logit_prob > 0.0 && desired_logit_prob <= 1.0) {
+        return Err(Error::invalid(format!(
+            "desired_logit_prob must be in (0, 1], got {desired_logit_prob}"
+        )));
+    }
+    if probs.iter().any(|p| !p.is_finite()) {
+        return Err(Error::invalid(
+            "the model's last-position logits are not finite: no logit targets can be chosen",
+        ));
+    }
+    let d_vocab = probs.len();
+    let mut order: Vec<usize> = (0..d_vocab).collect();
+    // torch.topk: larger first; ties to the lower index.
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    order.truncate(max_n_logits.min(d_vocab));
+    let mut cum = 0.0f32;
+    let mut cut = order.len();
+    for (i, &id) in order.iter().enumerate() {
+        cum += probs[id];
+        if cum >= desired_logit_prob {
+            cut = i + 1;
+            break;
+        }
+    }
+    order.truncate(cut);
+    Ok(order)
+}
+
+/// `ids` as indices, each checked to be in the vocabulary of `d_vocab`.
+fn checked_ids(ids: &[u32], d_vocab: usize) -> Result<Vec<usize>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if id as usize >= d_vocab {
+            return Err(Error::TokenOutOfVocab {
+                id: id as i64,
+                d_vocab,
+                message: format!("attribution target token id {id} is outside the vocabulary of {d_vocab}"),
+            });
+        }
+        out.push(id as usize);
+    }
+    Ok(out)
+}
+
+/// Custom targets as they are: their labels (with virtual indices from `d_vocab` on),
+/// probabilities and directions (`[k, d_model]`), checked to be `d_model` wide and finite.
+fn custom_targets(custom: &[CustomTarget], d: usize, d_vocab: usize) -> Result<ResolvedTargets> {
+    let mut vectors = Vec::with_capacity(custom.len() * d);
+    for c in custom {
+        if c.direction.len() != d {
+            return Err(Error::invalid(format!(
+                "custom target `{}` has a direction of {} values; the model's d_model is {d}",
+                c.label,
+                c.direction.len()
+            )));
+        }
+        if !c.probability.is_finite() || c.direction.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!("custom target `{}` is not finite", c.label)));
+        }
+        vectors.extend_from_slice(&c.direction);
+    }
+    Ok(ResolvedTargets {
+        targets: custom
+            .iter()
+            .enumerate()
+            .map(|(i, c)| LogitTarget {
+                token: c.label.clone(),
+                vocab_idx: d_vocab + i,
+            })
+            .collect(),
+        probabilities: custom.iter().map(|c| c.probability).collect(),
+        vectors,
+    })
+}
+
+/// Token targets `ids`: their text, their probabilities in `probs` (`[d_vocab]`) and
+/// their demeaned unembedding columns (`[k, d_model]`).
+fn token_targets(model: &HookedTransformer, probs: &Tensor, ids: &[usize]) -> Result<ResolvedTargets> {
+    let text = |id: usize| model.to_single_str_token(id as u32).unwrap_or_default();
     // W_U [d_model, d_vocab]; the mean over the vocabulary is subtracted from each column.
     let w_u = model.unembed.w_u()?.to_dtype(DType::F32)?.contiguous()?;
     let mean = w_u.mean_keepdim(1)?;

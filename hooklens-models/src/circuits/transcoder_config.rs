@@ -70,70 +70,7 @@ impl TranscoderConfig {
 
     /// Parses the text of a `config.yaml`; the error says which line and why.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let mut scalars: Vec<(String, String)> = Vec::new();
-        let mut list: Option<(String, Vec<String>)> = None;
-        let mut open_list: Option<String> = None;
-        for (i, raw) in text.lines().enumerate() {
-            let line_no = i + 1;
-            let line = strip_comment(raw);
-            if line.trim().is_empty() || line.trim() == "---" {
-                continue;
-            }
-            let trimmed = line.trim_start();
-            if let Some(item) = trimmed
-                .strip_prefix("- ")
-                .or(if trimmed == "-" { Some("") } else { None })
-            {
-                let Some(key) = &open_list else {
-                    return Err(format!("line {line_no}: a list item outside a list"));
-                };
-                let entry = list.get_or_insert_with(|| (key.clone(), Vec::new()));
-                entry.1.push(unquote(item.trim()));
-                continue;
-            }
-            if line.starts_with(' ') || line.starts_with('\t') {
-                return Err(format!(
-                    "line {line_no}: nested mappings are not part of circuit-tracer's config.yaml"
-                ));
-            }
-            let Some((key, value)) = trimmed.split_once(':') else {
-                return Err(format!("line {line_no}: expected `key: value`, found `{}`", raw.trim()));
-            };
-            let key = key.trim().to_string();
-            let value = value.trim();
-            if value.is_empty() {
-                if list.is_some() {
-                    return Err(format!(
-                        "line {line_no}: a second list (`{key}`); only `transcoders` is one"
-                    ));
-                }
-                open_list = Some(key);
-                continue;
-            }
-            open_list = None;
-            if value.starts_with('[') {
-                let inner = value
-                    .strip_prefix('[')
-                    .and_then(|v| v.strip_suffix(']'))
-                    .ok_or_else(|| format!("line {line_no}: unclosed list for `{key}`"))?;
-                let items = inner
-                    .split(',')
-                    .map(|s| unquote(s.trim()))
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if list.is_some() {
-                    return Err(format!(
-                        "line {line_no}: a second list (`{key}`); only `transcoders` is one"
-                    ));
-                }
-                list = Some((key, items));
-                continue;
-            }
-            if scalars.iter().any(|(k, _)| *k == key) {
-                return Err(format!("line {line_no}: `{key}` is given twice"));
-            }
-            scalars.push((key, unquote(value)));
-        }
+        let FlatYaml { scalars, list } = FlatYaml::read(text)?;
         let get = |k: &str| scalars.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
         let kind = match get("model_kind").as_deref() {
             Some("transcoder_set") => TranscoderKind::Set,
@@ -176,6 +113,91 @@ impl TranscoderConfig {
             top_k,
         })
     }
+}
+
+/// A `config.yaml`'s flat mapping: its scalars in file order and its one list, if any
+/// (key and items).
+struct FlatYaml {
+    scalars: Vec<(String, String)>,
+    list: Option<(String, Vec<String>)>,
+}
+
+impl FlatYaml {
+    /// Reads the subset of YAML these files use; the error says which line and why.
+    fn read(text: &str) -> std::result::Result<Self, String> {
+        let mut scalars: Vec<(String, String)> = Vec::new();
+        let mut list: Option<(String, Vec<String>)> = None;
+        let mut open_list: Option<String> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let line = strip_comment(raw);
+            if line.trim().is_empty() || line.trim() == "---" {
+                continue;
+            }
+            let trimmed = line.trim_start();
+            if let Some(item) = trimmed
+                .strip_prefix("- ")
+                .or(if trimmed == "-" { Some("") } else { None })
+            {
+                let Some(key) = &open_list else {
+                    return Err(format!("line {line_no}: a list item outside a list"));
+                };
+                let entry = list.get_or_insert_with(|| (key.clone(), Vec::new()));
+                entry.1.push(unquote(item.trim()));
+                continue;
+            }
+            if line.starts_with(' ') || line.starts_with('\t') {
+                return Err(format!(
+                    "line {line_no}: nested mappings are not part of circuit-tracer's config.yaml"
+                ));
+            }
+            let Some((key, value)) = trimmed.split_once(':') else {
+                return Err(format!("line {line_no}: expected `key: value`, found `{}`", raw.trim()));
+            };
+            let key = key.trim().to_string();
+            let value = value.trim();
+            if value.is_empty() {
+                no_second_list(list.is_some(), line_no, &key)?;
+                open_list = Some(key);
+                continue;
+            }
+            open_list = None;
+            if value.starts_with('[') {
+                let items = flow_list(value, line_no, &key)?;
+                no_second_list(list.is_some(), line_no, &key)?;
+                list = Some((key, items));
+                continue;
+            }
+            if scalars.iter().any(|(k, _)| *k == key) {
+                return Err(format!("line {line_no}: `{key}` is given twice"));
+            }
+            scalars.push((key, unquote(value)));
+        }
+        Ok(FlatYaml { scalars, list })
+    }
+}
+
+/// The items of a one-line list `[a, b, ...]` (`value`, given for `key` on line `line_no`).
+fn flow_list(value: &str, line_no: usize, key: &str) -> std::result::Result<Vec<String>, String> {
+    let inner = value
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or_else(|| format!("line {line_no}: unclosed list for `{key}`"))?;
+    Ok(inner
+        .split(',')
+        .map(|s| unquote(s.trim()))
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// `Ok` unless a list was read already (`had_list`): the files have one at most.
+fn no_second_list(had_list: bool, line_no: usize, key: &str) -> std::result::Result<(), String> {
+    if had_list {
+        return Err(format!(
+            "line {line_no}: a second list (`{key}`); only `transcoders` is one"
+        ));
+    }
+    Ok(())
 }
 
 /// `line` without a `#` comment (outside quotes).

@@ -16,7 +16,7 @@ use hooklens_core::{Error, Result};
 
 use super::transcoder_config::{TranscoderConfig, TranscoderKind};
 use crate::loading::SafetensorsFile;
-use crate::sae::{Architecture, Normalization, Sae};
+use crate::sae::{Architecture, Normalization, Sae, SaeConfig};
 
 /// The sparsifying nonlinearity of the features.
 #[derive(Clone, Debug, PartialEq)]
@@ -277,162 +277,23 @@ impl Transcoders {
                 c.hook_name,
                 c.hook_name_out.as_deref().unwrap_or("no hook_name_out")
             );
-            let refuse = |why: String| Error::invalid(format!("Transcoders::from_saes: {what}: {why}"));
-            let Some(out_name) = c.hook_name_out.as_deref() else {
-                return Err(refuse(
-                    "not a transcoder (no `hook_name_out`): attribution replaces each MLP with a transcoder \
-                     that reads one point and writes another"
-                        .into(),
-                ));
-            };
-            let (Some((li, x)), Some((lo, y))) = (block_hook(&c.hook_name), block_hook(out_name)) else {
-                return Err(refuse(format!(
-                    "its hooks must be `blocks.{i}.<point>` (input and output of layer {i})"
-                )));
-            };
-            if li != i || lo != i {
-                return Err(refuse(format!(
-                    "as layer {i} of the set it must read and write at `blocks.{i}.*`, not blocks.{li} -> blocks.{lo} \
-                     (the SAEs go in layer order, one per layer)"
-                )));
-            }
-            match &hooks {
-                None => hooks = Some((x.to_string(), y.to_string())),
-                Some((x0, y0)) if x0 != x || y0 != y => {
-                    return Err(refuse(format!(
-                        "it reads `{x}` and writes `{y}` of its block, SAE 0 `{x0}` and `{y0}`: every layer must \
-                         use the same points"
-                    )))
-                }
-                Some(_) => {}
-            }
-            let d_out = c.output_width();
-            if c.d_in != d_out {
-                return Err(refuse(format!(
-                    "d_in {} and d_out {d_out} differ: the transcoders read and write the residual width",
-                    c.d_in
-                )));
-            }
-            if (c.d_in, c.d_sae) != (d_model, d_transcoder) {
-                return Err(refuse(format!(
-                    "d_in {} and d_sae {}, SAE 0's {d_model} and {d_transcoder}: every layer must match",
-                    c.d_in, c.d_sae
-                )));
-            }
-            if c.normalize_activations != Normalization::None {
-                return Err(refuse(format!(
-                    "normalize_activations {:?}: run-time input normalisation is not linear, which attribution \
-                     needs of the encoder",
-                    c.normalize_activations
-                )));
-            }
-            if c.reshape_hook_z {
-                return Err(refuse(
-                    "it reshapes hook_z heads; transcoders read a residual-width point".into(),
-                ));
-            }
-            if let Some(h) = c.hook_head_index {
-                return Err(refuse(format!("it reads one head's slice (hook_head_index {h})")));
-            }
-            let (act, rescale) = match &c.architecture {
-                Architecture::Standard => (Activation::Relu, false),
-                Architecture::JumpRelu => (Activation::JumpRelu, false),
-                Architecture::TopK {
-                    k,
-                    rescale_acts_by_decoder_norm,
-                } => (Activation::TopKRelu(*k), *rescale_acts_by_decoder_norm),
-                Architecture::Gated => {
-                    return Err(refuse(format!(
-                        "architecture `{}` (gated) is not supported: its gate and magnitude paths are two \
-                         encoders, circuit-tracer's transcoders have one",
-                        c.architecture_name
-                    )))
-                }
-            };
-            match &activation {
-                None => activation = Some(act.clone()),
-                Some(a) if *a != act => {
-                    return Err(refuse(format!(
-                        "its activation is {act:?}, SAE 0's {a:?}: every layer must use the same one"
-                    )))
-                }
-                Some(_) => {}
-            }
-            let w = sae.weights();
-            let (d, f) = (d_model, d_transcoder);
-            let read = |name: &str, t: &candle_core::Tensor| -> Result<Vec<f32>> {
-                let v = t
-                    .to_device(&Device::Cpu)?
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
-                finite_in(&v, name, &what)?;
-                Ok(v)
-            };
-            // SAELens's `W_enc` is `[d_in, d_sae]`: encoder row f is its column f.
-            let w_enc_in = read("W_enc", &w.w_enc)?;
-            let mut w_enc = transpose(&w_enc_in, d, f);
-            let mut b_enc = match &w.b_enc {
-                Some(b) => read("b_enc", b)?,
-                None => return Err(refuse("no `b_enc`".into())),
-            };
-            let bias = read("b_dec", &w.b_dec)?;
-            let mut dec = read("W_dec", &w.w_dec)?;
-            if c.apply_b_dec_to_input {
-                // pre = (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc).
-                for (j, b) in b_enc.iter_mut().enumerate() {
-                    let row = &w_enc[j * d..(j + 1) * d];
-                    let dot: f64 = row.iter().zip(&bias).map(|(a, c)| *a as f64 * *c as f64).sum();
-                    *b = (*b as f64 - dot) as f32;
-                }
-            }
-            let threshold = match act {
-                Activation::JumpRelu => {
-                    let t = match &w.threshold {
-                        Some(t) => read("threshold", t)?,
-                        None => return Err(refuse("a JumpReLU SAE without `threshold`".into())),
-                    };
-                    if let Some((j, v)) = t.iter().enumerate().find(|(_, v)| **v < 0.0) {
-                        return Err(refuse(format!(
-                            "feature {j}'s JumpReLU threshold is {v} < 0: SAELens's relu(pre) * (pre > threshold) \
-                             and circuit-tracer's pre * (pre > threshold) differ for negative thresholds"
-                        )));
-                    }
-                    Some(t)
-                }
-                _ => None,
-            };
-            if rescale {
-                // SAELens ranks and reports `pre * n_f` and decodes `acts / n_f`, with
-                // `n_f = ||W_dec[f]||`: scale encoder row and bias by n_f, decoder by 1/n_f.
-                for j in 0..f {
-                    let row = &mut dec[j * d..(j + 1) * d];
-                    let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
-                    if n == 0.0 || !n.is_finite() {
-                        return Err(refuse(format!(
-                            "feature {j}'s decoder row has norm {n}: rescale_acts_by_decoder_norm divides by it"
-                        )));
-                    }
-                    row.iter_mut().for_each(|v| *v /= n);
-                    w_enc[j * d..(j + 1) * d].iter_mut().for_each(|v| *v *= n);
-                    b_enc[j] *= n;
-                }
-            }
-            let skip = match (&w.w_skip, c.skip) {
-                // `skip = x @ W_skip^T`, so `S = W_skip^T`.
-                (Some(s), _) => Some(transpose(&read("W_skip", s)?, d, d)),
-                (None, true) => return Err(refuse("a skip transcoder without `W_skip`".into())),
-                (None, false) => None,
-            };
-            for (name, v) in [("W_enc", &w_enc), ("b_enc", &b_enc), ("W_dec", &dec)] {
-                finite_in(v, name, &what)?;
-            }
-            encoders.push(Encoder {
-                w_enc,
-                b_enc,
-                threshold,
-                skip,
-            });
+            let refuse = |why: String| sae_refusal(&what, why);
+            let (x, y) = sae_block_points(c, i, &what)?;
+            agree(&mut hooks, (x.to_string(), y.to_string()), |(x0, y0)| {
+                refuse(format!(
+                    "it reads `{x}` and writes `{y}` of its block, SAE 0 `{x0}` and `{y0}`: every layer must \
+                     use the same points"
+                ))
+            })?;
+            check_sae_fits(c, d_model, d_transcoder, &what)?;
+            let (act, rescale) = sae_activation(c, &what)?;
+            agree(&mut activation, act.clone(), |a| {
+                refuse(format!(
+                    "its activation is {act:?}, SAE 0's {a:?}: every layer must use the same one"
+                ))
+            })?;
+            let (encoder, dec, bias) = sae_layer(sae, &act, rescale, (d_model, d_transcoder), &what)?;
+            encoders.push(encoder);
             decoders.push(DecoderRows::Memory(dec));
             b_dec.push(bias);
         }
@@ -486,141 +347,28 @@ impl Transcoders {
         let mut jump = None;
         for (i, group) in files.iter().enumerate() {
             let enc_file = open(&group[0])?;
-            let (w_name, b_enc_name, b_dec_name, thr_name, skip_name, dec_name) = match cfg.kind {
-                TranscoderKind::Set => (
-                    "W_enc".to_string(),
-                    "b_enc".to_string(),
-                    "b_dec".to_string(),
-                    "activation_function.threshold".to_string(),
-                    "W_skip".to_string(),
-                    "W_dec".to_string(),
+            let names = LayerTensors::of(cfg.kind, i);
+            let (f, d) = encoder_shape(&enc_file, &names.w_enc, &group[0], i)?;
+            agree(&mut dims, (f, d), |prev| Error::BadFile {
+                path: group[0].clone(),
+                reason: format!(
+                    "layer {i}'s encoder is [{f}, {d}], layer 0's [{}, {}]: every layer must match",
+                    prev.0, prev.1
                 ),
-                TranscoderKind::CrossLayer => (
-                    format!("W_enc_{i}"),
-                    format!("b_enc_{i}"),
-                    format!("b_dec_{i}"),
-                    format!("threshold_{i}"),
-                    format!("W_skip_{i}"),
-                    format!("W_dec_{i}"),
-                ),
-            };
-            let shape = enc_file
-                .shape_of(&w_name)
-                .ok_or_else(|| Error::BadFile {
-                    path: group[0].clone(),
-                    reason: format!("no tensor `{w_name}` (the encoder of layer {i})"),
-                })?
-                .to_vec();
-            let [f, d] = shape[..] else {
-                return Err(Error::BadFile {
-                    path: group[0].clone(),
-                    reason: format!("`{w_name}` has shape {shape:?}, expected [d_transcoder, d_model]"),
-                });
-            };
-            match dims {
-                None => dims = Some((f, d)),
-                Some(prev) if prev != (f, d) => {
-                    return Err(Error::BadFile {
-                        path: group[0].clone(),
-                        reason: format!(
-                            "layer {i}'s encoder is [{f}, {d}], layer 0's [{}, {}]: every layer must match",
-                            prev.0, prev.1
-                        ),
-                    })
-                }
-                Some(_) => {}
-            }
-            let has_thr = enc_file.shape_of(&thr_name).is_some();
-            match jump {
-                None => jump = Some(has_thr),
-                Some(j) if j != has_thr => {
-                    return Err(Error::BadFile {
-                        path: group[0].clone(),
-                        reason: format!("layer {i} {} a JumpReLU threshold and layer 0 {}", yes(has_thr), yes(j)),
-                    })
-                }
-                Some(_) => {}
-            }
-            let threshold = has_thr.then(|| read_shaped(&enc_file, &thr_name, &[f])).transpose()?;
-            let skip_file = match group.get(2) {
-                Some(p) if cfg.kind == TranscoderKind::CrossLayer => Some(open(p)?),
-                _ => None,
-            };
-            let skip_src = skip_file.as_ref().unwrap_or(&enc_file);
-            let skip = match skip_src.shape_of(&skip_name) {
-                Some(_) => {
-                    let s = read_shaped(skip_src, &skip_name, &[d, d])?;
-                    Some(match cfg.kind {
-                        // circuit-tracer's per-layer skip is `x @ W_skip.T`.
-                        TranscoderKind::Set => transpose(&s, d, d),
-                        // ... and the cross-layer one `x @ W_skip`.
-                        TranscoderKind::CrossLayer => s,
-                    })
-                }
-                None => None,
-            };
-            let w_enc = read_shaped(&enc_file, &w_name, &[f, d])?;
-            let b_enc = read_shaped(&enc_file, &b_enc_name, &[f])?;
-            for (name, values) in [(&w_name, &w_enc), (&b_enc_name, &b_enc)]
-                .into_iter()
-                .chain(threshold.as_ref().map(|t| (&thr_name, t)))
-                .chain(skip.as_ref().map(|s| (&skip_name, s)))
-            {
-                finite(values, name, &group[0])?;
-            }
-            encoders.push(Encoder {
-                w_enc,
-                b_enc,
-                threshold,
-                skip,
-            });
-            let bias = read_shaped(&enc_file, &b_dec_name, &[d])?;
-            finite(&bias, &b_dec_name, &group[0])?;
+            })?;
+            let has_thr = enc_file.shape_of(&names.threshold).is_some();
+            agree(&mut jump, has_thr, |&j| Error::BadFile {
+                path: group[0].clone(),
+                reason: format!("layer {i} {} a JumpReLU threshold and layer 0 {}", yes(has_thr), yes(j)),
+            })?;
+            encoders.push(read_encoder(cfg.kind, &enc_file, group, &names, has_thr, (f, d))?);
+            let bias = read_shaped(&enc_file, &names.b_dec, &[d])?;
+            finite(&bias, &names.b_dec, &group[0])?;
             b_dec.push(bias);
-            let dec_file = match cfg.kind {
-                TranscoderKind::Set => enc_file,
-                TranscoderKind::CrossLayer => open(&group[1])?,
-            };
-            let n_out = match cfg.kind {
-                TranscoderKind::Set => 1,
-                TranscoderKind::CrossLayer => n_layers - i,
-            };
-            let want: Vec<usize> = match cfg.kind {
-                TranscoderKind::Set => vec![f, d],
-                TranscoderKind::CrossLayer => vec![f, n_out, d],
-            };
-            match dec_file.shape_of(&dec_name) {
-                Some(s) if s == want.as_slice() => {}
-                got => {
-                    return Err(Error::BadFile {
-                        path: dec_file.path().to_path_buf(),
-                        reason: format!("decoder `{dec_name}` has shape {got:?}, expected {want:?}"),
-                    })
-                }
-            }
-            decoders.push(DecoderRows::File {
-                file: dec_file,
-                name: dec_name,
-            });
+            decoders.push(file_decoder(cfg.kind, enc_file, group, names.dec, i, n_layers, (f, d))?);
         }
         let (d_transcoder, d_model) = dims.expect("at least one layer");
-        let activation = match (cfg.top_k, jump) {
-            (Some(k), Some(false)) => Activation::TopK(k),
-            (Some(_), _) => {
-                return Err(Error::invalid(format!(
-                    "{source}: config.yaml asks for TopK and the files hold JumpReLU thresholds"
-                )))
-            }
-            (None, Some(true)) => Activation::JumpRelu,
-            (None, _) => Activation::Relu,
-        };
-        if let Activation::TopK(k) = activation {
-            if k > d_transcoder {
-                return Err(Error::invalid(format!(
-                    "{source}: top_k {k} exceeds the {d_transcoder} features per layer"
-                )));
-            }
-        }
+        let activation = file_activation(cfg.top_k, jump, d_transcoder, source)?;
         Ok(Transcoders {
             cfg,
             d_model,
@@ -926,10 +674,384 @@ fn block_hook(name: &str) -> Option<(usize, &str)> {
 /// [`finite`] for a tensor of an in-memory SAE, `what` naming the SAE.
 fn finite_in(values: &[f32], name: &str, what: &str) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(Error::invalid(format!(
-            "Transcoders::from_saes: {what}: tensor `{name}` holds a non-finite value ({}) at element {i}",
-            values[i]
-        ))),
+        Some(i) => Err(sae_refusal(
+            what,
+            format!(
+                "tensor `{name}` holds a non-finite value ({}) at element {i}",
+                values[i]
+            ),
+        )),
         None => Ok(()),
     }
+}
+
+/// Records `value` in `seen` the first time; after that, `mismatch(first)` when `value`
+/// differs from the first one seen (every layer must agree with layer 0).
+fn agree<T: PartialEq>(seen: &mut Option<T>, value: T, mismatch: impl FnOnce(&T) -> Error) -> Result<()> {
+    match seen {
+        None => *seen = Some(value),
+        Some(first) if *first != value => return Err(mismatch(first)),
+        Some(_) => {}
+    }
+    Ok(())
+}
+
+/// The error [`Transcoders::from_saes`] gives for the SAE `what`, saying `why`.
+fn sae_refusal(what: &str, why: String) -> Error {
+    Error::invalid(format!("Transcoders::from_saes: {what}: {why}"))
+}
+
+/// The points `(X, Y)` SAE `i` reads and writes (`blocks.{i}.X` -> `blocks.{i}.Y`); an
+/// error unless it is a transcoder of layer `i`.
+fn sae_block_points<'a>(c: &'a SaeConfig, i: usize, what: &str) -> Result<(&'a str, &'a str)> {
+    let refuse = |why: String| sae_refusal(what, why);
+    let Some(out_name) = c.hook_name_out.as_deref() else {
+        return Err(refuse(
+            "not a transcoder (no `hook_name_out`): attribution replaces each MLP with a transcoder \
+             that reads one point and writes another"
+                .into(),
+        ));
+    };
+    let (Some((li, x)), Some((lo, y))) = (block_hook(&c.hook_name), block_hook(out_name)) else {
+        return Err(refuse(format!(
+            "its hooks must be `blocks.{i}.<point>` (input and output of layer {i})"
+        )));
+    };
+    if li != i || lo != i {
+        return Err(refuse(format!(
+            "as layer {i} of the set it must read and write at `blocks.{i}.*`, not blocks.{li} -> blocks.{lo} \
+             (the SAEs go in layer order, one per layer)"
+        )));
+    }
+    Ok((x, y))
+}
+
+/// `Ok` when the SAE reads and writes the residual width with SAE 0's widths
+/// (`d_model`, `d_transcoder`) and nothing at run time that is not linear or not whole.
+fn check_sae_fits(c: &SaeConfig, d_model: usize, d_transcoder: usize, what: &str) -> Result<()> {
+    let refuse = |why: String| sae_refusal(what, why);
+    let d_out = c.output_width();
+    if c.d_in != d_out {
+        return Err(refuse(format!(
+            "d_in {} and d_out {d_out} differ: the transcoders read and write the residual width",
+            c.d_in
+        )));
+    }
+    if (c.d_in, c.d_sae) != (d_model, d_transcoder) {
+        return Err(refuse(format!(
+            "d_in {} and d_sae {}, SAE 0's {d_model} and {d_transcoder}: every layer must match",
+            c.d_in, c.d_sae
+        )));
+    }
+    if c.normalize_activations != Normalization::None {
+        return Err(refuse(format!(
+            "normalize_activations {:?}: run-time input normalisation is not linear, which attribution \
+             needs of the encoder",
+            c.normalize_activations
+        )));
+    }
+    if c.reshape_hook_z {
+        return Err(refuse(
+            "it reshapes hook_z heads; transcoders read a residual-width point".into(),
+        ));
+    }
+    if let Some(h) = c.hook_head_index {
+        return Err(refuse(format!("it reads one head's slice (hook_head_index {h})")));
+    }
+    Ok(())
+}
+
+/// The activation an SAE's architecture becomes, and whether its activations are
+/// rescaled by the decoder norms.
+fn sae_activation(c: &SaeConfig, what: &str) -> Result<(Activation, bool)> {
+    Ok(match &c.architecture {
+        Architecture::Standard => (Activation::Relu, false),
+        Architecture::JumpRelu => (Activation::JumpRelu, false),
+        Architecture::TopK {
+            k,
+            rescale_acts_by_decoder_norm,
+        } => (Activation::TopKRelu(*k), *rescale_acts_by_decoder_norm),
+        Architecture::Gated => {
+            return Err(sae_refusal(
+                what,
+                format!(
+                    "architecture `{}` (gated) is not supported: its gate and magnitude paths are two \
+                     encoders, circuit-tracer's transcoders have one",
+                    c.architecture_name
+                ),
+            ))
+        }
+    })
+}
+
+/// The tensor `t` of SAE `what` as f32 values on the CPU, flattened; an error when one
+/// is not finite.
+fn sae_tensor(name: &str, t: &candle_core::Tensor, what: &str) -> Result<Vec<f32>> {
+    let v = t
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    finite_in(&v, name, what)?;
+    Ok(v)
+}
+
+/// One layer of [`Transcoders::from_saes`] from the SAE's weights: its encoder, its
+/// decoder rows `[d_sae, d_model]` and its `b_dec` `[d_model]`, with
+/// `apply_b_dec_to_input` and the decoder-norm rescaling folded in (`(d, f)` is
+/// `(d_model, d_transcoder)`).
+fn sae_layer(
+    sae: &Sae,
+    act: &Activation,
+    rescale: bool,
+    (d, f): (usize, usize),
+    what: &str,
+) -> Result<(Encoder, Vec<f32>, Vec<f32>)> {
+    let c = sae.cfg();
+    let w = sae.weights();
+    let refuse = |why: String| sae_refusal(what, why);
+    let read = |name: &str, t: &candle_core::Tensor| sae_tensor(name, t, what);
+    // SAELens's `W_enc` is `[d_in, d_sae]`: encoder row f is its column f.
+    let w_enc_in = read("W_enc", &w.w_enc)?;
+    let mut w_enc = transpose(&w_enc_in, d, f);
+    let mut b_enc = match &w.b_enc {
+        Some(b) => read("b_enc", b)?,
+        None => return Err(refuse("no `b_enc`".into())),
+    };
+    let bias = read("b_dec", &w.b_dec)?;
+    let mut dec = read("W_dec", &w.w_dec)?;
+    if c.apply_b_dec_to_input {
+        // pre = (x - b_dec) @ W_enc + b_enc = x @ W_enc + (b_enc - b_dec @ W_enc).
+        for (j, b) in b_enc.iter_mut().enumerate() {
+            let row = &w_enc[j * d..(j + 1) * d];
+            let dot: f64 = row.iter().zip(&bias).map(|(a, c)| *a as f64 * *c as f64).sum();
+            *b = (*b as f64 - dot) as f32;
+        }
+    }
+    let threshold = match act {
+        Activation::JumpRelu => Some(sae_thresholds(w.threshold.as_ref(), what)?),
+        _ => None,
+    };
+    if rescale {
+        fold_decoder_norms(&mut w_enc, &mut b_enc, &mut dec, (d, f), what)?;
+    }
+    let skip = match (&w.w_skip, c.skip) {
+        // `skip = x @ W_skip^T`, so `S = W_skip^T`.
+        (Some(s), _) => Some(transpose(&read("W_skip", s)?, d, d)),
+        (None, true) => return Err(refuse("a skip transcoder without `W_skip`".into())),
+        (None, false) => None,
+    };
+    for (name, v) in [("W_enc", &w_enc), ("b_enc", &b_enc), ("W_dec", &dec)] {
+        finite_in(v, name, what)?;
+    }
+    let encoder = Encoder {
+        w_enc,
+        b_enc,
+        threshold,
+        skip,
+    };
+    Ok((encoder, dec, bias))
+}
+
+/// A JumpReLU SAE's thresholds `[d_sae]`, which must all be `>= 0`.
+fn sae_thresholds(threshold: Option<&candle_core::Tensor>, what: &str) -> Result<Vec<f32>> {
+    let refuse = |why: String| sae_refusal(what, why);
+    let t = match threshold {
+        Some(t) => sae_tensor("threshold", t, what)?,
+        None => return Err(refuse("a JumpReLU SAE without `threshold`".into())),
+    };
+    if let Some((j, v)) = t.iter().enumerate().find(|(_, v)| **v < 0.0) {
+        return Err(refuse(format!(
+            "feature {j}'s JumpReLU threshold is {v} < 0: SAELens's relu(pre) * (pre > threshold) \
+             and circuit-tracer's pre * (pre > threshold) differ for negative thresholds"
+        )));
+    }
+    Ok(t)
+}
+
+/// Folds `rescale_acts_by_decoder_norm` into the weights, in place: `w_enc` `[f, d]`,
+/// `b_enc` `[f]`, `dec` `[f, d]`; an error for a zero (or non-finite) decoder row.
+fn fold_decoder_norms(
+    w_enc: &mut [f32],
+    b_enc: &mut [f32],
+    dec: &mut [f32],
+    (d, f): (usize, usize),
+    what: &str,
+) -> Result<()> {
+    // SAELens ranks and reports `pre * n_f` and decodes `acts / n_f`, with
+    // `n_f = ||W_dec[f]||`: scale encoder row and bias by n_f, decoder by 1/n_f.
+    for j in 0..f {
+        let row = &mut dec[j * d..(j + 1) * d];
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if n == 0.0 || !n.is_finite() {
+            return Err(sae_refusal(
+                what,
+                format!("feature {j}'s decoder row has norm {n}: rescale_acts_by_decoder_norm divides by it"),
+            ));
+        }
+        row.iter_mut().for_each(|v| *v /= n);
+        w_enc[j * d..(j + 1) * d].iter_mut().for_each(|v| *v *= n);
+        b_enc[j] *= n;
+    }
+    Ok(())
+}
+
+/// The names of one layer's tensors in circuit-tracer's files.
+struct LayerTensors {
+    w_enc: String,
+    b_enc: String,
+    b_dec: String,
+    threshold: String,
+    skip: String,
+    dec: String,
+}
+
+impl LayerTensors {
+    /// Layer `i`'s names: unnumbered in a set's per-layer file, numbered in a
+    /// cross-layer transcoder's.
+    fn of(kind: TranscoderKind, i: usize) -> Self {
+        match kind {
+            TranscoderKind::Set => LayerTensors {
+                w_enc: "W_enc".to_string(),
+                b_enc: "b_enc".to_string(),
+                b_dec: "b_dec".to_string(),
+                threshold: "activation_function.threshold".to_string(),
+                skip: "W_skip".to_string(),
+                dec: "W_dec".to_string(),
+            },
+            TranscoderKind::CrossLayer => LayerTensors {
+                w_enc: format!("W_enc_{i}"),
+                b_enc: format!("b_enc_{i}"),
+                b_dec: format!("b_dec_{i}"),
+                threshold: format!("threshold_{i}"),
+                skip: format!("W_skip_{i}"),
+                dec: format!("W_dec_{i}"),
+            },
+        }
+    }
+}
+
+/// `(d_transcoder, d_model)` of layer `i`'s encoder `name` in `file` (at `path`).
+fn encoder_shape(file: &SafetensorsFile, name: &str, path: &Path, i: usize) -> Result<(usize, usize)> {
+    let shape = file
+        .shape_of(name)
+        .ok_or_else(|| Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!("no tensor `{name}` (the encoder of layer {i})"),
+        })?
+        .to_vec();
+    let [f, d] = shape[..] else {
+        return Err(Error::BadFile {
+            path: path.to_path_buf(),
+            reason: format!("`{name}` has shape {shape:?}, expected [d_transcoder, d_model]"),
+        });
+    };
+    Ok((f, d))
+}
+
+/// One layer's encoder from its files (`group`, the encoder's first), checked finite:
+/// `W_enc` `[f, d]`, `b_enc` `[f]`, the thresholds `[f]` when `has_thr`, and the skip
+/// matrix `[d, d]` when there is one.
+fn read_encoder(
+    kind: TranscoderKind,
+    enc_file: &SafetensorsFile,
+    group: &[PathBuf],
+    names: &LayerTensors,
+    has_thr: bool,
+    (f, d): (usize, usize),
+) -> Result<Encoder> {
+    let threshold = has_thr
+        .then(|| read_shaped(enc_file, &names.threshold, &[f]))
+        .transpose()?;
+    let skip_file = match group.get(2) {
+        Some(p) if kind == TranscoderKind::CrossLayer => Some(open(p)?),
+        _ => None,
+    };
+    let skip_src = skip_file.as_ref().unwrap_or(enc_file);
+    let skip = match skip_src.shape_of(&names.skip) {
+        Some(_) => {
+            let s = read_shaped(skip_src, &names.skip, &[d, d])?;
+            Some(match kind {
+                // circuit-tracer's per-layer skip is `x @ W_skip.T`.
+                TranscoderKind::Set => transpose(&s, d, d),
+                // ... and the cross-layer one `x @ W_skip`.
+                TranscoderKind::CrossLayer => s,
+            })
+        }
+        None => None,
+    };
+    let w_enc = read_shaped(enc_file, &names.w_enc, &[f, d])?;
+    let b_enc = read_shaped(enc_file, &names.b_enc, &[f])?;
+    for (name, values) in [(&names.w_enc, &w_enc), (&names.b_enc, &b_enc)]
+        .into_iter()
+        .chain(threshold.as_ref().map(|t| (&names.threshold, t)))
+        .chain(skip.as_ref().map(|s| (&names.skip, s)))
+    {
+        finite(values, name, &group[0])?;
+    }
+    Ok(Encoder {
+        w_enc,
+        b_enc,
+        threshold,
+        skip,
+    })
+}
+
+/// Layer `i`'s decoder `name`, read row by row later from its file (the encoder's in a
+/// set, `group[1]` in a cross-layer transcoder), once its shape is checked:
+/// `[f, d]`, or `[f, n_layers - i, d]` for a cross-layer transcoder.
+fn file_decoder(
+    kind: TranscoderKind,
+    enc_file: SafetensorsFile,
+    group: &[PathBuf],
+    name: String,
+    i: usize,
+    n_layers: usize,
+    (f, d): (usize, usize),
+) -> Result<DecoderRows> {
+    let dec_file = match kind {
+        TranscoderKind::Set => enc_file,
+        TranscoderKind::CrossLayer => open(&group[1])?,
+    };
+    let n_out = match kind {
+        TranscoderKind::Set => 1,
+        TranscoderKind::CrossLayer => n_layers - i,
+    };
+    let want: Vec<usize> = match kind {
+        TranscoderKind::Set => vec![f, d],
+        TranscoderKind::CrossLayer => vec![f, n_out, d],
+    };
+    match dec_file.shape_of(&name) {
+        Some(s) if s == want.as_slice() => {}
+        got => {
+            return Err(Error::BadFile {
+                path: dec_file.path().to_path_buf(),
+                reason: format!("decoder `{name}` has shape {got:?}, expected {want:?}"),
+            })
+        }
+    }
+    Ok(DecoderRows::File { file: dec_file, name })
+}
+
+/// The activation the config (`top_k`) and the files (JumpReLU thresholds or not,
+/// `jump`) imply; an error when they disagree or `k` exceeds the features.
+fn file_activation(top_k: Option<usize>, jump: Option<bool>, d_transcoder: usize, source: &str) -> Result<Activation> {
+    let activation = match (top_k, jump) {
+        (Some(k), Some(false)) => Activation::TopK(k),
+        (Some(_), _) => {
+            return Err(Error::invalid(format!(
+                "{source}: config.yaml asks for TopK and the files hold JumpReLU thresholds"
+            )))
+        }
+        (None, Some(true)) => Activation::JumpRelu,
+        (None, _) => Activation::Relu,
+    };
+    if let Activation::TopK(k) = activation {
+        if k > d_transcoder {
+            return Err(Error::invalid(format!(
+                "{source}: top_k {k} exceeds the {d_transcoder} features per layer"
+            )));
+        }
+    }
+    Ok(activation)
 }

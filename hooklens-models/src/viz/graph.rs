@@ -42,33 +42,9 @@ pub fn attribution_graph_html(graph_json: &str) -> Result<String> {
 /// [`attribution_graph_html`] of a graph already read (or made) as a [`GraphFile`].
 pub fn graph_file_html(graph: &GraphFile) -> Result<String> {
     let meta = &graph.metadata;
-    // Links name nodes by id; of two nodes sharing an id (circuit-tracer's ids can
-    // collide), links are taken to mean the first.
-    let mut first: HashMap<&str, usize> = HashMap::with_capacity(graph.nodes.len());
-    let mut duplicates = 0usize;
-    for (i, n) in graph.nodes.iter().enumerate() {
-        match first.entry(n.node_id.as_str()) {
-            Entry::Occupied(_) => duplicates += 1,
-            Entry::Vacant(e) => {
-                e.insert(i);
-            }
-        }
-    }
-
+    let (first, duplicates) = first_by_id(&graph.nodes);
     let kinds: Vec<Kind> = graph.nodes.iter().map(Kind::of).collect();
-    let mut n_layers = 0usize;
-    for (n, kind) in graph.nodes.iter().zip(&kinds) {
-        match kind {
-            Kind::Token => {}
-            Kind::Logit => {
-                // circuit-tracer puts the logits at layer n_layers + 1.
-                if let Ok(l) = n.layer.parse::<usize>() {
-                    n_layers = n_layers.max(l.saturating_sub(1));
-                }
-            }
-            Kind::Feature | Kind::Error => n_layers = n_layers.max(layer_number(n)? + 1),
-        }
-    }
+    let n_layers = layer_count(&graph.nodes, &kinds)?;
     let n_pos = graph
         .nodes
         .iter()
@@ -79,47 +55,9 @@ pub fn graph_file_html(graph: &GraphFile) -> Result<String> {
 
     let mut nodes = Vec::with_capacity(graph.nodes.len());
     for (n, kind) in graph.nodes.iter().zip(&kinds) {
-        let row = match kind {
-            Kind::Token => 0,
-            Kind::Logit => n_layers + 1,
-            Kind::Feature | Kind::Error => layer_number(n)? + 1,
-        };
-        let token = match kind {
-            Kind::Token => meta.prompt_tokens.get(n.ctx_idx).cloned(),
-            Kind::Logit => logit_token(&n.clerp),
-            _ => None,
-        };
-        nodes.push(serde_json::json!({
-            "id": n.node_id,
-            "kind": kind.name(),
-            "type": n.feature_type,
-            "row": row,
-            "pos": n.ctx_idx,
-            "layer": n.layer,
-            "feature": if *kind == Kind::Feature { feature_index(n) } else { n.feature },
-            "act": n.activation,
-            "infl": n.influence,
-            "prob": n.token_prob,
-            "target": n.is_target_logit,
-            "clerp": n.clerp,
-            "token": token,
-        }));
+        nodes.push(node_json(n, *kind, n_layers, &meta.prompt_tokens)?);
     }
-    let mut links = Vec::with_capacity(graph.links.len());
-    for (i, l) in graph.links.iter().enumerate() {
-        let end = |id: &str, which: &str| {
-            first.get(id).copied().ok_or_else(|| {
-                Error::invalid(format!(
-                    "attribution graph: link {i} has {which} `{id}`, which is not a node of the graph"
-                ))
-            })
-        };
-        links.push(serde_json::json!([
-            end(&l.source, "source")?,
-            end(&l.target, "target")?,
-            l.weight
-        ]));
-    }
+    let links = links_json(graph, &first)?;
     let clicked = &graph.q_params.clicked_id;
     let selected = if first.contains_key(clicked.as_str()) {
         Some(clicked.clone())
@@ -150,6 +88,93 @@ pub fn graph_file_html(graph: &GraphFile) -> Result<String> {
         "links": links,
     });
     Ok(super::page::fill(TEMPLATE, &title, &data))
+}
+
+/// The index of the first node of each `node_id`, and how many nodes repeat an id
+/// already seen.
+fn first_by_id(nodes: &[GraphNode]) -> (HashMap<&str, usize>, usize) {
+    // Links name nodes by id; of two nodes sharing an id (circuit-tracer's ids can
+    // collide), links are taken to mean the first.
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(nodes.len());
+    let mut duplicates = 0usize;
+    for (i, n) in nodes.iter().enumerate() {
+        match first.entry(n.node_id.as_str()) {
+            Entry::Occupied(_) => duplicates += 1,
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+        }
+    }
+    (first, duplicates)
+}
+
+/// The model's layers, as the nodes' layers tell them (`kinds[i]` is node `i`'s).
+fn layer_count(nodes: &[GraphNode], kinds: &[Kind]) -> Result<usize> {
+    let mut n_layers = 0usize;
+    for (n, kind) in nodes.iter().zip(kinds) {
+        match kind {
+            Kind::Token => {}
+            Kind::Logit => {
+                // circuit-tracer puts the logits at layer n_layers + 1.
+                if let Ok(l) = n.layer.parse::<usize>() {
+                    n_layers = n_layers.max(l.saturating_sub(1));
+                }
+            }
+            Kind::Feature | Kind::Error => n_layers = n_layers.max(layer_number(n)? + 1),
+        }
+    }
+    Ok(n_layers)
+}
+
+/// Node `n` as the page's script reads it: its row in the grid (tokens at 0, logits at
+/// `n_layers + 1`), its token (from `prompt_tokens` or its label) and its fields.
+fn node_json(n: &GraphNode, kind: Kind, n_layers: usize, prompt_tokens: &[String]) -> Result<serde_json::Value> {
+    let row = match kind {
+        Kind::Token => 0,
+        Kind::Logit => n_layers + 1,
+        Kind::Feature | Kind::Error => layer_number(n)? + 1,
+    };
+    let token = match kind {
+        Kind::Token => prompt_tokens.get(n.ctx_idx).cloned(),
+        Kind::Logit => logit_token(&n.clerp),
+        _ => None,
+    };
+    Ok(serde_json::json!({
+        "id": n.node_id,
+        "kind": kind.name(),
+        "type": n.feature_type,
+        "row": row,
+        "pos": n.ctx_idx,
+        "layer": n.layer,
+        "feature": if kind == Kind::Feature { feature_index(n) } else { n.feature },
+        "act": n.activation,
+        "infl": n.influence,
+        "prob": n.token_prob,
+        "target": n.is_target_logit,
+        "clerp": n.clerp,
+        "token": token,
+    }))
+}
+
+/// Each link as `[source index, target index, weight]`, its ends looked up in `first`;
+/// an error for an end that is not a node.
+fn links_json(graph: &GraphFile, first: &HashMap<&str, usize>) -> Result<Vec<serde_json::Value>> {
+    let mut links = Vec::with_capacity(graph.links.len());
+    for (i, l) in graph.links.iter().enumerate() {
+        let end = |id: &str, which: &str| {
+            first.get(id).copied().ok_or_else(|| {
+                Error::invalid(format!(
+                    "attribution graph: link {i} has {which} `{id}`, which is not a node of the graph"
+                ))
+            })
+        };
+        links.push(serde_json::json!([
+            end(&l.source, "source")?,
+            end(&l.target, "target")?,
+            l.weight
+        ]));
+    }
+    Ok(links)
 }
 
 /// The page: its markup here, its style and script beside this file.
