@@ -468,6 +468,17 @@ impl TransformerConfig {
 
     /// Checks that the sizes are consistent; every loader calls it.
     pub fn validate(&self) -> Result<()> {
+        self.check_sizes()?;
+        self.check_positions()?;
+        self.check_scales()?;
+        self.check_experts()?;
+        self.check_norms()?;
+        self.check_tensor_sizes()
+    }
+
+    /// `Ok` when the sizes are positive and the query heads group evenly over the
+    /// key/value heads.
+    fn check_sizes(&self) -> Result<()> {
         let fields = [
             ("n_layers", self.n_layers),
             ("d_model", self.d_model),
@@ -490,6 +501,12 @@ impl TransformerConfig {
                 self.n_heads
             )));
         }
+        Ok(())
+    }
+
+    /// `Ok` when rotary embeddings have a usable `rotary_dim` and `attn_types` fits the
+    /// layers (with a window for local attention).
+    fn check_positions(&self) -> Result<()> {
         if let Some(r) = self.rotary_dim {
             if self.is_rotary() && (r == 0 || r % 2 != 0 || r > self.d_head) {
                 return Err(Error::invalid(format!(
@@ -515,6 +532,11 @@ impl TransformerConfig {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// `Ok` when every optional base, factor, cap and scale that is set is positive and finite.
+    fn check_scales(&self) -> Result<()> {
         for (what, cap) in [
             ("rotary_base_local", self.rotary_base_local),
             ("rotary_linear_factor", self.rotary_linear_factor),
@@ -528,6 +550,11 @@ impl TransformerConfig {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `Ok` when `num_experts` and `experts_per_token` are both unset, or set consistently.
+    fn check_experts(&self) -> Result<()> {
         match (self.num_experts, self.experts_per_token) {
             (None, None) => {}
             (Some(e), Some(k)) if e > 0 && (1..=e).contains(&k) => {}
@@ -542,6 +569,11 @@ impl TransformerConfig {
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// `Ok` when a post-LN layout has the blocks it needs and `eps` is positive and finite.
+    fn check_norms(&self) -> Result<()> {
         if self.normalization_after_residual
             && (self.parallel_attn_mlp || !self.use_normalization_before || self.use_normalization_before_and_after)
         {
@@ -554,6 +586,12 @@ impl TransformerConfig {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return Err(Error::invalid(format!("config: eps = {} must be positive", self.eps)));
         }
+        Ok(())
+    }
+
+    /// `Ok` when the largest weight matrices could be allocated.
+    fn check_tensor_sizes(&self) -> Result<()> {
+        let kv = self.n_kv_heads();
         // The largest weight matrices, in elements: beyond what an allocation can hold
         // (isize::MAX bytes of f64), loading would overflow a size computation or abort
         // on allocation instead of reporting the config.

@@ -104,120 +104,177 @@ fn split_shorthand(name: &str) -> Option<(&str, &str, &str)> {
 /// assert!(act_name("resid_pre5", None, None).is_err());
 /// ```
 pub fn act_name(name: &str, layer: Option<isize>, layer_type: Option<&str>) -> Result<String> {
-    let bad = |why: String| Error::invalid(format!("act_name({name:?}, {layer:?}, {layer_type:?}): {why}"));
+    let call = ActNameCall {
+        name,
+        layer,
+        layer_type,
+    };
     if (name.contains('.') || name.starts_with("hook_")) && layer.is_none() && layer_type.is_none() {
         return Ok(name.to_string());
     }
     if name.contains('.') || name.starts_with("hook_") {
-        return Err(bad(
+        return Err(call.bad(
             "a full hook name takes no layer or layer type; give the short name (\"resid_pre\", \"q\", ...)".into(),
         ));
     }
-    let (mut short, mut layer, mut layer_type) = (name, layer, layer_type.map(str::to_string));
-    if let Some((n, l, t)) = split_shorthand(name) {
-        let l: isize = l.parse().map_err(|_| bad(format!("layer `{l}` is not a number")))?;
-        if let Some(given) = layer {
-            if given != l {
-                return Err(bad(format!("the name says layer {l} but layer {given} was given")));
-            }
-        }
-        if !t.is_empty() {
-            if let Some(given) = &layer_type {
-                if layer_type_alias(given) != layer_type_alias(t) {
-                    return Err(bad(format!(
-                        "the name says layer type `{t}` but layer type `{given}` was given"
-                    )));
-                }
-            }
-            layer_type = Some(t.to_string());
-        }
-        short = n;
-        layer = Some(l);
-    } else if let Some(stem) = name.strip_suffix(|c: char| c.is_ascii_digit()) {
-        let stem = stem.trim_end_matches(|c: char| c.is_ascii_digit());
-        return Err(bad(format!(
-            "TransformerLens reads a trailing layer number only on names without `_` (\"k6\"), so \
-             \"{name}\" would become `hook_{name}`, which no model has; write act_name(\"{stem}\", Some(L), ..)"
-        )));
-    }
+    let (short, layer, layer_type) = call.split_layer()?;
     let short = alias(short);
     let layer_type = layer_type.as_deref().map(layer_type_alias);
     if let Some(l) = layer {
         if l < 0 {
-            return Err(bad(format!(
+            return Err(call.bad(format!(
                 "layer {l} is negative: negative layers count from the end and need the model's n_layers \
                  (use resolve_layer, or look the activation up through an Analysis)"
             )));
         }
     }
-    let need_layer = |what: &str| bad(format!("`{short}` is {what}, so it needs a layer"));
     if ATTN_NAMES.contains(&short) || MLP_NAMES.contains(&short) {
+        return call.module_hook(short, layer, layer_type);
+    }
+    if BLOCK_NAMES.contains(&short) {
+        return call.block_hook(short, layer, layer_type);
+    }
+    if LN_NAMES.contains(&short) {
+        return call.norm_hook(short, layer, layer_type);
+    }
+    if GLOBAL_NAMES.contains(&short) {
+        return call.global_hook(short, layer, layer_type);
+    }
+    Err(call.unknown_name(short))
+}
+
+/// The arguments of one [`act_name`] call, which every error message repeats.
+struct ActNameCall<'a> {
+    name: &'a str,
+    layer: Option<isize>,
+    layer_type: Option<&'a str>,
+}
+
+impl<'a> ActNameCall<'a> {
+    /// The error for this call, saying `why`.
+    fn bad(&self, why: String) -> Error {
+        let (name, layer, layer_type) = (self.name, self.layer, self.layer_type);
+        Error::invalid(format!("act_name({name:?}, {layer:?}, {layer_type:?}): {why}"))
+    }
+
+    /// The error for an activation `short` (`what` it is) given without a layer.
+    fn needs_layer(&self, short: &str, what: &str) -> Error {
+        self.bad(format!("`{short}` is {what}, so it needs a layer"))
+    }
+
+    /// The short name, layer and layer type, from the shorthand in the name (`"k6"`,
+    /// `"scale4ln1"`) where it has one, checked against the layer and layer type given.
+    fn split_layer(&self) -> Result<(&'a str, Option<isize>, Option<String>)> {
+        let name = self.name;
+        let (mut short, mut layer, mut layer_type) = (name, self.layer, self.layer_type.map(str::to_string));
+        if let Some((n, l, t)) = split_shorthand(name) {
+            let l: isize = l
+                .parse()
+                .map_err(|_| self.bad(format!("layer `{l}` is not a number")))?;
+            if let Some(given) = layer {
+                if given != l {
+                    return Err(self.bad(format!("the name says layer {l} but layer {given} was given")));
+                }
+            }
+            if !t.is_empty() {
+                if let Some(given) = &layer_type {
+                    if layer_type_alias(given) != layer_type_alias(t) {
+                        return Err(self.bad(format!(
+                            "the name says layer type `{t}` but layer type `{given}` was given"
+                        )));
+                    }
+                }
+                layer_type = Some(t.to_string());
+            }
+            short = n;
+            layer = Some(l);
+        } else if let Some(stem) = name.strip_suffix(|c: char| c.is_ascii_digit()) {
+            let stem = stem.trim_end_matches(|c: char| c.is_ascii_digit());
+            return Err(self.bad(format!(
+                "TransformerLens reads a trailing layer number only on names without `_` (\"k6\"), so \
+                 \"{name}\" would become `hook_{name}`, which no model has; write act_name(\"{stem}\", Some(L), ..)"
+            )));
+        }
+        Ok((short, layer, layer_type))
+    }
+
+    /// `blocks.L.attn.hook_{short}` or `blocks.L.mlp.hook_{short}`.
+    fn module_hook(&self, short: &str, layer: Option<isize>, layer_type: Option<&str>) -> Result<String> {
         let (module, what) = if ATTN_NAMES.contains(&short) {
             ("attn", "an attention activation")
         } else {
             ("mlp", "an MLP activation")
         };
-        let l = layer.ok_or_else(|| need_layer(what))?;
+        let l = layer.ok_or_else(|| self.needs_layer(short, what))?;
         if let Some(t) = layer_type {
             if t != module {
-                return Err(bad(format!("`{short}` lives in `{module}`, not in `{t}`")));
+                return Err(self.bad(format!("`{short}` lives in `{module}`, not in `{t}`")));
             }
         }
-        return Ok(format!("blocks.{l}.{module}.hook_{short}"));
+        Ok(format!("blocks.{l}.{module}.hook_{short}"))
     }
-    if BLOCK_NAMES.contains(&short) {
-        let l = layer.ok_or_else(|| need_layer("an activation of a block"))?;
+
+    /// `blocks.L.hook_{short}`.
+    fn block_hook(&self, short: &str, layer: Option<isize>, layer_type: Option<&str>) -> Result<String> {
+        let l = layer.ok_or_else(|| self.needs_layer(short, "an activation of a block"))?;
         if let Some(t) = layer_type.filter(|t| !t.is_empty()) {
-            return Err(bad(format!(
+            return Err(self.bad(format!(
                 "`{short}` belongs to the block itself (`blocks.{l}.hook_{short}`), not to `{t}`"
             )));
         }
-        return Ok(format!("blocks.{l}.hook_{short}"));
+        Ok(format!("blocks.{l}.hook_{short}"))
     }
-    if LN_NAMES.contains(&short) {
-        return match (layer, layer_type) {
+
+    /// `blocks.L.ln1.hook_{short}` / `blocks.L.ln2.hook_{short}`, or without a layer
+    /// `ln_final.hook_{short}`.
+    fn norm_hook(&self, short: &str, layer: Option<isize>, layer_type: Option<&str>) -> Result<String> {
+        match (layer, layer_type) {
             (None, None) => Ok(format!("ln_final.hook_{short}")),
-            (None, Some(t)) => Err(bad(format!(
+            (None, Some(t)) => Err(self.bad(format!(
                 "`{t}` needs a layer; without a layer `{short}` is the final LayerNorm's (`ln_final.hook_{short}`)"
             ))),
             (Some(l), Some(t @ ("ln1" | "ln2"))) => Ok(format!("blocks.{l}.{t}.hook_{short}")),
-            (Some(l), Some(t)) if !t.is_empty() => Err(bad(format!(
+            (Some(l), Some(t)) if !t.is_empty() => Err(self.bad(format!(
                 "blocks have LayerNorms `ln1` and `ln2`, not `{t}`: give layer type \"ln1\" or \"ln2\" for layer {l}"
             ))),
-            (Some(l), _) => Err(bad(format!(
+            (Some(l), _) => Err(self.bad(format!(
                 "a block has two LayerNorms: give layer type \"ln1\" (before attention) or \"ln2\" (before the MLP) \
                  for layer {l}; TransformerLens would build `blocks.{l}.hook_{short}`, which does not exist"
             ))),
-        };
+        }
     }
-    if GLOBAL_NAMES.contains(&short) {
+
+    /// `hook_{short}`, outside the blocks.
+    fn global_hook(&self, short: &str, layer: Option<isize>, layer_type: Option<&str>) -> Result<String> {
         if let Some(l) = layer {
-            return Err(bad(format!(
-                "`hook_{short}` is outside the blocks and has no layer {l}"
-            )));
+            return Err(self.bad(format!("`hook_{short}` is outside the blocks and has no layer {l}")));
         }
         if let Some(t) = layer_type.filter(|t| !t.is_empty()) {
-            return Err(bad(format!("`hook_{short}` is outside the blocks, not in `{t}`")));
+            return Err(self.bad(format!("`hook_{short}` is outside the blocks, not in `{t}`")));
         }
-        return Ok(format!("hook_{short}"));
+        Ok(format!("hook_{short}"))
     }
-    let known = ATTN_NAMES
-        .iter()
-        .chain(MLP_NAMES)
-        .chain(LN_NAMES)
-        .chain(BLOCK_NAMES)
-        .chain(GLOBAL_NAMES)
-        .copied();
-    let near = nearest_names(short, known, 3);
-    let hint = if near.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; did you mean {}?",
-            near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
-        )
-    };
-    Err(bad(format!("`{short}` is not an activation name{hint}")))
+
+    /// The error for a `short` name that is no activation, with the nearest ones.
+    fn unknown_name(&self, short: &str) -> Error {
+        let known = ATTN_NAMES
+            .iter()
+            .chain(MLP_NAMES)
+            .chain(LN_NAMES)
+            .chain(BLOCK_NAMES)
+            .chain(GLOBAL_NAMES)
+            .copied();
+        let near = nearest_names(short, known, 3);
+        let hint = if near.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; did you mean {}?",
+                near.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            )
+        };
+        self.bad(format!("`{short}` is not an activation name{hint}"))
+    }
 }
 
 /// A layer index that may count from the end, resolved against `n_layers`: `-1` is the

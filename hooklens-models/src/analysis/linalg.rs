@@ -313,43 +313,19 @@ fn hessenberg(a: &Mat) -> Mat {
 
 /// Eigenvalues of an upper Hessenberg matrix by the Francis double-shift QR algorithm
 /// (the classic EISPACK `hqr`), in 1-based indexing to keep its well-tested index logic.
-// Index loops on purpose: rewriting them as iterators would obscure the correspondence
-// with the published algorithm, which is what makes it checkable.
-#[allow(clippy::needless_range_loop)]
+// The stages live in the helpers below, each keeping the published algorithm's index loops
+// and arithmetic order (so results stay bit-identical to the single-function version).
 fn hqr(h: Mat) -> Result<Vec<(f64, f64)>> {
     let n = h.rows;
-    let mut a = vec![vec![0.0f64; n + 1]; n + 1];
-    for i in 0..n {
-        for j in 0..n {
-            a[i + 1][j + 1] = h[(i, j)];
-        }
-    }
+    let (mut a, anorm) = one_based_with_norm(&h);
     let mut wr = vec![0.0; n + 1];
     let mut wi = vec![0.0; n + 1];
-    let mut anorm = 0.0;
-    for i in 1..=n {
-        for j in (i.max(2) - 1)..=n {
-            anorm += a[i][j].abs();
-        }
-    }
-    let sign = |a: f64, b: f64| if b >= 0.0 { a.abs() } else { -a.abs() };
     let mut nn = n;
     let mut t = 0.0;
     while nn >= 1 {
         let mut its = 0;
         loop {
-            let mut l = nn;
-            while l >= 2 {
-                let mut s = a[l - 1][l - 1].abs() + a[l][l].abs();
-                if s == 0.0 {
-                    s = anorm;
-                }
-                if a[l][l - 1].abs() + s == s {
-                    a[l][l - 1] = 0.0;
-                    break;
-                }
-                l -= 1;
-            }
+            let l = small_subdiagonal(&mut a, nn, anorm);
             let mut x = a[nn][nn];
             if l == nn {
                 wr[nn] = x + t;
@@ -359,123 +335,20 @@ fn hqr(h: Mat) -> Result<Vec<(f64, f64)>> {
                 let mut y = a[nn - 1][nn - 1];
                 let mut w = a[nn][nn - 1] * a[nn - 1][nn];
                 if l == nn - 1 {
-                    let p = 0.5 * (y - x);
-                    let q = p * p + w;
-                    let mut z = q.abs().sqrt();
-                    x += t;
-                    if q >= 0.0 {
-                        z = p + sign(z, p);
-                        wr[nn - 1] = x + z;
-                        wr[nn] = x + z;
-                        if z != 0.0 {
-                            wr[nn] = x - w / z;
-                        }
-                        wi[nn - 1] = 0.0;
-                        wi[nn] = 0.0;
-                    } else {
-                        wr[nn - 1] = x + p;
-                        wr[nn] = x + p;
-                        wi[nn - 1] = -z;
-                        wi[nn] = z;
-                    }
+                    let [upper, lower] = pair_roots(x, y, w, t);
+                    (wr[nn - 1], wi[nn - 1]) = upper;
+                    (wr[nn], wi[nn]) = lower;
                     nn = nn.saturating_sub(2);
                 } else {
                     if its == 60 {
                         return Err(Error::invalid("eigenvalues: the QR algorithm did not converge"));
                     }
                     if its == 10 || its == 20 || its == 40 {
-                        t += x;
-                        for (i, row) in a.iter_mut().enumerate().take(nn + 1).skip(1) {
-                            row[i] -= x;
-                        }
-                        let s = a[nn][nn - 1].abs() + a[nn - 1][nn - 2].abs();
-                        x = 0.75 * s;
-                        y = x;
-                        w = -0.4375 * s * s;
+                        (x, y, w) = exceptional_shift(&mut a, nn, &mut t, x);
                     }
                     its += 1;
-                    let mut m = nn - 2;
-                    let (mut p, mut q, mut r);
-                    loop {
-                        let z = a[m][m];
-                        r = x - z;
-                        let s = y - z;
-                        p = (r * s - w) / a[m + 1][m] + a[m][m + 1];
-                        q = a[m + 1][m + 1] - z - r - s;
-                        r = a[m + 2][m + 1];
-                        let s = p.abs() + q.abs() + r.abs();
-                        p /= s;
-                        q /= s;
-                        r /= s;
-                        if m == l {
-                            break;
-                        }
-                        let u = a[m][m - 1].abs() * (q.abs() + r.abs());
-                        let v = p.abs() * (a[m - 1][m - 1].abs() + z.abs() + a[m + 1][m + 1].abs());
-                        if u + v == v {
-                            break;
-                        }
-                        m -= 1;
-                    }
-                    for i in m + 2..=nn {
-                        a[i][i - 2] = 0.0;
-                        if i != m + 2 {
-                            a[i][i - 3] = 0.0;
-                        }
-                    }
-                    let mut k = m;
-                    while k < nn {
-                        if k != m {
-                            p = a[k][k - 1];
-                            q = a[k + 1][k - 1];
-                            r = 0.0;
-                            if k != nn - 1 {
-                                r = a[k + 2][k - 1];
-                            }
-                            x = p.abs() + q.abs() + r.abs();
-                            if x != 0.0 {
-                                p /= x;
-                                q /= x;
-                                r /= x;
-                            }
-                        }
-                        let s = sign((p * p + q * q + r * r).sqrt(), p);
-                        if s != 0.0 {
-                            if k == m {
-                                if l != m {
-                                    a[k][k - 1] = -a[k][k - 1];
-                                }
-                            } else {
-                                a[k][k - 1] = -s * x;
-                            }
-                            p += s;
-                            x = p / s;
-                            y = q / s;
-                            let z = r / s;
-                            q /= p;
-                            r /= p;
-                            for j in k..=nn {
-                                p = a[k][j] + q * a[k + 1][j];
-                                if k != nn - 1 {
-                                    p += r * a[k + 2][j];
-                                    a[k + 2][j] -= p * z;
-                                }
-                                a[k + 1][j] -= p * y;
-                                a[k][j] -= p * x;
-                            }
-                            let mmin = if nn < k + 3 { nn } else { k + 3 };
-                            for row in a.iter_mut().take(mmin + 1).skip(l) {
-                                p = x * row[k] + y * row[k + 1];
-                                if k != nn - 1 {
-                                    p += z * row[k + 2];
-                                    row[k + 2] -= p * r;
-                                }
-                                row[k + 1] -= p * q;
-                                row[k] -= p;
-                            }
-                        }
-                        k += 1;
-                    }
+                    let (m, pqr) = double_shift_start(&a, l, nn, x, y, w);
+                    francis_double_step(&mut a, l, m, nn, pqr);
                 }
             }
             if nn < 2 || l >= nn.saturating_sub(1) {
@@ -484,6 +357,190 @@ fn hqr(h: Mat) -> Result<Vec<(f64, f64)>> {
         }
     }
     Ok((1..=n).map(|i| (wr[i], wi[i])).collect())
+}
+
+/// FORTRAN's `SIGN(a, b)`: `|a|` carrying the sign of `b` (with `b == -0.0` counting as
+/// positive, unlike `f64::copysign`).
+fn fortran_sign(a: f64, b: f64) -> f64 {
+    if b >= 0.0 {
+        a.abs()
+    } else {
+        -a.abs()
+    }
+}
+
+/// The matrix copied into 1-based rows (`(n + 1) x (n + 1)`, row and column 0 unused) and
+/// the sum of absolute values of its Hessenberg part, the scale for negligible entries.
+// Index loops on purpose: rewriting them as iterators would obscure the correspondence
+// with the published algorithm, which is what makes it checkable.
+#[allow(clippy::needless_range_loop)]
+fn one_based_with_norm(h: &Mat) -> (Vec<Vec<f64>>, f64) {
+    let n = h.rows;
+    let mut a = vec![vec![0.0f64; n + 1]; n + 1];
+    for i in 0..n {
+        for j in 0..n {
+            a[i + 1][j + 1] = h[(i, j)];
+        }
+    }
+    let mut anorm = 0.0;
+    for i in 1..=n {
+        for j in (i.max(2) - 1)..=n {
+            anorm += a[i][j].abs();
+        }
+    }
+    (a, anorm)
+}
+
+/// The row `l` (1-based, `1..=nn`) where the active block starts: the lowest `l` above
+/// which the subdiagonal entry `a[l][l - 1]` is negligible (that entry is set to zero), or 1.
+fn small_subdiagonal(a: &mut [Vec<f64>], nn: usize, anorm: f64) -> usize {
+    let mut l = nn;
+    while l >= 2 {
+        let mut s = a[l - 1][l - 1].abs() + a[l][l].abs();
+        if s == 0.0 {
+            s = anorm;
+        }
+        if a[l][l - 1].abs() + s == s {
+            a[l][l - 1] = 0.0;
+            break;
+        }
+        l -= 1;
+    }
+    l
+}
+
+/// The two eigenvalues `(re, im)` of the trailing 2x2 block (`x` and `y` its diagonal
+/// entries, `w` the product of its off-diagonal ones), shifted back by `t`: rows `nn - 1`
+/// then `nn`.
+fn pair_roots(mut x: f64, y: f64, w: f64, t: f64) -> [(f64, f64); 2] {
+    let p = 0.5 * (y - x);
+    let q = p * p + w;
+    let mut z = q.abs().sqrt();
+    x += t;
+    if q >= 0.0 {
+        z = p + fortran_sign(z, p);
+        let upper = x + z;
+        let mut lower = x + z;
+        if z != 0.0 {
+            lower = x - w / z;
+        }
+        [(upper, 0.0), (lower, 0.0)]
+    } else {
+        [(x + p, -z), (x + p, z)]
+    }
+}
+
+/// The ad hoc shift `(x, y, w)` used after 10, 20 and 40 iterations without convergence
+/// (it breaks cycles the standard shift can fall into); subtracts the current `x` from the
+/// diagonal of rows `1..=nn` and adds it to the accumulated shift `t`.
+fn exceptional_shift(a: &mut [Vec<f64>], nn: usize, t: &mut f64, x: f64) -> (f64, f64, f64) {
+    *t += x;
+    for (i, row) in a.iter_mut().enumerate().take(nn + 1).skip(1) {
+        row[i] -= x;
+    }
+    let s = a[nn][nn - 1].abs() + a[nn - 1][nn - 2].abs();
+    let x = 0.75 * s;
+    (x, x, -0.4375 * s * s)
+}
+
+/// The row `m` (`l..=nn - 2`) where the double-shift sweep starts, the first row whose
+/// bulge would not disturb the small subdiagonal above it, and the scaled first column
+/// `(p, q, r)` of the double-shifted matrix there.
+fn double_shift_start(a: &[Vec<f64>], l: usize, nn: usize, x: f64, y: f64, w: f64) -> (usize, (f64, f64, f64)) {
+    let mut m = nn - 2;
+    let (mut p, mut q, mut r);
+    loop {
+        let z = a[m][m];
+        r = x - z;
+        let s = y - z;
+        p = (r * s - w) / a[m + 1][m] + a[m][m + 1];
+        q = a[m + 1][m + 1] - z - r - s;
+        r = a[m + 2][m + 1];
+        let s = p.abs() + q.abs() + r.abs();
+        p /= s;
+        q /= s;
+        r /= s;
+        if m == l {
+            break;
+        }
+        let u = a[m][m - 1].abs() * (q.abs() + r.abs());
+        let v = p.abs() * (a[m - 1][m - 1].abs() + z.abs() + a[m + 1][m + 1].abs());
+        if u + v == v {
+            break;
+        }
+        m -= 1;
+    }
+    (m, (p, q, r))
+}
+
+/// Applies one Francis double-shift QR step in place to rows and columns `l..=nn`, chasing
+/// the bulge down from row `m` (whose scaled first column is `(p, q, r)`) with 3x3
+/// Householder reflections.
+// Index loops on purpose, as in `one_based_with_norm`.
+#[allow(clippy::needless_range_loop)]
+fn francis_double_step(a: &mut [Vec<f64>], l: usize, m: usize, nn: usize, (mut p, mut q, mut r): (f64, f64, f64)) {
+    for i in m + 2..=nn {
+        a[i][i - 2] = 0.0;
+        if i != m + 2 {
+            a[i][i - 3] = 0.0;
+        }
+    }
+    // Every read of `x` follows a write in the same pass (k != m, or s != 0); the zero only
+    // satisfies the compiler.
+    let mut x = 0.0;
+    let mut k = m;
+    while k < nn {
+        if k != m {
+            p = a[k][k - 1];
+            q = a[k + 1][k - 1];
+            r = 0.0;
+            if k != nn - 1 {
+                r = a[k + 2][k - 1];
+            }
+            x = p.abs() + q.abs() + r.abs();
+            if x != 0.0 {
+                p /= x;
+                q /= x;
+                r /= x;
+            }
+        }
+        let s = fortran_sign((p * p + q * q + r * r).sqrt(), p);
+        if s != 0.0 {
+            if k == m {
+                if l != m {
+                    a[k][k - 1] = -a[k][k - 1];
+                }
+            } else {
+                a[k][k - 1] = -s * x;
+            }
+            p += s;
+            x = p / s;
+            let y = q / s;
+            let z = r / s;
+            q /= p;
+            r /= p;
+            for j in k..=nn {
+                p = a[k][j] + q * a[k + 1][j];
+                if k != nn - 1 {
+                    p += r * a[k + 2][j];
+                    a[k + 2][j] -= p * z;
+                }
+                a[k + 1][j] -= p * y;
+                a[k][j] -= p * x;
+            }
+            let mmin = if nn < k + 3 { nn } else { k + 3 };
+            for row in a.iter_mut().take(mmin + 1).skip(l) {
+                p = x * row[k] + y * row[k + 1];
+                if k != nn - 1 {
+                    p += z * row[k + 2];
+                    row[k + 2] -= p * r;
+                }
+                row[k + 1] -= p * q;
+                row[k] -= p;
+            }
+        }
+        k += 1;
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! per-run hooks (`run_with_hooks`), so nothing is attached to the model, and a sweep
 //! can run its patched runs on several threads sharing the model.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -348,26 +350,25 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
                     )));
                 }
                 let shape: Vec<usize> = axes.iter().map(|&a| self.axis_len(a)).collect();
-                let mut rows = vec![vec![]];
-                for &n in &shape {
-                    rows = rows
-                        .into_iter()
-                        .flat_map(|r| {
-                            (0..n).map(move |i| {
-                                let mut r = r.clone();
-                                r.push(i);
-                                r
-                            })
-                        })
-                        .collect();
-                }
-                (rows, shape)
+                (every_index(&shape), shape)
             }
             PatchIndex::Rows(rows) => (rows.clone(), vec![rows.len()]),
         };
+        let clean = self.clean_by_layer(activation_name, &rows)?;
+        let values: Vec<f32> = self
+            .patched_metrics(metric, setter, &rows, &clean)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+
+    /// The hook name and clean activation of `activation_name` for each layer that
+    /// `rows` patch, keyed by layer.
+    fn clean_by_layer(&self, activation_name: &str, rows: &[Vec<usize>]) -> Result<HashMap<usize, (String, Tensor)>> {
         // Hook names and clean activations per layer, checked before any run.
-        let mut clean = std::collections::HashMap::new();
-        for row in &rows {
+        let mut clean = HashMap::new();
+        for row in rows {
             let Some(&layer) = row.first() else {
                 return Err(Error::invalid(
                     "an empty patch index: the first entry must be the layer",
@@ -379,13 +380,28 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
                     self.dims.n_layers
                 )));
             }
-            if let std::collections::hash_map::Entry::Vacant(e) = clean.entry(layer) {
+            if let Entry::Vacant(e) = clean.entry(layer) {
                 let name = act_name(activation_name, Some(layer as isize), None)?;
                 let act = self.clean_cache.try_get(&name)?.clone();
                 self.check_clean(&name, &act)?;
                 e.insert((name, act));
             }
         }
+        Ok(clean)
+    }
+
+    /// The metric of each row's patched run, in the order of `rows`, run on up to
+    /// `self.threads` threads; the first error stops the sweep and is returned.
+    fn patched_metrics<F>(
+        &self,
+        metric: &F,
+        setter: &PatchSetter,
+        rows: &[Vec<usize>],
+        clean: &HashMap<usize, (String, Tensor)>,
+    ) -> Result<Vec<f64>>
+    where
+        F: Fn(&Tensor) -> Result<f64> + Sync,
+    {
         let total = rows.len();
         let results = Mutex::new(vec![0f64; total]);
         let next = AtomicUsize::new(0);
@@ -428,13 +444,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err(e);
         }
-        let values: Vec<f32> = results
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+        Ok(results.into_inner().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn patched_metric<F>(
@@ -497,19 +507,7 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
             .iter()
             .map(|&a| if a == Axis::Head { n_kv } else { self.axis_len(a) })
             .collect();
-        let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
-        for &len in &lens {
-            rows = rows
-                .into_iter()
-                .flat_map(|r| {
-                    (0..len).map(move |i| {
-                        let mut r = r.clone();
-                        r.push(i);
-                        r
-                    })
-                })
-                .collect();
-        }
+        let rows = every_index(&lens);
         let flat = self.generic_activation_patch(metric, &setter, name, &PatchIndex::Rows(rows))?;
         let per_kv = flat.reshape(lens.as_slice())?;
         let group = n_heads / n_kv;
@@ -700,6 +698,24 @@ impl<'a, M: HookedModel + Sync> Patching<'a, M> {
         ];
         Ok(Tensor::stack(&parts, 0)?)
     }
+}
+
+/// Every index into an array of shape `lens`, last axis fastest (`[[]]` for no axes).
+fn every_index(lens: &[usize]) -> Vec<Vec<usize>> {
+    let mut rows: Vec<Vec<usize>> = vec![Vec::new()];
+    for &len in lens {
+        rows = rows
+            .into_iter()
+            .flat_map(|r| {
+                (0..len).map(move |i| {
+                    let mut r = r.clone();
+                    r.push(i);
+                    r
+                })
+            })
+            .collect();
+    }
+    rows
 }
 
 #[cfg(test)]

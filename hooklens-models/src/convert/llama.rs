@@ -4,7 +4,7 @@
 //! `lm_head` unless the embeddings are tied. Hugging Face `Linear` weights are
 //! `[out, in]`; the model multiplies `x @ w` with `[in, out]`.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use hooklens_core::Result;
 
 use super::family::Family;
@@ -184,37 +184,131 @@ pub(super) fn read_llama_layout(
     _origin: &str,
     layout: &LlamaLayout,
 ) -> Result<TransformerWeights> {
-    let (d, v, h, kv, dh, mlp) = (
-        cfg.d_model,
-        cfg.d_vocab,
-        cfg.n_heads,
-        cfg.n_kv_heads(),
-        cfg.d_head,
-        cfg.d_mlp,
-    );
-    let norm = |name: &str, len: usize| -> Result<NormParams> {
-        let w = src.get(&format!("{name}.weight"), &[len])?;
-        let w = if layout.norm_plus_one { (w + 1.0)? } else { w };
-        Ok((w, None))
-    };
+    let (d, v) = (cfg.d_model, cfg.d_vocab);
     let w_e = src.get("model.embed_tokens.weight", &[v, d])?;
-    let device = w_e.device().clone();
-    let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
+    let reader = LayoutReader {
+        src,
+        cfg,
+        layout,
+        device: w_e.device().clone(),
+    };
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("model.layers.{i}");
-        let w_qkv = if layout.fused_projections {
+        layers.push(reader.layer(&format!("model.layers.{i}"))?);
+    }
+    let ln_final = Some(reader.norm("model.norm", d)?);
+    finish(
+        src,
+        cfg,
+        w_e,
+        None,
+        layers,
+        ln_final,
+        "lm_head.weight",
+        cfg.tie_word_embeddings,
+    )
+}
+
+/// A block's norms `(ln1, ln1_post, ln2, ln2_post)`: before and after attention, before
+/// and after the MLP.
+type BlockNorms = (
+    Option<NormParams>,
+    Option<NormParams>,
+    Option<NormParams>,
+    Option<NormParams>,
+);
+
+/// One Llama-layout checkpoint being read, with what every layer's tensors depend on.
+struct LayoutReader<'a> {
+    src: &'a dyn TensorSource,
+    cfg: &'a TransformerConfig,
+    layout: &'a LlamaLayout,
+    /// The embeddings' device, where the zero biases go.
+    device: Device,
+}
+
+impl LayoutReader<'_> {
+    /// The RMSNorm `{name}.weight`: a gain `[len]` (stored `w` read as `1 + w` for Gemma) and
+    /// no bias.
+    fn norm(&self, name: &str, len: usize) -> Result<NormParams> {
+        let w = self.src.get(&format!("{name}.weight"), &[len])?;
+        let w = if self.layout.norm_plus_one { (w + 1.0)? } else { w };
+        Ok((w, None))
+    }
+
+    /// Zeros `[n]` in the checkpoint's dtype, for the biases the layout does not have.
+    fn zeros(&self, n: usize) -> Result<Tensor> {
+        Ok(Tensor::zeros(n, self.src.dtype(), &self.device)?)
+    }
+
+    /// The layer under prefix `p` (`model.layers.{i}`).
+    fn layer(&self, p: &str) -> Result<LayerWeights> {
+        let (cfg, layout, src) = (self.cfg, self.layout, self.src);
+        let (d, h, dh, mlp) = (cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp);
+        let w_qkv = self.qkv_weight(p)?;
+        let (w_gate, w_in) = self.gate_and_up_weights(p)?;
+        // Qwen 2 has q/k/v biases, and the families with `attention_bias: true` q/k/v/o
+        // biases; with `attention_bias: false` Hugging Face builds none, and bias tensors
+        // in the checkpoint stay unread.
+        let read_bias = match cfg.attention_bias {
+            Some(b) => b,
+            None => src.contains(&format!("{p}.self_attn.q_proj.bias")),
+        };
+        let b_qkv = self.qkv_bias(p, read_bias)?;
+        let (ln1, ln1_post, ln2, ln2_post) = self.block_norms(p)?;
+        let (q_norm, k_norm) = self.qk_norms(p)?;
+        Ok(LayerWeights {
+            ln1,
+            ln1_post,
+            ln2,
+            ln2_post,
+            w_qkv,
+            b_qkv,
+            q_norm,
+            k_norm,
+            w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
+            b_o: if read_bias
+                && !layout.qkv_bias_only
+                && (cfg.attention_bias.is_some() || src.contains(&format!("{p}.self_attn.o_proj.bias")))
+            {
+                src.get(&format!("{p}.self_attn.o_proj.bias"), &[d])?
+            } else {
+                self.zeros(d)?
+            },
+            w_gate: (!layout.sparse_mlp).then_some(w_gate),
+            w_in,
+            b_in: self.zeros(if layout.sparse_mlp { 0 } else { mlp })?,
+            w_out: if layout.sparse_mlp {
+                self.zeros(0)?.reshape((0, d))?
+            } else {
+                linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?
+            },
+            b_out: self.zeros(d)?,
+        })
+    }
+
+    /// The query, key and value weights side by side: `[d_model, (n_heads + 2 n_kv) d_head]`.
+    fn qkv_weight(&self, p: &str) -> Result<Tensor> {
+        let (src, cfg) = (self.src, self.cfg);
+        let (d, h, kv, dh) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
+        if self.layout.fused_projections {
             // [q; k; v] rows are already the model's q | k | v columns once transposed.
-            linear_weight(src, &format!("{p}.self_attn.qkv_proj.weight"), (h + 2 * kv) * dh, d)?
+            linear_weight(src, &format!("{p}.self_attn.qkv_proj.weight"), (h + 2 * kv) * dh, d)
         } else {
             let q = linear_weight(src, &format!("{p}.self_attn.q_proj.weight"), h * dh, d)?;
             let k = linear_weight(src, &format!("{p}.self_attn.k_proj.weight"), kv * dh, d)?;
             let vv = linear_weight(src, &format!("{p}.self_attn.v_proj.weight"), kv * dh, d)?;
-            Tensor::cat(&[&q, &k, &vv], 1)?
-        };
-        let (w_gate, w_in) = if layout.sparse_mlp {
-            (zeros(0)?.reshape((d, 0))?, zeros(0)?.reshape((d, 0))?)
-        } else if layout.fused_projections {
+            Ok(Tensor::cat(&[&q, &k, &vv], 1)?)
+        }
+    }
+
+    /// The MLP's gate and up projections, each `[d_model, d_mlp]` (`[d_model, 0]` when the
+    /// layout's MLP is sparse).
+    fn gate_and_up_weights(&self, p: &str) -> Result<(Tensor, Tensor)> {
+        let (src, d, mlp) = (self.src, self.cfg.d_model, self.cfg.d_mlp);
+        Ok(if self.layout.sparse_mlp {
+            (self.zeros(0)?.reshape((d, 0))?, self.zeros(0)?.reshape((d, 0))?)
+        } else if self.layout.fused_projections {
             // [gate; up] rows: once transposed, the gate's columns then the up projection's.
             let gate_up = linear_weight(src, &format!("{p}.mlp.gate_up_proj.weight"), 2 * mlp, d)?;
             (
@@ -226,100 +320,71 @@ pub(super) fn read_llama_layout(
                 linear_weight(src, &format!("{p}.mlp.gate_proj.weight"), mlp, d)?,
                 linear_weight(src, &format!("{p}.mlp.up_proj.weight"), mlp, d)?,
             )
-        };
-        // Qwen 2 has q/k/v biases, and the families with `attention_bias: true` q/k/v/o
-        // biases; with `attention_bias: false` Hugging Face builds none, and bias tensors
-        // in the checkpoint stay unread.
-        let read_bias = match cfg.attention_bias {
-            Some(b) => b,
-            None => src.contains(&format!("{p}.self_attn.q_proj.bias")),
-        };
-        let b_qkv = if read_bias {
-            Tensor::cat(
+        })
+    }
+
+    /// The query, key and value biases concatenated, `[(n_heads + 2 n_kv) d_head]`: read
+    /// when `read_bias`, else zeros.
+    fn qkv_bias(&self, p: &str, read_bias: bool) -> Result<Tensor> {
+        let (src, cfg) = (self.src, self.cfg);
+        let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
+        if read_bias {
+            Ok(Tensor::cat(
                 &[
                     &src.get(&format!("{p}.self_attn.q_proj.bias"), &[h * dh])?,
                     &src.get(&format!("{p}.self_attn.k_proj.bias"), &[kv * dh])?,
                     &src.get(&format!("{p}.self_attn.v_proj.bias"), &[kv * dh])?,
                 ],
                 0,
-            )?
+            )?)
         } else {
-            zeros((h + 2 * kv) * dh)?
-        };
-        let (ln1, ln1_post, ln2, ln2_post) = if layout.post_norms_only {
+            self.zeros((h + 2 * kv) * dh)
+        }
+    }
+
+    /// The block's norms, each `[d_model]` where the layout has it.
+    fn block_norms(&self, p: &str) -> Result<BlockNorms> {
+        let d = self.cfg.d_model;
+        let norm = |name: &str| self.norm(&format!("{p}.{name}"), d);
+        Ok(if self.layout.post_norms_only {
             (
                 None,
-                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm("post_attention_layernorm")?),
                 None,
-                Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
+                Some(norm("post_feedforward_layernorm")?),
             )
-        } else if layout.sandwich_norms {
+        } else if self.layout.sandwich_norms {
             (
-                Some(norm(&format!("{p}.input_layernorm"), d)?),
-                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
-                Some(norm(&format!("{p}.pre_feedforward_layernorm"), d)?),
-                Some(norm(&format!("{p}.post_feedforward_layernorm"), d)?),
+                Some(norm("input_layernorm")?),
+                Some(norm("post_attention_layernorm")?),
+                Some(norm("pre_feedforward_layernorm")?),
+                Some(norm("post_feedforward_layernorm")?),
             )
         } else {
             (
-                Some(norm(&format!("{p}.input_layernorm"), d)?),
+                Some(norm("input_layernorm")?),
                 None,
-                Some(norm(&format!("{p}.post_attention_layernorm"), d)?),
+                Some(norm("post_attention_layernorm")?),
                 None,
             )
-        };
+        })
+    }
+
+    /// The q and k norms `(q_norm, k_norm)` where the layout has them (Qwen 3, OLMo 2).
+    fn qk_norms(&self, p: &str) -> Result<(Option<NormParams>, Option<NormParams>)> {
+        if !self.layout.qk_norm {
+            return Ok((None, None));
+        }
+        let (h, kv, dh) = (self.cfg.n_heads, self.cfg.n_kv_heads(), self.cfg.d_head);
         // Per-head q/k norms have `head_dim` gains, whole-projection ones (OLMo 2) a
         // gain per column of the projection.
-        let (q_norm_len, k_norm_len) = match cfg.qk_norm_over {
+        let (q_norm_len, k_norm_len) = match self.cfg.qk_norm_over {
             QkNormOver::Heads => (dh, dh),
             QkNormOver::Projection => (h * dh, kv * dh),
         };
-        layers.push(LayerWeights {
-            ln1,
-            ln1_post,
-            ln2,
-            ln2_post,
-            w_qkv,
-            b_qkv,
-            q_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.q_norm"), q_norm_len)?)
-            } else {
-                None
-            },
-            k_norm: if layout.qk_norm {
-                Some(norm(&format!("{p}.self_attn.k_norm"), k_norm_len)?)
-            } else {
-                None
-            },
-            w_o: linear_weight(src, &format!("{p}.self_attn.o_proj.weight"), d, h * dh)?,
-            b_o: if read_bias
-                && !layout.qkv_bias_only
-                && (cfg.attention_bias.is_some() || src.contains(&format!("{p}.self_attn.o_proj.bias")))
-            {
-                src.get(&format!("{p}.self_attn.o_proj.bias"), &[d])?
-            } else {
-                zeros(d)?
-            },
-            w_gate: (!layout.sparse_mlp).then_some(w_gate),
-            w_in,
-            b_in: zeros(if layout.sparse_mlp { 0 } else { mlp })?,
-            w_out: if layout.sparse_mlp {
-                zeros(0)?.reshape((0, d))?
-            } else {
-                linear_weight(src, &format!("{p}.mlp.down_proj.weight"), d, mlp)?
-            },
-            b_out: zeros(d)?,
-        });
+        Ok((
+            Some(self.norm(&format!("{p}.self_attn.q_norm"), q_norm_len)?),
+            Some(self.norm(&format!("{p}.self_attn.k_norm"), k_norm_len)?),
+        ))
     }
-    let ln_final = Some(norm("model.norm", d)?);
-    finish(
-        src,
-        cfg,
-        w_e,
-        None,
-        layers,
-        ln_final,
-        "lm_head.weight",
-        cfg.tie_word_embeddings,
-    )
 }

@@ -25,7 +25,7 @@
 //! therefore the embedding after `project_in`, and `W_U` is a matrix of its own (not a
 //! view of `W_E`). The products are computed in f32 whatever the load dtype.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use hooklens_core::Result;
 
 use super::family::Family;
@@ -110,14 +110,7 @@ fn config(hf: &HfConfig) -> Result<TransformerConfig> {
 }
 
 fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Result<TransformerWeights> {
-    let (d, v, n_ctx, mlp) = (cfg.d_model, cfg.d_vocab, cfg.n_ctx, cfg.d_mlp);
-    let bias = cfg.attention_bias != Some(false);
-    let ln = |name: &str| -> Result<Option<NormParams>> {
-        Ok(Some((
-            src.get(&format!("{name}.weight"), &[d])?,
-            Some(src.get(&format!("{name}.bias"), &[d])?),
-        )))
-    };
+    let (d, v, n_ctx) = (cfg.d_model, cfg.d_vocab, cfg.n_ctx);
     // `OPTForCausalLM` weights have the `model.` prefix, `OPTModel`'s none.
     let pre = if src.contains("decoder.embed_tokens.weight") && !src.contains("model.decoder.embed_tokens.weight") {
         ""
@@ -126,14 +119,11 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     };
     let proj = cfg.word_embed_proj_dim.filter(|&p| p != d);
     let w_e = src.get(&format!("{pre}decoder.embed_tokens.weight"), &[v, proj.unwrap_or(d)])?;
-    let device = w_e.device().clone();
-    let zeros = |n: usize| Tensor::zeros(n, src.dtype(), &device);
-    let get_bias = |name: &str, n: usize| -> Result<Tensor> {
-        if bias {
-            src.get(name, &[n])
-        } else {
-            Ok(zeros(n)?)
-        }
+    let reader = OptReader {
+        src,
+        cfg,
+        bias: cfg.attention_bias != Some(false),
+        device: w_e.device().clone(),
     };
     let w_pos = src
         .get(
@@ -144,47 +134,10 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
         .contiguous()?;
     let mut layers = Vec::new();
     for i in 0..cfg.n_layers {
-        let p = format!("{pre}decoder.layers.{i}");
-        let a = format!("{p}.self_attn");
-        let q = linear_weight(src, &format!("{a}.q_proj.weight"), d, d)?;
-        let k = linear_weight(src, &format!("{a}.k_proj.weight"), d, d)?;
-        let vv = linear_weight(src, &format!("{a}.v_proj.weight"), d, d)?;
-        let b_qkv = if bias {
-            Tensor::cat(
-                &[
-                    &src.get(&format!("{a}.q_proj.bias"), &[d])?,
-                    &src.get(&format!("{a}.k_proj.bias"), &[d])?,
-                    &src.get(&format!("{a}.v_proj.bias"), &[d])?,
-                ],
-                0,
-            )?
-        } else {
-            zeros(3 * d)?
-        };
-        layers.push(LayerWeights {
-            // Pre-LN: the norms before attention and before the MLP; post-LN: after
-            // attention and after the MLP, on the residual stream (the block puts them
-            // there). Either way `self_attn_layer_norm` is the first and the layer's
-            // `final_layer_norm` the second.
-            ln1: ln(&format!("{p}.self_attn_layer_norm"))?,
-            ln1_post: None,
-            ln2: ln(&format!("{p}.final_layer_norm"))?,
-            ln2_post: None,
-            w_qkv: Tensor::cat(&[&q, &k, &vv], 1)?,
-            b_qkv,
-            q_norm: None,
-            k_norm: None,
-            w_o: linear_weight(src, &format!("{a}.out_proj.weight"), d, d)?,
-            b_o: get_bias(&format!("{a}.out_proj.bias"), d)?,
-            w_gate: None,
-            w_in: linear_weight(src, &format!("{p}.fc1.weight"), mlp, d)?,
-            b_in: get_bias(&format!("{p}.fc1.bias"), mlp)?,
-            w_out: linear_weight(src, &format!("{p}.fc2.weight"), d, mlp)?,
-            b_out: get_bias(&format!("{p}.fc2.bias"), d)?,
-        });
+        layers.push(reader.layer(&format!("{pre}decoder.layers.{i}"))?);
     }
     let ln_final = if cfg.final_norm {
-        ln(&format!("{pre}decoder.final_layer_norm"))?
+        reader.ln(&format!("{pre}decoder.final_layer_norm"))?
     } else {
         None
     };
@@ -210,6 +163,83 @@ fn weights(src: &dyn TensorSource, cfg: &TransformerConfig, _origin: &str) -> Re
     let w_u = product_f32(&head, &project_out)?.t()?;
     let w_e = product_f32(&w_e, &project_in.t()?)?;
     with_unembed(src, cfg, w_e, Some(w_pos), layers, ln_final, w_u, false)
+}
+
+/// One OPT checkpoint being read, with what every layer's tensors depend on.
+struct OptReader<'a> {
+    src: &'a dyn TensorSource,
+    cfg: &'a TransformerConfig,
+    /// Whether the linear layers have biases (`enable_bias`); zeros stand in where not.
+    bias: bool,
+    /// The embeddings' device, where the zero biases go.
+    device: Device,
+}
+
+impl OptReader<'_> {
+    /// The LayerNorm `{name}`: gain and bias, each `[d_model]`.
+    fn ln(&self, name: &str) -> Result<Option<NormParams>> {
+        let d = self.cfg.d_model;
+        Ok(Some((
+            self.src.get(&format!("{name}.weight"), &[d])?,
+            Some(self.src.get(&format!("{name}.bias"), &[d])?),
+        )))
+    }
+
+    /// Zeros `[n]` in the checkpoint's dtype, for the biases a bias-free checkpoint lacks.
+    fn zeros(&self, n: usize) -> Result<Tensor> {
+        Ok(Tensor::zeros(n, self.src.dtype(), &self.device)?)
+    }
+
+    /// The bias `name` `[n]`, or zeros without biases.
+    fn bias_or_zeros(&self, name: &str, n: usize) -> Result<Tensor> {
+        if self.bias {
+            self.src.get(name, &[n])
+        } else {
+            self.zeros(n)
+        }
+    }
+
+    /// The layer under prefix `p` (`{pre}decoder.layers.{i}`).
+    fn layer(&self, p: &str) -> Result<LayerWeights> {
+        let (src, d, mlp) = (self.src, self.cfg.d_model, self.cfg.d_mlp);
+        let a = format!("{p}.self_attn");
+        let q = linear_weight(src, &format!("{a}.q_proj.weight"), d, d)?;
+        let k = linear_weight(src, &format!("{a}.k_proj.weight"), d, d)?;
+        let vv = linear_weight(src, &format!("{a}.v_proj.weight"), d, d)?;
+        let b_qkv = if self.bias {
+            Tensor::cat(
+                &[
+                    &src.get(&format!("{a}.q_proj.bias"), &[d])?,
+                    &src.get(&format!("{a}.k_proj.bias"), &[d])?,
+                    &src.get(&format!("{a}.v_proj.bias"), &[d])?,
+                ],
+                0,
+            )?
+        } else {
+            self.zeros(3 * d)?
+        };
+        Ok(LayerWeights {
+            // Pre-LN: the norms before attention and before the MLP; post-LN: after
+            // attention and after the MLP, on the residual stream (the block puts them
+            // there). Either way `self_attn_layer_norm` is the first and the layer's
+            // `final_layer_norm` the second.
+            ln1: self.ln(&format!("{p}.self_attn_layer_norm"))?,
+            ln1_post: None,
+            ln2: self.ln(&format!("{p}.final_layer_norm"))?,
+            ln2_post: None,
+            w_qkv: Tensor::cat(&[&q, &k, &vv], 1)?,
+            b_qkv,
+            q_norm: None,
+            k_norm: None,
+            w_o: linear_weight(src, &format!("{a}.out_proj.weight"), d, d)?,
+            b_o: self.bias_or_zeros(&format!("{a}.out_proj.bias"), d)?,
+            w_gate: None,
+            w_in: linear_weight(src, &format!("{p}.fc1.weight"), mlp, d)?,
+            b_in: self.bias_or_zeros(&format!("{p}.fc1.bias"), mlp)?,
+            w_out: linear_weight(src, &format!("{p}.fc2.weight"), d, mlp)?,
+            b_out: self.bias_or_zeros(&format!("{p}.fc2.bias"), d)?,
+        })
+    }
 }
 
 /// `a @ b` computed in f32 (half-precision checkpoints too: the sums run over

@@ -187,6 +187,42 @@ impl HookedTransformer {
         let input_dtype = tokens.dtype();
         let tokens = self.check_tokens(tokens)?;
         let (b, p) = tokens.dims2()?;
+        let eos = self.check_generate_options(opts, p)?;
+        let mut seqs: Vec<Vec<u32>> = tokens.to_vec2::<u32>()?;
+        let mut finished = vec![false; b];
+        let mut rng = Rng(opts.seed);
+        let mut cache = KvCache::new();
+        let mut mask_rows = prompt_mask_rows(opts, b, p)?;
+        for step in 0..opts.max_new_tokens {
+            let logits = if opts.use_kv_cache {
+                let masked = mask_rows.is_some();
+                self.cached_step_logits(step, &tokens, &seqs, masked, opts, &mut cache)?
+            } else {
+                self.full_sequence_logits(&seqs, mask_rows.as_deref())?
+            };
+            let n = logits.dim(1)?;
+            let last = logits
+                .narrow(1, n - 1, 1)?
+                .squeeze(1)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            append_next_tokens(&last, step, &mut seqs, &mut finished, opts, eos, &mut rng)?;
+            if let Some(rows) = mask_rows.as_mut() {
+                for r in rows.iter_mut() {
+                    r.push(1.0);
+                }
+            }
+            if opts.stop_at_eos && finished.iter().all(|&f| f) {
+                break;
+            }
+        }
+        let len = seqs[0].len();
+        Ok(Tensor::from_vec(seqs.concat(), (b, len), self.device())?.to_dtype(input_dtype)?)
+    }
+
+    /// The EOS token to stop at (`opts.eos_token_id`, else the config's), once the options
+    /// are checked against a prompt of `p` positions.
+    fn check_generate_options(&self, opts: &GenerateOptions, p: usize) -> Result<Option<u32>> {
         if opts.do_sample && !(opts.temperature >= 0.0 && opts.temperature.is_finite()) {
             return Err(Error::invalid(format!(
                 "generate: temperature {} must be finite and >= 0",
@@ -229,91 +265,105 @@ impl HookedTransformer {
                 "generate: stop_at_eos needs an EOS token (the config has none; set eos_token_id)",
             ));
         }
-        let mut seqs: Vec<Vec<u32>> = tokens.to_vec2::<u32>()?;
-        let mut finished = vec![false; b];
-        let mut rng = Rng(opts.seed);
-        let mut cache = KvCache::new();
-        let mut mask_rows: Option<Vec<Vec<f32>>> = match &opts.attention_mask {
-            Some(m) => {
-                if m.dims() != [b, p] {
-                    return Err(Error::invalid(format!(
-                        "generate: attention_mask has shape {:?}, expected [{b}, {p}]",
-                        m.dims()
-                    )));
-                }
-                Some(m.to_dtype(DType::F32)?.to_vec2::<f32>()?)
-            }
-            None => None,
+        Ok(eos)
+    }
+
+    /// The logits `[batch, pos', d_vocab]` of one pass with the KV cache: the whole prompt
+    /// `tokens` at step 0 (prefill), else only each sequence's newest token (`pos'` = 1).
+    /// `masked`: whether the prompt has an attention mask (new positions are never masked).
+    fn cached_step_logits(
+        &self,
+        step: usize,
+        tokens: &Tensor,
+        seqs: &[Vec<u32>],
+        masked: bool,
+        opts: &GenerateOptions,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let b = seqs.len();
+        let (new, mask) = if step == 0 {
+            (tokens.clone(), opts.attention_mask.clone())
+        } else {
+            let last: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
+            let mask = masked
+                .then(|| Tensor::ones((b, 1), DType::F32, self.device()))
+                .transpose()?;
+            (Tensor::from_vec(last, (b, 1), self.device())?, mask)
         };
-        for step in 0..opts.max_new_tokens {
-            let logits = if opts.use_kv_cache {
-                let (new, mask) = if step == 0 {
-                    (tokens.clone(), opts.attention_mask.clone())
-                } else {
-                    let last: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
-                    let mask = mask_rows
-                        .as_ref()
-                        .map(|_| Tensor::ones((b, 1), DType::F32, self.device()))
-                        .transpose()?;
-                    (Tensor::from_vec(last, (b, 1), self.device())?, mask)
-                };
-                let fo = ForwardOptions {
-                    attention_mask: mask,
-                    ..ForwardOptions::default()
-                };
-                self.last_logits(&new, &fo, Some(&mut cache))?
-            } else {
-                let len = seqs[0].len();
-                let all = Tensor::from_vec(seqs.concat(), (b, len), self.device())?;
-                let fo = ForwardOptions {
-                    attention_mask: mask_rows
-                        .as_ref()
-                        .map(|rows| Tensor::from_vec(rows.concat(), (b, len), self.device()))
-                        .transpose()?,
-                    ..ForwardOptions::default()
-                };
-                self.last_logits(&all, &fo, None)?
-            };
-            let n = logits.dim(1)?;
-            let last = logits
-                .narrow(1, n - 1, 1)?
-                .squeeze(1)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
-            for (i, row) in last.iter().enumerate() {
-                // Sampling refuses non-finite logits; the argmax would pick token 0.
-                if is_greedy(opts) {
-                    if let Some(t) = row.iter().position(|x| !x.is_finite()) {
-                        return Err(Error::invalid(format!(
-                            "generate: the logits at position {} (batch row {i}, new token {step}) are not \
-                             finite ({} for token {t}): cannot choose the next token",
-                            seqs[i].len() - 1,
-                            row[t]
-                        )));
-                    }
-                }
-                let mut next = sample_row(row, &seqs[i], opts, &mut rng)?;
-                if opts.stop_at_eos {
-                    let eos = eos.unwrap_or(0);
-                    if finished[i] {
-                        next = eos;
-                    }
-                    finished[i] |= next == eos;
-                }
-                seqs[i].push(next);
+        let fo = ForwardOptions {
+            attention_mask: mask,
+            ..ForwardOptions::default()
+        };
+        self.last_logits(&new, &fo, Some(cache))
+    }
+
+    /// The logits `[batch, pos, d_vocab]` of one pass over the whole sequences so far
+    /// (no KV cache), masked by `mask_rows` (`[batch][pos]`) when given.
+    fn full_sequence_logits(&self, seqs: &[Vec<u32>], mask_rows: Option<&[Vec<f32>]>) -> Result<Tensor> {
+        let (b, len) = (seqs.len(), seqs[0].len());
+        let all = Tensor::from_vec(seqs.concat(), (b, len), self.device())?;
+        let fo = ForwardOptions {
+            attention_mask: mask_rows
+                .map(|rows| Tensor::from_vec(rows.concat(), (b, len), self.device()))
+                .transpose()?,
+            ..ForwardOptions::default()
+        };
+        self.last_logits(&all, &fo, None)
+    }
+}
+
+/// The prompt's attention mask as rows `[batch][pos]` of f32 (grown by one 1 per new
+/// token), or `None` without a mask; checks its shape is `[b, p]`.
+fn prompt_mask_rows(opts: &GenerateOptions, b: usize, p: usize) -> Result<Option<Vec<Vec<f32>>>> {
+    match &opts.attention_mask {
+        Some(m) => {
+            if m.dims() != [b, p] {
+                return Err(Error::invalid(format!(
+                    "generate: attention_mask has shape {:?}, expected [{b}, {p}]",
+                    m.dims()
+                )));
             }
-            if let Some(rows) = mask_rows.as_mut() {
-                for r in rows.iter_mut() {
-                    r.push(1.0);
-                }
-            }
-            if opts.stop_at_eos && finished.iter().all(|&f| f) {
-                break;
+            Ok(Some(m.to_dtype(DType::F32)?.to_vec2::<f32>()?))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Appends to each sequence the token chosen from its row of `last` (`[batch][d_vocab]`
+/// logits at the last position; `step`: how many tokens were added before), EOS again
+/// once the sequence has finished, and marks the sequences that reach EOS as finished.
+fn append_next_tokens(
+    last: &[Vec<f32>],
+    step: usize,
+    seqs: &mut [Vec<u32>],
+    finished: &mut [bool],
+    opts: &GenerateOptions,
+    eos: Option<u32>,
+    rng: &mut Rng,
+) -> Result<()> {
+    for (i, row) in last.iter().enumerate() {
+        // Sampling refuses non-finite logits; the argmax would pick token 0.
+        if is_greedy(opts) {
+            if let Some(t) = row.iter().position(|x| !x.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "generate: the logits at position {} (batch row {i}, new token {step}) are not \
+                     finite ({} for token {t}): cannot choose the next token",
+                    seqs[i].len() - 1,
+                    row[t]
+                )));
             }
         }
-        let len = seqs[0].len();
-        Ok(Tensor::from_vec(seqs.concat(), (b, len), self.device())?.to_dtype(input_dtype)?)
+        let mut next = sample_row(row, &seqs[i], opts, rng)?;
+        if opts.stop_at_eos {
+            let eos = eos.unwrap_or(0);
+            if finished[i] {
+                next = eos;
+            }
+            finished[i] |= next == eos;
+        }
+        seqs[i].push(next);
     }
+    Ok(())
 }
 
 #[cfg(test)]

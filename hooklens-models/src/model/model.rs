@@ -20,7 +20,7 @@ use super::rotary::{Rotary, RotaryTables};
 use super::unembed::Unembed;
 use crate::config::TransformerConfig;
 use crate::loading::{open_checkpoint, open_checkpoint_file, read_dtype};
-use crate::params::{NormParams, TransformerWeights};
+use crate::params::{LayerWeights, NormParams, TransformerWeights};
 
 /// A transformer of any bundled family (GPT-2, GPT-NeoX / Pythia, Llama, Mistral,
 /// Qwen 2 / 3, Gemma 1 / 2 / 3, Phi-3, OLMo 2, GPT-Neo, OPT, Phi, GPT-J, BLOOM, and the
@@ -200,99 +200,15 @@ impl HookedTransformer {
     }
 
     fn from_weights(cfg: TransformerConfig, w: TransformerWeights) -> Result<Self> {
-        let opt = |on: bool| on.then(HookPoint::new);
-        // `[batch, pos, head, ..]` points: positions are the third axis from the end.
-        let per_head = || HookPoint::new().with_position_axis(Some(-3));
-        let opt_per_head = |on: bool| on.then(per_head);
-        let kind = if cfg.normalization_type.is_rms() {
-            NormKind::Rms
-        } else {
-            NormKind::Layer
-        };
-        let norm = |p: Option<NormParams>| Norm::with_kind(kind, p, cfg.eps);
-        // Norms after attention / MLP are never folded, and are RMSNorms in the families
-        // that have them (Gemma 2 / 3, OLMo 2), as TransformerLens's `normalization_layer_after`.
-        let post_norm = |p: Option<NormParams>| p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps)).transpose();
-        // A block that only normalises after attention and the MLP (OLMo 2) has no
-        // norm before them, folded or not.
-        // A post-LN block (OPT-350m) has both, after attention and after the MLP.
-        let pre_norm = |p: Option<NormParams>| {
-            (cfg.use_normalization_before || cfg.normalization_after_residual)
-                .then(|| norm(p))
-                .transpose()
-        };
+        let norms = ModelNorms::new(&cfg);
         let rotary = Rotary::new(&cfg);
         let rotary_local = Rotary::local(&cfg);
         let mut blocks = Vec::with_capacity(w.layers.len());
         let mut moes = super::moe::Moe::from_weights(&cfg, w.moe, w.layers.len())?.into_iter();
         let mut sinks = w.attn_sinks.into_iter();
         for l in w.layers {
-            // Per-head q/k norms are of the model's kind (Qwen 3's RMSNorm, Phi's
-            // LayerNorm with a bias) and are never folded.
-            let head_norm = |p: Option<NormParams>| {
-                p.map(|p| Norm::with_kind(kind, Some(p), cfg.eps).map(Norm::rows_without_positions))
-                    .transpose()
-            };
-            blocks.push(Block {
-                ln1: pre_norm(l.ln1)?,
-                ln1_post: post_norm(l.ln1_post)?,
-                ln2: pre_norm(l.ln2)?,
-                ln2_post: post_norm(l.ln2_post)?,
-                attn: Attention {
-                    biases_used: (nonzero(&l.b_qkv)?, nonzero(&l.b_o)?),
-                    w_qkv: l.w_qkv,
-                    b_qkv: l.b_qkv,
-                    w_o: l.w_o,
-                    b_o: l.b_o,
-                    n_heads: cfg.n_heads,
-                    n_kv_heads: cfg.n_kv_heads(),
-                    d_head: cfg.d_head,
-                    scale: 1.0 / cfg.attn_scale(),
-                    soft_cap: cfg.attn_scores_soft_cap,
-                    rotary: rotary.clone(),
-                    qk_norm_over: cfg.qk_norm_over,
-                    q_norm: head_norm(l.q_norm)?,
-                    k_norm: head_norm(l.k_norm)?,
-                    sinks: sinks.next(),
-                    hook_k: per_head(),
-                    hook_q: per_head(),
-                    hook_v: per_head(),
-                    hook_z: per_head(),
-                    hook_attn_scores: HookPoint::new(),
-                    hook_pattern: HookPoint::new(),
-                    hook_result: opt_per_head(cfg.use_attn_result),
-                    hook_rot_k: opt_per_head(rotary.is_some()),
-                    hook_rot_q: opt_per_head(rotary.is_some()),
-                },
-                mlp: Mlp {
-                    b_in_used: nonzero(&l.b_in)?,
-                    b_out_used: nonzero(&l.b_out)?,
-                    hook_pre_linear: opt(l.w_gate.is_some()),
-                    w_gate: l.w_gate,
-                    w_in: l.w_in,
-                    b_in: l.b_in,
-                    w_out: l.w_out,
-                    b_out: l.b_out,
-                    act_fn: cfg.act_fn,
-                    hook_in: HookPoint::new(),
-                    hook_pre: HookPoint::new(),
-                    hook_post: HookPoint::new(),
-                    hook_out: HookPoint::new(),
-                    moe: moes.next().flatten(),
-                },
-                hook_attn_in: opt_per_head(cfg.use_attn_in),
-                hook_q_input: opt_per_head(cfg.use_split_qkv_input),
-                hook_k_input: opt_per_head(cfg.use_split_qkv_input),
-                hook_v_input: opt_per_head(cfg.use_split_qkv_input),
-                hook_mlp_in: opt(cfg.use_hook_mlp_in),
-                hook_attn_out: HookPoint::new(),
-                hook_mlp_out: HookPoint::new(),
-                hook_resid_pre: HookPoint::new(),
-                hook_resid_mid: opt(!cfg.parallel_attn_mlp),
-                hook_resid_post: HookPoint::new(),
-                hook_normalized_resid_post: opt(cfg.normalization_after_residual),
-                post_ln: cfg.normalization_after_residual,
-            });
+            let (layer_sinks, moe) = (sinks.next(), moes.next().flatten());
+            blocks.push(block_from_weights(&cfg, &norms, l, &rotary, layer_sinks, moe)?);
         }
         let model = HookedTransformer {
             embed: Embed {
@@ -306,13 +222,13 @@ impl HookedTransformer {
             },
             hook_embed: HookPoint::new(),
             // TransformerLens registers `hook_pos_embed` for ALiBi models too (it never fires).
-            hook_pos_embed: opt(w.w_pos.is_some() || cfg.is_alibi()),
+            hook_pos_embed: optional_hook(w.w_pos.is_some() || cfg.is_alibi()),
             pos_embed: w.w_pos.map(|w_pos| PosEmbed { w_pos }),
             hook_tokens: cfg
                 .use_hook_tokens
                 .then(|| HookPoint::new().with_position_axis(Some(-1))),
             blocks,
-            ln_final: cfg.final_norm.then(|| norm(w.ln_final)).transpose()?,
+            ln_final: cfg.final_norm.then(|| norms.norm(w.ln_final)).transpose()?,
             unembed: Unembed::factored(w.w_u, w.unembed_factors, w.b_u)?,
             rotary,
             rotary_local,
@@ -954,6 +870,144 @@ impl LayerShared {
             rot_k: tables.map(|(_, k)| k),
         }
     }
+}
+
+/// A hook point where `on`, else none.
+fn optional_hook(on: bool) -> Option<HookPoint> {
+    on.then(HookPoint::new)
+}
+
+/// A hook point on `[batch, pos, head, ..]` activations.
+fn per_head_hook() -> HookPoint {
+    // Positions are the third axis from the end.
+    HookPoint::new().with_position_axis(Some(-3))
+}
+
+/// A per-head hook point (see [`per_head_hook`]) where `on`, else none.
+fn optional_per_head_hook(on: bool) -> Option<HookPoint> {
+    on.then(per_head_hook)
+}
+
+/// The model's norms built from their parameters, all of the model's kind (RMS or
+/// LayerNorm, as `cfg.normalization_type`).
+struct ModelNorms<'a> {
+    cfg: &'a TransformerConfig,
+    kind: NormKind,
+}
+
+impl<'a> ModelNorms<'a> {
+    /// The norms of a model configured by `cfg`.
+    fn new(cfg: &'a TransformerConfig) -> Self {
+        let kind = if cfg.normalization_type.is_rms() {
+            NormKind::Rms
+        } else {
+            NormKind::Layer
+        };
+        ModelNorms { cfg, kind }
+    }
+
+    /// A norm of the model's kind with parameters `p` (none once folded).
+    fn norm(&self, p: Option<NormParams>) -> candle_core::Result<Norm> {
+        Norm::with_kind(self.kind, p, self.cfg.eps)
+    }
+
+    /// A block's norm before attention or the MLP, where the block has one.
+    fn pre(&self, p: Option<NormParams>) -> candle_core::Result<Option<Norm>> {
+        // A block that only normalises after attention and the MLP (OLMo 2) has no
+        // norm before them, folded or not.
+        // A post-LN block (OPT-350m) has both, after attention and after the MLP.
+        (self.cfg.use_normalization_before || self.cfg.normalization_after_residual)
+            .then(|| self.norm(p))
+            .transpose()
+    }
+
+    /// A block's norm after attention or the MLP, where the checkpoint has one.
+    fn post(&self, p: Option<NormParams>) -> candle_core::Result<Option<Norm>> {
+        // Norms after attention / MLP are never folded, and are RMSNorms in the families
+        // that have them (Gemma 2 / 3, OLMo 2), as TransformerLens's `normalization_layer_after`.
+        p.map(|p| Norm::with_kind(self.kind, Some(p), self.cfg.eps)).transpose()
+    }
+
+    /// A per-head q or k norm, where the checkpoint has one; its hook points have no
+    /// position axis.
+    fn head(&self, p: Option<NormParams>) -> candle_core::Result<Option<Norm>> {
+        // Per-head q/k norms are of the model's kind (Qwen 3's RMSNorm, Phi's
+        // LayerNorm with a bias) and are never folded.
+        p.map(|p| Norm::with_kind(self.kind, Some(p), self.cfg.eps).map(Norm::rows_without_positions))
+            .transpose()
+    }
+}
+
+/// The block built from layer weights `l` (with the layer's attention `sinks` and
+/// mixture of experts `moe`, if any), with its hook points as `cfg` enables them.
+fn block_from_weights(
+    cfg: &TransformerConfig,
+    norms: &ModelNorms,
+    l: LayerWeights,
+    rotary: &Option<Rotary>,
+    sinks: Option<Tensor>,
+    moe: Option<super::moe::Moe>,
+) -> Result<Block> {
+    Ok(Block {
+        ln1: norms.pre(l.ln1)?,
+        ln1_post: norms.post(l.ln1_post)?,
+        ln2: norms.pre(l.ln2)?,
+        ln2_post: norms.post(l.ln2_post)?,
+        attn: Attention {
+            biases_used: (nonzero(&l.b_qkv)?, nonzero(&l.b_o)?),
+            w_qkv: l.w_qkv,
+            b_qkv: l.b_qkv,
+            w_o: l.w_o,
+            b_o: l.b_o,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads(),
+            d_head: cfg.d_head,
+            scale: 1.0 / cfg.attn_scale(),
+            soft_cap: cfg.attn_scores_soft_cap,
+            rotary: rotary.clone(),
+            qk_norm_over: cfg.qk_norm_over,
+            q_norm: norms.head(l.q_norm)?,
+            k_norm: norms.head(l.k_norm)?,
+            sinks,
+            hook_k: per_head_hook(),
+            hook_q: per_head_hook(),
+            hook_v: per_head_hook(),
+            hook_z: per_head_hook(),
+            hook_attn_scores: HookPoint::new(),
+            hook_pattern: HookPoint::new(),
+            hook_result: optional_per_head_hook(cfg.use_attn_result),
+            hook_rot_k: optional_per_head_hook(rotary.is_some()),
+            hook_rot_q: optional_per_head_hook(rotary.is_some()),
+        },
+        mlp: Mlp {
+            b_in_used: nonzero(&l.b_in)?,
+            b_out_used: nonzero(&l.b_out)?,
+            hook_pre_linear: optional_hook(l.w_gate.is_some()),
+            w_gate: l.w_gate,
+            w_in: l.w_in,
+            b_in: l.b_in,
+            w_out: l.w_out,
+            b_out: l.b_out,
+            act_fn: cfg.act_fn,
+            hook_in: HookPoint::new(),
+            hook_pre: HookPoint::new(),
+            hook_post: HookPoint::new(),
+            hook_out: HookPoint::new(),
+            moe,
+        },
+        hook_attn_in: optional_per_head_hook(cfg.use_attn_in),
+        hook_q_input: optional_per_head_hook(cfg.use_split_qkv_input),
+        hook_k_input: optional_per_head_hook(cfg.use_split_qkv_input),
+        hook_v_input: optional_per_head_hook(cfg.use_split_qkv_input),
+        hook_mlp_in: optional_hook(cfg.use_hook_mlp_in),
+        hook_attn_out: HookPoint::new(),
+        hook_mlp_out: HookPoint::new(),
+        hook_resid_pre: HookPoint::new(),
+        hook_resid_mid: optional_hook(!cfg.parallel_attn_mlp),
+        hook_resid_post: HookPoint::new(),
+        hook_normalized_resid_post: optional_hook(cfg.normalization_after_residual),
+        post_ln: cfg.normalization_after_residual,
+    })
 }
 
 /// Whether `b` is a bias worth adding: one with an element that is not zero, or one

@@ -279,118 +279,146 @@ pub(crate) fn process(w: &mut TransformerWeights, cfg: &mut TransformerConfig, o
         && cfg.num_experts.is_none()
         && !cfg.normalization_after_residual
     {
-        // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
-        // bias goes through the weights and their input dimension is centred; an
-        // RMSNorm has neither bias nor centring, only its gain.
-        let layer_norm = cfg.normalization_type == NormalizationType::LN;
-        let fold = |w: &Tensor, g: &Tensor| {
-            if layer_norm {
-                fold_gain_and_center(w, g)
-            } else {
-                fold_gain(w, g)
-            }
-        };
-        for l in &mut w.layers {
-            if let Some((g, b)) = l.ln1.take() {
-                // Biases first: they are folded through the unscaled weights.
-                if let Some(b) = b {
-                    l.b_qkv = add_vec_mat(&l.b_qkv, &b, &l.w_qkv)?;
-                }
-                l.w_qkv = fold(&l.w_qkv, &g)?;
-            }
-            if let Some((g, b)) = l.ln2.take() {
-                if let Some(b) = b {
-                    l.b_in = add_vec_mat(&l.b_in, &b, &l.w_in)?;
-                }
-                l.w_in = fold(&l.w_in, &g)?;
-                if let Some(w_gate) = &l.w_gate {
-                    l.w_gate = Some(fold(w_gate, &g)?);
-                }
-            }
-        }
-        if let Some((g, b)) = w.ln_final.take() {
-            // W_U is still the base here (fold_ln is the first step), so its products
-            // are the base's. The fold itself stays a factor: no new [d_model, d_vocab].
-            if let Some(b) = b {
-                w.b_u = add_vec_mat(&w.b_u, &b, &w.w_u)?;
-            }
-            if layer_norm {
-                let d = w.w_u.dim(0)? as f64;
-                let input_center = (unembed_rows_times(&w.w_u, &g)? / d)?.to_dtype(g.dtype())?;
-                w.unembed_factors.input_center = Some(input_center);
-            }
-            w.unembed_factors.gain = Some(g);
-        }
-        cfg.normalization_type = if layer_norm {
-            NormalizationType::LNPre
-        } else {
-            NormalizationType::RMSPre
-        };
+        fold_layer_norms(w, cfg)?;
     }
-    // In place only where the storage is ours alone: `exclusive` weights came from a
-    // file into fresh buffers.
-    let own = w.exclusive;
     // Only a LayerNorm removes the mean that centring takes out, and only where every
     // reader of the residual stream is one: not in a post-LN block's attention, nor in
     // an unembedding without a final norm.
     let every_reader_normalised = !cfg.normalization_after_residual && cfg.final_norm;
     if opts.center_writing_weights && !cfg.normalization_type.is_rms() && every_reader_normalised {
-        if w.tied {
-            // W_U's base is W_E: what centring takes out of each row of W_E is given
-            // back to W_U as a factor, and the base follows W_E wherever it now is.
-            w.unembed_factors.base_shift = Some(w.w_e.mean(1)?);
-        }
-        w.w_e = center_last(&w.w_e, own)?;
-        if w.tied {
-            w.w_u = w.w_e.t()?;
-        }
-        if let Some(w_pos) = &w.w_pos {
-            w.w_pos = Some(center_last(w_pos, own)?);
-        }
-        for l in &mut w.layers {
-            l.w_o = center_last(&l.w_o, own)?;
-            l.b_o = center_last(&l.b_o, own)?;
-            l.w_out = center_last(&l.w_out, own)?;
-            l.b_out = center_last(&l.b_out, own)?;
-        }
+        center_writing_weights(w)?;
     }
     if opts.center_unembed && cfg.output_logits_soft_cap.is_none() {
-        // The mean over the vocabulary of each row of W_U, from its factors:
-        // gain * (mean(base) + mean(base_shift)) - mean(input_center).
-        let f = &w.unembed_factors;
-        let n_vocab = w.w_u.dim(1)?;
-        let mut mean = (unembed_vocab_sum(&w.w_u)? / n_vocab as f64)?.to_dtype(w.w_u.dtype())?;
-        if let Some(m) = &f.base_shift {
-            mean = mean.broadcast_add(&m.mean_all()?)?;
-        }
-        if let Some(g) = &f.gain {
-            mean = (mean * g)?;
-        }
-        if let Some(k) = &f.input_center {
-            mean = mean.broadcast_sub(&k.mean_all()?)?;
-        }
-        w.unembed_factors.vocab_center = Some(mean);
-        // `b_U` is small, and may be the zeros every load starts from.
-        w.b_u = center_last(&w.b_u, false)?;
+        center_unembed(w)?;
     }
     // With attention sinks a pattern row sums to less than 1: b_V does not reach the
     // output whole, and stays where it is.
     if opts.fold_value_biases && w.attn_sinks.is_empty() {
-        let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
-        let (q_len, v_start, v_len) = (h * dh, (h + kv) * dh, kv * dh);
-        for l in &mut w.layers {
-            let b_v = l.b_qkv.narrow(0, v_start, v_len)?;
-            // Each key/value head's bias reaches the output through every query head of
-            // its group.
-            let group = h / kv;
-            let b_v_heads = b_v
-                .reshape((kv, 1, dh))?
-                .broadcast_as((kv, group, dh))?
-                .contiguous()?
-                .reshape(q_len)?;
-            l.b_o = add_vec_mat(&l.b_o, &b_v_heads, &l.w_o)?;
-            l.b_qkv = Tensor::cat(&[&l.b_qkv.narrow(0, 0, v_start)?, &b_v.zeros_like()?], 0)?;
+        fold_value_biases(w, cfg)?;
+    }
+    Ok(())
+}
+
+/// The `fold_ln` step: folds every norm's gain (and a LayerNorm's bias) into
+/// the weights that read its output, and turns the norms into `LNPre` / `RMSPre`.
+fn fold_layer_norms(w: &mut TransformerWeights, cfg: &mut TransformerConfig) -> Result<()> {
+    // One fold for both norms, as TransformerLens's `fold_layer_norm`: a LayerNorm's
+    // bias goes through the weights and their input dimension is centred; an
+    // RMSNorm has neither bias nor centring, only its gain.
+    let layer_norm = cfg.normalization_type == NormalizationType::LN;
+    let fold = |w: &Tensor, g: &Tensor| {
+        if layer_norm {
+            fold_gain_and_center(w, g)
+        } else {
+            fold_gain(w, g)
         }
+    };
+    for l in &mut w.layers {
+        if let Some((g, b)) = l.ln1.take() {
+            // Biases first: they are folded through the unscaled weights.
+            if let Some(b) = b {
+                l.b_qkv = add_vec_mat(&l.b_qkv, &b, &l.w_qkv)?;
+            }
+            l.w_qkv = fold(&l.w_qkv, &g)?;
+        }
+        if let Some((g, b)) = l.ln2.take() {
+            if let Some(b) = b {
+                l.b_in = add_vec_mat(&l.b_in, &b, &l.w_in)?;
+            }
+            l.w_in = fold(&l.w_in, &g)?;
+            if let Some(w_gate) = &l.w_gate {
+                l.w_gate = Some(fold(w_gate, &g)?);
+            }
+        }
+    }
+    if let Some((g, b)) = w.ln_final.take() {
+        // W_U is still the base here (fold_ln is the first step), so its products
+        // are the base's. The fold itself stays a factor: no new [d_model, d_vocab].
+        if let Some(b) = b {
+            w.b_u = add_vec_mat(&w.b_u, &b, &w.w_u)?;
+        }
+        if layer_norm {
+            let d = w.w_u.dim(0)? as f64;
+            let input_center = (unembed_rows_times(&w.w_u, &g)? / d)?.to_dtype(g.dtype())?;
+            w.unembed_factors.input_center = Some(input_center);
+        }
+        w.unembed_factors.gain = Some(g);
+    }
+    cfg.normalization_type = if layer_norm {
+        NormalizationType::LNPre
+    } else {
+        NormalizationType::RMSPre
+    };
+    Ok(())
+}
+
+/// The `center_writing_weights` step: removes the `d_model` mean of every
+/// weight and bias that writes to the residual stream.
+fn center_writing_weights(w: &mut TransformerWeights) -> Result<()> {
+    // In place only where the storage is ours alone: `exclusive` weights came from a
+    // file into fresh buffers.
+    let own = w.exclusive;
+    if w.tied {
+        // W_U's base is W_E: what centring takes out of each row of W_E is given
+        // back to W_U as a factor, and the base follows W_E wherever it now is.
+        w.unembed_factors.base_shift = Some(w.w_e.mean(1)?);
+    }
+    w.w_e = center_last(&w.w_e, own)?;
+    if w.tied {
+        w.w_u = w.w_e.t()?;
+    }
+    if let Some(w_pos) = &w.w_pos {
+        w.w_pos = Some(center_last(w_pos, own)?);
+    }
+    for l in &mut w.layers {
+        l.w_o = center_last(&l.w_o, own)?;
+        l.b_o = center_last(&l.b_o, own)?;
+        l.w_out = center_last(&l.w_out, own)?;
+        l.b_out = center_last(&l.b_out, own)?;
+    }
+    Ok(())
+}
+
+/// The `center_unembed` step: records `W_U`'s mean over the vocabulary as its
+/// `vocab_center` factor and centres `b_U`.
+fn center_unembed(w: &mut TransformerWeights) -> Result<()> {
+    // The mean over the vocabulary of each row of W_U, from its factors:
+    // gain * (mean(base) + mean(base_shift)) - mean(input_center).
+    let f = &w.unembed_factors;
+    let n_vocab = w.w_u.dim(1)?;
+    let mut mean = (unembed_vocab_sum(&w.w_u)? / n_vocab as f64)?.to_dtype(w.w_u.dtype())?;
+    if let Some(m) = &f.base_shift {
+        mean = mean.broadcast_add(&m.mean_all()?)?;
+    }
+    if let Some(g) = &f.gain {
+        mean = (mean * g)?;
+    }
+    if let Some(k) = &f.input_center {
+        mean = mean.broadcast_sub(&k.mean_all()?)?;
+    }
+    w.unembed_factors.vocab_center = Some(mean);
+    // `b_U` is small, and may be the zeros every load starts from.
+    w.b_u = center_last(&w.b_u, false)?;
+    Ok(())
+}
+
+/// The `fold_value_biases` step: moves each layer's `b_V` into `b_O` through
+/// `W_O`, leaving zeros in `b_V`.
+fn fold_value_biases(w: &mut TransformerWeights, cfg: &TransformerConfig) -> Result<()> {
+    let (h, kv, dh) = (cfg.n_heads, cfg.n_kv_heads(), cfg.d_head);
+    let (q_len, v_start, v_len) = (h * dh, (h + kv) * dh, kv * dh);
+    for l in &mut w.layers {
+        let b_v = l.b_qkv.narrow(0, v_start, v_len)?;
+        // Each key/value head's bias reaches the output through every query head of
+        // its group.
+        let group = h / kv;
+        let b_v_heads = b_v
+            .reshape((kv, 1, dh))?
+            .broadcast_as((kv, group, dh))?
+            .contiguous()?
+            .reshape(q_len)?;
+        l.b_o = add_vec_mat(&l.b_o, &b_v_heads, &l.w_o)?;
+        l.b_qkv = Tensor::cat(&[&l.b_qkv.narrow(0, 0, v_start)?, &b_v.zeros_like()?], 0)?;
     }
     Ok(())
 }
