@@ -10,6 +10,7 @@ use std::mem::MaybeUninit;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, InplaceOp1, InplaceOp2, Layout, Shape, Tensor};
 
 use super::shared_out::SharedOut;
+use super::threads::num_threads;
 use super::weight_gemm::{column_blocks, WeightGemm, WeightProduct};
 
 /// Defines `fn $name`, which runs `$imp::<true>` compiled for AVX2 + FMA where the
@@ -50,14 +51,6 @@ pub(crate) fn fast_path(t: &Tensor) -> bool {
 /// to lose), and of every operand on the fast path.
 pub(crate) fn constant_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
-}
-
-/// candle's thread count (`RAYON_NUM_THREADS`, else the physical cores), looked up
-/// once: `candle_core::utils::get_num_threads` parses `/proc/cpuinfo` on every call
-/// (about 65 µs here), which cost a decoding step more than a dozen milliseconds.
-pub(crate) fn num_threads() -> usize {
-    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// Runs `f(first_row, rows_in, rows_out)` over contiguous chunks of rows, on several

@@ -13,6 +13,7 @@ mod shared_out;
 pub(crate) mod slice_gemm;
 pub(crate) mod sparse_rows;
 mod streamed_gemm;
+mod threads;
 mod transpose;
 mod weight_gemm;
 mod weighted_scatter;

@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use super::kernels::num_threads;
 use super::shared_out::SharedOut;
+use super::threads::num_threads;
 
 /// A read-only matrix view: `data[offset + i * rs + j * cs]` is element `(i, j)` of a
 /// `rows x cols` matrix.

@@ -178,7 +178,7 @@ impl WeightProduct<'_> {
 /// kernel's own thread pool beside rayon's (which the other kernels use) would have
 /// rayon's idle workers spin while its threads want the same cores.
 pub(crate) fn column_blocks(d_out: usize, work: usize, block: impl Fn(usize, usize) + Sync + Send) {
-    let threads = super::kernels::num_threads();
+    let threads = super::threads::num_threads();
     let blocks = if threads > 1 && work >= 1 << 20 { threads } else { 1 };
     let width = d_out.div_ceil(blocks).div_ceil(32) * 32;
     if blocks == 1 {

@@ -8,10 +8,10 @@
 
 use candle_core::{DType, Device, Tensor, D};
 use hooklens_core::Result;
+use rayon::prelude::*;
 
 use super::options::{JumpReluSparsityLoss, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
-use super::sparse_step;
 use crate::ops::sparse_rows::SparseRows;
 
 /// The parameters being trained (SAELens's names and `x @ W` layout), f32.
@@ -229,13 +229,67 @@ fn rescale_rows(w: &mut [f32], cols: usize, norm: f64) {
     }
 }
 
+/// Each row's `k` largest entries of `values` `[rows, cols]` (only among the `allowed`
+/// columns when given; only positive ones with `positive_only`, which is `relu` after
+/// the top-k), holding their values, each row's in column order.
+pub(crate) fn top_k_entries(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    k: usize,
+    positive_only: bool,
+    allowed: Option<&[bool]>,
+) -> SparseRows {
+    let candidates: Vec<u32> = (0..cols as u32)
+        .filter(|&c| allowed.is_none_or(|a| a[c as usize]))
+        .collect();
+    let k = k.min(candidates.len());
+    let per_row = values
+        .par_chunks(cols.max(1))
+        .take(rows)
+        .map(|row| {
+            if k == 0 {
+                return Vec::new();
+            }
+            let mut idx = candidates.clone();
+            // Largest first; total_cmp so a NaN cannot make the selection panic.
+            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            let mut kept: Vec<(u32, f32)> = idx[..k]
+                .iter()
+                .map(|&c| (c, row[c as usize]))
+                .filter(|&(_, v)| !positive_only || v > 0.0)
+                .collect();
+            kept.sort_unstable_by_key(|e| e.0);
+            kept
+        })
+        .collect();
+    SparseRows::from_row_entries(per_row, cols)
+}
+
+/// The `n` largest positive entries of all of `values` `[rows, cols]` (BatchTopK's
+/// `topk(relu(x).flatten(), n)`), holding their values.
+pub(crate) fn batch_top_k_entries(values: &[f32], rows: usize, cols: usize, n: usize) -> SparseRows {
+    let n = n.min(values.len());
+    let mut per_row = vec![Vec::new(); rows];
+    if n > 0 {
+        let mut idx: Vec<usize> = (0..values.len()).collect();
+        idx.select_nth_unstable_by(n - 1, |&a, &b| values[b].total_cmp(&values[a]));
+        let mut kept: Vec<usize> = idx[..n].iter().copied().filter(|&i| values[i] > 0.0).collect();
+        kept.sort_unstable();
+        for i in kept {
+            per_row[i / cols].push(((i % cols) as u32, values[i]));
+        }
+    }
+    SparseRows::from_row_entries(per_row, cols)
+}
+
 /// A `[rows, cols]` 0/1 mask of each row's `k` largest entries of `values` (only among
 /// `allowed` columns when given; only positive ones with `positive_only`, which is
 /// `relu` after the top-k).
 pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed: Option<&[bool]>) -> Result<Tensor> {
     let (rows, cols) = values.dims2()?;
     let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
-    ones_at(&sparse_step::top_k_entries(&v, rows, cols, k, positive_only, allowed))
+    ones_at(&top_k_entries(&v, rows, cols, k, positive_only, allowed))
 }
 
 /// A `[rows, cols]` 0/1 mask of the `n` largest positive entries of all of `values`
@@ -243,7 +297,7 @@ pub(crate) fn top_k_mask(values: &Tensor, k: usize, positive_only: bool, allowed
 pub(crate) fn batch_top_k_mask(values: &Tensor, n: usize) -> Result<Tensor> {
     let (rows, cols) = values.dims2()?;
     let v: Vec<f32> = values.flatten_all()?.to_vec1()?;
-    ones_at(&sparse_step::batch_top_k_entries(&v, rows, cols, n))
+    ones_at(&batch_top_k_entries(&v, rows, cols, n))
 }
 
 /// 1 at the entries of `s`, 0 elsewhere.
@@ -254,69 +308,6 @@ fn ones_at(s: &SparseRows) -> Result<Tensor> {
         (rows, cols),
         &Device::Cpu,
     )?)
-}
-
-/// The loss of `x` `[batch, d_in]` and its gradients with respect to every parameter.
-///
-/// Standard: `mse + l1 * mean_b sum_f acts[b, f] * ||W_dec[f]||`. TopK: `mse +
-/// aux_coef * scale * mean_b ||W_dec-reconstruction of the top dead pre-activations -
-/// residual||^2` (SAELens's `calculate_topk_aux_loss`: `k_aux = min(d_in / 2,
-/// n_dead)`, `scale = min(n_dead / (d_in / 2), 1)`, residual detached).
-///
-/// `target` `[batch, d_out]`: a transcoder's, which reconstructs it from `x` read as it
-/// is (SAELens's transcoders have `apply_b_dec_to_input = false`); `None`: an SAE, which
-/// reconstructs `x` from `x - b_dec`.
-pub(crate) fn loss_and_grads(
-    p: &Params,
-    x: &Tensor,
-    target: Option<&Tensor>,
-    obj: &Objective,
-) -> Result<(Forward, Grads)> {
-    let apply_b_dec = target.is_none();
-    let xc = if apply_b_dec {
-        x.broadcast_sub(&p.b_dec)?
-    } else {
-        x.clone()
-    };
-    let h0 = crate::ops::matmul(&xc, &p.w_enc)?.broadcast_add(&p.b_enc)?;
-    let norms = p.dec_norms()?;
-    let s = StepInputs {
-        p,
-        target: target.unwrap_or(x),
-        xc: &xc,
-        h0: &h0,
-        norms: &norms,
-        apply_b_dec,
-    };
-    match obj {
-        Objective::Standard { l1_coefficient } => match sparse_step::standard(&s, *l1_coefficient)? {
-            Some(step) => Ok(step),
-            None => standard(&s, *l1_coefficient),
-        },
-        Objective::JumpRelu {
-            l0_coefficient,
-            opts,
-            dead,
-        } => jumprelu(&s, *l0_coefficient, opts, *dead),
-        Objective::TopK {
-            k,
-            batch,
-            aux_loss_coefficient,
-            dead,
-            inner_widths,
-            matryoshka_aux,
-        } => {
-            if inner_widths.is_empty() {
-                sparse_step::topk(&s, *k, *batch, *aux_loss_coefficient, *dead)
-            } else {
-                let levels = Matryoshka {
-                    inner_widths,
-                    aux_per_level: *matryoshka_aux,
-                };
-                matryoshka(&s, *k, *batch, *aux_loss_coefficient, *dead, &levels)
-            }
-        }
-    }
 }
 
 /// The inputs of a step besides the objective's settings.
@@ -340,7 +331,7 @@ fn mean_sq(t: &Tensor, inv_b: f64) -> Result<f32> {
 }
 
 /// The standard SAE's dense step: `mse + l1 * mean_b sum_f acts[b, f] * ||W_dec[f]||`.
-fn standard(s: &StepInputs, l1_coefficient: f64) -> Result<(Forward, Grads)> {
+pub(crate) fn standard(s: &StepInputs, l1_coefficient: f64) -> Result<(Forward, Grads)> {
     let (p, norms) = (s.p, s.norms);
     let inv_b = 1.0 / s.h0.dim(0)? as f64;
     let acts = s.h0.relu()?;
@@ -370,9 +361,9 @@ fn standard(s: &StepInputs, l1_coefficient: f64) -> Result<(Forward, Grads)> {
 /// Matryoshka's nested levels: the widths before the last (each adds the MSE of the
 /// reconstruction from the features before it) and whether the auxiliary loss is
 /// taken per level (SAELens's `use_matryoshka_aux_loss`).
-struct Matryoshka<'a> {
-    inner_widths: &'a [usize],
-    aux_per_level: bool,
+pub(crate) struct Matryoshka<'a> {
+    pub(crate) inner_widths: &'a [usize],
+    pub(crate) aux_per_level: bool,
 }
 
 /// What the inner levels add to a Matryoshka step.
@@ -390,7 +381,7 @@ struct LevelTerms {
 
 /// The TopK (`per_batch`: BatchTopK) step with Matryoshka levels: the MSE of the whole
 /// reconstruction, one per inner level, and the auxiliary loss of the dead features.
-fn matryoshka(
+pub(crate) fn matryoshka(
     s: &StepInputs,
     k: usize,
     per_batch: bool,
@@ -583,7 +574,7 @@ fn rectangle(h0: &Tensor, threshold: &Tensor, bandwidth: f64) -> Result<Tensor> 
 ///   mean_b sum_f tanh(s * acts * ||W_dec[f]||)`, through `acts` and the norms;
 /// - with `pre_act_loss_coefficient` c and dead features: `c * mean_b sum_f relu(t -
 ///   pre) * dead[f] * ||W_dec[f]||`.
-fn jumprelu(
+pub(crate) fn jumprelu(
     s: &StepInputs,
     l0_coefficient: f64,
     opts: &TrainOptions,
@@ -800,6 +791,7 @@ pub(crate) fn l0(acts: &Tensor) -> Result<f64> {
 mod tests {
     use candle_core::Var;
 
+    use super::super::step::loss_and_grads;
     use super::*;
 
     fn random(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
@@ -1102,7 +1094,7 @@ mod tests {
             .unwrap();
         let fired = fired.to_scalar::<f32>().unwrap() as f64;
         assert!(
-            fired > 0.0 && fired <= sparse_step::STANDARD_SPARSE_BELOW,
+            fired > 0.0 && fired <= super::super::sparse_step::STANDARD_SPARSE_BELOW,
             "{fired} of the features fire"
         );
         check_with(Objective::Standard { l1_coefficient: 0.7 }, None, 0.6);

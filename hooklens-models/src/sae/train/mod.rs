@@ -55,6 +55,7 @@
 mod activations;
 mod adam;
 mod architecture;
+mod batches;
 mod checkpoint;
 mod export;
 mod metrics;
@@ -64,6 +65,7 @@ mod report;
 mod rng;
 mod schedule;
 mod sparse_step;
+mod step;
 mod trainer;
 
 #[cfg(test)]
@@ -74,8 +76,9 @@ use std::path::{Path, PathBuf};
 use hooklens_core::{Error, Result};
 
 pub use activations::{harvest_shards, HarvestActivations};
+pub use batches::ActivationSource;
 pub use metrics::StepMetrics;
-pub use model_source::{ActivationSource, CeLoss, ModelActivations};
+pub use model_source::{CeLoss, ModelActivations};
 pub use options::{JumpReluSparsityLoss, NormalizeActivations, TrainArchitecture, TrainOptions};
 pub use report::{metrics_html, METRICS_HTML_FILE};
 pub use trainer::{SaeTrainer, SPARSITY_FILE};
@@ -251,7 +254,7 @@ pub fn train<'a>(
 }
 
 /// Says once that a model's corpus is read again from its start.
-fn say_restart(said: &mut bool, batches: &activations::Batches<'_>, on_event: &mut dyn FnMut(TrainEvent)) {
+fn say_restart(said: &mut bool, batches: &batches::Batches<'_>, on_event: &mut dyn FnMut(TrainEvent)) {
     if let (false, Some(tokens_per_pass)) = (*said, batches.tokens_per_pass()) {
         *said = true;
         on_event(TrainEvent::CorpusRestarted { tokens_per_pass });

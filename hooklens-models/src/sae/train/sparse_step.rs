@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use hooklens_core::Result;
 use rayon::prelude::*;
 
-use super::architecture::{b_dec_grad, Forward, Grads, StepInputs};
+use super::architecture::{b_dec_grad, batch_top_k_entries, top_k_entries, Forward, Grads, StepInputs};
 use crate::ops::sparse_rows::SparseRows;
 
 /// A standard SAE's step goes sparse when at most this fraction of its activations is
@@ -23,60 +23,6 @@ pub(crate) const STANDARD_SPARSE_BELOW: f64 = 0.1;
 /// `t`'s values, row-major.
 fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// Each row's `k` largest entries of `values` `[rows, cols]` (only among the `allowed`
-/// columns when given; only positive ones with `positive_only`, which is `relu` after
-/// the top-k), holding their values, each row's in column order.
-pub(crate) fn top_k_entries(
-    values: &[f32],
-    rows: usize,
-    cols: usize,
-    k: usize,
-    positive_only: bool,
-    allowed: Option<&[bool]>,
-) -> SparseRows {
-    let candidates: Vec<u32> = (0..cols as u32)
-        .filter(|&c| allowed.is_none_or(|a| a[c as usize]))
-        .collect();
-    let k = k.min(candidates.len());
-    let per_row = values
-        .par_chunks(cols.max(1))
-        .take(rows)
-        .map(|row| {
-            if k == 0 {
-                return Vec::new();
-            }
-            let mut idx = candidates.clone();
-            // Largest first; total_cmp so a NaN cannot make the selection panic.
-            idx.select_nth_unstable_by(k - 1, |&a, &b| row[b as usize].total_cmp(&row[a as usize]));
-            let mut kept: Vec<(u32, f32)> = idx[..k]
-                .iter()
-                .map(|&c| (c, row[c as usize]))
-                .filter(|&(_, v)| !positive_only || v > 0.0)
-                .collect();
-            kept.sort_unstable_by_key(|e| e.0);
-            kept
-        })
-        .collect();
-    SparseRows::from_row_entries(per_row, cols)
-}
-
-/// The `n` largest positive entries of all of `values` `[rows, cols]` (BatchTopK's
-/// `topk(relu(x).flatten(), n)`), holding their values.
-pub(crate) fn batch_top_k_entries(values: &[f32], rows: usize, cols: usize, n: usize) -> SparseRows {
-    let n = n.min(values.len());
-    let mut per_row = vec![Vec::new(); rows];
-    if n > 0 {
-        let mut idx: Vec<usize> = (0..values.len()).collect();
-        idx.select_nth_unstable_by(n - 1, |&a, &b| values[b].total_cmp(&values[a]));
-        let mut kept: Vec<usize> = idx[..n].iter().copied().filter(|&i| values[i] > 0.0).collect();
-        kept.sort_unstable();
-        for i in kept {
-            per_row[i / cols].push(((i % cols) as u32, values[i]));
-        }
-    }
-    SparseRows::from_row_entries(per_row, cols)
 }
 
 /// `out = acts @ w_dec + b_dec` `[batch, d_out]` and `err = out - target`.

@@ -8,12 +8,13 @@ use candle_core::{DType, Device, Tensor};
 use hooklens_core::{Error, Result};
 
 use super::adam::{adam_update, AdamState, AdamStep};
-use super::architecture::{clip_grad_norm, explained_variance, l0, loss_and_grads, Forward, Grads, Objective, Params};
+use super::architecture::{clip_grad_norm, explained_variance, l0, Forward, Grads, Objective, Params};
 use super::export::{cfg_json, save_tensors_atomic, write_atomic};
 use super::metrics::StepMetrics;
 use super::options::{NormalizeActivations, TrainArchitecture, TrainOptions};
 use super::rng::Rng;
 use super::schedule::{l1_coefficient, lr_factor};
+use super::step::loss_and_grads;
 use crate::sae::{Sae, SaeConfig, SaeWeights, SAE_CFG_FILE, SAE_WEIGHTS_FILE};
 
 /// SAELens's file of log10 feature firing frequencies.
