@@ -490,11 +490,16 @@ fn accumulate_rows_impl<const FMA: bool>(acc: &mut [f32], x: &[f32], w: &[impl W
         }
     }
     if x.len() % 2 == 1 {
-        let a = x[x.len() - 1];
-        for (o, &u) in acc.iter_mut().zip(&w[(x.len() - 1) * n..]) {
-            let u = u.f32();
-            *o = if FMA { u.mul_add(a, *o) } else { *o + a * u };
-        }
+        axpy::<FMA>(x[x.len() - 1], &w[(x.len() - 1) * n..], acc);
+    }
+}
+
+/// `y += a * x`, element by element (`x` may be longer: its first `y.len()` values).
+#[inline(always)]
+pub(crate) fn axpy<const FMA: bool>(a: f32, x: &[impl WeightValue], y: &mut [f32]) {
+    for (o, &u) in y.iter_mut().zip(x) {
+        let u = u.f32();
+        *o = if FMA { u.mul_add(a, *o) } else { *o + a * u };
     }
 }
 
@@ -1144,26 +1149,12 @@ mod tests {
         let x = (Tensor::randn(0f32, 3.0, (300, 700), &Device::Cpu).unwrap() - 0.5).unwrap();
         let fast = gelu_new(&x).unwrap();
         let slow = x.gelu().unwrap();
-        let d = (fast - slow)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&fast, &slow);
         assert!(d < 1e-5, "{d}");
         let b = Tensor::randn(0f32, 1.0, 700, &Device::Cpu).unwrap();
         let want = x.broadcast_add(&b).unwrap();
         let got = add_bias_owned(x.copy().unwrap(), &b).unwrap();
-        let d = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&got, &want);
         assert_eq!(d, 0.0);
     }
 

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{dispatched, dot};
+use super::kernels::{axpy, dispatched, dot};
 
 /// A `[rows, cols]` f32 matrix as each row's entries `(column, value)`, in the order
 /// they were given; a `(row, column)` pair may appear more than once, meaning the sum.
@@ -141,7 +141,7 @@ impl SparseRows {
         out.par_chunks_mut(d.max(1)).enumerate().for_each(|(r, out)| {
             for (c, v) in self.row(r) {
                 let c = c as usize;
-                axpy(v, &w[c * d..(c + 1) * d], out);
+                axpy_f32(v, &w[c * d..(c + 1) * d], out);
             }
         });
         out
@@ -179,7 +179,7 @@ impl SparseRows {
         out.par_chunks_mut(d.max(1)).enumerate().for_each(|(c, out)| {
             for (r, v) in by_column.row(c) {
                 let r = r as usize;
-                axpy(v, &g[r * d..(r + 1) * d], out);
+                axpy_f32(v, &g[r * d..(r + 1) * d], out);
             }
         });
         out
@@ -226,14 +226,7 @@ impl SparseRows {
 
 dispatched! {
     /// `y += a * x`.
-    fn axpy(a: f32, x: &[f32], y: &mut [f32]) => axpy_impl
-}
-
-#[inline(always)]
-fn axpy_impl<const FMA: bool>(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y = if FMA { x.mul_add(a, *y) } else { *y + a * x };
-    }
+    fn axpy_f32(a: f32, x: &[f32], y: &mut [f32]) => axpy
 }
 
 dispatched! {
