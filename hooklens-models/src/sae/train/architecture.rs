@@ -791,6 +791,8 @@ pub(crate) fn l0(acts: &Tensor) -> Result<f64> {
 mod tests {
     use candle_core::Var;
 
+    use hooklens_testutil::max_abs_diff;
+
     use super::super::step::loss_and_grads;
     use super::*;
 
@@ -808,17 +810,6 @@ mod tests {
             b_dec: random(rng, &[d_in], 0.1),
             threshold: None,
         }
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Builds SAELens's loss with autograd (the top-k masks, which have no gradient,
@@ -1057,7 +1048,7 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap()
                 .max(1e-3);
-            let d = max_diff(hand, a);
+            let d = max_abs_diff(hand, a);
             assert!(
                 d / scale < 1e-4,
                 "parameter {i}: hand vs autograd differ by {d} (scale {scale})"

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use hooklens_testutil::TempDir;
+use hooklens_testutil::{max_abs_diff, TempDir};
 
 use super::rng::Rng;
 use super::*;
@@ -301,14 +301,7 @@ fn saved_folder_loads_and_encodes_as_the_trainer() {
         let sae = Sae::from_dir(&out, &Device::Cpu).unwrap();
         assert_eq!(sae.cfg().hook_name, "h");
         let close = |a: &Tensor, b: &Tensor, what: &str| {
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(a, b);
             let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
             assert!(
                 d <= 1e-4 * s.max(1.0),
@@ -405,14 +398,7 @@ fn transcoders_learn_a_map_and_save_as_saelens_transcoders() {
         let ckpt = out.join("checkpoints").join((256 * 300).to_string());
         let trainer = super::checkpoint::load(&ckpt, &o, "in", 16, Some(("out", 12))).unwrap();
         let acts = trainer.encode(&x).unwrap();
-        let d = (sae.encode(&x).unwrap() - &acts)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&sae.encode(&x).unwrap(), &acts);
         assert!(d < 1e-4, "{arch:?}: encode differs by {d}");
         assert_eq!(sae.decode(&acts).unwrap().dims(), &[64, 12]);
         assert_eq!(trainer.decode(&acts).unwrap().dims(), &[64, 12]);
@@ -530,14 +516,7 @@ fn a_model_source_serves_the_rows_shards_of_its_activations_would() {
         let passes = 3 * n * 16 / 64;
         for i in 0..passes {
             let (x, y) = (a.next_batch().unwrap(), b.next_batch().unwrap());
-            let gap = (x - y)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let gap = max_abs_diff(&x, &y);
             assert!(gap < 1e-4, "batch {i}: {gap}");
         }
         assert_eq!(b.tokens_per_pass(), Some((n * 16) as u64));
