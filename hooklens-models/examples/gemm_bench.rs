@@ -44,6 +44,17 @@ fn main() -> candle_core::Result<()> {
     if let Some(shape) = flag("--profile") {
         return profile(&shape, rounds);
     }
+    let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
+    let shapes: Vec<(usize, &str, usize, usize)> = match flag("--shapes") {
+        Some(list) => list
+            .split_whitespace()
+            .map(|s| parse_shape(s).map(|(m, k, n)| (m, "-", k, n)))
+            .collect::<candle_core::Result<_>>()?,
+        None => rows
+            .iter()
+            .flat_map(|&m| SHAPES.iter().map(move |&(name, k, n)| (m, name, k, n)))
+            .collect(),
+    };
     let threads = rayon::current_num_threads();
     println!("weight products, {threads} threads, median of {rounds} rounds, GFLOP/s (FMA peak: examples/fma_peak.rs)");
     let names: Vec<String> = WeightGemm::ALL.iter().map(|k| format!("{k:?}")).collect();
@@ -52,47 +63,24 @@ fn main() -> candle_core::Result<()> {
         names.join(" | ")
     );
     println!("|---|---|---|---|{}---|---|---|---|---|", "---|".repeat(names.len()));
-    let rows: &[usize] = if quick { &[64, 1024] } else { &[64, 256, 1024] };
-    let shapes: Vec<(usize, &str, usize, usize)> = match flag("--shapes") {
-        Some(list) => list
-            .split_whitespace()
-            .map(|s| {
-                match s
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<Vec<usize>, _>>()
-                    .as_deref()
-                {
-                    Ok(&[m, k, n]) => Ok((m, "-", k, n)),
-                    _ => Err(candle_core::Error::Msg(format!("--shapes: {s:?} is not M,K,N"))),
-                }
-            })
-            .collect::<candle_core::Result<_>>()?,
-        None => rows
-            .iter()
-            .flat_map(|&m| SHAPES.iter().map(move |&(name, k, n)| (m, name, k, n)))
-            .collect(),
-    };
-    {
-        for (m, name, k, n) in shapes {
-            // The unembedding at 1024 rows is half a TFLOP a call: fewer rounds.
-            let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
-            let rates = time_shape(m, k, n, r)?;
-            let (picked, kernels, bf16) = (rates[0], &rates[1..rates.len() - 1], rates[rates.len() - 1]);
-            let t = torch
-                .as_ref()
-                .and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)));
-            let cell = |v: f64| if v.is_finite() { format!("{v:.1}") } else { "-".into() };
-            let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", a / b));
-            println!(
-                "| {m} | {name} | {k} x {n} | {picked:.1} | {} | {} | {} | {bf16:.1} | {} | {} |",
-                kernels.iter().map(|&v| cell(v)).collect::<Vec<_>>().join(" | "),
-                t.map_or("-".into(), |t| cell(t.1)),
-                ratio(picked, t.map(|t| t.1)),
-                t.map_or("-".into(), |t| cell(t.2)),
-                ratio(bf16, t.map(|t| t.2)),
-            );
-        }
+    for (m, name, k, n) in shapes {
+        // The unembedding at 1024 rows is half a TFLOP a call: fewer rounds.
+        let r = if n > 100_000 && m > 256 { rounds.min(3) } else { rounds };
+        let rates = time_shape(m, k, n, r)?;
+        let (picked, kernels, bf16) = (rates[0], &rates[1..rates.len() - 1], rates[rates.len() - 1]);
+        let t = torch
+            .as_ref()
+            .and_then(|t: &Vec<TorchRate>| t.iter().find(|e| e.0 == (m, k, n)));
+        let cell = |v: f64| if v.is_finite() { format!("{v:.1}") } else { "-".into() };
+        let ratio = |a: f64, b: Option<f64>| b.map_or("-".into(), |b| format!("{:.2}", a / b));
+        println!(
+            "| {m} | {name} | {k} x {n} | {picked:.1} | {} | {} | {} | {bf16:.1} | {} | {} |",
+            kernels.iter().map(|&v| cell(v)).collect::<Vec<_>>().join(" | "),
+            t.map_or("-".into(), |t| cell(t.1)),
+            ratio(picked, t.map(|t| t.1)),
+            t.map_or("-".into(), |t| cell(t.2)),
+            ratio(bf16, t.map(|t| t.2)),
+        );
     }
     Ok(())
 }
@@ -101,10 +89,7 @@ fn main() -> candle_core::Result<()> {
 /// `perf stat` (FLOP per cycle counts only the cycles this process ran, so it holds on a
 /// busy machine where wall-clock rates do not).
 fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
-    let d: Vec<usize> = shape.split(',').filter_map(|s| s.parse().ok()).collect();
-    let [m, k, n] = d[..] else {
-        candle_core::bail!("--profile M,K,N: got {shape:?}")
-    };
+    let (m, k, n) = parse_shape(shape)?;
     let dtype = if std::env::args().any(|a| a == "--bf16") {
         DType::BF16
     } else {
@@ -117,6 +102,19 @@ fn profile(shape: &str, rounds: usize) -> candle_core::Result<()> {
     }
     println!("{} GFLOP", 2.0 * (m * k * n * rounds) as f64 / 1e9);
     Ok(())
+}
+
+/// `M,K,N` as the three sizes, or an error naming the text.
+fn parse_shape(s: &str) -> candle_core::Result<(usize, usize, usize)> {
+    match s
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<usize>, _>>()
+        .as_deref()
+    {
+        Ok(&[m, k, n]) => Ok((m, k, n)),
+        _ => candle_core::bail!("{s:?} is not M,K,N (three sizes, e.g. 64,2048,8192)"),
+    }
 }
 
 /// Median GFLOP/s at `[m, k] @ [k, n]` of hooklens's `model::matmul` (the kernel it
