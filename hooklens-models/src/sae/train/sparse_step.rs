@@ -60,8 +60,8 @@ fn divided_by_norms(acts: &SparseRows, norms: &[f32]) -> SparseRows {
     acts.with_values(v)
 }
 
-/// The TopK (`per_batch`: BatchTopK) step, as `architecture::loss_and_grads` computes it
-/// without Matryoshka levels: the MSE of the reconstruction from the top `k`
+/// The TopK (`per_batch`: BatchTopK) step, as the dense `architecture::matryoshka`
+/// computes it without its levels: the MSE of the reconstruction from the top `k`
 /// norm-scaled pre-activations, and the auxiliary loss of the top `d_in / 2` dead ones
 /// on the residual.
 pub(crate) fn topk(
